@@ -1,0 +1,39 @@
+"""workspace-tool: one PostgreSQL schema per project, provisioned from one shared Alembic chain."""
+
+from .async_manager import ProjectWorkspaceManager
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    InvalidProjectId,
+    InvalidSchemaName,
+    LockTimeout,
+    MigrationFailed,
+    RegistryError,
+    UnknownRevision,
+    WorkspaceError,
+    WorkspaceNotFound,
+    WorkspaceOutdated,
+)
+from .inspection import ProjectStatus
+from .manager import WorkspaceManager
+from .naming import schema_for
+from .provisioning import EnsureResult
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailable",
+    "EnsureResult",
+    "InvalidProjectId",
+    "InvalidSchemaName",
+    "LockTimeout",
+    "MigrationFailed",
+    "ProjectStatus",
+    "ProjectWorkspaceManager",
+    "RegistryError",
+    "UnknownRevision",
+    "WorkspaceError",
+    "WorkspaceManager",
+    "WorkspaceNotFound",
+    "WorkspaceOutdated",
+    "schema_for",
+]

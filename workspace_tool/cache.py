@@ -1,0 +1,43 @@
+"""Process-local state shared by every manager on the same database: projects known to be at head,
+and databases whose registry is bootstrapped. Fleet operations invalidate through here."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import URL
+
+# database key -> {project_id: schema} for projects at the chain's head
+_READY: dict[str, dict[str, str]] = {}
+# database key -> schema of the vector extension, once the registry is known to be ready
+_BOOTSTRAPPED: dict[str, str] = {}
+
+
+def database_key(url: URL, config_path: object) -> str:
+    return f"{url.render_as_string(hide_password=True)}|{config_path}"
+
+
+def ready_map(key: str) -> dict[str, str]:
+    return _READY.setdefault(key, {})
+
+
+def invalidate(key: str, project_ids: list[str] | None = None) -> None:
+    """Forget projects (all of them with None) so the next ensure reads the database again."""
+    ready = _READY.get(key)
+    if ready is None:
+        return
+    if project_ids is None:
+        ready.clear()
+    else:
+        for project_id in project_ids:
+            ready.pop(project_id, None)
+
+
+def bootstrapped(key: str) -> str | None:
+    return _BOOTSTRAPPED.get(key)
+
+
+def set_bootstrapped(key: str, extension_schema: str) -> None:
+    _BOOTSTRAPPED[key] = extension_schema
+
+
+def forget_bootstrap(key: str) -> None:
+    _BOOTSTRAPPED.pop(key, None)

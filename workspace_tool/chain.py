@@ -1,0 +1,278 @@
+"""The Alembic glue: load the chain once, plan a revision range, compile it to SQL, or run it online.
+
+Alembic's ``op`` and ``context`` are process-global proxies, so everything here that runs Alembic holds
+``ALEMBIC_LOCK``.  Compiled SQL needs no Alembic at run time: it is what lets one process migrate many
+schemas at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import Script, ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection
+
+from .errors import ConfigurationError, UnknownRevision
+
+ALEMBIC_LOCK = threading.RLock()
+CONFIG_ENV = "WORKSPACE_TOOL_CONFIG"
+BASE = "base"
+
+# A revision opts out of compiling with a module-level ``workspace_online = True``; these calls in its
+# source mean it needs a live connection (or behaves differently offline), so it is run online too.
+_NEEDS_CONNECTION = re.compile(r"\bget_bind\s*\(|\bis_offline_mode\s*\(|\bget_context\s*\(")
+
+
+@dataclass(frozen=True)
+class Step:
+    """Part of a range: either compiled SQL to replay, or a range Alembic must run online."""
+
+    from_rev: str | None
+    to_rev: str | None
+    sql: str | None  # None: run online
+
+    @property
+    def online(self) -> bool:
+        return self.sql is None
+
+
+@dataclass(frozen=True)
+class Plan:
+    from_rev: str | None
+    to_rev: str | None
+    steps: tuple[Step, ...]
+
+    @property
+    def path(self) -> str:
+        """'fast', 'online', 'mixed', or 'none' for an empty range."""
+        kinds = {s.online for s in self.steps}
+        if not kinds:
+            return "none"
+        if kinds == {False}:
+            return "fast"
+        return "online" if kinds == {True} else "mixed"
+
+    @property
+    def sql(self) -> str | None:
+        """The whole range as one batch, when all of it compiled."""
+        if any(s.online for s in self.steps):
+            return None
+        return "".join(s.sql or "" for s in self.steps)
+
+
+def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    candidate = Path(path) if path is not None else Path(os.environ.get(CONFIG_ENV) or "alembic.ini")
+    if not candidate.is_file():
+        how = "the path given" if path is not None else (
+            f"${CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "./alembic.ini"
+        )
+        raise ConfigurationError(
+            f"alembic config not found: {candidate} ({how}); pass -c/--config PATH or set {CONFIG_ENV}"
+        )
+    return candidate.resolve()
+
+
+class Chain:
+    """One shared revision chain: its ScriptDirectory, head, and a cache of compiled ranges."""
+
+    _loaded: dict[Path, Chain] = {}
+    _loaded_lock = threading.Lock()
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.config = Config(str(config_path))
+        try:
+            self.script = ScriptDirectory.from_config(self.config)
+            heads = self.script.get_heads()
+        except CommandError as exc:
+            raise ConfigurationError(f"cannot load the revision chain from {config_path}: {exc}") from None
+        if len(heads) != 1:
+            raise ConfigurationError(
+                f"the revision chain in {self.script.dir} has {len(heads)} heads ({', '.join(sorted(heads))}); "
+                "it must have exactly one: merge them with `alembic merge heads`"
+                if heads
+                else f"the revision chain in {self.script.dir} has no revisions"
+            )
+        self.head: str = heads[0]
+        self._order = [s.revision for s in reversed(list(self.script.walk_revisions("base", "heads")))]
+        self._position = {rev: i for i, rev in enumerate(self._order)}
+        self._online = {rev for rev in self._order if self._needs_online(self.script.get_revision(rev))}
+        self.fingerprint = self._fingerprint()
+        self._plans: dict[tuple[str | None, str | None], Plan] = {}
+
+    @classmethod
+    def load(cls, config_path: str | os.PathLike[str] | None = None) -> Chain:
+        """The chain for an alembic.ini, loaded once per process."""
+        path = resolve_config_path(config_path)
+        with cls._loaded_lock:
+            chain = cls._loaded.get(path)
+            if chain is None:
+                chain = cls._loaded[path] = cls(path)
+            return chain
+
+    # ----------------------------------------------------------------- revisions
+    @property
+    def revisions(self) -> list[str]:
+        """All revisions, base first."""
+        return list(self._order)
+
+    @property
+    def has_online(self) -> bool:
+        """True if some revision must run online (through Alembic, under its process-global lock)."""
+        return bool(self._online) or self.plan(None, self.head).path != "fast"
+
+    def knows(self, revision: str | None) -> bool:
+        return revision is None or revision in self._position
+
+    def check_known(self, schema: str, revision: str | None) -> None:
+        if not self.knows(revision):
+            raise UnknownRevision(schema, str(revision))
+
+    def resolve(self, revision: str | None) -> str | None:
+        """'head', 'base', a full or partial revision id -> a revision id (None for base)."""
+        if revision is None or revision == BASE:
+            return None
+        if revision == "head" or revision == "heads":
+            return self.head
+        try:
+            script = self.script.get_revision(revision)
+        except CommandError as exc:
+            raise ConfigurationError(f"unknown revision {revision!r}: {exc}") from None
+        if script is None:
+            return None
+        return script.revision
+
+    def position(self, revision: str | None) -> int:
+        """0 for base, i+1 for the i-th revision."""
+        return 0 if revision is None else self._position[revision] + 1
+
+    def is_upgrade(self, from_rev: str | None, to_rev: str | None) -> bool:
+        return self.position(to_rev) >= self.position(from_rev)
+
+    def _between(self, from_rev: str | None, to_rev: str | None) -> list[str]:
+        """Revisions applied (upgrade) or undone (downgrade) going from_rev -> to_rev, in order."""
+        lo, hi = sorted((self.position(from_rev), self.position(to_rev)))
+        revs = self._order[lo:hi]
+        return revs if self.is_upgrade(from_rev, to_rev) else list(reversed(revs))
+
+    # ------------------------------------------------------------------ planning
+    def _needs_online(self, script: Script | None) -> bool:
+        if script is None or script.module is None:
+            return False
+        if getattr(script.module, "workspace_online", False):
+            return True
+        try:
+            source = Path(script.path).read_text(encoding="utf-8")
+        except OSError:
+            return True
+        return bool(_NEEDS_CONNECTION.search(source))
+
+    def _fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for rev in self._order:
+            script = self.script.get_revision(rev)
+            assert script is not None
+            digest.update(rev.encode())
+            digest.update(Path(script.path).read_bytes())
+        digest.update((Path(self.script.dir) / "env.py").read_bytes())
+        return digest.hexdigest()[:16]
+
+    def plan(self, from_rev: str | None, to_rev: str | None) -> Plan:
+        """Split from_rev -> to_rev into compiled and online steps; cached per process."""
+        key = (from_rev, to_rev)
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        with ALEMBIC_LOCK:
+            plan = self._plans.get(key)
+            if plan is None:
+                plan = self._plans[key] = Plan(from_rev, to_rev, tuple(self._steps(from_rev, to_rev)))
+        return plan
+
+    def _steps(self, from_rev: str | None, to_rev: str | None) -> Iterator[Step]:
+        upgrading = self.is_upgrade(from_rev, to_rev)
+        current = from_rev
+        segment_start = from_rev
+        segment_online: bool | None = None
+        for rev in self._between(from_rev, to_rev):
+            script = self.script.get_revision(rev)
+            assert script is not None
+            after = rev if upgrading else self.resolve_down(script)
+            online = rev in self._online
+            if segment_online is not None and online != segment_online:
+                yield self._step(segment_start, current, segment_online)
+                segment_start = current
+            segment_online = online
+            current = after
+        if segment_online is not None:
+            yield self._step(segment_start, current, segment_online)
+
+    @staticmethod
+    def resolve_down(script: Script) -> str | None:
+        down = script.down_revision
+        if isinstance(down, (tuple, list)):
+            raise ConfigurationError(f"revision {script.revision} is a merge point; downgrade across it by hand")
+        return down
+
+    def _step(self, from_rev: str | None, to_rev: str | None, online: bool) -> Step:
+        if online:
+            return Step(from_rev, to_rev, None)
+        try:
+            sql = self.compile(from_rev, to_rev)
+        except Exception:  # a revision that can't render offline runs online instead
+            return Step(from_rev, to_rev, None)
+        return Step(from_rev, to_rev, sql)
+
+    def compile(self, from_rev: str | None, to_rev: str | None) -> str:
+        """Render from_rev -> to_rev as SQL with no schema names (it runs under a search_path)."""
+        buffer = io.StringIO()
+        self._run_env(from_rev, to_rev, as_sql=True, attributes={"compile": True, "output_buffer": buffer})
+        return buffer.getvalue()
+
+    # -------------------------------------------------------------------- online
+    def run_online(
+        self, conn: Connection, schema: str, extension_schema: str, from_rev: str | None, to_rev: str | None
+    ) -> None:
+        """Run from_rev -> to_rev through Alembic on conn, in the caller's transaction."""
+        self._run_env(
+            from_rev,
+            to_rev,
+            as_sql=False,
+            attributes={"connection": conn, "schema": schema, "extension_schema": extension_schema},
+        )
+
+    def _run_env(self, from_rev: str | None, to_rev: str | None, *, as_sql: bool, attributes: dict[str, Any]) -> None:
+        upgrading = self.is_upgrade(from_rev, to_rev)
+        destination = to_rev or BASE
+
+        def fn(rev: Any, context: Any) -> Any:
+            if upgrading:
+                return self.script._upgrade_revs(destination, rev)
+            return self.script._downgrade_revs(destination, rev)
+
+        with ALEMBIC_LOCK:
+            self.config.attributes.clear()
+            self.config.attributes.update(attributes)
+            try:
+                with EnvironmentContext(
+                    self.config,
+                    self.script,
+                    fn=fn,
+                    as_sql=as_sql,
+                    starting_rev=(from_rev or BASE) if as_sql else None,
+                    destination_rev=destination,
+                ):
+                    self.script.run_env()
+            finally:
+                self.config.attributes.clear()

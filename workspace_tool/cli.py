@@ -1,0 +1,199 @@
+"""The ``workspace-tool`` command: parse, call one library function, render. Errors become one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any, TypeVar
+
+import click
+from sqlalchemy import Engine, create_engine
+
+from . import embedded
+from .errors import WorkspaceError
+from .failures import translate
+from .manager import WorkspaceManager
+from .output import emit
+from .urls import redact, redact_text, sync_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
+
+
+class AppContext:
+    """Built once per invocation; the engine is created lazily and disposed on close."""
+
+    def __init__(self, database_url: str | None, config: str | None, traceback: bool) -> None:
+        self.database_url = database_url
+        self.config = config
+        self.traceback = traceback
+
+    @cached_property
+    def url(self) -> str:
+        url = self.database_url or next((os.environ[e] for e in URL_ENVS if os.environ.get(e)), None)
+        if url:
+            return url
+        data_dir = embedded.default_data_dir()
+        url = embedded.start(data_dir)
+        click.echo(f"Using the embedded PostgreSQL in {data_dir}", err=True)
+        return url
+
+    @cached_property
+    def engine(self) -> Engine:
+        return create_engine(sync_url(self.url), pool_size=8, max_overflow=8, pool_pre_ping=True)
+
+    @cached_property
+    def manager(self) -> WorkspaceManager:
+        return WorkspaceManager(self.engine, self.config)
+
+    def close(self) -> None:
+        if "manager" in self.__dict__:
+            self.manager.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Write JSON to stdout instead of a table.")(f)
+
+
+class WorkspaceGroup(click.Group):
+    """Turns WorkspaceErrors (and database errors) into `Error: ...` on stderr, exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            app = ctx.find_object(AppContext)
+            if app is not None and app.traceback:
+                raise
+            error = exc if isinstance(exc, WorkspaceError) else _translate(exc)
+            if error is None:
+                raise
+            secret = _password(app)
+            click.echo(f"Error: {redact_text(str(error), secret)}", err=True)
+            sys.exit(1)
+
+
+def _translate(exc: Exception) -> WorkspaceError | None:
+    from sqlalchemy.exc import DBAPIError
+
+    if isinstance(exc, (DBAPIError, OSError)):
+        return translate(exc)
+    return None
+
+
+def _password(app: AppContext | None) -> str | None:
+    if app is None or "url" not in app.__dict__:
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(app.url).password  # type: ignore[return-value]
+    except Exception:
+        return None
+
+
+@click.group(cls=WorkspaceGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--database-url",
+    metavar="URL",
+    help="PostgreSQL URL. Default: $WORKSPACE_TOOL_DATABASE_URL, then $DATABASE_URL, then the embedded server.",
+)
+@click.option(
+    "-c",
+    "--config",
+    metavar="PATH",
+    help="alembic.ini of the shared chain. Default: $WORKSPACE_TOOL_CONFIG, then ./alembic.ini.",
+)
+@click.option("--traceback", is_flag=True, help="Show the full traceback of an error.")
+@click.version_option(package_name="workspace-tool")
+@click.pass_context
+def main(ctx: click.Context, database_url: str | None, config: str | None, traceback: bool) -> None:
+    """Provision and manage one PostgreSQL schema per project from one shared Alembic chain."""
+    app = AppContext(database_url, config, traceback)
+    ctx.obj = app
+    ctx.call_on_close(app.close)
+
+
+@main.command()
+@pass_app
+def init(app: AppContext) -> None:
+    """Create the registry and the vector extension (once, under a lock)."""
+    extension_schema = app.manager.bootstrap(force=True)
+    click.echo(f"Registry ready in project_registry; vector extension in schema {extension_schema}; "
+               f"database {redact(app.url)}", err=True)
+
+
+@main.command()
+@click.argument("project_ids", nargs=-1, required=True)
+@click.option("--no-upgrade", is_flag=True, help="Fail if a schema is behind instead of upgrading it.")
+@json_option
+@pass_app
+def ensure(app: AppContext, project_ids: tuple[str, ...], no_upgrade: bool, as_json: bool) -> None:
+    """Create each project's schema (or bring it to head) and print what was done and how long it took."""
+    from .naming import schema_for
+
+    for project_id in project_ids:  # every id is checked before any SQL is sent
+        schema_for(project_id)
+    results = [
+        dataclasses.asdict(app.manager.ensure_detailed(p, upgrade=not no_upgrade)) for p in project_ids
+    ]
+    emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
+
+
+@main.command()
+@click.argument("project_ids", nargs=-1)
+@json_option
+@pass_app
+def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
+    """Each project's schema, revision, whether it is at head, and its last duration."""
+    rows = [s.as_dict() for s in app.manager.status(list(project_ids) or None)]
+    emit(
+        rows,
+        ["project_id", "schema", "revision", "state", "last_action", "last_duration_ms", "updated_at"],
+        as_json=as_json,
+    )
+    if not rows and not as_json:
+        click.echo("No projects.", err=True)
+
+
+@main.command(name="list")
+@json_option
+@pass_app
+def list_(app: AppContext, as_json: bool) -> None:
+    """Every project in the registry."""
+    rows = [dataclasses.asdict(r) for r in app.manager.projects()]
+    emit(rows, ["project_id", "schema_name", "revision", "status", "created_at"], as_json=as_json)
+    if not rows and not as_json:
+        click.echo("No projects.", err=True)
+
+
+@main.command()
+@click.argument("project_id")
+@click.option("--yes", is_flag=True, help="Confirm dropping the schema and all its data.")
+@pass_app
+def drop(app: AppContext, project_id: str, yes: bool) -> None:
+    """Drop a project's schema, with all its data, and its registry row."""
+    from .naming import schema_for
+
+    schema = schema_for(project_id)
+    if not yes:
+        raise click.UsageError(f"dropping {schema} deletes all its data: add --yes to confirm")
+    if app.manager.drop(project_id):
+        click.echo(f"Dropped {schema}.", err=True)
+    else:
+        click.echo(f"Nothing to drop: {schema} did not exist.", err=True)
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,86 @@
+"""One error tree. Every error a user can cause is a WorkspaceError whose message says what to do."""
+
+from __future__ import annotations
+
+
+class WorkspaceError(Exception):
+    """Base of every error workspace_tool raises on purpose. ``str(err)`` is one line for the user."""
+
+
+class InvalidProjectId(WorkspaceError, ValueError):
+    def __init__(self, project_id: object, reason: str) -> None:
+        self.project_id = project_id
+        self.reason = reason
+        super().__init__(
+            f"invalid project id {project_id!r}: {reason}; a project id is 1-50 characters of a-z and 0-9 "
+            "in groups joined by single hyphens (^[a-z0-9]+(-[a-z0-9]+)*$)"
+        )
+
+
+class InvalidSchemaName(WorkspaceError, ValueError):
+    def __init__(self, schema: object) -> None:
+        self.schema = schema
+        super().__init__(
+            f"invalid project schema name {schema!r}: it must be 'project_' followed by a project id with "
+            "'-' written as '_' (^project_[a-z0-9]+(_[a-z0-9]+)*$, at most 58 characters)"
+        )
+
+
+class ConfigurationError(WorkspaceError):
+    """alembic.ini, the chain or the database URL is unusable."""
+
+
+class DatabaseUnavailable(WorkspaceError):
+    """The database could not be reached or refused the login."""
+
+
+class RegistryError(WorkspaceError):
+    """The registry can't be used by this version of the tool."""
+
+
+class UnknownRevision(WorkspaceError):
+    def __init__(self, schema: str, revision: str) -> None:
+        self.schema = schema
+        self.revision = revision
+        super().__init__(
+            f"schema {schema} is at revision {revision!r}, which this chain does not know: the database is "
+            "newer than this code (deploy the code that wrote it) or the chain lost a revision; nothing was changed"
+        )
+
+
+class WorkspaceOutdated(WorkspaceError):
+    def __init__(self, project_id: str, schema: str, current: str | None, head: str) -> None:
+        self.project_id = project_id
+        self.schema = schema
+        self.current = current
+        self.head = head
+        super().__init__(
+            f"project {project_id} (schema {schema}) is at revision {current}, behind head {head}: "
+            f"run `workspace-tool upgrade {project_id}`"
+        )
+
+
+class WorkspaceNotFound(WorkspaceError):
+    def __init__(self, project_id: str, schema: str) -> None:
+        self.project_id = project_id
+        self.schema = schema
+        super().__init__(
+            f"project {project_id} has no schema ({schema} does not exist): "
+            f"run `workspace-tool ensure {project_id}`"
+        )
+
+
+class MigrationFailed(WorkspaceError):
+    """A revision failed inside one schema; its transaction was rolled back."""
+
+    def __init__(self, schema: str, detail: str) -> None:
+        self.schema = schema
+        self.detail = detail
+        super().__init__(f"migrating {schema} failed and was rolled back: {detail}")
+
+
+class LockTimeout(WorkspaceError):
+    def __init__(self, schema: str, detail: str) -> None:
+        self.schema = schema
+        self.detail = detail
+        super().__init__(f"{schema}: could not get a lock in time ({detail}); nothing was changed, rerun later")

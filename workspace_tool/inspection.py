@@ -1,0 +1,126 @@
+"""Read the state of many project schemas at once: which exist, their versions, their registry rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import Connection, text
+
+from . import registry
+from .chain import Chain
+from .naming import SCHEMA_PREFIX, is_project_schema, project_for, quote_ident
+
+VERSION_BATCH = 1000  # one UNION over every schema times out on large fleets: read in batches
+
+_SCHEMAS = text(
+    "SELECT n.nspname, c.oid IS NOT NULL AS has_version FROM pg_namespace n "
+    "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'alembic_version' AND c.relkind = 'r' "
+    "WHERE n.nspname LIKE :prefix"
+)
+
+
+@dataclass(frozen=True)
+class ProjectStatus:
+    project_id: str
+    schema: str
+    revision: str | None  # what the schema's alembic_version says; None when missing or empty
+    registry_revision: str | None
+    state: str  # 'at head', 'behind', 'ahead/unknown', 'missing', 'orphan', 'failed', 'empty'
+    registered: bool
+    last_action: str | None = None
+    last_duration_ms: float | None = None
+    last_path: str | None = None
+    last_error: str | None = None
+    updated_at: dt.datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def project_schemas(conn: Connection) -> dict[str, bool]:
+    """Every schema named like a project schema -> whether it has an alembic_version table."""
+    rows = conn.execute(_SCHEMAS, {"prefix": SCHEMA_PREFIX.replace("_", r"\_") + "%"}).all()
+    return {r[0]: bool(r[1]) for r in rows if is_project_schema(r[0])}
+
+
+def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VERSION_BATCH) -> dict[str, str | None]:
+    """schema -> version_num (None for an empty version table), for schemas with a version table.
+    Reads in batches of ``batch_size`` schemas, one UNION ALL query per batch."""
+    names = list(schemas)
+    versions: dict[str, str | None] = {}
+    for start in range(0, len(names), batch_size):
+        batch = names[start : start + batch_size]
+        union = " UNION ALL ".join(
+            f"SELECT {i} AS i, (SELECT string_agg(version_num, ',') FROM {quote_ident(s)}.alembic_version)"
+            for i, s in enumerate(batch)
+        )
+        for i, version in conn.execute(text(union)).all():
+            versions[batch[i]] = version
+    return versions
+
+
+def classify(chain: Chain, revision: str | None, exists: bool, registered: bool, status: str | None) -> str:
+    if not exists:
+        return "missing"
+    if not registered:
+        return "orphan"
+    if status == "failed":
+        return "failed"
+    if revision is None:
+        return "empty"
+    if not chain.knows(revision):
+        return "ahead/unknown"
+    return "at head" if revision == chain.head else "behind"
+
+
+def collect_status(
+    conn: Connection, chain: Chain, project_ids: Sequence[str] | None = None
+) -> list[ProjectStatus]:
+    """Status of the given projects, or of every registered project plus orphan schemas."""
+    if project_ids is None:
+        rows = [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
+    else:
+        rows = [
+            registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_SOME, {"ids": list(project_ids)})
+        ]
+    by_project = {r.project_id: r for r in rows}
+    schemas = project_schemas(conn)
+    wanted = (
+        [project_for(s) for s in schemas if project_for(s) not in by_project] + list(by_project)
+        if project_ids is None
+        else list(project_ids)
+    )
+    with_version = [
+        s for s in (by_project[p].schema_name if p in by_project else SCHEMA_PREFIX + p.replace("-", "_")
+                    for p in wanted) if schemas.get(s)
+    ]
+    versions = read_versions(conn, with_version)
+    result = []
+    for project_id in sorted(set(wanted)):
+        row = by_project.get(project_id)
+        schema = row.schema_name if row else SCHEMA_PREFIX + project_id.replace("-", "_")
+        revision = versions.get(schema)
+        exists = schema in schemas
+        registered = row is not None
+        if not exists and not registered:
+            continue
+        state = classify(chain, revision, exists, registered, row.status if row else None)
+        result.append(
+            ProjectStatus(
+                project_id=project_id,
+                schema=schema,
+                revision=revision,
+                registry_revision=row.revision if row else None,
+                state=state,
+                registered=registered,
+                last_action=row.last_action if row else None,
+                last_duration_ms=row.last_duration_ms if row else None,
+                last_path=row.last_path if row else None,
+                last_error=row.last_error if row else None,
+                updated_at=row.updated_at if row else None,
+            )
+        )
+    return result

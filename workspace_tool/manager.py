@@ -1,0 +1,191 @@
+"""WorkspaceManager: ensure, drop and inspect project schemas through a synchronous SQLAlchemy Engine."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from . import cache, registry
+from .chain import Chain
+from .errors import ConfigurationError, WorkspaceError
+from .failures import translate
+from .inspection import ProjectStatus, collect_status
+from .naming import schema_for
+from .provisioning import EnsureResult, migrate_on, version_table
+from .targeting import lock_schema
+
+ConfigPath = str | os.PathLike[str] | None
+T = TypeVar("T")
+
+
+class WorkspaceManager:
+    """Provision and look after project schemas on one database.
+
+    ``ensure`` is meant to be called on every request: once a project is known to be at head it is a
+    dict lookup with no I/O.  Thread-safe; different projects provision in parallel.
+    """
+
+    def __init__(self, engine: Engine, config: ConfigPath = None) -> None:
+        if engine.dialect.name != "postgresql":
+            raise ConfigurationError(f"workspace-tool needs PostgreSQL, not {engine.dialect.name}")
+        self.engine = engine
+        self.chain = Chain.load(config)
+        self.cache_key = cache.database_key(engine.url, self.chain.config_path)
+        self._ready = cache.ready_map(self.cache_key)
+        self._probe: Any = None
+        self._probe_lock = threading.Lock()
+
+    @property
+    def head(self) -> str:
+        return self.chain.head
+
+    # ------------------------------------------------------------------- ensure
+    def ensure(self, project_id: str, *, upgrade: bool = True, verify: bool = False) -> str:
+        """Return the project's schema, creating it or bringing it to head first if needed.
+
+        ``upgrade=False`` raises WorkspaceOutdated instead of upgrading; ``verify=True`` skips the cache
+        and reads the schema's alembic_version (one round trip when it is at head)."""
+        if not verify:
+            schema = self._ready.get(project_id)
+            if schema is not None:
+                return schema
+        return self.ensure_detailed(project_id, upgrade=upgrade, verify=verify).schema
+
+    def ensure_detailed(self, project_id: str, *, upgrade: bool = True, verify: bool = False) -> EnsureResult:
+        """Like ensure, returning what was done and how long it took."""
+        started = time.perf_counter()
+        schema = schema_for(project_id)
+        head = self.chain.head
+        if not verify and project_id in self._ready:
+            return EnsureResult(project_id, schema, "cached", head, head, _ms(started), "none")
+        if verify and self._probe_version(schema) == head:
+            self._ready[project_id] = schema
+            return EnsureResult(project_id, schema, "verified", head, head, _ms(started), "none")
+        self._ready.pop(project_id, None)
+        extension_schema = self.bootstrap()
+        result = self._on_connection(
+            schema,
+            lambda conn: migrate_on(
+                conn, self.chain, project_id, schema, extension_schema,
+                target=head, allow_upgrade=upgrade, started=started,
+            ),
+        )
+        self._ready[project_id] = schema
+        return result
+
+    def _probe_version(self, schema: str) -> str | None:
+        """One round trip on a held autocommit connection; None when unreadable."""
+        sql = f"SELECT version_num FROM {version_table(schema)}"
+        with self._probe_lock:
+            try:
+                if self._probe is None:
+                    self._probe = self.engine.raw_connection()
+                    self._probe.driver_connection.autocommit = True
+                cursor = self._probe.cursor()
+                try:
+                    cursor.execute(sql)
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+            except DBAPIError:
+                self._close_probe()
+                return None
+            except Exception as exc:
+                if type(exc).__module__.startswith("psycopg2"):
+                    if getattr(exc, "pgcode", None) is None:  # a broken connection, not a missing table
+                        self._close_probe()
+                    return None
+                raise
+        return str(rows[0][0]) if len(rows) == 1 else None
+
+    def _close_probe(self) -> None:
+        if self._probe is not None:
+            try:
+                self._probe.invalidate()
+            except Exception:
+                pass
+            self._probe = None
+
+    # ------------------------------------------------------------ administration
+    def bootstrap(self, force: bool = False) -> str:
+        """Create or migrate the registry and the vector extension (once per process); return the
+        extension's schema."""
+        extension_schema = None if force else cache.bootstrapped(self.cache_key)
+        if extension_schema is None:
+            extension_schema = self._on_connection(None, registry.bootstrap)
+            cache.set_bootstrapped(self.cache_key, extension_schema)
+        return extension_schema
+
+    init = bootstrap
+
+    def drop(self, project_id: str) -> bool:
+        """Drop the project's schema and its registry row together; False if neither existed."""
+        schema = schema_for(project_id)
+        self._ready.pop(project_id, None)
+        self.bootstrap()
+
+        def drop_on(conn: Connection) -> bool:
+            with conn.begin():
+                lock_schema(conn, schema)
+                existed = conn.execute(
+                    text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
+                ).scalar()
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+                deleted = conn.execute(registry.DELETE, {"project_id": project_id}).rowcount
+            self._ready.pop(project_id, None)
+            return bool(existed) or deleted > 0
+
+        return self._on_connection(schema, drop_on)
+
+    def status(self, project_ids: list[str] | None = None) -> list[ProjectStatus]:
+        """Per project: schema, its actual revision, registry revision and state; with no ids, every
+        registered project plus project schemas missing from the registry."""
+        if project_ids is not None:
+            for project_id in project_ids:
+                schema_for(project_id)
+        self.bootstrap()
+
+        def read(conn: Connection) -> list[ProjectStatus]:
+            with conn.begin():
+                return collect_status(conn, self.chain, project_ids)
+
+        return self._on_connection(None, read)
+
+    def projects(self) -> list[registry.RegistryRow]:
+        """Every registry row."""
+        self.bootstrap()
+
+        def read(conn: Connection) -> list[registry.RegistryRow]:
+            with conn.begin():
+                return [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
+
+        return self._on_connection(None, read)
+
+    def invalidate(self, project_ids: list[str] | None = None) -> None:
+        cache.invalidate(self.cache_key, project_ids)
+
+    def close(self) -> None:
+        """Release the held probe connection (the engine stays the caller's)."""
+        with self._probe_lock:
+            if self._probe is not None:
+                self._probe.close()
+                self._probe = None
+
+    def _on_connection(self, schema: str | None, work: Callable[[Connection], T]) -> T:
+        try:
+            with self.engine.connect() as conn:
+                return work(conn)
+        except WorkspaceError:
+            raise
+        except (DBAPIError, OSError) as exc:
+            raise translate(exc, schema) from exc
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

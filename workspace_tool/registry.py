@@ -1,0 +1,170 @@
+"""project_registry: the table of projects, its own small Alembic chain, and the one-time bootstrap.
+
+SQL is kept as constants with plain bind parameters so the sync and async managers share it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Row, text
+
+from .chain import ALEMBIC_LOCK
+from .errors import RegistryError
+from .naming import quote_ident
+from .targeting import DEFAULT_EXTENSION_SCHEMA, LOCK_SQL, REGISTRY_LOCK_KEY, check_extension_schema
+
+REGISTRY_SCHEMA = "project_registry"
+REGISTRY_TABLE = f"{REGISTRY_SCHEMA}.workspace_config"
+VERSION_TABLE = "workspace_registry_version"
+_MIGRATIONS_DIR = Path(__file__).with_name("registry_migrations")
+
+
+@dataclass(frozen=True)
+class RegistryRow:
+    project_id: str
+    schema_name: str
+    revision: str | None
+    status: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_action: str | None
+    last_duration_ms: float | None
+    last_path: str | None
+    last_error: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> RegistryRow:
+        return cls(**row._asdict())
+
+
+_COLUMNS = (
+    "project_id, schema_name, revision, status, created_at, updated_at, last_action, "
+    "last_duration_ms, last_path, last_error, metadata"
+)
+SELECT_ALL = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} ORDER BY project_id")
+SELECT_SOME = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} WHERE project_id = ANY(:ids) ORDER BY project_id")
+
+# Written in the same transaction as the schema change it records.
+UPSERT = text(
+    f"INSERT INTO {REGISTRY_TABLE} AS w (project_id, schema_name, revision, status, last_action, "
+    "last_duration_ms, last_path, last_error) "
+    "VALUES (:project_id, :schema_name, :revision, 'ready', :action, :duration_ms, :path, NULL) "
+    "ON CONFLICT (project_id) DO UPDATE SET revision = EXCLUDED.revision, status = 'ready', "
+    "last_action = EXCLUDED.last_action, last_duration_ms = EXCLUDED.last_duration_ms, "
+    "last_path = EXCLUDED.last_path, last_error = NULL, updated_at = now()"
+)
+# After a rollback, in a transaction of its own; only a row that already exists is marked.
+MARK_FAILED = text(
+    f"UPDATE {REGISTRY_TABLE} SET status = 'failed', last_action = :action, last_error = :error, "
+    "updated_at = now() WHERE project_id = :project_id"
+)
+DELETE = text(f"DELETE FROM {REGISTRY_TABLE} WHERE project_id = :project_id")
+
+
+def upsert_params(
+    project_id: str, schema: str, revision: str | None, action: str, duration_ms: float, path: str
+) -> dict[str, Any]:
+    return {
+        "project_id": project_id,
+        "schema_name": schema,
+        "revision": revision,
+        "action": action,
+        "duration_ms": round(duration_ms, 3),
+        "path": path,
+    }
+
+
+# --------------------------------------------------------------------- bootstrap
+# One round trip tells whether anything needs doing: registry version and extension schema.
+PROBE = text(
+    "SELECT (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+    "        WHERE e.extname = 'vector') AS ext_schema, "
+    "       (SELECT EXISTS (SELECT 1 FROM pg_extension e JOIN pg_class c ON c.relnamespace = e.extnamespace "
+    "        WHERE e.extname = 'vector' AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))) AS ext_has_tables, "
+    f"       to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL AS has_registry"
+)
+READ_VERSION = text(f"SELECT version_num FROM {REGISTRY_SCHEMA}.{VERSION_TABLE}")
+
+
+class RegistryChain:
+    """The registry's own revision chain, shipped inside the package."""
+
+    _instance: RegistryChain | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.config = Config()
+        self.config.set_main_option("script_location", str(_MIGRATIONS_DIR))
+        self.script = ScriptDirectory(str(_MIGRATIONS_DIR), version_locations=[str(_MIGRATIONS_DIR)])
+        self.head = self.script.get_current_head()
+        self.known = {s.revision for s in self.script.walk_revisions()}
+
+    @classmethod
+    def get(cls) -> RegistryChain:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = RegistryChain()
+            return cls._instance
+
+    def check(self, version: str | None) -> bool:
+        """True if at head; raise if the registry was written by a newer workspace-tool."""
+        if version is not None and version not in self.known:
+            raise RegistryError(
+                f"the registry ({REGISTRY_SCHEMA}) is at revision {version!r}, written by a newer "
+                "workspace-tool: upgrade workspace-tool before using this database"
+            )
+        return version == self.head
+
+    def upgrade(self, conn: Connection) -> None:
+        def fn(rev: Any, context: Any) -> Any:
+            return self.script._upgrade_revs("head", rev)
+
+        with ALEMBIC_LOCK, EnvironmentContext(self.config, self.script, fn=fn, destination_rev="head") as env:
+            env.configure(
+                connection=conn, version_table=VERSION_TABLE, version_table_schema=REGISTRY_SCHEMA
+            )
+            env.run_migrations()
+
+
+def registry_ready(conn: Connection) -> str | None:
+    """The extension schema if the registry and the extension are ready, else None. Read-only."""
+    row = conn.execute(PROBE).one()
+    if row.ext_schema is None or not row.has_registry:
+        return None
+    check_extension_schema(row.ext_schema, row.ext_has_tables)
+    version = conn.execute(READ_VERSION).scalar()
+    return str(row.ext_schema) if RegistryChain.get().check(version) else None
+
+
+def bootstrap(conn: Connection) -> str:
+    """Create or migrate the registry and the vector extension, under one lock; return the extension's
+    schema. Runs in its own transaction on ``conn`` (which must not be in one) and commits it."""
+    ext_schema = registry_ready(conn)
+    conn.rollback()
+    if ext_schema is not None:
+        return ext_schema
+    with conn.begin():
+        conn.execute(text(LOCK_SQL), {"key": REGISTRY_LOCK_KEY})
+        row = conn.execute(PROBE).one()
+        ext_schema = row.ext_schema
+        if ext_schema is None:
+            ext_schema = DEFAULT_EXTENSION_SCHEMA
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ext_schema)}"))
+            conn.execute(text(f"CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA {quote_ident(ext_schema)}"))
+        else:
+            check_extension_schema(ext_schema, row.ext_has_tables)
+        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {REGISTRY_SCHEMA}"))
+        chain = RegistryChain.get()
+        version = conn.execute(READ_VERSION).scalar() if row.has_registry else None
+        if not chain.check(version):
+            chain.upgrade(conn)
+    return str(ext_schema)
