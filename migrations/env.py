@@ -29,9 +29,10 @@ from workspace_tool.targeting import (
     lock_schema,
     search_path_sql,
 )
+from workspace_tool.urls import sync_url
 
 try:  # the models describe the head; autogenerate compares against them
-    from workspace_tool.models import metadata as target_metadata
+    from workspace_tool.models import metadata as target_metadata  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover - models are optional for running the chain
     target_metadata = None
 
@@ -66,9 +67,7 @@ def run_migrations_offline() -> None:
 
 
 def _url(required: bool = True) -> str | None:
-    url = x_args.get("url") or os.environ.get("WORKSPACE_TOOL_DATABASE_URL") or config.get_main_option(
-        "sqlalchemy.url"
-    )
+    url = x_args.get("url") or os.environ.get("WORKSPACE_TOOL_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
     if not url and required:
         raise SystemExit(
             "error: no database URL: set WORKSPACE_TOOL_DATABASE_URL, pass -x url=..., "
@@ -102,7 +101,7 @@ def run_migrations_online() -> None:
     schema = _target_schema()
     if schema is None:
         raise SystemExit("error: name the project schema: alembic -x schema=project_foo upgrade head")
-    engine = create_engine(str(_url()), poolclass=pool.NullPool)
+    engine = create_engine(sync_url(str(_url())), poolclass=pool.NullPool)
     with engine.connect() as conn, conn.begin():
         lock_schema(conn, schema)
         ext = find_extension_schema(conn)

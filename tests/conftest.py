@@ -47,7 +47,9 @@ def database_url() -> Iterator[URL]:
     yield url
     with admin.connect() as conn:
         conn.execute(
-            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"),
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
+            ),
             {"d": name},
         )
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
@@ -69,9 +71,15 @@ def session_engine(database_url: URL) -> Iterator[sa.Engine]:
 def reset_database(engine: sa.Engine) -> None:
     """Drop every project schema and empty the registry; forget the process caches."""
     with engine.begin() as conn:
-        schemas = conn.execute(
-            sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%' OR nspname LIKE 'public_twin%'")
-        ).scalars().all()
+        schemas = (
+            conn.execute(
+                sa.text(
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%' OR nspname LIKE 'public_twin%'"
+                )
+            )
+            .scalars()
+            .all()
+        )
         for schema in schemas:
             conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         conn.execute(sa.text("DROP TABLE IF EXISTS public.repositories, public.code_files CASCADE"))
@@ -123,9 +131,7 @@ def count_statements(engine: sa.Engine) -> Callable[[], StatementCounter]:
 def schema_tables(engine: sa.Engine, schema: str) -> set[str]:
     with engine.connect() as conn:
         return set(
-            conn.execute(
-                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}
-            ).scalars()
+            conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = :s"), {"s": schema}).scalars()
         )
 
 
@@ -175,8 +181,15 @@ class ChainBuilder:
     def ini(self) -> Path:
         return self.root / "alembic.ini"
 
-    def add(self, revision: str, upgrade: str, downgrade: str = "pass", *, extra: str = "",
-            down_revision: str | None | bool = True) -> ChainBuilder:
+    def add(
+        self,
+        revision: str,
+        upgrade: str,
+        downgrade: str = "pass",
+        *,
+        extra: str = "",
+        down_revision: str | bool | None = True,
+    ) -> ChainBuilder:
         down = self.last if down_revision is True else down_revision
         (self.versions / f"{revision}.py").write_text(
             REVISION_TEMPLATE.format(

@@ -83,8 +83,14 @@ class ProjectWorkspaceManager:
 
         def work(conn: Connection) -> EnsureResult:
             return migrate_on(
-                conn, self.chain, project_id, schema, extension_schema,
-                target=head, allow_upgrade=upgrade, started=started,
+                conn,
+                self.chain,
+                project_id,
+                schema,
+                extension_schema,
+                target=head,
+                allow_upgrade=upgrade,
+                started=started,
             )
 
         if self._needs_online:

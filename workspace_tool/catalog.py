@@ -101,8 +101,10 @@ def _diff(expected: Any, actual: Any, path: str, lines: list[str]) -> None:
                 lines.append(f"unexpected {where}")
             else:
                 _diff(expected[key], actual[key], where, lines)
-    elif isinstance(expected, list) and isinstance(actual, list) and all(
-        isinstance(c, dict) and "name" in c for c in expected + actual
+    elif (
+        isinstance(expected, list)
+        and isinstance(actual, list)
+        and all(isinstance(c, dict) and "name" in c for c in expected + actual)
     ):
         _diff({c["name"]: c for c in expected}, {c["name"]: c for c in actual}, path, lines)
         if not lines and [c["name"] for c in expected] != [c["name"] for c in actual]:

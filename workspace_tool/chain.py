@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
@@ -74,8 +74,10 @@ class Plan:
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
     candidate = Path(path) if path is not None else Path(os.environ.get(CONFIG_ENV) or "alembic.ini")
     if not candidate.is_file():
-        how = "the path given" if path is not None else (
-            f"${CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "./alembic.ini"
+        how = (
+            "the path given"
+            if path is not None
+            else (f"${CONFIG_ENV}" if os.environ.get(CONFIG_ENV) else "./alembic.ini")
         )
         raise ConfigurationError(
             f"alembic config not found: {candidate} ({how}); pass -c/--config PATH or set {CONFIG_ENV}"
@@ -86,7 +88,7 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
 class Chain:
     """One shared revision chain: its ScriptDirectory, head, and a cache of compiled ranges."""
 
-    _loaded: dict[Path, Chain] = {}
+    _loaded: ClassVar[dict[Path, Chain]] = {}
     _loaded_lock = threading.Lock()
 
     def __init__(self, config_path: Path) -> None:

@@ -97,7 +97,7 @@ def _password(app: AppContext | None) -> str | None:
     from sqlalchemy.engine import make_url
 
     try:
-        return make_url(app.url).password  # type: ignore[return-value]
+        return make_url(app.url).password
     except Exception:
         return None
 
@@ -129,8 +129,11 @@ def main(ctx: click.Context, database_url: str | None, config: str | None, trace
 def init(app: AppContext) -> None:
     """Create the registry and the vector extension (once, under a lock)."""
     extension_schema = app.manager.bootstrap(force=True)
-    click.echo(f"Registry ready in project_registry; vector extension in schema {extension_schema}; "
-               f"database {redact(app.url)}", err=True)
+    click.echo(
+        f"Registry ready in project_registry; vector extension in schema {extension_schema}; "
+        f"database {redact(app.url)}",
+        err=True,
+    )
 
 
 @main.command()
@@ -144,9 +147,7 @@ def ensure(app: AppContext, project_ids: tuple[str, ...], no_upgrade: bool, as_j
 
     for project_id in project_ids:  # every id is checked before any SQL is sent
         schema_for(project_id)
-    results = [
-        dataclasses.asdict(app.manager.ensure_detailed(p, upgrade=not no_upgrade)) for p in project_ids
-    ]
+    results = [dataclasses.asdict(app.manager.ensure_detailed(p, upgrade=not no_upgrade)) for p in project_ids]
     emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
 
 
@@ -192,7 +193,6 @@ def drop(app: AppContext, project_id: str, yes: bool) -> None:
         click.echo(f"Dropped {schema}.", err=True)
     else:
         click.echo(f"Nothing to drop: {schema} did not exist.", err=True)
-
 
 
 if __name__ == "__main__":  # pragma: no cover

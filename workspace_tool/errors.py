@@ -65,8 +65,7 @@ class WorkspaceNotFound(WorkspaceError):
         self.project_id = project_id
         self.schema = schema
         super().__init__(
-            f"project {project_id} has no schema ({schema} does not exist): "
-            f"run `workspace-tool ensure {project_id}`"
+            f"project {project_id} has no schema ({schema} does not exist): run `workspace-tool ensure {project_id}`"
         )
 
 

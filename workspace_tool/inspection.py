@@ -76,9 +76,7 @@ def classify(chain: Chain, revision: str | None, exists: bool, registered: bool,
     return "at head" if revision == chain.head else "behind"
 
 
-def collect_status(
-    conn: Connection, chain: Chain, project_ids: Sequence[str] | None = None
-) -> list[ProjectStatus]:
+def collect_status(conn: Connection, chain: Chain, project_ids: Sequence[str] | None = None) -> list[ProjectStatus]:
     """Status of the given projects, or of every registered project plus orphan schemas."""
     if project_ids is None:
         rows = [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
@@ -94,8 +92,9 @@ def collect_status(
         else list(project_ids)
     )
     with_version = [
-        s for s in (by_project[p].schema_name if p in by_project else SCHEMA_PREFIX + p.replace("-", "_")
-                    for p in wanted) if schemas.get(s)
+        s
+        for s in (by_project[p].schema_name if p in by_project else SCHEMA_PREFIX + p.replace("-", "_") for p in wanted)
+        if schemas.get(s)
     ]
     versions = read_versions(conn, with_version)
     result = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -72,8 +73,14 @@ class WorkspaceManager:
         result = self._on_connection(
             schema,
             lambda conn: migrate_on(
-                conn, self.chain, project_id, schema, extension_schema,
-                target=head, allow_upgrade=upgrade, started=started,
+                conn,
+                self.chain,
+                project_id,
+                schema,
+                extension_schema,
+                target=head,
+                allow_upgrade=upgrade,
+                started=started,
             ),
         )
         self._ready[project_id] = schema
@@ -106,10 +113,8 @@ class WorkspaceManager:
 
     def _close_probe(self) -> None:
         if self._probe is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._probe.invalidate()
-            except Exception:
-                pass
             self._probe = None
 
     # ------------------------------------------------------------ administration

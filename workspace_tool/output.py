@@ -41,7 +41,9 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], headers: Se
     return "\n".join(lines)
 
 
-def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: bool, out: TextIO | None = None) -> None:
+def emit(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: bool, out: TextIO | None = None
+) -> None:
     out = out or sys.stdout
     if as_json:
         out.write(to_json([{k: _plain(v) for k, v in r.items()} for r in rows]) + "\n")

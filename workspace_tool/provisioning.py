@@ -131,9 +131,7 @@ def migrate_on(
             plan_path = plan.path
             action = "created" if current is None else ("upgraded" if upgrading else "downgraded")
         duration = _ms(started)
-        conn.execute(
-            registry.UPSERT, registry.upsert_params(project_id, schema, target, action, duration, plan_path)
-        )
+        conn.execute(registry.UPSERT, registry.upsert_params(project_id, schema, target, action, duration, plan_path))
     return EnsureResult(project_id, schema, action, current, target, duration, plan_path)
 
 

@@ -129,9 +129,7 @@ class RegistryChain:
             return self.script._upgrade_revs("head", rev)
 
         with ALEMBIC_LOCK, EnvironmentContext(self.config, self.script, fn=fn, destination_rev="head") as env:
-            env.configure(
-                connection=conn, version_table=VERSION_TABLE, version_table_schema=REGISTRY_SCHEMA
-            )
+            env.configure(connection=conn, version_table=VERSION_TABLE, version_table_schema=REGISTRY_SCHEMA)
             env.run_migrations()
 
 

@@ -43,9 +43,7 @@ def find_extension_schema(conn: Connection) -> str:
     """The schema holding the vector extension; it must hold no tables (they could shadow ours)."""
     row = conn.execute(_EXTENSION_SCHEMA_SQL).first()
     if row is None:
-        raise ConfigurationError(
-            "the vector extension is not installed in this database: run `workspace-tool init`"
-        )
+        raise ConfigurationError("the vector extension is not installed in this database: run `workspace-tool init`")
     schema, has_tables = str(row[0]), bool(row[1])
     check_extension_schema(schema, has_tables)
     return schema

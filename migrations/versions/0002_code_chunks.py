@@ -4,6 +4,7 @@ Revision ID: 0002_code_chunks
 Revises: 0001_initial
 Create Date: 2026-11-25
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,9 +23,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "code_chunks",
-        sa.Column(
-            "id", postgresql.UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")
-        ),
+        sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
         sa.Column(
             "code_file_id",
             postgresql.UUID(as_uuid=True),

@@ -4,6 +4,7 @@ Revision ID: 0003_indexing_jobs
 Revises: 0002_code_chunks
 Create Date: 2026-11-25
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,9 +22,7 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     op.create_table(
         "indexing_jobs",
-        sa.Column(
-            "id", postgresql.UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")
-        ),
+        sa.Column("id", postgresql.UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
         sa.Column("project_id", sa.String(50), nullable=False),
         sa.Column(
             "repository_id",
@@ -39,9 +38,7 @@ def upgrade() -> None:
         sa.Column("completed_at", sa.DateTime(timezone=True)),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
-        sa.CheckConstraint(
-            "status IN ('pending', 'running', 'completed', 'failed')", name="ck_indexing_jobs_status"
-        ),
+        sa.CheckConstraint("status IN ('pending', 'running', 'completed', 'failed')", name="ck_indexing_jobs_status"),
     )
     op.create_index(
         "ix_indexing_jobs_active",

@@ -7,6 +7,7 @@ Create Date: 2026-11-25
 These are the operations that schema_translate_map does not reach (alembic issue #555); they land in
 the project schema because of the search_path that env.py sets.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,9 +23,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("code_chunks", sa.Column("token_count", sa.Integer()))
-    op.alter_column(
-        "repositories", "name", type_=sa.String(255), existing_type=sa.Text(), existing_nullable=False
-    )
+    op.alter_column("repositories", "name", type_=sa.String(255), existing_type=sa.Text(), existing_nullable=False)
     op.alter_column(
         "code_files", "language", server_default="unknown", existing_type=sa.String(50), existing_nullable=True
     )
@@ -37,10 +36,6 @@ def downgrade() -> None:
     op.drop_index("ix_change_events_repository_detected", table_name="change_events")
     op.drop_index("ix_code_files_content_hash", table_name="code_files")
     op.alter_column("change_events", "path", new_column_name="file_path", existing_type=sa.Text())
-    op.alter_column(
-        "code_files", "language", server_default=None, existing_type=sa.String(50), existing_nullable=True
-    )
-    op.alter_column(
-        "repositories", "name", type_=sa.Text(), existing_type=sa.String(255), existing_nullable=False
-    )
+    op.alter_column("code_files", "language", server_default=None, existing_type=sa.String(50), existing_nullable=True)
+    op.alter_column("repositories", "name", type_=sa.Text(), existing_type=sa.String(255), existing_nullable=False)
     op.drop_column("code_chunks", "token_count")

@@ -4,6 +4,7 @@ Revision ID: r0001_workspace_config
 Revises:
 Create Date: 2026-11-25
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
