@@ -17,11 +17,12 @@ only the project schema and the extension schema, so ALTER-type operations can't
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from alembic import context
-from sqlalchemy import Connection, create_engine, pool, text
+from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
+from workspace_tool.authoring import autogenerate_options
 from workspace_tool.naming import quote_ident, validate_schema_name
 from workspace_tool.targeting import (
     DEFAULT_EXTENSION_SCHEMA,
@@ -31,14 +32,25 @@ from workspace_tool.targeting import (
 )
 from workspace_tool.urls import sync_url
 
-try:  # the models describe the head; autogenerate compares against them
-    from workspace_tool.models import metadata as target_metadata  # type: ignore[import-not-found,unused-ignore]
-except ImportError:  # pragma: no cover - models are optional for running the chain
-    target_metadata = None
-
 config = context.config
 attributes: dict[str, Any] = config.attributes
 x_args = context.get_x_argument(as_dictionary=True)
+
+
+def _target_metadata() -> MetaData | None:
+    """What autogenerate compares against: ``config.attributes["target_metadata"]`` if given (the
+    ``workspace-tool revision`` API takes one), else the models, which describe the head."""
+    given = attributes.get("target_metadata")
+    if given is not None:
+        return cast(MetaData, given)
+    try:
+        from workspace_tool.models import metadata
+    except ImportError:  # pragma: no cover - a chain without the models still runs
+        return None
+    return metadata
+
+
+target_metadata = _target_metadata()
 
 
 def _target_schema() -> str | None:
@@ -84,8 +96,7 @@ def _configure_online(connection: Connection, schema: str, extension_schema: str
         target_metadata=target_metadata,
         version_table_schema=schema,
         include_schemas=False,
-        compare_type=True,
-        compare_server_default=True,
+        **autogenerate_options(),
     )
 
 

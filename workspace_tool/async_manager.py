@@ -9,16 +9,17 @@ and those are serialised per event loop (a thread lock can't keep two coroutines
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import weakref
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from . import cache, registry
+from . import cache, registry, sessions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
 from .failures import translate
@@ -26,7 +27,9 @@ from .inspection import ProjectStatus, collect_status
 from .manager import ConfigPath
 from .naming import schema_for
 from .provisioning import EnsureResult, migrate_on, version_table
+from .roles import validate_role_name
 from .targeting import lock_schema
+from .urls import url_secrets
 
 T = TypeVar("T")
 _ONLINE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -54,28 +57,40 @@ class ProjectWorkspaceManager:
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
         self._ready = cache.ready_map(self.cache_key)
         self._needs_online = self.chain.has_online
+        self._granted: set[tuple[str, str]] = set()  # (project, owner role) granted by this manager
 
     @property
     def head(self) -> str:
         return self.chain.head
 
-    async def ensure_workspace_exists(self, project_id: str, *, upgrade: bool = True, verify: bool = False) -> str:
-        """Return the project's schema, creating or upgrading it first if needed."""
-        if not verify:
-            schema = self._ready.get(project_id)
+    async def ensure_workspace_exists(
+        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+    ) -> str:
+        """Return the project's schema, creating or upgrading it first if needed (``owner_role``: see
+        WorkspaceManager.ensure)."""
+        if not verify and (owner_role is None or (project_id, owner_role) in self._granted):
+            try:
+                schema = self._ready.get(project_id)
+            except TypeError:  # unhashable: schema_for below names the rule it breaks
+                schema = None
             if schema is not None:
                 return schema
-        return (await self.ensure_detailed(project_id, upgrade=upgrade, verify=verify)).schema
+        return (await self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role)).schema
 
     ensure = ensure_workspace_exists
 
-    async def ensure_detailed(self, project_id: str, *, upgrade: bool = True, verify: bool = False) -> EnsureResult:
+    async def ensure_detailed(
+        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+    ) -> EnsureResult:
         started = time.perf_counter()
         schema = schema_for(project_id)
+        if owner_role is not None:
+            validate_role_name(owner_role)
         head = self.chain.head
-        if not verify and project_id in self._ready:
+        granted = owner_role is None or (project_id, owner_role) in self._granted
+        if not verify and granted and project_id in self._ready:
             return EnsureResult(project_id, schema, "cached", head, head, _ms(started), "none")
-        if verify and await self._read_version(schema) == head:
+        if verify and granted and await self._read_version(schema) == head:
             self._ready[project_id] = schema
             return EnsureResult(project_id, schema, "verified", head, head, _ms(started), "none")
         self._ready.pop(project_id, None)
@@ -91,6 +106,7 @@ class ProjectWorkspaceManager:
                 target=head,
                 allow_upgrade=upgrade,
                 started=started,
+                owner_role=owner_role,
             )
 
         if self._needs_online:
@@ -99,11 +115,15 @@ class ProjectWorkspaceManager:
         else:
             result = await self._run(schema, work)
         self._ready[project_id] = schema
+        if owner_role is not None:
+            self._granted.add((project_id, owner_role))
         return result
 
     async def _read_version(self, schema: str) -> str | None:
         try:
             async with self.engine.connect() as conn:
+                # Autocommit: no BEGIN/ROLLBACK around the read, so it is one statement on the wire.
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
                 rows = (await conn.execute(text(f"SELECT version_num FROM {version_table(schema)}"))).all()
         except DBAPIError:
             return None
@@ -162,11 +182,21 @@ class ProjectWorkspaceManager:
         except WorkspaceError:
             raise
         except (DBAPIError, OSError) as exc:
-            raise translate(exc, schema) from exc
+            raise translate(exc, schema, url_secrets(self.engine.url)) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("asyncpg"):
-                raise translate(exc, schema) from exc
+                raise translate(exc, schema, url_secrets(self.engine.url)) from exc
             raise
+
+    # ------------------------------------------------------------ application
+    def connect(self, project_id: str) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """``async with amgr.connect(project_id) as conn:`` an AsyncConnection on the project's schema
+        (ensured first), through ``schema_translate_map``; see workspace_tool.sessions."""
+        return sessions.async_connect(self, project_id)
+
+    def session(self, project_id: str, **session_options: Any) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
+        """``async with amgr.session(project_id) as s:`` an AsyncSession on the project's schema."""
+        return sessions.async_session(self, project_id, **session_options)
 
 
 def _ms(started: float) -> float:

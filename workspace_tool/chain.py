@@ -12,7 +12,6 @@ import io
 import os
 import re
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +31,12 @@ BASE = "base"
 # A revision opts out of compiling with a module-level ``workspace_online = True``; these calls in its
 # source mean it needs a live connection (or behaves differently offline), so it is run online too.
 _NEEDS_CONNECTION = re.compile(r"\bget_bind\s*\(|\bis_offline_mode\s*\(|\bget_context\s*\(")
+# alembic.ini main option that turns the fast path off for a whole chain (every range runs online).
+FAST_PATH_OPTION = "workspace_fast_path"
+# The version table, as Alembic renders it in offline mode at the start of a range from base, and the
+# DROP that Alembic < 1.17 appends to a range ending at base (online mode never drops it: alembic #1822).
+_CREATE_VERSION_TABLE = re.compile(r"^CREATE TABLE (alembic_version \()", re.MULTILINE)
+_DROP_VERSION_TABLE = re.compile(r"^DROP TABLE alembic_version;[ \t]*\n?", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -109,9 +114,15 @@ class Chain:
         self.head: str = heads[0]
         self._order = [s.revision for s in reversed(list(self.script.walk_revisions("base", "heads")))]
         self._position = {rev: i for i, rev in enumerate(self._order)}
-        self._online = {rev for rev in self._order if self._needs_online(self.script.get_revision(rev))}
+        self.fast_path_enabled = _truthy(self.config.get_main_option(FAST_PATH_OPTION, "true"))
+        self._online = {
+            rev
+            for rev in self._order
+            if not self.fast_path_enabled or self._needs_online(self.script.get_revision(rev))
+        }
         self.fingerprint = self._fingerprint()
-        self._plans: dict[tuple[str | None, str | None], Plan] = {}
+        self._plans: dict[tuple[str | None, str | None, bool], Plan] = {}
+        self._unrenderable: set[tuple[str, bool]] = set()  # (revision, upgrading) that failed to compile
 
     @classmethod
     def load(cls, config_path: str | os.PathLike[str] | None = None) -> Chain:
@@ -190,35 +201,71 @@ class Chain:
         digest.update((Path(self.script.dir) / "env.py").read_bytes())
         return digest.hexdigest()[:16]
 
-    def plan(self, from_rev: str | None, to_rev: str | None) -> Plan:
-        """Split from_rev -> to_rev into compiled and online steps; cached per process."""
-        key = (from_rev, to_rev)
+    def plan(self, from_rev: str | None, to_rev: str | None, *, online: bool = False) -> Plan:
+        """Split from_rev -> to_rev into compiled and online steps; cached per process.
+
+        ``online=True`` plans the whole range as one online step (everything through Alembic): the
+        reference the fast path is verified against, and a way to bypass it."""
+        key = (from_rev, to_rev, online)
         plan = self._plans.get(key)
         if plan is not None:
             return plan
         with ALEMBIC_LOCK:
             plan = self._plans.get(key)
             if plan is None:
-                plan = self._plans[key] = Plan(from_rev, to_rev, tuple(self._steps(from_rev, to_rev)))
+                if online:
+                    steps: tuple[Step, ...] = (Step(from_rev, to_rev, None),) if self._between(from_rev, to_rev) else ()
+                else:
+                    steps = tuple(self._steps(from_rev, to_rev))
+                plan = self._plans[key] = Plan(from_rev, to_rev, steps)
         return plan
 
-    def _steps(self, from_rev: str | None, to_rev: str | None) -> Iterator[Step]:
+    def _steps(self, from_rev: str | None, to_rev: str | None) -> list[Step]:
+        """Maximal runs of compilable revisions become one compiled step each; the rest run online.
+
+        A run that fails to render offline is split: each of its revisions is rendered alone, and only
+        those that fail (remembered per direction) run online."""
         upgrading = self.is_upgrade(from_rev, to_rev)
+        segments: list[tuple[str | None, str | None, bool, list[str]]] = []
         current = from_rev
-        segment_start = from_rev
-        segment_online: bool | None = None
         for rev in self._between(from_rev, to_rev):
             script = self.script.get_revision(rev)
             assert script is not None
             after = rev if upgrading else self.resolve_down(script)
-            online = rev in self._online
-            if segment_online is not None and online != segment_online:
-                yield self._step(segment_start, current, segment_online)
-                segment_start = current
-            segment_online = online
+            online = rev in self._online or (rev, upgrading) in self._unrenderable
+            if segments and segments[-1][2] == online:
+                start, _, _, revs = segments[-1]
+                segments[-1] = (start, after, online, [*revs, rev])
+            else:
+                segments.append((current, after, online, [rev]))
             current = after
-        if segment_online is not None:
-            yield self._step(segment_start, current, segment_online)
+        steps: list[Step] = []
+        for start, end, online, revs in segments:
+            if online:
+                steps.append(Step(start, end, None))
+                continue
+            try:
+                steps.append(Step(start, end, self.compile(start, end)))
+            except Exception:  # some revision here can't render offline: find it, run only it online
+                if len(revs) > 1 and self._find_unrenderable(revs, start, upgrading):
+                    return self._steps(from_rev, to_rev)
+                steps.append(Step(start, end, None))
+        return steps
+
+    def _find_unrenderable(self, revs: list[str], start: str | None, upgrading: bool) -> bool:
+        found = False
+        current = start
+        for rev in revs:
+            script = self.script.get_revision(rev)
+            assert script is not None
+            after = rev if upgrading else self.resolve_down(script)
+            try:
+                self.compile(current, after)
+            except Exception:
+                self._unrenderable.add((rev, upgrading))
+                found = True
+            current = after
+        return found
 
     @staticmethod
     def resolve_down(script: Script) -> str | None:
@@ -227,20 +274,11 @@ class Chain:
             raise ConfigurationError(f"revision {script.revision} is a merge point; downgrade across it by hand")
         return down
 
-    def _step(self, from_rev: str | None, to_rev: str | None, online: bool) -> Step:
-        if online:
-            return Step(from_rev, to_rev, None)
-        try:
-            sql = self.compile(from_rev, to_rev)
-        except Exception:  # a revision that can't render offline runs online instead
-            return Step(from_rev, to_rev, None)
-        return Step(from_rev, to_rev, sql)
-
     def compile(self, from_rev: str | None, to_rev: str | None) -> str:
         """Render from_rev -> to_rev as SQL with no schema names (it runs under a search_path)."""
         buffer = io.StringIO()
         self._run_env(from_rev, to_rev, as_sql=True, attributes={"compile": True, "output_buffer": buffer})
-        return buffer.getvalue()
+        return align_version_table(buffer.getvalue(), from_rev, to_rev)
 
     # -------------------------------------------------------------------- online
     def run_online(
@@ -278,3 +316,22 @@ class Chain:
                     self.script.run_env()
             finally:
                 self.config.attributes.clear()
+
+
+def align_version_table(sql: str, from_rev: str | None, to_rev: str | None) -> str:
+    """Make compiled SQL treat the version table as Alembic online does.
+
+    Online, ``downgrade base`` leaves an empty alembic_version table and an upgrade from base creates
+    it only if missing.  Offline, Alembic always emits CREATE TABLE for a range from base, and before
+    1.17 a DROP TABLE for a range ending at base.  So a range from base creates the table IF NOT EXISTS
+    (a schema downgraded to base, by us or by plain Alembic, still has it) and a range to base keeps it.
+    """
+    if from_rev is None:
+        sql = _CREATE_VERSION_TABLE.sub(r"CREATE TABLE IF NOT EXISTS \1", sql, count=1)
+    if to_rev is None:
+        sql = _DROP_VERSION_TABLE.sub("", sql)
+    return sql
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() not in ("false", "no", "off", "0")

@@ -73,13 +73,16 @@ class WorkspaceGroup(click.Group):
             raise
         except Exception as exc:
             app = ctx.find_object(AppContext)
-            if app is not None and app.traceback:
-                raise
+            if app is not None and app.traceback:  # the whole chain, still without the password
+                import traceback
+
+                shown = "".join(traceback.format_exception(exc))
+                click.echo(redact_text(shown, *_passwords(app)).rstrip(), err=True)
+                sys.exit(1)
             error = exc if isinstance(exc, WorkspaceError) else _translate(exc)
             if error is None:
                 raise
-            secret = _password(app)
-            click.echo(f"Error: {redact_text(str(error), secret)}", err=True)
+            click.echo(f"Error: {redact_text(str(error), *_passwords(app))}", err=True)
             sys.exit(1)
 
 
@@ -91,15 +94,12 @@ def _translate(exc: Exception) -> WorkspaceError | None:
     return None
 
 
-def _password(app: AppContext | None) -> str | None:
+def _passwords(app: AppContext | None) -> list[str]:
     if app is None or "url" not in app.__dict__:
-        return None
-    from sqlalchemy.engine import make_url
+        return []
+    from .urls import url_secrets
 
-    try:
-        return make_url(app.url).password
-    except Exception:
-        return None
+    return url_secrets(app.url)
 
 
 @click.group(cls=WorkspaceGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -139,15 +139,29 @@ def init(app: AppContext) -> None:
 @main.command()
 @click.argument("project_ids", nargs=-1, required=True)
 @click.option("--no-upgrade", is_flag=True, help="Fail if a schema is behind instead of upgrading it.")
+@click.option(
+    "--owner-role",
+    metavar="ROLE",
+    help="Grant ROLE (created NOLOGIN if missing) the schema's tables, in the same transaction; "
+    "ROLE gets nothing on other schemas or the registry.",
+)
 @json_option
 @pass_app
-def ensure(app: AppContext, project_ids: tuple[str, ...], no_upgrade: bool, as_json: bool) -> None:
+def ensure(
+    app: AppContext, project_ids: tuple[str, ...], no_upgrade: bool, owner_role: str | None, as_json: bool
+) -> None:
     """Create each project's schema (or bring it to head) and print what was done and how long it took."""
     from .naming import schema_for
+    from .roles import validate_role_name
 
     for project_id in project_ids:  # every id is checked before any SQL is sent
         schema_for(project_id)
-    results = [dataclasses.asdict(app.manager.ensure_detailed(p, upgrade=not no_upgrade)) for p in project_ids]
+    if owner_role is not None:
+        validate_role_name(owner_role)
+    results = [
+        dataclasses.asdict(app.manager.ensure_detailed(p, upgrade=not no_upgrade, owner_role=owner_role))
+        for p in project_ids
+    ]
     emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
 
 
@@ -156,8 +170,20 @@ def ensure(app: AppContext, project_ids: tuple[str, ...], no_upgrade: bool, as_j
 @json_option
 @pass_app
 def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
-    """Each project's schema, revision, whether it is at head, and its last duration."""
-    rows = [s.as_dict() for s in app.manager.status(list(project_ids) or None)]
+    """Each named project's schema, revision, state and last duration; with no ids, the fleet: counts by
+    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans."""
+    statuses = app.manager.status(list(project_ids) or None)
+    if not project_ids:
+        from .inspection import fleet_summary
+        from .output import to_json
+
+        summary = fleet_summary(app.manager.chain, statuses)
+        if as_json:
+            click.echo(to_json(summary))
+            return
+        render_fleet_summary(summary)
+        return
+    rows = [s.as_dict() for s in statuses]
     emit(
         rows,
         ["project_id", "schema", "revision", "state", "last_action", "last_duration_ms", "updated_at"],
@@ -165,6 +191,29 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
     )
     if not rows and not as_json:
         click.echo("No projects.", err=True)
+
+
+def render_fleet_summary(summary: dict[str, Any]) -> None:
+    counts = [{"state": k, "schemas": v} for k, v in summary["counts"].items() if v]
+    click.echo(f"{summary['total']} project(s); head is {summary['head']}")
+    if counts:
+        click.echo(_table(counts, ["state", "schemas"]))
+        click.echo()
+        click.echo(_table(summary["revisions"], ["revision", "state", "schemas"]))
+    for key, title, columns in (
+        ("missing", "Registered, schema missing", ["project_id", "schema", "registry_revision"]),
+        ("orphans", "Project schemas not in the registry (orphans)", ["project_id", "schema", "revision"]),
+        ("failed", "Failed on the last run", ["project_id", "schema", "revision", "last_error"]),
+    ):
+        if summary[key]:
+            click.echo(f"\n{title}:")
+            click.echo(_table(summary[key], columns))
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    from .output import table
+
+    return table(rows, columns)
 
 
 @main.command(name="list")
@@ -195,5 +244,5 @@ def drop(app: AppContext, project_id: str, yes: bool) -> None:
         click.echo(f"Nothing to drop: {schema} did not exist.", err=True)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+# Each command module registers its commands on ``main`` when imported.
+from . import cli_authoring, cli_fleet, cli_lint, cli_verify  # noqa: E402,F401

@@ -17,6 +17,16 @@ class InvalidProjectId(WorkspaceError, ValueError):
         )
 
 
+class InvalidRoleName(WorkspaceError, ValueError):
+    def __init__(self, role: object, reason: str) -> None:
+        self.role = role
+        self.reason = reason
+        super().__init__(
+            f"invalid owner role {role!r}: {reason}; a role name is 1-63 characters of a-z, 0-9 and _, "
+            "not starting with a digit or pg_ (^[a-z_][a-z0-9_]*$)"
+        )
+
+
 class InvalidSchemaName(WorkspaceError, ValueError):
     def __init__(self, schema: object) -> None:
         self.schema = schema

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import exc as sa_exc
 
 from .errors import DatabaseUnavailable, LockTimeout, MigrationFailed, WorkspaceError
@@ -51,14 +53,22 @@ def is_connection_error(error: BaseException) -> bool:
     return isinstance(error, sa_exc.OperationalError) and any(w in message for w in _CONNECTION_WORDS)
 
 
-def translate(error: BaseException, schema: str | None = None) -> WorkspaceError:
-    """The WorkspaceError for a database failure while working on ``schema`` (or before any schema)."""
+def translate(error: BaseException, schema: str | None = None, secrets: Sequence[str] = ()) -> WorkspaceError:
+    """The WorkspaceError for a database failure while working on ``schema`` (or before any schema);
+    ``secrets`` (see urls.url_secrets) are scrubbed from the driver's message too."""
     if isinstance(error, WorkspaceError):
         return error
-    detail = first_line(error)
+    detail = redact_text(first_line(error), *secrets)
     if is_connection_error(error):
-        where = f" while working on {schema} (its transaction was rolled back; rerun)" if schema else ""
-        return DatabaseUnavailable(f"database connection failed{where}: {detail}")
+        if schema:
+            return DatabaseUnavailable(
+                f"database connection failed while working on {schema} (its transaction was rolled back; "
+                f"rerun): {detail}"
+            )
+        return DatabaseUnavailable(
+            f"database connection failed: {detail} (check that the server is up and the URL is right: "
+            "--database-url or $WORKSPACE_TOOL_DATABASE_URL)"
+        )
     if schema is None:
         return DatabaseUnavailable(f"database error: {detail}")
     if sqlstate(error) in LOCK_SQLSTATES:

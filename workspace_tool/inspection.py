@@ -48,7 +48,11 @@ def project_schemas(conn: Connection) -> dict[str, bool]:
 
 def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VERSION_BATCH) -> dict[str, str | None]:
     """schema -> version_num (None for an empty version table), for schemas with a version table.
-    Reads in batches of ``batch_size`` schemas, one UNION ALL query per batch."""
+    Reads in batches of ``batch_size`` schemas, one UNION ALL query per batch.
+
+    Each batch runs in a savepoint that is rolled back once its rows are read: that releases the
+    AccessShareLocks on its version tables, so reading 10,000 schemas in one transaction does not run out
+    of lock slots (``max_locks_per_transaction``: "out of shared memory")."""
     names = list(schemas)
     versions: dict[str, str | None] = {}
     for start in range(0, len(names), batch_size):
@@ -57,7 +61,12 @@ def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VE
             f"SELECT {i} AS i, (SELECT string_agg(version_num, ',') FROM {quote_ident(s)}.alembic_version)"
             for i, s in enumerate(batch)
         )
-        for i, version in conn.execute(text(union)).all():
+        savepoint = conn.begin_nested()
+        try:
+            rows = conn.execute(text(union)).all()
+        finally:
+            savepoint.rollback()
+        for i, version in rows:
             versions[batch[i]] = version
     return versions
 
@@ -123,3 +132,34 @@ def collect_status(conn: Connection, chain: Chain, project_ids: Sequence[str] | 
             )
         )
     return result
+
+
+FLEET_STATES = ("at head", "behind", "ahead/unknown", "failed", "empty", "missing", "orphan")
+
+
+def fleet_summary(chain: Chain, statuses: Sequence[ProjectStatus]) -> dict[str, Any]:
+    """Counts by state and by revision, and the schemas needing attention: missing (registered, no
+    schema), orphans (a project schema with no registry row), failed (the last run failed on them)."""
+    counts = dict.fromkeys(FLEET_STATES, 0)
+    by_revision: dict[tuple[str | None, str], int] = {}
+    for s in statuses:
+        counts[s.state] = counts.get(s.state, 0) + 1
+        key = (s.revision, s.state)
+        by_revision[key] = by_revision.get(key, 0) + 1
+    order = {rev: chain.position(rev) if chain.knows(rev) else 10**9 for rev, _ in by_revision}
+
+    def pick(state: str, *fields: str) -> list[dict[str, Any]]:
+        return [{k: getattr(s, k) for k in ("project_id", "schema", *fields)} for s in statuses if s.state == state]
+
+    return {
+        "head": chain.head,
+        "total": len(statuses),
+        "counts": counts,
+        "revisions": [
+            {"revision": rev, "state": state, "schemas": n}
+            for (rev, state), n in sorted(by_revision.items(), key=lambda kv: (-order[kv[0][0]], kv[0][1]))
+        ],
+        "missing": pick("missing", "registry_revision"),
+        "orphans": pick("orphan", "revision"),
+        "failed": pick("failed", "revision", "last_action", "last_error"),
+    }

@@ -11,15 +11,18 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
-from . import cache, registry
+from . import cache, registry, sessions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
 from .failures import translate
 from .inspection import ProjectStatus, collect_status
 from .naming import schema_for
 from .provisioning import EnsureResult, migrate_on, version_table
+from .roles import validate_role_name
 from .targeting import lock_schema
+from .urls import url_secrets
 
 ConfigPath = str | os.PathLike[str] | None
 T = TypeVar("T")
@@ -41,31 +44,43 @@ class WorkspaceManager:
         self._ready = cache.ready_map(self.cache_key)
         self._probe: Any = None
         self._probe_lock = threading.Lock()
+        self._granted: set[tuple[str, str]] = set()  # (project, owner role) granted by this manager
 
     @property
     def head(self) -> str:
         return self.chain.head
 
     # ------------------------------------------------------------------- ensure
-    def ensure(self, project_id: str, *, upgrade: bool = True, verify: bool = False) -> str:
+    def ensure(
+        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+    ) -> str:
         """Return the project's schema, creating it or bringing it to head first if needed.
 
         ``upgrade=False`` raises WorkspaceOutdated instead of upgrading; ``verify=True`` skips the cache
-        and reads the schema's alembic_version (one round trip when it is at head)."""
-        if not verify:
-            schema = self._ready.get(project_id)
+        and reads the schema's alembic_version (one round trip when it is at head).  ``owner_role`` grants
+        that role (created NOLOGIN if missing) the schema's tables, in the same transaction; see roles.py."""
+        if not verify and (owner_role is None or (project_id, owner_role) in self._granted):
+            try:
+                schema = self._ready.get(project_id)
+            except TypeError:  # unhashable: schema_for below names the rule it breaks
+                schema = None
             if schema is not None:
                 return schema
-        return self.ensure_detailed(project_id, upgrade=upgrade, verify=verify).schema
+        return self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role).schema
 
-    def ensure_detailed(self, project_id: str, *, upgrade: bool = True, verify: bool = False) -> EnsureResult:
+    def ensure_detailed(
+        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+    ) -> EnsureResult:
         """Like ensure, returning what was done and how long it took."""
         started = time.perf_counter()
         schema = schema_for(project_id)
+        if owner_role is not None:
+            validate_role_name(owner_role)
         head = self.chain.head
-        if not verify and project_id in self._ready:
+        granted = owner_role is None or (project_id, owner_role) in self._granted
+        if not verify and granted and project_id in self._ready:
             return EnsureResult(project_id, schema, "cached", head, head, _ms(started), "none")
-        if verify and self._probe_version(schema) == head:
+        if verify and granted and self._probe_version(schema) == head:
             self._ready[project_id] = schema
             return EnsureResult(project_id, schema, "verified", head, head, _ms(started), "none")
         self._ready.pop(project_id, None)
@@ -81,9 +96,12 @@ class WorkspaceManager:
                 target=head,
                 allow_upgrade=upgrade,
                 started=started,
+                owner_role=owner_role,
             ),
         )
         self._ready[project_id] = schema
+        if owner_role is not None:
+            self._granted.add((project_id, owner_role))
         return result
 
     def _probe_version(self, schema: str) -> str | None:
@@ -92,8 +110,12 @@ class WorkspaceManager:
         with self._probe_lock:
             try:
                 if self._probe is None:
-                    self._probe = self.engine.raw_connection()
-                    self._probe.driver_connection.autocommit = True
+                    probe = self.engine.raw_connection()
+                    # Detached: in autocommit it must never go back to the pool, where the next
+                    # borrower's "transaction" would commit statement by statement.
+                    probe.detach()
+                    probe.dbapi_connection.autocommit = True  # type: ignore[union-attr]
+                    self._probe = probe
                 cursor = self._probe.cursor()
                 try:
                     cursor.execute(sql)
@@ -189,7 +211,17 @@ class WorkspaceManager:
         except WorkspaceError:
             raise
         except (DBAPIError, OSError) as exc:
-            raise translate(exc, schema) from exc
+            raise translate(exc, schema, url_secrets(self.engine.url)) from exc
+
+    # ------------------------------------------------------------ application
+    def connect(self, project_id: str) -> contextlib.AbstractContextManager[Connection]:
+        """``with mgr.connect(project_id) as conn:`` a Connection on the project's schema (ensured first),
+        through ``schema_translate_map``; see workspace_tool.sessions."""
+        return sessions.connect(self, project_id)
+
+    def session(self, project_id: str, **session_options: Any) -> contextlib.AbstractContextManager[Session]:
+        """``with mgr.session(project_id) as s:`` an ORM Session on the project's schema (ensured first)."""
+        return sessions.session(self, project_id, **session_options)
 
 
 def _ms(started: float) -> float:

@@ -1,0 +1,547 @@
+"""Benchmarks of provisioning against its floor, all measured in one run (interleaved), medians and ratios.
+
+    python benchmarks/run.py            # full sizes (10,000 existing schemas: takes a few minutes)
+    python benchmarks/run.py --quick    # small sizes, about a minute
+    tox -e bench -- --quick
+
+What is measured (targets from issue 4):
+
+* fresh ``ensure`` through the library vs the floor: the DDL of a provisioned schema (``pg_dump
+  --schema-only``) replayed in one transaction with its version row and a registry row, sent as one batch
+  (BEGIN ... COMMIT) on a held connection; the chain run online through Alembic is shown for reference.
+  Target: library <= 1.15x floor.
+* cached ``ensure`` (mean, target <= 5 us, no statement sent) and ``ensure(verify=True)`` (median, target
+  <= 0.3 ms), next to a bare ``SELECT version_num`` on a held connection.
+* ``asyncio.gather`` of 3 and of 16 distinct projects through ProjectWorkspaceManager vs one provisioning.
+  Target: 3 in <= 2x one.
+* fresh ``ensure`` on a database already holding N (10,000) project schemas vs on one holding none.
+  Target <= 1.25x.
+* ``upgrade --all`` over large fleets: ``benchmarks/fleet_upgrade.py`` (its ``main()``), if present.
+
+The server is ``WORKSPACE_TOOL_BENCH_DATABASE_URL`` if set, else the embedded PostgreSQL
+(``workspace_tool.embedded.start()``); the benchmark creates its own databases on it and drops them at
+the end. The machine may be shared: only ratios measured in the same run mean much.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import importlib.util
+import inspect
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, embedded  # noqa: E402
+from workspace_tool.naming import quote_ident, schema_for  # noqa: E402
+from workspace_tool.provisioning import migrate_on  # noqa: E402
+from workspace_tool.targeting import search_path_sql  # noqa: E402
+from workspace_tool.urls import async_url, sync_url  # noqa: E402
+
+ALEMBIC_INI = ROOT / "alembic.ini"
+SERVER_ENV = "WORKSPACE_TOOL_BENCH_DATABASE_URL"
+REGISTRY_INSERT = (
+    "INSERT INTO project_registry.workspace_config (project_id, schema_name, revision, status, last_action, "
+    "last_duration_ms, last_path) VALUES ({pid}, {schema}, {rev}, 'ready', 'created', 0, 'floor');\n"
+)
+
+RESULTS: dict[str, Any] = {}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def literal(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+# ------------------------------------------------------------------ statistics
+def median_ms(samples: Sequence[float]) -> float:
+    return statistics.median(samples) * 1000.0
+
+
+def spread(samples: Sequence[float]) -> str:
+    """median [p25-p75] in ms"""
+    ordered = sorted(samples)
+    q = statistics.quantiles(ordered, n=4) if len(ordered) > 1 else [ordered[0]] * 3
+    return f"{median_ms(ordered):8.2f} ms  [p25 {q[0] * 1000:.2f}, p75 {q[2] * 1000:.2f}]  n={len(ordered)}"
+
+
+def verdict(value: float, target: float) -> str:
+    return "met" if value <= target else f"MISSED by {value / target:.2f}x"
+
+
+def record(key: str, **values: Any) -> None:
+    RESULTS[key] = values
+
+
+# ------------------------------------------------------------------- databases
+def server_url() -> URL:
+    configured = os.environ.get(SERVER_ENV)
+    return sync_url(configured if configured else embedded.start())
+
+
+@contextmanager
+def scratch_database(server: URL, label: str) -> Iterator[URL]:
+    name = f"wst_bench_{label}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {quote_ident(name)}"))
+    try:
+        yield server.set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name}
+            )
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote_ident(name)}"))
+        admin.dispose()
+
+
+def engine_for(url: URL, pool_size: int = 8) -> sa.Engine:
+    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size)
+
+
+def raw_autocommit(engine: sa.Engine) -> Any:
+    """A DBAPI (psycopg2) connection in autocommit mode: statements go as they are, one round trip each."""
+    conn = engine.raw_connection()
+    conn.driver_connection.autocommit = True  # type: ignore[union-attr]
+    return conn
+
+
+# ------------------------------------------------------------------------ floor
+def pg_dump_schema(url: URL, schema: str) -> str:
+    """The schema's DDL from pg_dump --schema-only (the client matching the embedded server: 18)."""
+    pg_dump = embedded.client_bin_dir() / "pg_dump"
+    libpq = url.set(drivername="postgresql", password=None).render_as_string(hide_password=False)
+    env = dict(os.environ)
+    if url.password:
+        env["PGPASSWORD"] = str(url.password)
+    out = subprocess.run(
+        [str(pg_dump), "--schema-only", "--no-owner", "--no-privileges", "-n", schema, libpq],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    ).stdout
+    # psql meta-commands (\restrict ...) and comments are not SQL
+    lines = [line for line in out.splitlines() if not line.startswith("\\") and not line.startswith("--")]
+    return "\n".join(lines)
+
+
+class Floor:
+    """Replays a provisioned schema's DDL, its version row and a registry row as one batch."""
+
+    def __init__(self, engine: sa.Engine, reference_schema: str, head: str) -> None:
+        self.ddl = pg_dump_schema(engine.url, reference_schema)
+        self.pattern = re.compile(rf"\b{re.escape(reference_schema)}\b")
+        self.head = head
+        self.conn = raw_autocommit(engine)
+
+    def sql(self, project_id: str) -> str:
+        schema = schema_for(project_id)
+        return (
+            "BEGIN;\n"
+            + self.pattern.sub(schema, self.ddl)
+            + f"\nINSERT INTO {schema}.alembic_version (version_num) VALUES ({literal(self.head)});\n"
+            + REGISTRY_INSERT.format(pid=literal(project_id), schema=literal(schema), rev=literal(self.head))
+            + "COMMIT;"
+        )
+
+    def provision(self, project_id: str) -> None:
+        sql = self.sql(project_id)
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def online_ensure(engine: sa.Engine, mgr: WorkspaceManager, project_id: str) -> None:
+    with engine.connect() as conn:
+        migrate_on(conn, mgr.chain, project_id, schema_for(project_id), mgr.bootstrap(), target=mgr.head, online=True)
+
+
+# ------------------------------------------------------------------ benchmarks
+def bench_fresh(engine: sa.Engine, mgr: WorkspaceManager, n: int) -> None:
+    log(f"fresh ensure vs floor: {n} provisionings each, interleaved")
+    mgr.ensure("floorref")  # the reference schema pg_dump reads
+    floor = Floor(engine, schema_for("floorref"), mgr.head)
+    for i in range(3):  # warm up every contender
+        mgr.ensure(f"warm-lib-{i}")
+        floor.provision(f"warm-floor-{i}")
+        online_ensure(engine, mgr, f"warm-online-{i}")
+    samples: dict[str, list[float]] = {"library": [], "floor": [], "online": []}
+    paths = set()
+    for i in range(n):
+        contenders: list[tuple[str, Callable[[], object]]] = [
+            ("library", lambda i=i: paths.add(mgr.ensure_detailed(f"lib-{i}").path)),  # type: ignore[misc]
+            ("floor", lambda i=i: floor.provision(f"floor-{i}")),  # type: ignore[misc]
+            ("online", lambda i=i: online_ensure(engine, mgr, f"online-{i}")),  # type: ignore[misc]
+        ]
+        shift = i % len(contenders)
+        for name, fn in contenders[shift:] + contenders[:shift]:
+            samples[name].append(timed(fn))
+    floor.close()
+    ratio = statistics.median(samples["library"]) / statistics.median(samples["floor"])
+    online_ratio = statistics.median(samples["online"]) / statistics.median(samples["floor"])
+    print("\n== fresh ensure (main chain, 6 tables + HNSW) ==")
+    print(f"library ensure (path {'/'.join(sorted(paths))}): {spread(samples['library'])}")
+    print(f"floor (pg_dump DDL, 1 batch):       {spread(samples['floor'])}")
+    print(f"online through Alembic (reference): {spread(samples['online'])}")
+    print(
+        f"library / floor = {ratio:.3f}x (target <= 1.15x: {verdict(ratio, 1.15)}); "
+        f"online / floor = {online_ratio:.2f}x"
+    )
+    record(
+        "fresh_ensure",
+        n=n,
+        library_median_ms=median_ms(samples["library"]),
+        floor_median_ms=median_ms(samples["floor"]),
+        online_median_ms=median_ms(samples["online"]),
+        ratio=ratio,
+        online_ratio=online_ratio,
+        path=sorted(paths),
+    )
+
+
+def bench_cache(engine: sa.Engine, mgr: WorkspaceManager, calls: int, verify_calls: int) -> None:
+    log(f"cached ensure: {calls} calls x 5; verify: {verify_calls} calls")
+    project = "cached"
+    mgr.ensure(project)
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    means = []
+    ensure = mgr.ensure
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(calls):
+            ensure(project)
+        means.append((time.perf_counter() - started) / calls)
+    sa.event.remove(engine, "before_cursor_execute", count)
+    cached_mean_us = statistics.median(means) * 1e6
+
+    verify = []
+    bare = []
+    held = raw_autocommit(engine)
+    probe_sql = f"SELECT version_num FROM {schema_for(project)}.alembic_version"
+    for _ in range(verify_calls):
+        started = time.perf_counter()
+        mgr.ensure(project, verify=True)
+        verify.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        cursor = held.cursor()
+        cursor.execute(probe_sql)
+        cursor.fetchall()
+        cursor.close()
+        bare.append(time.perf_counter() - started)
+    held.close()
+    verify_ms = median_ms(verify)
+    print("\n== cache ==")
+    print(
+        f"cached ensure: mean {cached_mean_us:.3f} us (median of 5 runs of {calls}); statements sent: "
+        f"{len(statements)} (target <= 5 us, no I/O: {verdict(cached_mean_us, 5.0)})"
+    )
+    print(f"ensure(verify=True): {spread(verify)} (target <= 0.3 ms: {verdict(verify_ms, 0.3)})")
+    print(f"bare SELECT version_num on a held connection: {spread(bare)}")
+    record(
+        "cache",
+        cached_mean_us=cached_mean_us,
+        cached_statements=len(statements),
+        verify_median_ms=verify_ms,
+        bare_select_median_ms=median_ms(bare),
+    )
+
+
+def bench_gather(url: URL, reps: int) -> None:
+    log(f"asyncio.gather: {reps} rounds of 1, 3 and 16 distinct projects")
+
+    async def run() -> dict[str, list[float]]:
+        engine = create_async_engine(async_url(url), pool_size=20, max_overflow=10)
+        amgr = ProjectWorkspaceManager(engine, ALEMBIC_INI)
+        samples: dict[str, list[float]] = {"1": [], "3": [], "16": []}
+        try:
+            await asyncio.gather(*(amgr.ensure(f"async-warm-{i}") for i in range(16)))  # fill the pool
+
+            async def batch(tag: str, size: int, rep: int) -> None:
+                ids = [f"async-{tag}-{rep}-{i}" for i in range(size)]
+                started = time.perf_counter()
+                await asyncio.gather(*(amgr.ensure(p) for p in ids))
+                samples[str(size)].append(time.perf_counter() - started)
+
+            for rep in range(reps):
+                order = [1, 3, 16]
+                shift = rep % 3
+                for size in order[shift:] + order[:shift]:
+                    await batch(f"g{size}", size, rep)
+        finally:
+            await engine.dispose()
+        return samples
+
+    samples = asyncio.run(run())
+    one = statistics.median(samples["1"])
+    r3 = statistics.median(samples["3"]) / one
+    r16 = statistics.median(samples["16"]) / one
+    print("\n== asyncio.gather through ProjectWorkspaceManager (asyncpg) ==")
+    print(f"1 project:    {spread(samples['1'])}")
+    print(f"3 projects:   {spread(samples['3'])}  -> {r3:.2f}x one (target <= 2x: {verdict(r3, 2.0)})")
+    print(f"16 projects:  {spread(samples['16'])}  -> {r16:.2f}x one")
+    record(
+        "gather",
+        reps=reps,
+        one_median_ms=one * 1000,
+        three_median_ms=median_ms(samples["3"]),
+        sixteen_median_ms=median_ms(samples["16"]),
+        ratio_3=r3,
+        ratio_16=r16,
+    )
+
+
+def populate(engine: sa.Engine, mgr: WorkspaceManager, count: int, *, per_batch: int = 20, workers: int = 3) -> float:
+    """Create ``count`` project schemas at head quickly: the compiled chain, ``per_batch`` schemas per
+    transaction (one batch each, with their registry rows), on ``workers`` connections."""
+    extension_schema = mgr.bootstrap()
+    chain_sql = mgr.chain.plan(None, mgr.head).sql
+    assert chain_sql is not None, "the main chain compiles completely"
+    started = time.perf_counter()
+    done = 0
+    lock = threading.Lock()
+
+    def batch(start: int) -> None:
+        nonlocal done
+        parts = ["BEGIN;\n"]
+        for i in range(start, min(start + per_batch, count)):
+            project_id = f"existing-{i}"
+            schema = schema_for(project_id)
+            parts.append(f"CREATE SCHEMA {schema};\n{search_path_sql(schema, extension_schema)};\n{chain_sql}\n")
+            parts.append(REGISTRY_INSERT.format(pid=literal(project_id), schema=literal(schema), rev=literal(mgr.head)))
+        parts.append("COMMIT;")
+        conn = raw_autocommit(engine)
+        try:
+            cursor = conn.cursor()
+            cursor.execute("".join(parts))
+            cursor.close()
+        finally:
+            conn.close()
+        with lock:
+            done += min(per_batch, count - start)
+            if done % 1000 < per_batch:
+                log(f"  {done}/{count} schemas ({time.perf_counter() - started:.0f} s)")
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        list(pool.map(batch, range(0, count, per_batch)))
+    with engine.connect() as conn:
+        # as autovacuum would; a database-wide ANALYZE locks every table at once (max_locks_per_transaction)
+        conn.execute(
+            sa.text(
+                "ANALYZE pg_catalog.pg_class, pg_catalog.pg_attribute, pg_catalog.pg_namespace, "
+                "pg_catalog.pg_type, pg_catalog.pg_depend, pg_catalog.pg_constraint, pg_catalog.pg_index, "
+                "project_registry.workspace_config"
+            )
+        )
+        conn.commit()
+    return time.perf_counter() - started
+
+
+def bench_existing(server: URL, existing: int, n: int) -> None:
+    with scratch_database(server, "none") as url0, scratch_database(server, "many") as url1:
+        engine0, engine1 = engine_for(url0), engine_for(url1)
+        mgr0, mgr1 = WorkspaceManager(engine0, ALEMBIC_INI), WorkspaceManager(engine1, ALEMBIC_INI)
+        try:
+            log(f"creating {existing} project schemas at head (compiled chain, batched) ...")
+            seconds = populate(engine1, mgr1, existing)
+            mgr0.bootstrap()
+            log(f"  done in {seconds:.1f} s; now {n} fresh provisionings each, interleaved")
+            for i in range(3):
+                mgr0.ensure(f"warm-{i}")
+                mgr1.ensure(f"warm-{i}")
+            mgr0.ensure("floorref")
+            mgr1.ensure("floorref")
+            floors = {
+                "none": Floor(engine0, schema_for("floorref"), mgr0.head),
+                "many": Floor(engine1, schema_for("floorref"), mgr1.head),
+            }
+            # where the time goes: each statement the library sends, timed around the driver call
+            steps: dict[str, dict[str, list[float]]] = {"none": {}, "many": {}}
+            for side, eng in (("none", engine0), ("many", engine1)):
+                _time_statements(eng, steps[side])
+            samples: dict[str, list[float]] = {"none": [], "many": [], "floor none": [], "floor many": []}
+            for i in range(n):
+                pair = [("none", mgr0), ("many", mgr1)]
+                for name, mgr in pair if i % 2 == 0 else pair[::-1]:
+                    samples[name].append(timed(lambda mgr=mgr, i=i: mgr.ensure(f"new-{i}")))  # type: ignore[misc]
+                    floor = floors[name]
+                    samples[f"floor {name}"].append(timed(lambda f=floor, i=i: f.provision(f"floor-{i}")))  # type: ignore[misc]
+            for floor in floors.values():
+                floor.close()
+            ratio = statistics.median(samples["many"]) / statistics.median(samples["none"])
+            floor_ratio = statistics.median(samples["floor many"]) / statistics.median(samples["floor none"])
+            print(f"\n== fresh ensure with {existing} schemas present vs none ==")
+            print(f"(created {existing} schemas in {seconds:.1f} s: {existing / seconds:.0f}/s)")
+            print(f"library, none present:   {spread(samples['none'])}")
+            print(f"library, {existing:>6} present: {spread(samples['many'])}")
+            print(f"floor,   none present:   {spread(samples['floor none'])}")
+            print(f"floor,   {existing:>6} present: {spread(samples['floor many'])}")
+            print(
+                f"library ratio = {ratio:.3f}x (target <= 1.25x: {verdict(ratio, 1.25)}); "
+                f"floor ratio = {floor_ratio:.3f}x"
+            )
+            print("library statements, median ms (none -> many):")
+            for label in steps["none"]:
+                a, b = steps["none"][label], steps["many"].get(label, [0.0])
+                print(f"  {label:<40} {median_ms(a):7.2f} -> {median_ms(b):7.2f}")
+            record(
+                "existing",
+                existing=existing,
+                populate_seconds=seconds,
+                none_median_ms=median_ms(samples["none"]),
+                many_median_ms=median_ms(samples["many"]),
+                floor_none_median_ms=median_ms(samples["floor none"]),
+                floor_many_median_ms=median_ms(samples["floor many"]),
+                ratio=ratio,
+                floor_ratio=floor_ratio,
+                statements={
+                    side: {label: median_ms(v) for label, v in by_label.items()} for side, by_label in steps.items()
+                },
+            )
+        finally:
+            mgr0.close()
+            mgr1.close()
+            engine0.dispose()
+            engine1.dispose()
+
+
+def _time_statements(engine: sa.Engine, into: dict[str, list[float]]) -> None:
+    """Record the duration of each statement the library sends (its first words as the label)."""
+    started: dict[int, float] = {}
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        started[id(cursor)] = time.perf_counter()
+
+    def after(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        label = re.sub(r'"?project_(?!registry)[a-z0-9_]+"?', "<schema>", " ".join(statement.split()[:3]))[:40]
+        into.setdefault(label, []).append(time.perf_counter() - started.pop(id(cursor), time.perf_counter()))
+
+    sa.event.listen(engine, "before_cursor_execute", before)
+    sa.event.listen(engine, "after_cursor_execute", after)
+
+
+def run_fleet(quick: bool, sizes: Sequence[int]) -> None:
+    """benchmarks/fleet_upgrade.py's main(argv): once with --quick, else once per fleet size."""
+    path = Path(__file__).with_name("fleet_upgrade.py")
+    if not path.is_file():
+        log("benchmarks/fleet_upgrade.py not present: skipping upgrade --all")
+        return
+    spec = importlib.util.spec_from_file_location("fleet_upgrade", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    main = module.main
+    runs = [["--quick"]] if quick else [["--schemas", str(n)] for n in sizes]
+    for argv in runs:
+        print(f"\n== upgrade --all: benchmarks/fleet_upgrade.py {' '.join(argv)} ==", flush=True)
+        result = main(argv) if inspect.signature(main).parameters else main()
+        if isinstance(result, int) and result:
+            raise SystemExit(result)
+
+
+# ------------------------------------------------------------------------ main
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes for a quick run")
+    parser.add_argument("--fresh", type=int, help="fresh provisionings per contender (default 30, quick 20)")
+    parser.add_argument("--gather-reps", type=int, help="rounds of gather 1/3/16 (default 9, quick 5)")
+    parser.add_argument("--existing", type=int, help="schemas present for the scale test (default 10000, quick 1000)")
+    parser.add_argument(
+        "--existing-n", type=int, help="provisionings per side in the scale test (default 30, quick 20)"
+    )
+    parser.add_argument("--cached-calls", type=int, default=200_000, help="calls per cached-ensure run")
+    parser.add_argument("--verify-calls", type=int, default=2000, help="ensure(verify=True) calls")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["fresh", "cache", "gather", "existing", "fleet"],
+        help="run only these parts (repeatable)",
+    )
+    parser.add_argument(
+        "--fleet-sizes",
+        default="2000,10000",
+        help="fleet sizes for benchmarks/fleet_upgrade.py, comma-separated (quick: its own --quick)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.fresh = args.fresh or (20 if quick else 30)
+    args.gather_reps = args.gather_reps or (5 if quick else 9)
+    args.existing = args.existing if args.existing is not None else (1000 if quick else 10_000)
+    args.existing_n = args.existing_n or (20 if quick else 30)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet"])
+    os.chdir(ROOT)
+    server = server_url()
+    print(f"server: {server.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
+    started = time.perf_counter()
+    if parts & {"fresh", "cache", "gather"}:
+        with scratch_database(server, "main") as url:
+            engine = engine_for(url, pool_size=10)
+            mgr = WorkspaceManager(engine, ALEMBIC_INI)
+            try:
+                mgr.bootstrap()
+                if "fresh" in parts:
+                    bench_fresh(engine, mgr, args.fresh)
+                if "cache" in parts:
+                    bench_cache(engine, mgr, args.cached_calls, args.verify_calls)
+                if "gather" in parts:
+                    bench_gather(url, args.gather_reps)
+            finally:
+                mgr.close()
+                engine.dispose()
+    if "existing" in parts:
+        bench_existing(server, args.existing, args.existing_n)
+    if "fleet" in parts:
+        run_fleet(args.quick, [int(n) for n in args.fleet_sizes.split(",") if n.strip()])
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

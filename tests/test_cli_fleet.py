@@ -1,0 +1,203 @@
+"""The fleet commands as a DBA runs them: exit codes, reports on stdout, progress on stderr."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+from conftest import ChainBuilder, schema_version
+
+from workspace_tool import fleet
+from workspace_tool.chain import Chain
+from workspace_tool.cli import main
+from workspace_tool.cli_fleet import ProgressPrinter, parse_duration_ms
+
+ITEMS = """
+op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text, nullable=False))
+"""
+IDS = [f"c{i:02d}" for i in range(1, 13)]
+
+
+@pytest.fixture
+def ini(engine: sa.Engine, chain_builder: ChainBuilder) -> Path:
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
+    chain_builder.add(
+        "a2",
+        'op.create_index("ux_items_name", "items", ["name"], unique=True)',
+        'op.drop_index("ux_items_name", table_name="items")',
+    )
+    fleet.provision(engine, Chain.load(chain_builder.ini), IDS, target="a1", jobs=4)
+    return Path(chain_builder.ini)
+
+
+def cli(url: str, ini: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--database-url", url, "-c", str(ini), *args])
+
+
+def backends(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND backend_type = 'client backend'"
+                )
+            ).scalar_one()
+        )
+
+
+def test_upgrade_all_reports_each_failed_schema_and_exits_1(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO project_c03.items (name) VALUES ('x'), ('x')"))
+    before = backends(engine)
+
+    result = cli(url_string, ini, "upgrade", "--all", "--jobs", "3")
+
+    assert result.exit_code == 1, result.output
+    assert "/12] project_c03 failed: could not create unique index" in result.stderr
+    assert "12/12 done, 1 failed" in result.stderr  # plain progress lines: stderr is not a terminal
+    assert "upgrade to a2: 11 ok, 1 failed, 0 skipped" in result.stderr
+    assert "project_c03" in result.stdout and "Key (name)=(x) is duplicated" in result.stdout
+    deadline = time.monotonic() + 5  # the CLI's connections are closed (a backend exits just after)
+    while backends(engine) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backends(engine) <= before
+
+    rerun = cli(url_string, ini, "upgrade", "--all", "--json")
+    report = json.loads(rerun.stdout)
+    assert rerun.exit_code == 1 and report["counts"] == {"ok": 0, "failed": 1, "skipped": 11}
+    (failed,) = [r for r in report["results"] if r["status"] == "failed"]
+    assert failed["schema"] == "project_c03" and failed["from_revision"] == "a1" and failed["to_revision"] == "a2"
+    assert set(failed) >= {"project_id", "schema", "from_revision", "to_revision", "status", "ms", "error"}
+
+
+def test_named_projects_fail_fast_by_default(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO project_c01.items (name) VALUES ('x'), ('x')"))
+    result = cli(url_string, ini, "upgrade", "c01", "c02", "c03", "--jobs", "1", "--json")
+    statuses = {r["project_id"]: (r["status"], r["note"]) for r in json.loads(result.stdout)["results"]}
+    assert result.exit_code == 1
+    assert statuses["c01"][0] == "failed" and statuses["c02"][0] == statuses["c03"][0] == "skipped"
+    assert "fail-fast" in str(statuses["c02"][1])
+
+    result = cli(url_string, ini, "upgrade", "c01", "c02", "c03", "--continue-on-error", "--json")
+    counts = json.loads(result.stdout)["counts"]
+    assert counts == {"ok": 2, "failed": 1, "skipped": 0}
+
+
+def test_sql_prints_the_statements_and_changes_nothing(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    result = cli(url_string, ini, "upgrade", "--all", "--sql", "--lock-timeout", "2s")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.count("CREATE UNIQUE INDEX ux_items_name ON items (name);") == 12
+    assert 'SET LOCAL search_path TO "project_c07", "workspace_extensions";' in result.stdout
+    assert "SET LOCAL lock_timeout = '2000ms';" in result.stdout
+    assert "12 schema(s) would change; nothing was changed." in result.stderr
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+
+
+def test_downgrade_all_to_an_older_revision_and_back(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    assert cli(url_string, ini, "upgrade", "--all").exit_code == 0
+    down = cli(url_string, ini, "downgrade", "--all", "--to", "a1")
+    assert down.exit_code == 0, down.output
+    assert "downgrade to a1: 12 ok, 0 failed, 0 skipped" in down.stderr
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+    up = cli(url_string, ini, "upgrade", "--all")
+    assert up.exit_code == 0 and all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+    assert cli(url_string, ini, "check").exit_code == 0
+
+
+def test_status_counts_the_fleet_and_names_missing_and_orphan_schemas(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    assert cli(url_string, ini, "upgrade", "c01", "c02").exit_code == 0
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA project_c05 CASCADE"))
+        conn.execute(sa.text("DELETE FROM project_registry.workspace_config WHERE project_id = 'c06'"))
+        conn.execute(sa.text("UPDATE project_c07.alembic_version SET version_num = 'zz_future'"))
+        conn.execute(sa.text("UPDATE project_registry.workspace_config SET status = 'failed' WHERE project_id = 'c08'"))
+
+    result = cli(url_string, ini, "status", "--json")
+
+    summary = json.loads(result.stdout)
+    assert summary["head"] == "a2" and summary["total"] == 12
+    assert summary["counts"] == {
+        "at head": 2,
+        "behind": 6,
+        "ahead/unknown": 1,
+        "failed": 1,
+        "empty": 0,
+        "missing": 1,
+        "orphan": 1,
+    }
+    assert [m["schema"] for m in summary["missing"]] == ["project_c05"]
+    assert [(o["schema"], o["revision"]) for o in summary["orphans"]] == [("project_c06", "a1")]
+    assert {"revision": "a1", "state": "behind", "schemas": 6} in summary["revisions"]
+
+    table = cli(url_string, ini, "status")
+    assert table.exit_code == 0
+    assert "12 project(s); head is a2" in table.stdout
+    assert "Project schemas not in the registry (orphans):" in table.stdout and "project_c06" in table.stdout
+    assert "Registered, schema missing:" in table.stdout and "project_c05" in table.stdout
+
+    check = cli(url_string, ini, "check")
+    assert check.exit_code == 1
+    assert "project_c06 (project c06, orphan):" in check.stdout
+    assert "at revision zz_future, head is a2" in check.stdout
+
+
+def test_check_names_the_drifted_schema(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    assert cli(url_string, ini, "upgrade", "--all").exit_code == 0
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE project_c04.items ADD COLUMN extra text"))
+    result = cli(url_string, ini, "check", "--json")
+    report = json.loads(result.stdout)
+    assert result.exit_code == 1 and report["failing"] == 1
+    (bad,) = [s for s in report["schemas"] if not s["ok"]]
+    assert bad["schema"] == "project_c04" and bad["problems"] == ["unexpected relations.items.columns.extra"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["upgrade"], 2, "name the projects, or pass --all"),
+        (["upgrade", "--all", "c01"], 2, "name the projects, or pass --all"),
+        (["upgrade", "Bad_Id"], 1, "Error: invalid project id 'Bad_Id'"),
+        (["upgrade", "--all", "--lock-timeout", "soon"], 2, "is not a duration"),
+        (["upgrade", "--all", "--to", "nope"], 1, "Error: unknown revision 'nope'"),
+        (["downgrade", "--all"], 2, "Missing option '--to'"),
+        (["check", "bad--id"], 1, "Error: invalid project id"),
+    ],
+)
+def test_bad_input_is_one_line_and_changes_nothing(
+    engine: sa.Engine, url_string: str, ini: Path, args: list[str], code: int, message: str
+) -> None:
+    result = cli(url_string, ini, *args)
+    assert result.exit_code == code and message in result.stderr
+    if code == 1:
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+
+
+def test_durations_and_progress_rendering() -> None:
+    assert [parse_duration_ms(v) for v in ("5s", "200ms", "1.5s", "2min", "750")] == [5000, 200, 1500, 120000, 750]
+    lines: list[str] = []
+
+    class Stream:
+        def write(self, text: str) -> None:
+            lines.append(text)
+
+        def flush(self) -> None:
+            pass
+
+        def isatty(self) -> bool:
+            return True
+
+    printer = ProgressPrinter(Stream())  # type: ignore[arg-type]
+    result = fleet.SchemaResult("x", "project_x", "a1", "a2", "ok", ms=1.0)
+    printer(fleet.Progress(1, 4, 0, 0.5, result))
+    printer.finish()
+    assert lines[0].startswith("\r[#######.......................] 1/4 done, 0 failed, 2.0/s, ETA 2s")

@@ -1,0 +1,413 @@
+"""Faults: connections killed at each step, the tool SIGKILLed mid-fleet, the server restarted mid-run.
+
+Each fault is hit deterministically: the victim blocks on an advisory lock the test holds (the schema's
+own lock, or a "gate" a revision takes between two revisions) or pauses in a SQLAlchemy event (before
+the registry write, at commit) while the test terminates its backend with pg_terminate_backend. After
+every fault: no schema without a registry row, no registry row claiming a revision its schema lacks,
+the error is a one-line DatabaseUnavailable, and a rerun succeeds.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import ChainBuilder
+from pgprivate import PrivateServer
+
+from workspace_tool import DatabaseUnavailable, WorkspaceManager, cache, fleet
+from workspace_tool.chain import Chain
+from workspace_tool.inspection import read_versions
+from workspace_tool.naming import is_project_schema
+from workspace_tool.targeting import LOCK_SQL, lock_key
+
+GATE = "wst-fault-gate"
+GATE_SQL = f"op.execute(\"SELECT pg_advisory_xact_lock(hashtext('{GATE}'))\")"
+T1 = "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"
+T2 = "op.create_table('t2', sa.Column('id', sa.Integer, primary_key=True))"
+T3 = "op.create_table('t3', sa.Column('id', sa.Integer, primary_key=True))"
+CLI = [sys.executable, "-c", "from workspace_tool.cli import main; main()"]  # as the workspace-tool script
+WAIT = 30.0  # seconds: generous bounds on waits that normally take milliseconds
+
+
+# ------------------------------------------------------------------ invariants
+def assert_consistent(engine: sa.Engine) -> dict[str, str | None]:
+    """Every project schema has a registry row naming its revision, and every row has its schema.
+    Returns schema -> revision."""
+    with engine.connect() as conn:
+        names = conn.execute(sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%'")).scalars()
+        schemas = sorted(n for n in names if is_project_schema(n))
+        versions = read_versions(conn, schemas)
+        rows = (
+            {
+                r.schema_name: r.revision
+                for r in conn.execute(sa.text("SELECT schema_name, revision FROM project_registry.workspace_config"))
+            }
+            if conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar()
+            else {}
+        )
+    assert set(rows) == set(schemas), (
+        f"schemas without rows: {set(schemas) - set(rows)}; rows without schemas: {set(rows) - set(schemas)}"
+    )
+    for schema in schemas:
+        assert versions.get(schema) == rows[schema], (schema, versions.get(schema), rows[schema])
+    return {s: versions.get(s) for s in schemas}
+
+
+# -------------------------------------------------------------- fault injection
+def backend_pid(conn: Any) -> int:
+    return int(conn.connection.dbapi_connection.get_backend_pid())
+
+
+def terminate(admin: sa.Connection, pid: int) -> None:
+    assert admin.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}).scalar() is True
+
+
+def waiting_on_advisory(admin: sa.Connection, count: int = 1, *victims: Victim) -> list[int]:
+    """Pids of sessions in this database blocked on an advisory lock; waits until there are ``count``."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        admin.execute(sa.text("SELECT pg_stat_clear_snapshot()"))  # inside a transaction it is cached
+        pids = list(
+            admin.execute(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory' ORDER BY pid"
+                )
+            ).scalars()
+        )
+        if len(pids) >= count:
+            return pids
+        assert time.monotonic() < deadline, f"only {len(pids)} sessions blocked, expected {count}"
+        for victim in victims:
+            assert victim.is_alive(), f"finished before blocking: {victim.error!r}"
+        time.sleep(0.01)
+
+
+class Victim(threading.Thread):
+    """Runs ``work`` and keeps what it raised."""
+
+    def __init__(self, work: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        self.work = work
+        self.error: BaseException | None = None
+        self.result: object = None
+
+    def run(self) -> None:
+        try:
+            self.result = self.work()
+        except BaseException as exc:
+            self.error = exc
+
+    def finish(self) -> None:
+        self.join(WAIT)
+        assert not self.is_alive()
+
+
+def kill_while_locked(engine: sa.Engine, key_sql: str, params: dict[str, str], work: Callable[[], object]) -> Victim:
+    """Hold an advisory lock, let ``work`` block on it, terminate the blocked backend."""
+    with engine.connect() as admin:
+        admin.execute(sa.text("BEGIN"))
+        admin.execute(sa.text(key_sql), params)
+        victim = Victim(work)
+        victim.start()
+        [pid] = waiting_on_advisory(admin, 1, victim)
+        terminate(admin, pid)
+        victim.finish()
+        admin.rollback()
+    return victim
+
+
+def kill_at_event(engine: sa.Engine, event: str, matches: Callable[..., bool], work: Callable[[], object]) -> Victim:
+    """Pause ``work`` in a SQLAlchemy engine event, terminate its backend, let it carry on."""
+    paused: queue.Queue[int] = queue.Queue()
+    resume = threading.Event()
+    fired = threading.Event()
+
+    def hook(conn: Any, *args: Any) -> None:
+        if not fired.is_set() and matches(*args):
+            fired.set()
+            paused.put(backend_pid(conn))
+            resume.wait(WAIT)
+
+    sa.event.listen(engine, event, hook)
+    try:
+        victim = Victim(work)
+        victim.start()
+        pid = paused.get(timeout=WAIT)
+        with engine.connect() as admin:
+            terminate(admin, pid)
+        resume.set()
+        victim.finish()
+    finally:
+        sa.event.remove(engine, event, hook)
+    return victim
+
+
+def registry_insert(cursor: Any, statement: str, *args: Any) -> bool:
+    return "INSERT INTO project_registry.workspace_config" in statement
+
+
+def any_commit(*args: Any) -> bool:
+    return True
+
+
+FAULTS = ["before-schema-lock", "between-revisions", "before-registry-write", "at-commit"]
+
+
+def inject(kind: str, engine: sa.Engine, schema: str, work: Callable[[], object]) -> Victim:
+    if kind == "before-schema-lock":  # holds the tool's own per-schema lock: nothing has happened yet
+        return kill_while_locked(engine, LOCK_SQL, {"key": lock_key(schema)}, work)
+    if kind == "between-revisions":  # r1 applied in the transaction, r2 waiting at the gate
+        return kill_while_locked(engine, "SELECT pg_advisory_xact_lock(hashtext(:k))", {"k": GATE}, work)
+    if kind == "before-registry-write":
+        return kill_at_event(engine, "before_cursor_execute", registry_insert, work)
+    assert kind == "at-commit"
+    return kill_at_event(engine, "commit", any_commit, work)
+
+
+def assert_clear_connection_error(victim: Victim, schema: str) -> str:
+    error = victim.error
+    assert isinstance(error, DatabaseUnavailable), repr(error)
+    message = str(error)
+    assert "\n" not in message
+    assert message.startswith(f"database connection failed while working on {schema}")
+    assert "rolled back" in message and "rerun" in message
+    return message
+
+
+@pytest.fixture
+def chains(tmp_path: Path) -> dict[str, Path]:
+    """short: r1.  gated: r1, r2 (waits at the gate), r3.  gated_online: the same, r2 run online."""
+    short = ChainBuilder(tmp_path / "short").add("r1", T1)
+    gated = ChainBuilder(tmp_path / "gated").add("r1", T1).add("r2", GATE_SQL + "\n" + T2).add("r3", T3)
+    online = (
+        ChainBuilder(tmp_path / "online")
+        .add("r1", T1)
+        .add("r2", GATE_SQL + "\n" + T2, extra="workspace_online = True")
+        .add("r3", T3)
+    )
+    return {"short": short.ini, "gated": gated.ini, "gated_online": online.ini}
+
+
+# --------------------------------------------------------- one connection killed
+@pytest.mark.parametrize("chain_name", ["gated", "gated_online"])
+@pytest.mark.parametrize("kind", FAULTS)
+def test_kill_during_provisioning(engine: sa.Engine, chains: dict[str, Path], kind: str, chain_name: str) -> None:
+    mgr = WorkspaceManager(engine, chains[chain_name])
+    mgr.bootstrap()
+    victim = inject(kind, engine, "project_victim", lambda: mgr.ensure("victim"))
+    assert_clear_connection_error(victim, "project_victim")
+    assert assert_consistent(engine) == {}  # no schema, no row
+
+    result = mgr.ensure_detailed("victim")  # the rerun
+    assert (result.action, result.to_revision) == ("created", "r3")
+    assert assert_consistent(engine) == {"project_victim": "r3"}
+
+
+@pytest.mark.parametrize("chain_name", ["gated", "gated_online"])
+@pytest.mark.parametrize("kind", FAULTS)
+def test_kill_during_upgrade(engine: sa.Engine, chains: dict[str, Path], kind: str, chain_name: str) -> None:
+    WorkspaceManager(engine, chains["short"]).ensure("victim")
+    WorkspaceManager(engine, chains["short"]).ensure("bystander")
+    cache._READY.clear()
+    mgr = WorkspaceManager(engine, chains[chain_name])
+    victim = inject(kind, engine, "project_victim", lambda: mgr.ensure("victim"))
+    assert_clear_connection_error(victim, "project_victim")
+    assert assert_consistent(engine) == {"project_victim": "r1", "project_bystander": "r1"}
+
+    assert mgr.ensure_detailed("victim").action == "upgraded"
+    assert assert_consistent(engine) == {"project_victim": "r3", "project_bystander": "r1"}
+
+
+def test_kill_one_schema_of_a_fleet_upgrade(engine: sa.Engine, chains: dict[str, Path]) -> None:
+    ids = [f"fleet-{i}" for i in range(4)]
+    for project_id in ids:
+        WorkspaceManager(engine, chains["short"]).ensure(project_id)
+    chain = Chain.load(chains["gated"])
+    with engine.connect() as admin:
+        admin.execute(sa.text("BEGIN"))
+        admin.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": GATE})
+        run = Victim(lambda: fleet.upgrade(engine, chain, jobs=2, executor="threads"))
+        run.start()
+        pids = waiting_on_advisory(admin, 2)
+        terminate(admin, pids[0])
+        admin.rollback()  # open the gate for the others
+        run.finish()
+    assert run.error is None, run.error
+    report: Any = run.result
+    [failed] = report.failed
+    # the fleet's per-schema error: one line naming the broken connection
+    assert "connection" in failed.error and "\n" not in failed.error
+    versions = assert_consistent(engine)
+    assert sorted(str(v) for v in versions.values()) == ["r1", "r3", "r3", "r3"]
+
+    rerun = fleet.upgrade(engine, chain, jobs=2, executor="threads")
+    assert rerun.ok
+    assert set(assert_consistent(engine).values()) == {"r3"}
+
+
+# ---------------------------------------------------- SIGKILL of upgrade --all
+def test_sigkill_during_upgrade_all(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
+    ids = [f"kill-{i:03d}" for i in range(200)]
+    short = ChainBuilder(tmp_path / "short").add("r1", T1)
+    slow = (
+        ChainBuilder(tmp_path / "slow")
+        .add("r1", T1)
+        .add("r2", "op.execute('SELECT pg_sleep(0.01)')\n" + T2 + "\nop.execute('SELECT pg_sleep(0.01)')")
+    )
+    report = fleet.provision(engine, Chain.load(short.ini), ids, jobs=4)
+    assert report.ok and len(report.results) == 200
+
+    url = url_string + ("&" if "?" in url_string else "?") + "application_name=wst-sigkill"
+    command = [*CLI, "--database-url", url, "-c", str(slow.ini), "upgrade", "--all", "-j", "4"]
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=log)
+    at_r2 = 0
+    deadline = time.monotonic() + 120
+    with engine.connect() as conn:
+        while at_r2 < 30 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            at_r2 = conn.execute(
+                sa.text("SELECT count(*) FROM project_registry.workspace_config WHERE revision = 'r2'")
+            ).scalar_one()
+            conn.rollback()
+    assert process.poll() is None, (tmp_path / "killed.log").read_text()
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(WAIT)
+    assert process.returncode == -signal.SIGKILL
+    with engine.connect() as conn:  # the killed tool's sessions end (and roll back) on their own
+        deadline = time.monotonic() + WAIT
+        while conn.execute(
+            sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'wst-sigkill'")
+        ).scalar_one():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+            conn.rollback()
+
+    versions = assert_consistent(engine)
+    assert len(versions) == 200
+    done = sum(v == "r2" for v in versions.values())
+    assert set(versions.values()) <= {"r1", "r2"}
+    assert 0 < done < 200, f"the kill landed outside the run ({done} of 200 upgraded)"
+
+    rerun = subprocess.run(
+        [*CLI, "--database-url", url_string, "-c", str(slow.ini), "upgrade", "--all", "-j", "4", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert set(assert_consistent(engine).values()) == {"r2"}
+    print(f"\nSIGKILL after {done}/200 schemas upgraded; rerun finished the other {200 - done}")
+
+
+# ------------------------------------------------------- server restart mid-run
+@pytest.fixture(scope="module")
+def private_server() -> Iterator[PrivateServer]:
+    server = PrivateServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_engine(private_server: PrivateServer) -> Iterator[sa.Engine]:
+    import uuid
+
+    name = f"wst_restart_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(private_server.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    engine = sa.create_engine(sa.make_url(private_server.url).set(database=name))
+    yield engine
+    engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def hold_gate(engine: sa.Engine) -> sa.Connection:
+    admin = engine.connect()
+    admin.execute(sa.text("BEGIN"))
+    admin.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": GATE})
+    return admin
+
+
+def test_server_restart_during_ensure(
+    private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
+) -> None:
+    mgr = WorkspaceManager(private_engine, chains["gated"])
+    mgr.bootstrap()
+    ids = ["restart-a", "restart-b", "restart-c"]
+    admin = hold_gate(private_engine)
+    victims = [Victim(lambda p=p: mgr.ensure(p)) for p in ids]  # type: ignore[misc]
+    for victim in victims:
+        victim.start()
+    waiting_on_advisory(admin, len(ids))
+    private_server.restart()
+    admin.invalidate()
+    for project_id, victim in zip(ids, victims, strict=True):
+        victim.finish()
+        assert_clear_connection_error(victim, f"project_{project_id.replace('-', '_')}")
+    # the pool held connections the restart broke: the next calls must still work
+    assert assert_consistent(private_engine) == {}
+    for project_id in ids:
+        assert mgr.ensure_detailed(project_id).action == "created"
+    assert set(assert_consistent(private_engine).values()) == {"r3"}
+
+
+def test_server_restart_during_cli_runs(
+    private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
+) -> None:
+    url = private_engine.url.render_as_string(hide_password=False)
+    for project_id in ("up-a", "up-b", "up-c", "up-d"):
+        subprocess.run([*CLI, "--database-url", url, "-c", str(chains["short"]), "ensure", project_id], check=True)
+    admin = hold_gate(private_engine)
+    ensure = subprocess.Popen(
+        [*CLI, "--database-url", url, "-c", str(chains["gated"]), "ensure", "new-x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    upgrade = subprocess.Popen(
+        [*CLI, "--database-url", url, "-c", str(chains["gated"]), "upgrade", "--all", "-j", "2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    waiting_on_advisory(admin, 3)
+    private_server.restart()
+    admin.invalidate()
+    out, err = ensure.communicate(timeout=WAIT * 2)
+    assert ensure.returncode == 1, (out, err)
+    assert out == ""
+    [line] = err.strip().splitlines()
+    assert line.startswith("Error: database connection failed while working on project_new_x")
+    assert "Traceback" not in err
+
+    out, err = upgrade.communicate(timeout=WAIT * 2)
+    assert upgrade.returncode == 1, (out, err)
+    assert "Traceback" not in err
+    assert "connection" in out  # per-schema errors in the JSON report
+    assert_consistent(private_engine)
+
+    rerun = subprocess.run(
+        [*CLI, "--database-url", url, "-c", str(chains["gated"]), "upgrade", "--all"], capture_output=True, text=True
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    again = subprocess.run(
+        [*CLI, "--database-url", url, "-c", str(chains["gated"]), "ensure", "new-x"], capture_output=True, text=True
+    )
+    assert again.returncode == 0, again.stderr
+    assert set(assert_consistent(private_engine).values()) == {"r3"}
+    assert len(assert_consistent(private_engine)) == 5

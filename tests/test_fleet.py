@@ -1,0 +1,312 @@
+"""Fleet upgrades and downgrades through the library: one transaction per schema, failures isolated and
+reported, lock timeouts retried then reported, rerunning picks up what is left, nothing leaked."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import ChainBuilder, schema_version
+
+from workspace_tool import WorkspaceManager, fleet
+from workspace_tool.chain import Chain
+
+ITEMS = """
+op.create_table(
+    "items",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+)
+"""
+UNIQUE = 'op.create_index("ux_items_name", "items", ["name"], unique=True)'
+DROP_UNIQUE = 'op.drop_index("ux_items_name", table_name="items")'
+ONLINE_EXTRA = "workspace_online = True\n"
+IDS = [f"p{i:02d}" for i in range(1, 21)]
+
+
+@pytest.fixture
+def tiny(chain_builder: ChainBuilder) -> Chain:
+    """a1 creates items; a2 adds a unique index on items.name (fails where names repeat)."""
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add("a2", UNIQUE, DROP_UNIQUE)
+    return Chain.load(chain_builder.ini)
+
+
+@pytest.fixture
+def fleet_at_a1(engine: sa.Engine, tiny: Chain) -> Iterator[Chain]:
+    report = fleet.provision(engine, tiny, IDS, target="a1", jobs=4)
+    assert report.counts()["ok"] == len(IDS)
+    yield tiny
+
+
+def add_rows(engine: sa.Engine, project_id: str, *names: str) -> None:
+    with engine.begin() as conn:
+        for name in names:
+            conn.execute(sa.text(f'INSERT INTO "project_{project_id}".items (name) VALUES (:n)'), {"n": name})
+
+
+def registry_row(engine: sa.Engine, project_id: str) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text("SELECT revision, status, last_error FROM project_registry.workspace_config WHERE project_id = :p"),
+            {"p": project_id},
+        ).one()
+
+
+def by_project(report: fleet.FleetReport) -> dict[str, fleet.SchemaResult]:
+    return {r.project_id: r for r in report.results}
+
+
+def test_upgrade_all_migrates_what_is_behind_and_skips_the_rest(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    fleet.upgrade(engine, fleet_at_a1, ["p01", "p02"], jobs=2)
+    report = fleet.upgrade(engine, fleet_at_a1, jobs=4)
+    results = by_project(report)
+    assert report.ok and report.counts() == {"ok": 18, "failed": 0, "skipped": 2}
+    assert results["p01"].note == "already at target" and results["p03"].status == "ok"
+    assert results["p03"].from_revision == "a1" and results["p03"].to_revision == "a2"
+    assert results["p03"].path == "fast" and report.executor == "threads"
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+    assert tuple(registry_row(engine, "p20")) == ("a2", "ready", None)
+    # a no-op run touches no schema and starts no worker
+    again = fleet.upgrade(engine, fleet_at_a1, jobs=4)
+    assert again.counts() == {"ok": 0, "failed": 0, "skipped": 20} and again.executor == "none"
+
+
+def test_failing_subset_stays_at_its_revision_with_data_and_rerun_resumes(
+    engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    bad = ["p04", "p11", "p17"]
+    for project_id in bad:
+        add_rows(engine, project_id, "dup", "dup")
+    add_rows(engine, "p01", "unique")
+
+    report = fleet.upgrade(engine, fleet_at_a1, jobs=4)
+
+    assert not report.ok and report.counts() == {"ok": 17, "failed": 3, "skipped": 0}
+    for result in report.failed:
+        assert result.project_id in bad
+        assert 'could not create unique index "ux_items_name"' in (result.error or "")
+        assert "Key (name)=(dup) is duplicated" in (result.error or "")
+    for project_id in bad:
+        assert schema_version(engine, f"project_{project_id}") == "a1"
+        with engine.connect() as conn:
+            names = conn.execute(sa.text(f'SELECT name FROM "project_{project_id}".items')).scalars().all()
+        assert names == ["dup", "dup"]
+        revision, status, last_error = registry_row(engine, project_id)
+        assert (revision, status) == ("a1", "failed") and "is duplicated" in last_error
+    assert schema_version(engine, "project_p01") == "a2"
+
+    # fix one schema's data: the rerun upgrades it alone and reports the other two again
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM project_p04.items WHERE id = (SELECT max(id) FROM project_p04.items)"))
+    rerun = fleet.upgrade(engine, fleet_at_a1, jobs=4)
+    assert rerun.counts() == {"ok": 1, "failed": 2, "skipped": 17}
+    assert by_project(rerun)["p04"].status == "ok"
+    assert tuple(registry_row(engine, "p04")) == ("a2", "ready", None)
+    assert {r.project_id for r in rerun.failed} == {"p11", "p17"}
+
+
+def test_fail_fast_stops_starting_schemas_after_the_first_failure(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    add_rows(engine, "p05", "dup", "dup")
+    add_rows(engine, "p15", "dup", "dup")
+
+    report = fleet.upgrade(engine, fleet_at_a1, jobs=1, fail_fast=True)
+
+    results = by_project(report)
+    assert [r.project_id for r in report.failed] == ["p05"]
+    assert [p for p in IDS if results[p].status == "ok"] == ["p01", "p02", "p03", "p04"]
+    not_started = [p for p in IDS if results[p].status == "skipped"]
+    assert not_started == IDS[5:]
+    assert all("fail-fast" in (results[p].note or "") for p in not_started)
+    assert schema_version(engine, "project_p06") == "a1"
+
+    # continue-on-error (the default) does the rest and reports both failures
+    rest = fleet.upgrade(engine, fleet_at_a1, jobs=1)
+    assert {r.project_id for r in rest.failed} == {"p05", "p15"}
+    assert rest.counts()["ok"] == 14
+
+
+def test_lock_held_by_an_application_is_retried_then_reported(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    holder = engine.connect()
+    holder.begin()
+    holder.execute(sa.text("LOCK TABLE project_p07.items IN ROW EXCLUSIVE MODE"))  # an open write transaction
+    try:
+        report = fleet.upgrade(engine, fleet_at_a1, jobs=4, lock_timeout_ms=200, retries=1)
+    finally:
+        holder.rollback()
+        holder.close()
+    (failed,) = report.failed
+    assert failed.project_id == "p07" and failed.attempts == 2
+    assert failed.error is not None and failed.error.startswith("lock timeout (200 ms, 2 attempts)")
+    assert "lock timeout" in failed.error.split(":", 1)[1]
+    assert report.counts()["ok"] == 19
+    assert schema_version(engine, "project_p07") == "a1"
+    assert registry_row(engine, "p07").status == "failed"
+    with engine.connect() as conn:  # the session setting did not stay on the pooled connections
+        assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "0"
+
+    rerun = fleet.upgrade(engine, fleet_at_a1, jobs=4, lock_timeout_ms=200, retries=1)
+    assert rerun.counts() == {"ok": 1, "failed": 0, "skipped": 19}
+    assert tuple(registry_row(engine, "p07")) == ("a2", "ready", None)
+
+
+def test_downgrade_all_and_back(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    fleet.upgrade(engine, fleet_at_a1, jobs=4)
+    down = fleet.downgrade(engine, fleet_at_a1, target="a1", jobs=4)
+    assert down.counts() == {"ok": 20, "failed": 0, "skipped": 0}
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regclass('project_p01.ux_items_name')")).scalar() is None
+    # below the target: nothing to downgrade
+    assert fleet.downgrade(engine, fleet_at_a1, target="a2", jobs=4).counts()["skipped"] == 20
+    up = fleet.upgrade(engine, fleet_at_a1, jobs=4)
+    assert up.counts()["ok"] == 20
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+
+
+def test_fleet_runs_invalidate_the_ensure_cache(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    manager = WorkspaceManager(engine, fleet_at_a1.config_path)
+    manager.ensure("p01")  # upgrades to a2 and caches it
+    fleet.downgrade(engine, fleet_at_a1, ["p01"], target="a1")
+    assert schema_version(engine, "project_p01") == "a1"
+    assert manager.ensure_detailed("p01").action == "upgraded"  # not a stale cache hit
+    manager.close()
+
+
+def test_sql_prints_each_schemas_transaction_and_changes_nothing(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    fleet.upgrade(engine, fleet_at_a1, ["p01"])
+    with engine.connect() as conn:
+        before = conn.execute(sa.text("SELECT * FROM project_registry.workspace_config ORDER BY 1")).all()
+
+    scripts = {s.project_id: s for s in fleet.sql(engine, fleet_at_a1, lock_timeout_ms=750)}
+
+    assert scripts["p01"].sql is None and scripts["p01"].note == "already at target"
+    text = scripts["p02"].sql or ""
+    assert scripts["p02"].path == "fast"
+    assert "SET LOCAL lock_timeout = '750ms';" in text
+    assert 'SET LOCAL search_path TO "project_p02", "workspace_extensions";' in text
+    assert "CREATE UNIQUE INDEX ux_items_name ON items (name);" in text
+    assert "UPDATE alembic_version SET version_num='a2' WHERE alembic_version.version_num = 'a1';" in text
+    assert text.index("BEGIN;") < text.index("CREATE UNIQUE INDEX") < text.index("COMMIT;")
+    with engine.connect() as conn:
+        after = conn.execute(sa.text("SELECT * FROM project_registry.workspace_config ORDER BY 1")).all()
+    assert after == before
+    assert schema_version(engine, "project_p02") == "a1"
+
+
+def test_missing_unknown_and_orphan_schemas_are_reported_not_touched(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA project_p01 CASCADE"))  # registered, schema gone
+        conn.execute(sa.text("DELETE FROM project_registry.workspace_config WHERE project_id = 'p02'"))  # orphan
+        conn.execute(sa.text("UPDATE project_p03.alembic_version SET version_num = 'zz_future'"))
+    report = by_project(fleet.upgrade(engine, fleet_at_a1, jobs=4))
+    assert report["p01"].status == "skipped" and "schema is missing" in (report["p01"].note or "")
+    assert report["p02"].status == "skipped" and "orphan" in (report["p02"].note or "")
+    assert report["p03"].status == "failed" and "zz_future" in (report["p03"].error or "")
+    assert schema_version(engine, "project_p02") == "a1"
+    # naming an orphan adopts it into the registry
+    adopted = fleet.upgrade(engine, fleet_at_a1, ["p02"])
+    assert adopted.ok and tuple(registry_row(engine, "p02")) == ("a2", "ready", None)
+
+
+def test_interrupt_lets_running_schemas_finish_and_starts_no_more(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    threads_before = threading.active_count()
+
+    def interrupt(event: fleet.Progress) -> None:
+        if event.done == 3:
+            raise KeyboardInterrupt
+
+    report = fleet.upgrade(engine, fleet_at_a1, jobs=2, progress=interrupt)
+
+    assert report.interrupted and not report.ok
+    done = [r for r in report.results if r.status == "ok"]
+    not_started = [r for r in report.results if r.note == "not started: interrupted"]
+    assert len(done) >= 3 and not_started and len(done) + len(not_started) == 20
+    for result in report.results:  # every schema is wholly at one revision, its registry row agreeing
+        version = schema_version(engine, result.schema)
+        assert version == ("a2" if result.status == "ok" else "a1")
+        assert registry_row(engine, result.project_id).revision == version
+    assert threading.active_count() == threads_before
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_online_revisions_in_worker_processes_that_are_cleaned_up(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
+    chain_builder.add("a2", 'op.add_column("items", sa.Column("note", sa.Text))', extra=ONLINE_EXTRA)
+    chain = Chain.load(chain_builder.ini)
+    ids = IDS[:6]
+    fleet.provision(engine, chain, ids, target="a1", jobs=2)
+    before = backends(engine)
+
+    report = fleet.upgrade(engine, chain, jobs=2, executor="processes")
+
+    assert report.ok and report.executor == "processes" and report.counts()["ok"] == 6
+    assert {r.path for r in report.results} == {"online"}
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in ids)
+    assert multiprocessing.active_children() == []
+    deadline = time.monotonic() + 5  # a backend leaves pg_stat_activity just after its client is gone
+    while backends(engine) > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert backends(engine) <= before
+
+
+def backends(engine: sa.Engine) -> int:
+    """Client connections to the test database other than the one asking."""
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                )
+            ).scalar_one()
+        )
+
+
+def test_bad_ids_are_rejected_before_any_sql(engine: sa.Engine, tiny: Chain) -> None:
+    from workspace_tool import InvalidProjectId
+
+    with pytest.raises(InvalidProjectId):
+        fleet.upgrade(engine, tiny, ["ok-id", "Bad_Id"])
+
+
+def test_citus_constraints_no_registry_foreign_keys_and_no_combined_create_schema(engine: sa.Engine) -> None:
+    from conftest import ALEMBIC_INI
+
+    chain = Chain.load(ALEMBIC_INI)
+    fleet.provision(engine, chain, ["citus-a"])
+    with engine.connect() as conn:
+        foreign = conn.execute(
+            sa.text(
+                "SELECT k.conname, rn.nspname FROM pg_constraint k "
+                "JOIN pg_class r ON r.oid = k.confrelid JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+                "WHERE k.contype = 'f' AND k.connamespace = 'project_citus_a'::regnamespace"
+            )
+        ).all()
+    assert foreign and {schema for _, schema in foreign} == {"project_citus_a"}  # only within the schema
+    (script,) = fleet.sql(engine, chain, ["citus-b"], operation=fleet.PROVISION)
+    text = script.sql or ""
+    assert 'CREATE SCHEMA "project_citus_b";\n' in text  # a statement of its own
+    assert text.count("CREATE SCHEMA") == 1
+
+
+def test_batched_version_reads_hold_no_table_locks(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    """Thousands of schemas are read in one transaction: each batch's locks go with its savepoint."""
+    from workspace_tool.inspection import read_versions
+
+    with engine.connect() as conn, conn.begin():
+        versions = read_versions(conn, [f"project_{p}" for p in IDS], batch_size=6)
+        held = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                "WHERE l.pid = pg_backend_pid() AND c.relname = 'alembic_version'"
+            )
+        ).scalar()
+    assert set(versions.values()) == {"a1"} and len(versions) == 20
+    assert held == 0

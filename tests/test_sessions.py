@@ -1,0 +1,194 @@
+"""Project-scoped connections and ORM sessions: isolation on a shared pool, and pgvector queries."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from conftest import ALEMBIC_INI
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.orm import Session
+
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager
+from workspace_tool.models import CodeChunk, CodeFile, Repository
+from workspace_tool.urls import async_url
+
+DIMS = 768
+NEAREST = 5
+
+
+@pytest.fixture
+def small_pool(engine: sa.Engine, database_url: URL) -> Iterator[sa.Engine]:
+    """One pooled connection for everyone (the fixture ``engine`` has reset the database)."""
+    small = sa.create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=5)
+    yield small
+    small.dispose()
+
+
+def vectors() -> tuple[list[float], list[tuple[int, list[float]]]]:
+    """A query vector and 40 chunks at cosine distances increasing with their index (shuffled)."""
+    query = [0.0] * DIMS
+    query[0] = 1.0
+    chunks = []
+    for i in range(40):
+        angle = math.radians(2 + 2 * i)
+        v = [0.0] * DIMS
+        v[0], v[i + 1] = math.cos(angle), math.sin(angle)
+        chunks.append((i, v))
+    random.Random(6).shuffle(chunks)
+    return query, chunks
+
+
+def add_chunks(orm_session: Session | Any) -> None:
+    repo = Repository(path="/repo", name="repo")
+    code_file = CodeFile(repository=repo, path="/repo/a.py", relative_path="a.py")
+    _, chunks = vectors()
+    orm_session.add_all(
+        [CodeChunk(code_file=code_file, content=f"chunk {i}", embedding=v, token_count=i) for i, v in chunks]
+    )
+
+
+def nearest_statement() -> sa.Select[CodeChunk]:
+    query, _ = vectors()
+    return sa.select(CodeChunk).order_by(CodeChunk.embedding.cosine_distance(query)).limit(NEAREST)
+
+
+class Recorder:
+    """The SQL the driver was given, with its parameters (schema names already translated)."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any]] = []
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        self.sent.append((statement, parameters))
+
+    def last(self, containing: str) -> tuple[str, Any]:
+        found: tuple[str, Any] = next(s for s in reversed(self.sent) if containing in s[0])
+        return found
+
+
+def search_path(conn: sa.Connection) -> str:
+    return str(conn.execute(sa.text("SHOW search_path")).scalar())
+
+
+def test_sessions_of_two_projects_share_one_pooled_connection_without_leaking(small_pool: sa.Engine) -> None:
+    with small_pool.connect() as conn:
+        default_path = search_path(conn)
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    mgr = WorkspaceManager(small_pool, ALEMBIC_INI)
+    with mgr.session("tenant-a") as a, mgr.session("tenant-b") as b:
+        a.add(Repository(path="/a", name="a"))
+        a.commit()
+        b.add(Repository(path="/b", name="b"))
+        b.commit()
+        for _ in range(2):  # interleaved transactions, each on the one pooled connection
+            assert a.scalars(sa.select(Repository.path)).all() == ["/a"]
+            assert a.execute(sa.text("SELECT pg_backend_pid()")).scalar() == pid
+            assert a.execute(sa.text("SELECT path FROM repositories")).scalars().all() == ["/a"]  # text() too
+            assert search_path(a.connection()) == "project_tenant_a, workspace_extensions"
+            a.commit()
+            assert b.scalars(sa.select(Repository.path)).all() == ["/b"]
+            assert b.execute(sa.text("SELECT pg_backend_pid()")).scalar() == pid
+            assert search_path(b.connection()) == "project_tenant_b, workspace_extensions"
+            b.rollback()
+    with small_pool.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar() == pid
+        assert search_path(conn) == default_path
+        # nothing landed outside the project schemas
+        assert conn.execute(sa.text("SELECT to_regclass('public.repositories')")).scalar() is None
+    mgr.close()
+
+
+def test_connect_targets_the_project_in_every_transaction(small_pool: sa.Engine) -> None:
+    mgr = WorkspaceManager(small_pool, ALEMBIC_INI)
+    with small_pool.connect() as conn:
+        default_path = search_path(conn)
+    with mgr.connect("tenant-c") as conn:
+        conn.execute(sa.insert(Repository).values(path="/c", name="c"))
+        conn.commit()
+        # the next transaction (autobegun after commit) is scoped as well
+        assert search_path(conn) == "project_tenant_c, workspace_extensions"
+        assert conn.execute(sa.select(Repository.path)).scalars().all() == ["/c"]
+        conn.execute(sa.insert(Repository).values(path="/not-committed", name="x"))
+    with mgr.connect("tenant-d") as conn:
+        assert conn.execute(sa.select(Repository.path)).scalars().all() == []
+    with small_pool.connect() as conn:
+        assert search_path(conn) == default_path
+        rows = conn.execute(sa.text("SELECT path FROM project_tenant_c.repositories")).scalars().all()
+        assert rows == ["/c"]  # committed work stays, the rest was rolled back
+    mgr.close()
+
+
+def test_vector_similarity_through_a_project_session_uses_the_hnsw_index(manager: WorkspaceManager) -> None:
+    with manager.session("vectors") as s:
+        add_chunks(s)
+        s.commit()
+        recorder = Recorder()
+        sa.event.listen(s.get_bind(), "before_cursor_execute", recorder)
+        s.execute(sa.text("SET LOCAL enable_seqscan = off"))  # 40 rows: make the planner show its index
+        found = s.scalars(nearest_statement()).all()
+        assert [c.content for c in found] == [f"chunk {i}" for i in range(NEAREST)]
+        statement, parameters = recorder.last("<=>")
+        assert "project_vectors.code_chunks" in statement  # the translate map named the schema
+        plan = s.connection().exec_driver_sql("EXPLAIN " + statement, parameters).scalars().all()
+        assert any("ix_code_chunks_embedding_hnsw" in line for line in plan), plan
+        s.rollback()
+    with manager.session("other") as s:
+        assert s.scalars(nearest_statement()).all() == []
+
+
+def test_async_sessions_are_isolated_and_use_the_hnsw_index(engine: sa.Engine, database_url: URL) -> None:
+    async def scenario() -> None:
+        small = create_async_engine(async_url(database_url), pool_size=1, max_overflow=0, pool_timeout=5)
+        try:
+            async with small.connect() as conn:
+                default_path = (await conn.execute(sa.text("SHOW search_path"))).scalar()
+            amgr = ProjectWorkspaceManager(small, ALEMBIC_INI)
+            async with amgr.session("async-a") as a, amgr.session("async-b") as b:
+                add_chunks(a)
+                await a.commit()
+                b.add(Repository(path="/b", name="b"))
+                await b.commit()
+                for _ in range(2):
+                    recorder = Recorder()
+                    sa.event.listen(a.sync_session.get_bind(), "before_cursor_execute", recorder)
+                    await a.execute(sa.text("SET LOCAL enable_seqscan = off"))
+                    found = (await a.scalars(nearest_statement())).all()
+                    assert [c.content for c in found] == [f"chunk {i}" for i in range(NEAREST)]
+                    statement, parameters = recorder.last("<=>")
+                    conn = await a.connection()
+                    plan = (await conn.exec_driver_sql("EXPLAIN " + statement, tuple(parameters))).scalars().all()
+                    assert any("ix_code_chunks_embedding_hnsw" in line for line in plan), plan
+                    await a.commit()
+                    assert (await b.scalars(sa.select(Repository.path))).all() == ["/b"]
+                    assert (await b.scalars(nearest_statement())).all() == []
+                    await b.commit()
+            async with amgr.connect("async-a") as conn:
+                paths = (await conn.execute(sa.select(Repository.path))).scalars().all()
+                assert paths == ["/repo"]
+            async with small.connect() as conn:
+                assert (await conn.execute(sa.text("SHOW search_path"))).scalar() == default_path
+        finally:
+            await small.dispose()
+
+    asyncio.run(scenario())
+
+
+def test_the_readme_example_runs(
+    engine: sa.Engine, url_string: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (ALEMBIC_INI.parent / "README.md").read_text()
+    section = readme.split("<!-- section: application -->", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("DATABASE_URL", url_string)
+    monkeypatch.chdir(ALEMBIC_INI.parent)
+    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
+    assert capsys.readouterr().out == "['chunk 0', 'chunk 1']\n1\n"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM project_demo.code_chunks")).scalar() == 0

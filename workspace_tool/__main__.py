@@ -1,0 +1,5 @@
+"""``python -m workspace_tool`` runs the CLI."""
+
+from .cli import main
+
+main()

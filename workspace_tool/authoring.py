@@ -1,0 +1,298 @@
+"""Writing revisions for the shared chain: ``workspace-tool revision -m MSG [--autogenerate]``.
+
+Autogenerate compares the models (``workspace_tool.models.metadata``, or a MetaData you pass) with a
+*scratch* project schema provisioned at head, so the comparison sees exactly what every project schema
+looks like, and nothing else in the database.  The scratch schema is created inside a transaction that is
+rolled back (and then dropped again, to be sure) whatever happens, so it is never visible to anyone else.
+The comparison runs under the same guards as a migration (``migrations/env.py``): the project schema is
+reached through ``search_path`` and reflected as the default schema, so the operations written into the
+revision carry no schema name and apply to every project schema.
+
+After a revision is written, this process's ``Chain.load`` cache for that alembic.ini still holds the old
+chain, and so do managers built on it: ``create_revision`` forgets the cached chain (the next
+``Chain.load`` reads the new file) and the "already at head" cache of every manager on that config;
+managers created before the revision keep their old ``chain`` object, so create new ones (or restart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.autogenerate.api import AutogenContext
+from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.operations.ops import MigrationScript
+from alembic.util import CommandError
+from sqlalchemy import Column, Connection, Engine, MetaData, text
+from sqlalchemy.exc import DBAPIError
+
+from . import cache, registry
+from .chain import ALEMBIC_LOCK, Chain, resolve_config_path
+from .errors import ConfigurationError, WorkspaceError
+from .failures import translate
+from .naming import quote_ident
+from .provisioning import run_plan
+from .targeting import search_path_sql
+
+VERSION_TABLE = "alembic_version"
+SCRATCH_PREFIX = "project_autogen_"
+
+ConfigPath = str | os.PathLike[str] | None
+
+
+# ------------------------------------------------------------------- comparison
+def autogenerate_options() -> dict[str, Any]:
+    """The comparison options env.py passes to ``context.configure`` (and ``compare_schema`` uses)."""
+    return {
+        "compare_type": True,
+        "compare_server_default": compare_server_default,
+        "include_name": include_name,
+        "render_item": render_item,
+    }
+
+
+def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
+    """Leave the version table out: it lives in the project schema, which is reflected as the default
+    schema, so Alembic would otherwise see it as a table missing from the models."""
+    return not (type_ == "table" and name == VERSION_TABLE)
+
+
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
+    """Render pgvector's type as ``Vector(768)`` with its import (Alembic would write a dotted path it
+    doesn't import)."""
+    from pgvector.sqlalchemy import VECTOR
+
+    if type_ == "type" and isinstance(obj, VECTOR):
+        autogen_context.imports.add("from pgvector.sqlalchemy import Vector")
+        return f"Vector({obj.dim})" if obj.dim is not None else "Vector()"
+    return False
+
+
+def compare_server_default(
+    context: MigrationContext,
+    inspected_column: Column[Any],
+    metadata_column: Column[Any],
+    inspected_default: str | None,
+    metadata_default: Any,
+    rendered_metadata_default: str | None,
+) -> bool | None:
+    """Compare a column's default as PostgreSQL itself would store it.
+
+    The database shows its canonical form (``'unknown'::character varying``); the model has what was
+    written (``"unknown"``).  When the texts differ, the model's default is declared on a temporary
+    column inside a savepoint and PostgreSQL's canonical text for it is compared with the database's.
+    Unlike Alembic's fallback (``SELECT <db default> = <model default>``) this compares expressions,
+    not values: ``gen_random_uuid()`` equals itself, and ``now()`` differs from ``clock_timestamp()``.
+    Returns None (let Alembic decide) when a default is missing on either side.
+    """
+    if inspected_default is None or rendered_metadata_default is None or metadata_column.server_default is None:
+        return None
+    if inspected_default.strip() == rendered_metadata_default.strip():
+        return False
+    connection = context.connection
+    if connection is None:
+        return None
+    canonical = canonical_default(connection, metadata_column)
+    if canonical is None:
+        return None
+    return canonical != inspected_default
+
+
+_PROBE_TABLE = "workspace_tool_default_probe"
+
+
+def canonical_default(connection: Connection, column: Column[Any]) -> str | None:
+    """PostgreSQL's text for ``column``'s server default (None if it can't be declared on its own)."""
+    dialect = connection.dialect
+    default = dialect.ddl_compiler(dialect, None).get_column_default_string(column)  # type: ignore[arg-type]
+    if default is None:
+        return None
+    type_sql = column.type.compile(dialect=dialect)
+    savepoint = connection.begin_nested()
+    try:
+        connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {_PROBE_TABLE} (c {type_sql} DEFAULT {default}) ON COMMIT DROP",
+            execution_options={"no_parameters": True},
+        )
+        value = connection.exec_driver_sql(
+            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
+            f"WHERE d.adrelid = 'pg_temp.{_PROBE_TABLE}'::regclass",
+            execution_options={"no_parameters": True},
+        ).scalar()
+    except DBAPIError:
+        return None
+    finally:
+        savepoint.rollback()
+    return None if value is None else str(value)
+
+
+def compare_schema(conn: Connection, schema: str, extension_schema: str, metadata: MetaData | None = None) -> list[Any]:
+    """Differences between ``metadata`` (default: the models) and ``schema``, as Alembic's
+    ``compare_metadata`` lists them, with the migration's guards. Runs in a transaction of its own on
+    ``conn`` (which must not be in one) and rolls it back."""
+    if metadata is None:
+        from .models import metadata as models_metadata
+
+        metadata = models_metadata
+    with conn.begin() as transaction:
+        conn.execute(text(search_path_sql(schema, extension_schema)))
+        translated = conn.execution_options(schema_translate_map={None: schema})
+        context = MigrationContext.configure(
+            translated,
+            opts={
+                "target_metadata": metadata,
+                "version_table_schema": schema,
+                "include_schemas": False,
+                **autogenerate_options(),
+            },
+        )
+        diffs = compare_metadata(context, metadata)
+        transaction.rollback()
+    return list(diffs)
+
+
+def load_metadata(reference: str) -> MetaData:
+    """``package.module:attribute`` -> a MetaData (or a declarative base's ``.metadata``)."""
+    module_name, _, attribute = reference.partition(":")
+    if not module_name or not attribute:
+        raise ConfigurationError(f"--metadata {reference!r}: write it as package.module:attribute")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"--metadata {reference!r}: cannot import {module_name}: {exc}") from None
+    value = getattr(module, attribute, None)
+    value = getattr(value, "metadata", value)
+    if not isinstance(value, MetaData):
+        raise ConfigurationError(f"--metadata {reference!r}: {attribute} is not a MetaData or a declarative base")
+    return value
+
+
+# -------------------------------------------------------------------- revisions
+@dataclass(frozen=True)
+class RevisionResult:
+    revision: str
+    down_revision: str | None
+    path: Path
+    autogenerate: bool
+    operations: int  # top-level operations autogenerate wrote (0 without --autogenerate)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "down_revision": self.down_revision,
+            "path": str(self.path),
+            "autogenerate": self.autogenerate,
+            "operations": self.operations,
+        }
+
+
+def create_revision(
+    message: str,
+    *,
+    config: ConfigPath = None,
+    autogenerate: bool = False,
+    engine: Engine | None = None,
+    target_metadata: MetaData | None = None,
+    rev_id: str | None = None,
+) -> RevisionResult:
+    """Write a new revision on top of the chain's head (Alembic's ``command.revision``).
+
+    With ``autogenerate``, ``engine`` is the database to provision the scratch schema on, and
+    ``target_metadata`` what to compare with (default: ``workspace_tool.models.metadata``)."""
+    if not message or not message.strip():
+        raise ConfigurationError('a revision needs a message: -m "what it changes"')
+    config_path = resolve_config_path(config)
+    chain = Chain(config_path)  # read fresh: the process cache may predate a revision written since
+    alembic_config = Config(str(config_path), cmd_opts=argparse.Namespace(quiet=True, x=None))  # no stdout chatter
+    operations: list[int] = []
+
+    def count_operations(context: Any, revision: Any, directives: list[MigrationScript]) -> None:
+        if directives and directives[0].upgrade_ops is not None:
+            operations.append(len(directives[0].upgrade_ops.ops))
+
+    if autogenerate:
+        if engine is None:
+            raise ConfigurationError("--autogenerate needs a database to provision a scratch schema on")
+        with _scratch_schema(engine, chain) as (conn, schema, extension_schema):
+            alembic_config.attributes.update(
+                connection=conn, schema=schema, extension_schema=extension_schema, target_metadata=target_metadata
+            )
+            script = _alembic_revision(alembic_config, message, autogenerate=True, rev_id=rev_id, hook=count_operations)
+        _check_no_schema_names(Path(script.path), schema)
+    else:
+        script = _alembic_revision(alembic_config, message, autogenerate=False, rev_id=rev_id, hook=None)
+    forget_chain(config_path)
+    down = script.down_revision
+    return RevisionResult(
+        revision=script.revision,
+        down_revision=down if isinstance(down, str) or down is None else ",".join(down),
+        path=Path(script.path),
+        autogenerate=autogenerate,
+        operations=sum(operations),
+    )
+
+
+def _alembic_revision(config: Config, message: str, *, autogenerate: bool, rev_id: str | None, hook: Any) -> Any:
+    with ALEMBIC_LOCK:  # op/context are process-global proxies
+        try:
+            script = command.revision(
+                config, message=message, autogenerate=autogenerate, rev_id=rev_id, process_revision_directives=hook
+            )
+        except CommandError as exc:
+            raise ConfigurationError(f"alembic could not write the revision: {exc}") from None
+        finally:
+            config.attributes.clear()
+    if script is None or isinstance(script, list):  # pragma: no cover - only with branch labels/heads
+        raise ConfigurationError("alembic wrote no single revision")
+    return script
+
+
+@contextmanager
+def _scratch_schema(engine: Engine, chain: Chain) -> Iterator[tuple[Connection, str, str]]:
+    """A project schema at head, inside a transaction that is rolled back; dropped again on the way out."""
+    schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
+    try:
+        with engine.connect() as conn:
+            extension_schema = registry.bootstrap(conn)
+            try:
+                with conn.begin() as transaction:
+                    plan = chain.plan(None, chain.head)
+                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
+                    yield conn, schema, extension_schema
+                    transaction.rollback()
+            finally:
+                if conn.in_transaction():
+                    conn.rollback()
+                with conn.begin():
+                    conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+    except WorkspaceError:
+        raise
+    except (DBAPIError, OSError) as exc:
+        raise translate(exc) from exc
+
+
+def _check_no_schema_names(path: Path, schema: str) -> None:
+    source = path.read_text(encoding="utf-8")
+    if schema in source:  # pragma: no cover - guarded by the search_path reflection
+        path.unlink()
+        raise ConfigurationError(f"autogenerate wrote the scratch schema's name into {path.name}; removed it")
+
+
+def forget_chain(config_path: Path) -> None:
+    """Make the next ``Chain.load(config_path)`` re-read the chain, and the next ``ensure`` of every
+    project on that chain read its schema again (it may now be behind the new head)."""
+    with Chain._loaded_lock:
+        Chain._loaded.pop(config_path, None)
+    suffix = f"|{config_path}"
+    for key in [k for k in cache._READY if k.endswith(suffix)]:
+        cache.invalidate(key)

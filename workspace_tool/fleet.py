@@ -1,0 +1,794 @@
+"""Many project schemas at once: upgrade, downgrade or provision a fleet, in parallel, one schema per
+transaction, with a result per schema.
+
+The order of work:
+
+1. The registry's own chain is migrated first, serially (``registry.bootstrap``).
+2. Every schema's version is read in batches (``inspection.read_versions``); schemas already at the target
+   with a matching registry row are skipped without any Alembic (a no-op run over 10,000 schemas is a
+   few queries).
+3. The rest run through ``provisioning.migrate_on``: one transaction per schema, its advisory lock,
+   ``lock_timeout`` on every lock wait, the registry row written in the same transaction.  A lock
+   timeout is retried with backoff, then reported; any failure leaves the schema at its old revision and
+   marks its registry row ``failed`` in a separate transaction.
+
+Parallelism: a compiled plan (the normal case) is replayed without touching Alembic, so a pool of threads
+with one connection each scales (psycopg2 releases the GIL while waiting on the server).  A plan with
+online steps runs Alembic, whose ``op``/``context`` proxies are process-global: in threads only that part
+is serialised (under ``chain.ALEMBIC_LOCK``); the lock, state read, registry write and commit overlap.
+``executor="processes"`` runs schemas in spawned processes instead, each with its own chain and
+connection (the caller's main module must be import-safe: ``if __name__ == "__main__":``).  Measured on
+2 shared cores, threads were faster for online plans too (a process costs seconds to start), so "auto"
+means threads.  Workers are closed on every path; on Ctrl-C no new schema is started, running
+transactions finish (or roll back), and the report says what was not started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.util
+import os
+import queue
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, pool, text
+from sqlalchemy.exc import DBAPIError
+
+from . import cache, registry
+from .chain import Chain
+from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
+from .failures import first_line, is_connection_error, sqlstate, translate
+from .inspection import project_schemas, read_versions
+from .naming import project_for, quote_ident, schema_for
+from .provisioning import migrate_on
+from .targeting import DEFAULT_EXTENSION_SCHEMA, lock_key, search_path_sql
+from .urls import redact_text
+
+OK, FAILED, SKIPPED = "ok", "failed", "skipped"
+UPGRADE, DOWNGRADE, PROVISION = "upgrade", "downgrade", "provision"
+DEFAULT_LOCK_TIMEOUT_MS = 5000
+DEFAULT_RETRIES = 3
+MAX_BACKOFF_S = 5.0
+
+
+def default_jobs() -> int:
+    """Two connections per core: while one waits on the server, the other has work."""
+    return max(2, min(16, 2 * (os.cpu_count() or 1)))
+
+
+# ------------------------------------------------------------------------ results
+@dataclass
+class SchemaResult:
+    """What happened to one schema."""
+
+    project_id: str
+    schema: str
+    from_revision: str | None
+    to_revision: str | None
+    status: str  # 'ok', 'failed', 'skipped'
+    ms: float = 0.0
+    error: str | None = None  # the database's error (or ours) for 'failed'
+    note: str | None = None  # why it was skipped
+    path: str = "none"  # 'fast', 'online', 'mixed', or 'none' when no SQL ran
+    attempts: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FleetReport:
+    operation: str  # 'upgrade', 'downgrade', 'provision'
+    target: str | None
+    results: list[SchemaResult]
+    elapsed_ms: float
+    jobs: int
+    executor: str  # 'threads', 'processes', or 'none' when nothing ran
+    interrupted: bool = False
+
+    def with_status(self, status: str) -> list[SchemaResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def failed(self) -> list[SchemaResult]:
+        return self.with_status(FAILED)
+
+    @property
+    def ok(self) -> bool:
+        """True if nothing failed and nothing was left unstarted."""
+        return not self.failed and not self.interrupted
+
+    def counts(self) -> dict[str, int]:
+        counted = Counter(r.status for r in self.results)
+        return {s: counted.get(s, 0) for s in (OK, FAILED, SKIPPED)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation,
+            "target": self.target,
+            "ok": self.ok,
+            "interrupted": self.interrupted,
+            "counts": self.counts(),
+            "elapsed_ms": round(self.elapsed_ms, 3),
+            "jobs": self.jobs,
+            "executor": self.executor,
+            "results": [r.as_dict() for r in self.results],
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Sent to the progress callback (in the calling thread) at the start and after each schema."""
+
+    done: int
+    total: int  # schemas that need work (skipped ones are not counted)
+    failed: int
+    elapsed_s: float
+    result: SchemaResult | None  # None for the start event
+
+    @property
+    def rate(self) -> float:
+        """Schemas per second so far."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        return (self.total - self.done) / self.rate if self.rate > 0 else None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+# ---------------------------------------------------------------------- selection
+@dataclass(frozen=True)
+class Candidate:
+    """One schema as read before any work: its version and its registry row."""
+
+    project_id: str
+    schema: str
+    exists: bool
+    version: str | None
+    registered: bool
+    registry_revision: str | None = None
+    registry_status: str | None = None
+
+
+@dataclass(frozen=True)
+class Work:
+    """A schema to migrate (picklable: it crosses to worker processes)."""
+
+    project_id: str
+    schema: str
+    from_revision: str | None
+
+
+def read_fleet(conn: Connection, project_ids: Sequence[str] | None) -> list[Candidate]:
+    """Every registered project and every project-like schema (or just ``project_ids``), with versions
+    read in batches. Read-only; works before the registry exists."""
+    has_registry = conn.execute(text(f"SELECT to_regclass('{registry.REGISTRY_TABLE}') IS NOT NULL")).scalar()
+    rows: dict[str, Any] = {}
+    if has_registry:
+        query = registry.SELECT_ALL if project_ids is None else registry.SELECT_SOME
+        for row in conn.execute(query, {} if project_ids is None else {"ids": list(project_ids)}):
+            rows[row.project_id] = row
+    schemas = project_schemas(conn)
+    if project_ids is None:
+        wanted = dict.fromkeys(sorted(set(rows) | {project_for(s) for s in schemas}))
+    else:
+        wanted = dict.fromkeys(project_ids)
+    names = {p: (rows[p].schema_name if p in rows else schema_for(p)) for p in wanted}
+    versions = read_versions(conn, [s for s in names.values() if schemas.get(s)])
+    return [
+        Candidate(
+            project_id=p,
+            schema=names[p],
+            exists=names[p] in schemas,
+            version=versions.get(names[p]),
+            registered=p in rows,
+            registry_revision=rows[p].revision if p in rows else None,
+            registry_status=rows[p].status if p in rows else None,
+        )
+        for p in wanted
+    ]
+
+
+def decide(
+    chain: Chain, candidate: Candidate, target: str | None, operation: str, explicit: bool
+) -> Work | SchemaResult:
+    """Work for a schema that needs it, else its (skipped or failed) result, without touching it."""
+    c = candidate
+
+    def result(status: str, *, error: str | None = None, note: str | None = None) -> SchemaResult:
+        return SchemaResult(c.project_id, c.schema, c.version, target, status, error=error, note=note)
+
+    if not c.exists and operation != PROVISION:
+        if explicit:
+            return result(FAILED, error=str(WorkspaceNotFound(c.project_id, c.schema)))
+        return result(SKIPPED, note="registered but its schema is missing: `workspace-tool ensure` recreates it")
+    if c.exists and not c.registered and not explicit:
+        return result(
+            SKIPPED, note="not in the registry (orphan): name it to adopt it, or drop it with `workspace-tool drop`"
+        )
+    if c.version is not None and not chain.knows(c.version):
+        return result(FAILED, error=str(UnknownRevision(c.schema, c.version)))
+    if c.exists and c.version == target:
+        if c.registered and c.registry_revision == target and c.registry_status == "ready":
+            return result(SKIPPED, note="already at target")
+        return Work(c.project_id, c.schema, c.version)  # brings its registry row in line
+    below = chain.position(c.version) < chain.position(target)
+    if operation == DOWNGRADE and below:
+        return result(SKIPPED, note="already below the target: use upgrade")
+    if operation != DOWNGRADE and c.exists and not below:
+        return result(SKIPPED, note="ahead of the target: use downgrade")
+    return Work(c.project_id, c.schema, c.version)
+
+
+# ------------------------------------------------------------------- one schema
+class Migrator:
+    """Migrates one schema at a time on one held connection, with lock-timeout retries."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        chain: Chain,
+        extension_schema: str,
+        *,
+        target: str | None,
+        operation: str,
+        lock_timeout_ms: int,
+        retries: int,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.engine = engine
+        self.chain = chain
+        self.extension_schema = extension_schema
+        self.target = target
+        self.operation = operation
+        self.lock_timeout_ms = lock_timeout_ms
+        self.retries = retries
+        self.cancel = cancel or threading.Event()
+        self._conn: Connection | None = None
+
+    def connection(self) -> Connection:
+        """The held connection, with lock_timeout set for its session (once, not per transaction: one
+        round trip less per schema); reset before it goes back to the engine's pool."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self.close()
+            conn = self.engine.connect()
+            conn.exec_driver_sql(f"SET lock_timeout = {int(self.lock_timeout_ms)}")
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                if not self._conn.invalidated:
+                    self._conn.rollback()
+                    self._conn.exec_driver_sql("RESET lock_timeout")
+                    self._conn.commit()
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def run(self, work: Work) -> SchemaResult:
+        started = time.perf_counter()
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                done = migrate_on(
+                    self.connection(),
+                    self.chain,
+                    work.project_id,
+                    work.schema,
+                    self.extension_schema,
+                    target=self.target,
+                    allow_upgrade=self.operation != DOWNGRADE,
+                    allow_downgrade=self.operation == DOWNGRADE,
+                    create=self.operation == PROVISION,
+                )
+            except Exception as exc:
+                if isinstance(exc, (DBAPIError, OSError)) and is_connection_error(exc):
+                    self.close()  # a fresh connection for the next schema
+                lock_timeout = isinstance(exc, LockTimeout) or sqlstate(exc) == "55P03"
+                if lock_timeout and attempts <= self.retries and not self.cancel.is_set():
+                    delay = min(MAX_BACKOFF_S, 0.1 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+                    if not self.cancel.wait(delay):
+                        continue
+                message = describe(exc, work.schema)
+                if lock_timeout:
+                    message = f"lock timeout ({self.lock_timeout_ms} ms, {attempts} attempts): {message}"
+                self._mark_failed(work, message)
+                return SchemaResult(
+                    work.project_id,
+                    work.schema,
+                    work.from_revision,
+                    self.target,
+                    FAILED,
+                    ms=_ms(started),
+                    error=message,
+                    attempts=attempts,
+                )
+            return SchemaResult(
+                work.project_id,
+                work.schema,
+                done.from_revision,
+                done.to_revision,
+                OK,
+                ms=_ms(started),
+                path=done.path,
+                attempts=attempts,
+            )
+
+    def _mark_failed(self, work: Work, message: str) -> None:
+        """Record the failure on an existing registry row, after the rollback, in its own transaction."""
+        with contextlib.suppress(Exception):
+            conn = self.connection()
+            with conn.begin():
+                conn.execute(
+                    registry.MARK_FAILED, {"project_id": work.project_id, "action": self.operation, "error": message}
+                )
+
+
+def describe(exc: BaseException, schema: str | None = None) -> str:
+    """The database's error in one line (message plus DETAIL/HINT), or ours; no password."""
+    if isinstance(exc, WorkspaceError) and not isinstance(exc, LockTimeout):
+        return str(exc)
+    orig = getattr(exc, "orig", None)
+    if orig is not None or isinstance(exc, DBAPIError):
+        lines = [line.strip() for line in str(orig or exc).splitlines() if line.strip()]
+        kept = lines[:1] + [line for line in lines[1:] if line.startswith(("DETAIL:", "HINT:"))]
+        return redact_text(" ".join(" ".join(line.split()) for line in kept))
+    if isinstance(exc, OSError):
+        return str(translate(exc, schema))
+    return redact_text(f"{type(exc).__name__}: {first_line(exc)}")
+
+
+# ------------------------------------------------------------------------ running
+def upgrade(
+    engine: Engine,
+    chain: Chain,
+    project_ids: Sequence[str] | None = None,
+    *,
+    target: str = "head",
+    jobs: int | None = None,
+    fail_fast: bool = False,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    retries: int = DEFAULT_RETRIES,
+    progress: ProgressCallback | None = None,
+    executor: str = "auto",
+) -> FleetReport:
+    """Bring every registered project (``project_ids=None``) or the named ones to ``target``."""
+    return run(
+        engine,
+        chain,
+        UPGRADE,
+        project_ids,
+        target=target,
+        jobs=jobs,
+        fail_fast=fail_fast,
+        lock_timeout_ms=lock_timeout_ms,
+        retries=retries,
+        progress=progress,
+        executor=executor,
+    )
+
+
+def downgrade(
+    engine: Engine,
+    chain: Chain,
+    project_ids: Sequence[str] | None = None,
+    *,
+    target: str,
+    jobs: int | None = None,
+    fail_fast: bool = False,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    retries: int = DEFAULT_RETRIES,
+    progress: ProgressCallback | None = None,
+    executor: str = "auto",
+) -> FleetReport:
+    """Bring every registered project (or the named ones) above ``target`` down to it."""
+    return run(
+        engine,
+        chain,
+        DOWNGRADE,
+        project_ids,
+        target=target,
+        jobs=jobs,
+        fail_fast=fail_fast,
+        lock_timeout_ms=lock_timeout_ms,
+        retries=retries,
+        progress=progress,
+        executor=executor,
+    )
+
+
+def provision(
+    engine: Engine,
+    chain: Chain,
+    project_ids: Sequence[str],
+    *,
+    target: str = "head",
+    jobs: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> FleetReport:
+    """Create (or bring up to ``target``) many named projects in parallel."""
+    return run(engine, chain, PROVISION, project_ids, target=target, jobs=jobs, progress=progress)
+
+
+def run(
+    engine: Engine,
+    chain: Chain,
+    operation: str,
+    project_ids: Sequence[str] | None,
+    *,
+    target: str,
+    jobs: int | None = None,
+    fail_fast: bool = False,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    retries: int = DEFAULT_RETRIES,
+    progress: ProgressCallback | None = None,
+    executor: str = "auto",
+) -> FleetReport:
+    started = time.perf_counter()
+    ids = _validate(project_ids)
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1 or retries < 0 or lock_timeout_ms < 1:
+        raise ConfigurationError("--jobs and --lock-timeout must be positive and --retries not negative")
+    if executor not in ("auto", "threads", "processes"):
+        raise ConfigurationError(f"unknown executor {executor!r}: auto, threads or processes")
+    resolved = chain.resolve(target)
+    try:
+        with engine.connect() as conn:
+            extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
+            cache.set_bootstrapped(cache.database_key(engine.url, chain.config_path), extension_schema)
+            with conn.begin():
+                candidates = read_fleet(conn, ids)
+    except (DBAPIError, OSError) as exc:
+        raise translate(exc) from exc
+
+    decided = [decide(chain, c, resolved, operation, ids is not None) for c in candidates]
+    finished = [d for d in decided if isinstance(d, SchemaResult)]
+    work = [d for d in decided if isinstance(d, Work)]
+    # a schema touched by a run is re-read by the next ensure, whatever happened to it
+    cache.invalidate(cache.database_key(engine.url, chain.config_path), [w.project_id for w in work])
+
+    kind = "none"
+    interrupted = False
+    if work:
+        workers = min(jobs, len(work))
+        # Measured (see benchmarks/fleet_upgrade.py and the README): threads win even for online plans at
+        # the sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is
+        # small; processes are there for long online revisions on machines with idle cores.
+        kind = "threads" if executor == "auto" else executor
+        options = _Options(operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema)
+        pooled = _run_processes if kind == "processes" else _run_threads
+        tracker = _Tracker(len(work), progress, started)
+        results, interrupted = pooled(engine, chain, work, workers, options, tracker)
+        not_started = {w.project_id for w in work} - {r.project_id for r in results}
+        why = "not started: interrupted" if interrupted else "not started: --fail-fast stopped after a failure"
+        results += [
+            SchemaResult(w.project_id, w.schema, w.from_revision, resolved, SKIPPED, note=why)
+            for w in work
+            if w.project_id in not_started
+        ]
+        finished += results
+        cache.invalidate(cache.database_key(engine.url, chain.config_path), [w.project_id for w in work])
+    order = {c.project_id: i for i, c in enumerate(candidates)}
+    finished.sort(key=lambda r: order[r.project_id])
+    return FleetReport(operation, resolved, finished, _ms(started), jobs, kind, interrupted)
+
+
+def _validate(project_ids: Sequence[str] | None) -> list[str] | None:
+    if project_ids is None:
+        return None
+    for project_id in project_ids:  # every id is checked before any SQL is sent
+        schema_for(project_id)
+    return list(dict.fromkeys(project_ids))
+
+
+@dataclass(frozen=True)
+class _Options:
+    operation: str
+    target: str | None
+    lock_timeout_ms: int
+    retries: int
+    fail_fast: bool
+    extension_schema: str
+
+
+@dataclass
+class _Tracker:
+    """Counts results and feeds the progress callback, in the calling thread."""
+
+    total: int
+    callback: ProgressCallback | None
+    started: float
+    done: int = 0
+    failed: int = 0
+    results: list[SchemaResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._emit(None)
+
+    def add(self, result: SchemaResult) -> None:
+        self.results.append(result)
+        self.done += 1
+        self.failed += result.status == FAILED
+        self._emit(result)
+
+    def _emit(self, result: SchemaResult | None) -> None:
+        if self.callback is not None:
+            self.callback(Progress(self.done, self.total, self.failed, time.perf_counter() - self.started, result))
+
+
+def _run_threads(
+    engine: Engine, chain: Chain, work: list[Work], workers: int, options: _Options, tracker: _Tracker
+) -> tuple[list[SchemaResult], bool]:
+    """A thread per connection; the calling thread collects results and reports progress."""
+    tasks: queue.SimpleQueue[Work] = queue.SimpleQueue()
+    for item in work:
+        tasks.put(item)
+    results: queue.SimpleQueue[SchemaResult | BaseException | None] = queue.SimpleQueue()
+    stop = threading.Event()  # no new schema is started once set
+    cancel = threading.Event()  # interrupted: pending retries give up too
+
+    def worker() -> None:
+        migrator = Migrator(
+            engine,
+            chain,
+            options.extension_schema,
+            target=options.target,
+            operation=options.operation,
+            lock_timeout_ms=options.lock_timeout_ms,
+            retries=options.retries,
+            cancel=cancel,
+        )
+        try:
+            while not stop.is_set():
+                try:
+                    item = tasks.get_nowait()
+                except queue.Empty:
+                    break
+                result = migrator.run(item)
+                if options.fail_fast and result.status == FAILED:
+                    stop.set()  # before this worker (or another) takes the next schema
+                results.put(result)
+        except BaseException as exc:  # a bug, not a schema's failure: stop everything and re-raise it
+            results.put(exc)
+        finally:
+            migrator.close()
+            results.put(None)
+
+    threads = [threading.Thread(target=worker, name=f"workspace-fleet-{i}") for i in range(workers)]
+    for thread in threads:
+        thread.start()
+    running, interrupted = len(threads), False
+    crash: BaseException | None = None
+    try:
+        while running:
+            try:
+                message = results.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if message is None:
+                running -= 1
+            elif isinstance(message, BaseException):
+                crash = crash or message
+                stop.set()
+            else:
+                tracker.add(message)
+                if options.fail_fast and message.status == FAILED:
+                    stop.set()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        stop.set()
+        if interrupted:
+            cancel.set()
+        for thread in threads:
+            thread.join()  # running transactions finish (or roll back) first
+        while True:  # results that arrived while stopping
+            try:
+                message = results.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(message, SchemaResult):
+                tracker.results.append(message)
+    if crash is not None:
+        raise crash
+    return tracker.results, interrupted
+
+
+# ---------------------------------------------------------------- process pool
+_PROCESS_MIGRATOR: Migrator | None = None
+
+
+def _process_init(url: str, config_path: str, options: _Options) -> None:
+    """Runs in each spawned worker: its own engine, chain (compiled there once) and connection."""
+    global _PROCESS_MIGRATOR
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; running transactions finish
+    engine = create_engine(url, poolclass=pool.NullPool)
+    migrator = Migrator(
+        engine,
+        Chain.load(config_path),
+        options.extension_schema,
+        target=options.target,
+        operation=options.operation,
+        lock_timeout_ms=options.lock_timeout_ms,
+        retries=options.retries,
+    )
+    _PROCESS_MIGRATOR = migrator
+
+    def close() -> None:
+        migrator.close()
+        engine.dispose()
+
+    multiprocessing.util.Finalize(None, close, exitpriority=10)
+
+
+def _process_run(item: Work) -> SchemaResult:
+    assert _PROCESS_MIGRATOR is not None
+    return _PROCESS_MIGRATOR.run(item)
+
+
+def _run_processes(
+    engine: Engine, chain: Chain, work: list[Work], workers: int, options: _Options, tracker: _Tracker
+) -> tuple[list[SchemaResult], bool]:
+    """Spawned processes, each with one connection; at most two schemas queued per worker, so stopping
+    (fail-fast, Ctrl-C) leaves little to cancel."""
+    url = engine.url.render_as_string(hide_password=False)
+    pending: Iterator[Work] = iter(work)
+    in_flight: set[Future[SchemaResult]] = set()
+    interrupted = stopping = False
+    context = multiprocessing.get_context("spawn")
+    executor = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=context,
+        initializer=_process_init,
+        initargs=(url, str(chain.config_path), options),
+    )
+    try:
+        while True:
+            while not stopping and len(in_flight) < 2 * workers:
+                item = next(pending, None)
+                if item is None:
+                    break
+                in_flight.add(executor.submit(_process_run, item))
+            if not in_flight:
+                break
+            try:
+                done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
+                for future in done:
+                    result = future.result()
+                    tracker.add(result)
+                    if options.fail_fast and result.status == FAILED:
+                        stopping = True
+            except KeyboardInterrupt:
+                interrupted = stopping = True
+                for future in in_flight:
+                    future.cancel()
+                in_flight = {f for f in in_flight if not f.cancelled()}
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+        for future in in_flight:
+            finished = future.done() and not future.cancelled() and future.exception() is None
+            if finished and future.result() not in tracker.results:
+                tracker.results.append(future.result())
+    return tracker.results, interrupted
+
+
+# -------------------------------------------------------------------------- --sql
+@dataclass(frozen=True)
+class SchemaSQL:
+    """The SQL one schema's migration would send, or why it needs none."""
+
+    project_id: str
+    schema: str
+    from_revision: str | None
+    to_revision: str | None
+    path: str
+    sql: str | None
+    note: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def sql(
+    engine: Engine,
+    chain: Chain,
+    project_ids: Sequence[str] | None = None,
+    *,
+    target: str = "head",
+    operation: str = UPGRADE,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+) -> list[SchemaSQL]:
+    """Per schema, the SQL ``upgrade``/``downgrade`` would run, with its search_path and lock. Read-only:
+    nothing is created or changed, not even the registry."""
+    ids = _validate(project_ids)
+    resolved = chain.resolve(target)
+    try:
+        with engine.connect() as conn, conn.begin():
+            extension_schema = conn.execute(registry.PROBE).one().ext_schema or DEFAULT_EXTENSION_SCHEMA
+            candidates = read_fleet(conn, ids)
+            conn.rollback()
+    except (DBAPIError, OSError) as exc:
+        raise translate(exc) from exc
+    scripts = []
+    for candidate in candidates:
+        decided = decide(chain, candidate, resolved, operation, ids is not None)
+        if isinstance(decided, SchemaResult):
+            scripts.append(
+                SchemaSQL(
+                    decided.project_id,
+                    decided.schema,
+                    decided.from_revision,
+                    resolved,
+                    "none",
+                    None,
+                    decided.note or decided.error,
+                )
+            )
+            continue
+        plan = chain.plan(decided.from_revision, resolved)
+        scripts.append(
+            SchemaSQL(
+                decided.project_id,
+                decided.schema,
+                decided.from_revision,
+                resolved,
+                plan.path,
+                render(chain, decided, resolved, extension_schema, lock_timeout_ms, create=not candidate.exists),
+            )
+        )
+    return scripts
+
+
+def render(
+    chain: Chain, work: Work, target: str | None, extension_schema: str, lock_timeout_ms: int, *, create: bool
+) -> str:
+    """One schema's transaction as a script a DBA can read (or run with psql)."""
+    plan = chain.plan(work.from_revision, target)
+    lines = [
+        f"-- {work.schema} (project {work.project_id}): {work.from_revision or 'base'} -> {target or 'base'} "
+        f"[{plan.path}]",
+        "BEGIN;",
+        f"SET LOCAL lock_timeout = '{int(lock_timeout_ms)}ms';",
+        f"SELECT pg_advisory_xact_lock(hashtextextended('{lock_key(work.schema)}', 0));",
+    ]
+    if create:
+        lines.append(f"CREATE SCHEMA {quote_ident(work.schema)};")
+    lines.append(search_path_sql(work.schema, extension_schema) + ";")
+    for step in plan.steps:
+        if step.sql is not None:
+            lines.append(step.sql.strip())
+            continue
+        span = f"{step.from_rev or 'base'} -> {step.to_rev or 'base'}"
+        try:
+            rendered = chain.compile(step.from_rev, step.to_rev).strip()
+        except Exception:
+            lines.append(f"-- {span} runs online through Alembic; it cannot be rendered offline")
+        else:
+            lines.append(f"-- {span} runs online through Alembic; rendered offline for review:")
+            lines.append(rendered)
+    lines.append(
+        f"-- and the registry row of {work.project_id} in {registry.REGISTRY_TABLE}: "
+        f"revision {target or 'base'}, status ready"
+    )
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,200 @@
+"""Static check of the chain: nothing in a revision may name a schema.
+
+Every revision runs into one project schema through three guards (translate map, version table schema,
+search_path). A revision that names a schema itself escapes them: ``schema="public"`` on an ALTER-type op
+is rendered as written (Alembic applies ``schema_translate_map`` only to what SQLAlchemy compiles, not to
+its own ALTER constructs, alembic issue #555), and ``op.execute("... project_other.t ...")`` is plain
+text. This module reads each revision's AST (nothing is imported or run) and reports such references as
+``path:line: message``.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+
+from .chain import resolve_config_path
+from .errors import ConfigurationError
+
+# Keyword arguments that name a schema, on any call (op.*, sa.Table, sa.ForeignKey, sa.Sequence, ...).
+SCHEMA_KWARGS = frozenset({"schema", "referent_schema", "source_schema", "version_table_schema"})
+
+# Alembic ops whose DDL Alembic renders itself: an explicit schema= is used verbatim and the translate
+# map never sees it (alembic #555). create_table/create_index/drop_table/drop_index go through
+# SQLAlchemy's compiler and are translated, but a name there still points outside the project schema.
+IGNORES_TRANSLATE_MAP = frozenset(
+    {
+        "add_column",
+        "alter_column",
+        "drop_column",
+        "rename_table",
+        "create_foreign_key",
+        "create_unique_constraint",
+        "create_check_constraint",
+        "create_primary_key",
+        "drop_constraint",
+        "create_table_comment",
+        "drop_table_comment",
+        "create_exclude_constraint",
+        "batch_alter_table",
+        "bulk_insert",
+        "execute",
+    }
+)
+
+# Calls whose string arguments are SQL.
+SQL_CALLS = frozenset({"execute", "text", "exec_driver_sql", "DDL"})
+
+# Schema names that must never appear qualifying an object in a revision's SQL.
+_SCHEMA_REFERENCE = re.compile(
+    r"""(?<![\w."])("?)(?P<schema>project_[a-z0-9_]+|public|project_registry|workspace_extensions)\1\s*\.\s*"?[A-Za-z_]""",
+    re.IGNORECASE,
+)
+_SQL_LITERAL = re.compile(r"'(?:[^']|'')*'")
+_SEARCH_PATH = re.compile(r"\bsearch_path\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True, order=True)
+class Finding:
+    path: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+def _call_name(func: ast.expr) -> str:
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        return func.id
+    return ""
+
+
+def _strings(node: ast.expr) -> Iterator[tuple[int, str]]:
+    """Literal text inside an expression: plain strings, f-string parts, concatenations."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+            yield sub.lineno, sub.value
+
+
+def _is_none(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is None
+
+
+def _describe(node: ast.expr) -> str:
+    if isinstance(node, ast.Constant):
+        return repr(node.value)
+    return f"an expression ({ast.unparse(node)})"
+
+
+class _Visitor(ast.NodeVisitor):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.findings: list[Finding] = []
+
+    def add(self, line: int, message: str) -> None:
+        self.findings.append(Finding(self.path, line, message))
+
+    def visit_Call(self, node: ast.Call) -> None:
+        name = _call_name(node.func)
+        for keyword in node.keywords:
+            if keyword.arg in SCHEMA_KWARGS and not _is_none(keyword.value):
+                if name in IGNORES_TRANSLATE_MAP:
+                    self.add(
+                        node.lineno,
+                        f"{name}(..., {keyword.arg}={_describe(keyword.value)}): Alembic renders this op with the "
+                        "schema as written and ignores the translate map (alembic #555); it would reach outside "
+                        "the project schema in every project. Drop the argument.",
+                    )
+                else:
+                    self.add(
+                        node.lineno,
+                        f"{name or 'call'}(..., {keyword.arg}={_describe(keyword.value)}) names a schema; a "
+                        "revision must only touch the project schema it runs in. Drop the argument.",
+                    )
+        if name in {"ForeignKey", "ForeignKeyConstraint"} and node.args:
+            targets = node.args[:1] if name == "ForeignKey" else node.args[1:2]
+            for target in targets:
+                for line, value in _strings(target):
+                    if value.count(".") >= 2:
+                        self.add(
+                            line,
+                            f"{name}({value!r}) references another schema ({value.split('.')[0]}); refer to "
+                            "'table.column' in the project schema.",
+                        )
+        if name in SQL_CALLS:
+            for arg in node.args[:1]:
+                self._check_sql(arg, name)
+        self.generic_visit(node)
+
+    def _check_sql(self, node: ast.expr, name: str) -> None:
+        if isinstance(node, ast.Call) and _call_name(node.func) in SQL_CALLS:
+            return  # execute(text("...")): the inner call is checked on its own
+        for line, literal in _strings(node):
+            value = _SQL_LITERAL.sub("''", literal)  # 'public.x' in quotes is a value, not a reference
+            for match in _SCHEMA_REFERENCE.finditer(value):
+                self.add(
+                    line,
+                    f"{name}() SQL names schema {match.group('schema')!r} ({match.group(0).strip()!r}...): "
+                    "raw SQL bypasses the translate map; use unqualified names, which resolve in the project "
+                    "schema through the search_path.",
+                )
+            if _SEARCH_PATH.search(value):
+                self.add(
+                    line,
+                    f"{name}() SQL changes the search_path, which is what keeps a migration inside its project "
+                    "schema; remove it.",
+                )
+
+
+def check_source(source: str, path: str = "<revision>") -> list[Finding]:
+    """Findings for one revision's source."""
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as exc:
+        return [Finding(path, exc.lineno or 0, f"cannot parse: {exc.msg}")]
+    visitor = _Visitor(path)
+    visitor.visit(tree)
+    return sorted(set(visitor.findings))
+
+
+def revision_files(config_path: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Every revision file of the chain configured by an alembic.ini (all branches, base first)."""
+    path = resolve_config_path(config_path)
+    try:
+        script = ScriptDirectory.from_config(Config(str(path)))
+        scripts = list(script.walk_revisions("base", "heads"))
+    except CommandError as exc:
+        raise ConfigurationError(f"cannot load the revision chain from {path}: {exc}") from None
+    return [Path(s.path) for s in reversed(scripts)]
+
+
+def _display(path: Path) -> str:
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # pragma: no cover - another drive on Windows
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def check_files(paths: Iterable[Path]) -> list[Finding]:
+    findings: list[Finding] = []
+    for path in paths:
+        findings += check_source(path.read_text(encoding="utf-8"), _display(path))
+    return findings
+
+
+def check_chain(config_path: str | os.PathLike[str] | None = None) -> tuple[int, list[Finding]]:
+    """(number of revisions checked, findings) for the chain of an alembic.ini."""
+    files = revision_files(config_path)
+    return len(files), check_files(files)

@@ -1,0 +1,111 @@
+"""A project's tables from application code: connections and ORM sessions scoped to one project schema.
+
+Statements reach the project's schema through ``schema_translate_map={None: schema}`` (the models have
+``schema=None``), set on the connection's execution options, never on the pooled DBAPI connection.
+Each transaction additionally starts with ``SET LOCAL search_path TO <project schema>, <extension
+schema>``: pgvector's operators (``<=>`` behind ``cosine_distance``) live in the extension's schema, and
+``text()`` SQL finds the project's tables.  ``SET LOCAL`` ends with the transaction, so a connection goes
+back to the pool with its default search_path and the next borrower (another project, or code that knows
+nothing about projects) sees nothing of this one.
+
+The project is ensured first (a dict lookup once it is known to be at head).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
+
+from .targeting import search_path_sql
+
+if TYPE_CHECKING:
+    from .async_manager import ProjectWorkspaceManager
+    from .manager import WorkspaceManager
+
+
+def scoped_engine(engine: Engine, schema: str, extension_schema: str) -> Engine:
+    """A view of ``engine`` (same pool) whose statements target ``schema``."""
+    scoped = engine.execution_options(schema_translate_map={None: schema})
+    sql = search_path_sql(schema, extension_schema)
+
+    def set_local_search_path(conn: Connection) -> None:
+        # Fired as a transaction begins, before any statement of it: the DBAPI cursor starts the
+        # transaction (psycopg2 and SQLAlchemy's asyncpg adapter begin implicitly on first execute).
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    event.listen(scoped, "begin", set_local_search_path)
+    return scoped
+
+
+# ------------------------------------------------------------------------- sync
+def project_engine(manager: WorkspaceManager, project_id: str) -> Engine:
+    """Ensure the project, and return an Engine view of the manager's engine that targets its schema."""
+    schema = manager.ensure(project_id)
+    return _cached(manager, manager.engine, schema, manager.bootstrap())
+
+
+# manager -> {(schema, extension schema): scoped engine}; an entry goes with its manager
+_SCOPED: weakref.WeakKeyDictionary[object, dict[tuple[str, str], Engine]] = weakref.WeakKeyDictionary()
+
+
+def _cached(manager: object, engine: Engine, schema: str, extension_schema: str) -> Engine:
+    engines = _SCOPED.get(manager)
+    if engines is None:
+        engines = _SCOPED.setdefault(manager, {})
+    scoped = engines.get((schema, extension_schema))
+    if scoped is None:
+        scoped = engines[(schema, extension_schema)] = scoped_engine(engine, schema, extension_schema)
+    return scoped
+
+
+@contextmanager
+def connect(manager: WorkspaceManager, project_id: str) -> Iterator[Connection]:
+    """``with connect(mgr, "my-project") as conn:`` a Connection whose statements target the project's
+    schema. Like ``engine.connect()``: commit as you go (``conn.commit()``); what isn't committed is
+    rolled back when the block ends."""
+    with project_engine(manager, project_id).connect() as conn:
+        yield conn
+
+
+@contextmanager
+def session(manager: WorkspaceManager, project_id: str, **session_options: Any) -> Iterator[Session]:
+    """``with session(mgr, "my-project") as s:`` an ORM Session on the project's schema; closed (and
+    anything uncommitted rolled back) when the block ends. ``session_options`` go to ``Session()``."""
+    with Session(bind=project_engine(manager, project_id), **session_options) as orm_session:
+        yield orm_session
+
+
+# ------------------------------------------------------------------------ async
+async def async_project_engine(manager: ProjectWorkspaceManager, project_id: str) -> AsyncEngine:
+    """Ensure the project, and return an AsyncEngine view of the manager's engine that targets its schema."""
+    schema = await manager.ensure_workspace_exists(project_id)
+    extension_schema = await manager.bootstrap()
+    return AsyncEngine(_cached(manager, manager.engine.sync_engine, schema, extension_schema))
+
+
+@asynccontextmanager
+async def async_connect(manager: ProjectWorkspaceManager, project_id: str) -> AsyncIterator[AsyncConnection]:
+    """``async with async_connect(amgr, "my-project") as conn:`` the AsyncConnection counterpart."""
+    engine = await async_project_engine(manager, project_id)
+    async with engine.connect() as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def async_session(
+    manager: ProjectWorkspaceManager, project_id: str, **session_options: Any
+) -> AsyncIterator[AsyncSession]:
+    """``async with async_session(amgr, "my-project") as s:`` the AsyncSession counterpart."""
+    engine = await async_project_engine(manager, project_id)
+    async with AsyncSession(bind=engine, **session_options) as orm_session:
+        yield orm_session
