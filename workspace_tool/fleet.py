@@ -47,9 +47,9 @@ from . import cache, registry
 from .chain import Chain
 from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
 from .failures import first_line, is_connection_error, sqlstate, translate
-from .inspection import project_schemas, read_versions
+from .inspection import project_schemas, read_versions, read_versions_parallel
 from .naming import project_for, quote_ident, schema_for
-from .provisioning import migrate_on
+from .provisioning import EnsureResult, migrate_expected, migrate_on
 from .targeting import DEFAULT_EXTENSION_SCHEMA, lock_key, search_path_sql
 from .urls import redact_text
 
@@ -169,15 +169,21 @@ class Work:
     project_id: str
     schema: str
     from_revision: str | None
+    exists: bool = True  # as read in the batch read: the fast lane's guard checks it is still so
 
 
-def read_fleet(conn: Connection, project_ids: Sequence[str] | None) -> list[Candidate]:
+def read_fleet(
+    conn: Connection,
+    project_ids: Sequence[str] | None,
+    versions_of: Callable[[list[str]], dict[str, str | None]] | None = None,
+) -> list[Candidate]:
     """Every registered project and every project-like schema (or just ``project_ids``), with versions
-    read in batches. Read-only; works before the registry exists."""
+    read in batches (on ``conn``, or by ``versions_of``, e.g. spread over several connections).
+    Read-only; works before the registry exists."""
     has_registry = conn.execute(text(f"SELECT to_regclass('{registry.REGISTRY_TABLE}') IS NOT NULL")).scalar()
     rows: dict[str, Any] = {}
     if has_registry:
-        query = registry.SELECT_ALL if project_ids is None else registry.SELECT_SOME
+        query = registry.SELECT_STATES if project_ids is None else registry.SELECT_SOME_STATES
         for row in conn.execute(query, {} if project_ids is None else {"ids": list(project_ids)}):
             rows[row.project_id] = row
     schemas = project_schemas(conn)
@@ -186,7 +192,8 @@ def read_fleet(conn: Connection, project_ids: Sequence[str] | None) -> list[Cand
     else:
         wanted = dict.fromkeys(project_ids)
     names = {p: (rows[p].schema_name if p in rows else schema_for(p)) for p in wanted}
-    versions = read_versions(conn, [s for s in names.values() if schemas.get(s)])
+    with_versions = [s for s in names.values() if schemas.get(s)]
+    versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
     return [
         Candidate(
             project_id=p,
@@ -229,7 +236,7 @@ def decide(
         return result(SKIPPED, note="already below the target: use upgrade")
     if operation != DOWNGRADE and c.exists and not below:
         return result(SKIPPED, note="ahead of the target: use downgrade")
-    return Work(c.project_id, c.schema, c.version)
+    return Work(c.project_id, c.schema, c.version, c.exists)
 
 
 # ------------------------------------------------------------------- one schema
@@ -286,7 +293,8 @@ class Migrator:
         while True:
             attempts += 1
             try:
-                done = migrate_on(
+                done = self._fast_lane(work) if attempts == 1 else None
+                done = done or migrate_on(
                     self.connection(),
                     self.chain,
                     work.project_id,
@@ -329,6 +337,21 @@ class Migrator:
                 path=done.path,
                 attempts=attempts,
             )
+
+    def _fast_lane(self, work: Work) -> EnsureResult | None:
+        """One batch and a commit, when the plan compiles and the schema is as read; else None."""
+        if self.operation == PROVISION and work.exists:
+            return None
+        return migrate_expected(
+            self.connection(),
+            self.chain,
+            work.project_id,
+            work.schema,
+            self.extension_schema,
+            expected_exists=work.exists,
+            expected_version=work.from_revision,
+            target=self.target,
+        )
 
     def _mark_failed(self, work: Work, message: str) -> None:
         """Record the failure on an existing registry row, after the rollback, in its own transaction."""
@@ -453,7 +476,7 @@ def run(
             extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
             cache.set_bootstrapped(cache.database_key(engine.url, chain.config_path), extension_schema)
             with conn.begin():
-                candidates = read_fleet(conn, ids)
+                candidates = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
     except (DBAPIError, OSError) as exc:
         raise translate(exc) from exc
 

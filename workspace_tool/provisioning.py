@@ -6,6 +6,8 @@ through ``AsyncConnection.run_sync``) and of the fleet's per-schema work.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
 from dataclasses import dataclass
 
@@ -82,6 +84,11 @@ def read_state(conn: Connection, project_id: str, schema: str, *, lock: bool = F
     )
 
 
+def exec_batch_scalar(conn: Connection, sql: str) -> object:
+    """Send a batch on psycopg2 and return the first column of its last statement's first row."""
+    return conn.exec_driver_sql(sql, execution_options={"no_parameters": True}).scalar()
+
+
 def exec_batch(conn: Connection, sql: str) -> None:
     """Send many statements as one batch (simple query protocol), inside conn's transaction."""
     if conn.dialect.driver == "asyncpg":
@@ -100,11 +107,14 @@ def run_plan(
     *,
     create_schema: bool,
     empty_version_table: bool = False,
-) -> None:
+    epilogue: str | None = None,
+) -> object:
     """Apply a plan's steps on conn, which is in a transaction holding the schema's lock.
 
     ``empty_version_table``: the schema has an alembic_version table with no row (Alembic leaves one
-    after an online downgrade to base); compiled SQL from base creates that table, so it goes first."""
+    after an online downgrade to base); compiled SQL from base creates that table, so it goes first.
+    ``epilogue`` (psycopg2 only, and only when the last step is compiled) rides at the end of the last
+    batch; its scalar result is returned. Otherwise nothing is sent for it and None is returned."""
     prelude = (f"CREATE SCHEMA {quote_ident(schema)};\n" if create_schema else "") + (
         search_path_sql(schema, extension_schema) + ";\n"
     )
@@ -120,11 +130,14 @@ def run_plan(
                 raise
             except Exception as exc:  # a revision's own Python error: the transaction rolls back
                 raise MigrationFailed(schema, f"{type(exc).__name__}: {exc}") from exc
+        elif epilogue is not None and step is plan.steps[-1] and conn.dialect.driver == "psycopg2":
+            return exec_batch_scalar(conn, prelude + step.sql + epilogue)
         else:
             exec_batch(conn, prelude + step.sql)
         prelude = ""
     if prelude and create_schema:
         exec_batch(conn, prelude)
+    return None
 
 
 def migrate_on(
@@ -168,7 +181,10 @@ def migrate_on(
             if not upgrading and not allow_downgrade:
                 raise UnknownRevision(schema, str(current))
             plan = chain.plan(current, target, online=online)
-            run_plan(
+            action = "created" if current is None else ("upgraded" if upgrading else "downgraded")
+            # The registry row rides in the last batch when nothing else has to run after it.
+            epilogue = None if owner_role else registry.upsert_sql(project_id, schema, target, action, plan.path)
+            recorded = run_plan(
                 conn,
                 chain,
                 schema,
@@ -176,14 +192,131 @@ def migrate_on(
                 plan,
                 create_schema=not state.exists,
                 empty_version_table=state.has_version_table and current is None,
+                epilogue=epilogue,
             )
             plan_path = plan.path
-            action = "created" if current is None else ("upgraded" if upgrading else "downgraded")
+            if recorded is not None:
+                duration = float(recorded)  # type: ignore[arg-type]
+                return EnsureResult(project_id, schema, action, current, target, duration, plan_path)
         if owner_role is not None:
             exec_batch(conn, roles.grant_sql(schema, owner_role))
         duration = _ms(started)
         conn.execute(registry.UPSERT, registry.upsert_params(project_id, schema, target, action, duration, plan_path))
     return EnsureResult(project_id, schema, action, current, target, duration, plan_path)
+
+
+# The statement that moves alembic_version at the end of a compiled range (Alembic's offline rendering).
+_FINAL_VERSION_MOVE = re.compile(
+    r"^(UPDATE alembic_version SET version_num='[^']*' WHERE alembic_version\.version_num = '[^']*'"
+    r"|DELETE FROM alembic_version WHERE alembic_version\.version_num = '[^']*');\s*\Z",
+    re.MULTILINE,
+)
+
+
+STATE_CHANGED = "workspace-tool:state-changed"
+
+
+def _move_version_and_record(move: str, upsert: str) -> str:
+    """One statement: move alembic_version, write the registry row only if the version moved, and raise
+    (an invalid integer cast carrying STATE_CHANGED) if it did not, so the batch can't commit."""
+    return (
+        f"WITH moved AS ({move} RETURNING 1), recorded AS ({upsert}) "
+        f"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM recorded) THEN ('{STATE_CHANGED} ' || now())::int END"
+    )
+
+
+def migrate_expected(
+    conn: Connection,
+    chain: Chain,
+    project_id: str,
+    schema: str,
+    extension_schema: str,
+    *,
+    expected_exists: bool,
+    expected_version: str | None,
+    target: str | None,
+) -> EnsureResult | None:
+    """The fleet's fast lane, for a schema whose state the caller has just read in a batch read: the
+    whole migration is ONE round trip, ``BEGIN; lock; search_path; compiled SQL; registry row; COMMIT``.
+    The final version UPDATE/DELETE and the registry upsert share one statement that fails unless the
+    version moved from what was read; for a new schema, CREATE SCHEMA itself fails if it appeared.
+
+    Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, an online step, an
+    empty schema) or the schema turned out not as read: the caller then uses migrate_on. Database errors
+    are raised as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
+    if conn.dialect.driver != "psycopg2" or conn.in_transaction() or (expected_exists and expected_version is None):
+        return None
+    plan = chain.plan(expected_version, target)
+    sql = plan.sql
+    if sql is None or not plan.steps:
+        return None
+    upgrading = chain.is_upgrade(expected_version, target)
+    action = "created" if expected_version is None else ("upgraded" if upgrading else "downgraded")
+    if expected_exists:
+        final = _FINAL_VERSION_MOVE.search(sql)
+        if final is None:
+            return None
+        body = sql[: final.start()]
+        upsert = registry.upsert_sql(project_id, schema, target, action, plan.path, per_row_of="moved")
+        record = _move_version_and_record(final.group(1), upsert)
+    else:
+        body = f"CREATE SCHEMA {quote_ident(schema)};\n" + sql
+        record = registry.upsert_sql(project_id, schema, target, action, plan.path)
+    batch = (
+        "BEGIN;\n"
+        f"SELECT pg_advisory_xact_lock(hashtextextended({registry.sql_literal(lock_key(schema))}, 0));\n"
+        + search_path_sql(schema, extension_schema)
+        + ";\n"
+        + body
+        + record
+        + ";\nCOMMIT;"
+    )
+    started = time.perf_counter()
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    failure: Exception | None = None
+    dbapi.autocommit = True  # the batch carries its own BEGIN and COMMIT
+    try:
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(batch)
+        finally:
+            cursor.close()
+    except Exception as exc:
+        failure = exc
+        try:
+            rollback = dbapi.cursor()
+            rollback.execute("ROLLBACK")
+            rollback.close()
+        except Exception:
+            conn.invalidate()  # the connection is gone: never hand it back to the pool
+    finally:
+        if not conn.invalidated:
+            with contextlib.suppress(Exception):
+                dbapi.autocommit = False
+    if failure is not None:
+        code = getattr(failure, "pgcode", None)
+        if code == "22P02" and STATE_CHANGED in str(failure):
+            return None
+        if not conn.invalidated and code not in (None, "55P03") and _moved(conn, project_id, schema, expected_version):
+            return None  # it failed because the schema changed since it was read, not on its own account
+        if isinstance(failure, conn.dialect.loaded_dbapi.Error):
+            raise DBAPIError.instance(
+                "fast lane batch",
+                None,
+                failure,
+                conn.dialect.loaded_dbapi.Error,
+                connection_invalidated=conn.invalidated,
+            ) from failure
+        raise failure
+    return EnsureResult(project_id, schema, action, expected_version, target, _ms(started), plan.path)
+
+
+def _moved(conn: Connection, project_id: str, schema: str, expected_version: str | None) -> bool:
+    """After a failed batch: is the schema no longer as the caller read it?"""
+    with conn.begin():
+        state = read_state(conn, project_id, schema)
+    return state.version != expected_version or (expected_version is None and state.exists)
 
 
 def _ms(started: float) -> float:
