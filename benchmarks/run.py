@@ -286,13 +286,43 @@ def bench_cache(engine: sa.Engine, mgr: WorkspaceManager, calls: int, verify_cal
     )
 
 
+def raw_parallel(engine: sa.Engine, sql: str, extension_schema: str, size: int, tag: str) -> float:
+    """Seconds for ``size`` threads, one held psycopg2 connection each, to provision one schema each with
+    the compiled chain sent as one batch (no library): what the server does with that much parallel DDL."""
+    conns = [engine.raw_connection() for _ in range(size)]
+
+    def provision(i: int) -> None:
+        dbapi = conns[i].driver_connection
+        assert dbapi is not None
+        schema = quote_ident(f"project_raw_{tag}_{i}")
+        cursor = dbapi.cursor()
+        cursor.execute(
+            f"CREATE SCHEMA {schema};\n" + search_path_sql(schema.strip('"'), extension_schema) + ";\n" + sql
+        )
+        dbapi.commit()
+
+    threads = [threading.Thread(target=provision, args=(i,)) for i in range(size)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    for conn in conns:
+        conn.close()
+    return elapsed
+
+
 def bench_gather(url: URL, reps: int) -> None:
-    log(f"asyncio.gather: {reps} rounds of 1, 3 and 16 distinct projects")
+    log(f"asyncio.gather: {reps} rounds of 1, 3 and 16 distinct projects (and raw threads of 1 and 3)")
 
     async def run() -> dict[str, list[float]]:
         engine = create_async_engine(async_url(url), pool_size=20, max_overflow=10)
         amgr = ProjectWorkspaceManager(engine, ALEMBIC_INI)
-        samples: dict[str, list[float]] = {"1": [], "3": [], "16": []}
+        sync_engine = sa.create_engine(sync_url(url), pool_size=4)
+        sql = amgr.chain.plan(None, amgr.head).sql
+        assert sql is not None
+        samples: dict[str, list[float]] = {"1": [], "3": [], "16": [], "raw 1": [], "raw 3": []}
         try:
             await asyncio.gather(*(amgr.ensure(f"async-warm-{i}") for i in range(16)))  # fill the pool
 
@@ -301,6 +331,11 @@ def bench_gather(url: URL, reps: int) -> None:
                 started = time.perf_counter()
                 await asyncio.gather(*(amgr.ensure(p) for p in ids))
                 samples[str(size)].append(time.perf_counter() - started)
+                if size in (1, 3):
+                    extension_schema = await amgr.bootstrap()
+                    samples[f"raw {size}"].append(
+                        raw_parallel(sync_engine, sql, extension_schema, size, f"{tag}_{rep}")
+                    )
 
             for rep in range(reps):
                 order = [1, 3, 16]
@@ -309,6 +344,7 @@ def bench_gather(url: URL, reps: int) -> None:
                     await batch(f"g{size}", size, rep)
         finally:
             await engine.dispose()
+            sync_engine.dispose()
         return samples
 
     samples = asyncio.run(run())
@@ -319,6 +355,12 @@ def bench_gather(url: URL, reps: int) -> None:
     print(f"1 project:    {spread(samples['1'])}")
     print(f"3 projects:   {spread(samples['3'])}  -> {r3:.2f}x one (target <= 2x: {verdict(r3, 2.0)})")
     print(f"16 projects:  {spread(samples['16'])}  -> {r16:.2f}x one")
+    raw_ratio = statistics.median(samples["raw 3"]) / statistics.median(samples["raw 1"])
+    print(f"raw floor, 1 thread:   {spread(samples['raw 1'])}")
+    print(
+        f"raw floor, 3 threads:  {spread(samples['raw 3'])}  -> {raw_ratio:.2f}x one "
+        "(the same DDL from 3 connections with no library: how far the server itself overlaps)"
+    )
     record(
         "gather",
         reps=reps,
@@ -327,6 +369,7 @@ def bench_gather(url: URL, reps: int) -> None:
         sixteen_median_ms=median_ms(samples["16"]),
         ratio_3=r3,
         ratio_16=r16,
+        raw_ratio_3=raw_ratio,
     )
 
 
