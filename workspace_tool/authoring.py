@@ -291,8 +291,5 @@ def _check_no_schema_names(path: Path, schema: str) -> None:
 def forget_chain(config_path: Path) -> None:
     """Make the next ``Chain.load(config_path)`` re-read the chain, and the next ``ensure`` of every
     project on that chain read its schema again (it may now be behind the new head)."""
-    with Chain._loaded_lock:
-        Chain._loaded.pop(config_path, None)
-    suffix = f"|{config_path}"
-    for key in [k for k in cache._READY if k.endswith(suffix)]:
-        cache.invalidate(key)
+    Chain.forget(config_path)
+    cache.invalidate_chain(config_path)

@@ -31,6 +31,14 @@ def invalidate(key: str, project_ids: list[str] | None = None) -> None:
             ready.pop(project_id, None)
 
 
+def invalidate_chain(config_path: object) -> None:
+    """Forget every project known to be at head of this chain, on every database."""
+    suffix = f"|{config_path}"
+    for key, ready in _READY.items():
+        if key.endswith(suffix):
+            ready.clear()
+
+
 def bootstrapped(key: str) -> str | None:
     return _BOOTSTRAPPED.get(key)
 

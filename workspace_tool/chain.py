@@ -134,6 +134,12 @@ class Chain:
                 chain = cls._loaded[path] = cls(path)
             return chain
 
+    @classmethod
+    def forget(cls, config_path: str | os.PathLike[str]) -> None:
+        """Make the next ``load`` of this alembic.ini read the chain again (after a revision was added)."""
+        with cls._loaded_lock:
+            cls._loaded.pop(Path(config_path).resolve(), None)
+
     # ----------------------------------------------------------------- revisions
     @property
     def revisions(self) -> list[str]:

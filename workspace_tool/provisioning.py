@@ -106,20 +106,15 @@ def run_plan(
     plan: Plan,
     *,
     create_schema: bool,
-    empty_version_table: bool = False,
     epilogue: str | None = None,
 ) -> object:
     """Apply a plan's steps on conn, which is in a transaction holding the schema's lock.
 
-    ``empty_version_table``: the schema has an alembic_version table with no row (Alembic leaves one
-    after an online downgrade to base); compiled SQL from base creates that table, so it goes first.
     ``epilogue`` (psycopg2 only, and only when the last step is compiled) rides at the end of the last
     batch; its scalar result is returned. Otherwise nothing is sent for it and None is returned."""
     prelude = (f"CREATE SCHEMA {quote_ident(schema)};\n" if create_schema else "") + (
         search_path_sql(schema, extension_schema) + ";\n"
     )
-    if empty_version_table and plan.steps and plan.steps[0].sql is not None and plan.from_rev is None:
-        prelude += f"DROP TABLE {version_table(schema)};\n"
     for step in plan.steps:
         if step.sql is None:
             if prelude:
@@ -191,7 +186,6 @@ def migrate_on(
                 extension_schema,
                 plan,
                 create_schema=not state.exists,
-                empty_version_table=state.has_version_table and current is None,
                 epilogue=epilogue,
             )
             plan_path = plan.path
