@@ -135,6 +135,18 @@ def test_ensure_no_upgrade_on_a_behind_schema(cli: Cli, engine: sa.Engine, tmp_p
     assert schema_version(engine, "project_lagging") == MAIN_REVISIONS[0]
 
 
+def test_ensure_reports_what_it_did_before_a_failure(cli: Cli, engine: sa.Engine, tmp_path: Path) -> None:
+    from test_manager import MAIN_REVISIONS, truncated_chain
+
+    assert cli("ensure", "lagging", config=truncated_chain(tmp_path / "c", MAIN_REVISIONS[0])).exit_code == 0
+    result = cli("ensure", "--no-upgrade", "first", "lagging", "never")
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert [line.split()[:3] for line in lines[1:]] == [["first", "project_first", "created"]]
+    assert result.stderr.startswith("Error: project lagging (schema project_lagging) is at revision")
+    assert not schema_exists(engine, "project_never")
+
+
 # ---------------------------------------------------------------------------------- list
 def test_list_empty_and_filled(cli: Cli) -> None:
     empty = cli("list")

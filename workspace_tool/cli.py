@@ -158,11 +158,13 @@ def ensure(
         schema_for(project_id)
     if owner_role is not None:
         validate_role_name(owner_role)
-    results = [
-        dataclasses.asdict(app.manager.ensure_detailed(p, upgrade=not no_upgrade, owner_role=owner_role))
-        for p in project_ids
-    ]
-    emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
+    results: list[dict[str, Any]] = []
+    try:
+        for project_id in project_ids:
+            result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role)
+            results.append(dataclasses.asdict(result))
+    finally:  # what was done before a failure is still reported, then the error
+        emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
 
 
 @main.command()
