@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from conftest import ChainBuilder, schema_version
+from test_fleet import backends
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
@@ -36,18 +37,6 @@ def ini(engine: sa.Engine, chain_builder: ChainBuilder) -> Path:
 
 def cli(url: str, ini: Path, *args: str) -> Result:
     return CliRunner().invoke(main, ["--database-url", url, "-c", str(ini), *args])
-
-
-def backends(engine: sa.Engine) -> int:
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND backend_type = 'client backend'"
-                )
-            ).scalar_one()
-        )
 
 
 def test_upgrade_all_reports_each_failed_schema_and_exits_1(engine: sa.Engine, url_string: str, ini: Path) -> None:

@@ -26,9 +26,8 @@ from .failures import translate
 from .inspection import ProjectStatus, collect_status
 from .manager import ConfigPath
 from .naming import schema_for
-from .provisioning import EnsureResult, migrate_on, version_table
+from .provisioning import EnsureResult, drop_on, migrate_on, version_table
 from .roles import validate_role_name
-from .targeting import lock_schema
 from .urls import url_secrets
 
 T = TypeVar("T")
@@ -144,17 +143,7 @@ class ProjectWorkspaceManager:
         self._ready.pop(project_id, None)
         await self.bootstrap()
 
-        def drop_on(conn: Connection) -> bool:
-            with conn.begin():
-                lock_schema(conn, schema)
-                existed = conn.execute(
-                    text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
-                ).scalar()
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-                deleted = conn.execute(registry.DELETE, {"project_id": project_id}).rowcount
-            return bool(existed) or deleted > 0
-
-        dropped = await self._run(schema, drop_on)
+        dropped = await self._run(schema, lambda conn: drop_on(conn, project_id, schema))
         self._ready.pop(project_id, None)
         return dropped
 

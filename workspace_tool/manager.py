@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -19,9 +19,8 @@ from .errors import ConfigurationError, WorkspaceError
 from .failures import translate
 from .inspection import ProjectStatus, collect_status
 from .naming import schema_for
-from .provisioning import EnsureResult, migrate_on, version_table
+from .provisioning import EnsureResult, drop_on, migrate_on, version_table
 from .roles import validate_role_name
-from .targeting import lock_schema
 from .urls import url_secrets
 
 ConfigPath = str | os.PathLike[str] | None
@@ -157,18 +156,9 @@ class WorkspaceManager:
         self._ready.pop(project_id, None)
         self.bootstrap()
 
-        def drop_on(conn: Connection) -> bool:
-            with conn.begin():
-                lock_schema(conn, schema)
-                existed = conn.execute(
-                    text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
-                ).scalar()
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-                deleted = conn.execute(registry.DELETE, {"project_id": project_id}).rowcount
-            self._ready.pop(project_id, None)
-            return bool(existed) or deleted > 0
-
-        return self._on_connection(schema, drop_on)
+        dropped = self._on_connection(schema, lambda conn: drop_on(conn, project_id, schema))
+        self._ready.pop(project_id, None)
+        return dropped
 
     def status(self, project_ids: list[str] | None = None) -> list[ProjectStatus]:
         """Per project: schema, its actual revision, registry revision and state; with no ids, every

@@ -306,6 +306,19 @@ def migrate_expected(
     return EnsureResult(project_id, schema, action, expected_version, target, _ms(started), plan.path)
 
 
+def drop_on(conn: Connection, project_id: str, schema: str) -> bool:
+    """Drop a project's schema and its registry row in one transaction under the schema's lock; False if
+    neither existed."""
+    with conn.begin():
+        lock_schema(conn, schema)
+        existed = conn.execute(
+            text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
+        ).scalar()
+        conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+        deleted = conn.execute(registry.DELETE, {"project_id": project_id}).rowcount
+    return bool(existed) or deleted > 0
+
+
 def _moved(conn: Connection, project_id: str, schema: str, expected_version: str | None) -> bool:
     """After a failed batch: is the schema no longer as the caller read it?"""
     with conn.begin():
