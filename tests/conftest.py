@@ -56,6 +56,20 @@ def database_url() -> Iterator[URL]:
     admin.dispose()
 
 
+@pytest.fixture
+def new_database(database_url: URL) -> Iterator[URL]:
+    """An empty database of its own: no extension, no registry; dropped at the end."""
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    name = f"wst_boot_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    yield database_url.set(database=name)
+    with admin.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name})
+        conn.execute(sa.text(f'DROP DATABASE "{name}"'))
+    admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def url_string(database_url: URL) -> str:
     return database_url.render_as_string(hide_password=False)

@@ -40,6 +40,10 @@ class ConfigurationError(WorkspaceError):
     """alembic.ini, the chain or the database URL is unusable."""
 
 
+class InsufficientPrivilege(WorkspaceError):
+    """The role lacks a privilege an operation needs; the message names it and what to do."""
+
+
 class DatabaseUnavailable(WorkspaceError):
     """The database could not be reached or refused the login."""
 

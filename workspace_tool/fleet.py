@@ -3,7 +3,8 @@ transaction, with a result per schema.
 
 The order of work:
 
-1. The registry's own chain is migrated first, serially (``registry.bootstrap``).
+1. The registry's own chain is migrated first, serially (``registry.bootstrap``); the reference catalog
+   `check` compares with is stored if none is stored for this chain (``reference.store_if_missing``).
 2. Every schema's version is read in batches (``inspection.read_versions``); schemas already at the target
    with a matching registry row are skipped without any Alembic (a no-op run over 10,000 schemas is a
    few queries).
@@ -43,7 +44,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, pool, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, registry
+from . import cache, reference, registry
 from .chain import Chain
 from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
 from .failures import first_line, is_connection_error, sqlstate, translate
@@ -475,6 +476,7 @@ def run(
         with engine.connect() as conn:
             extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
             cache.set_bootstrapped(cache.database_key(engine.url, chain.config_path), extension_schema)
+            reference.store_if_missing(conn, chain)  # what `check` compares with, once per chain
             with conn.begin():
                 candidates = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
     except (DBAPIError, OSError) as exc:

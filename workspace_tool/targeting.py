@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InsufficientPrivilege
 from .naming import quote_ident
 
 DEFAULT_EXTENSION_SCHEMA = "workspace_extensions"
@@ -56,4 +56,23 @@ def check_extension_schema(schema: str, has_tables: bool) -> None:
             f"schema on their search_path, where its tables could shadow a project's. Move the extension: "
             f"CREATE SCHEMA {DEFAULT_EXTENSION_SCHEMA}; ALTER EXTENSION vector SET SCHEMA "
             f"{DEFAULT_EXTENSION_SCHEMA}"
+        )
+
+
+_CAN_CREATE = text("SELECT has_database_privilege(current_database(), 'CREATE'), current_database()")
+
+
+def can_create(conn: Connection) -> tuple[bool, str]:
+    """Whether this role may create schemas in the database, and the database's name."""
+    allowed, database = conn.execute(_CAN_CREATE).one()
+    return bool(allowed), str(database)
+
+
+def require_create(conn: Connection, why: str) -> None:
+    """Raise InsufficientPrivilege, saying ``why`` it is needed, unless the role may create schemas."""
+    allowed, database = can_create(conn)
+    if not allowed:
+        raise InsufficientPrivilege(
+            f"{why}: this role needs CREATE on database {database} "
+            f"(GRANT CREATE ON DATABASE {quote_ident(database)} TO <role>), or run it as a role that has it"
         )
