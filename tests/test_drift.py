@@ -233,17 +233,16 @@ def test_check_reports_schemas_behind_missing_orphaned_or_failed(engine: sa.Engi
 
 
 # ------------------------------------------------------------------- the stored reference
-def stored_rows(engine: sa.Engine, chain: Chain) -> list[sa.Row[tuple[str, str]]]:
+def stored_rows(engine: sa.Engine, chain: Chain) -> list[tuple[str, str]]:
+    """(head, fingerprint) of the references stored for this chain."""
     with engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.text(
-                    "SELECT head, fingerprint FROM project_registry.reference_catalog "
-                    "WHERE key_parts->>'chain' = :chain"
-                ),
-                {"chain": chain.fingerprint},
-            )
+        rows = conn.execute(
+            sa.text(
+                "SELECT head, fingerprint FROM project_registry.reference_catalog WHERE key_parts->>'chain' = :chain"
+            ),
+            {"chain": chain.fingerprint},
         )
+        return [(str(head), str(fingerprint)) for head, fingerprint in rows]
 
 
 def test_fleet_runs_and_init_store_the_reference_and_ensure_does_not(
@@ -260,7 +259,7 @@ def test_fleet_runs_and_init_store_the_reference_and_ensure_does_not(
         with conn.begin():
             parts = reference.key_parts(conn, chain)
         built = reference.build(conn, chain, parts)
-    assert [tuple(r) for r in stored_rows(engine, chain)] == [("s1", built.fingerprint)]
+    assert stored_rows(engine, chain) == [("s1", built.fingerprint)]
     with engine.connect() as conn:
         stored = reference.for_check(conn, chain)
     assert (stored.source, stored.catalog, stored.fingerprint) == ("stored", built.catalog, built.fingerprint)
@@ -268,7 +267,7 @@ def test_fleet_runs_and_init_store_the_reference_and_ensure_does_not(
     with engine.begin() as conn:  # init rebuilds it, whatever is there
         conn.execute(sa.text("UPDATE project_registry.reference_catalog SET fingerprint = 'stale'"))
     manager.init()
-    assert [tuple(r) for r in stored_rows(engine, chain)] == [("s1", built.fingerprint)]
+    assert stored_rows(engine, chain) == [("s1", built.fingerprint)]
     manager.close()
 
     chain_builder.add("s2", 'op.add_column("kept", sa.Column("note", sa.Text))')

@@ -3,8 +3,7 @@ transaction, with a result per schema.
 
 The order of work:
 
-1. The registry's own chain is migrated first, serially (``registry.bootstrap``); the reference catalog
-   `check` compares with is stored if none is stored for this chain (``reference.store_if_missing``).
+1. The registry's own chain is migrated first, serially (``registry.bootstrap``).
 2. Every schema's version is read in batches (``inspection.read_versions``); schemas already at the target
    with a matching registry row are skipped without any Alembic (a no-op run over 10,000 schemas is a
    few queries).
@@ -12,6 +11,9 @@ The order of work:
    ``lock_timeout`` on every lock wait, the registry row written in the same transaction.  A lock
    timeout is retried with backoff, then reported; any failure leaves the schema at its old revision and
    marks its registry row ``failed`` in a separate transaction.
+4. If no reference catalog is stored for this chain, the chain is built into a scratch schema (rolled
+   back) and its catalog stored, for `check` (``reference.store_if_missing``: best effort, bounded by the
+   lock timeout; a failure is logged, not reported as the run's).
 
 Parallelism: a compiled plan (the normal case) is replayed without touching Alembic, so a pool of threads
 with one connection each scales (psycopg2 releases the GIL while waiting on the server).  A plan with
@@ -476,7 +478,6 @@ def run(
         with engine.connect() as conn:
             extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
             cache.set_bootstrapped(cache.database_key(engine.url, chain.config_path), extension_schema)
-            reference.store_if_missing(conn, chain)  # what `check` compares with, once per chain
             with conn.begin():
                 candidates = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
     except (DBAPIError, OSError) as exc:
@@ -509,6 +510,8 @@ def run(
         ]
         finished += results
         cache.invalidate(cache.database_key(engine.url, chain.config_path), [w.project_id for w in work])
+    if not interrupted:  # what `check` compares schemas with, if not stored yet for this chain
+        reference.store_if_missing(engine, chain, lock_timeout_ms)
     order = {c.project_id: i for i, c in enumerate(candidates)}
     finished.sort(key=lambda r: order[r.project_id])
     return FleetReport(operation, resolved, finished, _ms(started), jobs, kind, interrupted)

@@ -21,7 +21,7 @@ from typing import Any
 
 import alembic
 import sqlalchemy
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from .catalog import PIN_SEARCH_PATH, fingerprints, snapshot
@@ -80,12 +80,14 @@ def reference_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def build(conn: Connection, chain: Chain, parts: dict[str, Any]) -> Reference:
+def build(conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms: int | None = None) -> Reference:
     """Run the chain from base to head into a scratch schema and read its catalog, in a transaction that
     is rolled back. ``conn`` must not be in a transaction; needs CREATE on the database."""
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     transaction = conn.begin()
     try:
+        if lock_timeout_ms is not None:
+            conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{int(lock_timeout_ms)}ms"})
         plan = chain.plan(None, chain.head)
         run_plan(conn, chain, scratch, parts["extension_schema"], plan, create_schema=True)
         conn.execute(PIN_SEARCH_PATH)
@@ -123,7 +125,7 @@ def for_check(conn: Connection, chain: Chain) -> Reference:
     return build(conn, chain, parts)
 
 
-def store(conn: Connection, chain: Chain, *, refresh: bool = True) -> Reference:
+def store(conn: Connection, chain: Chain, *, refresh: bool = True, lock_timeout_ms: int | None = None) -> Reference:
     """Build the reference and store it in the registry (which must be at head); with ``refresh=False``
     only when none is stored for this chain. ``conn`` must not be in a transaction."""
     with conn.begin():
@@ -131,7 +133,7 @@ def store(conn: Connection, chain: Chain, *, refresh: bool = True) -> Reference:
         reference = None if refresh else stored(conn, reference_key(parts))
     if reference is not None:
         return reference
-    reference = build(conn, chain, parts)
+    reference = build(conn, chain, parts, lock_timeout_ms)
     with conn.begin():
         conn.execute(
             _UPSERT,
@@ -146,11 +148,13 @@ def store(conn: Connection, chain: Chain, *, refresh: bool = True) -> Reference:
     return reference
 
 
-def store_if_missing(conn: Connection, chain: Chain) -> None:
-    """For fleet runs: store the reference if none is stored for this chain. A failure (a chain that can't
-    be built from scratch, a role without CREATE) must not stop the run: it is logged, and `check` then
-    builds the reference itself or says what to run."""
+def store_if_missing(engine: Engine, chain: Chain, lock_timeout_ms: int | None = None) -> None:
+    """For fleet runs, at their end: store the reference if none is stored for this chain. A failure (a
+    chain that can't be built from scratch, a role without CREATE, a lock wait longer than
+    ``lock_timeout_ms``) must not fail the run: it is logged, and `check` then builds the reference itself
+    or says what to run."""
     try:
-        store(conn, chain, refresh=False)
-    except (WorkspaceError, DBAPIError) as exc:
+        with engine.connect() as conn:
+            store(conn, chain, refresh=False, lock_timeout_ms=lock_timeout_ms)
+    except (WorkspaceError, DBAPIError, OSError) as exc:
         log.warning("could not store the reference catalog for `check`: %s", first_line(exc))
