@@ -85,15 +85,17 @@ def _fields(names: str, server_version: int) -> str:
 def _fingerprint_sql(server_version: int) -> str:
     index_fields = _fields(
         "r.relam, x.indisunique, x.indnullsnotdistinct, x.indisprimary, x.indisexclusion, x.indimmediate, "
-        "x.indnatts, x.indnkeyatts, x.indkey, x.indclass, x.indcollation, x.indoption, x.indexprs, x.indpred, "
-        "r.reloptions, r.reltablespace",
+        "x.indnatts, x.indnkeyatts, x.indkey, x.indclass, x.indcollation, x.indoption, r.reloptions, r.reltablespace",
         server_version,
     )
     constraint_fields = _fields(
         "k.conkey, k.confkey, k.confupdtype, k.confdeltype, k.confmatchtype, k.confdelsetcols, k.condeferrable, "
-        "k.condeferred, k.convalidated, k.conenforced, k.connoinherit, k.conperiod, k.conexclop, k.conbin",
+        "k.condeferred, k.convalidated, k.conenforced, k.connoinherit, k.conperiod, k.conexclop",
         server_version,
     )
+    # A relation's line: its own fields, its columns, its constraints. Each part is a sequence of record
+    # literals, which end unambiguously, so joining them with separators keeps the line injective (and
+    # spares quoting the long parts a second time).
     return f"""
 WITH nsp AS (SELECT n.oid, n.nspname FROM pg_namespace n WHERE n.nspname = ANY(:schemas)),
 rel AS MATERIALIZED (
@@ -102,8 +104,7 @@ rel AS MATERIALIZED (
     FROM pg_class c JOIN nsp ON nsp.oid = c.relnamespace
 ),
 line AS (
-    SELECT r.nspname, ROW(
-        'relation', r.relname, r.relkind, r.relpersistence,
+    SELECT r.nspname, ROW('relation', r.relname, r.relkind, r.relpersistence)::text || ' columns ' || coalesce(
         (SELECT string_agg(ROW(
              a.attnum, a.attname, a.atttypmod, a.attcollation, a.attnotnull, a.attidentity, a.attgenerated,
              CASE WHEN a.atttypid < 16384 THEN a.atttypid::text ELSE (  -- a type made after initdb
@@ -113,25 +114,28 @@ line AS (
                   ELSE 'deparsed ' || {_STRIP.format("pg_get_expr(d.adbin, d.adrelid)")} END
          )::text, ' ' ORDER BY a.attnum)
          FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-         WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND r.relkind <> 'S'),
+         WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND r.relkind <> 'S'), ''
+    ) || ' constraints ' || coalesce(
         (SELECT string_agg(ROW(
-             k.conname, k.contype, {_OWN.format("k.confrelid")}, {_OWN.format("k.conindid")},
-             CASE WHEN NOT {_NEEDS_DEPARSE.format("concat(k.conbin)")} THEN ROW({constraint_fields})::text
+             k.conname, k.contype, {_OWN.format("k.confrelid")}, {_OWN.format("k.conindid")}, {constraint_fields},
+             CASE WHEN k.conbin IS NULL THEN NULL
+                  WHEN NOT {_NEEDS_DEPARSE.format("k.conbin::text")} THEN k.conbin::text
                   ELSE 'deparsed ' || {_STRIP.format("pg_get_constraintdef(k.oid)")} END
          )::text, ' ' ORDER BY k.conname)
-         FROM pg_constraint k WHERE k.conrelid = r.oid AND k.connamespace = r.nspoid)
-    )::text AS line
+         FROM pg_constraint k WHERE k.conrelid = r.oid AND k.connamespace = r.nspoid), ''
+    ) AS line
     FROM rel r
     WHERE r.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
   UNION ALL
     SELECT r.nspname, ROW(
-        'index', r.relname, t.relname,
-        CASE WHEN NOT {_NEEDS_DEPARSE.format("concat(x.indexprs, x.indpred)")}
-             THEN ROW({index_fields})::text
-             ELSE 'deparsed ' || {_STRIP.format("pg_get_indexdef(r.oid)")} END,
-        (SELECT string_agg(ROW(a.attnum, a.attoptions)::text, ' ' ORDER BY a.attnum)  -- operator class options
-         FROM pg_attribute a WHERE a.attrelid = r.oid AND a.attoptions IS NOT NULL)
-    )::text
+        'index', r.relname, t.relname, {index_fields},
+        CASE WHEN NOT {_NEEDS_DEPARSE.format("concat(x.indexprs, x.indpred)")} THEN x.indexprs::text END,
+        CASE WHEN NOT {_NEEDS_DEPARSE.format("concat(x.indexprs, x.indpred)")} THEN x.indpred::text
+             ELSE 'deparsed ' || {_STRIP.format("pg_get_indexdef(r.oid)")} END
+    )::text || coalesce(' ' || (  -- operator class options
+        SELECT string_agg(ROW(a.attnum, a.attoptions)::text, ' ' ORDER BY a.attnum)
+        FROM pg_attribute a WHERE a.attrelid = r.oid AND a.attoptions IS NOT NULL
+    ), '')
     FROM rel r CROSS JOIN LATERAL (SELECT * FROM pg_index x WHERE x.indexrelid = r.oid {_BY_INDEX}) x
     JOIN pg_class t ON t.oid = x.indrelid
     WHERE r.relkind IN ('i', 'I')
