@@ -3,6 +3,7 @@ was provisioned yet, and as a read-only role (CONNECT, USAGE on the schemas, SEL
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,10 +13,12 @@ import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from conftest import ALEMBIC_INI
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from workspace_tool import WorkspaceManager, drift, fleet
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet
 from workspace_tool.chain import Chain
 from workspace_tool.cli import NO_REGISTRY, main
+from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
 
 READER_PASSWORD = "Read-0nly-pw"
@@ -72,13 +75,16 @@ def test_read_commands_on_a_fresh_database_say_so_and_write_nothing(new_database
     one_line_error(cli(new_database, "verify-fast-path"), "vector extension is not installed", "workspace-tool init")
 
     engine = sa.create_engine(new_database, poolclass=sa.pool.NullPool)
+    async_engine = create_async_engine(async_url(new_database), poolclass=sa.pool.NullPool)
     try:
         manager = WorkspaceManager(engine, ALEMBIC_INI)
         assert (manager.status(), manager.projects(), manager.has_registry()) == ([], [], False)
         report = drift.check(engine, manager.chain)
         assert (report.schemas, report.registry) == ([], False)
+        assert asyncio.run(ProjectWorkspaceManager(async_engine, ALEMBIC_INI).status()) == []
     finally:
         engine.dispose()
+        asyncio.run(async_engine.dispose())
     assert database_state(new_database) == before
 
 

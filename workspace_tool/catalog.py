@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from .errors import ConfigurationError
 from .naming import quote_ident
 
 PLACEHOLDER = "<schema>"
@@ -42,22 +43,31 @@ _CONSTRAINTS = text(
 
 
 # ---------------------------------------------------------------- fingerprints
-# ``fingerprints`` reduces each schema of a batch to an md5 of its catalog, in one query, server-side, over
-# the objects ``snapshot`` reads: relations, columns, indexes, constraints and their comments (the
-# alembic_version rows are read by ``inspection.read_versions``, which needs a lock per table where this
-# needs none). Deparsing (pg_get_indexdef & co.) costs 10-20 us per object on a cold cache, most of a
-# snapshot's time, so an object is described by the raw catalog fields the deparser reads instead: where
-# they name something in the schema itself (a type, a table, an index) by OID, by its name; columns by
-# their number (a column line carries its number and name, which is what the deparser looks up). Only a
-# node tree (a default, a CHECK, an index predicate or expression) that mentions an object created after
-# initdb (an OID of 5 digits or more, or a regclass-like constant: a serial column's sequence, an enum's
-# type) is deparsed, with the schema's name stripped as ``snapshot`` does.
+# ``fingerprints`` reduces each schema of a batch to a fingerprint of its catalog, in one query, on the
+# server, over the objects ``snapshot`` reads: relations, columns, indexes, constraints and their comments
+# (the alembic_version rows are read by ``inspection.read_versions``, which needs a lock per table where
+# this needs none).
 #
-# So equal fingerprints mean equal snapshots: equal raw fields describe the same objects. The converse can
-# fail (a column dropped and added back has a new number; an index marked clustered), which only costs a
-# detailed comparison, and ``drift.check`` makes one per distinct fingerprint, not one per schema.
-# Read under ``PIN_SEARCH_PATH``: deparsed names depend on the search_path.
+# What is compared. Deparsing (pg_get_indexdef & co.) costs 10-20 us per object on a cold cache, most of a
+# snapshot's time, so each object is described by the raw catalog fields the deparser reads instead; where
+# a field names something of the schema itself by OID (a type, a referenced table, a constraint's index),
+# by its name; columns by their number, as a column carries its number and name (what the deparser looks
+# up). A node tree (a default, a CHECK, an index predicate or expression) is compared as stored, unless it
+# mentions an object created after initdb (an OID of 5 digits or more; a regclass constant, which holds
+# its OID as bytes: a serial column's sequence): that one is deparsed, the schema's name stripped as
+# ``snapshot`` does. Equal raw fields describe equal objects, so equal fingerprints mean equal snapshots.
+# The converse can fail (a table whose last column was dropped and added back: same columns, new number),
+# which only costs a detailed comparison; ``drift.check`` makes one per distinct fingerprint.
+#
+# How it is reduced. A relation's columns and its constraints are each hashed to 64 bits (each row by
+# hash_record_extended, XOR-combined: a column's number and a constraint's name are unique in their
+# relation, so no two rows cancel out), and so is an index's definition: hashing rows costs a fraction of
+# formatting them as text. Then a line per relation (name, kind, persistence, the two hashes), per index
+# (name, table, hash) and per comment; the fingerprint is the md5 of the schema's lines in order.
+# PostgreSQL 14 or later (hash_record_extended, bit_xor). Read under ``PIN_SEARCH_PATH``: deparsed names
+# depend on the search_path.
 PIN_SEARCH_PATH = text("SET LOCAL search_path TO pg_catalog")
+MIN_SERVER_VERSION = 14
 
 # A node tree that mentions an object created after initdb (OIDs >= 16384 have 5 digits; a reg* constant
 # holds its OID as bytes, so those types are named): deparsed. Any other is compared as stored.
@@ -93,9 +103,6 @@ def _fingerprint_sql(server_version: int) -> str:
         "k.condeferred, k.convalidated, k.conenforced, k.connoinherit, k.conperiod, k.conexclop",
         server_version,
     )
-    # A relation's line: its own fields, its columns, its constraints. Each part is a sequence of record
-    # literals, which end unambiguously, so joining them with separators keeps the line injective (and
-    # spares quoting the long parts a second time).
     return f"""
 WITH nsp AS (SELECT n.oid, n.nspname FROM pg_namespace n WHERE n.nspname = ANY(:schemas)),
 rel AS MATERIALIZED (
@@ -104,38 +111,37 @@ rel AS MATERIALIZED (
     FROM pg_class c JOIN nsp ON nsp.oid = c.relnamespace
 ),
 line AS (
-    SELECT r.nspname, ROW('relation', r.relname, r.relkind, r.relpersistence)::text || ' columns ' || coalesce(
-        (SELECT string_agg(ROW(
+    SELECT r.nspname, ROW(
+        'relation', r.relname, r.relkind, r.relpersistence,
+        (SELECT bit_xor(hash_record_extended(ROW(
              a.attnum, a.attname, a.atttypmod, a.attcollation, a.attnotnull, a.attidentity, a.attgenerated,
              CASE WHEN a.atttypid < 16384 THEN a.atttypid::text ELSE (  -- a type made after initdb
                  SELECT CASE WHEN t.typnamespace = r.nspoid THEN t.typname::text ELSE t.oid::text END
                  FROM pg_type t WHERE t.oid = a.atttypid) END,
              CASE WHEN NOT {_NEEDS_DEPARSE.format("d.adbin::text")} THEN d.adbin::text
                   ELSE 'deparsed ' || {_STRIP.format("pg_get_expr(d.adbin, d.adrelid)")} END
-         )::text, ' ' ORDER BY a.attnum)
-         FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-         WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND r.relkind <> 'S'), ''
-    ) || ' constraints ' || coalesce(
-        (SELECT string_agg(ROW(
+         ), 0)) FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped AND r.relkind <> 'S'),
+        (SELECT bit_xor(hash_record_extended(ROW(
              k.conname, k.contype, {_OWN.format("k.confrelid")}, {_OWN.format("k.conindid")}, {constraint_fields},
              CASE WHEN k.conbin IS NULL THEN NULL
                   WHEN NOT {_NEEDS_DEPARSE.format("k.conbin::text")} THEN k.conbin::text
                   ELSE 'deparsed ' || {_STRIP.format("pg_get_constraintdef(k.oid)")} END
-         )::text, ' ' ORDER BY k.conname)
-         FROM pg_constraint k WHERE k.conrelid = r.oid AND k.connamespace = r.nspoid), ''
-    ) AS line
+         ), 0)) FROM pg_constraint k WHERE k.conrelid = r.oid AND k.connamespace = r.nspoid)
+    )::text AS line
     FROM rel r
     WHERE r.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
   UNION ALL
     SELECT r.nspname, ROW(
-        'index', r.relname, t.relname, {index_fields},
-        CASE WHEN NOT {_NEEDS_DEPARSE.format("concat(x.indexprs, x.indpred)")} THEN x.indexprs::text END,
-        CASE WHEN NOT {_NEEDS_DEPARSE.format("concat(x.indexprs, x.indpred)")} THEN x.indpred::text
-             ELSE 'deparsed ' || {_STRIP.format("pg_get_indexdef(r.oid)")} END
-    )::text || coalesce(' ' || (  -- operator class options
-        SELECT string_agg(ROW(a.attnum, a.attoptions)::text, ' ' ORDER BY a.attnum)
-        FROM pg_attribute a WHERE a.attrelid = r.oid AND a.attoptions IS NOT NULL
-    ), '')
+        'index', r.relname, t.relname, hash_record_extended(ROW(
+            {index_fields},
+            CASE WHEN NOT {_NEEDS_DEPARSE.format("concat(x.indexprs, x.indpred)")} THEN x.indexprs::text END,
+            CASE WHEN NOT {_NEEDS_DEPARSE.format("concat(x.indexprs, x.indpred)")} THEN x.indpred::text
+                 ELSE 'deparsed ' || {_STRIP.format("pg_get_indexdef(r.oid)")} END,
+            (SELECT array_agg(ROW(a.attnum, a.attoptions)::text ORDER BY a.attnum)  -- operator class options
+             FROM pg_attribute a WHERE a.attrelid = r.oid AND a.attoptions IS NOT NULL)
+        ), 0)
+    )::text
     FROM rel r CROSS JOIN LATERAL (SELECT * FROM pg_index x WHERE x.indexrelid = r.oid {_BY_INDEX}) x
     JOIN pg_class t ON t.oid = x.indrelid
     WHERE r.relkind IN ('i', 'I')
@@ -154,11 +160,13 @@ SELECT nspname, md5(string_agg(line, E'\\n' ORDER BY line COLLATE "C")) FROM lin
 
 
 def fingerprints(conn: Connection, schemas: Sequence[str]) -> dict[str, str]:
-    """schema -> md5 of its catalog (see above), for those of ``schemas`` that exist, in one query. Equal
-    fingerprints mean equal snapshots, alembic_version rows aside. Pins the search_path for the rest of
-    the caller's transaction."""
-    conn.execute(PIN_SEARCH_PATH)
+    """schema -> fingerprint of its catalog (see above), for those of ``schemas`` that exist, in one
+    query. Equal fingerprints mean equal snapshots, alembic_version rows aside. Pins the search_path for the
+    rest of the caller's transaction."""
     version = int((conn.dialect.server_version_info or (0,))[0])
+    if version < MIN_SERVER_VERSION:
+        raise ConfigurationError(f"check needs PostgreSQL {MIN_SERVER_VERSION} or later (the server is {version})")
+    conn.execute(PIN_SEARCH_PATH)
     params = {"schemas": list(schemas)}
     rows = conn.execute(text(_fingerprint_sql(version)), params)
     return {str(schema): str(digest) for schema, digest in rows}

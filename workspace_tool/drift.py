@@ -30,9 +30,11 @@ from .fleet import default_jobs
 from .inspection import ProjectStatus, collect_status, read_parallel, read_versions_parallel
 from .naming import schema_for
 
-# Schemas per catalog query. Each query reads pg_class whole (it has no index by schema), so batches are
-# large; measured over 10,000 schemas (see the README), ... TODO
-FINGERPRINT_BATCH = 1000
+# Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
+# whole (it has no index by schema), the rest through indexes, and it holds no lock but on catalogs, so
+# batches can be large: over 10,000 schemas on 4 connections, batches of 2,500 took 7.4 s where batches of
+# 1,000 took 7.9 s and of 500 8.4 s (medians of 3, loaded machine).
+FINGERPRINT_BATCH = 2500
 
 
 @dataclass
