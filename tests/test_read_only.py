@@ -167,3 +167,15 @@ def test_status_and_check_work_for_a_read_only_role(
     assert cli(database_url, "init").exit_code == 0  # stores it again
     assert cli(url, "check").stdout == check.stdout
     assert database_state(database_url) == before
+
+
+def test_status_and_check_on_an_engine_with_a_pool_of_one_connection(engine: sa.Engine, database_url: URL) -> None:
+    chain = Chain.load(ALEMBIC_INI)
+    assert fleet.provision(engine, chain, ["pool-a", "pool-b"]).ok
+    small = sa.create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=2)
+    try:
+        manager = WorkspaceManager(small, ALEMBIC_INI)
+        assert [s.state for s in manager.status()] == ["at head", "at head"]
+        assert drift.check(small, chain, jobs=4).ok
+    finally:
+        small.dispose()

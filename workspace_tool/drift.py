@@ -27,7 +27,7 @@ from .chain import Chain
 from .errors import ConfigurationError
 from .failures import translate
 from .fleet import default_jobs
-from .inspection import ProjectStatus, collect_status, read_parallel, read_versions_parallel
+from .inspection import ProjectStatus, collect_status, read_parallel, spare_jobs, versions_reader
 from .naming import schema_for
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
@@ -86,16 +86,14 @@ def check(
     if project_ids is not None:
         for project_id in project_ids:
             schema_for(project_id)
-    jobs = default_jobs() if jobs is None else jobs
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise ConfigurationError("--jobs must be positive")
+    jobs = spare_jobs(engine, default_jobs() if jobs is None else jobs)
     try:
         with engine.connect() as conn:
             with conn.begin():
                 has_registry = registry.present(conn)
-                statuses = collect_status(
-                    conn, chain, project_ids, lambda names: read_versions_parallel(engine, names, jobs)
-                )
+                statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs))
             schemas = [_from_status(chain, s) for s in statuses]
             at_head = [c for c in schemas if _comparable(chain, c)]
             if at_head:
@@ -140,8 +138,7 @@ def _compare(
 ) -> None:
     """Fingerprint every schema; read in detail one schema per fingerprint that differs from the
     reference's, and give its differences to every schema with that fingerprint."""
-    batch = max(1, min(FINGERPRINT_BATCH, -(-len(schemas) // jobs)))
-    prints = read_parallel(engine, [s.schema for s in schemas], jobs, batch, fingerprints)
+    prints = _fingerprints(engine, conn, [s.schema for s in schemas], jobs)
     differing: dict[str, list[SchemaCheck]] = {}
     for result in schemas:
         digest = prints.get(result.schema)
@@ -158,3 +155,15 @@ def _compare(
                 savepoint.rollback()
             for result in group:
                 result.problems.extend(found)
+
+
+def _fingerprints(engine: Engine, conn: Connection, names: list[str], jobs: int) -> dict[str, str]:
+    """catalog.fingerprints in batches spread over ``jobs`` connections (on ``conn`` when 0)."""
+    batch = max(1, min(FINGERPRINT_BATCH, -(-len(names) // max(1, jobs))))
+    if jobs:
+        return read_parallel(engine, names, jobs, batch, fingerprints)
+    found: dict[str, str] = {}
+    with conn.begin():  # the engine's pool has no connection to spare
+        for start in range(0, len(names), batch):
+            found.update(fingerprints(conn, names[start : start + batch]))
+    return found

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
+from sqlalchemy.pool import NullPool, QueuePool, SingletonThreadPool
 
 from . import registry
 from .chain import Chain
@@ -81,6 +82,23 @@ def read_versions_parallel(
 ) -> dict[str, str | None]:
     """read_versions spread over ``jobs`` connections (each batch its own short transaction)."""
     return read_parallel(engine, schemas, jobs, batch_size, lambda conn, chunk: read_versions(conn, chunk, batch_size))
+
+
+def spare_jobs(engine: Engine, wanted: int) -> int:
+    """``wanted``, or fewer: how many more connections the engine's pool can give while one is in use
+    (0 for a pool of one connection: then the work stays on that one)."""
+    pool = engine.pool
+    if isinstance(pool, QueuePool):
+        if pool._max_overflow < 0:  # no limit
+            return wanted
+        return max(0, min(wanted, pool.size() + pool._max_overflow - 1))
+    return wanted if isinstance(pool, (NullPool, SingletonThreadPool)) else 0
+
+
+def versions_reader(engine: Engine, jobs: int) -> Callable[[list[str]], dict[str, str | None]] | None:
+    """For ``collect_status``: read versions on ``jobs`` connections of the engine, or (None) on the
+    caller's own when there is no spare one."""
+    return (lambda names: read_versions_parallel(engine, names, jobs)) if jobs > 0 else None
 
 
 def read_parallel(

@@ -17,7 +17,7 @@ from . import cache, reference, registry, sessions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
 from .failures import translate
-from .inspection import ProjectStatus, collect_status, read_versions_parallel
+from .inspection import ProjectStatus, collect_status, spare_jobs, versions_reader
 from .naming import schema_for
 from .provisioning import EnsureResult, drop_on, migrate_on, version_table
 from .roles import validate_role_name
@@ -178,16 +178,17 @@ class WorkspaceManager:
     def status(self, project_ids: list[str] | None = None, *, jobs: int = STATUS_JOBS) -> list[ProjectStatus]:
         """Per project: schema, its actual revision, registry revision and state; with no ids, every
         registered project plus project schemas missing from the registry. Read-only (an empty list on a
-        database where nothing was provisioned); versions are read on ``jobs`` connections."""
+        database where nothing was provisioned); versions are read on ``jobs`` connections (fewer if the
+        engine's pool is smaller)."""
         if project_ids is not None:
             for project_id in project_ids:
                 schema_for(project_id)
 
+        versions_of = versions_reader(self.engine, spare_jobs(self.engine, jobs))
+
         def read(conn: Connection) -> list[ProjectStatus]:
             with conn.begin():
-                return collect_status(
-                    conn, self.chain, project_ids, lambda names: read_versions_parallel(self.engine, names, jobs)
-                )
+                return collect_status(conn, self.chain, project_ids, versions_of)
 
         return self._on_connection(None, read)
 
