@@ -78,6 +78,7 @@ def test_findings_beside_schema_findings_and_in_json(in_chain: ChainBuilder) -> 
         "source": "squawk",
         "rule": "changing-column-type",
         "sql": "ALTER TABLE t ALTER COLUMN name TYPE VARCHAR(100)",
+        "excerpt": "ALTER TABLE t ALTER COLUMN name TYPE VARCHAR(100)",
     }
     assert report["squawk"]["version"].startswith("2.")
     assert "prefer-robust-stmts" in report["squawk"]["excluded"]
@@ -110,6 +111,22 @@ def test_excluded_and_included_rules_from_alembic_ini(in_chain: ChainBuilder) ->
     assert [line.split(" ")[:3] for line in result.stdout.splitlines()] == [
         ["migrations/versions/r1.py:", "squawk", "prefer-bigint-over-int:"]
     ]
+
+
+def test_a_long_statement_is_shown_around_the_line_squawk_points_at(in_chain: ChainBuilder) -> None:
+    columns = ", ".join(f"sa.Column('c{i}', sa.Text)" for i in range(8))
+    in_chain.add(
+        "r1",
+        f"op.create_table('wide', sa.Column('id', sa.BigInteger, primary_key=True), {columns},"
+        " sa.Column('code', sa.String(8)))",
+    )
+    set_options(in_chain, workspace_squawk_include="prefer-text-field")
+    result = lint(Path("alembic.ini"))
+    [line] = result.stdout.splitlines()
+    assert line.startswith("migrations/versions/r1.py: squawk prefer-text-field: ")
+    assert line.endswith("[CREATE TABLE wide ( … code VARCHAR(8),]")
+    [finding] = json.loads(lint(Path("alembic.ini"), "--json").stdout)["findings"]
+    assert finding["sql"].startswith("CREATE TABLE wide (\n") and "c7 TEXT" in finding["sql"]
 
 
 def test_a_revision_acknowledges_its_own_findings(in_chain: ChainBuilder) -> None:

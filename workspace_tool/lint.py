@@ -74,10 +74,11 @@ class Finding:
     source: str = "schema"  # "schema": the check of schema references; "squawk"
     rule: str | None = None  # squawk's rule name
     sql: str | None = None  # the statement squawk reports
+    excerpt: str | None = None  # that statement on one line, cut around what squawk points at
 
     def __str__(self) -> str:
         if self.rule is not None:
-            return f"{self.path}: squawk {self.rule}: {self.message} [{squawk.short_sql(self.sql or '')}]"
+            return f"{self.path}: squawk {self.rule}: {self.message} [{self.excerpt}]"
         return f"{self.path}:{self.line}: {self.message}"
 
 
@@ -234,9 +235,8 @@ class LintReport:
 
 
 def _squawk_finding(violation: squawk.Violation) -> Finding:
-    return Finding(
-        display_path(violation.revision_path), None, violation.message, "squawk", violation.rule, violation.sql
-    )
+    path = display_path(violation.revision_path)
+    return Finding(path, None, violation.message, "squawk", violation.rule, violation.sql, violation.excerpt)
 
 
 def lint_chain(config_path: str | os.PathLike[str] | None = None, *, use_squawk: bool = True) -> LintReport:

@@ -67,7 +67,8 @@ class Violation:
     revision_path: Path
     rule: str
     message: str
-    sql: str
+    sql: str  # the whole statement
+    excerpt: str  # on one line: the statement, or its first line and the line squawk points at
 
 
 @dataclass(frozen=True)
@@ -287,7 +288,9 @@ def run(chain: Chain, binary: str) -> SquawkRun:
             reason = f"squawk cannot parse {short_sql(statement.sql)!r}: {item['message']}"
             unchecked.setdefault(index, Unchecked(revision.path, reason))
             continue
-        violation = Violation(revision.path, item["rule_name"], item["message"], statement.sql)
+        violation = Violation(
+            revision.path, item["rule_name"], item["message"], statement.sql, excerpt(statement, line)
+        )
         found.append((index, line, violation))
     found.sort(key=lambda f: f[:2])
     ignored = {index: revision.ignored for index, revision in revisions.values()}
@@ -302,6 +305,16 @@ def run(chain: Chain, binary: str) -> SquawkRun:
 
 
 def short_sql(sql: str, width: int = 100) -> str:
-    """A statement on one line, cut to width."""
+    """SQL on one line, cut to width."""
     flat = " ".join(sql.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def excerpt(statement: _Statement, line: int) -> str:
+    """A statement on one line; a long one as its first line and the line squawk points at
+    ('CREATE TABLE t ( … name VARCHAR(50),')."""
+    whole = short_sql(statement.sql)
+    lines = statement.sql.split("\n")
+    if not whole.endswith("…") or line == statement.first_line:
+        return whole
+    return f"{short_sql(lines[0], 60)} … {short_sql(lines[line - statement.first_line], 60)}"
