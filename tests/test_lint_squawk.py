@@ -172,6 +172,18 @@ def test_revisions_without_compiled_sql_are_listed_not_checked(in_chain: ChainBu
     assert [u["path"] for u in unchecked] == ["migrations/versions/r2.py", "migrations/versions/r3.py"]
 
 
+def test_a_chain_without_the_fast_path_is_checked_too(in_chain: ChainBuilder) -> None:
+    """workspace_fast_path = false runs every revision online, but each one's SQL is still what Alembic
+    renders from the same ops: squawk checks it."""
+    in_chain.add("r1", CREATE_T).add("r2", ADD_INDEX)
+    set_options(in_chain, workspace_fast_path="false")
+    result = lint(Path("alembic.ini"))
+    assert result.exit_code == 1
+    assert [line.split(" ")[:3] for line in result.stdout.splitlines()] == [
+        ["migrations/versions/r2.py:", "squawk", "require-concurrent-index-creation:"]
+    ]
+
+
 def test_no_squawk_runs_the_schema_check_alone(in_chain: ChainBuilder) -> None:
     in_chain.add("r1", CREATE_T).add("r2", ADD_INDEX)
     result = lint(Path("alembic.ini"), "--no-squawk")
