@@ -186,6 +186,11 @@ class Chain:
         return revs if self.is_upgrade(from_rev, to_rev) else list(reversed(revs))
 
     # ------------------------------------------------------------------ planning
+    def renders_offline(self, revision: str) -> bool:
+        """Whether compiling this revision gives the SQL it runs, whatever the chain's fast-path setting:
+        False for a revision that opts out (``workspace_online``) or reads the database (``get_bind()``)."""
+        return not self._needs_online(self.script.get_revision(revision))
+
     def _needs_online(self, script: Script | None) -> bool:
         if script is None or script.module is None:
             return False
