@@ -63,7 +63,7 @@ def fleet_options(f: F) -> F:
             type=click.IntRange(min=0),
             default=fleet.DEFAULT_RETRIES,
             show_default=True,
-            help="Retries, with backoff, of a schema whose lock wait timed out.",
+            help="Retries, with backoff, of a schema whose lock wait timed out or whose connection was lost.",
         ),
         click.option("--sql", "show_sql", is_flag=True, help="Print each schema's SQL and change nothing."),
         json_option,

@@ -9,8 +9,10 @@ The order of work:
    few queries).
 3. The rest run through ``provisioning.migrate_on``: one transaction per schema, its advisory lock,
    ``lock_timeout`` on every lock wait, the registry row written in the same transaction.  A lock
-   timeout is retried with backoff, then reported; any failure leaves the schema at its old revision and
-   marks its registry row ``failed`` in a separate transaction.
+   timeout or a lost connection is retried with backoff, then reported; any failure leaves the schema at
+   its old revision and marks its registry row ``failed`` in a separate transaction.  After DEAD_AFTER
+   schemas in a row failed on a lost connection the database is taken to be gone: no new schema starts.
+   A schema found already at the target (another run moved it since the batch read) is ``skipped``.
 
 Parallelism: a compiled plan (the normal case) is replayed without touching Alembic, so a pool of threads
 with one connection each scales (psycopg2 releases the GIL while waiting on the server).  A plan with
