@@ -63,10 +63,16 @@ class ProjectWorkspaceManager:
         return self.chain.head
 
     async def ensure_workspace_exists(
-        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+        self,
+        project_id: str,
+        *,
+        upgrade: bool = True,
+        verify: bool = False,
+        owner_role: str | None = None,
+        adopt: bool = False,
     ) -> str:
-        """Return the project's schema, creating or upgrading it first if needed (``owner_role``: see
-        WorkspaceManager.ensure)."""
+        """Return the project's schema, creating or upgrading it first if needed (``owner_role`` and
+        ``adopt``: see WorkspaceManager.ensure)."""
         if not verify and (owner_role is None or (project_id, owner_role) in self._granted):
             try:
                 schema = self._ready.get(project_id)
@@ -74,12 +80,20 @@ class ProjectWorkspaceManager:
                 schema = None
             if schema is not None:
                 return schema
-        return (await self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role)).schema
+        return (
+            await self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt)
+        ).schema
 
     ensure = ensure_workspace_exists
 
     async def ensure_detailed(
-        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+        self,
+        project_id: str,
+        *,
+        upgrade: bool = True,
+        verify: bool = False,
+        owner_role: str | None = None,
+        adopt: bool = False,
     ) -> EnsureResult:
         started = time.perf_counter()
         schema = schema_for(project_id)
@@ -106,6 +120,7 @@ class ProjectWorkspaceManager:
                 allow_upgrade=upgrade,
                 started=started,
                 owner_role=owner_role,
+                adopt=adopt,
             )
 
         if self._needs_online:

@@ -63,6 +63,15 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Write JSON to stdout instead of a table.")(f)
 
 
+def adopt_option(f: F) -> F:
+    return click.option(
+        "--adopt",
+        is_flag=True,
+        help="Run the chain into an existing schema that holds tables but no alembic_version (refused "
+        "otherwise) and register it.",
+    )(f)
+
+
 class WorkspaceGroup(click.Group):
     """Turns WorkspaceErrors (and database errors) into `Error: ...` on stderr, exit 1."""
 
@@ -145,10 +154,16 @@ def init(app: AppContext) -> None:
     help="Grant ROLE (created NOLOGIN if missing) the schema's tables, in the same transaction; "
     "ROLE gets nothing on other schemas or the registry.",
 )
+@adopt_option
 @json_option
 @pass_app
 def ensure(
-    app: AppContext, project_ids: tuple[str, ...], no_upgrade: bool, owner_role: str | None, as_json: bool
+    app: AppContext,
+    project_ids: tuple[str, ...],
+    no_upgrade: bool,
+    owner_role: str | None,
+    adopt: bool,
+    as_json: bool,
 ) -> None:
     """Create each project's schema (or bring it to head) and print what was done and how long it took."""
     from .naming import schema_for
@@ -161,7 +176,7 @@ def ensure(
     results: list[dict[str, Any]] = []
     try:
         for project_id in project_ids:
-            result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role)
+            result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role, adopt=adopt)
             results.append(dataclasses.asdict(result))
     finally:  # what was done before a failure is still reported, then the error
         emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)

@@ -70,6 +70,37 @@ class WorkspaceOutdated(WorkspaceError):
         )
 
 
+class WorkspaceAhead(WorkspaceError):
+    """The schema is above the target of an operation that may only go up: going back is a downgrade."""
+
+    def __init__(self, project_id: str, schema: str, current: str, target: str | None) -> None:
+        self.project_id = project_id
+        self.schema = schema
+        self.current = current
+        self.target = target
+        to = target or "base"
+        super().__init__(
+            f"project {project_id} (schema {schema}) is at revision {current}, ahead of the target {to}; "
+            f"nothing was changed: to go back, run `workspace-tool downgrade {project_id} --to {to}`"
+        )
+
+
+class UnmanagedSchema(WorkspaceError):
+    """The project's schema exists, holds relations, and has no alembic_version: not made by workspace-tool."""
+
+    def __init__(self, project_id: str, schema: str, relations: list[str]) -> None:
+        self.project_id = project_id
+        self.schema = schema
+        self.relations = relations
+        shown = ", ".join(relations[:3]) + (", ..." if len(relations) > 3 else "")
+        super().__init__(
+            f"schema {schema} already exists and holds {len(relations)} relation(s) ({shown}) but no "
+            "alembic_version, so workspace-tool did not make it; nothing was changed. To run the chain into it "
+            f"and register it, adopt it (`workspace-tool ensure {project_id} --adopt`, or adopt=True); if its "
+            f"contents are not needed, drop it (`workspace-tool drop {project_id} --yes`)"
+        )
+
+
 class WorkspaceNotFound(WorkspaceError):
     def __init__(self, project_id: str, schema: str) -> None:
         self.project_id = project_id

@@ -9,8 +9,10 @@ The order of work:
    few queries).
 3. The rest run through ``provisioning.migrate_on``: one transaction per schema, its advisory lock,
    ``lock_timeout`` on every lock wait, the registry row written in the same transaction.  A lock
-   timeout is retried with backoff, then reported; any failure leaves the schema at its old revision and
-   marks its registry row ``failed`` in a separate transaction.
+   timeout or a lost connection is retried with backoff, then reported; any failure leaves the schema at
+   its old revision and marks its registry row ``failed`` in a separate transaction.  After DEAD_AFTER
+   schemas in a row failed on a lost connection the database is taken to be gone: no new schema starts.
+   A schema found already at the target (another run moved it since the batch read) is ``skipped``.
 
 Parallelism: a compiled plan (the normal case) is replayed without touching Alembic, so a pool of threads
 with one connection each scales (psycopg2 releases the GIL while waiting on the server).  A plan with
@@ -49,7 +51,7 @@ from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceE
 from .failures import first_line, is_connection_error, sqlstate, translate
 from .inspection import project_schemas, read_versions, read_versions_parallel
 from .naming import project_for, quote_ident, schema_for
-from .provisioning import EnsureResult, migrate_expected, migrate_on
+from .provisioning import EnsureResult, action_for, migrate_expected, migrate_on
 from .targeting import DEFAULT_EXTENSION_SCHEMA, lock_key, search_path_sql
 from .urls import redact_text
 
@@ -58,6 +60,12 @@ UPGRADE, DOWNGRADE, PROVISION = "upgrade", "downgrade", "provision"
 DEFAULT_LOCK_TIMEOUT_MS = 5000
 DEFAULT_RETRIES = 3
 MAX_BACKOFF_S = 5.0
+# After this many schemas in a row failed on a lost connection (each after its retries), the database is
+# taken to be down: no new schema is started.
+DEAD_AFTER = 3
+MOVED_BY_ANOTHER_RUN = "already at target: moved by another run"
+NOT_STARTED = "not started: "
+CONNECTION_LOST = "the database connection was lost"
 
 
 def default_jobs() -> int:
@@ -74,12 +82,13 @@ class SchemaResult:
     schema: str
     from_revision: str | None
     to_revision: str | None
-    status: str  # 'ok', 'failed', 'skipped'
+    status: str  # 'ok' (this run migrated it), 'failed', 'skipped' (this run did not change it)
     ms: float = 0.0
     error: str | None = None  # the database's error (or ours) for 'failed'
-    note: str | None = None  # why it was skipped
+    note: str | None = None  # why it was skipped (MOVED_BY_ANOTHER_RUN, "not started: ...", ...)
     path: str = "none"  # 'fast', 'online', 'mixed', or 'none' when no SQL ran
     attempts: int = 0
+    connection_lost: bool = False  # failed because its database connection was lost (after retries)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +103,13 @@ class FleetReport:
     jobs: int
     executor: str  # 'threads', 'processes', or 'none' when nothing ran
     interrupted: bool = False
+    stopped: str | None = None  # why schemas were left not started: Ctrl-C, --fail-fast, a lost database
+
+    def not_started(self) -> list[SchemaResult]:
+        return [r for r in self.results if r.status == SKIPPED and (r.note or "").startswith(NOT_STARTED)]
+
+    def moved_by_another_run(self) -> list[SchemaResult]:
+        return [r for r in self.results if r.status == SKIPPED and r.note == MOVED_BY_ANOTHER_RUN]
 
     def with_status(self, status: str) -> list[SchemaResult]:
         return [r for r in self.results if r.status == status]
@@ -117,6 +133,7 @@ class FleetReport:
             "target": self.target,
             "ok": self.ok,
             "interrupted": self.interrupted,
+            "stopped": self.stopped,
             "counts": self.counts(),
             "elapsed_ms": round(self.elapsed_ms, 3),
             "jobs": self.jobs,
@@ -134,6 +151,7 @@ class Progress:
     failed: int
     elapsed_s: float
     result: SchemaResult | None  # None for the start event
+    stopped: str | None = None  # set once the run stops starting schemas because the database is gone
 
     @property
     def rate(self) -> float:
@@ -254,6 +272,7 @@ class Migrator:
         lock_timeout_ms: int,
         retries: int,
         cancel: threading.Event | None = None,
+        adopt: bool = False,
     ) -> None:
         self.engine = engine
         self.chain = chain
@@ -263,7 +282,24 @@ class Migrator:
         self.lock_timeout_ms = lock_timeout_ms
         self.retries = retries
         self.cancel = cancel or threading.Event()
+        self.adopt = adopt
         self._conn: Connection | None = None
+
+    @classmethod
+    def for_run(
+        cls, engine: Engine, chain: Chain, options: _Options, cancel: threading.Event | None = None
+    ) -> Migrator:
+        return cls(
+            engine,
+            chain,
+            options.extension_schema,
+            target=options.target,
+            operation=options.operation,
+            lock_timeout_ms=options.lock_timeout_ms,
+            retries=options.retries,
+            cancel=cancel,
+            adopt=options.adopt,
+        )
 
     def connection(self) -> Connection:
         """The held connection, with lock_timeout set for its session (once, not per transaction: one
@@ -288,8 +324,11 @@ class Migrator:
             self._conn = None
 
     def run(self, work: Work) -> SchemaResult:
+        """Migrate one schema. A lock timeout, or a connection lost (killed backend, server restart: its
+        transaction rolled back), is retried with backoff up to ``retries`` times before it fails."""
         started = time.perf_counter()
         attempts = 0
+        lost = False  # an earlier attempt lost its connection: its commit may have gone through
         while True:
             attempts += 1
             try:
@@ -304,18 +343,23 @@ class Migrator:
                     allow_upgrade=self.operation != DOWNGRADE,
                     allow_downgrade=self.operation == DOWNGRADE,
                     create=self.operation == PROVISION,
+                    adopt=self.adopt,
                 )
             except Exception as exc:
-                if isinstance(exc, (DBAPIError, OSError)) and is_connection_error(exc):
-                    self.close()  # a fresh connection for the next schema
+                connection = isinstance(exc, (DBAPIError, OSError)) and is_connection_error(exc)
+                if connection:
+                    self.close()  # a fresh connection for the retry or the next schema
+                    lost = True
                 lock_timeout = isinstance(exc, LockTimeout) or sqlstate(exc) == "55P03"
-                if lock_timeout and attempts <= self.retries and not self.cancel.is_set():
+                if (lock_timeout or connection) and attempts <= self.retries and not self.cancel.is_set():
                     delay = min(MAX_BACKOFF_S, 0.1 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
                     if not self.cancel.wait(delay):
                         continue
                 message = describe(exc, work.schema)
                 if lock_timeout:
                     message = f"lock timeout ({self.lock_timeout_ms} ms, {attempts} attempts): {message}"
+                elif connection:
+                    message = f"database connection lost ({attempts} attempts): {message}"
                 self._mark_failed(work, message)
                 return SchemaResult(
                     work.project_id,
@@ -326,14 +370,19 @@ class Migrator:
                     ms=_ms(started),
                     error=message,
                     attempts=attempts,
+                    connection_lost=connection,
                 )
+            # Found at the target, though the batch read saw it elsewhere: another run moved it (unless an
+            # attempt of ours lost its connection at commit, which may have gone through).
+            moved = done.action == "current" and work.from_revision != self.target and not lost
             return SchemaResult(
                 work.project_id,
                 work.schema,
                 done.from_revision,
                 done.to_revision,
-                OK,
+                SKIPPED if moved else OK,
                 ms=_ms(started),
+                note=MOVED_BY_ANOTHER_RUN if moved else None,
                 path=done.path,
                 attempts=attempts,
             )
@@ -354,13 +403,14 @@ class Migrator:
         )
 
     def _mark_failed(self, work: Work, message: str) -> None:
-        """Record the failure on an existing registry row, after the rollback, in its own transaction."""
+        """Record the failure on an existing registry row, after the rollback, in its own transaction;
+        last_action names what was tried, in the words a success would have recorded."""
+        tried = action_for(self.chain, work.from_revision, self.target, exists=work.exists)
+        params = {"project_id": work.project_id, "action": registry.recorded_action(tried), "error": message}
         with contextlib.suppress(Exception):
             conn = self.connection()
             with conn.begin():
-                conn.execute(
-                    registry.MARK_FAILED, {"project_id": work.project_id, "action": self.operation, "error": message}
-                )
+                conn.execute(registry.MARK_FAILED, params)
 
 
 def describe(exc: BaseException, schema: str | None = None) -> str:
@@ -390,8 +440,11 @@ def upgrade(
     retries: int = DEFAULT_RETRIES,
     progress: ProgressCallback | None = None,
     executor: str = "auto",
+    adopt: bool = False,
 ) -> FleetReport:
-    """Bring every registered project (``project_ids=None``) or the named ones to ``target``."""
+    """Bring every registered project (``project_ids=None``) or the named ones to ``target``.
+    ``adopt=True`` also runs the chain into schemas that hold relations but no alembic_version
+    (otherwise refused: UnmanagedSchema)."""
     return run(
         engine,
         chain,
@@ -404,6 +457,7 @@ def upgrade(
         retries=retries,
         progress=progress,
         executor=executor,
+        adopt=adopt,
     )
 
 
@@ -444,9 +498,10 @@ def provision(
     target: str = "head",
     jobs: int | None = None,
     progress: ProgressCallback | None = None,
+    adopt: bool = False,
 ) -> FleetReport:
-    """Create (or bring up to ``target``) many named projects in parallel."""
-    return run(engine, chain, PROVISION, project_ids, target=target, jobs=jobs, progress=progress)
+    """Create (or bring up to ``target``) many named projects in parallel (``adopt``: see upgrade)."""
+    return run(engine, chain, PROVISION, project_ids, target=target, jobs=jobs, progress=progress, adopt=adopt)
 
 
 def run(
@@ -462,6 +517,7 @@ def run(
     retries: int = DEFAULT_RETRIES,
     progress: ProgressCallback | None = None,
     executor: str = "auto",
+    adopt: bool = False,
 ) -> FleetReport:
     started = time.perf_counter()
     ids = _validate(project_ids)
@@ -488,28 +544,30 @@ def run(
 
     kind = "none"
     interrupted = False
+    stopped: str | None = None
     if work:
         workers = min(jobs, len(work))
         # Measured (see benchmarks/fleet_upgrade.py and the README): threads win even for online plans at
         # the sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is
         # small; processes are there for long online revisions on machines with idle cores.
         kind = "threads" if executor == "auto" else executor
-        options = _Options(operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema)
+        options = _Options(operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema, adopt)
         pooled = _run_processes if kind == "processes" else _run_threads
         tracker = _Tracker(len(work), progress, started)
         results, interrupted = pooled(engine, chain, work, workers, options, tracker)
         not_started = {w.project_id for w in work} - {r.project_id for r in results}
-        why = "not started: interrupted" if interrupted else "not started: --fail-fast stopped after a failure"
-        results += [
-            SchemaResult(w.project_id, w.schema, w.from_revision, resolved, SKIPPED, note=why)
-            for w in work
-            if w.project_id in not_started
-        ]
+        if not_started:
+            stopped = "interrupted" if interrupted else tracker.stopped or "--fail-fast stopped after a failure"
+            results += [
+                SchemaResult(w.project_id, w.schema, w.from_revision, resolved, SKIPPED, note=NOT_STARTED + stopped)
+                for w in work
+                if w.project_id in not_started
+            ]
         finished += results
         cache.invalidate(cache.database_key(engine.url, chain.config_path), [w.project_id for w in work])
     order = {c.project_id: i for i, c in enumerate(candidates)}
     finished.sort(key=lambda r: order[r.project_id])
-    return FleetReport(operation, resolved, finished, _ms(started), jobs, kind, interrupted)
+    return FleetReport(operation, resolved, finished, _ms(started), jobs, kind, interrupted, stopped)
 
 
 def _validate(project_ids: Sequence[str] | None) -> list[str] | None:
@@ -528,6 +586,25 @@ class _Options:
     retries: int
     fail_fast: bool
     extension_schema: str
+    adopt: bool = False
+
+
+class _ConnectionWatch:
+    """Counts schemas that failed in a row on a lost connection, across workers; DEAD_AFTER of them in a
+    row mean the database is gone. Any other result (the server answered) resets the count."""
+
+    def __init__(self, limit: int = DEAD_AFTER) -> None:
+        self.limit = limit
+        self.dead = False
+        self._in_a_row = 0
+        self._lock = threading.Lock()
+
+    def record(self, result: SchemaResult) -> bool:
+        """Count one finished schema; True once the database is taken to be gone."""
+        with self._lock:
+            self._in_a_row = self._in_a_row + 1 if result.connection_lost else 0
+            self.dead = self.dead or self._in_a_row >= self.limit
+            return self.dead
 
 
 @dataclass
@@ -540,19 +617,25 @@ class _Tracker:
     done: int = 0
     failed: int = 0
     results: list[SchemaResult] = field(default_factory=list)
+    watch: _ConnectionWatch = field(default_factory=_ConnectionWatch)
+    stopped: str | None = None  # why no new schema is started (the database is gone), once known
 
     def __post_init__(self) -> None:
         self._emit(None)
 
     def add(self, result: SchemaResult) -> None:
+        """Count a result the watch has already seen (workers record theirs before handing them over)."""
         self.results.append(result)
         self.done += 1
         self.failed += result.status == FAILED
+        if self.watch.dead and self.stopped is None:
+            self.stopped = f"{CONNECTION_LOST}, {self.watch.limit} schemas in a row failed on it"
         self._emit(result)
 
     def _emit(self, result: SchemaResult | None) -> None:
         if self.callback is not None:
-            self.callback(Progress(self.done, self.total, self.failed, time.perf_counter() - self.started, result))
+            elapsed = time.perf_counter() - self.started
+            self.callback(Progress(self.done, self.total, self.failed, elapsed, result, self.stopped))
 
 
 def _run_threads(
@@ -567,16 +650,7 @@ def _run_threads(
     cancel = threading.Event()  # interrupted: pending retries give up too
 
     def worker() -> None:
-        migrator = Migrator(
-            engine,
-            chain,
-            options.extension_schema,
-            target=options.target,
-            operation=options.operation,
-            lock_timeout_ms=options.lock_timeout_ms,
-            retries=options.retries,
-            cancel=cancel,
-        )
+        migrator = Migrator.for_run(engine, chain, options, cancel)
         try:
             while not stop.is_set():
                 try:
@@ -586,6 +660,9 @@ def _run_threads(
                 result = migrator.run(item)
                 if options.fail_fast and result.status == FAILED:
                     stop.set()  # before this worker (or another) takes the next schema
+                if tracker.watch.record(result):
+                    stop.set()  # the database is gone: start nothing more,
+                    cancel.set()  # and let pending retries give up
                 results.put(result)
         except BaseException as exc:  # a bug, not a schema's failure: stop everything and re-raise it
             results.put(exc)
@@ -642,15 +719,7 @@ def _process_init(url: str, config_path: str, options: _Options) -> None:
     global _PROCESS_MIGRATOR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; running transactions finish
     engine = create_engine(url, poolclass=pool.NullPool)
-    migrator = Migrator(
-        engine,
-        Chain.load(config_path),
-        options.extension_schema,
-        target=options.target,
-        operation=options.operation,
-        lock_timeout_ms=options.lock_timeout_ms,
-        retries=options.retries,
-    )
+    migrator = Migrator.for_run(engine, Chain.load(config_path), options)
     _PROCESS_MIGRATOR = migrator
 
     def close() -> None:
@@ -694,14 +763,14 @@ def _run_processes(
                 done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
                     result = future.result()
+                    dead = tracker.watch.record(result)
                     tracker.add(result)
-                    if options.fail_fast and result.status == FAILED:
-                        stopping = True
+                    if dead and not stopping:  # the database is gone: what is queued is not started
+                        in_flight = _cancel_queued(in_flight)
+                    stopping = stopping or dead or (options.fail_fast and result.status == FAILED)
             except KeyboardInterrupt:
                 interrupted = stopping = True
-                for future in in_flight:
-                    future.cancel()
-                in_flight = {f for f in in_flight if not f.cancelled()}
+                in_flight = _cancel_queued(in_flight)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
         for future in in_flight:
@@ -709,6 +778,13 @@ def _run_processes(
             if finished and future.result() not in tracker.results:
                 tracker.results.append(future.result())
     return tracker.results, interrupted
+
+
+def _cancel_queued(in_flight: set[Future[SchemaResult]]) -> set[Future[SchemaResult]]:
+    """Cancel the futures no worker has started; the running ones are kept."""
+    for future in in_flight:
+        future.cancel()
+    return {f for f in in_flight if not f.cancelled()}
 
 
 # -------------------------------------------------------------------------- --sql

@@ -59,6 +59,18 @@ SELECT_SOME_STATES = text(
 )
 SELECT_SOME = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} WHERE project_id = ANY(:ids) ORDER BY project_id")
 
+# last_action: what the row's last run did (status 'ready') or tried to do (status 'failed'), one word for
+# both. 'register' writes a row for a schema already at its revision (a row brought in line with its
+# schema, an orphan registered); 'adopt' runs the chain into a schema that was not made by workspace-tool.
+CREATE, UPGRADE, DOWNGRADE, REGISTER, ADOPT = "create", "upgrade", "downgrade", "register", "adopt"
+_ACTION_RECORDED_AS = {"created": CREATE, "upgraded": UPGRADE, "downgraded": DOWNGRADE, "current": REGISTER}
+
+
+def recorded_action(action: str) -> str:
+    """The registry's last_action for an EnsureResult.action ('created' -> 'create', 'current' -> 'register')."""
+    return _ACTION_RECORDED_AS[action]
+
+
 # Written in the same transaction as the schema change it records.
 UPSERT = text(
     f"INSERT INTO {REGISTRY_TABLE} AS w (project_id, schema_name, revision, status, last_action, "
