@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def test_each_test_gets_a_fresh_project_at_head_dropped_after_it_even_when_it_fa
     app: pytest.Pytester, server_url_string: str
 ) -> None:
     app.makepyfile(
-        test_app="""
+        test_app_projects="""
         import sqlalchemy as sa
         from record import project_schemas, record, registered
         from workspace_tool.models import Repository
@@ -161,7 +162,7 @@ def test_async_tests_use_the_async_manager_from_their_own_event_loops(
     app: pytest.Pytester, server_url_string: str
 ) -> None:
     app.makepyfile(
-        test_async="""
+        test_app_async="""
         import asyncio
 
         import pytest
@@ -199,7 +200,7 @@ def test_async_tests_use_the_async_manager_from_their_own_event_loops(
 
 def test_xdist_workers_each_get_their_own_database(app: pytest.Pytester, server_url_string: str) -> None:
     app.makepyfile(
-        test_many="""
+        test_app_xdist="""
         import os
 
         import pytest
@@ -221,12 +222,12 @@ def test_xdist_workers_each_get_their_own_database(app: pytest.Pytester, server_
     assert not any(database_exists(server_url_string, name) for name in databases.values())
 
 
-def test_without_a_url_a_temporary_embedded_server_is_started_and_stopped(app: pytest.Pytester) -> None:
+def test_without_a_url_a_temporary_embedded_server_is_started_then_stopped_and_deleted(app: pytest.Pytester) -> None:
     # the test project's own chain at <rootdir>/alembic.ini, the default
     ChainBuilder(app.path).copy_main_chain()
     app.makepyprojecttoml(ENABLED)
     app.makepyfile(
-        test_embedded="""
+        test_app_temporary_server="""
         from record import record
 
         def test_embedded(workspace_project, workspace_server_url):
@@ -235,11 +236,9 @@ def test_without_a_url_a_temporary_embedded_server_is_started_and_stopped(app: p
     )
     result = app.runpytest_subprocess()
     result.assert_outcomes(passed=1)
-    data_dir = app.path / "runpytest-0" / "workspace-pgdata0"  # in the run's temporary directory
-    assert (data_dir / "PG_VERSION").is_file()
-    # stopped when pytest exited (its socket is in the data dir, or elsewhere if that path is too long)
-    assert not (data_dir / "postmaster.pid").exists()
-    assert not (Path(seen(app)["embedded"]["host"]) / ".s.PGSQL.5432").exists()
+    data_dir = Path(seen(app)["embedded"]["host"])  # its socket is in its data directory
+    assert data_dir.name.startswith("workspace-tool-pgdata-") and data_dir.parent == Path(tempfile.gettempdir())
+    assert not data_dir.exists()  # stopped and deleted when pytest exited
 
 
 def test_a_configured_embedded_dir_is_reused_and_left_running(app: pytest.Pytester) -> None:
@@ -248,7 +247,7 @@ def test_a_configured_embedded_dir_is_reused_and_left_running(app: pytest.Pytest
     relative = os.path.relpath(EMBEDDED_TEST_DIR, app.path)
     app.makepyprojecttoml(PYPROJECT + f'workspace_embedded_dir = "{relative}"\n')
     app.makepyfile(
-        test_embedded="""
+        test_app_configured_server="""
         from record import record
 
         def test_embedded(workspace_project, workspace_server_url):
@@ -265,7 +264,7 @@ def test_command_line_beats_environment_beats_ini(
     app: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, server_url_string: str
 ) -> None:
     app.makepyprojecttoml(PYPROJECT + 'workspace_url = "postgresql://from-ini@127.0.0.1:1/x"\n')
-    app.makepyfile(test_one="def test_one(workspace_project):\n    pass\n")
+    app.makepyfile(test_app_one="def test_one(workspace_project):\n    pass\n")
     monkeypatch.setenv(URL_ENV, server_url_string)
     app.runpytest().assert_outcomes(passed=1)
 
@@ -309,7 +308,7 @@ def test_a_bad_option_stops_the_run_with_one_line(
     app.makepyprojecttoml(PYPROJECT + ini)
     if env:
         monkeypatch.setenv(URL_ENV, env)
-    app.makepyfile(test_one="def test_one():\n    pass\n")
+    app.makepyfile(test_app_one="def test_one():\n    pass\n")
     result = app.runpytest(*([option] if option else []))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
@@ -319,7 +318,7 @@ def test_a_bad_option_stops_the_run_with_one_line(
 
 def test_an_unreachable_server_errors_the_tests_that_need_it_in_one_line(app: pytest.Pytester) -> None:
     app.makepyfile(
-        test_two="""
+        test_app_two="""
         def test_needs_a_project(workspace_project):
             pass
 
@@ -341,7 +340,7 @@ def test_an_unreachable_server_errors_the_tests_that_need_it_in_one_line(app: py
 
 def test_a_missing_default_alembic_ini_names_the_setting_to_use(app: pytest.Pytester, server_url_string: str) -> None:
     app.makepyprojecttoml(ENABLED)
-    app.makepyfile(test_one="def test_one(workspace_project):\n    pass\n")
+    app.makepyfile(test_app_one="def test_one(workspace_project):\n    pass\n")
     result = app.runpytest(f"--workspace-url={server_url_string}")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(
@@ -354,7 +353,7 @@ def test_a_missing_default_alembic_ini_names_the_setting_to_use(app: pytest.Pyte
 
 def test_the_plugin_is_opt_in(app: pytest.Pytester) -> None:
     app.makepyprojecttoml(BARE)
-    app.makepyfile(test_one="def test_one(workspace_project):\n    pass\n")
+    app.makepyfile(test_app_one="def test_one(workspace_project):\n    pass\n")
     result = app.runpytest()
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'workspace_project' not found*"])

@@ -57,7 +57,7 @@ class Setting:
 class Settings:
     url: Setting | None  # None: the embedded server
     config: Setting
-    embedded_dir: Path | None  # None: a temporary data directory, stopped when pytest exits
+    embedded_dir: Path | None  # None: a temporary data directory, stopped and deleted when pytest exits
 
 
 _SETTINGS = pytest.StashKey[Settings]()
@@ -80,7 +80,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--workspace-embedded-dir",
         metavar="DIR",
         help="data directory of the embedded server, reused across runs and left running "
-        "(default: a temporary one, stopped at the end of the run)",
+        "(default: a temporary one, stopped and deleted when pytest exits)",
     )
     parser.addini("workspace_url", "PostgreSQL server to test on (see --workspace-url)", default="")
     parser.addini("workspace_config", "alembic.ini of the project chain, relative to this file", default="")
@@ -203,23 +203,23 @@ def _worker_label(config: pytest.Config) -> str:
 
 
 @pytest.fixture(scope="session")
-def workspace_server_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> URL:
+def workspace_server_url(request: pytest.FixtureRequest) -> URL:
     """The PostgreSQL server (its URL, psycopg2 driver): the configured URL, else the embedded server.
 
-    The embedded server runs in ``workspace_embedded_dir`` (reused, left running) or in a temporary
-    directory of this run (stopped when pytest exits). Override this fixture to bring your own server."""
+    The embedded server runs in ``workspace_embedded_dir`` (reused, left running) or in a new temporary
+    directory (stopped and deleted when pytest exits). Override this fixture to bring your own server."""
     from . import embedded
     from .urls import sync_url
 
     settings = _settings(request)
     if settings.url is not None:
         return sync_url(settings.url.value)
-    if settings.embedded_dir is not None:
-        data_dir, keep_running = settings.embedded_dir, True
-    else:
-        data_dir, keep_running = tmp_path_factory.mktemp("workspace-pgdata"), False
     with _test_errors():
-        return sync_url(embedded.start(data_dir, keep_running=keep_running))
+        if settings.embedded_dir is not None:
+            return sync_url(embedded.start(settings.embedded_dir, keep_running=True))
+        # Not under pytest's basetemp: as root the server runs as another user, and every new pytest
+        # process makes /tmp/pytest-of-<user> private again (mode 0700), cutting that user off.
+        return sync_url(embedded.start_temporary())
 
 
 @pytest.fixture(scope="session")
