@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, EMBEDDED_TEST_DIR, ChainBuilder
+from conftest import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
 
 from workspace_tool.chain import Chain
 from workspace_tool.naming import MAX_PROJECT_ID_LENGTH, schema_for
@@ -376,3 +377,18 @@ def test_project_ids_are_valid_unique_and_named_after_the_test(label: str, stem:
         schema_for(project_id)  # valid: raises otherwise
         assert len(project_id) <= MAX_PROJECT_ID_LENGTH
         assert project_id.rpartition("-")[0] == stem or (not stem and len(project_id) == 8)
+
+
+def readme_blocks(language: str) -> list[str]:
+    """The README's code blocks of this language in its "Testing your application" section."""
+    section = (ROOT / "README.md").read_text().split("## Testing your application\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
+
+
+def test_the_readme_example_passes_as_written(app: pytest.Pytester, server_url_string: str) -> None:
+    ChainBuilder(app.path).copy_main_chain()  # the application's alembic.ini and chain
+    app.makepyprojecttoml(readme_blocks("toml")[0])
+    app.makepyfile(test_app_readme=readme_blocks("python")[0])
+    # without pytest-asyncio, which would warn that the README's ini doesn't set its loop scope
+    result = app.runpytest("-p", "no:asyncio", f"--workspace-url={server_url_string}")
+    result.assert_outcomes(passed=2)
