@@ -106,7 +106,6 @@ def _path(setting: Setting) -> Path:
     return (setting.base / path if setting.base else path).absolute()
 
 
-@pytest.hookimpl(trylast=True)
 def pytest_configure(config: pytest.Config) -> None:
     """Read and check the options (no database is touched): a bad one stops the run with one line."""
     url = _setting(config, "workspace_url", URL_ENV)
