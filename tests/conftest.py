@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import textwrap
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from workspace_tool import WorkspaceManager, cache
+from workspace_tool.testing import fresh_database
 from workspace_tool.urls import sync_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,23 +37,9 @@ def _server_url() -> URL:
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[URL]:
-    """URL of a database created for this session."""
-    server = _server_url()
-    name = f"wst_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
-            ),
-            {"d": name},
-        )
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    """URL of a database created for this session and dropped after it, as the pytest plugin does."""
+    with fresh_database(_server_url(), "suite") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
