@@ -7,17 +7,19 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from conftest import ALEMBIC_INI, schema_tables, schema_version
+from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
 from sqlalchemy.engine import URL
 from test_manager import ALEMBIC, HEAD, catalog, registry_row, run_alembic
 
 from workspace_tool import ConfigurationError, WorkspaceManager
+from workspace_tool.authoring import create_revision
 from workspace_tool.catalog import diff
 from workspace_tool.targeting import lock_schema
 
@@ -186,3 +188,33 @@ def test_an_autocommit_connection_or_no_schema_is_refused(manager: WorkspaceMana
             command.upgrade(shared_config(connection="postgresql://x"), "head")
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT to_regnamespace('project_auto')")).scalar() is None
+
+
+def test_migrating_never_imports_the_models_autogenerate_does(
+    engine: sa.Engine, chain_builder: ChainBuilder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain's models (alembic.ini's workspace_models) may pull in a whole application: a migration
+    doesn't need them, so it doesn't import them; autogenerate does, and says which setting is wrong."""
+    chain_builder.copy_main_chain()
+    ini = chain_builder.ini
+    ini.write_text(ini.read_text().replace("workspace_tool.models:metadata", "unimportable_app.models:metadata"))
+    (tmp_path / "unimportable_app").mkdir()
+    (tmp_path / "unimportable_app" / "__init__.py").write_text("raise ImportError('the app needs its settings')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    WorkspaceManager(engine, ini).bootstrap()
+
+    config = Config(str(ini))
+    config.attributes["schema"] = "project_lazy"
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")  # the plain path; ensure and the fast path compile it too
+    assert schema_version(engine, "project_lazy") == HEAD
+    assert WorkspaceManager(engine, ini).ensure_detailed("lazy-too").to_revision == HEAD
+
+    with pytest.raises(ConfigurationError) as refused:
+        create_revision("x", config=ini, autogenerate=True, engine=engine)
+    assert str(refused.value) == (
+        f"workspace_models in {ini} 'unimportable_app.models:metadata': cannot import unimportable_app.models: "
+        "the app needs its settings"
+    )
+    assert len(list(chain_builder.versions.glob("*.py"))) == 4
