@@ -148,3 +148,11 @@ def test_init_chain_writes_alembic_ini_where_c_says(app_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "script_location = %(here)s/../db/chain" in (app_dir / "config" / "alembic.ini").read_text()
     assert (app_dir / "db" / "chain" / "env.py").read_bytes() == (TEMPLATE_DIR / "env.py").read_bytes()
+
+
+def test_a_new_chains_first_revision_by_hand_needs_no_database(app_dir: Path) -> None:
+    assert cli("postgresql://nobody:secret@127.0.0.1:1/none", "init-chain", "db", "--models", "x.y:Base").exit_code == 0
+    written = cli("postgresql://nobody:secret@127.0.0.1:1/none", "revision", "-m", "by hand", "--json")
+    assert written.exit_code == 0, written.output
+    (result,) = json.loads(written.stdout)
+    assert result["down_revision"] is None and Path(result["path"]).parent == app_dir / "db" / "versions"
