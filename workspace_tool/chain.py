@@ -22,6 +22,7 @@ from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection
 
+from . import alembic_env
 from .errors import ConfigurationError, UnknownRevision
 
 ALEMBIC_LOCK = threading.RLock()
@@ -210,6 +211,7 @@ class Chain:
             digest.update(rev.encode())
             digest.update(Path(script.path).read_bytes())
         digest.update((Path(self.script.dir) / "env.py").read_bytes())
+        digest.update(Path(alembic_env.__file__).read_bytes())  # the environment env.py runs
         return digest.hexdigest()[:16]
 
     def plan(self, from_rev: str | None, to_rev: str | None, *, online: bool = False) -> Plan:

@@ -40,6 +40,17 @@ class ConfigurationError(WorkspaceError):
     """alembic.ini, the chain or the database URL is unusable."""
 
 
+class NoChangesDetected(WorkspaceError):
+    """``create_revision(autogenerate=True)`` found no difference between the models and the head: no
+    revision was written (an empty one would make every schema "behind" a head that changes nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no changes detected: the models match the head; no revision written "
+            "(--allow-empty, or allow_empty=True, writes one anyway)"
+        )
+
+
 class DatabaseUnavailable(WorkspaceError):
     """The database could not be reached or refused the login."""
 
