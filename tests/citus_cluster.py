@@ -72,6 +72,7 @@ NODE_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
     "unix_socket_directories": "''",  # TCP only: no socket path length limit on the cluster's directory
     "shared_preload_libraries": "'citus'",
+    "citus.local_hostname": "'127.0.0.1'",  # how a node reaches itself (default 'localhost')
     "max_connections": "300",
     "wal_level": "logical",  # shard moves (citus_schema_move, rebalancing) use logical replication
     "fsync": "off",  # a throwaway test cluster
@@ -122,10 +123,14 @@ class PgInstall:
         return self.prefix / "lib" / "postgresql"
 
 
-def default_source() -> Path:
-    configured = os.environ.get(SOURCE_ENV)
-    if configured:
-        return Path(configured).expanduser().resolve()
+def find_source(given: Path | None = None) -> Path:
+    """The Citus source to build: ``given``, else $WORKSPACE_TOOL_CITUS_SOURCE, else the vendored tarball."""
+    configured = given or (Path(os.environ[SOURCE_ENV]) if os.environ.get(SOURCE_ENV) else None)
+    if configured is not None:
+        source = configured.expanduser().resolve()
+        if not source.is_dir() and not (source.is_file() and tarfile.is_tarfile(source)):
+            raise ClusterError(f"{source} is not a Citus source tarball or folder")
+        return source
     found = sorted((ROOT.parent / "shared" / "vendor").glob("citus-*.tar.gz"))
     if not found:
         raise ClusterError(
@@ -217,6 +222,8 @@ def build(source: Path, pg: PgInstall, *, jobs: int | None = None) -> Build:
 def _compile(source: Path, pg: PgInstall, work: Path, jobs: int) -> None:
     (work / "out").mkdir()
     src = _unpack(source, work / "src")
+    if not (src / "configure").is_file():
+        raise ClusterError(f"{source} is not a Citus source: no configure script in it")
     cc = work / "cc"
     cc.write_text(CC_WRAPPER)
     cc.chmod(0o755)
@@ -503,7 +510,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command in ("build", "install"):
         pg = PgInstall.current()
         started = time.monotonic()
-        built = build(args.source.resolve() if args.source else default_source(), pg, jobs=args.jobs)
+        built = build(find_source(args.source), pg, jobs=args.jobs)
         if args.command == "install":
             copied = install(built, pg)
             what = "installed" if copied else "already installed"
