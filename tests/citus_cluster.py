@@ -390,7 +390,7 @@ class Cluster:
         failures = []
         for node in reversed(self.nodes):
             data = Path(node.data)
-            if not (data / "postmaster.pid").exists():
+            if not _postmaster_runs(data):
                 continue
             try:
                 self._run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop")
@@ -422,6 +422,16 @@ class Cluster:
                     f"`{program} {' '.join(args)}` failed (exit {result.returncode}): {out.read().strip()}"
                     + (f" (see {logs})" if logs else "")
                 )
+
+
+def _postmaster_runs(data: Path) -> bool:
+    """Whether the postmaster of ``data`` runs (its postmaster.pid names a live process)."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):  # no file, a stale pid, an unreadable file
+        return False
+    return True
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ SCHEMA_NODE = sa.text(
     "JOIN pg_dist_partition p ON p.colocationid = s.colocationid "
     "JOIN pg_dist_shard sh ON sh.logicalrelid = p.logicalrelid "
     "JOIN pg_dist_placement pl ON pl.shardid = sh.shardid "
-    "JOIN pg_dist_node n ON n.groupid = pl.groupid "
+    "JOIN pg_dist_node n ON n.groupid = pl.groupid AND n.noderole = 'primary' "
     "WHERE s.schemaid = (SELECT oid FROM pg_namespace WHERE nspname = :schema)"
 )
 
