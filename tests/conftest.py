@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import citus_cluster
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
@@ -209,3 +211,26 @@ def chain_builder(tmp_path: Path) -> ChainBuilder:
 @pytest.fixture
 def server_url_string() -> str:
     return str(make_url(_server_url()).render_as_string(hide_password=False))
+
+
+# ------------------------------------------------------------------ Citus (tests marked citus: tox -e citus)
+@pytest.fixture(scope="session")
+def citus_url() -> Iterator[str]:
+    """The coordinator of a Citus cluster with two workers: WORKSPACE_TOOL_CITUS_URL's, else one started
+    for this session (in WORKSPACE_TOOL_CITUS_DIR, or a temporary directory) and stopped at its end."""
+    configured = os.environ.get(citus_cluster.URL_ENV)
+    if configured:
+        yield configured
+        return
+    configured_dir = os.environ.get(citus_cluster.DIR_ENV)
+    base = Path(configured_dir) if configured_dir else Path(tempfile.mkdtemp(prefix="wst-citus-", dir="/tmp"))
+    try:
+        cluster = citus_cluster.Cluster.start(base.resolve(), citus_cluster.PgInstall.current())
+    except citus_cluster.ClusterError as exc:
+        pytest.fail(f"could not start a Citus cluster: {exc}", pytrace=False)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+        if not configured_dir:
+            shutil.rmtree(base, ignore_errors=True)
