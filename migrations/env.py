@@ -22,6 +22,7 @@ from typing import Any, cast
 from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
+from workspace_tool import transactions
 from workspace_tool.authoring import autogenerate_options
 from workspace_tool.naming import quote_ident, validate_schema_name
 from workspace_tool.targeting import (
@@ -89,6 +90,7 @@ def _url(required: bool = True) -> str | None:
 
 
 def _configure_online(connection: Connection, schema: str, extension_schema: str) -> None:
+    transactions.require(connection)  # SET LOCAL and the lock need a real transaction
     connection.execute(text(search_path_sql(schema, extension_schema)))
     translated = connection.execution_options(schema_translate_map={None: schema})
     context.configure(
@@ -113,7 +115,7 @@ def run_migrations_online() -> None:
     if schema is None:
         raise SystemExit("error: name the project schema: alembic -x schema=project_foo upgrade head")
     engine = create_engine(sync_url(str(_url())), poolclass=pool.NullPool)
-    with engine.connect() as conn, conn.begin():
+    with transactions.connect(engine) as conn, conn.begin():
         lock_schema(conn, schema)
         ext = find_extension_schema(conn)
         conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))

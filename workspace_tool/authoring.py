@@ -36,7 +36,7 @@ from alembic.util import CommandError
 from sqlalchemy import Column, Connection, Engine, MetaData, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, registry
+from . import cache, registry, transactions
 from .chain import ALEMBIC_LOCK, Chain, resolve_config_path
 from .errors import ConfigurationError, WorkspaceError
 from .failures import translate
@@ -144,6 +144,7 @@ def compare_schema(conn: Connection, schema: str, extension_schema: str, metadat
         from .models import metadata as models_metadata
 
         metadata = models_metadata
+    transactions.require(conn)
     with conn.begin() as transaction:
         conn.execute(text(search_path_sql(schema, extension_schema)))
         translated = conn.execution_options(schema_translate_map={None: schema})
@@ -262,7 +263,7 @@ def _scratch_schema(engine: Engine, chain: Chain) -> Iterator[tuple[Connection, 
     """A project schema at head, inside a transaction that is rolled back; dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             extension_schema = registry.bootstrap(conn)
             try:
                 with conn.begin() as transaction:

@@ -43,7 +43,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, pool, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, registry
+from . import cache, registry, transactions
 from .chain import Chain
 from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
 from .failures import first_line, is_connection_error, sqlstate, translate
@@ -270,7 +270,7 @@ class Migrator:
         round trip less per schema); reset before it goes back to the engine's pool."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self.close()
-            conn = self.engine.connect()
+            conn = transactions.connect(self.engine)
             conn.exec_driver_sql(f"SET lock_timeout = {int(self.lock_timeout_ms)}")
             conn.commit()
             self._conn = conn
@@ -472,7 +472,7 @@ def run(
         raise ConfigurationError(f"unknown executor {executor!r}: auto, threads or processes")
     resolved = chain.resolve(target)
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
             cache.set_bootstrapped(cache.database_key(engine.url, chain.config_path), extension_schema)
             with conn.begin():
@@ -742,7 +742,7 @@ def sql(
     ids = _validate(project_ids)
     resolved = chain.resolve(target)
     try:
-        with engine.connect() as conn, conn.begin():
+        with transactions.connect(engine) as conn, conn.begin():
             extension_schema = conn.execute(registry.PROBE).one().ext_schema or DEFAULT_EXTENSION_SCHEMA
             candidates = read_fleet(conn, ids)
             conn.rollback()

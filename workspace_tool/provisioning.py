@@ -15,7 +15,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import await_only
 
-from . import registry, roles
+from . import registry, roles, transactions
 from .chain import Chain, Plan
 from .errors import MigrationFailed, UnknownRevision, WorkspaceError, WorkspaceNotFound, WorkspaceOutdated
 from .naming import quote_ident
@@ -112,6 +112,7 @@ def run_plan(
 
     ``epilogue`` (psycopg2 only, and only when the last step is compiled) rides at the end of the last
     batch; its scalar result is returned. Otherwise nothing is sent for it and None is returned."""
+    transactions.require(conn)
     prelude = (f"CREATE SCHEMA {quote_ident(schema)};\n" if create_schema else "") + (
         search_path_sql(schema, extension_schema) + ";\n"
     )
@@ -157,6 +158,7 @@ def migrate_on(
     wait in the transaction (the schema's advisory lock, each DDL's table locks): SQLSTATE 55P03.
     ``owner_role`` grants that role the schema in the same transaction (see roles.py)."""
     started = time.perf_counter() if started is None else started
+    transactions.require(conn)
     with conn.begin():
         if lock_timeout_ms is not None:
             conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{int(lock_timeout_ms)}ms"})
@@ -269,6 +271,7 @@ def migrate_expected(
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     failure: Exception | None = None
+    autocommit = dbapi.autocommit
     dbapi.autocommit = True  # the batch carries its own BEGIN and COMMIT
     try:
         cursor = dbapi.cursor()
@@ -287,7 +290,7 @@ def migrate_expected(
     finally:
         if not conn.invalidated:
             with contextlib.suppress(Exception):
-                dbapi.autocommit = False
+                dbapi.autocommit = autocommit
     if failure is not None:
         code = getattr(failure, "pgcode", None)
         if code == "22P02" and STATE_CHANGED in str(failure):
@@ -309,6 +312,7 @@ def migrate_expected(
 def drop_on(conn: Connection, project_id: str, schema: str) -> bool:
     """Drop a project's schema and its registry row in one transaction under the schema's lock; False if
     neither existed."""
+    transactions.require(conn)
     with conn.begin():
         lock_schema(conn, schema)
         existed = conn.execute(

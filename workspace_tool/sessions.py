@@ -8,6 +8,10 @@ schema>``: pgvector's operators (``<=>`` behind ``cosine_distance``) live in the
 back to the pool with its default search_path and the next borrower (another project, or code that knows
 nothing about projects) sees nothing of this one.
 
+So these connections always run in transactions: on an engine in AUTOCOMMIT a connection is switched to
+READ COMMITTED as its transaction begins (the engine's level comes back with the pool's reset), and a
+caller switching a project's connection to AUTOCOMMIT gets a ConfigurationError.
+
 The project is ensured first (a dict lookup once it is known to be at head).
 """
 
@@ -22,6 +26,8 @@ from sqlalchemy import Connection, Engine, event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from . import transactions
+from .errors import ConfigurationError
 from .targeting import search_path_sql
 
 if TYPE_CHECKING:
@@ -30,13 +36,15 @@ if TYPE_CHECKING:
 
 
 def scoped_engine(engine: Engine, schema: str, extension_schema: str) -> Engine:
-    """A view of ``engine`` (same pool) whose statements target ``schema``."""
+    """A view of ``engine`` (same pool) whose statements target ``schema``, always inside a transaction."""
     scoped = engine.execution_options(schema_translate_map={None: schema})
     sql = search_path_sql(schema, extension_schema)
 
     def set_local_search_path(conn: Connection) -> None:
         # Fired as a transaction begins, before any statement of it: the DBAPI cursor starts the
         # transaction (psycopg2 and SQLAlchemy's asyncpg adapter begin implicitly on first execute).
+        if transactions.in_autocommit(conn):  # the engine's AUTOCOMMIT: this connection runs a real one
+            transactions.own(conn)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(sql)
@@ -44,7 +52,20 @@ def scoped_engine(engine: Engine, schema: str, extension_schema: str) -> Engine:
             cursor.close()
 
     event.listen(scoped, "begin", set_local_search_path)
+    event.listen(scoped, "set_connection_execution_options", refuse_autocommit)
     return scoped
+
+
+def refuse_autocommit(conn: Connection, options: dict[str, Any]) -> None:
+    """A project's connection or session can't be switched to AUTOCOMMIT: its SET LOCAL search_path would
+    end with the first statement, and the next one could reach another schema's (or public's) tables."""
+    level = options.get("isolation_level")
+    if isinstance(level, str) and level.replace("_", " ").upper() == "AUTOCOMMIT":
+        raise ConfigurationError(
+            "a project's connection or session can't use isolation_level='AUTOCOMMIT': its statements reach "
+            "the project's schema through a SET LOCAL search_path, which needs a transaction; commit as you go "
+            "(conn.commit()), or use the engine directly for autocommit work outside the project"
+        )
 
 
 # ------------------------------------------------------------------------- sync
