@@ -310,3 +310,32 @@ def test_batched_version_reads_hold_no_table_locks(engine: sa.Engine, fleet_at_a
         ).scalar()
     assert set(versions.values()) == {"a1"} and len(versions) == 20
     assert held == 0
+
+
+# ------------------------------------------------------------------ the engine's pool against --jobs
+@pytest.fixture
+def two_connection_engine(engine: sa.Engine, database_url: Any) -> Iterator[sa.Engine]:
+    small = sa.create_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=1)
+    yield small
+    small.dispose()
+
+
+def test_more_jobs_than_the_pool_gives_is_refused_before_any_schema(
+    two_connection_engine: sa.Engine, engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    from workspace_tool import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        fleet.upgrade(two_connection_engine, fleet_at_a1, jobs=4)
+    assert str(info.value).startswith("4 jobs need 5 connections at once")
+    assert "pool_size + max_overflow >= 5" in str(info.value)
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+    assert {tuple(registry_row(engine, p)) for p in IDS} == {("a1", "ready", None)}
+
+
+def test_the_default_jobs_fit_the_engines_pool(
+    two_connection_engine: sa.Engine, engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    report = fleet.upgrade(two_connection_engine, fleet_at_a1)
+    assert report.jobs == 1
+    assert report.ok and report.counts()["ok"] == len(IDS)
