@@ -17,7 +17,12 @@ with one connection each scales (psycopg2 releases the GIL while waiting on the 
 online steps runs Alembic, whose ``op``/``context`` proxies are process-global: in threads only that part
 is serialised (under ``chain.ALEMBIC_LOCK``); the lock, state read, registry write and commit overlap.
 ``executor="processes"`` runs schemas in spawned processes instead, each with its own chain and
-connection (the caller's main module must be import-safe: ``if __name__ == "__main__":``).  Measured on
+connection (the caller's main module must be import-safe: ``if __name__ == "__main__":``).  An Engine
+can't cross to a process, so each worker builds its own: with ``engine_factory`` when given (a picklable
+callable returning an Engine, e.g. ``functools.partial(sqlalchemy.create_engine, url, connect_args=...)``),
+else from the engine's URL, isolation level and execution options; an engine with settings those don't
+carry (``connect_args``, a ``creator``, event listeners) is refused before anything runs
+(``worker_engine.for_workers``).  Measured on
 2 shared cores, threads were faster for online plans too (a process costs seconds to start), so "auto"
 means threads.  Workers are closed on every path; on Ctrl-C no new schema is started, running
 transactions finish (or roll back), and the report says what was not started.
@@ -40,10 +45,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, pool, text
+from sqlalchemy import Connection, Engine, pool, text
 from sqlalchemy.exc import DBAPIError
 
 from . import cache, registry, transactions
+from . import worker_engine as worker_engines
 from .chain import Chain
 from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
 from .failures import first_line, is_connection_error, sqlstate, translate
@@ -52,6 +58,7 @@ from .naming import project_for, quote_ident, schema_for
 from .provisioning import EnsureResult, migrate_expected, migrate_on
 from .targeting import DEFAULT_EXTENSION_SCHEMA, lock_key, search_path_sql
 from .urls import redact_text
+from .worker_engine import EngineFactory
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 UPGRADE, DOWNGRADE, PROVISION = "upgrade", "downgrade", "provision"
@@ -426,6 +433,7 @@ def upgrade(
     retries: int = DEFAULT_RETRIES,
     progress: ProgressCallback | None = None,
     executor: str = "auto",
+    engine_factory: EngineFactory | None = None,
 ) -> FleetReport:
     """Bring every registered project (``project_ids=None``) or the named ones to ``target``."""
     return run(
@@ -440,6 +448,7 @@ def upgrade(
         retries=retries,
         progress=progress,
         executor=executor,
+        engine_factory=engine_factory,
     )
 
 
@@ -455,6 +464,7 @@ def downgrade(
     retries: int = DEFAULT_RETRIES,
     progress: ProgressCallback | None = None,
     executor: str = "auto",
+    engine_factory: EngineFactory | None = None,
 ) -> FleetReport:
     """Bring every registered project (or the named ones) above ``target`` down to it."""
     return run(
@@ -469,6 +479,7 @@ def downgrade(
         retries=retries,
         progress=progress,
         executor=executor,
+        engine_factory=engine_factory,
     )
 
 
@@ -498,7 +509,10 @@ def run(
     retries: int = DEFAULT_RETRIES,
     progress: ProgressCallback | None = None,
     executor: str = "auto",
+    engine_factory: EngineFactory | None = None,
 ) -> FleetReport:
+    """The fleet operation behind upgrade, downgrade and provision. ``executor="processes"`` builds each
+    worker's engine with ``engine_factory`` or from the engine's URL (see worker_engine)."""
     started = time.perf_counter()
     ids = _validate(project_ids)
     if retries < 0 or lock_timeout_ms < 1:
@@ -506,6 +520,11 @@ def run(
     jobs = check_jobs(engine, jobs)
     if executor not in ("auto", "threads", "processes"):
         raise ConfigurationError(f"unknown executor {executor!r}: auto, threads or processes")
+    # Measured (see benchmarks/fleet_upgrade.py and the README): threads win even for online plans at the
+    # sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is small;
+    # processes are there for long online revisions on machines with idle cores.
+    pooled_kind = "threads" if executor == "auto" else executor
+    worker_engine = worker_engines.for_workers(engine, engine_factory) if pooled_kind == "processes" else None
     resolved = chain.resolve(target)
     try:
         with transactions.connect(engine) as conn:
@@ -526,11 +545,8 @@ def run(
     interrupted = False
     if work:
         workers = min(jobs, len(work))
-        # Measured (see benchmarks/fleet_upgrade.py and the README): threads win even for online plans at
-        # the sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is
-        # small; processes are there for long online revisions on machines with idle cores.
-        kind = "threads" if executor == "auto" else executor
-        options = _Options(operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema)
+        kind = pooled_kind
+        options = _Options(operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema, worker_engine)
         pooled = _run_processes if kind == "processes" else _run_threads
         tracker = _Tracker(len(work), progress, started)
         results, interrupted = pooled(engine, chain, work, workers, options, tracker)
@@ -564,6 +580,7 @@ class _Options:
     retries: int
     fail_fast: bool
     extension_schema: str
+    worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
 
 
 @dataclass
@@ -673,11 +690,12 @@ def _run_threads(
 _PROCESS_MIGRATOR: Migrator | None = None
 
 
-def _process_init(url: str, config_path: str, options: _Options) -> None:
+def _process_init(config_path: str, options: _Options) -> None:
     """Runs in each spawned worker: its own engine, chain (compiled there once) and connection."""
     global _PROCESS_MIGRATOR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; running transactions finish
-    engine = create_engine(url, poolclass=pool.NullPool)
+    assert options.worker_engine is not None
+    engine = options.worker_engine()
     migrator = Migrator(
         engine,
         Chain.load(config_path),
@@ -706,7 +724,6 @@ def _run_processes(
 ) -> tuple[list[SchemaResult], bool]:
     """Spawned processes, each with one connection; at most two schemas queued per worker, so stopping
     (fail-fast, Ctrl-C) leaves little to cancel."""
-    url = engine.url.render_as_string(hide_password=False)
     pending: Iterator[Work] = iter(work)
     in_flight: set[Future[SchemaResult]] = set()
     interrupted = stopping = False
@@ -715,7 +732,7 @@ def _run_processes(
         max_workers=workers,
         mp_context=context,
         initializer=_process_init,
-        initargs=(url, str(chain.config_path), options),
+        initargs=(str(chain.config_path), options),
     )
     try:
         while True:
