@@ -259,7 +259,7 @@ def migrate_expected(
         body = f"CREATE SCHEMA {quote_ident(schema)};\n" + sql
         record = registry.upsert_sql(project_id, schema, target, action, plan.path)
     batch = (
-        "BEGIN;\n"
+        f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};\n"  # whatever the server's default
         f"SELECT pg_advisory_xact_lock(hashtextextended({registry.sql_literal(lock_key(schema))}, 0));\n"
         + search_path_sql(schema, extension_schema)
         + ";\n"
