@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from test_chain_targeting import make_public_twins, public_state
 from test_concurrency import GATE, Gate
+from test_fast_path import columns
 from test_manager import ALEMBIC
 
 from workspace_tool import ConfigurationError, MigrationFailed, ProjectWorkspaceManager, WorkspaceManager, fleet
@@ -65,19 +66,6 @@ def note_chain(chain_builder: ChainBuilder) -> Path:
     chain_builder.add("r1", REPOSITORIES, 'op.drop_table("repositories")')
     chain_builder.add("r2", ADD_NOTE, 'op.drop_column("repositories", "note")', extra=ONLINE)
     return chain_builder.ini
-
-
-def columns(engine: sa.Engine, schema: str, table: str) -> list[str]:
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.text(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = :s AND table_name = :t "
-                    "ORDER BY ordinal_position"
-                ),
-                {"s": schema, "t": table},
-            ).scalars()
-        )
 
 
 def schemas_like(engine: sa.Engine, pattern: str) -> list[str]:
