@@ -427,3 +427,13 @@ def test_processes_build_their_engine_with_the_engine_factory(
     assert seen == dict.fromkeys(ids, "wst-fleet-worker")
     with pytest.raises(ConfigurationError, match="send engine_factory to worker processes"):
         fleet.upgrade(given, chain, executor="processes", engine_factory=lambda: given)
+
+
+def test_the_rebuilt_engine_never_shows_the_password(database_url: Any) -> None:
+    from workspace_tool.worker_engine import UrlEngine, for_workers
+
+    given = sa.create_engine(database_url.set(password="s3cret-pw"))
+    factory = for_workers(given, None)
+    assert isinstance(factory, UrlEngine) and "s3cret-pw" in factory.url  # the workers need it
+    assert "s3cret-pw" not in repr(factory)
+    given.dispose()

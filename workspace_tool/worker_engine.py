@@ -44,7 +44,7 @@ class UrlEngine:
     """Rebuilds an engine from its URL, isolation level and execution options, with a NullPool (a worker
     holds one connection)."""
 
-    url: str
+    url: str = field(repr=False)  # it holds the password
     isolation_level: str | None = None
     execution_options: Mapping[str, Any] = field(default_factory=dict)
 
