@@ -22,10 +22,9 @@ can't cross to a process, so each worker builds its own: with ``engine_factory``
 callable returning an Engine, e.g. ``functools.partial(sqlalchemy.create_engine, url, connect_args=...)``),
 else from the engine's URL, isolation level and execution options; an engine with settings those don't
 carry (``connect_args``, a ``creator``, event listeners) is refused before anything runs
-(``worker_engine.for_workers``).  Measured on
-2 shared cores, threads were faster for online plans too (a process costs seconds to start), so "auto"
-means threads.  Workers are closed on every path; on Ctrl-C no new schema is started, running
-transactions finish (or roll back), and the report says what was not started.
+(``worker_engine.for_workers``).  Measured on 2 shared cores, threads were faster for online plans too (a
+process costs seconds to start), so "auto" means threads.  Workers are closed on every path; on Ctrl-C no
+new schema is started, running transactions finish (or roll back), and the report says what was not started.
 """
 
 from __future__ import annotations
