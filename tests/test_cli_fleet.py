@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,23 @@ def test_two_upgrade_all_at_once_each_say_which_schemas_the_other_moved(
         migrated += ok
     assert migrated == len(IDS)  # each schema migrated once, by one run or the other
     assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+
+
+def test_jobs_beyond_the_default_pool_all_hold_a_connection_at_once(
+    engine: sa.Engine, url_string: str, chain_builder: ChainBuilder
+) -> None:
+    """--jobs 20: twenty schemas are inside their migration at the same time (the pool is sized for it)."""
+    from test_concurrency import GATE, Gate
+
+    chain_builder.add("a1", ITEMS).add("a2", f'op.execute("SELECT pg_advisory_xact_lock_shared({GATE})")')
+    ids = [f"j{i:02d}" for i in range(20)]
+    assert fleet.provision(engine, Chain.load(chain_builder.ini), ids, target="a1", jobs=4).ok
+    gate = Gate(engine)
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(cli, url_string, chain_builder.ini, "upgrade", "--all", "--jobs", "20")
+        inside = gate.wait_for(20, limit=20)
+        gate.open()
+        result = run.result(timeout=120)
+    assert inside == 20
+    assert result.exit_code == 0, result.output
+    assert "upgrade to a2: 20 ok, 0 failed, 0 skipped" in result.stderr

@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -436,3 +436,130 @@ def test_naming_a_hand_made_schema_without_alembic_version_adopts_it_only_when_a
 
     assert adopted.status == "ok" and schema_version(engine, "project_legacy") == "a2"
     assert last_action(engine, "legacy") == ("ready", "adopt")
+
+
+# ------------------------------------------------------------------ the engine's pool against --jobs
+@pytest.fixture
+def two_connection_engine(engine: sa.Engine, database_url: Any) -> Iterator[sa.Engine]:
+    small = sa.create_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=1)
+    yield small
+    small.dispose()
+
+
+def test_more_jobs_than_the_pool_gives_is_refused_before_any_schema(
+    two_connection_engine: sa.Engine, engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    from workspace_tool import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        fleet.upgrade(two_connection_engine, fleet_at_a1, jobs=4)
+    assert str(info.value).startswith("4 jobs need 5 connections at once")
+    assert "pool_size + max_overflow >= 5" in str(info.value)
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+    assert {tuple(registry_row(engine, p)) for p in IDS} == {("a1", "ready", None)}
+
+
+def test_the_default_jobs_fit_the_engines_pool(
+    two_connection_engine: sa.Engine, engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    report = fleet.upgrade(two_connection_engine, fleet_at_a1)
+    assert report.jobs == 1
+    assert report.ok and report.counts()["ok"] == len(IDS)
+
+
+# ------------------------------------------------------------- worker processes and engine settings
+SEEN = "op.execute(\"CREATE TABLE seen AS SELECT current_setting('application_name') AS app\")"
+
+
+def _with_listener(url: Any, event: str) -> sa.Engine:
+    made = sa.create_engine(url)
+    sa.event.listen(made, event, lambda *args: None)
+    return made
+
+
+LOST: dict[str, tuple[Callable[[Any], sa.Engine], str]] = {
+    "connect_args": (lambda url: sa.create_engine(url, connect_args={"application_name": "x"}), "connect_args"),
+    "creator": (
+        lambda url: sa.create_engine(
+            "postgresql+psycopg2://", creator=lambda: sa.create_engine(url).raw_connection().driver_connection
+        ),
+        "a creator",
+    ),
+    "connect-listener": (lambda url: _with_listener(url, "connect"), "'connect' event listener"),
+    "do_connect-listener": (lambda url: _with_listener(url, "do_connect"), "'do_connect' event listener"),
+    "cursor-listener": (lambda url: _with_listener(url, "before_cursor_execute"), "'before_cursor_execute'"),
+}
+
+
+@pytest.mark.parametrize("kind", list(LOST))
+def test_processes_refuse_an_engine_whose_settings_workers_would_lose(
+    kind: str, engine: sa.Engine, database_url: Any, fleet_at_a1: Chain
+) -> None:
+    from workspace_tool import ConfigurationError
+
+    make, named = LOST[kind]
+    given = make(database_url)
+    with pytest.raises(ConfigurationError) as info:
+        fleet.upgrade(given, fleet_at_a1, jobs=2, executor="processes")
+    given.dispose()
+    assert named in str(info.value) and "engine_factory=" in str(info.value)
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda url: sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_size=3),
+        lambda url: sa.create_engine(url).execution_options(isolation_level="AUTOCOMMIT"),
+        lambda url: sa.create_engine(url.update_query_dict({"application_name": "from-url"}), pool_pre_ping=True),
+    ],
+    ids=["autocommit-engine", "autocommit-view", "url-query"],
+)
+def test_what_the_url_isolation_and_options_carry_is_rebuilt_in_workers(
+    make: Callable[[Any], sa.Engine], database_url: Any
+) -> None:
+    from workspace_tool.worker_engine import for_workers, not_carried
+
+    given = make(database_url)
+    rebuilt = for_workers(given, None)()
+    assert not_carried(given, rebuilt) is None
+    assert rebuilt.url == given.url and rebuilt.get_execution_options() == given.get_execution_options()
+    rebuilt.dispose()
+    given.dispose()
+
+
+def test_processes_build_their_engine_with_the_engine_factory(
+    engine: sa.Engine, database_url: Any, chain_builder: ChainBuilder
+) -> None:
+    import functools
+
+    from workspace_tool import ConfigurationError
+
+    chain_builder.add("a1", ITEMS).add("a2", SEEN, extra=ONLINE_EXTRA)
+    chain = Chain.load(chain_builder.ini)
+    ids = IDS[:3]
+    assert fleet.provision(engine, chain, ids, target="a1", jobs=3).ok
+    url = database_url.render_as_string(hide_password=False)
+    args = {"application_name": "wst-fleet-worker"}
+    given = sa.create_engine(url, connect_args=args)
+    factory = functools.partial(sa.create_engine, url, connect_args=args, poolclass=sa.pool.NullPool)
+
+    report = fleet.upgrade(given, chain, jobs=2, executor="processes", engine_factory=factory)
+
+    given.dispose()
+    assert report.ok and report.executor == "processes" and report.counts()["ok"] == 3
+    with engine.connect() as conn:
+        seen = {p: conn.execute(sa.text(f"SELECT app FROM project_{p}.seen")).scalar() for p in ids}
+    assert seen == dict.fromkeys(ids, "wst-fleet-worker")
+    with pytest.raises(ConfigurationError, match="send engine_factory to worker processes"):
+        fleet.upgrade(given, chain, executor="processes", engine_factory=lambda: given)
+
+
+def test_the_rebuilt_engine_never_shows_the_password(database_url: Any) -> None:
+    from workspace_tool.worker_engine import UrlEngine, for_workers
+
+    given = sa.create_engine(database_url.set(password="s3cret-pw"))
+    factory = for_workers(given, None)
+    assert isinstance(factory, UrlEngine) and "s3cret-pw" in factory.url  # the workers need it
+    assert "s3cret-pw" not in repr(factory)
+    given.dispose()

@@ -40,6 +40,7 @@ from typing import Any, NoReturn
 from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
+from . import transactions
 from .errors import ConfigurationError
 from .naming import quote_ident, validate_schema_name
 from .targeting import DEFAULT_EXTENSION_SCHEMA, find_extension_schema, lock_schema, search_path_sql
@@ -108,7 +109,7 @@ def _run_online(target_metadata: MetaData | None) -> None:
         )
     engine = given if given is not None else create_engine(sync_url(str(_url())), poolclass=pool.NullPool)
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:  # READ COMMITTED, whatever the engine says
             _migrate(conn, schema, target_metadata)
     finally:
         if from_cli:
@@ -149,8 +150,7 @@ def check_transactional(conn: Connection) -> None:
     """Refuse a connection in AUTOCOMMIT: each statement would commit on its own, and ``SET LOCAL
     search_path`` and ``pg_advisory_xact_lock`` would end with it (the migration could land in another
     schema and would run unlocked)."""
-    dbapi_connection = conn.connection.dbapi_connection
-    if getattr(dbapi_connection, "autocommit", False):
+    if transactions.in_autocommit(conn):
         raise ConfigurationError(
             "the connection given to Alembic is in AUTOCOMMIT mode, where SET LOCAL search_path and the "
             "schema's advisory lock last for one statement: pass a connection in a transaction (engine.begin()) "

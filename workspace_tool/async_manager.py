@@ -19,7 +19,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from . import cache, registry, sessions
+from . import cache, registry, sessions, transactions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
 from .failures import translate
@@ -182,7 +182,7 @@ class ProjectWorkspaceManager:
     async def _run(self, schema: str | None, work: Callable[[Connection], T]) -> T:
         try:
             async with self.engine.connect() as conn:
-                return await conn.run_sync(work)
+                return await conn.run_sync(lambda sync_conn: work(transactions.own(sync_conn)))
         except WorkspaceError:
             raise
         except (DBAPIError, OSError) as exc:

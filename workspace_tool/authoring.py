@@ -40,7 +40,7 @@ from alembic.util import CommandError
 from sqlalchemy import Column, Connection, Engine, MetaData, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, registry
+from . import cache, registry, transactions
 from .alembic_env import MODELS_OPTION, TEMPLATE_DIR
 from .chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, resolve_config_path
 from .errors import ConfigurationError, NoChangesDetected, WorkspaceError
@@ -149,6 +149,7 @@ def compare_schema(conn: Connection, schema: str, extension_schema: str, metadat
         from .models import metadata as models_metadata
 
         metadata = models_metadata
+    transactions.require(conn)
     with conn.begin() as transaction:
         conn.execute(text(search_path_sql(schema, extension_schema)))
         translated = conn.execution_options(schema_translate_map={None: schema})
@@ -301,7 +302,7 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     rolled back; dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             extension_schema = registry.bootstrap(conn)
             try:
                 with conn.begin() as transaction:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import Engine, create_engine
 
-from . import embedded
+from . import embedded, fleet
 from .errors import WorkspaceError
 from .failures import translate
 from .manager import WorkspaceManager
@@ -21,6 +21,7 @@ from .urls import redact, redact_text, sync_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
+POOL_SIZE = 8
 
 
 class AppContext:
@@ -30,6 +31,7 @@ class AppContext:
         self.database_url = database_url
         self.config = config
         self.traceback = traceback
+        self.jobs: int | None = None  # a fleet command's --jobs, set before the engine is made
 
     @cached_property
     def url(self) -> str:
@@ -43,7 +45,10 @@ class AppContext:
 
     @cached_property
     def engine(self) -> Engine:
-        return create_engine(sync_url(self.url), pool_size=8, max_overflow=8, pool_pre_ping=True)
+        """The pool holds what a fleet run of ``jobs`` needs at once (fleet.connections_needed)."""
+        connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
+        overflow = max(POOL_SIZE, connections - POOL_SIZE)
+        return create_engine(sync_url(self.url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
 
     @cached_property
     def manager(self) -> WorkspaceManager:

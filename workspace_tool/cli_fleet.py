@@ -113,6 +113,7 @@ def _run_fleet(
     if bool(project_ids) == all_:
         raise click.UsageError("name the projects, or pass --all (not both)")
     ids = None if all_ else list(project_ids)
+    app.jobs = jobs  # before the engine is made: its pool is sized for them
     chain = app.manager.chain
     if show_sql:
         scripts = fleet.sql(app.engine, chain, ids, target=target, operation=operation, lock_timeout_ms=lock_timeout)

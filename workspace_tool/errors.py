@@ -113,12 +113,19 @@ class UnmanagedSchema(WorkspaceError):
 
 
 class WorkspaceNotFound(WorkspaceError):
-    def __init__(self, project_id: str, schema: str) -> None:
+    """``dropped``: the schema went away (another process dropped it?) after this process ensured it."""
+
+    def __init__(self, project_id: str, schema: str, *, dropped: bool = False) -> None:
         self.project_id = project_id
         self.schema = schema
-        super().__init__(
-            f"project {project_id} has no schema ({schema} does not exist): run `workspace-tool ensure {project_id}`"
+        self.dropped = dropped
+        advice = (
+            "it was dropped after this process ensured it (by another process?); it is forgotten here, so the "
+            "next ensure, connect or session creates it again, empty"
+            if dropped
+            else f"run `workspace-tool ensure {project_id}`"
         )
+        super().__init__(f"project {project_id} has no schema ({schema} does not exist): {advice}")
 
 
 class MigrationFailed(WorkspaceError):

@@ -19,10 +19,14 @@ with one connection each scales (psycopg2 releases the GIL while waiting on the 
 online steps runs Alembic, whose ``op``/``context`` proxies are process-global: in threads only that part
 is serialised (under ``chain.ALEMBIC_LOCK``); the lock, state read, registry write and commit overlap.
 ``executor="processes"`` runs schemas in spawned processes instead, each with its own chain and
-connection (the caller's main module must be import-safe: ``if __name__ == "__main__":``).  Measured on
-2 shared cores, threads were faster for online plans too (a process costs seconds to start), so "auto"
-means threads.  Workers are closed on every path; on Ctrl-C no new schema is started, running
-transactions finish (or roll back), and the report says what was not started.
+connection (the caller's main module must be import-safe: ``if __name__ == "__main__":``).  An Engine
+can't cross to a process, so each worker builds its own: with ``engine_factory`` when given (a picklable
+callable returning an Engine, e.g. ``functools.partial(sqlalchemy.create_engine, url, connect_args=...)``),
+else from the engine's URL, isolation level and execution options; an engine with settings those don't
+carry (``connect_args``, a ``creator``, event listeners) is refused before anything runs
+(``worker_engine.for_workers``).  Measured on 2 shared cores, threads were faster for online plans too (a
+process costs seconds to start), so "auto" means threads.  Workers are closed on every path; on Ctrl-C no
+new schema is started, running transactions finish (or roll back), and the report says what was not started.
 """
 
 from __future__ import annotations
@@ -42,10 +46,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, pool, text
+from sqlalchemy import Connection, Engine, pool, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, registry
+from . import cache, registry, transactions
+from . import worker_engine as worker_engines
 from .chain import Chain
 from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
 from .failures import first_line, is_connection_error, sqlstate, translate
@@ -54,6 +59,7 @@ from .naming import project_for, quote_ident, schema_for
 from .provisioning import EnsureResult, action_for, migrate_expected, migrate_on
 from .targeting import DEFAULT_EXTENSION_SCHEMA, lock_key, search_path_sql
 from .urls import redact_text
+from .worker_engine import EngineFactory
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 UPGRADE, DOWNGRADE, PROVISION = "upgrade", "downgrade", "provision"
@@ -71,6 +77,42 @@ CONNECTION_LOST = "the database connection was lost"
 def default_jobs() -> int:
     """Two connections per core: while one waits on the server, the other has work."""
     return max(2, min(16, 2 * (os.cpu_count() or 1)))
+
+
+def connections_needed(jobs: int) -> int:
+    """The most connections a run holds at once from the engine's pool: the planning connection, held
+    while ``jobs`` connections read the fleet's versions, then one per job (threads; worker processes
+    open their own, outside the pool)."""
+    return jobs + 1
+
+
+def pool_capacity(engine: Engine) -> int | None:
+    """How many connections the engine's pool can hand out at once; None when it has no limit."""
+    engine_pool = engine.pool
+    if isinstance(engine_pool, pool.QueuePool):  # also AsyncAdaptedQueuePool
+        overflow = int(getattr(engine_pool, "_max_overflow", -1))
+        return None if overflow < 0 else engine_pool.size() + overflow
+    if isinstance(engine_pool, (pool.StaticPool, pool.AssertionPool)):
+        return 1  # one connection, shared or checked out at a time
+    return None  # NullPool, SingletonThreadPool: a new connection per checkout or per thread
+
+
+def check_jobs(engine: Engine, jobs: int | None) -> int:
+    """The number of jobs to run (``jobs``, else the default within what the pool allows); a
+    ConfigurationError, before anything is touched, when the engine's pool can't serve them."""
+    capacity = pool_capacity(engine)
+    if jobs is None:
+        jobs = default_jobs() if capacity is None else max(1, min(default_jobs(), capacity - 1))
+    if jobs < 1:
+        raise ConfigurationError("--jobs must be at least 1")
+    needed = connections_needed(jobs)
+    if capacity is not None and capacity < needed:
+        raise ConfigurationError(
+            f"{jobs} jobs need {needed} connections at once (one per job and one to plan the run) but the "
+            f"engine's pool ({type(engine.pool).__name__}) gives at most {capacity}: use fewer jobs (--jobs), or "
+            f"create the engine with pool_size + max_overflow >= {needed}; nothing was changed"
+        )
+    return jobs
 
 
 # ------------------------------------------------------------------------ results
@@ -306,7 +348,7 @@ class Migrator:
         round trip less per schema); reset before it goes back to the engine's pool."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
             self.close()
-            conn = self.engine.connect()
+            conn = transactions.connect(self.engine)
             conn.exec_driver_sql(f"SET lock_timeout = {int(self.lock_timeout_ms)}")
             conn.commit()
             self._conn = conn
@@ -441,6 +483,7 @@ def upgrade(
     progress: ProgressCallback | None = None,
     executor: str = "auto",
     adopt: bool = False,
+    engine_factory: EngineFactory | None = None,
 ) -> FleetReport:
     """Bring every registered project (``project_ids=None``) or the named ones to ``target``.
     ``adopt=True`` also runs the chain into schemas that hold relations but no alembic_version
@@ -458,6 +501,7 @@ def upgrade(
         progress=progress,
         executor=executor,
         adopt=adopt,
+        engine_factory=engine_factory,
     )
 
 
@@ -473,6 +517,7 @@ def downgrade(
     retries: int = DEFAULT_RETRIES,
     progress: ProgressCallback | None = None,
     executor: str = "auto",
+    engine_factory: EngineFactory | None = None,
 ) -> FleetReport:
     """Bring every registered project (or the named ones) above ``target`` down to it."""
     return run(
@@ -487,6 +532,7 @@ def downgrade(
         retries=retries,
         progress=progress,
         executor=executor,
+        engine_factory=engine_factory,
     )
 
 
@@ -518,17 +564,25 @@ def run(
     progress: ProgressCallback | None = None,
     executor: str = "auto",
     adopt: bool = False,
+    engine_factory: EngineFactory | None = None,
 ) -> FleetReport:
+    """The fleet operation behind upgrade, downgrade and provision. ``executor="processes"`` builds each
+    worker's engine with ``engine_factory`` or from the engine's URL (see worker_engine)."""
     started = time.perf_counter()
     ids = _validate(project_ids)
-    jobs = default_jobs() if jobs is None else jobs
-    if jobs < 1 or retries < 0 or lock_timeout_ms < 1:
-        raise ConfigurationError("--jobs and --lock-timeout must be positive and --retries not negative")
+    if retries < 0 or lock_timeout_ms < 1:
+        raise ConfigurationError("--lock-timeout must be positive and --retries not negative")
+    jobs = check_jobs(engine, jobs)
     if executor not in ("auto", "threads", "processes"):
         raise ConfigurationError(f"unknown executor {executor!r}: auto, threads or processes")
+    # Measured (see benchmarks/fleet_upgrade.py and the README): threads win even for online plans at the
+    # sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is small;
+    # processes are there for long online revisions on machines with idle cores.
+    pooled_kind = "threads" if executor == "auto" else executor
+    worker_engine = worker_engines.for_workers(engine, engine_factory) if pooled_kind == "processes" else None
     resolved = chain.resolve(target)
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
             cache.set_bootstrapped(cache.database_key(engine.url, chain.config_path), extension_schema)
             with conn.begin():
@@ -547,11 +601,10 @@ def run(
     stopped: str | None = None
     if work:
         workers = min(jobs, len(work))
-        # Measured (see benchmarks/fleet_upgrade.py and the README): threads win even for online plans at
-        # the sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is
-        # small; processes are there for long online revisions on machines with idle cores.
-        kind = "threads" if executor == "auto" else executor
-        options = _Options(operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema, adopt)
+        kind = pooled_kind
+        options = _Options(
+            operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema, adopt, worker_engine
+        )
         pooled = _run_processes if kind == "processes" else _run_threads
         tracker = _Tracker(len(work), progress, started)
         results, interrupted = pooled(engine, chain, work, workers, options, tracker)
@@ -587,6 +640,7 @@ class _Options:
     fail_fast: bool
     extension_schema: str
     adopt: bool = False
+    worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
 
 
 class _ConnectionWatch:
@@ -714,11 +768,12 @@ def _run_threads(
 _PROCESS_MIGRATOR: Migrator | None = None
 
 
-def _process_init(url: str, config_path: str, options: _Options) -> None:
+def _process_init(config_path: str, options: _Options) -> None:
     """Runs in each spawned worker: its own engine, chain (compiled there once) and connection."""
     global _PROCESS_MIGRATOR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; running transactions finish
-    engine = create_engine(url, poolclass=pool.NullPool)
+    assert options.worker_engine is not None
+    engine = options.worker_engine()
     migrator = Migrator.for_run(engine, Chain.load(config_path), options)
     _PROCESS_MIGRATOR = migrator
 
@@ -739,7 +794,6 @@ def _run_processes(
 ) -> tuple[list[SchemaResult], bool]:
     """Spawned processes, each with one connection; at most two schemas queued per worker, so stopping
     (fail-fast, Ctrl-C) leaves little to cancel."""
-    url = engine.url.render_as_string(hide_password=False)
     pending: Iterator[Work] = iter(work)
     in_flight: set[Future[SchemaResult]] = set()
     interrupted = stopping = False
@@ -748,7 +802,7 @@ def _run_processes(
         max_workers=workers,
         mp_context=context,
         initializer=_process_init,
-        initargs=(url, str(chain.config_path), options),
+        initargs=(str(chain.config_path), options),
     )
     try:
         while True:
@@ -818,7 +872,7 @@ def sql(
     ids = _validate(project_ids)
     resolved = chain.resolve(target)
     try:
-        with engine.connect() as conn, conn.begin():
+        with transactions.connect(engine) as conn, conn.begin():
             extension_schema = conn.execute(registry.PROBE).one().ext_schema or DEFAULT_EXTENSION_SCHEMA
             candidates = read_fleet(conn, ids)
             conn.rollback()

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import cache, registry, sessions
+from . import cache, registry, sessions, transactions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
 from .failures import translate
@@ -213,7 +213,7 @@ class WorkspaceManager:
 
     def _on_connection(self, schema: str | None, work: Callable[[Connection], T]) -> T:
         try:
-            with self.engine.connect() as conn:
+            with transactions.connect(self.engine) as conn:
                 return work(conn)
         except WorkspaceError:
             raise

@@ -15,7 +15,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import await_only
 
-from . import registry, roles
+from . import registry, roles, transactions
 from .chain import Chain, Plan
 from .errors import (
     MigrationFailed,
@@ -153,6 +153,7 @@ def run_plan(
 
     ``epilogue`` (psycopg2 only, and only when the last step is compiled) rides at the end of the last
     batch; its scalar result is returned. Otherwise nothing is sent for it and None is returned."""
+    transactions.require(conn)
     prelude = (f"CREATE SCHEMA {quote_ident(schema)};\n" if create_schema else "") + (
         search_path_sql(schema, extension_schema) + ";\n"
     )
@@ -200,6 +201,7 @@ def migrate_on(
     ``owner_role`` grants that role the schema in the same transaction (see roles.py).  An existing
     schema holding relations but no alembic_version is refused (UnmanagedSchema) unless ``adopt``."""
     started = time.perf_counter() if started is None else started
+    transactions.require(conn)
     with conn.begin():
         if lock_timeout_ms is not None:
             conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{int(lock_timeout_ms)}ms"})
@@ -304,7 +306,7 @@ def migrate_expected(
         body = f"CREATE SCHEMA {quote_ident(schema)};\n" + sql
         record = registry.upsert_sql(project_id, schema, target, recorded_as, plan.path)
     batch = (
-        "BEGIN;\n"
+        f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};\n"  # whatever the server's default
         f"SELECT pg_advisory_xact_lock(hashtextextended({registry.sql_literal(lock_key(schema))}, 0));\n"
         + search_path_sql(schema, extension_schema)
         + ";\n"
@@ -316,6 +318,7 @@ def migrate_expected(
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     failure: Exception | None = None
+    autocommit = dbapi.autocommit
     dbapi.autocommit = True  # the batch carries its own BEGIN and COMMIT
     try:
         cursor = dbapi.cursor()
@@ -334,7 +337,7 @@ def migrate_expected(
     finally:
         if not conn.invalidated:
             with contextlib.suppress(Exception):
-                dbapi.autocommit = False
+                dbapi.autocommit = autocommit
     if failure is not None:
         code = getattr(failure, "pgcode", None)
         if code == "22P02" and STATE_CHANGED in str(failure):
@@ -356,6 +359,7 @@ def migrate_expected(
 def drop_on(conn: Connection, project_id: str, schema: str) -> bool:
     """Drop a project's schema and its registry row in one transaction under the schema's lock; False if
     neither existed."""
+    transactions.require(conn)
     with conn.begin():
         lock_schema(conn, schema)
         existed = conn.execute(

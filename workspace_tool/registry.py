@@ -16,6 +16,7 @@ from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Row, text
 
+from . import transactions
 from .chain import ALEMBIC_LOCK
 from .errors import RegistryError
 from .naming import quote_ident
@@ -191,6 +192,7 @@ def registry_ready(conn: Connection) -> str | None:
 def bootstrap(conn: Connection) -> str:
     """Create or migrate the registry and the vector extension, under one lock; return the extension's
     schema. Runs in its own transaction on ``conn`` (which must not be in one) and commits it."""
+    transactions.require(conn)
     ext_schema = registry_ready(conn)
     conn.rollback()
     if ext_schema is not None:
