@@ -109,8 +109,9 @@ def _run_online(target_metadata: MetaData | None) -> None:
         )
     engine = given if given is not None else create_engine(sync_url(str(_url())), poolclass=pool.NullPool)
     try:
-        with transactions.connect(engine) as conn:  # READ COMMITTED, whatever the engine says
-            _migrate(conn, schema, target_metadata)
+        with engine.connect() as conn:
+            # READ COMMITTED whatever the engine says (a connection already in a transaction is checked)
+            _migrate(conn if conn.in_transaction() else transactions.own(conn), schema, target_metadata)
     finally:
         if from_cli:
             engine.dispose()
