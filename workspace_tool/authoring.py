@@ -39,7 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from . import cache, registry
 from .chain import ALEMBIC_LOCK, Chain, resolve_config_path
 from .errors import ConfigurationError, WorkspaceError
-from .failures import translate
+from .failures import translate_for
 from .naming import quote_ident
 from .provisioning import run_plan
 from .targeting import search_path_sql
@@ -278,7 +278,7 @@ def _scratch_schema(engine: Engine, chain: Chain) -> Iterator[tuple[Connection, 
     except WorkspaceError:
         raise
     except (DBAPIError, OSError) as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
 
 
 def _check_no_schema_names(path: Path, schema: str) -> None:
