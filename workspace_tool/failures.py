@@ -86,25 +86,28 @@ def grantee(role: str | None) -> str:
     return sql_name(role) if role else "<your role>"
 
 
+def grant_needed(detail: str, missing: str, grant: str, role: str | None, *, note: str = "") -> PermissionDenied:
+    """A PermissionDenied that one GRANT (to ``grantee(role)``) fixes."""
+    return PermissionDenied(detail, missing, f"run {grant}{note}", role=role, grant=grant if role else None)
+
+
 def permission_denied(
     error: BaseException, detail: str, role: str | None = None, schema: str | None = None
 ) -> PermissionDenied:
     """What privilege is missing, read from the server's message, and the GRANT (or command) that gives it."""
     message = str(getattr(error, "orig", None) or error)
     who, to = role_phrase(role), grantee(role)
-    grant = None
+    if match := _DENIED_DATABASE.search(message):
+        database = sql_name(match[1])
+        if _CONNECT_DENIED in message:
+            missing = f"{who} may not connect to database {match[1]}"
+            return grant_needed(detail, missing, f"GRANT CONNECT ON DATABASE {database} TO {to}", role)
+        needed = f" (to create {schema})" if schema else ""
+        missing = f"{who} may not create schemas in database {match[1]}{needed}"
+        return grant_needed(detail, missing, f"GRANT CREATE ON DATABASE {database} TO {to}", role)
     if match := _DENIED_EXTENSION.search(message):
         missing = f"{who} may not create the {match[1]} extension, which workspace-tool needs"
         remedy = "have a superuser run `workspace-tool init` on this database first (it creates the extension)"
-    elif (match := _DENIED_DATABASE.search(message)) and _CONNECT_DENIED in message:
-        missing = f"{who} may not connect to database {match[1]}"
-        grant = f"GRANT CONNECT ON DATABASE {sql_name(match[1])} TO {to}"
-        remedy = f"run {grant}"
-    elif match := _DENIED_DATABASE.search(message):
-        needed = f" (to create {schema})" if schema else ""
-        missing = f"{who} may not create schemas in database {match[1]}{needed}"
-        grant = f"GRANT CREATE ON DATABASE {sql_name(match[1])} TO {to}"
-        remedy = f"run {grant}"
     elif match := _DENIED_SCHEMA.search(message):
         missing = f"{who} has no privilege on schema {match[1]}"
         remedy = (
@@ -120,7 +123,7 @@ def permission_denied(
     else:
         missing = f"{who} lacks a privilege this needs"
         remedy = "grant it, or run as a role that has it"
-    return PermissionDenied(detail, missing, remedy, role=role, grant=grant if role else None)
+    return PermissionDenied(detail, missing, remedy, role=role)
 
 
 def translate(

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .chain import ALEMBIC_LOCK
 from .errors import PermissionDenied, RegistryError
-from .failures import first_line, grantee, is_permission_error, role_phrase, sql_name
+from .failures import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
 from .naming import quote_ident
 from .targeting import DEFAULT_EXTENSION_SCHEMA, LOCK_SQL, REGISTRY_LOCK_KEY, check_extension_schema
 
@@ -233,29 +233,24 @@ def _registry_denied(conn: Connection, exc: DBAPIError) -> PermissionDenied:
     """The registry exists but this role can't read or write it."""
     role = conn.engine.url.username
     to = grantee(role)
-    grant = (
-        f"GRANT USAGE ON SCHEMA {REGISTRY_SCHEMA} TO {to}; "
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {REGISTRY_SCHEMA} TO {to}"
-    )
-    return PermissionDenied(
+    return grant_needed(
         first_line(exc),
         f"{role_phrase(role)} may not use the registry ({REGISTRY_SCHEMA})",
-        f"run {grant} (as the role that ran `workspace-tool init`)",
-        role=role,
-        grant=grant if role else None,
+        f"GRANT USAGE ON SCHEMA {REGISTRY_SCHEMA} TO {to}; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {REGISTRY_SCHEMA} TO {to}",
+        role,
+        note=" (as the role that ran `workspace-tool init`)",
     )
 
 
 def _extension_denied(conn: Connection, ext_schema: str) -> PermissionDenied:
-    """The extension is there, in a schema this role may not use."""
+    """The extension is there, in a schema this role may not use (its search_path would skip it)."""
     role = conn.engine.url.username
-    grant = f"GRANT USAGE ON SCHEMA {sql_name(ext_schema)} TO {grantee(role)}"
-    return PermissionDenied(
+    return grant_needed(
         f"permission denied for schema {ext_schema}",
         f"{role_phrase(role)} may not use schema {ext_schema}, which holds the vector extension",
-        f"run {grant}",
-        role=role,
-        grant=grant if role else None,
+        f"GRANT USAGE ON SCHEMA {sql_name(ext_schema)} TO {grantee(role)}",
+        role,
     )
 
 
