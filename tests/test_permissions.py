@@ -52,6 +52,22 @@ class Scene:
         engine.dispose()
         return list(schemas), rows
 
+    def ensure_async(self, project_id: str) -> PermissionDenied:
+        """The same through ProjectWorkspaceManager (asyncpg)."""
+
+        async def run() -> PermissionDenied:
+            engine = create_async_engine(async_url(self.role_url))
+            try:
+                with pytest.raises(PermissionDenied) as info:
+                    await ProjectWorkspaceManager(engine, ALEMBIC_INI).ensure_workspace_exists(project_id)
+                return info.value
+            finally:
+                await engine.dispose()
+
+        cache._READY.clear()
+        cache._BOOTSTRAPPED.clear()
+        return asyncio.run(run())
+
     def cli(self, *args: str, url: sa.URL | None = None) -> Result:
         cache._READY.clear()
         cache._BOOTSTRAPPED.clear()
@@ -165,28 +181,17 @@ def test_a_schema_another_role_owns(scene: Scene) -> None:
 
 def test_no_connect_privilege(scene: Scene) -> None:
     scene.admin(f"REVOKE CONNECT ON DATABASE {scene.database} FROM PUBLIC")
-    error = scene.ensure("perm-c")
-    assert error.grant == f"GRANT CONNECT ON DATABASE {scene.database} TO {scene.role}"
+    grant = f"GRANT CONNECT ON DATABASE {scene.database} TO {scene.role}"
+    assert scene.ensure("perm-c").grant == grant
     line = one_line(scene.cli("status", "perm-c"))
-    assert f"run GRANT CONNECT ON DATABASE {scene.database} TO {scene.role}" in line
+    assert f"run {grant}" in line
+    assert scene.ensure_async("perm-c").grant == grant  # asyncpg keeps the DETAIL that tells it from CREATE
 
 
 def test_async_manager_names_the_grant(scene: Scene) -> None:
     assert scene.cli("init", url=scene.admin_url).exit_code == 0
-
-    async def run() -> PermissionDenied:
-        engine = create_async_engine(async_url(scene.role_url))
-        try:
-            with pytest.raises(PermissionDenied) as info:
-                await ProjectWorkspaceManager(engine, ALEMBIC_INI).ensure_workspace_exists("perm-b")
-            return info.value
-        finally:
-            await engine.dispose()
-
-    cache._BOOTSTRAPPED.clear()
-    error = asyncio.run(run())
+    error = scene.ensure_async("perm-b")
     assert error.grant is not None and error.grant.startswith("GRANT USAGE ON SCHEMA project_registry")
     scene.admin(error.grant, f"GRANT USAGE ON SCHEMA workspace_extensions TO {scene.role}")
-    cache._BOOTSTRAPPED.clear()
-    error = asyncio.run(run())
+    error = scene.ensure_async("perm-b")
     assert error.grant == f"GRANT CREATE ON DATABASE {scene.database} TO {scene.role}"

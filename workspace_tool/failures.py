@@ -66,9 +66,16 @@ def is_connection_error(error: BaseException) -> bool:
     return isinstance(error, sa_exc.OperationalError) and any(w in message for w in _CONNECTION_WORDS)
 
 
+def server_message(error: BaseException) -> str:
+    """The server's whole message, DETAIL included (psycopg2 puts it in the text, asyncpg in ``.detail``)."""
+    orig = getattr(error, "orig", None) or error
+    detail = getattr(orig, "detail", None)
+    return f"{orig}\n{detail}" if isinstance(detail, str) else str(orig)
+
+
 def is_permission_error(error: BaseException) -> bool:
     """SQLSTATE 42501 insufficient_privilege, or a login refused for want of CONNECT on the database."""
-    return sqlstate(error) == INSUFFICIENT_PRIVILEGE or _CONNECT_DENIED in str(getattr(error, "orig", None) or error)
+    return sqlstate(error) == INSUFFICIENT_PRIVILEGE or _CONNECT_DENIED in server_message(error)
 
 
 def sql_name(name: str) -> str:
@@ -95,7 +102,7 @@ def permission_denied(
     error: BaseException, detail: str, role: str | None = None, schema: str | None = None
 ) -> PermissionDenied:
     """What privilege is missing, read from the server's message, and the GRANT (or command) that gives it."""
-    message = str(getattr(error, "orig", None) or error)
+    message = server_message(error)
     who, to = role_phrase(role), grantee(role)
     if match := _DENIED_DATABASE.search(message):
         database = sql_name(match[1])
@@ -116,7 +123,7 @@ def permission_denied(
         )
     elif match := _DENIED_RELATION.search(message):
         missing = f"{who} may not use {match[1]}"
-        remedy = f"GRANT it the privileges it needs on {match[1]}, or run as a role that has them"
+        remedy = f"grant {to} what it needs on {match[1]}, or run as a role that has it"
     elif match := _NOT_OWNER.search(message):
         missing = f"{who} does not own {match[1]} {match[2]}"
         remedy = f"run as the role that owns it (or GRANT that role TO {to})"
