@@ -25,6 +25,7 @@ from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError, coerce_resource_to_filename
 from sqlalchemy import Connection
 
+from . import alembic_env
 from .errors import ConfigurationError, UnknownRevision
 
 ALEMBIC_LOCK = threading.RLock()
@@ -254,6 +255,11 @@ class Chain:
         return revs if self.is_upgrade(from_rev, to_rev) else list(reversed(revs))
 
     # ------------------------------------------------------------------ planning
+    def renders_offline(self, revision: str) -> bool:
+        """Whether compiling this revision gives the SQL it runs, whatever the chain's fast-path setting:
+        False for a revision that opts out (``workspace_online``) or reads the database (``get_bind()``)."""
+        return not self._needs_online(self.script.get_revision(revision))
+
     def _needs_online(self, script: Script | None) -> bool:
         if script is None or script.module is None:
             return False
@@ -267,8 +273,8 @@ class Chain:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A digest of every revision file and env.py, read on first use: it names the chain a
-        verification report proved (the compiled ranges are cached per loaded chain, not by this)."""
+        """A digest of every revision file, env.py and the environment it runs, read on first use: it
+        names the chain a verification report proved (compiled ranges are cached per loaded chain)."""
         digest = hashlib.sha256()
         for rev in self._order:
             script = self.script.get_revision(rev)
@@ -276,6 +282,7 @@ class Chain:
             digest.update(rev.encode())
             digest.update(Path(script.path).read_bytes())
         digest.update((Path(self.script.dir) / "env.py").read_bytes())
+        digest.update(Path(alembic_env.__file__).read_bytes())  # the environment env.py runs
         return digest.hexdigest()[:16]
 
     def plan(self, from_rev: str | None, to_rev: str | None, *, online: bool = False) -> Plan:

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from . import registry
+from . import registry, transactions
 from .catalog import diff, snapshot
 from .chain import Chain
 from .failures import translate_for
@@ -86,7 +86,7 @@ def check(engine: Engine, chain: Chain, project_ids: Sequence[str] | None = None
         for project_id in project_ids:
             schema_for(project_id)
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             extension_schema = registry.bootstrap(conn)
             reference = reference_snapshot(conn, chain, extension_schema)
             with conn.begin():

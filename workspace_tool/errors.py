@@ -40,6 +40,17 @@ class ConfigurationError(WorkspaceError):
     """alembic.ini, the chain or the database URL is unusable."""
 
 
+class NoChangesDetected(WorkspaceError):
+    """``create_revision(autogenerate=True)`` found no difference between the models and the head: no
+    revision was written (an empty one would make every schema "behind" a head that changes nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no changes detected: the models match the head; no revision written "
+            "(--allow-empty, or allow_empty=True, writes one anyway)"
+        )
+
+
 class DatabaseUnavailable(WorkspaceError):
     """The database could not be reached or refused the login."""
 
@@ -70,13 +81,51 @@ class WorkspaceOutdated(WorkspaceError):
         )
 
 
-class WorkspaceNotFound(WorkspaceError):
-    def __init__(self, project_id: str, schema: str) -> None:
+class WorkspaceAhead(WorkspaceError):
+    """The schema is above the target of an operation that may only go up: going back is a downgrade."""
+
+    def __init__(self, project_id: str, schema: str, current: str, target: str | None) -> None:
         self.project_id = project_id
         self.schema = schema
+        self.current = current
+        self.target = target
+        to = target or "base"
         super().__init__(
-            f"project {project_id} has no schema ({schema} does not exist): run `workspace-tool ensure {project_id}`"
+            f"project {project_id} (schema {schema}) is at revision {current}, ahead of the target {to}; "
+            f"nothing was changed: to go back, run `workspace-tool downgrade {project_id} --to {to}`"
         )
+
+
+class UnmanagedSchema(WorkspaceError):
+    """The project's schema exists, holds relations, and has no alembic_version: not made by workspace-tool."""
+
+    def __init__(self, project_id: str, schema: str, relations: list[str]) -> None:
+        self.project_id = project_id
+        self.schema = schema
+        self.relations = relations
+        shown = ", ".join(relations[:3]) + (", ..." if len(relations) > 3 else "")
+        super().__init__(
+            f"schema {schema} already exists and holds {len(relations)} relation(s) ({shown}) but no "
+            "alembic_version, so workspace-tool did not make it; nothing was changed. To run the chain into it "
+            f"and register it, adopt it (`workspace-tool ensure {project_id} --adopt`, or adopt=True); if its "
+            f"contents are not needed, drop it (`workspace-tool drop {project_id} --yes`)"
+        )
+
+
+class WorkspaceNotFound(WorkspaceError):
+    """``dropped``: the schema went away (another process dropped it?) after this process ensured it."""
+
+    def __init__(self, project_id: str, schema: str, *, dropped: bool = False) -> None:
+        self.project_id = project_id
+        self.schema = schema
+        self.dropped = dropped
+        advice = (
+            "it was dropped after this process ensured it (by another process?); it is forgotten here, so the "
+            "next ensure, connect or session creates it again, empty"
+            if dropped
+            else f"run `workspace-tool ensure {project_id}`"
+        )
+        super().__init__(f"project {project_id} has no schema ({schema} does not exist): {advice}")
 
 
 class MigrationFailed(WorkspaceError):

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from . import registry
+from . import registry, transactions
 from .chain import Chain
 from .naming import SCHEMA_PREFIX, is_project_schema, project_for, quote_ident, schema_for
 
@@ -81,11 +81,11 @@ def read_versions_parallel(
     names = list(schemas)
     chunks = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
     if jobs <= 1 or len(chunks) <= 1:
-        with engine.connect() as conn, conn.begin():
+        with transactions.connect(engine) as conn, conn.begin():
             return read_versions(conn, names, batch_size)
 
     def read(chunk: list[str]) -> dict[str, str | None]:
-        with engine.connect() as conn, conn.begin():
+        with transactions.connect(engine) as conn, conn.begin():
             return read_versions(conn, chunk, batch_size)
 
     versions: dict[str, str | None] = {}

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import cache, registry, sessions
+from . import cache, registry, sessions, transactions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
 from .failures import translate_for
@@ -52,13 +52,21 @@ class WorkspaceManager:
 
     # ------------------------------------------------------------------- ensure
     def ensure(
-        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+        self,
+        project_id: str,
+        *,
+        upgrade: bool = True,
+        verify: bool = False,
+        owner_role: str | None = None,
+        adopt: bool = False,
     ) -> str:
         """Return the project's schema, creating it or bringing it to head first if needed.
 
         ``upgrade=False`` raises WorkspaceOutdated instead of upgrading; ``verify=True`` skips the cache
         and reads the schema's alembic_version (one round trip when it is at head).  ``owner_role`` grants
-        that role (created NOLOGIN if missing) the schema's tables, in the same transaction; see roles.py."""
+        that role (created NOLOGIN if missing) the schema's tables, in the same transaction; see roles.py.
+        An existing schema holding relations but no alembic_version (not made by workspace-tool) raises
+        UnmanagedSchema and is left alone, unless ``adopt=True`` runs the chain into it."""
         if not verify and (owner_role is None or (project_id, owner_role) in self._granted):
             try:
                 schema = self._ready.get(project_id)
@@ -66,10 +74,18 @@ class WorkspaceManager:
                 schema = None
             if schema is not None:
                 return schema
-        return self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role).schema
+        return self.ensure_detailed(
+            project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt
+        ).schema
 
     def ensure_detailed(
-        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+        self,
+        project_id: str,
+        *,
+        upgrade: bool = True,
+        verify: bool = False,
+        owner_role: str | None = None,
+        adopt: bool = False,
     ) -> EnsureResult:
         """Like ensure, returning what was done and how long it took."""
         started = time.perf_counter()
@@ -97,6 +113,7 @@ class WorkspaceManager:
                 allow_upgrade=upgrade,
                 started=started,
                 owner_role=owner_role,
+                adopt=adopt,
             ),
         )
         self._ready[project_id] = schema
@@ -197,7 +214,7 @@ class WorkspaceManager:
 
     def _on_connection(self, schema: str | None, work: Callable[[Connection], T]) -> T:
         try:
-            with self.engine.connect() as conn:
+            with transactions.connect(self.engine) as conn:
                 return work(conn)
         except WorkspaceError:
             raise

@@ -17,6 +17,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Row, text
 from sqlalchemy.exc import DBAPIError
 
+from . import transactions
 from .chain import ALEMBIC_LOCK
 from .errors import PermissionDenied, RegistryError
 from .failures import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
@@ -60,6 +61,18 @@ SELECT_SOME_STATES = text(
     "ORDER BY project_id"
 )
 SELECT_SOME = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} WHERE project_id = ANY(:ids) ORDER BY project_id")
+
+# last_action: what the row's last run did (status 'ready') or tried to do (status 'failed'), one word for
+# both. 'register' writes a row for a schema already at its revision (a row brought in line with its
+# schema, an orphan registered); 'adopt' runs the chain into a schema that was not made by workspace-tool.
+CREATE, UPGRADE, DOWNGRADE, REGISTER, ADOPT = "create", "upgrade", "downgrade", "register", "adopt"
+_ACTION_RECORDED_AS = {"created": CREATE, "upgraded": UPGRADE, "downgraded": DOWNGRADE, "current": REGISTER}
+
+
+def recorded_action(action: str) -> str:
+    """The registry's last_action for an EnsureResult.action ('created' -> 'create', 'current' -> 'register')."""
+    return _ACTION_RECORDED_AS[action]
+
 
 # Written in the same transaction as the schema change it records.
 UPSERT = text(
@@ -185,6 +198,7 @@ def bootstrap(conn: Connection) -> str:
     A role without the privileges this needs gets PermissionDenied naming them: USAGE on the registry and
     on the extension's schema; a privileged role's `workspace-tool init` when something must be created or
     migrated."""
+    transactions.require(conn)
     try:
         ext_schema = registry_ready(conn)
         usable = ext_schema is None or conn.execute(_USABLE, {"schema": ext_schema}).scalar()

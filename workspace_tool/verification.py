@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from . import registry
+from . import registry, transactions
 from .catalog import diff, snapshot
 from .chain import Chain, Plan
 from .errors import WorkspaceError
@@ -98,7 +98,7 @@ def verify_fast_path(
     """Compare the online and the fast path on scratch schemas, for every range of the chain (or
     ``cases``); the report says, per range, 'identical' or the differences."""
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             extension_schema = registry.bootstrap(conn)
             checks = []
             token = uuid.uuid4().hex[:8]
