@@ -22,13 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from . import cache, registry, sessions, transactions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
-from .failures import translate
+from .failures import translate_for
 from .inspection import ProjectStatus, collect_status
 from .manager import ConfigPath
 from .naming import schema_for
 from .provisioning import EnsureResult, drop_on, migrate_on, version_table
 from .roles import validate_role_name
-from .urls import url_secrets
+from .urls import check_url
 
 T = TypeVar("T")
 _ONLINE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -52,6 +52,7 @@ class ProjectWorkspaceManager:
                 f"{engine.dialect.name}+{engine.dialect.driver}"
             )
         self.engine = engine
+        check_url(engine.url)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
         self._ready = cache.ready_map(self.cache_key)
@@ -186,10 +187,10 @@ class ProjectWorkspaceManager:
         except WorkspaceError:
             raise
         except (DBAPIError, OSError) as exc:
-            raise translate(exc, schema, url_secrets(self.engine.url)) from exc
+            raise translate_for(self.engine.url, exc, schema) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("asyncpg"):
-                raise translate(exc, schema, url_secrets(self.engine.url)) from exc
+                raise translate_for(self.engine.url, exc, schema) from exc
             raise
 
     # ------------------------------------------------------------ application

@@ -35,16 +35,16 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.operations.ops import MigrationScript
-from alembic.script import Script, ScriptDirectory
+from alembic.script import Script
 from alembic.util import CommandError
 from sqlalchemy import Column, Connection, Engine, MetaData, text
 from sqlalchemy.exc import DBAPIError
 
 from . import cache, registry, transactions
 from .alembic_env import MODELS_OPTION, TEMPLATE_DIR
-from .chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, resolve_config_path
+from .chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_directory, resolve_config_path
 from .errors import ConfigurationError, NoChangesDetected, WorkspaceError
-from .failures import translate
+from .failures import translate_for
 from .naming import quote_ident
 from .provisioning import run_plan
 from .targeting import search_path_sql
@@ -264,10 +264,7 @@ def create_revision(
 def _current_chain(config_path: Path) -> Chain | None:
     """The chain as it is on disk now (the process cache may predate a revision written since); None while
     it has no revision yet (a new chain's first revision)."""
-    try:
-        has_revisions = bool(ScriptDirectory.from_config(Config(str(config_path))).get_heads())
-    except CommandError as exc:
-        raise ConfigurationError(f"cannot load the revision chain from {config_path}: {exc}") from None
+    has_revisions = bool(load_script_directory(Config(str(config_path)), config_path).get_heads())
     return Chain(config_path) if has_revisions else None
 
 
@@ -321,7 +318,7 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     except WorkspaceError:
         raise
     except (DBAPIError, OSError) as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
 
 
 def _check_no_schema_names(path: Path, schema: str) -> None:

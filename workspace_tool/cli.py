@@ -14,7 +14,7 @@ from sqlalchemy import Engine, create_engine
 
 from . import embedded, fleet
 from .errors import WorkspaceError
-from .failures import translate
+from .failures import translate, translate_for
 from .manager import WorkspaceManager
 from .output import emit
 from .urls import redact, redact_text, sync_url
@@ -93,19 +93,21 @@ class WorkspaceGroup(click.Group):
                 shown = "".join(traceback.format_exception(exc))
                 click.echo(redact_text(shown, *_passwords(app)).rstrip(), err=True)
                 sys.exit(1)
-            error = exc if isinstance(exc, WorkspaceError) else _translate(exc)
+            error = exc if isinstance(exc, WorkspaceError) else _translate(exc, app)
             if error is None:
                 raise
             click.echo(f"Error: {redact_text(str(error), *_passwords(app))}", err=True)
             sys.exit(1)
 
 
-def _translate(exc: Exception) -> WorkspaceError | None:
+def _translate(exc: Exception, app: AppContext | None) -> WorkspaceError | None:
     from sqlalchemy.exc import DBAPIError
 
-    if isinstance(exc, (DBAPIError, OSError)):
-        return translate(exc)
-    return None
+    if not isinstance(exc, (DBAPIError, OSError)):
+        return None
+    if app is not None and "engine" in app.__dict__:
+        return translate_for(app.engine.url, exc)
+    return translate(exc, None, _passwords(app))
 
 
 def _passwords(app: AppContext | None) -> list[str]:

@@ -6,8 +6,9 @@ import sys
 
 import click
 
+from .chain import display_path
 from .cli import AppContext, json_option, main, pass_app
-from .lint import LintReport, display_path, lint_chain
+from .lint import LintReport, lint_chain
 from .output import to_json
 from .squawk import IGNORE_ATTRIBUTE
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from . import registry, transactions
 from .catalog import diff, snapshot
 from .chain import Chain
-from .failures import translate
+from .failures import translate_for
 from .inspection import ProjectStatus, collect_status
 from .naming import schema_for
 from .provisioning import run_plan
@@ -99,7 +99,7 @@ def check(engine: Engine, chain: Chain, project_ids: Sequence[str] | None = None
                     if p not in known
                 ]
     except (DBAPIError, OSError) as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
     return CheckReport(chain.head, schemas)
 
 

@@ -137,6 +137,24 @@ class MigrationFailed(WorkspaceError):
         super().__init__(f"migrating {schema} failed and was rolled back: {detail}")
 
 
+class PermissionDenied(WorkspaceError):
+    """The database role lacks a privilege (SQLSTATE 42501); its transaction was rolled back.
+
+    ``missing`` says which privilege, ``remedy`` what to do about it, ``grant`` is the SQL that gives it
+    when one GRANT does (None when a privileged role must run a command instead, or the URL names no
+    role to grant it to)."""
+
+    def __init__(
+        self, detail: str, missing: str, remedy: str, *, role: str | None = None, grant: str | None = None
+    ) -> None:
+        self.detail = detail
+        self.missing = missing
+        self.remedy = remedy
+        self.role = role
+        self.grant = grant
+        super().__init__(f"{detail}: {missing}; {remedy}; nothing was changed")
+
+
 class LockTimeout(WorkspaceError):
     def __init__(self, schema: str, detail: str) -> None:
         self.schema = schema

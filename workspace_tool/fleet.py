@@ -53,12 +53,12 @@ from . import cache, registry, transactions
 from . import worker_engine as worker_engines
 from .chain import Chain
 from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
-from .failures import first_line, is_connection_error, sqlstate, translate
+from .failures import first_line, is_connection_error, sqlstate, translate, translate_for
 from .inspection import project_schemas, read_versions, read_versions_parallel
 from .naming import project_for, quote_ident, schema_for
 from .provisioning import EnsureResult, action_for, migrate_expected, migrate_on
 from .targeting import DEFAULT_EXTENSION_SCHEMA, lock_key, search_path_sql
-from .urls import redact_text
+from .urls import redact_text, url_secrets
 from .worker_engine import EngineFactory
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
@@ -397,7 +397,7 @@ class Migrator:
                     delay = min(MAX_BACKOFF_S, 0.1 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
                     if not self.cancel.wait(delay):
                         continue
-                message = describe(exc, work.schema)
+                message = describe(exc, work.schema, url_secrets(self.engine.url))
                 if lock_timeout:
                     message = f"lock timeout ({self.lock_timeout_ms} ms, {attempts} attempts): {message}"
                 elif connection:
@@ -455,18 +455,18 @@ class Migrator:
                 conn.execute(registry.MARK_FAILED, params)
 
 
-def describe(exc: BaseException, schema: str | None = None) -> str:
-    """The database's error in one line (message plus DETAIL/HINT), or ours; no password."""
+def describe(exc: BaseException, schema: str | None = None, secrets: Sequence[str] = ()) -> str:
+    """The database's error in one line (message plus DETAIL/HINT), or ours; no password (nor ``secrets``)."""
     if isinstance(exc, WorkspaceError) and not isinstance(exc, LockTimeout):
         return str(exc)
     orig = getattr(exc, "orig", None)
     if orig is not None or isinstance(exc, DBAPIError):
         lines = [line.strip() for line in str(orig or exc).splitlines() if line.strip()]
         kept = lines[:1] + [line for line in lines[1:] if line.startswith(("DETAIL:", "HINT:"))]
-        return redact_text(" ".join(" ".join(line.split()) for line in kept))
+        return redact_text(" ".join(" ".join(line.split()) for line in kept), *secrets)
     if isinstance(exc, OSError):
-        return str(translate(exc, schema))
-    return redact_text(f"{type(exc).__name__}: {first_line(exc)}")
+        return str(translate(exc, schema, secrets))
+    return redact_text(f"{type(exc).__name__}: {first_line(exc)}", *secrets)
 
 
 # ------------------------------------------------------------------------ running
@@ -588,7 +588,7 @@ def run(
             with conn.begin():
                 candidates = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
     except (DBAPIError, OSError) as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
 
     decided = [decide(chain, c, resolved, operation, ids is not None) for c in candidates]
     finished = [d for d in decided if isinstance(d, SchemaResult)]
@@ -877,7 +877,7 @@ def sql(
             candidates = read_fleet(conn, ids)
             conn.rollback()
     except (DBAPIError, OSError) as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
     scripts = []
     for candidate in candidates:
         decided = decide(chain, candidate, resolved, operation, ids is not None)

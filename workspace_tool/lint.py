@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
 from . import squawk
-from .chain import Chain, resolve_config_path
+from .chain import Chain, display_path, load_script_directory, resolve_config_path
 from .errors import ConfigurationError
 
 # Keyword arguments that name a schema, on any call (op.*, sa.Table, sa.ForeignKey, sa.Sequence, ...).
@@ -181,21 +180,12 @@ def check_source(source: str, path: str = "<revision>") -> list[Finding]:
 def revision_files(config_path: str | os.PathLike[str] | None = None) -> list[Path]:
     """Every revision file of the chain configured by an alembic.ini (all branches, base first)."""
     path = resolve_config_path(config_path)
+    script = load_script_directory(Config(str(path)), path)
     try:
-        script = ScriptDirectory.from_config(Config(str(path)))
         scripts = list(script.walk_revisions("base", "heads"))
     except CommandError as exc:
         raise ConfigurationError(f"cannot load the revision chain from {path}: {exc}") from None
     return [Path(s.path) for s in reversed(scripts)]
-
-
-def display_path(path: Path) -> str:
-    """A path as findings show it: relative to the working directory when under it."""
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # pragma: no cover - another drive on Windows
-        return str(path)
-    return str(path) if relative.startswith("..") else relative
 
 
 def check_files(paths: Iterable[Path]) -> list[Finding]:

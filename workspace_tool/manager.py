@@ -16,12 +16,12 @@ from sqlalchemy.orm import Session
 from . import cache, registry, sessions, transactions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
-from .failures import translate
+from .failures import translate_for
 from .inspection import ProjectStatus, collect_status
 from .naming import schema_for
 from .provisioning import EnsureResult, drop_on, migrate_on, version_table
 from .roles import validate_role_name
-from .urls import url_secrets
+from .urls import check_url
 
 ConfigPath = str | os.PathLike[str] | None
 T = TypeVar("T")
@@ -38,6 +38,7 @@ class WorkspaceManager:
         if engine.dialect.name != "postgresql":
             raise ConfigurationError(f"workspace-tool needs PostgreSQL, not {engine.dialect.name}")
         self.engine = engine
+        check_url(engine.url)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
         self._ready = cache.ready_map(self.cache_key)
@@ -218,7 +219,7 @@ class WorkspaceManager:
         except WorkspaceError:
             raise
         except (DBAPIError, OSError) as exc:
-            raise translate(exc, schema, url_secrets(self.engine.url)) from exc
+            raise translate_for(self.engine.url, exc, schema) from exc
 
     # ------------------------------------------------------------ application
     def connect(self, project_id: str) -> contextlib.AbstractContextManager[Connection]:

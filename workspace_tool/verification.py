@@ -23,7 +23,7 @@ from . import registry, transactions
 from .catalog import diff, snapshot
 from .chain import Chain, Plan
 from .errors import WorkspaceError
-from .failures import translate
+from .failures import translate_for
 from .provisioning import run_plan
 
 SCRATCH_PREFIX = "workspace_verify_"
@@ -112,7 +112,7 @@ def verify_fast_path(
     except WorkspaceError:
         raise
     except DBAPIError as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
     return VerificationReport(chain.head, chain.fingerprint, tuple(checks))
 
 
