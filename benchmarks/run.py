@@ -41,9 +41,8 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,7 @@ from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, emb
 from workspace_tool.naming import quote_ident, schema_for  # noqa: E402
 from workspace_tool.provisioning import migrate_on  # noqa: E402
 from workspace_tool.targeting import search_path_sql  # noqa: E402
+from workspace_tool.testing import fresh_database  # noqa: E402
 from workspace_tool.urls import async_url, sync_url  # noqa: E402
 
 ALEMBIC_INI = ROOT / "alembic.ini"
@@ -106,21 +106,8 @@ def server_url() -> URL:
     return sync_url(configured if configured else embedded.start())
 
 
-@contextmanager
-def scratch_database(server: URL, label: str) -> Iterator[URL]:
-    name = f"wst_bench_{label}_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"CREATE DATABASE {quote_ident(name)}"))
-    try:
-        yield server.set(database=name)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(
-                sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name}
-            )
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {quote_ident(name)}"))
-        admin.dispose()
+def scratch_database(server: URL, label: str) -> AbstractContextManager[URL]:
+    return fresh_database(server, label, prefix="wst_bench")
 
 
 def engine_for(url: URL, pool_size: int = 8) -> sa.Engine:

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import textwrap
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import citus_cluster
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
 from workspace_tool import WorkspaceManager, cache
+from workspace_tool.testing import fresh_database
 from workspace_tool.urls import sync_url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,37 +39,16 @@ def _server_url() -> URL:
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[URL]:
-    """URL of a database created for this session."""
-    server = _server_url()
-    name = f"wst_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = server.set(database=name)
-    yield url
-    with admin.connect() as conn:
-        conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
-            ),
-            {"d": name},
-        )
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
-    admin.dispose()
+    """URL of a database created for this session and dropped after it, as the pytest plugin does."""
+    with fresh_database(_server_url(), "suite") as url:
+        yield url
 
 
 @pytest.fixture
 def new_database(database_url: URL) -> Iterator[URL]:
     """An empty database of its own: no extension, no registry; dropped at the end."""
-    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = f"wst_boot_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield database_url.set(database=name)
-    with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name})
-        conn.execute(sa.text(f'DROP DATABASE "{name}"'))
-    admin.dispose()
+    with fresh_database(database_url, "boot") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -237,3 +218,26 @@ def chain_builder(tmp_path: Path) -> ChainBuilder:
 @pytest.fixture
 def server_url_string() -> str:
     return str(make_url(_server_url()).render_as_string(hide_password=False))
+
+
+# ------------------------------------------------------------------ Citus (tests marked citus: tox -e citus)
+@pytest.fixture(scope="session")
+def citus_url() -> Iterator[str]:
+    """The coordinator of a Citus cluster with two workers: WORKSPACE_TOOL_CITUS_URL's, else one started
+    for this session (in WORKSPACE_TOOL_CITUS_DIR, or a temporary directory) and stopped at its end."""
+    configured = os.environ.get(citus_cluster.URL_ENV)
+    if configured:
+        yield configured
+        return
+    configured_dir = os.environ.get(citus_cluster.DIR_ENV)
+    base = Path(configured_dir) if configured_dir else Path(tempfile.mkdtemp(prefix="wst-citus-", dir="/tmp"))
+    try:
+        cluster = citus_cluster.Cluster.start(base.resolve(), citus_cluster.PgInstall.current())
+    except citus_cluster.ClusterError as exc:
+        pytest.fail(f"could not start a Citus cluster: {exc}", pytrace=False)
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+        if not configured_dir:
+            shutil.rmtree(base, ignore_errors=True)

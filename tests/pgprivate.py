@@ -58,6 +58,14 @@ class PrivateServer:
         """A fast restart: every session is terminated, the server comes back on the same socket."""
         self.pg_ctl("-w", "-m", "fast", "-l", str(self.pgdata / "log"), "restart")
 
+    def halt(self) -> None:
+        """Stop the server (fast: every session is terminated) and keep its data: ``resume()`` restarts it."""
+        self.pg_ctl("-w", "-m", "fast", "stop")
+
+    def resume(self) -> None:
+        """Start the server again after ``halt()``, on its socket only, as the embedded server runs."""
+        self.pg_ctl("-w", "-l", str(self.pgdata / "log"), "-o", f'-h "" -k {self.pgdata}', "start")
+
     def stop(self) -> None:
         try:
             self.pg_ctl("-w", "-m", "fast", "stop")

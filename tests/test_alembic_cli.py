@@ -1,20 +1,27 @@
 """Plain Alembic on the shared chain (issue #2, section 3): a DBA's ``alembic -x schema=... upgrade head``,
-``downgrade base``, ``current`` and ``--sql``, with the URL from WORKSPACE_TOOL_DATABASE_URL."""
+``downgrade base``, ``current`` and ``--sql``, with the URL from WORKSPACE_TOOL_DATABASE_URL; and Alembic's
+cookbook pattern from code, a connection shared through ``config.attributes["connection"]`` (issue 13)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, schema_tables, schema_version
+from alembic import command
+from alembic.config import Config
+from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
 from sqlalchemy.engine import URL
 from test_manager import ALEMBIC, HEAD, catalog, registry_row, run_alembic
 
-from workspace_tool import WorkspaceManager
+from workspace_tool import ConfigurationError, WorkspaceManager
+from workspace_tool.authoring import create_revision
 from workspace_tool.catalog import diff
+from workspace_tool.targeting import lock_schema
 
 
 @pytest.fixture
@@ -103,3 +110,111 @@ def test_no_url_is_a_clear_error() -> None:
     )
     assert done.returncode != 0
     assert "no database URL: set WORKSPACE_TOOL_DATABASE_URL" in done.stderr
+
+
+# ------------------------------------------- Alembic's cookbook: a connection in config.attributes
+def shared_config(**attributes: Any) -> Config:
+    """The cookbook's ``Config``, the schema named as on the command line (``-x schema=``) unless given."""
+    x = [] if "schema" in attributes else ["schema=project_shared"]
+    config = Config(str(ALEMBIC_INI), cmd_opts=argparse.Namespace(x=x))
+    config.attributes.update(attributes)
+    return config
+
+
+def test_a_shared_connection_migrates_the_schema_named_by_x_schema(
+    manager: WorkspaceManager, reference: dict[str, Any]
+) -> None:
+    engine = manager.engine
+    with engine.begin() as conn:
+        command.upgrade(shared_config(connection=conn), "head")
+        assert conn.get_execution_options().get("schema_translate_map") is None  # the caller's, put back
+    assert schema_version(engine, "project_shared") == HEAD
+    assert diff(reference, catalog(engine, "project_shared")) == []
+    assert registry_row(engine, "shared") is None
+
+    with engine.begin() as conn:
+        command.downgrade(shared_config(connection=conn), "0002_code_chunks")
+    assert schema_version(engine, "project_shared") == "0002_code_chunks"
+    assert "indexing_jobs" not in schema_tables(engine, "project_shared")
+    assert diff(reference, catalog(engine, "project_cli_reference")) == []  # the other schema is untouched
+
+
+def test_the_callers_transaction_is_the_unit(manager: WorkspaceManager) -> None:
+    engine = manager.engine
+    with engine.connect() as conn:
+        conn.begin()
+        command.upgrade(shared_config(connection=conn, schema="project_attr"), "head")
+        assert schema_version_on(conn, "project_attr") == HEAD
+        conn.rollback()
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regnamespace('project_attr')")).scalar() is None
+
+    # a connection not in a transaction gets one, committed by Alembic
+    with engine.connect() as conn:
+        command.upgrade(shared_config(connection=conn, schema="project_attr"), "head")
+        assert not conn.in_transaction()
+    assert schema_version(engine, "project_attr") == HEAD
+
+
+def schema_version_on(conn: sa.Connection, schema: str) -> str | None:
+    return conn.execute(sa.text(f"SELECT version_num FROM {schema}.alembic_version")).scalar()
+
+
+def test_the_schema_is_created_under_its_advisory_lock(manager: WorkspaceManager) -> None:
+    engine = manager.engine
+    manager.bootstrap()
+    with engine.connect() as holder, holder.begin():
+        lock_schema(holder, "project_locked")  # what ensure/upgrade hold while they work on the schema
+        with engine.connect() as conn, conn.begin():
+            conn.execute(sa.text("SET LOCAL lock_timeout = '200ms'"))
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                command.upgrade(shared_config(connection=conn, schema="project_locked"), "head")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regnamespace('project_locked')")).scalar() is None
+
+
+def test_an_autocommit_connection_or_no_schema_is_refused(manager: WorkspaceManager) -> None:
+    engine = manager.engine
+    manager.bootstrap()
+    refused = pytest.raises(ConfigurationError, match=r"AUTOCOMMIT mode.*pass a connection in a transaction")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn, refused:
+        command.upgrade(shared_config(connection=conn, schema="project_auto"), "head")
+    with engine.begin() as conn:
+        config = Config(str(ALEMBIC_INI))
+        config.attributes["connection"] = conn
+        with pytest.raises(ConfigurationError, match=r"name the project schema.*config.attributes\['schema'\]"):
+            command.upgrade(config, "head")
+        with pytest.raises(ConfigurationError, match="must be a SQLAlchemy Connection or Engine, not str"):
+            command.upgrade(shared_config(connection="postgresql://x"), "head")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regnamespace('project_auto')")).scalar() is None
+
+
+def test_migrating_never_imports_the_models_autogenerate_does(
+    engine: sa.Engine, chain_builder: ChainBuilder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chain's models (alembic.ini's workspace_models) may pull in a whole application: a migration
+    doesn't need them, so it doesn't import them; autogenerate does, and says which setting is wrong."""
+    chain_builder.copy_main_chain()
+    ini = chain_builder.ini
+    ini.write_text(ini.read_text().replace("workspace_tool.models:metadata", "unimportable_app.models:metadata"))
+    (tmp_path / "unimportable_app").mkdir()
+    (tmp_path / "unimportable_app" / "__init__.py").write_text("raise ImportError('the app needs its settings')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    WorkspaceManager(engine, ini).bootstrap()
+
+    config = Config(str(ini))
+    config.attributes["schema"] = "project_lazy"
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")  # the plain path; ensure and the fast path compile it too
+    assert schema_version(engine, "project_lazy") == HEAD
+    assert WorkspaceManager(engine, ini).ensure_detailed("lazy-too").to_revision == HEAD
+
+    with pytest.raises(ConfigurationError) as refused:
+        create_revision("x", config=ini, autogenerate=True, engine=engine)
+    assert str(refused.value) == (
+        f"workspace_models in {ini} 'unimportable_app.models:metadata': cannot import unimportable_app.models: "
+        "the app needs its settings"
+    )
+    assert len(list(chain_builder.versions.glob("*.py"))) == 4

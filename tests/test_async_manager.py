@@ -12,13 +12,14 @@ import sqlalchemy as sa
 from conftest import ALEMBIC_INI, schema_tables, schema_version
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from test_manager import HEAD, MAIN_REVISIONS, TABLES, registry_row, schema_exists, truncated_chain
+from test_manager import HEAD, MAIN_REVISIONS, TABLES, make_schema_by_hand, registry_row, schema_exists, truncated_chain
 
 from workspace_tool import (
     ConfigurationError,
     InvalidProjectId,
     ProjectWorkspaceManager,
     UnknownRevision,
+    UnmanagedSchema,
     WorkspaceManager,
     WorkspaceOutdated,
 )
@@ -77,7 +78,7 @@ def test_ensure_returns_the_schema_and_creates_it(run: Any, engine: sa.Engine) -
     assert schema_version(engine, "project_async_demo") == HEAD
     row = registry_row(engine, "async-demo")
     assert row is not None
-    assert (row["revision"], row["status"], row["last_action"]) == (HEAD, "ready", "created")
+    assert (row["revision"], row["status"], row["last_action"]) == (HEAD, "ready", "create")
     assert row["last_duration_ms"] > 0
 
 
@@ -177,3 +178,18 @@ def test_works_inside_a_running_application_loop(engine: sa.Engine, database_url
             await aengine.dispose()
 
     assert sorted(set(asyncio.run(main()))) == ["project_loop_0", "project_loop_1", "project_loop_2"]
+
+
+def test_a_hand_made_schema_is_refused_unless_adopted(run: Any, engine: sa.Engine) -> None:
+    make_schema_by_hand(engine, "project_async_hand", "invoices")
+
+    async def fn(amgr: ProjectWorkspaceManager) -> str:
+        with pytest.raises(UnmanagedSchema, match="--adopt"):
+            await amgr.ensure("async-hand")
+        assert schema_tables(engine, "project_async_hand") == {"invoices"}
+        return (await amgr.ensure_detailed("async-hand", adopt=True)).action
+
+    assert run(fn) == "created"
+    assert schema_tables(engine, "project_async_hand") == TABLES | {"invoices"}
+    row = registry_row(engine, "async-hand")
+    assert row is not None and row["last_action"] == "adopt"

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from conftest import ChainBuilder
 from pgvector.sqlalchemy import Vector
 
-from workspace_tool import ConfigurationError, WorkspaceManager, fleet
+from workspace_tool import ConfigurationError, NoChangesDetected, WorkspaceManager, fleet
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.models import metadata
@@ -105,11 +105,18 @@ def test_autogenerate_writes_schema_free_operations_that_upgrade_every_project(
     assert [s.state for s in new.status(list(PROJECTS))] == ["at head"] * 3
 
 
-def test_autogenerate_with_unchanged_models_writes_an_empty_revision(
+def test_autogenerate_with_unchanged_models_writes_nothing_unless_asked(
     engine: sa.Engine, chain_builder: ChainBuilder
 ) -> None:
     chain_builder.copy_main_chain()
-    result = create_revision("nothing", config=chain_builder.ini, autogenerate=True, engine=engine)
+    before = sorted(chain_builder.versions.glob("*.py"))
+    with pytest.raises(NoChangesDetected, match="no changes detected"):
+        create_revision("nothing", config=chain_builder.ini, autogenerate=True, engine=engine)
+    assert sorted(chain_builder.versions.glob("*.py")) == before
+    assert Chain.load(chain_builder.ini).head == "0004_alter_existing"  # no schema is "behind" anything
+    assert scratch_schemas(engine) == []
+
+    result = create_revision("nothing", config=chain_builder.ini, autogenerate=True, engine=engine, allow_empty=True)
     assert result.operations == 0
     source = result.path.read_text()
     assert "    pass\n" in source and "op." not in source

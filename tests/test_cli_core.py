@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from conftest import ALEMBIC_INI, schema_version
+from conftest import ALEMBIC_INI, schema_tables, schema_version
 from sqlalchemy.engine import URL
-from test_manager import HEAD, registry_row, schema_exists
+from test_manager import HEAD, make_schema_by_hand, registry_row, schema_exists
 
 from workspace_tool import cache
 from workspace_tool.cli import main
@@ -106,6 +106,26 @@ def test_ensure_json(cli: Cli, engine: sa.Engine) -> None:
     assert registry_row(engine, "json-demo")["last_duration_ms"] == round(duration, 3)  # type: ignore[index]
 
 
+def test_ensure_refuses_a_hand_made_schema_unless_adopt(cli: Cli, engine: sa.Engine) -> None:
+    make_schema_by_hand(engine, "project_legacy", "invoices")
+
+    refused = cli("ensure", "legacy")
+
+    assert refused.exit_code == 1 and refused.stdout == ""
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("Error: schema project_legacy already exists and holds 1 relation(s) (invoices)")
+    assert "`workspace-tool ensure legacy --adopt`" in line
+    assert schema_tables(engine, "project_legacy") == {"invoices"} and registry_row(engine, "legacy") is None
+
+    adopted = cli("ensure", "legacy", "--adopt", "--json")
+
+    assert adopted.exit_code == 0, adopted.output
+    assert json.loads(adopted.stdout)[0]["action"] == "created"
+    assert schema_version(engine, "project_legacy") == HEAD
+    row = registry_row(engine, "legacy")
+    assert row is not None and row["last_action"] == "adopt"
+
+
 def test_ensure_checks_every_id_before_any_sql(cli: Cli, engine: sa.Engine) -> None:
     result = cli("ensure", "good", "Bad_Id")
     assert result.exit_code == 1
@@ -166,8 +186,8 @@ def test_list_empty_and_filled(cli: Cli) -> None:
     ]
     data = json.loads(cli("list", "--json").stdout)
     assert [(d["project_id"], d["schema_name"], d["revision"], d["status"], d["last_action"]) for d in data] == [
-        ("alpha", "project_alpha", HEAD, "ready", "created"),
-        ("beta", "project_beta", HEAD, "ready", "created"),
+        ("alpha", "project_alpha", HEAD, "ready", "create"),
+        ("beta", "project_beta", HEAD, "ready", "create"),
     ]
     assert all(d["last_duration_ms"] > 0 and d["last_path"] == "fast" and d["metadata"] == {} for d in data)
 

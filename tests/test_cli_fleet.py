@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from conftest import ChainBuilder, schema_version
+from test_faults import CLI, waiting_on_advisory
 from test_fleet import backends
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.cli_fleet import ProgressPrinter, parse_duration_ms
+from workspace_tool.targeting import LOCK_SQL, lock_key
 
 ITEMS = """
 op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text, nullable=False))
@@ -190,3 +195,75 @@ def test_durations_and_progress_rendering() -> None:
     printer(fleet.Progress(1, 4, 0, 0.5, result))
     printer.finish()
     assert lines[0].startswith("\r[#######.......................] 1/4 done, 0 failed, 2.0/s, ETA 2s")
+
+
+def test_upgrade_adopt_runs_the_chain_into_a_named_hand_made_schema(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    from test_manager import make_schema_by_hand
+
+    make_schema_by_hand(engine, "project_legacy", "invoices")
+    refused = cli(url_string, ini, "upgrade", "legacy")
+    assert refused.exit_code == 1 and "no alembic_version" in refused.stdout and "--adopt" in refused.stdout
+    adopted = cli(url_string, ini, "upgrade", "legacy", "--adopt")
+    assert adopted.exit_code == 0, adopted.output
+    assert "upgrade to a2: 1 ok, 0 failed, 0 skipped" in adopted.stderr
+    assert schema_version(engine, "project_legacy") == "a2"
+
+
+def test_two_upgrade_all_at_once_each_say_which_schemas_the_other_moved(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    command = [
+        *CLI,
+        "--database-url",
+        url_string,
+        "-c",
+        str(ini),
+        "upgrade",
+        "--all",
+        "-j",
+        "2",
+        "--lock-timeout",
+        "1min",
+    ]
+    with engine.connect() as admin:
+        admin.execute(sa.text("BEGIN"))
+        for project_id in IDS:  # every schema's lock: both runs read the fleet, then wait on it
+            admin.execute(sa.text(LOCK_SQL), {"key": lock_key(f"project_{project_id}")})
+        runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+        waiting_on_advisory(admin, 4)  # two workers of each run
+        admin.rollback()
+    outputs = [run.communicate(timeout=120) for run in runs]
+
+    migrated = 0
+    for run, (_out, err) in zip(runs, outputs, strict=True):
+        assert run.returncode == 0, err
+        summary = re.search(r"upgrade to a2: (\d+) ok, 0 failed, (\d+) skipped(.*) in ", err)
+        assert summary is not None, err
+        ok, skipped = int(summary.group(1)), int(summary.group(2))
+        assert ok + skipped == len(IDS)
+        assert summary.group(3) == (f" ({skipped} already at target: moved by another run)" if skipped else "")
+        migrated += ok
+    assert migrated == len(IDS)  # each schema migrated once, by one run or the other
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+
+
+def test_jobs_beyond_the_default_pool_all_hold_a_connection_at_once(
+    engine: sa.Engine, url_string: str, chain_builder: ChainBuilder
+) -> None:
+    """--jobs 20: twenty schemas are inside their migration at the same time (the pool is sized for it)."""
+    from test_concurrency import GATE, Gate
+
+    chain_builder.add("a1", ITEMS).add("a2", f'op.execute("SELECT pg_advisory_xact_lock_shared({GATE})")')
+    ids = [f"j{i:02d}" for i in range(20)]
+    assert fleet.provision(engine, Chain.load(chain_builder.ini), ids, target="a1", jobs=4).ok
+    gate = Gate(engine)
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(cli, url_string, chain_builder.ini, "upgrade", "--all", "--jobs", "20")
+        inside = gate.wait_for(20, limit=20)
+        gate.open()
+        result = run.result(timeout=120)
+    assert inside == 20
+    assert result.exit_code == 0, result.output
+    assert "upgrade to a2: 20 ok, 0 failed, 0 skipped" in result.stderr

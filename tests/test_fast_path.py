@@ -116,6 +116,26 @@ def test_verify_fast_path_command_prints_identical_per_range(url_string: str, en
     assert code == 0 and data["identical"] is True and len(data["ranges"]) == 24
 
 
+def test_the_verification_report_names_the_chain_it_proved(
+    chain_builder: ChainBuilder, url_string: str, engine: sa.Engine
+) -> None:
+    chain_builder.add("r1", ITEMS, 'op.drop_table("items")')
+    revision = chain_builder.versions / "r1.py"
+
+    def fingerprint() -> str:
+        code, output = cli(url_string, chain_builder.ini, "verify-fast-path", "--json")
+        assert code == 0, output
+        value: str = json.loads(output)["fingerprint"]
+        return value
+
+    first = fingerprint()
+    assert len(first) == 16 and fingerprint() == first
+    revision.write_text(revision.read_text() + "\n# reviewed\n")
+    assert fingerprint() == first  # the chain is loaded once per process...
+    Chain.forget(chain_builder.ini)
+    assert fingerprint() != first  # ...and read again when told to
+
+
 def test_a_revision_whose_compiled_sql_differs_is_reported_and_exits_1(
     chain_builder: ChainBuilder, url_string: str, engine: sa.Engine
 ) -> None:

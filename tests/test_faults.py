@@ -230,29 +230,44 @@ def test_kill_during_upgrade(engine: sa.Engine, chains: dict[str, Path], kind: s
     assert assert_consistent(engine) == {"project_victim": "r3", "project_bystander": "r1"}
 
 
-def test_kill_one_schema_of_a_fleet_upgrade(engine: sa.Engine, chains: dict[str, Path]) -> None:
-    ids = [f"fleet-{i}" for i in range(4)]
-    for project_id in ids:
+def kill_one_fleet_worker(engine: sa.Engine, chains: dict[str, Path], retries: int) -> Any:
+    """Four schemas at r1 upgraded to r3 by two workers; one worker's backend is terminated (57P01) while
+    its schema's transaction waits at the gate between r1 and r2. Returns the run's report."""
+    for project_id in [f"fleet-{i}" for i in range(4)]:
         WorkspaceManager(engine, chains["short"]).ensure(project_id)
     chain = Chain.load(chains["gated"])
     with engine.connect() as admin:
         admin.execute(sa.text("BEGIN"))
         admin.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": GATE})
-        run = Victim(lambda: fleet.upgrade(engine, chain, jobs=2, executor="threads"))
+        run = Victim(lambda: fleet.upgrade(engine, chain, jobs=2, executor="threads", retries=retries))
         run.start()
         pids = waiting_on_advisory(admin, 2)
         terminate(admin, pids[0])
-        admin.rollback()  # open the gate for the others
+        admin.rollback()  # open the gate
         run.finish()
     assert run.error is None, run.error
-    report: Any = run.result
+    return run.result
+
+
+def test_a_schema_whose_connection_is_killed_is_retried_and_ends_ok(engine: sa.Engine, chains: dict[str, Path]) -> None:
+    report = kill_one_fleet_worker(engine, chains, retries=fleet.DEFAULT_RETRIES)
+    assert report.ok and report.counts() == {"ok": 4, "failed": 0, "skipped": 0}
+    assert sorted(r.attempts for r in report.results) == [1, 1, 1, 2]  # the killed one, retried once
+    assert set(assert_consistent(engine).values()) == {"r3"}
+
+
+def test_one_schema_killed_past_its_retries_fails_on_one_line_and_a_rerun_finishes(
+    engine: sa.Engine, chains: dict[str, Path]
+) -> None:
+    report = kill_one_fleet_worker(engine, chains, retries=0)
     [failed] = report.failed
     # the fleet's per-schema error: one line naming the broken connection
-    assert "connection" in failed.error and "\n" not in failed.error
+    assert failed.error.startswith("database connection lost (1 attempts): ") and "\n" not in failed.error
+    assert failed.connection_lost and report.stopped is None  # one lost connection is not a dead server
     versions = assert_consistent(engine)
     assert sorted(str(v) for v in versions.values()) == ["r1", "r3", "r3", "r3"]
 
-    rerun = fleet.upgrade(engine, chain, jobs=2, executor="threads")
+    rerun = fleet.upgrade(engine, Chain.load(chains["gated"]), jobs=2, executor="threads")
     assert rerun.ok
     assert set(assert_consistent(engine).values()) == {"r3"}
 
@@ -380,7 +395,21 @@ def test_server_restart_during_cli_runs(
         text=True,
     )
     upgrade = subprocess.Popen(
-        [*CLI, "--database-url", url, "-c", str(chains["gated"]), "upgrade", "--all", "-j", "2", "--json"],
+        # --retries 0: a lost connection is retried by default, and the server may be back in time
+        [
+            *CLI,
+            "--database-url",
+            url,
+            "-c",
+            str(chains["gated"]),
+            "upgrade",
+            "--all",
+            "-j",
+            "2",
+            "--json",
+            "--retries",
+            "0",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -411,3 +440,47 @@ def test_server_restart_during_cli_runs(
     assert again.returncode == 0, again.stderr
     assert set(assert_consistent(private_engine).values()) == {"r3"}
     assert len(assert_consistent(private_engine)) == 5
+
+
+def test_server_stopped_mid_fleet_starts_no_more_schemas_and_a_rerun_finishes(
+    private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
+) -> None:
+    ids = [f"down-{i:02d}" for i in range(12)]
+    assert fleet.provision(private_engine, Chain.load(chains["short"]), ids, jobs=2).ok
+    url = private_engine.url.render_as_string(hide_password=False)
+    command = [*CLI, "--database-url", url, "-c", str(chains["gated"]), "upgrade", "--all", "-j", "2"]
+    admin = hold_gate(private_engine)
+    upgrade = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        waiting_on_advisory(admin, 2)  # two schemas mid-transaction, ten waiting their turn
+        private_server.halt()
+        admin.invalidate()
+        out, err = upgrade.communicate(timeout=WAIT * 2)
+    finally:
+        if upgrade.poll() is None:
+            upgrade.kill()
+        private_server.resume()
+        private_engine.dispose()  # its pooled connections died with the server
+
+    assert upgrade.returncode == 1, (out, err)
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    failures = [line for line in lines if " failed: database connection lost (" in line]
+    stopping = [line for line in lines if line.startswith("Stopping: ")]
+    assert stopping == [
+        "Stopping: the database connection was lost, 3 schemas in a row failed on it; starting no more "
+        "schemas: rerun when the database is back"
+    ]
+    assert 3 <= len(failures) <= 4  # the third in a row stops the run; the other worker's schema ends too
+    not_started = 12 - len(failures)
+    assert (
+        f"upgrade to r3: 0 ok, {len(failures)} failed, {not_started} skipped ({not_started} not started: the "
+        "database connection was lost, 3 schemas in a row failed on it)"
+    ) in err
+    assert len(lines) < 12, err  # not one line per schema
+
+    assert set(assert_consistent(private_engine).values()) == {"r1"}
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=WAIT * 2)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "upgrade to r3: 12 ok, 0 failed, 0 skipped" in rerun.stderr
+    assert set(assert_consistent(private_engine).values()) == {"r3"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -310,3 +310,256 @@ def test_batched_version_reads_hold_no_table_locks(engine: sa.Engine, fleet_at_a
         ).scalar()
     assert set(versions.values()) == {"a1"} and len(versions) == 20
     assert held == 0
+
+
+def test_a_failed_row_on_a_schema_at_base_is_cleared_once_the_schema_is_fine(
+    engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    """A registry row marked failed on a schema at base (registry revision NULL, as for a healthy row at
+    base) is rewritten ready by the next run that finds the schema where it should be."""
+    assert fleet.downgrade(engine, fleet_at_a1, ["p01"], target="base").ok
+    assert tuple(registry_row(engine, "p01")) == (None, "ready", None)
+    with engine.begin() as conn:  # a table in the way: upgrading from base fails on it
+        conn.execute(sa.text("CREATE TABLE project_p01.items (x int)"))
+    assert not fleet.upgrade(engine, fleet_at_a1, ["p01"]).ok
+    assert registry_row(engine, "p01")[:2] == (None, "failed")
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE project_p01.items"))
+
+    report = fleet.downgrade(engine, fleet_at_a1, ["p01"], target="base")
+
+    assert report.ok and by_project(report)["p01"].status == "ok"
+    assert tuple(registry_row(engine, "p01")) == (None, "ready", None)
+    assert fleet.downgrade(engine, fleet_at_a1, ["p01"], target="base").counts()["skipped"] == 1
+
+
+def last_action(engine: sa.Engine, project_id: str) -> tuple[str, str]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT status, last_action FROM project_registry.workspace_config WHERE project_id = :p"),
+            {"p": project_id},
+        ).one()
+    return (row.status, row.last_action)
+
+
+def test_the_registry_names_the_operation_in_one_word_whether_it_succeeded_or_failed(
+    engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    assert last_action(engine, "p01") == ("ready", "create")
+    add_rows(engine, "p02", "dup", "dup")
+
+    fleet.upgrade(engine, fleet_at_a1, ["p01", "p02"], fail_fast=False)
+
+    assert last_action(engine, "p01") == ("ready", "upgrade")
+    assert last_action(engine, "p02") == ("failed", "upgrade")
+    fleet.downgrade(engine, fleet_at_a1, ["p01"], target="a1")
+    assert last_action(engine, "p01") == ("ready", "downgrade")
+    # a row written for a schema already at its revision (here an orphan, named): 'register'
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM project_registry.workspace_config WHERE project_id = 'p03'"))
+    assert by_project(fleet.upgrade(engine, fleet_at_a1, ["p03"], target="a1"))["p03"].status == "ok"
+    assert last_action(engine, "p03") == ("ready", "register")
+
+
+def test_a_schema_moved_above_the_target_after_the_read_gets_an_error_that_says_downgrade(
+    engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    assert fleet.downgrade(engine, fleet_at_a1, ["p01"], target="base").ok
+
+    def move_it_up(event: fleet.Progress) -> None:  # after the run's batch read, before its work
+        if event.result is None:
+            assert fleet.upgrade(engine, fleet_at_a1, ["p01"], target="a2").ok
+
+    report = fleet.upgrade(engine, fleet_at_a1, ["p01"], target="a1", progress=move_it_up)
+
+    (failed,) = report.failed
+    assert failed.error == (
+        "project p01 (schema project_p01) is at revision a2, ahead of the target a1; nothing was changed: "
+        "to go back, run `workspace-tool downgrade p01 --to a1`"
+    )
+    assert schema_version(engine, "project_p01") == "a2"
+
+
+def test_two_runs_at_once_migrate_each_schema_once_and_report_what_the_other_moved(
+    engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    both_have_read = threading.Barrier(2, timeout=30)
+
+    def meet(event: fleet.Progress) -> None:
+        if event.result is None:  # after the batch read: both runs have seen every schema at a1
+            both_have_read.wait()
+
+    reports: list[fleet.FleetReport] = []
+    runs = [
+        threading.Thread(target=lambda: reports.append(fleet.upgrade(engine, fleet_at_a1, jobs=2, progress=meet)))
+        for _ in range(2)
+    ]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(60)
+
+    assert len(reports) == 2 and all(r.ok for r in reports)
+    migrated = sorted(r.project_id for report in reports for r in report.results if r.status == "ok")
+    assert migrated == IDS  # each schema migrated once, by one of the runs
+    for report in reports:
+        others = [r for r in report.results if r.status != "ok"]
+        assert all(r.status == "skipped" and r.note == "already at target: moved by another run" for r in others)
+        assert len(report.moved_by_another_run()) == len(others)
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+
+
+def test_naming_a_hand_made_schema_without_alembic_version_adopts_it_only_when_asked(
+    engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    from test_manager import make_schema_by_hand
+
+    make_schema_by_hand(engine, "project_legacy", "invoices")
+    assert by_project(fleet.upgrade(engine, fleet_at_a1))["legacy"].note == (
+        "not in the registry (orphan): name it to adopt it, or drop it with `workspace-tool drop`"
+    )
+
+    refused = by_project(fleet.upgrade(engine, fleet_at_a1, ["legacy"]))["legacy"]
+
+    assert refused.status == "failed" and "no alembic_version" in (refused.error or "")
+    assert "--adopt" in (refused.error or "")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regclass('project_legacy.items')")).scalar() is None
+        assert (
+            conn.execute(
+                sa.text("SELECT count(*) FROM project_registry.workspace_config WHERE project_id = 'legacy'")
+            ).scalar()
+            == 0
+        )
+
+    adopted = by_project(fleet.upgrade(engine, fleet_at_a1, ["legacy"], adopt=True))["legacy"]
+
+    assert adopted.status == "ok" and schema_version(engine, "project_legacy") == "a2"
+    assert last_action(engine, "legacy") == ("ready", "adopt")
+
+
+# ------------------------------------------------------------------ the engine's pool against --jobs
+@pytest.fixture
+def two_connection_engine(engine: sa.Engine, database_url: Any) -> Iterator[sa.Engine]:
+    small = sa.create_engine(database_url, pool_size=2, max_overflow=0, pool_timeout=1)
+    yield small
+    small.dispose()
+
+
+def test_more_jobs_than_the_pool_gives_is_refused_before_any_schema(
+    two_connection_engine: sa.Engine, engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    from workspace_tool import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as info:
+        fleet.upgrade(two_connection_engine, fleet_at_a1, jobs=4)
+    assert str(info.value).startswith("4 jobs need 5 connections at once")
+    assert "pool_size + max_overflow >= 5" in str(info.value)
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+    assert {tuple(registry_row(engine, p)) for p in IDS} == {("a1", "ready", None)}
+
+
+def test_the_default_jobs_fit_the_engines_pool(
+    two_connection_engine: sa.Engine, engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    report = fleet.upgrade(two_connection_engine, fleet_at_a1)
+    assert report.jobs == 1
+    assert report.ok and report.counts()["ok"] == len(IDS)
+
+
+# ------------------------------------------------------------- worker processes and engine settings
+SEEN = "op.execute(\"CREATE TABLE seen AS SELECT current_setting('application_name') AS app\")"
+
+
+def _with_listener(url: Any, event: str) -> sa.Engine:
+    made = sa.create_engine(url)
+    sa.event.listen(made, event, lambda *args: None)
+    return made
+
+
+LOST: dict[str, tuple[Callable[[Any], sa.Engine], str]] = {
+    "connect_args": (lambda url: sa.create_engine(url, connect_args={"application_name": "x"}), "connect_args"),
+    "creator": (
+        lambda url: sa.create_engine(
+            "postgresql+psycopg2://", creator=lambda: sa.create_engine(url).raw_connection().driver_connection
+        ),
+        "a creator",
+    ),
+    "connect-listener": (lambda url: _with_listener(url, "connect"), "'connect' event listener"),
+    "do_connect-listener": (lambda url: _with_listener(url, "do_connect"), "'do_connect' event listener"),
+    "cursor-listener": (lambda url: _with_listener(url, "before_cursor_execute"), "'before_cursor_execute'"),
+}
+
+
+@pytest.mark.parametrize("kind", list(LOST))
+def test_processes_refuse_an_engine_whose_settings_workers_would_lose(
+    kind: str, engine: sa.Engine, database_url: Any, fleet_at_a1: Chain
+) -> None:
+    from workspace_tool import ConfigurationError
+
+    make, named = LOST[kind]
+    given = make(database_url)
+    with pytest.raises(ConfigurationError) as info:
+        fleet.upgrade(given, fleet_at_a1, jobs=2, executor="processes")
+    given.dispose()
+    assert named in str(info.value) and "engine_factory=" in str(info.value)
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda url: sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_size=3),
+        lambda url: sa.create_engine(url).execution_options(isolation_level="AUTOCOMMIT"),
+        lambda url: sa.create_engine(url.update_query_dict({"application_name": "from-url"}), pool_pre_ping=True),
+    ],
+    ids=["autocommit-engine", "autocommit-view", "url-query"],
+)
+def test_what_the_url_isolation_and_options_carry_is_rebuilt_in_workers(
+    make: Callable[[Any], sa.Engine], database_url: Any
+) -> None:
+    from workspace_tool.worker_engine import for_workers, not_carried
+
+    given = make(database_url)
+    rebuilt = for_workers(given, None)()
+    assert not_carried(given, rebuilt) is None
+    assert rebuilt.url == given.url and rebuilt.get_execution_options() == given.get_execution_options()
+    rebuilt.dispose()
+    given.dispose()
+
+
+def test_processes_build_their_engine_with_the_engine_factory(
+    engine: sa.Engine, database_url: Any, chain_builder: ChainBuilder
+) -> None:
+    import functools
+
+    from workspace_tool import ConfigurationError
+
+    chain_builder.add("a1", ITEMS).add("a2", SEEN, extra=ONLINE_EXTRA)
+    chain = Chain.load(chain_builder.ini)
+    ids = IDS[:3]
+    assert fleet.provision(engine, chain, ids, target="a1", jobs=3).ok
+    url = database_url.render_as_string(hide_password=False)
+    args = {"application_name": "wst-fleet-worker"}
+    given = sa.create_engine(url, connect_args=args)
+    factory = functools.partial(sa.create_engine, url, connect_args=args, poolclass=sa.pool.NullPool)
+
+    report = fleet.upgrade(given, chain, jobs=2, executor="processes", engine_factory=factory)
+
+    given.dispose()
+    assert report.ok and report.executor == "processes" and report.counts()["ok"] == 3
+    with engine.connect() as conn:
+        seen = {p: conn.execute(sa.text(f"SELECT app FROM project_{p}.seen")).scalar() for p in ids}
+    assert seen == dict.fromkeys(ids, "wst-fleet-worker")
+    with pytest.raises(ConfigurationError, match="send engine_factory to worker processes"):
+        fleet.upgrade(given, chain, executor="processes", engine_factory=lambda: given)
+
+
+def test_the_rebuilt_engine_never_shows_the_password(database_url: Any) -> None:
+    from workspace_tool.worker_engine import UrlEngine, for_workers
+
+    given = sa.create_engine(database_url.set(password="s3cret-pw"))
+    factory = for_workers(given, None)
+    assert isinstance(factory, UrlEngine) and "s3cret-pw" in factory.url  # the workers need it
+    assert "s3cret-pw" not in repr(factory)
+    given.dispose()

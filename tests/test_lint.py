@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -10,7 +11,7 @@ from conftest import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.cli import main
-from workspace_tool.lint import check_chain, check_source
+from workspace_tool.lint import check_chain, check_source, lint_chain
 
 CREATE_T = "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))"
 
@@ -20,12 +21,40 @@ def lint(ini: Path, *extra: str) -> Result:
 
 
 def test_main_chain_is_clean() -> None:
+    """The project's own chain passes: 0004's squawk findings (a column type change, a rename, two
+    indexes built without CONCURRENTLY) are acknowledged in that revision, and counted."""
     result = lint(ALEMBIC_INI)
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
-    assert "Checked 4 revisions: no findings." in result.stderr
+    assert "Checked 4 revisions (schema references; squawk 2." in result.stderr
+    assert "no findings; 4 squawk finding(s) acknowledged by workspace_squawk_ignore" in result.stderr
     checked, findings = check_chain(ALEMBIC_INI)
     assert (checked, findings) == (4, [])
+    run = lint_chain(ALEMBIC_INI).squawk_run
+    assert run is not None and not run.violations and not run.unchecked
+    assert sorted((Path(v.revision_path).name, v.rule) for v in run.acknowledged) == [
+        ("0004_alter_existing.py", "changing-column-type"),
+        ("0004_alter_existing.py", "renaming-column"),
+        ("0004_alter_existing.py", "require-concurrent-index-creation"),
+        ("0004_alter_existing.py", "require-concurrent-index-creation"),
+    ]
+
+
+def test_main_chain_without_its_acknowledgment(chain_builder: ChainBuilder) -> None:
+    """What squawk says about the project's own chain when nobody has acknowledged it."""
+    chain_builder.copy_main_chain()
+    revision = chain_builder.versions / "0004_alter_existing.py"
+    revision.write_text(re.sub(r"(?m)^workspace_squawk_ignore = .*$", "", revision.read_text()))
+    result = lint(chain_builder.ini)
+    assert result.exit_code == 1
+    rules = [line.split(": squawk ")[1].split(":")[0] for line in result.stdout.splitlines()]
+    assert rules == [
+        "changing-column-type",
+        "renaming-column",
+        "require-concurrent-index-creation",
+        "require-concurrent-index-creation",
+    ]
+    assert all(line.startswith(f"{revision}: squawk ") for line in result.stdout.splitlines())
 
 
 def test_clean_tiny_chain(chain_builder: ChainBuilder) -> None:
@@ -39,7 +68,7 @@ def test_clean_tiny_chain(chain_builder: ChainBuilder) -> None:
         op.create_foreign_key('fk', 't', 't', ['id'], ['id'], referent_schema=None)
         """,
     )
-    result = lint(chain_builder.ini)
+    result = lint(chain_builder.ini, "--no-squawk")  # squawk has things to say here: test_lint_squawk.py
     assert result.exit_code == 0, result.output
 
 
@@ -74,7 +103,7 @@ def test_each_escape_is_reported_with_file_and_line(chain_builder: ChainBuilder)
     chain_builder.add("r1", CREATE_T)
     for i, (body, _, _) in enumerate(BAD_REVISIONS):
         chain_builder.add(f"bad{i:02d}", body)
-    result = lint(chain_builder.ini)
+    result = lint(chain_builder.ini, "--no-squawk")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
     assert len(lines) == len(BAD_REVISIONS), result.stdout

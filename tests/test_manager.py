@@ -22,6 +22,7 @@ from workspace_tool import (
     ConfigurationError,
     MigrationFailed,
     UnknownRevision,
+    UnmanagedSchema,
     WorkspaceManager,
     WorkspaceOutdated,
 )
@@ -178,7 +179,7 @@ def test_fresh_provisioning_creates_everything_in_the_project_schema(manager: Wo
     assert row["schema_name"] == "project_fresh"
     assert row["revision"] == HEAD
     assert row["status"] == "ready"
-    assert row["last_action"] == "created"
+    assert row["last_action"] == "create"
     assert row["last_duration_ms"] > 0
     assert row["last_path"] == "fast"
     assert row["metadata"] == {}
@@ -251,7 +252,7 @@ def test_upgrade_from_every_older_revision_equals_fresh(
     assert diff(reference_catalog, catalog(manager.engine, "project_upgrade_me")) == []
     row = registry_row(manager.engine, "upgrade-me")
     assert row is not None
-    assert (row["revision"], row["last_action"], row["status"]) == (HEAD, "upgraded", "ready")
+    assert (row["revision"], row["last_action"], row["status"]) == (HEAD, "upgrade", "ready")
     assert row["last_duration_ms"] > 0
     assert {s.project_id: s.state for s in manager.status()} == {"upgrade-me": "at head"}
 
@@ -432,7 +433,7 @@ def test_verify_repairs_a_schema_dropped_behind_the_managers_back(manager: Works
     assert not schema_exists(manager.engine, schema)
     assert manager.ensure("vanish", verify=True) == schema
     assert schema_version(manager.engine, schema) == HEAD
-    assert registry_row(manager.engine, "vanish")["last_action"] == "created"  # type: ignore[index]
+    assert registry_row(manager.engine, "vanish")["last_action"] == "create"  # type: ignore[index]
 
 
 def test_drop_removes_schema_and_row_and_invalidates_the_cache(manager: WorkspaceManager) -> None:
@@ -542,3 +543,52 @@ def test_non_string_id_is_refused_even_on_the_cached_path(manager: WorkspaceMana
     for value in (["demo"], None, 5):
         with pytest.raises(InvalidProjectId):
             manager.ensure(value)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ schemas made by hand
+def make_schema_by_hand(engine: sa.Engine, schema: str, *tables: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        for table in tables:
+            conn.execute(sa.text(f"CREATE TABLE {schema}.{table} (id int PRIMARY KEY, note text)"))
+            conn.execute(sa.text(f"INSERT INTO {schema}.{table} VALUES (1, 'kept')"))
+
+
+def test_a_hand_made_schema_with_other_tables_is_refused_unless_adopted(manager: WorkspaceManager) -> None:
+    engine = manager.engine
+    make_schema_by_hand(engine, "project_handmade", "invoices", "customers")
+
+    with pytest.raises(UnmanagedSchema) as refused:
+        manager.ensure("handmade")
+
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(
+        "schema project_handmade already exists and holds 2 relation(s) (customers, invoices) but no alembic_version"
+    )
+    assert "`workspace-tool ensure handmade --adopt`, or adopt=True" in message
+    assert "`workspace-tool drop handmade --yes`" in message
+    assert schema_tables(engine, "project_handmade") == {"invoices", "customers"}  # nothing changed
+    assert registry_row(engine, "handmade") is None
+    with pytest.raises(UnmanagedSchema):  # the refusal is not cached either way
+        manager.ensure("handmade")
+
+    adopted = manager.ensure_detailed("handmade", adopt=True)
+
+    assert (adopted.action, adopted.to_revision) == ("created", HEAD)
+    assert schema_tables(engine, "project_handmade") == TABLES | {"invoices", "customers"}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT note FROM project_handmade.invoices")).scalar() == "kept"
+    row = registry_row(engine, "handmade")
+    assert row is not None and (row["revision"], row["status"], row["last_action"]) == (HEAD, "ready", "adopt")
+    manager.invalidate()
+    assert manager.ensure_detailed("handmade").action == "current"  # adopted: an ordinary project now
+
+
+def test_an_empty_existing_schema_is_provisioned_as_before(manager: WorkspaceManager) -> None:
+    make_schema_by_hand(manager.engine, "project_blank")
+    result = manager.ensure_detailed("blank")
+    assert (result.action, result.to_revision) == ("created", HEAD)
+    assert schema_tables(manager.engine, "project_blank") == TABLES
+    row = registry_row(manager.engine, "blank")
+    assert row is not None and row["last_action"] == "create"

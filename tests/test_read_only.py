@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet
 from workspace_tool.chain import Chain
 from workspace_tool.cli import NO_REGISTRY, main
+from workspace_tool.errors import ConfigurationError
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
 
@@ -153,11 +154,11 @@ def test_status_and_check_work_for_a_read_only_role(
     check = cli(url, "check")
     assert check.exit_code == 1, check.output
     assert check.stdout == "project_ro_b (project ro-b, at head):\n  unexpected relations.code_files.columns.by_hand\n"
-    one_line_error(cli(url, "verify-fast-path"), "needs CREATE on database", "GRANT CREATE ON DATABASE")
+    one_line_error(cli(url, "verify-fast-path"), "may not create schemas in database", "GRANT CREATE ON DATABASE")
 
     with engine.begin() as conn:  # no reference stored for this chain: check says what to run
         conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
-    one_line_error(cli(url, "check"), "this role can't build one", "run `workspace-tool init`")
+    one_line_error(cli(url, "check"), "can't build one", "run `workspace-tool init`")
     admin = cli(database_url, "check")  # a role that may create schemas builds it, and stores nothing
     assert admin.exit_code == 1 and admin.stdout == check.stdout
     assert database_state(database_url)[2] == [("reference_catalog", 0), ("workspace_config", 2)] + [
@@ -176,6 +177,8 @@ def test_status_and_check_on_an_engine_with_a_pool_of_one_connection(engine: sa.
     try:
         manager = WorkspaceManager(small, ALEMBIC_INI)
         assert [s.state for s in manager.status()] == ["at head", "at head"]
-        assert drift.check(small, chain, jobs=4).ok
+        assert drift.check(small, chain).ok  # everything on its one connection
+        with pytest.raises(ConfigurationError, match="use fewer jobs"):  # as a fleet run says
+            drift.check(small, chain, jobs=4)
     finally:
         small.dispose()

@@ -22,9 +22,20 @@ from conftest import ALEMBIC_INI, ChainBuilder
 from pgprivate import PASSWORD, PASSWORD_USER, PrivateServer
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from workspace_tool import DatabaseUnavailable, ProjectWorkspaceManager, WorkspaceError, WorkspaceManager, cache
+from workspace_tool import (
+    DatabaseUnavailable,
+    ProjectWorkspaceManager,
+    WorkspaceError,
+    WorkspaceManager,
+    cache,
+    drift,
+    fleet,
+)
+from workspace_tool.authoring import create_revision
+from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.urls import redact, redact_text, url_secrets
+from workspace_tool.verification import verify_fast_path
 
 SECRET = "Zq9-s3cr3t-Pw"
 ODD_SECRET = "p@ss:w/rd%Zq9 x"  # needs percent-encoding in a URL
@@ -234,3 +245,67 @@ def test_redaction_helpers() -> None:
     assert url_secrets("postgresql://app@h/app") == []
     for text in (f"dsn password={SECRET} host=x", f"postgresql://u:{SECRET}@h/d", f"PASSWORD = '{SECRET}'"):
         assert SECRET not in redact_text(text)
+
+
+# ------------------------------------------- an unencoded '@' in the password (issue 9, item 16)
+AT_URLS = [
+    ("postgresql://alice:ab@xy@127.0.0.1:1/db", ("ab", "xy")),  # short parts: scrubbed where they stand alone
+    (f"postgresql://app:Zq9@{SECRET}@127.0.0.1:1/app", ("Zq9", SECRET)),
+]
+
+
+def assert_no_part(text: str, parts: tuple[str, ...]) -> None:
+    for part in parts:
+        assert f'"{part}' not in text and f"{part}@" not in text and f":{part}" not in text, text
+    assert SECRET not in text
+
+
+@pytest.mark.parametrize(("url", "parts"), AT_URLS)
+def test_password_with_an_unencoded_at_through_the_cli(url: str, parts: tuple[str, ...]) -> None:
+    for command in (["ensure", "x"], ["status", "--json"], ["upgrade", "--all", "--json"], ["init"]):
+        result = cli("--database-url", url, "-c", str(ALEMBIC_INI), *command)
+        assert result.exit_code == 1
+        [line] = result.stderr.splitlines()
+        assert line == (
+            "Error: not a database URL (it has more than one '@': write an '@' in the user name or password as "
+            "%40): expected postgresql://user@host:port/dbname, with :password after the user if needed"
+        )
+    result = cli("--database-url", url, "-c", str(ALEMBIC_INI), "--traceback", "ensure", "x")
+    assert "Traceback (most recent call last)" in result.stderr
+    assert_no_part(result.output, parts)
+
+
+@pytest.mark.parametrize(("url", "parts"), AT_URLS)
+def test_password_with_an_unencoded_at_through_the_library(url: str, parts: tuple[str, ...]) -> None:
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+    with pytest.raises(WorkspaceError, match="%40") as info:
+        WorkspaceManager(engine, ALEMBIC_INI)
+    assert_no_part(str(info.value), parts)
+    assert_no_part(redact(url) + redact(engine.url), parts)
+    # the fleet takes the caller's engine as it is: libpq then looks the rest of the password up as a host
+    with pytest.raises(DatabaseUnavailable) as failed:
+        fleet.upgrade(engine, Chain.load(ALEMBIC_INI))
+    shown = str(failed.value) + repr(failed.value)  # (its __cause__ is the driver's own exception)
+    assert "could not translate host name" in shown and "database" in shown and "***@127.0.0.1" in shown
+    assert_no_part(shown, parts)
+
+
+# -------------------------------------------- every translated error scrubs the engine's password
+def test_every_operation_on_a_callers_engine_scrubs_its_password() -> None:
+    """The rest of a password holding an '@' reaches the driver's message as a host name; each operation
+    that takes an engine scrubs it (none may drop the URL's secrets when translating)."""
+    engine = sa.create_engine(f"postgresql+psycopg2://app:Zq9@{SECRET}@127.0.0.1:1/app")
+    chain = Chain.load(ALEMBIC_INI)
+    for work in (
+        lambda: fleet.upgrade(engine, chain),
+        lambda: fleet.sql(engine, chain),
+        lambda: drift.check(engine, chain),
+        lambda: verify_fast_path(engine, chain),
+        lambda: create_revision("never written", config=ALEMBIC_INI, autogenerate=True, engine=engine),
+    ):
+        with pytest.raises(DatabaseUnavailable) as info:
+            work()
+        shown = str(info.value) + repr(info.value)
+        assert "could not translate host name" in shown
+        assert SECRET not in shown, shown
+    engine.dispose()

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.orm import Session
 
-from workspace_tool import ProjectWorkspaceManager, WorkspaceManager
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, WorkspaceNotFound
 from workspace_tool.models import CodeChunk, CodeFile, Repository
 from workspace_tool.urls import async_url
 
@@ -192,3 +192,80 @@ def test_the_readme_example_runs(
     assert capsys.readouterr().out == "['chunk 0', 'chunk 1']\n1\n"
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM project_demo.code_chunks")).scalar() == 0
+
+
+# ------------------------------------------- a project dropped elsewhere (issue 9 item 9: stale cache)
+def drop_elsewhere(engine: sa.Engine, project_id: str) -> None:
+    """What `workspace-tool drop` in another process does: this process's cache knows nothing of it."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA project_{project_id.replace('-', '_')} CASCADE"))
+        conn.execute(sa.text("DELETE FROM project_registry.workspace_config WHERE project_id = :p"), {"p": project_id})
+
+
+def test_a_project_dropped_elsewhere_is_reported_forgotten_and_recreated_next_time(
+    small_pool: sa.Engine, engine: sa.Engine
+) -> None:
+    mgr = WorkspaceManager(small_pool, ALEMBIC_INI)
+    with mgr.session("stale") as s:
+        s.add(Repository(path="/r", name="r"))
+        s.commit()
+    drop_elsewhere(engine, "stale")
+
+    with (
+        pytest.raises(WorkspaceNotFound, match="dropped after this process ensured it") as info,
+        mgr.session("stale") as s,
+    ):
+        s.scalars(sa.select(Repository)).all()
+    assert (info.value.project_id, info.value.schema) == ("stale", "project_stale")
+    with mgr.session("stale") as s:  # forgotten: this session ensured it again, empty
+        assert s.scalars(sa.select(Repository)).all() == []
+        s.add(Repository(path="/again", name="again"))
+        s.commit()
+
+    drop_elsewhere(engine, "stale")
+    with pytest.raises(WorkspaceNotFound), mgr.connect("stale") as conn:  # text() SQL via the search_path
+        conn.execute(sa.text("SELECT count(*) FROM repositories"))
+    assert mgr.ensure_detailed("stale").action == "created"
+    mgr.close()
+
+
+def test_a_missing_table_in_a_live_project_is_the_databases_own_error(manager: WorkspaceManager) -> None:
+    with pytest.raises(sa.exc.ProgrammingError, match="no_such_table"), manager.connect("alive") as conn:
+        conn.execute(sa.text("SELECT * FROM no_such_table"))
+    with manager.connect("alive") as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(Repository)).scalar() == 0
+
+
+def test_async_a_project_dropped_elsewhere_is_reported_and_recreated_next_time(
+    engine: sa.Engine, database_url: URL
+) -> None:
+    async def scenario() -> tuple[str, str, list[str]]:
+        small = create_async_engine(async_url(database_url), pool_size=1, max_overflow=0, pool_timeout=5)
+        try:
+            amgr = ProjectWorkspaceManager(small, ALEMBIC_INI)
+            async with amgr.session("astale") as s:
+                s.add(Repository(path="/r", name="r"))
+                await s.commit()
+            drop_elsewhere(engine, "astale")
+            try:
+                async with amgr.session("astale") as s:
+                    await s.scalars(sa.select(Repository))
+            except WorkspaceNotFound as exc:
+                in_session = str(exc)
+            assert (await amgr.ensure_detailed("astale")).action == "created"  # forgotten, so read again
+            drop_elsewhere(engine, "astale")
+            try:
+                async with amgr.connect("astale") as conn:
+                    await conn.execute(sa.text("SELECT count(*) FROM repositories"))
+            except WorkspaceNotFound as exc:
+                in_connection = str(exc)
+            async with amgr.session("astale") as s:
+                paths = list((await s.scalars(sa.select(Repository.path))).all())
+            return in_session, in_connection, paths
+        finally:
+            await small.dispose()
+
+    in_session, in_connection, paths = asyncio.run(scenario())
+    assert "project astale has no schema" in in_session and "dropped after this process ensured it" in in_session
+    assert "project astale has no schema" in in_connection
+    assert paths == []

@@ -19,16 +19,16 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from . import cache, registry, sessions
+from . import cache, registry, sessions, transactions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
-from .failures import translate
+from .failures import translate_for
 from .inspection import ProjectStatus, collect_status
 from .manager import ConfigPath
 from .naming import schema_for
 from .provisioning import EnsureResult, drop_on, migrate_on, version_table
 from .roles import validate_role_name
-from .urls import url_secrets
+from .urls import check_url
 
 T = TypeVar("T")
 _ONLINE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -52,6 +52,7 @@ class ProjectWorkspaceManager:
                 f"{engine.dialect.name}+{engine.dialect.driver}"
             )
         self.engine = engine
+        check_url(engine.url)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
         self._ready = cache.ready_map(self.cache_key)
@@ -63,10 +64,16 @@ class ProjectWorkspaceManager:
         return self.chain.head
 
     async def ensure_workspace_exists(
-        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+        self,
+        project_id: str,
+        *,
+        upgrade: bool = True,
+        verify: bool = False,
+        owner_role: str | None = None,
+        adopt: bool = False,
     ) -> str:
-        """Return the project's schema, creating or upgrading it first if needed (``owner_role``: see
-        WorkspaceManager.ensure)."""
+        """Return the project's schema, creating or upgrading it first if needed (``owner_role`` and
+        ``adopt``: see WorkspaceManager.ensure)."""
         if not verify and (owner_role is None or (project_id, owner_role) in self._granted):
             try:
                 schema = self._ready.get(project_id)
@@ -74,12 +81,20 @@ class ProjectWorkspaceManager:
                 schema = None
             if schema is not None:
                 return schema
-        return (await self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role)).schema
+        return (
+            await self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt)
+        ).schema
 
     ensure = ensure_workspace_exists
 
     async def ensure_detailed(
-        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+        self,
+        project_id: str,
+        *,
+        upgrade: bool = True,
+        verify: bool = False,
+        owner_role: str | None = None,
+        adopt: bool = False,
     ) -> EnsureResult:
         started = time.perf_counter()
         schema = schema_for(project_id)
@@ -106,6 +121,7 @@ class ProjectWorkspaceManager:
                 allow_upgrade=upgrade,
                 started=started,
                 owner_role=owner_role,
+                adopt=adopt,
             )
 
         if self._needs_online:
@@ -167,14 +183,14 @@ class ProjectWorkspaceManager:
     async def _run(self, schema: str | None, work: Callable[[Connection], T]) -> T:
         try:
             async with self.engine.connect() as conn:
-                return await conn.run_sync(work)
+                return await conn.run_sync(lambda sync_conn: work(transactions.own(sync_conn)))
         except WorkspaceError:
             raise
         except (DBAPIError, OSError) as exc:
-            raise translate(exc, schema, url_secrets(self.engine.url)) from exc
+            raise translate_for(self.engine.url, exc, schema) from exc
         except Exception as exc:
             if type(exc).__module__.startswith("asyncpg"):
-                raise translate(exc, schema, url_secrets(self.engine.url)) from exc
+                raise translate_for(self.engine.url, exc, schema) from exc
             raise
 
     # ------------------------------------------------------------ application

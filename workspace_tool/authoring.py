@@ -1,12 +1,13 @@
 """Writing revisions for the shared chain: ``workspace-tool revision -m MSG [--autogenerate]``.
 
-Autogenerate compares the models (``workspace_tool.models.metadata``, or a MetaData you pass) with a
+Autogenerate compares the chain's models (``workspace_models`` in alembic.ini, or a MetaData you pass) with a
 *scratch* project schema provisioned at head, so the comparison sees exactly what every project schema
 looks like, and nothing else in the database.  The scratch schema is created inside a transaction that is
 rolled back (and then dropped again, to be sure) whatever happens, so it is never visible to anyone else.
-The comparison runs under the same guards as a migration (``migrations/env.py``): the project schema is
+The comparison runs under the same guards as a migration (``workspace_tool.alembic_env``): the project schema is
 reached through ``search_path`` and reflected as the default schema, so the operations written into the
-revision carry no schema name and apply to every project schema.
+revision carry no schema name and apply to every project schema.  When the comparison finds no difference,
+no revision is written (unless asked for: ``allow_empty``).
 
 After a revision is written, this process's ``Chain.load`` cache for that alembic.ini still holds the old
 chain, and so do managers built on it: ``create_revision`` forgets the cached chain (the next
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,14 +35,16 @@ from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.operations.ops import MigrationScript
+from alembic.script import Script
 from alembic.util import CommandError
 from sqlalchemy import Column, Connection, Engine, MetaData, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, registry
-from .chain import ALEMBIC_LOCK, Chain, resolve_config_path
-from .errors import ConfigurationError, WorkspaceError
-from .failures import translate
+from . import cache, registry, transactions
+from .alembic_env import MODELS_OPTION, TEMPLATE_DIR
+from .chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_directory, resolve_config_path
+from .errors import ConfigurationError, NoChangesDetected, WorkspaceError
+from .failures import translate_for
 from .naming import quote_ident
 from .provisioning import run_plan
 from .targeting import search_path_sql
@@ -144,6 +149,7 @@ def compare_schema(conn: Connection, schema: str, extension_schema: str, metadat
         from .models import metadata as models_metadata
 
         metadata = models_metadata
+    transactions.require(conn)
     with conn.begin() as transaction:
         conn.execute(text(search_path_sql(schema, extension_schema)))
         translated = conn.execution_options(schema_translate_map={None: schema})
@@ -161,19 +167,21 @@ def compare_schema(conn: Connection, schema: str, extension_schema: str, metadat
     return list(diffs)
 
 
-def load_metadata(reference: str) -> MetaData:
-    """``package.module:attribute`` -> a MetaData (or a declarative base's ``.metadata``)."""
+def load_metadata(reference: str, *, source: str = "--metadata") -> MetaData:
+    """``package.module:attribute`` -> a MetaData (or a declarative base's ``.metadata``).
+
+    ``source`` names where the reference was written, for the error message."""
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
-        raise ConfigurationError(f"--metadata {reference!r}: write it as package.module:attribute")
+        raise ConfigurationError(f"{source} {reference!r}: write it as package.module:attribute")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigurationError(f"--metadata {reference!r}: cannot import {module_name}: {exc}") from None
+        raise ConfigurationError(f"{source} {reference!r}: cannot import {module_name}: {exc}") from None
     value = getattr(module, attribute, None)
     value = getattr(value, "metadata", value)
     if not isinstance(value, MetaData):
-        raise ConfigurationError(f"--metadata {reference!r}: {attribute} is not a MetaData or a declarative base")
+        raise ConfigurationError(f"{source} {reference!r}: {attribute} is not a MetaData or a declarative base")
     return value
 
 
@@ -204,21 +212,29 @@ def create_revision(
     engine: Engine | None = None,
     target_metadata: MetaData | None = None,
     rev_id: str | None = None,
+    allow_empty: bool = False,
 ) -> RevisionResult:
     """Write a new revision on top of the chain's head (Alembic's ``command.revision``).
 
     With ``autogenerate``, ``engine`` is the database to provision the scratch schema on, and
-    ``target_metadata`` what to compare with (default: ``workspace_tool.models.metadata``)."""
+    ``target_metadata`` what to compare with (default: the chain's models, ``workspace_models`` in
+    alembic.ini). When the comparison finds no difference, nothing is written and ``NoChangesDetected`` is
+    raised (an empty revision would put every schema "behind" a head that changes nothing), unless
+    ``allow_empty``. Without ``autogenerate`` the revision is always written, empty, to fill in by hand."""
     if not message or not message.strip():
         raise ConfigurationError('a revision needs a message: -m "what it changes"')
     config_path = resolve_config_path(config)
-    chain = Chain(config_path)  # read fresh: the process cache may predate a revision written since
+    chain = _current_chain(config_path)
     alembic_config = Config(str(config_path), cmd_opts=argparse.Namespace(quiet=True, x=None))  # no stdout chatter
     operations: list[int] = []
 
-    def count_operations(context: Any, revision: Any, directives: list[MigrationScript]) -> None:
-        if directives and directives[0].upgrade_ops is not None:
-            operations.append(len(directives[0].upgrade_ops.ops))
+    def count_or_drop(context: Any, revision: Any, directives: list[MigrationScript]) -> None:
+        upgrade_ops = directives[0].upgrade_ops if directives else None
+        if upgrade_ops is None:
+            return
+        operations.append(len(upgrade_ops.ops))
+        if upgrade_ops.is_empty() and not allow_empty:
+            directives[:] = []  # Alembic then writes no file
 
     if autogenerate:
         if engine is None:
@@ -227,10 +243,13 @@ def create_revision(
             alembic_config.attributes.update(
                 connection=conn, schema=schema, extension_schema=extension_schema, target_metadata=target_metadata
             )
-            script = _alembic_revision(alembic_config, message, autogenerate=True, rev_id=rev_id, hook=count_operations)
+            script = _alembic_revision(alembic_config, message, autogenerate=True, rev_id=rev_id, hook=count_or_drop)
+        if script is None:
+            raise NoChangesDetected()
         _check_no_schema_names(Path(script.path), schema)
     else:
         script = _alembic_revision(alembic_config, message, autogenerate=False, rev_id=rev_id, hook=None)
+        assert script is not None
     forget_chain(config_path)
     down = script.down_revision
     return RevisionResult(
@@ -242,32 +261,53 @@ def create_revision(
     )
 
 
-def _alembic_revision(config: Config, message: str, *, autogenerate: bool, rev_id: str | None, hook: Any) -> Any:
+def _current_chain(config_path: Path) -> Chain | None:
+    """The chain as it is on disk now (the process cache may predate a revision written since); None while
+    it has no revision yet (a new chain's first revision)."""
+    has_revisions = bool(load_script_directory(Config(str(config_path)), config_path).get_heads())
+    return Chain(config_path) if has_revisions else None
+
+
+def _alembic_revision(
+    config: Config, message: str, *, autogenerate: bool, rev_id: str | None, hook: Any
+) -> Script | None:
+    """Alembic's ``command.revision``; None when ``hook`` emptied the directives (nothing written)."""
     with ALEMBIC_LOCK:  # op/context are process-global proxies
         try:
             script = command.revision(
                 config, message=message, autogenerate=autogenerate, rev_id=rev_id, process_revision_directives=hook
             )
         except CommandError as exc:
-            raise ConfigurationError(f"alembic could not write the revision: {exc}") from None
+            hint = (
+                f"; name the models in alembic.ini ({MODELS_OPTION} = package.module:metadata) or pass --metadata"
+                if "MetaData" in str(exc)
+                else ""
+            )
+            raise ConfigurationError(f"alembic could not write the revision: {exc}{hint}") from None
         finally:
             config.attributes.clear()
+    if isinstance(script, list) and not script:
+        return None
     if script is None or isinstance(script, list):  # pragma: no cover - only with branch labels/heads
         raise ConfigurationError("alembic wrote no single revision")
     return script
 
 
 @contextmanager
-def _scratch_schema(engine: Engine, chain: Chain) -> Iterator[tuple[Connection, str, str]]:
-    """A project schema at head, inside a transaction that is rolled back; dropped again on the way out."""
+def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Connection, str, str]]:
+    """A project schema at head (empty for a chain with no revision yet), inside a transaction that is
+    rolled back; dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             extension_schema = registry.bootstrap(conn)
             try:
                 with conn.begin() as transaction:
-                    plan = chain.plan(None, chain.head)
-                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
+                    if chain is None:
+                        conn.execute(text(f"CREATE SCHEMA {quote_ident(schema)}"))
+                    else:
+                        plan = chain.plan(None, chain.head)
+                        run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
                     yield conn, schema, extension_schema
                     transaction.rollback()
             finally:
@@ -278,7 +318,7 @@ def _scratch_schema(engine: Engine, chain: Chain) -> Iterator[tuple[Connection, 
     except WorkspaceError:
         raise
     except (DBAPIError, OSError) as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
 
 
 def _check_no_schema_names(path: Path, schema: str) -> None:
@@ -293,3 +333,35 @@ def forget_chain(config_path: Path) -> None:
     project on that chain read its schema again (it may now be behind the new head)."""
     Chain.forget(config_path)
     cache.invalidate_chain(config_path)
+
+
+# -------------------------------------------------------------------- new chain
+_MODELS_REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def init_chain(directory: str | os.PathLike[str], *, models: str, config: ConfigPath = None) -> list[Path]:
+    """Start a new chain from the package's template (``workspace_tool/templates/workspace-tool``):
+    ``config`` (default ./alembic.ini) naming ``models`` (``package.module:metadata``) as
+    ``workspace_models``, and ``directory`` holding env.py, script.py.mako and versions/. Nothing is
+    written if alembic.ini exists or ``directory`` is not empty. Returns the paths written."""
+    from mako.template import Template
+
+    target = Path(directory)
+    ini = Path(config if config is not None else os.environ.get(CONFIG_ENV) or "alembic.ini")
+    if not _MODELS_REFERENCE.fullmatch(models):
+        raise ConfigurationError(f"--models {models!r}: write it as package.module:attribute (a MetaData or a base)")
+    if ini.exists():
+        raise ConfigurationError(f"{ini} already exists: remove it, or write the new one elsewhere with -c/--config")
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise ConfigurationError(f"{target} already exists and is not empty: pick a new folder for the chain")
+    relative = Path(os.path.relpath(target.absolute(), ini.absolute().parent)).as_posix()
+    rendered = Template(filename=str(TEMPLATE_DIR / "alembic.ini.mako")).render(
+        script_location=f"%(here)s/{relative}", workspace_models=models
+    )
+    (target / "versions").mkdir(parents=True)
+    written = [ini]
+    for name in ("env.py", "script.py.mako"):
+        written.append(Path(shutil.copyfile(TEMPLATE_DIR / name, target / name)))
+    ini.parent.mkdir(parents=True, exist_ok=True)
+    ini.write_text(rendered, encoding="utf-8")
+    return [*written, target / "versions"]

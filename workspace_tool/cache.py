@@ -45,7 +45,3 @@ def bootstrapped(key: str) -> str | None:
 
 def set_bootstrapped(key: str, extension_schema: str) -> None:
     _BOOTSTRAPPED[key] = extension_schema
-
-
-def forget_bootstrap(key: str) -> None:
-    _BOOTSTRAPPED.pop(key, None)

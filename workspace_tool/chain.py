@@ -7,21 +7,25 @@ schemas at once.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import io
 import os
 import re
 import threading
+import traceback
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import Script, ScriptDirectory
-from alembic.util import CommandError
+from alembic.util import CommandError, coerce_resource_to_filename
 from sqlalchemy import Connection
 
+from . import alembic_env
 from .errors import ConfigurationError, UnknownRevision
 
 ALEMBIC_LOCK = threading.RLock()
@@ -90,6 +94,75 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
     return candidate.resolve()
 
 
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # pragma: no cover - another drive on Windows
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+_CHAIN_DIRECTORY = "the directory of the revision chain (the one holding env.py and versions/)"
+
+
+def load_script_directory(config: Config, config_path: Path) -> ScriptDirectory:
+    """The chain's ScriptDirectory with every revision file imported.  What Alembic would report as a
+    command error or a traceback is a one-line ConfigurationError naming the file to fix: an alembic.ini
+    without ``script_location``, a directory that does not exist, a revision that fails to import."""
+    section = config.config_ini_section
+    try:
+        has_section = config.file_config.has_section(section)
+    except configparser.Error as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise ConfigurationError(f"cannot read {config_path} as an alembic.ini: {reason}") from None
+    location = config.get_main_option("script_location") if has_section else None
+    if not location:
+        where = f"in its [{section}] section" if has_section else f"(it has no [{section}] section)"
+        raise ConfigurationError(
+            f"{config_path} has no script_location {where}: set it to {_CHAIN_DIRECTORY}, "
+            "e.g. script_location = %(here)s/migrations"
+        )
+    try:
+        directory = Path(coerce_resource_to_filename(location))
+    except ImportError as exc:  # a package:path location whose package is missing
+        raise ConfigurationError(f"script_location = {location} in {config_path} can't be found: {exc}") from None
+    if not (directory / "env.py").is_file():
+        what = "has no env.py" if directory.is_dir() else "does not exist"
+        raise ConfigurationError(
+            f"script_location in {config_path} is {directory}, which {what}: set it to {_CHAIN_DIRECTORY}"
+        )
+    try:
+        script = ScriptDirectory.from_config(config)
+        script.get_heads()  # imports every revision file
+    except CommandError as exc:
+        raise ConfigurationError(f"cannot load the revision chain from {config_path}: {exc}") from None
+    except Exception as exc:  # a revision's own code failed to import: name its file and line
+        raise ConfigurationError(_revision_load_failure(exc, directory)) from exc
+    return script
+
+
+def _revision_load_failure(exc: Exception, directory: Path) -> str:
+    """'cannot load revision FILE:LINE: Error: message' for an exception raised importing a revision."""
+    root = directory.resolve()
+
+    def inside(filename: str | None) -> bool:
+        return bool(filename) and Path(str(filename)).resolve().is_relative_to(root)
+
+    located: tuple[str, int] | None = None
+    if isinstance(exc, SyntaxError) and inside(exc.filename):
+        located, message = (str(exc.filename), exc.lineno or 0), str(exc.msg)
+    else:
+        message = str(exc)  # a SyntaxError in a module the revision imports names its own file and line
+        for frame, line in traceback.walk_tb(exc.__traceback__):  # outermost first: keep the deepest
+            if inside(frame.f_code.co_filename):
+                located = (frame.f_code.co_filename, line)
+    what = f"{type(exc).__name__}: {(message.strip().splitlines() or [''])[0]}"
+    if located is None:
+        return f"cannot load the revision chain in {display_path(directory)}: {what}"
+    return f"cannot load revision {display_path(located[0])}:{located[1]}: {what}"
+
+
 class Chain:
     """One shared revision chain: its ScriptDirectory, head, and a cache of compiled ranges."""
 
@@ -99,11 +172,8 @@ class Chain:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
         self.config = Config(str(config_path))
-        try:
-            self.script = ScriptDirectory.from_config(self.config)
-            heads = self.script.get_heads()
-        except CommandError as exc:
-            raise ConfigurationError(f"cannot load the revision chain from {config_path}: {exc}") from None
+        self.script = load_script_directory(self.config, config_path)
+        heads = self.script.get_heads()
         if len(heads) != 1:
             raise ConfigurationError(
                 f"the revision chain in {self.script.dir} has {len(heads)} heads ({', '.join(sorted(heads))}); "
@@ -120,7 +190,6 @@ class Chain:
             for rev in self._order
             if not self.fast_path_enabled or self._needs_online(self.script.get_revision(rev))
         }
-        self.fingerprint = self._fingerprint()
         self._plans: dict[tuple[str | None, str | None, bool], Plan] = {}
         self._unrenderable: set[tuple[str, bool]] = set()  # (revision, upgrading) that failed to compile
 
@@ -186,6 +255,11 @@ class Chain:
         return revs if self.is_upgrade(from_rev, to_rev) else list(reversed(revs))
 
     # ------------------------------------------------------------------ planning
+    def renders_offline(self, revision: str) -> bool:
+        """Whether compiling this revision gives the SQL it runs, whatever the chain's fast-path setting:
+        False for a revision that opts out (``workspace_online``) or reads the database (``get_bind()``)."""
+        return not self._needs_online(self.script.get_revision(revision))
+
     def _needs_online(self, script: Script | None) -> bool:
         if script is None or script.module is None:
             return False
@@ -197,7 +271,10 @@ class Chain:
             return True
         return bool(_NEEDS_CONNECTION.search(source))
 
-    def _fingerprint(self) -> str:
+    @cached_property
+    def fingerprint(self) -> str:
+        """A digest of every revision file, env.py and the environment it runs, read on first use: it
+        names the chain a verification report proved (compiled ranges are cached per loaded chain)."""
         digest = hashlib.sha256()
         for rev in self._order:
             script = self.script.get_revision(rev)
@@ -205,6 +282,7 @@ class Chain:
             digest.update(rev.encode())
             digest.update(Path(script.path).read_bytes())
         digest.update((Path(self.script.dir) / "env.py").read_bytes())
+        digest.update(Path(alembic_env.__file__).read_bytes())  # the environment env.py runs
         return digest.hexdigest()[:16]
 
     def plan(self, from_rev: str | None, to_rev: str | None, *, online: bool = False) -> Plan:

@@ -12,15 +12,16 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import Engine, create_engine
 
-from . import embedded
+from . import embedded, fleet
 from .errors import WorkspaceError
-from .failures import translate
+from .failures import translate, translate_for
 from .manager import WorkspaceManager
 from .output import emit
 from .urls import redact, redact_text, sync_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
+POOL_SIZE = 8
 # What read commands (status, list, check) say on a database with no registry; they exit 0.
 NO_REGISTRY = "No registry yet in this database: nothing has been provisioned (run `workspace-tool init` or `ensure`)"
 
@@ -32,6 +33,7 @@ class AppContext:
         self.database_url = database_url
         self.config = config
         self.traceback = traceback
+        self.jobs: int | None = None  # a fleet command's --jobs, set before the engine is made
 
     @cached_property
     def url(self) -> str:
@@ -45,7 +47,10 @@ class AppContext:
 
     @cached_property
     def engine(self) -> Engine:
-        return create_engine(sync_url(self.url), pool_size=8, max_overflow=8, pool_pre_ping=True)
+        """The pool holds what a fleet run of ``jobs`` needs at once (fleet.connections_needed)."""
+        connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
+        overflow = max(POOL_SIZE, connections - POOL_SIZE)
+        return create_engine(sync_url(self.url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
 
     @cached_property
     def manager(self) -> WorkspaceManager:
@@ -65,6 +70,15 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Write JSON to stdout instead of a table.")(f)
 
 
+def adopt_option(f: F) -> F:
+    return click.option(
+        "--adopt",
+        is_flag=True,
+        help="Run the chain into an existing schema that holds tables but no alembic_version (refused "
+        "otherwise) and register it.",
+    )(f)
+
+
 class WorkspaceGroup(click.Group):
     """Turns WorkspaceErrors (and database errors) into `Error: ...` on stderr, exit 1."""
 
@@ -81,19 +95,21 @@ class WorkspaceGroup(click.Group):
                 shown = "".join(traceback.format_exception(exc))
                 click.echo(redact_text(shown, *_passwords(app)).rstrip(), err=True)
                 sys.exit(1)
-            error = exc if isinstance(exc, WorkspaceError) else _translate(exc)
+            error = exc if isinstance(exc, WorkspaceError) else _translate(exc, app)
             if error is None:
                 raise
             click.echo(f"Error: {redact_text(str(error), *_passwords(app))}", err=True)
             sys.exit(1)
 
 
-def _translate(exc: Exception) -> WorkspaceError | None:
+def _translate(exc: Exception, app: AppContext | None) -> WorkspaceError | None:
     from sqlalchemy.exc import DBAPIError
 
-    if isinstance(exc, (DBAPIError, OSError)):
-        return translate(exc)
-    return None
+    if not isinstance(exc, (DBAPIError, OSError)):
+        return None
+    if app is not None and "engine" in app.__dict__:
+        return translate_for(app.engine.url, exc)
+    return translate(exc, None, _passwords(app))
 
 
 def _passwords(app: AppContext | None) -> list[str]:
@@ -148,10 +164,16 @@ def init(app: AppContext) -> None:
     help="Grant ROLE (created NOLOGIN if missing) the schema's tables, in the same transaction; "
     "ROLE gets nothing on other schemas or the registry.",
 )
+@adopt_option
 @json_option
 @pass_app
 def ensure(
-    app: AppContext, project_ids: tuple[str, ...], no_upgrade: bool, owner_role: str | None, as_json: bool
+    app: AppContext,
+    project_ids: tuple[str, ...],
+    no_upgrade: bool,
+    owner_role: str | None,
+    adopt: bool,
+    as_json: bool,
 ) -> None:
     """Create each project's schema (or bring it to head) and print what was done and how long it took."""
     from .naming import schema_for
@@ -164,7 +186,7 @@ def ensure(
     results: list[dict[str, Any]] = []
     try:
         for project_id in project_ids:
-            result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role)
+            result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role, adopt=adopt)
             results.append(dataclasses.asdict(result))
     finally:  # what was done before a failure is still reported, then the error
         emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)

@@ -1,11 +1,14 @@
-"""`workspace-tool revision`: write a revision for the shared chain. Parse, call one library function, render."""
+"""`workspace-tool revision` and `init-chain`: write a chain and its revisions. Parse, call one library
+function, render."""
 
 from __future__ import annotations
 
 import click
 
-from .authoring import create_revision, load_metadata
+from .alembic_env import MODELS_OPTION
+from .authoring import create_revision, init_chain, load_metadata
 from .cli import AppContext, json_option, main, pass_app
+from .errors import NoChangesDetected
 from .output import emit
 
 
@@ -15,34 +18,71 @@ from .output import emit
     "--autogenerate",
     is_flag=True,
     help="Compare the models with a scratch project schema at head (created on the database, then dropped) "
-    "and write the difference.",
+    "and write the difference; nothing is written when there is none.",
 )
 @click.option(
     "--metadata",
     "metadata_ref",
     metavar="MODULE:ATTR",
-    help="MetaData (or declarative base) to compare with. Default: workspace_tool.models:metadata.",
+    help=f"MetaData (or declarative base) to compare with. Default: the chain's models ({MODELS_OPTION} in "
+    "alembic.ini).",
 )
+@click.option("--allow-empty", is_flag=True, help="With --autogenerate: write the revision even if it is empty.")
 @click.option("--rev-id", metavar="ID", help="Revision id to use instead of a generated one.")
 @json_option
 @pass_app
 def revision(
-    app: AppContext, message: str, autogenerate: bool, metadata_ref: str | None, rev_id: str | None, as_json: bool
+    app: AppContext,
+    message: str,
+    autogenerate: bool,
+    metadata_ref: str | None,
+    allow_empty: bool,
+    rev_id: str | None,
+    as_json: bool,
 ) -> None:
     """Write a new revision on top of the chain's head, in the chain's versions directory."""
-    if metadata_ref and not autogenerate:
-        raise click.UsageError("--metadata only makes sense with --autogenerate")
+    for flag, given in (("--metadata", metadata_ref), ("--allow-empty", allow_empty)):
+        if given and not autogenerate:
+            raise click.UsageError(f"{flag} only makes sense with --autogenerate")
     metadata = load_metadata(metadata_ref) if metadata_ref else None
-    result = create_revision(
-        message,
-        config=app.config,
-        autogenerate=autogenerate,
-        engine=app.engine if autogenerate else None,
-        target_metadata=metadata,
-        rev_id=rev_id,
-    )
-    emit([result.as_dict()], ["revision", "down_revision", "operations", "path"], as_json=as_json)
+    columns = ["revision", "down_revision", "operations", "path"]
+    try:
+        result = create_revision(
+            message,
+            config=app.config,
+            autogenerate=autogenerate,
+            engine=app.engine if autogenerate else None,
+            target_metadata=metadata,
+            rev_id=rev_id,
+            allow_empty=allow_empty,
+        )
+    except NoChangesDetected:  # not a failure: there was nothing to write
+        emit([], columns, as_json=as_json)
+        click.echo(
+            "No changes detected: the models match the head; no revision written (--allow-empty writes one).",
+            err=True,
+        )
+        return
+    emit([result.as_dict()], columns, as_json=as_json)
     if autogenerate and result.operations == 0:
-        click.echo("No differences between the models and the head: the revision is empty.", err=True)
+        click.echo(f"No changes detected; wrote the empty revision {result.path} as asked.", err=True)
     else:
         click.echo(f"Wrote {result.path}; review it, then `workspace-tool upgrade --all`.", err=True)
+
+
+@main.command(name="init-chain")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--models",
+    required=True,
+    metavar="MODULE:ATTR",
+    help=f"Your models' MetaData (or declarative base), written into alembic.ini as {MODELS_OPTION}.",
+)
+@pass_app
+def init_chain_command(app: AppContext, directory: str, models: str) -> None:
+    """Start your application's own chain: alembic.ini (-c, default ./alembic.ini) naming your models, and
+    DIRECTORY with env.py, script.py.mako and versions/. Then `revision --autogenerate` writes its first
+    revision."""
+    written = init_chain(directory, models=models, config=app.config)
+    click.echo(f"Wrote {', '.join(str(p) for p in written)}.", err=True)
+    click.echo('Next: workspace-tool revision -m "create tables" --autogenerate', err=True)

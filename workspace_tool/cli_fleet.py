@@ -12,7 +12,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from . import drift, fleet
-from .cli import NO_REGISTRY, AppContext, json_option, main, pass_app
+from .cli import NO_REGISTRY, AppContext, adopt_option, json_option, main, pass_app
 from .output import emit, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,7 +63,7 @@ def fleet_options(f: F) -> F:
             type=click.IntRange(min=0),
             default=fleet.DEFAULT_RETRIES,
             show_default=True,
-            help="Retries, with backoff, of a schema whose lock wait timed out.",
+            help="Retries, with backoff, of a schema whose lock wait timed out or whose connection was lost.",
         ),
         click.option("--sql", "show_sql", is_flag=True, help="Print each schema's SQL and change nothing."),
         json_option,
@@ -76,13 +76,14 @@ def fleet_options(f: F) -> F:
 @main.command()
 @fleet_options
 @click.option("--to", "target", default="head", show_default=True, metavar="REV", help="Target revision.")
+@adopt_option
 @pass_app
-def upgrade(app: AppContext, /, target: str, **options: Any) -> None:
+def upgrade(app: AppContext, /, target: str, adopt: bool, **options: Any) -> None:
     """Bring project schemas (--all, or the named ones) up to a revision, in parallel.
 
     Each schema migrates in its own transaction under its own lock; a failure leaves that schema at its
     old revision. Exit 1 if any schema failed; rerunning picks up only what is left."""
-    _run_fleet(app, fleet.UPGRADE, target, **options)
+    _run_fleet(app, fleet.UPGRADE, target, adopt=adopt, **options)
 
 
 @main.command()
@@ -107,10 +108,12 @@ def _run_fleet(
     retries: int,
     show_sql: bool,
     as_json: bool,
+    adopt: bool = False,
 ) -> None:
     if bool(project_ids) == all_:
         raise click.UsageError("name the projects, or pass --all (not both)")
     ids = None if all_ else list(project_ids)
+    app.jobs = jobs  # before the engine is made: its pool is sized for them
     chain = app.manager.chain
     if show_sql:
         scripts = fleet.sql(app.engine, chain, ids, target=target, operation=operation, lock_timeout_ms=lock_timeout)
@@ -128,6 +131,7 @@ def _run_fleet(
         lock_timeout_ms=lock_timeout,
         retries=retries,
         progress=printer,
+        adopt=adopt,
     )
     printer.finish()
     if as_json:
@@ -167,12 +171,17 @@ class ProgressPrinter:
         self.width = width
         self._last = 0.0
         self._drawn = False
+        self._stopped = False
 
     def __call__(self, event: fleet.Progress) -> None:
         result = event.result
         if result is not None and result.status == fleet.FAILED:
             self._clear()
             self.stream.write(f"[{event.done}/{event.total}] {result.schema} failed: {result.error}\n")
+        if event.stopped is not None and not self._stopped:
+            self._clear()
+            self.stream.write(f"Stopping: {event.stopped}; starting no more schemas: rerun when the database is back\n")
+            self._stopped = True
         now = time.monotonic()
         final = event.done == event.total
         if event.result is None and event.total:
@@ -229,14 +238,22 @@ def print_summary(report: fleet.FleetReport, out: TextIO) -> None:
             as_json=False,
             out=out,
         )
-    stopped = sum(1 for r in report.results if (r.note or "").startswith("not started"))
     click.echo(
         f"{report.operation} to {report.target or 'base'}: {report.counts()[fleet.OK]} ok, "
-        f"{len(report.failed)} failed, {report.counts()[fleet.SKIPPED]} skipped"
-        + (f" ({stopped} not started)" if stopped else "")
-        + f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})",
+        f"{len(report.failed)} failed, {report.counts()[fleet.SKIPPED]} skipped{_skipped_detail(report)}"
+        f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})",
         err=True,
     )
+
+
+def _skipped_detail(report: fleet.FleetReport) -> str:
+    """Which skipped schemas another run moved, and which this run did not start, and why."""
+    parts = []
+    if moved := len(report.moved_by_another_run()):
+        parts.append(f"{moved} {fleet.MOVED_BY_ANOTHER_RUN}")
+    if not_started := len(report.not_started()):
+        parts.append(f"{not_started} not started: {report.stopped}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 @main.command()
@@ -251,6 +268,7 @@ def check(app: AppContext, project_ids: tuple[str, ...], jobs: int | None, as_js
     else built in a scratch schema in a transaction that is rolled back. Each schema's tables, columns,
     indexes and constraints are compared with it (a fingerprint per schema, then the differences of those
     that differ). Read-only; on a database where nothing was provisioned yet it says so (exit 0)."""
+    app.jobs = jobs  # before the engine is made: its pool is sized for them
     report = drift.check(app.engine, app.manager.chain, list(project_ids) or None, jobs=jobs)
     if as_json:
         sys.stdout.write(to_json(report.as_dict()) + "\n")

@@ -1,4 +1,4 @@
-"""`workspace-tool lint`: the static check of the chain (no database needed)."""
+"""`workspace-tool lint`: the static check of the chain, and squawk over its compiled SQL (no database)."""
 
 from __future__ import annotations
 
@@ -6,27 +6,49 @@ import sys
 
 import click
 
+from .chain import display_path
 from .cli import AppContext, json_option, main, pass_app
-from .lint import check_chain
+from .lint import LintReport, lint_chain
 from .output import to_json
+from .squawk import IGNORE_ATTRIBUTE
 
 
 @main.command()
+@click.option("--no-squawk", is_flag=True, help="Only the schema check: don't run squawk over the compiled SQL.")
 @json_option
 @pass_app
-def lint(app: AppContext, as_json: bool) -> None:
-    """Check every revision of the chain, statically, for references outside the project schema:
-    schema= arguments (ignored by the translate map on ALTER-type ops), schema-qualified names in raw SQL,
-    ForeignKeys into other schemas, search_path changes. One line per finding (file:line: message);
-    exit 1 if there are any."""
-    checked, findings = check_chain(app.config)
+def lint(app: AppContext, no_squawk: bool, as_json: bool) -> None:
+    """Check every revision of the chain, with no database.
+
+    Statically, for references outside the project schema: schema= arguments (ignored by the translate
+    map on ALTER-type ops), schema-qualified names in raw SQL, ForeignKeys into other schemas, search_path
+    changes (file:line: message). Then squawk (the workspace-tool[squawk] extra) over each revision's
+    compiled SQL, for locks, rewrites and breaking changes (file: squawk rule: message [statement]); rules
+    are set in alembic.ini (workspace_squawk_exclude / workspace_squawk_include) and acknowledged per
+    revision (workspace_squawk_ignore = [...]). One line per finding; exit 1 if there are any."""
+    report = lint_chain(app.config, use_squawk=not no_squawk)
     if as_json:
-        click.echo(to_json({"revisions": checked, "findings": [vars(f) for f in findings]}))
+        click.echo(to_json(report.as_dict()))
     else:
-        for finding in findings:
+        for finding in report.findings:
             click.echo(str(finding))
-        noun = "revision" if checked == 1 else "revisions"
-        summary = f"{len(findings)} finding(s)" if findings else "no findings"
-        click.echo(f"Checked {checked} {noun}: {summary}.", err=True)
-    if findings:
+        for unchecked in report.squawk_run.unchecked if report.squawk_run else ():
+            click.echo(f"{display_path(unchecked.revision_path)}: not checked by squawk: {unchecked.reason}", err=True)
+        click.echo(summary(report), err=True)
+    if report.findings:
         sys.exit(1)
+
+
+def summary(report: LintReport) -> str:
+    noun = "revision" if report.revisions == 1 else "revisions"
+    found = f"{len(report.findings)} finding(s)" if report.findings else "no findings"
+    run = report.squawk_run
+    if run is None:
+        return f"Checked {report.revisions} {noun} (schema references; squawk not run): {found}."
+    notes = [found]
+    if run.acknowledged:
+        notes.append(f"{len(run.acknowledged)} squawk finding(s) acknowledged by {IGNORE_ATTRIBUTE} in their revision")
+    if run.unchecked:
+        notes.append(f"{len(run.unchecked)} revision(s) not checked by squawk")
+    checks = f"schema references; squawk {run.version} on the SQL"
+    return f"Checked {report.revisions} {noun} ({checks}): {'; '.join(notes)}."

@@ -21,7 +21,11 @@ def verify_fast_path_command(app: AppContext, as_json: bool) -> None:
     report = verify_fast_path(app.engine, app.manager.chain)
     rows = [c.as_dict() for c in report.checks]
     if as_json:
-        click.echo(to_json({"head": report.head, "identical": report.identical, "ranges": rows}))
+        click.echo(
+            to_json(
+                {"head": report.head, "fingerprint": report.fingerprint, "identical": report.identical, "ranges": rows}
+            )
+        )
     else:
         emit(rows, ["range", "kind", "fast_path", "result"], as_json=False)
         for check in report.differing:

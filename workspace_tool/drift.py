@@ -21,13 +21,12 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from . import reference as references
-from . import registry
+from . import registry, transactions
 from .catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
 from .chain import Chain
-from .errors import ConfigurationError
-from .failures import translate
-from .fleet import default_jobs
-from .inspection import ProjectStatus, collect_status, read_parallel, spare_jobs, versions_reader
+from .failures import translate_for
+from .fleet import check_jobs, default_jobs, spare_jobs
+from .inspection import ProjectStatus, collect_status, read_parallel, versions_reader
 from .naming import schema_for
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
@@ -86,11 +85,10 @@ def check(
     if project_ids is not None:
         for project_id in project_ids:
             schema_for(project_id)
-    if jobs is not None and jobs < 1:
-        raise ConfigurationError("--jobs must be positive")
-    jobs = spare_jobs(engine, default_jobs() if jobs is None else jobs)
+    # like a fleet run's (an error if the pool can't serve --jobs), but by default no more than the pool spares
+    jobs = spare_jobs(engine, default_jobs()) if jobs is None else check_jobs(engine, jobs)
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             with conn.begin():
                 has_registry = registry.present(conn)
                 statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs))
@@ -99,7 +97,7 @@ def check(
             if at_head:
                 _compare(engine, conn, references.for_check(conn, chain), at_head, jobs)
     except (DBAPIError, OSError) as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
     known = {s.project_id for s in statuses}
     schemas += [
         SchemaCheck(p, schema_for(p), None, "missing", ["no schema and no registry row"])

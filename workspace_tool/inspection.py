@@ -9,9 +9,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.pool import NullPool, QueuePool, SingletonThreadPool
 
-from . import registry
+from . import registry, transactions
 from .chain import Chain
 from .naming import SCHEMA_PREFIX, is_project_schema, project_for, quote_ident, schema_for
 
@@ -84,17 +83,6 @@ def read_versions_parallel(
     return read_parallel(engine, schemas, jobs, batch_size, lambda conn, chunk: read_versions(conn, chunk, batch_size))
 
 
-def spare_jobs(engine: Engine, wanted: int) -> int:
-    """``wanted``, or fewer: how many more connections the engine's pool can give while one is in use
-    (0 for a pool of one connection: then the work stays on that one)."""
-    pool = engine.pool
-    if isinstance(pool, QueuePool):
-        if pool._max_overflow < 0:  # no limit
-            return wanted
-        return max(0, min(wanted, pool.size() + pool._max_overflow - 1))
-    return wanted if isinstance(pool, (NullPool, SingletonThreadPool)) else 0
-
-
 def versions_reader(engine: Engine, jobs: int) -> Callable[[list[str]], dict[str, str | None]] | None:
     """For ``collect_status``: read versions on ``jobs`` connections of the engine, or (None) on the
     caller's own when there is no spare one."""
@@ -114,7 +102,7 @@ def read_parallel(
     chunks = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
 
     def read_chunk(chunk: list[str]) -> dict[str, T]:
-        with engine.connect() as conn, conn.begin():
+        with transactions.connect(engine) as conn, conn.begin():
             return read(conn, chunk)
 
     if jobs <= 1 or len(chunks) <= 1:

@@ -5,7 +5,9 @@ search_path). A revision that names a schema itself escapes them: ``schema="publ
 is rendered as written (Alembic applies ``schema_translate_map`` only to what SQLAlchemy compiles, not to
 its own ALTER constructs, alembic issue #555), and ``op.execute("... project_other.t ...")`` is plain
 text. This module reads each revision's AST (nothing is imported or run) and reports such references as
-``path:line: message``.
+``path:line: message``. ``lint_chain`` adds squawk's findings on each revision's compiled SQL
+(``workspace_tool.squawk``; rendering a revision offline runs its ``upgrade()`` but needs no database) as
+``path: squawk rule: message [statement]``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ import ast
 import os
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
-from .chain import resolve_config_path
+from . import squawk
+from .chain import Chain, display_path, load_script_directory, resolve_config_path
 from .errors import ConfigurationError
 
 # Keyword arguments that name a schema, on any call (op.*, sa.Table, sa.ForeignKey, sa.Sequence, ...).
@@ -65,10 +68,16 @@ _SEARCH_PATH = re.compile(r"\bsearch_path\b", re.IGNORECASE)
 @dataclass(frozen=True, order=True)
 class Finding:
     path: str
-    line: int
+    line: int | None  # None for squawk's: they point at a statement of the compiled SQL
     message: str
+    source: str = "schema"  # "schema": the check of schema references; "squawk"
+    rule: str | None = None  # squawk's rule name
+    sql: str | None = None  # the statement squawk reports
+    excerpt: str | None = None  # that statement on one line, cut around what squawk points at
 
     def __str__(self) -> str:
+        if self.rule is not None:
+            return f"{self.path}: squawk {self.rule}: {self.message} [{self.excerpt}]"
         return f"{self.path}:{self.line}: {self.message}"
 
 
@@ -171,26 +180,18 @@ def check_source(source: str, path: str = "<revision>") -> list[Finding]:
 def revision_files(config_path: str | os.PathLike[str] | None = None) -> list[Path]:
     """Every revision file of the chain configured by an alembic.ini (all branches, base first)."""
     path = resolve_config_path(config_path)
+    script = load_script_directory(Config(str(path)), path)
     try:
-        script = ScriptDirectory.from_config(Config(str(path)))
         scripts = list(script.walk_revisions("base", "heads"))
     except CommandError as exc:
         raise ConfigurationError(f"cannot load the revision chain from {path}: {exc}") from None
     return [Path(s.path) for s in reversed(scripts)]
 
 
-def _display(path: Path) -> str:
-    try:
-        relative = os.path.relpath(path)
-    except ValueError:  # pragma: no cover - another drive on Windows
-        return str(path)
-    return str(path) if relative.startswith("..") else relative
-
-
 def check_files(paths: Iterable[Path]) -> list[Finding]:
     findings: list[Finding] = []
     for path in paths:
-        findings += check_source(path.read_text(encoding="utf-8"), _display(path))
+        findings += check_source(path.read_text(encoding="utf-8"), display_path(path))
     return findings
 
 
@@ -198,3 +199,50 @@ def check_chain(config_path: str | os.PathLike[str] | None = None) -> tuple[int,
     """(number of revisions checked, findings) for the chain of an alembic.ini."""
     files = revision_files(config_path)
     return len(files), check_files(files)
+
+
+@dataclass(frozen=True)
+class LintReport:
+    revisions: int
+    findings: list[Finding]  # the schema check's and squawk's, revision by revision
+    squawk_run: squawk.SquawkRun | None  # None: not run (use_squawk=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        run = self.squawk_run
+        return {
+            "revisions": self.revisions,
+            "findings": [asdict(f) for f in self.findings],
+            "squawk": None
+            if run is None
+            else {
+                "version": run.version,
+                "excluded": list(run.excluded),
+                "included": list(run.included),
+                "acknowledged": [asdict(_squawk_finding(v)) for v in run.acknowledged],
+                "unchecked": [{"path": display_path(u.revision_path), "reason": u.reason} for u in run.unchecked],
+            },
+        }
+
+
+def _squawk_finding(violation: squawk.Violation) -> Finding:
+    path = display_path(violation.revision_path)
+    return Finding(path, None, violation.message, "squawk", violation.rule, violation.sql, violation.excerpt)
+
+
+def lint_chain(config_path: str | os.PathLike[str] | None = None, *, use_squawk: bool = True) -> LintReport:
+    """The schema check of every revision and, unless ``use_squawk=False``, squawk over each revision's
+    compiled SQL. squawk must then be installed (``workspace-tool[squawk]``)."""
+    files = revision_files(config_path)
+    findings = check_files(files)
+    run = None
+    if use_squawk:
+        binary = squawk.find_binary()
+        if binary is None:
+            raise ConfigurationError(
+                f"squawk is not installed, so the compiled SQL can't be checked: {squawk.INSTALL_HINT} "
+                "(or lint --no-squawk for the schema check alone)"
+            )
+        run = squawk.run(Chain(resolve_config_path(config_path)), binary)
+        order = {display_path(path): i for i, path in enumerate(files)}
+        findings = sorted([*findings, *map(_squawk_finding, run.violations)], key=lambda f: order[f.path])
+    return LintReport(len(files), findings, run)

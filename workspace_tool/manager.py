@@ -13,15 +13,16 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import cache, reference, registry, sessions
+from . import cache, reference, registry, sessions, transactions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
-from .failures import translate
-from .inspection import ProjectStatus, collect_status, spare_jobs, versions_reader
+from .failures import translate_for
+from .fleet import spare_jobs
+from .inspection import ProjectStatus, collect_status, versions_reader
 from .naming import schema_for
 from .provisioning import EnsureResult, drop_on, migrate_on, version_table
 from .roles import validate_role_name
-from .urls import url_secrets
+from .urls import check_url
 
 ConfigPath = str | os.PathLike[str] | None
 T = TypeVar("T")
@@ -39,6 +40,7 @@ class WorkspaceManager:
         if engine.dialect.name != "postgresql":
             raise ConfigurationError(f"workspace-tool needs PostgreSQL, not {engine.dialect.name}")
         self.engine = engine
+        check_url(engine.url)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
         self._ready = cache.ready_map(self.cache_key)
@@ -52,13 +54,21 @@ class WorkspaceManager:
 
     # ------------------------------------------------------------------- ensure
     def ensure(
-        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+        self,
+        project_id: str,
+        *,
+        upgrade: bool = True,
+        verify: bool = False,
+        owner_role: str | None = None,
+        adopt: bool = False,
     ) -> str:
         """Return the project's schema, creating it or bringing it to head first if needed.
 
         ``upgrade=False`` raises WorkspaceOutdated instead of upgrading; ``verify=True`` skips the cache
         and reads the schema's alembic_version (one round trip when it is at head).  ``owner_role`` grants
-        that role (created NOLOGIN if missing) the schema's tables, in the same transaction; see roles.py."""
+        that role (created NOLOGIN if missing) the schema's tables, in the same transaction; see roles.py.
+        An existing schema holding relations but no alembic_version (not made by workspace-tool) raises
+        UnmanagedSchema and is left alone, unless ``adopt=True`` runs the chain into it."""
         if not verify and (owner_role is None or (project_id, owner_role) in self._granted):
             try:
                 schema = self._ready.get(project_id)
@@ -66,10 +76,18 @@ class WorkspaceManager:
                 schema = None
             if schema is not None:
                 return schema
-        return self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role).schema
+        return self.ensure_detailed(
+            project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt
+        ).schema
 
     def ensure_detailed(
-        self, project_id: str, *, upgrade: bool = True, verify: bool = False, owner_role: str | None = None
+        self,
+        project_id: str,
+        *,
+        upgrade: bool = True,
+        verify: bool = False,
+        owner_role: str | None = None,
+        adopt: bool = False,
     ) -> EnsureResult:
         """Like ensure, returning what was done and how long it took."""
         started = time.perf_counter()
@@ -97,6 +115,7 @@ class WorkspaceManager:
                 allow_upgrade=upgrade,
                 started=started,
                 owner_role=owner_role,
+                adopt=adopt,
             ),
         )
         self._ready[project_id] = schema
@@ -215,12 +234,12 @@ class WorkspaceManager:
 
     def _on_connection(self, schema: str | None, work: Callable[[Connection], T]) -> T:
         try:
-            with self.engine.connect() as conn:
+            with transactions.connect(self.engine) as conn:
                 return work(conn)
         except WorkspaceError:
             raise
         except (DBAPIError, OSError) as exc:
-            raise translate(exc, schema, url_secrets(self.engine.url)) from exc
+            raise translate_for(self.engine.url, exc, schema) from exc
 
     # ------------------------------------------------------------ application
     def connect(self, project_id: str) -> contextlib.AbstractContextManager[Connection]:

@@ -1,8 +1,9 @@
 """The per-project tables at the chain's head, as SQLAlchemy 2 declarative models.
 
-This is the one description of the head: ``migrations/env.py`` uses ``metadata`` as its
-``target_metadata``, so ``workspace-tool revision --autogenerate`` writes the difference between these
-models and a schema provisioned at head, and tests/test_models.py proves there is none.
+This is the one description of the head: alembic.ini names ``metadata`` as the chain's models
+(``workspace_models``, the ``target_metadata`` of autogenerate), so ``workspace-tool revision
+--autogenerate`` writes the difference between these models and a schema provisioned at head, and
+tests/test_models.py proves there is none.
 
 Every table has ``schema=None``: a project's schema is chosen at run time through
 ``schema_translate_map={None: schema}`` (see ``WorkspaceManager.session`` / ``connect``), never here.

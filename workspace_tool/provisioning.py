@@ -15,9 +15,17 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import await_only
 
-from . import registry, roles
+from . import registry, roles, transactions
 from .chain import Chain, Plan
-from .errors import MigrationFailed, UnknownRevision, WorkspaceError, WorkspaceNotFound, WorkspaceOutdated
+from .errors import (
+    MigrationFailed,
+    UnknownRevision,
+    UnmanagedSchema,
+    WorkspaceAhead,
+    WorkspaceError,
+    WorkspaceNotFound,
+    WorkspaceOutdated,
+)
 from .naming import quote_ident
 from .targeting import LOCK_SQL, lock_key, lock_schema, search_path_sql
 
@@ -39,18 +47,30 @@ class EnsureResult:
 class SchemaState:
     exists: bool
     version: str | None
-    registered_revision: str | None
-    registered: bool
+    registry_revision: str | None  # the registry row's revision (None at base, or when there is no row)
+    registry_status: str | None  # 'ready', 'failed', or None when the project has no registry row
     has_version_table: bool = False
+
+    @property
+    def registered(self) -> bool:
+        return self.registry_status is not None
+
+    def recorded_ready_at(self, revision: str | None) -> bool:
+        """True if the registry row says ready at ``revision`` (a failed row is rewritten once reached)."""
+        return self.registry_status == "ready" and self.registry_revision == revision
 
 
 _STATE = text(
     "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema) AS schema_exists, "
-    "to_regclass(:version_table) IS NOT NULL AS has_version_table, "
-    # a row marked failed has no "registered revision": reaching its revision again rewrites it as ready
-    f"(SELECT revision FROM {registry.REGISTRY_TABLE} WHERE project_id = :project_id AND status = 'ready') "
-    "AS registered_revision, "
-    f"EXISTS (SELECT 1 FROM {registry.REGISTRY_TABLE} WHERE project_id = :project_id) AS registered"
+    "to_regclass(:version_table) IS NOT NULL AS has_version_table, r.revision AS registry_revision, "
+    "r.status AS registry_status "
+    f"FROM (SELECT 1) AS one LEFT JOIN {registry.REGISTRY_TABLE} AS r ON r.project_id = :project_id"
+)
+# An existing schema without a version table: which relations does it hold? (pg_class has no index on
+# relnamespace alone: only asked in that rare case, never on the path of a normal ensure.)
+_RELATIONS = text(
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = :schema AND c.relkind NOT IN ('i', 'I') ORDER BY c.relname"  # indexes go with tables
 )
 
 
@@ -80,8 +100,29 @@ def read_state(conn: Connection, project_id: str, schema: str, *, lock: bool = F
             raise UnknownRevision(schema, ",".join(versions))
         version = versions[0] if versions else None
     return SchemaState(
-        bool(row.schema_exists), version, row.registered_revision, bool(row.registered), bool(row.has_version_table)
+        bool(row.schema_exists), version, row.registry_revision, row.registry_status, bool(row.has_version_table)
     )
+
+
+def check_managed(conn: Connection, project_id: str, schema: str, state: SchemaState, *, adopt: bool) -> bool:
+    """True if ``schema`` exists with relations but no alembic_version (workspace-tool did not make it) and
+    ``adopt`` allows running the chain into it; raise UnmanagedSchema if it doesn't. False otherwise: an
+    empty schema, or one with a version table, is provisioned as usual."""
+    if not state.exists or state.has_version_table:
+        return False
+    relations = list(conn.execute(_RELATIONS, {"schema": schema}).scalars())
+    if relations and not adopt:
+        raise UnmanagedSchema(project_id, schema, relations)
+    return bool(relations)
+
+
+def action_for(chain: Chain, current: str | None, target: str | None, *, exists: bool = True) -> str:
+    """EnsureResult.action for bringing a schema at ``current`` to ``target``."""
+    if current == target and exists:
+        return "current"
+    if current is None:
+        return "created"
+    return "upgraded" if chain.is_upgrade(current, target) else "downgraded"
 
 
 def exec_batch_scalar(conn: Connection, sql: str) -> object:
@@ -112,6 +153,7 @@ def run_plan(
 
     ``epilogue`` (psycopg2 only, and only when the last step is compiled) rides at the end of the last
     batch; its scalar result is returned. Otherwise nothing is sent for it and None is returned."""
+    transactions.require(conn)
     prelude = (f"CREATE SCHEMA {quote_ident(schema)};\n" if create_schema else "") + (
         search_path_sql(schema, extension_schema) + ";\n"
     )
@@ -150,13 +192,16 @@ def migrate_on(
     online: bool = False,
     lock_timeout_ms: int | None = None,
     owner_role: str | None = None,
+    adopt: bool = False,
 ) -> EnsureResult:
     """Bring ``schema`` to ``target`` in one transaction on ``conn`` (not already in one) under the
     schema's advisory lock, writing the registry row in the same transaction.  ``online=True`` runs the
     whole range through Alembic instead of replaying compiled SQL.  ``lock_timeout_ms`` bounds every lock
     wait in the transaction (the schema's advisory lock, each DDL's table locks): SQLSTATE 55P03.
-    ``owner_role`` grants that role the schema in the same transaction (see roles.py)."""
+    ``owner_role`` grants that role the schema in the same transaction (see roles.py).  An existing
+    schema holding relations but no alembic_version is refused (UnmanagedSchema) unless ``adopt``."""
     started = time.perf_counter() if started is None else started
+    transactions.require(conn)
     with conn.begin():
         if lock_timeout_ms is not None:
             conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{int(lock_timeout_ms)}ms"})
@@ -165,20 +210,22 @@ def migrate_on(
         chain.check_known(schema, current)
         if not state.exists and not create:
             raise WorkspaceNotFound(project_id, schema)
-        if current == target and state.exists:
-            action, plan_path = "current", "none"
-            if state.registered and state.registered_revision == current and owner_role is None:
+        adopted = check_managed(conn, project_id, schema, state, adopt=adopt)
+        action = action_for(chain, current, target, exists=state.exists)
+        recorded_as = registry.ADOPT if adopted else registry.recorded_action(action)
+        if action == "current":
+            plan_path = "none"
+            if state.recorded_ready_at(current) and owner_role is None:
                 return EnsureResult(project_id, schema, action, current, target, _ms(started), plan_path)
         else:
             upgrading = chain.is_upgrade(current, target)
             if upgrading and not allow_upgrade and state.exists:
                 raise WorkspaceOutdated(project_id, schema, current, str(target))
             if not upgrading and not allow_downgrade:
-                raise UnknownRevision(schema, str(current))
+                raise WorkspaceAhead(project_id, schema, str(current), target)
             plan = chain.plan(current, target, online=online)
-            action = "created" if current is None else ("upgraded" if upgrading else "downgraded")
             # The registry row rides in the last batch when nothing else has to run after it.
-            epilogue = None if owner_role else registry.upsert_sql(project_id, schema, target, action, plan.path)
+            epilogue = None if owner_role else registry.upsert_sql(project_id, schema, target, recorded_as, plan.path)
             recorded = run_plan(
                 conn,
                 chain,
@@ -195,7 +242,9 @@ def migrate_on(
         if owner_role is not None:
             exec_batch(conn, roles.grant_sql(schema, owner_role))
         duration = _ms(started)
-        conn.execute(registry.UPSERT, registry.upsert_params(project_id, schema, target, action, duration, plan_path))
+        conn.execute(
+            registry.UPSERT, registry.upsert_params(project_id, schema, target, recorded_as, duration, plan_path)
+        )
     return EnsureResult(project_id, schema, action, current, target, duration, plan_path)
 
 
@@ -244,20 +293,20 @@ def migrate_expected(
     sql = plan.sql
     if sql is None or not plan.steps:
         return None
-    upgrading = chain.is_upgrade(expected_version, target)
-    action = "created" if expected_version is None else ("upgraded" if upgrading else "downgraded")
+    action = action_for(chain, expected_version, target, exists=expected_exists)
+    recorded_as = registry.recorded_action(action)
     if expected_exists:
         final = _FINAL_VERSION_MOVE.search(sql)
         if final is None:
             return None
         body = sql[: final.start()]
-        upsert = registry.upsert_sql(project_id, schema, target, action, plan.path, per_row_of="moved")
+        upsert = registry.upsert_sql(project_id, schema, target, recorded_as, plan.path, per_row_of="moved")
         record = _move_version_and_record(final.group(1), upsert)
     else:
         body = f"CREATE SCHEMA {quote_ident(schema)};\n" + sql
-        record = registry.upsert_sql(project_id, schema, target, action, plan.path)
+        record = registry.upsert_sql(project_id, schema, target, recorded_as, plan.path)
     batch = (
-        "BEGIN;\n"
+        f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};\n"  # whatever the server's default
         f"SELECT pg_advisory_xact_lock(hashtextextended({registry.sql_literal(lock_key(schema))}, 0));\n"
         + search_path_sql(schema, extension_schema)
         + ";\n"
@@ -269,6 +318,7 @@ def migrate_expected(
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     failure: Exception | None = None
+    autocommit = dbapi.autocommit
     dbapi.autocommit = True  # the batch carries its own BEGIN and COMMIT
     try:
         cursor = dbapi.cursor()
@@ -287,7 +337,7 @@ def migrate_expected(
     finally:
         if not conn.invalidated:
             with contextlib.suppress(Exception):
-                dbapi.autocommit = False
+                dbapi.autocommit = autocommit
     if failure is not None:
         code = getattr(failure, "pgcode", None)
         if code == "22P02" and STATE_CHANGED in str(failure):
@@ -309,6 +359,7 @@ def migrate_expected(
 def drop_on(conn: Connection, project_id: str, schema: str) -> bool:
     """Drop a project's schema and its registry row in one transaction under the schema's lock; False if
     neither existed."""
+    transactions.require(conn)
     with conn.begin():
         lock_schema(conn, schema)
         existed = conn.execute(

@@ -24,10 +24,11 @@ import sqlalchemy
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from . import transactions
 from .catalog import PIN_SEARCH_PATH, fingerprints, snapshot
 from .chain import Chain
-from .errors import InsufficientPrivilege, WorkspaceError
-from .failures import first_line
+from .errors import PermissionDenied, WorkspaceError
+from .failures import first_line, role_phrase
 from .provisioning import run_plan
 from .registry import REGISTRY_SCHEMA
 from .targeting import can_create, find_extension_schema
@@ -116,11 +117,14 @@ def for_check(conn: Connection, chain: Chain) -> Reference:
     if reference is not None:
         return reference
     if not allowed:
-        raise InsufficientPrivilege(
-            f"check needs the catalog the chain builds at head {chain.head}: none is stored for this chain in "
-            f"{TABLE}, and this role can't build one (that needs CREATE on database {database}, for a scratch "
-            "schema that is rolled back): run `workspace-tool init` once as a role that can (it stores the "
-            "reference), then rerun check"
+        role = conn.engine.url.username
+        raise PermissionDenied(
+            f"check needs the catalog the chain builds at head {chain.head}, and none is stored for this chain "
+            f"in {TABLE}",
+            f"{role_phrase(role)} can't build one (that needs CREATE on database {database}, for a scratch "
+            "schema that is rolled back)",
+            "run `workspace-tool init` once as a role that can (it stores it), then rerun check",
+            role=role,
         )
     return build(conn, chain, parts)
 
@@ -154,7 +158,7 @@ def store_if_missing(engine: Engine, chain: Chain, lock_timeout_ms: int | None =
     ``lock_timeout_ms``) must not fail the run: it is logged, and `check` then builds the reference itself
     or says what to run."""
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             store(conn, chain, refresh=False, lock_timeout_ms=lock_timeout_ms)
     except (WorkspaceError, DBAPIError, OSError) as exc:
         log.warning("could not store the reference catalog for `check`: %s", first_line(exc))

@@ -15,9 +15,12 @@ from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Row, text
+from sqlalchemy.exc import DBAPIError
 
+from . import transactions
 from .chain import ALEMBIC_LOCK
-from .errors import RegistryError
+from .errors import PermissionDenied, RegistryError
+from .failures import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
 from .naming import quote_ident
 from .targeting import DEFAULT_EXTENSION_SCHEMA, LOCK_SQL, REGISTRY_LOCK_KEY, check_extension_schema
 
@@ -58,6 +61,18 @@ SELECT_SOME_STATES = text(
     "ORDER BY project_id"
 )
 SELECT_SOME = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} WHERE project_id = ANY(:ids) ORDER BY project_id")
+
+# last_action: what the row's last run did (status 'ready') or tried to do (status 'failed'), one word for
+# both. 'register' writes a row for a schema already at its revision (a row brought in line with its
+# schema, an orphan registered); 'adopt' runs the chain into a schema that was not made by workspace-tool.
+CREATE, UPGRADE, DOWNGRADE, REGISTER, ADOPT = "create", "upgrade", "downgrade", "register", "adopt"
+_ACTION_RECORDED_AS = {"created": CREATE, "upgraded": UPGRADE, "downgraded": DOWNGRADE, "current": REGISTER}
+
+
+def recorded_action(action: str) -> str:
+    """The registry's last_action for an EnsureResult.action ('created' -> 'create', 'current' -> 'register')."""
+    return _ACTION_RECORDED_AS[action]
+
 
 # Written in the same transaction as the schema change it records.
 UPSERT = text(
@@ -190,11 +205,38 @@ def registry_ready(conn: Connection) -> str | None:
 
 def bootstrap(conn: Connection) -> str:
     """Create or migrate the registry and the vector extension, under one lock; return the extension's
-    schema. Runs in its own transaction on ``conn`` (which must not be in one) and commits it."""
-    ext_schema = registry_ready(conn)
+    schema. Runs in its own transaction on ``conn`` (which must not be in one) and commits it.
+
+    A role without the privileges this needs gets PermissionDenied naming them: USAGE on the registry and
+    on the extension's schema; a privileged role's `workspace-tool init` when something must be created or
+    migrated."""
+    transactions.require(conn)
+    try:
+        ext_schema = registry_ready(conn)
+        usable = ext_schema is None or conn.execute(_USABLE, {"schema": ext_schema}).scalar()
+    except DBAPIError as exc:
+        if is_permission_error(exc):
+            raise _registry_denied(conn, exc) from exc
+        raise
     conn.rollback()
-    if ext_schema is not None:
-        return ext_schema
+    if ext_schema is None:
+        try:
+            ext_schema = _set_up(conn)
+        except DBAPIError as exc:
+            if is_permission_error(exc):
+                raise _init_needed(conn, exc) from exc
+            raise
+        usable = conn.execute(_USABLE, {"schema": ext_schema}).scalar()
+        conn.rollback()
+    if not usable:  # the search_path would silently skip it: "type vector does not exist"
+        raise _extension_denied(conn, ext_schema)
+    return ext_schema
+
+
+_USABLE = text("SELECT has_schema_privilege(:schema, 'USAGE')")
+
+
+def _set_up(conn: Connection) -> str:
     with conn.begin():
         conn.execute(text(LOCK_SQL), {"key": REGISTRY_LOCK_KEY})
         row = conn.execute(PROBE).one()
@@ -211,3 +253,40 @@ def bootstrap(conn: Connection) -> str:
         if not chain.check(version):
             chain.upgrade(conn)
     return str(ext_schema)
+
+
+def _registry_denied(conn: Connection, exc: DBAPIError) -> PermissionDenied:
+    """The registry exists but this role can't read or write it."""
+    role = conn.engine.url.username
+    to = grantee(role)
+    return grant_needed(
+        first_line(exc),
+        f"{role_phrase(role)} may not use the registry ({REGISTRY_SCHEMA})",
+        f"GRANT USAGE ON SCHEMA {REGISTRY_SCHEMA} TO {to}; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {REGISTRY_SCHEMA} TO {to}",
+        role,
+        note=" (as the role that ran `workspace-tool init`)",
+    )
+
+
+def _extension_denied(conn: Connection, ext_schema: str) -> PermissionDenied:
+    """The extension is there, in a schema this role may not use (its search_path would skip it)."""
+    role = conn.engine.url.username
+    return grant_needed(
+        f"permission denied for schema {ext_schema}",
+        f"{role_phrase(role)} may not use schema {ext_schema}, which holds the vector extension",
+        f"GRANT USAGE ON SCHEMA {sql_name(ext_schema)} TO {grantee(role)}",
+        role,
+    )
+
+
+def _init_needed(conn: Connection, exc: DBAPIError) -> PermissionDenied:
+    """The registry or the extension is missing or behind, and this role can't create or migrate it."""
+    role = conn.engine.url.username
+    return PermissionDenied(
+        first_line(exc),
+        f"{role_phrase(role)} can't set up the registry ({REGISTRY_SCHEMA}) and the vector extension that "
+        "this database still needs",
+        "have a superuser (or another role that can) run `workspace-tool init` on this database first",
+        role=role,
+    )

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import re
 
-from sqlalchemy import Connection
-
 from .errors import InvalidRoleName
 from .naming import quote_ident
 
@@ -72,10 +70,3 @@ def grant_sql(schema: str, role: str) -> str:
             f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {s}.alembic_version FROM {r}; END IF; END $wst$",
         ]
     )
-
-
-def grant_owner_role(conn: Connection, schema: str, role: str) -> None:
-    """Grant ``role`` the project schema, in conn's transaction (which holds the schema's lock)."""
-    from .provisioning import exec_batch
-
-    exec_batch(conn, grant_sql(schema, validate_role_name(role)) + ";")

@@ -8,7 +8,16 @@ schema>``: pgvector's operators (``<=>`` behind ``cosine_distance``) live in the
 back to the pool with its default search_path and the next borrower (another project, or code that knows
 nothing about projects) sees nothing of this one.
 
-The project is ensured first (a dict lookup once it is known to be at head).
+So these connections always run in transactions: on an engine in AUTOCOMMIT a connection is switched to
+READ COMMITTED as its transaction begins (the engine's level comes back with the pool's reset), and a
+caller switching a project's connection to AUTOCOMMIT gets a ConfigurationError.
+
+The project is ensured first (a dict lookup once it is known to be at head), so a project dropped by
+another process after this one cached it is only noticed by the statement that misses it (SQLSTATE
+3F000 or 42P01 out of the block): the project is then forgotten here and, if its schema is really gone,
+WorkspaceNotFound is raised instead of the driver's error; the next connect/session/ensure creates it
+again.  (Re-ensuring inside the block can't help: the caller's statements and pending ORM objects can't
+be replayed, and a deliberate drop would be silently undone under them.)
 """
 
 from __future__ import annotations
@@ -18,10 +27,15 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, event
+from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
+from . import transactions
+from .errors import ConfigurationError, WorkspaceNotFound
+from .failures import sqlstate
+from .naming import schema_for
 from .targeting import search_path_sql
 
 if TYPE_CHECKING:
@@ -30,13 +44,15 @@ if TYPE_CHECKING:
 
 
 def scoped_engine(engine: Engine, schema: str, extension_schema: str) -> Engine:
-    """A view of ``engine`` (same pool) whose statements target ``schema``."""
+    """A view of ``engine`` (same pool) whose statements target ``schema``, always inside a transaction."""
     scoped = engine.execution_options(schema_translate_map={None: schema})
     sql = search_path_sql(schema, extension_schema)
 
     def set_local_search_path(conn: Connection) -> None:
         # Fired as a transaction begins, before any statement of it: the DBAPI cursor starts the
         # transaction (psycopg2 and SQLAlchemy's asyncpg adapter begin implicitly on first execute).
+        if transactions.in_autocommit(conn):  # the engine's AUTOCOMMIT: this connection runs a real one
+            transactions.own(conn)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(sql)
@@ -44,7 +60,66 @@ def scoped_engine(engine: Engine, schema: str, extension_schema: str) -> Engine:
             cursor.close()
 
     event.listen(scoped, "begin", set_local_search_path)
+    event.listen(scoped, "set_connection_execution_options", refuse_autocommit)
     return scoped
+
+
+def refuse_autocommit(conn: Connection, options: dict[str, Any]) -> None:
+    """A project's connection or session can't be switched to AUTOCOMMIT: its SET LOCAL search_path would
+    end with the first statement, and the next one could reach another schema's (or public's) tables."""
+    level = options.get("isolation_level")
+    if isinstance(level, str) and level.replace("_", " ").upper() == "AUTOCOMMIT":
+        raise ConfigurationError(
+            "a project's connection or session can't use isolation_level='AUTOCOMMIT': its statements reach "
+            "the project's schema through a SET LOCAL search_path, which needs a transaction; commit as you go "
+            "(conn.commit()), or use the engine directly for autocommit work outside the project"
+        )
+
+
+# --------------------------------------------------------- a project dropped elsewhere
+MISSING_SQLSTATES = {"3F000", "42P01"}  # invalid_schema_name, undefined_table
+_SCHEMA_EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema)")
+
+
+def _forget_if_missing(manager: WorkspaceManager | ProjectWorkspaceManager, project_id: str, exc: DBAPIError) -> bool:
+    """On "schema/relation does not exist", forget the project (the next ensure reads the database)."""
+    if sqlstate(exc) not in MISSING_SQLSTATES:
+        return False
+    manager.invalidate([project_id])
+    return True
+
+
+def _dropped(project_id: str, schema_exists: object) -> WorkspaceNotFound | None:
+    return None if schema_exists else WorkspaceNotFound(project_id, schema_for(project_id), dropped=True)
+
+
+@contextmanager
+def _not_found_if_dropped(manager: WorkspaceManager, project_id: str) -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        if not _forget_if_missing(manager, project_id, exc):
+            raise
+        with manager.engine.connect() as conn:
+            missing = _dropped(project_id, conn.execute(_SCHEMA_EXISTS, {"schema": schema_for(project_id)}).scalar())
+        if missing is None:
+            raise
+        raise missing from exc
+
+
+@asynccontextmanager
+async def _async_not_found_if_dropped(manager: ProjectWorkspaceManager, project_id: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        if not _forget_if_missing(manager, project_id, exc):
+            raise
+        async with manager.engine.connect() as conn:
+            schema = schema_for(project_id)
+            missing = _dropped(project_id, (await conn.execute(_SCHEMA_EXISTS, {"schema": schema})).scalar())
+        if missing is None:
+            raise
+        raise missing from exc
 
 
 # ------------------------------------------------------------------------- sync
@@ -73,7 +148,8 @@ def connect(manager: WorkspaceManager, project_id: str) -> Iterator[Connection]:
     """``with connect(mgr, "my-project") as conn:`` a Connection whose statements target the project's
     schema. Like ``engine.connect()``: commit as you go (``conn.commit()``); what isn't committed is
     rolled back when the block ends."""
-    with project_engine(manager, project_id).connect() as conn:
+    engine = project_engine(manager, project_id)
+    with _not_found_if_dropped(manager, project_id), engine.connect() as conn:
         yield conn
 
 
@@ -81,7 +157,8 @@ def connect(manager: WorkspaceManager, project_id: str) -> Iterator[Connection]:
 def session(manager: WorkspaceManager, project_id: str, **session_options: Any) -> Iterator[Session]:
     """``with session(mgr, "my-project") as s:`` an ORM Session on the project's schema; closed (and
     anything uncommitted rolled back) when the block ends. ``session_options`` go to ``Session()``."""
-    with Session(bind=project_engine(manager, project_id), **session_options) as orm_session:
+    engine = project_engine(manager, project_id)
+    with _not_found_if_dropped(manager, project_id), Session(bind=engine, **session_options) as orm_session:
         yield orm_session
 
 
@@ -97,7 +174,7 @@ async def async_project_engine(manager: ProjectWorkspaceManager, project_id: str
 async def async_connect(manager: ProjectWorkspaceManager, project_id: str) -> AsyncIterator[AsyncConnection]:
     """``async with async_connect(amgr, "my-project") as conn:`` the AsyncConnection counterpart."""
     engine = await async_project_engine(manager, project_id)
-    async with engine.connect() as conn:
+    async with _async_not_found_if_dropped(manager, project_id), engine.connect() as conn:
         yield conn
 
 
@@ -107,5 +184,5 @@ async def async_session(
 ) -> AsyncIterator[AsyncSession]:
     """``async with async_session(amgr, "my-project") as s:`` the AsyncSession counterpart."""
     engine = await async_project_engine(manager, project_id)
-    async with AsyncSession(bind=engine, **session_options) as orm_session:
-        yield orm_session
+    async with _async_not_found_if_dropped(manager, project_id), AsyncSession(bind=engine, **session_options) as s:
+        yield s

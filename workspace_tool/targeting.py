@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
-from .errors import ConfigurationError, InsufficientPrivilege
+from .errors import ConfigurationError
+from .failures import grant_needed, grantee, role_phrase, sql_name
 from .naming import quote_ident
 
 DEFAULT_EXTENSION_SCHEMA = "workspace_extensions"
@@ -69,10 +70,15 @@ def can_create(conn: Connection) -> tuple[bool, str]:
 
 
 def require_create(conn: Connection, why: str) -> None:
-    """Raise InsufficientPrivilege, saying ``why`` it is needed, unless the role may create schemas."""
+    """Raise PermissionDenied, saying ``why`` it is needed and the GRANT, unless the role may create
+    schemas in the database."""
     allowed, database = can_create(conn)
     if not allowed:
-        raise InsufficientPrivilege(
-            f"{why}: this role needs CREATE on database {database} "
-            f"(GRANT CREATE ON DATABASE {quote_ident(database)} TO <role>), or run it as a role that has it"
+        role = conn.engine.url.username
+        raise grant_needed(
+            why,
+            f"{role_phrase(role)} may not create schemas in database {database} (CREATE on the database)",
+            f"GRANT CREATE ON DATABASE {sql_name(database)} TO {grantee(role)}",
+            role,
+            note=", or run it as a role that has it",
         )

@@ -16,22 +16,37 @@ _ASYNC_DRIVER = "postgresql+asyncpg"
 
 
 _EXPECTED = "expected postgresql://user@host:port/dbname, with :password after the user if needed"
+_MAX_PORT = 65535
+
+
+def _not_a_url(why: str) -> ConfigurationError:
+    # the text may hold a password in a shape no pattern recognises: it is not repeated
+    return ConfigurationError(f"not a database URL ({why}): {_EXPECTED}")
 
 
 def parse(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
-        # the text may hold a password in a shape no pattern recognises: it is not repeated
-        why = "its port is not a number" if isinstance(exc, ValueError) else "it can't be parsed"
-        raise ConfigurationError(f"not a database URL ({why}): {_EXPECTED}") from None
+        raise _not_a_url("its port is not a number" if isinstance(exc, ValueError) else "it can't be parsed") from None
     if parsed.drivername.split("+")[0] == "postgres":  # the common alias (Heroku, libpq URIs)
         parsed = parsed.set(drivername=parsed.drivername.replace("postgres", "postgresql", 1))
     if parsed.get_backend_name() != "postgresql":
         raise ConfigurationError(
             f"workspace-tool needs PostgreSQL, got a {parsed.get_backend_name()} URL: {redact(parsed)}"
         )
-    return parsed
+    return check_url(parsed)
+
+
+def check_url(url: URL) -> URL:
+    """Refuse, before any connection, a URL no server can be reached at: a host holding an '@' (the rest
+    of a password or user name with an unencoded '@', which libpq would look up as a host name), or a
+    port outside 1-65535."""
+    if url.host and "@" in url.host:
+        raise _not_a_url("it has more than one '@': write an '@' in the user name or password as %40")
+    if url.port is not None and not 0 < url.port <= _MAX_PORT:
+        raise _not_a_url(f"its port {url.port} is not between 1 and {_MAX_PORT}")
+    return url
 
 
 def sync_url(url: str | URL) -> URL:
@@ -44,11 +59,11 @@ def async_url(url: str | URL) -> URL:
 
 
 def redact(url: str | URL) -> str:
-    """The URL as text with its password replaced by ***."""
+    """The URL as text with its password replaced by ***, every part of it (see url_secrets)."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return redact_text(str(url))
+        return redact_text(make_url(url).render_as_string(hide_password=True), *url_secrets(url))
+    except (ArgumentError, ValueError):
+        return redact_text(str(url), *url_secrets(url))
 
 
 _PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)([^@\s]*)(@)")
@@ -65,20 +80,22 @@ def url_secrets(url: str | URL | None) -> list[str]:
         if url.password:
             found.add(str(url.password))
         if url.host and "@" in url.host:  # the rest of a password holding an unencoded '@'
-            found.update(p for p in url.host.rpartition("@")[0].split("@") if len(p) >= 3)
-        return sorted(found, key=len, reverse=True)
-    with contextlib.suppress(Exception):
-        password = make_url(url).password
-        if password:
-            found.add(password)
-    rest = url.split("://", 1)[-1]
-    userinfo = rest.rpartition("@")[0] if "@" in rest else ""
-    if ":" in userinfo:
-        raw = userinfo.split(":", 1)[1]
-        for candidate in (raw, unquote(raw), *raw.split("@")):
-            if len(candidate) >= 3:
-                found.add(candidate)
+            found.update(url.host.rpartition("@")[0].split("@"))
+    else:
+        with contextlib.suppress(Exception):
+            found.update(url_secrets(make_url(url)))
+        rest = url.split("://", 1)[-1]
+        userinfo = rest.rpartition("@")[0] if "@" in rest else ""
+        if ":" in userinfo:
+            raw = userinfo.split(":", 1)[1]
+            found.update((raw, unquote(raw), *raw.split("@")))
+    found.discard("")
     return sorted(found, key=len, reverse=True)  # longest first, so no fragment is left behind
+
+
+# A secret shorter than this is scrubbed only where it stands alone ("ab" in `"ab@host"`, not in
+# "database"): replacing it everywhere would garble the message and give it away by the gaps.
+_SHORT_SECRET = 6
 
 
 def redact_text(message: str, *secrets: str | None) -> str:
@@ -86,6 +103,10 @@ def redact_text(message: str, *secrets: str | None) -> str:
     message = _PASSWORD_IN_URL.sub(r"\1***\3", message)
     message = _PASSWORD_KV.sub(r"\1***", message)
     for secret in secrets:
-        if secret:
+        if not secret:
+            continue
+        if len(secret) >= _SHORT_SECRET:
             message = message.replace(secret, "***")
+        else:
+            message = re.sub(rf"(?<!\w){re.escape(secret)}(?!\w)", "***", message)
     return message

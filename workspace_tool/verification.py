@@ -20,10 +20,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from . import transactions
 from .catalog import PIN_SEARCH_PATH, diff, snapshot
 from .chain import Chain, Plan
 from .errors import WorkspaceError
-from .failures import translate
+from .failures import translate_for
 from .provisioning import run_plan
 from .targeting import find_extension_schema, require_create
 
@@ -99,7 +100,7 @@ def verify_fast_path(
     """Compare the online and the fast path on scratch schemas, for every range of the chain (or
     ``cases``); the report says, per range, 'identical' or the differences."""
     try:
-        with engine.connect() as conn:
+        with transactions.connect(engine) as conn:
             with conn.begin():
                 extension_schema = find_extension_schema(conn)  # never created here: `workspace-tool init`
                 require_create(conn, "verify-fast-path builds scratch schemas (in a transaction rolled back)")
@@ -115,7 +116,7 @@ def verify_fast_path(
     except WorkspaceError:
         raise
     except DBAPIError as exc:
-        raise translate(exc) from exc
+        raise translate_for(engine.url, exc) from exc
     return VerificationReport(chain.head, chain.fingerprint, tuple(checks))
 
 

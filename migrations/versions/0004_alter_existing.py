@@ -20,6 +20,13 @@ down_revision: str | Sequence[str] | None = "0003_indexing_jobs"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# Reviewed with squawk (`workspace-tool lint`): the type change scans and rewrites repositories under an
+# ACCESS EXCLUSIVE lock, the rename breaks code still reading change_events.file_path, and each index
+# blocks writes to its table while it builds, in every project in turn. Accepted for this example chain:
+# its per-project tables are small, so each schema's transaction holds these locks briefly (and CREATE
+# INDEX CONCURRENTLY cannot run inside that transaction).
+workspace_squawk_ignore = ["changing-column-type", "renaming-column", "require-concurrent-index-creation"]
+
 
 def upgrade() -> None:
     op.add_column("code_chunks", sa.Column("token_count", sa.Integer()))

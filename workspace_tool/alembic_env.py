@@ -1,0 +1,215 @@
+"""The Alembic environment of a per-project chain. A chain's ``env.py`` is two lines::
+
+    from workspace_tool import alembic_env
+
+    alembic_env.run()
+
+and its models are named in alembic.ini (``workspace_models = myapp.models:metadata``), or passed:
+``alembic_env.run(target_metadata=metadata)``. They are imported only when Alembic compares them with a
+database (``revision --autogenerate``, ``alembic check``, pytest-alembic's model test), never to migrate.
+
+Every way in puts the same three guards on the project schema (alembic issue #555): ``schema_translate_map``
+for CREATE TABLE/INDEX, ``version_table_schema`` for the version table, and ``SET LOCAL search_path``
+holding only the project schema and the vector extension's schema, so ALTER-type operations can't land
+anywhere else. Online, the project schema comes from ``config.attributes["schema"]`` or ``-x schema=``:
+
+* **A shared connection** (Alembic's cookbook, pytest-alembic): ``config.attributes["connection"]`` is a
+  Connection (or an Engine, connected here). In the connection's transaction, env.py takes the schema's
+  advisory lock, finds the extension's schema, creates the project schema if missing and migrates it. A
+  connection already in a transaction is left for its owner to commit; one that isn't gets a transaction
+  that Alembic commits. A connection in AUTOCOMMIT is refused: ``SET LOCAL`` and a transaction-level
+  lock do nothing there.
+* **workspace_tool itself** also passes ``extension_schema``: it holds the lock and created the schema in
+  its own transaction, so only the guards are set (no extra round trip).
+* **The plain Alembic CLI**: ``alembic -x schema=project_foo upgrade head``, with the URL from ``-x url=``,
+  ``WORKSPACE_TOOL_DATABASE_URL`` or ``sqlalchemy.url``; as for a shared connection, in one transaction.
+
+Offline (``--sql``) the SQL starts with ``CREATE SCHEMA IF NOT EXISTS`` and the search_path when a schema
+is named. workspace_tool compiles a chain with ``compile=True`` and an ``output_buffer``: no transaction and
+no schema name, since the SQL is replayed per schema under a search_path.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+from alembic import context
+from sqlalchemy import Connection, MetaData, create_engine, pool, text
+
+from . import transactions
+from .errors import ConfigurationError
+from .naming import quote_ident, validate_schema_name
+from .targeting import DEFAULT_EXTENSION_SCHEMA, find_extension_schema, lock_schema, search_path_sql
+from .urls import sync_url
+
+MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
+TEMPLATE_DIR = Path(__file__).with_name("templates") / "workspace-tool"
+
+
+def run(target_metadata: MetaData | None = None) -> None:
+    """Run the chain's migrations (or Alembic's comparison) into one project schema; call it from env.py."""
+    if context.is_offline_mode():
+        _run_offline()
+    else:
+        _run_online(target_metadata)
+
+
+# ----------------------------------------------------------------------- offline
+def _run_offline() -> None:
+    attributes = context.config.attributes
+    compiling = bool(attributes.get("compile"))
+    schema = None if compiling else _target_schema()
+    context.configure(
+        url=None if compiling else _url(required=False),
+        dialect_name="postgresql",
+        literal_binds=True,
+        transactional_ddl=not compiling,
+        output_buffer=attributes.get("output_buffer"),
+    )
+    with context.begin_transaction():
+        if schema:
+            extension_schema = _x_arguments().get("extension_schema", DEFAULT_EXTENSION_SCHEMA)
+            context.execute(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
+            context.execute(search_path_sql(schema, extension_schema))
+        context.run_migrations()
+
+
+# ------------------------------------------------------------------------ online
+def _run_online(target_metadata: MetaData | None) -> None:
+    attributes = context.config.attributes
+    given = attributes.get("connection")
+    if isinstance(given, Connection) and "extension_schema" in attributes:
+        # workspace_tool itself: the lock, the schema (its name too) and the transaction are the caller's
+        check_transactional(given)
+        schema = attributes["schema"]
+        with _configured(given, schema, target_metadata):
+            given.execute(text(search_path_sql(schema, attributes["extension_schema"])))
+            context.run_migrations()
+        return
+    from_cli = given is None  # nothing handed in: the alembic command line (or a script using the URL)
+    schema = _target_schema()
+    if schema is None:
+        _fail(
+            "name the project schema: alembic -x schema=project_foo upgrade head"
+            if from_cli
+            else "name the project schema for the connection in config.attributes: "
+            "config.attributes['schema'] = 'project_foo' (or -x schema=project_foo)",
+            from_cli=from_cli,
+        )
+    if isinstance(given, Connection):
+        _migrate(given, schema, target_metadata)
+        return
+    if given is not None and not callable(getattr(given, "connect", None)):
+        raise ConfigurationError(
+            f"config.attributes['connection'] must be a SQLAlchemy Connection or Engine, not {type(given).__name__}"
+        )
+    engine = given if given is not None else create_engine(sync_url(str(_url())), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            # READ COMMITTED whatever the engine says (a connection already in a transaction is checked)
+            _migrate(conn if conn.in_transaction() else transactions.own(conn), schema, target_metadata)
+    finally:
+        if from_cli:
+            engine.dispose()
+
+
+def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None) -> None:
+    """Lock, create and migrate ``schema`` in conn's transaction (begun and committed here if it had none)."""
+    check_transactional(conn)
+    with _configured(conn, schema, target_metadata), context.begin_transaction():
+        lock_schema(conn, schema)
+        extension_schema = find_extension_schema(conn)
+        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+        conn.execute(text(search_path_sql(schema, extension_schema)))
+        context.run_migrations()
+
+
+@contextmanager
+def _configured(conn: Connection, schema: str, target_metadata: MetaData | None) -> Iterator[None]:
+    """``context.configure`` on conn with the guards; conn's own schema_translate_map is put back after."""
+    previous = conn.get_execution_options().get("schema_translate_map")
+    options: dict[str, Any] = {"version_table_schema": schema, "include_schemas": False}
+    if _autogenerating():
+        from .authoring import autogenerate_options
+
+        options.update(target_metadata=_models(target_metadata), **autogenerate_options())
+    else:
+        options["target_metadata"] = target_metadata  # only autogenerate reads it: no import for it
+    try:
+        # Connection.execution_options changes conn itself (SQLAlchemy 2): hence the restore below.
+        context.configure(connection=conn.execution_options(schema_translate_map={None: schema}), **options)
+        yield
+    finally:
+        conn.execution_options(schema_translate_map=previous)
+
+
+def check_transactional(conn: Connection) -> None:
+    """Refuse a connection in AUTOCOMMIT: each statement would commit on its own, and ``SET LOCAL
+    search_path`` and ``pg_advisory_xact_lock`` would end with it (the migration could land in another
+    schema and would run unlocked)."""
+    if transactions.in_autocommit(conn):
+        raise ConfigurationError(
+            "the connection given to Alembic is in AUTOCOMMIT mode, where SET LOCAL search_path and the "
+            "schema's advisory lock last for one statement: pass a connection in a transaction (engine.begin()) "
+            "or one without isolation_level='AUTOCOMMIT'"
+        )
+
+
+# -------------------------------------------------------------------- settings
+def _x_arguments() -> dict[str, str]:
+    return context.get_x_argument(as_dictionary=True)
+
+
+def _target_schema() -> str | None:
+    schema = context.config.attributes.get("schema") or _x_arguments().get("schema")
+    return validate_schema_name(schema) if schema else None
+
+
+def _url(required: bool = True) -> str | None:
+    url = (
+        _x_arguments().get("url")
+        or os.environ.get("WORKSPACE_TOOL_DATABASE_URL")
+        or context.config.get_main_option("sqlalchemy.url")
+    )
+    if not url and required:
+        _fail(
+            "no database URL: set WORKSPACE_TOOL_DATABASE_URL, pass -x url=..., or set sqlalchemy.url in alembic.ini",
+            from_cli=True,
+        )
+    return url
+
+
+def _fail(message: str, *, from_cli: bool) -> NoReturn:
+    """On the alembic command line a one-line message and exit 1; from code, a ConfigurationError."""
+    if from_cli:
+        raise SystemExit(f"error: {message}")
+    raise ConfigurationError(message)
+
+
+def _autogenerating() -> bool:
+    """Whether Alembic runs this environment to compare models with the database: ``revision``
+    (``--autogenerate``) and ``check`` hand the EnvironmentContext a ``revision_context``. When this can't be
+    told (an Alembic that stores its options elsewhere), assume it is, which only costs imports."""
+    environment = getattr(context, "_proxy", None)
+    options = getattr(environment, "context_opts", None)
+    return not isinstance(options, dict) or "revision_context" in options
+
+
+def _models(target_metadata: MetaData | None) -> Any:
+    """What autogenerate compares with: ``config.attributes["target_metadata"]`` (``revision --metadata``),
+    else what env.py passed to ``run``, else alembic.ini's ``workspace_models``."""
+    given = context.config.attributes.get("target_metadata")
+    if given is not None:
+        return given
+    if target_metadata is not None:
+        return target_metadata
+    reference = context.config.get_main_option(MODELS_OPTION)
+    if not reference:
+        return None
+    from .authoring import load_metadata
+
+    return load_metadata(reference, source=f"{MODELS_OPTION} in {context.config.config_file_name}")
