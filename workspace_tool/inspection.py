@@ -51,8 +51,8 @@ def project_schemas(conn: Connection) -> dict[str, bool]:
 
 
 def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VERSION_BATCH) -> dict[str, str | None]:
-    """schema -> version_num (None for an empty version table; 'a,b' for a table holding two rows, in
-    order), for schemas with a version table. Reads in batches of ``batch_size`` schemas, one UNION ALL query per batch.
+    """schema -> version_num (None for an empty version table), for schemas with a version table.
+    Reads in batches of ``batch_size`` schemas, one UNION ALL query per batch.
 
     Each batch runs in a savepoint that is rolled back once its rows are read: that releases the
     AccessShareLocks on its version tables, so reading 10,000 schemas in one transaction does not run out
@@ -62,8 +62,7 @@ def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VE
     for start in range(0, len(names), batch_size):
         batch = names[start : start + batch_size]
         union = " UNION ALL ".join(
-            f"SELECT {i} AS i, (SELECT string_agg(version_num, ',' ORDER BY version_num) "
-            f"FROM {quote_ident(s)}.alembic_version)"
+            f"SELECT {i} AS i, (SELECT string_agg(version_num, ',') FROM {quote_ident(s)}.alembic_version)"
             for i, s in enumerate(batch)
         )
         savepoint = conn.begin_nested()
@@ -105,9 +104,11 @@ def read_parallel(
         with transactions.connect(engine) as conn, conn.begin():
             return read(conn, chunk)
 
-    if jobs <= 1 or len(chunks) <= 1:
-        return read_chunk(names)
     merged: dict[str, T] = {}
+    if jobs <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            merged.update(read_chunk(chunk))
+        return merged
     with ThreadPoolExecutor(max_workers=min(jobs, len(chunks)), thread_name_prefix="wst-read") as pool:
         for part in pool.map(read_chunk, chunks):
             merged.update(part)
