@@ -17,6 +17,9 @@ What is measured (targets from issue 4):
 * fresh ``ensure`` on a database already holding N (10,000) project schemas vs on one holding none.
   Target <= 1.25x.
 * ``upgrade --all`` over large fleets: ``benchmarks/fleet_upgrade.py`` (its ``main()``), if present.
+* ``check`` (drift detection) over a fleet of 10,000 schemas at head, interleaved with a no-op ``upgrade
+  --all`` and ``status`` over the same fleet (issue 14). Targets: check <= 10 s and <= 3x the no-op upgrade;
+  status <= 1 s.
 
 The server is ``WORKSPACE_TOOL_BENCH_DATABASE_URL`` if set, else the embedded PostgreSQL
 (``workspace_tool.embedded.start()``); the benchmark creates its own databases on it and drops them at
@@ -52,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_upgrade import checkpoint  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, embedded  # noqa: E402
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet  # noqa: E402
 from workspace_tool.naming import quote_ident, schema_for  # noqa: E402
 from workspace_tool.provisioning import migrate_on  # noqa: E402
 from workspace_tool.targeting import search_path_sql  # noqa: E402
@@ -387,6 +390,7 @@ def populate(engine: sa.Engine, mgr: WorkspaceManager, count: int, *, per_batch:
             cursor.execute("".join(parts))
             cursor.close()
         finally:
+            conn.driver_connection.autocommit = False  # back to the pool as it came, for the library's use
             conn.close()
         with lock:
             done += min(per_batch, count - start)
@@ -492,6 +496,80 @@ def _time_statements(engine: sa.Engine, into: dict[str, list[float]]) -> None:
     sa.event.listen(engine, "after_cursor_execute", after)
 
 
+def bench_check(server: URL, count: int, reps: int, jobs: int) -> None:
+    """`check` (drift.check), a no-op `upgrade --all` (fleet.upgrade) and `status` (WorkspaceManager.status)
+    over the same fleet of ``count`` schemas at head, interleaved (the order rotates), after a CHECKPOINT."""
+    with scratch_database(server, "check") as url:
+        engine = engine_for(url, pool_size=jobs + 2)
+        mgr = WorkspaceManager(engine, ALEMBIC_INI)
+        try:
+            log(f"creating {count} project schemas at head (compiled chain, batched) ...")
+            seconds = populate(engine, mgr, count)
+            started = time.perf_counter()
+            warm = fleet.upgrade(engine, mgr.chain, jobs=jobs)  # at its end, stores the reference for check
+            stored_s = time.perf_counter() - started
+            assert warm.counts()["skipped"] == count, warm.counts()
+            assert drift.check(engine, mgr.chain, jobs=jobs).ok
+            checkpoint(engine)
+            log(f"  done in {seconds:.1f} s; now {reps} rounds of check / no-op upgrade / status, interleaved")
+            samples: dict[str, list[float]] = {"check": [], "no-op upgrade": [], "status": []}
+            runs: dict[str, Callable[[], object]] = {
+                "check": lambda: drift.check(engine, mgr.chain, jobs=jobs),
+                "no-op upgrade": lambda: fleet.upgrade(engine, mgr.chain, jobs=jobs),
+                "status": mgr.status,
+            }
+            load = [os.getloadavg()[0]]
+            for i in range(reps):
+                names = list(runs)
+                for name in names[i % 3 :] + names[: i % 3]:
+                    started = time.perf_counter()
+                    result = runs[name]()
+                    samples[name].append(time.perf_counter() - started)
+                    _assert_whole_fleet(name, result, count)
+                load.append(os.getloadavg()[0])
+                log("  round {}: {}".format(i + 1, ", ".join(f"{k} {v[-1]:.2f} s" for k, v in samples.items())))
+            ratios = [c / n for c, n in zip(samples["check"], samples["no-op upgrade"], strict=True)]
+            check_s, noop_s, status_s = (statistics.median(samples[k]) for k in runs)
+            print(f"\n== check, no-op upgrade --all and status over {count} schemas, {jobs} connections ==")
+            print(f"(created {count} schemas in {seconds:.1f} s; the first no-op run, which stored the reference:")
+            print(f" {stored_s:.2f} s)")
+            for name, values in samples.items():
+                print(f"{name:<14} {spread(values)}")
+            print(f"check: {check_s:.2f} s (target <= 10 s: {verdict(check_s, 10.0)})")
+            print(
+                f"check / no-op upgrade = {check_s / noop_s:.2f}x; median of the per-round ratios "
+                f"{statistics.median(ratios):.2f}x (target <= 3x: {verdict(statistics.median(ratios), 3.0)})"
+            )
+            print(f"status: {status_s:.2f} s (target <= 1 s: {verdict(status_s, 1.0)})")
+            print(
+                f"load average (1 min) during the rounds: {min(load):.1f} to {max(load):.1f} on {os.cpu_count()} cores"
+            )
+            record(
+                "check",
+                schemas=count,
+                jobs=jobs,
+                check_s=check_s,
+                noop_upgrade_s=noop_s,
+                status_s=status_s,
+                ratio=check_s / noop_s,
+                ratio_of_rounds=statistics.median(ratios),
+                samples=samples,
+                load=load,
+            )
+        finally:
+            mgr.close()
+            engine.dispose()
+
+
+def _assert_whole_fleet(name: str, result: object, count: int) -> None:
+    if isinstance(result, drift.CheckReport):
+        assert result.ok and len(result.schemas) == count, result.failing[:3]
+    elif isinstance(result, fleet.FleetReport):
+        assert result.counts()["skipped"] == count, result.counts()
+    else:
+        assert isinstance(result, list) and len(result) == count, name
+
+
 def run_fleet(quick: bool, sizes: Sequence[int]) -> None:
     """benchmarks/fleet_upgrade.py's main(argv): once with --quick, else once per fleet size."""
     path = Path(__file__).with_name("fleet_upgrade.py")
@@ -526,7 +604,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["fresh", "cache", "gather", "existing", "fleet"],
+        choices=["fresh", "cache", "gather", "existing", "fleet", "check"],
         help="run only these parts (repeatable)",
     )
     parser.add_argument(
@@ -534,6 +612,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="2000,10000",
         help="fleet sizes for benchmarks/fleet_upgrade.py, comma-separated (quick: its own --quick)",
     )
+    parser.add_argument("--check-schemas", type=int, help="fleet size for check/status (default 10000, quick 1000)")
+    parser.add_argument("--check-reps", type=int, help="rounds of check/no-op upgrade/status (default 5, quick 3)")
+    parser.add_argument("--jobs", type=int, default=fleet.default_jobs(), help="connections for check and upgrade")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -541,12 +622,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.gather_reps = args.gather_reps or (5 if quick else 9)
     args.existing = args.existing if args.existing is not None else (1000 if quick else 10_000)
     args.existing_n = args.existing_n or (20 if quick else 30)
+    args.check_schemas = args.check_schemas or (1000 if quick else 10_000)
+    args.check_reps = args.check_reps or (3 if quick else 5)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet"])
+    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check"])
     os.chdir(ROOT)
     server = server_url()
     print(f"server: {server.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
@@ -570,6 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_existing(server, args.existing, args.existing_n)
     if "fleet" in parts:
         run_fleet(args.quick, [int(n) for n in args.fleet_sizes.split(",") if n.strip()])
+    if "check" in parts:
+        bench_check(server, args.check_schemas, args.check_reps, args.jobs)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")

@@ -44,6 +44,13 @@ def database_url() -> Iterator[URL]:
         yield url
 
 
+@pytest.fixture
+def new_database(database_url: URL) -> Iterator[URL]:
+    """An empty database of its own: no extension, no registry; dropped at the end."""
+    with fresh_database(database_url, "boot") as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def url_string(database_url: URL) -> str:
     return database_url.render_as_string(hide_password=False)

@@ -169,6 +169,7 @@ def test_ensure_reports_what_it_did_before_a_failure(cli: Cli, engine: sa.Engine
 
 # ---------------------------------------------------------------------------------- list
 def test_list_empty_and_filled(cli: Cli) -> None:
+    assert cli("init").exit_code == 0  # a registry with no project (without one, list says so: test_read_only)
     empty = cli("list")
     assert (empty.exit_code, empty.stdout, empty.stderr) == (0, "", "No projects.\n")
     empty_json = cli("list", "--json")

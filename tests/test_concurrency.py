@@ -8,8 +8,7 @@ import asyncio
 import multiprocessing
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -189,20 +188,6 @@ def test_processes_same_and_distinct_projects(engine: sa.Engine, url_string: str
     assert project_schemas(engine) == sorted(
         ["project_multi", "project_registry"] + [f"project_proc_{i}" for i in range(4)]
     )
-
-
-@pytest.fixture
-def new_database(database_url: URL) -> Iterator[URL]:
-    """An empty database: no extension, no registry."""
-    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    name = f"wst_boot_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    yield database_url.set(database=name)
-    with admin.connect() as conn:
-        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": name})
-        conn.execute(sa.text(f'DROP DATABASE "{name}"'))
-    admin.dispose()
 
 
 def bootstrap_state(url: URL) -> tuple[int, list[str], list[str]]:

@@ -166,10 +166,10 @@ class ProjectWorkspaceManager:
     drop = drop_workspace
 
     async def status(self, project_ids: list[str] | None = None) -> list[ProjectStatus]:
+        """Like WorkspaceManager.status (versions read on this connection). Read-only."""
         if project_ids is not None:
             for project_id in project_ids:
                 schema_for(project_id)
-        await self.bootstrap()
 
         def read(conn: Connection) -> list[ProjectStatus]:
             with conn.begin():

@@ -22,6 +22,8 @@ from .urls import redact, redact_text, sync_url
 F = TypeVar("F", bound=Callable[..., Any])
 URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
 POOL_SIZE = 8
+# What read commands (status, list, check) say on a database with no registry; they exit 0.
+NO_REGISTRY = "No registry yet in this database: nothing has been provisioned (run `workspace-tool init` or `ensure`)"
 
 
 class AppContext:
@@ -143,8 +145,9 @@ def main(ctx: click.Context, database_url: str | None, config: str | None, trace
 @main.command()
 @pass_app
 def init(app: AppContext) -> None:
-    """Create the registry and the vector extension (once, under a lock)."""
-    extension_schema = app.manager.bootstrap(force=True)
+    """Create the registry and the vector extension (once, under a lock), and store the catalog the chain
+    builds, which `check` compares schemas with (so a read-only role can run check)."""
+    extension_schema = app.manager.init()
     click.echo(
         f"Registry ready in project_registry; vector extension in schema {extension_schema}; "
         f"database {redact(app.url)}",
@@ -195,8 +198,10 @@ def ensure(
 @pass_app
 def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
     """Each named project's schema, revision, state and last duration; with no ids, the fleet: counts by
-    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans."""
+    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans. Read-only;
+    on a database where nothing was provisioned yet it says so (exit 0)."""
     statuses = app.manager.status(list(project_ids) or None)
+    nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
         from .inspection import fleet_summary
         from .output import to_json
@@ -204,17 +209,19 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
         summary = fleet_summary(app.manager.chain, statuses)
         if as_json:
             click.echo(to_json(summary))
-            return
-        render_fleet_summary(summary)
-        return
-    rows = [s.as_dict() for s in statuses]
-    emit(
-        rows,
-        ["project_id", "schema", "revision", "state", "last_action", "last_duration_ms", "updated_at"],
-        as_json=as_json,
-    )
-    if not rows and not as_json:
-        click.echo("No projects.", err=True)
+        elif not nothing_yet:
+            render_fleet_summary(summary)
+    else:
+        rows = [s.as_dict() for s in statuses]
+        emit(
+            rows,
+            ["project_id", "schema", "revision", "state", "last_action", "last_duration_ms", "updated_at"],
+            as_json=as_json,
+        )
+        if not rows and not as_json and not nothing_yet:
+            click.echo("No projects.", err=True)
+    if nothing_yet:
+        click.echo(NO_REGISTRY, err=True)
 
 
 def render_fleet_summary(summary: dict[str, Any]) -> None:
@@ -244,11 +251,11 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 @json_option
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
-    """Every project in the registry."""
+    """Every project in the registry. Read-only."""
     rows = [dataclasses.asdict(r) for r in app.manager.projects()]
     emit(rows, ["project_id", "schema_name", "revision", "status", "created_at"], as_json=as_json)
     if not rows and not as_json:
-        click.echo("No projects.", err=True)
+        click.echo("No projects." if app.manager.has_registry() else NO_REGISTRY, err=True)
 
 
 @main.command()

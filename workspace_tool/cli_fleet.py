@@ -12,7 +12,7 @@ from typing import Any, TextIO, TypeVar
 import click
 
 from . import drift, fleet
-from .cli import AppContext, adopt_option, json_option, main, pass_app
+from .cli import NO_REGISTRY, AppContext, adopt_option, json_option, main, pass_app
 from .output import emit, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -258,17 +258,21 @@ def _skipped_detail(report: fleet.FleetReport) -> str:
 
 @main.command()
 @click.argument("project_ids", nargs=-1)
+@click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel connections (default: 2 per core).")
 @json_option
 @pass_app
-def check(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
+def check(app: AppContext, project_ids: tuple[str, ...], jobs: int | None, as_json: bool) -> None:
     """Exit 0 only if every project schema is registered, at head, and matches the head model.
 
-    The model is built by running the chain into a scratch schema in a transaction that is rolled back;
-    each schema's tables, columns, indexes and constraints are compared with it."""
-    report = drift.check(app.engine, app.manager.chain, list(project_ids) or None)
+    The model is the catalog the chain builds at head: stored in the registry by `init` and fleet runs,
+    else built in a scratch schema in a transaction that is rolled back. Each schema's tables, columns,
+    indexes and constraints are compared with it (a fingerprint per schema, then the differences of those
+    that differ). Read-only; on a database where nothing was provisioned yet it says so (exit 0)."""
+    app.jobs = jobs  # before the engine is made: its pool is sized for them
+    report = drift.check(app.engine, app.manager.chain, list(project_ids) or None, jobs=jobs)
     if as_json:
         sys.stdout.write(to_json(report.as_dict()) + "\n")
-    else:
+    elif report.registry or report.schemas:
         for schema in report.failing:
             click.echo(f"{schema.schema} (project {schema.project_id}, {schema.state}):")
             for problem in schema.problems:
@@ -278,5 +282,7 @@ def check(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
             + ("all match" if report.ok else f"{len(report.failing)} differ"),
             err=True,
         )
+    if not report.registry:
+        click.echo(NO_REGISTRY, err=True)
     if not report.ok:
         sys.exit(1)

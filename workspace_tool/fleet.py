@@ -13,6 +13,9 @@ The order of work:
    its old revision and marks its registry row ``failed`` in a separate transaction.  After DEAD_AFTER
    schemas in a row failed on a lost connection the database is taken to be gone: no new schema starts.
    A schema found already at the target (another run moved it since the batch read) is ``skipped``.
+4. If no reference catalog is stored for this chain, the chain is built into a scratch schema (rolled
+   back) and its catalog stored, for `check` (``reference.store_if_missing``: best effort, bounded by the
+   lock timeout; a failure is logged, not reported as the run's).
 
 Parallelism: a compiled plan (the normal case) is replayed without touching Alembic, so a pool of threads
 with one connection each scales (psycopg2 releases the GIL while waiting on the server).  A plan with
@@ -49,7 +52,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, pool, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, registry, transactions
+from . import cache, reference, registry, transactions
 from . import worker_engine as worker_engines
 from .chain import Chain
 from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
@@ -95,6 +98,13 @@ def pool_capacity(engine: Engine) -> int | None:
     if isinstance(engine_pool, (pool.StaticPool, pool.AssertionPool)):
         return 1  # one connection, shared or checked out at a time
     return None  # NullPool, SingletonThreadPool: a new connection per checkout or per thread
+
+
+def spare_jobs(engine: Engine, wanted: int) -> int:
+    """``wanted``, or as many as the engine's pool serves besides one connection in use: 0 for a pool of
+    one (read-only commands then do everything on that one)."""
+    capacity = pool_capacity(engine)
+    return wanted if capacity is None else max(0, min(wanted, capacity - 1))
 
 
 def check_jobs(engine: Engine, jobs: int | None) -> int:
@@ -618,6 +628,8 @@ def run(
             ]
         finished += results
         cache.invalidate(cache.database_key(engine.url, chain.config_path), [w.project_id for w in work])
+    if not interrupted:  # what `check` compares schemas with, if not stored yet for this chain
+        reference.store_if_missing(engine, chain, lock_timeout_ms)
     order = {c.project_id: i for i, c in enumerate(candidates)}
     finished.sort(key=lambda r: order[r.project_id])
     return FleetReport(operation, resolved, finished, _ms(started), jobs, kind, interrupted, stopped)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 
@@ -17,6 +17,7 @@ from .naming import SCHEMA_PREFIX, is_project_schema, project_for, quote_ident, 
 # One UNION over every schema times out on large fleets, and planning cost grows faster than the batch:
 # measured over 10,000 schemas, batches of 1000 took 2.5 s, of 200 about 1 s (0.4 s on 4 connections).
 VERSION_BATCH = 200
+T = TypeVar("T")
 
 _SCHEMAS = text(
     "SELECT n.nspname, c.oid IS NOT NULL AS has_version FROM pg_namespace n "
@@ -78,21 +79,40 @@ def read_versions_parallel(
     engine: Engine, schemas: Iterable[str], jobs: int, batch_size: int = VERSION_BATCH
 ) -> dict[str, str | None]:
     """read_versions spread over ``jobs`` connections (each batch its own short transaction)."""
-    names = list(schemas)
+    return read_parallel(engine, schemas, jobs, batch_size, lambda conn, chunk: read_versions(conn, chunk, batch_size))
+
+
+def versions_reader(engine: Engine, jobs: int) -> Callable[[list[str]], dict[str, str | None]] | None:
+    """For ``collect_status``: read versions on ``jobs`` connections of the engine, or (None) on the
+    caller's own when there is no spare one."""
+    return (lambda names: read_versions_parallel(engine, names, jobs)) if jobs > 0 else None
+
+
+def read_parallel(
+    engine: Engine,
+    names: Iterable[str],
+    jobs: int,
+    batch_size: int,
+    read: Callable[[Connection, list[str]], dict[str, T]],
+) -> dict[str, T]:
+    """``read(conn, chunk)`` for chunks of ``batch_size`` names, spread over ``jobs`` connections, each
+    chunk in its own short transaction; the results merged."""
+    names = list(names)
     chunks = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
+
+    def read_chunk(chunk: list[str]) -> dict[str, T]:
+        with transactions.connect(engine) as conn, conn.begin():
+            return read(conn, chunk)
+
+    merged: dict[str, T] = {}
     if jobs <= 1 or len(chunks) <= 1:
-        with transactions.connect(engine) as conn, conn.begin():
-            return read_versions(conn, names, batch_size)
-
-    def read(chunk: list[str]) -> dict[str, str | None]:
-        with transactions.connect(engine) as conn, conn.begin():
-            return read_versions(conn, chunk, batch_size)
-
-    versions: dict[str, str | None] = {}
-    with ThreadPoolExecutor(max_workers=min(jobs, len(chunks)), thread_name_prefix="wst-versions") as pool:
-        for part in pool.map(read, chunks):
-            versions.update(part)
-    return versions
+        for chunk in chunks:
+            merged.update(read_chunk(chunk))
+        return merged
+    with ThreadPoolExecutor(max_workers=min(jobs, len(chunks)), thread_name_prefix="wst-read") as pool:
+        for part in pool.map(read_chunk, chunks):
+            merged.update(part)
+    return merged
 
 
 def classify(chain: Chain, revision: str | None, exists: bool, registered: bool, status: str | None) -> str:
@@ -109,19 +129,29 @@ def classify(chain: Chain, revision: str | None, exists: bool, registered: bool,
     return "at head" if revision == chain.head else "behind"
 
 
-def collect_status(conn: Connection, chain: Chain, project_ids: Sequence[str] | None = None) -> list[ProjectStatus]:
-    """Status of the given projects, or of every registered project plus orphan schemas."""
-    if project_ids is None:
-        rows = [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
-    else:
-        rows = [
-            registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_SOME, {"ids": list(project_ids)})
-        ]
+def collect_status(
+    conn: Connection,
+    chain: Chain,
+    project_ids: Sequence[str] | None = None,
+    versions_of: Callable[[list[str]], dict[str, str | None]] | None = None,
+) -> list[ProjectStatus]:
+    """Status of the given projects, or of every registered project plus orphan schemas. Read-only: with
+    no registry yet (nothing provisioned), project schemas found are orphans. Versions are read on
+    ``conn``, or by ``versions_of`` (e.g. ``read_versions_parallel`` over several connections)."""
+    rows: list[registry.RegistryRow] = []
+    if registry.present(conn):
+        found = (
+            conn.execute(registry.SELECT_ALL)
+            if project_ids is None
+            else conn.execute(registry.SELECT_SOME, {"ids": list(project_ids)})
+        )
+        rows = [registry.RegistryRow.from_row(r) for r in found]
     by_project = {r.project_id: r for r in rows}
     schemas = project_schemas(conn)
     wanted = sorted({project_for(s) for s in schemas} | set(by_project)) if project_ids is None else project_ids
     names = {p: by_project[p].schema_name if p in by_project else schema_for(p) for p in wanted}
-    versions = read_versions(conn, [s for s in names.values() if schemas.get(s)])
+    with_versions = [s for s in names.values() if schemas.get(s)]
+    versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
     result = []
     for project_id in sorted(names):
         row = by_project.get(project_id)

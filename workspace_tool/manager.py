@@ -13,11 +13,12 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import cache, registry, sessions, transactions
+from . import cache, reference, registry, sessions, transactions
 from .chain import Chain
 from .errors import ConfigurationError, WorkspaceError
 from .failures import translate_for
-from .inspection import ProjectStatus, collect_status
+from .fleet import spare_jobs
+from .inspection import ProjectStatus, collect_status, versions_reader
 from .naming import schema_for
 from .provisioning import EnsureResult, drop_on, migrate_on, version_table
 from .roles import validate_role_name
@@ -25,6 +26,7 @@ from .urls import check_url
 
 ConfigPath = str | os.PathLike[str] | None
 T = TypeVar("T")
+STATUS_JOBS = 4  # connections reading the schemas' versions for `status` (measured: see the README)
 
 
 class WorkspaceManager:
@@ -166,7 +168,21 @@ class WorkspaceManager:
             cache.set_bootstrapped(self.cache_key, extension_schema)
         return extension_schema
 
-    init = bootstrap
+    def init(self) -> str:
+        """`workspace-tool init`: bootstrap (again), and store the reference catalog `check` compares
+        schemas with (see workspace_tool.reference); return the extension's schema."""
+        extension_schema = self.bootstrap(force=True)
+        self._on_connection(None, lambda conn: reference.store(conn, self.chain))
+        return extension_schema
+
+    def has_registry(self) -> bool:
+        """True once something was provisioned in this database (the registry exists). Read-only."""
+
+        def read(conn: Connection) -> bool:
+            with conn.begin():
+                return registry.present(conn)
+
+        return self._on_connection(None, read)
 
     def drop(self, project_id: str) -> bool:
         """Drop the project's schema and its registry row together; False if neither existed."""
@@ -178,26 +194,30 @@ class WorkspaceManager:
         self._ready.pop(project_id, None)
         return dropped
 
-    def status(self, project_ids: list[str] | None = None) -> list[ProjectStatus]:
+    def status(self, project_ids: list[str] | None = None, *, jobs: int = STATUS_JOBS) -> list[ProjectStatus]:
         """Per project: schema, its actual revision, registry revision and state; with no ids, every
-        registered project plus project schemas missing from the registry."""
+        registered project plus project schemas missing from the registry. Read-only (an empty list on a
+        database where nothing was provisioned); versions are read on ``jobs`` connections (fewer if the
+        engine's pool is smaller)."""
         if project_ids is not None:
             for project_id in project_ids:
                 schema_for(project_id)
-        self.bootstrap()
+
+        versions_of = versions_reader(self.engine, spare_jobs(self.engine, jobs))
 
         def read(conn: Connection) -> list[ProjectStatus]:
             with conn.begin():
-                return collect_status(conn, self.chain, project_ids)
+                return collect_status(conn, self.chain, project_ids, versions_of)
 
         return self._on_connection(None, read)
 
     def projects(self) -> list[registry.RegistryRow]:
-        """Every registry row."""
-        self.bootstrap()
+        """Every registry row. Read-only (an empty list when there is no registry yet)."""
 
         def read(conn: Connection) -> list[registry.RegistryRow]:
             with conn.begin():
+                if not registry.present(conn):
+                    return []
                 return [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
 
         return self._on_connection(None, read)

@@ -181,6 +181,18 @@ class RegistryChain:
             env.run_migrations()
 
 
+_HAS_REGISTRY = text(f"SELECT to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL")
+
+
+def present(conn: Connection) -> bool:
+    """True if this database has a registry (something was provisioned), False if not; raises if a newer
+    workspace-tool wrote it. Read-only: what read commands (`status`, `check`) use instead of bootstrap."""
+    if not conn.execute(_HAS_REGISTRY).scalar():
+        return False
+    RegistryChain.get().check(conn.execute(READ_VERSION).scalar())
+    return True
+
+
 def registry_ready(conn: Connection) -> str | None:
     """The extension schema if the registry and the extension are ready, else None. Read-only."""
     row = conn.execute(PROBE).one()

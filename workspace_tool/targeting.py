@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Connection, text
 
 from .errors import ConfigurationError
+from .failures import grant_needed, grantee, role_phrase, sql_name
 from .naming import quote_ident
 
 DEFAULT_EXTENSION_SCHEMA = "workspace_extensions"
@@ -56,4 +57,28 @@ def check_extension_schema(schema: str, has_tables: bool) -> None:
             f"schema on their search_path, where its tables could shadow a project's. Move the extension: "
             f"CREATE SCHEMA {DEFAULT_EXTENSION_SCHEMA}; ALTER EXTENSION vector SET SCHEMA "
             f"{DEFAULT_EXTENSION_SCHEMA}"
+        )
+
+
+_CAN_CREATE = text("SELECT has_database_privilege(current_database(), 'CREATE'), current_database()")
+
+
+def can_create(conn: Connection) -> tuple[bool, str]:
+    """Whether this role may create schemas in the database, and the database's name."""
+    allowed, database = conn.execute(_CAN_CREATE).one()
+    return bool(allowed), str(database)
+
+
+def require_create(conn: Connection, why: str) -> None:
+    """Raise PermissionDenied, saying ``why`` it is needed and the GRANT, unless the role may create
+    schemas in the database."""
+    allowed, database = can_create(conn)
+    if not allowed:
+        role = conn.engine.url.username
+        raise grant_needed(
+            why,
+            f"{role_phrase(role)} may not create schemas in database {database} (CREATE on the database)",
+            f"GRANT CREATE ON DATABASE {sql_name(database)} TO {grantee(role)}",
+            role,
+            note=", or run it as a role that has it",
         )

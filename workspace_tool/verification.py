@@ -6,7 +6,8 @@ their catalogs (``catalog.snapshot``: tables, columns, types, defaults, nullabil
 and options, constraints, comments, alembic_version) must be identical.
 
 Everything happens in one transaction that is rolled back, one savepoint per range: nothing is left
-behind, no registry row is written, and no project schema is touched.
+behind, no registry row is written (not even the registry: the vector extension must exist, see
+`workspace-tool init`), and no project schema is touched. The role needs CREATE on the database.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from . import registry, transactions
-from .catalog import diff, snapshot
+from . import transactions
+from .catalog import PIN_SEARCH_PATH, diff, snapshot
 from .chain import Chain, Plan
 from .errors import WorkspaceError
 from .failures import translate_for
 from .provisioning import run_plan
+from .targeting import find_extension_schema, require_create
 
 SCRATCH_PREFIX = "workspace_verify_"
 
@@ -99,7 +101,9 @@ def verify_fast_path(
     ``cases``); the report says, per range, 'identical' or the differences."""
     try:
         with transactions.connect(engine) as conn:
-            extension_schema = registry.bootstrap(conn)
+            with conn.begin():
+                extension_schema = find_extension_schema(conn)  # never created here: `workspace-tool init`
+                require_create(conn, "verify-fast-path builds scratch schemas (in a transaction rolled back)")
             checks = []
             token = uuid.uuid4().hex[:8]
             with conn.begin() as outer:
@@ -137,7 +141,7 @@ def _check(
             try:
                 for plan, create in _plans(chain, from_rev, to_rev, fresh, online):
                     run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
-                conn.execute(text("SET LOCAL search_path TO pg_catalog"))
+                conn.execute(PIN_SEARCH_PATH)
                 catalogs[online] = snapshot(conn, schema)
                 inner.commit()
             except Exception as exc:  # a failing side is a difference, not the end of the proof

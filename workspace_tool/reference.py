@@ -1,0 +1,164 @@
+"""The reference `check` compares schemas with: the catalog the chain builds at head, and its fingerprint.
+
+It is built by running the chain from base to head into a scratch schema inside a transaction that is
+rolled back (nothing is left behind), or read from ``project_registry.reference_catalog``, where
+`workspace-tool init` (always) and fleet runs (``fleet.upgrade``/``downgrade``/``provision``, when it is
+missing) store what they built. A stored reference is used only when its key matches everything the built
+catalog depends on: the chain (its fingerprint covers every revision file and env.py) and head, the
+server's major version, the vector extension (OID, version, schema), the Alembic and SQLAlchemy versions
+and the catalog format. So `check` needs no CREATE privilege once a migrating run stored the reference of
+the chain in use; the ensure path never writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import alembic
+import sqlalchemy
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from . import transactions
+from .catalog import PIN_SEARCH_PATH, fingerprints, snapshot
+from .chain import Chain
+from .errors import PermissionDenied, WorkspaceError
+from .failures import first_line, role_phrase
+from .provisioning import run_plan
+from .registry import REGISTRY_SCHEMA
+from .targeting import can_create, find_extension_schema
+
+SCRATCH_PREFIX = "workspace_drift_"  # not a project schema name: never listed, and rolled back anyway
+CATALOG_FORMAT = 1  # bump when catalog.snapshot or catalog.fingerprints change what they read
+TABLE = f"{REGISTRY_SCHEMA}.reference_catalog"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Reference:
+    head: str
+    key: str
+    catalog: dict[str, Any]  # catalog.snapshot of a schema built by the chain, its name stripped
+    fingerprint: str  # catalog.fingerprints of the same schema
+    source: str  # 'stored' (read from the registry) or 'built' (in a scratch schema, rolled back)
+
+
+_KEY_PARTS = text(
+    "SELECT current_setting('server_version_num')::int / 10000 AS server, e.oid::int8 AS extension_oid, "
+    "e.extversion AS extension_version, n.nspname AS extension_schema "
+    "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+)
+_READ = text(f"SELECT head, catalog, fingerprint FROM {TABLE} WHERE reference_key = :key")
+_HAS_TABLE = text(f"SELECT to_regclass('{TABLE}') IS NOT NULL")
+_UPSERT = text(
+    f"INSERT INTO {TABLE} (reference_key, head, key_parts, catalog, fingerprint) "
+    "VALUES (:key, :head, CAST(:parts AS jsonb), CAST(:catalog AS jsonb), :fingerprint) "
+    "ON CONFLICT (reference_key) DO UPDATE SET head = EXCLUDED.head, key_parts = EXCLUDED.key_parts, "
+    "catalog = EXCLUDED.catalog, fingerprint = EXCLUDED.fingerprint, created_at = now()"
+)
+
+
+def key_parts(conn: Connection, chain: Chain) -> dict[str, Any]:
+    """What the catalog the chain builds depends on (the vector extension must exist)."""
+    find_extension_schema(conn)  # the error that says `workspace-tool init` when it is missing
+    row = conn.execute(_KEY_PARTS).one()
+    return {
+        "format": CATALOG_FORMAT,
+        "head": chain.head,
+        "chain": chain.fingerprint,
+        **row._asdict(),
+        "alembic": alembic.__version__,
+        "sqlalchemy": sqlalchemy.__version__,
+    }
+
+
+def reference_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def build(conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms: int | None = None) -> Reference:
+    """Run the chain from base to head into a scratch schema and read its catalog, in a transaction that
+    is rolled back. ``conn`` must not be in a transaction; needs CREATE on the database."""
+    scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
+    transaction = conn.begin()
+    try:
+        if lock_timeout_ms is not None:
+            conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{int(lock_timeout_ms)}ms"})
+        plan = chain.plan(None, chain.head)
+        run_plan(conn, chain, scratch, parts["extension_schema"], plan, create_schema=True)
+        conn.execute(PIN_SEARCH_PATH)
+        catalog = snapshot(conn, scratch)
+        fingerprint = fingerprints(conn, [scratch])[scratch]
+    finally:
+        transaction.rollback()
+    return Reference(chain.head, reference_key(parts), catalog, fingerprint, "built")
+
+
+def stored(conn: Connection, key: str) -> Reference | None:
+    """The stored reference with this key, if any. Read-only; works on a registry without the table."""
+    if not conn.execute(_HAS_TABLE).scalar():
+        return None
+    row = conn.execute(_READ, {"key": key}).first()
+    return None if row is None else Reference(row.head, key, row.catalog, row.fingerprint, "stored")
+
+
+def for_check(conn: Connection, chain: Chain) -> Reference:
+    """The stored reference of this chain if there is one, else one built in a scratch schema (rolled
+    back). Writes nothing. ``conn`` must not be in a transaction."""
+    with conn.begin():
+        parts = key_parts(conn, chain)
+        reference = stored(conn, reference_key(parts))
+        allowed, database = can_create(conn)
+    if reference is not None:
+        return reference
+    if not allowed:
+        role = conn.engine.url.username
+        raise PermissionDenied(
+            f"check needs the catalog the chain builds at head {chain.head}, and none is stored for this chain "
+            f"in {TABLE}",
+            f"{role_phrase(role)} can't build one (that needs CREATE on database {database}, for a scratch "
+            "schema that is rolled back)",
+            "run `workspace-tool init` once as a role that can (it stores it), then rerun check",
+            role=role,
+        )
+    return build(conn, chain, parts)
+
+
+def store(conn: Connection, chain: Chain, *, refresh: bool = True, lock_timeout_ms: int | None = None) -> Reference:
+    """Build the reference and store it in the registry (which must be at head); with ``refresh=False``
+    only when none is stored for this chain. ``conn`` must not be in a transaction."""
+    with conn.begin():
+        parts = key_parts(conn, chain)
+        reference = None if refresh else stored(conn, reference_key(parts))
+    if reference is not None:
+        return reference
+    reference = build(conn, chain, parts, lock_timeout_ms)
+    with conn.begin():
+        conn.execute(
+            _UPSERT,
+            {
+                "key": reference.key,
+                "head": reference.head,
+                "parts": json.dumps(parts, sort_keys=True),
+                "catalog": json.dumps(reference.catalog),
+                "fingerprint": reference.fingerprint,
+            },
+        )
+    return reference
+
+
+def store_if_missing(engine: Engine, chain: Chain, lock_timeout_ms: int | None = None) -> None:
+    """For fleet runs, at their end: store the reference if none is stored for this chain. A failure (a
+    chain that can't be built from scratch, a role without CREATE, a lock wait longer than
+    ``lock_timeout_ms``) must not fail the run: it is logged, and `check` then builds the reference itself
+    or says what to run."""
+    try:
+        with transactions.connect(engine) as conn:
+            store(conn, chain, refresh=False, lock_timeout_ms=lock_timeout_ms)
+    except (WorkspaceError, DBAPIError, OSError) as exc:
+        log.warning("could not store the reference catalog for `check`: %s", first_line(exc))
