@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from workspace_tool import fleet  # noqa: E402
 from workspace_tool.chain import Chain  # noqa: E402
-from workspace_tool.targeting import search_path_sql  # noqa: E402
+from workspace_tool.sql import search_path_sql  # noqa: E402
 from workspace_tool.urls import sync_url  # noqa: E402
 
 EXTRA_REVISION = '''"""bench: a column and an index on an existing table

@@ -57,8 +57,8 @@ from fleet_upgrade import checkpoint  # noqa: E402  (this folder is on sys.path 
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet  # noqa: E402
 from workspace_tool.naming import quote_ident, schema_for  # noqa: E402
-from workspace_tool.provisioning import migrate_on  # noqa: E402
-from workspace_tool.targeting import search_path_sql  # noqa: E402
+from workspace_tool.schema.migrate import migrate_on  # noqa: E402
+from workspace_tool.sql import search_path_sql  # noqa: E402
 from workspace_tool.testing import fresh_database  # noqa: E402
 from workspace_tool.urls import async_url, sync_url  # noqa: E402
 

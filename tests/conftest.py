@@ -19,7 +19,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 
-from workspace_tool import WorkspaceManager, cache
+from workspace_tool import WorkspaceManager
+from workspace_tool.managers import cache
 from workspace_tool.testing import fresh_database
 from workspace_tool.urls import sync_url
 

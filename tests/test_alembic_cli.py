@@ -20,8 +20,8 @@ from test_manager import ALEMBIC, HEAD, catalog, registry_row, run_alembic
 
 from workspace_tool import ConfigurationError, WorkspaceManager
 from workspace_tool.authoring import create_revision
-from workspace_tool.catalog import diff
-from workspace_tool.targeting import lock_schema
+from workspace_tool.schema.catalog import diff
+from workspace_tool.sql import lock_schema
 
 
 @pytest.fixture

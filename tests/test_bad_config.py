@@ -26,7 +26,7 @@ from workspace_tool import (
 )
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
-from workspace_tool.lint import revision_files
+from workspace_tool.chain.lint import revision_files
 
 CREATE_T1 = "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"
 

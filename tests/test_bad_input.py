@@ -26,9 +26,9 @@ from workspace_tool import (
     RegistryError,
     UnknownRevision,
     WorkspaceManager,
-    cache,
 )
 from workspace_tool.cli import main
+from workspace_tool.managers import cache
 from workspace_tool.urls import async_url
 
 # (project id, what the error must say about the rule it breaks)

@@ -14,9 +14,10 @@ from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
 from sqlalchemy.engine import URL
 from test_manager import HEAD, MAIN_REVISIONS, TABLES, catalog, run_alembic, truncated_chain
 
-from workspace_tool import ConfigurationError, WorkspaceManager, cache
-from workspace_tool.catalog import diff
+from workspace_tool import ConfigurationError, WorkspaceManager
 from workspace_tool.chain import Chain
+from workspace_tool.managers import cache
+from workspace_tool.schema.catalog import diff
 
 PUBLIC_TWINS = """
 CREATE TABLE public.repositories (id serial PRIMARY KEY, name integer, owner text NOT NULL, path varchar(7));
@@ -39,7 +40,7 @@ def public_state(engine: sa.Engine) -> dict[str, Any]:
             table: conn.execute(sa.text(f"SELECT t::text FROM public.{table} t ORDER BY id")).scalars().all()
             for table in ("repositories", "code_files")
         }
-        from workspace_tool.catalog import snapshot
+        from workspace_tool.schema.catalog import snapshot
 
         return {"catalog": snapshot(conn, "public", include_version=False), "rows": rows}
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from workspace_tool.database import find_extension_schema
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.naming import quote_ident
-from workspace_tool.targeting import find_extension_schema
 from workspace_tool.urls import sync_url
 
 pytestmark = pytest.mark.citus

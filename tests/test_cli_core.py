@@ -18,8 +18,8 @@ from conftest import ALEMBIC_INI, schema_tables, schema_version
 from sqlalchemy.engine import URL
 from test_manager import HEAD, make_schema_by_hand, registry_row, schema_exists
 
-from workspace_tool import cache
 from workspace_tool.cli import main
+from workspace_tool.managers import cache
 
 WORKSPACE_TOOL = str(Path(sys.executable).with_name("workspace-tool"))
 SECRET = "Sup3rS3cretPw"

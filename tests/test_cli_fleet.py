@@ -19,8 +19,8 @@ from test_fleet import backends
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.cli_fleet import ProgressPrinter, parse_duration_ms
-from workspace_tool.targeting import LOCK_SQL, lock_key
+from workspace_tool.cli.fleet import ProgressPrinter, parse_duration_ms
+from workspace_tool.sql import LOCK_SQL, lock_key
 
 ITEMS = """
 op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text, nullable=False))

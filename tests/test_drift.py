@@ -13,10 +13,10 @@ import sqlalchemy as sa
 from conftest import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool import drift, fleet, reference
-from workspace_tool.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
 from workspace_tool.chain import Chain
-from workspace_tool.manager import WorkspaceManager
+from workspace_tool.managers.sync_manager import WorkspaceManager
 from workspace_tool.naming import schema_for
+from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
 
 IDS = ["d1", "d2", "d3", "d4"]
 

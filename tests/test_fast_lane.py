@@ -11,9 +11,9 @@ from conftest import ChainBuilder, schema_version
 from test_fleet import ITEMS, UNIQUE, add_rows, registry_row
 
 from workspace_tool import fleet
-from workspace_tool.catalog import snapshot
 from workspace_tool.chain import Chain
-from workspace_tool.provisioning import migrate_expected
+from workspace_tool.schema.catalog import snapshot
+from workspace_tool.schema.migrate import migrate_expected
 
 EXT = "workspace_extensions"
 

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
 
 from workspace_tool import WorkspaceManager
-from workspace_tool.catalog import diff, snapshot
 from workspace_tool.chain import Chain, align_version_table
 from workspace_tool.cli import main
-from workspace_tool.provisioning import migrate_on
+from workspace_tool.schema.catalog import diff, snapshot
+from workspace_tool.schema.migrate import migrate_on
 from workspace_tool.verification import SCRATCH_PREFIX, verify_fast_path
 
 ITEMS = """

@@ -25,11 +25,12 @@ import sqlalchemy as sa
 from conftest import ChainBuilder
 from pgprivate import PrivateServer
 
-from workspace_tool import DatabaseUnavailable, WorkspaceManager, cache, fleet
+from workspace_tool import DatabaseUnavailable, WorkspaceManager, fleet
 from workspace_tool.chain import Chain
-from workspace_tool.inspection import read_versions
+from workspace_tool.fleet.reader import read_versions
+from workspace_tool.managers import cache
 from workspace_tool.naming import is_project_schema
-from workspace_tool.targeting import LOCK_SQL, lock_key
+from workspace_tool.sql import LOCK_SQL, lock_key
 
 GATE = "wst-fault-gate"
 GATE_SQL = f"op.execute(\"SELECT pg_advisory_xact_lock(hashtext('{GATE}'))\")"

@@ -298,7 +298,7 @@ def test_citus_constraints_no_registry_foreign_keys_and_no_combined_create_schem
 
 def test_batched_version_reads_hold_no_table_locks(engine: sa.Engine, fleet_at_a1: Chain) -> None:
     """Thousands of schemas are read in one transaction: each batch's locks go with its savepoint."""
-    from workspace_tool.inspection import read_versions
+    from workspace_tool.fleet.reader import read_versions
 
     with engine.connect() as conn, conn.begin():
         versions = read_versions(conn, [f"project_{p}" for p in IDS], batch_size=6)
@@ -518,7 +518,7 @@ def test_processes_refuse_an_engine_whose_settings_workers_would_lose(
 def test_what_the_url_isolation_and_options_carry_is_rebuilt_in_workers(
     make: Callable[[Any], sa.Engine], database_url: Any
 ) -> None:
-    from workspace_tool.worker_engine import for_workers, not_carried
+    from workspace_tool.fleet.worker_engine import for_workers, not_carried
 
     given = make(database_url)
     rebuilt = for_workers(given, None)()
@@ -556,7 +556,7 @@ def test_processes_build_their_engine_with_the_engine_factory(
 
 
 def test_the_rebuilt_engine_never_shows_the_password(database_url: Any) -> None:
-    from workspace_tool.worker_engine import UrlEngine, for_workers
+    from workspace_tool.fleet.worker_engine import UrlEngine, for_workers
 
     given = sa.create_engine(database_url.set(password="s3cret-pw"))
     factory = for_workers(given, None)

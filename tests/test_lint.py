@@ -10,8 +10,8 @@ from click.testing import CliRunner, Result
 from conftest import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool import WorkspaceManager
+from workspace_tool.chain.lint import check_chain, check_source, lint_chain
 from workspace_tool.cli import main
-from workspace_tool.lint import check_chain, check_source, lint_chain
 
 CREATE_T = "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))"
 

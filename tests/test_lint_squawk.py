@@ -12,9 +12,9 @@ from click.testing import Result
 from conftest import ChainBuilder
 from test_lint import lint
 
-from workspace_tool import squawk
+from workspace_tool.chain import squawk
+from workspace_tool.chain.lint import lint_chain
 from workspace_tool.errors import ConfigurationError
-from workspace_tool.lint import lint_chain
 
 CREATE_T = "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True), sa.Column('name', sa.Text))"
 ADD_INDEX = "op.create_index('ix_t_name', 't', ['name'])"

@@ -26,8 +26,8 @@ from workspace_tool import (
     WorkspaceManager,
     WorkspaceOutdated,
 )
-from workspace_tool.catalog import diff, snapshot
 from workspace_tool.chain import Chain
+from workspace_tool.schema.catalog import diff, snapshot
 
 MAIN_REVISIONS = Chain.load(ALEMBIC_INI).revisions
 HEAD = MAIN_REVISIONS[-1]

@@ -10,10 +10,11 @@ import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from pgvector.sqlalchemy import Vector
 
-from workspace_tool import WorkspaceManager, catalog
+from workspace_tool import WorkspaceManager
 from workspace_tool.authoring import compare_schema, compare_server_default
 from workspace_tool.models import Base, CodeChunk, metadata
-from workspace_tool.targeting import search_path_sql
+from workspace_tool.schema import catalog
+from workspace_tool.sql import search_path_sql
 
 
 def _copy(change: Callable[[sa.MetaData], Any]) -> sa.MetaData:

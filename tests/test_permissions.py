@@ -18,8 +18,9 @@ from click.testing import CliRunner, Result
 from conftest import ALEMBIC_INI
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from workspace_tool import PermissionDenied, ProjectWorkspaceManager, WorkspaceManager, cache
+from workspace_tool import PermissionDenied, ProjectWorkspaceManager, WorkspaceManager
 from workspace_tool.cli import main
+from workspace_tool.managers import cache
 from workspace_tool.urls import async_url
 
 

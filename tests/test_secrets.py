@@ -22,18 +22,11 @@ from conftest import ALEMBIC_INI, ChainBuilder
 from pgprivate import PASSWORD, PASSWORD_USER, PrivateServer
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from workspace_tool import (
-    DatabaseUnavailable,
-    ProjectWorkspaceManager,
-    WorkspaceError,
-    WorkspaceManager,
-    cache,
-    drift,
-    fleet,
-)
+from workspace_tool import DatabaseUnavailable, ProjectWorkspaceManager, WorkspaceError, WorkspaceManager, drift, fleet
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
+from workspace_tool.managers import cache
 from workspace_tool.urls import redact, redact_text, url_secrets
 from workspace_tool.verification import verify_fast_path
 

@@ -26,7 +26,7 @@ from test_manager import ALEMBIC
 
 from workspace_tool import ConfigurationError, MigrationFailed, ProjectWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.chain import Chain
-from workspace_tool.provisioning import EnsureResult, run_plan
+from workspace_tool.schema.migrate import EnsureResult, run_plan
 from workspace_tool.urls import async_url
 
 # How a caller's engine can say "no transactions" (or "not the transactions you expect").
@@ -187,7 +187,7 @@ def test_drop_status_and_bootstrap_on_an_autocommit_engine(autocommit_engine: sa
 
 
 def test_a_connection_handed_in_autocommit_is_refused(engine: sa.Engine) -> None:
-    from workspace_tool.provisioning import migrate_on
+    from workspace_tool.schema.migrate import migrate_on
 
     mgr = WorkspaceManager(engine, ALEMBIC_INI)
     extension_schema = mgr.bootstrap()

@@ -1,7 +1,6 @@
 """workspace-tool: one PostgreSQL schema per project, provisioned from one shared Alembic chain."""
 
-from .async_manager import ProjectWorkspaceManager
-from .errors import (
+from workspace_tool.errors import (
     ConfigurationError,
     DatabaseUnavailable,
     InvalidProjectId,
@@ -19,10 +18,11 @@ from .errors import (
     WorkspaceNotFound,
     WorkspaceOutdated,
 )
-from .inspection import ProjectStatus
-from .manager import WorkspaceManager
-from .naming import schema_for
-from .provisioning import EnsureResult
+from workspace_tool.fleet.reader import ProjectStatus
+from workspace_tool.managers.async_manager import ProjectWorkspaceManager
+from workspace_tool.managers.sync_manager import WorkspaceManager
+from workspace_tool.naming import schema_for
+from workspace_tool.schema.migrate import EnsureResult
 
 __all__ = [
     "ConfigurationError",

@@ -1,5 +1,5 @@
 """``python -m workspace_tool`` runs the CLI."""
 
-from .cli import main
+from workspace_tool.cli import main
 
 main()

@@ -40,11 +40,12 @@ from typing import Any, NoReturn
 from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
-from . import transactions
-from .errors import ConfigurationError
-from .naming import quote_ident, validate_schema_name
-from .targeting import DEFAULT_EXTENSION_SCHEMA, find_extension_schema, lock_schema, search_path_sql
-from .urls import sync_url
+from workspace_tool import transactions
+from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_extension_schema
+from workspace_tool.errors import ConfigurationError
+from workspace_tool.naming import quote_ident, validate_schema_name
+from workspace_tool.sql import lock_schema, search_path_sql
+from workspace_tool.urls import sync_url
 
 MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
 TEMPLATE_DIR = Path(__file__).with_name("templates") / "workspace-tool"
@@ -134,7 +135,7 @@ def _configured(conn: Connection, schema: str, target_metadata: MetaData | None)
     previous = conn.get_execution_options().get("schema_translate_map")
     options: dict[str, Any] = {"version_table_schema": schema, "include_schemas": False}
     if _autogenerating():
-        from .authoring import autogenerate_options
+        from workspace_tool.authoring import autogenerate_options
 
         options.update(target_metadata=_models(target_metadata), **autogenerate_options())
     else:
@@ -210,6 +211,6 @@ def _models(target_metadata: MetaData | None) -> Any:
     reference = context.config.get_main_option(MODELS_OPTION)
     if not reference:
         return None
-    from .authoring import load_metadata
+    from workspace_tool.authoring import load_metadata
 
     return load_metadata(reference, source=f"{MODELS_OPTION} in {context.config.config_file_name}")

@@ -40,14 +40,15 @@ from alembic.util import CommandError
 from sqlalchemy import Column, Connection, Engine, MetaData, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, registry, transactions
-from .alembic_env import MODELS_OPTION, TEMPLATE_DIR
-from .chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_directory, resolve_config_path
-from .errors import ConfigurationError, NoChangesDetected, WorkspaceError
-from .failures import translate_for
-from .naming import quote_ident
-from .provisioning import run_plan
-from .targeting import search_path_sql
+from workspace_tool import registry, transactions
+from workspace_tool.alembic_env import MODELS_OPTION, TEMPLATE_DIR
+from workspace_tool.chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_directory, resolve_config_path
+from workspace_tool.dberrors import translate_for
+from workspace_tool.errors import ConfigurationError, NoChangesDetected, WorkspaceError
+from workspace_tool.managers import cache
+from workspace_tool.naming import quote_ident
+from workspace_tool.schema.migrate import run_plan
+from workspace_tool.sql import search_path_sql
 
 VERSION_TABLE = "alembic_version"
 SCRATCH_PREFIX = "project_autogen_"
@@ -146,7 +147,7 @@ def compare_schema(conn: Connection, schema: str, extension_schema: str, metadat
     ``compare_metadata`` lists them, with the migration's guards. Runs in a transaction of its own on
     ``conn`` (which must not be in one) and rolls it back."""
     if metadata is None:
-        from .models import metadata as models_metadata
+        from workspace_tool.models import metadata as models_metadata
 
         metadata = models_metadata
     transactions.require(conn)

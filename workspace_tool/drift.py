@@ -20,14 +20,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from . import reference as references
-from . import registry, transactions
-from .catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
-from .chain import Chain
-from .failures import translate_for
-from .fleet import check_jobs, default_jobs, spare_jobs
-from .inspection import ProjectStatus, collect_status, read_parallel, versions_reader
-from .naming import schema_for
+from workspace_tool import reference as references
+from workspace_tool import registry, transactions
+from workspace_tool.chain import Chain
+from workspace_tool.dberrors import translate_for
+from workspace_tool.fleet import check_jobs, default_jobs, spare_jobs
+from workspace_tool.fleet.reader import ProjectStatus, collect_status, read_parallel, versions_reader
+from workspace_tool.naming import schema_for
+from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
 # whole (it has no index by schema), the rest through indexes, and it holds no lock but on catalogs, so

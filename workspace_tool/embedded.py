@@ -12,7 +12,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .errors import ConfigurationError
+from workspace_tool.errors import ConfigurationError
 
 DATA_DIR_ENV = "WORKSPACE_TOOL_EMBEDDED_DIR"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidProjectId, InvalidSchemaName
+from workspace_tool.errors import InvalidProjectId, InvalidSchemaName
 
 SCHEMA_PREFIX = "project_"
 MAX_PROJECT_ID_LENGTH = 50

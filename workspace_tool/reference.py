@@ -24,14 +24,14 @@ import sqlalchemy
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from . import transactions
-from .catalog import PIN_SEARCH_PATH, fingerprints, snapshot
-from .chain import Chain
-from .errors import PermissionDenied, WorkspaceError
-from .failures import first_line, role_phrase
-from .provisioning import run_plan
-from .registry import REGISTRY_SCHEMA
-from .targeting import can_create, find_extension_schema
+from workspace_tool import transactions
+from workspace_tool.chain import Chain
+from workspace_tool.database import can_create, find_extension_schema
+from workspace_tool.dberrors import first_line, role_phrase
+from workspace_tool.errors import PermissionDenied, WorkspaceError
+from workspace_tool.registry import REGISTRY_SCHEMA
+from workspace_tool.schema.catalog import PIN_SEARCH_PATH, fingerprints, snapshot
+from workspace_tool.schema.migrate import run_plan
 
 SCRATCH_PREFIX = "workspace_drift_"  # not a project schema name: never listed, and rolled back anyway
 CATALOG_FORMAT = 1  # bump when catalog.snapshot or catalog.fingerprints change what they read

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import URL
     from sqlalchemy.orm import Session
 
-    from .async_manager import ProjectWorkspaceManager
-    from .manager import WorkspaceManager
+    from workspace_tool.managers.async_manager import ProjectWorkspaceManager
+    from workspace_tool.managers.sync_manager import WorkspaceManager
 
 URL_ENV = "WORKSPACE_TOOL_TEST_DATABASE_URL"
 CONFIG_ENV = "WORKSPACE_TOOL_CONFIG"  # the library's own (workspace_tool.chain.CONFIG_ENV)
@@ -110,8 +110,8 @@ def pytest_configure(config: pytest.Config) -> None:
     """Read and check the options (no database is touched): a bad one stops the run with one line."""
     url = _setting(config, "workspace_url", URL_ENV)
     if url is not None:
-        from .errors import WorkspaceError
-        from .urls import parse
+        from workspace_tool.errors import WorkspaceError
+        from workspace_tool.urls import parse
 
         try:
             parse(url.value)
@@ -140,7 +140,7 @@ def _settings(request: pytest.FixtureRequest) -> Settings:
 @contextlib.contextmanager
 def _test_errors() -> Iterator[None]:
     """A WorkspaceError in a fixture: the test errors with its one-line message, no traceback."""
-    from .errors import WorkspaceError
+    from workspace_tool.errors import WorkspaceError
 
     try:
         yield
@@ -150,7 +150,7 @@ def _test_errors() -> Iterator[None]:
 
 def _config_path(settings: Settings) -> str:
     if not Path(settings.config.value).is_file():
-        from .errors import ConfigurationError
+        from workspace_tool.errors import ConfigurationError
 
         raise ConfigurationError(
             f"alembic config not found: {settings.config.value} ({settings.config.source}); set workspace_config "
@@ -168,9 +168,9 @@ def fresh_database(
     (closing its connections first) when the block ends. ``source`` names the URL in errors."""
     import sqlalchemy as sa
 
-    from .errors import DatabaseUnavailable
-    from .failures import first_line
-    from .urls import redact, redact_text, url_secrets
+    from workspace_tool.dberrors import first_line
+    from workspace_tool.errors import DatabaseUnavailable
+    from workspace_tool.urls import redact, redact_text, url_secrets
 
     name = f"{prefix}_{label}_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
@@ -207,8 +207,8 @@ def workspace_server_url(request: pytest.FixtureRequest) -> URL:
 
     The embedded server runs in ``workspace_embedded_dir`` (reused, left running) or in a new temporary
     directory (stopped and deleted when pytest exits). Override this fixture to bring your own server."""
-    from . import embedded
-    from .urls import sync_url
+    from workspace_tool import embedded
+    from workspace_tool.urls import sync_url
 
     settings = _settings(request)
     if settings.url is not None:
@@ -243,7 +243,7 @@ def workspace_engine(workspace_database_url: URL) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def workspace_manager(request: pytest.FixtureRequest, workspace_engine: Engine) -> Iterator[WorkspaceManager]:
     """A WorkspaceManager on the session's database and the configured chain."""
-    from .manager import WorkspaceManager
+    from workspace_tool.managers.sync_manager import WorkspaceManager
 
     with _test_errors():
         manager = WorkspaceManager(workspace_engine, _config_path(_settings(request)))
@@ -258,8 +258,8 @@ def workspace_async_manager(request: pytest.FixtureRequest, workspace_database_u
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 
-    from .async_manager import ProjectWorkspaceManager
-    from .urls import async_url
+    from workspace_tool.managers.async_manager import ProjectWorkspaceManager
+    from workspace_tool.urls import async_url
 
     engine = create_async_engine(async_url(workspace_database_url), poolclass=NullPool)
     with _test_errors():
@@ -287,7 +287,7 @@ class WorkspaceProject:
 def unique_project_id(label: str) -> str:
     """A valid project id, new every call, readable from ``label`` (a test name): ``test_search[a-1]``
     gives ``search-a-1-<8 hex digits>``."""
-    from .naming import MAX_PROJECT_ID_LENGTH
+    from workspace_tool.naming import MAX_PROJECT_ID_LENGTH
 
     suffix = uuid.uuid4().hex[:8]
     words = re.findall(r"[a-z0-9]+", label.lower())

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, Engine
 
-from .errors import ConfigurationError
+from workspace_tool.errors import ConfigurationError
 
 ISOLATION_LEVEL = "READ COMMITTED"
 

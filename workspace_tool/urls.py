@@ -9,7 +9,7 @@ from urllib.parse import unquote
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .errors import ConfigurationError
+from workspace_tool.errors import ConfigurationError
 
 _SYNC_DRIVER = "postgresql+psycopg2"
 _ASYNC_DRIVER = "postgresql+asyncpg"

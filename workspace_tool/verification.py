@@ -20,13 +20,13 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from . import transactions
-from .catalog import PIN_SEARCH_PATH, diff, snapshot
-from .chain import Chain, Plan
-from .errors import WorkspaceError
-from .failures import translate_for
-from .provisioning import run_plan
-from .targeting import find_extension_schema, require_create
+from workspace_tool import transactions
+from workspace_tool.chain import Chain, Plan
+from workspace_tool.database import find_extension_schema, require_create
+from workspace_tool.dberrors import translate_for
+from workspace_tool.errors import WorkspaceError
+from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, snapshot
+from workspace_tool.schema.migrate import run_plan
 
 SCRATCH_PREFIX = "workspace_verify_"
 

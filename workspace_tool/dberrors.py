@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
 
-from .errors import DatabaseUnavailable, LockTimeout, MigrationFailed, PermissionDenied, WorkspaceError
-from .urls import redact_text, url_secrets
+from workspace_tool.errors import DatabaseUnavailable, LockTimeout, MigrationFailed, PermissionDenied, WorkspaceError
+from workspace_tool.urls import redact_text, url_secrets
 
 LOCK_SQLSTATES = {"55P03"}  # lock_not_available (lock_timeout)
 INSUFFICIENT_PRIVILEGE = "42501"

@@ -6,11 +6,11 @@ import sys
 
 import click
 
-from .chain import display_path
-from .cli import AppContext, json_option, main, pass_app
-from .lint import LintReport, lint_chain
-from .output import to_json
-from .squawk import IGNORE_ATTRIBUTE
+from workspace_tool.chain import display_path
+from workspace_tool.chain.lint import LintReport, lint_chain
+from workspace_tool.chain.squawk import IGNORE_ATTRIBUTE
+from workspace_tool.cli import AppContext, json_option, main, pass_app
+from workspace_tool.cli.render import to_json
 
 
 @main.command()

@@ -25,8 +25,8 @@ from alembic.script import Script, ScriptDirectory
 from alembic.util import CommandError, coerce_resource_to_filename
 from sqlalchemy import Connection
 
-from . import alembic_env
-from .errors import ConfigurationError, UnknownRevision
+from workspace_tool import alembic_env
+from workspace_tool.errors import ConfigurationError, UnknownRevision
 
 ALEMBIC_LOCK = threading.RLock()
 CONFIG_ENV = "WORKSPACE_TOOL_CONFIG"

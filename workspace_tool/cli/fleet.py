@@ -11,9 +11,9 @@ from typing import Any, TextIO, TypeVar
 
 import click
 
-from . import drift, fleet
-from .cli import NO_REGISTRY, AppContext, adopt_option, json_option, main, pass_app
-from .output import emit, to_json
+from workspace_tool import drift, fleet
+from workspace_tool.cli import NO_REGISTRY, AppContext, adopt_option, json_option, main, pass_app
+from workspace_tool.cli.render import emit, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min)?\s*$")

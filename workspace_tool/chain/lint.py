@@ -23,9 +23,8 @@ from typing import Any
 from alembic.config import Config
 from alembic.util import CommandError
 
-from . import squawk
-from .chain import Chain, display_path, load_script_directory, resolve_config_path
-from .errors import ConfigurationError
+from workspace_tool.chain import Chain, display_path, load_script_directory, resolve_config_path, squawk
+from workspace_tool.errors import ConfigurationError
 
 # Keyword arguments that name a schema, on any call (op.*, sa.Table, sa.ForeignKey, sa.Sequence, ...).
 SCHEMA_KWARGS = frozenset({"schema", "referent_schema", "source_schema", "version_table_schema"})

@@ -19,16 +19,17 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from . import cache, registry, sessions, transactions
-from .chain import Chain
-from .errors import ConfigurationError, WorkspaceError
-from .failures import translate_for
-from .inspection import ProjectStatus, collect_status
-from .manager import ConfigPath
-from .naming import schema_for
-from .provisioning import EnsureResult, drop_on, migrate_on, version_table
-from .roles import validate_role_name
-from .urls import check_url
+from workspace_tool import registry, transactions
+from workspace_tool.chain import Chain
+from workspace_tool.dberrors import translate_for
+from workspace_tool.errors import ConfigurationError, WorkspaceError
+from workspace_tool.fleet.reader import ProjectStatus, collect_status
+from workspace_tool.managers import cache, sessions
+from workspace_tool.managers.sync_manager import ConfigPath
+from workspace_tool.naming import schema_for
+from workspace_tool.schema.migrate import EnsureResult, drop_on, migrate_on, version_table
+from workspace_tool.schema.roles import validate_role_name
+from workspace_tool.urls import check_url
 
 T = TypeVar("T")
 _ONLINE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()

@@ -10,9 +10,9 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 
-from . import registry, transactions
-from .chain import Chain
-from .naming import SCHEMA_PREFIX, is_project_schema, project_for, quote_ident, schema_for
+from workspace_tool import registry, transactions
+from workspace_tool.chain import Chain
+from workspace_tool.naming import SCHEMA_PREFIX, is_project_schema, project_for, quote_ident, schema_for
 
 # One UNION over every schema times out on large fleets, and planning cost grows faster than the batch:
 # measured over 10,000 schemas, batches of 1000 took 2.5 s, of 200 about 1 s (0.4 s on 4 connections).

@@ -32,15 +32,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
 
-from . import transactions
-from .errors import ConfigurationError, WorkspaceNotFound
-from .failures import sqlstate
-from .naming import schema_for
-from .targeting import search_path_sql
+from workspace_tool import transactions
+from workspace_tool.dberrors import sqlstate
+from workspace_tool.errors import ConfigurationError, WorkspaceNotFound
+from workspace_tool.naming import schema_for
+from workspace_tool.sql import search_path_sql
 
 if TYPE_CHECKING:
-    from .async_manager import ProjectWorkspaceManager
-    from .manager import WorkspaceManager
+    from workspace_tool.managers.async_manager import ProjectWorkspaceManager
+    from workspace_tool.managers.sync_manager import WorkspaceManager
 
 
 def scoped_engine(engine: Engine, schema: str, extension_schema: str) -> Engine:

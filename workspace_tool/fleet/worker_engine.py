@@ -28,7 +28,7 @@ from sqlalchemy import Engine, create_engine, pool
 from sqlalchemy.engine.events import ConnectionEvents, DialectEvents
 from sqlalchemy.pool.events import PoolEvents
 
-from .errors import ConfigurationError
+from workspace_tool.errors import ConfigurationError
 
 EngineFactory = Callable[[], Engine]
 

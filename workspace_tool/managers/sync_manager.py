@@ -13,16 +13,17 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from . import cache, reference, registry, sessions, transactions
-from .chain import Chain
-from .errors import ConfigurationError, WorkspaceError
-from .failures import translate_for
-from .fleet import spare_jobs
-from .inspection import ProjectStatus, collect_status, versions_reader
-from .naming import schema_for
-from .provisioning import EnsureResult, drop_on, migrate_on, version_table
-from .roles import validate_role_name
-from .urls import check_url
+from workspace_tool import reference, registry, transactions
+from workspace_tool.chain import Chain
+from workspace_tool.dberrors import translate_for
+from workspace_tool.errors import ConfigurationError, WorkspaceError
+from workspace_tool.fleet import spare_jobs
+from workspace_tool.fleet.reader import ProjectStatus, collect_status, versions_reader
+from workspace_tool.managers import cache, sessions
+from workspace_tool.naming import schema_for
+from workspace_tool.schema.migrate import EnsureResult, drop_on, migrate_on, version_table
+from workspace_tool.schema.roles import validate_role_name
+from workspace_tool.urls import check_url
 
 ConfigPath = str | os.PathLike[str] | None
 T = TypeVar("T")

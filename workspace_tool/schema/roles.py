@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from .errors import InvalidRoleName
-from .naming import quote_ident
+from workspace_tool.errors import InvalidRoleName
+from workspace_tool.naming import quote_ident
 
 _ROLE = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_ROLE_LENGTH = 63  # NAMEDATALEN - 1

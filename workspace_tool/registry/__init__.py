@@ -17,17 +17,18 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Row, text
 from sqlalchemy.exc import DBAPIError
 
-from . import transactions
-from .chain import ALEMBIC_LOCK
-from .errors import PermissionDenied, RegistryError
-from .failures import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
-from .naming import quote_ident
-from .targeting import DEFAULT_EXTENSION_SCHEMA, LOCK_SQL, REGISTRY_LOCK_KEY, check_extension_schema
+from workspace_tool import transactions
+from workspace_tool.chain import ALEMBIC_LOCK
+from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, check_extension_schema
+from workspace_tool.dberrors import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
+from workspace_tool.errors import PermissionDenied, RegistryError
+from workspace_tool.naming import quote_ident
+from workspace_tool.sql import LOCK_SQL, REGISTRY_LOCK_KEY
 
 REGISTRY_SCHEMA = "project_registry"
 REGISTRY_TABLE = f"{REGISTRY_SCHEMA}.workspace_config"
 VERSION_TABLE = "workspace_registry_version"
-_MIGRATIONS_DIR = Path(__file__).with_name("registry_migrations")
+_MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
-from .errors import ConfigurationError
-from .naming import quote_ident
+from workspace_tool.errors import ConfigurationError
+from workspace_tool.naming import quote_ident
 
 PLACEHOLDER = "<schema>"
 

@@ -52,17 +52,19 @@ from typing import Any
 from sqlalchemy import Connection, Engine, pool, text
 from sqlalchemy.exc import DBAPIError
 
-from . import cache, reference, registry, transactions
-from . import worker_engine as worker_engines
-from .chain import Chain
-from .errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
-from .failures import first_line, is_connection_error, sqlstate, translate, translate_for
-from .inspection import project_schemas, read_versions, read_versions_parallel
-from .naming import project_for, quote_ident, schema_for
-from .provisioning import EnsureResult, action_for, migrate_expected, migrate_on
-from .targeting import DEFAULT_EXTENSION_SCHEMA, lock_key, search_path_sql
-from .urls import redact_text, url_secrets
-from .worker_engine import EngineFactory
+from workspace_tool import reference, registry, transactions
+from workspace_tool.chain import Chain
+from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA
+from workspace_tool.dberrors import first_line, is_connection_error, sqlstate, translate, translate_for
+from workspace_tool.errors import ConfigurationError, LockTimeout, UnknownRevision, WorkspaceError, WorkspaceNotFound
+from workspace_tool.fleet import worker_engine as worker_engines
+from workspace_tool.fleet.reader import project_schemas, read_versions, read_versions_parallel
+from workspace_tool.fleet.worker_engine import EngineFactory
+from workspace_tool.managers import cache
+from workspace_tool.naming import project_for, quote_ident, schema_for
+from workspace_tool.schema.migrate import EnsureResult, action_for, migrate_expected, migrate_on
+from workspace_tool.sql import lock_key, search_path_sql
+from workspace_tool.urls import redact_text, url_secrets
 
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 UPGRADE, DOWNGRADE, PROVISION = "upgrade", "downgrade", "provision"

@@ -12,12 +12,13 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import Engine, create_engine
 
-from . import embedded, fleet
-from .errors import WorkspaceError
-from .failures import translate, translate_for
-from .manager import WorkspaceManager
-from .output import emit
-from .urls import redact, redact_text, sync_url
+from workspace_tool import embedded
+from workspace_tool import fleet as fleet_runs
+from workspace_tool.cli.render import emit
+from workspace_tool.dberrors import translate, translate_for
+from workspace_tool.errors import WorkspaceError
+from workspace_tool.managers.sync_manager import WorkspaceManager
+from workspace_tool.urls import redact, redact_text, sync_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
@@ -47,8 +48,8 @@ class AppContext:
 
     @cached_property
     def engine(self) -> Engine:
-        """The pool holds what a fleet run of ``jobs`` needs at once (fleet.connections_needed)."""
-        connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
+        """The pool holds what a fleet run of ``jobs`` needs at once (fleet_runs.connections_needed)."""
+        connections = fleet_runs.connections_needed(self.jobs or fleet_runs.default_jobs())
         overflow = max(POOL_SIZE, connections - POOL_SIZE)
         return create_engine(sync_url(self.url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
 
@@ -115,7 +116,7 @@ def _translate(exc: Exception, app: AppContext | None) -> WorkspaceError | None:
 def _passwords(app: AppContext | None) -> list[str]:
     if app is None or "url" not in app.__dict__:
         return []
-    from .urls import url_secrets
+    from workspace_tool.urls import url_secrets
 
     return url_secrets(app.url)
 
@@ -176,8 +177,8 @@ def ensure(
     as_json: bool,
 ) -> None:
     """Create each project's schema (or bring it to head) and print what was done and how long it took."""
-    from .naming import schema_for
-    from .roles import validate_role_name
+    from workspace_tool.naming import schema_for
+    from workspace_tool.schema.roles import validate_role_name
 
     for project_id in project_ids:  # every id is checked before any SQL is sent
         schema_for(project_id)
@@ -203,8 +204,8 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
     statuses = app.manager.status(list(project_ids) or None)
     nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
-        from .inspection import fleet_summary
-        from .output import to_json
+        from workspace_tool.cli.render import to_json
+        from workspace_tool.fleet.reader import fleet_summary
 
         summary = fleet_summary(app.manager.chain, statuses)
         if as_json:
@@ -242,7 +243,7 @@ def render_fleet_summary(summary: dict[str, Any]) -> None:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    from .output import table
+    from workspace_tool.cli.render import table
 
     return table(rows, columns)
 
@@ -264,7 +265,7 @@ def list_(app: AppContext, as_json: bool) -> None:
 @pass_app
 def drop(app: AppContext, project_id: str, yes: bool) -> None:
     """Drop a project's schema, with all its data, and its registry row."""
-    from .naming import schema_for
+    from workspace_tool.naming import schema_for
 
     schema = schema_for(project_id)
     if not yes:
@@ -276,4 +277,4 @@ def drop(app: AppContext, project_id: str, yes: bool) -> None:
 
 
 # Each command module registers its commands on ``main`` when imported.
-from . import cli_authoring, cli_fleet, cli_lint, cli_verify  # noqa: E402,F401
+from workspace_tool.cli import authoring, fleet, lint, verify  # noqa: E402,F401

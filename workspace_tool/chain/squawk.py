@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .chain import Chain
-from .errors import ConfigurationError
+from workspace_tool.chain import Chain
+from workspace_tool.errors import ConfigurationError
 
 REQUIREMENT = "squawk-cli>=2.70,<3"
 MIN_VERSION = (2, 70)

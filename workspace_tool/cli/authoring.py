@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import click
 
-from .alembic_env import MODELS_OPTION
-from .authoring import create_revision, init_chain, load_metadata
-from .cli import AppContext, json_option, main, pass_app
-from .errors import NoChangesDetected
-from .output import emit
+from workspace_tool.alembic_env import MODELS_OPTION
+from workspace_tool.authoring import create_revision, init_chain, load_metadata
+from workspace_tool.cli import AppContext, json_option, main, pass_app
+from workspace_tool.cli.render import emit
+from workspace_tool.errors import NoChangesDetected
 
 
 @main.command()

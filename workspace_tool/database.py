@@ -1,36 +1,13 @@
-"""Where a migration's SQL lands: search_path, per-schema locks, the vector extension's schema."""
+"""What this database offers workspace-tool: the vector extension's schema, the privilege to create schemas."""
 
 from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
-from .errors import ConfigurationError
-from .failures import grant_needed, grantee, role_phrase, sql_name
-from .naming import quote_ident
+from workspace_tool.dberrors import grant_needed, grantee, role_phrase, sql_name
+from workspace_tool.errors import ConfigurationError
 
 DEFAULT_EXTENSION_SCHEMA = "workspace_extensions"
-LOCK_NAMESPACE = "workspace_tool:"
-REGISTRY_LOCK_KEY = LOCK_NAMESPACE + "#registry"
-
-# One statement, so taking the lock is a single round trip.
-LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"
-
-
-def lock_key(schema: str) -> str:
-    return LOCK_NAMESPACE + schema
-
-
-def search_path_sql(schema: str, extension_schema: str) -> str:
-    """The project schema first, then only the schema holding the vector extension."""
-    path = [quote_ident(schema)]
-    if extension_schema not in (schema, "pg_catalog"):
-        path.append(quote_ident(extension_schema))
-    return "SET LOCAL search_path TO " + ", ".join(path)
-
-
-def lock_schema(conn: Connection, schema: str) -> None:
-    """Per-schema transaction-level advisory lock: other projects are never blocked."""
-    conn.execute(text(LOCK_SQL), {"key": lock_key(schema)})
 
 
 _EXTENSION_SCHEMA_SQL = text(

@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from .cli import AppContext, json_option, main, pass_app
-from .output import emit, to_json
-from .verification import verify_fast_path
+from workspace_tool.cli import AppContext, json_option, main, pass_app
+from workspace_tool.cli.render import emit, to_json
+from workspace_tool.verification import verify_fast_path
 
 
 @main.command(name="verify-fast-path")

@@ -15,9 +15,9 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.util import await_only
 
-from . import registry, roles, transactions
-from .chain import Chain, Plan
-from .errors import (
+from workspace_tool import registry, transactions
+from workspace_tool.chain import Chain, Plan
+from workspace_tool.errors import (
     MigrationFailed,
     UnknownRevision,
     UnmanagedSchema,
@@ -26,8 +26,9 @@ from .errors import (
     WorkspaceNotFound,
     WorkspaceOutdated,
 )
-from .naming import quote_ident
-from .targeting import LOCK_SQL, lock_key, lock_schema, search_path_sql
+from workspace_tool.naming import quote_ident
+from workspace_tool.schema import roles
+from workspace_tool.sql import LOCK_SQL, lock_key, lock_schema, search_path_sql
 
 
 @dataclass(frozen=True)
