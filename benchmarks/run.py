@@ -56,9 +56,9 @@ sys.path.insert(0, str(ROOT))
 from fleet_upgrade import checkpoint  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet  # noqa: E402
-from workspace_tool.naming import quote_ident, schema_for  # noqa: E402
-from workspace_tool.schema.migrate import migrate_on  # noqa: E402
-from workspace_tool.sql import search_path_sql  # noqa: E402
+from workspace_tool.naming import schema_for  # noqa: E402
+from workspace_tool.schema.migrate import Migration, Sending, migrate  # noqa: E402
+from workspace_tool.sql import quote_ident, search_path_sql  # noqa: E402
 from workspace_tool.testing import fresh_database  # noqa: E402
 from workspace_tool.urls import async_url, sync_url  # noqa: E402
 
@@ -180,7 +180,8 @@ def timed(fn: Callable[[], object]) -> float:
 
 def online_ensure(engine: sa.Engine, mgr: WorkspaceManager, project_id: str) -> None:
     with engine.connect() as conn:
-        migrate_on(conn, mgr.chain, project_id, schema_for(project_id), mgr.bootstrap(), target=mgr.head, online=True)
+        how = Sending(mgr.chain, mgr.bootstrap(), online=True)
+        migrate(conn, how, Migration(project_id, schema_for(project_id), mgr.head))
 
 
 # ------------------------------------------------------------------ benchmarks

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from workspace_tool.database import find_extension_schema
 from workspace_tool.errors import ConfigurationError
-from workspace_tool.naming import quote_ident
+from workspace_tool.sql import quote_ident
 from workspace_tool.urls import sync_url
 
 pytestmark = pytest.mark.citus

@@ -191,7 +191,7 @@ def test_durations_and_progress_rendering() -> None:
             return True
 
     printer = ProgressPrinter(Stream())  # type: ignore[arg-type]
-    result = fleet.SchemaResult("x", "project_x", "a1", "a2", "ok", ms=1.0)
+    result = fleet.SchemaResult("x", "project_x", "a1", "a2", fleet.OK, ms=1.0)
     printer(fleet.Progress(1, 4, 0, 0.5, result))
     printer.finish()
     assert lines[0].startswith("\r[#######.......................] 1/4 done, 0 failed, 2.0/s, ETA 2s")

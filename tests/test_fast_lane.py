@@ -13,7 +13,9 @@ from test_fleet import ITEMS, UNIQUE, add_rows, registry_row
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
 from workspace_tool.schema.catalog import snapshot
-from workspace_tool.schema.migrate import migrate_expected
+from workspace_tool.schema.migrate import Migration, Sending, migrate_expected
+from workspace_tool.schema.operation import UPGRADE
+from workspace_tool.schema.transaction import Expected
 
 EXT = "workspace_extensions"
 
@@ -28,16 +30,8 @@ def tiny(chain_builder: ChainBuilder) -> Chain:
 
 def lane(engine: sa.Engine, chain: Chain, project: str, *, exists: bool, version: str | None, target: str) -> Any:
     with engine.connect() as conn:
-        result = migrate_expected(
-            conn,
-            chain,
-            project,
-            f"project_{project}",
-            EXT,
-            expected_exists=exists,
-            expected_version=version,
-            target=target,
-        )
+        what = Migration(project, f"project_{project}", target, UPGRADE)
+        result = migrate_expected(conn, Sending(chain, EXT), what, Expected(exists, version))
         # the connection is back to transactional mode: a rolled-back write leaves nothing
         with conn.begin() as tx:
             conn.execute(sa.text("CREATE TABLE public.lane_probe (x int)"))

@@ -13,10 +13,12 @@ from click.testing import CliRunner
 from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
 
 from workspace_tool import WorkspaceManager
-from workspace_tool.chain import Chain, align_version_table
+from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import compiled_statements
 from workspace_tool.cli import main
 from workspace_tool.schema.catalog import diff, snapshot
-from workspace_tool.schema.migrate import migrate_on
+from workspace_tool.schema.migrate import Migration, Sending, migrate
+from workspace_tool.schema.operation import DOWNGRADE
 from workspace_tool.verification import SCRATCH_PREFIX, verify_fast_path
 
 ITEMS = """
@@ -162,9 +164,9 @@ def test_compiled_ranges_keep_the_version_table_like_alembic_online() -> None:
     assert "DROP TABLE alembic_version" not in down and "DELETE FROM alembic_version" in down
     assert up.startswith("CREATE TABLE IF NOT EXISTS alembic_version (")
     # what Alembic < 1.17 rendered at the end of a downgrade to base
-    old = "DROP TABLE code_files;\n\nDELETE FROM alembic_version;\n\nDROP TABLE alembic_version;\n\n"
-    assert align_version_table(old, "r1", None) == "DROP TABLE code_files;\n\nDELETE FROM alembic_version;\n\n\n"
-    assert align_version_table(old, None, "r1") == old
+    old = ["DROP TABLE code_files;\n\n", "DELETE FROM alembic_version;\n\n", "DROP TABLE alembic_version;\n\n"]
+    assert compiled_statements(old, "r1", None) == ("DROP TABLE code_files;", "DELETE FROM alembic_version;")
+    assert compiled_statements(old, None, "r1") == tuple(chunk.strip() for chunk in old)
 
 
 def test_a_schema_downgraded_to_base_online_is_provisioned_again_by_the_fast_path(
@@ -172,8 +174,8 @@ def test_a_schema_downgraded_to_base_online_is_provisioned_again_by_the_fast_pat
 ) -> None:
     schema = manager.ensure("again")
     with engine.connect() as conn:  # plain `alembic downgrade base` leaves an empty alembic_version
-        migrate_on(
-            conn, manager.chain, "again", schema, manager.bootstrap(), target=None, allow_downgrade=True, online=True
+        migrate(
+            conn, Sending(manager.chain, manager.bootstrap(), online=True), Migration("again", schema, None, DOWNGRADE)
         )
     assert schema_tables(engine, schema) == {"alembic_version"}
     manager.invalidate()
@@ -189,10 +191,9 @@ def test_forced_online_and_fast_provisioning_give_the_same_schema(engine: sa.Eng
     results = {}
     with engine.connect() as conn:
         for project_id, online in (("by-alembic", True), ("by-replay", False)):
-            results[online] = migrate_on(
-                conn, manager.chain, project_id, f"project_{project_id.replace('-', '_')}", extension_schema,
-                target=manager.head, online=online,
-            )  # fmt: skip
+            schema = f"project_{project_id.replace('-', '_')}"
+            how = Sending(manager.chain, extension_schema, online=online)
+            results[online] = migrate(conn, how, Migration(project_id, schema, manager.head))
         assert diff(snapshot(conn, "project_by_alembic"), snapshot(conn, "project_by_replay")) == []
     assert results[True].path == "online" and results[False].path == "fast"
     assert registry_path(engine, "by-alembic") == "online"
@@ -289,9 +290,8 @@ def test_a_downgrade_through_an_online_revision_gives_the_right_schema(
     for mgr in manager_for(engine, chain_builder.ini):
         schema = mgr.ensure("down")
         with engine.connect() as conn:
-            result = migrate_on(
-                conn, mgr.chain, "down", schema, mgr.bootstrap(), target="r1", allow_downgrade=True, online=online
-            )
+            how = Sending(mgr.chain, mgr.bootstrap(), online=online)
+            result = migrate(conn, how, Migration("down", schema, "r1", DOWNGRADE))
         assert (result.action, result.path) == ("downgraded", "online" if online else "mixed")
         assert columns(engine, schema, "items") == ["id", "kind"]
         assert schema_version(engine, schema) == "r1"

@@ -12,7 +12,7 @@ from click.testing import Result
 from conftest import ChainBuilder
 from test_lint import lint
 
-from workspace_tool.chain import squawk
+from workspace_tool.chain import Chain, squawk
 from workspace_tool.chain.lint import lint_chain
 from workspace_tool.errors import ConfigurationError
 
@@ -233,18 +233,13 @@ def test_the_binary_is_the_wheels_and_its_version_is_checked(tmp_path: Path) -> 
         squawk.binary_version(str(old))
 
 
-def test_statements_of_alembics_offline_output() -> None:
-    sql = (
-        "-- Running upgrade  -> r1\n\n"
-        "CREATE TABLE IF NOT EXISTS alembic_version (\n    version_num VARCHAR(32) NOT NULL\n);\n\n"
-        "CREATE TABLE t (\n    id INTEGER NOT NULL\n);\n\n"
-        "UPDATE t SET note = 'a\n\nb;' WHERE id = 1;\n\n"
-        "INSERT INTO alembic_version (version_num) VALUES ('r1') RETURNING alembic_version.version_num;\n\n"
-    )
-    assert squawk.statements(sql) == [
-        "CREATE TABLE t (\n    id INTEGER NOT NULL\n)",
-        "UPDATE t SET note = 'a\n\nb;' WHERE id = 1",
+def test_statements_of_alembics_offline_output(chain_builder: ChainBuilder) -> None:
+    chain_builder.add("r1", CREATE_T).add("r2", """op.execute("UPDATE t SET note = 'a\\n\\nb;' WHERE id = 1")""")
+    chain = Chain(chain_builder.ini)
+    assert squawk.statements(chain.compile_statements(None, "r1")) == [
+        "CREATE TABLE t (\n    id SERIAL NOT NULL, \n    name TEXT, \n    PRIMARY KEY (id)\n)"
     ]
+    assert squawk.statements(chain.compile_statements("r1", "r2")) == ["UPDATE t SET note = 'a\n\nb;' WHERE id = 1"]
 
 
 def test_lint_chain_api(chain_builder: ChainBuilder) -> None:

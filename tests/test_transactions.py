@@ -28,6 +28,7 @@ from workspace_tool import ConfigurationError, MigrationFailed, ProjectWorkspace
 from workspace_tool.chain import Chain
 from workspace_tool.schema.migrate import EnsureResult, run_plan
 from workspace_tool.urls import async_url
+from workspace_tool.vocabulary import Action
 
 # How a caller's engine can say "no transactions" (or "not the transactions you expect").
 ENGINES: dict[str, Callable[[URL], sa.Engine]] = {
@@ -187,14 +188,14 @@ def test_drop_status_and_bootstrap_on_an_autocommit_engine(autocommit_engine: sa
 
 
 def test_a_connection_handed_in_autocommit_is_refused(engine: sa.Engine) -> None:
-    from workspace_tool.schema.migrate import migrate_on
+    from workspace_tool.schema.migrate import Migration, Sending, migrate
 
     mgr = WorkspaceManager(engine, ALEMBIC_INI)
     extension_schema = mgr.bootstrap()
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         with pytest.raises(ConfigurationError, match="autocommit"):
-            migrate_on(conn, mgr.chain, "handed", "project_handed", extension_schema, target=mgr.head)
+            migrate(conn, Sending(mgr.chain, extension_schema), Migration("handed", "project_handed", mgr.head))
     assert schemas_like(engine, "project\\_handed") == []
 
 
@@ -335,7 +336,7 @@ def test_the_fleets_schema_lock_holds_on_an_autocommit_engine(
     def provision() -> EnsureResult:
         (result,) = fleet.provision(autocommit_engine, chain, ["fsame"], jobs=1).results
         assert result.status == "ok", result.error
-        return EnsureResult("fsame", result.schema, "created", None, "g1", result.ms, result.path)
+        return EnsureResult("fsame", result.schema, Action.CREATED, None, "g1", result.ms, result.path)
 
     waited, futures = race(engine, provision, lambda: mgr.ensure_detailed("fsame", verify=True))
     one, two = (f.result() for f in futures)

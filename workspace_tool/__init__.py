@@ -1,4 +1,13 @@
-"""workspace-tool: one PostgreSQL schema per project, provisioned from one shared Alembic chain."""
+"""workspace-tool: one PostgreSQL schema per project, provisioned from one shared Alembic chain.
+
+The public API. The managers and result types are imported on first use (``import workspace_tool`` stays
+cheap: a CLI command or a pytest run that doesn't need SQLAlchemy's ORM or asyncio doesn't pay for them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from workspace_tool.errors import (
     ConfigurationError,
@@ -18,13 +27,34 @@ from workspace_tool.errors import (
     WorkspaceNotFound,
     WorkspaceOutdated,
 )
-from workspace_tool.fleet.reader import ProjectStatus
-from workspace_tool.managers.async_manager import ProjectWorkspaceManager
-from workspace_tool.managers.sync_manager import WorkspaceManager
 from workspace_tool.naming import schema_for
-from workspace_tool.schema.migrate import EnsureResult
+
+if TYPE_CHECKING:
+    from workspace_tool.managers.async_manager import AsyncWorkspaceManager, ProjectWorkspaceManager
+    from workspace_tool.managers.sync_manager import WorkspaceManager
+    from workspace_tool.schema.migrate import EnsureResult
+    from workspace_tool.status import ProjectStatus
+
+_LAZY = {
+    "AsyncWorkspaceManager": "workspace_tool.managers.async_manager",
+    "ProjectWorkspaceManager": "workspace_tool.managers.async_manager",
+    "WorkspaceManager": "workspace_tool.managers.sync_manager",
+    "EnsureResult": "workspace_tool.schema.migrate",
+    "ProjectStatus": "workspace_tool.status",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'workspace_tool' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
+    "AsyncWorkspaceManager",
     "ConfigurationError",
     "DatabaseUnavailable",
     "EnsureResult",

@@ -43,8 +43,8 @@ from sqlalchemy import Connection, MetaData, create_engine, pool, text
 from workspace_tool import transactions
 from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_extension_schema
 from workspace_tool.errors import ConfigurationError
-from workspace_tool.naming import quote_ident, validate_schema_name
-from workspace_tool.sql import lock_schema, search_path_sql
+from workspace_tool.naming import validate_schema_name
+from workspace_tool.sql import lock_schema, quote_ident, search_path_sql
 from workspace_tool.urls import sync_url
 
 MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata

@@ -43,12 +43,11 @@ from sqlalchemy.exc import DBAPIError
 from workspace_tool import registry, transactions
 from workspace_tool.alembic_env import MODELS_OPTION, TEMPLATE_DIR
 from workspace_tool.chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_directory, resolve_config_path
-from workspace_tool.dberrors import translate_for
-from workspace_tool.errors import ConfigurationError, NoChangesDetected, WorkspaceError
+from workspace_tool.dberrors import translating
+from workspace_tool.errors import ConfigurationError, NoChangesDetected
 from workspace_tool.managers import cache
-from workspace_tool.naming import quote_ident
 from workspace_tool.schema.migrate import run_plan
-from workspace_tool.sql import search_path_sql
+from workspace_tool.sql import quote_ident, search_path_sql
 
 VERSION_TABLE = "alembic_version"
 SCRATCH_PREFIX = "project_autogen_"
@@ -299,27 +298,22 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     """A project schema at head (empty for a chain with no revision yet), inside a transaction that is
     rolled back; dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
-    try:
-        with transactions.connect(engine) as conn:
-            extension_schema = registry.bootstrap(conn)
-            try:
-                with conn.begin() as transaction:
-                    if chain is None:
-                        conn.execute(text(f"CREATE SCHEMA {quote_ident(schema)}"))
-                    else:
-                        plan = chain.plan(None, chain.head)
-                        run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
-                    yield conn, schema, extension_schema
-                    transaction.rollback()
-            finally:
-                if conn.in_transaction():
-                    conn.rollback()
-                with conn.begin():
-                    conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
-    except WorkspaceError:
-        raise
-    except (DBAPIError, OSError) as exc:
-        raise translate_for(engine.url, exc) from exc
+    with translating(engine.url), transactions.connect(engine) as conn:
+        extension_schema = registry.bootstrap(conn)
+        try:
+            with conn.begin() as transaction:
+                if chain is None:
+                    conn.execute(text(f"CREATE SCHEMA {quote_ident(schema)}"))
+                else:
+                    plan = chain.plan(None, chain.head)
+                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
+                yield conn, schema, extension_schema
+                transaction.rollback()
+        finally:
+            if conn.in_transaction():
+                conn.rollback()
+            with conn.begin():
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
 
 
 def _check_no_schema_names(path: Path, schema: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from types import TracebackType
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL
@@ -164,3 +165,40 @@ def translate(
 def translate_for(url: URL, error: BaseException, schema: str | None = None) -> WorkspaceError:
     """``translate`` for a failure on the database at ``url``: its password scrubbed, its user named."""
     return translate(error, schema, url_secrets(url), role=url.username)
+
+
+def describe(exc: BaseException, schema: str | None = None, secrets: Sequence[str] = ()) -> str:
+    """An error in one line for a per-schema report: the database's message plus its DETAIL and HINT, or
+    ours (``Type: message``); no password (nor ``secrets``)."""
+    if isinstance(exc, WorkspaceError) and not isinstance(exc, LockTimeout):
+        return str(exc)
+    orig = getattr(exc, "orig", None)
+    if orig is not None or isinstance(exc, sa_exc.DBAPIError):
+        lines = [line.strip() for line in str(orig or exc).splitlines() if line.strip()]
+        kept = lines[:1] + [line for line in lines[1:] if line.startswith(("DETAIL:", "HINT:"))]
+        return redact_text(" ".join(" ".join(line.split()) for line in kept), *secrets)
+    if isinstance(exc, OSError):
+        return str(translate(exc, schema, secrets))
+    return redact_text(f"{type(exc).__name__}: {first_line(exc)}", *secrets)
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """A database failure to translate: SQLAlchemy's DBAPIError, a socket error, or asyncpg's own."""
+    return isinstance(exc, (sa_exc.DBAPIError, OSError)) or type(exc).__module__.startswith("asyncpg")
+
+
+class translating:
+    """``with translating(url, schema):`` turns a database failure inside the block into the WorkspaceError
+    that says what to do, with the URL's password scrubbed and its user named; WorkspaceErrors and bugs pass
+    through unchanged. The one place driver errors become WorkspaceErrors."""
+
+    def __init__(self, url: URL, schema: str | None = None) -> None:
+        self.url = url
+        self.schema = schema
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if exc is not None and not isinstance(exc, WorkspaceError) and is_driver_error(exc):
+            raise translate_for(self.url, exc, self.schema) from exc

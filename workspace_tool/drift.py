@@ -18,16 +18,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import reference as references
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.dberrors import translate_for
-from workspace_tool.fleet import check_jobs, default_jobs, spare_jobs
-from workspace_tool.fleet.reader import ProjectStatus, collect_status, read_parallel, versions_reader
+from workspace_tool.dberrors import translating
+from workspace_tool.fleet.reader import read_parallel, versions_reader
+from workspace_tool.jobs import check_jobs, default_jobs, spare_jobs
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
+from workspace_tool.status import ProjectStatus, collect_status
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
 # whole (it has no index by schema), the rest through indexes, and it holds no lock but on catalogs, so
@@ -87,17 +87,14 @@ def check(
             schema_for(project_id)
     # like a fleet run's (an error if the pool can't serve --jobs), but by default no more than the pool spares
     jobs = spare_jobs(engine, default_jobs()) if jobs is None else check_jobs(engine, jobs)
-    try:
-        with transactions.connect(engine) as conn:
-            with conn.begin():
-                has_registry = registry.present(conn)
-                statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs))
-            schemas = [_from_status(chain, s) for s in statuses]
-            at_head = [c for c in schemas if _comparable(chain, c)]
-            if at_head:
-                _compare(engine, conn, references.for_check(conn, chain), at_head, jobs)
-    except (DBAPIError, OSError) as exc:
-        raise translate_for(engine.url, exc) from exc
+    with translating(engine.url), transactions.connect(engine) as conn:
+        with conn.begin():
+            has_registry = registry.present(conn)
+            statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs))
+        schemas = [_from_status(chain, s) for s in statuses]
+        at_head = [c for c in schemas if _comparable(chain, c)]
+        if at_head:
+            _compare(engine, conn, references.for_check(conn, chain), at_head, jobs)
     known = {s.project_id for s in statuses}
     schemas += [
         SchemaCheck(p, schema_for(p), None, "missing", ["no schema and no registry row"])

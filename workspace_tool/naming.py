@@ -60,8 +60,3 @@ def is_project_schema(name: str) -> bool:
         and bool(_SCHEMA.fullmatch(name))
         and name[len(SCHEMA_PREFIX) :] not in RESERVED_PROJECT_IDS
     )
-
-
-def quote_ident(name: str) -> str:
-    """Quote an identifier for PostgreSQL (always, even when it would not need it)."""
-    return '"' + name.replace('"', '""') + '"'

@@ -1,20 +1,49 @@
-"""SQL text shared by every module: quoting, literals, the per-schema advisory lock and the search_path."""
+"""SQL text shared by every module: quoting, literals, the per-schema advisory lock and the search_path.
+
+Each piece of SQL text is written once here; the schema transaction, the registry bootstrap and the plain
+Alembic path use these, in their bound-parameter or literal form.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
-from workspace_tool.naming import quote_ident
-
 LOCK_NAMESPACE = "workspace_tool:"
 REGISTRY_LOCK_KEY = LOCK_NAMESPACE + "#registry"
 
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for PostgreSQL (always, even when it would not need it)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(value: str | None) -> str:
+    """A SQL string literal (standard_conforming_strings), or NULL."""
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
+
+
+def advisory_lock_sql(key: str) -> str:
+    """Take the transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter)."""
+    return f"SELECT pg_advisory_xact_lock(hashtextextended({key}, 0))"
+
+
 # One statement, so taking the lock is a single round trip.
-LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"
+LOCK_SQL = advisory_lock_sql(":key")
 
 
 def lock_key(schema: str) -> str:
+    """The advisory lock key of a schema: different schemas never wait for each other."""
     return LOCK_NAMESPACE + schema
+
+
+def lock_statement(schema: str) -> str:
+    """The schema's lock as a literal statement, for a batch or a script."""
+    return advisory_lock_sql(sql_literal(lock_key(schema)))
+
+
+def lock_timeout_statement(timeout_ms: int) -> str:
+    """Bound every lock wait of the transaction (SQLSTATE 55P03 when exceeded)."""
+    return f"SET LOCAL lock_timeout = '{int(timeout_ms)}ms'"
 
 
 def search_path_sql(schema: str, extension_schema: str) -> str:

@@ -18,13 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Plan
 from workspace_tool.database import find_extension_schema, require_create
-from workspace_tool.dberrors import translate_for
-from workspace_tool.errors import WorkspaceError
+from workspace_tool.dberrors import describe, translating
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, snapshot
 from workspace_tool.schema.migrate import run_plan
 
@@ -99,24 +97,19 @@ def verify_fast_path(
 ) -> VerificationReport:
     """Compare the online and the fast path on scratch schemas, for every range of the chain (or
     ``cases``); the report says, per range, 'identical' or the differences."""
-    try:
-        with transactions.connect(engine) as conn:
-            with conn.begin():
-                extension_schema = find_extension_schema(conn)  # never created here: `workspace-tool init`
-                require_create(conn, "verify-fast-path builds scratch schemas (in a transaction rolled back)")
-            checks = []
-            token = uuid.uuid4().hex[:8]
-            with conn.begin() as outer:
-                for from_rev, to_rev, fresh in cases if cases is not None else ranges(chain):
-                    check = _check(conn, chain, extension_schema, token, from_rev, to_rev, fresh)
-                    checks.append(check)
-                    if on_check is not None:
-                        on_check(check)
-                outer.rollback()
-    except WorkspaceError:
-        raise
-    except DBAPIError as exc:
-        raise translate_for(engine.url, exc) from exc
+    with translating(engine.url), transactions.connect(engine) as conn:
+        with conn.begin():
+            extension_schema = find_extension_schema(conn)  # never created here: `workspace-tool init`
+            require_create(conn, "verify-fast-path builds scratch schemas (in a transaction rolled back)")
+        checks = []
+        token = uuid.uuid4().hex[:8]
+        with conn.begin() as outer:
+            for from_rev, to_rev, fresh in cases if cases is not None else ranges(chain):
+                check = _check(conn, chain, extension_schema, token, from_rev, to_rev, fresh)
+                checks.append(check)
+                if on_check is not None:
+                    on_check(check)
+            outer.rollback()
     return VerificationReport(chain.head, chain.fingerprint, tuple(checks))
 
 
@@ -146,7 +139,7 @@ def _check(
                 inner.commit()
             except Exception as exc:  # a failing side is a difference, not the end of the proof
                 inner.rollback()
-                errors.append(f"{side} failed: {_first_line(exc)}")
+                errors.append(f"{side} failed: {describe(exc)}")
     finally:
         savepoint.rollback()
     differences = errors or diff(catalogs[True], catalogs[False])
@@ -170,9 +163,3 @@ def _plans(
     else:
         setup = [(chain.plan(None, from_rev, online=online), True)]
     return [*setup, (chain.plan(from_rev, to_rev, online=online), False)]
-
-
-def _first_line(exc: Exception) -> str:
-    detail = exc.orig if isinstance(exc, DBAPIError) else exc
-    lines = str(detail).strip().splitlines()
-    return f"{type(detail).__name__}: {lines[0] if lines else ''}"

@@ -21,12 +21,12 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workspace_tool.chain import Chain
+from workspace_tool.chain.revisions import Chain
 from workspace_tool.errors import ConfigurationError
 
 REQUIREMENT = "squawk-cli>=2.70,<3"
@@ -178,22 +178,10 @@ def ignored_rules(source: str, path: str) -> frozenset[str]:
 
 
 # --------------------------------------------------------------------------- the SQL
-def statements(sql: str) -> list[str]:
-    """Alembic's offline output split into statements (each ends with ';' and a blank line; returned
-    without it), without Alembic's '-- Running upgrade' comments and the version-table bookkeeping."""
-    found: list[str] = []
-    pending: list[str] = []
-    for chunk in sql.split("\n\n"):
-        text = chunk.strip()
-        if not pending and (not text or (text.startswith("--") and "\n" not in text)):
-            continue
-        pending.append(chunk)
-        if text.endswith(";"):
-            found.append("\n\n".join(pending).strip())
-            pending = []
-    if pending:
-        found.append("\n\n".join(pending).strip())
-    return [s.removesuffix(";") for s in found if not _VERSION_TABLE.search(s)]
+def statements(compiled: Sequence[str]) -> list[str]:
+    """A revision's compiled statements (Chain.compile_statements) without their ';' and without the
+    version-table bookkeeping."""
+    return [s.removesuffix(";") for s in compiled if not _VERSION_TABLE.search(s)]
 
 
 def _render(chain: Chain, rev: str) -> tuple[Path, list[str] | str]:
@@ -207,7 +195,7 @@ def _render(chain: Chain, rev: str) -> tuple[Path, list[str] | str]:
     if not chain.renders_offline(rev):
         return path, "runs online (workspace_online, get_bind(), ...): its SQL is only known at run time"
     try:
-        return path, statements(chain.compile(down, rev))
+        return path, statements(chain.compile_statements(down, rev))
     except Exception as exc:  # whatever the revision raised while rendering offline
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return path, f"cannot be rendered offline ({first}), so it runs online"

@@ -205,7 +205,7 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
     nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
         from workspace_tool.cli.render import to_json
-        from workspace_tool.fleet.reader import fleet_summary
+        from workspace_tool.status import fleet_summary
 
         summary = fleet_summary(app.manager.chain, statuses)
         if as_json:

@@ -97,7 +97,7 @@ def downgrade(app: AppContext, /, target: str, **options: Any) -> None:
 
 def _run_fleet(
     app: AppContext,
-    operation: str,
+    operation: fleet.Operation,
     target: str,
     *,
     project_ids: tuple[str, ...],

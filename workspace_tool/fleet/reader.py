@@ -1,47 +1,76 @@
-"""Read the state of many project schemas at once: which exist, their versions, their registry rows."""
+"""The one reader of the fleet's state: registry rows, project schemas and their versions, read in
+batches (spread over several connections when the engine's pool allows). Fleet planning, `status` and
+`check` all read through ``read_fleet``; each project comes back as a ``SchemaRecord`` whose ``state`` is
+the one vocabulary of states (workspace_tool.vocabulary.State)."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, text
 
 from workspace_tool import registry, transactions
-from workspace_tool.chain import Chain
-from workspace_tool.naming import SCHEMA_PREFIX, is_project_schema, project_for, quote_ident, schema_for
+from workspace_tool.naming import SCHEMA_PREFIX, is_project_schema, project_for, schema_for
+from workspace_tool.schema.state import SchemaRecord
+from workspace_tool.sql import quote_ident
 
 # One UNION over every schema times out on large fleets, and planning cost grows faster than the batch:
 # measured over 10,000 schemas, batches of 1000 took 2.5 s, of 200 about 1 s (0.4 s on 4 connections).
 VERSION_BATCH = 200
 T = TypeVar("T")
+VersionsReader = Callable[[list[str]], dict[str, str | None]]
 
 _SCHEMAS = text(
     "SELECT n.nspname, c.oid IS NOT NULL AS has_version FROM pg_namespace n "
     "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'alembic_version' AND c.relkind = 'r' "
     "WHERE n.nspname LIKE :prefix"
 )
+# What planning and status need of each registry row (not its metadata).
+_ROW = "project_id, schema_name, revision, status, last_action, last_duration_ms, last_path, last_error, updated_at"
+_ROWS = text(f"SELECT {_ROW} FROM {registry.REGISTRY_TABLE} ORDER BY project_id")
+_SOME_ROWS = text(f"SELECT {_ROW} FROM {registry.REGISTRY_TABLE} WHERE project_id = ANY(:ids) ORDER BY project_id")
 
 
-@dataclass(frozen=True)
-class ProjectStatus:
-    project_id: str
-    schema: str
-    revision: str | None  # what the schema's alembic_version says; None when missing or empty
-    registry_revision: str | None
-    state: str  # 'at head', 'behind', 'ahead/unknown', 'missing', 'orphan', 'failed', 'empty'
-    registered: bool
-    last_action: str | None = None
-    last_duration_ms: float | None = None
-    last_path: str | None = None
-    last_error: str | None = None
-    updated_at: dt.datetime | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def read_fleet(
+    conn: Connection, project_ids: Sequence[str] | None = None, versions_of: VersionsReader | None = None
+) -> list[SchemaRecord]:
+    """Every registered project and every project-like schema (or just ``project_ids``, in that order,
+    whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
+    ``read_versions_parallel`` over several connections). Read-only; works before the registry exists."""
+    rows: dict[str, Any] = {}
+    if registry.present(conn):
+        found = conn.execute(_ROWS) if project_ids is None else conn.execute(_SOME_ROWS, {"ids": list(project_ids)})
+        rows = {row.project_id: row for row in found}
+    schemas = project_schemas(conn)
+    if project_ids is None:
+        wanted = sorted(set(rows) | {project_for(s) for s in schemas})
+    else:
+        wanted = list(dict.fromkeys(project_ids))
+    names = {p: (rows[p].schema_name if p in rows else schema_for(p)) for p in wanted}
+    with_versions = [s for s in names.values() if schemas.get(s)]
+    versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
+    records = []
+    for p in wanted:
+        row = rows.get(p)
+        records.append(
+            SchemaRecord(
+                project_id=p,
+                schema=names[p],
+                exists=names[p] in schemas,
+                version=versions.get(names[p]),
+                registered=row is not None,
+                registry_revision=row.revision if row else None,
+                registry_status=row.status if row else None,
+                last_action=row.last_action if row else None,
+                last_duration_ms=row.last_duration_ms if row else None,
+                last_path=row.last_path if row else None,
+                last_error=row.last_error if row else None,
+                updated_at=row.updated_at if row else None,
+            )
+        )
+    return records
 
 
 def project_schemas(conn: Connection) -> dict[str, bool]:
@@ -82,7 +111,7 @@ def read_versions_parallel(
     return read_parallel(engine, schemas, jobs, batch_size, lambda conn, chunk: read_versions(conn, chunk, batch_size))
 
 
-def versions_reader(engine: Engine, jobs: int) -> Callable[[list[str]], dict[str, str | None]] | None:
+def versions_reader(engine: Engine, jobs: int) -> VersionsReader | None:
     """For ``collect_status``: read versions on ``jobs`` connections of the engine, or (None) on the
     caller's own when there is no spare one."""
     return (lambda names: read_versions_parallel(engine, names, jobs)) if jobs > 0 else None
@@ -113,99 +142,3 @@ def read_parallel(
         for part in pool.map(read_chunk, chunks):
             merged.update(part)
     return merged
-
-
-def classify(chain: Chain, revision: str | None, exists: bool, registered: bool, status: str | None) -> str:
-    if not exists:
-        return "missing"
-    if not registered:
-        return "orphan"
-    if status == "failed":
-        return "failed"
-    if revision is None:
-        return "empty"
-    if not chain.knows(revision):
-        return "ahead/unknown"
-    return "at head" if revision == chain.head else "behind"
-
-
-def collect_status(
-    conn: Connection,
-    chain: Chain,
-    project_ids: Sequence[str] | None = None,
-    versions_of: Callable[[list[str]], dict[str, str | None]] | None = None,
-) -> list[ProjectStatus]:
-    """Status of the given projects, or of every registered project plus orphan schemas. Read-only: with
-    no registry yet (nothing provisioned), project schemas found are orphans. Versions are read on
-    ``conn``, or by ``versions_of`` (e.g. ``read_versions_parallel`` over several connections)."""
-    rows: list[registry.RegistryRow] = []
-    if registry.present(conn):
-        found = (
-            conn.execute(registry.SELECT_ALL)
-            if project_ids is None
-            else conn.execute(registry.SELECT_SOME, {"ids": list(project_ids)})
-        )
-        rows = [registry.RegistryRow.from_row(r) for r in found]
-    by_project = {r.project_id: r for r in rows}
-    schemas = project_schemas(conn)
-    wanted = sorted({project_for(s) for s in schemas} | set(by_project)) if project_ids is None else project_ids
-    names = {p: by_project[p].schema_name if p in by_project else schema_for(p) for p in wanted}
-    with_versions = [s for s in names.values() if schemas.get(s)]
-    versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
-    result = []
-    for project_id in sorted(names):
-        row = by_project.get(project_id)
-        schema = names[project_id]
-        revision = versions.get(schema)
-        exists = schema in schemas
-        registered = row is not None
-        if not exists and not registered:
-            continue
-        state = classify(chain, revision, exists, registered, row.status if row else None)
-        result.append(
-            ProjectStatus(
-                project_id=project_id,
-                schema=schema,
-                revision=revision,
-                registry_revision=row.revision if row else None,
-                state=state,
-                registered=registered,
-                last_action=row.last_action if row else None,
-                last_duration_ms=row.last_duration_ms if row else None,
-                last_path=row.last_path if row else None,
-                last_error=row.last_error if row else None,
-                updated_at=row.updated_at if row else None,
-            )
-        )
-    return result
-
-
-FLEET_STATES = ("at head", "behind", "ahead/unknown", "failed", "empty", "missing", "orphan")
-
-
-def fleet_summary(chain: Chain, statuses: Sequence[ProjectStatus]) -> dict[str, Any]:
-    """Counts by state and by revision, and the schemas needing attention: missing (registered, no
-    schema), orphans (a project schema with no registry row), failed (the last run failed on them)."""
-    counts = dict.fromkeys(FLEET_STATES, 0)
-    by_revision: dict[tuple[str | None, str], int] = {}
-    for s in statuses:
-        counts[s.state] = counts.get(s.state, 0) + 1
-        key = (s.revision, s.state)
-        by_revision[key] = by_revision.get(key, 0) + 1
-    order = {rev: chain.position(rev) if chain.knows(rev) else 10**9 for rev, _ in by_revision}
-
-    def pick(state: str, *fields: str) -> list[dict[str, Any]]:
-        return [{k: getattr(s, k) for k in ("project_id", "schema", *fields)} for s in statuses if s.state == state]
-
-    return {
-        "head": chain.head,
-        "total": len(statuses),
-        "counts": counts,
-        "revisions": [
-            {"revision": rev, "state": state, "schemas": n}
-            for (rev, state), n in sorted(by_revision.items(), key=lambda kv: (-order[kv[0][0]], kv[0][1]))
-        ],
-        "missing": pick("missing", "registry_revision"),
-        "orphans": pick("orphan", "revision"),
-        "failed": pick("failed", "revision", "last_action", "last_error"),
-    }

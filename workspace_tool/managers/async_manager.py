@@ -1,16 +1,19 @@
-"""ProjectWorkspaceManager: the same operations for an AsyncEngine (asyncpg).
+"""AsyncWorkspaceManager: the same operations as WorkspaceManager, for an AsyncEngine (asyncpg).
 
-The work runs through ``AsyncConnection.run_sync`` on the shared provisioning core, so every database
-wait is an await: ``asyncio.gather`` of distinct projects really overlaps.  Compiled SQL needs no
-Alembic globals; only the registry bootstrap and revisions that must run online go through Alembic,
-and those are serialised per event loop (a thread lock can't keep two coroutines of one thread apart).
+Both managers share the ensure core (managers/core.py); here its work runs through
+``AsyncConnection.run_sync``, so every database wait is an await: ``asyncio.gather`` of distinct projects
+really overlaps.  Compiled SQL needs no Alembic globals; only the registry bootstrap and revisions that
+must run online go through Alembic, and those are serialised per event loop (a thread lock can't keep two
+coroutines of one thread apart).
+
+``ProjectWorkspaceManager`` is the same class under its first name, with ``ensure_workspace_exists`` and
+``drop_workspace``, as existing applications call them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,16 +22,17 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from workspace_tool import registry, transactions
+from workspace_tool import reference, registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.dberrors import translate_for
-from workspace_tool.errors import ConfigurationError, WorkspaceError
-from workspace_tool.fleet.reader import ProjectStatus, collect_status
+from workspace_tool.dberrors import translating
+from workspace_tool.errors import ConfigurationError
 from workspace_tool.managers import cache, sessions
+from workspace_tool.managers.core import EnsureCore, has_registry, registry_rows, status_reader
 from workspace_tool.managers.sync_manager import ConfigPath
 from workspace_tool.naming import schema_for
-from workspace_tool.schema.migrate import EnsureResult, drop_on, migrate_on, version_table
-from workspace_tool.schema.roles import validate_role_name
+from workspace_tool.schema.migrate import EnsureResult, drop_schema
+from workspace_tool.schema.state import version_table
+from workspace_tool.status import ProjectStatus
 from workspace_tool.urls import check_url
 
 T = TypeVar("T")
@@ -43,28 +47,27 @@ def _online_lock() -> asyncio.Lock:
     return lock
 
 
-class ProjectWorkspaceManager:
-    """Async twin of WorkspaceManager; safe under ``asyncio.gather`` and with NullPool engines."""
+class AsyncWorkspaceManager:
+    """WorkspaceManager for an AsyncEngine; safe under ``asyncio.gather`` and with NullPool engines."""
 
     def __init__(self, engine: AsyncEngine, config: ConfigPath = None) -> None:
         if engine.dialect.name != "postgresql" or engine.dialect.driver != "asyncpg":
             raise ConfigurationError(
-                f"ProjectWorkspaceManager needs a postgresql+asyncpg engine, not "
+                f"{type(self).__name__} needs a postgresql+asyncpg engine, not "
                 f"{engine.dialect.name}+{engine.dialect.driver}"
             )
         self.engine = engine
         check_url(engine.url)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
-        self._ready = cache.ready_map(self.cache_key)
-        self._needs_online = self.chain.has_online
-        self._granted: set[tuple[str, str]] = set()  # (project, owner role) granted by this manager
+        self._core = EnsureCore(self.chain, self.cache_key)
 
     @property
     def head(self) -> str:
         return self.chain.head
 
-    async def ensure_workspace_exists(
+    # ------------------------------------------------------------------- ensure
+    async def ensure(
         self,
         project_id: str,
         *,
@@ -73,20 +76,16 @@ class ProjectWorkspaceManager:
         owner_role: str | None = None,
         adopt: bool = False,
     ) -> str:
-        """Return the project's schema, creating or upgrading it first if needed (``owner_role`` and
-        ``adopt``: see WorkspaceManager.ensure)."""
-        if not verify and (owner_role is None or (project_id, owner_role) in self._granted):
-            try:
-                schema = self._ready.get(project_id)
-            except TypeError:  # unhashable: schema_for below names the rule it breaks
-                schema = None
-            if schema is not None:
-                return schema
-        return (
-            await self.ensure_detailed(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt)
-        ).schema
+        """Return the project's schema, creating or upgrading it first if needed (see
+        WorkspaceManager.ensure)."""
+        if not verify and (schema := self._core.cached(project_id, owner_role)) is not None:
+            return schema
+        result = await self.ensure_detailed(
+            project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt
+        )
+        return result.schema
 
-    ensure = ensure_workspace_exists
+    ensure_workspace_exists = ensure
 
     async def ensure_detailed(
         self,
@@ -97,43 +96,19 @@ class ProjectWorkspaceManager:
         owner_role: str | None = None,
         adopt: bool = False,
     ) -> EnsureResult:
-        started = time.perf_counter()
-        schema = schema_for(project_id)
-        if owner_role is not None:
-            validate_role_name(owner_role)
-        head = self.chain.head
-        granted = owner_role is None or (project_id, owner_role) in self._granted
-        if not verify and granted and project_id in self._ready:
-            return EnsureResult(project_id, schema, "cached", head, head, _ms(started), "none")
-        if verify and granted and await self._read_version(schema) == head:
-            self._ready[project_id] = schema
-            return EnsureResult(project_id, schema, "verified", head, head, _ms(started), "none")
-        self._ready.pop(project_id, None)
-        extension_schema = await self.bootstrap()
-
-        def work(conn: Connection) -> EnsureResult:
-            return migrate_on(
-                conn,
-                self.chain,
-                project_id,
-                schema,
-                extension_schema,
-                target=head,
-                allow_upgrade=upgrade,
-                started=started,
-                owner_role=owner_role,
-                adopt=adopt,
-            )
-
-        if self._needs_online:
+        """Like ensure, returning what was done and how long it took."""
+        call = self._core.start(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt)
+        if call.result is not None:
+            return call.result
+        if call.verify and (answer := self._core.verified(call, await self._read_version(call.schema))) is not None:
+            return answer
+        work = self._core.work(call, await self.bootstrap())
+        if self.chain.has_online:  # Alembic's globals: one online migration at a time per event loop
             async with _online_lock():
-                result = await self._run(schema, work)
+                result = await self._run(call.schema, work)
         else:
-            result = await self._run(schema, work)
-        self._ready[project_id] = schema
-        if owner_role is not None:
-            self._granted.add((project_id, owner_role))
-        return result
+            result = await self._run(call.schema, work)
+        return self._core.finished(call, result)
 
     async def _read_version(self, schema: str) -> str | None:
         try:
@@ -145,7 +120,10 @@ class ProjectWorkspaceManager:
             return None
         return str(rows[0][0]) if len(rows) == 1 else None
 
+    # ------------------------------------------------------------ administration
     async def bootstrap(self, force: bool = False) -> str:
+        """Create or migrate the registry and the vector extension (once per process); return the
+        extension's schema."""
         extension_schema = None if force else cache.bootstrapped(self.cache_key)
         if extension_schema is None:
             async with _online_lock():
@@ -153,51 +131,53 @@ class ProjectWorkspaceManager:
             cache.set_bootstrapped(self.cache_key, extension_schema)
         return extension_schema
 
-    init = bootstrap
+    async def init(self) -> str:
+        """`workspace-tool init`: bootstrap (again), and store the reference catalog `check` compares
+        schemas with; return the extension's schema."""
+        extension_schema = await self.bootstrap(force=True)
+        async with _online_lock():
+            await self._run(None, lambda conn: reference.store(conn, self.chain))
+        return extension_schema
 
-    async def drop_workspace(self, project_id: str) -> bool:
+    async def has_registry(self) -> bool:
+        """True once something was provisioned in this database (the registry exists). Read-only."""
+        return await self._run(None, has_registry)
+
+    async def drop(self, project_id: str) -> bool:
+        """Drop the project's schema and its registry row together; False if neither existed."""
         schema = schema_for(project_id)
-        self._ready.pop(project_id, None)
+        self.invalidate([project_id])
         await self.bootstrap()
-
-        dropped = await self._run(schema, lambda conn: drop_on(conn, project_id, schema))
-        self._ready.pop(project_id, None)
+        dropped = await self._run(schema, lambda conn: drop_schema(conn, project_id, schema))
+        self.invalidate([project_id])
         return dropped
 
-    drop = drop_workspace
+    drop_workspace = drop
 
     async def status(self, project_ids: list[str] | None = None) -> list[ProjectStatus]:
         """Like WorkspaceManager.status (versions read on this connection). Read-only."""
-        if project_ids is not None:
-            for project_id in project_ids:
-                schema_for(project_id)
+        return await self._run(None, status_reader(self.chain, project_ids))
 
-        def read(conn: Connection) -> list[ProjectStatus]:
-            with conn.begin():
-                return collect_status(conn, self.chain, project_ids)
-
-        return await self._run(None, read)
+    async def projects(self) -> list[registry.RegistryRow]:
+        """Every registry row. Read-only (an empty list when there is no registry yet)."""
+        return await self._run(None, registry_rows)
 
     def invalidate(self, project_ids: list[str] | None = None) -> None:
         cache.invalidate(self.cache_key, project_ids)
 
+    async def close(self) -> None:
+        """Nothing is held between calls (the engine stays the caller's): for symmetry with
+        WorkspaceManager.close, and so ``async with contextlib.aclosing(amgr)`` reads right."""
+
     async def _run(self, schema: str | None, work: Callable[[Connection], T]) -> T:
-        try:
+        with translating(self.engine.url, schema):
             async with self.engine.connect() as conn:
                 return await conn.run_sync(lambda sync_conn: work(transactions.own(sync_conn)))
-        except WorkspaceError:
-            raise
-        except (DBAPIError, OSError) as exc:
-            raise translate_for(self.engine.url, exc, schema) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("asyncpg"):
-                raise translate_for(self.engine.url, exc, schema) from exc
-            raise
 
     # ------------------------------------------------------------ application
     def connect(self, project_id: str) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """``async with amgr.connect(project_id) as conn:`` an AsyncConnection on the project's schema
-        (ensured first), through ``schema_translate_map``; see workspace_tool.sessions."""
+        (ensured first), through ``schema_translate_map``; see workspace_tool.managers.sessions."""
         return sessions.async_connect(self, project_id)
 
     def session(self, project_id: str, **session_options: Any) -> contextlib.AbstractAsyncContextManager[AsyncSession]:
@@ -205,5 +185,4 @@ class ProjectWorkspaceManager:
         return sessions.async_session(self, project_id, **session_options)
 
 
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0
+ProjectWorkspaceManager = AsyncWorkspaceManager  # the first name, as existing applications use it

@@ -25,7 +25,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DBAPIError
@@ -38,9 +38,31 @@ from workspace_tool.errors import ConfigurationError, WorkspaceNotFound
 from workspace_tool.naming import schema_for
 from workspace_tool.sql import search_path_sql
 
-if TYPE_CHECKING:
-    from workspace_tool.managers.async_manager import ProjectWorkspaceManager
-    from workspace_tool.managers.sync_manager import WorkspaceManager
+
+class Manager(Protocol):
+    """What these need of a WorkspaceManager."""
+
+    @property
+    def engine(self) -> Engine: ...
+
+    def ensure(self, project_id: str) -> str: ...
+
+    def bootstrap(self) -> str: ...
+
+    def invalidate(self, project_ids: list[str] | None = None) -> None: ...
+
+
+class AsyncManager(Protocol):
+    """What these need of an AsyncWorkspaceManager."""
+
+    @property
+    def engine(self) -> AsyncEngine: ...
+
+    async def ensure(self, project_id: str) -> str: ...
+
+    async def bootstrap(self) -> str: ...
+
+    def invalidate(self, project_ids: list[str] | None = None) -> None: ...
 
 
 def scoped_engine(engine: Engine, schema: str, extension_schema: str) -> Engine:
@@ -81,7 +103,7 @@ MISSING_SQLSTATES = {"3F000", "42P01"}  # invalid_schema_name, undefined_table
 _SCHEMA_EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema)")
 
 
-def _forget_if_missing(manager: WorkspaceManager | ProjectWorkspaceManager, project_id: str, exc: DBAPIError) -> bool:
+def _forget_if_missing(manager: Manager | AsyncManager, project_id: str, exc: DBAPIError) -> bool:
     """On "schema/relation does not exist", forget the project (the next ensure reads the database)."""
     if sqlstate(exc) not in MISSING_SQLSTATES:
         return False
@@ -94,7 +116,7 @@ def _dropped(project_id: str, schema_exists: object) -> WorkspaceNotFound | None
 
 
 @contextmanager
-def _not_found_if_dropped(manager: WorkspaceManager, project_id: str) -> Iterator[None]:
+def _not_found_if_dropped(manager: Manager, project_id: str) -> Iterator[None]:
     try:
         yield
     except DBAPIError as exc:
@@ -108,7 +130,7 @@ def _not_found_if_dropped(manager: WorkspaceManager, project_id: str) -> Iterato
 
 
 @asynccontextmanager
-async def _async_not_found_if_dropped(manager: ProjectWorkspaceManager, project_id: str) -> AsyncIterator[None]:
+async def _async_not_found_if_dropped(manager: AsyncManager, project_id: str) -> AsyncIterator[None]:
     try:
         yield
     except DBAPIError as exc:
@@ -123,7 +145,7 @@ async def _async_not_found_if_dropped(manager: ProjectWorkspaceManager, project_
 
 
 # ------------------------------------------------------------------------- sync
-def project_engine(manager: WorkspaceManager, project_id: str) -> Engine:
+def project_engine(manager: Manager, project_id: str) -> Engine:
     """Ensure the project, and return an Engine view of the manager's engine that targets its schema."""
     schema = manager.ensure(project_id)
     return _cached(manager, manager.engine, schema, manager.bootstrap())
@@ -144,7 +166,7 @@ def _cached(manager: object, engine: Engine, schema: str, extension_schema: str)
 
 
 @contextmanager
-def connect(manager: WorkspaceManager, project_id: str) -> Iterator[Connection]:
+def connect(manager: Manager, project_id: str) -> Iterator[Connection]:
     """``with connect(mgr, "my-project") as conn:`` a Connection whose statements target the project's
     schema. Like ``engine.connect()``: commit as you go (``conn.commit()``); what isn't committed is
     rolled back when the block ends."""
@@ -154,7 +176,7 @@ def connect(manager: WorkspaceManager, project_id: str) -> Iterator[Connection]:
 
 
 @contextmanager
-def session(manager: WorkspaceManager, project_id: str, **session_options: Any) -> Iterator[Session]:
+def session(manager: Manager, project_id: str, **session_options: Any) -> Iterator[Session]:
     """``with session(mgr, "my-project") as s:`` an ORM Session on the project's schema; closed (and
     anything uncommitted rolled back) when the block ends. ``session_options`` go to ``Session()``."""
     engine = project_engine(manager, project_id)
@@ -163,15 +185,15 @@ def session(manager: WorkspaceManager, project_id: str, **session_options: Any) 
 
 
 # ------------------------------------------------------------------------ async
-async def async_project_engine(manager: ProjectWorkspaceManager, project_id: str) -> AsyncEngine:
+async def async_project_engine(manager: AsyncManager, project_id: str) -> AsyncEngine:
     """Ensure the project, and return an AsyncEngine view of the manager's engine that targets its schema."""
-    schema = await manager.ensure_workspace_exists(project_id)
+    schema = await manager.ensure(project_id)
     extension_schema = await manager.bootstrap()
     return AsyncEngine(_cached(manager, manager.engine.sync_engine, schema, extension_schema))
 
 
 @asynccontextmanager
-async def async_connect(manager: ProjectWorkspaceManager, project_id: str) -> AsyncIterator[AsyncConnection]:
+async def async_connect(manager: AsyncManager, project_id: str) -> AsyncIterator[AsyncConnection]:
     """``async with async_connect(amgr, "my-project") as conn:`` the AsyncConnection counterpart."""
     engine = await async_project_engine(manager, project_id)
     async with _async_not_found_if_dropped(manager, project_id), engine.connect() as conn:
@@ -179,9 +201,7 @@ async def async_connect(manager: ProjectWorkspaceManager, project_id: str) -> As
 
 
 @asynccontextmanager
-async def async_session(
-    manager: ProjectWorkspaceManager, project_id: str, **session_options: Any
-) -> AsyncIterator[AsyncSession]:
+async def async_session(manager: AsyncManager, project_id: str, **session_options: Any) -> AsyncIterator[AsyncSession]:
     """``async with async_session(amgr, "my-project") as s:`` the AsyncSession counterpart."""
     engine = await async_project_engine(manager, project_id)
     async with _async_not_found_if_dropped(manager, project_id), AsyncSession(bind=engine, **session_options) as s:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,14 +14,16 @@ from sqlalchemy.orm import Session
 
 from workspace_tool import reference, registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.dberrors import translate_for
-from workspace_tool.errors import ConfigurationError, WorkspaceError
-from workspace_tool.fleet import spare_jobs
-from workspace_tool.fleet.reader import ProjectStatus, collect_status, versions_reader
+from workspace_tool.dberrors import translating
+from workspace_tool.errors import ConfigurationError
+from workspace_tool.fleet.reader import versions_reader
+from workspace_tool.jobs import spare_jobs
 from workspace_tool.managers import cache, sessions
+from workspace_tool.managers.core import EnsureCore, has_registry, registry_rows, status_reader
 from workspace_tool.naming import schema_for
-from workspace_tool.schema.migrate import EnsureResult, drop_on, migrate_on, version_table
-from workspace_tool.schema.roles import validate_role_name
+from workspace_tool.schema.migrate import EnsureResult, drop_schema
+from workspace_tool.schema.state import version_table
+from workspace_tool.status import ProjectStatus
 from workspace_tool.urls import check_url
 
 ConfigPath = str | os.PathLike[str] | None
@@ -44,10 +45,9 @@ class WorkspaceManager:
         check_url(engine.url)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
-        self._ready = cache.ready_map(self.cache_key)
+        self._core = EnsureCore(self.chain, self.cache_key)
         self._probe: Any = None
         self._probe_lock = threading.Lock()
-        self._granted: set[tuple[str, str]] = set()  # (project, owner role) granted by this manager
 
     @property
     def head(self) -> str:
@@ -70,13 +70,8 @@ class WorkspaceManager:
         that role (created NOLOGIN if missing) the schema's tables, in the same transaction; see roles.py.
         An existing schema holding relations but no alembic_version (not made by workspace-tool) raises
         UnmanagedSchema and is left alone, unless ``adopt=True`` runs the chain into it."""
-        if not verify and (owner_role is None or (project_id, owner_role) in self._granted):
-            try:
-                schema = self._ready.get(project_id)
-            except TypeError:  # unhashable: schema_for below names the rule it breaks
-                schema = None
-            if schema is not None:
-                return schema
+        if not verify and (schema := self._core.cached(project_id, owner_role)) is not None:
+            return schema
         return self.ensure_detailed(
             project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt
         ).schema
@@ -91,38 +86,13 @@ class WorkspaceManager:
         adopt: bool = False,
     ) -> EnsureResult:
         """Like ensure, returning what was done and how long it took."""
-        started = time.perf_counter()
-        schema = schema_for(project_id)
-        if owner_role is not None:
-            validate_role_name(owner_role)
-        head = self.chain.head
-        granted = owner_role is None or (project_id, owner_role) in self._granted
-        if not verify and granted and project_id in self._ready:
-            return EnsureResult(project_id, schema, "cached", head, head, _ms(started), "none")
-        if verify and granted and self._probe_version(schema) == head:
-            self._ready[project_id] = schema
-            return EnsureResult(project_id, schema, "verified", head, head, _ms(started), "none")
-        self._ready.pop(project_id, None)
-        extension_schema = self.bootstrap()
-        result = self._on_connection(
-            schema,
-            lambda conn: migrate_on(
-                conn,
-                self.chain,
-                project_id,
-                schema,
-                extension_schema,
-                target=head,
-                allow_upgrade=upgrade,
-                started=started,
-                owner_role=owner_role,
-                adopt=adopt,
-            ),
-        )
-        self._ready[project_id] = schema
-        if owner_role is not None:
-            self._granted.add((project_id, owner_role))
-        return result
+        call = self._core.start(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt)
+        if call.result is not None:
+            return call.result
+        if call.verify and (answer := self._core.verified(call, self._probe_version(call.schema))) is not None:
+            return answer
+        work = self._core.work(call, self.bootstrap())
+        return self._core.finished(call, self._on_connection(call.schema, work))
 
     def _probe_version(self, schema: str) -> str | None:
         """One round trip on a held autocommit connection; None when unreadable."""
@@ -178,21 +148,15 @@ class WorkspaceManager:
 
     def has_registry(self) -> bool:
         """True once something was provisioned in this database (the registry exists). Read-only."""
-
-        def read(conn: Connection) -> bool:
-            with conn.begin():
-                return registry.present(conn)
-
-        return self._on_connection(None, read)
+        return self._on_connection(None, has_registry)
 
     def drop(self, project_id: str) -> bool:
         """Drop the project's schema and its registry row together; False if neither existed."""
         schema = schema_for(project_id)
-        self._ready.pop(project_id, None)
+        self.invalidate([project_id])
         self.bootstrap()
-
-        dropped = self._on_connection(schema, lambda conn: drop_on(conn, project_id, schema))
-        self._ready.pop(project_id, None)
+        dropped = self._on_connection(schema, lambda conn: drop_schema(conn, project_id, schema))
+        self.invalidate([project_id])
         return dropped
 
     def status(self, project_ids: list[str] | None = None, *, jobs: int = STATUS_JOBS) -> list[ProjectStatus]:
@@ -200,28 +164,12 @@ class WorkspaceManager:
         registered project plus project schemas missing from the registry. Read-only (an empty list on a
         database where nothing was provisioned); versions are read on ``jobs`` connections (fewer if the
         engine's pool is smaller)."""
-        if project_ids is not None:
-            for project_id in project_ids:
-                schema_for(project_id)
-
         versions_of = versions_reader(self.engine, spare_jobs(self.engine, jobs))
-
-        def read(conn: Connection) -> list[ProjectStatus]:
-            with conn.begin():
-                return collect_status(conn, self.chain, project_ids, versions_of)
-
-        return self._on_connection(None, read)
+        return self._on_connection(None, status_reader(self.chain, project_ids, versions_of))
 
     def projects(self) -> list[registry.RegistryRow]:
         """Every registry row. Read-only (an empty list when there is no registry yet)."""
-
-        def read(conn: Connection) -> list[registry.RegistryRow]:
-            with conn.begin():
-                if not registry.present(conn):
-                    return []
-                return [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
-
-        return self._on_connection(None, read)
+        return self._on_connection(None, registry_rows)
 
     def invalidate(self, project_ids: list[str] | None = None) -> None:
         cache.invalidate(self.cache_key, project_ids)
@@ -234,13 +182,8 @@ class WorkspaceManager:
                 self._probe = None
 
     def _on_connection(self, schema: str | None, work: Callable[[Connection], T]) -> T:
-        try:
-            with transactions.connect(self.engine) as conn:
-                return work(conn)
-        except WorkspaceError:
-            raise
-        except (DBAPIError, OSError) as exc:
-            raise translate_for(self.engine.url, exc, schema) from exc
+        with translating(self.engine.url, schema), transactions.connect(self.engine) as conn:
+            return work(conn)
 
     # ------------------------------------------------------------ application
     def connect(self, project_id: str) -> contextlib.AbstractContextManager[Connection]:
@@ -251,7 +194,3 @@ class WorkspaceManager:
     def session(self, project_id: str, **session_options: Any) -> contextlib.AbstractContextManager[Session]:
         """``with mgr.session(project_id) as s:`` an ORM Session on the project's schema (ensured first)."""
         return sessions.session(self, project_id, **session_options)
-
-
-def _ms(started: float) -> float:
-    return (time.perf_counter() - started) * 1000.0

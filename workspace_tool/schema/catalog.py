@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from workspace_tool.errors import ConfigurationError
-from workspace_tool.naming import quote_ident
+from workspace_tool.sql import quote_ident
 
 PLACEHOLDER = "<schema>"
 

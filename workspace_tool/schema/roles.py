@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from workspace_tool.errors import InvalidRoleName
-from workspace_tool.naming import quote_ident
+from workspace_tool.sql import quote_ident, sql_literal
 
 _ROLE = re.compile(r"[a-z_][a-z0-9_]*")
 MAX_ROLE_LENGTH = 63  # NAMEDATALEN - 1
@@ -42,31 +42,25 @@ def validate_role_name(role: object) -> str:
     return role
 
 
-def _literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def grant_sql(schema: str, role: str) -> str:
-    """One batch: create the role if missing (NOLOGIN), then grant it the schema. Idempotent."""
+def grant_statements(schema: str, role: str) -> list[str]:
+    """Create the role if missing (NOLOGIN), then grant it the schema. Idempotent."""
     r, s = quote_ident(role), quote_ident(schema)
     create = (
         "DO $wst$ BEGIN "
-        f"IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {_literal(role)}) THEN "
+        f"IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = {sql_literal(role)}) THEN "
         f"CREATE ROLE {r} NOLOGIN; END IF; "
         "EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; "  # created concurrently
         "END $wst$"
     )
-    return ";\n".join(
-        [
-            create,
-            f"GRANT USAGE ON SCHEMA {s} TO {r}",
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {r}",
-            f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
-            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {r}",
-            f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {r}",
-            # the migration history is the migrator's: readable (to check the version), not writable
-            "DO $wst$ BEGIN "
-            f"IF to_regclass({_literal(s + '.alembic_version')}) IS NOT NULL THEN "
-            f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {s}.alembic_version FROM {r}; END IF; END $wst$",
-        ]
-    )
+    return [
+        create,
+        f"GRANT USAGE ON SCHEMA {s} TO {r}",
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {r}",
+        f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {s} TO {r}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {r}",
+        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {s} GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {r}",
+        # the migration history is the migrator's: readable (to check the version), not writable
+        "DO $wst$ BEGIN "
+        f"IF to_regclass({sql_literal(s + '.alembic_version')}) IS NOT NULL THEN "
+        f"REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON {s}.alembic_version FROM {r}; END IF; END $wst$",
+    ]

@@ -1,0 +1,117 @@
+"""A revision range as steps: compiled SQL statements to replay, or a range Alembic must run online.
+
+A Step's kind is explicit (``StepKind``); a new way for a revision to reach the database (a spare schema
+renamed from a pool, a revision that must run outside a transaction) is a new kind here, and the schema
+transaction (``workspace_tool.schema.transaction``) says how each kind is sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workspace_tool.vocabulary import Path, StepKind
+
+# The version table, as Alembic renders it in offline mode at the start of a range from base, and the
+# DROP that Alembic < 1.17 appends to a range ending at base (online mode never drops it: alembic #1822).
+_CREATE_VERSION_TABLE = re.compile(r"^CREATE TABLE (alembic_version \()")
+_DROP_VERSION_TABLE = re.compile(r"^DROP TABLE alembic_version;\s*\Z")
+# The statement that moves alembic_version at the end of a compiled range (Alembic's offline rendering).
+_VERSION_MOVE = re.compile(
+    r"^(UPDATE alembic_version SET version_num='[^']*' WHERE alembic_version\.version_num = '[^']*'"
+    r"|DELETE FROM alembic_version WHERE alembic_version\.version_num = '[^']*');\s*\Z"
+)
+
+
+@dataclass(frozen=True)
+class Step:
+    """Part of a range. COMPILED: ``statements``, each one SQL statement ending with ';', with no schema
+    name in it (they run under the project schema's search_path). ONLINE: Alembic runs from_rev -> to_rev
+    on the connection."""
+
+    kind: StepKind
+    from_rev: str | None
+    to_rev: str | None
+    statements: tuple[str, ...] = ()
+
+    @property
+    def online(self) -> bool:
+        return self.kind is StepKind.ONLINE
+
+    @property
+    def sql(self) -> str | None:
+        """The statements as one script (None for an online step)."""
+        return None if self.online else "".join(s + "\n" for s in self.statements)
+
+
+@dataclass(frozen=True)
+class Plan:
+    from_rev: str | None
+    to_rev: str | None
+    steps: tuple[Step, ...]
+
+    @property
+    def path(self) -> Path:
+        """FAST (all compiled), ONLINE, MIXED, or NONE for an empty range."""
+        kinds = {s.online for s in self.steps}
+        if not kinds:
+            return Path.NONE
+        if kinds == {False}:
+            return Path.FAST
+        return Path.ONLINE if kinds == {True} else Path.MIXED
+
+    @property
+    def compiled(self) -> bool:
+        """True when every step is compiled SQL (an empty plan too)."""
+        return not any(s.online for s in self.steps)
+
+    @property
+    def statements(self) -> tuple[str, ...] | None:
+        """Every statement of the range, when all of it compiled."""
+        if not self.compiled:
+            return None
+        return tuple(s for step in self.steps for s in step.statements)
+
+    @property
+    def sql(self) -> str | None:
+        """The whole range as one script, when all of it compiled."""
+        statements = self.statements
+        return None if statements is None else "".join(s + "\n" for s in statements)
+
+    def split_version_move(self) -> tuple[tuple[str, ...], str] | None:
+        """``split_version_move`` of the whole range, when all of it compiled."""
+        statements = self.statements
+        return None if statements is None else split_version_move(statements)
+
+
+def split_version_move(statements: Sequence[str]) -> tuple[tuple[str, ...], str] | None:
+    """(the statements before it, the final UPDATE/DELETE of alembic_version, without its ';') for
+    compiled statements that end by moving an existing version row; None otherwise (a range from base
+    inserts the row instead)."""
+    if not statements or not (final := _VERSION_MOVE.match(statements[-1])):
+        return None
+    return tuple(statements[:-1]), final.group(1)
+
+
+def compiled_statements(chunks: list[str], from_rev: str | None, to_rev: str | None) -> tuple[str, ...]:
+    """Alembic's offline output (one write per statement or comment) as statements, with the version
+    table treated as Alembic online treats it.
+
+    Online, ``downgrade base`` leaves an empty alembic_version table and an upgrade from base creates it
+    only if missing.  Offline, Alembic always emits CREATE TABLE for a range from base, and before 1.17 a
+    DROP TABLE for a range ending at base.  So a range from base creates the table IF NOT EXISTS (a schema
+    downgraded to base, by us or by plain Alembic, still has it) and a range to base keeps it."""
+    statements = []
+    created = False
+    for chunk in chunks:
+        text = chunk.strip()
+        if not text or all(line.startswith("--") for line in text.splitlines()):
+            continue  # Alembic's "-- Running upgrade a -> b" comments
+        if from_rev is None and not created and _CREATE_VERSION_TABLE.match(text):
+            text = _CREATE_VERSION_TABLE.sub(r"CREATE TABLE IF NOT EXISTS \1", text, count=1)
+            created = True
+        if to_rev is None and _DROP_VERSION_TABLE.match(text):
+            continue
+        statements.append(text)
+    return tuple(statements)

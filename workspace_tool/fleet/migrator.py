@@ -1,0 +1,149 @@
+"""One schema of a fleet run: the fast lane first, the careful path otherwise, retries with backoff for a
+lock timeout or a lost connection, and the registry row marked failed when it fails for good."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
+
+from workspace_tool import registry, transactions
+from workspace_tool.chain import Chain
+from workspace_tool.dberrors import describe, is_connection_error, sqlstate
+from workspace_tool.errors import LockTimeout
+from workspace_tool.fleet.report import MOVED_BY_ANOTHER_RUN, SchemaResult, ms_since
+from workspace_tool.fleet.worker_engine import EngineFactory
+from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate, migrate_expected
+from workspace_tool.schema.operation import Operation, Work
+from workspace_tool.schema.transaction import Expected
+from workspace_tool.urls import url_secrets
+from workspace_tool.vocabulary import Action, RegistryAction, Status
+
+MAX_BACKOFF_S = 5.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What every schema of a run is given (picklable: it crosses to worker processes)."""
+
+    operation: Operation
+    target: str | None
+    lock_timeout_ms: int
+    retries: int
+    fail_fast: bool
+    extension_schema: str
+    adopt: bool = False
+    worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
+
+
+class Migrator:
+    """Migrates one schema at a time on one held connection."""
+
+    def __init__(
+        self, engine: Engine, chain: Chain, options: RunOptions, cancel: threading.Event | None = None
+    ) -> None:
+        self.engine = engine
+        self.chain = chain
+        self.options = options
+        self.how = Sending(chain, options.extension_schema, lock_timeout_ms=options.lock_timeout_ms)
+        self.cancel = cancel or threading.Event()
+        self._conn: Connection | None = None
+
+    def connection(self) -> Connection:
+        """The held connection, with lock_timeout set for its session too (what runs outside a schema's
+        transaction, such as marking a row failed, is bounded as well); reset before it goes back to the
+        engine's pool."""
+        if self._conn is None or self._conn.closed or self._conn.invalidated:
+            self.close()
+            conn = transactions.connect(self.engine)
+            conn.exec_driver_sql(f"SET lock_timeout = {int(self.options.lock_timeout_ms)}")
+            conn.commit()
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                if not self._conn.invalidated:
+                    self._conn.rollback()
+                    self._conn.exec_driver_sql("RESET lock_timeout")
+                    self._conn.commit()
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+
+    def run(self, work: Work) -> SchemaResult:
+        """Migrate one schema. A lock timeout, or a connection lost (killed backend, server restart: its
+        transaction rolled back), is retried with backoff up to ``retries`` times before it fails."""
+        started = time.perf_counter()
+        options = self.options
+        what = Migration(work.project_id, work.schema, options.target, options.operation, adopt=options.adopt)
+        attempts = 0
+        lost = False  # an earlier attempt lost its connection: its commit may have gone through
+        while True:
+            attempts += 1
+            try:
+                done = self._fast_lane(work, what) if attempts == 1 else None
+                done = done or migrate(self.connection(), self.how, what)
+            except Exception as exc:
+                connection = isinstance(exc, (DBAPIError, OSError)) and is_connection_error(exc)
+                if connection:
+                    self.close()  # a fresh connection for the retry or the next schema
+                    lost = True
+                lock_timeout = isinstance(exc, LockTimeout) or sqlstate(exc) == "55P03"
+                if (lock_timeout or connection) and attempts <= options.retries and not self.cancel.is_set():
+                    delay = min(MAX_BACKOFF_S, 0.1 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+                    if not self.cancel.wait(delay):
+                        continue
+                message = describe(exc, work.schema, url_secrets(self.engine.url))
+                if lock_timeout:
+                    message = f"lock timeout ({options.lock_timeout_ms} ms, {attempts} attempts): {message}"
+                elif connection:
+                    message = f"database connection lost ({attempts} attempts): {message}"
+                self._mark_failed(work, message)
+                return SchemaResult(
+                    work.project_id,
+                    work.schema,
+                    work.from_revision,
+                    options.target,
+                    Status.FAILED,
+                    ms=ms_since(started),
+                    error=message,
+                    attempts=attempts,
+                    connection_lost=connection,
+                )
+            # Found at the target, though the batch read saw it elsewhere: another run moved it (unless an
+            # attempt of ours lost its connection at commit, which may have gone through).
+            moved = done.action == Action.CURRENT and work.from_revision != options.target and not lost
+            return SchemaResult(
+                work.project_id,
+                work.schema,
+                done.from_revision,
+                done.to_revision,
+                Status.SKIPPED if moved else Status.OK,
+                ms=ms_since(started),
+                note=MOVED_BY_ANOTHER_RUN if moved else None,
+                path=done.path,
+                attempts=attempts,
+            )
+
+    def _fast_lane(self, work: Work, what: Migration) -> EnsureResult | None:
+        """One batch and a commit, when the plan compiles and the schema is as read; else None."""
+        if not self.options.operation.fast_lane(work):
+            return None
+        return migrate_expected(self.connection(), self.how, what, Expected(work.exists, work.from_revision))
+
+    def _mark_failed(self, work: Work, message: str) -> None:
+        """Record the failure on an existing registry row, after the rollback, in its own transaction;
+        last_action names what was tried, in the words a success would have recorded."""
+        tried = self.options.operation.action(self.chain, work.from_revision, self.options.target, exists=work.exists)
+        params = {"project_id": work.project_id, "action": RegistryAction.recording(tried), "error": message}
+        with contextlib.suppress(Exception):
+            conn = self.connection()
+            with conn.begin():
+                conn.execute(registry.MARK_FAILED, params)

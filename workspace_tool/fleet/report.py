@@ -1,0 +1,111 @@
+"""What a fleet run reports: a result per schema, the run's report, and progress events."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from workspace_tool.vocabulary import Path, Status
+
+MOVED_BY_ANOTHER_RUN = "already at target: moved by another run"
+NOT_STARTED = "not started: "
+CONNECTION_LOST = "the database connection was lost"
+
+
+@dataclass
+class SchemaResult:
+    """What happened to one schema."""
+
+    project_id: str
+    schema: str
+    from_revision: str | None
+    to_revision: str | None
+    status: Status  # OK (this run migrated it), FAILED, SKIPPED (this run did not change it)
+    ms: float = 0.0
+    error: str | None = None  # the database's error (or ours) for 'failed'
+    note: str | None = None  # why it was skipped (MOVED_BY_ANOTHER_RUN, "not started: ...", ...)
+    path: Path = Path.NONE  # which path its migration took (NONE: no SQL ran)
+    attempts: int = 0
+    connection_lost: bool = False  # failed because its database connection was lost (after retries)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FleetReport:
+    operation: str  # the Operation's name: 'upgrade', 'downgrade', 'provision'
+    target: str | None
+    results: list[SchemaResult]
+    elapsed_ms: float
+    jobs: int
+    executor: str  # 'threads', 'processes', or 'none' when nothing ran
+    interrupted: bool = False
+    stopped: str | None = None  # why schemas were left not started: Ctrl-C, --fail-fast, a lost database
+
+    def not_started(self) -> list[SchemaResult]:
+        return [r for r in self.results if r.status == Status.SKIPPED and (r.note or "").startswith(NOT_STARTED)]
+
+    def moved_by_another_run(self) -> list[SchemaResult]:
+        return [r for r in self.results if r.status == Status.SKIPPED and r.note == MOVED_BY_ANOTHER_RUN]
+
+    def with_status(self, status: Status) -> list[SchemaResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def failed(self) -> list[SchemaResult]:
+        return self.with_status(Status.FAILED)
+
+    @property
+    def ok(self) -> bool:
+        """True if nothing failed and nothing was left unstarted."""
+        return not self.failed and not self.interrupted
+
+    def counts(self) -> dict[str, int]:
+        counted = Counter(r.status for r in self.results)
+        return {str(s): counted.get(s, 0) for s in Status}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "operation": self.operation,
+            "target": self.target,
+            "ok": self.ok,
+            "interrupted": self.interrupted,
+            "stopped": self.stopped,
+            "counts": self.counts(),
+            "elapsed_ms": round(self.elapsed_ms, 3),
+            "jobs": self.jobs,
+            "executor": self.executor,
+            "results": [r.as_dict() for r in self.results],
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Sent to the progress callback (in the calling thread) at the start and after each schema."""
+
+    done: int
+    total: int  # schemas that need work (skipped ones are not counted)
+    failed: int
+    elapsed_s: float
+    result: SchemaResult | None  # None for the start event
+    stopped: str | None = None  # set once the run stops starting schemas because the database is gone
+
+    @property
+    def rate(self) -> float:
+        """Schemas per second so far."""
+        return self.done / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        return (self.total - self.done) / self.rate if self.rate > 0 else None
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

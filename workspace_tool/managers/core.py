@@ -1,0 +1,127 @@
+"""The ensure core both managers share: what ensure decides before touching the database (cached? verify?
+migrate?), the work to run on a connection, and what it remembers afterwards.
+
+The sync manager runs the work directly; the async one through ``AsyncConnection.run_sync``. Only the
+I/O differs between them (how a version is read, how a connection is had), never a decision.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from workspace_tool import registry
+from workspace_tool.chain import Chain
+from workspace_tool.fleet.reader import VersionsReader
+from workspace_tool.managers import cache
+from workspace_tool.naming import schema_for
+from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate
+from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING
+from workspace_tool.schema.roles import validate_role_name
+from workspace_tool.status import ProjectStatus, collect_status
+from workspace_tool.vocabulary import Action, Path
+
+
+@dataclass(frozen=True)
+class Ensure:
+    """One ensure call, validated: either already answered (``result``), or to verify and/or migrate."""
+
+    migration: Migration
+    started: float
+    verify: bool  # read the schema's version first: at head, nothing else is needed
+    result: EnsureResult | None = None
+
+    @property
+    def schema(self) -> str:
+        return self.migration.schema
+
+
+class EnsureCore:
+    """Per manager: the chain, the process-wide "known at head" map of its database, the grants made."""
+
+    def __init__(self, chain: Chain, cache_key: str) -> None:
+        self.chain = chain
+        self.ready = cache.ready_map(cache_key)
+        self.granted: set[tuple[str, str]] = set()  # (project, owner role) granted by this manager
+
+    def cached(self, project_id: str, owner_role: str | None) -> str | None:
+        """The hot path: the schema of a project known to be at head (a dict lookup, no I/O), else None."""
+        if owner_role is not None and (project_id, owner_role) not in self.granted:
+            return None
+        try:
+            return self.ready.get(project_id)
+        except TypeError:  # unhashable: schema_for names the rule it breaks
+            return None
+
+    def start(self, project_id: str, *, upgrade: bool, verify: bool, owner_role: str | None, adopt: bool) -> Ensure:
+        """Validate the call (before any SQL) and answer it from the cache when it can."""
+        started = time.perf_counter()
+        schema = schema_for(project_id)
+        if owner_role is not None:
+            validate_role_name(owner_role)
+        head = self.chain.head
+        operation = ENSURE if upgrade else ENSURE_EXISTING
+        migration = Migration(project_id, schema, head, operation, owner_role=owner_role, adopt=adopt)
+        granted = owner_role is None or (project_id, owner_role) in self.granted
+        if not verify and granted and project_id in self.ready:
+            return Ensure(migration, started, False, self._answer(migration, Action.CACHED, started))
+        if not verify or not granted:
+            self.ready.pop(project_id, None)
+        return Ensure(migration, started, verify and granted)
+
+    def verified(self, call: Ensure, version: str | None) -> EnsureResult | None:
+        """After reading the schema's version: the answer if it is at head, else None (migrate it)."""
+        if version == self.chain.head:
+            self.ready[call.migration.project_id] = call.schema
+            return self._answer(call.migration, Action.VERIFIED, call.started)
+        self.ready.pop(call.migration.project_id, None)
+        return None
+
+    def work(self, call: Ensure, extension_schema: str) -> Callable[[Connection], EnsureResult]:
+        """What to run on a connection: the careful path (schema/migrate.py)."""
+        how = Sending(self.chain, extension_schema)
+        return lambda conn: migrate(conn, how, call.migration, started=call.started)
+
+    def finished(self, call: Ensure, result: EnsureResult) -> EnsureResult:
+        """Remember a project brought to head (and the role granted on it)."""
+        self.ready[call.migration.project_id] = call.schema
+        if call.migration.owner_role is not None:
+            self.granted.add((call.migration.project_id, call.migration.owner_role))
+        return result
+
+    def _answer(self, migration: Migration, action: Action, started: float) -> EnsureResult:
+        head = self.chain.head
+        duration = (time.perf_counter() - started) * 1000.0
+        return EnsureResult(migration.project_id, migration.schema, action, head, head, duration, Path.NONE)
+
+
+# ------------------------------------------------------------ reads both managers run on a connection
+def has_registry(conn: Connection) -> bool:
+    """True once something was provisioned in the database (the registry exists). Read-only."""
+    with conn.begin():
+        return registry.present(conn)
+
+
+def registry_rows(conn: Connection) -> list[registry.RegistryRow]:
+    """Every registry row. Read-only (an empty list when there is no registry yet)."""
+    with conn.begin():
+        if not registry.present(conn):
+            return []
+        return [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
+
+
+def status_reader(
+    chain: Chain, project_ids: list[str] | None, versions_of: VersionsReader | None = None
+) -> Callable[[Connection], list[ProjectStatus]]:
+    """Validate the ids (before any SQL) and return the status read (see workspace_tool.status)."""
+    for project_id in project_ids or ():
+        schema_for(project_id)
+
+    def read(conn: Connection) -> list[ProjectStatus]:
+        with conn.begin():
+            return collect_status(conn, chain, project_ids, versions_of)
+
+    return read

@@ -1,0 +1,185 @@
+"""The registry's own revision chain (shipped in registry/migrations/) and the one-time bootstrap of the
+registry and the vector extension, under one advisory lock."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import DBAPIError
+
+from workspace_tool import transactions
+from workspace_tool.chain import ALEMBIC_LOCK
+from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, check_extension_schema
+from workspace_tool.dberrors import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
+from workspace_tool.errors import PermissionDenied, RegistryError
+from workspace_tool.registry.table import REGISTRY_SCHEMA
+from workspace_tool.sql import LOCK_SQL, REGISTRY_LOCK_KEY, quote_ident
+
+VERSION_TABLE = "workspace_registry_version"
+_MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+# One round trip tells whether anything needs doing: registry version and extension schema.
+PROBE = text(
+    "SELECT (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+    "        WHERE e.extname = 'vector') AS ext_schema, "
+    "       (SELECT EXISTS (SELECT 1 FROM pg_extension e JOIN pg_class c ON c.relnamespace = e.extnamespace "
+    "        WHERE e.extname = 'vector' AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))) AS ext_has_tables, "
+    f"       to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL AS has_registry"
+)
+READ_VERSION = text(f"SELECT version_num FROM {REGISTRY_SCHEMA}.{VERSION_TABLE}")
+
+
+class RegistryChain:
+    """The registry's own revision chain, shipped inside the package."""
+
+    _instance: RegistryChain | None = None
+    _instance_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.config = Config()
+        self.config.set_main_option("script_location", str(_MIGRATIONS_DIR))
+        self.script = ScriptDirectory(str(_MIGRATIONS_DIR), version_locations=[str(_MIGRATIONS_DIR)])
+        self.head = self.script.get_current_head()
+        self.known = {s.revision for s in self.script.walk_revisions()}
+
+    @classmethod
+    def get(cls) -> RegistryChain:
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = RegistryChain()
+            return cls._instance
+
+    def check(self, version: str | None) -> bool:
+        """True if at head; raise if the registry was written by a newer workspace-tool."""
+        if version is not None and version not in self.known:
+            raise RegistryError(
+                f"the registry ({REGISTRY_SCHEMA}) is at revision {version!r}, written by a newer "
+                "workspace-tool: upgrade workspace-tool before using this database"
+            )
+        return version == self.head
+
+    def upgrade(self, conn: Connection) -> None:
+        def fn(rev: Any, context: Any) -> Any:
+            return self.script._upgrade_revs("head", rev)
+
+        with ALEMBIC_LOCK, EnvironmentContext(self.config, self.script, fn=fn, destination_rev="head") as env:
+            env.configure(connection=conn, version_table=VERSION_TABLE, version_table_schema=REGISTRY_SCHEMA)
+            env.run_migrations()
+
+
+_HAS_REGISTRY = text(f"SELECT to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL")
+
+
+def present(conn: Connection) -> bool:
+    """True if this database has a registry (something was provisioned), False if not; raises if a newer
+    workspace-tool wrote it. Read-only: what read commands (`status`, `check`) use instead of bootstrap."""
+    if not conn.execute(_HAS_REGISTRY).scalar():
+        return False
+    RegistryChain.get().check(conn.execute(READ_VERSION).scalar())
+    return True
+
+
+def registry_ready(conn: Connection) -> str | None:
+    """The extension schema if the registry and the extension are ready, else None. Read-only."""
+    row = conn.execute(PROBE).one()
+    if row.ext_schema is None or not row.has_registry:
+        return None
+    check_extension_schema(row.ext_schema, row.ext_has_tables)
+    version = conn.execute(READ_VERSION).scalar()
+    return str(row.ext_schema) if RegistryChain.get().check(version) else None
+
+
+def bootstrap(conn: Connection) -> str:
+    """Create or migrate the registry and the vector extension, under one lock; return the extension's
+    schema. Runs in its own transaction on ``conn`` (which must not be in one) and commits it.
+
+    A role without the privileges this needs gets PermissionDenied naming them: USAGE on the registry and
+    on the extension's schema; a privileged role's `workspace-tool init` when something must be created or
+    migrated."""
+    transactions.require(conn)
+    try:
+        ext_schema = registry_ready(conn)
+        usable = ext_schema is None or conn.execute(_USABLE, {"schema": ext_schema}).scalar()
+    except DBAPIError as exc:
+        if is_permission_error(exc):
+            raise _registry_denied(conn, exc) from exc
+        raise
+    conn.rollback()
+    if ext_schema is None:
+        try:
+            ext_schema = _set_up(conn)
+        except DBAPIError as exc:
+            if is_permission_error(exc):
+                raise _init_needed(conn, exc) from exc
+            raise
+        usable = conn.execute(_USABLE, {"schema": ext_schema}).scalar()
+        conn.rollback()
+    if not usable:  # the search_path would silently skip it: "type vector does not exist"
+        raise _extension_denied(conn, ext_schema)
+    return ext_schema
+
+
+_USABLE = text("SELECT has_schema_privilege(:schema, 'USAGE')")
+
+
+def _set_up(conn: Connection) -> str:
+    with conn.begin():
+        conn.execute(text(LOCK_SQL), {"key": REGISTRY_LOCK_KEY})
+        row = conn.execute(PROBE).one()
+        ext_schema = row.ext_schema
+        if ext_schema is None:
+            ext_schema = DEFAULT_EXTENSION_SCHEMA
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ext_schema)}"))
+            conn.execute(text(f"CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA {quote_ident(ext_schema)}"))
+        else:
+            check_extension_schema(ext_schema, row.ext_has_tables)
+        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {REGISTRY_SCHEMA}"))
+        chain = RegistryChain.get()
+        version = conn.execute(READ_VERSION).scalar() if row.has_registry else None
+        if not chain.check(version):
+            chain.upgrade(conn)
+    return str(ext_schema)
+
+
+def _registry_denied(conn: Connection, exc: DBAPIError) -> PermissionDenied:
+    """The registry exists but this role can't read or write it."""
+    role = conn.engine.url.username
+    to = grantee(role)
+    return grant_needed(
+        first_line(exc),
+        f"{role_phrase(role)} may not use the registry ({REGISTRY_SCHEMA})",
+        f"GRANT USAGE ON SCHEMA {REGISTRY_SCHEMA} TO {to}; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {REGISTRY_SCHEMA} TO {to}",
+        role,
+        note=" (as the role that ran `workspace-tool init`)",
+    )
+
+
+def _extension_denied(conn: Connection, ext_schema: str) -> PermissionDenied:
+    """The extension is there, in a schema this role may not use (its search_path would skip it)."""
+    role = conn.engine.url.username
+    return grant_needed(
+        f"permission denied for schema {ext_schema}",
+        f"{role_phrase(role)} may not use schema {ext_schema}, which holds the vector extension",
+        f"GRANT USAGE ON SCHEMA {sql_name(ext_schema)} TO {grantee(role)}",
+        role,
+    )
+
+
+def _init_needed(conn: Connection, exc: DBAPIError) -> PermissionDenied:
+    """The registry or the extension is missing or behind, and this role can't create or migrate it."""
+    role = conn.engine.url.username
+    return PermissionDenied(
+        first_line(exc),
+        f"{role_phrase(role)} can't set up the registry ({REGISTRY_SCHEMA}) and the vector extension that "
+        "this database still needs",
+        "have a superuser (or another role that can) run `workspace-tool init` on this database first",
+        role=role,
+    )

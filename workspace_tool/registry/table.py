@@ -1,0 +1,86 @@
+"""project_registry.workspace_config: the table of projects, its rows, and the SQL that reads and writes them.
+
+A row is written in the same transaction as the schema change it records (see schema/transaction.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, text
+
+from workspace_tool.sql import sql_literal
+from workspace_tool.vocabulary import RegistryAction, RegistryStatus
+
+REGISTRY_SCHEMA = "project_registry"
+REGISTRY_TABLE = f"{REGISTRY_SCHEMA}.workspace_config"
+
+
+@dataclass(frozen=True)
+class RegistryRow:
+    project_id: str
+    schema_name: str
+    revision: str | None
+    status: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    last_action: str | None
+    last_duration_ms: float | None
+    last_path: str | None
+    last_error: str | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> RegistryRow:
+        return cls(**row._asdict())
+
+
+_COLUMNS = (
+    "project_id, schema_name, revision, status, created_at, updated_at, last_action, "
+    "last_duration_ms, last_path, last_error, metadata"
+)
+SELECT_ALL = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} ORDER BY project_id")
+# What fleet planning needs, without decoding every row's metadata.
+SELECT_STATES = text(f"SELECT project_id, schema_name, revision, status FROM {REGISTRY_TABLE} ORDER BY project_id")
+SELECT_SOME_STATES = text(
+    f"SELECT project_id, schema_name, revision, status FROM {REGISTRY_TABLE} WHERE project_id = ANY(:ids) "
+    "ORDER BY project_id"
+)
+SELECT_SOME = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} WHERE project_id = ANY(:ids) ORDER BY project_id")
+
+# After a rollback, in a transaction of its own; only a row that already exists is marked.
+MARK_FAILED = text(
+    f"UPDATE {REGISTRY_TABLE} SET status = 'failed', last_action = :action, last_error = :error, "
+    "updated_at = now() WHERE project_id = :project_id"
+)
+DELETE = text(f"DELETE FROM {REGISTRY_TABLE} WHERE project_id = :project_id")
+
+
+# The same upsert as literal SQL, to ride at the end of a migration batch (one round trip less). The
+# duration is the server's: from the transaction's start (lock wait included) to this statement.
+SERVER_DURATION_MS = "round((extract(epoch FROM clock_timestamp() - now()) * 1000)::numeric, 3)"
+
+
+def upsert_sql(
+    project_id: str,
+    schema: str,
+    revision: str | None,
+    action: RegistryAction,
+    path: str,
+    *,
+    per_row_of: str | None = None,
+) -> str:
+    """UPSERT as one statement with literals, returning the duration it recorded. ``per_row_of``: a CTE
+    name; the row is written once per row of it (so not at all when it is empty)."""
+    literals = [sql_literal(v) for v in (project_id, schema, revision, RegistryStatus.READY, action)]
+    values = ", ".join([*literals, SERVER_DURATION_MS, sql_literal(path), "NULL"])
+    source = f"VALUES ({values})" if per_row_of is None else f"SELECT {values} FROM {per_row_of}"
+    return (
+        f"INSERT INTO {REGISTRY_TABLE} AS w (project_id, schema_name, revision, status, last_action, "
+        f"last_duration_ms, last_path, last_error) {source} "
+        "ON CONFLICT (project_id) DO UPDATE SET revision = EXCLUDED.revision, status = 'ready', "
+        "last_action = EXCLUDED.last_action, last_duration_ms = EXCLUDED.last_duration_ms, "
+        "last_path = EXCLUDED.last_path, last_error = NULL, updated_at = now() RETURNING last_duration_ms"
+    )

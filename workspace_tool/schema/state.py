@@ -1,0 +1,129 @@
+"""One schema's state: as read under its lock before migrating it (SchemaState), and as a batch read of
+many schemas saw it (SchemaRecord, with the one vocabulary of states `status` shows and runs select on)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
+
+from workspace_tool.chain import Chain
+from workspace_tool.errors import UnknownRevision, UnmanagedSchema
+from workspace_tool.registry import REGISTRY_TABLE
+from workspace_tool.sql import LOCK_SQL, lock_key, lock_schema, lock_timeout_statement, quote_ident
+from workspace_tool.vocabulary import RegistryStatus, State
+
+
+def version_table(schema: str) -> str:
+    return f"{quote_ident(schema)}.alembic_version"
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """A schema as read inside its transaction, after its lock: what the migration decides on."""
+
+    exists: bool
+    version: str | None
+    registry_revision: str | None  # the registry row's revision (None at base, or when there is no row)
+    registry_status: str | None  # 'ready', 'failed', or None when the project has no registry row
+    has_version_table: bool = False
+
+    @property
+    def registered(self) -> bool:
+        return self.registry_status is not None
+
+    def recorded_ready_at(self, revision: str | None) -> bool:
+        """True if the registry row says ready at ``revision`` (a failed row is rewritten once reached)."""
+        return self.registry_status == RegistryStatus.READY and self.registry_revision == revision
+
+
+_STATE = text(
+    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema) AS schema_exists, "
+    "to_regclass(:version_table) IS NOT NULL AS has_version_table, r.revision AS registry_revision, "
+    "r.status AS registry_status "
+    f"FROM (SELECT 1) AS one LEFT JOIN {REGISTRY_TABLE} AS r ON r.project_id = :project_id"
+)
+# The schema's lock and then its state, in one round trip (psycopg2 sends both as one simple query; in
+# READ COMMITTED the second statement takes its snapshot after the lock is granted, so it sees whatever
+# the lock holder committed).  asyncpg's extended protocol takes one statement at a time.
+_LOCKED_STATE = text(LOCK_SQL + ";\n" + str(_STATE))
+# An existing schema without a version table: which relations does it hold? (pg_class has no index on
+# relnamespace alone: only asked in that rare case, never on the path of a normal ensure.)
+_RELATIONS = text(
+    "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = :schema AND c.relkind NOT IN ('i', 'I') ORDER BY c.relname"  # indexes go with tables
+)
+
+
+def read_state(
+    conn: Connection, project_id: str, schema: str, *, lock: bool = False, lock_timeout_ms: int | None = None
+) -> SchemaState:
+    """The schema's state; with ``lock=True`` after taking its advisory lock (and bounding every lock wait
+    of the transaction by ``lock_timeout_ms``): one round trip on psycopg2."""
+    params = {"schema": schema, "version_table": version_table(schema), "project_id": project_id}
+    bound = "" if lock_timeout_ms is None else lock_timeout_statement(lock_timeout_ms) + ";\n"
+    if lock and conn.dialect.driver == "psycopg2":
+        row = conn.execute(text(bound + str(_LOCKED_STATE)), {**params, "key": lock_key(schema)}).one()
+    else:
+        if lock:
+            if bound:
+                conn.exec_driver_sql(bound)
+            lock_schema(conn, schema)
+        row = conn.execute(_STATE, params).one()
+    version: str | None = None
+    if row.has_version_table:
+        versions = conn.execute(text(f"SELECT version_num FROM {version_table(schema)}")).scalars().all()
+        if len(versions) > 1:
+            raise UnknownRevision(schema, ",".join(versions))
+        version = versions[0] if versions else None
+    return SchemaState(
+        bool(row.schema_exists), version, row.registry_revision, row.registry_status, bool(row.has_version_table)
+    )
+
+
+def check_managed(conn: Connection, project_id: str, schema: str, state: SchemaState, *, adopt: bool) -> bool:
+    """True if ``schema`` exists with relations but no alembic_version (workspace-tool did not make it) and
+    ``adopt`` allows running the chain into it; raise UnmanagedSchema if it doesn't. False otherwise: an
+    empty schema, or one with a version table, is provisioned as usual."""
+    if not state.exists or state.has_version_table:
+        return False
+    relations = list(conn.execute(_RELATIONS, {"schema": schema}).scalars())
+    if relations and not adopt:
+        raise UnmanagedSchema(project_id, schema, relations)
+    return bool(relations)
+
+
+@dataclass(frozen=True)
+class SchemaRecord:
+    """One project as a batch read of the fleet saw it: its schema (and version) and its registry row."""
+
+    project_id: str
+    schema: str
+    exists: bool
+    version: str | None  # the schema's alembic_version (None: base, an empty table, or no table)
+    registered: bool
+    registry_revision: str | None = None
+    registry_status: str | None = None
+    last_action: str | None = None
+    last_duration_ms: float | None = None
+    last_path: str | None = None
+    last_error: str | None = None
+    updated_at: dt.datetime | None = None
+
+    def state(self, chain: Chain) -> State:
+        """The project's state: one vocabulary for `status`, `check` and fleet runs."""
+        if not self.exists:
+            return State.MISSING
+        if not self.registered:
+            return State.ORPHAN
+        if self.registry_status == RegistryStatus.FAILED:
+            return State.FAILED
+        if self.version is None:
+            return State.EMPTY
+        if not chain.knows(self.version):
+            return State.AHEAD
+        return State.AT_HEAD if self.version == chain.head else State.BEHIND
+
+    def recorded_ready_at(self, revision: str | None) -> bool:
+        return self.registered and self.registry_status == RegistryStatus.READY and self.registry_revision == revision

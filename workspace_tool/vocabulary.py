@@ -1,0 +1,93 @@
+"""The words workspace-tool writes: every status, state, path and action as a string enum.
+
+Their values are what the JSON reports, the registry and the CLI's tables show; a member compares equal
+to its value (``Status.OK == "ok"``) and prints as it (``str(Path.FAST) == "fast"``).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Word(str, Enum):
+    """A string enum that prints as its value (``str()``, f-strings, tables)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class StepKind(Word):
+    """How one step of a plan reaches the database."""
+
+    COMPILED = "compiled"  # Alembic's offline SQL, replayed under the schema's search_path
+    ONLINE = "online"  # run through Alembic on the connection (it reads the database, or won't render)
+
+
+class Path(Word):
+    """Which path a schema's migration took (EnsureResult.path, SchemaResult.path, registry last_path)."""
+
+    FAST = "fast"  # all of it compiled SQL
+    ONLINE = "online"  # all of it through Alembic
+    MIXED = "mixed"  # some of each
+    NONE = "none"  # no SQL ran (already there, cached, verified)
+
+
+class Action(Word):
+    """What ensure/upgrade did to one project (EnsureResult.action)."""
+
+    CACHED = "cached"  # known at head in this process: no I/O
+    VERIFIED = "verified"  # its alembic_version read: at head
+    CURRENT = "current"  # already at the target (the registry row may have been written)
+    CREATED = "created"
+    UPGRADED = "upgraded"
+    DOWNGRADED = "downgraded"
+
+
+class RegistryAction(Word):
+    """The registry's last_action: what the last run did (status 'ready') or tried to do ('failed')."""
+
+    CREATE = "create"  # the chain run into a new (or empty) schema
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+    REGISTER = "register"  # a row written for a schema already at its revision
+    ADOPT = "adopt"  # the chain run into a hand-made schema, on request
+
+    @classmethod
+    def recording(cls, action: Action) -> RegistryAction:
+        """The registry's word for an EnsureResult action."""
+        return _RECORDED[action]
+
+
+_RECORDED = {
+    Action.CREATED: RegistryAction.CREATE,
+    Action.UPGRADED: RegistryAction.UPGRADE,
+    Action.DOWNGRADED: RegistryAction.DOWNGRADE,
+    Action.CURRENT: RegistryAction.REGISTER,
+    Action.VERIFIED: RegistryAction.REGISTER,
+    Action.CACHED: RegistryAction.REGISTER,
+}
+
+
+class RegistryStatus(Word):
+    READY = "ready"
+    FAILED = "failed"
+
+
+class State(Word):
+    """A project's state, as `status` shows it and as fleet runs select on."""
+
+    AT_HEAD = "at head"
+    BEHIND = "behind"
+    AHEAD = "ahead/unknown"  # a revision this chain does not know
+    FAILED = "failed"  # the last run failed on it
+    EMPTY = "empty"  # a schema at base (no revision)
+    MISSING = "missing"  # registered, but no schema
+    ORPHAN = "orphan"  # a project schema with no registry row
+
+
+class Status(Word):
+    """What a fleet run did to one schema."""
+
+    OK = "ok"  # this run migrated it (or wrote its registry row)
+    FAILED = "failed"
+    SKIPPED = "skipped"  # this run did not change it (see the result's note)
