@@ -11,7 +11,8 @@ from alembic.migration import MigrationContext
 from pgvector.sqlalchemy import Vector
 
 from workspace_tool import WorkspaceManager
-from workspace_tool.authoring import compare_schema, compare_server_default
+from workspace_tool.authoring import compare_schema
+from workspace_tool.chain.autogenerate import compare_server_default
 from workspace_tool.models import Base, CodeChunk, metadata
 from workspace_tool.schema import catalog
 from workspace_tool.sql import search_path_sql

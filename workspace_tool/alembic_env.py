@@ -135,7 +135,7 @@ def _configured(conn: Connection, schema: str, target_metadata: MetaData | None)
     previous = conn.get_execution_options().get("schema_translate_map")
     options: dict[str, Any] = {"version_table_schema": schema, "include_schemas": False}
     if _autogenerating():
-        from workspace_tool.authoring import autogenerate_options
+        from workspace_tool.chain.autogenerate import autogenerate_options
 
         options.update(target_metadata=_models(target_metadata), **autogenerate_options())
     else:
@@ -211,6 +211,6 @@ def _models(target_metadata: MetaData | None) -> Any:
     reference = context.config.get_main_option(MODELS_OPTION)
     if not reference:
         return None
-    from workspace_tool.authoring import load_metadata
+    from workspace_tool.chain.autogenerate import load_metadata
 
     return load_metadata(reference, source=f"{MODELS_OPTION} in {context.config.config_file_name}")

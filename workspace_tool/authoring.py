@@ -18,7 +18,6 @@ managers created before the revision keep their old ``chain`` object, so create 
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import re
 import shutil
@@ -31,116 +30,29 @@ from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.autogenerate.api import AutogenContext
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.operations.ops import MigrationScript
 from alembic.script import Script
 from alembic.util import CommandError
-from sqlalchemy import Column, Connection, Engine, MetaData, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import Connection, Engine, MetaData, text
 
 from workspace_tool import registry, transactions
 from workspace_tool.alembic_env import MODELS_OPTION, TEMPLATE_DIR
 from workspace_tool.chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_directory, resolve_config_path
+from workspace_tool.chain.autogenerate import autogenerate_options
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
 from workspace_tool.managers import cache
 from workspace_tool.schema.migrate import run_plan
 from workspace_tool.sql import quote_ident, search_path_sql
 
-VERSION_TABLE = "alembic_version"
 SCRATCH_PREFIX = "project_autogen_"
 
 ConfigPath = str | os.PathLike[str] | None
 
 
 # ------------------------------------------------------------------- comparison
-def autogenerate_options() -> dict[str, Any]:
-    """The comparison options env.py passes to ``context.configure`` (and ``compare_schema`` uses)."""
-    return {
-        "compare_type": True,
-        "compare_server_default": compare_server_default,
-        "include_name": include_name,
-        "render_item": render_item,
-    }
-
-
-def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
-    """Leave the version table out: it lives in the project schema, which is reflected as the default
-    schema, so Alembic would otherwise see it as a table missing from the models."""
-    return not (type_ == "table" and name == VERSION_TABLE)
-
-
-def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:
-    """Render pgvector's type as ``Vector(768)`` with its import (Alembic would write a dotted path it
-    doesn't import)."""
-    from pgvector.sqlalchemy import VECTOR
-
-    if type_ == "type" and isinstance(obj, VECTOR):
-        autogen_context.imports.add("from pgvector.sqlalchemy import Vector")
-        return f"Vector({obj.dim})" if obj.dim is not None else "Vector()"
-    return False
-
-
-def compare_server_default(
-    context: MigrationContext,
-    inspected_column: Column[Any],
-    metadata_column: Column[Any],
-    inspected_default: str | None,
-    metadata_default: Any,
-    rendered_metadata_default: str | None,
-) -> bool | None:
-    """Compare a column's default as PostgreSQL itself would store it.
-
-    The database shows its canonical form (``'unknown'::character varying``); the model has what was
-    written (``"unknown"``).  When the texts differ, the model's default is declared on a temporary
-    column inside a savepoint and PostgreSQL's canonical text for it is compared with the database's.
-    Unlike Alembic's fallback (``SELECT <db default> = <model default>``) this compares expressions,
-    not values: ``gen_random_uuid()`` equals itself, and ``now()`` differs from ``clock_timestamp()``.
-    Returns None (let Alembic decide) when a default is missing on either side.
-    """
-    if inspected_default is None or rendered_metadata_default is None or metadata_column.server_default is None:
-        return None
-    if inspected_default.strip() == rendered_metadata_default.strip():
-        return False
-    connection = context.connection
-    if connection is None:
-        return None
-    canonical = canonical_default(connection, metadata_column)
-    if canonical is None:
-        return None
-    return canonical != inspected_default
-
-
-_PROBE_TABLE = "workspace_tool_default_probe"
-
-
-def canonical_default(connection: Connection, column: Column[Any]) -> str | None:
-    """PostgreSQL's text for ``column``'s server default (None if it can't be declared on its own)."""
-    dialect = connection.dialect
-    default = dialect.ddl_compiler(dialect, None).get_column_default_string(column)  # type: ignore[arg-type]
-    if default is None:
-        return None
-    type_sql = column.type.compile(dialect=dialect)
-    savepoint = connection.begin_nested()
-    try:
-        connection.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE {_PROBE_TABLE} (c {type_sql} DEFAULT {default}) ON COMMIT DROP",
-            execution_options={"no_parameters": True},
-        )
-        value = connection.exec_driver_sql(
-            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d "
-            f"WHERE d.adrelid = 'pg_temp.{_PROBE_TABLE}'::regclass",
-            execution_options={"no_parameters": True},
-        ).scalar()
-    except DBAPIError:
-        return None
-    finally:
-        savepoint.rollback()
-    return None if value is None else str(value)
-
-
 def compare_schema(conn: Connection, schema: str, extension_schema: str, metadata: MetaData | None = None) -> list[Any]:
     """Differences between ``metadata`` (default: the models) and ``schema``, as Alembic's
     ``compare_metadata`` lists them, with the migration's guards. Runs in a transaction of its own on
@@ -165,24 +77,6 @@ def compare_schema(conn: Connection, schema: str, extension_schema: str, metadat
         diffs = compare_metadata(context, metadata)
         transaction.rollback()
     return list(diffs)
-
-
-def load_metadata(reference: str, *, source: str = "--metadata") -> MetaData:
-    """``package.module:attribute`` -> a MetaData (or a declarative base's ``.metadata``).
-
-    ``source`` names where the reference was written, for the error message."""
-    module_name, _, attribute = reference.partition(":")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"{source} {reference!r}: write it as package.module:attribute")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"{source} {reference!r}: cannot import {module_name}: {exc}") from None
-    value = getattr(module, attribute, None)
-    value = getattr(value, "metadata", value)
-    if not isinstance(value, MetaData):
-        raise ConfigurationError(f"{source} {reference!r}: {attribute} is not a MetaData or a declarative base")
-    return value
 
 
 # -------------------------------------------------------------------- revisions

@@ -15,7 +15,6 @@ from alembic.script import Script
 from alembic.util import CommandError
 from sqlalchemy import Connection
 
-from workspace_tool import alembic_env
 from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer, run_env
 from workspace_tool.chain.loading import load_script_directory, resolve_config_path
 from workspace_tool.chain.plan import Plan, Step, compiled_statements
@@ -28,6 +27,8 @@ from workspace_tool.vocabulary import StepKind
 _NEEDS_CONNECTION = re.compile(r"\bget_bind\s*\(|\bis_offline_mode\s*\(|\bget_context\s*\(")
 # alembic.ini main option that turns the fast path off for a whole chain (every range runs online).
 FAST_PATH_OPTION = "workspace_fast_path"
+# The package's chain environment (what a chain's env.py runs), found without importing it.
+_ALEMBIC_ENV = Path(__file__).resolve().parents[1] / "alembic_env.py"
 
 
 class Chain:
@@ -149,7 +150,7 @@ class Chain:
             digest.update(rev.encode())
             digest.update(Path(script.path).read_bytes())
         digest.update((Path(self.script.dir) / "env.py").read_bytes())
-        digest.update(Path(alembic_env.__file__).read_bytes())  # the environment env.py runs
+        digest.update(Path(_ALEMBIC_ENV).read_bytes())  # the environment env.py runs
         return digest.hexdigest()[:16]
 
     def plan(self, from_rev: str | None, to_rev: str | None, *, online: bool = False) -> Plan:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import click
 
 from workspace_tool.alembic_env import MODELS_OPTION
-from workspace_tool.authoring import create_revision, init_chain, load_metadata
+from workspace_tool.authoring import create_revision, init_chain
+from workspace_tool.chain.autogenerate import load_metadata
 from workspace_tool.cli import AppContext, json_option, main, pass_app
 from workspace_tool.cli.render import emit
 from workspace_tool.errors import NoChangesDetected

@@ -21,13 +21,14 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from typing_extensions import Unpack
 
 from workspace_tool import reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.managers import cache, sessions
-from workspace_tool.managers.core import EnsureCore, has_registry, registry_rows, status_reader
+from workspace_tool.managers.core import EnsureCore, EnsureOptions, has_registry, registry_rows, status_reader
 from workspace_tool.managers.sync_manager import ConfigPath
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
@@ -67,37 +68,18 @@ class AsyncWorkspaceManager:
         return self.chain.head
 
     # ------------------------------------------------------------------- ensure
-    async def ensure(
-        self,
-        project_id: str,
-        *,
-        upgrade: bool = True,
-        verify: bool = False,
-        owner_role: str | None = None,
-        adopt: bool = False,
-    ) -> str:
-        """Return the project's schema, creating or upgrading it first if needed (see
+    async def ensure(self, project_id: str, **options: Unpack[EnsureOptions]) -> str:
+        """Return the project's schema, creating or upgrading it first if needed (options: see
         WorkspaceManager.ensure)."""
-        if not verify and (schema := self._core.cached(project_id, owner_role)) is not None:
+        if not options.get("verify") and (schema := self._core.cached(project_id, options.get("owner_role"))):
             return schema
-        result = await self.ensure_detailed(
-            project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt
-        )
-        return result.schema
+        return (await self.ensure_detailed(project_id, **options)).schema
 
     ensure_workspace_exists = ensure
 
-    async def ensure_detailed(
-        self,
-        project_id: str,
-        *,
-        upgrade: bool = True,
-        verify: bool = False,
-        owner_role: str | None = None,
-        adopt: bool = False,
-    ) -> EnsureResult:
+    async def ensure_detailed(self, project_id: str, **options: Unpack[EnsureOptions]) -> EnsureResult:
         """Like ensure, returning what was done and how long it took."""
-        call = self._core.start(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt)
+        call = self._core.start(project_id, options)
         if call.result is not None:
             return call.result
         if call.verify and (answer := self._core.verified(call, await self._read_version(call.schema))) is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from sqlalchemy import Connection
 
@@ -23,6 +24,15 @@ from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING
 from workspace_tool.schema.roles import validate_role_name
 from workspace_tool.status import ProjectStatus, collect_status
 from workspace_tool.vocabulary import Action, Path
+
+
+class EnsureOptions(TypedDict, total=False):
+    """The options of ``ensure`` / ``ensure_detailed``, on both managers."""
+
+    upgrade: bool  # default True; False raises WorkspaceOutdated instead of upgrading a schema behind head
+    verify: bool  # default False; True skips the cache and reads the schema's alembic_version (one round trip)
+    owner_role: str | None  # grant this role (created NOLOGIN if missing) the schema's tables, in the same transaction
+    adopt: bool  # default False; True runs the chain into a hand-made schema (relations, no alembic_version)
 
 
 @dataclass(frozen=True)
@@ -56,9 +66,11 @@ class EnsureCore:
         except TypeError:  # unhashable: schema_for names the rule it breaks
             return None
 
-    def start(self, project_id: str, *, upgrade: bool, verify: bool, owner_role: str | None, adopt: bool) -> Ensure:
+    def start(self, project_id: str, options: EnsureOptions) -> Ensure:
         """Validate the call (before any SQL) and answer it from the cache when it can."""
         started = time.perf_counter()
+        upgrade, verify = options.get("upgrade", True), options.get("verify", False)
+        owner_role, adopt = options.get("owner_role"), options.get("adopt", False)
         schema = schema_for(project_id)
         if owner_role is not None:
             validate_role_name(owner_role)

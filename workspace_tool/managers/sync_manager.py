@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+from typing_extensions import Unpack
 
 from workspace_tool import reference, registry, transactions
 from workspace_tool.chain import Chain
@@ -19,7 +20,7 @@ from workspace_tool.errors import ConfigurationError
 from workspace_tool.fleet.reader import versions_reader
 from workspace_tool.jobs import spare_jobs
 from workspace_tool.managers import cache, sessions
-from workspace_tool.managers.core import EnsureCore, has_registry, registry_rows, status_reader
+from workspace_tool.managers.core import EnsureCore, EnsureOptions, has_registry, registry_rows, status_reader
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
@@ -54,39 +55,22 @@ class WorkspaceManager:
         return self.chain.head
 
     # ------------------------------------------------------------------- ensure
-    def ensure(
-        self,
-        project_id: str,
-        *,
-        upgrade: bool = True,
-        verify: bool = False,
-        owner_role: str | None = None,
-        adopt: bool = False,
-    ) -> str:
+    def ensure(self, project_id: str, **options: Unpack[EnsureOptions]) -> str:
         """Return the project's schema, creating it or bringing it to head first if needed.
 
-        ``upgrade=False`` raises WorkspaceOutdated instead of upgrading; ``verify=True`` skips the cache
-        and reads the schema's alembic_version (one round trip when it is at head).  ``owner_role`` grants
-        that role (created NOLOGIN if missing) the schema's tables, in the same transaction; see roles.py.
-        An existing schema holding relations but no alembic_version (not made by workspace-tool) raises
-        UnmanagedSchema and is left alone, unless ``adopt=True`` runs the chain into it."""
-        if not verify and (schema := self._core.cached(project_id, owner_role)) is not None:
+        Options (EnsureOptions): ``upgrade=False`` raises WorkspaceOutdated instead of upgrading;
+        ``verify=True`` skips the cache and reads the schema's alembic_version (one round trip when it is at
+        head); ``owner_role`` grants that role (created NOLOGIN if missing) the schema's tables, in the same
+        transaction (see schema/roles.py); an existing schema holding relations but no alembic_version (not
+        made by workspace-tool) raises UnmanagedSchema and is left alone, unless ``adopt=True`` runs the
+        chain into it."""
+        if not options.get("verify") and (schema := self._core.cached(project_id, options.get("owner_role"))):
             return schema
-        return self.ensure_detailed(
-            project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt
-        ).schema
+        return self.ensure_detailed(project_id, **options).schema
 
-    def ensure_detailed(
-        self,
-        project_id: str,
-        *,
-        upgrade: bool = True,
-        verify: bool = False,
-        owner_role: str | None = None,
-        adopt: bool = False,
-    ) -> EnsureResult:
+    def ensure_detailed(self, project_id: str, **options: Unpack[EnsureOptions]) -> EnsureResult:
         """Like ensure, returning what was done and how long it took."""
-        call = self._core.start(project_id, upgrade=upgrade, verify=verify, owner_role=owner_role, adopt=adopt)
+        call = self._core.start(project_id, options)
         if call.result is not None:
             return call.result
         if call.verify and (answer := self._core.verified(call, self._probe_version(call.schema))) is not None:

@@ -14,7 +14,6 @@ from workspace_tool.registry.table import (
     REGISTRY_SCHEMA,
     REGISTRY_TABLE,
     SELECT_ALL,
-    SELECT_SOME,
     RegistryRow,
     upsert_sql,
 )
@@ -26,7 +25,6 @@ __all__ = [
     "REGISTRY_SCHEMA",
     "REGISTRY_TABLE",
     "SELECT_ALL",
-    "SELECT_SOME",
     "VERSION_TABLE",
     "RegistryChain",
     "RegistryRow",

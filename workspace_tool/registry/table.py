@@ -42,13 +42,6 @@ _COLUMNS = (
     "last_duration_ms, last_path, last_error, metadata"
 )
 SELECT_ALL = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} ORDER BY project_id")
-# What fleet planning needs, without decoding every row's metadata.
-SELECT_STATES = text(f"SELECT project_id, schema_name, revision, status FROM {REGISTRY_TABLE} ORDER BY project_id")
-SELECT_SOME_STATES = text(
-    f"SELECT project_id, schema_name, revision, status FROM {REGISTRY_TABLE} WHERE project_id = ANY(:ids) "
-    "ORDER BY project_id"
-)
-SELECT_SOME = text(f"SELECT {_COLUMNS} FROM {REGISTRY_TABLE} WHERE project_id = ANY(:ids) ORDER BY project_id")
 
 # After a rollback, in a transaction of its own; only a row that already exists is marked.
 MARK_FAILED = text(
