@@ -19,7 +19,8 @@ from test_fleet import backends
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.cli.fleet import ProgressPrinter, parse_duration_ms
+from workspace_tool.cli.options import parse_duration_ms
+from workspace_tool.cli.render import ProgressPrinter
 from workspace_tool.sql import LOCK_SQL, lock_key
 
 ITEMS = """

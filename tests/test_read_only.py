@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet
 from workspace_tool.chain import Chain
-from workspace_tool.cli import NO_REGISTRY, main
+from workspace_tool.cli import main
+from workspace_tool.cli.render import NO_REGISTRY
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
