@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ALEMBIC_INI, ROOT
-from test_manager import HEAD
+from helpers import ALEMBIC_INI, HEAD, ROOT
 
 from workspace_tool import embedded
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
+from helpers import ALEMBIC_INI, ChainBuilder, columns, schema_tables, schema_version
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain, align_version_table
@@ -43,19 +43,6 @@ def manager_for(engine: sa.Engine, ini: Path) -> Iterator[WorkspaceManager]:
     mgr = WorkspaceManager(engine, ini)
     yield mgr
     mgr.close()
-
-
-def columns(engine: sa.Engine, schema: str, table: str) -> list[str]:
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.text(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = :s "
-                    "AND table_name = :t ORDER BY ordinal_position"
-                ),
-                {"s": schema, "t": table},
-            ).scalars()
-        )
 
 
 def registry_path(engine: sa.Engine, project_id: str) -> str | None:

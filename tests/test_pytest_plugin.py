@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
+from helpers import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
 
 from workspace_tool.chain import Chain
 from workspace_tool.naming import MAX_PROJECT_ID_LENGTH, schema_for

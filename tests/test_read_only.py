@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from conftest import ALEMBIC_INI
+from helpers import ALEMBIC_INI
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 

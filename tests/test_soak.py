@@ -18,8 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, ROOT, ChainBuilder
-from test_faults import assert_consistent
+from helpers import ALEMBIC_INI, ROOT, ChainBuilder, assert_consistent
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
