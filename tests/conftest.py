@@ -93,6 +93,17 @@ def server_url_string() -> str:
 
 
 # ------------------------------------------------------------------ Citus (tests marked citus: tox -e citus)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked citus run only when -m names them (`pytest -m citus`): any other run leaves them out,
+    whatever else -m selects (`pytest -m "not slow"` is the quick loop, without them)."""
+    if "citus" in config.getoption("markexpr"):
+        return
+    citus = [item for item in items if item.get_closest_marker("citus")]
+    if citus:
+        config.hook.pytest_deselected(items=citus)
+        items[:] = [item for item in items if not item.get_closest_marker("citus")]
+
+
 @pytest.fixture(scope="session")
 def citus_url() -> Iterator[str]:
     """The coordinator of a Citus cluster with two workers: WORKSPACE_TOOL_CITUS_URL's, else one started

@@ -297,6 +297,7 @@ def run_tool(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) -> None:
     common = ["--database-url", url_string, "-c", str(ALEMBIC_INI)]
     ok = run_tool(*common, "ensure", "sub-demo")

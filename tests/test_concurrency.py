@@ -139,6 +139,7 @@ def run_processes(url: str, project_ids: list[str]) -> list[tuple[str, str | Non
     return sorted(results, key=lambda r: (r[0], str(r[1])))
 
 
+@pytest.mark.slow
 def test_processes_same_and_distinct_projects(engine: sa.Engine, url_string: str) -> None:
     same = run_processes(url_string, ["multi"] * 4)
     assert same == [("multi", "project_multi", None)] * 4
@@ -152,6 +153,7 @@ def test_processes_same_and_distinct_projects(engine: sa.Engine, url_string: str
     )
 
 
+@pytest.mark.slow
 def test_registry_bootstrap_raced_by_processes_on_a_new_database(new_database: URL) -> None:
     url = new_database.render_as_string(hide_password=False)
     results = run_processes(url, ["boot-a", "boot-b", "boot-c", "boot-d"])

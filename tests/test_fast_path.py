@@ -91,6 +91,7 @@ def test_the_snapshot_sees_hnsw_options_defaults_and_the_version(engine: sa.Engi
     assert snap["alembic_version"] == [manager.head]
 
 
+@pytest.mark.slow
 def test_verify_fast_path_command_prints_identical_per_range(url_string: str, engine: sa.Engine) -> None:
     code, output = cli(url_string, ALEMBIC_INI, "verify-fast-path")
     assert code == 0, output

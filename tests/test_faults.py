@@ -207,6 +207,7 @@ def test_one_schema_killed_past_its_retries_fails_on_one_line_and_a_rerun_finish
 
 
 # ---------------------------------------------------- SIGKILL of upgrade --all
+@pytest.mark.slow
 def test_sigkill_during_upgrade_all(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
     ids = [f"kill-{i:03d}" for i in range(200)]
     short = ChainBuilder(tmp_path / "short").add("r1", T1)
@@ -292,6 +293,7 @@ def hold_gate(engine: sa.Engine) -> sa.Connection:
     return admin
 
 
+@pytest.mark.slow
 def test_server_restart_during_ensure(
     private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
 ) -> None:
@@ -315,6 +317,7 @@ def test_server_restart_during_ensure(
     assert set(assert_consistent(private_engine).values()) == {"r3"}
 
 
+@pytest.mark.slow
 def test_server_restart_during_cli_runs(
     private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
 ) -> None:
@@ -376,6 +379,7 @@ def test_server_restart_during_cli_runs(
     assert len(assert_consistent(private_engine)) == 5
 
 
+@pytest.mark.slow
 def test_server_stopped_mid_fleet_starts_no_more_schemas_and_a_rerun_finishes(
     private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
 ) -> None:

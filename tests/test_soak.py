@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from helpers import ALEMBIC_INI, ROOT, ChainBuilder, assert_consistent
 
@@ -98,6 +99,7 @@ UPGRADER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_soak(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
     # the chain one revision short of head, for the projects that start behind
     old = ChainBuilder(tmp_path / "old")
