@@ -61,6 +61,15 @@ def test_models_option_in_the_help_is_the_one_alembic_ini_uses() -> None:
         assert f"{MODELS_OPTION} in alembic.ini" in words or f"alembic.ini as {MODELS_OPTION}" in words
 
 
+def test_the_fleet_options_show_the_librarys_defaults() -> None:
+    from workspace_tool import fleet
+
+    for command in ("upgrade", "downgrade"):
+        words = " ".join(CliRunner().invoke(main, [command, "--help"]).stdout.split())
+        assert f"lost. [default: {fleet.DEFAULT_RETRIES}; x>=0]" in words
+        assert "then retry. [default: 5s]" in words
+
+
 def cli_imports() -> dict[str, set[str]]:
     """Each module of workspace_tool/cli -> the modules of workspace_tool/cli it imports (anywhere in it)."""
     modules = {p.stem: f"workspace_tool.cli.{p.stem}" for p in CLI_DIR.glob("*.py") if p.stem != "__init__"}

@@ -55,9 +55,8 @@ def json_option(f: F) -> F:
 
 
 def jobs_option(f: F) -> F:
-    return click.option("--jobs", "-j", type=click.IntRange(min=1), help="Parallel connections (default: 2 per core).")(
-        f
-    )
+    limit = click.IntRange(min=1)
+    return click.option("--jobs", "-j", type=limit, help="Parallel connections (default: 2 per core).")(f)
 
 
 def adopt_option(f: F) -> F:
