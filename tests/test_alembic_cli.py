@@ -14,9 +14,18 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
+from helpers import (
+    ALEMBIC,
+    ALEMBIC_INI,
+    HEAD,
+    ChainBuilder,
+    catalog,
+    registry_row,
+    run_alembic,
+    schema_tables,
+    schema_version,
+)
 from sqlalchemy.engine import URL
-from test_manager import ALEMBIC, HEAD, catalog, registry_row, run_alembic
 
 from workspace_tool import ConfigurationError, WorkspaceManager
 from workspace_tool.authoring import create_revision

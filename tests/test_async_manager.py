@@ -9,10 +9,20 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, schema_tables, schema_version
+from helpers import (
+    ALEMBIC_INI,
+    HEAD,
+    MAIN_REVISIONS,
+    TABLES,
+    make_schema_by_hand,
+    registry_row,
+    schema_exists,
+    schema_tables,
+    schema_version,
+    truncated_chain,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from test_manager import HEAD, MAIN_REVISIONS, TABLES, make_schema_by_hand, registry_row, schema_exists, truncated_chain
 
 from workspace_tool import (
     ConfigurationError,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ChainBuilder
+from helpers import ChainBuilder
 from pgvector.sqlalchemy import Vector
 
 from workspace_tool import ConfigurationError, NoChangesDetected, WorkspaceManager, fleet

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, ROOT, ChainBuilder
+from helpers import ALEMBIC_INI, ROOT, ChainBuilder, assert_one_line_error, database_state, run_cli
 from sqlalchemy.ext.asyncio import create_async_engine
-from test_bad_input import assert_one_line_error, database_state, run_cli
 
 import workspace_tool
 from workspace_tool import (

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
-from conftest import ALEMBIC_INI, ChainBuilder, StatementCounter
+from helpers import ALEMBIC_INI, ChainBuilder, StatementCounter, assert_one_line_error, database_state, run_cli
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from workspace_tool import (
@@ -27,7 +26,6 @@ from workspace_tool import (
     UnknownRevision,
     WorkspaceManager,
 )
-from workspace_tool.cli import main
 from workspace_tool.managers import cache
 from workspace_tool.urls import async_url
 
@@ -169,34 +167,6 @@ def test_async_api_rejects_before_any_sql(database_url: sa.URL, engine: sa.Engin
 
 
 # ------------------------------------------------------------------------ CLI
-def database_state(engine: sa.Engine) -> tuple[list[str], list[tuple[Any, ...]], list[str]]:
-    """Schemas, registry rows and roles: what a bad command must leave as it was."""
-    with engine.connect() as conn:
-        schemas = conn.execute(sa.text("SELECT nspname FROM pg_namespace ORDER BY 1")).scalars().all()
-        has_registry = conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar()
-        rows = (
-            [tuple(r) for r in conn.execute(sa.text("SELECT * FROM project_registry.workspace_config ORDER BY 1"))]
-            if has_registry
-            else []
-        )
-        roles = conn.execute(sa.text("SELECT rolname FROM pg_roles ORDER BY 1")).scalars().all()
-    return list(schemas), rows, list(roles)
-
-
-def run_cli(*args: str) -> Result:
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
-
-
-def assert_one_line_error(result: Result, *fragments: str) -> str:
-    assert result.exit_code == 1, (result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("Error: ")
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -273,15 +243,14 @@ def test_chain_with_two_heads(engine: sa.Engine, url_string: str, chain_builder:
 def test_registry_written_by_a_newer_tool(prepared: WorkspaceManager, url_string: str) -> None:
     with prepared.engine.begin() as conn:
         conn.execute(sa.text("UPDATE project_registry.workspace_registry_version SET version_num = 'r9999_future'"))
-    cache._BOOTSTRAPPED.clear()
-    cache._READY.clear()
+    cache.clear()
     before = database_state(prepared.engine)
     line = assert_one_line_error(run_cli("--database-url", url_string, "-c", str(ALEMBIC_INI), "ensure", "fresh"))
     assert "newer workspace-tool" in line and "upgrade workspace-tool" in line
     for command in (["status"], ["list"], ["init"], ["drop", "kept", "--yes"]):
-        cache._BOOTSTRAPPED.clear()
+        cache.clear()
         assert_one_line_error(run_cli("--database-url", url_string, "-c", str(ALEMBIC_INI), *command), "newer")
-    cache._BOOTSTRAPPED.clear()
+    cache.clear()
     mgr = WorkspaceManager(prepared.engine, ALEMBIC_INI)
     with pytest.raises(RegistryError, match="newer workspace-tool"):
         mgr.ensure("fresh")
@@ -291,7 +260,7 @@ def test_registry_written_by_a_newer_tool(prepared: WorkspaceManager, url_string
 def test_schema_at_an_unknown_revision(prepared: WorkspaceManager, url_string: str) -> None:
     with prepared.engine.begin() as conn:
         conn.execute(sa.text("UPDATE project_kept.alembic_version SET version_num = 'f00d_from_the_future'"))
-    cache._READY.clear()
+    cache.clear()
     before = database_state(prepared.engine)
     line = assert_one_line_error(run_cli("--database-url", url_string, "-c", str(ALEMBIC_INI), "ensure", "kept"))
     assert "'f00d_from_the_future'" in line and "deploy the code that wrote it" in line

@@ -10,39 +10,26 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
+from helpers import (
+    ALEMBIC_INI,
+    HEAD,
+    MAIN_REVISIONS,
+    TABLES,
+    ChainBuilder,
+    catalog,
+    make_public_twins,
+    public_state,
+    run_alembic,
+    schema_tables,
+    schema_version,
+    truncated_chain,
+)
 from sqlalchemy.engine import URL
-from test_manager import HEAD, MAIN_REVISIONS, TABLES, catalog, run_alembic, truncated_chain
 
 from workspace_tool import ConfigurationError, WorkspaceManager
 from workspace_tool.chain import Chain
 from workspace_tool.managers import cache
 from workspace_tool.schema.catalog import diff
-
-PUBLIC_TWINS = """
-CREATE TABLE public.repositories (id serial PRIMARY KEY, name integer, owner text NOT NULL, path varchar(7));
-CREATE TABLE public.code_files (id bigint PRIMARY KEY, language text DEFAULT 'cobol', blob bytea,
-                                content_hash text);
-INSERT INTO public.repositories (name, owner, path) VALUES (1, 'alice', '/a'), (2, 'bob', NULL);
-INSERT INTO public.code_files VALUES (10, 'fortran', '\\x00ff'::bytea, 'h1'), (11, NULL, NULL, NULL);
-"""
-
-
-def make_public_twins(engine: sa.Engine) -> None:
-    with engine.begin() as conn:
-        conn.exec_driver_sql(PUBLIC_TWINS)
-
-
-def public_state(engine: sa.Engine) -> dict[str, Any]:
-    """The public schema's catalog and the exact text of every row of the twins."""
-    with engine.connect() as conn:
-        rows = {
-            table: conn.execute(sa.text(f"SELECT t::text FROM public.{table} t ORDER BY id")).scalars().all()
-            for table in ("repositories", "code_files")
-        }
-        from workspace_tool.schema.catalog import snapshot
-
-        return {"catalog": snapshot(conn, "public", include_version=False), "rows": rows}
 
 
 def online_copy(root: Path, source_ini: Path) -> Path:
@@ -155,7 +142,7 @@ def test_extension_schema_holding_tables_is_refused(manager: WorkspaceManager) -
     with manager.engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE workspace_extensions.repositories (x int)"))
     try:
-        cache._BOOTSTRAPPED.clear()  # a new process
+        cache.clear()  # a new process
         with pytest.raises(ConfigurationError, match="ALTER EXTENSION vector SET SCHEMA"):
             WorkspaceManager(manager.engine, ALEMBIC_INI).ensure("shadowed")
         with manager.engine.connect() as conn:
@@ -165,7 +152,7 @@ def test_extension_schema_holding_tables_is_refused(manager: WorkspaceManager) -
     finally:
         with manager.engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE workspace_extensions.repositories"))
-        cache._BOOTSTRAPPED.clear()
+        cache.clear()
 
 
 def test_truncated_chain_helper_is_a_real_prefix(tmp_path: Path) -> None:

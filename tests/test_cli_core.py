@@ -14,9 +14,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from conftest import ALEMBIC_INI, schema_tables, schema_version
+from helpers import (
+    ALEMBIC_INI,
+    HEAD,
+    MAIN_REVISIONS,
+    make_schema_by_hand,
+    registry_row,
+    schema_exists,
+    schema_tables,
+    schema_version,
+    truncated_chain,
+)
 from sqlalchemy.engine import URL
-from test_manager import HEAD, make_schema_by_hand, registry_row, schema_exists
 
 from workspace_tool.cli import main
 from workspace_tool.managers import cache
@@ -36,8 +45,7 @@ def cli(engine: sa.Engine, url_string: str, monkeypatch: pytest.MonkeyPatch) -> 
         monkeypatch.delenv(name, raising=False)
 
     def invoke(*args: str, url: str | None = url_string, config: Path | None = ALEMBIC_INI) -> Result:
-        cache._READY.clear()
-        cache._BOOTSTRAPPED.clear()
+        cache.clear()
         prefix = (["--database-url", url] if url else []) + (["-c", str(config)] if config else [])
         return CliRunner().invoke(main, [*prefix, *args], prog_name="workspace-tool")
 
@@ -141,7 +149,6 @@ def test_ensure_needs_an_id(cli: Cli) -> None:
 
 
 def test_ensure_no_upgrade_on_a_behind_schema(cli: Cli, engine: sa.Engine, tmp_path: Path) -> None:
-    from test_manager import MAIN_REVISIONS, truncated_chain
 
     old = cli("ensure", "lagging", config=truncated_chain(tmp_path / "c", MAIN_REVISIONS[0]))
     assert old.exit_code == 0, old.stderr
@@ -156,7 +163,6 @@ def test_ensure_no_upgrade_on_a_behind_schema(cli: Cli, engine: sa.Engine, tmp_p
 
 
 def test_ensure_reports_what_it_did_before_a_failure(cli: Cli, engine: sa.Engine, tmp_path: Path) -> None:
-    from test_manager import MAIN_REVISIONS, truncated_chain
 
     assert cli("ensure", "lagging", config=truncated_chain(tmp_path / "c", MAIN_REVISIONS[0])).exit_code == 0
     result = cli("ensure", "--no-upgrade", "first", "lagging", "never")
@@ -291,6 +297,7 @@ def run_tool(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     )
 
 
+@pytest.mark.slow
 def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) -> None:
     common = ["--database-url", url_string, "-c", str(ALEMBIC_INI)]
     ok = run_tool(*common, "ensure", "sub-demo")

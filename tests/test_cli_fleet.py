@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from conftest import ChainBuilder, schema_version
-from test_faults import CLI, waiting_on_advisory
-from test_fleet import backends
+from helpers import CLI, GATE, ChainBuilder, Gate, backends, make_schema_by_hand, schema_version, waiting_on_advisory
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.cli.fleet import ProgressPrinter, parse_duration_ms
+from workspace_tool.cli.options import parse_duration_ms
+from workspace_tool.cli.render import ProgressPrinter
 from workspace_tool.sql import LOCK_SQL, lock_key
 
 ITEMS = """
@@ -200,7 +199,6 @@ def test_durations_and_progress_rendering() -> None:
 def test_upgrade_adopt_runs_the_chain_into_a_named_hand_made_schema(
     engine: sa.Engine, url_string: str, ini: Path
 ) -> None:
-    from test_manager import make_schema_by_hand
 
     make_schema_by_hand(engine, "project_legacy", "invoices")
     refused = cli(url_string, ini, "upgrade", "legacy")
@@ -253,7 +251,6 @@ def test_jobs_beyond_the_default_pool_all_hold_a_connection_at_once(
     engine: sa.Engine, url_string: str, chain_builder: ChainBuilder
 ) -> None:
     """--jobs 20: twenty schemas are inside their migration at the same time (the pool is sized for it)."""
-    from test_concurrency import GATE, Gate
 
     chain_builder.add("a1", ITEMS).add("a2", f'op.execute("SELECT pg_advisory_xact_lock_shared({GATE})")')
     ids = [f"j{i:02d}" for i in range(20)]

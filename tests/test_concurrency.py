@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,14 +14,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, ChainBuilder, schema_version
+from helpers import ALEMBIC_INI, GATE, ChainBuilder, Gate, bootstrap_state, schema_version
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager
 from workspace_tool.urls import async_url
-
-GATE = 774_211  # advisory lock key the "slow" revision waits on
 
 
 def head() -> str:
@@ -98,41 +95,6 @@ def gated_chain(chain_builder: ChainBuilder) -> Path:
     return chain_builder.ini
 
 
-class Gate:
-    """Holds the advisory lock; ``wait_for(n)`` returns once n backends are blocked on it."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        self.conn = engine.connect()
-        self.conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": GATE})
-        self.conn.commit()
-
-    def waiting(self) -> int:
-        with self.engine.connect() as conn:
-            return int(
-                conn.execute(  # type: ignore[arg-type]
-                    sa.text(
-                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                        "AND objid = :k AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                    ),
-                    {"k": GATE},
-                ).scalar()
-            )
-
-    def wait_for(self, n: int, limit: float = 60.0) -> int:
-        deadline = time.monotonic() + limit
-        seen = self.waiting()
-        while seen < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-            seen = self.waiting()
-        return seen
-
-    def open(self) -> None:
-        self.conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": GATE})
-        self.conn.commit()
-        self.conn.close()
-
-
 def test_different_projects_in_threads_really_overlap(engine: sa.Engine, gated_chain: Path) -> None:
     mgr = WorkspaceManager(engine, gated_chain)
     mgr.bootstrap()
@@ -177,6 +139,7 @@ def run_processes(url: str, project_ids: list[str]) -> list[tuple[str, str | Non
     return sorted(results, key=lambda r: (r[0], str(r[1])))
 
 
+@pytest.mark.slow
 def test_processes_same_and_distinct_projects(engine: sa.Engine, url_string: str) -> None:
     same = run_processes(url_string, ["multi"] * 4)
     assert same == [("multi", "project_multi", None)] * 4
@@ -190,20 +153,7 @@ def test_processes_same_and_distinct_projects(engine: sa.Engine, url_string: str
     )
 
 
-def bootstrap_state(url: URL) -> tuple[int, list[str], list[str]]:
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with engine.connect() as conn:
-        extensions = conn.execute(sa.text("SELECT count(*) FROM pg_extension WHERE extname = 'vector'")).scalar()
-        versions = list(
-            conn.execute(sa.text("SELECT version_num FROM project_registry.workspace_registry_version")).scalars()
-        )
-        projects = list(
-            conn.execute(sa.text("SELECT project_id FROM project_registry.workspace_config ORDER BY 1")).scalars()
-        )
-    engine.dispose()
-    return int(extensions or 0), versions, projects
-
-
+@pytest.mark.slow
 def test_registry_bootstrap_raced_by_processes_on_a_new_database(new_database: URL) -> None:
     url = new_database.render_as_string(hide_password=False)
     results = run_processes(url, ["boot-a", "boot-b", "boot-c", "boot-d"])

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ALEMBIC_INI, ROOT
-from test_manager import HEAD
+from helpers import ALEMBIC_INI, HEAD, ROOT
 
 from workspace_tool import embedded
 
@@ -62,6 +61,7 @@ def run_tool(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_ensure_demo_on_the_embedded_server_and_reuse(embedded_dir: Path) -> None:
     first = run_tool(embedded_dir, "ensure", "demo")  # ./alembic.ini from the working directory
     assert first.returncode == 0, first.stderr

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ChainBuilder, schema_version
-from test_fleet import ITEMS, UNIQUE, add_rows, registry_row
+from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, registry_state, schema_version
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
@@ -50,23 +49,23 @@ def test_lane_creates_and_upgrades_when_the_state_is_as_read(engine: sa.Engine, 
     created = lane(engine, tiny, "fresh", exists=False, version=None, target="a1")
     assert (created.action, created.to_revision, created.path) == ("created", "a1", "fast")
     assert schema_version(engine, "project_fresh") == "a1"
-    assert tuple(registry_row(engine, "fresh")) == ("a1", "ready", None)
+    assert tuple(registry_state(engine, "fresh")) == ("a1", "ready", None)
 
     upgraded = lane(engine, tiny, "fresh", exists=True, version="a1", target="a2")
     assert (upgraded.action, upgraded.from_revision, upgraded.to_revision) == ("upgraded", "a1", "a2")
     assert schema_version(engine, "project_fresh") == "a2"
-    assert tuple(registry_row(engine, "fresh")) == ("a2", "ready", None)
+    assert tuple(registry_state(engine, "fresh")) == ("a2", "ready", None)
 
 
 def test_lane_changes_nothing_when_the_schema_moved_since_it_was_read(engine: sa.Engine, tiny: Chain) -> None:
     fleet.provision(engine, tiny, ["moved"], target="a2")
-    before, row = state(engine, "project_moved"), tuple(registry_row(engine, "moved"))
+    before, row = state(engine, "project_moved"), tuple(registry_state(engine, "moved"))
     # read as a1, but it is at a2 now: the version move finds no row, so nothing commits
     assert lane(engine, tiny, "moved", exists=True, version="a1", target="a2") is None
     # read as absent, but it exists: CREATE SCHEMA fails, nothing commits
     assert lane(engine, tiny, "moved", exists=False, version=None, target="a2") is None
     assert state(engine, "project_moved") == before
-    assert tuple(registry_row(engine, "moved")) == row
+    assert tuple(registry_state(engine, "moved")) == row
 
 
 def test_lane_raises_the_database_error_and_rolls_back(engine: sa.Engine, tiny: Chain) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
+from helpers import ALEMBIC_INI, ChainBuilder, columns, schema_tables, schema_version
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain
@@ -45,19 +45,6 @@ def manager_for(engine: sa.Engine, ini: Path) -> Iterator[WorkspaceManager]:
     mgr = WorkspaceManager(engine, ini)
     yield mgr
     mgr.close()
-
-
-def columns(engine: sa.Engine, schema: str, table: str) -> list[str]:
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.text(
-                    "SELECT column_name FROM information_schema.columns WHERE table_schema = :s "
-                    "AND table_name = :t ORDER BY ordinal_position"
-                ),
-                {"s": schema, "t": table},
-            ).scalars()
-        )
 
 
 def registry_path(engine: sa.Engine, project_id: str) -> str | None:
@@ -106,6 +93,7 @@ def test_the_snapshot_sees_hnsw_options_defaults_and_the_version(engine: sa.Engi
     assert snap["alembic_version"] == [manager.head]
 
 
+@pytest.mark.slow
 def test_verify_fast_path_command_prints_identical_per_range(url_string: str, engine: sa.Engine) -> None:
     code, output = cli(url_string, ALEMBIC_INI, "verify-fast-path")
     assert code == 0, output

@@ -13,7 +13,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,14 +21,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ChainBuilder
+from helpers import CLI, WAIT, ChainBuilder, Victim, assert_consistent, waiting_on_advisory
 from pgprivate import PrivateServer
 
 from workspace_tool import DatabaseUnavailable, WorkspaceManager, fleet
 from workspace_tool.chain import Chain
-from workspace_tool.fleet.reader import read_versions
 from workspace_tool.managers import cache
-from workspace_tool.naming import is_project_schema
 from workspace_tool.sql import LOCK_SQL, lock_key
 
 GATE = "wst-fault-gate"
@@ -37,32 +34,9 @@ GATE_SQL = f"op.execute(\"SELECT pg_advisory_xact_lock(hashtext('{GATE}'))\")"
 T1 = "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"
 T2 = "op.create_table('t2', sa.Column('id', sa.Integer, primary_key=True))"
 T3 = "op.create_table('t3', sa.Column('id', sa.Integer, primary_key=True))"
-CLI = [sys.executable, "-c", "from workspace_tool.cli import main; main()"]  # as the workspace-tool script
-WAIT = 30.0  # seconds: generous bounds on waits that normally take milliseconds
 
 
 # ------------------------------------------------------------------ invariants
-def assert_consistent(engine: sa.Engine) -> dict[str, str | None]:
-    """Every project schema has a registry row naming its revision, and every row has its schema.
-    Returns schema -> revision."""
-    with engine.connect() as conn:
-        names = conn.execute(sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%'")).scalars()
-        schemas = sorted(n for n in names if is_project_schema(n))
-        versions = read_versions(conn, schemas)
-        rows = (
-            {
-                r.schema_name: r.revision
-                for r in conn.execute(sa.text("SELECT schema_name, revision FROM project_registry.workspace_config"))
-            }
-            if conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar()
-            else {}
-        )
-    assert set(rows) == set(schemas), (
-        f"schemas without rows: {set(schemas) - set(rows)}; rows without schemas: {set(rows) - set(schemas)}"
-    )
-    for schema in schemas:
-        assert versions.get(schema) == rows[schema], (schema, versions.get(schema), rows[schema])
-    return {s: versions.get(s) for s in schemas}
 
 
 # -------------------------------------------------------------- fault injection
@@ -72,47 +46,6 @@ def backend_pid(conn: Any) -> int:
 
 def terminate(admin: sa.Connection, pid: int) -> None:
     assert admin.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}).scalar() is True
-
-
-def waiting_on_advisory(admin: sa.Connection, count: int = 1, *victims: Victim) -> list[int]:
-    """Pids of sessions in this database blocked on an advisory lock; waits until there are ``count``."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        admin.execute(sa.text("SELECT pg_stat_clear_snapshot()"))  # inside a transaction it is cached
-        pids = list(
-            admin.execute(
-                sa.text(
-                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND wait_event_type = 'Lock' AND wait_event = 'advisory' ORDER BY pid"
-                )
-            ).scalars()
-        )
-        if len(pids) >= count:
-            return pids
-        assert time.monotonic() < deadline, f"only {len(pids)} sessions blocked, expected {count}"
-        for victim in victims:
-            assert victim.is_alive(), f"finished before blocking: {victim.error!r}"
-        time.sleep(0.01)
-
-
-class Victim(threading.Thread):
-    """Runs ``work`` and keeps what it raised."""
-
-    def __init__(self, work: Callable[[], object]) -> None:
-        super().__init__(daemon=True)
-        self.work = work
-        self.error: BaseException | None = None
-        self.result: object = None
-
-    def run(self) -> None:
-        try:
-            self.result = self.work()
-        except BaseException as exc:
-            self.error = exc
-
-    def finish(self) -> None:
-        self.join(WAIT)
-        assert not self.is_alive()
 
 
 def kill_while_locked(engine: sa.Engine, key_sql: str, params: dict[str, str], work: Callable[[], object]) -> Victim:
@@ -221,7 +154,7 @@ def test_kill_during_provisioning(engine: sa.Engine, chains: dict[str, Path], ki
 def test_kill_during_upgrade(engine: sa.Engine, chains: dict[str, Path], kind: str, chain_name: str) -> None:
     WorkspaceManager(engine, chains["short"]).ensure("victim")
     WorkspaceManager(engine, chains["short"]).ensure("bystander")
-    cache._READY.clear()
+    cache.clear()
     mgr = WorkspaceManager(engine, chains[chain_name])
     victim = inject(kind, engine, "project_victim", lambda: mgr.ensure("victim"))
     assert_clear_connection_error(victim, "project_victim")
@@ -274,6 +207,7 @@ def test_one_schema_killed_past_its_retries_fails_on_one_line_and_a_rerun_finish
 
 
 # ---------------------------------------------------- SIGKILL of upgrade --all
+@pytest.mark.slow
 def test_sigkill_during_upgrade_all(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
     ids = [f"kill-{i:03d}" for i in range(200)]
     short = ChainBuilder(tmp_path / "short").add("r1", T1)
@@ -359,6 +293,7 @@ def hold_gate(engine: sa.Engine) -> sa.Connection:
     return admin
 
 
+@pytest.mark.slow
 def test_server_restart_during_ensure(
     private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
 ) -> None:
@@ -382,6 +317,7 @@ def test_server_restart_during_ensure(
     assert set(assert_consistent(private_engine).values()) == {"r3"}
 
 
+@pytest.mark.slow
 def test_server_restart_during_cli_runs(
     private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
 ) -> None:
@@ -443,6 +379,7 @@ def test_server_restart_during_cli_runs(
     assert len(assert_consistent(private_engine)) == 5
 
 
+@pytest.mark.slow
 def test_server_stopped_mid_fleet_starts_no_more_schemas_and_a_rerun_finishes(
     private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
 ) -> None:

@@ -11,19 +11,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ChainBuilder, schema_version
+from helpers import (
+    ALEMBIC_INI,
+    ITEMS,
+    UNIQUE,
+    ChainBuilder,
+    add_rows,
+    backends,
+    make_schema_by_hand,
+    registry_state,
+    schema_version,
+)
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
 
-ITEMS = """
-op.create_table(
-    "items",
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.Text, nullable=False),
-)
-"""
-UNIQUE = 'op.create_index("ux_items_name", "items", ["name"], unique=True)'
 DROP_UNIQUE = 'op.drop_index("ux_items_name", table_name="items")'
 ONLINE_EXTRA = "workspace_online = True\n"
 IDS = [f"p{i:02d}" for i in range(1, 21)]
@@ -43,20 +45,6 @@ def fleet_at_a1(engine: sa.Engine, tiny: Chain) -> Iterator[Chain]:
     yield tiny
 
 
-def add_rows(engine: sa.Engine, project_id: str, *names: str) -> None:
-    with engine.begin() as conn:
-        for name in names:
-            conn.execute(sa.text(f'INSERT INTO "project_{project_id}".items (name) VALUES (:n)'), {"n": name})
-
-
-def registry_row(engine: sa.Engine, project_id: str) -> Any:
-    with engine.connect() as conn:
-        return conn.execute(
-            sa.text("SELECT revision, status, last_error FROM project_registry.workspace_config WHERE project_id = :p"),
-            {"p": project_id},
-        ).one()
-
-
 def by_project(report: fleet.FleetReport) -> dict[str, fleet.SchemaResult]:
     return {r.project_id: r for r in report.results}
 
@@ -70,7 +58,7 @@ def test_upgrade_all_migrates_what_is_behind_and_skips_the_rest(engine: sa.Engin
     assert results["p03"].from_revision == "a1" and results["p03"].to_revision == "a2"
     assert results["p03"].path == "fast" and report.executor == "threads"
     assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
-    assert tuple(registry_row(engine, "p20")) == ("a2", "ready", None)
+    assert tuple(registry_state(engine, "p20")) == ("a2", "ready", None)
     # a no-op run touches no schema and starts no worker
     again = fleet.upgrade(engine, fleet_at_a1, jobs=4)
     assert again.counts() == {"ok": 0, "failed": 0, "skipped": 20} and again.executor == "none"
@@ -96,7 +84,7 @@ def test_failing_subset_stays_at_its_revision_with_data_and_rerun_resumes(
         with engine.connect() as conn:
             names = conn.execute(sa.text(f'SELECT name FROM "project_{project_id}".items')).scalars().all()
         assert names == ["dup", "dup"]
-        revision, status, last_error = registry_row(engine, project_id)
+        revision, status, last_error = registry_state(engine, project_id)
         assert (revision, status) == ("a1", "failed") and "is duplicated" in last_error
     assert schema_version(engine, "project_p01") == "a2"
 
@@ -106,7 +94,7 @@ def test_failing_subset_stays_at_its_revision_with_data_and_rerun_resumes(
     rerun = fleet.upgrade(engine, fleet_at_a1, jobs=4)
     assert rerun.counts() == {"ok": 1, "failed": 2, "skipped": 17}
     assert by_project(rerun)["p04"].status == "ok"
-    assert tuple(registry_row(engine, "p04")) == ("a2", "ready", None)
+    assert tuple(registry_state(engine, "p04")) == ("a2", "ready", None)
     assert {r.project_id for r in rerun.failed} == {"p11", "p17"}
 
 
@@ -145,13 +133,13 @@ def test_lock_held_by_an_application_is_retried_then_reported(engine: sa.Engine,
     assert "lock timeout" in failed.error.split(":", 1)[1]
     assert report.counts()["ok"] == 19
     assert schema_version(engine, "project_p07") == "a1"
-    assert registry_row(engine, "p07").status == "failed"
+    assert registry_state(engine, "p07").status == "failed"
     with engine.connect() as conn:  # the session setting did not stay on the pooled connections
         assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "0"
 
     rerun = fleet.upgrade(engine, fleet_at_a1, jobs=4, lock_timeout_ms=200, retries=1)
     assert rerun.counts() == {"ok": 1, "failed": 0, "skipped": 19}
-    assert tuple(registry_row(engine, "p07")) == ("a2", "ready", None)
+    assert tuple(registry_state(engine, "p07")) == ("a2", "ready", None)
 
 
 def test_downgrade_all_and_back(engine: sa.Engine, fleet_at_a1: Chain) -> None:
@@ -213,7 +201,7 @@ def test_missing_unknown_and_orphan_schemas_are_reported_not_touched(engine: sa.
     assert schema_version(engine, "project_p02") == "a1"
     # naming an orphan adopts it into the registry
     adopted = fleet.upgrade(engine, fleet_at_a1, ["p02"])
-    assert adopted.ok and tuple(registry_row(engine, "p02")) == ("a2", "ready", None)
+    assert adopted.ok and tuple(registry_state(engine, "p02")) == ("a2", "ready", None)
 
 
 def test_interrupt_lets_running_schemas_finish_and_starts_no_more(engine: sa.Engine, fleet_at_a1: Chain) -> None:
@@ -232,7 +220,7 @@ def test_interrupt_lets_running_schemas_finish_and_starts_no_more(engine: sa.Eng
     for result in report.results:  # every schema is wholly at one revision, its registry row agreeing
         version = schema_version(engine, result.schema)
         assert version == ("a2" if result.status == "ok" else "a1")
-        assert registry_row(engine, result.project_id).revision == version
+        assert registry_state(engine, result.project_id).revision == version
     assert threading.active_count() == threads_before
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
@@ -259,19 +247,6 @@ def test_online_revisions_in_worker_processes_that_are_cleaned_up(
     assert backends(engine) <= before
 
 
-def backends(engine: sa.Engine) -> int:
-    """Client connections to the test database other than the one asking."""
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                sa.text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
-                )
-            ).scalar_one()
-        )
-
-
 def test_bad_ids_are_rejected_before_any_sql(engine: sa.Engine, tiny: Chain) -> None:
     from workspace_tool import InvalidProjectId
 
@@ -280,7 +255,6 @@ def test_bad_ids_are_rejected_before_any_sql(engine: sa.Engine, tiny: Chain) -> 
 
 
 def test_citus_constraints_no_registry_foreign_keys_and_no_combined_create_schema(engine: sa.Engine) -> None:
-    from conftest import ALEMBIC_INI
 
     chain = Chain.load(ALEMBIC_INI)
     fleet.provision(engine, chain, ["citus-a"])
@@ -321,18 +295,18 @@ def test_a_failed_row_on_a_schema_at_base_is_cleared_once_the_schema_is_fine(
     """A registry row marked failed on a schema at base (registry revision NULL, as for a healthy row at
     base) is rewritten ready by the next run that finds the schema where it should be."""
     assert fleet.downgrade(engine, fleet_at_a1, ["p01"], target="base").ok
-    assert tuple(registry_row(engine, "p01")) == (None, "ready", None)
+    assert tuple(registry_state(engine, "p01")) == (None, "ready", None)
     with engine.begin() as conn:  # a table in the way: upgrading from base fails on it
         conn.execute(sa.text("CREATE TABLE project_p01.items (x int)"))
     assert not fleet.upgrade(engine, fleet_at_a1, ["p01"]).ok
-    assert registry_row(engine, "p01")[:2] == (None, "failed")
+    assert registry_state(engine, "p01")[:2] == (None, "failed")
     with engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE project_p01.items"))
 
     report = fleet.downgrade(engine, fleet_at_a1, ["p01"], target="base")
 
     assert report.ok and by_project(report)["p01"].status == "ok"
-    assert tuple(registry_row(engine, "p01")) == (None, "ready", None)
+    assert tuple(registry_state(engine, "p01")) == (None, "ready", None)
     assert fleet.downgrade(engine, fleet_at_a1, ["p01"], target="base").counts()["skipped"] == 1
 
 
@@ -415,7 +389,6 @@ def test_two_runs_at_once_migrate_each_schema_once_and_report_what_the_other_mov
 def test_naming_a_hand_made_schema_without_alembic_version_adopts_it_only_when_asked(
     engine: sa.Engine, fleet_at_a1: Chain
 ) -> None:
-    from test_manager import make_schema_by_hand
 
     make_schema_by_hand(engine, "project_legacy", "invoices")
     assert by_project(fleet.upgrade(engine, fleet_at_a1))["legacy"].note == (
@@ -459,7 +432,7 @@ def test_more_jobs_than_the_pool_gives_is_refused_before_any_schema(
     assert str(info.value).startswith("4 jobs need 5 connections at once")
     assert "pool_size + max_overflow >= 5" in str(info.value)
     assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
-    assert {tuple(registry_row(engine, p)) for p in IDS} == {("a1", "ready", None)}
+    assert {tuple(registry_state(engine, p)) for p in IDS} == {("a1", "ready", None)}
 
 
 def test_the_default_jobs_fit_the_engines_pool(

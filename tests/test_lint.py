@@ -6,18 +6,12 @@ import re
 from pathlib import Path
 
 import sqlalchemy as sa
-from click.testing import CliRunner, Result
-from conftest import ALEMBIC_INI, ChainBuilder
+from helpers import ALEMBIC_INI, ChainBuilder, lint
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain.lint import check_chain, check_source, lint_chain
-from workspace_tool.cli import main
 
 CREATE_T = "op.create_table('t', sa.Column('id', sa.Integer, primary_key=True))"
-
-
-def lint(ini: Path, *extra: str) -> Result:
-    return CliRunner().invoke(main, ["-c", str(ini), "lint", *extra], catch_exceptions=False)
 
 
 def test_main_chain_is_clean() -> None:

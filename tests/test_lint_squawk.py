@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import ChainBuilder
-from test_lint import lint
+from helpers import ChainBuilder, lint
 
 from workspace_tool.chain import Chain, squawk
 from workspace_tool.chain.lint import lint_chain

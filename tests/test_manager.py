@@ -4,10 +4,7 @@ unknown revision, the cache, atomicity, and the registry row."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -15,7 +12,23 @@ from typing import Any, ClassVar
 import psycopg2.extensions
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, ROOT, ChainBuilder, schema_tables, schema_version
+from helpers import (
+    ALEMBIC_INI,
+    HEAD,
+    MAIN_REVISIONS,
+    ROOT,
+    TABLES,
+    ChainBuilder,
+    catalog,
+    make_schema_by_hand,
+    registry_row,
+    reset_database,
+    run_alembic,
+    schema_exists,
+    schema_tables,
+    schema_version,
+    truncated_chain,
+)
 from sqlalchemy.engine import URL
 
 from workspace_tool import (
@@ -26,65 +39,15 @@ from workspace_tool import (
     WorkspaceManager,
     WorkspaceOutdated,
 )
-from workspace_tool.chain import Chain
-from workspace_tool.schema.catalog import diff, snapshot
-
-MAIN_REVISIONS = Chain.load(ALEMBIC_INI).revisions
-HEAD = MAIN_REVISIONS[-1]
-TABLES = {
-    "alembic_version",
-    "repositories",
-    "code_files",
-    "code_chunks",
-    "change_events",
-    "embedding_metadata",
-    "indexing_jobs",
-}
-ALEMBIC = str(Path(sys.executable).with_name("alembic"))
-
+from workspace_tool.managers import cache
+from workspace_tool.schema.catalog import diff
 
 # ----------------------------------------------------------------------------- helpers
-def truncated_chain(root: Path, upto: str) -> Path:
-    """A copy of the main chain holding only the revisions up to ``upto``; returns its alembic.ini."""
-    builder = ChainBuilder(root)
-    for rev in MAIN_REVISIONS[: MAIN_REVISIONS.index(upto) + 1]:
-        shutil.copy(ROOT / "migrations" / "versions" / f"{rev}.py", builder.versions / f"{rev}.py")
-    return builder.ini
-
-
-def catalog(engine: sa.Engine, schema: str) -> dict[str, Any]:
-    with engine.connect() as conn:
-        return snapshot(conn, schema)
-
-
-def registry_row(engine: sa.Engine, project_id: str) -> dict[str, Any] | None:
-    with engine.connect() as conn:
-        row = conn.execute(
-            sa.text("SELECT * FROM project_registry.workspace_config WHERE project_id = :p"), {"p": project_id}
-        ).first()
-    return None if row is None else dict(row._mapping)
-
-
-def schema_exists(engine: sa.Engine, schema: str) -> bool:
-    with engine.connect() as conn:
-        return bool(
-            conn.execute(
-                sa.text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
-            ).scalar()
-        )
-
-
-def run_alembic(url: URL, *args: str, ini: Path = ALEMBIC_INI) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WORKSPACE_TOOL_DATABASE_URL": url.render_as_string(hide_password=False)}
-    return subprocess.run(
-        [ALEMBIC, "-c", str(ini), *args], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
 
 
 @pytest.fixture(scope="module")
 def reference_catalog(session_engine: sa.Engine) -> dict[str, Any]:
     """The catalog of a schema freshly provisioned to head (the yardstick for every other path)."""
-    from conftest import reset_database
 
     reset_database(session_engine)
     mgr = WorkspaceManager(session_engine, ALEMBIC_INI)
@@ -436,6 +399,21 @@ def test_verify_repairs_a_schema_dropped_behind_the_managers_back(manager: Works
     assert registry_row(manager.engine, "vanish")["last_action"] == "create"  # type: ignore[index]
 
 
+def test_clearing_the_process_caches_makes_every_manager_read_the_database_again(manager: WorkspaceManager) -> None:
+    """cache.clear(), as the tests use it: the managers already made forget what they knew, as in a new
+    process (here, a schema and the registry dropped behind their back are made again)."""
+    schema = manager.ensure("forgotten")
+    with manager.engine.begin() as conn:
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE; DROP SCHEMA project_registry CASCADE"))
+    assert manager.ensure_detailed("forgotten").action == "cached"
+
+    cache.clear()
+
+    assert manager.ensure_detailed("forgotten").action == "created"
+    assert schema_version(manager.engine, schema) == HEAD
+    assert registry_row(manager.engine, "forgotten")["last_action"] == "create"  # type: ignore[index]
+
+
 def test_drop_removes_schema_and_row_and_invalidates_the_cache(manager: WorkspaceManager) -> None:
     schema = manager.ensure("goner")
     assert manager.drop("goner") is True
@@ -546,12 +524,6 @@ def test_non_string_id_is_refused_even_on_the_cached_path(manager: WorkspaceMana
 
 
 # ------------------------------------------------------------------ schemas made by hand
-def make_schema_by_hand(engine: sa.Engine, schema: str, *tables: str) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        for table in tables:
-            conn.execute(sa.text(f"CREATE TABLE {schema}.{table} (id int PRIMARY KEY, note text)"))
-            conn.execute(sa.text(f"INSERT INTO {schema}.{table} VALUES (1, 'kept')"))
 
 
 def test_a_hand_made_schema_with_other_tables_is_refused_unless_adopted(manager: WorkspaceManager) -> None:

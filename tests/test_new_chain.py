@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from conftest import schema_version
+from helpers import schema_version
 
 from workspace_tool.alembic_env import TEMPLATE_DIR
 from workspace_tool.cli import main

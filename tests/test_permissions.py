@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from conftest import ALEMBIC_INI
+from helpers import ALEMBIC_INI
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from workspace_tool import PermissionDenied, ProjectWorkspaceManager, WorkspaceManager
@@ -65,21 +65,18 @@ class Scene:
             finally:
                 await engine.dispose()
 
-        cache._READY.clear()
-        cache._BOOTSTRAPPED.clear()
+        cache.clear()
         return asyncio.run(run())
 
     def cli(self, *args: str, url: sa.URL | None = None) -> Result:
-        cache._READY.clear()
-        cache._BOOTSTRAPPED.clear()
+        cache.clear()
         rendered = (url or self.role_url).render_as_string(hide_password=False)
         return CliRunner().invoke(main, ["--database-url", rendered, "-c", str(ALEMBIC_INI), *args])
 
     def ensure(self, project_id: str) -> PermissionDenied:
         """ensure as the role through the library: it must be refused, with nothing changed."""
         before = self.state()
-        cache._READY.clear()
-        cache._BOOTSTRAPPED.clear()
+        cache.clear()
         engine = sa.create_engine(self.role_url, poolclass=sa.pool.NullPool)
         try:
             with pytest.raises(PermissionDenied) as info:
@@ -104,8 +101,7 @@ def scene(database_url: sa.URL) -> Iterator[Scene]:
     try:
         yield Scene(database, role, admin_url, admin_url.set(username=role, password=password))
     finally:
-        cache._READY.clear()
-        cache._BOOTSTRAPPED.clear()
+        cache.clear()
         with server.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
             conn.execute(sa.text(f"DROP ROLE IF EXISTS {role}"))

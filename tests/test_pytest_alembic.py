@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic.config import Config
-from conftest import ALEMBIC_INI, ChainBuilder
+from helpers import ALEMBIC_INI, ChainBuilder
 from pytest_alembic import Config as PytestAlembicConfig
 from pytest_alembic import MigrationContext, runner
 from pytest_alembic.plugin.error import AlembicTestFailure

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
+from helpers import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
 
 from workspace_tool.chain import Chain
 from workspace_tool.naming import MAX_PROJECT_ID_LENGTH, schema_for
@@ -199,6 +199,7 @@ def test_async_tests_use_the_async_manager_from_their_own_event_loops(
     assert [log[t]["repositories"] for t in ("writes", "reads", "run")] == [1, 0, 0]
 
 
+@pytest.mark.slow
 def test_xdist_workers_each_get_their_own_database(app: pytest.Pytester, server_url_string: str) -> None:
     app.makepyfile(
         test_app_xdist="""
@@ -223,6 +224,7 @@ def test_xdist_workers_each_get_their_own_database(app: pytest.Pytester, server_
     assert not any(database_exists(server_url_string, name) for name in databases.values())
 
 
+@pytest.mark.slow
 def test_without_a_url_a_temporary_embedded_server_is_started_then_stopped_and_deleted(app: pytest.Pytester) -> None:
     # the test project's own chain at <rootdir>/alembic.ini, the default
     ChainBuilder(app.path).copy_main_chain()

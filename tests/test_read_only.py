@@ -11,13 +11,14 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from conftest import ALEMBIC_INI
+from helpers import ALEMBIC_INI
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet
 from workspace_tool.chain import Chain
-from workspace_tool.cli import NO_REGISTRY, main
+from workspace_tool.cli import main
+from workspace_tool.cli.render import NO_REGISTRY
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path

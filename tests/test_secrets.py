@@ -18,7 +18,7 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from conftest import ALEMBIC_INI, ChainBuilder
+from helpers import ALEMBIC_INI, ChainBuilder
 from pgprivate import PASSWORD, PASSWORD_USER, PrivateServer
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -106,12 +106,12 @@ def test_every_cli_command_and_error(secret_url: str, engine: sa.Engine, chain_b
     assert_clean(cli(*bad, "upgrade", "--all", "--json"), exit_code=1)  # alpha can't reach r2's head
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE project_alpha.alembic_version SET version_num = 'zz_unknown'"))
-    cache._READY.clear()
+    cache.clear()
     assert_clean(cli(*base, "ensure", "alpha"), exit_code=1)
     assert_clean(cli(*base, "upgrade", "--all", "--json"), exit_code=1)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE project_registry.workspace_registry_version SET version_num = 'zz_newer'"))
-    cache._BOOTSTRAPPED.clear()
+    cache.clear()
     assert_clean(cli(*base, "ensure", "delta"), exit_code=1)
     assert_clean_traceback(*base, "--traceback", "ensure", "delta")  # even the full traceback
 

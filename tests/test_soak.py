@@ -17,9 +17,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, ROOT, ChainBuilder
-from test_faults import assert_consistent
+from helpers import ALEMBIC_INI, ROOT, ChainBuilder, assert_consistent
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
@@ -99,6 +99,7 @@ UPGRADER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_soak(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
     # the chain one revision short of head, for the projects that start behind
     old = ChainBuilder(tmp_path / "old")

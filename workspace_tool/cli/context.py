@@ -1,0 +1,134 @@
+"""What every command shares: the AppContext (database URL, engine, manager), and library errors turned into
+click errors (``Error: <one line>`` on stderr, exit 1; the whole traceback with --traceback), never with a
+password. Nothing heavy is imported here: SQLAlchemy and the library load when a command needs them."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from typing import IO, TYPE_CHECKING, Any
+
+import click
+
+from workspace_tool.errors import WorkspaceError
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from workspace_tool.managers.sync_manager import WorkspaceManager
+
+URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
+POOL_SIZE = 8
+
+
+class AppContext:
+    """Built once per invocation; the engine is created lazily and disposed on close."""
+
+    def __init__(self, database_url: str | None, config: str | None, traceback: bool) -> None:
+        self.database_url = database_url
+        self.config = config
+        self.traceback = traceback
+        self.jobs: int | None = None  # a fleet command's --jobs, set before the engine is made
+
+    @cached_property
+    def url(self) -> str:
+        url = self.database_url or next((os.environ[e] for e in URL_ENVS if os.environ.get(e)), None)
+        if url:
+            return url
+        from workspace_tool import embedded
+
+        data_dir = embedded.default_data_dir()
+        url = embedded.start(data_dir)
+        click.echo(f"Using the embedded PostgreSQL in {data_dir}", err=True)
+        return url
+
+    @cached_property
+    def engine(self) -> Engine:
+        """The pool holds what a fleet run of ``jobs`` needs at once (fleet.connections_needed)."""
+        from sqlalchemy import create_engine
+
+        from workspace_tool import fleet
+        from workspace_tool.urls import sync_url
+
+        connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
+        overflow = max(POOL_SIZE, connections - POOL_SIZE)
+        return create_engine(sync_url(self.url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
+
+    @cached_property
+    def manager(self) -> WorkspaceManager:
+        from workspace_tool.managers.sync_manager import WorkspaceManager
+
+        return WorkspaceManager(self.engine, self.config)
+
+    def passwords(self) -> list[str]:
+        """The secrets of the URL in use (none before it is known)."""
+        if "url" not in self.__dict__:
+            return []
+        from workspace_tool.urls import url_secrets
+
+        return url_secrets(self.url)
+
+    def close(self) -> None:
+        if "manager" in self.__dict__:
+            self.manager.close()
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+class CommandError(click.ClickException):
+    """A library error as the CLI shows it: ``Error: <one line>``, or the whole traceback when ``shown``;
+    exit 1."""
+
+    def __init__(self, message: str, *, shown: str | None = None) -> None:
+        super().__init__(message)
+        self.shown = shown
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        if self.shown is None:
+            super().show(file)
+        else:
+            click.echo(self.shown, file=file, err=True)
+
+
+class WorkspaceGroup(click.Group):
+    """Turns WorkspaceErrors (and database errors, translated as the library does) into CommandErrors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, click.ClickException):
+            raise
+        except Exception as exc:
+            error = command_error(exc, ctx.find_object(AppContext))
+            if error is None:
+                raise
+            raise error from exc
+
+
+def command_error(exc: Exception, app: AppContext | None) -> CommandError | None:
+    """The click error for ``exc``, with the URL's secrets scrubbed; None for a bug (its traceback shows)."""
+    from workspace_tool.urls import redact_text
+
+    passwords = app.passwords() if app is not None else []
+    if app is not None and app.traceback:  # the whole chain, still without the password
+        import traceback
+
+        shown = redact_text("".join(traceback.format_exception(exc)), *passwords).rstrip()
+        return CommandError(redact_text(str(exc), *passwords), shown=shown)
+    error = exc if isinstance(exc, WorkspaceError) else _translate(exc, app)
+    return None if error is None else CommandError(redact_text(str(error), *passwords))
+
+
+def _translate(exc: Exception, app: AppContext | None) -> WorkspaceError | None:
+    from sqlalchemy.exc import DBAPIError
+
+    from workspace_tool.dberrors import translate, translate_for
+
+    if not isinstance(exc, (DBAPIError, OSError)):
+        return None
+    if app is not None and "engine" in app.__dict__:
+        return translate_for(app.engine.url, exc)
+    return translate(exc, None, app.passwords() if app is not None else [])

@@ -1,0 +1,123 @@
+"""Commands on named projects and the registry: `init`, `ensure`, `status`, `list`, `drop`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import click
+
+from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.options import adopt_option, json_option
+from workspace_tool.cli.render import NO_REGISTRY, emit, print_fleet_summary, to_json
+
+
+@click.command()
+@pass_app
+def init(app: AppContext) -> None:
+    """Create the registry and the vector extension (once, under a lock), and store the catalog the chain
+    builds, which `check` compares schemas with (so a read-only role can run check)."""
+    from workspace_tool.urls import redact
+
+    extension_schema = app.manager.init()
+    click.echo(
+        f"Registry ready in project_registry; vector extension in schema {extension_schema}; "
+        f"database {redact(app.url)}",
+        err=True,
+    )
+
+
+@click.command()
+@click.argument("project_ids", nargs=-1, required=True)
+@click.option("--no-upgrade", is_flag=True, help="Fail if a schema is behind instead of upgrading it.")
+@click.option(
+    "--owner-role",
+    metavar="ROLE",
+    help="Grant ROLE (created NOLOGIN if missing) the schema's tables, in the same transaction; "
+    "ROLE gets nothing on other schemas or the registry.",
+)
+@adopt_option
+@json_option
+@pass_app
+def ensure(
+    app: AppContext,
+    project_ids: tuple[str, ...],
+    no_upgrade: bool,
+    owner_role: str | None,
+    adopt: bool,
+    as_json: bool,
+) -> None:
+    """Create each project's schema (or bring it to head) and print what was done and how long it took."""
+    from workspace_tool.naming import schema_for
+    from workspace_tool.schema.roles import validate_role_name
+
+    for project_id in project_ids:  # every id is checked before any SQL is sent
+        schema_for(project_id)
+    if owner_role is not None:
+        validate_role_name(owner_role)
+    results: list[dict[str, Any]] = []
+    try:
+        for project_id in project_ids:
+            result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role, adopt=adopt)
+            results.append(dataclasses.asdict(result))
+    finally:  # what was done before a failure is still reported, then the error
+        emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
+
+
+@click.command()
+@click.argument("project_ids", nargs=-1)
+@json_option
+@pass_app
+def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
+    """Each named project's schema, revision, state and last duration; with no ids, the fleet: counts by
+    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans. Read-only;
+    on a database where nothing was provisioned yet it says so (exit 0)."""
+    statuses = app.manager.status(list(project_ids) or None)
+    nothing_yet = not statuses and not app.manager.has_registry()
+    if not project_ids:
+        from workspace_tool.status import fleet_summary
+
+        summary = fleet_summary(app.manager.chain, statuses)
+        if as_json:
+            click.echo(to_json(summary))
+        elif not nothing_yet:
+            print_fleet_summary(summary)
+    else:
+        rows = [s.as_dict() for s in statuses]
+        emit(
+            rows,
+            ["project_id", "schema", "revision", "state", "last_action", "last_duration_ms", "updated_at"],
+            as_json=as_json,
+        )
+        if not rows and not as_json and not nothing_yet:
+            click.echo("No projects.", err=True)
+    if nothing_yet:
+        click.echo(NO_REGISTRY, err=True)
+
+
+@click.command(name="list")
+@json_option
+@pass_app
+def list_(app: AppContext, as_json: bool) -> None:
+    """Every project in the registry. Read-only."""
+    rows = [dataclasses.asdict(r) for r in app.manager.projects()]
+    emit(rows, ["project_id", "schema_name", "revision", "status", "created_at"], as_json=as_json)
+    if not rows and not as_json:
+        click.echo("No projects." if app.manager.has_registry() else NO_REGISTRY, err=True)
+
+
+@click.command()
+@click.argument("project_id")
+@click.option("--yes", is_flag=True, help="Confirm dropping the schema and all its data.")
+@pass_app
+def drop(app: AppContext, project_id: str, yes: bool) -> None:
+    """Drop a project's schema, with all its data, and its registry row."""
+    from workspace_tool.naming import schema_for
+
+    schema = schema_for(project_id)
+    if not yes:
+        raise click.UsageError(f"dropping {schema} deletes all its data: add --yes to confirm")
+    if app.manager.drop(project_id):
+        click.echo(f"Dropped {schema}.", err=True)
+    else:
+        click.echo(f"Nothing to drop: {schema} did not exist.", err=True)
