@@ -70,27 +70,33 @@ def test_the_fleet_options_show_the_librarys_defaults() -> None:
         assert "then retry. [default: 5s]" in words
 
 
-def cli_imports() -> dict[str, set[str]]:
-    """Each module of workspace_tool/cli -> the modules of workspace_tool/cli it imports (anywhere in it)."""
-    modules = {p.stem: f"workspace_tool.cli.{p.stem}" for p in CLI_DIR.glob("*.py") if p.stem != "__init__"}
+def package_imports() -> dict[str, set[str]]:
+    """Each module of workspace_tool -> the modules of workspace_tool it imports (anywhere in it: at module
+    level, in functions, under TYPE_CHECKING)."""
+    package_dir = CLI_DIR.parent
+    modules = {}
+    for path in package_dir.rglob("*.py"):
+        if {"templates", "migrations"} & set(path.relative_to(package_dir).parts):
+            continue
+        parts = ("workspace_tool", *path.relative_to(package_dir).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph: dict[str, set[str]] = {}
-    for path in CLI_DIR.glob("*.py"):
-        name = "workspace_tool.cli" if path.stem == "__init__" else modules[path.stem]
+    for name, path in modules.items():
         graph[name] = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module is not None:
                 prefixed = [f"{node.module}.{alias.name}" for alias in node.names]
-                targets = [t if t in modules.values() else node.module for t in prefixed]
+                targets = [t if t in modules else node.module for t in prefixed]
             else:
                 continue
-            graph[name] |= {t for t in targets if t.startswith("workspace_tool.cli")}
+            graph[name] |= {t for t in targets if t in modules and t != name}
     return graph
 
 
-def test_cli_modules_import_one_another_in_one_direction() -> None:
-    graph = cli_imports()
+def test_the_package_has_no_import_cycle() -> None:
+    graph = package_imports()
     assert graph["workspace_tool.cli"] >= {"workspace_tool.cli.project", "workspace_tool.cli.fleet"}
     visiting: list[str] = []
     done: set[str] = set()
@@ -100,14 +106,17 @@ def test_cli_modules_import_one_another_in_one_direction() -> None:
         if module in done:
             return
         visiting.append(module)
-        for imported in graph[module]:
+        for imported in sorted(graph[module]):
             visit(imported)
         visiting.pop()
         done.add(module)
 
     for module in graph:
         visit(module)
-    assert not any("workspace_tool.cli" in imported for imported in graph.values()), "only main imports the package"
+    cli = {m for m in graph if m.startswith("workspace_tool.cli")}
+    assert not any("workspace_tool.cli" in graph[m] for m in cli), "only main imports the cli package"
+    library = set(graph) - cli - {"workspace_tool.__main__"}  # `python -m workspace_tool` is the CLI
+    assert not any(m in cli for lib in library for m in graph[lib]), "the library never imports the cli"
 
 
 # The package is loaded without running workspace_tool/__init__.py (the public API, which imports the
