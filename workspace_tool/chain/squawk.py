@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from workspace_tool.chain.revisions import Chain
+from workspace_tool.dberrors import first_line
 from workspace_tool.errors import ConfigurationError
 
 REQUIREMENT = "squawk-cli>=2.70,<3"
@@ -197,8 +198,7 @@ def _render(chain: Chain, rev: str) -> tuple[Path, list[str] | str]:
     try:
         return path, statements(chain.compile_statements(down, rev))
     except Exception as exc:  # whatever the revision raised while rendering offline
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return path, f"cannot be rendered offline ({first}), so it runs online"
+        return path, f"cannot be rendered offline ({first_line(exc)}), so it runs online"
 
 
 def _write(directory: Path, index: int, path: Path, sql: list[str]) -> tuple[str, _Revision]:
