@@ -223,3 +223,25 @@ def test_bad_stage_options_are_refused_before_any_schema_is_touched(
     with pytest.raises(ConfigurationError, match=message):
         fleet.upgrade(engine, at_a1, **options)
     assert_untouched(engine, IDS, before)
+
+
+@pytest.mark.slow
+def test_worker_processes_halt_on_a_failing_canary_and_stop_at_the_failure_limit(
+    engine: sa.Engine, at_a1: Chain
+) -> None:
+    duplicate(engine, *IDS)
+    before = registry_rows(engine)
+
+    report = fleet.upgrade(engine, at_a1, jobs=2, executor="processes", canary=1, max_failures=1)
+
+    # the canary's one schema fails: the main stage (11 schemas) is not started, in worker processes too
+    assert [r.project_id for r in report.failed] == ["s01"] and report.stopped_stage == "canary"
+    assert len(report.not_started()) == 11 and report.executor == "processes"
+    assert_untouched(engine, IDS[1:], before)
+
+    before = registry_rows(engine)
+    report = fleet.upgrade(engine, at_a1, jobs=2, executor="processes", max_failures=1)
+
+    # two schemas queued per worker at most: once the first failure is in, what is still queued is cancelled
+    assert 1 <= len(report.failed) <= 4 and len(report.failed) + len(report.not_started()) == 12
+    assert_untouched(engine, [r.project_id for r in report.not_started()], before)
