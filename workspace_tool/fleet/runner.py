@@ -193,7 +193,7 @@ def run(
 
 
 class _Staged:
-    """A run's stages as they go: which ran (with their failure limit), and where and why the run stopped."""
+    """A run's stages as they go: which ran, and where and why the run stopped."""
 
     def __init__(self, plan: StagePlan, staging: Staging) -> None:
         self.plan = plan
