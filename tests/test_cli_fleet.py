@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import CLI, GATE, ChainBuilder, Gate, backends, make_schema_by_hand, schema_version, waiting_on_advisory
+from helpers import (
+    CLI,
+    GATE,
+    ChainBuilder,
+    Gate,
+    add_rows,
+    backends,
+    make_schema_by_hand,
+    schema_version,
+    waiting_on_advisory,
+)
+from sqlalchemy.engine import URL
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
@@ -264,3 +276,135 @@ def test_jobs_beyond_the_default_pool_all_hold_a_connection_at_once(
     assert inside == 20
     assert result.exit_code == 0, result.output
     assert "upgrade to a2: 20 ok, 0 failed, 0 skipped" in result.stderr
+
+
+# ------------------------------------------------------------------ staged rollouts (issue 14 §2)
+def test_a_canary_that_fails_stops_the_run_and_the_summary_says_where(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    add_rows(engine, "c03", "x", "x")  # the canary is c01, c02, c03
+
+    result = cli(url_string, ini, "upgrade", "--all", "--canary", "3", "--jobs", "2")
+
+    assert result.exit_code == 1, result.output
+    assert "12 schema(s) to migrate: a canary of 3 first" in result.stderr
+    assert "Stopping: a schema in the canary failed; starting no more schemas\n" in result.stderr
+    assert "upgrade to a2: 2 ok, 1 failed, 9 skipped (9 not started: a schema in the canary failed)" in result.stderr
+    assert "Stopped in the canary stage: a schema in the canary failed; the main stage was not started" in (
+        result.stderr
+    )
+    assert re.search(r"^canary\s+3\s+yes\s+2\s+1\s+0\s+1$", result.stdout, re.M), result.stdout
+    assert re.search(r"^main\s+9\s+no\s+0\s+0\s+9\s+-$", result.stdout, re.M), result.stdout
+    assert re.search(r"^c03\s+project_c03\s+canary\s+a1\s+a2\s+1\s+", result.stdout, re.M), result.stdout
+    assert [schema_version(engine, f"project_{p}") for p in IDS] == ["a2", "a2", *["a1"] * 10]
+
+    report = json.loads(cli(url_string, ini, "upgrade", "--all", "--canary", "2", "--json").stdout)
+    assert report["stopped_stage"] == "canary" and report["stopped"] == "a schema in the canary failed"
+    assert [(s["stage"], s["schemas"], s["ran"], s["counts"]) for s in report["stages"]] == [
+        ("canary", 2, True, {"ok": 1, "failed": 1, "skipped": 0}),  # c03 (still failing) and c04
+        ("main", 8, False, {"ok": 0, "failed": 0, "skipped": 8}),
+    ]
+    stages = {r["project_id"]: r["stage"] for r in report["results"]}
+    assert stages == {"c01": None, "c02": None, "c03": "canary", "c04": "canary", **dict.fromkeys(IDS[4:], "main")}
+
+
+def test_canary_only_prints_the_command_that_does_the_rest(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    ids_file = ini.parent / "canary.txt"
+    ids_file.write_text("# first\nc07\nc02, c11\n")
+
+    result = cli(url_string, ini, "upgrade", "--all", "--canary-ids-from", str(ids_file), "--canary-only", "-j", "2")
+
+    assert result.exit_code == 0, result.output
+    assert "upgrade to a2: 3 ok, 0 failed, 9 skipped (9 not started: --canary-only" in result.stderr
+    lines = result.stderr.splitlines()
+    continues = lines.index("The canary passed. To go on with the other 9 schema(s), run:") + 1
+    command = shlex.split(lines[continues])
+    assert command == ["workspace-tool", "--database-url", url_string, "-c", str(ini), "upgrade", "--all", "-j", "2"]
+    assert [p for p in IDS if schema_version(engine, f"project_{p}") == "a2"] == ["c02", "c07", "c11"]
+
+    rest = CliRunner().invoke(main, command[1:])
+
+    assert rest.exit_code == 0, rest.output
+    assert "upgrade to a2: 9 ok, 0 failed, 3 skipped" in rest.stderr
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+
+
+def test_canary_only_json_carries_the_next_command_without_the_password(database_url: URL, ini: Path) -> None:
+    with_password = database_url.set(password="s3cret-pw").render_as_string(hide_password=False)  # not checked
+
+    result = cli(
+        with_password, ini, "upgrade", "--all", "--canary=10%", "--canary-only", "--json", "--max-failures", "3"
+    )
+
+    report = json.loads(result.stdout)
+    assert result.exit_code == 0 and report["stopped_stage"] == "canary"
+    assert [(s["stage"], s["schemas"], s["ran"], s["max_failures"]) for s in report["stages"]] == [
+        ("canary", 2, True, 1),  # 10% of 12, rounded up
+        ("main", 10, False, 3),
+    ]
+    command = shlex.split(report["next_command"])
+    assert command[3:] == ["-c", str(ini), "upgrade", "--all", "--json", "--max-failures", "3"]
+    assert "s3cret-pw" not in result.output and ":***@" in command[2]
+
+
+def test_max_failures_stops_the_run_and_progress_says_so(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    for project_id in ("c02", "c04", "c06"):
+        add_rows(engine, project_id, "x", "x")
+
+    result = cli(url_string, ini, "upgrade", "--all", "--max-failures", "2", "--jobs", "1")
+
+    assert result.exit_code == 1
+    reason = "2 schema(s) failed, the --max-failures 2 limit"
+    assert f"Stopping: {reason}; starting no more schemas\n" in result.stderr
+    assert f"upgrade to a2: 2 ok, 2 failed, 8 skipped (8 not started: {reason})" in result.stderr
+    assert [schema_version(engine, f"project_{p}") for p in IDS][:5] == ["a2", "a1", "a2", "a1", "a1"]
+
+
+def test_selection_by_state_glob_and_file(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    assert cli(url_string, ini, "upgrade", "c01", "c02").exit_code == 0
+    listed = ini.parent / "ids.txt"
+    listed.write_text("c01\nc05\nc06\nc10\n")
+
+    sql = cli(url_string, ini, "upgrade", "--all", "--sql", "--state", "behind", "--match", "c1*", "--canary", "1")
+    assert sql.exit_code == 0 and sql.stdout.count("CREATE UNIQUE INDEX") == 3  # c10, c11, c12: no stages
+    result = cli(url_string, ini, "upgrade", "--all", "--state", "at-head,behind", "--ids-from", str(listed))
+
+    assert result.exit_code == 0, result.output
+    assert "upgrade to a2: 3 ok, 0 failed, 1 skipped" in result.stderr
+    assert "Selected 4 of 12 project(s): state at head, behind; one of 4 listed ids" in result.stderr
+    assert [p for p in IDS if schema_version(engine, f"project_{p}") == "a2"] == ["c01", "c02", "c05", "c06", "c10"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--canary", "0"], "Invalid value for '--canary': '0' is neither a number of schemas"),
+        (["--max-failures", "150%"], "Invalid value for '--max-failures': '150%' is neither"),
+        (["--ids-from", "/nonexistent/ids.txt"], "'/nonexistent/ids.txt' does not exist"),
+        (["--fail-fast", "--max-failures", "2"], "--max-failures and --fail-fast/--continue-on-error: pass one"),
+        (["--continue-on-error", "--max-failures", "2"], "--max-failures and --fail-fast/--continue-on-error"),
+        (["--canary-only"], "--canary-only needs a canary"),
+        (["--canary", "2", "--canary-ids", "c01"], "--canary and --canary-ids: pass one"),
+        (["--seed", "4"], "--seed seeds --order random"),
+        (["--state", "sideways"], "'sideways' is not a state"),
+        (["--order", "size"], "'size' is not one of 'name', 'random'"),
+    ],
+)
+def test_bad_stage_options_are_usage_errors_and_change_nothing(
+    engine: sa.Engine, url_string: str, ini: Path, args: list[str], message: str
+) -> None:
+    result = cli(url_string, ini, "upgrade", "--all", *args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
+
+
+def test_canary_ids_not_in_the_fleet_are_one_line_and_change_nothing(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    result = cli(url_string, ini, "upgrade", "--all", "--canary-ids", "c01,zz9")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: --canary-ids: 1 project id(s) not in the fleet (zz9); nothing was changed: remove them "
+        "(`workspace-tool status` counts the fleet, `workspace-tool list` lists it)"
+    ]
+    assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)

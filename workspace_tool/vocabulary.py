@@ -91,3 +91,17 @@ class Status(Word):
     OK = "ok"  # this run migrated it (or wrote its registry row)
     FAILED = "failed"
     SKIPPED = "skipped"  # this run did not change it (see the result's note)
+
+
+class Stage(Word):
+    """The stage of a fleet run a schema belongs to (SchemaResult.stage)."""
+
+    CANARY = "canary"  # migrated first; the main stage starts only if none of it failed
+    MAIN = "main"  # the rest (every schema of a run without a canary)
+
+
+class Order(Word):
+    """The order a fleet run starts schemas in (its canary is the first ones)."""
+
+    NAME = "name"  # by project id
+    RANDOM = "random"  # a shuffle seeded by the run's seed (reproducible)

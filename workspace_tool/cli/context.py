@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
 POOL_SIZE = 8
+ARGV = "workspace_tool.argv"  # the command line's arguments as given, in click's Context.meta
 
 
 class AppContext:
@@ -94,7 +95,12 @@ class CommandError(click.ClickException):
 
 
 class WorkspaceGroup(click.Group):
-    """Turns WorkspaceErrors (and database errors, translated as the library does) into CommandErrors."""
+    """Turns WorkspaceErrors (and database errors, translated as the library does) into CommandErrors, and
+    keeps the arguments as given (``ctx.meta[ARGV]``: a command can print the command that follows it)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV] = list(args)
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from workspace_tool.cli.context import AppContext, pass_app
-from workspace_tool.cli.options import adopt_option, fleet_options, jobs_option, json_option
+from workspace_tool.cli.context import ARGV, AppContext, pass_app
+from workspace_tool.cli.options import adopt_option, fleet_options, jobs_option, json_option, read_ids, split_ids
 from workspace_tool.cli.render import ProgressPrinter, print_drift_report, print_fleet_report, print_sql
 
 if TYPE_CHECKING:
+    from workspace_tool.fleet import Selection
     from workspace_tool.schema.operation import Operation
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C, as a shell reports SIGINT
+# The canary's options (and whether each takes a value): the command that continues a --canary-only run
+# is the same command without them.
+CANARY_OPTIONS = {"--canary": True, "--canary-ids": True, "--canary-ids-from": True, "--canary-only": False}
 
 
 @click.command()
@@ -57,16 +62,31 @@ def _run_fleet(
     show_sql: bool,
     as_json: bool,
     adopt: bool = False,
+    states: tuple[tuple[str, ...], ...],
+    globs: tuple[str, ...],
+    ids_from: str | None,
+    **stages: Any,
 ) -> None:
     from workspace_tool import fleet
+    from workspace_tool.fleet.stages import CANARY_ONLY
 
     if bool(project_ids) == all_:
         raise click.UsageError("name the projects, or pass --all (not both)")
     ids = None if all_ else list(project_ids)
+    selection = _selection(states, globs, ids_from)
+    staging = _staging(fail_fast, all_, **stages)
     app.jobs = jobs  # before the engine is made: its pool is sized for them
     chain = app.manager.chain
     if show_sql:
-        scripts = fleet.sql(app.engine, chain, ids, target=target, operation=operation, lock_timeout_ms=lock_timeout)
+        scripts = fleet.sql(
+            app.engine,
+            chain,
+            ids,
+            target=target,
+            operation=operation,
+            lock_timeout_ms=lock_timeout,
+            selection=selection,
+        )
         print_sql(scripts, as_json)
         return
     printer = ProgressPrinter(sys.stderr)
@@ -77,18 +97,92 @@ def _run_fleet(
         ids,
         target=target,
         jobs=jobs,
-        fail_fast=(not all_) if fail_fast is None else fail_fast,
         lock_timeout_ms=lock_timeout,
         retries=retries,
         progress=printer,
         adopt=adopt,
+        selection=selection,
+        **staging,
     )
     printer.finish()
-    print_fleet_report(report, as_json)
+    next_command = _without_canary(app) if report.stopped == CANARY_ONLY else None
+    print_fleet_report(report, as_json, next_command)
     if report.interrupted:
         click.get_current_context().exit(INTERRUPTED)
     if report.failed:
         click.get_current_context().exit(1)
+
+
+def _selection(states: tuple[tuple[str, ...], ...], globs: tuple[str, ...], ids_from: str | None) -> Selection | None:
+    """--state, --match, --ids-from as the library's Selection (None: take every project read)."""
+    if not (states or globs or ids_from):
+        return None
+    from workspace_tool.fleet import Selection
+
+    ids = read_ids(ids_from, "--ids-from") if ids_from else None
+    return Selection(states=[s for given in states for s in given], match=globs, ids=ids)
+
+
+def _staging(
+    fail_fast: bool | None,
+    all_: bool,
+    *,
+    canary: str | None,
+    canary_ids: tuple[str, ...],
+    canary_ids_from: str | None,
+    canary_only: bool,
+    order: str | None,
+    seed: int | None,
+    max_failures: str | None,
+) -> dict[str, Any]:
+    """The stage options as fleet.run takes them, checked by the library's rules (a usage error if not)."""
+    from workspace_tool.errors import ConfigurationError
+    from workspace_tool.fleet.stages import Staging
+
+    if max_failures is not None and fail_fast is not None:
+        raise click.UsageError(
+            "--max-failures and --fail-fast/--continue-on-error: pass one (--fail-fast is --max-failures 1, "
+            "--continue-on-error sets no limit)"
+        )
+    named = [i for given in canary_ids for i in split_ids(given)]
+    if canary_ids_from:
+        named += read_ids(canary_ids_from, "--canary-ids-from")
+    options: dict[str, Any] = {
+        "fail_fast": (not all_ and max_failures is None) if fail_fast is None else fail_fast,
+        "max_failures": max_failures,
+        "canary": canary,
+        "canary_ids": named if canary_ids or canary_ids_from else None,
+        "canary_only": canary_only,
+        "order": order,
+        "seed": seed,
+    }
+    try:
+        Staging.parse(**options)
+    except ConfigurationError as exc:
+        raise click.UsageError(str(exc)) from None
+    return options
+
+
+def _without_canary(app: AppContext) -> str:
+    """The command that continues a --canary-only run: this one without its canary options. The canary's
+    schemas are at the target now, so it skips them and migrates the rest (with the same selection, order
+    and --max-failures). A password in the command line is shown as ***."""
+    from workspace_tool.urls import redact_text
+
+    args = click.get_current_context().meta.get(ARGV, [])
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        name, has_value = arg.split("=", 1)[0], "=" in arg
+        if skip_value:
+            skip_value = False
+        elif name in CANARY_OPTIONS:
+            skip_value = CANARY_OPTIONS[name] and not has_value
+        else:
+            kept.append(arg)
+    command = shlex.join(["workspace-tool", *kept])
+    secrets = [s for s in app.passwords() if s]
+    return redact_text(command, *secrets) if secrets else command
 
 
 @click.command()

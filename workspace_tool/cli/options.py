@@ -50,6 +50,57 @@ class LibraryDefault:
         return str(self())
 
 
+class AmountType(click.ParamType[str]):
+    """N (schemas) or P% (of them), checked by the library's rule (workspace_tool.fleet.stages.Amount)."""
+
+    name = "N|P%"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from workspace_tool.errors import ConfigurationError
+        from workspace_tool.fleet.stages import Amount
+
+        try:
+            return str(Amount.parse(value))
+        except ConfigurationError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class StatesType(click.ParamType[tuple[str, ...]]):
+    """States as `status` shows them, comma-separated; 'at-head' for 'at head', 'ahead' for 'ahead/unknown'."""
+
+    name = "STATE[,STATE...]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        from workspace_tool.vocabulary import State
+
+        if isinstance(value, tuple):
+            return value
+        known = {str(s).replace(" ", "-"): str(s) for s in State} | {"ahead": str(State.AHEAD)}
+        states = []
+        for word in (w.strip().lower().replace(" ", "-").replace("_", "-") for w in str(value).split(",")):
+            if word not in known and word not in known.values():
+                self.fail(f"{word!r} is not a state: {', '.join(known)}", param, ctx)
+            states.append(known.get(word, word))
+        return tuple(states)
+
+
+def split_ids(text: str) -> list[str]:
+    """Project ids separated by newlines, spaces or commas; '#' starts a comment that runs to the line's end."""
+    return [i for line in text.splitlines() for i in line.split("#", 1)[0].replace(",", " ").split()]
+
+
+def read_ids(path: str, option: str) -> list[str]:
+    """The project ids in a file (split_ids); a usage error if it can't be read or lists none."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            ids = split_ids(file.read())
+    except (OSError, UnicodeError) as exc:
+        raise click.UsageError(f"{option} {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+    if not ids:
+        raise click.UsageError(f"{option} {path}: the file lists no project id")
+    return ids
+
+
 def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Write JSON to stdout instead of a table.")(f)
 
@@ -94,9 +145,56 @@ def fleet_options(f: F) -> F:
             show_default=True,
             help="Retries, with backoff, of a schema whose lock wait timed out or whose connection was lost.",
         ),
-        click.option("--sql", "show_sql", is_flag=True, help="Print each schema's SQL and change nothing."),
+        click.option(
+            "--sql",
+            "show_sql",
+            is_flag=True,
+            help="Print each selected schema's SQL and change nothing (the stage options play no part).",
+        ),
         json_option,
+        *_selection_options,
+        *_stage_options,
     ]
     for option in reversed(options):
         f = option(f)
     return f
+
+
+FILE = click.Path(exists=True, dir_okay=False, readable=True)
+_selection_options = [
+    click.option(
+        "--state",
+        "states",
+        type=StatesType(),
+        multiple=True,
+        help="Only projects in these states, as `status` shows them: behind, failed, at-head, empty, "
+        "ahead, missing, orphan (comma-separated or repeated).",
+    ),
+    click.option("--match", "globs", metavar="GLOB", multiple=True, help="Only project ids matching GLOB (*, ?)."),
+    click.option("--ids-from", type=FILE, metavar="FILE", help="Only the project ids in FILE (one a line)."),
+]
+_stage_options = [
+    click.option(
+        "--canary",
+        type=AmountType(),
+        help="Migrate N schemas (or P% of those to migrate) first, in --order; go on with the rest only if "
+        "none of them failed.",
+    ),
+    click.option(
+        "--canary-ids", metavar="IDS", multiple=True, help="The canary by project id (comma-separated or repeated)."
+    ),
+    click.option("--canary-ids-from", type=FILE, metavar="FILE", help="The canary's project ids from FILE."),
+    click.option("--canary-only", is_flag=True, help="Stop after the canary and print the command that does the rest."),
+    click.option(
+        "--order",
+        type=click.Choice(["name", "random"]),
+        help="The order schemas start in (the canary is the first ones): by project id, or shuffled by --seed.",
+    ),
+    click.option("--seed", type=int, help="The seed of --order random (default: drawn, and printed)."),
+    click.option(
+        "--max-failures",
+        type=AmountType(),
+        help="Start no schema once N (or P% of the main stage's) schemas have failed; instead of "
+        "--fail-fast (= 1) or --continue-on-error (no limit).",
+    ),
+]

@@ -98,20 +98,22 @@ class ProgressPrinter:
         self._stopped = False
 
     def __call__(self, event: Progress) -> None:
-        from workspace_tool.fleet import FAILED
+        from workspace_tool.fleet import CONNECTION_LOST, FAILED
 
         result = event.result
         if result is not None and result.status == FAILED:
             self._clear()
             self.stream.write(f"[{event.done}/{event.total}] {result.schema} failed: {result.error}\n")
-        if event.stopped is not None and not self._stopped:
+        if event.stopped is not None and not self._stopped and event.done < event.total:
             self._clear()
-            self.stream.write(f"Stopping: {event.stopped}; starting no more schemas: rerun when the database is back\n")
+            advice = ": rerun when the database is back" if event.stopped.startswith(CONNECTION_LOST) else ""
+            self.stream.write(f"Stopping: {event.stopped}; starting no more schemas{advice}\n")
             self._stopped = True
         now = time.monotonic()
         final = event.done == event.total
         if event.result is None and event.total:
-            self.stream.write(f"{event.total} schema(s) to migrate\n")
+            canary = f": a canary of {event.canary} first" if event.canary else ""
+            self.stream.write(f"{event.total} schema(s) to migrate{canary}\n")
         elif self.tty:
             self._clear()
             self.stream.write(self._line(event, bar=True))
@@ -141,13 +143,22 @@ class ProgressPrinter:
         self.stream.flush()
 
 
-def print_fleet_report(report: FleetReport, as_json: bool) -> None:
-    """Counts and timings by status, then each failed schema with its error; the totals on stderr."""
+def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | None = None) -> None:
+    """Counts by stage (for a staged run), counts and timings by status, then each failed schema with its
+    error; on stderr the totals, the selection, where the run stopped, and the command that continues it."""
     from workspace_tool.fleet import FAILED, OK, SKIPPED
 
     if as_json:
-        sys.stdout.write(to_json(report.as_dict()) + "\n")
+        data = report.as_dict()
+        if next_command is not None:
+            data["next_command"] = next_command
+        sys.stdout.write(to_json(data) + "\n")
         return
+    staged = report.staged()
+    if staged:
+        stages = [{**report.counts(s.stage), **vars(s), "ran": "yes" if s.ran else "no"} for s in report.stages]
+        emit(stages, ["stage", "schemas", "ran", "ok", "failed", "skipped", "max_failures"], as_json=False)
+        sys.stdout.write("\n")
     rows = []
     for status in (OK, FAILED, SKIPPED):
         results = report.with_status(status)
@@ -165,7 +176,15 @@ def print_fleet_report(report: FleetReport, as_json: bool) -> None:
         sys.stdout.write("\n")
         emit(
             [r.as_dict() for r in report.failed],
-            ["project_id", "schema", "from_revision", "to_revision", "attempts", "error"],
+            [
+                "project_id",
+                "schema",
+                *(["stage"] if staged else []),
+                "from_revision",
+                "to_revision",
+                "attempts",
+                "error",
+            ],
             as_json=False,
         )
     click.echo(
@@ -174,6 +193,35 @@ def print_fleet_report(report: FleetReport, as_json: bool) -> None:
         f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})",
         err=True,
     )
+    for line in _run_notes(report, next_command):
+        click.echo(line, err=True)
+
+
+def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
+    """What the summary line doesn't say: the selection, a random order's seed, the stage the run stopped
+    in, and the command that goes on after --canary-only."""
+    from workspace_tool.fleet import Order, Stage
+
+    notes = []
+    if report.selection is not None:
+        chosen = report.selection
+        criteria = [f"state {', '.join(chosen['states'])}"] if chosen["states"] else []
+        criteria += [f"id matching {' or '.join(chosen['match'])}"] if chosen["match"] else []
+        criteria += [f"one of {len(chosen['ids'])} listed ids"] if chosen["ids"] is not None else []
+        selected = len(report.results)
+        notes.append(f"Selected {selected} of {selected + report.not_selected} project(s): {'; '.join(criteria)}")
+    if report.order == Order.RANDOM:
+        notes.append(f"Started in random order, seed {report.seed} (--seed {report.seed} repeats it)")
+    if report.staged() and report.stopped_stage is not None and next_command is None:
+        main_left = report.stopped_stage == Stage.CANARY
+        notes.append(
+            f"Stopped in the {report.stopped_stage} stage: {report.stopped}"
+            + ("; the main stage was not started" if main_left else "")
+        )
+    if next_command is not None:
+        notes.append(f"The canary passed. To go on with the other {len(report.not_started())} schema(s), run:")
+        notes.append(f"  {next_command}")
+    return notes
 
 
 def _skipped_detail(report: FleetReport) -> str:

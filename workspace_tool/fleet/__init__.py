@@ -14,6 +14,10 @@ The order of a run (runner.py):
    revision and marks its registry row ``failed``. After DEAD_AFTER schemas in a row failed on a lost
    connection the database is taken to be gone: no new schema starts. A schema found already at the
    target (another run moved it since the read) is ``skipped``.
+   Staged runs (stages.py): the projects read are narrowed by a ``Selection`` (states, globs, ids); a
+   canary stage (the first N, N%, or named schemas to migrate) runs first and stops the run at its first
+   failure; the main stage then stops starting schemas once ``max_failures`` have failed (``fail_fast`` is
+   1). Every result says its stage; the report says which stages ran, and where and why the run stopped.
 4. If no reference catalog is stored for this chain, it is built and stored for `check`
    (``reference.store_if_missing``: best effort, bounded by the lock timeout).
 
@@ -41,6 +45,7 @@ from workspace_tool.fleet.report import (
     Progress,
     ProgressCallback,
     SchemaResult,
+    StageReport,
 )
 from workspace_tool.fleet.runner import (
     DEFAULT_LOCK_TIMEOUT_MS,
@@ -53,9 +58,10 @@ from workspace_tool.fleet.runner import (
     sql,
     upgrade,
 )
+from workspace_tool.fleet.stages import Selection
 from workspace_tool.jobs import check_jobs, connections_needed, default_jobs, pool_capacity, spare_jobs
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation
-from workspace_tool.vocabulary import Status
+from workspace_tool.vocabulary import Order, Stage, State, Status
 
 OK, FAILED, SKIPPED = Status.OK, Status.FAILED, Status.SKIPPED
 
@@ -75,10 +81,15 @@ __all__ = [
     "FleetOptions",
     "FleetReport",
     "Operation",
+    "Order",
     "Progress",
     "ProgressCallback",
     "SchemaResult",
     "SchemaSQL",
+    "Selection",
+    "Stage",
+    "StageReport",
+    "State",
     "Status",
     "check_jobs",
     "connections_needed",

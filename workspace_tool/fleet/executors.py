@@ -1,8 +1,10 @@
 """Running a fleet's schemas in parallel: a thread per connection (the default), or spawned processes.
 
 Workers are closed on every path. On Ctrl-C no new schema is started, running transactions finish (or roll
-back), and what was not started is reported so. A run also stops starting schemas once the database is
-taken to be gone (DEAD_AFTER schemas in a row failed on a lost connection)."""
+back), and what was not started is reported so. A run (one stage of it) also stops starting schemas when
+its StopRule says so: once its failure limit is reached (--fail-fast, --max-failures, a canary's first
+failure), or once the database is taken to be gone (DEAD_AFTER schemas in a row failed on a lost
+connection)."""
 
 from __future__ import annotations
 
@@ -22,29 +24,40 @@ from workspace_tool.chain import Chain
 from workspace_tool.fleet.migrator import Migrator, RunOptions
 from workspace_tool.fleet.report import CONNECTION_LOST, Progress, ProgressCallback, SchemaResult
 from workspace_tool.schema.operation import Work
-from workspace_tool.vocabulary import Status
+from workspace_tool.vocabulary import Stage, Status
 
 # After this many schemas in a row failed on a lost connection (each after its retries), the database is
 # taken to be down: no new schema is started.
 DEAD_AFTER = 3
 
 
-class ConnectionWatch:
-    """Counts schemas that failed in a row on a lost connection, across workers; DEAD_AFTER of them in a
-    row mean the database is gone. Any other result (the server answered) resets the count."""
+class StopRule:
+    """When a run (one stage of it) starts no new schema, decided across workers as results come in: once
+    ``max_failures`` schemas have failed (``--fail-fast`` is 1; None: never for that reason), or once the
+    database is taken to be gone (``dead_after`` schemas in a row failed on a lost connection; any other
+    result, the server having answered, resets that count). ``reason`` says which, once one holds."""
 
-    def __init__(self, limit: int = DEAD_AFTER) -> None:
-        self.limit = limit
+    def __init__(self, max_failures: int | None = None, limit_reason: str = "", dead_after: int = DEAD_AFTER) -> None:
+        self.max_failures = max_failures
+        self.limit_reason = limit_reason  # the reason given when max_failures is reached
+        self.dead_after = dead_after
         self.dead = False
+        self.failed = 0
+        self.reason: str | None = None
         self._in_a_row = 0
         self._lock = threading.Lock()
 
     def record(self, result: SchemaResult) -> bool:
-        """Count one finished schema; True once the database is taken to be gone."""
+        """Count one finished schema; True once no new schema should start."""
         with self._lock:
             self._in_a_row = self._in_a_row + 1 if result.connection_lost else 0
-            self.dead = self.dead or self._in_a_row >= self.limit
-            return self.dead
+            self.failed += result.status == Status.FAILED
+            if not self.dead and self._in_a_row >= self.dead_after:
+                self.dead = True
+                self.reason = self.reason or f"{CONNECTION_LOST}, {self.dead_after} schemas in a row failed on it"
+            if self.reason is None and self.max_failures is not None and self.failed >= self.max_failures:
+                self.reason = self.limit_reason
+            return self.reason is not None
 
 
 @dataclass
@@ -57,25 +70,32 @@ class Tracker:
     done: int = 0
     failed: int = 0
     results: list[SchemaResult] = field(default_factory=list)
-    watch: ConnectionWatch = field(default_factory=ConnectionWatch)
-    stopped: str | None = None  # why no new schema is started (the database is gone), once known
+    canary: int = 0  # how many of ``total`` are in the canary stage (told in the start event)
+    stage: Stage = Stage.MAIN  # the running stage: its results say so
+    rule: StopRule = field(default_factory=StopRule)  # the running stage's
+    stopped: str | None = None  # why no new schema is started (the rule's reason), once known
 
     def __post_init__(self) -> None:
         self._emit(None)
 
     def add(self, result: SchemaResult) -> None:
-        """Count a result the watch has already seen (workers record theirs before handing them over)."""
-        self.results.append(result)
+        """Count a result its stage's rule has already seen (workers record theirs before handing them over)."""
+        self.keep(result)
         self.done += 1
         self.failed += result.status == Status.FAILED
-        if self.watch.dead and self.stopped is None:
-            self.stopped = f"{CONNECTION_LOST}, {self.watch.limit} schemas in a row failed on it"
+        if self.stopped is None:
+            self.stopped = self.rule.reason
         self._emit(result)
+
+    def keep(self, result: SchemaResult) -> None:
+        """Keep a result (one that came in while stopping is kept, not counted in the progress)."""
+        result.stage = self.stage
+        self.results.append(result)
 
     def _emit(self, result: SchemaResult | None) -> None:
         if self.callback is not None:
             elapsed = time.perf_counter() - self.started
-            self.callback(Progress(self.done, self.total, self.failed, elapsed, result, self.stopped))
+            self.callback(Progress(self.done, self.total, self.failed, elapsed, result, self.stopped, self.canary))
 
 
 def run_threads(
@@ -98,11 +118,10 @@ def run_threads(
                 except queue.Empty:
                     break
                 result = migrator.run(item)
-                if options.fail_fast and result.status == Status.FAILED:
+                if tracker.rule.record(result):
                     stop.set()  # before this worker (or another) takes the next schema
-                if tracker.watch.record(result):
-                    stop.set()  # the database is gone: start nothing more,
-                    cancel.set()  # and let pending retries give up
+                    if tracker.rule.dead:
+                        cancel.set()  # the database is gone: pending retries give up too
                 results.put(result)
         except BaseException as exc:  # a bug, not a schema's failure: stop everything and re-raise it
             results.put(exc)
@@ -128,8 +147,6 @@ def run_threads(
                 stop.set()
             else:
                 tracker.add(message)
-                if options.fail_fast and message.status == Status.FAILED:
-                    stop.set()
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -144,7 +161,7 @@ def run_threads(
             except queue.Empty:
                 break
             if isinstance(message, SchemaResult):
-                tracker.results.append(message)
+                tracker.keep(message)
     if crash is not None:
         raise crash
     return tracker.results, interrupted
@@ -178,8 +195,8 @@ def _process_run(item: Work) -> SchemaResult:
 def run_processes(
     engine: Engine, chain: Chain, work: list[Work], workers: int, options: RunOptions, tracker: Tracker
 ) -> tuple[list[SchemaResult], bool]:
-    """Spawned processes, each with one connection; at most two schemas queued per worker, so stopping
-    (fail-fast, Ctrl-C) leaves little to cancel."""
+    """Spawned processes, each with one connection; at most two schemas queued per worker, cancelled when
+    the run stops (its StopRule, Ctrl-C)."""
     pending: Iterator[Work] = iter(work)
     in_flight: set[Future[SchemaResult]] = set()
     interrupted = stopping = False
@@ -203,11 +220,11 @@ def run_processes(
                 done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
                 for future in done:
                     result = future.result()
-                    dead = tracker.watch.record(result)
+                    stop = tracker.rule.record(result)
                     tracker.add(result)
-                    if dead and not stopping:  # the database is gone: what is queued is not started
+                    if stop and not stopping:  # what is queued is not started
                         in_flight = _cancel_queued(in_flight)
-                    stopping = stopping or dead or (options.fail_fast and result.status == Status.FAILED)
+                    stopping = stopping or stop
             except KeyboardInterrupt:
                 interrupted = stopping = True
                 in_flight = _cancel_queued(in_flight)
@@ -216,7 +233,7 @@ def run_processes(
         for future in in_flight:
             finished = future.done() and not future.cancelled() and future.exception() is None
             if finished and future.result() not in tracker.results:
-                tracker.results.append(future.result())
+                tracker.keep(future.result())
     return tracker.results, interrupted
 
 

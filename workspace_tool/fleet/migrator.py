@@ -35,7 +35,6 @@ class RunOptions:
     target: str | None
     lock_timeout_ms: int
     retries: int
-    fail_fast: bool
     extension_schema: str
     adopt: bool = False
     worker_engine: EngineFactory | None = None  # processes: builds each worker's engine

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from workspace_tool.vocabulary import Path, Status
+from workspace_tool.vocabulary import Order, Path, Stage, Status
 
 MOVED_BY_ANOTHER_RUN = "already at target: moved by another run"
 NOT_STARTED = "not started: "
@@ -30,9 +30,20 @@ class SchemaResult:
     path: Path = Path.NONE  # which path its migration took (NONE: no SQL ran)
     attempts: int = 0
     connection_lost: bool = False  # failed because its database connection was lost (after retries)
+    stage: Stage | None = None  # the stage it ran in, or was left in (None: the run had nothing to do to it)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """One stage of a run: how many schemas it had to migrate, whether it started, what stopped it."""
+
+    stage: Stage
+    schemas: int
+    ran: bool  # False: not started (after a failed canary, with canary_only, or a stop in an earlier stage)
+    max_failures: int | None = None  # that many failures stop it starting schemas (None: no number does)
 
 
 @dataclass
@@ -44,7 +55,13 @@ class FleetReport:
     jobs: int
     executor: str  # 'threads', 'processes', or 'none' when nothing ran
     interrupted: bool = False
-    stopped: str | None = None  # why schemas were left not started: Ctrl-C, --fail-fast, a lost database
+    stopped: str | None = None  # why schemas were left not started: Ctrl-C, a stage's failures, a lost database
+    stages: list[StageReport] = field(default_factory=list)  # in the order they run (or would have)
+    stopped_stage: Stage | None = None  # the stage the run stopped in, with ``stopped``
+    selection: dict[str, Any] | None = None  # Selection.as_dict() of the run's selection, if it had one
+    not_selected: int = 0  # projects read but left out by the selection (they are not in ``results``)
+    order: Order | None = None  # the order schemas started in (None: as read)
+    seed: int | None = None  # the random order's seed (given, or drawn and reported here)
 
     def not_started(self) -> list[SchemaResult]:
         return [r for r in self.results if r.status == Status.SKIPPED and (r.note or "").startswith(NOT_STARTED)]
@@ -64,9 +81,14 @@ class FleetReport:
         """True if nothing failed and nothing was left unstarted."""
         return not self.failed and not self.interrupted
 
-    def counts(self) -> dict[str, int]:
-        counted = Counter(r.status for r in self.results)
+    def counts(self, stage: Stage | None = None) -> dict[str, int]:
+        """Schemas by status: all of them, or those of one stage."""
+        counted = Counter(r.status for r in self.results if stage is None or r.stage == stage)
         return {str(s): counted.get(s, 0) for s in Status}
+
+    def staged(self) -> bool:
+        """True if the run had a canary stage."""
+        return any(s.stage == Stage.CANARY for s in self.stages)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +101,12 @@ class FleetReport:
             "elapsed_ms": round(self.elapsed_ms, 3),
             "jobs": self.jobs,
             "executor": self.executor,
+            "stages": [{**asdict(s), "counts": self.counts(s.stage)} for s in self.stages],
+            "stopped_stage": self.stopped_stage,
+            "selection": self.selection,
+            "not_selected": self.not_selected,
+            "order": self.order,
+            "seed": self.seed,
             "results": [r.as_dict() for r in self.results],
         }
 
@@ -92,7 +120,8 @@ class Progress:
     failed: int
     elapsed_s: float
     result: SchemaResult | None  # None for the start event
-    stopped: str | None = None  # set once the run stops starting schemas because the database is gone
+    stopped: str | None = None  # set once the run stops starting schemas (failures, a lost database)
+    canary: int = 0  # how many of ``total`` are in the canary stage, migrated first
 
     @property
     def rate(self) -> float:

@@ -5,7 +5,7 @@ renders each schema's transaction instead of running it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
@@ -18,10 +18,18 @@ from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.fleet import worker_engine as worker_engines
-from workspace_tool.fleet.executors import Tracker, run_processes, run_threads
+from workspace_tool.fleet.executors import StopRule, Tracker, run_processes, run_threads
 from workspace_tool.fleet.migrator import RunOptions
 from workspace_tool.fleet.reader import read_fleet, read_versions_parallel
-from workspace_tool.fleet.report import NOT_STARTED, FleetReport, ProgressCallback, SchemaResult, ms_since
+from workspace_tool.fleet.report import (
+    NOT_STARTED,
+    FleetReport,
+    ProgressCallback,
+    SchemaResult,
+    StageReport,
+    ms_since,
+)
+from workspace_tool.fleet.stages import CANARY_ONLY, Selection, StagePlan, Staging
 from workspace_tool.fleet.worker_engine import EngineFactory
 from workspace_tool.jobs import check_jobs
 from workspace_tool.managers import cache
@@ -29,7 +37,7 @@ from workspace_tool.naming import schema_for
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation, Verdict, Work
 from workspace_tool.schema.transaction import Expected, SchemaTransaction
-from workspace_tool.vocabulary import Path, Status
+from workspace_tool.vocabulary import Path, Stage, Status
 
 DEFAULT_LOCK_TIMEOUT_MS = 5000
 DEFAULT_RETRIES = 3
@@ -40,13 +48,20 @@ class FleetOptions(TypedDict, total=False):
     """The options of ``run`` (and ``upgrade``, ``downgrade``, ``provision``), with run's defaults."""
 
     jobs: int | None  # parallel connections (default: 2 per core, within the engine's pool)
-    fail_fast: bool  # start no schema after the first failure
+    fail_fast: bool  # start no schema after the first failure (max_failures=1; not with max_failures)
+    max_failures: int | str | None  # N, or "P%" of the main stage's schemas: start none once that many failed
     lock_timeout_ms: int  # the longest wait for any lock in a schema's transaction, then retry
     retries: int  # retries with backoff of a lock timeout or a lost connection
     progress: ProgressCallback | None  # called in the calling thread at the start and after each schema
     executor: str  # 'auto' (threads), 'threads' or 'processes'
     adopt: bool  # run the chain into named schemas that hold relations but no alembic_version
     engine_factory: EngineFactory | None  # processes: builds each worker's engine (see worker_engine)
+    selection: Selection | None  # only the projects it selects (by state, glob on ids, ids); see stages.py
+    canary: int | str | None  # N, or "P%" of the schemas to migrate: migrated first, the rest if none failed
+    canary_ids: Collection[str] | None  # the canary by project id instead (those of them still to migrate)
+    canary_only: bool  # stop after the canary: the main stage is left for the next run
+    order: str | None  # 'name' or 'random' (shuffled by ``seed``): the order schemas start in; None: as read
+    seed: int | None  # the random order's seed (None: one is drawn, and reported in FleetReport.seed)
 
 
 def upgrade(
@@ -88,10 +103,26 @@ def run(
     executor: str = "auto",
     adopt: bool = False,
     engine_factory: EngineFactory | None = None,
+    max_failures: int | str | None = None,
+    selection: Selection | None = None,
+    canary: int | str | None = None,
+    canary_ids: Collection[str] | None = None,
+    canary_only: bool = False,
+    order: str | None = None,
+    seed: int | None = None,
 ) -> FleetReport:
     """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options."""
     started = time.perf_counter()
     ids = _validate(project_ids)
+    staging = Staging.parse(
+        fail_fast=fail_fast,
+        max_failures=max_failures,
+        canary=canary,
+        canary_ids=canary_ids,
+        canary_only=canary_only,
+        order=order,
+        seed=seed,
+    )
     if retries < 0 or lock_timeout_ms < 1:
         raise ConfigurationError("--lock-timeout must be positive and --retries not negative")
     jobs = check_jobs(engine, jobs)
@@ -108,7 +139,9 @@ def run(
         extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, extension_schema)
         with conn.begin():
-            records = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
+            read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
+    staging.check_known(read)
+    records = read if selection is None else selection.apply(read, chain)
 
     decided = [(r, operation.decide(chain, r, resolved, named=ids is not None)) for r in records]
     finished = [
@@ -118,34 +151,95 @@ def run(
     # a schema touched by a run is re-read by the next ensure, whatever happened to it
     cache.invalidate(cache_key, [w.project_id for w in work])
 
-    interrupted = False
-    stopped: str | None = None
+    plan = staging.plan(work)
+    staged = _Staged(plan, staging)
     if not work:
         kind = "none"
     else:
-        options = RunOptions(
-            operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema, adopt, worker_engine
-        )
+        options = RunOptions(operation, resolved, lock_timeout_ms, retries, extension_schema, adopt, worker_engine)
         pooled = run_processes if kind == "processes" else run_threads
-        tracker = Tracker(len(work), progress, started)
-        results, interrupted = pooled(engine, chain, work, min(jobs, len(work)), options, tracker)
-        not_started = {w.project_id for w in work} - {r.project_id for r in results}
-        if not_started:
-            stopped = "interrupted" if interrupted else tracker.stopped or "--fail-fast stopped after a failure"
-            results += [
-                SchemaResult(
-                    w.project_id, w.schema, w.from_revision, resolved, Status.SKIPPED, note=NOT_STARTED + stopped
-                )
-                for w in work
-                if w.project_id in not_started
-            ]
-        finished += results
+        tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))
+        for stage, items in plan.stages():
+            limit, reason = staging.limit(stage, len(items))
+            tracker.stage, tracker.rule = stage, StopRule(limit, reason)
+            staged.ran.add(stage)
+            if items:
+                _, staged.interrupted = pooled(engine, chain, items, min(jobs, len(items)), options, tracker)
+            if staged.stop(stage, tracker.rule.reason):
+                break
+        finished += tracker.results + staged.not_started(tracker.results, resolved)
         cache.invalidate(cache_key, [w.project_id for w in work])
+    interrupted = staged.interrupted
     if not interrupted:  # what `check` compares schemas with, if not stored yet for this chain
         reference.store_if_missing(engine, chain, lock_timeout_ms)
-    order = {r.project_id: i for i, r in enumerate(records)}
-    finished.sort(key=lambda r: order[r.project_id])
-    return FleetReport(operation.name, resolved, finished, ms_since(started), jobs, kind, interrupted, stopped)
+    position = {r.project_id: i for i, r in enumerate(records)}
+    finished.sort(key=lambda r: position[r.project_id])
+    return FleetReport(
+        operation.name,
+        resolved,
+        finished,
+        ms_since(started),
+        jobs,
+        kind,
+        interrupted,
+        staged.stopped,
+        stages=staged.reports(),
+        stopped_stage=staged.stopped_stage,
+        selection=None if selection is None else selection.as_dict(),
+        not_selected=len(read) - len(records),
+        order=staging.order,
+        seed=plan.seed,
+    )
+
+
+class _Staged:
+    """A run's stages as they go: which ran, and where and why the run stopped."""
+
+    def __init__(self, plan: StagePlan, staging: Staging) -> None:
+        self.plan = plan
+        self.staging = staging
+        self.ran: set[Stage] = set()
+        self.interrupted = False
+        self.stopped: str | None = None
+        self.stopped_stage: Stage | None = None
+
+    def stop(self, stage: Stage, reason: str | None) -> bool:
+        """After ``stage``: whether the run stops here (Ctrl-C, its stop rule, --canary-only), and why."""
+        if self.interrupted:
+            reason = "interrupted"
+        elif reason is None and stage == Stage.CANARY and self.staging.canary_only:
+            reason = CANARY_ONLY
+        if reason is not None:
+            self.stopped, self.stopped_stage = reason, stage
+        return reason is not None
+
+    def not_started(self, results: list[SchemaResult], target: str | None) -> list[SchemaResult]:
+        """A result for each schema of the plan that was not started: skipped, with why. The run's
+        ``stopped`` is cleared when every schema was started (a stop on the last one left nothing out)."""
+        started = {r.project_id for r in results}
+        left = [
+            SchemaResult(
+                w.project_id,
+                w.schema,
+                w.from_revision,
+                target,
+                Status.SKIPPED,
+                note=NOT_STARTED + (self.stopped or ""),
+                stage=stage,
+            )
+            for stage, items in self.plan.stages()
+            for w in items
+            if w.project_id not in started
+        ]
+        if not left:
+            self.stopped = self.stopped_stage = None
+        return left
+
+    def reports(self) -> list[StageReport]:
+        return [
+            StageReport(stage, len(items), stage in self.ran, self.staging.limit(stage, len(items))[0])
+            for stage, items in self.plan.stages()
+        ]
 
 
 def _validate(project_ids: Sequence[str] | None) -> list[str] | None:
@@ -187,16 +281,20 @@ def sql(
     target: str = "head",
     operation: Operation = UPGRADE,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    selection: Selection | None = None,
 ) -> list[SchemaSQL]:
     """Per schema, the transaction ``upgrade``/``downgrade`` would send (``SchemaTransaction.render``):
     the one round trip the fleet sends when the range compiles, which psql can run as it is. Read-only:
-    nothing is created or changed, not even the registry."""
+    nothing is created or changed, not even the registry. Only the schemas ``selection`` selects (stages
+    don't change what a schema's transaction is: every schema a run could start is rendered)."""
     ids = _validate(project_ids)
     resolved = chain.resolve(target)
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
         extension_schema = conn.execute(registry.PROBE).one().ext_schema or DEFAULT_EXTENSION_SCHEMA
         records = read_fleet(conn, ids)
         conn.rollback()
+    if selection is not None:
+        records = selection.apply(records, chain)
     how = Sending(chain, extension_schema, lock_timeout_ms=lock_timeout_ms)
     scripts = []
     for record in records:
