@@ -20,7 +20,10 @@ anywhere else. Online, the project schema comes from ``config.attributes["schema
   that Alembic commits. A connection in AUTOCOMMIT is refused: ``SET LOCAL`` and a transaction-level
   lock do nothing there.
 * **workspace_tool itself** also passes ``extension_schema``: it holds the lock and created the schema in
-  its own transaction, so only the guards are set (no extra round trip).
+  its own transaction, so only the guards are set (no extra round trip). For a revision that can't run in
+  a transaction it passes ``outside_transaction``: the connection is in AUTOCOMMIT, holds the schema's
+  session lock and has the session's search_path set; Alembic's transaction block is opened on it, so a
+  revision's ``autocommit_block()`` has one to end.
 * **The plain Alembic CLI**: ``alembic -x schema=project_foo upgrade head``, with the URL from ``-x url=``,
   ``WORKSPACE_TOOL_DATABASE_URL`` or ``sqlalchemy.url``; as for a shared connection, in one transaction.
 
@@ -83,6 +86,11 @@ def _run_offline() -> None:
 def _run_online(target_metadata: MetaData | None) -> None:
     attributes = context.config.attributes
     given = attributes.get("connection")
+    if isinstance(given, Connection) and "extension_schema" in attributes and attributes.get("outside_transaction"):
+        # workspace_tool itself, for a revision that can't run in a transaction (see the module's docstring)
+        with _configured(given, attributes["schema"], target_metadata), context.begin_transaction():
+            context.run_migrations()
+        return
     if isinstance(given, Connection) and "extension_schema" in attributes:
         # workspace_tool itself: the lock, the schema (its name too) and the transaction are the caller's
         check_transactional(given)
