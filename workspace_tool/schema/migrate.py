@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.dberrors import is_driver_error
+from workspace_tool.dberrors import DEADLOCK_DETECTED, is_driver_error, sqlstate
 from workspace_tool.errors import MigrationFailed, WorkspaceError
 from workspace_tool.schema import roles
 from workspace_tool.schema.operation import ENSURE, Operation
@@ -28,6 +28,8 @@ from workspace_tool.schema.state import check_managed, read_state
 from workspace_tool.schema.transaction import STATE_CHANGED, Expected, RegistryRecord, SchemaTransaction, hold_lock
 from workspace_tool.sql import lock_schema, lock_timeout_statement, quote_ident
 from workspace_tool.vocabulary import Action, Path, RegistryAction
+
+DEADLOCK_ATTEMPTS = 5  # the careful path's attempts at a migration PostgreSQL rolls back for a deadlock
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,23 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
     whose registry row commits with it.  Raises what the operation's rules say (WorkspaceOutdated, ...).
 
     A range with a revision that can't run in a transaction: the session's lock is taken too before that
-    transaction ends (having decided nothing), and the range is run in parts under it."""
+    transaction ends (having decided nothing), and the range is run in parts under it.
+
+    A deadlock (SQLSTATE 40P01: PostgreSQL rolled this side back) is run again, up to DEADLOCK_ATTEMPTS
+    times in all: it is what waiting for the schema's lock ends in while another session builds an index
+    concurrently in that schema (the build waits for every older snapshot, the waiter's too). Whatever
+    was committed before recorded its revision, so the new attempt starts from the state it reads."""
     started = time.perf_counter() if started is None else started
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            return _migrate(conn, how, what, started)
+        except Exception as exc:
+            if sqlstate(exc) != DEADLOCK_DETECTED or attempt == DEADLOCK_ATTEMPTS or conn.invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _migrate(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult:
     chain, schema = how.chain, what.schema
     transactions.require(conn)
     with conn.begin():
@@ -162,8 +179,9 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     guarded so that it changes nothing unless the schema is still as the batch read saw it.
 
     Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, Citus, an online step,
-    an empty schema) or the schema turned out not as read: the caller then uses ``migrate``. Database
-    errors are raised as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
+    an empty schema) or the schema turned out not as read, or PostgreSQL rolled it back for a deadlock:
+    the caller then uses ``migrate``. Database errors are raised as SQLAlchemy DBAPIErrors, after the
+    transaction was rolled back."""
     if conn.dialect.driver != "psycopg2" or conn.in_transaction() or how.statement_by_statement:
         return None
     transaction = fast_lane(how, what, expected)
@@ -176,6 +194,8 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         code = getattr(failure, "pgcode", None)
         if code == "22P02" and STATE_CHANGED in str(failure):
             return None
+        if code == DEADLOCK_DETECTED:
+            return None  # rolled back; the careful path waits for the lock again, in a new transaction
         if not conn.invalidated and code not in (None, "55P03") and _moved(conn, what, expected):
             return None  # it failed because the schema changed since it was read, not on its own account
         if isinstance(failure, conn.dialect.loaded_dbapi.Error):
