@@ -310,6 +310,31 @@ def test_ensure_says_in_one_line_where_the_schema_stays(
     assert raised.value.reached == "r2" and raised.value.invalid_indexes == ("ux_items_name",)
 
 
+def test_one_that_reads_the_database_runs_through_alembic_in_autocommit(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    reading = "assert op.get_bind() is not None  # reads the database: runs online\n" + UNIQUE_CONCURRENT
+    chain = chain_with(chain_builder, reading, DROP_UNIQUE_CONCURRENT, FLAG)
+    assert [s.kind for s in chain.plan("r2", "r4").steps] == [StepKind.ONLINE_NON_TRANSACTIONAL, StepKind.COMPILED]
+    fleet.provision(engine, chain, ["dup"], target="r2")
+    fill(engine, "project_dup", 10, duplicate=True)
+    manager = WorkspaceManager(engine, chain_builder.ini)
+    try:
+        with pytest.raises(NonTransactionalFailed) as raised:
+            manager.ensure("dup")
+        assert raised.value.invalid_indexes == ("ux_items_name",)  # named in the revision's source
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM project_dup.items WHERE name = 'twice'"))
+
+        done = manager.ensure_detailed("dup")  # drops the invalid index, then builds it again
+    finally:
+        manager.close()
+
+    assert (done.action, done.path) == (Action.UPGRADED, "mixed")
+    assert indexes(engine, "project_dup") == {"ux_items_name": True}
+    assert assert_consistent(engine) == {"project_dup": "r4"}
+
+
 # ------------------------------------------------------------------ the lock, the session, async
 def test_the_schema_stays_locked_from_the_first_part_to_the_last(
     engine: sa.Engine, chain_builder: ChainBuilder

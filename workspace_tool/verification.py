@@ -18,7 +18,8 @@ dropped. What the proof covers is the same: the catalog the fast path builds equ
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,15 +112,13 @@ def verify_fast_path(
         outer = None  # the transaction rolled back at the end; closed while a range runs committed
         try:
             for from_rev, to_rev, fresh in cases if cases is not None else ranges(chain):
-                if _committed(chain, from_rev, to_rev, fresh):
-                    if outer is not None:
-                        outer.rollback()  # nothing of ours may stay open: a concurrent build waits for it
-                        outer = None
-                    check = _check_committed(conn, chain, extension_schema, token, from_rev, to_rev, fresh)
-                else:
-                    if outer is None:
-                        outer = conn.begin()
-                    check = _check(conn, chain, extension_schema, token, from_rev, to_rev, fresh)
+                committed = _committed(chain, from_rev, to_rev, fresh)
+                if committed and outer is not None:
+                    outer.rollback()  # nothing of ours may stay open: a concurrent build waits for it
+                    outer = None
+                elif not committed and outer is None:
+                    outer = conn.begin()
+                check = _check(conn, chain, extension_schema, token, (from_rev, to_rev, fresh), committed=committed)
                 checks.append(check)
                 if on_check is not None:
                     on_check(check)
@@ -135,66 +134,59 @@ def _committed(chain: Chain, from_rev: str | None, to_rev: str | None, fresh: bo
     return not in_one_transaction(plans)
 
 
-def _check_committed(
-    conn: Connection,
-    chain: Chain,
-    extension_schema: str,
-    token: str,
-    from_rev: str | None,
-    to_rev: str | None,
-    fresh: bool,
-) -> RangeCheck:
-    """``_check`` for a range that can't roll back: each side in a scratch schema committed, then dropped."""
-    catalogs: dict[bool, dict[str, Any]] = {}
-    errors: list[str] = []
-    for online in (True, False):
-        schema = f"{SCRATCH_PREFIX}{token}_{'online' if online else 'fast'}"
-        try:
-            with scratch_schema(conn, chain, schema, extension_schema, _plans(chain, from_rev, to_rev, fresh, online)):
-                conn.execute(PIN_SEARCH_PATH)
-                catalogs[online] = snapshot(conn, schema)
-        except Exception as exc:  # a failing side is a difference, not the end of the proof
-            errors.append(f"{'online path' if online else 'fast path'} failed: {describe(exc)}")
-    return _range_check(chain, from_rev, to_rev, fresh, errors or diff(catalogs[True], catalogs[False]))
-
-
-def _range_check(
-    chain: Chain, from_rev: str | None, to_rev: str | None, fresh: bool, differences: list[str]
-) -> RangeCheck:
-    kind = "fresh" if fresh else ("upgrade" if chain.is_upgrade(from_rev, to_rev) else "downgrade")
-    fast_plan = chain.plan(None if fresh else from_rev, to_rev)
-    return RangeCheck(from_rev, to_rev, kind, fast_plan.path, tuple(differences))
-
-
 def _check(
     conn: Connection,
     chain: Chain,
     extension_schema: str,
     token: str,
-    from_rev: str | None,
-    to_rev: str | None,
-    fresh: bool,
+    case: tuple[str | None, str | None, bool],
+    *,
+    committed: bool,
 ) -> RangeCheck:
+    """One range (from, to, fresh), each side in its scratch schema: in savepoints of conn's transaction,
+    rolled back; or, ``committed``, with conn in no transaction, each part committed, then dropped."""
+    from_rev, to_rev, fresh = case
     catalogs: dict[bool, dict[str, Any]] = {}
     errors: list[str] = []
-    savepoint = conn.begin_nested()
+    savepoint = None if committed else conn.begin_nested()
     try:
         for online in (True, False):
             schema = f"{SCRATCH_PREFIX}{token}_{'online' if online else 'fast'}"
-            side = "online path" if online else "fast path"
-            inner = conn.begin_nested()
+            plans = _plans(chain, from_rev, to_rev, fresh, online)
             try:
-                for plan, create in _plans(chain, from_rev, to_rev, fresh, online):
-                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
-                conn.execute(PIN_SEARCH_PATH)
-                catalogs[online] = snapshot(conn, schema)
-                inner.commit()
+                with _side(conn, chain, schema, extension_schema, plans, committed=committed):
+                    conn.execute(PIN_SEARCH_PATH)
+                    catalogs[online] = snapshot(conn, schema)
             except Exception as exc:  # a failing side is a difference, not the end of the proof
-                inner.rollback()
-                errors.append(f"{side} failed: {describe(exc)}")
+                errors.append(f"{'online path' if online else 'fast path'} failed: {describe(exc)}")
     finally:
-        savepoint.rollback()
-    return _range_check(chain, from_rev, to_rev, fresh, errors or diff(catalogs[True], catalogs[False]))
+        if savepoint is not None:
+            savepoint.rollback()
+    differences = errors or diff(catalogs[True], catalogs[False])
+    kind = "fresh" if fresh else ("upgrade" if chain.is_upgrade(from_rev, to_rev) else "downgrade")
+    return RangeCheck(from_rev, to_rev, kind, chain.plan(None if fresh else from_rev, to_rev).path, tuple(differences))
+
+
+@contextmanager
+def _side(
+    conn: Connection,
+    chain: Chain,
+    schema: str,
+    extension_schema: str,
+    plans: list[tuple[Plan, bool]],
+    *,
+    committed: bool,
+) -> Iterator[None]:
+    """One side's scratch schema through its plans: in a savepoint (kept until the range's is rolled
+    back), or committed and dropped after (``scratch_schema``)."""
+    if committed:
+        with scratch_schema(conn, chain, schema, extension_schema, plans):
+            yield
+        return
+    with conn.begin_nested():
+        for plan, create in plans:
+            run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
+        yield
 
 
 def _plans(
