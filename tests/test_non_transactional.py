@@ -29,6 +29,7 @@ from helpers import (
     lint,
     psql,
     registry_state,
+    run_alembic,
     run_cli,
     schema_version,
     waiting_on_advisory,
@@ -457,6 +458,33 @@ def test_verify_fast_path_check_and_autogenerate_cover_a_chain_with_one(
     written = create_revision("models", config=chain_builder.ini, autogenerate=True, engine=engine)
     assert written.down_revision == "r4"
     assert scratch_schemas(engine) == []  # every scratch schema dropped
+
+
+def test_plain_alembic_keeps_the_guards_through_an_autocommit_block(
+    engine: sa.Engine, chain_builder: ChainBuilder, database_url: URL
+) -> None:
+    chain_builder.add("r1", ITEMS, 'op.drop_table("items")')
+    raw = 'with op.get_context().autocommit_block():\n    op.execute("{}")'  # plain SQL: found by search_path
+    chain_builder.add(
+        "r2",
+        raw.format("CREATE INDEX CONCURRENTLY ix_items_name ON items (name)"),
+        raw.format("DROP INDEX CONCURRENTLY ix_items_name"),
+    )
+    with engine.connect() as conn:
+        bootstrap(conn)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE public.items (id int, name text)"))  # what must not be touched
+    try:
+        up = run_alembic(database_url, "-x", "schema=project_plain", "upgrade", "head", ini=chain_builder.ini)
+        assert up.returncode == 0, up.stderr
+        assert indexes(engine, "project_plain") == {"ix_items_name": True}
+        assert indexes(engine, "public") == {}
+        down = run_alembic(database_url, "-x", "schema=project_plain", "downgrade", "r1", ini=chain_builder.ini)
+        assert down.returncode == 0, down.stderr
+        assert indexes(engine, "project_plain") == {}
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE public.items"))
 
 
 # ----------------------------------------------------------------------------------------- lint
