@@ -292,6 +292,37 @@ def test_a_failed_build_leaves_the_schema_at_the_revision_before_and_a_rerun_cop
     assert assert_consistent(engine) == {"project_good": "r1", "project_dup": "r1"}
 
 
+def test_a_build_that_waits_longer_than_the_lock_timeout_is_retried_then_reported(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = chain_with(chain_builder, CONCURRENT, DROP_CONCURRENT)
+    fleet.provision(engine, chain, ["slow"], target="r1")
+    fill(engine, "project_slow", 100)
+    reader = engine.connect()  # an old snapshot the build waits for, held through the run
+    reader.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    reader.exec_driver_sql("SELECT count(*) FROM pg_class")
+    try:
+        report = fleet.upgrade(engine, chain, lock_timeout_ms=200, retries=1)
+    finally:
+        reader.rollback()
+        reader.close()
+
+    (result,) = report.results
+    assert (result.status, result.attempts) == (fleet.FAILED, 2)  # the lock timeout was retried once
+    assert result.error is not None and result.error.startswith("lock timeout (200 ms, 2 attempts): ")
+    assert "project_slow stays at revision r2, with the invalid index(es) the failed build left: ix_items_name" in (
+        result.error
+    )
+    assert schema_version(engine, "project_slow") == "r2"
+    assert indexes(engine, "project_slow") == {"ix_items_name": False}
+
+    again = fleet.upgrade(engine, chain, lock_timeout_ms=200)
+
+    assert [r.status for r in again.results] == [fleet.OK]
+    assert indexes(engine, "project_slow") == {"ix_items_name": True}
+    assert assert_consistent(engine) == {"project_slow": "r4"}
+
+
 def test_ensure_says_in_one_line_where_the_schema_stays(
     engine: sa.Engine, chain_builder: ChainBuilder, url_string: str
 ) -> None:
@@ -334,6 +365,28 @@ def test_one_that_reads_the_database_runs_through_alembic_in_autocommit(
     assert (done.action, done.path) == (Action.UPGRADED, "mixed")
     assert indexes(engine, "project_dup") == {"ux_items_name": True}
     assert assert_consistent(engine) == {"project_dup": "r4"}
+
+
+def test_a_chain_that_starts_with_one(engine: sa.Engine, chain_builder: ChainBuilder) -> None:
+    """From base: the version table is made before it, the version row written after it; to base, the
+    row deleted after it. A revision's own Python error says where the schema stays too."""
+    chain_builder.add("r1", 'op.execute("CREATE TABLE items (id int)")', 'op.execute("DROP TABLE items")', extra=FLAG)
+    chain_builder.add("r2", 'raise RuntimeError("not today")', extra=FLAG)
+    chain = Chain.load(chain_builder.ini)
+    with engine.connect() as conn:
+        bootstrap(conn)
+    manager = WorkspaceManager(engine, chain_builder.ini)
+    try:
+        with pytest.raises(
+            NonTransactionalFailed, match=r"RuntimeError: not today; project_first stays at revision r1"
+        ):
+            manager.ensure("first")
+    finally:
+        manager.close()
+    assert assert_consistent(engine) == {"project_first": "r1"}
+    assert verify_fast_path(engine, chain, cases=[(None, "r1", True), ("r1", None, False)]).identical
+    assert {r.status for r in fleet.downgrade(engine, chain, target="base").results} == {fleet.OK}
+    assert assert_consistent(engine) == {"project_first": None}
 
 
 # ------------------------------------------------------------------ the lock, the session, async

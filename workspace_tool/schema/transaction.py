@@ -48,7 +48,7 @@ from sqlalchemy.util import await_only
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
 from workspace_tool.chain.plan import split_version_move, split_version_statements
-from workspace_tool.dberrors import describe, is_connection_error, is_driver_error, sqlstate
+from workspace_tool.dberrors import describe, is_connection_error, sqlstate
 from workspace_tool.errors import NonTransactionalFailed
 from workspace_tool.registry import upsert_sql
 from workspace_tool.sql import (
@@ -346,8 +346,8 @@ class SchemaTransaction:
         """One step that can't run in a transaction, on conn in autocommit under the session's search_path
         (and lock_timeout): the invalid indexes that a failed earlier run of it left and that it names are
         dropped first, then each of its statements is sent on its own (or Alembic runs it). The session's
-        settings are put back after. A failure raises NonTransactionalFailed, which names the invalid
-        indexes it left; a lost connection, or a revision's own Python error, is raised as it is."""
+        settings are put back after. A failure raises NonTransactionalFailed, which says where the schema
+        stays and names the invalid indexes it left; a lost connection is raised as it is."""
         with conn.begin():
             saved = conn.execute(_SETTINGS).one()
             send(conn, self._session_settings(), statement_by_statement=False)
@@ -378,9 +378,10 @@ class SchemaTransaction:
             _in_own_transaction(conn, lambda: conn.execute(_RESTORE, saved._asdict()))
 
     def _failed(self, conn: Connection, chain: Chain, step: Step, failure: Exception) -> Exception:
-        """The error to raise for a failed step: NonTransactionalFailed for the database's refusal (with
-        the invalid indexes it left); the failure itself for a lost connection or a Python error."""
-        if conn.invalidated or is_connection_error(failure) or not is_driver_error(failure):
+        """The error to raise for a failed step: NonTransactionalFailed (the database's refusal, with the
+        invalid indexes it left, or a revision's own Python error); the failure itself for a lost
+        connection (the fleet retries it)."""
+        if conn.invalidated or is_connection_error(failure):
             return failure
         left: tuple[str, ...] = ()
         with contextlib.suppress(Exception), conn.begin():
