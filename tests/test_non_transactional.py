@@ -416,6 +416,33 @@ def test_the_schema_stays_locked_from_the_first_part_to_the_last(
     assert indexes(engine, "project_held") == {"ux_items_name": True}
 
 
+def test_another_runs_fast_lane_waiting_for_the_schema_during_a_build_goes_the_careful_way(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = chain_with(chain_builder, GATED, DROP_UNIQUE_CONCURRENT, FLAG)
+    fleet.provision(engine, chain, ["both"], target="r1")
+    gate = Gate(engine)
+    up = Victim(lambda: fleet.upgrade(engine, chain))
+    down = Victim(lambda: fleet.downgrade(engine, chain, target="r1"))  # reads r2: a fast lane, r2 -> r1
+    try:
+        up.start()
+        assert gate.wait_for(1) == 1  # the upgrade is in r3, at r2
+        down.start()
+        with engine.connect() as admin:
+            waiting_on_advisory(admin, 2, up, down)  # the downgrade's batch waits for the schema's lock
+    finally:
+        gate.open()  # the build starts, and waits for the batch's snapshot: a deadlock, one side rolled back
+    up.finish()
+    down.finish()
+
+    assert up.error is None and down.error is None, (up.error, down.error)
+    for run in (up.result, down.result):
+        assert isinstance(run, fleet.FleetReport)
+        assert [r.status for r in run.results] == [fleet.OK], run.results
+    assert assert_consistent(engine) == {"project_both": "r1"}
+    assert indexes(engine, "project_both") == {}
+
+
 def test_the_session_is_given_back_as_it_was(engine: sa.Engine, chain_builder: ChainBuilder) -> None:
     chain = chain_with(chain_builder, CONCURRENT, DROP_CONCURRENT)
     settings = sa.text("SELECT current_setting('search_path'), current_setting('lock_timeout')")
