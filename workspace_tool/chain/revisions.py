@@ -197,8 +197,8 @@ class Chain:
     def _runs(
         self, from_rev: str | None, to_rev: str | None, *, online: bool
     ) -> list[tuple[str | None, str | None, bool, bool, list[str]]]:
-        """(start, end, online, outside a transaction, revisions): maximal runs of revisions alike, each
-        revision that can't run in a transaction alone."""
+        """(start, end, through Alembic, outside a transaction, revisions): maximal runs of revisions alike,
+        each revision that can't run in a transaction alone."""
         upgrading = self.is_upgrade(from_rev, to_rev)
         runs: list[tuple[str | None, str | None, bool, bool, list[str]]] = []
         current = from_rev
@@ -206,13 +206,13 @@ class Chain:
             script = self.script.get_revision(rev)
             assert script is not None
             after = rev if upgrading else self.resolve_down(script)
-            alike = online or rev in self._online or (rev, upgrading) in self._unrenderable
+            through_alembic = online or rev in self._online or (rev, upgrading) in self._unrenderable
             outside = rev in self._outside
-            if runs and runs[-1][2] == alike and not outside and not runs[-1][3]:
+            if runs and runs[-1][2] == through_alembic and not outside and not runs[-1][3]:
                 start, _, _, _, revs = runs[-1]
-                runs[-1] = (start, after, alike, False, [*revs, rev])
+                runs[-1] = (start, after, through_alembic, False, [*revs, rev])
             else:
-                runs.append((current, after, alike, outside, [rev]))
+                runs.append((current, after, through_alembic, outside, [rev]))
             current = after
         return runs
 
@@ -223,11 +223,11 @@ class Chain:
         those that fail (remembered per direction) run online."""
         upgrading = self.is_upgrade(from_rev, to_rev)
         steps: list[Step] = []
-        for start, end, alike_online, outside, revs in self._runs(from_rev, to_rev, online=online):
+        for start, end, through_alembic, outside, revs in self._runs(from_rev, to_rev, online=online):
             if outside:
-                steps.append(self._outside_step(revs[0], start, end, online=alike_online, upgrading=upgrading))
+                steps.append(self._outside_step(revs[0], start, end, online=through_alembic, upgrading=upgrading))
                 continue
-            if alike_online:
+            if through_alembic:
                 steps.append(Step(StepKind.ONLINE, start, end))
                 continue
             try:
