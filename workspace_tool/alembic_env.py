@@ -20,9 +20,14 @@ anywhere else. Online, the project schema comes from ``config.attributes["schema
   that Alembic commits. A connection in AUTOCOMMIT is refused: ``SET LOCAL`` and a transaction-level
   lock do nothing there.
 * **workspace_tool itself** also passes ``extension_schema``: it holds the lock and created the schema in
-  its own transaction, so only the guards are set (no extra round trip).
+  its own transaction, so only the guards are set (no extra round trip). For a revision that can't run in
+  a transaction it passes ``outside_transaction``: the connection is in AUTOCOMMIT, holds the schema's
+  session lock and has the session's search_path set; Alembic's transaction block is opened on it, so a
+  revision's ``autocommit_block()`` has one to end.
 * **The plain Alembic CLI**: ``alembic -x schema=project_foo upgrade head``, with the URL from ``-x url=``,
-  ``WORKSPACE_TOOL_DATABASE_URL`` or ``sqlalchemy.url``; as for a shared connection, in one transaction.
+  ``WORKSPACE_TOOL_DATABASE_URL`` or ``sqlalchemy.url``; as for a shared connection, in one transaction
+  (which a revision's ``autocommit_block()`` commits early, as Alembic does: the search_path and the lock
+  are then held by the session too, until the end).
 
 Offline (``--sql``) the SQL starts with ``CREATE SCHEMA IF NOT EXISTS`` and the search_path when a schema
 is named. workspace_tool compiles a chain with ``compile=True`` and an ``output_buffer``: no transaction and
@@ -44,7 +49,7 @@ from workspace_tool import transactions
 from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_extension_schema
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.naming import validate_schema_name
-from workspace_tool.sql import lock_schema, quote_ident, search_path_sql
+from workspace_tool.sql import lock_schema, lock_statement, quote_ident, search_path_sql, unlock_statement
 from workspace_tool.urls import sync_url
 
 MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
@@ -83,6 +88,11 @@ def _run_offline() -> None:
 def _run_online(target_metadata: MetaData | None) -> None:
     attributes = context.config.attributes
     given = attributes.get("connection")
+    if isinstance(given, Connection) and "extension_schema" in attributes and attributes.get("outside_transaction"):
+        # workspace_tool itself, for a revision that can't run in a transaction (see the module's docstring)
+        with _configured(given, attributes["schema"], target_metadata), context.begin_transaction():
+            context.run_migrations()
+        return
     if isinstance(given, Connection) and "extension_schema" in attributes:
         # workspace_tool itself: the lock, the schema (its name too) and the transaction are the caller's
         check_transactional(given)
@@ -119,14 +129,31 @@ def _run_online(target_metadata: MetaData | None) -> None:
 
 
 def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None) -> None:
-    """Lock, create and migrate ``schema`` in conn's transaction (begun and committed here if it had none)."""
+    """Lock, create and migrate ``schema`` in conn's transaction (begun and committed here if it had none).
+
+    When the transaction is Alembic's (conn had none), a revision's ``autocommit_block()`` commits it
+    early, which would end ``SET LOCAL search_path`` and the transaction's lock: so the session holds both
+    too (its own search_path put back, the lock released, at the end)."""
     check_transactional(conn)
-    with _configured(conn, schema, target_metadata), context.begin_transaction():
-        lock_schema(conn, schema)
-        extension_schema = find_extension_schema(conn)
-        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
-        conn.execute(text(search_path_sql(schema, extension_schema)))
-        context.run_migrations()
+    owned = not conn.in_transaction()
+    saved: str | None = None
+    try:
+        with _configured(conn, schema, target_metadata), context.begin_transaction():
+            lock_schema(conn, schema)
+            if owned:
+                saved = conn.execute(text("SELECT current_setting('search_path')")).scalar_one()
+                conn.execute(text(lock_statement(schema, session=True)))
+            extension_schema = find_extension_schema(conn)
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
+            conn.execute(text(search_path_sql(schema, extension_schema, local=not owned)))
+            context.run_migrations()
+    finally:
+        if saved is not None and not conn.invalidated:
+            if conn.in_transaction():
+                conn.rollback()
+            with conn.begin():
+                conn.execute(text("SELECT set_config('search_path', :path, false)"), {"path": saved})
+                conn.execute(text(unlock_statement(schema)))
 
 
 @contextmanager

@@ -44,7 +44,7 @@ from workspace_tool.chain.autogenerate import autogenerate_options
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
 from workspace_tool.managers import cache
-from workspace_tool.schema.migrate import run_plan
+from workspace_tool.schema.migrate import scratch_schema
 from workspace_tool.sql import quote_ident, search_path_sql
 
 SCRATCH_PREFIX = "project_autogen_"
@@ -190,19 +190,20 @@ def _alembic_revision(
 @contextmanager
 def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Connection, str, str]]:
     """A project schema at head (empty for a chain with no revision yet), inside a transaction that is
-    rolled back; dropped again on the way out."""
+    rolled back (``scratch_schema``); dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with translating(engine.url), transactions.connect(engine) as conn:
         extension_schema = registry.bootstrap(conn)
         try:
-            with conn.begin() as transaction:
-                if chain is None:
+            if chain is None:
+                with conn.begin() as transaction:
                     conn.execute(text(f"CREATE SCHEMA {quote_ident(schema)}"))
-                else:
-                    plan = chain.plan(None, chain.head)
-                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
-                yield conn, schema, extension_schema
-                transaction.rollback()
+                    yield conn, schema, extension_schema
+                    transaction.rollback()
+            else:
+                plans = [(chain.plan(None, chain.head), True)]
+                with scratch_schema(conn, chain, schema, extension_schema, plans):
+                    yield conn, schema, extension_schema
         finally:
             if conn.in_transaction():
                 conn.rollback()

@@ -13,6 +13,7 @@ from workspace_tool.errors import DatabaseUnavailable, LockTimeout, MigrationFai
 from workspace_tool.urls import redact_text, url_secrets
 
 LOCK_SQLSTATES = {"55P03"}  # lock_not_available (lock_timeout)
+DEADLOCK_DETECTED = "40P01"  # PostgreSQL rolled this transaction back to break a deadlock: run it again
 INSUFFICIENT_PRIVILEGE = "42501"
 CONNECTION_SQLSTATE_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / crash
 _CONNECTION_WORDS = (

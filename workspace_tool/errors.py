@@ -137,6 +137,44 @@ class MigrationFailed(WorkspaceError):
         super().__init__(f"migrating {schema} failed and was rolled back: {detail}")
 
 
+class NonTransactionalFailed(MigrationFailed):
+    """A revision that can't run in a transaction failed in one schema. The schema stays at the revision
+    before it (what ran in transactions before it is committed, and recorded); a failed concurrent index
+    build leaves its index INVALID (``invalid_indexes``), which the next run drops before building it
+    again. ``sqlstate`` is the server's error code (55P03 for a lock timeout: the fleet retries it)."""
+
+    def __init__(
+        self,
+        schema: str,
+        revisions: str,
+        reached: str | None,
+        detail: str,
+        invalid_indexes: tuple[str, ...] = (),
+        sqlstate: str | None = None,
+    ) -> None:
+        self.schema = schema
+        self.detail = detail
+        self.revisions = revisions
+        self.reached = reached
+        self.invalid_indexes = invalid_indexes
+        self.sqlstate = sqlstate
+        message = (
+            f"migrating {schema} failed in {revisions}, which runs outside a transaction: {detail}; {schema} "
+            f"stays at revision {reached or 'base'}"
+        )
+        if invalid_indexes:
+            names = ", ".join(invalid_indexes)
+            quoted = ['"' + name.replace('"', '""') + '"' for name in invalid_indexes]
+            drops = "; ".join(f'DROP INDEX CONCURRENTLY "{schema}".{name}' for name in quoted)
+            message += (
+                f", with the invalid index(es) the failed build left: {names}. Fix the cause and run it again "
+                f"(the run drops them first), or drop them yourself: {drops}"
+            )
+        else:
+            message += ": fix the cause and run it again"
+        WorkspaceError.__init__(self, message)
+
+
 class PermissionDenied(WorkspaceError):
     """The database role lacks a privilege (SQLSTATE 42501); its transaction was rolled back.
 

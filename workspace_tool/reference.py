@@ -31,7 +31,7 @@ from workspace_tool.dberrors import first_line, role_phrase
 from workspace_tool.errors import PermissionDenied, WorkspaceError
 from workspace_tool.registry import REGISTRY_SCHEMA
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, fingerprints, snapshot
-from workspace_tool.schema.migrate import run_plan
+from workspace_tool.schema.migrate import scratch_schema
 
 SCRATCH_PREFIX = "workspace_drift_"  # not a project schema name: never listed, and rolled back anyway
 CATALOG_FORMAT = 1  # bump when catalog.snapshot or catalog.fingerprints change what they read
@@ -83,19 +83,16 @@ def reference_key(parts: dict[str, Any]) -> str:
 
 def build(conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms: int | None = None) -> Reference:
     """Run the chain from base to head into a scratch schema and read its catalog, in a transaction that
-    is rolled back. ``conn`` must not be in a transaction; needs CREATE on the database."""
+    is rolled back (a chain with a revision that can't run in a transaction: committed, then dropped).
+    ``conn`` must not be in a transaction; needs CREATE on the database."""
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
-    transaction = conn.begin()
-    try:
-        if lock_timeout_ms is not None:
-            conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{int(lock_timeout_ms)}ms"})
-        plan = chain.plan(None, chain.head)
-        run_plan(conn, chain, scratch, parts["extension_schema"], plan, create_schema=True)
+    plan = chain.plan(None, chain.head)
+    with scratch_schema(
+        conn, chain, scratch, parts["extension_schema"], [(plan, True)], lock_timeout_ms=lock_timeout_ms
+    ):
         conn.execute(PIN_SEARCH_PATH)
         catalog = snapshot(conn, scratch)
         fingerprint = fingerprints(conn, [scratch])[scratch]
-    finally:
-        transaction.rollback()
     return Reference(chain.head, reference_key(parts), catalog, fingerprint, "built")
 
 

@@ -22,9 +22,10 @@ def sql_literal(value: str | None) -> str:
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 
 
-def advisory_lock_sql(key: str) -> str:
-    """Take the transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter)."""
-    return f"SELECT pg_advisory_xact_lock(hashtextextended({key}, 0))"
+def advisory_lock_sql(key: str, function: str = "pg_advisory_xact_lock") -> str:
+    """Take the transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter);
+    ``function`` names another advisory-lock function on the same key (the session's lock, its release)."""
+    return f"SELECT {function}(hashtextextended({key}, 0))"
 
 
 # One statement, so taking the lock is a single round trip.
@@ -36,22 +37,31 @@ def lock_key(schema: str) -> str:
     return LOCK_NAMESPACE + schema
 
 
-def lock_statement(schema: str) -> str:
-    """The schema's lock as a literal statement, for a batch or a script."""
-    return advisory_lock_sql(sql_literal(lock_key(schema)))
+def lock_statement(schema: str, *, session: bool = False) -> str:
+    """The schema's lock as a literal statement, for a batch or a script: the transaction's, or with
+    ``session`` the session's (kept across transactions until ``unlock_statement``). Both are the same
+    lock: another session waits for either, and the session holding one takes the other at once."""
+    return advisory_lock_sql(sql_literal(lock_key(schema)), "pg_advisory_lock" if session else "pg_advisory_xact_lock")
 
 
-def lock_timeout_statement(timeout_ms: int) -> str:
-    """Bound every lock wait of the transaction (SQLSTATE 55P03 when exceeded)."""
-    return f"SET LOCAL lock_timeout = '{int(timeout_ms)}ms'"
+def unlock_statement(schema: str) -> str:
+    """Release the schema's session lock."""
+    return advisory_lock_sql(sql_literal(lock_key(schema)), "pg_advisory_unlock")
 
 
-def search_path_sql(schema: str, extension_schema: str) -> str:
-    """The project schema first, then only the schema holding the vector extension."""
+def lock_timeout_statement(timeout_ms: int, *, local: bool = True) -> str:
+    """Bound every lock wait of the transaction (SQLSTATE 55P03 when exceeded); of the session with
+    ``local=False``."""
+    return f"SET {'LOCAL ' if local else ''}lock_timeout = '{int(timeout_ms)}ms'"
+
+
+def search_path_sql(schema: str, extension_schema: str, *, local: bool = True) -> str:
+    """The project schema first, then only the schema holding the vector extension: for the
+    transaction, or for the session with ``local=False``."""
     path = [quote_ident(schema)]
     if extension_schema not in (schema, "pg_catalog"):
         path.append(quote_ident(extension_schema))
-    return "SET LOCAL search_path TO " + ", ".join(path)
+    return f"SET {'LOCAL ' if local else ''}search_path TO " + ", ".join(path)
 
 
 def lock_schema(conn: Connection, schema: str) -> None:

@@ -21,6 +21,10 @@ class StepKind(Word):
 
     COMPILED = "compiled"  # Alembic's offline SQL, replayed under the schema's search_path
     ONLINE = "online"  # run through Alembic on the connection (it reads the database, or won't render)
+    # One revision that can't run in a transaction (CREATE INDEX CONCURRENTLY, ...): its own step, sent
+    # outside the schema's transactions, under the schema's session-level lock.
+    NON_TRANSACTIONAL = "non-transactional"  # its compiled statements, each on its own
+    ONLINE_NON_TRANSACTIONAL = "online non-transactional"  # through Alembic, on a connection in autocommit
 
 
 class Path(Word):

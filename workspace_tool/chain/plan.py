@@ -3,6 +3,10 @@
 A Step's kind is explicit (``StepKind``); a new way for a revision to reach the database (a spare schema
 renamed from a pool, a revision that must run outside a transaction) is a new kind here, and the schema
 transaction (``workspace_tool.schema.transaction``) says how each kind is sent.
+
+A revision that can't run in a transaction is a step of its own (NON_TRANSACTIONAL: compiled, or
+ONLINE_NON_TRANSACTIONAL: through Alembic); ``split_version_statements`` takes Alembic's version-table
+bookkeeping out of its compiled statements, to run in the transactions before and after it.
 """
 
 from __future__ import annotations
@@ -22,13 +26,18 @@ _VERSION_MOVE = re.compile(
     r"^(UPDATE alembic_version SET version_num='[^']*' WHERE alembic_version\.version_num = '[^']*'"
     r"|DELETE FROM alembic_version WHERE alembic_version\.version_num = '[^']*');\s*\Z"
 )
+# Alembic's bookkeeping in a one-revision range: the version table made (from base), the row moved.
+_VERSION_TABLE_MADE = re.compile(r"^CREATE TABLE (IF NOT EXISTS )?alembic_version \(")
+_VERSION_ROW_MOVED = re.compile(r"^(INSERT INTO|UPDATE|DELETE FROM) alembic_version\b")
+_NOT_TRANSACTIONAL = (StepKind.NON_TRANSACTIONAL, StepKind.ONLINE_NON_TRANSACTIONAL)
 
 
 @dataclass(frozen=True)
 class Step:
     """Part of a range. COMPILED: ``statements``, each one SQL statement ending with ';', with no schema
     name in it (they run under the project schema's search_path). ONLINE: Alembic runs from_rev -> to_rev
-    on the connection."""
+    on the connection. NON_TRANSACTIONAL / ONLINE_NON_TRANSACTIONAL: one revision that can't run in a
+    transaction, as compiled statements / through Alembic."""
 
     kind: StepKind
     from_rev: str | None
@@ -37,7 +46,13 @@ class Step:
 
     @property
     def online(self) -> bool:
-        return self.kind is StepKind.ONLINE
+        """Whether Alembic runs it (no compiled statements)."""
+        return self.kind in (StepKind.ONLINE, StepKind.ONLINE_NON_TRANSACTIONAL)
+
+    @property
+    def transactional(self) -> bool:
+        """False for a revision that can't run in a transaction: it runs between the schema's transactions."""
+        return self.kind not in _NOT_TRANSACTIONAL
 
     @property
     def sql(self) -> str | None:
@@ -92,6 +107,18 @@ def split_version_move(statements: Sequence[str]) -> tuple[tuple[str, ...], str]
     if not statements or not (final := _VERSION_MOVE.match(statements[-1])):
         return None
     return tuple(statements[:-1]), final.group(1)
+
+
+def split_version_statements(statements: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """One revision's compiled statements as (the version table made, from base; the revision's own
+    statements; the version row moved): a non-transactional step runs only the middle ones outside a
+    transaction, the first in the transaction before it, the last in the one after it succeeded."""
+    rest = list(statements)
+    made = [rest.pop(0)] if rest and _VERSION_TABLE_MADE.match(rest[0]) else []
+    moved: list[str] = []
+    while rest and _VERSION_ROW_MOVED.match(rest[-1]):
+        moved.insert(0, rest.pop())
+    return tuple(made), tuple(rest), tuple(moved)
 
 
 def compiled_statements(chunks: list[str], from_rev: str | None, to_rev: str | None) -> tuple[str, ...]:

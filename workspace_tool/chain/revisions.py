@@ -25,6 +25,12 @@ from workspace_tool.vocabulary import StepKind
 # A revision opts out of compiling with a module-level ``workspace_online = True``; these calls in its
 # source mean it needs a live connection (or behaves differently offline), so it is run online too.
 _NEEDS_CONNECTION = re.compile(r"\bget_bind\s*\(|\bis_offline_mode\s*\(|\bget_context\s*\(")
+# A revision that can't run in a transaction says so with a module-level ``workspace_transactional =
+# False``, or uses Alembic's autocommit_block(); ``op.get_context().autocommit_block()`` alone renders
+# offline (with the compile settings, Alembic emits nothing for the block itself), so it is compiled.
+NON_TRANSACTIONAL_ATTRIBUTE = "workspace_transactional"
+_AUTOCOMMIT_BLOCK = re.compile(r"\bautocommit_block\s*\(")
+_CONTEXT_FOR_AUTOCOMMIT = re.compile(r"\bget_context\s*\(\s*\)\s*\.\s*autocommit_block\s*\(")
 # alembic.ini main option that turns the fast path off for a whole chain (every range runs online).
 FAST_PATH_OPTION = "workspace_fast_path"
 # The package's chain environment (what a chain's env.py runs), found without importing it.
@@ -58,6 +64,7 @@ class Chain:
             for rev in self._order
             if not self.fast_path_enabled or self._needs_online(self.script.get_revision(rev))
         }
+        self._outside = {rev for rev in self._order if self._declares_outside(self.script.get_revision(rev))}
         self._plans: dict[tuple[str | None, str | None, bool], Plan] = {}
         self._unrenderable: set[tuple[str, bool]] = set()  # (revision, upgrading) that failed to compile
 
@@ -128,16 +135,33 @@ class Chain:
         False for a revision that opts out (``workspace_online``) or reads the database (``get_bind()``)."""
         return not self._needs_online(self.script.get_revision(revision))
 
+    def runs_outside_transaction(self, revision: str) -> bool:
+        """Whether the revision can't run in a transaction (``workspace_transactional = False``, or
+        Alembic's ``autocommit_block()``): it runs between the schema's transactions, in autocommit."""
+        return revision in self._outside
+
+    def source(self, revision: str | None) -> str:
+        """The revision file's text ('' for base, or a file that can't be read)."""
+        script = None if revision is None else self.script.get_revision(revision)
+        return "" if script is None else _source(script) or ""
+
     def _needs_online(self, script: Script | None) -> bool:
         if script is None or script.module is None:
             return False
         if getattr(script.module, "workspace_online", False):
             return True
-        try:
-            source = Path(script.path).read_text(encoding="utf-8")
-        except OSError:
+        source = _source(script)
+        if source is None:
             return True
-        return bool(_NEEDS_CONNECTION.search(source))
+        return bool(_NEEDS_CONNECTION.search(_CONTEXT_FOR_AUTOCOMMIT.sub("", source)))
+
+    @staticmethod
+    def _declares_outside(script: Script | None) -> bool:
+        if script is None or script.module is None:
+            return False
+        if getattr(script.module, NON_TRANSACTIONAL_ATTRIBUTE, True) is False:
+            return True
+        return bool(_AUTOCOMMIT_BLOCK.search(_source(script) or ""))
 
     @cached_property
     def fingerprint(self) -> str:
@@ -154,10 +178,12 @@ class Chain:
         return digest.hexdigest()[:16]
 
     def plan(self, from_rev: str | None, to_rev: str | None, *, online: bool = False) -> Plan:
-        """Split from_rev -> to_rev into compiled and online steps; cached per process.
+        """Split from_rev -> to_rev into compiled and online steps; cached per process. A revision that
+        can't run in a transaction is always a step of its own (NON_TRANSACTIONAL when it compiles).
 
-        ``online=True`` plans the whole range as one online step (everything through Alembic): the
-        reference the fast path is verified against, and a way to bypass it."""
+        ``online=True`` plans the whole range through Alembic, one online step between the revisions that
+        can't run in a transaction (each its own ONLINE_NON_TRANSACTIONAL step): the reference the fast
+        path is verified against, and a way to bypass it."""
         key = (from_rev, to_rev, online)
         plan = self._plans.get(key)
         if plan is not None:
@@ -165,37 +191,43 @@ class Chain:
         with ALEMBIC_LOCK:
             plan = self._plans.get(key)
             if plan is None:
-                if online:
-                    steps: tuple[Step, ...] = (
-                        (Step(StepKind.ONLINE, from_rev, to_rev),) if self._between(from_rev, to_rev) else ()
-                    )
-                else:
-                    steps = tuple(self._steps(from_rev, to_rev))
-                plan = self._plans[key] = Plan(from_rev, to_rev, steps)
+                plan = self._plans[key] = Plan(from_rev, to_rev, tuple(self._steps(from_rev, to_rev, online=online)))
         return plan
 
-    def _steps(self, from_rev: str | None, to_rev: str | None) -> list[Step]:
-        """Maximal runs of compilable revisions become one compiled step each; the rest run online.
-
-        A run that fails to render offline is split: each of its revisions is rendered alone, and only
-        those that fail (remembered per direction) run online."""
+    def _runs(
+        self, from_rev: str | None, to_rev: str | None, *, online: bool
+    ) -> list[tuple[str | None, str | None, bool, bool, list[str]]]:
+        """(start, end, through Alembic, outside a transaction, revisions): maximal runs of revisions alike,
+        each revision that can't run in a transaction alone."""
         upgrading = self.is_upgrade(from_rev, to_rev)
-        segments: list[tuple[str | None, str | None, bool, list[str]]] = []
+        runs: list[tuple[str | None, str | None, bool, bool, list[str]]] = []
         current = from_rev
         for rev in self._between(from_rev, to_rev):
             script = self.script.get_revision(rev)
             assert script is not None
             after = rev if upgrading else self.resolve_down(script)
-            online = rev in self._online or (rev, upgrading) in self._unrenderable
-            if segments and segments[-1][2] == online:
-                start, _, _, revs = segments[-1]
-                segments[-1] = (start, after, online, [*revs, rev])
+            through_alembic = online or rev in self._online or (rev, upgrading) in self._unrenderable
+            outside = rev in self._outside
+            if runs and runs[-1][2] == through_alembic and not outside and not runs[-1][3]:
+                start, _, _, _, revs = runs[-1]
+                runs[-1] = (start, after, through_alembic, False, [*revs, rev])
             else:
-                segments.append((current, after, online, [rev]))
+                runs.append((current, after, through_alembic, outside, [rev]))
             current = after
+        return runs
+
+    def _steps(self, from_rev: str | None, to_rev: str | None, *, online: bool = False) -> list[Step]:
+        """Maximal runs of compilable revisions become one compiled step each; the rest run online.
+
+        A run that fails to render offline is split: each of its revisions is rendered alone, and only
+        those that fail (remembered per direction) run online."""
+        upgrading = self.is_upgrade(from_rev, to_rev)
         steps: list[Step] = []
-        for start, end, online, revs in segments:
-            if online:
+        for start, end, through_alembic, outside, revs in self._runs(from_rev, to_rev, online=online):
+            if outside:
+                steps.append(self._outside_step(revs[0], start, end, online=through_alembic, upgrading=upgrading))
+                continue
+            if through_alembic:
                 steps.append(Step(StepKind.ONLINE, start, end))
                 continue
             try:
@@ -205,6 +237,15 @@ class Chain:
                     return self._steps(from_rev, to_rev)
                 steps.append(Step(StepKind.ONLINE, start, end))
         return steps
+
+    def _outside_step(self, rev: str, start: str | None, end: str | None, *, online: bool, upgrading: bool) -> Step:
+        """A revision that can't run in a transaction: compiled when it renders offline, else online."""
+        if not online:
+            try:
+                return Step(StepKind.NON_TRANSACTIONAL, start, end, self.compile_statements(start, end))
+            except Exception:
+                self._unrenderable.add((rev, upgrading))
+        return Step(StepKind.ONLINE_NON_TRANSACTIONAL, start, end)
 
     def _find_unrenderable(self, revs: list[str], start: str | None, upgrading: bool) -> bool:
         found = False
@@ -241,19 +282,33 @@ class Chain:
 
     # -------------------------------------------------------------------- online
     def run_online(
-        self, conn: Connection, schema: str, extension_schema: str, from_rev: str | None, to_rev: str | None
+        self,
+        conn: Connection,
+        schema: str,
+        extension_schema: str,
+        from_rev: str | None,
+        to_rev: str | None,
+        *,
+        outside_transaction: bool = False,
     ) -> None:
-        """Run from_rev -> to_rev through Alembic on conn, in the caller's transaction."""
-        self._run_env(
-            from_rev,
-            to_rev,
-            as_sql=False,
-            attributes={"connection": conn, "schema": schema, "extension_schema": extension_schema},
-        )
+        """Run from_rev -> to_rev through Alembic on conn, in the caller's transaction; with
+        ``outside_transaction``, on conn in autocommit, under the session's search_path (a revision that
+        can't run in a transaction)."""
+        attributes = {"connection": conn, "schema": schema, "extension_schema": extension_schema}
+        if outside_transaction:
+            attributes["outside_transaction"] = True
+        self._run_env(from_rev, to_rev, as_sql=False, attributes=attributes)
 
     def _run_env(self, from_rev: str | None, to_rev: str | None, *, as_sql: bool, attributes: dict[str, Any]) -> None:
         upgrading = self.is_upgrade(from_rev, to_rev)
         run_env(self.config, self.script, from_rev, to_rev, upgrading=upgrading, as_sql=as_sql, attributes=attributes)
+
+
+def _source(script: Script) -> str | None:
+    try:
+        return Path(script.path).read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def _truthy(value: str | None) -> bool:

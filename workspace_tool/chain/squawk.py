@@ -4,7 +4,9 @@ squawk (PyPI ``squawk-cli``, the ``workspace-tool[squawk]`` extra) is a linter f
 Each revision is rendered alone, offline and with no schema name, exactly as the fast path replays it
 (``Chain.compile(down_revision, revision)``; no database), minus Alembic's version-table bookkeeping.
 All revisions go to one squawk run, each wrapped in the transaction the tool runs it in (one per schema),
-and squawk's JSON report is mapped back to the revision and the statement.
+and squawk's JSON report is mapped back to the revision and the statement. A revision that can't run in a
+transaction (``workspace_transactional = False``, ``autocommit_block()``) runs each statement on its own:
+those go to a second squawk run, unwrapped and not assumed in a transaction.
 
 Revisions that only run online (``workspace_online = True``, ``op.get_bind()``, ...) or fail to render
 offline have no SQL to check: they are listed as not checked. Upgrades only: downgrades undo what an
@@ -201,15 +203,17 @@ def _render(chain: Chain, rev: str) -> tuple[Path, list[str] | str]:
         return path, f"cannot be rendered offline ({first_line(exc)}), so it runs online"
 
 
-def _write(directory: Path, index: int, path: Path, sql: list[str]) -> tuple[str, _Revision]:
-    """One file per revision: its statements inside BEGIN/COMMIT, as each schema's transaction runs them."""
-    lines = ["BEGIN;"]
+def _write(directory: Path, index: int, path: Path, sql: list[str], *, transactional: bool) -> tuple[str, _Revision]:
+    """One file per revision: its statements inside BEGIN/COMMIT, as each schema's transaction runs them
+    (alone, for a revision that can't run in a transaction)."""
+    lines = ["BEGIN;"] if transactional else []
     placed: list[_Statement] = []
     for statement in sql:
         text = statement + ";"
         placed.append(_Statement(len(lines), len(lines) + text.count("\n"), statement))
         lines += text.split("\n")
-    lines.append("COMMIT;")
+    if transactional:
+        lines.append("COMMIT;")
     name = f"{index:05d}_{path.stem}.sql"
     (directory / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     source = path.read_text(encoding="utf-8")
@@ -225,13 +229,27 @@ def _statement_at(revision: _Revision, line: int) -> _Statement | None:
 
 
 def _run(
-    binary: str, directory: Path, files: Iterable[str], excluded: tuple[str, ...], include: tuple[str, ...]
+    binary: str,
+    directory: Path,
+    files: Iterable[str],
+    excluded: tuple[str, ...],
+    include: tuple[str, ...],
+    *,
+    transactional: bool = True,
 ) -> Any:
     config = directory / "squawk.toml"  # an empty config: squawk reads no .squawk.toml of the user's
     config.write_text("", encoding="utf-8")
     # --assume-in-transaction: the revision's own COMMIT/BEGIN is reported (transaction-nesting); the
     # explicit BEGIN around each file makes squawk see CREATE INDEX CONCURRENTLY inside a transaction.
-    args = [binary, "--reporter", "json", "--assume-in-transaction", "--config", str(config)]
+    # Neither for the revisions that can't run in a transaction.
+    args = [
+        binary,
+        "--reporter",
+        "json",
+        *(["--assume-in-transaction"] if transactional else []),
+        "--config",
+        str(config),
+    ]
     if excluded:
         args.append("--exclude=" + ",".join(excluded))
     if include:
@@ -258,14 +276,21 @@ def run(chain: Chain, binary: str) -> SquawkRun:
     with tempfile.TemporaryDirectory(prefix="workspace-tool-squawk-") as tmp:
         directory = Path(tmp)
         revisions: dict[str, tuple[int, _Revision]] = {}
+        outside: set[str] = set()  # files of revisions that can't run in a transaction
         for index, rev in enumerate(chain.revisions):
             path, sql = _render(chain, rev)
             if isinstance(sql, str):
                 unchecked[index] = Unchecked(path, sql)
             else:
-                name, revision = _write(directory, index, path, sql)
+                transactional = not chain.runs_outside_transaction(rev)
+                name, revision = _write(directory, index, path, sql, transactional=transactional)
                 revisions[name] = (index, revision)
-        report = _run(binary, directory, revisions, excluded, included) if revisions else []
+                if not transactional:
+                    outside.add(name)
+        report = []
+        for transactional, files in ((True, [f for f in revisions if f not in outside]), (False, sorted(outside))):
+            if files:
+                report += _run(binary, directory, files, excluded, included, transactional=transactional)
     for item in report:
         index, revision = revisions[Path(item["file"]).name]
         line = int(item["line"])

@@ -2,12 +2,16 @@
 lane (one round trip, guarded), both sending one SchemaTransaction (schema/transaction.py).
 
 The careful path is what ``WorkspaceManager.ensure`` runs (``ProjectWorkspaceManager`` through
-``AsyncConnection.run_sync``), and what a fleet run falls back to when the fast lane doesn't apply.
+``AsyncConnection.run_sync``), and what a fleet run falls back to when the fast lane doesn't apply. It
+is also the one way a range with a revision that can't run in a transaction is run: in parts, under the
+schema's session lock (``SchemaTransaction.run_in_parts``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -16,14 +20,16 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.dberrors import is_driver_error
+from workspace_tool.dberrors import DEADLOCK_DETECTED, is_driver_error, sqlstate
 from workspace_tool.errors import MigrationFailed, WorkspaceError
 from workspace_tool.schema import roles
 from workspace_tool.schema.operation import ENSURE, Operation
 from workspace_tool.schema.state import check_managed, read_state
-from workspace_tool.schema.transaction import STATE_CHANGED, Expected, RegistryRecord, SchemaTransaction
-from workspace_tool.sql import lock_schema, quote_ident
+from workspace_tool.schema.transaction import STATE_CHANGED, Expected, RegistryRecord, SchemaTransaction, hold_lock
+from workspace_tool.sql import lock_schema, lock_timeout_statement, quote_ident
 from workspace_tool.vocabulary import Action, Path, RegistryAction
+
+DEADLOCK_ATTEMPTS = 5  # the careful path's attempts at a migration PostgreSQL rolls back for a deadlock
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,26 @@ class Sending:
 def migrate(conn: Connection, how: Sending, what: Migration, *, started: float | None = None) -> EnsureResult:
     """The careful path: in one transaction on ``conn`` (not already in one), take the schema's lock and
     read its state (one round trip), decide by the operation's rules, and run the schema transaction,
-    whose registry row commits with it.  Raises what the operation's rules say (WorkspaceOutdated, ...)."""
+    whose registry row commits with it.  Raises what the operation's rules say (WorkspaceOutdated, ...).
+
+    A range with a revision that can't run in a transaction: the session's lock is taken too before that
+    transaction ends (having decided nothing), and the range is run in parts under it.
+
+    A deadlock (SQLSTATE 40P01: PostgreSQL rolled this side back) is run again, up to DEADLOCK_ATTEMPTS
+    times in all: it is what waiting for the schema's lock ends in while another session builds an index
+    concurrently in that schema (the build waits for every older snapshot, the waiter's too). Whatever
+    was committed before recorded its revision, so the new attempt starts from the state it reads."""
     started = time.perf_counter() if started is None else started
+    for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+        try:
+            return _migrate(conn, how, what, started)
+        except Exception as exc:
+            if sqlstate(exc) != DEADLOCK_DETECTED or attempt == DEADLOCK_ATTEMPTS or conn.invalidated:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _migrate(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult:
     chain, schema = how.chain, what.schema
     transactions.require(conn)
     with conn.begin():
@@ -89,19 +113,36 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
             schema,
             how.extension_schema,
             () if plan is None else plan.steps,
+            lock_timeout_ms=how.lock_timeout_ms,  # read_state bounded this transaction; the parts each their own
             create_schema=not state.exists,
             grants=grants,
             record=RegistryRecord(what.project_id, what.target, recorded_as, path),
         )
-        try:
-            recorded = transaction.run(conn, chain, lock_held=True, statement_by_statement=how.statement_by_statement)
-        except Exception as exc:
-            if isinstance(exc, WorkspaceError) or is_driver_error(exc):
-                raise
-            # a revision's own Python error: the transaction rolls back
-            raise MigrationFailed(schema, f"{type(exc).__name__}: {exc}") from exc
+        recorded: object = None
+        if transaction.in_one_transaction:
+            with _revision_errors(schema):
+                recorded = transaction.run(
+                    conn, chain, lock_held=True, statement_by_statement=how.statement_by_statement
+                )
+        else:
+            hold_lock(conn, schema)
+    if not transaction.in_one_transaction:
+        with _revision_errors(schema):
+            transaction.run_in_parts(conn, chain, statement_by_statement=how.statement_by_statement)
     duration = float(recorded) if isinstance(recorded, (int, float, Decimal)) else _ms(started)
     return EnsureResult(what.project_id, schema, action, current, what.target, duration, path)
+
+
+@contextmanager
+def _revision_errors(schema: str) -> Iterator[None]:
+    """A revision's own Python error becomes MigrationFailed (its transaction rolls back); WorkspaceErrors
+    and database errors pass through."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, WorkspaceError) or is_driver_error(exc):
+            raise
+        raise MigrationFailed(schema, f"{type(exc).__name__}: {exc}") from exc
 
 
 def planned(
@@ -124,11 +165,13 @@ def planned(
 
 def fast_lane(how: Sending, what: Migration, expected: Expected) -> SchemaTransaction | None:
     """The fleet's one-round-trip transaction for a schema as a batch read saw it, or None when it can't
-    be one: an online step, an empty existing schema, a range that moves no version row."""
+    be one: an online step, a step that can't run in a transaction, an empty existing schema, a range
+    that moves no version row."""
     if expected.exists and expected.version is None:
         return None
     transaction = planned(how, what, expected.version, exists=expected.exists, expected=expected)
-    return transaction if transaction.steps and transaction.compiled and transaction.guarded else None
+    single = transaction.compiled and transaction.in_one_transaction
+    return transaction if transaction.steps and single and transaction.guarded else None
 
 
 def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: Expected) -> EnsureResult | None:
@@ -136,8 +179,9 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     guarded so that it changes nothing unless the schema is still as the batch read saw it.
 
     Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, Citus, an online step,
-    an empty schema) or the schema turned out not as read: the caller then uses ``migrate``. Database
-    errors are raised as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
+    an empty schema) or the schema turned out not as read, or PostgreSQL rolled it back for a deadlock:
+    the caller then uses ``migrate``. Database errors are raised as SQLAlchemy DBAPIErrors, after the
+    transaction was rolled back."""
     if conn.dialect.driver != "psycopg2" or conn.in_transaction() or how.statement_by_statement:
         return None
     transaction = fast_lane(how, what, expected)
@@ -150,6 +194,8 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         code = getattr(failure, "pgcode", None)
         if code == "22P02" and STATE_CHANGED in str(failure):
             return None
+        if code == DEADLOCK_DETECTED:
+            return None  # rolled back; the careful path waits for the lock again, in a new transaction
         if not conn.invalidated and code not in (None, "55P03") and _moved(conn, what, expected):
             return None  # it failed because the schema changed since it was read, not on its own account
         if isinstance(failure, conn.dialect.loaded_dbapi.Error):
@@ -176,11 +222,70 @@ def _moved(conn: Connection, what: Migration, expected: Expected) -> bool:
 
 
 def run_plan(
-    conn: Connection, chain: Chain, schema: str, extension_schema: str, plan: Plan, *, create_schema: bool
+    conn: Connection,
+    chain: Chain,
+    schema: str,
+    extension_schema: str,
+    plan: Plan,
+    *,
+    create_schema: bool,
+    commit: bool = False,
+    lock_timeout_ms: int | None = None,
 ) -> None:
     """Run a plan into ``schema`` in conn's transaction with no lock and no registry row: for scratch
-    schemas no one else sees, rolled back afterwards (references, autogenerate, the fast-path proof)."""
-    SchemaTransaction(schema, extension_schema, plan.steps, lock=False, create_schema=create_schema).run(conn, chain)
+    schemas no one else sees, rolled back afterwards (references, autogenerate, the fast-path proof).
+    With ``commit`` (a plan with a step that can't run in a transaction), on conn not in a transaction,
+    each part committed: the caller drops the schema afterwards (``scratch_schema`` does)."""
+    transaction = SchemaTransaction(
+        schema, extension_schema, plan.steps, lock=False, lock_timeout_ms=lock_timeout_ms, create_schema=create_schema
+    )
+    if commit:
+        transaction.run_in_parts(conn, chain)
+    else:
+        transaction.run(conn, chain)
+
+
+def in_one_transaction(plans: Sequence[Plan]) -> bool:
+    """Whether every step of these plans can run in a transaction."""
+    return all(step.transactional for plan in plans for step in plan.steps)
+
+
+@contextmanager
+def scratch_schema(
+    conn: Connection,
+    chain: Chain,
+    schema: str,
+    extension_schema: str,
+    plans: Sequence[tuple[Plan, bool]],
+    *,
+    lock_timeout_ms: int | None = None,
+) -> Iterator[None]:
+    """``schema``, a scratch schema no one else sees, taken through ``plans`` ((plan, create the schema)
+    in turn), inside a transaction on conn (not in one) that is rolled back at the end. A plan with a
+    step that can't run in a transaction can't be rolled back: then the plans run first, each part
+    committed, and the schema is dropped at the end, whatever happens."""
+    committed = not in_one_transaction([plan for plan, _ in plans])
+    try:
+        if committed:
+            for plan, create in plans:
+                run_plan(
+                    conn, chain, schema, extension_schema, plan, create_schema=create, commit=True,
+                    lock_timeout_ms=lock_timeout_ms,
+                )  # fmt: skip
+        with conn.begin() as transaction:
+            if lock_timeout_ms is not None:
+                conn.execute(text(lock_timeout_statement(lock_timeout_ms)))
+            if not committed:
+                for plan, create in plans:
+                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
+            yield
+            transaction.rollback()
+    finally:
+        if committed and not conn.invalidated:
+            if conn.in_transaction():
+                conn.rollback()
+            with conn.begin():
+                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
 
 
 def drop_schema(conn: Connection, project_id: str, schema: str) -> bool:

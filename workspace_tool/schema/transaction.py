@@ -19,28 +19,62 @@ A ``SchemaTransaction`` is built once and sent one of these ways:
 * ``send_batch(conn)``: the whole transaction, BEGIN to COMMIT, as ONE round trip (the fleet's fast lane);
 * ``render(chain)``: the exact text of ``upgrade --sql``, which psql can run.
 
+A revision that can't run in a transaction (a NON_TRANSACTIONAL step: CREATE INDEX CONCURRENTLY, ...)
+cuts the migration into parts (``parts()``), sent by ``run_in_parts`` on a connection that holds the
+schema's session-level lock from start to end (``hold_lock``)::
+
+    SELECT pg_advisory_lock(...)              -- the same lock, held by the session across the parts
+    BEGIN ... COMMIT                          -- the steps before it, with the registry row they reach
+    SET search_path TO <schema>, <ext>        -- for the session; its lock_timeout too
+    CREATE INDEX CONCURRENTLY ...             -- each statement on its own, outside any transaction
+    RESET search_path                         -- (the session's own settings are put back)
+    BEGIN ... COMMIT                          -- its version row and registry row, then the steps after it
+    SELECT pg_advisory_unlock(...)
+
 A new step kind (chain/plan.py) or a new way of sending is added here, once, for every caller.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.util import await_only
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
-from workspace_tool.chain.plan import split_version_move
+from workspace_tool.chain.plan import split_version_move, split_version_statements
+from workspace_tool.dberrors import describe, is_connection_error, sqlstate
+from workspace_tool.errors import NonTransactionalFailed
 from workspace_tool.registry import upsert_sql
-from workspace_tool.sql import lock_statement, lock_timeout_statement, quote_ident, search_path_sql
-from workspace_tool.vocabulary import Path, RegistryAction
+from workspace_tool.sql import (
+    lock_statement,
+    lock_timeout_statement,
+    quote_ident,
+    search_path_sql,
+    unlock_statement,
+)
+from workspace_tool.vocabulary import Path, RegistryAction, StepKind
 
 STATE_CHANGED = "workspace-tool:state-changed"
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"
+# The session's settings a non-transactional step changes, read before and put back after.
+_SETTINGS = text(
+    "SELECT current_setting('search_path') AS search_path, current_setting('lock_timeout') AS lock_timeout"
+)
+_RESTORE = text(
+    "SELECT set_config('search_path', :search_path, false), set_config('lock_timeout', :lock_timeout, false)"
+)
+# Indexes left INVALID in a schema (a failed CREATE INDEX CONCURRENTLY, or one still being built).
+_INVALID_INDEXES = text(
+    "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :schema AND NOT i.indisvalid ORDER BY 1"
+)
 
 
 @dataclass(frozen=True)
@@ -105,6 +139,46 @@ class SchemaTransaction:
         return not any(s.online for s in self.steps)
 
     @property
+    def in_one_transaction(self) -> bool:
+        """False when a step can't run in a transaction: the migration is then sent in ``parts()``."""
+        return all(s.transactional for s in self.steps)
+
+    def parts(self) -> list[SchemaTransaction | Step]:
+        """The migration cut around its steps that can't run in a transaction: transactions, each ending
+        with the registry row of the revision it reaches, and between them those steps with only their
+        own statements (the version table is made in the transaction before, the version row moved in
+        the one after, once the step succeeded). The first transaction creates the schema, the last one
+        makes the grants; a first transaction with nothing to do is left out."""
+        if self.in_one_transaction:
+            return [self]
+        parts: list[SchemaTransaction | Step] = []
+        pending: list[Step] = []
+        for step in self.steps:
+            if step.transactional:
+                pending.append(step)
+                continue
+            made, own, moved = split_version_statements(step.statements)
+            if made:
+                pending.append(Step(StepKind.COMPILED, step.from_rev, step.from_rev, made))
+            if pending or parts or self.create_schema:
+                parts.append(self._part(pending, step.from_rev, first=not parts))
+            parts.append(replace(step, statements=own))
+            pending = [Step(StepKind.COMPILED, step.from_rev, step.to_rev, moved)] if moved else []
+        parts.append(self._part(pending, None, first=False, last=True))
+        return parts
+
+    def _part(self, steps: list[Step], reached: str | None, *, first: bool, last: bool = False) -> SchemaTransaction:
+        record = self.record if self.record is None or last else replace(self.record, revision=reached)
+        return replace(
+            self,
+            steps=tuple(steps),
+            create_schema=self.create_schema and first,
+            grants=self.grants if last else (),
+            record=record,
+            expected=None,
+        )
+
+    @property
     def guarded(self) -> bool:
         """True when the transaction checks the schema is as ``expected`` (sendable without reading it)."""
         if self.expected is None:
@@ -116,8 +190,8 @@ class SchemaTransaction:
     def statements(self) -> list[str]:
         """Every statement from the lock to the registry row, when all steps are compiled."""
         units = self.units()
-        if any(isinstance(u, Step) for u in units):
-            raise ValueError("a transaction with online steps has no fixed statements")
+        if any(isinstance(u, Step) for u in units) or not self.in_one_transaction:
+            raise ValueError("a transaction with online or non-transactional steps has no fixed statements")
         return self.prelude() + [u for u in units if isinstance(u, str)]
 
     def _final_version_move(self) -> str | None:
@@ -154,6 +228,8 @@ class SchemaTransaction:
         caller already sent the prelude (with its state read). Returns the registry statement's result (the
         duration it recorded) when there is one, else None."""
         transactions.require(conn)
+        if not self.in_one_transaction:
+            raise ValueError("a step can't run in a transaction: send it with run_in_parts")
         units: list[str | Step] = [*([] if lock_held else self.prelude()), *self.units()]
         pending: list[str] = []
         result: object = None
@@ -172,7 +248,7 @@ class SchemaTransaction:
         """The whole transaction as ONE round trip on psycopg2: BEGIN, every statement, COMMIT, in one
         simple query. ``conn`` must not be in a transaction. On failure the transaction is rolled back (or,
         if the connection is gone, ``conn`` invalidated) and the driver's exception raised."""
-        if not self.guarded or not self.compiled or conn.dialect.driver != "psycopg2":
+        if not self.guarded or not self.compiled or not self.in_one_transaction or conn.dialect.driver != "psycopg2":
             raise ValueError("only a guarded, compiled transaction on psycopg2 is sent as one batch")
         batch = "\n".join([BEGIN, *self.statements(), COMMIT])
         dbapi = conn.connection.dbapi_connection
@@ -200,23 +276,183 @@ class SchemaTransaction:
 
     def render(self, chain: Chain, header: str | None = None) -> str:
         """The transaction as a script a DBA can read, or run with psql: exactly what ``send_batch`` sends;
-        an online step is shown rendered offline, in comments' company, for review."""
+        an online step is shown rendered offline, in comments' company, for review. With a step that
+        can't run in a transaction, the parts ``run_in_parts`` sends, under the session's lock."""
         lines = [f"-- {header}"] if header else []
-        lines += [BEGIN, *self.prelude()]
-        for unit in self.units():
-            if not isinstance(unit, Step):
-                lines.append(unit)
-                continue
-            span = f"{unit.from_rev or 'base'} -> {unit.to_rev or 'base'}"
-            try:
-                rendered = chain.compile_statements(unit.from_rev, unit.to_rev)
-            except Exception:
-                lines.append(f"-- {span} runs online through Alembic; it cannot be rendered offline")
-            else:
-                lines.append(f"-- {span} runs online through Alembic; rendered offline for review:")
-                lines.extend(rendered)
-        lines.append(COMMIT)
+        if self.in_one_transaction:
+            lines += self._render_transaction(chain)
+        else:
+            if self.lock:
+                lines += [
+                    "-- the schema's lock, held by this session until its release at the end:",
+                    lock_statement(self.schema, session=True) + ";",
+                ]
+            for part in self.parts():
+                lines += (
+                    self._render_outside(chain, part) if isinstance(part, Step) else part._render_transaction(chain)
+                )
+            if self.lock:
+                lines.append(unlock_statement(self.schema) + ";")
         return "\n".join(lines) + "\n"
+
+    def _render_transaction(self, chain: Chain) -> list[str]:
+        lines = [BEGIN, *self.prelude()]
+        for unit in self.units():
+            lines += _render_online(chain, unit, "runs online through Alembic") if isinstance(unit, Step) else [unit]
+        return [*lines, COMMIT]
+
+    def _render_outside(self, chain: Chain, step: Step) -> list[str]:
+        lines = [
+            f"-- {_span(step)} can't run in a transaction: each statement runs on its own, outside any "
+            "transaction (an invalid index a failed earlier run of it left, named in it, is dropped first)",
+            *self._session_settings(),
+        ]
+        if step.online:
+            lines += _render_online(chain, step, "runs online through Alembic, in autocommit")
+        else:
+            lines += step.statements
+        lines.append("RESET search_path;")
+        if self.lock_timeout_ms is not None:
+            lines.append("RESET lock_timeout;")
+        return lines
+
+    # ------------------------------------------------- steps that can't run in a transaction
+    def run_in_parts(self, conn: Connection, chain: Chain, *, statement_by_statement: bool = False) -> None:
+        """Send ``parts()`` on ``conn``, which is not in a transaction: each transaction in turn, committed,
+        and between them each step that can't run in one (``_run_outside``). With ``lock``, the caller
+        took the schema's session lock (``hold_lock``); it is released here at the end, whatever happens."""
+        if conn.in_transaction():
+            raise ValueError("run_in_parts commits each part: conn must not be in a transaction")
+        try:
+            for part in self.parts():
+                if isinstance(part, Step):
+                    self._run_outside(conn, chain, part)
+                else:
+                    with conn.begin():
+                        part.run(conn, chain, statement_by_statement=statement_by_statement)
+        finally:
+            if self.lock:
+                _in_own_transaction(
+                    conn, lambda: send(conn, [unlock_statement(self.schema) + ";"], statement_by_statement=False)
+                )
+
+    def _session_settings(self) -> list[str]:
+        settings = [search_path_sql(self.schema, self.extension_schema, local=False) + ";"]
+        if self.lock_timeout_ms is not None:
+            settings.append(lock_timeout_statement(self.lock_timeout_ms, local=False) + ";")
+        return settings
+
+    def _run_outside(self, conn: Connection, chain: Chain, step: Step) -> None:
+        """One step that can't run in a transaction, on conn in autocommit under the session's search_path
+        (and lock_timeout): the invalid indexes that a failed earlier run of it left and that it names are
+        dropped first, then each of its statements is sent on its own (or Alembic runs it). The session's
+        settings are put back after. A failure raises NonTransactionalFailed, which says where the schema
+        stays and names the invalid indexes it left; a lost connection is raised as it is."""
+        with conn.begin():
+            saved = conn.execute(_SETTINGS).one()
+            send(conn, self._session_settings(), statement_by_statement=False)
+            leftovers = _invalid_indexes(conn, self.schema, _named_in(chain, step))
+        try:
+            with _autocommit(conn):
+                for name in leftovers:
+                    _send_one(
+                        conn,
+                        f"DROP INDEX CONCURRENTLY IF EXISTS {quote_ident(self.schema)}.{quote_ident(name)}",
+                        result=False,
+                    )
+                if step.online:
+                    if conn.in_transaction():
+                        conn.commit()  # Alembic opens its own transaction block (a no-op in autocommit)
+                    chain.run_online(
+                        conn, self.schema, self.extension_schema, step.from_rev, step.to_rev, outside_transaction=True
+                    )
+                else:
+                    for statement in step.statements:
+                        _send_one(conn, statement, result=False)
+        except Exception as failure:
+            error = self._failed(conn, chain, step, failure)
+            if error is failure:
+                raise
+            raise error from failure
+        finally:
+            _in_own_transaction(conn, lambda: conn.execute(_RESTORE, saved._asdict()))
+
+    def _failed(self, conn: Connection, chain: Chain, step: Step, failure: Exception) -> Exception:
+        """The error to raise for a failed step: NonTransactionalFailed (the database's refusal, with the
+        invalid indexes it left, or a revision's own Python error); the failure itself for a lost
+        connection (the fleet retries it)."""
+        if conn.invalidated or is_connection_error(failure):
+            return failure
+        left: tuple[str, ...] = ()
+        with contextlib.suppress(Exception), conn.begin():
+            left = _invalid_indexes(conn, self.schema, _named_in(chain, step))
+        return NonTransactionalFailed(
+            self.schema, _span(step), step.from_rev, describe(failure, self.schema), left, sqlstate(failure)
+        )
+
+
+def hold_lock(conn: Connection, schema: str) -> None:
+    """In conn's transaction, which holds the schema's lock: take the session's lock on it too (granted at
+    once), which outlives the transaction, for ``run_in_parts`` (which releases it)."""
+    send(conn, [lock_statement(schema, session=True) + ";"], statement_by_statement=False)
+
+
+def _span(step: Step) -> str:
+    return f"{step.from_rev or 'base'} -> {step.to_rev or 'base'}"
+
+
+def _render_online(chain: Chain, step: Step, how: str) -> list[str]:
+    """An online step in a script: its SQL rendered offline for review, or a comment if it can't be."""
+    try:
+        rendered = chain.compile_statements(step.from_rev, step.to_rev)
+    except Exception:
+        return [f"-- {_span(step)} {how}; it cannot be rendered offline"]
+    return [f"-- {_span(step)} {how}; rendered offline for review:", *rendered]
+
+
+def _named_in(chain: Chain, step: Step) -> str:
+    """The text an index a step builds is named in: its statements, or its revision's source."""
+    if step.statements:
+        return "\n".join(step.statements)
+    return chain.source(step.to_rev if chain.is_upgrade(step.from_rev, step.to_rev) else step.from_rev)
+
+
+def _invalid_indexes(conn: Connection, schema: str, named_in: str) -> tuple[str, ...]:
+    """The schema's invalid indexes whose names appear in ``named_in`` (a step's SQL)."""
+    names = conn.execute(_INVALID_INDEXES, {"schema": schema}).scalars()
+    return tuple(n for n in names if re.search(rf"(?<![\w$]){re.escape(n)}(?![\w$])", named_in, flags=re.IGNORECASE))
+
+
+@contextlib.contextmanager
+def _autocommit(conn: Connection) -> Iterator[None]:
+    """conn (not in a transaction) in autocommit for the block, then back to its isolation level."""
+    previous = conn.get_execution_options().get("isolation_level") or transactions.ISOLATION_LEVEL
+    conn.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield
+    finally:
+        if not conn.invalidated:
+            try:
+                if conn.in_transaction():
+                    conn.rollback()  # SQLAlchemy's own bookkeeping: nothing is open on the server
+                conn.execution_options(isolation_level=previous)
+            except Exception:
+                conn.invalidate()  # never back to a pool in autocommit
+
+
+def _in_own_transaction(conn: Connection, work: Callable[[], Any]) -> None:
+    """Run ``work`` in a transaction of its own on conn (a session's lock released, its settings put
+    back); if that fails, conn is invalidated: a session that may still hold the lock, or the project's
+    search_path, never goes back to the pool."""
+    if conn.invalidated or conn.closed:
+        return
+    try:
+        if conn.in_transaction():
+            conn.rollback()
+        with conn.begin():
+            work()
+    except Exception:
+        conn.invalidate()
 
 
 def send(conn: Connection, statements: Sequence[str], *, statement_by_statement: bool, result: bool = False) -> object:
