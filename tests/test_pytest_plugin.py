@@ -10,13 +10,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # noqa: F401
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.dialects.postgresql.asyncpg
 from helpers import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
 
 from workspace_tool.chain import Chain
 from workspace_tool.naming import MAX_PROJECT_ID_LENGTH, schema_for
 from workspace_tool.testing import URL_ENV, unique_project_id
+
+# pytester's in-process runs put sys.modules back as they found it: a C extension first imported inside one
+# (asyncpg's protocol, by an async test of the inner run) would be dropped and imported again afterwards,
+# and asyncpg then crashed the whole test session (SIGSEGV in BaseProtocol.__init__). Imported here first,
+# it is part of what pytester keeps.
 
 pytest_plugins = ["pytester"]
 
