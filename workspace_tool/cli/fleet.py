@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.logs import quiet
 from workspace_tool.cli.options import adopt_option, fleet_options, jobs_option, json_option
 from workspace_tool.cli.render import ProgressPrinter, print_drift_report, print_fleet_report, print_sql
 
@@ -69,7 +70,7 @@ def _run_fleet(
         scripts = fleet.sql(app.engine, chain, ids, target=target, operation=operation, lock_timeout_ms=lock_timeout)
         print_sql(scripts, as_json)
         return
-    printer = ProgressPrinter(sys.stderr)
+    printer = None if quiet() else ProgressPrinter(sys.stderr)
     report = fleet.run(
         app.engine,
         chain,
@@ -83,7 +84,8 @@ def _run_fleet(
         progress=printer,
         adopt=adopt,
     )
-    printer.finish()
+    if printer is not None:
+        printer.finish()
     print_fleet_report(report, as_json)
     if report.interrupted:
         click.get_current_context().exit(INTERRUPTED)

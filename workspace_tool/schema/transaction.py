@@ -25,6 +25,7 @@ A new step kind (chain/plan.py) or a new way of sending is added here, once, for
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ from workspace_tool.vocabulary import Path, RegistryAction
 STATE_CHANGED = "workspace-tool:state-changed"
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"
+log = logging.getLogger(__name__)  # DEBUG: the SQL sent on the raw driver (SQLAlchemy's engine log can't see it)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,7 @@ class SchemaTransaction:
             if isinstance(unit, Step):
                 send(conn, pending, statement_by_statement=statement_by_statement)
                 pending = []
+                log.debug("%s: %s -> %s online through Alembic", self.schema, unit.from_rev, unit.to_rev)
                 chain.run_online(conn, self.schema, self.extension_schema, unit.from_rev, unit.to_rev)
             else:
                 pending.append(unit)
@@ -175,6 +178,7 @@ class SchemaTransaction:
         if not self.guarded or not self.compiled or conn.dialect.driver != "psycopg2":
             raise ValueError("only a guarded, compiled transaction on psycopg2 is sent as one batch")
         batch = "\n".join([BEGIN, *self.statements(), COMMIT])
+        log.debug("%s: one round trip:\n%s", self.schema, batch)
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
         autocommit = dbapi.autocommit
@@ -241,6 +245,7 @@ def send(conn: Connection, statements: Sequence[str], *, statement_by_statement:
 def _send_one(conn: Connection, sql: str, *, result: bool) -> object:
     if conn.dialect.driver == "asyncpg":
         # The adapter's transaction has begun: the caller took the schema lock through it.
+        log.debug("sent on asyncpg:\n%s", sql)
         driver = conn.connection.driver_connection
         assert driver is not None
         return await_only(driver.fetchval(sql) if result else driver.execute(sql))
