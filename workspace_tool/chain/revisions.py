@@ -223,6 +223,7 @@ class Chain:
         with ALEMBIC_LOCK:
             plan = self._plans.get(key)
             if plan is None:
+                started = time.perf_counter()
                 if online:
                     steps: tuple[Step, ...] = (
                         (Step(StepKind.ONLINE, from_rev, to_rev),) if self._between(from_rev, to_rev) else ()
@@ -230,17 +231,16 @@ class Chain:
                 else:
                     if self._between(from_rev, to_rev):
                         _ = self.script  # a chain that no longer loads says so here, not as a range that won't compile
-                    started = time.perf_counter()
                     steps = tuple(self._steps(from_rev, to_rev))
-                    log.info(
-                        "planned %s -> %s: %d step(s), path %s, in %.0f ms (once per process)",
-                        from_rev or BASE,
-                        to_rev or BASE,
-                        len(steps),
-                        Plan(from_rev, to_rev, steps).path,
-                        (time.perf_counter() - started) * 1000,
-                    )
                 plan = self._plans[key] = Plan(from_rev, to_rev, steps)
+                log.info(
+                    "planned %s -> %s: %d step(s), path %s, in %.0f ms (once per process)",
+                    from_rev or BASE,
+                    to_rev or BASE,
+                    len(steps),
+                    plan.path,
+                    (time.perf_counter() - started) * 1000,
+                )
         return plan
 
     def _steps(self, from_rev: str | None, to_rev: str | None) -> list[Step]:
