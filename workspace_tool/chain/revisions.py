@@ -120,7 +120,7 @@ class Chain:
             fast_path_enabled=fast_path_enabled,
             fingerprint=digest.hexdigest()[:16],
             sources=tuple(str(p) for p in (self.config_path, env, Path(_ALEMBIC_ENV), *files)),
-            directories=tuple(str(d) for d in script._version_locations if d.is_dir()),
+            directories=tuple(str(d) for d in map(Path, script._version_locations) if d.is_dir()),
             recursive=bool(script.recursive_version_locations),
         )
 
