@@ -20,6 +20,12 @@ What is measured (targets from issue 4):
 * ``check`` (drift detection) over a fleet of 10,000 schemas at head, interleaved with a no-op ``upgrade
   --all`` and ``status`` over the same fleet (issue 14). Targets: check <= 10 s and <= 3x the no-op upgrade;
   status <= 1 s.
+* start-up (issue 13): ``workspace-tool --help`` vs ``alembic --help`` as processes, interleaved (target:
+  <= 1x); then, over a fleet of 2,000 schemas at head, interleaved: ``workspace-tool upgrade --all`` as a
+  whole process vs the library call ``fleet.upgrade(engine, chain)`` in this process (target: <= 1.5x),
+  with a fresh engine each time (it connects, as the process does) and on a warm one, and for reference
+  the floor of any such process (``python -c "import sqlalchemy, psycopg2"``) and the library called from
+  a script process.
 
 The server is ``WORKSPACE_TOOL_BENCH_DATABASE_URL`` if set, else the embedded PostgreSQL
 (``workspace_tool.embedded.start()``); the benchmark creates its own databases on it and drops them at
@@ -571,6 +577,114 @@ def _assert_whole_fleet(name: str, result: object, count: int) -> None:
         assert isinstance(result, list) and len(result) == count, name
 
 
+def process_seconds(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+    """Wall time of a whole process, which must succeed (its output is discarded)."""
+    started = time.perf_counter()
+    done = subprocess.run(list(argv), cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv[:3])} ... failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return elapsed
+
+
+def interleaved(contenders: dict[str, Callable[[], float]], reps: int) -> dict[str, list[float]]:
+    """Each contender ``reps`` times, the order rotating every round; each returns its own seconds."""
+    samples: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for i in range(reps):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            samples[name].append(contenders[name]())
+    return samples
+
+
+LIBRARY_SCRIPT = """
+import sys
+import sqlalchemy as sa
+from workspace_tool import fleet
+from workspace_tool.chain import Chain
+engine = sa.create_engine(sys.argv[1], pool_size=8, max_overflow=8)
+report = fleet.upgrade(engine, Chain.load(sys.argv[2]))
+assert report.counts()["skipped"] == int(sys.argv[3]), report.counts()
+"""
+
+
+def bench_startup(server: URL, schemas: int, reps: int, jobs: int) -> None:
+    """Start-up: `--help` against Alembic's, and a no-op `upgrade --all` as a process against the library call."""
+    bin_dir = Path(sys.executable).parent
+    tool, alembic_cli = str(bin_dir / "workspace-tool"), str(bin_dir / "alembic")
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")}
+    log(f"start-up: --help vs alembic --help, {reps} each, interleaved")
+    helps = interleaved(
+        {
+            "workspace-tool --help": lambda: process_seconds([tool, "--help"], env),
+            "alembic --help": lambda: process_seconds([alembic_cli, "--help"], env),
+        },
+        reps,
+    )
+    with scratch_database(server, "startup") as url:
+        engine = engine_for(url, pool_size=jobs + 2)
+        mgr = WorkspaceManager(engine, ALEMBIC_INI)
+        try:
+            log(f"creating {schemas} project schemas at head (compiled chain, batched) ...")
+            populate(engine, mgr, schemas)
+            fleet.upgrade(engine, mgr.chain, jobs=jobs)  # stores the reference catalog, as a first run would
+            checkpoint(engine)
+            url_text = url.render_as_string(hide_password=False)
+            cli = [tool, "--database-url", url_text, "-c", str(ALEMBIC_INI), "upgrade", "--all", "--jobs", str(jobs)]
+            script = [sys.executable, "-c", LIBRARY_SCRIPT, url_text, str(ALEMBIC_INI), str(schemas)]
+            process_seconds(cli, env)  # as a DBA's earlier run: the chain's graph is recorded (chain/index.py)
+
+            def library_call(fresh: bool) -> float:
+                eng = engine_for(url, pool_size=jobs + 2) if fresh else engine
+                started = time.perf_counter()
+                report = fleet.upgrade(eng, mgr.chain, jobs=jobs)
+                elapsed = time.perf_counter() - started
+                if fresh:
+                    eng.dispose()
+                _assert_whole_fleet("no-op upgrade", report, schemas)
+                return elapsed
+
+            log(f"  no-op upgrade --all over {schemas} schemas: {reps} rounds, interleaved")
+            runs = interleaved(
+                {
+                    "process: workspace-tool upgrade --all": lambda: process_seconds(cli, env),
+                    "library call, fresh engine": lambda: library_call(True),
+                    "library call, warm engine": lambda: library_call(False),
+                    "process: a script calling the library": lambda: process_seconds(script, env),
+                    "process: python -c 'import sqlalchemy, psycopg2'": lambda: process_seconds(
+                        [sys.executable, "-c", "import sqlalchemy, psycopg2"], env
+                    ),
+                },
+                reps,
+            )
+        finally:
+            mgr.close()
+            engine.dispose()
+    medians = {name: statistics.median(v) for name, v in {**helps, **runs}.items()}
+    help_ratio = medians["workspace-tool --help"] / medians["alembic --help"]
+    process = medians["process: workspace-tool upgrade --all"]
+    fresh, warm = medians["library call, fresh engine"], medians["library call, warm engine"]
+    print(f"\n== start-up: --help, and a no-op upgrade --all over {schemas} schemas ({jobs} connections) ==")
+    for name, values in {**helps, **runs}.items():
+        print(f"{name:<50} {spread(values)}")
+    print(f"workspace-tool --help / alembic --help = {help_ratio:.2f}x (target <= 1x: {verdict(help_ratio, 1.0)})")
+    print(
+        f"process / library call = {process / fresh:.2f}x with a fresh engine (target <= 1.5x: "
+        f"{verdict(process / fresh, 1.5)}), {process / warm:.2f}x with a warm one; process / the script "
+        f"calling the library = {process / medians['process: a script calling the library']:.2f}x"
+    )
+    record(
+        "startup",
+        schemas=schemas,
+        jobs=jobs,
+        reps=reps,
+        medians_s=medians,
+        help_ratio=help_ratio,
+        process_vs_fresh_call=process / fresh,
+        process_vs_warm_call=process / warm,
+    )
+
+
 def run_fleet(quick: bool, sizes: Sequence[int]) -> None:
     """benchmarks/fleet_upgrade.py's main(argv): once with --quick, else once per fleet size."""
     path = Path(__file__).with_name("fleet_upgrade.py")
@@ -605,7 +719,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["fresh", "cache", "gather", "existing", "fleet", "check"],
+        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "startup"],
         help="run only these parts (repeatable)",
     )
     parser.add_argument(
@@ -615,6 +729,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--check-schemas", type=int, help="fleet size for check/status (default 10000, quick 1000)")
     parser.add_argument("--check-reps", type=int, help="rounds of check/no-op upgrade/status (default 5, quick 3)")
+    parser.add_argument("--startup-schemas", type=int, default=2000, help="fleet size for the start-up comparison")
+    parser.add_argument("--startup-reps", type=int, help="rounds of the start-up runs (default 15, quick 10)")
     parser.add_argument("--jobs", type=int, default=fleet.default_jobs(), help="connections for check and upgrade")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = parser.parse_args(argv)
@@ -625,12 +741,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.existing_n = args.existing_n or (20 if quick else 30)
     args.check_schemas = args.check_schemas or (1000 if quick else 10_000)
     args.check_reps = args.check_reps or (3 if quick else 5)
+    args.startup_reps = args.startup_reps or (10 if quick else 15)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check"])
+    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "startup"])
     os.chdir(ROOT)
     server = server_url()
     print(f"server: {server.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
@@ -656,6 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_fleet(args.quick, [int(n) for n in args.fleet_sizes.split(",") if n.strip()])
     if "check" in parts:
         bench_check(server, args.check_schemas, args.check_reps, args.jobs)
+    if "startup" in parts:
+        bench_startup(server, args.startup_schemas, args.startup_reps, args.jobs)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")

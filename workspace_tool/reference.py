@@ -15,17 +15,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import alembic
 import sqlalchemy
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain
+from workspace_tool.chain.alembic_run import alembic_version
 from workspace_tool.database import can_create, find_extension_schema
 from workspace_tool.dberrors import first_line, role_phrase
 from workspace_tool.errors import PermissionDenied, WorkspaceError
@@ -72,7 +73,7 @@ def key_parts(conn: Connection, chain: Chain) -> dict[str, Any]:
         "head": chain.head,
         "chain": chain.fingerprint,
         **row._asdict(),
-        "alembic": alembic.__version__,
+        "alembic": alembic_version(),
         "sqlalchemy": sqlalchemy.__version__,
     }
 
@@ -134,6 +135,7 @@ def store(conn: Connection, chain: Chain, *, refresh: bool = True, lock_timeout_
         reference = None if refresh else stored(conn, reference_key(parts))
     if reference is not None:
         return reference
+    started = time.perf_counter()
     reference = build(conn, chain, parts, lock_timeout_ms)
     with conn.begin():
         conn.execute(
@@ -146,6 +148,7 @@ def store(conn: Connection, chain: Chain, *, refresh: bool = True, lock_timeout_
                 "fingerprint": reference.fingerprint,
             },
         )
+    log.info("stored the head model for check (head %s) in %.0f ms", chain.head, (time.perf_counter() - started) * 1000)
     return reference
 
 

@@ -1,13 +1,16 @@
 """pytest plugin: a fresh project schema per test, on a real PostgreSQL, dropped afterwards.
 
-Enable it with ``-p workspace_tool.testing`` (for instance in ``addopts``) or ``pytest_plugins =
-["workspace_tool.testing"]`` in the root conftest.py; it is not registered as a ``pytest11`` entry point,
-so pytest runs that don't ask for it never import it (see the README, "Testing your application").
+pytest loads it by itself wherever workspace-tool is installed (a ``pytest11`` entry point named
+``workspace_tool.testing``): it only adds options and fixtures, and imports nothing but pytest and the
+standard library until a fixture is used (a configured URL is checked at start, by SQLAlchemy's parser).
+``-p no:workspace_tool.testing`` turns it off; ``-p workspace_tool.testing`` or ``pytest_plugins =
+["workspace_tool.testing"]`` load it when plugin autoloading is off (PYTEST_DISABLE_PLUGIN_AUTOLOAD), and
+are harmless otherwise (see the README, "Testing your application").
 
 Fixtures (all namespaced ``workspace_*``):
 
 - ``workspace_server_url`` (session): the server, from ``--workspace-url`` / ``$WORKSPACE_TOOL_TEST_DATABASE_URL``
-  / the ``workspace_url`` ini option, else the embedded PostgreSQL;
+  / the ``workspace_url`` ini option, else the embedded PostgreSQL (the ``[embedded]`` extra);
 - ``workspace_database_url`` (session): a database created on that server for this session (one per
   pytest-xdist worker), dropped at the end;
 - ``workspace_engine``, ``workspace_manager``, ``workspace_async_manager`` (session) on that database;
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
 URL_ENV = "WORKSPACE_TOOL_TEST_DATABASE_URL"
 CONFIG_ENV = "WORKSPACE_TOOL_CONFIG"  # the library's own (workspace_tool.chain.CONFIG_ENV)
 DATABASE_PREFIX = "workspace_test"
+# With no server configured and without the embedded extra, what to do instead of installing it.
+NAME_A_SERVER = f"or name a test server: --workspace-url URL, ${URL_ENV} or workspace_url in the ini file"
 
 
 # ------------------------------------------------------------------ options
@@ -215,10 +220,10 @@ def workspace_server_url(request: pytest.FixtureRequest) -> URL:
         return sync_url(settings.url.value)
     with _test_errors():
         if settings.embedded_dir is not None:
-            return sync_url(embedded.start(settings.embedded_dir, keep_running=True))
+            return sync_url(embedded.start(settings.embedded_dir, keep_running=True, otherwise=NAME_A_SERVER))
         # Not under pytest's basetemp: as root the server runs as another user, and every new pytest
         # process makes /tmp/pytest-of-<user> private again (mode 0700), cutting that user off.
-        return sync_url(embedded.start_temporary())
+        return sync_url(embedded.start_temporary(otherwise=NAME_A_SERVER))
 
 
 @pytest.fixture(scope="session")
@@ -255,6 +260,13 @@ def workspace_manager(request: pytest.FixtureRequest, workspace_engine: Engine) 
 def workspace_async_manager(request: pytest.FixtureRequest, workspace_database_url: URL) -> ProjectWorkspaceManager:
     """The async manager (asyncpg) on the session's database. Its engine has no pool (NullPool), so it
     works from any event loop: pytest-asyncio's loop per test, anyio's, or ``asyncio.run``."""
+    try:
+        import asyncpg  # noqa: F401
+        import greenlet  # noqa: F401
+    except ImportError as exc:
+        raise pytest.fail.Exception(
+            f"workspace_async_manager needs {exc.name}: pip install 'workspace-tool[async]'", pytrace=False
+        ) from None
     from sqlalchemy.ext.asyncio import create_async_engine
     from sqlalchemy.pool import NullPool
 

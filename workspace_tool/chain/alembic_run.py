@@ -7,16 +7,36 @@ migrate many schemas at once.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import io
+import re
+import sys
 import threading
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.script import ScriptDirectory
+if TYPE_CHECKING:  # Alembic is imported when a range runs, not by whoever imports the chain package
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 ALEMBIC_LOCK = threading.RLock()
 BASE = "base"
+_VERSION = re.compile(r"^__version__\s*=\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+
+
+def alembic_version() -> str:
+    """The installed Alembic's version, without importing Alembic when it isn't loaded yet."""
+    if "alembic" not in sys.modules:
+        spec = importlib.util.find_spec("alembic")
+        if spec is not None and spec.origin is not None:
+            with contextlib.suppress(OSError):
+                found = _VERSION.search(Path(spec.origin).read_text(encoding="utf-8"))
+                if found:
+                    return found.group(1)
+    import alembic
+
+    return str(alembic.__version__)
 
 
 class StatementBuffer(io.StringIO):
@@ -43,6 +63,8 @@ def run_env(
     attributes: dict[str, Any],
 ) -> None:
     """Run the chain's env.py for from_rev -> to_rev with ``attributes`` in ``config.attributes``."""
+    from alembic.runtime.environment import EnvironmentContext
+
     destination = to_rev or BASE
 
     def fn(rev: Any, context: Any) -> Any:

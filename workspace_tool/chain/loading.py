@@ -6,12 +6,13 @@ import configparser
 import os
 import traceback
 from pathlib import Path
-
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError, coerce_resource_to_filename
+from typing import TYPE_CHECKING
 
 from workspace_tool.errors import ConfigurationError
+
+if TYPE_CHECKING:  # Alembic is imported when a chain is read through it (chain/index.py spares most reads)
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 CONFIG_ENV = "WORKSPACE_TOOL_CONFIG"
 
@@ -46,6 +47,9 @@ def load_script_directory(config: Config, config_path: Path) -> ScriptDirectory:
     """The chain's ScriptDirectory with every revision file imported.  What Alembic would report as a
     command error or a traceback is a one-line ConfigurationError naming the file to fix: an alembic.ini
     without ``script_location``, a directory that does not exist, a revision that fails to import."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError, coerce_resource_to_filename
+
     section = config.config_ini_section
     try:
         has_section = config.file_config.has_section(section)

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
-from functools import cached_property
+import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from alembic.config import Config
-from alembic.script import Script
-from alembic.util import CommandError
-from sqlalchemy import Connection
-
+from workspace_tool.chain import index
 from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer, run_env
 from workspace_tool.chain.loading import load_script_directory, resolve_config_path
 from workspace_tool.chain.plan import Plan, Step, compiled_statements
 from workspace_tool.errors import ConfigurationError, UnknownRevision
 from workspace_tool.vocabulary import Path as PlanPath
 from workspace_tool.vocabulary import StepKind
+
+if TYPE_CHECKING:  # Alembic is imported when the chain is read through it, or a range compiled or run
+    from alembic.config import Config
+    from alembic.script import Script, ScriptDirectory
+    from sqlalchemy import Connection
 
 # A revision opts out of compiling with a module-level ``workspace_online = True``; these calls in its
 # source mean it needs a live connection (or behaves differently offline), so it is run online too.
@@ -35,38 +37,106 @@ _CONTEXT_FOR_AUTOCOMMIT = re.compile(r"\bget_context\s*\(\s*\)\s*\.\s*autocommit
 FAST_PATH_OPTION = "workspace_fast_path"
 # The package's chain environment (what a chain's env.py runs), found without importing it.
 _ALEMBIC_ENV = Path(__file__).resolve().parents[1] / "alembic_env.py"
+log = logging.getLogger(__name__)
 
 
 class Chain:
-    """One shared revision chain: its ScriptDirectory, head, and a cache of compiled ranges."""
+    """One shared revision chain: its graph (revisions in order, head), a cache of compiled ranges, and
+    Alembic's ScriptDirectory, read on first use: the graph comes from chain/index.py when the chain's
+    files haven't changed since a process last read it."""
 
     _loaded: ClassVar[dict[Path, Chain]] = {}
     _loaded_lock = threading.Lock()
 
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
-        self.config = Config(str(config_path))
-        self.script = load_script_directory(self.config, config_path)
-        heads = self.script.get_heads()
-        if len(heads) != 1:
-            raise ConfigurationError(
-                f"the revision chain in {self.script.dir} has {len(heads)} heads ({', '.join(sorted(heads))}); "
-                "it must have exactly one: merge them with `alembic merge heads`"
-                if heads
-                else f"the revision chain in {self.script.dir} has no revisions"
-            )
-        self.head: str = heads[0]
-        self._order = [s.revision for s in reversed(list(self.script.walk_revisions("base", "heads")))]
+        self._config: Config | None = None
+        self._script: ScriptDirectory | None = None
+        started = time.perf_counter()
+        graph = index.read(config_path)
+        how = "recorded"
+        if graph is None:
+            graph = self._read_graph()
+            index.write(config_path, graph)
+            how = "read through Alembic"
+        log.debug(
+            "chain %s: %d revision(s), head %s (%s, %.0f ms)",
+            config_path,
+            len(graph.order),
+            graph.head,
+            how,
+            (time.perf_counter() - started) * 1000,
+        )
+        self.head: str = graph.head
+        self._order = list(graph.order)
         self._position = {rev: i for i, rev in enumerate(self._order)}
-        self.fast_path_enabled = _truthy(self.config.get_main_option(FAST_PATH_OPTION, "true"))
-        self._online = {
-            rev
-            for rev in self._order
-            if not self.fast_path_enabled or self._needs_online(self.script.get_revision(rev))
-        }
-        self._outside = {rev for rev in self._order if self._declares_outside(self.script.get_revision(rev))}
+        self.fast_path_enabled = graph.fast_path_enabled
+        self._online = set(graph.online)
+        self._outside = set(graph.outside)
+        # every revision file, env.py and the environment it runs: names the chain a verification report
+        # proved and keys the reference catalog stored for `check`
+        self.fingerprint = graph.fingerprint
         self._plans: dict[tuple[str | None, str | None, bool], Plan] = {}
         self._unrenderable: set[tuple[str, bool]] = set()  # (revision, upgrading) that failed to compile
+
+    @property
+    def config(self) -> Config:
+        with ALEMBIC_LOCK:
+            if self._config is None:
+                from alembic.config import Config
+
+                self._config = Config(str(self.config_path))
+            return self._config
+
+    @property
+    def script(self) -> ScriptDirectory:
+        """Alembic's view of the chain, with every revision file imported (on first use)."""
+        with ALEMBIC_LOCK:
+            if self._script is None:
+                self._script = load_script_directory(self.config, self.config_path)
+            return self._script
+
+    def _read_graph(self) -> index.Graph:
+        """The graph as Alembic reads it; one-line errors for a chain that doesn't load or has no one head."""
+        script = self.script
+        heads = script.get_heads()
+        if len(heads) != 1:
+            raise ConfigurationError(
+                f"the revision chain in {script.dir} has {len(heads)} heads ({', '.join(sorted(heads))}); "
+                "it must have exactly one: merge them with `alembic merge heads`"
+                if heads
+                else f"the revision chain in {script.dir} has no revisions"
+            )
+        order = tuple(s.revision for s in reversed(list(script.walk_revisions("base", "heads"))))
+        fast_path_enabled = _truthy(self.config.get_main_option(FAST_PATH_OPTION, "true"))
+        online = frozenset(
+            rev for rev in order if not fast_path_enabled or self._needs_online(script.get_revision(rev))
+        )
+        outside = frozenset(rev for rev in order if self._declares_outside(script.get_revision(rev)))
+        files = [Path(self._revision_script(rev).path) for rev in order]
+        env = Path(script.dir) / "env.py"
+        digest = hashlib.sha256()
+        for rev, path in zip(order, files, strict=True):
+            digest.update(rev.encode())
+            digest.update(path.read_bytes())
+        digest.update(env.read_bytes())
+        digest.update(Path(_ALEMBIC_ENV).read_bytes())  # the environment env.py runs
+        return index.Graph(
+            head=heads[0],
+            order=order,
+            online=online,
+            outside=outside,
+            fast_path_enabled=fast_path_enabled,
+            fingerprint=digest.hexdigest()[:16],
+            sources=tuple(str(p) for p in (self.config_path, env, Path(_ALEMBIC_ENV), *files)),
+            directories=tuple(str(d) for d in map(Path, script._version_locations) if d.is_dir()),
+            recursive=bool(script.recursive_version_locations),
+        )
+
+    def _revision_script(self, revision: str) -> Script:
+        script = self.script.get_revision(revision)
+        assert script is not None
+        return script
 
     @classmethod
     def load(cls, config_path: str | os.PathLike[str] | None = None) -> Chain:
@@ -108,6 +178,10 @@ class Chain:
             return None
         if revision == "head" or revision == "heads":
             return self.head
+        if revision in self._position:
+            return revision
+        from alembic.util import CommandError
+
         try:
             script = self.script.get_revision(revision)
         except CommandError as exc:
@@ -163,20 +237,6 @@ class Chain:
             return True
         return bool(_AUTOCOMMIT_BLOCK.search(_source(script) or ""))
 
-    @cached_property
-    def fingerprint(self) -> str:
-        """A digest of every revision file, env.py and the environment it runs, read on first use: it
-        names the chain a verification report proved (compiled ranges are cached per loaded chain)."""
-        digest = hashlib.sha256()
-        for rev in self._order:
-            script = self.script.get_revision(rev)
-            assert script is not None
-            digest.update(rev.encode())
-            digest.update(Path(script.path).read_bytes())
-        digest.update((Path(self.script.dir) / "env.py").read_bytes())
-        digest.update(Path(_ALEMBIC_ENV).read_bytes())  # the environment env.py runs
-        return digest.hexdigest()[:16]
-
     def plan(self, from_rev: str | None, to_rev: str | None, *, online: bool = False) -> Plan:
         """Split from_rev -> to_rev into compiled and online steps; cached per process. A revision that
         can't run in a transaction is always a step of its own (NON_TRANSACTIONAL when it compiles).
@@ -191,7 +251,19 @@ class Chain:
         with ALEMBIC_LOCK:
             plan = self._plans.get(key)
             if plan is None:
-                plan = self._plans[key] = Plan(from_rev, to_rev, tuple(self._steps(from_rev, to_rev, online=online)))
+                started = time.perf_counter()
+                if self._between(from_rev, to_rev):
+                    _ = self.script  # a chain that no longer loads says so here, not as a range that won't compile
+                steps = tuple(self._steps(from_rev, to_rev, online=online))
+                plan = self._plans[key] = Plan(from_rev, to_rev, steps)
+                log.info(
+                    "planned %s -> %s: %d step(s), path %s, in %.0f ms (once per process)",
+                    from_rev or BASE,
+                    to_rev or BASE,
+                    len(steps),
+                    plan.path,
+                    (time.perf_counter() - started) * 1000,
+                )
         return plan
 
     def _runs(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from workspace_tool.cli import chain, fleet, project
+from workspace_tool.cli import chain, fleet, logs, project
 from workspace_tool.cli.context import AppContext, WorkspaceGroup
 
 
@@ -24,13 +24,26 @@ from workspace_tool.cli.context import AppContext, WorkspaceGroup
     help="alembic.ini of the shared chain. Default: $WORKSPACE_TOOL_CONFIG, then ./alembic.ini.",
 )
 @click.option("--traceback", is_flag=True, help="Show the full traceback of an error.")
+@click.option(
+    "-v",
+    "--verbose",
+    count=True,
+    help="Log to stderr what ran for each schema, with timings (-v); and the SQL sent (-vv).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr: only warnings and errors.")
 @click.version_option(package_name="workspace-tool")
 @click.pass_context
-def main(ctx: click.Context, database_url: str | None, config: str | None, traceback: bool) -> None:
+def main(
+    ctx: click.Context, database_url: str | None, config: str | None, traceback: bool, verbose: int, quiet: bool
+) -> None:
     """Provision and manage one PostgreSQL schema per project from one shared Alembic chain."""
+    if verbose and quiet:
+        raise click.UsageError("-v/--verbose and -q/--quiet don't go together")
     app = AppContext(database_url, config, traceback)
     ctx.obj = app
+    ctx.meta[logs.QUIET] = quiet
     ctx.call_on_close(app.close)
+    logs.configure(ctx, verbose, app.passwords)
 
 
 main.add_command(project.init)

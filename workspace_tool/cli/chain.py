@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.logs import note
 from workspace_tool.cli.options import json_option
 from workspace_tool.cli.render import emit, print_lint_report, print_verification
 from workspace_tool.errors import NoChangesDetected
@@ -98,16 +99,13 @@ def revision(
         )
     except NoChangesDetected:  # not a failure: there was nothing to write
         emit([], REVISION_COLUMNS, as_json=as_json)
-        click.echo(
-            "No changes detected: the models match the head; no revision written (--allow-empty writes one).",
-            err=True,
-        )
+        note("No changes detected: the models match the head; no revision written (--allow-empty writes one).")
         return
     emit([result.as_dict()], REVISION_COLUMNS, as_json=as_json)
     if autogenerate and result.operations == 0:
-        click.echo(f"No changes detected; wrote the empty revision {result.path} as asked.", err=True)
+        note(f"No changes detected; wrote the empty revision {result.path} as asked.")
     else:
-        click.echo(f"Wrote {result.path}; review it, then `workspace-tool upgrade --all`.", err=True)
+        note(f"Wrote {result.path}; review it, then `workspace-tool upgrade --all`.")
 
 
 @click.command(name="init-chain")
@@ -126,5 +124,5 @@ def init_chain(app: AppContext, directory: str, models: str) -> None:
     from workspace_tool.authoring import init_chain as write_chain
 
     written = write_chain(directory, models=models, config=app.config)
-    click.echo(f"Wrote {', '.join(str(p) for p in written)}.", err=True)
-    click.echo('Next: workspace-tool revision -m "create tables" --autogenerate', err=True)
+    note(f"Wrote {', '.join(str(p) for p in written)}.")
+    note('Next: workspace-tool revision -m "create tables" --autogenerate')

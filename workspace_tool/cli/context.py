@@ -10,6 +10,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import click
 
+from workspace_tool.cli.logs import note
 from workspace_tool.errors import WorkspaceError
 
 if TYPE_CHECKING:
@@ -18,6 +19,8 @@ if TYPE_CHECKING:
     from workspace_tool.managers.sync_manager import WorkspaceManager
 
 URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
+# With no URL and without the embedded extra, what to do instead of installing it.
+NAME_A_SERVER = f"or pass --database-url URL (or set {URL_ENVS[0]})"
 POOL_SIZE = 8
 ARGV = "workspace_tool.argv"  # the command line's arguments as given, in click's Context.meta
 
@@ -39,8 +42,8 @@ class AppContext:
         from workspace_tool import embedded
 
         data_dir = embedded.default_data_dir()
-        url = embedded.start(data_dir)
-        click.echo(f"Using the embedded PostgreSQL in {data_dir}", err=True)
+        url = embedded.start(data_dir, otherwise=NAME_A_SERVER)
+        note(f"Using the embedded PostgreSQL in {data_dir}")
         return url
 
     @cached_property

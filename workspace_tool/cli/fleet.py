@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from workspace_tool.cli.context import ARGV, AppContext, pass_app
+from workspace_tool.cli.logs import quiet
 from workspace_tool.cli.options import adopt_option, fleet_options, jobs_option, json_option, read_ids, split_ids
 from workspace_tool.cli.render import ProgressPrinter, print_drift_report, print_fleet_report, print_sql
 
@@ -89,7 +90,7 @@ def _run_fleet(
         )
         print_sql(scripts, as_json)
         return
-    printer = ProgressPrinter(sys.stderr)
+    printer = None if quiet() else ProgressPrinter(sys.stderr)
     report = fleet.run(
         app.engine,
         chain,
@@ -104,7 +105,8 @@ def _run_fleet(
         selection=selection,
         **staging,
     )
-    printer.finish()
+    if printer is not None:
+        printer.finish()
     next_command = _without_canary(app) if report.stopped == CANARY_ONLY else None
     print_fleet_report(report, as_json, next_command)
     if report.interrupted:

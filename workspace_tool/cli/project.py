@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.logs import note
 from workspace_tool.cli.options import adopt_option, json_option
 from workspace_tool.cli.render import NO_REGISTRY, emit, print_fleet_summary, to_json
 
@@ -20,10 +21,8 @@ def init(app: AppContext) -> None:
     from workspace_tool.urls import redact
 
     extension_schema = app.manager.init()
-    click.echo(
-        f"Registry ready in project_registry; vector extension in schema {extension_schema}; "
-        f"database {redact(app.url)}",
-        err=True,
+    note(
+        f"Registry ready in project_registry; vector extension in schema {extension_schema}; database {redact(app.url)}"
     )
 
 
@@ -90,9 +89,9 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
             as_json=as_json,
         )
         if not rows and not as_json and not nothing_yet:
-            click.echo("No projects.", err=True)
+            note("No projects.")
     if nothing_yet:
-        click.echo(NO_REGISTRY, err=True)
+        note(NO_REGISTRY)
 
 
 @click.command(name="list")
@@ -103,7 +102,7 @@ def list_(app: AppContext, as_json: bool) -> None:
     rows = [dataclasses.asdict(r) for r in app.manager.projects()]
     emit(rows, ["project_id", "schema_name", "revision", "status", "created_at"], as_json=as_json)
     if not rows and not as_json:
-        click.echo("No projects." if app.manager.has_registry() else NO_REGISTRY, err=True)
+        note("No projects." if app.manager.has_registry() else NO_REGISTRY)
 
 
 @click.command()
@@ -118,6 +117,6 @@ def drop(app: AppContext, project_id: str, yes: bool) -> None:
     if not yes:
         raise click.UsageError(f"dropping {schema} deletes all its data: add --yes to confirm")
     if app.manager.drop(project_id):
-        click.echo(f"Dropped {schema}.", err=True)
+        note(f"Dropped {schema}.")
     else:
-        click.echo(f"Nothing to drop: {schema} did not exist.", err=True)
+        note(f"Nothing to drop: {schema} did not exist.")

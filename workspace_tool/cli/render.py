@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
+from workspace_tool.cli.logs import note
+
 if TYPE_CHECKING:
     from workspace_tool.chain.lint import LintReport
     from workspace_tool.drift import CheckReport
@@ -187,14 +189,13 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
             ],
             as_json=False,
         )
-    click.echo(
+    note(
         f"{report.operation} to {report.target or 'base'}: {report.counts()[OK]} ok, "
         f"{len(report.failed)} failed, {report.counts()[SKIPPED]} skipped{_skipped_detail(report)}"
-        f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})",
-        err=True,
+        f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})"
     )
     for line in _run_notes(report, next_command):
-        click.echo(line, err=True)
+        note(line)
 
 
 def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
@@ -249,9 +250,9 @@ def print_sql(scripts: list[SchemaSQL], as_json: bool) -> None:
     for script in quiet:
         notes[script.note or "nothing to do"] = notes.get(script.note or "nothing to do", 0) + 1
     with_sql = len(scripts) - len(quiet)
-    click.echo(f"{with_sql} schema(s) would change; nothing was changed.", err=True)
-    for note, count in notes.items():
-        click.echo(f"{count} schema(s): {note}", err=True)
+    note(f"{with_sql} schema(s) would change; nothing was changed.")
+    for why, count in notes.items():
+        note(f"{count} schema(s): {why}")
 
 
 def print_drift_report(report: CheckReport, as_json: bool) -> None:
@@ -263,13 +264,12 @@ def print_drift_report(report: CheckReport, as_json: bool) -> None:
             click.echo(f"{schema.schema} (project {schema.project_id}, {schema.state}):")
             for problem in schema.problems:
                 click.echo(f"  {problem}")
-        click.echo(
+        note(
             f"{len(report.schemas)} schema(s) checked against head {report.head}: "
-            + ("all match" if report.ok else f"{len(report.failing)} differ"),
-            err=True,
+            + ("all match" if report.ok else f"{len(report.failing)} differ")
         )
     if not report.registry:
-        click.echo(NO_REGISTRY, err=True)
+        note(NO_REGISTRY)
 
 
 # ------------------------------------------------------------------------------ the chain
@@ -293,7 +293,7 @@ def print_verification(report: VerificationReport, as_json: bool) -> None:
         if report.identical
         else f"{len(report.differing)} of {len(rows)} ranges differ."
     )
-    click.echo(verdict, err=True)
+    note(verdict)
 
 
 def print_lint_report(report: LintReport, as_json: bool) -> None:
@@ -306,8 +306,8 @@ def print_lint_report(report: LintReport, as_json: bool) -> None:
     for finding in report.findings:
         click.echo(str(finding))
     for unchecked in report.squawk_run.unchecked if report.squawk_run else ():
-        click.echo(f"{display_path(unchecked.revision_path)}: not checked by squawk: {unchecked.reason}", err=True)
-    click.echo(lint_summary(report), err=True)
+        note(f"{display_path(unchecked.revision_path)}: not checked by squawk: {unchecked.reason}")
+    note(lint_summary(report))
 
 
 def lint_summary(report: LintReport) -> str:

@@ -4,6 +4,7 @@ lock timeout or a lost connection, and the registry row marked failed when it fa
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import threading
 import time
@@ -25,6 +26,7 @@ from workspace_tool.urls import url_secrets
 from workspace_tool.vocabulary import Action, RegistryAction, Status
 
 MAX_BACKOFF_S = 5.0
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,14 @@ class Migrator:
                 lock_timeout = isinstance(exc, LockTimeout) or sqlstate(exc) == "55P03"
                 if (lock_timeout or connection) and attempts <= options.retries and not self.cancel.is_set():
                     delay = min(MAX_BACKOFF_S, 0.1 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
+                    log.info(
+                        "%s: %s on attempt %d of %d; retrying in %.2f s",
+                        work.schema,
+                        f"lock timeout ({options.lock_timeout_ms} ms)" if lock_timeout else "connection lost",
+                        attempts,
+                        options.retries + 1,
+                        delay,
+                    )
                     if not self.cancel.wait(delay):
                         continue
                 message = describe(exc, work.schema, url_secrets(self.engine.url))
@@ -104,6 +114,7 @@ class Migrator:
                     message = f"lock timeout ({options.lock_timeout_ms} ms, {attempts} attempts): {message}"
                 elif connection:
                     message = f"database connection lost ({attempts} attempts): {message}"
+                log.info("%s: failed after %.1f ms: %s", work.schema, ms_since(started), message)
                 self._mark_failed(work, message)
                 return SchemaResult(
                     work.project_id,

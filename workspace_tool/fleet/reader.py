@@ -5,6 +5,8 @@ the one vocabulary of states (workspace_tool.vocabulary.State)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ from workspace_tool.sql import quote_ident
 VERSION_BATCH = 200
 T = TypeVar("T")
 VersionsReader = Callable[[list[str]], dict[str, str | None]]
+log = logging.getLogger(__name__)
 
 _SCHEMAS = text(
     "SELECT n.nspname, c.oid IS NOT NULL AS has_version FROM pg_namespace n "
@@ -39,6 +42,7 @@ def read_fleet(
     """Every registered project and every project-like schema (or just ``project_ids``, in that order,
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
     ``read_versions_parallel`` over several connections). Read-only; works before the registry exists."""
+    started = time.perf_counter()
     rows: dict[str, Any] = {}
     if registry.present(conn):
         found = conn.execute(_ROWS) if project_ids is None else conn.execute(_SOME_ROWS, {"ids": list(project_ids)})
@@ -51,6 +55,14 @@ def read_fleet(
     names = {p: (rows[p].schema_name if p in rows else schema_for(p)) for p in wanted}
     with_versions = [s for s in names.values() if schemas.get(s)]
     versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
+    log.info(
+        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read, in %.0f ms",
+        len(wanted),
+        len(rows),
+        len(schemas),
+        len(with_versions),
+        (time.perf_counter() - started) * 1000,
+    )
     records = []
     for p in wanted:
         row = rows.get(p)
@@ -133,12 +145,22 @@ def read_parallel(
         with transactions.connect(engine) as conn, conn.begin():
             return read(conn, chunk)
 
+    started = time.perf_counter()
     merged: dict[str, T] = {}
-    if jobs <= 1 or len(chunks) <= 1:
+    connections = 1 if jobs <= 1 or len(chunks) <= 1 else min(jobs, len(chunks))
+    if connections == 1:
         for chunk in chunks:
             merged.update(read_chunk(chunk))
-        return merged
-    with ThreadPoolExecutor(max_workers=min(jobs, len(chunks)), thread_name_prefix="wst-read") as pool:
-        for part in pool.map(read_chunk, chunks):
-            merged.update(part)
+    else:
+        with ThreadPoolExecutor(max_workers=connections, thread_name_prefix="wst-read") as pool:
+            for part in pool.map(read_chunk, chunks):
+                merged.update(part)
+    log.info(
+        "read %d schema(s) in %d batch(es) of up to %d on %d connection(s) in %.0f ms",
+        len(names),
+        len(chunks),
+        batch_size,
+        connections,
+        (time.perf_counter() - started) * 1000,
+    )
     return merged

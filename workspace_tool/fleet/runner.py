@@ -4,6 +4,7 @@ renders each schema's transaction instead of running it."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +43,7 @@ from workspace_tool.vocabulary import Path, Stage, Status
 DEFAULT_LOCK_TIMEOUT_MS = 5000
 DEFAULT_RETRIES = 3
 EXECUTORS = ("auto", "threads", "processes")
+log = logging.getLogger(__name__)
 
 
 class FleetOptions(TypedDict, total=False):
@@ -148,6 +150,15 @@ def run(
         _left_alone(r.project_id, r.schema, r.version, resolved, v) for r, v in decided if isinstance(v, Verdict)
     ]
     work = [v for _, v in decided if isinstance(v, Work)]
+    log.info(
+        "%s to %s: %d schema(s) to migrate, on %d connection(s) (%s); %d left alone",
+        operation.name,
+        resolved or "base",
+        len(work),
+        min(jobs, len(work)),
+        kind,
+        len(finished),
+    )
     # a schema touched by a run is re-read by the next ensure, whatever happened to it
     cache.invalidate(cache_key, [w.project_id for w in work])
 

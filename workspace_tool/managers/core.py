@@ -7,6 +7,7 @@ I/O differs between them (how a version is read, how a connection is had), never
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING
 from workspace_tool.schema.roles import validate_role_name
 from workspace_tool.status import ProjectStatus, collect_status
 from workspace_tool.vocabulary import Action, Path
+
+log = logging.getLogger(__name__)  # never on the cached path: that is a dict lookup
 
 
 class EnsureOptions(TypedDict, total=False):
@@ -88,7 +91,9 @@ class EnsureCore:
         """After reading the schema's version: the answer if it is at head, else None (migrate it)."""
         if version == self.chain.head:
             self.ready[call.migration.project_id] = call.schema
-            return self._answer(call.migration, Action.VERIFIED, call.started)
+            answer = self._answer(call.migration, Action.VERIFIED, call.started)
+            log.debug("%s: verified at head (%.1f ms)", call.schema, answer.duration_ms)
+            return answer
         self.ready.pop(call.migration.project_id, None)
         return None
 

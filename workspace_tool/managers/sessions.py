@@ -25,18 +25,20 @@ from __future__ import annotations
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
-from sqlalchemy.orm import Session
 
 from workspace_tool import transactions
 from workspace_tool.dberrors import sqlstate
 from workspace_tool.errors import ConfigurationError, WorkspaceNotFound
 from workspace_tool.naming import schema_for
 from workspace_tool.sql import search_path_sql
+
+if TYPE_CHECKING:  # the ORM and asyncio extension load when a session (or the async manager) is used
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+    from sqlalchemy.orm import Session
 
 
 class Manager(Protocol):
@@ -179,6 +181,8 @@ def connect(manager: Manager, project_id: str) -> Iterator[Connection]:
 def session(manager: Manager, project_id: str, **session_options: Any) -> Iterator[Session]:
     """``with session(mgr, "my-project") as s:`` an ORM Session on the project's schema; closed (and
     anything uncommitted rolled back) when the block ends. ``session_options`` go to ``Session()``."""
+    from sqlalchemy.orm import Session
+
     engine = project_engine(manager, project_id)
     with _not_found_if_dropped(manager, project_id), Session(bind=engine, **session_options) as orm_session:
         yield orm_session
@@ -187,6 +191,8 @@ def session(manager: Manager, project_id: str, **session_options: Any) -> Iterat
 # ------------------------------------------------------------------------ async
 async def async_project_engine(manager: AsyncManager, project_id: str) -> AsyncEngine:
     """Ensure the project, and return an AsyncEngine view of the manager's engine that targets its schema."""
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     schema = await manager.ensure(project_id)
     extension_schema = await manager.bootstrap()
     return AsyncEngine(_cached(manager, manager.engine.sync_engine, schema, extension_schema))
@@ -203,6 +209,8 @@ async def async_connect(manager: AsyncManager, project_id: str) -> AsyncIterator
 @asynccontextmanager
 async def async_session(manager: AsyncManager, project_id: str, **session_options: Any) -> AsyncIterator[AsyncSession]:
     """``async with async_session(amgr, "my-project") as s:`` the AsyncSession counterpart."""
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     engine = await async_project_engine(manager, project_id)
     async with _async_not_found_if_dropped(manager, project_id), AsyncSession(bind=engine, **session_options) as s:
         yield s

@@ -6,11 +6,10 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.orm import Session
 from typing_extensions import Unpack
 
 from workspace_tool import reference, registry, transactions
@@ -26,6 +25,9 @@ from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
 from workspace_tool.status import ProjectStatus
 from workspace_tool.urls import check_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session  # the ORM loads when a session is used (sessions.session)
 
 ConfigPath = str | os.PathLike[str] | None
 T = TypeVar("T")

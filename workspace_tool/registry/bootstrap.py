@@ -3,13 +3,14 @@ registry and the vector extension, under one advisory lock."""
 
 from __future__ import annotations
 
+import ast
+import logging
+import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from alembic.config import Config
-from alembic.runtime.environment import EnvironmentContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
@@ -23,6 +24,10 @@ from workspace_tool.sql import LOCK_SQL, REGISTRY_LOCK_KEY, quote_ident
 
 VERSION_TABLE = "workspace_registry_version"
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# `revision = "r0002_..."` and `down_revision = ...` in the registry's own revision files, read without
+# Alembic: a registry at head (the usual case) needs no Alembic at all (a test checks Alembic agrees).
+_REVISION_LINE = re.compile(r"^(revision|down_revision)\s*=\s*(.+?)\s*$", re.MULTILINE)
+log = logging.getLogger(__name__)
 
 
 # One round trip tells whether anything needs doing: registry version and extension schema.
@@ -43,11 +48,12 @@ class RegistryChain:
     _instance_lock = threading.Lock()
 
     def __init__(self) -> None:
-        self.config = Config()
-        self.config.set_main_option("script_location", str(_MIGRATIONS_DIR))
-        self.script = ScriptDirectory(str(_MIGRATIONS_DIR), version_locations=[str(_MIGRATIONS_DIR)])
-        self.head = self.script.get_current_head()
-        self.known = {s.revision for s in self.script.walk_revisions()}
+        down: dict[str, str | None] = {}
+        for path in sorted(_MIGRATIONS_DIR.glob("r*.py")):
+            found = dict(_REVISION_LINE.findall(path.read_text(encoding="utf-8")))
+            down[ast.literal_eval(found["revision"])] = ast.literal_eval(found["down_revision"])
+        self.known = set(down)
+        [self.head] = self.known - set(down.values())  # one head: the revision nothing revises
 
     @classmethod
     def get(cls) -> RegistryChain:
@@ -66,10 +72,18 @@ class RegistryChain:
         return version == self.head
 
     def upgrade(self, conn: Connection) -> None:
-        def fn(rev: Any, context: Any) -> Any:
-            return self.script._upgrade_revs("head", rev)
+        from alembic.config import Config
+        from alembic.runtime.environment import EnvironmentContext
+        from alembic.script import ScriptDirectory
 
-        with ALEMBIC_LOCK, EnvironmentContext(self.config, self.script, fn=fn, destination_rev="head") as env:
+        config = Config()
+        config.set_main_option("script_location", str(_MIGRATIONS_DIR))
+        script = ScriptDirectory(str(_MIGRATIONS_DIR), version_locations=[str(_MIGRATIONS_DIR)])
+
+        def fn(rev: Any, context: Any) -> Any:
+            return script._upgrade_revs("head", rev)
+
+        with ALEMBIC_LOCK, EnvironmentContext(config, script, fn=fn, destination_rev="head") as env:
             env.configure(connection=conn, version_table=VERSION_TABLE, version_table_schema=REGISTRY_SCHEMA)
             env.run_migrations()
 
@@ -113,12 +127,22 @@ def bootstrap(conn: Connection) -> str:
         raise
     conn.rollback()
     if ext_schema is None:
+        started = time.perf_counter()
         try:
             ext_schema = _set_up(conn)
         except DBAPIError as exc:
             if is_permission_error(exc):
                 raise _init_needed(conn, exc) from exc
             raise
+        log.info(
+            "registry %s at %s, vector extension in %s: set up in %.0f ms",
+            REGISTRY_SCHEMA,
+            RegistryChain.get().head,
+            ext_schema,
+            (time.perf_counter() - started) * 1000,
+        )
+    else:
+        log.debug("registry %s ready, vector extension in %s", REGISTRY_SCHEMA, ext_schema)
         usable = conn.execute(_USABLE, {"schema": ext_schema}).scalar()
         conn.rollback()
     if not usable:  # the search_path would silently skip it: "type vector does not exist"

@@ -9,6 +9,7 @@ schema's session lock (``SchemaTransaction.run_in_parts``).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from workspace_tool.sql import lock_schema, lock_timeout_statement, quote_ident
 from workspace_tool.vocabulary import Action, Path, RegistryAction
 
 DEADLOCK_ATTEMPTS = 5  # the careful path's attempts at a migration PostgreSQL rolls back for a deadlock
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,14 +100,17 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
     chain, schema = how.chain, what.schema
     transactions.require(conn)
     with conn.begin():
+        locking = time.perf_counter()
         state = read_state(conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms)
+        sending = f"careful path (lock and state read {_ms(locking):.1f} ms)"  # the lock wait included
         current = state.version
         what.operation.check(chain, what.project_id, schema, current, what.target, exists=state.exists)
         adopted = check_managed(conn, what.project_id, schema, state, adopt=what.adopt)
         action = what.operation.action(chain, current, what.target, exists=state.exists)
         grants = tuple(roles.grant_statements(schema, what.owner_role)) if what.owner_role else ()
         if action is Action.CURRENT and state.recorded_ready_at(current) and not grants:
-            return EnsureResult(what.project_id, schema, action, current, what.target, _ms(started), Path.NONE)
+            result = EnsureResult(what.project_id, schema, action, current, what.target, _ms(started), Path.NONE)
+            return _logged(result, sending)
         plan = chain.plan(current, what.target, online=how.online) if action is not Action.CURRENT else None
         path = Path.NONE if plan is None else plan.path
         recorded_as = RegistryAction.ADOPT if adopted else RegistryAction.recording(action)
@@ -130,7 +135,9 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
         with _revision_errors(schema):
             transaction.run_in_parts(conn, chain, statement_by_statement=how.statement_by_statement)
     duration = float(recorded) if isinstance(recorded, (int, float, Decimal)) else _ms(started)
-    return EnsureResult(what.project_id, schema, action, current, what.target, duration, path)
+    if how.statement_by_statement:
+        sending += ", statement by statement"
+    return _logged(EnsureResult(what.project_id, schema, action, current, what.target, duration, path), sending)
 
 
 @contextmanager
@@ -193,10 +200,12 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     except Exception as failure:
         code = getattr(failure, "pgcode", None)
         if code == "22P02" and STATE_CHANGED in str(failure):
+            log.debug("%s: not as the batch read saw it; the careful path instead", what.schema)
             return None
         if code == DEADLOCK_DETECTED:
             return None  # rolled back; the careful path waits for the lock again, in a new transaction
         if not conn.invalidated and code not in (None, "55P03") and _moved(conn, what, expected):
+            log.debug("%s: changed since the batch read; the careful path instead", what.schema)
             return None  # it failed because the schema changed since it was read, not on its own account
         if isinstance(failure, conn.dialect.loaded_dbapi.Error):
             raise DBAPIError.instance(
@@ -209,8 +218,11 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         raise
     assert transaction.record is not None
     action = what.operation.action(how.chain, expected.version, what.target, exists=expected.exists)
-    return EnsureResult(
-        what.project_id, what.schema, action, expected.version, what.target, _ms(started), transaction.record.path
+    return _logged(
+        EnsureResult(
+            what.project_id, what.schema, action, expected.version, what.target, _ms(started), transaction.record.path
+        ),
+        "fast lane (one round trip)",
     )
 
 
@@ -304,3 +316,19 @@ def drop_schema(conn: Connection, project_id: str, schema: str) -> bool:
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
+
+
+def _logged(result: EnsureResult, sending: str) -> EnsureResult:
+    """One INFO line per schema a migration reached: what it did, the plan's path, how it was sent, how long."""
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "%s: %s %s -> %s, path %s, %s, %.1f ms",
+            result.schema,
+            result.action,
+            result.from_revision or "base",
+            result.to_revision or "base",
+            result.path,
+            sending,
+            result.duration_ms,
+        )
+    return result

@@ -37,6 +37,7 @@ A new step kind (chain/plan.py) or a new way of sending is added here, once, for
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -75,6 +76,7 @@ _INVALID_INDEXES = text(
     "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :schema AND NOT i.indisvalid ORDER BY 1"
 )
+log = logging.getLogger(__name__)  # DEBUG: the SQL sent on the raw driver (SQLAlchemy's engine log can't see it)
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,7 @@ class SchemaTransaction:
             if isinstance(unit, Step):
                 send(conn, pending, statement_by_statement=statement_by_statement)
                 pending = []
+                log.debug("%s: %s -> %s online through Alembic", self.schema, unit.from_rev, unit.to_rev)
                 chain.run_online(conn, self.schema, self.extension_schema, unit.from_rev, unit.to_rev)
             else:
                 pending.append(unit)
@@ -251,6 +254,7 @@ class SchemaTransaction:
         if not self.guarded or not self.compiled or not self.in_one_transaction or conn.dialect.driver != "psycopg2":
             raise ValueError("only a guarded, compiled transaction on psycopg2 is sent as one batch")
         batch = "\n".join([BEGIN, *self.statements(), COMMIT])
+        log.debug("%s: one round trip:\n%s", self.schema, batch)
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
         autocommit = dbapi.autocommit
@@ -477,6 +481,7 @@ def send(conn: Connection, statements: Sequence[str], *, statement_by_statement:
 def _send_one(conn: Connection, sql: str, *, result: bool) -> object:
     if conn.dialect.driver == "asyncpg":
         # The adapter's transaction has begun: the caller took the schema lock through it.
+        log.debug("sent on asyncpg:\n%s", sql)
         driver = conn.connection.driver_connection
         assert driver is not None
         return await_only(driver.fetchval(sql) if result else driver.execute(sql))
