@@ -10,6 +10,7 @@ from sqlalchemy import Connection, text
 
 LOCK_NAMESPACE = "workspace_tool:"
 REGISTRY_LOCK_KEY = LOCK_NAMESPACE + "#registry"
+POOL_LOCK_KEY = LOCK_NAMESPACE + "#pool"  # one filler of the warm pool per database at a time
 
 
 def quote_ident(name: str) -> str:
@@ -25,6 +26,16 @@ def sql_literal(value: str | None) -> str:
 def advisory_lock_sql(key: str) -> str:
     """Take the transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter)."""
     return f"SELECT pg_advisory_xact_lock(hashtextextended({key}, 0))"
+
+
+def session_lock_sql(key: str, *, wait: bool = True) -> str:
+    """The session-level advisory lock of ``key``, held across transactions until unlocked (or the session
+    ends): taken (waiting), or tried (``wait=False``: returns whether it was taken)."""
+    return f"SELECT pg_{'' if wait else 'try_'}advisory_lock(hashtextextended({key}, 0))"
+
+
+def session_unlock_sql(key: str) -> str:
+    return f"SELECT pg_advisory_unlock(hashtextextended({key}, 0))"
 
 
 # One statement, so taking the lock is a single round trip.

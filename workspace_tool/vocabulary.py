@@ -21,6 +21,7 @@ class StepKind(Word):
 
     COMPILED = "compiled"  # Alembic's offline SQL, replayed under the schema's search_path
     ONLINE = "online"  # run through Alembic on the connection (it reads the database, or won't render)
+    CLAIM = "claim"  # a spare schema already at the step's revision, renamed from the warm pool (pool.py)
 
 
 class Path(Word):
@@ -29,6 +30,7 @@ class Path(Word):
     FAST = "fast"  # all of it compiled SQL
     ONLINE = "online"  # all of it through Alembic
     MIXED = "mixed"  # some of each
+    POOL = "pool"  # a spare schema at head claimed from the warm pool and renamed: no revision ran
     NONE = "none"  # no SQL ran (already there, cached, verified)
 
 

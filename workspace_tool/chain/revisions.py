@@ -174,6 +174,11 @@ class Chain:
                 plan = self._plans[key] = Plan(from_rev, to_rev, steps)
         return plan
 
+    def claim_plan(self) -> Plan:
+        """A new schema at head the other way: a spare schema this chain built at head, claimed from the
+        warm pool and renamed (workspace_tool.pool); one CLAIM step."""
+        return Plan(None, self.head, (Step(StepKind.CLAIM, None, self.head, spare_of=self.fingerprint),))
+
     def _steps(self, from_rev: str | None, to_rev: str | None) -> list[Step]:
         """Maximal runs of compilable revisions become one compiled step each; the rest run online.
 

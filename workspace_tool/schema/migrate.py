@@ -36,7 +36,7 @@ class EnsureResult:
     from_revision: str | None
     to_revision: str | None
     duration_ms: float
-    path: Path  # FAST, ONLINE, MIXED, or NONE when no SQL ran
+    path: Path  # FAST, ONLINE, MIXED, POOL (a spare claimed), or NONE when no SQL ran
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,22 @@ class Migration:
 @dataclass(frozen=True)
 class Sending:
     """How to reach the database: the chain, the extension's schema (on the search_path), the bound on
-    every lock wait, everything online (the reference the fast path is verified against), and sending
-    statement by statement (Citus)."""
+    every lock wait, everything online (the reference the fast path is verified against), sending
+    statement by statement (Citus), and claiming a missing schema from the warm pool first (``pool``)."""
 
     chain: Chain
     extension_schema: str
     lock_timeout_ms: int | None = None
     online: bool = False
     statement_by_statement: bool = False
+    pool: bool = False
+
+
+def claims(how: Sending, what: Migration) -> bool:
+    """Whether a missing schema is first claimed from the warm pool (workspace_tool.pool): the pool is on,
+    the operation creates schemas and the target is head, where spares are built (so a claim is exactly
+    what creating it would do). No spare: the schema is built as before, in the same transaction."""
+    return how.pool and not how.online and what.operation.creates and what.target == how.chain.head
 
 
 def migrate(conn: Connection, how: Sending, what: Migration, *, started: float | None = None) -> EnsureResult:
@@ -73,13 +81,19 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
     started = time.perf_counter() if started is None else started
     chain, schema = how.chain, what.schema
     transactions.require(conn)
+    grants = tuple(roles.grant_statements(schema, what.owner_role)) if what.owner_role else ()
     with conn.begin():
-        state = read_state(conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms)
+        if claims(how, what):
+            claimed = _claim(conn, how, what, grants)
+            if claimed is not None:
+                return claimed
+            state = read_state(conn, what.project_id, schema)  # under the lock the claim took
+        else:
+            state = read_state(conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms)
         current = state.version
         what.operation.check(chain, what.project_id, schema, current, what.target, exists=state.exists)
         adopted = check_managed(conn, what.project_id, schema, state, adopt=what.adopt)
         action = what.operation.action(chain, current, what.target, exists=state.exists)
-        grants = tuple(roles.grant_statements(schema, what.owner_role)) if what.owner_role else ()
         if action is Action.CURRENT and state.recorded_ready_at(current) and not grants:
             return EnsureResult(what.project_id, schema, action, current, what.target, _ms(started), Path.NONE)
         plan = chain.plan(current, what.target, online=how.online) if action is not Action.CURRENT else None
@@ -102,6 +116,24 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
             raise MigrationFailed(schema, f"{type(exc).__name__}: {exc}") from exc
     duration = float(recorded) if isinstance(recorded, (int, float, Decimal)) else _ms(started)
     return EnsureResult(what.project_id, schema, action, current, what.target, duration, path)
+
+
+def _claim(conn: Connection, how: Sending, what: Migration, grants: tuple[str, ...]) -> EnsureResult | None:
+    """Take the schema's lock and claim a spare at head for it, registry row and grants included, in the
+    caller's transaction; None when there was none (or the schema exists): nothing changed, the lock held."""
+    transaction = SchemaTransaction(
+        what.schema,
+        how.extension_schema,
+        how.chain.claim_plan().steps,
+        lock_timeout_ms=how.lock_timeout_ms,
+        grants=grants,
+        record=RegistryRecord(what.project_id, what.target, RegistryAction.CREATE, Path.POOL),
+    )
+    recorded = transaction.run(conn, how.chain, statement_by_statement=how.statement_by_statement)
+    if recorded is None:
+        return None
+    assert isinstance(recorded, (int, float, Decimal))
+    return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, float(recorded), Path.POOL)
 
 
 def planned(
@@ -136,9 +168,12 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     guarded so that it changes nothing unless the schema is still as the batch read saw it.
 
     Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, Citus, an online step,
-    an empty schema) or the schema turned out not as read: the caller then uses ``migrate``. Database
-    errors are raised as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
+    an empty schema, a missing schema the warm pool may give) or the schema turned out not as read: the
+    caller then uses ``migrate``. Database errors are raised as SQLAlchemy DBAPIErrors, after the
+    transaction was rolled back."""
     if conn.dialect.driver != "psycopg2" or conn.in_transaction() or how.statement_by_statement:
+        return None
+    if not expected.exists and claims(how, what):
         return None
     transaction = fast_lane(how, what, expected)
     if transaction is None:
@@ -178,8 +213,9 @@ def _moved(conn: Connection, what: Migration, expected: Expected) -> bool:
 def run_plan(
     conn: Connection, chain: Chain, schema: str, extension_schema: str, plan: Plan, *, create_schema: bool
 ) -> None:
-    """Run a plan into ``schema`` in conn's transaction with no lock and no registry row: for scratch
-    schemas no one else sees, rolled back afterwards (references, autogenerate, the fast-path proof)."""
+    """Run a plan into ``schema`` in conn's transaction with no lock and no registry row: for schemas no one
+    else sees (scratch schemas rolled back afterwards: references, autogenerate, the fast-path proof; the
+    warm pool's spares, under names no project has)."""
     SchemaTransaction(schema, extension_schema, plan.steps, lock=False, create_schema=create_schema).run(conn, chain)
 
 
