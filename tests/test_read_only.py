@@ -71,6 +71,7 @@ def test_read_commands_on_a_fresh_database_say_so_and_write_nothing(new_database
         "checked": 0,
         "failing": 0,
         "schemas": [],
+        "spares": [],
     }
     named = cli(new_database, "check", "some-project")
     assert named.exit_code == 1 and "no schema and no registry row" in named.stdout

@@ -92,8 +92,9 @@ class Spare:
 
 
 def read_spares(conn: Connection) -> list[Spare]:
-    """Every spare, in a transaction on ``conn``. Read-only; empty before the registry (or r0003) exists."""
-    if not conn.execute(spares.HAS_TABLE).scalar():
+    """Every spare, in a transaction on ``conn``. Read-only; empty before the registry (or r0003) exists,
+    or for a role that may not read them (a monitoring role granted SELECT before r0003)."""
+    if not conn.execute(spares.READABLE).scalar():
         return []
     return [Spare(*row) for row in conn.execute(spares.SELECT_ALL)]
 
@@ -150,15 +151,16 @@ def fill(
     chain: Chain,
     size: int | None = None,
     *,
-    jobs: int = 1,
+    jobs: int | None = None,
     wait: bool = True,
     stop: threading.Event | None = None,
 ) -> FillReport:
     """Bring the pool to ``size`` spares at head (default: ``workspace_pool_size``): stale spares of the
-    current role are dropped, then the missing ones built on ``jobs`` connections (plus one holding the
-    pool's lock). Idempotent; concurrent fills are safe: one at a time per database, the next waits for it
-    (``wait=False``: returns at once, ``busy``) and then finds the pool full. ``stop`` ends it between
-    spares. Raises PoolRefused, with nothing made, for a chain that names its schema in stored text."""
+    current role are dropped, then the missing ones built on ``jobs`` connections (default: 2 per core,
+    within the engine's pool), plus one holding the pool's lock. Idempotent; concurrent fills are safe:
+    one at a time per database, the next waits for it (``wait=False``: returns at once, ``busy``) and
+    then finds the pool full. ``stop`` ends it between spares. Raises PoolRefused, with nothing made, for
+    a chain that names its schema in stored text."""
     started = time.perf_counter()
     size = resolve_size(chain, size)
     jobs = check_jobs(engine, jobs)
@@ -179,7 +181,7 @@ def drain(engine: Engine) -> int:
     ensure builds new schemas again until the pool is filled. Waits for a running fill. Returns how many."""
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
-            if not registry.present(conn) or not conn.execute(spares.HAS_TABLE).scalar():
+            if not registry.present(conn) or not conn.execute(spares.READABLE).scalar():
                 return 0
         with _pool_lock(conn, wait=True):
             dropped = _take(conn, None, everything=True)
@@ -190,7 +192,7 @@ def drain(engine: Engine) -> int:
     return dropped + len(unlisted)
 
 
-def follow(engine: Engine, chain: Chain, jobs: int = 1) -> FillReport | None:
+def follow(engine: Engine, chain: Chain, jobs: int | None = None) -> FillReport | None:
     """After `upgrade --all` to head: replace the spares behind head (stale ones are never handed out),
     keeping at least as many as there were, and at least ``workspace_pool_size``. None when there is no
     pool at all (no spare, size 0): one read."""
@@ -405,7 +407,7 @@ class Refiller:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                fill(self.engine, self.chain, self.size, wait=False, stop=self._stop)
+                fill(self.engine, self.chain, self.size, jobs=1, wait=False, stop=self._stop)
             except PoolRefused as exc:
                 self.refused = exc
                 log.warning("%s", exc)

@@ -5,6 +5,11 @@ the chain (base included), one scratch schema is migrated entirely online and on
 their catalogs (``catalog.snapshot``: tables, columns, types, defaults, nullability, indexes with method
 and options, constraints, comments, alembic_version) must be identical.
 
+With the warm pool on (``workspace_pool_size`` > 0, or ``pool=True``), one more case: a spare built at head
+through the fast path under a spare's name, then renamed as a claim renames it, against a fresh schema
+built online; besides the catalogs, nothing in the renamed schema may still name the schema it was built
+in (``pool.rename_and_scan``).
+
 Everything happens in one transaction that is rolled back, one savepoint per range: nothing is left
 behind, no registry row is written (not even the registry: the vector extension must exist, see
 `workspace-tool init`), and no project schema is touched. The role needs CREATE on the database.
@@ -19,10 +24,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from workspace_tool import pool as warm_pool
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Plan
 from workspace_tool.database import find_extension_schema, require_create
 from workspace_tool.dberrors import describe, translating
+from workspace_tool.errors import PoolRefused
+from workspace_tool.registry.spares import spare_name
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, snapshot
 from workspace_tool.schema.migrate import run_plan
 
@@ -31,12 +39,13 @@ SCRATCH_PREFIX = "workspace_verify_"
 
 @dataclass(frozen=True)
 class RangeCheck:
-    """One compared range. ``fresh``: the schema did not exist before (provisioning)."""
+    """One compared range. ``fresh``: the schema did not exist before (provisioning); ``pool``: a spare
+    built at head and renamed, as the warm pool hands one out."""
 
     from_rev: str | None
     to_rev: str | None
-    kind: str  # 'fresh', 'upgrade' or 'downgrade'
-    fast_path: str  # how the fast side ran the range: 'fast', 'mixed', 'online' or 'none'
+    kind: str  # 'fresh', 'upgrade', 'downgrade' or 'pool'
+    fast_path: str  # how the fast side ran the range: 'fast', 'mixed', 'online', 'none' or 'pool'
     differences: tuple[str, ...] = field(default=())
 
     @property
@@ -45,11 +54,11 @@ class RangeCheck:
 
     @property
     def fresh(self) -> bool:
-        return self.kind == "fresh"
+        return self.kind in ("fresh", "pool")
 
     @property
     def label(self) -> str:
-        start = "(none)" if self.fresh else (self.from_rev or "base")
+        start = "(spare)" if self.kind == "pool" else "(none)" if self.fresh else (self.from_rev or "base")
         return f"{start} -> {self.to_rev or 'base'}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -94,9 +103,12 @@ def verify_fast_path(
     *,
     cases: list[tuple[str | None, str | None, bool]] | None = None,
     on_check: Callable[[RangeCheck], None] | None = None,
+    pool: bool | None = None,
 ) -> VerificationReport:
     """Compare the online and the fast path on scratch schemas, for every range of the chain (or
-    ``cases``); the report says, per range, 'identical' or the differences."""
+    ``cases``), and a spare of the warm pool renamed (``pool``; default: when ``workspace_pool_size`` > 0)
+    with a fresh schema; the report says, per range, 'identical' or the differences."""
+    with_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
             extension_schema = find_extension_schema(conn)  # never created here: `workspace-tool init`
@@ -105,10 +117,13 @@ def verify_fast_path(
         token = uuid.uuid4().hex[:8]
         with conn.begin() as outer:
             for from_rev, to_rev, fresh in cases if cases is not None else ranges(chain):
-                check = _check(conn, chain, extension_schema, token, from_rev, to_rev, fresh)
-                checks.append(check)
+                checks.append(_check(conn, chain, extension_schema, token, from_rev, to_rev, fresh))
                 if on_check is not None:
-                    on_check(check)
+                    on_check(checks[-1])
+            if with_pool:
+                checks.append(_check_pool(conn, chain, extension_schema, token))
+                if on_check is not None:
+                    on_check(checks[-1])
             outer.rollback()
     return VerificationReport(chain.head, chain.fingerprint, tuple(checks))
 
@@ -122,18 +137,50 @@ def _check(
     to_rev: str | None,
     fresh: bool,
 ) -> RangeCheck:
+    fast_plan = chain.plan(None if fresh else from_rev, to_rev)
+
+    def build(schema: str, online: bool) -> None:
+        for plan, create in _plans(chain, from_rev, to_rev, fresh, online):
+            run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
+
+    differences = _compare_sides(conn, token, build, "fast path")
+    kind = "fresh" if fresh else ("upgrade" if chain.is_upgrade(from_rev, to_rev) else "downgrade")
+    return RangeCheck(from_rev, to_rev, kind, fast_plan.path, tuple(differences))
+
+
+def _check_pool(conn: Connection, chain: Chain, extension_schema: str, token: str) -> RangeCheck:
+    """A spare built at head through the fast path under a spare's name and renamed, as a claim does, vs a
+    schema built fresh online; anything left naming the spare's first name is a difference too."""
+
+    def build(schema: str, online: bool) -> None:
+        if online:
+            run_plan(
+                conn, chain, schema, extension_schema, chain.plan(None, chain.head, online=True), create_schema=True
+            )
+            return
+        spare = spare_name()
+        run_plan(conn, chain, spare, extension_schema, chain.plan(None, chain.head), create_schema=True)
+        found = warm_pool.rename_and_scan(conn, spare, schema)
+        if found:
+            raise PoolRefused(found)
+
+    differences = _compare_sides(conn, token, build, "pool (a spare renamed)")
+    return RangeCheck(None, chain.head, "pool", "pool", tuple(differences))
+
+
+def _compare_sides(conn: Connection, token: str, build: Callable[[str, bool], None], other: str) -> list[str]:
+    """Build the online side and the other side (``build(schema, online)``), each in a savepoint, all rolled
+    back; their catalogs' differences, or why a side failed."""
     catalogs: dict[bool, dict[str, Any]] = {}
     errors: list[str] = []
-    fast_plan = chain.plan(None if fresh else from_rev, to_rev)
     savepoint = conn.begin_nested()
     try:
         for online in (True, False):
             schema = f"{SCRATCH_PREFIX}{token}_{'online' if online else 'fast'}"
-            side = "online path" if online else "fast path"
+            side = "online path" if online else other
             inner = conn.begin_nested()
             try:
-                for plan, create in _plans(chain, from_rev, to_rev, fresh, online):
-                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
+                build(schema, online)
                 conn.execute(PIN_SEARCH_PATH)
                 catalogs[online] = snapshot(conn, schema)
                 inner.commit()
@@ -142,9 +189,7 @@ def _check(
                 errors.append(f"{side} failed: {describe(exc)}")
     finally:
         savepoint.rollback()
-    differences = errors or diff(catalogs[True], catalogs[False])
-    kind = "fresh" if fresh else ("upgrade" if chain.is_upgrade(from_rev, to_rev) else "downgrade")
-    return RangeCheck(from_rev, to_rev, kind, fast_plan.path, tuple(differences))
+    return errors or diff(catalogs[True], catalogs[False])
 
 
 def _plans(

@@ -82,6 +82,10 @@ def print_fleet_summary(summary: dict[str, Any]) -> None:
         if summary[key]:
             click.echo(f"\n{title}:")
             click.echo(table(summary[key], columns))
+    spares = summary.get("spares") or {}
+    if any(spares.values()):
+        counted = ", ".join(f"{n} {state}" for state, n in spares.items() if n)
+        click.echo(f"\nWarm pool (spare schemas, no project's): {counted} (workspace-tool pool status)")
 
 
 # ------------------------------------------------------------------------------ fleet runs
@@ -174,6 +178,18 @@ def print_fleet_report(report: FleetReport, as_json: bool) -> None:
         f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})",
         err=True,
     )
+    if report.pool is not None:
+        click.echo(_pool_line(report.pool), err=True)
+
+
+def _pool_line(followed: dict[str, Any]) -> str:
+    """After upgrade --all: what happened to the warm pool's spares (pool.follow)."""
+    if "error" in followed:
+        return f"Warm pool: spares behind head not replaced: {followed['error']}"
+    return (
+        f"Warm pool: {followed['dropped']} spare(s) behind head dropped, {followed['built']} built; "
+        f"{followed['ready']} ready at head"
+    )
 
 
 def _skipped_detail(report: FleetReport) -> str:
@@ -212,11 +228,13 @@ def print_drift_report(report: CheckReport, as_json: bool) -> None:
         sys.stdout.write(to_json(report.as_dict()) + "\n")
     elif report.registry or report.schemas:
         for schema in report.failing:
-            click.echo(f"{schema.schema} (project {schema.project_id}, {schema.state}):")
+            owner = "a spare of the warm pool" if schema.state == "spare" else f"project {schema.project_id}"
+            click.echo(f"{schema.schema} ({owner}, {schema.state}):")
             for problem in schema.problems:
                 click.echo(f"  {problem}")
+        spares = f" and {len(report.spares)} spare(s)" if report.spares else ""
         click.echo(
-            f"{len(report.schemas)} schema(s) checked against head {report.head}: "
+            f"{len(report.schemas)} schema(s){spares} checked against head {report.head}: "
             + ("all match" if report.ok else f"{len(report.failing)} differ"),
             err=True,
         )

@@ -45,6 +45,7 @@ class FleetReport:
     executor: str  # 'threads', 'processes', or 'none' when nothing ran
     interrupted: bool = False
     stopped: str | None = None  # why schemas were left not started: Ctrl-C, --fail-fast, a lost database
+    pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (pool.follow)
 
     def not_started(self) -> list[SchemaResult]:
         return [r for r in self.results if r.status == Status.SKIPPED and (r.note or "").startswith(NOT_STARTED)]
@@ -79,6 +80,7 @@ class FleetReport:
             "elapsed_ms": round(self.elapsed_ms, 3),
             "jobs": self.jobs,
             "executor": self.executor,
+            "pool": self.pool,
             "results": [r.as_dict() for r in self.results],
         }
 

@@ -4,19 +4,22 @@ renders each schema's transaction instead of running it."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
+from workspace_tool import pool as warm_pool
 from workspace_tool import reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA
-from workspace_tool.dberrors import translating
-from workspace_tool.errors import ConfigurationError
+from workspace_tool.dberrors import first_line, translating
+from workspace_tool.errors import ConfigurationError, WorkspaceError
 from workspace_tool.fleet import worker_engine as worker_engines
 from workspace_tool.fleet.executors import Tracker, run_processes, run_threads
 from workspace_tool.fleet.migrator import RunOptions
@@ -34,6 +37,7 @@ from workspace_tool.vocabulary import Path, Status
 DEFAULT_LOCK_TIMEOUT_MS = 5000
 DEFAULT_RETRIES = 3
 EXECUTORS = ("auto", "threads", "processes")
+log = logging.getLogger(__name__)
 
 
 class FleetOptions(TypedDict, total=False):
@@ -47,6 +51,7 @@ class FleetOptions(TypedDict, total=False):
     executor: str  # 'auto' (threads), 'threads' or 'processes'
     adopt: bool  # run the chain into named schemas that hold relations but no alembic_version
     engine_factory: EngineFactory | None  # processes: builds each worker's engine (see worker_engine)
+    pool: bool | None  # claim missing schemas from the warm pool (default: workspace_pool_size > 0)
 
 
 def upgrade(
@@ -88,8 +93,10 @@ def run(
     executor: str = "auto",
     adopt: bool = False,
     engine_factory: EngineFactory | None = None,
+    pool: bool | None = None,
 ) -> FleetReport:
-    """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options."""
+    """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options.
+    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``)."""
     started = time.perf_counter()
     ids = _validate(project_ids)
     if retries < 0 or lock_timeout_ms < 1:
@@ -101,6 +108,7 @@ def run(
     # sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is small;
     # processes are there for long online revisions on machines with idle cores.
     kind = "threads" if executor == "auto" else executor
+    use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
     resolved = chain.resolve(target)
     cache_key = cache.database_key(engine.url, chain.config_path)
@@ -124,7 +132,7 @@ def run(
         kind = "none"
     else:
         options = RunOptions(
-            operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema, adopt, worker_engine
+            operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema, adopt, worker_engine, use_pool
         )
         pooled = run_processes if kind == "processes" else run_threads
         tracker = Tracker(len(work), progress, started)
@@ -143,9 +151,24 @@ def run(
         cache.invalidate(cache_key, [w.project_id for w in work])
     if not interrupted:  # what `check` compares schemas with, if not stored yet for this chain
         reference.store_if_missing(engine, chain, lock_timeout_ms)
+    spares = _follow_pool(engine, chain, jobs) if operation is UPGRADE and ids is None and not interrupted else None
     order = {r.project_id: i for i, r in enumerate(records)}
     finished.sort(key=lambda r: order[r.project_id])
-    return FleetReport(operation.name, resolved, finished, ms_since(started), jobs, kind, interrupted, stopped)
+    report = FleetReport(operation.name, resolved, finished, ms_since(started), jobs, kind, interrupted, stopped)
+    report.pool = spares
+    return report
+
+
+def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | None:
+    """After `upgrade --all` (to head or not: spares are only ever at head): replace the spares behind
+    head. Best effort: a failure (a chain the pool refuses, a role without CREATE) is logged and reported,
+    never the run's failure."""
+    try:
+        followed = warm_pool.follow(engine, chain, jobs)
+    except (WorkspaceError, DBAPIError, OSError) as exc:
+        log.warning("could not replace the warm pool's spares: %s", first_line(exc))
+        return {"error": first_line(exc)}
+    return None if followed is None else followed.as_dict()
 
 
 def _validate(project_ids: Sequence[str] | None) -> list[str] | None:

@@ -38,7 +38,11 @@ def claim_statement(schema: str, revision: str | None, chain: str, upsert: str) 
     )
 
 
-HAS_TABLE = text(f"SELECT to_regclass('{SPARES_TABLE}') IS NOT NULL")
+# Whether the current role can read the spares (a monitoring role granted SELECT before r0003 can't).
+READABLE = text(
+    f"SELECT CASE WHEN to_regclass('{SPARES_TABLE}') IS NULL THEN false "
+    f"ELSE has_table_privilege('{SPARES_TABLE}', 'SELECT') END"
+)
 _MINE = "(SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user)"
 # Every spare, with whether its schema is there and is the current role's (only those are claimed by it).
 SELECT_ALL = text(
