@@ -283,6 +283,9 @@ def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs
                     built[0] += 1
 
     workers = min(jobs, count)
+    if workers == 1:  # in the calling thread (the background refill's own, say)
+        work()
+        return built[0]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wst-pool") as executor:
         futures = [executor.submit(work) for _ in range(workers)]
     for future in futures:
