@@ -20,6 +20,10 @@ What is measured (targets from issue 4):
 * ``check`` (drift detection) over a fleet of 10,000 schemas at head, interleaved with a no-op ``upgrade
   --all`` and ``status`` over the same fleet (issue 14). Targets: check <= 10 s and <= 3x the no-op upgrade;
   status <= 1 s.
+* the warm pool (issue 12, ``--only pool``): a new project's first ``ensure`` claiming a spare vs the fast
+  path vs the floor, interleaved, p50 and p99; ``asyncio.gather`` of 3 new projects from the pool vs one;
+  both again on a database holding 10,000 project schemas. Targets: pool p50 <= 1/20 of the fast path's,
+  gather of 3 <= 2x one.
 
 The server is ``WORKSPACE_TOOL_BENCH_DATABASE_URL`` if set, else the embedded PostgreSQL
 (``workspace_tool.embedded.start()``); the benchmark creates its own databases on it and drops them at
@@ -55,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_upgrade import checkpoint  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet  # noqa: E402
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet, pool  # noqa: E402
 from workspace_tool.naming import schema_for  # noqa: E402
 from workspace_tool.schema.migrate import Migration, Sending, migrate  # noqa: E402
 from workspace_tool.sql import quote_ident, search_path_sql  # noqa: E402
@@ -83,6 +87,12 @@ def literal(value: str) -> str:
 # ------------------------------------------------------------------ statistics
 def median_ms(samples: Sequence[float]) -> float:
     return statistics.median(samples) * 1000.0
+
+
+def p99_ms(samples: Sequence[float]) -> float:
+    """The 99th percentile (interpolated; with n=30 it sits between the two largest samples)."""
+    ordered = sorted(samples)
+    return (statistics.quantiles(ordered, n=100, method="inclusive")[98] if len(ordered) > 1 else ordered[0]) * 1000
 
 
 def spread(samples: Sequence[float]) -> str:
@@ -571,6 +581,105 @@ def _assert_whole_fleet(name: str, result: object, count: int) -> None:
         assert isinstance(result, list) and len(result) == count, name
 
 
+def bench_pool(server: URL, n: int, reps: int, existing: int) -> None:
+    """The warm pool, on a database holding no other schema and on one holding ``existing``."""
+    for count in (0, existing):
+        with scratch_database(server, f"pool{count}") as url:
+            engine = engine_for(url, pool_size=10)
+            mgr = WorkspaceManager(engine, ALEMBIC_INI)
+            try:
+                seconds = populate(engine, mgr, count) if count else 0.0
+                if count:
+                    log(f"created {count} project schemas at head in {seconds:.0f} s")
+                _pool_round(engine, url, mgr, n, reps, count)
+            finally:
+                mgr.close()
+                engine.dispose()
+
+
+def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, existing: int) -> None:
+    spares = n + 4 * reps + 12  # one per pooled ensure, warm-ups included
+    log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
+    filled = pool.fill(engine, mgr.chain, spares, jobs=2)
+    pooled = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=spares)
+    mgr.ensure("floorref")
+    floor = Floor(engine, schema_for("floorref"), mgr.head)
+    checkpoint(engine)  # the fill's dirty pages must not land in the measurements
+    for i in range(3):  # warm up every contender (connections, plpgsql's cached plans)
+        pooled.ensure(f"warm-pool-{i}")
+        mgr.ensure(f"warm-fast-{i}")
+        floor.provision(f"warm-floor-{i}")
+    samples: dict[str, list[float]] = {"pool": [], "fast": [], "floor": []}
+    paths: dict[str, set[str]] = {"pool": set(), "fast": set()}
+    for i in range(n):
+        contenders: list[tuple[str, Callable[[], object]]] = [
+            ("pool", lambda i=i: paths["pool"].add(pooled.ensure_detailed(f"pool-{i}").path)),  # type: ignore[misc]
+            ("fast", lambda i=i: paths["fast"].add(mgr.ensure_detailed(f"fast-{i}").path)),  # type: ignore[misc]
+            ("floor", lambda i=i: floor.provision(f"floor-{i}")),  # type: ignore[misc]
+        ]
+        shift = i % len(contenders)
+        for name, fn in contenders[shift:] + contenders[:shift]:
+            samples[name].append(timed(fn))
+    floor.close()
+    pooled.close()
+    assert paths == {"pool": {"pool"}, "fast": {"fast"}}, paths
+    gather = _pool_gather(url, reps, spares)
+    pool_ms, fast_ms, floor_ms = (median_ms(samples[k]) for k in ("pool", "fast", "floor"))
+    one, three = (statistics.median(gather[k]) for k in ("1", "3"))
+    label = f"{existing} schemas present" if existing else "no other schema"
+    print(f"\n== warm pool: a new project's first ensure ({label}; filled {filled.built} spares) ==")
+    for name in ("pool", "fast", "floor"):
+        print(f"{name:<6} {spread(samples[name])}  p99 {p99_ms(samples[name]):.2f} ms")
+    print(
+        f"pool p50 = 1/{fast_ms / pool_ms:.1f} of the fast path's (target <= 1/20: {verdict(20 * pool_ms, fast_ms)}); "
+        f"1/{floor_ms / pool_ms:.1f} of the floor's"
+    )
+    print(f"asyncio.gather from the pool, 1 project:  {spread(gather['1'])}")
+    print(
+        f"asyncio.gather from the pool, 3 projects: {spread(gather['3'])}  -> {three / one:.2f}x one "
+        f"(target <= 2x: {verdict(three / one, 2.0)})"
+    )
+    record(
+        f"pool_{existing}",
+        existing=existing,
+        n=n,
+        pool_p50_ms=pool_ms,
+        pool_p99_ms=p99_ms(samples["pool"]),
+        fast_p50_ms=fast_ms,
+        fast_p99_ms=p99_ms(samples["fast"]),
+        floor_p50_ms=floor_ms,
+        floor_p99_ms=p99_ms(samples["floor"]),
+        fast_over_pool=fast_ms / pool_ms,
+        gather_reps=reps,
+        gather_one_ms=one * 1000,
+        gather_three_ms=three * 1000,
+        gather_ratio=three / one,
+    )
+
+
+def _pool_gather(url: URL, reps: int, spares: int) -> dict[str, list[float]]:
+    """Seconds for asyncio.gather of 1 and of 3 new projects claimed from the pool, interleaved."""
+
+    async def run() -> dict[str, list[float]]:
+        engine = create_async_engine(async_url(url), pool_size=10)
+        amgr = ProjectWorkspaceManager(engine, ALEMBIC_INI, warm_pool=spares)
+        samples: dict[str, list[float]] = {"1": [], "3": []}
+        try:
+            await asyncio.gather(*(amgr.ensure(f"async-warm-{i}") for i in range(3)))  # connections, plans
+            for rep in range(reps):
+                for size in (1, 3) if rep % 2 == 0 else (3, 1):
+                    ids = [f"async-{size}-{rep}-{i}" for i in range(size)]
+                    started = time.perf_counter()
+                    results = await asyncio.gather(*(amgr.ensure_detailed(p) for p in ids))
+                    samples[str(size)].append(time.perf_counter() - started)
+                    assert {r.path for r in results} == {"pool"}, results
+        finally:
+            await engine.dispose()
+        return samples
+
+    return asyncio.run(run())
+
+
 def run_fleet(quick: bool, sizes: Sequence[int]) -> None:
     """benchmarks/fleet_upgrade.py's main(argv): once with --quick, else once per fleet size."""
     path = Path(__file__).with_name("fleet_upgrade.py")
@@ -605,7 +714,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["fresh", "cache", "gather", "existing", "fleet", "check"],
+        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "pool"],
         help="run only these parts (repeatable)",
     )
     parser.add_argument(
@@ -616,6 +725,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--check-schemas", type=int, help="fleet size for check/status (default 10000, quick 1000)")
     parser.add_argument("--check-reps", type=int, help="rounds of check/no-op upgrade/status (default 5, quick 3)")
     parser.add_argument("--jobs", type=int, default=fleet.default_jobs(), help="connections for check and upgrade")
+    parser.add_argument("--pool-n", type=int, help="ensures per contender for the warm pool (default 50, quick 30)")
+    parser.add_argument("--pool-reps", type=int, help="rounds of gather 1/3 from the pool (default 15, quick 9)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -625,12 +736,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.existing_n = args.existing_n or (20 if quick else 30)
     args.check_schemas = args.check_schemas or (1000 if quick else 10_000)
     args.check_reps = args.check_reps or (3 if quick else 5)
+    args.pool_n = args.pool_n or (30 if quick else 50)
+    args.pool_reps = args.pool_reps or (9 if quick else 15)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check"])
+    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "pool"])
     os.chdir(ROOT)
     server = server_url()
     print(f"server: {server.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
@@ -656,6 +769,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_fleet(args.quick, [int(n) for n in args.fleet_sizes.split(",") if n.strip()])
     if "check" in parts:
         bench_check(server, args.check_schemas, args.check_reps, args.jobs)
+    if "pool" in parts:
+        bench_pool(server, args.pool_n, args.pool_reps, args.existing)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")
