@@ -23,19 +23,24 @@ def sql_literal(value: str | None) -> str:
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 
 
+def _lock_id(key: str) -> str:
+    """The 64-bit advisory lock id of ``key`` (a SQL expression: a literal or a parameter)."""
+    return f"hashtextextended({key}, 0)"
+
+
 def advisory_lock_sql(key: str) -> str:
     """Take the transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter)."""
-    return f"SELECT pg_advisory_xact_lock(hashtextextended({key}, 0))"
+    return f"SELECT pg_advisory_xact_lock({_lock_id(key)})"
 
 
 def session_lock_sql(key: str, *, wait: bool = True) -> str:
     """The session-level advisory lock of ``key``, held across transactions until unlocked (or the session
     ends): taken (waiting), or tried (``wait=False``: returns whether it was taken)."""
-    return f"SELECT pg_{'' if wait else 'try_'}advisory_lock(hashtextextended({key}, 0))"
+    return f"SELECT pg_{'' if wait else 'try_'}advisory_lock({_lock_id(key)})"
 
 
 def session_unlock_sql(key: str) -> str:
-    return f"SELECT pg_advisory_unlock(hashtextextended({key}, 0))"
+    return f"SELECT pg_advisory_unlock({_lock_id(key)})"
 
 
 # One statement, so taking the lock is a single round trip.

@@ -77,7 +77,9 @@ def claims(how: Sending, what: Migration) -> bool:
 def migrate(conn: Connection, how: Sending, what: Migration, *, started: float | None = None) -> EnsureResult:
     """The careful path: in one transaction on ``conn`` (not already in one), take the schema's lock and
     read its state (one round trip), decide by the operation's rules, and run the schema transaction,
-    whose registry row commits with it.  Raises what the operation's rules say (WorkspaceOutdated, ...)."""
+    whose registry row commits with it.  Raises what the operation's rules say (WorkspaceOutdated, ...).
+    When a missing schema may come from the warm pool (``claims``), the lock is taken with the claim (one
+    round trip), and the state read only when no spare was claimed."""
     started = time.perf_counter() if started is None else started
     chain, schema = how.chain, what.schema
     transactions.require(conn)
