@@ -320,6 +320,23 @@ def test_the_background_refill_runs_on_its_own_thread_and_connection(engine: sa.
     assert request_conn not in {conn for _, conn in refills}
 
 
+def test_the_async_managers_refill_runs_on_a_thread_and_engine_of_its_own(engine: sa.Engine, database_url: URL) -> None:
+    async def main() -> tuple[str, str]:
+        aengine = create_async_engine(async_url(database_url), poolclass=sa.pool.NullPool)
+        amgr = ProjectWorkspaceManager(aengine, ALEMBIC_INI, warm_pool=1, refill=True)
+        try:
+            assert amgr.refiller is not None and amgr.refiller.engine.dialect.driver == "psycopg2"
+            first = await amgr.ensure_detailed("async-refill-1")  # the pool is empty: built, then refilled
+            await asyncio.to_thread(amgr.refiller.wait, 60)
+            second = await amgr.ensure_detailed("async-refill-2")
+            return str(first.path), str(second.path)
+        finally:
+            await amgr.close()
+            await aengine.dispose()
+
+    assert asyncio.run(main()) == ("fast", "pool")
+
+
 def test_the_refill_of_a_chain_the_pool_refuses_turns_itself_off(
     engine: sa.Engine, chain_builder: ChainBuilder
 ) -> None:
