@@ -43,12 +43,11 @@ READABLE = text(
     f"SELECT CASE WHEN to_regclass('{SPARES_TABLE}') IS NULL THEN false "
     f"ELSE has_table_privilege('{SPARES_TABLE}', 'SELECT') END"
 )
-_MINE = "(SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user)"
 # Every spare, with whether its schema is there and is the current role's (only those are claimed by it).
 SELECT_ALL = text(
     "SELECT s.schema_name, s.revision, s.chain, s.created_at, s.build_ms, n.oid IS NOT NULL AS present, "
-    f"n.nspowner = {_MINE} AS own FROM {SPARES_TABLE} s LEFT JOIN pg_namespace n ON n.nspname = s.schema_name "
-    "ORDER BY s.created_at, s.schema_name"
+    f"pg_get_userbyid(n.nspowner) = current_user AS own FROM {SPARES_TABLE} s "
+    "LEFT JOIN pg_namespace n ON n.nspname = s.schema_name ORDER BY s.created_at, s.schema_name"
 )
 INSERT = text(
     f"INSERT INTO {SPARES_TABLE} (schema_name, revision, chain, build_ms) VALUES (:schema, :revision, :chain, :ms)"
@@ -58,12 +57,13 @@ INSERT = text(
 TAKE = text(
     f"DELETE FROM {SPARES_TABLE} WHERE schema_name IN ("
     f"SELECT s.schema_name FROM {SPARES_TABLE} s LEFT JOIN pg_namespace n ON n.nspname = s.schema_name "
-    f"WHERE (n.oid IS NULL OR n.nspowner = {_MINE}) "
+    "WHERE (n.oid IS NULL OR pg_get_userbyid(n.nspowner) = current_user) "
     "AND (:all OR s.chain IS DISTINCT FROM :chain OR s.revision IS DISTINCT FROM :revision OR n.oid IS NULL) "
     "ORDER BY s.created_at LIMIT :batch FOR UPDATE OF s SKIP LOCKED) RETURNING schema_name"
 )
 # Spare-named schemas of the current role with no row: left by hand, never claimed; `pool drain` drops them.
 UNLISTED = text(
     f"SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE '{_LIKE_SPARE}' "
-    f"AND n.nspowner = {_MINE} AND NOT EXISTS (SELECT 1 FROM {SPARES_TABLE} s WHERE s.schema_name = n.nspname)"
+    "AND pg_get_userbyid(n.nspowner) = current_user "
+    f"AND NOT EXISTS (SELECT 1 FROM {SPARES_TABLE} s WHERE s.schema_name = n.nspname)"
 )

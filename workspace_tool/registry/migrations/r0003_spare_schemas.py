@@ -35,7 +35,7 @@ BEGIN
     SELECT s.schema_name INTO spare
     FROM project_registry.spare_schemas s JOIN pg_namespace n ON n.nspname = s.schema_name
     WHERE s.chain = p_chain AND s.revision = p_revision
-      AND n.nspowner = (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user)
+      AND pg_get_userbyid(n.nspowner) = current_user
     ORDER BY s.created_at
     LIMIT 1
     FOR UPDATE OF s SKIP LOCKED;
