@@ -417,6 +417,10 @@ UNSAFE = {
     "row": ITEMS + '\nop.execute("INSERT INTO items (name) VALUES (current_schema())")',
     "default literal": "op.execute(\"DO $$ BEGIN EXECUTE 'CREATE TABLE items (id int, home text DEFAULT ' "
     "|| quote_literal(current_schema()) || ')'; END $$\")",
+    "domain": "op.execute(\"DO $$ BEGIN EXECUTE 'CREATE DOMAIN home AS text CHECK (VALUE <> ' "
+    "|| quote_literal(current_schema()) || ')'; END $$\")",
+    "comment": ITEMS
+    + "\nop.execute(\"DO $$ BEGIN EXECUTE 'COMMENT ON TABLE items IS ' || quote_literal(current_schema()); END $$\")",
 }
 SAFE = (
     "op.create_table('items', sa.Column('id', sa.Integer, primary_key=True), sa.Column('name', sa.Text))\n"

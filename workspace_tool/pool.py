@@ -259,11 +259,15 @@ def _take(conn: Connection, chain: Chain | None, *, everything: bool) -> int:
 
 
 def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs: int, stop: threading.Event) -> int:
-    """Build ``count`` spares on ``jobs`` connections of their own; the first error stops the others."""
-    if count <= 0:
+    """Build ``count`` spares: the first alone, checked (``build_spare(check=True)``: a refused chain
+    leaves no spare), then the rest on ``jobs`` connections of their own; the first error stops the
+    others. Every spare is built by the same plan, so one check stands for all of them."""
+    if count <= 0 or stop.is_set():
         return 0
-    left = [count]
-    built = [0]
+    with transactions.connect(engine) as conn:
+        build_spare(conn, chain, extension_schema, check=True)
+    left = [count - 1]
+    built = [1]
     lock = threading.Lock()
     failed = threading.Event()
 
@@ -282,9 +286,10 @@ def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs
                 with lock:
                     built[0] += 1
 
-    workers = min(jobs, count)
-    if workers == 1:  # in the calling thread (the background refill's own, say)
-        work()
+    workers = min(jobs, left[0])
+    if workers <= 1:  # in the calling thread (the background refill's own, say)
+        if workers:
+            work()
         return built[0]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wst-pool") as executor:
         futures = [executor.submit(work) for _ in range(workers)]
@@ -295,16 +300,17 @@ def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs
     return built[0]
 
 
-def build_spare(conn: Connection, chain: Chain, extension_schema: str) -> str:
-    """Build one spare at head in its own transaction on ``conn`` and record it; return its name. It is
-    built under one name and renamed, then searched for that first name (``rename_and_scan``): a chain
-    that names its schema in stored text is refused (PoolRefused) and nothing is kept."""
-    building, spare = spare_name(), spare_name()
+def build_spare(conn: Connection, chain: Chain, extension_schema: str, *, check: bool = False) -> str:
+    """Build one spare at head in its own transaction on ``conn`` and record it; return its name. With
+    ``check``, it is built under another name and renamed, then searched for that first name
+    (``rename_and_scan``): a chain that names its schema in stored text is refused (PoolRefused) and
+    nothing is kept."""
+    spare = spare_name()
     started = time.perf_counter()
     with conn.begin():
+        building = spare_name() if check else spare
         run_plan(conn, chain, building, extension_schema, chain.plan(None, chain.head), create_schema=True)
-        found = rename_and_scan(conn, building, spare)
-        if found:
+        if check and (found := rename_and_scan(conn, building, spare)):
             raise PoolRefused(found)
         params = {"schema": spare, "revision": chain.head, "chain": chain.fingerprint, "ms": _ms(started)}
         conn.execute(spares.INSERT, params)
@@ -316,42 +322,44 @@ def build_spare(conn: Connection, chain: Chain, extension_schema: str) -> str:
 # rename (tables, sequences behind serial defaults, types, views' and rules' parse trees, foreign keys,
 # triggers' functions), text does not. Each object's stored text is read (a function's body and its SET
 # options) or deparsed (defaults, constraints, indexes, views, triggers and their arguments, policies,
-# rules, domains' defaults), and comments; the rows of its tables are searched after (_ROWS_NAMING).
+# rules, domains' defaults and constraints), and comments; then the rows of its tables. The schema's
+# relations are read once (pg_class has no index on relnamespace alone), the rest through their indexes.
 _NAMES_ITSELF = text(
     """
-WITH nsp AS (SELECT oid FROM pg_namespace WHERE nspname = :schema)
+WITH nsp AS (SELECT oid FROM pg_namespace WHERE nspname = :schema),
+rel AS MATERIALIZED (SELECT c.oid, c.relname, c.relkind FROM pg_class c, nsp WHERE c.relnamespace = nsp.oid)
 SELECT 'function ' || p.proname || '()' FROM pg_proc p, nsp WHERE p.pronamespace = nsp.oid
   AND strpos(concat_ws(' ', p.prosrc, array_to_string(p.proconfig, ' '), p.probin), :old) > 0
 UNION ALL
-SELECT 'the default of ' || c.relname || '.' || a.attname FROM pg_attrdef d
-  JOIN pg_class c ON c.oid = d.adrelid JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum, nsp
-  WHERE c.relnamespace = nsp.oid AND strpos(pg_get_expr(d.adbin, d.adrelid), :old) > 0
+SELECT 'the default of ' || r.relname || '.' || a.attname FROM rel r JOIN pg_attrdef d ON d.adrelid = r.oid
+  JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+  WHERE strpos(pg_get_expr(d.adbin, d.adrelid), :old) > 0
 UNION ALL
-SELECT 'constraint ' || k.conname FROM pg_constraint k, nsp
-  WHERE k.connamespace = nsp.oid AND strpos(pg_get_constraintdef(k.oid), :old) > 0
+SELECT 'constraint ' || k.conname FROM rel r JOIN pg_constraint k ON k.conrelid = r.oid
+  WHERE strpos(pg_get_constraintdef(k.oid), :old) > 0
 UNION ALL
-SELECT CASE WHEN c.relkind IN ('v', 'm') THEN 'view ' ELSE 'index ' END || c.relname FROM pg_class c, nsp
-  WHERE c.relnamespace = nsp.oid AND c.relkind IN ('v', 'm', 'i', 'I')
-  AND strpos(CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) ELSE pg_get_indexdef(c.oid) END, :old) > 0
+SELECT CASE WHEN r.relkind IN ('v', 'm') THEN 'view ' ELSE 'index ' END || r.relname FROM rel r
+  WHERE r.relkind IN ('v', 'm', 'i', 'I')
+  AND strpos(CASE WHEN r.relkind IN ('v', 'm') THEN pg_get_viewdef(r.oid) ELSE pg_get_indexdef(r.oid) END, :old) > 0
 UNION ALL
-SELECT 'trigger ' || t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid, nsp
-  WHERE c.relnamespace = nsp.oid AND NOT t.tgisinternal AND strpos(pg_get_triggerdef(t.oid), :old) > 0
+SELECT 'trigger ' || t.tgname FROM rel r JOIN pg_trigger t ON t.tgrelid = r.oid
+  WHERE NOT t.tgisinternal AND strpos(pg_get_triggerdef(t.oid), :old) > 0
 UNION ALL
-SELECT 'policy ' || p.polname FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid, nsp
-  WHERE c.relnamespace = nsp.oid
-  AND strpos(concat_ws(' ', pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)), :old) > 0
+SELECT 'policy ' || p.polname FROM rel r JOIN pg_policy p ON p.polrelid = r.oid
+  WHERE strpos(concat_ws(' ', pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)), :old) > 0
 UNION ALL
-SELECT 'rule ' || r.rulename FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class, nsp
-  WHERE c.relnamespace = nsp.oid AND r.rulename <> '_RETURN' AND strpos(pg_get_ruledef(r.oid), :old) > 0
+SELECT 'rule ' || w.rulename FROM rel r JOIN pg_rewrite w ON w.ev_class = r.oid
+  WHERE w.rulename <> '_RETURN' AND strpos(pg_get_ruledef(w.oid), :old) > 0
 UNION ALL
-SELECT 'the default of type ' || t.typname FROM pg_type t, nsp
-  WHERE t.typnamespace = nsp.oid AND strpos(t.typdefault, :old) > 0
+SELECT 'domain ' || t.typname FROM pg_type t, nsp WHERE t.typnamespace = nsp.oid AND t.typtype = 'd' AND (
+  strpos(t.typdefault, :old) > 0
+  OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = 0 AND k.contypid = t.oid
+             AND strpos(pg_get_constraintdef(k.oid), :old) > 0))
 UNION ALL
-SELECT 'a comment' FROM pg_description ds, nsp WHERE strpos(ds.description, :old) > 0 AND ds.objoid IN (
-  SELECT nsp.oid UNION ALL SELECT oid FROM pg_class WHERE relnamespace = nsp.oid
-  UNION ALL SELECT oid FROM pg_proc WHERE pronamespace = nsp.oid
-  UNION ALL SELECT oid FROM pg_constraint WHERE connamespace = nsp.oid
-  UNION ALL SELECT oid FROM pg_type WHERE typnamespace = nsp.oid)
+SELECT 'a comment' FROM pg_description ds WHERE strpos(ds.description, :old) > 0 AND ds.objoid IN (
+  SELECT oid FROM nsp UNION ALL SELECT oid FROM rel
+  UNION ALL SELECT p.oid FROM pg_proc p, nsp WHERE p.pronamespace = nsp.oid
+  UNION ALL SELECT k.oid FROM rel r JOIN pg_constraint k ON k.conrelid = r.oid)
 """
 )
 _TABLES = text(
