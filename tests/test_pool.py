@@ -167,20 +167,29 @@ def test_the_pool_size_comes_from_alembic_ini_and_a_bad_one_is_one_line(
 
 
 def test_the_async_manager_claims_spares_and_gathers_them(engine: sa.Engine, database_url: URL) -> None:
-    pool.fill(engine, CHAIN, 3)
+    pool.fill(engine, CHAIN, 4)
+    role = "wst_pool_async_owner"
 
-    async def main() -> list[str]:
+    async def main() -> list[tuple[str, bool]]:
         aengine = create_async_engine(async_url(database_url), poolclass=sa.pool.NullPool)
         try:
-            amgr = ProjectWorkspaceManager(aengine, ALEMBIC_INI, warm_pool=3)
+            amgr = ProjectWorkspaceManager(aengine, ALEMBIC_INI, warm_pool=4)
             first = await asyncio.gather(*(amgr.ensure_detailed(f"async-{i}") for i in range(3)))
-            last = await amgr.ensure_detailed("async-3")
-            return [r.path for r in [*first, last]]
+            granted = await amgr.ensure_detailed("async-granted", owner_role=role)
+            last = await amgr.ensure_detailed("async-last")
+            return [(r.path, r.duration_ms > 0) for r in [*first, granted, last]]
         finally:
             await aengine.dispose()
 
-    assert asyncio.run(main()) == ["pool", "pool", "pool", "fast"]
+    assert asyncio.run(main()) == [("pool", True)] * 4 + [("fast", True)]
     assert set(assert_consistent(engine).values()) == {HEAD}
+    with engine.begin() as conn:
+        allowed = conn.execute(
+            sa.text("SELECT has_table_privilege(:r, 'project_async_granted.repositories', 'INSERT')"), {"r": role}
+        ).scalar()
+        conn.execute(sa.text(f"DROP OWNED BY {role}"))
+        conn.execute(sa.text(f"DROP ROLE {role}"))
+    assert allowed is True
 
 
 def test_the_fleet_provision_claims_spares_then_builds_the_rest(engine: sa.Engine) -> None:

@@ -29,12 +29,12 @@ def spare_name() -> str:
 def claim_statement(schema: str, revision: str | None, chain: str, upsert: str) -> str:
     """ONE statement: claim a spare at ``revision`` built by the chain ``chain`` and rename it ``schema``
     (``claim_spare``, under the caller's lock on ``schema``), and only if it did, write the project's registry
-    row (``upsert``, written per row of ``claimed``). It returns the duration the row records, or NULL when
-    nothing was claimed (no such spare, or ``schema`` exists): then nothing changed."""
+    row (``upsert``, written per row of ``claimed``). It returns one row, the duration the registry row
+    records, or none when nothing was claimed (no such spare, or ``schema`` exists): then nothing changed."""
     call = f"{CLAIM_FUNCTION}({sql_literal(schema)}, {sql_literal(revision)}, {sql_literal(chain)})"
     return (
         f"WITH claimed AS MATERIALIZED (SELECT 1 FROM {call} AS c(ok) WHERE c.ok), recorded AS ({upsert}) "
-        "SELECT (SELECT last_duration_ms FROM recorded)"
+        "SELECT last_duration_ms FROM recorded"
     )
 
 

@@ -86,7 +86,7 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
     grants = tuple(roles.grant_statements(schema, what.owner_role)) if what.owner_role else ()
     with conn.begin():
         if claims(how, what):
-            claimed = _claim(conn, how, what, grants)
+            claimed = _claim(conn, how, what, grants, started)
             if claimed is not None:
                 return claimed
             state = read_state(conn, what.project_id, schema)  # under the lock the claim took
@@ -116,11 +116,12 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
                 raise
             # a revision's own Python error: the transaction rolls back
             raise MigrationFailed(schema, f"{type(exc).__name__}: {exc}") from exc
-    duration = float(recorded) if isinstance(recorded, (int, float, Decimal)) else _ms(started)
-    return EnsureResult(what.project_id, schema, action, current, what.target, duration, path)
+    return EnsureResult(what.project_id, schema, action, current, what.target, _recorded_ms(recorded, started), path)
 
 
-def _claim(conn: Connection, how: Sending, what: Migration, grants: tuple[str, ...]) -> EnsureResult | None:
+def _claim(
+    conn: Connection, how: Sending, what: Migration, grants: tuple[str, ...], started: float
+) -> EnsureResult | None:
     """Take the schema's lock and claim a spare at head for it, registry row and grants included, in the
     caller's transaction; None when there was none (or the schema exists): nothing changed, the lock held."""
     transaction = SchemaTransaction(
@@ -134,8 +135,8 @@ def _claim(conn: Connection, how: Sending, what: Migration, grants: tuple[str, .
     recorded = transaction.run(conn, how.chain, statement_by_statement=how.statement_by_statement)
     if recorded is None:
         return None
-    assert isinstance(recorded, (int, float, Decimal))
-    return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, float(recorded), Path.POOL)
+    duration = _recorded_ms(recorded, started)
+    return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
 
 
 def planned(
@@ -233,6 +234,13 @@ def drop_schema(conn: Connection, project_id: str, schema: str) -> bool:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
         deleted = conn.execute(registry.DELETE, {"project_id": project_id}).rowcount
     return bool(existed) or deleted > 0
+
+
+def _recorded_ms(recorded: object, started: float) -> float:
+    """The duration the registry row recorded (the server's), else the one measured here."""
+    if isinstance(recorded, (int, float, Decimal)) and not isinstance(recorded, bool):
+        return float(recorded)
+    return _ms(started)
 
 
 def _ms(started: float) -> float:

@@ -45,6 +45,7 @@ from workspace_tool.sql import lock_statement, lock_timeout_statement, quote_ide
 from workspace_tool.vocabulary import Path, RegistryAction, StepKind
 
 STATE_CHANGED = "workspace-tool:state-changed"
+CLAIMED = True  # what ``claim`` returns for a spare claimed when the driver doesn't return the duration (asyncpg)
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"
 
@@ -194,14 +195,17 @@ class SchemaTransaction:
 
     def claim(self, conn: Connection, *, lock_held: bool = False, statement_by_statement: bool = False) -> object:
         """Claim a spare on ``conn``, in a transaction: the prelude (unless ``lock_held``) and the claim with
-        its registry row in one round trip, then the grants. Returns the duration the row recorded, or None
-        when no spare was claimed: nothing changed then, and the transaction, holding the schema's lock, can
-        go on (to build the schema instead)."""
+        its registry row in one round trip, then the grants. Returns the duration the row recorded (CLAIMED on
+        asyncpg, which reads no rows in that round trip), or None when no spare was claimed: nothing changed
+        then, and the transaction, holding the schema's lock, can go on (to build the schema instead)."""
         transactions.require(conn)
         claim, *grants = self.units()
         assert isinstance(claim, str)
-        prelude = [] if lock_held else self.prelude()
-        recorded = send(conn, [*prelude, claim], statement_by_statement=statement_by_statement, result=True)
+        statements = [*([] if lock_held else self.prelude()), claim]
+        if conn.dialect.driver == "asyncpg" and not statement_by_statement:
+            recorded: object = CLAIMED if _returned_a_row(conn, statements) else None
+        else:
+            recorded = send(conn, statements, statement_by_statement=statement_by_statement, result=True)
         if recorded is not None:
             send(conn, [g for g in grants if isinstance(g, str)], statement_by_statement=statement_by_statement)
         return recorded
@@ -274,6 +278,15 @@ def send(conn: Connection, statements: Sequence[str], *, statement_by_statement:
             continue
         value = _send_one(conn, "\n".join(group), result=result and i == len(groups) - 1)
     return value
+
+
+def _returned_a_row(conn: Connection, statements: Sequence[str]) -> bool:
+    """asyncpg: send the statements in ONE round trip (its extended protocol, which returns rows, takes one
+    statement at a time and prepares it first: two round trips more); the simple protocol returns no rows,
+    but the last statement's status, ``SELECT 1`` when it returned one."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    return bool(await_only(driver.execute("\n".join(statements))) == "SELECT 1")
 
 
 def _send_one(conn: Connection, sql: str, *, result: bool) -> object:
