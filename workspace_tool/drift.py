@@ -29,6 +29,7 @@ from workspace_tool.jobs import check_jobs, default_jobs, spare_jobs
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
 from workspace_tool.status import ProjectStatus, collect_status
+from workspace_tool.vocabulary import SpareState
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
 # whole (it has no index by schema), the rest through indexes, and it holds no lock but on catalogs, so
@@ -111,7 +112,7 @@ def check(
 
 def _spares(conn: Connection, chain: Chain) -> list[SchemaCheck]:
     """The spares ready at head, each with its alembic_version checked (the catalogs are compared after)."""
-    ready = [s for s in pool.read_spares(conn) if s.state(chain) == "ready"]
+    ready = [s for s in pool.read_spares(conn) if s.state(chain) == SpareState.READY]
     versions = read_versions(conn, [s.schema for s in ready])
     checks = []
     for spare in ready:

@@ -16,8 +16,8 @@ the opt-in background ``Refiller`` a manager runs after it creates a schema.
 
 A chain whose objects name their schema in stored text (a function's body or its ``SET search_path FROM
 CURRENT``, a string in a view or a default, a row a revision inserts with ``current_schema()``) can't be
-renamed: each spare is renamed once while it is built and searched for its former name; if found, ``fill``
-raises PoolRefused and makes no spare, so ensure keeps building schemas (the fast path).
+renamed: the first spare of each fill is built under another name, renamed and searched for that name;
+if found, ``fill`` raises PoolRefused and makes no spare, so ensure keeps building schemas (the fast path).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from workspace_tool.registry import spares
 from workspace_tool.registry.spares import spare_name
 from workspace_tool.schema.migrate import run_plan
 from workspace_tool.sql import POOL_LOCK_KEY, quote_ident, session_lock_sql, session_unlock_sql, sql_literal
+from workspace_tool.vocabulary import SpareState
 
 POOL_SIZE_OPTION = "workspace_pool_size"
 DROP_BATCH = 20  # spares dropped per transaction (each DROP SCHEMA ... CASCADE locks its ~30 objects)
@@ -80,15 +81,14 @@ class Spare:
     present: bool  # its schema exists
     own: bool  # the current role owns it: only then may it claim (or drop) it
 
-    def state(self, chain: Chain) -> str:
-        """'ready' (claimable at this chain's head), 'stale' (another revision or chain: never handed out;
-        `pool fill` and `upgrade --all` replace it), 'missing' (its schema is gone), 'other role' (made by
-        another role, which alone may claim it)."""
+    def state(self, chain: Chain) -> SpareState:
+        """READY to be claimed at this chain's head, STALE, MISSING or another role's (see SpareState)."""
         if not self.present:
-            return "missing"
+            return SpareState.MISSING
         if not self.own:
-            return "other role"
-        return "ready" if (self.revision, self.chain) == (chain.head, chain.fingerprint) else "stale"
+            return SpareState.OTHER_ROLE
+        ready = (self.revision, self.chain) == (chain.head, chain.fingerprint)
+        return SpareState.READY if ready else SpareState.STALE
 
 
 def read_spares(conn: Connection) -> list[Spare]:
@@ -106,22 +106,22 @@ class PoolStatus:
     spares: list[Spare]
     chain: Chain
 
-    def count(self, state: str) -> int:
+    def count(self, state: SpareState) -> int:
         return sum(1 for s in self.spares if s.state(self.chain) == state)
 
     @property
     def ready(self) -> int:
-        return self.count("ready")
+        return self.count(SpareState.READY)
 
     def counts(self) -> dict[str, int]:
-        return {state: self.count(state) for state in ("ready", "stale", "missing", "other role")}
+        return {str(state): self.count(state) for state in SpareState}
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "head": self.head,
             "target": self.target,
             "counts": self.counts(),
-            "spares": [{**asdict(s), "state": s.state(self.chain)} for s in self.spares],
+            "spares": [{**asdict(s), "state": str(s.state(self.chain))} for s in self.spares],
         }
 
 

@@ -93,3 +93,12 @@ class Status(Word):
     OK = "ok"  # this run migrated it (or wrote its registry row)
     FAILED = "failed"
     SKIPPED = "skipped"  # this run did not change it (see the result's note)
+
+
+class SpareState(Word):
+    """A spare schema of the warm pool, as `pool status` shows it."""
+
+    READY = "ready"  # at this chain's head, the current role's: the next new project may get it
+    STALE = "stale"  # another revision or chain: never handed out; `pool fill` and `upgrade --all` replace it
+    MISSING = "missing"  # its row is there, its schema is gone
+    OTHER_ROLE = "other role"  # made by another role, which alone may claim it

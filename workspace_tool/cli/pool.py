@@ -59,6 +59,7 @@ def status_(app: AppContext, as_json: bool) -> None:
     stale: behind head or another chain's, never handed out; missing; other role: made by another role,
     which alone can claim it). Read-only."""
     from workspace_tool import pool as warm_pool
+    from workspace_tool.vocabulary import SpareState
 
     report = warm_pool.status(app.engine, app.manager.chain)
     if as_json:
@@ -66,9 +67,9 @@ def status_(app: AppContext, as_json: bool) -> None:
         return
     emit(report.as_dict()["spares"], SPARE_COLUMNS, as_json=False)
     counts = report.counts()
-    others = ", ".join(f"{n} {state}" for state, n in counts.items() if n and state != "ready")
+    others = ", ".join(f"{n} {state}" for state, n in counts.items() if n and state != SpareState.READY)
     click.echo(
-        f"Pool: {counts['ready']} spare(s) ready at head {report.head} (target {report.target})"
+        f"Pool: {report.ready} spare(s) ready at head {report.head} (target {report.target})"
         + (f"; {others}" if others else ""),
         err=True,
     )
