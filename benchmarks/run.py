@@ -62,9 +62,12 @@ from fleet_upgrade import checkpoint  # noqa: E402  (this folder is on sys.path 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet, pool  # noqa: E402
 from workspace_tool.naming import schema_for  # noqa: E402
 from workspace_tool.schema.migrate import Migration, Sending, migrate  # noqa: E402
+from workspace_tool.schema.transaction import BEGIN, COMMIT, RegistryRecord, SchemaTransaction  # noqa: E402
 from workspace_tool.sql import quote_ident, search_path_sql  # noqa: E402
 from workspace_tool.testing import fresh_database  # noqa: E402
 from workspace_tool.urls import async_url, sync_url  # noqa: E402
+from workspace_tool.vocabulary import Path as PlanPath  # noqa: E402
+from workspace_tool.vocabulary import RegistryAction  # noqa: E402
 
 ALEMBIC_INI = ROOT / "alembic.ini"
 SERVER_ENV = "WORKSPACE_TOOL_BENCH_DATABASE_URL"
@@ -598,7 +601,7 @@ def bench_pool(server: URL, n: int, reps: int, existing: int) -> None:
 
 
 def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, existing: int) -> None:
-    spares = n + 4 * reps + 12  # one per pooled ensure, warm-ups included
+    spares = n + 8 * reps + 12  # one per claim (the library's and the raw floor's), warm-ups included
     log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
     filled = pool.fill(engine, mgr.chain, spares, jobs=2)
     pooled = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=spares)
@@ -624,6 +627,7 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
     pooled.close()
     assert paths == {"pool": {"pool"}, "fast": {"fast"}}, paths
     gather = _pool_gather(url, reps, spares)
+    raw = {str(size): [_raw_claims(engine, mgr, size, f"{size}-{rep}") for rep in range(reps)] for size in (1, 3)}
     pool_ms, fast_ms, floor_ms = (median_ms(samples[k]) for k in ("pool", "fast", "floor"))
     one, three = (statistics.median(gather[k]) for k in ("1", "3"))
     label = f"{existing} schemas present" if existing else "no other schema"
@@ -638,6 +642,12 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
     print(
         f"asyncio.gather from the pool, 3 projects: {spread(gather['3'])}  -> {three / one:.2f}x one "
         f"(target <= 2x: {verdict(three / one, 2.0)})"
+    )
+    raw_ratio = statistics.median(raw["3"]) / statistics.median(raw["1"])
+    print(f"raw claims, 1 connection:  {spread(raw['1'])}")
+    print(
+        f"raw claims, 3 connections: {spread(raw['3'])}  -> {raw_ratio:.2f}x one (the same statements, one "
+        "batch each, from threads with no library: how far the server itself overlaps them)"
     )
     record(
         f"pool_{existing}",
@@ -654,7 +664,51 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
         gather_one_ms=one * 1000,
         gather_three_ms=three * 1000,
         gather_ratio=three / one,
+        raw_claims_one_ms=median_ms(raw["1"]),
+        raw_claims_three_ms=median_ms(raw["3"]),
+        raw_claims_ratio=raw_ratio,
     )
+
+
+def _raw_claims(engine: sa.Engine, mgr: WorkspaceManager, size: int, tag: str) -> float:
+    """Seconds for ``size`` threads, one held psycopg2 connection each, to claim a spare each with the
+    statements a claim sends (the lock, the claim with its registry row) as one batch from BEGIN to COMMIT,
+    with no library in the way."""
+    conns = [engine.raw_connection() for _ in range(size)]
+    batches = []
+    for i in range(size):
+        project_id = f"raw-{tag}-{i}"
+        record = RegistryRecord(project_id, mgr.head, RegistryAction.CREATE, PlanPath.POOL)
+        transaction = SchemaTransaction(schema_for(project_id), "-", mgr.chain.claim_plan().steps, record=record)
+        batches.append("\n".join([BEGIN, *transaction.statements(), COMMIT]))
+
+    def claim(i: int) -> None:
+        dbapi = conns[i].driver_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        cursor = dbapi.cursor()
+        cursor.execute(batches[i])
+        cursor.close()
+        dbapi.autocommit = False
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(size)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    for held in conns:
+        held.close()
+    with engine.connect() as conn:  # each claimed a spare: its project is there
+        made = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM project_registry.workspace_config WHERE project_id LIKE :p AND last_path = 'pool'"
+            ),
+            {"p": f"raw-{tag}-%"},
+        ).scalar_one()
+    assert made == size, (tag, made)
+    return elapsed
 
 
 def _pool_gather(url: URL, reps: int, spares: int) -> dict[str, list[float]]:
