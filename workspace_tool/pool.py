@@ -228,7 +228,7 @@ def _pool_lock(conn: Connection, *, wait: bool) -> Iterator[bool]:
 
 
 _READY = text(
-    f"SELECT count(*) FROM {spares.SPARES_TABLE} s JOIN pg_namespace n ON n.nspname = s.schema_name "
+    f"SELECT count(*) FROM {spares.SPARES_TABLE} s JOIN pg_namespace n ON n.nspname = s.schema_name::name "
     "WHERE s.chain = :chain AND s.revision = :revision "
     "AND pg_get_userbyid(n.nspowner) = current_user"
 )

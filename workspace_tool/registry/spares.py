@@ -47,7 +47,7 @@ READABLE = text(
 SELECT_ALL = text(
     "SELECT s.schema_name, s.revision, s.chain, s.created_at, s.build_ms, n.oid IS NOT NULL AS present, "
     f"pg_get_userbyid(n.nspowner) = current_user AS own FROM {SPARES_TABLE} s "
-    "LEFT JOIN pg_namespace n ON n.nspname = s.schema_name ORDER BY s.created_at, s.schema_name"
+    "LEFT JOIN pg_namespace n ON n.nspname = s.schema_name::name ORDER BY s.created_at, s.schema_name"
 )
 INSERT = text(
     f"INSERT INTO {SPARES_TABLE} (schema_name, revision, chain, build_ms) VALUES (:schema, :revision, :chain, :ms)"
@@ -56,7 +56,7 @@ INSERT = text(
 # them, or those not claimable at :revision of :chain; locked rows (being claimed) are skipped.
 TAKE = text(
     f"DELETE FROM {SPARES_TABLE} WHERE schema_name IN ("
-    f"SELECT s.schema_name FROM {SPARES_TABLE} s LEFT JOIN pg_namespace n ON n.nspname = s.schema_name "
+    f"SELECT s.schema_name FROM {SPARES_TABLE} s LEFT JOIN pg_namespace n ON n.nspname = s.schema_name::name "
     "WHERE (n.oid IS NULL OR pg_get_userbyid(n.nspowner) = current_user) "
     "AND (:all OR s.chain IS DISTINCT FROM :chain OR s.revision IS DISTINCT FROM :revision OR n.oid IS NULL) "
     "ORDER BY s.created_at LIMIT :batch FOR UPDATE OF s SKIP LOCKED) RETURNING schema_name"
@@ -65,5 +65,5 @@ TAKE = text(
 UNLISTED = text(
     f"SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE '{_LIKE_SPARE}' "
     "AND pg_get_userbyid(n.nspowner) = current_user "
-    f"AND NOT EXISTS (SELECT 1 FROM {SPARES_TABLE} s WHERE s.schema_name = n.nspname)"
+    f"AND NOT EXISTS (SELECT 1 FROM {SPARES_TABLE} s WHERE s.schema_name = n.nspname::text)"
 )

@@ -20,25 +20,28 @@ SCHEMA = "project_registry"
 # Claims one spare at ``p_revision`` built by the chain whose fingerprint is ``p_chain`` and owned by the
 # current role (a project made from it is owned as a fresh one would be), and renames it ``p_target``; the
 # caller holds ``p_target``'s advisory lock. False, changing nothing, when ``p_target`` exists or there is no
-# such spare. SKIP LOCKED: concurrent claimers never wait for each other nor get the same spare. (ALTER
-# SCHEMA can't run in a CTE, hence a function; plpgsql caches its plans per connection. No '%' or ':' in
-# the text: it goes through SQLAlchemy's text() and the driver's parameter formatting.)
+# such spare. SKIP LOCKED: concurrent claimers never wait for each other nor get the same spare. The owner is
+# looked up per spare, in claim order, through pg_namespace's index (a join read all of pg_namespace: 4 ms
+# with 10,000 schemas, against 0.1). ALTER SCHEMA can't run in a CTE, hence a function (plpgsql caches its
+# plans per connection). No '%' in the text, and ':' only in '::' casts: it goes through SQLAlchemy's text()
+# and the driver's parameter formatting.
 CLAIM_SPARE = """
 CREATE FUNCTION project_registry.claim_spare(p_target text, p_revision text, p_chain text) RETURNS boolean
 LANGUAGE plpgsql AS $claim$
 DECLARE
     spare text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = p_target) THEN
+    IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = p_target::name) THEN
         RETURN false;
     END IF;
     SELECT s.schema_name INTO spare
-    FROM project_registry.spare_schemas s JOIN pg_namespace n ON n.nspname = s.schema_name
+    FROM project_registry.spare_schemas s
     WHERE s.chain = p_chain AND s.revision = p_revision
-      AND pg_get_userbyid(n.nspowner) = current_user
+      AND (SELECT pg_get_userbyid(n.nspowner) FROM pg_namespace n WHERE n.nspname = s.schema_name::name)
+          = current_user
     ORDER BY s.created_at
     LIMIT 1
-    FOR UPDATE OF s SKIP LOCKED;
+    FOR UPDATE SKIP LOCKED;
     IF spare IS NULL THEN
         RETURN false;
     END IF;
