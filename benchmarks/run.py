@@ -26,6 +26,10 @@ What is measured (targets from issue 4):
   with a fresh engine each time (it connects, as the process does) and on a warm one, and for reference
   the floor of any such process (``python -c "import sqlalchemy, psycopg2"``) and the library called from
   a script process.
+* the warm pool (issue 12, ``--only pool``): a new project's first ``ensure`` claiming a spare vs the fast
+  path vs the floor, interleaved, p50 and p99; ``asyncio.gather`` of 3 new projects from the pool vs one;
+  both again on a database holding 10,000 project schemas. Targets: pool p50 <= 1/20 of the fast path's,
+  gather of 3 <= 2x one.
 
 The server is ``WORKSPACE_TOOL_BENCH_DATABASE_URL`` if set, else the embedded PostgreSQL
 (``workspace_tool.embedded.start()``); the benchmark creates its own databases on it and drops them at
@@ -61,12 +65,15 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_upgrade import checkpoint  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet  # noqa: E402
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet, pool  # noqa: E402
 from workspace_tool.naming import schema_for  # noqa: E402
 from workspace_tool.schema.migrate import Migration, Sending, migrate  # noqa: E402
+from workspace_tool.schema.transaction import BEGIN, COMMIT, RegistryRecord, SchemaTransaction  # noqa: E402
 from workspace_tool.sql import quote_ident, search_path_sql  # noqa: E402
 from workspace_tool.testing import fresh_database  # noqa: E402
 from workspace_tool.urls import async_url, sync_url  # noqa: E402
+from workspace_tool.vocabulary import Path as PlanPath  # noqa: E402
+from workspace_tool.vocabulary import RegistryAction  # noqa: E402
 
 ALEMBIC_INI = ROOT / "alembic.ini"
 SERVER_ENV = "WORKSPACE_TOOL_BENCH_DATABASE_URL"
@@ -89,6 +96,12 @@ def literal(value: str) -> str:
 # ------------------------------------------------------------------ statistics
 def median_ms(samples: Sequence[float]) -> float:
     return statistics.median(samples) * 1000.0
+
+
+def p99_ms(samples: Sequence[float]) -> float:
+    """The 99th percentile (interpolated; with n=30 it sits between the two largest samples)."""
+    ordered = sorted(samples)
+    return (statistics.quantiles(ordered, n=100, method="inclusive")[98] if len(ordered) > 1 else ordered[0]) * 1000
 
 
 def spread(samples: Sequence[float]) -> str:
@@ -685,6 +698,156 @@ def bench_startup(server: URL, schemas: int, reps: int, jobs: int) -> None:
     )
 
 
+def bench_pool(server: URL, n: int, reps: int, existing: int) -> None:
+    """The warm pool, on a database holding no other schema and on one holding ``existing``."""
+    for count in (0, existing):
+        with scratch_database(server, f"pool{count}") as url:
+            engine = engine_for(url, pool_size=10)
+            mgr = WorkspaceManager(engine, ALEMBIC_INI)
+            try:
+                seconds = populate(engine, mgr, count) if count else 0.0
+                if count:
+                    log(f"created {count} project schemas at head in {seconds:.0f} s")
+                _pool_round(engine, url, mgr, n, reps, count)
+            finally:
+                mgr.close()
+                engine.dispose()
+
+
+def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, existing: int) -> None:
+    spares = n + 8 * reps + 12  # one per claim (the library's and the raw floor's), warm-ups included
+    log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
+    filled = pool.fill(engine, mgr.chain, spares, jobs=2)
+    pooled = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=spares)
+    mgr.ensure("floorref")
+    floor = Floor(engine, schema_for("floorref"), mgr.head)
+    checkpoint(engine)  # the fill's dirty pages must not land in the measurements
+    for i in range(3):  # warm up every contender (connections, plpgsql's cached plans)
+        pooled.ensure(f"warm-pool-{i}")
+        mgr.ensure(f"warm-fast-{i}")
+        floor.provision(f"warm-floor-{i}")
+    samples: dict[str, list[float]] = {"pool": [], "fast": [], "floor": []}
+    paths: dict[str, set[str]] = {"pool": set(), "fast": set()}
+    for i in range(n):
+        contenders: list[tuple[str, Callable[[], object]]] = [
+            ("pool", lambda i=i: paths["pool"].add(pooled.ensure_detailed(f"pool-{i}").path)),  # type: ignore[misc]
+            ("fast", lambda i=i: paths["fast"].add(mgr.ensure_detailed(f"fast-{i}").path)),  # type: ignore[misc]
+            ("floor", lambda i=i: floor.provision(f"floor-{i}")),  # type: ignore[misc]
+        ]
+        shift = i % len(contenders)
+        for name, fn in contenders[shift:] + contenders[:shift]:
+            samples[name].append(timed(fn))
+    floor.close()
+    pooled.close()
+    assert paths == {"pool": {"pool"}, "fast": {"fast"}}, paths
+    gather = _pool_gather(url, reps, spares)
+    raw = {str(size): [_raw_claims(engine, mgr, size, f"{size}-{rep}") for rep in range(reps)] for size in (1, 3)}
+    pool_ms, fast_ms, floor_ms = (median_ms(samples[k]) for k in ("pool", "fast", "floor"))
+    one, three = (statistics.median(gather[k]) for k in ("1", "3"))
+    label = f"{existing} schemas present" if existing else "no other schema"
+    print(f"\n== warm pool: a new project's first ensure ({label}; filled {filled.built} spares) ==")
+    for name in ("pool", "fast", "floor"):
+        print(f"{name:<6} {spread(samples[name])}  p99 {p99_ms(samples[name]):.2f} ms")
+    print(
+        f"pool p50 = 1/{fast_ms / pool_ms:.1f} of the fast path's (target <= 1/20: {verdict(20 * pool_ms, fast_ms)}); "
+        f"1/{floor_ms / pool_ms:.1f} of the floor's"
+    )
+    print(f"asyncio.gather from the pool, 1 project:  {spread(gather['1'])}")
+    print(
+        f"asyncio.gather from the pool, 3 projects: {spread(gather['3'])}  -> {three / one:.2f}x one "
+        f"(target <= 2x: {verdict(three / one, 2.0)})"
+    )
+    raw_ratio = statistics.median(raw["3"]) / statistics.median(raw["1"])
+    print(f"raw claims, 1 connection:  {spread(raw['1'])}")
+    print(
+        f"raw claims, 3 connections: {spread(raw['3'])}  -> {raw_ratio:.2f}x one (the same statements, one "
+        "batch each, from threads with no library: how far the server itself overlaps them)"
+    )
+    record(
+        f"pool_{existing}",
+        existing=existing,
+        n=n,
+        pool_p50_ms=pool_ms,
+        pool_p99_ms=p99_ms(samples["pool"]),
+        fast_p50_ms=fast_ms,
+        fast_p99_ms=p99_ms(samples["fast"]),
+        floor_p50_ms=floor_ms,
+        floor_p99_ms=p99_ms(samples["floor"]),
+        fast_over_pool=fast_ms / pool_ms,
+        gather_reps=reps,
+        gather_one_ms=one * 1000,
+        gather_three_ms=three * 1000,
+        gather_ratio=three / one,
+        raw_claims_one_ms=median_ms(raw["1"]),
+        raw_claims_three_ms=median_ms(raw["3"]),
+        raw_claims_ratio=raw_ratio,
+    )
+
+
+def _raw_claims(engine: sa.Engine, mgr: WorkspaceManager, size: int, tag: str) -> float:
+    """Seconds for ``size`` threads, one held psycopg2 connection each, to claim a spare each with the
+    statements a claim sends (the lock, the claim with its registry row) as one batch from BEGIN to COMMIT,
+    with no library in the way."""
+    conns = [engine.raw_connection() for _ in range(size)]
+    batches = []
+    for i in range(size):
+        project_id = f"raw-{tag}-{i}"
+        record = RegistryRecord(project_id, mgr.head, RegistryAction.CREATE, PlanPath.POOL)
+        transaction = SchemaTransaction(schema_for(project_id), "-", mgr.chain.claim_plan().steps, record=record)
+        batches.append("\n".join([BEGIN, *transaction.statements(), COMMIT]))
+
+    def claim(i: int) -> None:
+        dbapi = conns[i].driver_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        cursor = dbapi.cursor()
+        cursor.execute(batches[i])
+        cursor.close()
+        dbapi.autocommit = False
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(size)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    for held in conns:
+        held.close()
+    with engine.connect() as conn:  # each claimed a spare: its project is there
+        made = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM project_registry.workspace_config WHERE project_id LIKE :p AND last_path = 'pool'"
+            ),
+            {"p": f"raw-{tag}-%"},
+        ).scalar_one()
+    assert made == size, (tag, made)
+    return elapsed
+
+
+def _pool_gather(url: URL, reps: int, spares: int) -> dict[str, list[float]]:
+    """Seconds for asyncio.gather of 1 and of 3 new projects claimed from the pool, interleaved."""
+
+    async def run() -> dict[str, list[float]]:
+        engine = create_async_engine(async_url(url), pool_size=10)
+        amgr = ProjectWorkspaceManager(engine, ALEMBIC_INI, warm_pool=spares)
+        samples: dict[str, list[float]] = {"1": [], "3": []}
+        try:
+            await asyncio.gather(*(amgr.ensure(f"async-warm-{i}") for i in range(3)))  # connections, plans
+            for rep in range(reps):
+                for size in (1, 3) if rep % 2 == 0 else (3, 1):
+                    ids = [f"async-{size}-{rep}-{i}" for i in range(size)]
+                    started = time.perf_counter()
+                    results = await asyncio.gather(*(amgr.ensure_detailed(p) for p in ids))
+                    samples[str(size)].append(time.perf_counter() - started)
+                    assert {r.path for r in results} == {"pool"}, results
+        finally:
+            await engine.dispose()
+        return samples
+
+    return asyncio.run(run())
+
+
 def run_fleet(quick: bool, sizes: Sequence[int]) -> None:
     """benchmarks/fleet_upgrade.py's main(argv): once with --quick, else once per fleet size."""
     path = Path(__file__).with_name("fleet_upgrade.py")
@@ -719,7 +882,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "startup"],
+        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool"],
         help="run only these parts (repeatable)",
     )
     parser.add_argument(
@@ -732,6 +895,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--startup-schemas", type=int, default=2000, help="fleet size for the start-up comparison")
     parser.add_argument("--startup-reps", type=int, help="rounds of the start-up runs (default 15, quick 10)")
     parser.add_argument("--jobs", type=int, default=fleet.default_jobs(), help="connections for check and upgrade")
+    parser.add_argument("--pool-n", type=int, help="ensures per contender for the warm pool (default 50, quick 30)")
+    parser.add_argument("--pool-reps", type=int, help="rounds of gather 1/3 from the pool (default 15, quick 9)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -742,12 +907,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.check_schemas = args.check_schemas or (1000 if quick else 10_000)
     args.check_reps = args.check_reps or (3 if quick else 5)
     args.startup_reps = args.startup_reps or (10 if quick else 15)
+    args.pool_n = args.pool_n or (30 if quick else 50)
+    args.pool_reps = args.pool_reps or (9 if quick else 15)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "startup"])
+    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool"])
     os.chdir(ROOT)
     server = server_url()
     print(f"server: {server.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
@@ -775,6 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_check(server, args.check_schemas, args.check_reps, args.jobs)
     if "startup" in parts:
         bench_startup(server, args.startup_schemas, args.startup_reps, args.jobs)
+    if "pool" in parts:
+        bench_pool(server, args.pool_n, args.pool_reps, args.existing)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")

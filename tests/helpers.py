@@ -56,12 +56,13 @@ TABLES = {
 
 # ------------------------------------------------------------------- the database as a test sees it
 def reset_database(engine: sa.Engine) -> None:
-    """Drop every project schema and empty the registry; forget the process caches."""
+    """Drop every project schema, the registry and the warm pool's spares; forget the process caches."""
     with engine.begin() as conn:
         schemas = (
             conn.execute(
                 sa.text(
-                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%' OR nspname LIKE 'public_twin%'"
+                    "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%' OR nspname LIKE 'public_twin%' "
+                    "OR nspname LIKE 'workspace\\_spare\\_%'"
                 )
             )
             .scalars()

@@ -32,6 +32,7 @@ COMMANDS = {
     "verify-fast-path",
     "revision",
     "init-chain",
+    "pool",
 }
 
 

@@ -178,6 +178,43 @@ def test_each_test_gets_a_fresh_project_at_head_dropped_after_it_even_when_it_fa
     assert not database_exists(server_url_string, writes["database"])
 
 
+def test_with_a_warm_pool_configured_the_projects_are_spares_renamed(
+    app: pytest.Pytester, server_url_string: str
+) -> None:
+    builder = ChainBuilder(app.path / "app_chain").copy_main_chain()
+    builder.ini.write_text(builder.ini.read_text().replace("[alembic]\n", "[alembic]\nworkspace_pool_size = 2\n", 1))
+    app.makepyfile(
+        test_app_pool="""
+        import sqlalchemy as sa
+        from record import record
+
+        def last_path(engine, project_id):
+            with engine.connect() as conn:
+                return conn.execute(
+                    sa.text("SELECT last_path FROM project_registry.workspace_config WHERE project_id = :p"),
+                    {"p": project_id},
+                ).scalar()
+
+        def test_first(workspace_project, workspace_engine):
+            record(test="first", path=last_path(workspace_engine, workspace_project.id))
+
+        def test_second(workspace_project, workspace_engine, workspace_manager):
+            workspace_manager.refiller.wait(60)  # refilled in the background after the first
+            record(test="second", path=last_path(workspace_engine, workspace_project.id))
+
+        def test_third(workspace_project, workspace_engine):
+            with workspace_project.session() as s:
+                s.execute(sa.text("SELECT count(*) FROM repositories"))
+            record(test="third", path=last_path(workspace_engine, workspace_project.id))
+        """
+    )
+    result = app.runpytest(f"--workspace-url={server_url_string}", f"--workspace-config={builder.ini}")
+    result.assert_outcomes(passed=3)
+    log = seen(app)
+    assert log["first"]["path"] == "pool"  # the pool was filled at the start of the session
+    assert log["third"]["path"] == "pool"  # and is refilled in the background: two spares, three projects
+
+
 def test_async_tests_use_the_async_manager_from_their_own_event_loops(
     app: pytest.Pytester, server_url_string: str
 ) -> None:

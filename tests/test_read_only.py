@@ -71,6 +71,7 @@ def test_read_commands_on_a_fresh_database_say_so_and_write_nothing(new_database
         "checked": 0,
         "failing": 0,
         "schemas": [],
+        "spares": [],
     }
     named = cli(new_database, "check", "some-project")
     assert named.exit_code == 1 and "no schema and no registry row" in named.stdout
@@ -162,9 +163,11 @@ def test_status_and_check_work_for_a_read_only_role(
     one_line_error(cli(url, "check"), "can't build one", "run `workspace-tool init`")
     admin = cli(database_url, "check")  # a role that may create schemas builds it, and stores nothing
     assert admin.exit_code == 1 and admin.stdout == check.stdout
-    assert database_state(database_url)[2] == [("reference_catalog", 0), ("workspace_config", 2)] + [
-        row for row in before[2] if row[0] == "workspace_registry_version"
-    ]
+    assert database_state(database_url)[2] == [
+        ("reference_catalog", 0),
+        ("spare_schemas", 0),
+        ("workspace_config", 2),
+    ] + [row for row in before[2] if row[0] == "workspace_registry_version"]
 
     assert cli(database_url, "init").exit_code == 0  # stores it again
     assert cli(url, "check").stdout == check.stdout

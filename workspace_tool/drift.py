@@ -8,7 +8,8 @@ schemas, spread over ``jobs`` connections, reduces each schema's catalog to a fi
 in detail (``catalog.snapshot``: tables, columns, types, nullability, defaults, indexes with method and
 options, constraints, comments, alembic_version) and compared (``catalog.diff``): once per distinct
 fingerprint, as schemas with equal fingerprints have equal catalogs. A schema's alembic_version comes from
-the status read: it must hold exactly the head, as the reference's does.
+the status read: it must hold exactly the head, as the reference's does. The warm pool's spares ready at
+head (workspace_tool.pool) are compared too: each will become a project's schema as it is.
 """
 
 from __future__ import annotations
@@ -19,15 +20,16 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from workspace_tool import pool, registry, transactions
 from workspace_tool import reference as references
-from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
-from workspace_tool.fleet.reader import read_parallel, versions_reader
+from workspace_tool.fleet.reader import read_parallel, read_versions, versions_reader
 from workspace_tool.jobs import check_jobs, default_jobs, spare_jobs
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
 from workspace_tool.status import ProjectStatus, collect_status
+from workspace_tool.vocabulary import SpareState
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
 # whole (it has no index by schema), the rest through indexes, and it holds no lock but on catalogs, so
@@ -41,7 +43,7 @@ class SchemaCheck:
     project_id: str
     schema: str
     revision: str | None
-    state: str  # as in `status`: 'at head', 'behind', 'missing', 'orphan', ...
+    state: str  # as in `status`: 'at head', 'behind', 'missing', 'orphan', ...; 'spare' for a spare
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -57,14 +59,15 @@ class CheckReport:
     head: str
     schemas: list[SchemaCheck]
     registry: bool = True  # False: this database has no registry yet (nothing was provisioned)
+    spares: list[SchemaCheck] = field(default_factory=list)  # the warm pool's spares ready at head
 
     @property
     def ok(self) -> bool:
-        return all(s.ok for s in self.schemas)
+        return all(s.ok for s in self.schemas + self.spares)
 
     @property
     def failing(self) -> list[SchemaCheck]:
-        return [s for s in self.schemas if not s.ok]
+        return [s for s in self.schemas + self.spares if not s.ok]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,15 +76,17 @@ class CheckReport:
             "checked": len(self.schemas),
             "failing": len(self.failing),
             "schemas": [s.as_dict() for s in self.schemas],
+            "spares": [s.as_dict() for s in self.spares],
         }
 
 
 def check(
     engine: Engine, chain: Chain, project_ids: Sequence[str] | None = None, *, jobs: int | None = None
 ) -> CheckReport:
-    """Every project schema (or the named ones): at head, registered, ready, and equal to the reference.
-    Read-only: writes nothing, not even the registry; a read-only role can run it once a migrating run
-    stored the reference (see workspace_tool.reference)."""
+    """Every project schema (or the named ones): at head, registered, ready, and equal to the reference;
+    with no names, the warm pool's spares ready at head too. Read-only: writes nothing, not even the
+    registry; a read-only role can run it once a migrating run stored the reference (see
+    workspace_tool.reference)."""
     if project_ids is not None:
         for project_id in project_ids:
             schema_for(project_id)
@@ -91,17 +96,31 @@ def check(
         with conn.begin():
             has_registry = registry.present(conn)
             statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs))
+            spares = _spares(conn, chain) if project_ids is None else []
         schemas = [_from_status(chain, s) for s in statuses]
         at_head = [c for c in schemas if _comparable(chain, c)]
-        if at_head:
-            _compare(engine, conn, references.for_check(conn, chain), at_head, jobs)
+        if at_head or spares:
+            _compare(engine, conn, references.for_check(conn, chain), at_head + spares, jobs)
     known = {s.project_id for s in statuses}
     schemas += [
         SchemaCheck(p, schema_for(p), None, "missing", ["no schema and no registry row"])
         for p in project_ids or []
         if p not in known
     ]
-    return CheckReport(chain.head, schemas, has_registry)
+    return CheckReport(chain.head, schemas, has_registry, spares)
+
+
+def _spares(conn: Connection, chain: Chain) -> list[SchemaCheck]:
+    """The spares ready at head, each with its alembic_version checked (the catalogs are compared after)."""
+    ready = [s for s in pool.read_spares(conn) if s.state(chain) == SpareState.READY]
+    versions = read_versions(conn, [s.schema for s in ready])
+    checks = []
+    for spare in ready:
+        check = SchemaCheck("", spare.schema, versions.get(spare.schema), "spare")
+        if check.revision != chain.head:
+            check.problems.append(f"recorded at head {chain.head}, but its alembic_version says {check.revision}")
+        checks.append(check)
+    return checks
 
 
 def _from_status(chain: Chain, status: ProjectStatus) -> SchemaCheck:

@@ -198,3 +198,24 @@ class LockTimeout(WorkspaceError):
         self.schema = schema
         self.detail = detail
         super().__init__(f"{schema}: could not get a lock in time ({detail}); nothing was changed, rerun later")
+
+
+class PoolRefused(WorkspaceError):
+    """The chain's objects name the schema they were built in as stored text (a function's body or its SET
+    search_path, a string in a view, a default or a row...), which a rename does not follow: a spare schema
+    can't become a project's, so the warm pool refuses this chain. ``found`` lists what names it. Also
+    raised, with ``why``, for a chain with a revision that can't run in a transaction (a spare is built
+    and recorded in one)."""
+
+    def __init__(self, found: list[str], *, why: str | None = None) -> None:
+        self.found = found
+        shown = "; ".join(found[:3]) + (f"; and {len(found) - 3} more" if len(found) > 3 else "")
+        why = why or (
+            f"once a spare schema is renamed, {shown} still name(s) the schema it was built in (stored as text, "
+            "which a rename does not follow), so a project made from a spare would point at a schema that no "
+            "longer exists"
+        )
+        super().__init__(
+            f"the warm pool can't be used with this chain: {why}; no spare was made and ensure "
+            "keeps building new schemas (the fast path): set workspace_pool_size = 0 in alembic.ini"
+        )

@@ -10,6 +10,7 @@ from sqlalchemy import Connection, text
 
 LOCK_NAMESPACE = "workspace_tool:"
 REGISTRY_LOCK_KEY = LOCK_NAMESPACE + "#registry"
+POOL_LOCK_KEY = LOCK_NAMESPACE + "#pool"  # one filler of the warm pool per database at a time
 
 
 def quote_ident(name: str) -> str:
@@ -22,10 +23,24 @@ def sql_literal(value: str | None) -> str:
     return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 
 
-def advisory_lock_sql(key: str, function: str = "pg_advisory_xact_lock") -> str:
-    """Take the transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter);
-    ``function`` names another advisory-lock function on the same key (the session's lock, its release)."""
-    return f"SELECT {function}(hashtextextended({key}, 0))"
+def _lock_id(key: str) -> str:
+    """The 64-bit advisory lock id of ``key`` (a SQL expression: a literal or a parameter)."""
+    return f"hashtextextended({key}, 0)"
+
+
+def advisory_lock_sql(key: str) -> str:
+    """Take the transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter)."""
+    return f"SELECT pg_advisory_xact_lock({_lock_id(key)})"
+
+
+def session_lock_sql(key: str, *, wait: bool = True) -> str:
+    """The session-level advisory lock of ``key``, held across transactions until unlocked (or the session
+    ends): taken (waiting), or tried (``wait=False``: returns whether it was taken)."""
+    return f"SELECT pg_{'' if wait else 'try_'}advisory_lock({_lock_id(key)})"
+
+
+def session_unlock_sql(key: str) -> str:
+    return f"SELECT pg_advisory_unlock({_lock_id(key)})"
 
 
 # One statement, so taking the lock is a single round trip.
@@ -41,12 +56,13 @@ def lock_statement(schema: str, *, session: bool = False) -> str:
     """The schema's lock as a literal statement, for a batch or a script: the transaction's, or with
     ``session`` the session's (kept across transactions until ``unlock_statement``). Both are the same
     lock: another session waits for either, and the session holding one takes the other at once."""
-    return advisory_lock_sql(sql_literal(lock_key(schema)), "pg_advisory_lock" if session else "pg_advisory_xact_lock")
+    key = sql_literal(lock_key(schema))
+    return session_lock_sql(key) if session else advisory_lock_sql(key)
 
 
 def unlock_statement(schema: str) -> str:
     """Release the schema's session lock."""
-    return advisory_lock_sql(sql_literal(lock_key(schema)), "pg_advisory_unlock")
+    return session_unlock_sql(sql_literal(lock_key(schema)))
 
 
 def lock_timeout_statement(timeout_ms: int, *, local: bool = True) -> str:

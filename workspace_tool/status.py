@@ -62,9 +62,12 @@ def collect_status(
     ]
 
 
-def fleet_summary(chain: Chain, statuses: Sequence[ProjectStatus]) -> dict[str, Any]:
+def fleet_summary(
+    chain: Chain, statuses: Sequence[ProjectStatus], spares: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Counts by state and by revision, and the schemas needing attention: missing (registered, no
-    schema), orphans (a project schema with no registry row), failed (the last run failed on them)."""
+    schema), orphans (a project schema with no registry row), failed (the last run failed on them); and
+    the warm pool's spares by state (``spares``: counted apart, they are no project's), when given."""
     counts = {str(state): 0 for state in State}
     by_revision: dict[tuple[str | None, str], int] = {}
     for s in statuses:
@@ -87,4 +90,5 @@ def fleet_summary(chain: Chain, statuses: Sequence[ProjectStatus]) -> dict[str, 
         "missing": pick(State.MISSING, "registry_revision"),
         "orphans": pick(State.ORPHAN, "revision"),
         "failed": pick(State.FAILED, "revision", "last_action", "last_error"),
+        **({} if spares is None else {"spares": spares}),
     }

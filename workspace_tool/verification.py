@@ -5,6 +5,11 @@ the chain (base included), one scratch schema is migrated entirely online and on
 their catalogs (``catalog.snapshot``: tables, columns, types, defaults, nullability, indexes with method
 and options, constraints, comments, alembic_version) must be identical.
 
+With the warm pool on (``workspace_pool_size`` > 0, or ``pool=True``), one more case: a spare built at head
+through the fast path under a spare's name, then renamed as a claim renames it, against a fresh schema
+built online; besides the catalogs, nothing in the renamed schema may still name the schema it was built
+in (``pool.rename_and_scan``).
+
 Everything happens in one transaction that is rolled back, one savepoint per range: nothing is left
 behind, no registry row is written (not even the registry: the vector extension must exist, see
 `workspace-tool init`), and no project schema is touched. The role needs CREATE on the database.
@@ -19,16 +24,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from workspace_tool import pool as warm_pool
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Plan
 from workspace_tool.database import find_extension_schema, require_create
 from workspace_tool.dberrors import describe, translating
+from workspace_tool.errors import PoolRefused
+from workspace_tool.registry.spares import spare_name
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, snapshot
 from workspace_tool.schema.migrate import in_one_transaction, run_plan, scratch_schema
 
@@ -37,12 +45,13 @@ SCRATCH_PREFIX = "workspace_verify_"
 
 @dataclass(frozen=True)
 class RangeCheck:
-    """One compared range. ``fresh``: the schema did not exist before (provisioning)."""
+    """One compared range. ``fresh``: the schema did not exist before (provisioning); ``pool``: a spare
+    built at head and renamed, as the warm pool hands one out."""
 
     from_rev: str | None
     to_rev: str | None
-    kind: str  # 'fresh', 'upgrade' or 'downgrade'
-    fast_path: str  # how the fast side ran the range: 'fast', 'mixed', 'online' or 'none'
+    kind: str  # 'fresh', 'upgrade', 'downgrade' or 'pool'
+    fast_path: str  # how the fast side ran the range: 'fast', 'mixed', 'online', 'none' or 'pool'
     differences: tuple[str, ...] = field(default=())
 
     @property
@@ -51,11 +60,11 @@ class RangeCheck:
 
     @property
     def fresh(self) -> bool:
-        return self.kind == "fresh"
+        return self.kind in ("fresh", "pool")
 
     @property
     def label(self) -> str:
-        start = "(none)" if self.fresh else (self.from_rev or "base")
+        start = "(spare)" if self.kind == "pool" else "(none)" if self.fresh else (self.from_rev or "base")
         return f"{start} -> {self.to_rev or 'base'}"
 
     def as_dict(self) -> dict[str, Any]:
@@ -100,14 +109,17 @@ def verify_fast_path(
     *,
     cases: list[tuple[str | None, str | None, bool]] | None = None,
     on_check: Callable[[RangeCheck], None] | None = None,
+    pool: bool | None = None,
 ) -> VerificationReport:
     """Compare the online and the fast path on scratch schemas, for every range of the chain (or
-    ``cases``); the report says, per range, 'identical' or the differences."""
+    ``cases``), and a spare of the warm pool renamed (``pool``; default: when ``workspace_pool_size`` > 0)
+    with a fresh schema; the report says, per range, 'identical' or the differences."""
+    with_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
             extension_schema = find_extension_schema(conn)  # never created here: `workspace-tool init`
             require_create(conn, "verify-fast-path builds scratch schemas (in a transaction rolled back)")
-        checks = []
+        checks: list[RangeCheck] = []
         token = uuid.uuid4().hex[:8]
         outer = None  # the transaction rolled back at the end; closed while a range runs committed
         try:
@@ -118,10 +130,16 @@ def verify_fast_path(
                     outer = None
                 elif not committed and outer is None:
                     outer = conn.begin()
-                check = _check(conn, chain, extension_schema, token, (from_rev, to_rev, fresh), committed=committed)
-                checks.append(check)
+                checks.append(
+                    _check(conn, chain, extension_schema, token, (from_rev, to_rev, fresh), committed=committed)
+                )
                 if on_check is not None:
-                    on_check(check)
+                    on_check(checks[-1])
+            if with_pool:
+                outer = outer if outer is not None else conn.begin()
+                checks.append(_check_pool(conn, chain, extension_schema, token))
+                if on_check is not None:
+                    on_check(checks[-1])
         finally:
             if outer is not None:
                 outer.rollback()
@@ -146,25 +164,66 @@ def _check(
     """One range (from, to, fresh), each side in its scratch schema: in savepoints of conn's transaction,
     rolled back; or, ``committed``, with conn in no transaction, each part committed, then dropped."""
     from_rev, to_rev, fresh = case
+
+    def side(schema: str, online: bool) -> AbstractContextManager[None]:
+        plans = _plans(chain, from_rev, to_rev, fresh, online)
+        return _side(conn, chain, schema, extension_schema, plans, committed=committed)
+
+    differences = _compare_sides(conn, token, side, "fast path", committed=committed)
+    kind = "fresh" if fresh else ("upgrade" if chain.is_upgrade(from_rev, to_rev) else "downgrade")
+    return RangeCheck(from_rev, to_rev, kind, chain.plan(None if fresh else from_rev, to_rev).path, tuple(differences))
+
+
+def _check_pool(conn: Connection, chain: Chain, extension_schema: str, token: str) -> RangeCheck:
+    """A spare built at head through the fast path under a spare's name and renamed, as a claim does, vs a
+    schema built fresh online; anything left naming the spare's first name is a difference too."""
+
+    @contextmanager
+    def side(schema: str, online: bool) -> Iterator[None]:
+        with conn.begin_nested():
+            if online:
+                plan = chain.plan(None, chain.head, online=True)
+                run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
+            else:
+                warm_pool.check_chain(chain)
+                spare = spare_name()
+                run_plan(conn, chain, spare, extension_schema, chain.plan(None, chain.head), create_schema=True)
+                found = warm_pool.rename_and_scan(conn, spare, schema)
+                if found:
+                    raise PoolRefused(found)
+            yield
+
+    differences = _compare_sides(conn, token, side, "pool (a spare renamed)", committed=False)
+    return RangeCheck(None, chain.head, "pool", "pool", tuple(differences))
+
+
+def _compare_sides(
+    conn: Connection,
+    token: str,
+    side: Callable[[str, bool], AbstractContextManager[None]],
+    other: str,
+    *,
+    committed: bool,
+) -> list[str]:
+    """Build the online side and the other one (``side(schema, online)``, which holds the schema while its
+    catalog is read); their catalogs' differences, or why a side failed. Unless ``committed``, all in a
+    savepoint rolled back."""
     catalogs: dict[bool, dict[str, Any]] = {}
     errors: list[str] = []
     savepoint = None if committed else conn.begin_nested()
     try:
         for online in (True, False):
             schema = f"{SCRATCH_PREFIX}{token}_{'online' if online else 'fast'}"
-            plans = _plans(chain, from_rev, to_rev, fresh, online)
             try:
-                with _side(conn, chain, schema, extension_schema, plans, committed=committed):
+                with side(schema, online):
                     conn.execute(PIN_SEARCH_PATH)
                     catalogs[online] = snapshot(conn, schema)
             except Exception as exc:  # a failing side is a difference, not the end of the proof
-                errors.append(f"{'online path' if online else 'fast path'} failed: {describe(exc)}")
+                errors.append(f"{'online path' if online else other} failed: {describe(exc)}")
     finally:
         if savepoint is not None:
             savepoint.rollback()
-    differences = errors or diff(catalogs[True], catalogs[False])
-    kind = "fresh" if fresh else ("upgrade" if chain.is_upgrade(from_rev, to_rev) else "downgrade")
-    return RangeCheck(from_rev, to_rev, kind, chain.plan(None if fresh else from_rev, to_rev).path, tuple(differences))
+    return errors or diff(catalogs[True], catalogs[False])
 
 
 @contextmanager

@@ -25,6 +25,7 @@ class StepKind(Word):
     # outside the schema's transactions, under the schema's session-level lock.
     NON_TRANSACTIONAL = "non-transactional"  # its compiled statements, each on its own
     ONLINE_NON_TRANSACTIONAL = "online non-transactional"  # through Alembic, on a connection in autocommit
+    CLAIM = "claim"  # a spare schema already at the step's revision, renamed from the warm pool (pool.py)
 
 
 class Path(Word):
@@ -33,6 +34,7 @@ class Path(Word):
     FAST = "fast"  # all of it compiled SQL
     ONLINE = "online"  # all of it through Alembic
     MIXED = "mixed"  # some of each
+    POOL = "pool"  # a spare schema at head claimed from the warm pool and renamed: no revision ran
     NONE = "none"  # no SQL ran (already there, cached, verified)
 
 
@@ -109,3 +111,12 @@ class Order(Word):
 
     NAME = "name"  # by project id
     RANDOM = "random"  # a shuffle seeded by the run's seed (reproducible)
+
+
+class SpareState(Word):
+    """A spare schema of the warm pool, as `pool status` shows it."""
+
+    READY = "ready"  # at this chain's head, the current role's: the next new project may get it
+    STALE = "stale"  # another revision or chain: never handed out; `pool fill` and `upgrade --all` replace it
+    MISSING = "missing"  # its row is there, its schema is gone
+    OTHER_ROLE = "other role"  # made by another role, which alone may claim it

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 CACHE_ENV = "WORKSPACE_TOOL_CACHE_DIR"
-FORMAT = 2
+FORMAT = 3
 _REVISION_SUFFIXES = (".py", ".pyc", ".pyo")  # what Alembic reads as revision files (.pyc: sourceless)
 # The code that reads a graph: a change to it (say, to what makes a revision run online) makes records stale.
 _READERS = tuple(Path(__file__).resolve().parent / name for name in ("index.py", "revisions.py"))
@@ -40,6 +40,7 @@ class Graph:
     online: frozenset[str]  # revisions that always run online (workspace_online, get_bind(), ...)
     outside: frozenset[str]  # revisions that can't run in a transaction (workspace_transactional = False, ...)
     fast_path_enabled: bool
+    options: dict[str, str]  # alembic.ini's main options named workspace_* (the pool's size, ...)
     fingerprint: str  # Chain.fingerprint
     sources: tuple[str, ...]  # every file the graph was read from
     directories: tuple[str, ...]  # the version directories, whose revision files are listed
@@ -69,6 +70,7 @@ def read(config_path: Path) -> Graph | None:
             online=frozenset(record["online"]),
             outside=frozenset(record["outside"]),
             fast_path_enabled=bool(record["fast_path_enabled"]),
+            options={str(k): str(v) for k, v in record["options"].items()},
             fingerprint=record["fingerprint"],
             sources=tuple(record["sources"]),
             directories=tuple(record["directories"]),
@@ -93,6 +95,7 @@ def write(config_path: Path, graph: Graph) -> None:
         "online": sorted(graph.online),
         "outside": sorted(graph.outside),
         "fast_path_enabled": graph.fast_path_enabled,
+        "options": graph.options,
         "fingerprint": graph.fingerprint,
         "sources": list(graph.sources),
         "directories": list(graph.directories),

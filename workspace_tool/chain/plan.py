@@ -37,12 +37,15 @@ class Step:
     """Part of a range. COMPILED: ``statements``, each one SQL statement ending with ';', with no schema
     name in it (they run under the project schema's search_path). ONLINE: Alembic runs from_rev -> to_rev
     on the connection. NON_TRANSACTIONAL / ONLINE_NON_TRANSACTIONAL: one revision that can't run in a
-    transaction, as compiled statements / through Alembic."""
+    transaction, as compiled statements / through Alembic. CLAIM: a spare schema already at ``to_rev``,
+    built by the chain whose fingerprint is ``spare_of``, is claimed from the warm pool and renamed (no
+    statement of the chain runs)."""
 
     kind: StepKind
     from_rev: str | None
     to_rev: str | None
     statements: tuple[str, ...] = ()
+    spare_of: str | None = None  # CLAIM: the fingerprint of the chain that built the spare
 
     @property
     def online(self) -> bool:
@@ -68,7 +71,9 @@ class Plan:
 
     @property
     def path(self) -> Path:
-        """FAST (all compiled), ONLINE, MIXED, or NONE for an empty range."""
+        """FAST (all compiled), ONLINE, MIXED, POOL (a spare claimed), or NONE for an empty range."""
+        if any(s.kind is StepKind.CLAIM for s in self.steps):
+            return Path.POOL
         kinds = {s.online for s in self.steps}
         if not kinds:
             return Path.NONE

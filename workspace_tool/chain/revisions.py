@@ -35,6 +35,7 @@ _AUTOCOMMIT_BLOCK = re.compile(r"\bautocommit_block\s*\(")
 _CONTEXT_FOR_AUTOCOMMIT = re.compile(r"\bget_context\s*\(\s*\)\s*\.\s*autocommit_block\s*\(")
 # alembic.ini main option that turns the fast path off for a whole chain (every range runs online).
 FAST_PATH_OPTION = "workspace_fast_path"
+WORKSPACE_OPTION_PREFIX = "workspace_"  # the main options a chain's graph records (read without Alembic)
 # The package's chain environment (what a chain's env.py runs), found without importing it.
 _ALEMBIC_ENV = Path(__file__).resolve().parents[1] / "alembic_env.py"
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Chain:
         self._order = list(graph.order)
         self._position = {rev: i for i, rev in enumerate(self._order)}
         self.fast_path_enabled = graph.fast_path_enabled
+        self._options = dict(graph.options)
         self._online = set(graph.online)
         self._outside = set(graph.outside)
         # every revision file, env.py and the environment it runs: names the chain a verification report
@@ -127,11 +129,21 @@ class Chain:
             online=online,
             outside=outside,
             fast_path_enabled=fast_path_enabled,
+            options={
+                name: value
+                for name, value in self.config.get_section(self.config.config_ini_section, {}).items()
+                if name.startswith(WORKSPACE_OPTION_PREFIX)
+            },
             fingerprint=digest.hexdigest()[:16],
             sources=tuple(str(p) for p in (self.config_path, env, Path(_ALEMBIC_ENV), *files)),
             directories=tuple(str(d) for d in map(Path, script._version_locations) if d.is_dir()),
             recursive=bool(script.recursive_version_locations),
         )
+
+    def option(self, name: str, default: str) -> str:
+        """A ``workspace_*`` main option of alembic.ini (recorded with the graph: no Alembic needed)."""
+        assert name.startswith(WORKSPACE_OPTION_PREFIX), name
+        return self._options.get(name) or default
 
     def _revision_script(self, revision: str) -> Script:
         script = self.script.get_revision(revision)
@@ -265,6 +277,11 @@ class Chain:
                     (time.perf_counter() - started) * 1000,
                 )
         return plan
+
+    def claim_plan(self) -> Plan:
+        """A new schema at head the other way: a spare schema this chain built at head, claimed from the
+        warm pool and renamed (workspace_tool.pool); one CLAIM step."""
+        return Plan(None, self.head, (Step(StepKind.CLAIM, None, self.head, spare_of=self.fingerprint),))
 
     def _runs(
         self, from_rev: str | None, to_rev: str | None, *, online: bool

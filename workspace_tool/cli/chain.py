@@ -37,15 +37,21 @@ def lint(app: AppContext, no_squawk: bool, as_json: bool) -> None:
 
 
 @click.command(name="verify-fast-path")
+@click.option(
+    "--pool/--no-pool",
+    default=None,
+    help="Also compare a spare of the warm pool, renamed as a claim renames it, with a fresh schema "
+    "(default: when workspace_pool_size in alembic.ini is above 0).",
+)
 @json_option
 @pass_app
-def verify_fast_path(app: AppContext, as_json: bool) -> None:
+def verify_fast_path(app: AppContext, pool: bool | None, as_json: bool) -> None:
     """Provision scratch schemas online and through the fast path and compare their catalogs, for fresh
-    provisioning and every upgrade and downgrade range; exit 1 on any difference. Nothing is kept: it all
-    runs in a transaction that is rolled back."""
+    provisioning and every upgrade and downgrade range (and a renamed spare of the warm pool); exit 1 on
+    any difference. Nothing is kept: it all runs in a transaction that is rolled back."""
     from workspace_tool import verification
 
-    report = verification.verify_fast_path(app.engine, app.manager.chain)
+    report = verification.verify_fast_path(app.engine, app.manager.chain, pool=pool)
     print_verification(report, as_json)
     if not report.identical:
         click.get_current_context().exit(1)

@@ -69,14 +69,17 @@ def ensure(
 @pass_app
 def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
     """Each named project's schema, revision, state and last duration; with no ids, the fleet: counts by
-    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans. Read-only;
-    on a database where nothing was provisioned yet it says so (exit 0)."""
+    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans, and the warm
+    pool's spare schemas, counted apart. Read-only; on a database where nothing was provisioned yet it says
+    so (exit 0)."""
     statuses = app.manager.status(list(project_ids) or None)
     nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
+        from workspace_tool import pool
         from workspace_tool.status import fleet_summary
 
-        summary = fleet_summary(app.manager.chain, statuses)
+        spares = pool.status(app.engine, app.manager.chain).counts()
+        summary = fleet_summary(app.manager.chain, statuses, spares)
         if as_json:
             click.echo(to_json(summary))
         elif not nothing_yet:

@@ -84,6 +84,10 @@ def print_fleet_summary(summary: dict[str, Any]) -> None:
         if summary[key]:
             click.echo(f"\n{title}:")
             click.echo(table(summary[key], columns))
+    spares = summary.get("spares") or {}
+    if any(spares.values()):
+        counted = ", ".join(f"{n} {state}" for state, n in spares.items() if n)
+        click.echo(f"\nWarm pool (spare schemas, no project's): {counted} (workspace-tool pool status)")
 
 
 # ------------------------------------------------------------------------------ fleet runs
@@ -200,7 +204,7 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
 
 def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
     """What the summary line doesn't say: the selection, a random order's seed, the stage the run stopped
-    in, and the command that goes on after --canary-only."""
+    in, the command that goes on after --canary-only, and what happened to the warm pool's spares."""
     from workspace_tool.fleet import Order, Stage
 
     notes = []
@@ -222,7 +226,19 @@ def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
     if next_command is not None:
         notes.append(f"The canary passed. To go on with the other {len(report.not_started())} schema(s), run:")
         notes.append(f"  {next_command}")
+    if report.pool is not None:
+        notes.append(_pool_line(report.pool))
     return notes
+
+
+def _pool_line(followed: dict[str, Any]) -> str:
+    """After upgrade --all: what happened to the warm pool's spares (pool.follow)."""
+    if "error" in followed:
+        return f"Warm pool: spares behind head not replaced: {followed['error']}"
+    return (
+        f"Warm pool: {followed['dropped']} spare(s) behind head dropped, {followed['built']} built; "
+        f"{followed['ready']} ready at head"
+    )
 
 
 def _skipped_detail(report: FleetReport) -> str:
@@ -261,11 +277,13 @@ def print_drift_report(report: CheckReport, as_json: bool) -> None:
         sys.stdout.write(to_json(report.as_dict()) + "\n")
     elif report.registry or report.schemas:
         for schema in report.failing:
-            click.echo(f"{schema.schema} (project {schema.project_id}, {schema.state}):")
+            owner = "a spare of the warm pool" if schema.state == "spare" else f"project {schema.project_id}"
+            click.echo(f"{schema.schema} ({owner}, {schema.state}):")
             for problem in schema.problems:
                 click.echo(f"  {problem}")
+        spares = f" and {len(report.spares)} spare(s)" if report.spares else ""
         note(
-            f"{len(report.schemas)} schema(s) checked against head {report.head}: "
+            f"{len(report.schemas)} schema(s){spares} checked against head {report.head}: "
             + ("all match" if report.ok else f"{len(report.failing)} differ")
         )
     if not report.registry:

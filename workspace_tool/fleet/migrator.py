@@ -40,6 +40,7 @@ class RunOptions:
     extension_schema: str
     adopt: bool = False
     worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
+    pool: bool = False  # claim a missing schema from the warm pool first (provision)
 
 
 class Migrator:
@@ -51,7 +52,7 @@ class Migrator:
         self.engine = engine
         self.chain = chain
         self.options = options
-        self.how = Sending(chain, options.extension_schema, lock_timeout_ms=options.lock_timeout_ms)
+        self.how = Sending(chain, options.extension_schema, lock_timeout_ms=options.lock_timeout_ms, pool=options.pool)
         self.cancel = cancel or threading.Event()
         self._conn: Connection | None = None
 

@@ -11,13 +11,15 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
+from workspace_tool import pool as warm_pool
 from workspace_tool import reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA
-from workspace_tool.dberrors import translating
-from workspace_tool.errors import ConfigurationError
+from workspace_tool.dberrors import first_line, translating
+from workspace_tool.errors import ConfigurationError, WorkspaceError
 from workspace_tool.fleet import worker_engine as worker_engines
 from workspace_tool.fleet.executors import StopRule, Tracker, run_processes, run_threads
 from workspace_tool.fleet.migrator import RunOptions
@@ -64,6 +66,7 @@ class FleetOptions(TypedDict, total=False):
     canary_only: bool  # stop after the canary: the main stage is left for the next run
     order: str | None  # 'name' or 'random' (shuffled by ``seed``): the order schemas start in; None: as read
     seed: int | None  # the random order's seed (None: one is drawn, and reported in FleetReport.seed)
+    pool: bool | None  # claim missing schemas from the warm pool (default: workspace_pool_size > 0)
 
 
 def upgrade(
@@ -112,8 +115,10 @@ def run(
     canary_only: bool = False,
     order: str | None = None,
     seed: int | None = None,
+    pool: bool | None = None,
 ) -> FleetReport:
-    """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options."""
+    """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options.
+    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``)."""
     started = time.perf_counter()
     ids = _validate(project_ids)
     staging = Staging.parse(
@@ -134,6 +139,7 @@ def run(
     # sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is small;
     # processes are there for long online revisions on machines with idle cores.
     kind = "threads" if executor == "auto" else executor
+    use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
     resolved = chain.resolve(target)
     cache_key = cache.database_key(engine.url, chain.config_path)
@@ -167,7 +173,9 @@ def run(
     if not work:
         kind = "none"
     else:
-        options = RunOptions(operation, resolved, lock_timeout_ms, retries, extension_schema, adopt, worker_engine)
+        options = RunOptions(
+            operation, resolved, lock_timeout_ms, retries, extension_schema, adopt, worker_engine, use_pool
+        )
         pooled = run_processes if kind == "processes" else run_threads
         tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))
         for stage, items in plan.stages():
@@ -183,6 +191,7 @@ def run(
     interrupted = staged.interrupted
     if not interrupted:  # what `check` compares schemas with, if not stored yet for this chain
         reference.store_if_missing(engine, chain, lock_timeout_ms)
+    spares = _follow_pool(engine, chain, jobs) if operation is UPGRADE and ids is None and not interrupted else None
     position = {r.project_id: i for i, r in enumerate(records)}
     finished.sort(key=lambda r: position[r.project_id])
     return FleetReport(
@@ -200,6 +209,7 @@ def run(
         not_selected=len(read) - len(records),
         order=staging.order,
         seed=plan.seed,
+        pool=spares,
     )
 
 
@@ -251,6 +261,18 @@ class _Staged:
             StageReport(stage, len(items), stage in self.ran, self.staging.limit(stage, len(items))[0])
             for stage, items in self.plan.stages()
         ]
+
+
+def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | None:
+    """After `upgrade --all` (to head or not: spares are only ever at head): replace the spares behind
+    head. Best effort: a failure (a chain the pool refuses, a role without CREATE) is logged and reported,
+    never the run's failure."""
+    try:
+        followed = warm_pool.follow(engine, chain, jobs)
+    except (WorkspaceError, DBAPIError, OSError) as exc:
+        log.warning("could not replace the warm pool's spares: %s", first_line(exc))
+        return {"error": first_line(exc)}
+    return None if followed is None else followed.as_dict()
 
 
 def _validate(project_ids: Sequence[str] | None) -> list[str] | None:

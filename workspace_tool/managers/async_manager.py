@@ -18,12 +18,13 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.pool import NullPool
 from typing_extensions import Unpack
 
-from workspace_tool import reference, registry, transactions
+from workspace_tool import pool, reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
@@ -34,7 +35,7 @@ from workspace_tool.naming import schema_for
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
 from workspace_tool.status import ProjectStatus
-from workspace_tool.urls import check_url
+from workspace_tool.urls import check_url, sync_url
 
 T = TypeVar("T")
 _ONLINE_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -49,9 +50,14 @@ def _online_lock() -> asyncio.Lock:
 
 
 class AsyncWorkspaceManager:
-    """WorkspaceManager for an AsyncEngine; safe under ``asyncio.gather`` and with NullPool engines."""
+    """WorkspaceManager for an AsyncEngine; safe under ``asyncio.gather`` and with NullPool engines.
 
-    def __init__(self, engine: AsyncEngine, config: ConfigPath = None) -> None:
+    ``warm_pool`` and ``refill`` as for WorkspaceManager; the background refill runs in a thread of its
+    own on psycopg2 connections to the engine's URL (its own engine, no pool), never on the event loop."""
+
+    def __init__(
+        self, engine: AsyncEngine, config: ConfigPath = None, *, warm_pool: int | None = None, refill: bool = False
+    ) -> None:
         if engine.dialect.name != "postgresql" or engine.dialect.driver != "asyncpg":
             raise ConfigurationError(
                 f"{type(self).__name__} needs a postgresql+asyncpg engine, not "
@@ -61,7 +67,12 @@ class AsyncWorkspaceManager:
         check_url(engine.url)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
-        self._core = EnsureCore(self.chain, self.cache_key)
+        size = pool.resolve_size(self.chain, warm_pool)
+        refiller = None
+        if refill and size:
+            refill_engine = create_engine(sync_url(engine.url), poolclass=NullPool)
+            refiller = pool.Refiller(refill_engine, self.chain, size, dispose_engine=True)
+        self._core = EnsureCore(self.chain, self.cache_key, size, refiller)
 
     @property
     def head(self) -> str:
@@ -147,9 +158,16 @@ class AsyncWorkspaceManager:
     def invalidate(self, project_ids: list[str] | None = None) -> None:
         cache.invalidate(self.cache_key, project_ids)
 
+    @property
+    def refiller(self) -> pool.Refiller | None:
+        """The background refill of the warm pool (``refill=True``), else None."""
+        return self._core.refiller
+
     async def close(self) -> None:
-        """Nothing is held between calls (the engine stays the caller's): for symmetry with
-        WorkspaceManager.close, and so ``async with contextlib.aclosing(amgr)`` reads right."""
+        """Stop the background refill, if any (the engine stays the caller's; nothing else is held between
+        calls), so ``async with contextlib.aclosing(amgr)`` reads right."""
+        if self._core.refiller is not None:
+            await asyncio.to_thread(self._core.refiller.close)
 
     async def _run(self, schema: str | None, work: Callable[[Connection], T]) -> T:
         with translating(self.engine.url, schema):

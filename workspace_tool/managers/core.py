@@ -20,6 +20,7 @@ from workspace_tool.chain import Chain
 from workspace_tool.fleet.reader import VersionsReader
 from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
+from workspace_tool.pool import Refiller
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate
 from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING
 from workspace_tool.schema.roles import validate_role_name
@@ -53,12 +54,17 @@ class Ensure:
 
 
 class EnsureCore:
-    """Per manager: the chain, the process-wide "known at head" map of its database, the grants made."""
+    """Per manager: the chain, the process-wide "known at head" map of its database, the grants made, and
+    the warm pool: its size (0: off, no spare is ever looked for) and the background refiller, if any."""
 
-    def __init__(self, chain: Chain, cache_key: str) -> None:
+    def __init__(self, chain: Chain, cache_key: str, warm_pool: int = 0, refiller: Refiller | None = None) -> None:
         self.chain = chain
         self.ready = cache.ready_map(cache_key)
         self.granted: set[tuple[str, str]] = set()  # (project, owner role) granted by this manager
+        self.warm_pool = warm_pool
+        self.refiller = refiller
+        if warm_pool:
+            _ = chain.fingerprint  # read now, not in a request: a claim names the chain that built the spare
 
     def cached(self, project_id: str, owner_role: str | None) -> str | None:
         """The hot path: the schema of a project known to be at head (a dict lookup, no I/O), else None."""
@@ -98,15 +104,19 @@ class EnsureCore:
         return None
 
     def work(self, call: Ensure, extension_schema: str) -> Callable[[Connection], EnsureResult]:
-        """What to run on a connection: the careful path (schema/migrate.py)."""
-        how = Sending(self.chain, extension_schema)
+        """What to run on a connection: the careful path (schema/migrate.py), which claims a spare from the
+        warm pool for a missing schema when the pool is on."""
+        how = Sending(self.chain, extension_schema, pool=self.warm_pool > 0)
         return lambda conn: migrate(conn, how, call.migration, started=call.started)
 
     def finished(self, call: Ensure, result: EnsureResult) -> EnsureResult:
-        """Remember a project brought to head (and the role granted on it)."""
+        """Remember a project brought to head (and the role granted on it); a schema created (from a spare
+        or built because the pool was empty) kicks the background refill, when there is one."""
         self.ready[call.migration.project_id] = call.schema
         if call.migration.owner_role is not None:
             self.granted.add((call.migration.project_id, call.migration.owner_role))
+        if self.refiller is not None and result.action is Action.CREATED:
+            self.refiller.kick()
         return result
 
     def _answer(self, migration: Migration, action: Action, started: float) -> EnsureResult:

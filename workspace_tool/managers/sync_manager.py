@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import reference, registry, transactions
+from workspace_tool import pool, reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
@@ -39,16 +39,25 @@ class WorkspaceManager:
 
     ``ensure`` is meant to be called on every request: once a project is known to be at head it is a
     dict lookup with no I/O.  Thread-safe; different projects provision in parallel.
+
+    ``warm_pool``: claim a new project's schema from the warm pool of spare schemas at head when there is
+    one (workspace_tool.pool); default: ``workspace_pool_size`` in alembic.ini (0: off). ``refill=True``
+    refills the pool to that size in a background thread, on connections of this engine, after each
+    schema created (one refiller per database at a time).
     """
 
-    def __init__(self, engine: Engine, config: ConfigPath = None) -> None:
+    def __init__(
+        self, engine: Engine, config: ConfigPath = None, *, warm_pool: int | None = None, refill: bool = False
+    ) -> None:
         if engine.dialect.name != "postgresql":
             raise ConfigurationError(f"workspace-tool needs PostgreSQL, not {engine.dialect.name}")
         self.engine = engine
         check_url(engine.url)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
-        self._core = EnsureCore(self.chain, self.cache_key)
+        size = pool.resolve_size(self.chain, warm_pool)
+        refiller = pool.Refiller(engine, self.chain, size) if refill and size else None
+        self._core = EnsureCore(self.chain, self.cache_key, size, refiller)
         self._probe: Any = None
         self._probe_lock = threading.Lock()
 
@@ -160,8 +169,16 @@ class WorkspaceManager:
     def invalidate(self, project_ids: list[str] | None = None) -> None:
         cache.invalidate(self.cache_key, project_ids)
 
+    @property
+    def refiller(self) -> pool.Refiller | None:
+        """The background refill of the warm pool (``refill=True``), else None."""
+        return self._core.refiller
+
     def close(self) -> None:
-        """Release the held probe connection (the engine stays the caller's)."""
+        """Stop the background refill (after the spare it is building) and release the held probe
+        connection (the engine stays the caller's)."""
+        if self._core.refiller is not None:
+            self._core.refiller.close()
         with self._probe_lock:
             if self._probe is not None:
                 self._probe.close()

@@ -44,7 +44,7 @@ class EnsureResult:
     from_revision: str | None
     to_revision: str | None
     duration_ms: float
-    path: Path  # FAST, ONLINE, MIXED, or NONE when no SQL ran
+    path: Path  # FAST, ONLINE, MIXED, POOL (a spare claimed), or NONE when no SQL ran
 
 
 @dataclass(frozen=True)
@@ -64,20 +64,31 @@ class Migration:
 @dataclass(frozen=True)
 class Sending:
     """How to reach the database: the chain, the extension's schema (on the search_path), the bound on
-    every lock wait, everything online (the reference the fast path is verified against), and sending
-    statement by statement (Citus)."""
+    every lock wait, everything online (the reference the fast path is verified against), sending
+    statement by statement (Citus), and claiming a missing schema from the warm pool first (``pool``)."""
 
     chain: Chain
     extension_schema: str
     lock_timeout_ms: int | None = None
     online: bool = False
     statement_by_statement: bool = False
+    pool: bool = False
+
+
+def claims(how: Sending, what: Migration) -> bool:
+    """Whether a missing schema is first claimed from the warm pool (workspace_tool.pool): the pool is on,
+    the operation creates schemas and the target is head, where spares are built (so a claim is exactly
+    what creating it would do). No spare: the schema is built as before, in the same transaction."""
+    return how.pool and not how.online and what.operation.creates and what.target == how.chain.head
 
 
 def migrate(conn: Connection, how: Sending, what: Migration, *, started: float | None = None) -> EnsureResult:
     """The careful path: in one transaction on ``conn`` (not already in one), take the schema's lock and
     read its state (one round trip), decide by the operation's rules, and run the schema transaction,
     whose registry row commits with it.  Raises what the operation's rules say (WorkspaceOutdated, ...).
+
+    When a missing schema may come from the warm pool (``claims``), the lock is taken with the claim (one
+    round trip), and the state read only when no spare was claimed.
 
     A range with a revision that can't run in a transaction: the session's lock is taken too before that
     transaction ends (having decided nothing), and the range is run in parts under it.
@@ -99,15 +110,21 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
 def _migrate(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult:
     chain, schema = how.chain, what.schema
     transactions.require(conn)
+    grants = tuple(roles.grant_statements(schema, what.owner_role)) if what.owner_role else ()
     with conn.begin():
         locking = time.perf_counter()
-        state = read_state(conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms)
+        if claims(how, what):
+            claimed = _claim(conn, how, what, grants, started)
+            if claimed is not None:
+                return _logged(claimed, "claimed from the warm pool")
+            state = read_state(conn, what.project_id, schema)  # under the lock the claim took
+        else:
+            state = read_state(conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms)
         sending = f"careful path (lock and state read {_ms(locking):.1f} ms)"  # the lock wait included
         current = state.version
         what.operation.check(chain, what.project_id, schema, current, what.target, exists=state.exists)
         adopted = check_managed(conn, what.project_id, schema, state, adopt=what.adopt)
         action = what.operation.action(chain, current, what.target, exists=state.exists)
-        grants = tuple(roles.grant_statements(schema, what.owner_role)) if what.owner_role else ()
         if action is Action.CURRENT and state.recorded_ready_at(current) and not grants:
             result = EnsureResult(what.project_id, schema, action, current, what.target, _ms(started), Path.NONE)
             return _logged(result, sending)
@@ -134,10 +151,10 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
     if not transaction.in_one_transaction:
         with _revision_errors(schema):
             transaction.run_in_parts(conn, chain, statement_by_statement=how.statement_by_statement)
-    duration = float(recorded) if isinstance(recorded, (int, float, Decimal)) else _ms(started)
     if how.statement_by_statement:
         sending += ", statement by statement"
-    return _logged(EnsureResult(what.project_id, schema, action, current, what.target, duration, path), sending)
+    result = EnsureResult(what.project_id, schema, action, current, what.target, _recorded_ms(recorded, started), path)
+    return _logged(result, sending)
 
 
 @contextmanager
@@ -150,6 +167,26 @@ def _revision_errors(schema: str) -> Iterator[None]:
         if isinstance(exc, WorkspaceError) or is_driver_error(exc):
             raise
         raise MigrationFailed(schema, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _claim(
+    conn: Connection, how: Sending, what: Migration, grants: tuple[str, ...], started: float
+) -> EnsureResult | None:
+    """Take the schema's lock and claim a spare at head for it, registry row and grants included, in the
+    caller's transaction; None when there was none (or the schema exists): nothing changed, the lock held."""
+    transaction = SchemaTransaction(
+        what.schema,
+        how.extension_schema,
+        how.chain.claim_plan().steps,
+        lock_timeout_ms=how.lock_timeout_ms,
+        grants=grants,
+        record=RegistryRecord(what.project_id, what.target, RegistryAction.CREATE, Path.POOL),
+    )
+    recorded = transaction.run(conn, how.chain, statement_by_statement=how.statement_by_statement)
+    if recorded is None:
+        return None
+    duration = _recorded_ms(recorded, started)
+    return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
 
 
 def planned(
@@ -186,10 +223,12 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     guarded so that it changes nothing unless the schema is still as the batch read saw it.
 
     Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, Citus, an online step,
-    an empty schema) or the schema turned out not as read, or PostgreSQL rolled it back for a deadlock:
-    the caller then uses ``migrate``. Database errors are raised as SQLAlchemy DBAPIErrors, after the
-    transaction was rolled back."""
+    an empty schema, a missing schema the warm pool may give) or the schema turned out not as read, or
+    PostgreSQL rolled it back for a deadlock: the caller then uses ``migrate``. Database errors are raised
+    as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
     if conn.dialect.driver != "psycopg2" or conn.in_transaction() or how.statement_by_statement:
+        return None
+    if not expected.exists and claims(how, what):
         return None
     transaction = fast_lane(how, what, expected)
     if transaction is None:
@@ -244,8 +283,9 @@ def run_plan(
     commit: bool = False,
     lock_timeout_ms: int | None = None,
 ) -> None:
-    """Run a plan into ``schema`` in conn's transaction with no lock and no registry row: for scratch
-    schemas no one else sees, rolled back afterwards (references, autogenerate, the fast-path proof).
+    """Run a plan into ``schema`` in conn's transaction with no lock and no registry row: for schemas no one
+    else sees (scratch schemas rolled back afterwards: references, autogenerate, the fast-path proof; the
+    warm pool's spares, under names no project has).
     With ``commit`` (a plan with a step that can't run in a transaction), on conn not in a transaction,
     each part committed: the caller drops the schema afterwards (``scratch_schema`` does)."""
     transaction = SchemaTransaction(
@@ -312,6 +352,13 @@ def drop_schema(conn: Connection, project_id: str, schema: str) -> bool:
         conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
         deleted = conn.execute(registry.DELETE, {"project_id": project_id}).rowcount
     return bool(existed) or deleted > 0
+
+
+def _recorded_ms(recorded: object, started: float) -> float:
+    """The duration the registry row recorded (the server's), else the one measured here."""
+    if isinstance(recorded, (int, float, Decimal)) and not isinstance(recorded, bool):
+        return float(recorded)
+    return _ms(started)
 
 
 def _ms(started: float) -> float:

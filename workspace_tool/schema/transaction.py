@@ -31,6 +31,11 @@ schema's session-level lock from start to end (``hold_lock``)::
     BEGIN ... COMMIT                          -- its version row and registry row, then the steps after it
     SELECT pg_advisory_unlock(...)
 
+A new schema at head can instead be claimed from the warm pool (a CLAIM step, workspace_tool.pool): the
+prelude, then ONE statement that renames a spare already at head and writes the registry row, then the
+grants. ``claim(conn)`` (which ``run`` calls for such a transaction) returns None when there was no spare:
+nothing changed, the schema's lock is held, and the caller goes on in the same transaction.
+
 A new step kind (chain/plan.py) or a new way of sending is added here, once, for every caller.
 """
 
@@ -52,6 +57,7 @@ from workspace_tool.chain.plan import split_version_move, split_version_statemen
 from workspace_tool.dberrors import describe, is_connection_error, sqlstate
 from workspace_tool.errors import NonTransactionalFailed
 from workspace_tool.registry import upsert_sql
+from workspace_tool.registry.spares import claim_statement
 from workspace_tool.sql import (
     lock_statement,
     lock_timeout_statement,
@@ -62,6 +68,7 @@ from workspace_tool.sql import (
 from workspace_tool.vocabulary import Path, RegistryAction, StepKind
 
 STATE_CHANGED = "workspace-tool:state-changed"
+CLAIMED = True  # what ``claim`` returns for a spare claimed when the driver doesn't return the duration (asyncpg)
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"
 # The session's settings a non-transactional step changes, read before and put back after.
@@ -120,7 +127,11 @@ class SchemaTransaction:
         return statements
 
     def units(self) -> list[str | Step]:
-        """Everything after the prelude, in order: statements, and the online steps between them."""
+        """Everything after the prelude, in order: statements, and the online steps between them. A claim:
+        the claim with its registry row (one statement), then the grants on the renamed schema."""
+        if self.claims:
+            claim = self._steps_and_record()[1]
+            return [f"{claim};", *(g + ";" for g in self.grants)]
         units: list[str | Step] = []
         if self.create_schema:
             units.append(f"CREATE SCHEMA {quote_ident(self.schema)};")
@@ -135,6 +146,11 @@ class SchemaTransaction:
         if record is not None:
             units.append(record + ";")
         return units
+
+    @property
+    def claims(self) -> bool:
+        """True for a schema claimed from the warm pool (a CLAIM step) rather than built."""
+        return any(s.kind is StepKind.CLAIM for s in self.steps)
 
     @property
     def compiled(self) -> bool:
@@ -207,8 +223,15 @@ class SchemaTransaction:
         """The steps, and the registry upsert; with a guard on an existing schema, the last step's final
         version UPDATE/DELETE and the upsert become one statement that fails unless the version moved."""
         if self.record is None:
+            if self.claims:
+                raise ValueError("a claim writes its registry row in the same statement: it needs a record")
             return self.steps, None
         r = self.record
+        if self.claims:
+            claim = self.steps[0]
+            assert claim.spare_of is not None
+            upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="claimed")
+            return (), claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert)
         if self.expected is None or not self.expected.exists or not self.guarded:
             return self.steps, upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path)
         last = self.steps[-1]
@@ -228,7 +251,9 @@ class SchemaTransaction:
     ) -> object:
         """Run on ``conn``, which is in a transaction (the caller commits or rolls back). ``lock_held``: the
         caller already sent the prelude (with its state read). Returns the registry statement's result (the
-        duration it recorded) when there is one, else None."""
+        duration it recorded) when there is one, else None (a claim: see ``claim``)."""
+        if self.claims:
+            return self.claim(conn, lock_held=lock_held, statement_by_statement=statement_by_statement)
         transactions.require(conn)
         if not self.in_one_transaction:
             raise ValueError("a step can't run in a transaction: send it with run_in_parts")
@@ -246,6 +271,23 @@ class SchemaTransaction:
         if pending:
             result = send(conn, pending, statement_by_statement=statement_by_statement, result=self.record is not None)
         return result
+
+    def claim(self, conn: Connection, *, lock_held: bool = False, statement_by_statement: bool = False) -> object:
+        """Claim a spare on ``conn``, in a transaction: the prelude (unless ``lock_held``) and the claim with
+        its registry row in one round trip, then the grants. Returns the duration the row recorded (CLAIMED on
+        asyncpg, which reads no rows in that round trip), or None when no spare was claimed: nothing changed
+        then, and the transaction, holding the schema's lock, can go on (to build the schema instead)."""
+        transactions.require(conn)
+        claim, *grants = self.units()
+        assert isinstance(claim, str)
+        statements = [*([] if lock_held else self.prelude()), claim]
+        if conn.dialect.driver == "asyncpg" and not statement_by_statement:
+            recorded: object = CLAIMED if _returned_a_row(conn, statements) else None
+        else:
+            recorded = send(conn, statements, statement_by_statement=statement_by_statement, result=True)
+        if recorded is not None:
+            send(conn, [g for g in grants if isinstance(g, str)], statement_by_statement=statement_by_statement)
+        return recorded
 
     def send_batch(self, conn: Connection) -> None:
         """The whole transaction as ONE round trip on psycopg2: BEGIN, every statement, COMMIT, in one
@@ -476,6 +518,15 @@ def send(conn: Connection, statements: Sequence[str], *, statement_by_statement:
             continue
         value = _send_one(conn, "\n".join(group), result=result and i == len(groups) - 1)
     return value
+
+
+def _returned_a_row(conn: Connection, statements: Sequence[str]) -> bool:
+    """asyncpg: send the statements in ONE round trip (its extended protocol, which returns rows, takes one
+    statement at a time and prepares it first: two round trips more); the simple protocol returns no rows,
+    but the last statement's status, ``SELECT 1`` when it returned one."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    return bool(await_only(driver.execute("\n".join(statements))) == "SELECT 1")
 
 
 def _send_one(conn: Connection, sql: str, *, result: bool) -> object:

@@ -14,6 +14,8 @@ path_separator = os
 workspace_models = ${context.get("workspace_models", "myapp.models:metadata")}
 # Set to false to run every revision through Alembic instead of replaying compiled SQL.
 # workspace_fast_path = true
+# Spare schemas kept at head for new projects (`workspace-tool pool fill`); 0, the default, is no warm pool.
+# workspace_pool_size = 0
 # sqlalchemy.url = postgresql+psycopg2://user@localhost/dbname
 
 [post_write_hooks]

@@ -1,0 +1,618 @@
+"""The warm pool (issue 12): spare schemas at head that a new project's first ensure renames instead of
+building its tables. Claiming (sync, async, the fleet's provision), falling back to the fast path, the pool's
+size, filling, draining and refilling, spares following the chain, what status and check show, chains that
+can't be renamed, faults and concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+from helpers import (
+    ALEMBIC_INI,
+    HEAD,
+    TABLES,
+    ChainBuilder,
+    StatementCounter,
+    Victim,
+    assert_consistent,
+    catalog,
+    registry_row,
+    schema_exists,
+    schema_tables,
+    waiting_on_advisory,
+)
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from workspace_tool import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    PoolRefused,
+    ProjectWorkspaceManager,
+    WorkspaceManager,
+    drift,
+    fleet,
+    pool,
+)
+from workspace_tool.chain import Chain
+from workspace_tool.cli import main
+from workspace_tool.managers import cache
+from workspace_tool.registry.spares import SPARE_PREFIX
+from workspace_tool.schema.catalog import diff
+from workspace_tool.sql import LOCK_SQL, POOL_LOCK_KEY, lock_key
+from workspace_tool.urls import async_url
+from workspace_tool.verification import verify_fast_path
+
+CHAIN = Chain.load(ALEMBIC_INI)
+
+
+# --------------------------------------------------------------------------------- helpers
+def with_pool_size(ini: Path, size: str) -> Path:
+    """Set workspace_pool_size in an alembic.ini's [alembic] section; returns the path."""
+    text = re.sub(r"(?m)^workspace_pool_size = .*\n", "", ini.read_text())
+    text = text.replace("[alembic]\n", f"[alembic]\nworkspace_pool_size = {size}\n", 1)
+    ini.write_text(text)
+    Chain.forget(ini)
+    return ini
+
+
+def spare_schemas(engine: sa.Engine) -> list[str]:
+    """The spare-named schemas in the database (whatever the spares table says)."""
+    with engine.connect() as conn:
+        names = conn.execute(sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'workspace\\_spare\\_%'"))
+        return sorted(names.scalars())
+
+
+def spare_rows(engine: sa.Engine) -> list[str]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(sa.text("SELECT schema_name FROM project_registry.spare_schemas")).scalars())
+
+
+def ready(engine: sa.Engine, chain: Chain = CHAIN) -> int:
+    return pool.status(engine, chain).ready
+
+
+def last_path(engine: sa.Engine, project_id: str) -> Any:
+    row = registry_row(engine, project_id)
+    assert row is not None
+    return (row["last_action"], row["last_path"], row["revision"])
+
+
+@pytest.fixture
+def pooled(engine: sa.Engine) -> Iterator[WorkspaceManager]:
+    """A manager with a warm pool of 3, filled."""
+    mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=3)
+    assert pool.fill(engine, CHAIN, 3, jobs=2).built == 3
+    yield mgr
+    mgr.close()
+
+
+# ------------------------------------------------------------------------------- claiming
+def test_a_new_project_is_a_spare_renamed_with_the_catalog_of_a_fresh_one(
+    pooled: WorkspaceManager, engine: sa.Engine
+) -> None:
+    before = set(spare_schemas(engine))
+    result = pooled.ensure_detailed("from-pool")
+    assert (result.action, result.path, result.from_revision, result.to_revision) == ("created", "pool", None, HEAD)
+    assert last_path(engine, "from-pool") == ("create", "pool", HEAD)
+    assert schema_tables(engine, "project_from_pool") == TABLES
+    assert len(set(spare_schemas(engine)) ^ before) == 1 and ready(engine) == 2  # one spare is gone: renamed
+
+    fresh = WorkspaceManager(engine, ALEMBIC_INI).ensure_detailed("built-fresh")  # the pool off: built
+    assert fresh.path == "fast"
+    assert diff(catalog(engine, "project_built_fresh"), catalog(engine, "project_from_pool")) == []
+    assert pooled.ensure_detailed("from-pool").action == "cached"
+    assert drift.check(engine, CHAIN).ok
+    assert assert_consistent(engine) == {"project_from_pool": HEAD, "project_built_fresh": HEAD}
+
+
+def test_a_project_made_from_a_spare_works_for_the_application(pooled: WorkspaceManager) -> None:
+    from workspace_tool.models import Repository
+
+    with pooled.session("app-on-spare") as s:
+        s.add(Repository(path="/src/a", name="a"))
+        s.commit()
+        assert s.scalar(sa.select(sa.func.count()).select_from(Repository)) == 1
+    assert last_path(pooled.engine, "app-on-spare")[1] == "pool"
+
+
+def test_with_no_spare_left_the_schema_is_built_in_the_same_transaction(pooled: WorkspaceManager) -> None:
+    with StatementCounter(pooled.engine) as counter:
+        paths = [pooled.ensure_detailed(f"p{i}").path for i in range(4)]
+    statements = counter.statements
+    assert paths == ["pool", "pool", "pool", "fast"]
+    assert last_path(pooled.engine, "p3") == ("create", "fast", HEAD)
+    # the last one: the claim found nothing, then the state read and the build, under the lock it took
+    last = statements[statements.index(next(s for s in statements if "project_p3" in s)) :]
+    assert "claim_spare('project_p3'" in last[0] and "pg_advisory_xact_lock" in last[0]
+    assert "pg_advisory_xact_lock" not in "".join(last[1:])  # the same transaction: the lock is not taken again
+    assert any(s.startswith('CREATE SCHEMA "project_p3"') for s in last)
+
+
+def test_with_the_pool_off_nothing_is_looked_for(engine: sa.Engine) -> None:
+    pool.fill(engine, CHAIN, 1)
+    mgr = WorkspaceManager(engine, ALEMBIC_INI)  # workspace_pool_size is not set: 0
+    with StatementCounter(engine) as counter:
+        assert mgr.ensure_detailed("no-pool").path == "fast"
+        assert fleet.provision(engine, CHAIN, ["no-pool-fleet"]).results[0].path == "fast"
+    assert counter.statements and not any("spare" in s for s in counter.statements)
+    assert ready(engine) == 1
+
+
+def test_the_pool_size_comes_from_alembic_ini_and_a_bad_one_is_one_line(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    ini = with_pool_size(chain_builder.copy_main_chain().ini, "2")
+    chain = Chain.load(ini)
+    assert pool.configured_size(chain) == 2
+    assert pool.fill(engine, chain).built == 2  # the configured size
+    assert WorkspaceManager(engine, ini).ensure_detailed("sized").path == "pool"
+    assert WorkspaceManager(engine, ini, warm_pool=0).ensure_detailed("not-sized").path == "fast"  # the argument wins
+
+    with_pool_size(ini, "lots")
+    with pytest.raises(ConfigurationError) as info:
+        WorkspaceManager(engine, ini)
+    assert "workspace_pool_size = 'lots'" in str(info.value) and "whole number" in str(info.value)
+    with pytest.raises(ConfigurationError, match="0 or more"):
+        WorkspaceManager(engine, ALEMBIC_INI, warm_pool=-1)
+
+
+def test_the_async_manager_claims_spares_and_gathers_them(engine: sa.Engine, database_url: URL) -> None:
+    pool.fill(engine, CHAIN, 4)
+    role = "wst_pool_async_owner"
+
+    async def main() -> list[tuple[str, bool]]:
+        aengine = create_async_engine(async_url(database_url), poolclass=sa.pool.NullPool)
+        try:
+            amgr = ProjectWorkspaceManager(aengine, ALEMBIC_INI, warm_pool=4)
+            first = await asyncio.gather(*(amgr.ensure_detailed(f"async-{i}") for i in range(3)))
+            granted = await amgr.ensure_detailed("async-granted", owner_role=role)
+            last = await amgr.ensure_detailed("async-last")
+            return [(r.path, r.duration_ms > 0) for r in [*first, granted, last]]
+        finally:
+            await aengine.dispose()
+
+    assert asyncio.run(main()) == [("pool", True)] * 4 + [("fast", True)]
+    assert set(assert_consistent(engine).values()) == {HEAD}
+    with engine.begin() as conn:
+        allowed = conn.execute(
+            sa.text("SELECT has_table_privilege(:r, 'project_async_granted.repositories', 'INSERT')"), {"r": role}
+        ).scalar()
+        conn.execute(sa.text(f"DROP OWNED BY {role}"))
+        conn.execute(sa.text(f"DROP ROLE {role}"))
+    assert allowed is True
+
+
+def test_the_fleet_provision_claims_spares_then_builds_the_rest(engine: sa.Engine) -> None:
+    pool.fill(engine, CHAIN, 2)
+    report = fleet.provision(engine, CHAIN, [f"fleet-{i}" for i in range(5)], jobs=2, pool=True)
+    assert report.ok
+    assert sorted(r.path for r in report.results) == ["fast", "fast", "fast", "pool", "pool"]
+    assert ready(engine) == 0 and len(assert_consistent(engine)) == 5
+
+
+def test_owner_role_grants_are_made_on_a_claimed_spare(pooled: WorkspaceManager) -> None:
+    role = "wst_pool_owner"
+    assert pooled.ensure_detailed("granted", owner_role=role).path == "pool"
+    with pooled.engine.connect() as conn:
+        allowed = conn.execute(
+            sa.text("SELECT has_table_privilege(:r, 'project_granted.repositories', 'INSERT')"), {"r": role}
+        ).scalar()
+        conn.execute(sa.text(f"DROP OWNED BY {role}"))
+        conn.execute(sa.text(f"DROP ROLE {role}"))
+        conn.commit()
+    assert allowed is True
+
+
+def test_a_spare_of_another_role_is_left_to_it(engine: sa.Engine, database_url: URL) -> None:
+    pool.fill(engine, CHAIN, 1)
+    role = "wst_pool_other"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD 'x' SUPERUSER"))
+    other = sa.create_engine(database_url.set(username=role, password="x"), poolclass=sa.pool.NullPool)
+    try:
+        result = WorkspaceManager(other, ALEMBIC_INI, warm_pool=1).ensure_detailed("by-other")
+        assert result.path == "fast"  # the spare is owned by the role that made it: only it claims it
+        assert pool.status(other, CHAIN).counts()["other role"] == 1
+    finally:
+        other.dispose()
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA project_by_other CASCADE"))
+            conn.execute(sa.text(f"DROP ROLE {role}"))
+    assert WorkspaceManager(engine, ALEMBIC_INI, warm_pool=1).ensure_detailed("by-me").path == "pool"
+
+
+# ------------------------------------------------------------------ what status and check show
+def test_spares_are_counted_apart_never_as_orphans(pooled: WorkspaceManager, engine: sa.Engine) -> None:
+    pooled.ensure("counted")
+    statuses = pooled.status()
+    assert [(s.project_id, s.state) for s in statuses] == [("counted", "at head")]
+    summary = json.loads(cli(engine, "status", "--json").stdout)
+    assert summary["counts"]["orphan"] == 0 and summary["total"] == 1
+    assert summary["spares"] == {"ready": 2, "stale": 0, "missing": 0, "other role": 0}
+    shown = cli(engine, "status")
+    assert "Warm pool (spare schemas, no project's): 2 ready (workspace-tool pool status)" in shown.stdout
+    assert [r.project_id for r in pooled.projects()] == ["counted"]
+
+
+def test_check_compares_the_spares_too(pooled: WorkspaceManager, engine: sa.Engine) -> None:
+    pooled.ensure("checked")
+    report = drift.check(engine, CHAIN)
+    assert report.ok and len(report.schemas) == 1 and len(report.spares) == 2
+    spare = report.spares[0].schema
+    with engine.begin() as conn:
+        conn.execute(sa.text(f'ALTER TABLE "{spare}".repositories ADD COLUMN by_hand int'))
+    shown = cli(engine, "check")
+    assert shown.exit_code == 1
+    assert shown.stdout == (
+        f"{spare} (a spare of the warm pool, spare):\n  unexpected relations.repositories.columns.by_hand\n"
+    )
+    assert "1 schema(s) and 2 spare(s) checked against head" in shown.stderr
+
+
+def test_verify_fast_path_proves_a_renamed_spare_equals_a_fresh_schema(engine: sa.Engine) -> None:
+    pool.fill(engine, CHAIN, 0)  # bootstraps the registry and the extension
+    report = verify_fast_path(engine, CHAIN, cases=[], pool=True)
+    [check] = report.checks
+    assert (check.kind, check.label, check.fast_path, check.differences) == (
+        "pool",
+        f"(spare) -> {HEAD}",
+        "pool",
+        (),
+    )
+    assert verify_fast_path(engine, CHAIN, cases=[]).checks == ()  # the pool is off: not checked
+
+
+# --------------------------------------------------------------------- fill, drain, refill
+def test_fill_is_idempotent_and_concurrent_fills_never_overfill(engine: sa.Engine) -> None:
+    reports: list[pool.FillReport] = []
+    fills = [threading.Thread(target=lambda: reports.append(pool.fill(engine, CHAIN, 4, jobs=2))) for _ in range(3)]
+    for thread in fills:
+        thread.start()
+    for thread in fills:
+        thread.join(60)
+    assert sorted(r.built for r in reports) == [0, 0, 4]  # one filled it, the others waited and found it full
+    assert ready(engine) == 4 and len(spare_schemas(engine)) == 4 == len(spare_rows(engine))
+    assert pool.fill(engine, CHAIN, 4).built == 0
+    assert pool.fill(engine, CHAIN, 5).built == 1
+
+
+def test_a_fill_that_finds_another_filler_at_work_returns_at_once(engine: sa.Engine) -> None:
+    pool.fill(engine, CHAIN, 0)
+    with engine.connect() as holder:
+        holder.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": POOL_LOCK_KEY})
+        try:
+            report = pool.fill(engine, CHAIN, 2, wait=False)
+        finally:
+            holder.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": POOL_LOCK_KEY})
+    assert report.busy and report.built == 0 and ready(engine) == 0
+
+
+def test_drain_drops_every_spare(pooled: WorkspaceManager, engine: sa.Engine) -> None:
+    with engine.begin() as conn:  # a spare-named schema left without its row
+        conn.execute(sa.text(f"CREATE SCHEMA {SPARE_PREFIX}leftover"))
+    assert pool.drain(engine) == 4
+    assert spare_schemas(engine) == [] and spare_rows(engine) == []
+    assert pooled.ensure_detailed("after-drain").path == "fast"
+
+
+def test_the_background_refill_runs_on_its_own_thread_and_connection(engine: sa.Engine) -> None:
+    seen: list[tuple[str, int]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "INSERT INTO project_registry.spare_schemas" in statement or "claim_spare(" in statement:
+            seen.append((threading.current_thread().name, id(conn.connection.dbapi_connection)))
+
+    mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=2, refill=True)
+    assert mgr.refiller is not None
+    pool.fill(engine, CHAIN, 2)
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert mgr.ensure_detailed("kick").path == "pool"  # the request's claim, then the refill
+        mgr.refiller.wait(60)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+        mgr.close()
+    assert ready(engine) == 2  # refilled to its size
+    (request_thread, request_conn), *refills = seen
+    assert request_thread == threading.current_thread().name and refills
+    assert {name for name, _ in refills} == {"workspace-pool-refill"}
+    assert request_conn not in {conn for _, conn in refills}
+
+
+def test_the_async_managers_refill_runs_on_a_thread_and_engine_of_its_own(engine: sa.Engine, database_url: URL) -> None:
+    async def main() -> tuple[str, str]:
+        aengine = create_async_engine(async_url(database_url), poolclass=sa.pool.NullPool)
+        amgr = ProjectWorkspaceManager(aengine, ALEMBIC_INI, warm_pool=1, refill=True)
+        try:
+            assert amgr.refiller is not None and amgr.refiller.engine.dialect.driver == "psycopg2"
+            first = await amgr.ensure_detailed("async-refill-1")  # the pool is empty: built, then refilled
+            await asyncio.to_thread(amgr.refiller.wait, 60)
+            second = await amgr.ensure_detailed("async-refill-2")
+            return str(first.path), str(second.path)
+        finally:
+            await amgr.close()
+            await aengine.dispose()
+
+    assert asyncio.run(main()) == ("fast", "pool")
+
+
+def test_the_refill_of_a_chain_the_pool_refuses_turns_itself_off(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.add("r1", UNSAFE["function search_path"])
+    mgr = WorkspaceManager(engine, chain_builder.ini, warm_pool=1, refill=True)
+    assert mgr.refiller is not None
+    try:
+        assert mgr.ensure_detailed("refused").path == "fast"
+        mgr.refiller.wait(60)
+        assert isinstance(mgr.refiller.refused, PoolRefused)
+    finally:
+        mgr.close()
+    assert spare_schemas(engine) == []
+
+
+def test_a_chain_with_a_revision_that_cant_run_in_a_transaction_is_refused(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.add("r1", ITEMS, 'op.drop_table("items")')
+    chain_builder.add(
+        "r2",
+        "with op.get_context().autocommit_block():\n"
+        '    op.create_index("ix_items_name", "items", ["name"], postgresql_concurrently=True)',
+        'op.drop_index("ix_items_name", table_name="items")',
+    )
+    chain = Chain.load(with_pool_size(chain_builder.ini, "2"))
+    with pytest.raises(PoolRefused) as info:
+        pool.fill(engine, chain)
+    message = str(info.value)
+    assert "\n" not in message and "revision r2 can't run in a transaction" in message
+    assert "set workspace_pool_size = 0" in message
+    assert spare_schemas(engine) == [] and spare_rows(engine) == []  # nothing made
+    assert WorkspaceManager(engine, chain_builder.ini).ensure_detailed("built").action == "created"
+    [check] = verify_fast_path(engine, chain, cases=[]).checks
+    assert check.kind == "pool" and "can't run in a transaction" in check.differences[0]
+
+
+def test_the_registry_of_an_older_workspace_tool_gets_the_spares_table(engine: sa.Engine) -> None:
+    mgr = WorkspaceManager(engine, ALEMBIC_INI)
+    mgr.bootstrap()
+    with engine.begin() as conn:  # the registry as workspace-tool left it before the warm pool (r0002)
+        conn.execute(sa.text("DROP FUNCTION project_registry.claim_spare(text, text, text)"))
+        conn.execute(sa.text("DROP TABLE project_registry.spare_schemas"))
+        conn.execute(
+            sa.text("UPDATE project_registry.workspace_registry_version SET version_num = 'r0002_reference_catalog'")
+        )
+    cache.clear()
+    assert pool.status(engine, CHAIN).spares == []  # read-only: works on it as it is
+    assert pool.fill(engine, CHAIN, 1).built == 1  # bootstraps it to r0003 first
+    assert WorkspaceManager(engine, ALEMBIC_INI, warm_pool=1).ensure_detailed("upgraded-registry").path == "pool"
+
+
+# ------------------------------------------------------------------ spares follow the chain
+def test_spares_behind_a_new_head_are_never_claimed_and_upgrade_all_replaces_them(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    old = ChainBuilder(tmp_path / "old").add("r1", T1)
+    new = ChainBuilder(tmp_path / "new").add("r1", T1).add("r2", T2)
+    old_chain, new_chain = Chain.load(old.ini), Chain.load(new.ini)
+    WorkspaceManager(engine, old.ini).ensure("existing")
+    assert pool.fill(engine, old_chain, 2).built == 2
+
+    mgr = WorkspaceManager(engine, new.ini, warm_pool=2)
+    assert mgr.ensure_detailed("after-release").path == "fast"  # the spares are at r1: never handed out
+    assert pool.status(engine, new_chain).counts()["stale"] == 2
+    report = fleet.upgrade(engine, new_chain)
+    assert report.ok and report.pool is not None
+    assert (report.pool["dropped"], report.pool["built"], report.pool["ready"]) == (2, 2, 2)
+    assert pool.status(engine, new_chain).counts() == {"ready": 2, "stale": 0, "missing": 0, "other role": 0}
+    cache.clear()
+    result = WorkspaceManager(engine, new.ini, warm_pool=2).ensure_detailed("on-new-head")
+    assert (result.path, result.to_revision) == ("pool", "r2")
+    assert set(schema_tables(engine, "project_on_new_head")) == {"alembic_version", "t1", "t2"}
+    assert assert_consistent(engine) == {
+        "project_existing": "r2",
+        "project_after_release": "r2",
+        "project_on_new_head": "r2",
+    }
+
+
+def test_a_spare_of_another_chain_with_the_same_head_is_not_claimed(engine: sa.Engine, tmp_path: Path) -> None:
+    one = ChainBuilder(tmp_path / "one").add("r1", T1)
+    other = ChainBuilder(tmp_path / "other").add("r1", T2)  # same revision id, other tables
+    pool.fill(engine, Chain.load(one.ini), 1)
+    result = WorkspaceManager(engine, other.ini, warm_pool=1).ensure_detailed("other-chain")
+    assert result.path == "fast" and schema_tables(engine, "project_other_chain") == {"alembic_version", "t2"}
+
+
+# ------------------------------------------------------------------ chains that can't be renamed
+T1 = "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"
+T2 = "op.create_table('t2', sa.Column('id', sa.Integer, primary_key=True))"
+ITEMS = "op.create_table('items', sa.Column('id', sa.Integer, primary_key=True), sa.Column('name', sa.Text))"
+UNSAFE = {
+    "function search_path": ITEMS
+    + '\nop.execute("CREATE FUNCTION item_count() RETURNS bigint LANGUAGE sql SET search_path FROM CURRENT '
+    "AS 'SELECT count(*) FROM items'\")",
+    "view literal": ITEMS
+    + "\nop.execute(\"DO $$ BEGIN EXECUTE 'CREATE VIEW home AS SELECT ' || quote_literal(current_schema()) "
+    "|| '::text AS name'; END $$\")",
+    "row": ITEMS + '\nop.execute("INSERT INTO items (name) VALUES (current_schema())")',
+    "default literal": "op.execute(\"DO $$ BEGIN EXECUTE 'CREATE TABLE items (id int, home text DEFAULT ' "
+    "|| quote_literal(current_schema()) || ')'; END $$\")",
+    "domain": "op.execute(\"DO $$ BEGIN EXECUTE 'CREATE DOMAIN home AS text CHECK (VALUE <> ' "
+    "|| quote_literal(current_schema()) || ')'; END $$\")",
+    "comment": ITEMS
+    + "\nop.execute(\"DO $$ BEGIN EXECUTE 'COMMENT ON TABLE items IS ' || quote_literal(current_schema()); END $$\")",
+}
+SAFE = (
+    "op.create_table('items', sa.Column('id', sa.Integer, primary_key=True), sa.Column('name', sa.Text))\n"
+    "op.create_table('tags', sa.Column('id', sa.Integer, primary_key=True), "
+    "sa.Column('item_id', sa.Integer, sa.ForeignKey('items.id')))\n"
+    "op.execute('CREATE VIEW tagged AS SELECT i.name FROM items i JOIN tags t ON t.item_id = i.id')\n"
+    "op.execute(\"CREATE FUNCTION item_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM items'\")\n"
+    'op.execute("CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS '
+    "'BEGIN NEW.name := coalesce(NEW.name, current_schema()); RETURN NEW; END'\")\n"
+    "op.execute('CREATE TRIGGER items_touch BEFORE INSERT ON items FOR EACH ROW EXECUTE FUNCTION touch()')\n"
+    "op.execute(\"ALTER TABLE items ADD CONSTRAINT name_not_empty CHECK (name <> '')\")"
+)
+
+
+@pytest.mark.parametrize("case", sorted(UNSAFE))
+def test_a_chain_naming_its_schema_in_stored_text_is_refused(
+    engine: sa.Engine, chain_builder: ChainBuilder, case: str
+) -> None:
+    chain_builder.add("r1", UNSAFE[case])
+    chain = Chain.load(with_pool_size(chain_builder.ini, "2"))
+    with pytest.raises(PoolRefused) as info:
+        pool.fill(engine, chain)
+    message = str(info.value)
+    assert "\n" not in message and "the warm pool can't be used with this chain" in message
+    assert "set workspace_pool_size = 0" in message
+    assert spare_schemas(engine) == [] and spare_rows(engine) == []  # nothing made
+
+    result = cli(engine, "pool", "fill", config=chain_builder.ini)
+    assert result.exit_code == 1 and result.stderr.startswith("Error: the warm pool can't be used")
+    assert result.stderr.count("\n") == 1
+    assert WorkspaceManager(engine, chain_builder.ini).ensure_detailed("still-built").path == "fast"
+    [check] = verify_fast_path(engine, chain, cases=[]).checks  # the pool is configured: checked
+    assert check.kind == "pool" and check.differences and "can't be used" in check.differences[0]
+
+
+def test_what_a_rename_follows_is_safe_and_works_in_the_claimed_project(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.add("r1", SAFE)
+    chain = Chain.load(chain_builder.ini)
+    assert pool.fill(engine, chain, 1).built == 1
+    assert WorkspaceManager(engine, chain_builder.ini, warm_pool=1).ensure_detailed("safe").path == "pool"
+    WorkspaceManager(engine, chain_builder.ini).ensure("safe-fresh")
+    with engine.begin() as conn:
+        conn.execute(sa.text("SET LOCAL search_path TO project_safe"))
+        conn.execute(sa.text("INSERT INTO items (id) VALUES (1)"))
+        conn.execute(sa.text("INSERT INTO tags (id, item_id) VALUES (1, 1)"))
+        assert conn.execute(sa.text("SELECT name FROM tagged")).scalar() == "project_safe"
+        assert conn.execute(sa.text("SELECT item_count()")).scalar() == 1
+    assert diff(catalog(engine, "project_safe_fresh"), catalog(engine, "project_safe")) == []
+    [check] = verify_fast_path(engine, chain, cases=[], pool=True).checks
+    assert check.identical
+
+
+# ------------------------------------------------------------------------------- the CLI
+def cli(engine: sa.Engine, *args: str, config: Path = ALEMBIC_INI) -> Result:
+    cache.clear()
+    url = engine.url.render_as_string(hide_password=False)
+    return CliRunner().invoke(main, ["--database-url", url, "-c", str(config), *args], prog_name="workspace-tool")
+
+
+def test_pool_fill_status_and_drain_from_the_command_line(engine: sa.Engine, chain_builder: ChainBuilder) -> None:
+    zero = cli(engine, "pool", "fill")
+    assert zero.exit_code == 2 and "the pool size is 0: pass --size N, or set workspace_pool_size = N" in zero.stderr
+
+    filled = cli(engine, "pool", "fill", "--size", "2", "--jobs", "2", "--json")
+    assert filled.exit_code == 0, filled.output
+    assert json.loads(filled.stdout)["built"] == 2
+    assert filled.stderr.startswith(f"Pool: 2 spare(s) ready at head {HEAD} (target 2); built 2, dropped 0")
+
+    status = cli(engine, "pool", "status")
+    assert status.exit_code == 0
+    lines = status.stdout.splitlines()
+    assert lines[0].split() == ["SCHEMA", "REVISION", "STATE", "BUILD", "MS", "CREATED", "AT"]
+    assert len(lines) == 3 and all(line.startswith(SPARE_PREFIX) and f" {HEAD}  ready " in line for line in lines[1:])
+    assert status.stderr == f"Pool: 2 spare(s) ready at head {HEAD} (target 0)\n"
+    data = json.loads(cli(engine, "pool", "status", "--json").stdout)
+    assert data["counts"]["ready"] == 2 and data["target"] == 0 and len(data["spares"]) == 2
+
+    ini = with_pool_size(chain_builder.copy_main_chain().ini, "1")
+    ensured = cli(engine, "ensure", "cli-pool", config=ini)
+    assert ensured.exit_code == 0 and ensured.stdout.splitlines()[1].split()[-1] == "pool"  # the PATH column
+
+    drained = cli(engine, "pool", "drain")
+    assert (drained.exit_code, drained.stderr) == (0, "Dropped 1 spare schema(s).\n")
+    assert spare_schemas(engine) == []
+
+
+# ----------------------------------------------------------------------- faults and load
+def test_a_claim_whose_connection_dies_leaves_the_spare_a_spare(pooled: WorkspaceManager, engine: sa.Engine) -> None:
+    """Killed while waiting for the project's lock (before the claim), and after the claim ran but before
+    its commit: either way the transaction rolls back, the spare is still a spare and there is no project;
+    the rerun claims one."""
+    spares_before = spare_rows(engine)
+    with engine.connect() as admin:  # holding the project's lock: the claim waits on it
+        admin.execute(sa.text("BEGIN"))
+        admin.execute(sa.text(LOCK_SQL), {"key": lock_key("project_victim")})
+        victim = Victim(lambda: pooled.ensure("victim"))
+        victim.start()
+        [pid] = waiting_on_advisory(admin, 1, victim)
+        admin.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pid})
+        victim.finish()
+        admin.rollback()
+    assert isinstance(victim.error, DatabaseUnavailable)
+
+    paused = threading.Event()
+    resume = threading.Event()
+    pids: list[int] = []
+
+    def at_commit(conn: Any) -> None:
+        if not paused.is_set():
+            pids.append(conn.connection.dbapi_connection.get_backend_pid())
+            paused.set()
+            resume.wait(30)
+
+    sa.event.listen(engine, "commit", at_commit)
+    try:
+        victim = Victim(lambda: pooled.ensure("victim"))
+        victim.start()
+        assert paused.wait(30)
+        with engine.connect() as admin:  # the spare is renamed inside the open transaction, not yet committed
+            admin.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pids[0]})
+        resume.set()
+        victim.finish()
+    finally:
+        sa.event.remove(engine, "commit", at_commit)
+    assert isinstance(victim.error, DatabaseUnavailable)
+    assert spare_rows(engine) == spares_before == spare_schemas(engine)
+    assert not schema_exists(engine, "project_victim") and registry_row(engine, "victim") is None
+
+    assert pooled.ensure_detailed("victim").path == "pool"  # the rerun
+    assert len(spare_rows(engine)) == len(spares_before) - 1
+    assert assert_consistent(engine) == {"project_victim": HEAD}
+
+
+def test_threads_claim_each_spare_once_and_build_the_rest(engine: sa.Engine) -> None:
+    pool.fill(engine, CHAIN, 6, jobs=2)
+    mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=6)
+    ids = [f"race-{i:02d}" for i in range(12)]
+    results: dict[str, str] = {}
+    errors: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        for project_id in ids[offset:] + ids[:offset]:
+            try:
+                result = mgr.ensure_detailed(project_id)
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            if result.action == "created":
+                results[project_id] = str(result.path)
+
+    threads = [threading.Thread(target=work, args=(i * 3,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert errors == []
+    assert sorted(results) == ids  # each created exactly once
+    assert sorted(results.values()) == ["fast"] * 6 + ["pool"] * 6
+    assert ready(engine) == 0 and spare_schemas(engine) == []
+    assert set(assert_consistent(engine).values()) == {HEAD}
+    rows = {p: last_path(engine, p)[1] for p in ids}
+    assert rows == results

@@ -1,0 +1,85 @@
+"""`pool fill`, `pool status`, `pool drain`: the warm pool of spare schemas at head (workspace_tool.pool)."""
+
+from __future__ import annotations
+
+import click
+
+from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.options import jobs_option, json_option
+from workspace_tool.cli.render import emit, to_json
+
+SPARE_COLUMNS = ["schema", "revision", "state", "build_ms", "created_at"]
+
+
+@click.group()
+def pool() -> None:
+    """The warm pool: spare schemas already at head, which ensure renames into a new project's schema
+    (about a millisecond) instead of building it. Off until workspace_pool_size (alembic.ini) is set."""
+
+
+@pool.command()
+@click.option(
+    "--size",
+    type=click.IntRange(min=0),
+    help="Spares to keep at head. Default: workspace_pool_size in alembic.ini.",
+)
+@jobs_option
+@json_option
+@pass_app
+def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> None:
+    """Build spares until the pool holds --size at head; drop spares behind head (a new revision) first.
+
+    Idempotent; a second fill running at the same time waits for the first, then finds the pool full.
+    Refused, with nothing made, for a chain whose objects name their schema in stored text (a rename
+    would not follow them). Run it from cron, or let the application refill in the background."""
+    from workspace_tool import pool as warm_pool
+
+    app.jobs = jobs  # before the engine is made: its pool is sized for them
+    chain = app.manager.chain
+    target = warm_pool.resolve_size(chain, size)
+    if target == 0 and size is None:
+        raise click.UsageError(
+            f"the pool size is 0: pass --size N, or set {warm_pool.POOL_SIZE_OPTION} = N in {chain.config_path}"
+        )
+    report = warm_pool.fill(app.engine, chain, target, jobs=jobs)
+    if as_json:
+        click.echo(to_json(report.as_dict()))
+    click.echo(
+        f"Pool: {report.ready} spare(s) ready at head {chain.head} (target {report.target}); built "
+        f"{report.built}, dropped {report.dropped} behind head, in {report.elapsed_ms / 1000:.2f}s",
+        err=True,
+    )
+
+
+@pool.command(name="status")
+@json_option
+@pass_app
+def status_(app: AppContext, as_json: bool) -> None:
+    """The spares: how many are ready at head, the target size, each spare's revision and state (ready,
+    stale: behind head or another chain's, never handed out; missing; other role: made by another role,
+    which alone can claim it). Read-only."""
+    from workspace_tool import pool as warm_pool
+    from workspace_tool.vocabulary import SpareState
+
+    report = warm_pool.status(app.engine, app.manager.chain)
+    if as_json:
+        click.echo(to_json(report.as_dict()))
+        return
+    emit(report.as_dict()["spares"], SPARE_COLUMNS, as_json=False)
+    counts = report.counts()
+    others = ", ".join(f"{n} {state}" for state, n in counts.items() if n and state != SpareState.READY)
+    click.echo(
+        f"Pool: {report.ready} spare(s) ready at head {report.head} (target {report.target})"
+        + (f"; {others}" if others else ""),
+        err=True,
+    )
+
+
+@pool.command()
+@pass_app
+def drain(app: AppContext) -> None:
+    """Drop every spare (they hold no data): new projects are built again until the pool is filled."""
+    from workspace_tool import pool as warm_pool
+
+    dropped = warm_pool.drain(app.engine)
+    click.echo(f"Dropped {dropped} spare schema(s).", err=True)
