@@ -41,10 +41,10 @@ from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
 from workspace_tool import transactions
-from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_extension_schema
+from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_database
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.naming import validate_schema_name
-from workspace_tool.sql import lock_schema, quote_ident, search_path_sql
+from workspace_tool.sql import CITUS_TENANT, lock_schema, quote_ident, search_path_sql
 from workspace_tool.urls import sync_url
 
 MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
@@ -119,14 +119,21 @@ def _run_online(target_metadata: MetaData | None) -> None:
 
 
 def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None) -> None:
-    """Lock, create and migrate ``schema`` in conn's transaction (begun and committed here if it had none)."""
+    """Lock, create and migrate ``schema`` in conn's transaction (begun and committed here if it had none).
+    On Citus a schema created here is a tenant schema, as workspace_tool makes them (an existing schema is
+    left as it is: CREATE SCHEMA IF NOT EXISTS with sharding on would make an ordinary one a tenant)."""
     check_transactional(conn)
     with _configured(conn, schema, target_metadata), context.begin_transaction():
         lock_schema(conn, schema)
-        extension_schema = find_extension_schema(conn)
+        database = find_database(conn)
+        if database.citus and not conn.execute(_SCHEMA_EXISTS, {"schema": schema}).scalar():
+            conn.execute(text(CITUS_TENANT))
         conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
-        conn.execute(text(search_path_sql(schema, extension_schema)))
+        conn.execute(text(search_path_sql(schema, database.extension_schema)))
         context.run_migrations()
+
+
+_SCHEMA_EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema)")
 
 
 @contextmanager

@@ -193,14 +193,15 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     rolled back; dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with translating(engine.url), transactions.connect(engine) as conn:
-        extension_schema = registry.bootstrap(conn)
+        database = registry.bootstrap(conn)
+        extension_schema = database.extension_schema
         try:
             with conn.begin() as transaction:
                 if chain is None:
                     conn.execute(text(f"CREATE SCHEMA {quote_ident(schema)}"))
                 else:
                     plan = chain.plan(None, chain.head)
-                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
+                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=True, citus=database.citus)
                 yield conn, schema, extension_schema
                 transaction.rollback()
         finally:

@@ -26,12 +26,13 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain
-from workspace_tool.database import can_create, find_extension_schema
+from workspace_tool.database import can_create, find_extension_schema, is_citus
 from workspace_tool.dberrors import first_line, role_phrase
 from workspace_tool.errors import PermissionDenied, WorkspaceError
 from workspace_tool.registry import REGISTRY_SCHEMA
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, fingerprints, snapshot
 from workspace_tool.schema.migrate import run_plan
+from workspace_tool.sql import lock_timeout_statements
 
 SCRATCH_PREFIX = "workspace_drift_"  # not a project schema name: never listed, and rolled back anyway
 CATALOG_FORMAT = 1  # bump when catalog.snapshot or catalog.fingerprints change what they read
@@ -87,10 +88,11 @@ def build(conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     transaction = conn.begin()
     try:
-        if lock_timeout_ms is not None:
-            conn.execute(text("SELECT set_config('lock_timeout', :t, true)"), {"t": f"{int(lock_timeout_ms)}ms"})
+        citus = is_citus(conn)  # a tenant schema there, as project schemas are
+        for statement in [] if lock_timeout_ms is None else lock_timeout_statements(lock_timeout_ms, citus=citus):
+            conn.exec_driver_sql(statement)
         plan = chain.plan(None, chain.head)
-        run_plan(conn, chain, scratch, parts["extension_schema"], plan, create_schema=True)
+        run_plan(conn, chain, scratch, parts["extension_schema"], plan, create_schema=True, citus=citus)
         conn.execute(PIN_SEARCH_PATH)
         catalog = snapshot(conn, scratch)
         fingerprint = fingerprints(conn, [scratch])[scratch]

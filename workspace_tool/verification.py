@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.database import find_extension_schema, require_create
+from workspace_tool.database import Database, find_database, require_create
 from workspace_tool.dberrors import describe, translating
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, snapshot
 from workspace_tool.schema.migrate import run_plan
@@ -99,13 +99,13 @@ def verify_fast_path(
     ``cases``); the report says, per range, 'identical' or the differences."""
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
-            extension_schema = find_extension_schema(conn)  # never created here: `workspace-tool init`
+            database = find_database(conn)  # never created here: `workspace-tool init`
             require_create(conn, "verify-fast-path builds scratch schemas (in a transaction rolled back)")
         checks = []
         token = uuid.uuid4().hex[:8]
         with conn.begin() as outer:
             for from_rev, to_rev, fresh in cases if cases is not None else ranges(chain):
-                check = _check(conn, chain, extension_schema, token, from_rev, to_rev, fresh)
+                check = _check(conn, chain, database, token, from_rev, to_rev, fresh)
                 checks.append(check)
                 if on_check is not None:
                     on_check(check)
@@ -116,7 +116,7 @@ def verify_fast_path(
 def _check(
     conn: Connection,
     chain: Chain,
-    extension_schema: str,
+    database: Database,
     token: str,
     from_rev: str | None,
     to_rev: str | None,
@@ -133,7 +133,9 @@ def _check(
             inner = conn.begin_nested()
             try:
                 for plan, create in _plans(chain, from_rev, to_rev, fresh, online):
-                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
+                    run_plan(
+                        conn, chain, schema, database.extension_schema, plan, create_schema=create, citus=database.citus
+                    )
                 conn.execute(PIN_SEARCH_PATH)
                 catalogs[online] = snapshot(conn, schema)
                 inner.commit()

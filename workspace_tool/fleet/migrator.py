@@ -39,6 +39,7 @@ class RunOptions:
     extension_schema: str
     adopt: bool = False
     worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
+    citus: bool = False  # the database runs Citus (see schema/transaction.py)
 
 
 class Migrator:
@@ -50,7 +51,9 @@ class Migrator:
         self.engine = engine
         self.chain = chain
         self.options = options
-        self.how = Sending(chain, options.extension_schema, lock_timeout_ms=options.lock_timeout_ms)
+        self.how = Sending(
+            chain, options.extension_schema, lock_timeout_ms=options.lock_timeout_ms, citus=options.citus
+        )
         self.cancel = cancel or threading.Event()
         self._conn: Connection | None = None
 

@@ -105,8 +105,8 @@ def run(
     resolved = chain.resolve(target)
     cache_key = cache.database_key(engine.url, chain.config_path)
     with translating(engine.url), transactions.connect(engine) as conn:
-        extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
-        cache.set_bootstrapped(cache_key, extension_schema)
+        database = registry.bootstrap(conn)  # the registry's own chain first, serially
+        cache.set_bootstrapped(cache_key, database)
         with conn.begin():
             records = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
 
@@ -124,7 +124,15 @@ def run(
         kind = "none"
     else:
         options = RunOptions(
-            operation, resolved, lock_timeout_ms, retries, fail_fast, extension_schema, adopt, worker_engine
+            operation,
+            resolved,
+            lock_timeout_ms,
+            retries,
+            fail_fast,
+            database.extension_schema,
+            adopt,
+            worker_engine,
+            citus=database.citus,
         )
         pooled = run_processes if kind == "processes" else run_threads
         tracker = Tracker(len(work), progress, started)
@@ -194,10 +202,11 @@ def sql(
     ids = _validate(project_ids)
     resolved = chain.resolve(target)
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-        extension_schema = conn.execute(registry.PROBE).one().ext_schema or DEFAULT_EXTENSION_SCHEMA
+        probe = conn.execute(registry.PROBE).one()
         records = read_fleet(conn, ids)
         conn.rollback()
-    how = Sending(chain, extension_schema, lock_timeout_ms=lock_timeout_ms)
+    extension_schema = probe.ext_schema or DEFAULT_EXTENSION_SCHEMA
+    how = Sending(chain, extension_schema, lock_timeout_ms=lock_timeout_ms, citus=bool(probe.citus))
     scripts = []
     for record in records:
         decided = operation.decide(chain, record, resolved, named=ids is not None)

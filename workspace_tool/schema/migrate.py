@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.dberrors import is_driver_error
+from workspace_tool.dberrors import is_driver_error, sqlstate
 from workspace_tool.errors import MigrationFailed, WorkspaceError
 from workspace_tool.schema import roles
 from workspace_tool.schema.operation import ENSURE, Operation
@@ -56,14 +56,15 @@ class Migration:
 @dataclass(frozen=True)
 class Sending:
     """How to reach the database: the chain, the extension's schema (on the search_path), the bound on
-    every lock wait, everything online (the reference the fast path is verified against), and sending
-    statement by statement (Citus)."""
+    every lock wait, everything online (the reference the fast path is verified against), sending
+    statement by statement, and Citus (tenant schemas, sent statement by statement: see SchemaTransaction)."""
 
     chain: Chain
     extension_schema: str
     lock_timeout_ms: int | None = None
     online: bool = False
     statement_by_statement: bool = False
+    citus: bool = False
 
 
 def migrate(conn: Connection, how: Sending, what: Migration, *, started: float | None = None) -> EnsureResult:
@@ -74,7 +75,9 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
     chain, schema = how.chain, what.schema
     transactions.require(conn)
     with conn.begin():
-        state = read_state(conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms)
+        state = read_state(
+            conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms, citus=how.citus
+        )
         current = state.version
         what.operation.check(chain, what.project_id, schema, current, what.target, exists=state.exists)
         adopted = check_managed(conn, what.project_id, schema, state, adopt=what.adopt)
@@ -92,6 +95,7 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
             create_schema=not state.exists,
             grants=grants,
             record=RegistryRecord(what.project_id, what.target, recorded_as, path),
+            citus=how.citus,
         )
         try:
             recorded = transaction.run(conn, chain, lock_held=True, statement_by_statement=how.statement_by_statement)
@@ -119,6 +123,7 @@ def planned(
         create_schema=not exists,
         record=RegistryRecord(what.project_id, what.target, RegistryAction.recording(action), plan.path),
         expected=expected,
+        citus=how.citus,
     )
 
 
@@ -132,22 +137,30 @@ def fast_lane(how: Sending, what: Migration, expected: Expected) -> SchemaTransa
 
 
 def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: Expected) -> EnsureResult | None:
-    """The fleet's fast lane: the whole migration is ONE round trip (``SchemaTransaction.send_batch``),
-    guarded so that it changes nothing unless the schema is still as the batch read saw it.
+    """The fleet's fast lane: the whole migration without reading the schema first, guarded so that it
+    changes nothing unless the schema is still as the batch read saw it: ONE round trip
+    (``SchemaTransaction.send_batch``), or on Citus, which takes no batch, the same transaction sent
+    statement by statement (``SchemaTransaction.run``).
 
-    Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, Citus, an online step,
-    an empty schema) or the schema turned out not as read: the caller then uses ``migrate``. Database
-    errors are raised as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
-    if conn.dialect.driver != "psycopg2" or conn.in_transaction() or how.statement_by_statement:
+    Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, statement by statement
+    off Citus, an online step, an empty schema) or the schema turned out not as read: the caller then uses
+    ``migrate``. Database errors are raised as SQLAlchemy DBAPIErrors, after the transaction was rolled
+    back."""
+    one_by_one = how.statement_by_statement and not how.citus
+    if conn.dialect.driver != "psycopg2" or conn.in_transaction() or one_by_one:
         return None
     transaction = fast_lane(how, what, expected)
     if transaction is None:
         return None
     started = time.perf_counter()
     try:
-        transaction.send_batch(conn)
+        if transaction.citus:
+            with conn.begin():
+                transaction.run(conn, how.chain)
+        else:
+            transaction.send_batch(conn)
     except Exception as failure:
-        code = getattr(failure, "pgcode", None)
+        code = sqlstate(failure)
         if code == "22P02" and STATE_CHANGED in str(failure):
             return None
         if not conn.invalidated and code not in (None, "55P03") and _moved(conn, what, expected):
@@ -176,11 +189,22 @@ def _moved(conn: Connection, what: Migration, expected: Expected) -> bool:
 
 
 def run_plan(
-    conn: Connection, chain: Chain, schema: str, extension_schema: str, plan: Plan, *, create_schema: bool
+    conn: Connection,
+    chain: Chain,
+    schema: str,
+    extension_schema: str,
+    plan: Plan,
+    *,
+    create_schema: bool,
+    citus: bool = False,
 ) -> None:
     """Run a plan into ``schema`` in conn's transaction with no lock and no registry row: for scratch
-    schemas no one else sees, rolled back afterwards (references, autogenerate, the fast-path proof)."""
-    SchemaTransaction(schema, extension_schema, plan.steps, lock=False, create_schema=create_schema).run(conn, chain)
+    schemas no one else sees, rolled back afterwards (references, autogenerate, the fast-path proof). On
+    Citus (``citus``) they are tenant schemas, as project schemas are."""
+    scratch = SchemaTransaction(
+        schema, extension_schema, plan.steps, lock=False, create_schema=create_schema, citus=citus
+    )
+    scratch.run(conn, chain)
 
 
 def drop_schema(conn: Connection, project_id: str, schema: str) -> bool:

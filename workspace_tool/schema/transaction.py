@@ -1,9 +1,9 @@
 """One schema's transaction: the one definition of what moves a project schema from one revision to another.
 
     BEGIN ISOLATION LEVEL READ COMMITTED
-    SET LOCAL lock_timeout = '...'            -- when bounded
+    SET LOCAL lock_timeout = '...'            -- when bounded (on Citus, propagated to the workers)
     SELECT pg_advisory_xact_lock(...)         -- the schema's lock: other schemas never wait
-    CREATE SCHEMA ...                         -- when it does not exist
+    CREATE SCHEMA ...                         -- when it does not exist (on Citus, a tenant schema)
     SET LOCAL search_path TO <schema>, <extension schema>
     <the plan's steps>                        -- compiled statements, or Alembic online
     <grants>                                  -- an owner role, when asked
@@ -15,8 +15,9 @@ A ``SchemaTransaction`` is built once and sent one of these ways:
 * ``run(conn, chain)``: on a connection in a transaction, runs of statements sent as one batch each and
   online steps through Alembic (the careful path: ensure, the fleet's fallback, scratch schemas);
   ``statement_by_statement=True`` sends one statement per round trip instead (Citus forwards a DDL's whole
-  query string to its workers, which take one statement at a time);
-* ``send_batch(conn)``: the whole transaction, BEGIN to COMMIT, as ONE round trip (the fleet's fast lane);
+  query string to its workers, which take one statement at a time): always so for ``citus=True``;
+* ``send_batch(conn)``: the whole transaction, BEGIN to COMMIT, as ONE round trip (the fleet's fast lane;
+  never on Citus, where the same guarded transaction goes through ``run``);
 * ``render(chain)``: the exact text of ``upgrade --sql``, which psql can run.
 
 A new step kind (chain/plan.py) or a new way of sending is added here, once, for every caller.
@@ -35,7 +36,7 @@ from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
 from workspace_tool.chain.plan import split_version_move
 from workspace_tool.registry import upsert_sql
-from workspace_tool.sql import lock_statement, lock_timeout_statement, quote_ident, search_path_sql
+from workspace_tool.sql import CITUS_TENANT, lock_statement, lock_timeout_statements, quote_ident, search_path_sql
 from workspace_tool.vocabulary import Path, RegistryAction
 
 STATE_CHANGED = "workspace-tool:state-changed"
@@ -74,11 +75,15 @@ class SchemaTransaction:
     grants: tuple[str, ...] = ()
     record: RegistryRecord | None = None
     expected: Expected | None = None  # None: the caller took the lock and read the state itself
+    # Citus (schema-based sharding): the schema is created as a tenant schema whatever the role's setting,
+    # the lock timeout bounds the workers' lock waits too, and ``run`` sends one statement per round trip.
+    citus: bool = False
 
     # -------------------------------------------------------------- what it says
     def prelude(self) -> list[str]:
         """What comes first: the lock timeout, then the schema's lock."""
-        statements = [] if self.lock_timeout_ms is None else [lock_timeout_statement(self.lock_timeout_ms) + ";"]
+        bound = [] if self.lock_timeout_ms is None else lock_timeout_statements(self.lock_timeout_ms, citus=self.citus)
+        statements = [s + ";" for s in bound]
         if self.lock:
             statements.append(lock_statement(self.schema) + ";")
         return statements
@@ -87,6 +92,8 @@ class SchemaTransaction:
         """Everything after the prelude, in order: statements, and the online steps between them."""
         units: list[str | Step] = []
         if self.create_schema:
+            if self.citus:
+                units.append(CITUS_TENANT + ";")
             units.append(f"CREATE SCHEMA {quote_ident(self.schema)};")
         units.append(search_path_sql(self.schema, self.extension_schema) + ";")
         steps, record = self._steps_and_record()
@@ -152,8 +159,9 @@ class SchemaTransaction:
     ) -> object:
         """Run on ``conn``, which is in a transaction (the caller commits or rolls back). ``lock_held``: the
         caller already sent the prelude (with its state read). Returns the registry statement's result (the
-        duration it recorded) when there is one, else None."""
+        duration it recorded) when there is one, else None. On Citus, always statement by statement."""
         transactions.require(conn)
+        statement_by_statement = statement_by_statement or self.citus
         units: list[str | Step] = [*([] if lock_held else self.prelude()), *self.units()]
         pending: list[str] = []
         result: object = None
@@ -172,8 +180,8 @@ class SchemaTransaction:
         """The whole transaction as ONE round trip on psycopg2: BEGIN, every statement, COMMIT, in one
         simple query. ``conn`` must not be in a transaction. On failure the transaction is rolled back (or,
         if the connection is gone, ``conn`` invalidated) and the driver's exception raised."""
-        if not self.guarded or not self.compiled or conn.dialect.driver != "psycopg2":
-            raise ValueError("only a guarded, compiled transaction on psycopg2 is sent as one batch")
+        if not self.guarded or not self.compiled or conn.dialect.driver != "psycopg2" or self.citus:
+            raise ValueError("only a guarded, compiled transaction on psycopg2, not Citus, is sent as one batch")
         batch = "\n".join([BEGIN, *self.statements(), COMMIT])
         dbapi = conn.connection.dbapi_connection
         assert dbapi is not None
