@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from workspace_tool.chain import Chain
+from workspace_tool.dberrors import unreachable_node
 from workspace_tool.fleet.migrator import Migrator, RunOptions
 from workspace_tool.fleet.report import CONNECTION_LOST, Progress, ProgressCallback, SchemaResult
 from workspace_tool.schema.operation import Work
@@ -69,7 +70,9 @@ class Tracker:
         self.done += 1
         self.failed += result.status == Status.FAILED
         if self.watch.dead and self.stopped is None:
-            self.stopped = f"{CONNECTION_LOST}, {self.watch.limit} schemas in a row failed on it"
+            node = unreachable_node(result.error)
+            lost = CONNECTION_LOST if node is None else f"Citus worker {node} is unreachable"
+            self.stopped = f"{lost}, {self.watch.limit} schemas in a row failed on it"
         self._emit(result)
 
     def _emit(self, result: SchemaResult | None) -> None:

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.dberrors import describe, is_connection_error, sqlstate
+from workspace_tool.dberrors import describe, is_connection_error, sqlstate, unreachable_node
 from workspace_tool.errors import LockTimeout
 from workspace_tool.fleet.report import MOVED_BY_ANOTHER_RUN, SchemaResult, ms_since
 from workspace_tool.fleet.worker_engine import EngineFactory
@@ -106,6 +106,8 @@ class Migrator:
                 message = describe(exc, work.schema, url_secrets(self.engine.url))
                 if lock_timeout:
                     message = f"lock timeout ({options.lock_timeout_ms} ms, {attempts} attempts): {message}"
+                elif node := unreachable_node(message):
+                    message = f"Citus worker {node} unreachable ({attempts} attempts): {message}"
                 elif connection:
                     message = f"database connection lost ({attempts} attempts): {message}"
                 self._mark_failed(work, message)

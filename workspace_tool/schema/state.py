@@ -68,14 +68,17 @@ def read_state(
     """The schema's state; with ``lock=True`` after taking its advisory lock (and bounding every lock wait
     of the transaction by ``lock_timeout_ms``, on Citus's workers too): one round trip on psycopg2."""
     params = {"schema": schema, "version_table": version_table(schema), "project_id": project_id}
-    bound = [] if lock_timeout_ms is None else lock_timeout_statements(lock_timeout_ms, citus=citus)
-    if lock and conn.dialect.driver == "psycopg2":
+    bound = [] if lock_timeout_ms is None or not lock else lock_timeout_statements(lock_timeout_ms, citus=citus)
+    batched = lock and conn.dialect.driver == "psycopg2"
+    if citus or not batched:  # Citus replays a SET LOCAL's whole query string on the workers: alone, then
+        for statement in bound:
+            conn.exec_driver_sql(statement)
+        bound = []
+    if batched:
         prefix = "".join(s + ";\n" for s in bound)
         row = conn.execute(text(prefix + str(_LOCKED_STATE)), {**params, "key": lock_key(schema)}).one()
     else:
         if lock:
-            for statement in bound:
-                conn.exec_driver_sql(statement)
             lock_schema(conn, schema)
         row = conn.execute(_STATE, params).one()
     version: str | None = None
