@@ -383,6 +383,9 @@ class Cluster:
         """Stop one node (fast shutdown: its sessions are cut, their transactions rolled back)."""
         self._run("pg_ctl", "-D", node.data, "-m", "fast", "-w", "-t", "60", "stop")
 
+    def runs(self, node: Node) -> bool:
+        return _postmaster_runs(Path(node.data))
+
     def node_at(self, address: str) -> Node:
         """The node at 'host:port' (as `workspace-tool status` shows a schema's node)."""
         port = int(address.rsplit(":", 1)[1])
@@ -402,7 +405,7 @@ class Cluster:
         """Stop every node that runs (fast shutdown); nodes already stopped are skipped."""
         failures = []
         for node in reversed(self.nodes):
-            if not _postmaster_runs(Path(node.data)):
+            if not self.runs(node):
                 continue
             try:
                 self.stop_node(node)

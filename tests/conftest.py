@@ -137,3 +137,11 @@ def citus_url(citus_nodes: citus_cluster.Cluster | None) -> str:
         return configured
     assert citus_nodes is not None
     return citus_nodes.url
+
+
+@pytest.fixture(scope="session")
+def citus_engine(citus_url: str) -> Iterator[sa.Engine]:
+    """An engine on the Citus coordinator, its sessions as the cluster sets them (schema-based sharding off)."""
+    engine = sa.create_engine(sync_url(citus_url))
+    yield engine
+    engine.dispose()

@@ -48,7 +48,7 @@ from workspace_tool.managers import cache
 from workspace_tool.models import metadata
 from workspace_tool.schema.migrate import Migration, Sending, migrate, migrate_expected
 from workspace_tool.schema.transaction import Expected
-from workspace_tool.urls import async_url, sync_url
+from workspace_tool.urls import async_url
 
 pytestmark = pytest.mark.citus
 
@@ -58,16 +58,8 @@ REGISTRY_AND_EXTENSION = {"project_registry", "workspace_extensions"}
 
 
 @pytest.fixture(scope="module")
-def coordinator_url(citus_url: str) -> URL:
-    return sync_url(citus_url)
-
-
-@pytest.fixture(scope="module")
-def coordinator(coordinator_url: URL) -> Iterator[sa.Engine]:
-    """Sessions on the coordinator with the cluster's default: schema-based sharding off."""
-    engine = sa.create_engine(coordinator_url)
-    yield engine
-    engine.dispose()
+def coordinator_url(citus_engine: sa.Engine) -> URL:
+    return citus_engine.url
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +71,9 @@ def sharded(coordinator_url: URL) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture(autouse=True)
-def clean(coordinator: sa.Engine) -> None:
+def clean(citus_engine: sa.Engine) -> None:
     """Each test starts with no project schema and an empty registry (the cluster has one database)."""
-    reset_citus(coordinator)
+    reset_citus(citus_engine)
 
 
 def cli(url: URL | str, *args: str) -> tuple[int, str, str]:
@@ -119,42 +111,42 @@ def nodes_of(manager: WorkspaceManager, *project_ids: str) -> dict[str, str | No
 
 # ------------------------------------------------------------------------------------------------ init
 def test_init_keeps_the_registry_and_the_extension_schema_on_the_coordinator(
-    coordinator: sa.Engine, coordinator_url: URL
+    citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
-    with coordinator.begin() as conn:  # a database where nothing was set up yet
+    with citus_engine.begin() as conn:  # a database where nothing was set up yet
         conn.execute(sa.text("DROP SCHEMA IF EXISTS project_registry, workspace_extensions CASCADE"))
     url = sharded_url(coordinator_url)  # the worst case: the role's sessions make tenant schemas
 
     code, _, err = cli(url, "init")
     assert code == 0, err
     assert "vector extension in schema workspace_extensions" in err
-    assert tenant_schemas(coordinator) & REGISTRY_AND_EXTENSION == set()
-    assert distributed_tables(coordinator, "project_registry") == {}  # plain tables of the coordinator
+    assert tenant_schemas(citus_engine) & REGISTRY_AND_EXTENSION == set()
+    assert distributed_tables(citus_engine, "project_registry") == {}  # plain tables of the citus_engine
     # the extension reached every node, in its schema (a schema Citus propagates, not a tenant)
-    assert set(on_all_nodes(coordinator, "SELECT extnamespace::regnamespace::text FROM pg_extension "
+    assert set(on_all_nodes(citus_engine, "SELECT extnamespace::regnamespace::text FROM pg_extension "
                                          "WHERE extname = 'vector'").values()) == {"workspace_extensions"}  # fmt: skip
 
     # The registry's own upgrade runs CREATE SCHEMA IF NOT EXISTS again: with the role's sharding on, that
     # would turn the existing registry schema into a tenant schema (and its new table with it).
-    with coordinator.begin() as conn:
+    with citus_engine.begin() as conn:
         conn.execute(sa.text("DROP TABLE project_registry.reference_catalog"))
         conn.execute(
             sa.text("UPDATE project_registry.workspace_registry_version SET version_num = 'r0001_workspace_config'")
         )
     code, _, err = cli(url, "init")
     assert code == 0, err
-    assert tenant_schemas(coordinator) & REGISTRY_AND_EXTENSION == set()
-    assert distributed_tables(coordinator, "project_registry") == {}
+    assert tenant_schemas(citus_engine) & REGISTRY_AND_EXTENSION == set()
+    assert distributed_tables(citus_engine, "project_registry") == {}
     code, out, _ = cli(url, "ensure", "acme")
     assert code == 0 and "created" in out
 
 
 def test_a_registry_made_a_tenant_schema_is_refused_saying_how_to_undo_it(
-    coordinator: sa.Engine, coordinator_url: URL
+    citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
     """What an earlier version made of the registry with sharding on: refused in one line, nothing changed."""
-    WorkspaceManager(coordinator, ALEMBIC_INI).bootstrap()
-    with coordinator.begin() as conn:
+    WorkspaceManager(citus_engine, ALEMBIC_INI).bootstrap()
+    with citus_engine.begin() as conn:
         conn.execute(sa.text("SELECT citus_schema_distribute('project_registry')"))
     cache.clear()  # as a new process sees the database
     try:
@@ -164,34 +156,34 @@ def test_a_registry_made_a_tenant_schema_is_refused_saying_how_to_undo_it(
             "Error: project_registry is a Citus tenant schema, placed on a worker, but must stay on the coordinator: "
             "run SELECT citus_schema_undistribute('project_registry') on the coordinator, then rerun"
         ]
-        assert "project_acme" not in tenant_schemas(coordinator)
+        assert "project_acme" not in tenant_schemas(citus_engine)
     finally:
-        with coordinator.begin() as conn:  # what the message says to run
+        with citus_engine.begin() as conn:  # what the message says to run
             conn.execute(sa.text("SELECT citus_schema_undistribute('project_registry')"))
     code, out, _ = cli(coordinator_url, "ensure", "acme")
     assert code == 0 and "created" in out
 
 
 # ---------------------------------------------------------------------------------------------- ensure
-@pytest.mark.parametrize("engine_name", ["coordinator", "sharded"])
+@pytest.mark.parametrize("engine_name", ["citus_engine", "sharded"])
 def test_every_project_schema_is_a_tenant_schema_whatever_the_roles_default(
-    engine_name: str, request: pytest.FixtureRequest, coordinator: sa.Engine
+    engine_name: str, request: pytest.FixtureRequest, citus_engine: sa.Engine
 ) -> None:
     engine: sa.Engine = request.getfixturevalue(engine_name)
     manager = WorkspaceManager(engine, ALEMBIC_INI)
     result = manager.ensure_detailed("acme")
     assert (result.action, result.path) == ("created", "fast")
 
-    assert tenant_schemas(coordinator) - {"project_registry", "workspace_extensions"} >= {"project_acme"}
-    assert tenant_schemas(coordinator) & REGISTRY_AND_EXTENSION == set()
-    assert distributed_tables(coordinator, "project_acme") == dict.fromkeys(TABLES, "n")
+    assert tenant_schemas(citus_engine) - {"project_registry", "workspace_extensions"} >= {"project_acme"}
+    assert tenant_schemas(citus_engine) & REGISTRY_AND_EXTENSION == set()
+    assert distributed_tables(citus_engine, "project_acme") == dict.fromkeys(TABLES, "n")
     [status] = manager.status(["acme"])
     assert (status.state, status.registry_revision, status.revision) == ("at head", HEAD, HEAD)
-    assert status.node in workers(coordinator)
+    assert status.node in workers(citus_engine)
     assert manager.ensure_detailed("acme", verify=True).action == "verified"
     cache.clear()  # as a new process sees it
     assert WorkspaceManager(engine, ALEMBIC_INI).ensure_detailed("acme").action == "current"
-    assert_consistent(coordinator)
+    assert_consistent(citus_engine)
 
 
 def test_ensure_from_threads_and_processes_creates_each_project_exactly_once(
@@ -216,7 +208,7 @@ def test_ensure_from_threads_and_processes_creates_each_project_exactly_once(
 
 
 def test_async_manager_on_asyncpg_gathers_distinct_and_same_projects(
-    coordinator: sa.Engine, coordinator_url: URL
+    citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
     async def scenario() -> list[str]:
         engine = create_async_engine(
@@ -234,20 +226,20 @@ def test_async_manager_on_asyncpg_gathers_distinct_and_same_projects(
     actions = asyncio.run(scenario())
     assert actions[:3] == ["created"] * 3
     assert actions[3:].count("created") == 1
-    schemas = assert_consistent(coordinator)
+    schemas = assert_consistent(citus_engine)
     assert sorted(schemas) == ["project_async_a", "project_async_b", "project_async_c", "project_async_same"]
-    assert set(schemas) <= tenant_schemas(coordinator)
+    assert set(schemas) <= tenant_schemas(citus_engine)
 
 
 def test_the_owner_role_uses_its_project_through_the_coordinator_and_nothing_else(
-    coordinator: sa.Engine, coordinator_url: URL
+    citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
     """The grants reach the worker holding the schema: the role's queries run there as that role."""
     role = f"wst_owner_{uuid.uuid4().hex[:8]}"
-    with coordinator.begin() as conn:
+    with citus_engine.begin() as conn:
         conn.execute(sa.text(f"CREATE ROLE {role} LOGIN"))  # Citus creates it on every node
     try:
-        manager = WorkspaceManager(coordinator, ALEMBIC_INI)
+        manager = WorkspaceManager(citus_engine, ALEMBIC_INI)
         manager.ensure("granted", owner_role=role)
         manager.ensure("other")
         as_role = sa.create_engine(coordinator_url.set(username=role), poolclass=sa.pool.NullPool)
@@ -265,11 +257,11 @@ def test_the_owner_role_uses_its_project_through_the_coordinator_and_nothing_els
         missing = f"wst_new_{uuid.uuid4().hex[:8]}"
         manager.ensure("granted", owner_role=missing)
         found = on_all_nodes(
-            coordinator, f"SELECT count(*) FROM pg_roles WHERE rolname = '{missing}' AND NOT rolcanlogin"
+            citus_engine, f"SELECT count(*) FROM pg_roles WHERE rolname = '{missing}' AND NOT rolcanlogin"
         )
         assert set(found.values()) == {"1"} and len(found) == 3
     finally:
-        with coordinator.begin() as conn:
+        with citus_engine.begin() as conn:
             conn.execute(sa.text("DROP SCHEMA IF EXISTS project_granted, project_other CASCADE"))
             for name in conn.execute(sa.text("SELECT rolname FROM pg_roles WHERE rolname LIKE 'wst\\_owner\\_%' "
                                              "OR rolname LIKE 'wst\\_new\\_%'")).scalars().all():  # fmt: skip
@@ -311,12 +303,12 @@ def test_an_online_revision_runs_through_alembic_on_the_coordinator(
 
 # --------------------------------------------------------------------------- status, list, drop (CLI)
 def test_status_shows_the_node_holding_each_schema_then_list_and_drop(
-    coordinator: sa.Engine, coordinator_url: URL
+    citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
-    manager = WorkspaceManager(coordinator, ALEMBIC_INI)
+    manager = WorkspaceManager(citus_engine, ALEMBIC_INI)
     for project in ("alpha", "beta", "gamma"):
         manager.ensure(project)
-    with coordinator.connect() as conn:  # Citus's own view of where each schema's shards are
+    with citus_engine.connect() as conn:  # Citus's own view of where each schema's shards are
         placed: dict[str, str] = dict(
             conn.execute(
                 sa.text(
@@ -348,46 +340,46 @@ def test_status_shows_the_node_holding_each_schema_then_list_and_drop(
     assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["alpha", "beta", "gamma"]
     code, _, err = cli(coordinator_url, "drop", "beta", "--yes")
     assert (code, err.strip()) == (0, "Dropped project_beta.")
-    gone = on_all_nodes(coordinator, "SELECT count(*) FROM pg_namespace WHERE nspname = 'project_beta'")
+    gone = on_all_nodes(citus_engine, "SELECT count(*) FROM pg_namespace WHERE nspname = 'project_beta'")
     assert set(gone.values()) == {"0"} and len(gone) == 3  # on the coordinator and both workers
-    assert sorted(assert_consistent(coordinator)) == ["project_alpha", "project_gamma"]
+    assert sorted(assert_consistent(citus_engine)) == ["project_alpha", "project_gamma"]
 
 
 # ------------------------------------------------------------------------------------- fleet runs
-def test_downgrade_and_upgrade_all_in_parallel_then_check(coordinator: sa.Engine, coordinator_url: URL) -> None:
+def test_downgrade_and_upgrade_all_in_parallel_then_check(citus_engine: sa.Engine, coordinator_url: URL) -> None:
     projects = [f"fleet-{i}" for i in range(8)]
-    assert fleet.provision(coordinator, CHAIN, projects, jobs=4).ok
-    down = fleet.downgrade(coordinator, CHAIN, target=BEHIND, jobs=4)
+    assert fleet.provision(citus_engine, CHAIN, projects, jobs=4).ok
+    down = fleet.downgrade(citus_engine, CHAIN, target=BEHIND, jobs=4)
     assert down.ok and {(r.status, r.path, r.attempts) for r in down.results} == {("ok", "fast", 1)}
-    assert set(assert_consistent(coordinator).values()) == {BEHIND}
+    assert set(assert_consistent(citus_engine).values()) == {BEHIND}
 
     code, _, err = cli(coordinator_url, "upgrade", "--all", "--jobs", "4")
     assert code == 0, err
     assert "upgrade to 0004_alter_existing: 8 ok, 0 failed, 0 skipped" in err
-    assert set(assert_consistent(coordinator).values()) == {HEAD}
+    assert set(assert_consistent(citus_engine).values()) == {HEAD}
     code, _, err = cli(coordinator_url, "check")
     assert code == 0 and "8 schema(s) checked against head 0004_alter_existing: all match" in err
-    assert {f"project_fleet_{i}" for i in range(8)} <= tenant_schemas(coordinator)
+    assert {f"project_fleet_{i}" for i in range(8)} <= tenant_schemas(citus_engine)
 
 
-def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(coordinator: sa.Engine) -> None:
+def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(citus_engine: sa.Engine) -> None:
     """No state read first; a guard that fails changes nothing and sends the caller to the careful path."""
-    assert fleet.provision(coordinator, CHAIN, ["lane"], target=BEHIND).ok
+    assert fleet.provision(citus_engine, CHAIN, ["lane"], target=BEHIND).ok
     how = Sending(CHAIN, "workspace_extensions", lock_timeout_ms=5000, citus=True)
     moved = Migration("lane", "project_lane", HEAD, fleet.UPGRADE)
     created = Migration("lane-new", "project_lane_new", HEAD, fleet.PROVISION)
-    with coordinator.connect() as conn:
+    with citus_engine.connect() as conn:
         done = migrate_expected(conn, how, moved, Expected(True, BEHIND))
         assert done is not None and (done.action, done.path) == ("upgraded", "fast")
         new = migrate_expected(conn, how, created, Expected(False, None))
         assert new is not None and new.action == "created"
-        before = assert_consistent(coordinator), registry_updates(conn)
+        before = assert_consistent(citus_engine), registry_updates(conn)
         assert migrate_expected(conn, how, moved, Expected(True, BEHIND)) is None  # no longer at BEHIND
         assert migrate_expected(conn, how, created, Expected(False, None)) is None  # exists now
-        assert (assert_consistent(coordinator), registry_updates(conn)) == before
+        assert (assert_consistent(citus_engine), registry_updates(conn)) == before
         careful = migrate(conn, how, moved)  # what the caller then does: finds it at head
         assert careful.action == "current"
-    assert {"project_lane", "project_lane_new"} <= tenant_schemas(coordinator)
+    assert {"project_lane", "project_lane_new"} <= tenant_schemas(citus_engine)
 
 
 def registry_updates(conn: sa.Connection) -> list[tuple[str, object]]:
@@ -396,13 +388,13 @@ def registry_updates(conn: sa.Connection) -> list[tuple[str, object]]:
     return [(str(r[0]), r[1]) for r in rows]
 
 
-def test_lock_timeout_bounds_the_waits_on_the_worker_too(coordinator: sa.Engine) -> None:
+def test_lock_timeout_bounds_the_waits_on_the_worker_too(citus_engine: sa.Engine) -> None:
     """A session reading the schema's shards directly on its worker holds its lock there: the migration gives
     up after lock_timeout (on the fast lane and on the careful path) instead of waiting without end."""
-    assert fleet.provision(coordinator, CHAIN, ["locked"]).ok
-    [status] = WorkspaceManager(coordinator, ALEMBIC_INI).status(["locked"])
+    assert fleet.provision(citus_engine, CHAIN, ["locked"]).ok
+    [status] = WorkspaceManager(citus_engine, ALEMBIC_INI).status(["locked"])
     assert status.node is not None
-    with coordinator.connect() as conn:
+    with citus_engine.connect() as conn:
         shards = (
             conn.execute(
                 sa.text("SELECT shard_name FROM citus_shards WHERE table_name::text LIKE 'project\\_locked.%'")
@@ -411,16 +403,16 @@ def test_lock_timeout_bounds_the_waits_on_the_worker_too(coordinator: sa.Engine)
             .all()
         )
     host, port = status.node.rsplit(":", 1)
-    on_worker = sa.create_engine(coordinator.url.set(host=host, port=int(port)), poolclass=sa.pool.NullPool)
+    on_worker = sa.create_engine(citus_engine.url.set(host=host, port=int(port)), poolclass=sa.pool.NullPool)
     blocker = on_worker.connect()
     for shard in shards:  # a reader's lock on each of the schema's shards, held until rollback
         blocker.execute(sa.text(f"SELECT count(*) FROM {shard}"))
     outcome: dict[str, object] = {}
 
     def run() -> None:
-        outcome["fleet"] = fleet.downgrade(coordinator, CHAIN, target=BEHIND, lock_timeout_ms=300, retries=0)
+        outcome["fleet"] = fleet.downgrade(citus_engine, CHAIN, target=BEHIND, lock_timeout_ms=300, retries=0)
         how = Sending(CHAIN, "workspace_extensions", lock_timeout_ms=300, citus=True)
-        with coordinator.connect() as conn:
+        with citus_engine.connect() as conn:
             try:
                 migrate(conn, how, Migration("locked", "project_locked", BEHIND, fleet.DOWNGRADE))
             except Exception as exc:
@@ -439,69 +431,69 @@ def test_lock_timeout_bounds_the_waits_on_the_worker_too(coordinator: sa.Engine)
     assert result.status == "failed" and result.error is not None
     assert result.error.startswith("lock timeout (300 ms, 1 attempts): canceling statement due to lock timeout")
     assert "lock timeout" in str(outcome.get("careful"))
-    assert assert_consistent(coordinator) == {"project_locked": HEAD}  # nothing changed
+    assert assert_consistent(citus_engine) == {"project_locked": HEAD}  # nothing changed
 
 
 # ------------------------------------------------------------- scratch schemas: check, verify, autogenerate
 def test_check_builds_its_reference_in_a_scratch_tenant_schema_that_leaves_nothing_behind(
-    coordinator: sa.Engine, coordinator_url: URL
+    citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
-    manager = WorkspaceManager(coordinator, ALEMBIC_INI)
+    manager = WorkspaceManager(citus_engine, ALEMBIC_INI)
     for project in ("c1", "c2"):
         manager.ensure(project)
-    with coordinator.begin() as conn:
+    with citus_engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
         conn.execute(sa.text("ALTER TABLE project_c2.code_files ADD COLUMN by_hand integer"))
     code, out, err = cli(coordinator_url, "check")
     assert code == 1, err
     assert out == "project_c2 (project c2, at head):\n  unexpected relations.code_files.columns.by_hand\n"
-    assert scratch_leftovers(coordinator) == {}
-    with coordinator.connect() as conn:  # check stores nothing
+    assert scratch_leftovers(citus_engine) == {}
+    with citus_engine.connect() as conn:  # check stores nothing
         assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
 
     code, _, err = cli(coordinator_url, "init")  # builds and stores it
     assert code == 0, err
-    with coordinator.begin() as conn:
+    with citus_engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE project_c2.code_files DROP COLUMN by_hand"))
     code, _, err = cli(coordinator_url, "check")
     assert code == 0 and "2 schema(s) checked" in err and "all match" in err
-    assert scratch_leftovers(coordinator) == {}
+    assert scratch_leftovers(citus_engine) == {}
 
 
 def test_verify_fast_path_compares_tenant_scratch_schemas_and_leaves_nothing_behind(
-    coordinator: sa.Engine, coordinator_url: URL
+    citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
-    WorkspaceManager(coordinator, ALEMBIC_INI).bootstrap()
+    WorkspaceManager(citus_engine, ALEMBIC_INI).bootstrap()
     code, out, err = cli(coordinator_url, "verify-fast-path")
     assert code == 0, out + err
     assert "All 24 ranges identical." in err + out
-    assert scratch_leftovers(coordinator) == {}
-    assert tenant_schemas(coordinator) & REGISTRY_AND_EXTENSION == set()
+    assert scratch_leftovers(citus_engine) == {}
+    assert tenant_schemas(citus_engine) & REGISTRY_AND_EXTENSION == set()
 
 
-def test_revision_autogenerate_then_upgrade_all(coordinator: sa.Engine, chain_builder: ChainBuilder) -> None:
+def test_revision_autogenerate_then_upgrade_all(citus_engine: sa.Engine, chain_builder: ChainBuilder) -> None:
     chain_builder.copy_main_chain()
-    assert fleet.provision(coordinator, Chain.load(chain_builder.ini), ["auto-a", "auto-b"]).ok
+    assert fleet.provision(citus_engine, Chain.load(chain_builder.ini), ["auto-a", "auto-b"]).ok
     changed = sa.MetaData()
     for table in metadata.sorted_tables:
         table.to_metadata(changed)
     changed.tables["code_files"].append_column(sa.Column("encoding", sa.String(20), server_default="utf-8"))
 
     result = create_revision(
-        "encoding", config=chain_builder.ini, autogenerate=True, engine=coordinator, target_metadata=changed
+        "encoding", config=chain_builder.ini, autogenerate=True, engine=citus_engine, target_metadata=changed
     )
     assert result.operations == 1
     assert "op.add_column('code_files', sa.Column('encoding'" in result.path.read_text()
-    assert scratch_leftovers(coordinator) == {}
+    assert scratch_leftovers(citus_engine) == {}
     chain = Chain.load(chain_builder.ini)
-    report = fleet.upgrade(coordinator, chain)
+    report = fleet.upgrade(citus_engine, chain)
     assert report.ok and {(r.status, r.path) for r in report.results} == {("ok", "fast")}
-    assert set(assert_consistent(coordinator).values()) == {result.revision}
+    assert set(assert_consistent(citus_engine).values()) == {result.revision}
 
 
 # ------------------------------------------------------------------------------ sessions, plain Alembic
-def test_a_nearest_neighbour_query_through_the_coordinator_reads_the_projects_worker(coordinator: sa.Engine) -> None:
-    manager = WorkspaceManager(coordinator, ALEMBIC_INI)
+def test_a_nearest_neighbour_query_through_the_coordinator_reads_the_projects_worker(citus_engine: sa.Engine) -> None:
+    manager = WorkspaceManager(citus_engine, ALEMBIC_INI)
     with manager.session("vectors") as s:
         add_chunks(s)
         s.commit()
@@ -521,17 +513,17 @@ def test_a_nearest_neighbour_query_through_the_coordinator_reads_the_projects_wo
         assert s.scalars(nearest_statement()).all() == []
 
 
-def test_plain_alembic_on_the_coordinator_makes_a_tenant_schema(coordinator: sa.Engine, coordinator_url: URL) -> None:
-    WorkspaceManager(coordinator, ALEMBIC_INI).bootstrap()
+def test_plain_alembic_on_the_coordinator_makes_a_tenant_schema(citus_engine: sa.Engine, coordinator_url: URL) -> None:
+    WorkspaceManager(citus_engine, ALEMBIC_INI).bootstrap()
     up = run_alembic(coordinator_url, "-x", "schema=project_plain", "upgrade", "head")
     assert up.returncode == 0, up.stderr
-    assert "project_plain" in tenant_schemas(coordinator)  # though the session's default is sharding off
-    assert distributed_tables(coordinator, "project_plain") == dict.fromkeys(TABLES, "n")
+    assert "project_plain" in tenant_schemas(citus_engine)  # though the session's default is sharding off
+    assert distributed_tables(citus_engine, "project_plain") == dict.fromkeys(TABLES, "n")
     down = run_alembic(coordinator_url, "-x", "schema=project_plain", "downgrade", BEHIND)
     assert down.returncode == 0, down.stderr
-    with coordinator.connect() as conn:
+    with citus_engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM project_plain.alembic_version")).scalar() == BEHIND
     # workspace-tool takes it from there: ensure registers and upgrades it
-    result = WorkspaceManager(coordinator, ALEMBIC_INI).ensure_detailed("plain")
+    result = WorkspaceManager(citus_engine, ALEMBIC_INI).ensure_detailed("plain")
     assert (result.action, result.from_revision) == ("upgraded", BEHIND)
-    assert assert_consistent(coordinator) == {"project_plain": HEAD}
+    assert assert_consistent(citus_engine) == {"project_plain": HEAD}
