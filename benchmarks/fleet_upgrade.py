@@ -27,7 +27,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -82,8 +82,11 @@ def chain_copy(directory: Path) -> Path:
     return directory / "alembic.ini"
 
 
-def raw_floor(engine: sa.Engine, schemas: list[str], sql: str, extension_schema: str, jobs: int) -> float:
-    """Seconds to send ``sql`` into every schema from ``jobs`` psycopg2 connections, one transaction each."""
+def raw_floor(
+    engine: sa.Engine, schemas: list[str], sql: str | Sequence[str], extension_schema: str, jobs: int
+) -> float:
+    """Seconds to send ``sql`` into every schema from ``jobs`` psycopg2 connections, one transaction each:
+    as one batch, or (a sequence of statements: Citus) one statement per round trip."""
     work: queue.SimpleQueue[str] = queue.SimpleQueue()
     for schema in schemas:
         work.put(schema)
@@ -100,7 +103,11 @@ def raw_floor(engine: sa.Engine, schemas: list[str], sql: str, extension_schema:
                     schema = work.get_nowait()
                 except queue.Empty:
                     break
-                cursor.execute(search_path_sql(schema, extension_schema) + ";\n" + sql)
+                if isinstance(sql, str):
+                    cursor.execute(search_path_sql(schema, extension_schema) + ";\n" + sql)
+                else:
+                    for statement in [search_path_sql(schema, extension_schema), *sql]:
+                        cursor.execute(statement)
                 conn.commit()
         except BaseException as exc:
             errors.append(exc)

@@ -1,0 +1,305 @@
+"""Benchmark on a Citus cluster (issue 11): fresh ``ensure`` and ``upgrade --all`` against the raw floor on
+the same cluster, as medians and ratios.
+
+    python tests/citus_cluster.py start                      # a coordinator and two workers; prints its URL
+    python benchmarks/citus_bench.py --url URL [--schemas 1000] [--jobs 4] [--repeat 3] [--json PATH]
+    python benchmarks/run.py --citus URL [...]                # the same
+
+What is measured, on the coordinator's database (which must hold no project yet: the benchmark needs the
+whole fleet to itself; it drops what it made at the end):
+
+* fresh ``ensure``: ``--schemas`` new schemas, half through the library (``WorkspaceManager.ensure`` from
+  ``--jobs`` threads on one engine), half by the floor (the same statements, sent by plain psycopg2 from
+  ``--jobs`` held connections, one transaction per schema: SET LOCAL sharding on, CREATE SCHEMA, the
+  search_path, the compiled chain, the registry row; one statement per round trip, as Citus needs), in
+  alternating rounds. Per-schema latency (median) and schemas per second, each side.
+* ``upgrade --all`` over the whole fleet (``--schemas`` tenant schemas across both workers) to a revision
+  adding a column and an index: the floor sends that revision's statements into every schema from
+  ``--jobs`` psycopg2 connections (BEGIN; SET LOCAL search_path; the statements; COMMIT), the library runs
+  ``fleet.upgrade`` (registry, batched version reads, per-schema lock, lock_timeout, registry row in the
+  same transaction); ``--repeat`` times, interleaved, brought back down between runs (not timed); and the
+  no-op run (every schema at head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fleet_upgrade import BASE_REV, NEW_REV, chain_copy, raw_floor  # noqa: E402
+
+from workspace_tool import WorkspaceManager, fleet  # noqa: E402
+from workspace_tool.chain import Chain  # noqa: E402
+from workspace_tool.database import is_citus  # noqa: E402
+from workspace_tool.managers import cache  # noqa: E402
+from workspace_tool.naming import schema_for  # noqa: E402
+from workspace_tool.schema.transaction import SchemaTransaction  # noqa: E402
+from workspace_tool.sql import sql_literal  # noqa: E402
+from workspace_tool.urls import sync_url  # noqa: E402
+
+ALEMBIC_INI = ROOT / "alembic.ini"
+PREFIX = "cbench-"
+REGISTRY_INSERT = (
+    "INSERT INTO project_registry.workspace_config (project_id, schema_name, revision, status, last_action, "
+    "last_duration_ms, last_path) VALUES ({pid}, {schema}, {rev}, 'ready', 'created', 0, 'floor')"
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+class FreshFloor:
+    """Creates a project schema as the library's transaction does, minus the library: plain psycopg2."""
+
+    def __init__(self, engine: sa.Engine, chain: Chain, extension_schema: str) -> None:
+        self.engine = engine
+        self.chain = chain
+        self.extension_schema = extension_schema
+
+    def statements(self, project_id: str) -> list[str]:
+        schema = schema_for(project_id)
+        steps = self.chain.plan(None, self.chain.head).steps
+        created = SchemaTransaction(schema, self.extension_schema, steps, lock=False, create_schema=True, citus=True)
+        record = REGISTRY_INSERT.format(
+            pid=sql_literal(project_id), schema=sql_literal(schema), rev=sql_literal(self.chain.head)
+        )
+        return [*created.statements(), record]
+
+    def run(self, ids: list[str], jobs: int) -> list[float]:
+        """Per-schema seconds, ``ids`` spread over ``jobs`` held connections."""
+        work = list(ids)
+        lock = threading.Lock()
+        times: list[float] = []
+
+        def worker() -> None:
+            raw = self.engine.raw_connection()
+            try:
+                conn = raw.driver_connection
+                assert conn is not None
+                cursor = conn.cursor()
+                while True:
+                    with lock:
+                        if not work:
+                            return
+                        project_id = work.pop()
+                    started = time.perf_counter()
+                    for statement in self.statements(project_id):
+                        cursor.execute(statement)
+                    conn.commit()
+                    with lock:
+                        times.append(time.perf_counter() - started)
+            finally:
+                raw.close()
+
+        threads = [threading.Thread(target=worker) for _ in range(jobs)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(times) == len(ids), "a floor worker failed"
+        return times
+
+
+def library_fresh(manager: WorkspaceManager, ids: list[str], jobs: int) -> list[float]:
+    def one(project_id: str) -> float:
+        started = time.perf_counter()
+        result = manager.ensure_detailed(project_id)
+        assert result.action == "created", result
+        return time.perf_counter() - started
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(one, ids))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def bench_fresh(engine: sa.Engine, count: int, jobs: int, rounds: int) -> dict[str, Any]:
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    extension_schema = manager.bootstrap()
+    floor = FreshFloor(engine, manager.chain, extension_schema)
+    library_fresh(manager, [f"{PREFIX}warm-lib-{i}" for i in range(jobs)], jobs)
+    floor.run([f"{PREFIX}warm-floor-{i}" for i in range(jobs)], jobs)
+    per_round = max(1, count // (2 * rounds))
+    samples: dict[str, list[float]] = {"library": [], "floor": []}
+    walls: dict[str, float] = {"library": 0.0, "floor": 0.0}
+    made = 0
+    for r in range(rounds):
+        sides: list[tuple[str, Callable[[list[str]], list[float]]]] = [
+            ("library", lambda ids: library_fresh(manager, ids, jobs)),
+            ("floor", lambda ids: floor.run(ids, jobs)),
+        ]
+        for name, run in sides if r % 2 == 0 else sides[::-1]:
+            ids = [f"{PREFIX}{name}-{r}-{i}" for i in range(per_round)]
+            wall, times = timed(lambda run=run, ids=ids: run(ids))  # type: ignore[misc]
+            samples[name].extend(times)
+            walls[name] += wall
+            made += len(ids)
+        log(f"  fresh round {r + 1}/{rounds}: {made} schemas made")
+    manager.close()
+    n = len(samples["library"])
+    lib, flo = statistics.median(samples["library"]), statistics.median(samples["floor"])
+    print(f"\n== fresh ensure: {n} schemas per side, {jobs} connections each, {rounds} alternating rounds ==")
+    print(f"  library ensure   median {ms(lib)}   {n / walls['library']:6.1f} schemas/s")
+    print(f"  raw floor        median {ms(flo)}   {n / walls['floor']:6.1f} schemas/s")
+    print(f"  library / floor: median latency {lib / flo:.2f}x, wall time {walls['library'] / walls['floor']:.2f}x")
+    return {
+        "schemas_per_side": n,
+        "jobs": jobs,
+        "library_median_ms": lib * 1000,
+        "floor_median_ms": flo * 1000,
+        "ratio": lib / flo,
+        "library_per_s": n / walls["library"],
+        "floor_per_s": n / walls["floor"],
+        "wall_ratio": walls["library"] / walls["floor"],
+    }
+
+
+def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        chain = Chain.load(chain_copy(Path(tmp)))
+        statements = chain.plan(BASE_REV, NEW_REV).statements
+        assert statements is not None, "the bench revision must compile"
+        with engine.connect() as conn:
+            schemas = list(
+                conn.execute(
+                    sa.text("SELECT schema_name FROM project_registry.workspace_config WHERE project_id LIKE :p"),
+                    {"p": PREFIX + "%"},
+                ).scalars()
+            )
+        n = len(schemas)
+        floors, libs, noops, medians = [], [], [], []
+        for i in range(repeat):
+            floors.append(raw_floor(engine, schemas, statements, "workspace_extensions", jobs))
+            assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
+            t, up = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
+            assert up.ok and up.counts()["ok"] == n, up.counts()
+            libs.append(t)
+            medians.append(statistics.median(r.ms for r in up.results))
+            t, noop = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
+            assert noop.counts()["skipped"] == n, noop.counts()
+            noops.append(t)
+            assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
+            log(f"  upgrade run {i + 1}/{repeat}: floor {floors[-1]:.1f} s, library {libs[-1]:.1f} s, no-op {t:.1f} s")
+        with engine.begin() as conn:  # the reference the runs stored for this temporary chain
+            conn.execute(
+                sa.text("DELETE FROM project_registry.reference_catalog WHERE key_parts->>'chain' = :c"),
+                {"c": chain.fingerprint},
+            )
+    floor, lib, noop = statistics.median(floors), statistics.median(libs), statistics.median(noops)
+    pairs = statistics.median(lb / fl for lb, fl in zip(libs, floors, strict=True))
+    print(f"\n== upgrade --all {BASE_REV} -> {NEW_REV}: {n} tenant schemas, {jobs} connections, medians of {repeat} ==")
+    print(f"  raw floor (psycopg2)    {floor:7.1f} s  {floor / n * 1000:7.1f} ms/schema")
+    print(f"  library fleet.upgrade   {lib:7.1f} s  {lib / n * 1000:7.1f} ms/schema   ratio {lib / floor:.2f}x")
+    transaction = statistics.median(medians)
+    print(f"    median of the per-run ratios: {pairs:.2f}x; per-schema transaction (median): {transaction:.1f} ms")
+    print(f"  no-op run               {noop:7.1f} s  {noop / n * 1000:7.1f} ms/schema")
+    return {
+        "schemas": n,
+        "jobs": jobs,
+        "repeat": repeat,
+        "floor_s": floor,
+        "library_s": lib,
+        "ratio": lib / floor,
+        "ratio_of_runs": pairs,
+        "transaction_median_ms": transaction,
+        "noop_s": noop,
+    }
+
+
+def placement(engine: sa.Engine) -> dict[str, int]:
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    counts: dict[str, int] = {}
+    for status in manager.status():
+        counts[str(status.node)] = counts.get(str(status.node), 0) + 1
+    return counts
+
+
+def drop_all(engine: sa.Engine, jobs: int) -> None:
+    """Drop every schema the benchmark made (each with its registry row), from ``jobs`` connections."""
+    with engine.connect() as conn:
+        ids = list(
+            conn.execute(
+                sa.text("SELECT project_id FROM project_registry.workspace_config WHERE project_id LIKE :p"),
+                {"p": PREFIX + "%"},
+            ).scalars()
+        )
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(manager.drop, ids))
+    manager.close()
+
+
+def check_empty(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        if not is_citus(conn):
+            raise SystemExit("error: this database does not run Citus (no citus extension on it)")
+        if conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar():
+            others = conn.execute(
+                sa.text("SELECT count(*) FROM project_registry.workspace_config WHERE project_id NOT LIKE :p"),
+                {"p": PREFIX + "%"},
+            ).scalar()
+            if others:
+                raise SystemExit(
+                    f"error: this database holds {others} project(s): the benchmark needs the fleet to itself"
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--url", default=os.environ.get("WORKSPACE_TOOL_CITUS_URL"), help="the coordinator")
+    parser.add_argument("--schemas", type=int, default=1000, help="fleet size (half made by each side)")
+    parser.add_argument("--jobs", type=int, default=fleet.default_jobs(), help="connections per side")
+    parser.add_argument("--repeat", type=int, default=3, help="upgrade --all runs per side")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of fresh ensure per side")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    args = parser.parse_args(argv)
+    if not args.url:
+        raise SystemExit("error: name the coordinator: --url URL (or $WORKSPACE_TOOL_CITUS_URL)")
+    engine = sa.create_engine(sync_url(args.url), pool_size=args.jobs + 2, max_overflow=4)
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    try:
+        check_empty(engine)
+        drop_all(engine, args.jobs)  # what an interrupted run left
+        cache.clear()
+        print(f"coordinator: {engine.url.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
+        results["fresh"] = bench_fresh(engine, args.schemas, args.jobs, args.rounds)
+        results["placement"] = placement(engine)
+        print("  schemas per node: " + ", ".join(f"{k} {v}" for k, v in sorted(results["placement"].items())))
+        results["upgrade"] = bench_upgrade(engine, args.jobs, args.repeat)
+    finally:
+        log("dropping the benchmark's schemas ...")
+        drop_all(engine, args.jobs)
+        engine.dispose()
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
