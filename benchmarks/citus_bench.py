@@ -41,15 +41,16 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet_upgrade import BASE_REV, NEW_REV, chain_copy, raw_floor  # noqa: E402
+from fleet_upgrade import BASE_REV, NEW_REV, chain_copy  # noqa: E402
 
 from workspace_tool import WorkspaceManager, fleet  # noqa: E402
 from workspace_tool.chain import Chain  # noqa: E402
 from workspace_tool.database import is_citus  # noqa: E402
 from workspace_tool.managers import cache  # noqa: E402
 from workspace_tool.naming import schema_for  # noqa: E402
-from workspace_tool.schema.transaction import SchemaTransaction  # noqa: E402
-from workspace_tool.sql import sql_literal  # noqa: E402
+from workspace_tool.schema.migrate import Migration, Sending, fast_lane  # noqa: E402
+from workspace_tool.schema.transaction import Expected, SchemaTransaction  # noqa: E402
+from workspace_tool.sql import search_path_sql, sql_literal  # noqa: E402
 from workspace_tool.urls import sync_url  # noqa: E402
 
 ALEMBIC_INI = ROOT / "alembic.ini"
@@ -68,56 +69,52 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f} ms"
 
 
-class FreshFloor:
-    """Creates a project schema as the library's transaction does, minus the library: plain psycopg2."""
+def run_transactions(engine: sa.Engine, transactions: list[list[str]], jobs: int) -> list[float]:
+    """Send each transaction's statements, one per round trip, then COMMIT, from ``jobs`` held psycopg2
+    connections (plain psycopg2: the floor); per-transaction seconds."""
+    work = list(reversed(transactions))
+    lock = threading.Lock()
+    times: list[float] = []
 
-    def __init__(self, engine: sa.Engine, chain: Chain, extension_schema: str) -> None:
-        self.engine = engine
-        self.chain = chain
-        self.extension_schema = extension_schema
+    def worker() -> None:
+        raw = engine.raw_connection()
+        try:
+            conn = raw.driver_connection
+            assert conn is not None
+            cursor = conn.cursor()
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    statements = work.pop()
+                started = time.perf_counter()
+                for statement in statements:
+                    cursor.execute(statement)
+                conn.commit()
+                with lock:
+                    times.append(time.perf_counter() - started)
+        finally:
+            raw.close()
 
-    def statements(self, project_id: str) -> list[str]:
-        schema = schema_for(project_id)
-        steps = self.chain.plan(None, self.chain.head).steps
-        created = SchemaTransaction(schema, self.extension_schema, steps, lock=False, create_schema=True, citus=True)
-        record = REGISTRY_INSERT.format(
-            pid=sql_literal(project_id), schema=sql_literal(schema), rev=sql_literal(self.chain.head)
-        )
-        return [*created.statements(), record]
+    threads = [threading.Thread(target=worker) for _ in range(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(times) == len(transactions), "a floor worker failed"
+    return times
 
-    def run(self, ids: list[str], jobs: int) -> list[float]:
-        """Per-schema seconds, ``ids`` spread over ``jobs`` held connections."""
-        work = list(ids)
-        lock = threading.Lock()
-        times: list[float] = []
 
-        def worker() -> None:
-            raw = self.engine.raw_connection()
-            try:
-                conn = raw.driver_connection
-                assert conn is not None
-                cursor = conn.cursor()
-                while True:
-                    with lock:
-                        if not work:
-                            return
-                        project_id = work.pop()
-                    started = time.perf_counter()
-                    for statement in self.statements(project_id):
-                        cursor.execute(statement)
-                    conn.commit()
-                    with lock:
-                        times.append(time.perf_counter() - started)
-            finally:
-                raw.close()
-
-        threads = [threading.Thread(target=worker) for _ in range(jobs)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert len(times) == len(ids), "a floor worker failed"
-        return times
+def fresh_statements(chain: Chain, extension_schema: str, project_id: str) -> list[str]:
+    """What the library sends to create a project schema, minus its lock and state read: SET LOCAL
+    sharding on, CREATE SCHEMA, the search_path, the compiled chain, the registry row."""
+    schema = schema_for(project_id)
+    steps = chain.plan(None, chain.head).steps
+    created = SchemaTransaction(schema, extension_schema, steps, lock=False, create_schema=True, citus=True)
+    record = REGISTRY_INSERT.format(
+        pid=sql_literal(project_id), schema=sql_literal(schema), rev=sql_literal(chain.head)
+    )
+    return [*created.statements(), record]
 
 
 def library_fresh(manager: WorkspaceManager, ids: list[str], jobs: int) -> list[float]:
@@ -140,9 +137,12 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 def bench_fresh(engine: sa.Engine, count: int, jobs: int, rounds: int) -> dict[str, Any]:
     manager = WorkspaceManager(engine, ALEMBIC_INI)
     extension_schema = manager.bootstrap()
-    floor = FreshFloor(engine, manager.chain, extension_schema)
+
+    def floor(ids: list[str]) -> list[float]:
+        return run_transactions(engine, [fresh_statements(manager.chain, extension_schema, p) for p in ids], jobs)
+
     library_fresh(manager, [f"{PREFIX}warm-lib-{i}" for i in range(jobs)], jobs)
-    floor.run([f"{PREFIX}warm-floor-{i}" for i in range(jobs)], jobs)
+    floor([f"{PREFIX}warm-floor-{i}" for i in range(jobs)])
     per_round = max(1, count // (2 * rounds))
     samples: dict[str, list[float]] = {"library": [], "floor": []}
     walls: dict[str, float] = {"library": 0.0, "floor": 0.0}
@@ -150,7 +150,7 @@ def bench_fresh(engine: sa.Engine, count: int, jobs: int, rounds: int) -> dict[s
     for r in range(rounds):
         sides: list[tuple[str, Callable[[list[str]], list[float]]]] = [
             ("library", lambda ids: library_fresh(manager, ids, jobs)),
-            ("floor", lambda ids: floor.run(ids, jobs)),
+            ("floor", floor),
         ]
         for name, run in sides if r % 2 == 0 else sides[::-1]:
             ids = [f"{PREFIX}{name}-{r}-{i}" for i in range(per_round)]
@@ -178,55 +178,82 @@ def bench_fresh(engine: sa.Engine, count: int, jobs: int, rounds: int) -> dict[s
     }
 
 
+def upgrade_statements(chain: Chain, project_id: str, schema: str) -> list[str]:
+    """The statements ``fleet.upgrade`` sends for one schema on Citus (its fast lane): the lock timeout
+    (propagated to the workers), the schema's lock, the search_path, the revision, the version move that
+    writes the registry row."""
+    how = Sending(chain, "workspace_extensions", lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS, citus=True)
+    transaction = fast_lane(how, Migration(project_id, schema, NEW_REV, fleet.UPGRADE), Expected(True, BASE_REV))
+    assert transaction is not None
+    return transaction.statements()
+
+
 def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         chain = Chain.load(chain_copy(Path(tmp)))
-        statements = chain.plan(BASE_REV, NEW_REV).statements
-        assert statements is not None, "the bench revision must compile"
+        revision = chain.plan(BASE_REV, NEW_REV).statements
+        assert revision is not None, "the bench revision must compile"
         with engine.connect() as conn:
-            schemas = list(
-                conn.execute(
-                    sa.text("SELECT schema_name FROM project_registry.workspace_config WHERE project_id LIKE :p"),
-                    {"p": PREFIX + "%"},
-                ).scalars()
-            )
-        n = len(schemas)
-        floors, libs, noops, medians = [], [], [], []
+            rows = conn.execute(
+                sa.text(
+                    "SELECT project_id, schema_name FROM project_registry.workspace_config WHERE project_id LIKE :p"
+                ),
+                {"p": PREFIX + "%"},
+            ).all()
+        n = len(rows)
+        floors: dict[str, list[list[str]]] = {
+            # the revision alone: BEGIN; SET LOCAL search_path; its statements; COMMIT
+            "floor": [[search_path_sql(r.schema_name, "workspace_extensions"), *revision] for r in rows],
+            # the very statements the library sends, with nothing around them
+            "same SQL": [upgrade_statements(chain, r.project_id, r.schema_name) for r in rows],
+        }
+        walls: dict[str, list[float]] = {"floor": [], "same SQL": [], "library": [], "no-op": []}
+        medians = []
         for i in range(repeat):
-            floors.append(raw_floor(engine, schemas, statements, "workspace_extensions", jobs))
-            assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
+            for name, transactions in floors.items():
+                walls[name].append(timed(lambda t=transactions: run_transactions(engine, t, jobs))[0])  # type: ignore[misc]
+                assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
             t, up = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
             assert up.ok and up.counts()["ok"] == n, up.counts()
-            libs.append(t)
+            walls["library"].append(t)
             medians.append(statistics.median(r.ms for r in up.results))
             t, noop = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
             assert noop.counts()["skipped"] == n, noop.counts()
-            noops.append(t)
+            walls["no-op"].append(t)
             assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
-            log(f"  upgrade run {i + 1}/{repeat}: floor {floors[-1]:.1f} s, library {libs[-1]:.1f} s, no-op {t:.1f} s")
+            log(
+                "  upgrade run {}/{}: {}".format(
+                    i + 1, repeat, ", ".join(f"{k} {v[-1]:.1f} s" for k, v in walls.items())
+                )
+            )
         with engine.begin() as conn:  # the reference the runs stored for this temporary chain
             conn.execute(
                 sa.text("DELETE FROM project_registry.reference_catalog WHERE key_parts->>'chain' = :c"),
                 {"c": chain.fingerprint},
             )
-    floor, lib, noop = statistics.median(floors), statistics.median(libs), statistics.median(noops)
-    pairs = statistics.median(lb / fl for lb, fl in zip(libs, floors, strict=True))
-    print(f"\n== upgrade --all {BASE_REV} -> {NEW_REV}: {n} tenant schemas, {jobs} connections, medians of {repeat} ==")
-    print(f"  raw floor (psycopg2)    {floor:7.1f} s  {floor / n * 1000:7.1f} ms/schema")
-    print(f"  library fleet.upgrade   {lib:7.1f} s  {lib / n * 1000:7.1f} ms/schema   ratio {lib / floor:.2f}x")
+    floor, same, lib, noop = (statistics.median(walls[k]) for k in ("floor", "same SQL", "library", "no-op"))
+    pairs = statistics.median(lb / fl for lb, fl in zip(walls["library"], walls["floor"], strict=True))
     transaction = statistics.median(medians)
-    print(f"    median of the per-run ratios: {pairs:.2f}x; per-schema transaction (median): {transaction:.1f} ms")
-    print(f"  no-op run               {noop:7.1f} s  {noop / n * 1000:7.1f} ms/schema")
+    print(f"\n== upgrade --all {BASE_REV} -> {NEW_REV}: {n} tenant schemas, {jobs} connections, medians of {repeat} ==")
+    print(f"  raw floor (psycopg2)         {floor:7.1f} s  {floor / n * 1000:6.1f} ms/schema")
+    print(f"  the library's SQL (psycopg2) {same:7.1f} s  {same / n * 1000:6.1f} ms/schema   {same / floor:.2f}x floor")
+    print(f"  library fleet.upgrade        {lib:7.1f} s  {lib / n * 1000:6.1f} ms/schema   {lib / floor:.2f}x floor")
+    print(f"    per-run ratios' median {pairs:.2f}x; library / its own SQL {lib / same:.2f}x")
+    print(f"    per-schema transaction inside the run (median): {transaction:.1f} ms")
+    print(f"  no-op run                    {noop:7.1f} s  {noop / n * 1000:6.1f} ms/schema")
     return {
         "schemas": n,
         "jobs": jobs,
         "repeat": repeat,
         "floor_s": floor,
+        "same_sql_s": same,
         "library_s": lib,
         "ratio": lib / floor,
         "ratio_of_runs": pairs,
+        "ratio_to_same_sql": lib / same,
         "transaction_median_ms": transaction,
         "noop_s": noop,
+        "runs": walls,
     }
 
 

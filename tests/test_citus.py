@@ -121,7 +121,9 @@ def test_init_keeps_the_registry_and_the_extension_schema_on_the_coordinator(
     assert code == 0, err
     assert "vector extension in schema workspace_extensions" in err
     assert tenant_schemas(citus_engine) & REGISTRY_AND_EXTENSION == set()
-    assert distributed_tables(citus_engine, "project_registry") == {}  # plain tables of the citus_engine
+    with citus_engine.connect() as conn:  # the same, as Citus's view says
+        assert conn.execute(sa.text("SELECT count(*) FROM public.citus_schemas")).scalar() == 0
+    assert distributed_tables(citus_engine, "project_registry") == {}  # plain tables of the coordinator
     # the extension reached every node, in its schema (a schema Citus propagates, not a tenant)
     assert set(on_all_nodes(citus_engine, "SELECT extnamespace::regnamespace::text FROM pg_extension "
                                          "WHERE extname = 'vector'").values()) == {"workspace_extensions"}  # fmt: skip
@@ -435,7 +437,7 @@ def test_lock_timeout_bounds_the_waits_on_the_worker_too(citus_engine: sa.Engine
 
 
 # ------------------------------------------------------------- scratch schemas: check, verify, autogenerate
-def test_check_builds_its_reference_in_a_scratch_tenant_schema_that_leaves_nothing_behind(
+def test_check_builds_its_reference_in_a_scratch_tenant_schema_or_reads_the_stored_one(
     citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
     manager = WorkspaceManager(citus_engine, ALEMBIC_INI)
@@ -451,12 +453,30 @@ def test_check_builds_its_reference_in_a_scratch_tenant_schema_that_leaves_nothi
     with citus_engine.connect() as conn:  # check stores nothing
         assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
 
-    code, _, err = cli(coordinator_url, "init")  # builds and stores it
-    assert code == 0, err
+    # a read-only role (no CREATE: it can't build a reference) checks against the one init stores
+    reader = f"wst_reader_{uuid.uuid4().hex[:8]}"
     with citus_engine.begin() as conn:
-        conn.execute(sa.text("ALTER TABLE project_c2.code_files DROP COLUMN by_hand"))
-    code, _, err = cli(coordinator_url, "check")
-    assert code == 0 and "2 schema(s) checked" in err and "all match" in err
+        conn.execute(sa.text(f"CREATE ROLE {reader} LOGIN"))  # on every node
+        for schema in ("project_registry", "workspace_extensions", "project_c1", "project_c2"):
+            conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {schema} TO {reader}"))
+            conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {reader}"))
+    try:
+        as_reader = coordinator_url.set(username=reader)
+        code, _, err = cli(as_reader, "check")
+        assert code == 1 and "can't build one" in err and len(err.splitlines()) == 1, err
+        code, _, err = cli(coordinator_url, "init")  # builds and stores it
+        assert code == 0, err
+        code, out, _ = cli(as_reader, "check")
+        assert code == 1
+        assert out == "project_c2 (project c2, at head):\n  unexpected relations.code_files.columns.by_hand\n"
+        with citus_engine.begin() as conn:
+            conn.execute(sa.text("ALTER TABLE project_c2.code_files DROP COLUMN by_hand"))
+        code, _, err = cli(as_reader, "check")
+        assert code == 0 and "2 schema(s) checked" in err and "all match" in err
+    finally:
+        with citus_engine.begin() as conn:
+            conn.execute(sa.text(f"DROP OWNED BY {reader}"))
+            conn.execute(sa.text(f"DROP ROLE {reader}"))
     assert scratch_leftovers(citus_engine) == {}
 
 
