@@ -167,13 +167,16 @@ def check_not_tenants(conn: Connection, extension_schema: str | None) -> None:
     (what an earlier workspace-tool made of them when the role's schema-based sharding was on)."""
     names = [REGISTRY_SCHEMA, extension_schema or DEFAULT_EXTENSION_SCHEMA]
     listed = ", ".join(sql_literal(n) for n in names)
-    tenants = conn.execute(
-        text(
-            "SELECT n.nspname FROM pg_dist_schema s JOIN pg_namespace n ON n.oid = s.schemaid "
-            f"WHERE n.nspname IN ({listed}) ORDER BY 1"
+    found = (
+        conn.execute(
+            text(
+                "SELECT n.nspname FROM pg_dist_schema s JOIN pg_namespace n ON n.oid = s.schemaid "
+                f"WHERE n.nspname IN ({listed}) ORDER BY 1"
+            )
         )
-    ).scalars()
-    found = list(tenants)
+        .scalars()
+        .all()
+    )
     if found:
         undo = "; ".join(f"SELECT citus_schema_undistribute({sql_literal(n)})" for n in found)
         raise ConfigurationError(
