@@ -71,8 +71,11 @@ def sharded(coordinator_url: URL) -> Iterator[sa.Engine]:
 
 
 @pytest.fixture(autouse=True)
-def clean(citus_engine: sa.Engine) -> None:
-    """Each test starts with no project schema and an empty registry (the cluster has one database)."""
+def clean(citus_engine: sa.Engine) -> Iterator[None]:
+    """Each test starts with no project schema and an empty registry (the cluster has one database), and
+    leaves none."""
+    reset_citus(citus_engine)
+    yield
     reset_citus(citus_engine)
 
 

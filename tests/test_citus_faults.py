@@ -39,7 +39,9 @@ GATED = "0005_gated"
 
 
 @pytest.fixture(autouse=True)
-def clean(citus_engine: sa.Engine) -> None:
+def clean(citus_engine: sa.Engine) -> Iterator[None]:
+    reset_citus(citus_engine)
+    yield
     reset_citus(citus_engine)
 
 
