@@ -371,6 +371,21 @@ def lint(ini: Path, *extra: str) -> Result:
     return CliRunner().invoke(main, ["-c", str(ini), "lint", *extra], catch_exceptions=False)
 
 
+def psql(url: URL, script: str) -> subprocess.CompletedProcess[str]:
+    """``script`` run by psql (the client of the embedded server), stopping at the first error."""
+    from workspace_tool import embedded
+
+    uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return subprocess.run(
+        [str(embedded.client_bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", uri, "-f", "-"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def run_alembic(url: URL, *args: str, ini: Path = ALEMBIC_INI) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WORKSPACE_TOOL_DATABASE_URL": url.render_as_string(hide_password=False)}
     return subprocess.run(

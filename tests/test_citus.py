@@ -32,6 +32,7 @@ from helpers import (
     ensure_in_processes,
     nearest_statement,
     on_all_nodes,
+    psql,
     reset_citus,
     run_alembic,
     run_cli,
@@ -385,6 +386,23 @@ def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(ci
         careful = migrate(conn, how, moved)  # what the caller then does: finds it at head
         assert careful.action == "current"
     assert {"project_lane", "project_lane_new"} <= tenant_schemas(citus_engine)
+
+
+def test_upgrade_sql_is_what_the_run_sends_and_psql_runs_it(citus_engine: sa.Engine, coordinator_url: URL) -> None:
+    assert fleet.provision(citus_engine, CHAIN, ["by-psql", "by-run"], target=BEHIND).ok
+    [script] = fleet.sql(citus_engine, CHAIN, ["by-psql"])
+    assert script.sql is not None and "SET LOCAL citus.propagate_set_commands TO 'local';" in script.sql
+    ran = psql(coordinator_url, script.sql)  # psql sends one statement at a time, as Citus needs
+    assert ran.returncode == 0, ran.stderr
+    assert fleet.upgrade(citus_engine, CHAIN, ["by-run"]).ok
+    assert assert_consistent(citus_engine) == {"project_by_psql": HEAD, "project_by_run": HEAD}
+    with citus_engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT project_id, last_action, last_path FROM project_registry.workspace_config ORDER BY 1")
+        ).all()
+    assert [tuple(r) for r in rows] == [("by-psql", "upgrade", "fast"), ("by-run", "upgrade", "fast")]
+    ran = psql(coordinator_url, script.sql)  # stale now: its guard fails, nothing changes
+    assert ran.returncode != 0 and "workspace-tool:state-changed" in ran.stderr
 
 
 def registry_updates(conn: sa.Connection) -> list[tuple[str, object]]:

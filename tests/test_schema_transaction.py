@@ -4,16 +4,15 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI
+from helpers import ALEMBIC_INI, psql
 from sqlalchemy.engine import URL
 
-from workspace_tool import embedded, fleet
+from workspace_tool import fleet
 from workspace_tool.chain import Chain
 from workspace_tool.registry import bootstrap
 from workspace_tool.schema.catalog import diff, snapshot
@@ -50,18 +49,6 @@ def registry_rows(engine: sa.Engine) -> dict[str, tuple[Any, ...]]:
 def catalogs(engine: sa.Engine) -> dict[str, dict[str, Any]]:
     with engine.connect() as conn:
         return {p: snapshot(conn, f"project_{p}") for p in PROJECTS}
-
-
-def psql(url: URL, script: str) -> subprocess.CompletedProcess[str]:
-    uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    return subprocess.run(
-        [str(embedded.client_bin_dir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", uri, "-f", "-"],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_the_text_of_upgrade_all_sql_run_by_psql_gives_what_upgrade_all_gives(
