@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import shutil
 import statistics
 import sys
@@ -82,11 +81,12 @@ def chain_copy(directory: Path) -> Path:
     return directory / "alembic.ini"
 
 
-def raw_floor(engine: sa.Engine, schemas: list[str], sql: str, extension_schema: str, jobs: int) -> float:
-    """Seconds to send ``sql`` into every schema from ``jobs`` psycopg2 connections, one transaction each."""
-    work: queue.SimpleQueue[str] = queue.SimpleQueue()
-    for schema in schemas:
-        work.put(schema)
+def run_transactions(engine: sa.Engine, transactions: list[list[str]], jobs: int) -> list[float]:
+    """Send each transaction's statements (one round trip each), then COMMIT, from ``jobs`` held psycopg2
+    connections, nothing else: the floor. Returns each transaction's seconds."""
+    work = list(reversed(transactions))
+    lock = threading.Lock()
+    times: list[float] = []
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -96,25 +96,36 @@ def raw_floor(engine: sa.Engine, schemas: list[str], sql: str, extension_schema:
             assert conn is not None
             cursor = conn.cursor()
             while True:
-                try:
-                    schema = work.get_nowait()
-                except queue.Empty:
-                    break
-                cursor.execute(search_path_sql(schema, extension_schema) + ";\n" + sql)
+                with lock:
+                    if not work or errors:
+                        return
+                    statements = work.pop()
+                started = time.perf_counter()
+                for statement in statements:
+                    cursor.execute(statement)
                 conn.commit()
+                with lock:
+                    times.append(time.perf_counter() - started)
         except BaseException as exc:
             errors.append(exc)
         finally:
             raw.close()
 
     threads = [threading.Thread(target=worker) for _ in range(jobs)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
+    return times
+
+
+def raw_floor(engine: sa.Engine, schemas: list[str], sql: str, extension_schema: str, jobs: int) -> float:
+    """Seconds to send ``sql`` into every schema from ``jobs`` psycopg2 connections, one transaction each."""
+    transactions = [[search_path_sql(schema, extension_schema) + ";\n" + sql] for schema in schemas]
+    started = time.perf_counter()
+    run_transactions(engine, transactions, jobs)
     return time.perf_counter() - started
 
 

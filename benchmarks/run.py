@@ -31,6 +31,9 @@ What is measured (targets from issue 4):
   both again on a database holding 10,000 project schemas. Targets: pool p50 <= 1/20 of the fast path's,
   gather of 3 <= 2x one.
 
+``--citus URL`` runs the Citus benchmark instead (``benchmarks/citus_bench.py``: fresh ``ensure`` and
+``upgrade --all`` over 1,000 tenant schemas against the raw floor, on the cluster of that coordinator).
+
 The server is ``WORKSPACE_TOOL_BENCH_DATABASE_URL`` if set, else the embedded PostgreSQL
 (``workspace_tool.embedded.start()``); the benchmark creates its own databases on it and drops them at
 the end. The machine may be shared: only ratios measured in the same run mean much.
@@ -898,6 +901,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool-n", type=int, help="ensures per contender for the warm pool (default 50, quick 30)")
     parser.add_argument("--pool-reps", type=int, help="rounds of gather 1/3 from the pool (default 15, quick 9)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser.add_argument(
+        "--citus",
+        metavar="URL",
+        help="instead: the Citus benchmark (benchmarks/citus_bench.py) on the cluster of this coordinator",
+    )
     args = parser.parse_args(argv)
     quick = args.quick
     args.fresh = args.fresh or (20 if quick else 30)
@@ -912,8 +920,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_citus(url: str, quick: bool, jobs: int, json_path: str | None) -> int:
+    """benchmarks/citus_bench.py's main: 1,000 schemas (quick: 100, one upgrade run) on a Citus cluster."""
+    spec = importlib.util.spec_from_file_location("citus_bench", Path(__file__).with_name("citus_bench.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--url", url, "--jobs", str(jobs), *(["--schemas", "100", "--repeat", "1"] if quick else [])]
+    result: int = module.main([*argv, *(["--json", json_path] if json_path else [])])
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.citus:
+        return run_citus(args.citus, args.quick, args.jobs, args.json)
     parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool"])
     os.chdir(ROOT)
     server = server_url()

@@ -373,7 +373,23 @@ class Cluster:
         with (data / "postgresql.conf").open("a") as conf:
             conf.write("\n# workspace-tool test cluster\n")
             conf.writelines(f"{k} = {v}\n" for k, v in settings.items())
-        self._run("pg_ctl", "-D", str(data), "-l", str(data / "log"), "-w", "-t", "120", "start")
+        self.start_node(node)
+
+    def start_node(self, node: Node) -> None:
+        """Start one node (its data directory exists): the cluster's own, or one a test stopped."""
+        self._run("pg_ctl", "-D", node.data, "-l", str(Path(node.data) / "log"), "-w", "-t", "120", "start")
+
+    def stop_node(self, node: Node) -> None:
+        """Stop one node (fast shutdown: its sessions are cut, their transactions rolled back)."""
+        self._run("pg_ctl", "-D", node.data, "-m", "fast", "-w", "-t", "60", "stop")
+
+    def runs(self, node: Node) -> bool:
+        return _postmaster_runs(Path(node.data))
+
+    def node_at(self, address: str) -> Node:
+        """The node at 'host:port' (as `workspace-tool status` shows a schema's node)."""
+        port = int(address.rsplit(":", 1)[1])
+        return next(n for n in self.nodes if n.port == port)
 
     def _form(self) -> None:
         """CREATE EXTENSION citus on every node, then register the coordinator and the workers."""
@@ -389,11 +405,10 @@ class Cluster:
         """Stop every node that runs (fast shutdown); nodes already stopped are skipped."""
         failures = []
         for node in reversed(self.nodes):
-            data = Path(node.data)
-            if not _postmaster_runs(data):
+            if not self.runs(node):
                 continue
             try:
-                self._run("pg_ctl", "-D", str(data), "-m", "fast", "-w", "-t", "60", "stop")
+                self.stop_node(node)
             except ClusterError as exc:
                 failures.append(str(exc))
         if failures:

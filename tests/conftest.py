@@ -105,12 +105,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def citus_url() -> Iterator[str]:
-    """The coordinator of a Citus cluster with two workers: WORKSPACE_TOOL_CITUS_URL's, else one started
-    for this session (in WORKSPACE_TOOL_CITUS_DIR, or a temporary directory) and stopped at its end."""
+def citus_nodes() -> Iterator[citus_cluster.Cluster | None]:
+    """The Citus cluster (a coordinator and two workers) the citus tests run on: one started for this
+    session (in WORKSPACE_TOOL_CITUS_DIR, or a temporary directory) and stopped at its end; or, when
+    WORKSPACE_TOOL_CITUS_URL is set, the cluster in WORKSPACE_TOOL_CITUS_DIR if that URL is its coordinator's
+    (`python tests/citus_cluster.py start`), else None: another cluster, whose nodes tests can't stop."""
     configured = os.environ.get(citus_cluster.URL_ENV)
     if configured:
-        yield configured
+        found = citus_cluster.Cluster.load(citus_cluster.cluster_dir())
+        yield found if found is not None and found.url == configured else None
         return
     configured_dir = os.environ.get(citus_cluster.DIR_ENV)
     base = Path(configured_dir) if configured_dir else Path(tempfile.mkdtemp(prefix="wst-citus-", dir="/tmp"))
@@ -119,8 +122,26 @@ def citus_url() -> Iterator[str]:
     except citus_cluster.ClusterError as exc:
         pytest.fail(f"could not start a Citus cluster: {exc}", pytrace=False)
     try:
-        yield cluster.url
+        yield cluster
     finally:
         cluster.stop()
         if not configured_dir:
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def citus_url(citus_nodes: citus_cluster.Cluster | None) -> str:
+    """The coordinator of the Citus cluster: WORKSPACE_TOOL_CITUS_URL's, else the one started for this session."""
+    configured = os.environ.get(citus_cluster.URL_ENV)
+    if configured:
+        return configured
+    assert citus_nodes is not None
+    return citus_nodes.url
+
+
+@pytest.fixture(scope="session")
+def citus_engine(citus_url: str) -> Iterator[sa.Engine]:
+    """An engine on the Citus coordinator, its sessions as the cluster sets them (schema-based sharding off)."""
+    engine = sa.create_engine(sync_url(citus_url))
+    yield engine
+    engine.dispose()

@@ -5,7 +5,10 @@ A test module imports them from here (``from helpers import ...``), never from a
 from __future__ import annotations
 
 import atexit
+import math
+import multiprocessing
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -20,12 +23,14 @@ from typing import Any
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session
 
 from workspace_tool.chain import Chain
 from workspace_tool.chain.index import CACHE_ENV
 from workspace_tool.cli import main
 from workspace_tool.fleet.reader import read_versions
 from workspace_tool.managers import cache
+from workspace_tool.models import CodeChunk, CodeFile, Repository
 from workspace_tool.naming import is_project_schema
 from workspace_tool.schema.catalog import snapshot
 
@@ -398,6 +403,77 @@ def run_alembic(url: URL, *args: str, ini: Path = ALEMBIC_INI) -> subprocess.Com
     )
 
 
+# ----------------------------------------------------------------- chunks with embeddings, nearest first
+DIMS = 768
+NEAREST = 5
+
+
+def vectors() -> tuple[list[float], list[tuple[int, list[float]]]]:
+    """A query vector and 40 chunks at cosine distances increasing with their index (shuffled)."""
+    query = [0.0] * DIMS
+    query[0] = 1.0
+    chunks = []
+    for i in range(40):
+        angle = math.radians(2 + 2 * i)
+        v = [0.0] * DIMS
+        v[0], v[i + 1] = math.cos(angle), math.sin(angle)
+        chunks.append((i, v))
+    random.Random(6).shuffle(chunks)
+    return query, chunks
+
+
+def add_chunks(orm_session: Session | Any) -> None:
+    repo = Repository(path="/repo", name="repo")
+    code_file = CodeFile(repository=repo, path="/repo/a.py", relative_path="a.py")
+    _, chunks = vectors()
+    orm_session.add_all(
+        [CodeChunk(code_file=code_file, content=f"chunk {i}", embedding=v, token_count=i) for i, v in chunks]
+    )
+
+
+def nearest_statement() -> sa.Select[CodeChunk]:
+    query, _ = vectors()
+    return sa.select(CodeChunk).order_by(CodeChunk.embedding.cosine_distance(query)).limit(NEAREST)
+
+
+# ------------------------------------------------------------------ ensure from several processes
+def _process_worker(url: str, ini: str, project_id: str, barrier: Any, out: Any) -> None:
+    from sqlalchemy.pool import NullPool
+
+    from workspace_tool import WorkspaceManager as Manager
+
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        mgr = Manager(engine, ini)
+        barrier.wait()
+        result = mgr.ensure_detailed(project_id)
+        out.put((project_id, result.schema, None, str(result.action)))
+    except Exception as exc:  # reported to the parent, which asserts there is none
+        out.put((project_id, None, f"{type(exc).__name__}: {exc}", None))
+    finally:
+        engine.dispose()
+
+
+def ensure_in_processes(
+    url: str, project_ids: list[str], ini: Path = ALEMBIC_INI, *, actions: list[str] | None = None
+) -> list[tuple[str, str | None, str | None]]:
+    """``ensure`` of each id in its own spawned process, all released together: sorted (project id, schema,
+    error) per process; what each ensure did is appended to ``actions`` when given."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(project_ids))
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_process_worker, args=(url, str(ini), p, barrier, out)) for p in project_ids]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    if actions is not None:
+        actions.extend(sorted(str(r[3]) for r in results))
+    return sorted(((r[0], r[1], r[2]) for r in results), key=lambda r: (r[0], str(r[1])))
+
+
 # -------------------------------------------------- concurrency: sessions blocked on advisory locks
 WAIT = 30.0  # seconds: generous bounds on waits that normally take milliseconds
 GATE = 774_211  # advisory lock key the "slow" revision waits on
@@ -477,3 +553,56 @@ def waiting_on_advisory(admin: sa.Connection, count: int = 1, *victims: Victim) 
         for victim in victims:
             assert victim.is_alive(), f"finished before blocking: {victim.error!r}"
         time.sleep(0.01)
+
+
+# ------------------------------------------------------------------------ Citus (tests marked citus)
+# Session settings as if the role's default were schema-based sharding on (psycopg2: libpq options).
+SHARDING_ON = {"options": "-c citus.enable_schema_based_sharding=on"}
+SCRATCH_SCHEMAS = r"^(workspace_drift_|workspace_verify_|project_autogen_)"  # reference, verify, autogenerate
+
+
+def reset_citus(engine: sa.Engine) -> None:
+    """On a Citus coordinator: drop every project schema (wherever it lives) and any scratch schema left,
+    empty the registry, forget the process caches."""
+    with engine.begin() as conn:
+        schemas = conn.execute(
+            sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%' OR nspname ~ :scratch"),
+            {"scratch": SCRATCH_SCHEMAS},
+        ).scalars()
+        for schema in [s for s in schemas if s != "project_registry"]:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        if conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar():
+            conn.execute(sa.text("DELETE FROM project_registry.workspace_config"))
+    cache.clear()
+
+
+def tenant_schemas(engine: sa.Engine) -> set[str]:
+    """The schemas Citus has made tenant schemas (each lives whole on one worker)."""
+    with engine.connect() as conn:
+        return set(
+            conn.execute(
+                sa.text("SELECT n.nspname FROM pg_dist_schema s JOIN pg_namespace n ON n.oid = s.schemaid")
+            ).scalars()
+        )
+
+
+def on_all_nodes(engine: sa.Engine, sql: str) -> dict[str, str]:
+    """'host:port' of every node (coordinator included) -> what ``sql`` (one value) returned there."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT d.nodename || ':' || d.nodeport, r.result FROM run_command_on_all_nodes(:sql) r "
+                "JOIN pg_dist_node d ON d.nodeid = r.nodeid"
+            ),
+            {"sql": sql},
+        ).all()
+    return {str(r[0]): str(r[1]) for r in rows}
+
+
+def scratch_leftovers(engine: sa.Engine) -> dict[str, str]:
+    """Scratch schemas (reference, verify-fast-path, autogenerate) found on any node: nothing, node by node."""
+    found = on_all_nodes(
+        engine,
+        f"SELECT coalesce(string_agg(nspname, ','), '') FROM pg_namespace WHERE nspname ~ '{SCRATCH_SCHEMAS}'",
+    )
+    return {node: names for node, names in found.items() if names}

@@ -5,7 +5,6 @@ same time: no database-wide or process-wide serialisation); the registry bootstr
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, GATE, ChainBuilder, Gate, bootstrap_state, schema_version
+from helpers import ALEMBIC_INI, GATE, ChainBuilder, Gate, bootstrap_state, ensure_in_processes, schema_version
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -109,41 +108,11 @@ def test_different_projects_in_threads_really_overlap(engine: sa.Engine, gated_c
 
 
 # ---------------------------------------------------------------------------- processes
-def _process_worker(url: str, ini: str, project_id: str, barrier: Any, out: Any) -> None:
-    from sqlalchemy.pool import NullPool
-
-    from workspace_tool import WorkspaceManager as Manager
-
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
-        mgr = Manager(engine, ini)
-        barrier.wait()
-        out.put((project_id, mgr.ensure(project_id), None))
-    except Exception as exc:  # reported to the parent, which asserts there is none
-        out.put((project_id, None, f"{type(exc).__name__}: {exc}"))
-    finally:
-        engine.dispose()
-
-
-def run_processes(url: str, project_ids: list[str]) -> list[tuple[str, str | None, str | None]]:
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(len(project_ids))
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_process_worker, args=(url, str(ALEMBIC_INI), p, barrier, out)) for p in project_ids]
-    for proc in procs:
-        proc.start()
-    results = [out.get(timeout=120) for _ in procs]
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
-    return sorted(results, key=lambda r: (r[0], str(r[1])))
-
-
 @pytest.mark.slow
 def test_processes_same_and_distinct_projects(engine: sa.Engine, url_string: str) -> None:
-    same = run_processes(url_string, ["multi"] * 4)
+    same = ensure_in_processes(url_string, ["multi"] * 4)
     assert same == [("multi", "project_multi", None)] * 4
-    distinct = run_processes(url_string, [f"proc-{i}" for i in range(4)])
+    distinct = ensure_in_processes(url_string, [f"proc-{i}" for i in range(4)])
     assert distinct == [(f"proc-{i}", f"project_proc_{i}", None) for i in range(4)]
     assert project_rows(engine) == sorted(
         [("multi", "project_multi", head())] + [(f"proc-{i}", f"project_proc_{i}", head()) for i in range(4)]
@@ -156,7 +125,7 @@ def test_processes_same_and_distinct_projects(engine: sa.Engine, url_string: str
 @pytest.mark.slow
 def test_registry_bootstrap_raced_by_processes_on_a_new_database(new_database: URL) -> None:
     url = new_database.render_as_string(hide_password=False)
-    results = run_processes(url, ["boot-a", "boot-b", "boot-c", "boot-d"])
+    results = ensure_in_processes(url, ["boot-a", "boot-b", "boot-c", "boot-d"])
     assert [r[2] for r in results] == [None] * 4  # no unique violation, no error at all
     extensions, versions, projects = bootstrap_state(new_database)
     assert extensions == 1

@@ -448,7 +448,7 @@ def test_the_session_is_given_back_as_it_was(engine: sa.Engine, chain_builder: C
     settings = sa.text("SELECT current_setting('search_path'), current_setting('lock_timeout')")
     locks = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()")
     with transactions.connect(engine) as conn:
-        extension_schema = bootstrap(conn)
+        extension_schema = bootstrap(conn).extension_schema
         conn.exec_driver_sql("SET lock_timeout = '7s'")
         before = tuple(conn.execute(settings).one())
         conn.commit()

@@ -93,7 +93,7 @@ def test_the_script_is_what_the_fast_lane_sends_and_its_guard_holds(engine: sa.E
 
 def test_statement_by_statement_builds_the_same_schema_as_batches(engine: sa.Engine) -> None:
     with engine.connect() as conn:
-        extension_schema = bootstrap(conn)
+        extension_schema = bootstrap(conn).extension_schema
         for project, one_by_one in (("batched", False), ("one-by-one", True)):
             how = Sending(CHAIN, extension_schema, statement_by_statement=one_by_one)
             result = migrate(conn, how, Migration(project, f"project_{project.replace('-', '_')}", CHAIN.head))

@@ -3,24 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import math
-import random
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI
+from helpers import ALEMBIC_INI, NEAREST, add_chunks, nearest_statement
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlalchemy.orm import Session
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, WorkspaceNotFound
-from workspace_tool.models import CodeChunk, CodeFile, Repository
+from workspace_tool.models import Repository
 from workspace_tool.urls import async_url
-
-DIMS = 768
-NEAREST = 5
 
 
 @pytest.fixture
@@ -29,34 +23,6 @@ def small_pool(engine: sa.Engine, database_url: URL) -> Iterator[sa.Engine]:
     small = sa.create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=5)
     yield small
     small.dispose()
-
-
-def vectors() -> tuple[list[float], list[tuple[int, list[float]]]]:
-    """A query vector and 40 chunks at cosine distances increasing with their index (shuffled)."""
-    query = [0.0] * DIMS
-    query[0] = 1.0
-    chunks = []
-    for i in range(40):
-        angle = math.radians(2 + 2 * i)
-        v = [0.0] * DIMS
-        v[0], v[i + 1] = math.cos(angle), math.sin(angle)
-        chunks.append((i, v))
-    random.Random(6).shuffle(chunks)
-    return query, chunks
-
-
-def add_chunks(orm_session: Session | Any) -> None:
-    repo = Repository(path="/repo", name="repo")
-    code_file = CodeFile(repository=repo, path="/repo/a.py", relative_path="a.py")
-    _, chunks = vectors()
-    orm_session.add_all(
-        [CodeChunk(code_file=code_file, content=f"chunk {i}", embedding=v, token_count=i) for i, v in chunks]
-    )
-
-
-def nearest_statement() -> sa.Select[CodeChunk]:
-    query, _ = vectors()
-    return sa.select(CodeChunk).order_by(CodeChunk.embedding.cosine_distance(query)).limit(NEAREST)
 
 
 class Recorder:

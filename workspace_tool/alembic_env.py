@@ -46,10 +46,10 @@ from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
 from workspace_tool import transactions
-from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_extension_schema
+from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_database
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.naming import validate_schema_name
-from workspace_tool.sql import lock_schema, lock_statement, quote_ident, search_path_sql, unlock_statement
+from workspace_tool.sql import CITUS_TENANT, lock_schema, lock_statement, quote_ident, search_path_sql, unlock_statement
 from workspace_tool.urls import sync_url
 
 MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
@@ -133,7 +133,10 @@ def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None) ->
 
     When the transaction is Alembic's (conn had none), a revision's ``autocommit_block()`` commits it
     early, which would end ``SET LOCAL search_path`` and the transaction's lock: so the session holds both
-    too (its own search_path put back, the lock released, at the end)."""
+    too (its own search_path put back, the lock released, at the end).
+
+    On Citus a schema created here is a tenant schema, as workspace_tool makes them (an existing schema is
+    left as it is: CREATE SCHEMA IF NOT EXISTS with sharding on would make an ordinary one a tenant)."""
     check_transactional(conn)
     owned = not conn.in_transaction()
     saved: str | None = None
@@ -143,9 +146,11 @@ def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None) ->
             if owned:
                 saved = conn.execute(text("SELECT current_setting('search_path')")).scalar_one()
                 conn.execute(text(lock_statement(schema, session=True)))
-            extension_schema = find_extension_schema(conn)
+            database = find_database(conn)
+            if database.citus and not conn.execute(_SCHEMA_EXISTS, {"schema": schema}).scalar():
+                conn.execute(text(CITUS_TENANT))
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
-            conn.execute(text(search_path_sql(schema, extension_schema, local=not owned)))
+            conn.execute(text(search_path_sql(schema, database.extension_schema, local=not owned)))
             context.run_migrations()
     finally:
         if saved is not None and not conn.invalidated:
@@ -154,6 +159,9 @@ def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None) ->
             with conn.begin():
                 conn.execute(text("SELECT set_config('search_path', :path, false)"), {"path": saved})
                 conn.execute(text(unlock_statement(schema)))
+
+
+_SCHEMA_EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema)")
 
 
 @contextmanager

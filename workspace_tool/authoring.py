@@ -193,7 +193,8 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     rolled back (``scratch_schema``); dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with translating(engine.url), transactions.connect(engine) as conn:
-        extension_schema = registry.bootstrap(conn)
+        database = registry.bootstrap(conn)
+        extension_schema = database.extension_schema
         try:
             if chain is None:
                 with conn.begin() as transaction:
@@ -202,7 +203,7 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
                     transaction.rollback()
             else:
                 plans = [(chain.plan(None, chain.head), True)]
-                with scratch_schema(conn, chain, schema, extension_schema, plans):
+                with scratch_schema(conn, chain, schema, extension_schema, plans, citus=database.citus):
                     yield conn, schema, extension_schema
         finally:
             if conn.in_transaction():

@@ -38,6 +38,11 @@ _DENIED_SCHEMA = re.compile(r"permission denied for schema " + _NAME)
 _DENIED_RELATION = re.compile(r"permission denied for (?:table|relation|sequence|view) " + _NAME)
 _NOT_OWNER = re.compile(r"must be owner of (\w+(?: \w+)?) " + _NAME)
 _SIMPLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+# Citus, on the coordinator, when a worker can't be reached: a new connection to it (08006), or one it had
+# cached and finds broken (XX000). Either way the coordinator's own session is fine.
+_UNREACHABLE_NODE = re.compile(
+    r"connection to the remote node (?:[^@\s]+@)?(\S+:\d+) failed|failure on connection marked as essential: (\S+:\d+)"
+)
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -56,9 +61,15 @@ def first_line(error: BaseException) -> str:
     return redact_text(text)
 
 
+def unreachable_node(message: str | None) -> str | None:
+    """The Citus worker ('host:port') an error message says the coordinator could not reach, if any."""
+    match = _UNREACHABLE_NODE.search(message or "")
+    return None if match is None else match[1] or match[2]
+
+
 def is_connection_error(error: BaseException) -> bool:
     code = sqlstate(error) or ""
-    if code.startswith(CONNECTION_SQLSTATE_CLASSES):
+    if code.startswith(CONNECTION_SQLSTATE_CLASSES) or unreachable_node(str(getattr(error, "orig", None) or error)):
         return True
     if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
         return True
@@ -147,6 +158,12 @@ def translate(
     if is_permission_error(error):
         return permission_denied(error, detail, role, schema)
     if is_connection_error(error):
+        if node := unreachable_node(detail):
+            working = f" while working on {schema} (its transaction was rolled back)" if schema else ""
+            return DatabaseUnavailable(
+                f"Citus worker {node} is unreachable{working}: every schema change needs all the workers, "
+                f"whichever holds the schema; start it, then rerun ({detail})"
+            )
         if schema:
             return DatabaseUnavailable(
                 f"database connection failed while working on {schema} (its transaction was rolled back; "

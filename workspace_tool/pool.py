@@ -165,7 +165,9 @@ def fill(
     size = resolve_size(chain, size)
     jobs = check_jobs(engine, jobs)
     with translating(engine.url), transactions.connect(engine) as conn:
-        extension_schema = registry.bootstrap(conn)
+        database = registry.bootstrap(conn)
+        check_chain(chain, citus=database.citus)
+        extension_schema = database.extension_schema
         with _pool_lock(conn, wait=wait) as held:
             if not held:
                 return FillReport(size, 0, 0, 0, _ms(started), busy=True)
@@ -300,9 +302,13 @@ def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs
     return built[0]
 
 
-def check_chain(chain: Chain) -> None:
-    """Refuse (PoolRefused) a chain with a revision that can't run in a transaction: a spare is built and
-    recorded in one transaction, so that a failed build leaves nothing behind."""
+def check_chain(chain: Chain, *, citus: bool = False) -> None:
+    """Refuse (PoolRefused) what the warm pool can't serve: a chain with a revision that can't run in a
+    transaction (a spare is built and recorded in one, so that a failed build leaves nothing behind), and
+    Citus (``citus``: renaming a distributed tenant schema inside the claim is not something this pool
+    was built or tested for; ensure builds schemas there, statement by statement)."""
+    if citus:
+        raise PoolRefused([], why="the database runs Citus, where spares are not supported")
     outside = [step.to_rev or "base" for step in chain.plan(None, chain.head).steps if not step.transactional]
     if outside:
         raise PoolRefused(

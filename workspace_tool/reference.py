@@ -27,7 +27,7 @@ from sqlalchemy.exc import DBAPIError
 from workspace_tool import transactions
 from workspace_tool.chain import Chain
 from workspace_tool.chain.alembic_run import alembic_version
-from workspace_tool.database import can_create, find_extension_schema
+from workspace_tool.database import can_create, find_extension_schema, is_citus
 from workspace_tool.dberrors import first_line, role_phrase
 from workspace_tool.errors import PermissionDenied, WorkspaceError
 from workspace_tool.registry import REGISTRY_SCHEMA
@@ -87,9 +87,11 @@ def build(conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms
     is rolled back (a chain with a revision that can't run in a transaction: committed, then dropped).
     ``conn`` must not be in a transaction; needs CREATE on the database."""
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
+    with conn.begin():
+        citus = is_citus(conn)  # a tenant schema there, as project schemas are
     plan = chain.plan(None, chain.head)
     with scratch_schema(
-        conn, chain, scratch, parts["extension_schema"], [(plan, True)], lock_timeout_ms=lock_timeout_ms
+        conn, chain, scratch, parts["extension_schema"], [(plan, True)], lock_timeout_ms=lock_timeout_ms, citus=citus
     ):
         conn.execute(PIN_SEARCH_PATH)
         catalog = snapshot(conn, scratch)

@@ -71,6 +71,21 @@ def lock_timeout_statement(timeout_ms: int, *, local: bool = True) -> str:
     return f"SET {'LOCAL ' if local else ''}lock_timeout = '{int(timeout_ms)}ms'"
 
 
+# Citus (schema-based sharding), each for the current transaction only. A schema created after
+# CITUS_TENANT is a tenant schema, living whole on one worker; after CITUS_NOT_TENANT it stays an ordinary
+# schema whose tables are the coordinator's (and CREATE SCHEMA IF NOT EXISTS of an existing ordinary
+# schema does not turn it into a tenant, which it does with sharding on). SET LOCAL commands reach the
+# workers only after CITUS_PROPAGATE_SET, and only as SET statements (not set_config).
+CITUS_TENANT = "SET LOCAL citus.enable_schema_based_sharding TO on"
+CITUS_NOT_TENANT = "SET LOCAL citus.enable_schema_based_sharding TO off"
+CITUS_PROPAGATE_SET = "SET LOCAL citus.propagate_set_commands TO 'local'"
+
+
+def lock_timeout_statements(timeout_ms: int, *, citus: bool = False) -> list[str]:
+    """``lock_timeout_statement``, which on Citus must also bound the waits on the workers."""
+    return [*([CITUS_PROPAGATE_SET] if citus else []), lock_timeout_statement(timeout_ms)]
+
+
 def search_path_sql(schema: str, extension_schema: str, *, local: bool = True) -> str:
     """The project schema first, then only the schema holding the vector extension: for the
     transaction, or for the session with ``local=False``."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from workspace_tool.chain import Chain
-from workspace_tool.fleet.reader import VersionsReader, read_fleet
+from workspace_tool.database import is_citus
+from workspace_tool.fleet.reader import VersionsReader, read_fleet, read_nodes
 from workspace_tool.vocabulary import State
 
 
@@ -28,6 +30,7 @@ class ProjectStatus:
     last_path: str | None = None
     last_error: str | None = None
     updated_at: dt.datetime | None = None
+    node: str | None = None  # on Citus: host:port of the worker holding the (tenant) schema; else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,8 +44,10 @@ def collect_status(
 ) -> list[ProjectStatus]:
     """Status of the given projects, or of every registered project plus orphan schemas. Read-only: with
     no registry yet (nothing provisioned), project schemas found are orphans. Versions are read on
-    ``conn``, or by ``versions_of`` (e.g. ``read_versions_parallel`` over several connections)."""
+    ``conn``, or by ``versions_of`` (e.g. ``read_versions_parallel`` over several connections). On Citus,
+    each schema's node is read from Citus's catalog."""
     records = sorted(read_fleet(conn, project_ids, versions_of), key=lambda r: r.project_id)
+    nodes = read_nodes(conn) if is_citus(conn) else {}
     return [
         ProjectStatus(
             project_id=r.project_id,
@@ -56,6 +61,7 @@ def collect_status(
             last_path=r.last_path,
             last_error=r.last_error,
             updated_at=r.updated_at,
+            node=nodes.get(r.schema),
         )
         for r in records
         if r.exists or r.registered
@@ -66,8 +72,9 @@ def fleet_summary(
     chain: Chain, statuses: Sequence[ProjectStatus], spares: dict[str, int] | None = None
 ) -> dict[str, Any]:
     """Counts by state and by revision, and the schemas needing attention: missing (registered, no
-    schema), orphans (a project schema with no registry row), failed (the last run failed on them); and
-    the warm pool's spares by state (``spares``: counted apart, they are no project's), when given."""
+    schema), orphans (a project schema with no registry row), failed (the last run failed on them); the
+    warm pool's spares by state (``spares``: counted apart, they are no project's), when given; on Citus,
+    the schemas each node holds."""
     counts = {str(state): 0 for state in State}
     by_revision: dict[tuple[str | None, str], int] = {}
     for s in statuses:
@@ -79,10 +86,12 @@ def fleet_summary(
     def pick(state: State, *fields: str) -> list[dict[str, Any]]:
         return [{k: getattr(s, k) for k in ("project_id", "schema", *fields)} for s in statuses if s.state == state]
 
+    by_node = Counter(s.node for s in statuses if s.node is not None)
     return {
         "head": chain.head,
         "total": len(statuses),
         "counts": counts,
+        "nodes": [{"node": node, "schemas": n} for node, n in sorted(by_node.items())],  # Citus only
         "revisions": [
             {"revision": rev, "state": state, "schemas": n}
             for (rev, state), n in sorted(by_revision.items(), key=lambda kv: (-order[kv[0][0]], kv[0][1]))

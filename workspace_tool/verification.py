@@ -33,7 +33,7 @@ from sqlalchemy import Connection, Engine
 from workspace_tool import pool as warm_pool
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.database import find_extension_schema, require_create
+from workspace_tool.database import Database, find_database, require_create
 from workspace_tool.dberrors import describe, translating
 from workspace_tool.errors import PoolRefused
 from workspace_tool.registry.spares import spare_name
@@ -117,7 +117,7 @@ def verify_fast_path(
     with_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
-            extension_schema = find_extension_schema(conn)  # never created here: `workspace-tool init`
+            database = find_database(conn)  # never created here: `workspace-tool init`
             require_create(conn, "verify-fast-path builds scratch schemas (in a transaction rolled back)")
         checks: list[RangeCheck] = []
         token = uuid.uuid4().hex[:8]
@@ -130,14 +130,12 @@ def verify_fast_path(
                     outer = None
                 elif not committed and outer is None:
                     outer = conn.begin()
-                checks.append(
-                    _check(conn, chain, extension_schema, token, (from_rev, to_rev, fresh), committed=committed)
-                )
+                checks.append(_check(conn, chain, database, token, (from_rev, to_rev, fresh), committed=committed))
                 if on_check is not None:
                     on_check(checks[-1])
             if with_pool:
                 outer = outer if outer is not None else conn.begin()
-                checks.append(_check_pool(conn, chain, extension_schema, token))
+                checks.append(_check_pool(conn, chain, database.extension_schema, token))
                 if on_check is not None:
                     on_check(checks[-1])
         finally:
@@ -155,7 +153,7 @@ def _committed(chain: Chain, from_rev: str | None, to_rev: str | None, fresh: bo
 def _check(
     conn: Connection,
     chain: Chain,
-    extension_schema: str,
+    database: Database,
     token: str,
     case: tuple[str | None, str | None, bool],
     *,
@@ -167,7 +165,7 @@ def _check(
 
     def side(schema: str, online: bool) -> AbstractContextManager[None]:
         plans = _plans(chain, from_rev, to_rev, fresh, online)
-        return _side(conn, chain, schema, extension_schema, plans, committed=committed)
+        return _side(conn, chain, schema, database, plans, committed=committed)
 
     differences = _compare_sides(conn, token, side, "fast path", committed=committed)
     kind = "fresh" if fresh else ("upgrade" if chain.is_upgrade(from_rev, to_rev) else "downgrade")
@@ -231,7 +229,7 @@ def _side(
     conn: Connection,
     chain: Chain,
     schema: str,
-    extension_schema: str,
+    database: Database,
     plans: list[tuple[Plan, bool]],
     *,
     committed: bool,
@@ -239,12 +237,12 @@ def _side(
     """One side's scratch schema through its plans: in a savepoint (kept until the range's is rolled
     back), or committed and dropped after (``scratch_schema``)."""
     if committed:
-        with scratch_schema(conn, chain, schema, extension_schema, plans):
+        with scratch_schema(conn, chain, schema, database.extension_schema, plans, citus=database.citus):
             yield
         return
     with conn.begin_nested():
         for plan, create in plans:
-            run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
+            run_plan(conn, chain, schema, database.extension_schema, plan, create_schema=create, citus=database.citus)
         yield
 
 

@@ -76,6 +76,9 @@ def print_fleet_summary(summary: dict[str, Any]) -> None:
         click.echo(table(counts, ["state", "schemas"]))
         click.echo()
         click.echo(table(summary["revisions"], ["revision", "state", "schemas"]))
+    if summary["nodes"]:  # Citus: where the tenant schemas live
+        click.echo()
+        click.echo(table(summary["nodes"], ["node", "schemas"]))
     for key, title, columns in (
         ("missing", "Registered, schema missing", ["project_id", "schema", "registry_revision"]),
         ("orphans", "Project schemas not in the registry (orphans)", ["project_id", "schema", "revision"]),

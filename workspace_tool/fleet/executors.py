@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from workspace_tool.chain import Chain
+from workspace_tool.dberrors import unreachable_node
 from workspace_tool.fleet.migrator import Migrator, RunOptions
 from workspace_tool.fleet.report import CONNECTION_LOST, Progress, ProgressCallback, SchemaResult
 from workspace_tool.schema.operation import Work
@@ -54,7 +55,9 @@ class StopRule:
             self.failed += result.status == Status.FAILED
             if not self.dead and self._in_a_row >= self.dead_after:
                 self.dead = True
-                self.reason = self.reason or f"{CONNECTION_LOST}, {self.dead_after} schemas in a row failed on it"
+                node = unreachable_node(result.error)
+                lost = CONNECTION_LOST if node is None else f"Citus worker {node} is unreachable"
+                self.reason = self.reason or f"{lost}, {self.dead_after} schemas in a row failed on it"
             if self.reason is None and self.max_failures is not None and self.failed >= self.max_failures:
                 self.reason = self.limit_reason
             return self.reason is not None

@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.dberrors import describe, is_connection_error, sqlstate
+from workspace_tool.dberrors import describe, is_connection_error, sqlstate, unreachable_node
 from workspace_tool.errors import LockTimeout
 from workspace_tool.fleet.report import MOVED_BY_ANOTHER_RUN, SchemaResult, ms_since
 from workspace_tool.fleet.worker_engine import EngineFactory
@@ -41,6 +41,7 @@ class RunOptions:
     adopt: bool = False
     worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
     pool: bool = False  # claim a missing schema from the warm pool first (provision)
+    citus: bool = False  # the database runs Citus (see schema/transaction.py)
 
 
 class Migrator:
@@ -52,7 +53,13 @@ class Migrator:
         self.engine = engine
         self.chain = chain
         self.options = options
-        self.how = Sending(chain, options.extension_schema, lock_timeout_ms=options.lock_timeout_ms, pool=options.pool)
+        self.how = Sending(
+            chain,
+            options.extension_schema,
+            lock_timeout_ms=options.lock_timeout_ms,
+            pool=options.pool,
+            citus=options.citus,
+        )
         self.cancel = cancel or threading.Event()
         self._conn: Connection | None = None
 
@@ -113,6 +120,8 @@ class Migrator:
                 message = describe(exc, work.schema, url_secrets(self.engine.url))
                 if lock_timeout:
                     message = f"lock timeout ({options.lock_timeout_ms} ms, {attempts} attempts): {message}"
+                elif node := unreachable_node(message):
+                    message = f"Citus worker {node} unreachable ({attempts} attempts): {message}"
                 elif connection:
                     message = f"database connection lost ({attempts} attempts): {message}"
                 log.info("%s: failed after %.1f ms: %s", work.schema, ms_since(started), message)

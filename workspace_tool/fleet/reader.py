@@ -85,6 +85,27 @@ def read_fleet(
     return records
 
 
+# Citus: the worker holding each tenant project schema (where its tables' shards are placed), from Citus's
+# catalog tables (in pg_catalog: found whatever the search_path; public.citus_schemas has no node, and
+# citus_shards asks every node for shard sizes). An ordinary schema, or a tenant one with no table yet, has
+# no node. Only asked when the database runs Citus (the tables exist only there).
+_NODES = text(
+    "SELECT n.nspname, d.nodename, d.nodeport FROM pg_dist_schema s JOIN pg_namespace n ON n.oid = s.schemaid "
+    "JOIN LATERAL (SELECT pl.groupid FROM pg_dist_partition p "
+    "              JOIN pg_dist_shard sh ON sh.logicalrelid = p.logicalrelid "
+    "              JOIN pg_dist_placement pl ON pl.shardid = sh.shardid "
+    "              WHERE p.colocationid = s.colocationid LIMIT 1) g ON true "
+    "JOIN pg_dist_node d ON d.groupid = g.groupid AND d.noderole = 'primary' "
+    "WHERE n.nspname LIKE :prefix"
+)
+
+
+def read_nodes(conn: Connection) -> dict[str, str]:
+    """On Citus: project schema -> 'host:port' of the node holding it (tenant schemas with a table)."""
+    rows = conn.execute(_NODES, {"prefix": SCHEMA_PREFIX.replace("_", r"\_") + "%"}).all()
+    return {str(r[0]): f"{r[1]}:{r[2]}" for r in rows}
+
+
 def project_schemas(conn: Connection) -> dict[str, bool]:
     """Every schema named like a project schema -> whether it has an alembic_version table."""
     rows = conn.execute(_SCHEMAS, {"prefix": SCHEMA_PREFIX.replace("_", r"\_") + "%"}).all()

@@ -144,8 +144,8 @@ def run(
     resolved = chain.resolve(target)
     cache_key = cache.database_key(engine.url, chain.config_path)
     with translating(engine.url), transactions.connect(engine) as conn:
-        extension_schema = registry.bootstrap(conn)  # the registry's own chain first, serially
-        cache.set_bootstrapped(cache_key, extension_schema)
+        database = registry.bootstrap(conn)  # the registry's own chain first, serially
+        cache.set_bootstrapped(cache_key, database)
         with conn.begin():
             read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
     staging.check_known(read)
@@ -174,7 +174,15 @@ def run(
         kind = "none"
     else:
         options = RunOptions(
-            operation, resolved, lock_timeout_ms, retries, extension_schema, adopt, worker_engine, use_pool
+            operation,
+            resolved,
+            lock_timeout_ms,
+            retries,
+            database.extension_schema,
+            adopt,
+            worker_engine,
+            use_pool,
+            citus=database.citus,
         )
         pooled = run_processes if kind == "processes" else run_threads
         tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))
@@ -323,12 +331,13 @@ def sql(
     ids = _validate(project_ids)
     resolved = chain.resolve(target)
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-        extension_schema = conn.execute(registry.PROBE).one().ext_schema or DEFAULT_EXTENSION_SCHEMA
+        probe = conn.execute(registry.PROBE).one()
         records = read_fleet(conn, ids)
         conn.rollback()
+    extension_schema = probe.ext_schema or DEFAULT_EXTENSION_SCHEMA
     if selection is not None:
         records = selection.apply(records, chain)
-    how = Sending(chain, extension_schema, lock_timeout_ms=lock_timeout_ms)
+    how = Sending(chain, extension_schema, lock_timeout_ms=lock_timeout_ms, citus=bool(probe.citus))
     scripts = []
     for record in records:
         decided = operation.decide(chain, record, resolved, named=ids is not None)

@@ -26,6 +26,7 @@ from typing_extensions import Unpack
 
 from workspace_tool import pool, reference, registry, transactions
 from workspace_tool.chain import Chain
+from workspace_tool.database import Database
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.managers import cache, sessions
@@ -95,7 +96,7 @@ class AsyncWorkspaceManager:
             return call.result
         if call.verify and (answer := self._core.verified(call, await self._read_version(call.schema))) is not None:
             return answer
-        work = self._core.work(call, await self.bootstrap())
+        work = self._core.work(call, await self._database())
         if self.chain.has_online:  # Alembic's globals: one online migration at a time per event loop
             async with _online_lock():
                 result = await self._run(call.schema, work)
@@ -117,12 +118,16 @@ class AsyncWorkspaceManager:
     async def bootstrap(self, force: bool = False) -> str:
         """Create or migrate the registry and the vector extension (once per process); return the
         extension's schema."""
-        extension_schema = None if force else cache.bootstrapped(self.cache_key)
-        if extension_schema is None:
+        return (await self._database(force)).extension_schema
+
+    async def _database(self, force: bool = False) -> Database:
+        """The bootstrapped database (extension schema, Citus), cached per process."""
+        database = None if force else cache.bootstrapped(self.cache_key)
+        if database is None:
             async with _online_lock():
-                extension_schema = await self._run(None, registry.bootstrap)
-            cache.set_bootstrapped(self.cache_key, extension_schema)
-        return extension_schema
+                database = await self._run(None, registry.bootstrap)
+            cache.set_bootstrapped(self.cache_key, database)
+        return database
 
     async def init(self) -> str:
         """`workspace-tool init`: bootstrap (again), and store the reference catalog `check` compares

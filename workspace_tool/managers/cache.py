@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL
 
+from workspace_tool.database import Database
+
 # database key -> {project_id: schema} for projects at the chain's head
 _READY: dict[str, dict[str, str]] = {}
-# database key -> schema of the vector extension, once the registry is known to be ready
-_BOOTSTRAPPED: dict[str, str] = {}
+# database key -> the vector extension's schema and Citus, once the registry is known to be ready
+_BOOTSTRAPPED: dict[str, Database] = {}
 
 
 def database_key(url: URL, config_path: object) -> str:
@@ -47,9 +49,9 @@ def clear() -> None:
     _BOOTSTRAPPED.clear()
 
 
-def bootstrapped(key: str) -> str | None:
+def bootstrapped(key: str) -> Database | None:
     return _BOOTSTRAPPED.get(key)
 
 
-def set_bootstrapped(key: str, extension_schema: str) -> None:
-    _BOOTSTRAPPED[key] = extension_schema
+def set_bootstrapped(key: str, database: Database) -> None:
+    _BOOTSTRAPPED[key] = database

@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 
 from workspace_tool import registry
 from workspace_tool.chain import Chain
+from workspace_tool.database import Database
 from workspace_tool.fleet.reader import VersionsReader
 from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
@@ -103,10 +104,10 @@ class EnsureCore:
         self.ready.pop(call.migration.project_id, None)
         return None
 
-    def work(self, call: Ensure, extension_schema: str) -> Callable[[Connection], EnsureResult]:
+    def work(self, call: Ensure, database: Database) -> Callable[[Connection], EnsureResult]:
         """What to run on a connection: the careful path (schema/migrate.py), which claims a spare from the
         warm pool for a missing schema when the pool is on."""
-        how = Sending(self.chain, extension_schema, pool=self.warm_pool > 0)
+        how = Sending(self.chain, database.extension_schema, pool=self.warm_pool > 0, citus=database.citus)
         return lambda conn: migrate(conn, how, call.migration, started=call.started)
 
     def finished(self, call: Ensure, result: EnsureResult) -> EnsureResult:

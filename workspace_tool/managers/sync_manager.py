@@ -14,6 +14,7 @@ from typing_extensions import Unpack
 
 from workspace_tool import pool, reference, registry, transactions
 from workspace_tool.chain import Chain
+from workspace_tool.database import Database
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.fleet.reader import versions_reader
@@ -86,7 +87,7 @@ class WorkspaceManager:
             return call.result
         if call.verify and (answer := self._core.verified(call, self._probe_version(call.schema))) is not None:
             return answer
-        work = self._core.work(call, self.bootstrap())
+        work = self._core.work(call, self._database())
         return self._core.finished(call, self._on_connection(call.schema, work))
 
     def _probe_version(self, schema: str) -> str | None:
@@ -128,11 +129,15 @@ class WorkspaceManager:
     def bootstrap(self, force: bool = False) -> str:
         """Create or migrate the registry and the vector extension (once per process); return the
         extension's schema."""
-        extension_schema = None if force else cache.bootstrapped(self.cache_key)
-        if extension_schema is None:
-            extension_schema = self._on_connection(None, registry.bootstrap)
-            cache.set_bootstrapped(self.cache_key, extension_schema)
-        return extension_schema
+        return self._database(force).extension_schema
+
+    def _database(self, force: bool = False) -> Database:
+        """The bootstrapped database (extension schema, Citus), cached per process."""
+        database = None if force else cache.bootstrapped(self.cache_key)
+        if database is None:
+            database = self._on_connection(None, registry.bootstrap)
+            cache.set_bootstrapped(self.cache_key, database)
+        return database
 
     def init(self) -> str:
         """`workspace-tool init`: bootstrap (again), and store the reference catalog `check` compares

@@ -16,11 +16,11 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import transactions
 from workspace_tool.chain import ALEMBIC_LOCK
-from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, check_extension_schema
+from workspace_tool.database import CITUS, DEFAULT_EXTENSION_SCHEMA, Database, check_extension_schema
 from workspace_tool.dberrors import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
-from workspace_tool.errors import PermissionDenied, RegistryError
+from workspace_tool.errors import ConfigurationError, PermissionDenied, RegistryError
 from workspace_tool.registry.table import REGISTRY_SCHEMA
-from workspace_tool.sql import LOCK_SQL, REGISTRY_LOCK_KEY, quote_ident
+from workspace_tool.sql import CITUS_NOT_TENANT, LOCK_SQL, REGISTRY_LOCK_KEY, quote_ident, sql_literal
 
 VERSION_TABLE = "workspace_registry_version"
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -30,13 +30,14 @@ _REVISION_LINE = re.compile(r"^(revision|down_revision)\s*=\s*(.+?)\s*$", re.MUL
 log = logging.getLogger(__name__)
 
 
-# One round trip tells whether anything needs doing: registry version and extension schema.
+# One round trip tells whether anything needs doing (registry version and extension schema), and whether
+# the database runs Citus.
 PROBE = text(
     "SELECT (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
     "        WHERE e.extname = 'vector') AS ext_schema, "
     "       (SELECT EXISTS (SELECT 1 FROM pg_extension e JOIN pg_class c ON c.relnamespace = e.extnamespace "
     "        WHERE e.extname = 'vector' AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))) AS ext_has_tables, "
-    f"       to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL AS has_registry"
+    f"       to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL AS has_registry, {CITUS} AS citus"
 )
 READ_VERSION = text(f"SELECT version_num FROM {REGISTRY_SCHEMA}.{VERSION_TABLE}")
 
@@ -100,63 +101,77 @@ def present(conn: Connection) -> bool:
     return True
 
 
-def registry_ready(conn: Connection) -> str | None:
-    """The extension schema if the registry and the extension are ready, else None. Read-only."""
+def registry_ready(conn: Connection) -> Database | None:
+    """The database (extension schema, Citus) if the registry and the extension are ready, else None.
+    Read-only."""
     row = conn.execute(PROBE).one()
     if row.ext_schema is None or not row.has_registry:
         return None
     check_extension_schema(row.ext_schema, row.ext_has_tables)
+    if row.citus:
+        check_not_tenants(conn, row.ext_schema)
     version = conn.execute(READ_VERSION).scalar()
-    return str(row.ext_schema) if RegistryChain.get().check(version) else None
+    return Database(str(row.ext_schema), bool(row.citus)) if RegistryChain.get().check(version) else None
 
 
-def bootstrap(conn: Connection) -> str:
+def bootstrap(conn: Connection) -> Database:
     """Create or migrate the registry and the vector extension, under one lock; return the extension's
-    schema. Runs in its own transaction on ``conn`` (which must not be in one) and commits it.
+    schema and whether the database runs Citus. Runs in its own transaction on ``conn`` (which must not
+    be in one) and commits it.
+
+    On Citus the registry and the extension's schema are ordinary schemas of the coordinator, never tenant
+    schemas, whatever the role's ``citus.enable_schema_based_sharding``: the registry is a plain table of
+    the coordinator, written in the same transaction as each project schema's change.
 
     A role without the privileges this needs gets PermissionDenied naming them: USAGE on the registry and
     on the extension's schema; a privileged role's `workspace-tool init` when something must be created or
     migrated."""
     transactions.require(conn)
     try:
-        ext_schema = registry_ready(conn)
-        usable = ext_schema is None or conn.execute(_USABLE, {"schema": ext_schema}).scalar()
+        database = registry_ready(conn)
+        usable = database is None or conn.execute(_USABLE, {"schema": database.extension_schema}).scalar()
     except DBAPIError as exc:
         if is_permission_error(exc):
             raise _registry_denied(conn, exc) from exc
         raise
     conn.rollback()
-    if ext_schema is None:
+    if database is None:
         started = time.perf_counter()
         try:
-            ext_schema = _set_up(conn)
+            database = _set_up(conn)
         except DBAPIError as exc:
             if is_permission_error(exc):
                 raise _init_needed(conn, exc) from exc
             raise
         log.info(
-            "registry %s at %s, vector extension in %s: set up in %.0f ms",
+            "registry %s at %s, vector extension in %s%s: set up in %.0f ms",
             REGISTRY_SCHEMA,
             RegistryChain.get().head,
-            ext_schema,
+            database.extension_schema,
+            " (Citus)" if database.citus else "",
             (time.perf_counter() - started) * 1000,
         )
-    else:
-        log.debug("registry %s ready, vector extension in %s", REGISTRY_SCHEMA, ext_schema)
-        usable = conn.execute(_USABLE, {"schema": ext_schema}).scalar()
+        usable = conn.execute(_USABLE, {"schema": database.extension_schema}).scalar()
         conn.rollback()
+    else:
+        log.debug("registry %s ready, vector extension in %s", REGISTRY_SCHEMA, database.extension_schema)
     if not usable:  # the search_path would silently skip it: "type vector does not exist"
-        raise _extension_denied(conn, ext_schema)
-    return ext_schema
+        raise _extension_denied(conn, database.extension_schema)
+    return database
 
 
 _USABLE = text("SELECT has_schema_privilege(:schema, 'USAGE')")
 
 
-def _set_up(conn: Connection) -> str:
+def _set_up(conn: Connection) -> Database:
     with conn.begin():
         conn.execute(text(LOCK_SQL), {"key": REGISTRY_LOCK_KEY})
         row = conn.execute(PROBE).one()
+        if row.citus:
+            # Every time, not only the first: with sharding on, CREATE SCHEMA IF NOT EXISTS turns an
+            # existing ordinary schema into a tenant schema (and the registry's next tables with it).
+            conn.execute(text(CITUS_NOT_TENANT))
+            check_not_tenants(conn, row.ext_schema)
         ext_schema = row.ext_schema
         if ext_schema is None:
             ext_schema = DEFAULT_EXTENSION_SCHEMA
@@ -169,7 +184,31 @@ def _set_up(conn: Connection) -> str:
         version = conn.execute(READ_VERSION).scalar() if row.has_registry else None
         if not chain.check(version):
             chain.upgrade(conn)
-    return str(ext_schema)
+    return Database(str(ext_schema), bool(row.citus))
+
+
+def check_not_tenants(conn: Connection, extension_schema: str | None) -> None:
+    """On Citus: raise, saying how to undo it, if the registry or the extension's schema is a tenant schema
+    (what an earlier workspace-tool made of them when the role's schema-based sharding was on)."""
+    names = [REGISTRY_SCHEMA, extension_schema or DEFAULT_EXTENSION_SCHEMA]
+    listed = ", ".join(sql_literal(n) for n in names)
+    found = (
+        conn.execute(
+            text(
+                "SELECT n.nspname FROM pg_dist_schema s JOIN pg_namespace n ON n.oid = s.schemaid "
+                f"WHERE n.nspname IN ({listed}) ORDER BY 1"
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if found:
+        undo = "; ".join(f"SELECT citus_schema_undistribute({sql_literal(n)})" for n in found)
+        raise ConfigurationError(
+            f"{' and '.join(found)} {'is a' if len(found) == 1 else 'are'} Citus tenant schema"
+            f"{'' if len(found) == 1 else 's'}, placed on a worker, but must stay on the coordinator: "
+            f"run {undo} on the coordinator, then rerun"
+        )
 
 
 def _registry_denied(conn: Connection, exc: DBAPIError) -> PermissionDenied:

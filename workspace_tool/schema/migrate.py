@@ -27,7 +27,7 @@ from workspace_tool.schema import roles
 from workspace_tool.schema.operation import ENSURE, Operation
 from workspace_tool.schema.state import check_managed, read_state
 from workspace_tool.schema.transaction import STATE_CHANGED, Expected, RegistryRecord, SchemaTransaction, hold_lock
-from workspace_tool.sql import lock_schema, lock_timeout_statement, quote_ident
+from workspace_tool.sql import lock_schema, lock_timeout_statements, quote_ident
 from workspace_tool.vocabulary import Action, Path, RegistryAction
 
 DEADLOCK_ATTEMPTS = 5  # the careful path's attempts at a migration PostgreSQL rolls back for a deadlock
@@ -65,7 +65,8 @@ class Migration:
 class Sending:
     """How to reach the database: the chain, the extension's schema (on the search_path), the bound on
     every lock wait, everything online (the reference the fast path is verified against), sending
-    statement by statement (Citus), and claiming a missing schema from the warm pool first (``pool``)."""
+    statement by statement, Citus (tenant schemas, sent statement by statement: see SchemaTransaction),
+    and claiming a missing schema from the warm pool first (``pool``)."""
 
     chain: Chain
     extension_schema: str
@@ -73,13 +74,15 @@ class Sending:
     online: bool = False
     statement_by_statement: bool = False
     pool: bool = False
+    citus: bool = False
 
 
 def claims(how: Sending, what: Migration) -> bool:
-    """Whether a missing schema is first claimed from the warm pool (workspace_tool.pool): the pool is on,
-    the operation creates schemas and the target is head, where spares are built (so a claim is exactly
-    what creating it would do). No spare: the schema is built as before, in the same transaction."""
-    return how.pool and not how.online and what.operation.creates and what.target == how.chain.head
+    """Whether a missing schema is first claimed from the warm pool (workspace_tool.pool): the pool is on
+    (never on Citus: see pool.py), the operation creates schemas and the target is head, where spares are
+    built (so a claim is exactly what creating it would do). No spare: the schema is built as before, in
+    the same transaction."""
+    return how.pool and not how.citus and not how.online and what.operation.creates and what.target == how.chain.head
 
 
 def migrate(conn: Connection, how: Sending, what: Migration, *, started: float | None = None) -> EnsureResult:
@@ -119,7 +122,9 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
                 return _logged(claimed, "claimed from the warm pool")
             state = read_state(conn, what.project_id, schema)  # under the lock the claim took
         else:
-            state = read_state(conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms)
+            state = read_state(
+                conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms, citus=how.citus
+            )
         sending = f"careful path (lock and state read {_ms(locking):.1f} ms)"  # the lock wait included
         current = state.version
         what.operation.check(chain, what.project_id, schema, current, what.target, exists=state.exists)
@@ -139,6 +144,7 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
             create_schema=not state.exists,
             grants=grants,
             record=RegistryRecord(what.project_id, what.target, recorded_as, path),
+            citus=how.citus,
         )
         recorded: object = None
         if transaction.in_one_transaction:
@@ -204,6 +210,7 @@ def planned(
         create_schema=not exists,
         record=RegistryRecord(what.project_id, what.target, RegistryAction.recording(action), plan.path),
         expected=expected,
+        citus=how.citus,
     )
 
 
@@ -219,14 +226,17 @@ def fast_lane(how: Sending, what: Migration, expected: Expected) -> SchemaTransa
 
 
 def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: Expected) -> EnsureResult | None:
-    """The fleet's fast lane: the whole migration is ONE round trip (``SchemaTransaction.send_batch``),
-    guarded so that it changes nothing unless the schema is still as the batch read saw it.
+    """The fleet's fast lane: the whole migration without reading the schema first, guarded so that it
+    changes nothing unless the schema is still as the batch read saw it: ONE round trip
+    (``SchemaTransaction.send_batch``), or on Citus, which takes no batch, the same transaction sent
+    statement by statement (``SchemaTransaction.run``).
 
-    Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, Citus, an online step,
-    an empty schema, a missing schema the warm pool may give) or the schema turned out not as read, or
-    PostgreSQL rolled it back for a deadlock: the caller then uses ``migrate``. Database errors are raised
-    as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
-    if conn.dialect.driver != "psycopg2" or conn.in_transaction() or how.statement_by_statement:
+    Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, statement by statement
+    off Citus, an online step, an empty schema, a missing schema the warm pool may give) or the schema
+    turned out not as read, or PostgreSQL rolled it back for a deadlock: the caller then uses ``migrate``.
+    Database errors are raised as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
+    one_by_one = how.statement_by_statement and not how.citus
+    if conn.dialect.driver != "psycopg2" or conn.in_transaction() or one_by_one:
         return None
     if not expected.exists and claims(how, what):
         return None
@@ -235,9 +245,13 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         return None
     started = time.perf_counter()
     try:
-        transaction.send_batch(conn)
+        if transaction.citus:
+            with conn.begin():
+                transaction.run(conn, how.chain)
+        else:
+            transaction.send_batch(conn)
     except Exception as failure:
-        code = getattr(failure, "pgcode", None)
+        code = sqlstate(failure)
         if code == "22P02" and STATE_CHANGED in str(failure):
             log.debug("%s: not as the batch read saw it; the careful path instead", what.schema)
             return None
@@ -261,7 +275,7 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         EnsureResult(
             what.project_id, what.schema, action, expected.version, what.target, _ms(started), transaction.record.path
         ),
-        "fast lane (one round trip)",
+        "fast lane (statement by statement)" if transaction.citus else "fast lane (one round trip)",
     )
 
 
@@ -282,14 +296,22 @@ def run_plan(
     create_schema: bool,
     commit: bool = False,
     lock_timeout_ms: int | None = None,
+    citus: bool = False,
 ) -> None:
     """Run a plan into ``schema`` in conn's transaction with no lock and no registry row: for schemas no one
     else sees (scratch schemas rolled back afterwards: references, autogenerate, the fast-path proof; the
     warm pool's spares, under names no project has).
     With ``commit`` (a plan with a step that can't run in a transaction), on conn not in a transaction,
-    each part committed: the caller drops the schema afterwards (``scratch_schema`` does)."""
+    each part committed: the caller drops the schema afterwards (``scratch_schema`` does). On Citus
+    (``citus``) they are tenant schemas, as project schemas are."""
     transaction = SchemaTransaction(
-        schema, extension_schema, plan.steps, lock=False, lock_timeout_ms=lock_timeout_ms, create_schema=create_schema
+        schema,
+        extension_schema,
+        plan.steps,
+        lock=False,
+        lock_timeout_ms=lock_timeout_ms,
+        create_schema=create_schema,
+        citus=citus,
     )
     if commit:
         transaction.run_in_parts(conn, chain)
@@ -311,25 +333,27 @@ def scratch_schema(
     plans: Sequence[tuple[Plan, bool]],
     *,
     lock_timeout_ms: int | None = None,
+    citus: bool = False,
 ) -> Iterator[None]:
     """``schema``, a scratch schema no one else sees, taken through ``plans`` ((plan, create the schema)
     in turn), inside a transaction on conn (not in one) that is rolled back at the end. A plan with a
     step that can't run in a transaction can't be rolled back: then the plans run first, each part
-    committed, and the schema is dropped at the end, whatever happens."""
+    committed, and the schema is dropped at the end, whatever happens. On Citus (``citus``), a tenant
+    schema, as project schemas are."""
     committed = not in_one_transaction([plan for plan, _ in plans])
     try:
         if committed:
             for plan, create in plans:
                 run_plan(
                     conn, chain, schema, extension_schema, plan, create_schema=create, commit=True,
-                    lock_timeout_ms=lock_timeout_ms,
+                    lock_timeout_ms=lock_timeout_ms, citus=citus,
                 )  # fmt: skip
         with conn.begin() as transaction:
-            if lock_timeout_ms is not None:
-                conn.execute(text(lock_timeout_statement(lock_timeout_ms)))
+            for statement in [] if lock_timeout_ms is None else lock_timeout_statements(lock_timeout_ms, citus=citus):
+                conn.exec_driver_sql(statement)
             if not committed:
                 for plan, create in plans:
-                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=create)
+                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=create, citus=citus)
             yield
             transaction.rollback()
     finally:

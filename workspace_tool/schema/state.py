@@ -11,7 +11,7 @@ from sqlalchemy import Connection, text
 from workspace_tool.chain import Chain
 from workspace_tool.errors import UnknownRevision, UnmanagedSchema
 from workspace_tool.registry import REGISTRY_TABLE
-from workspace_tool.sql import LOCK_SQL, lock_key, lock_schema, lock_timeout_statement, quote_ident
+from workspace_tool.sql import LOCK_SQL, lock_key, lock_schema, lock_timeout_statements, quote_ident
 from workspace_tool.vocabulary import RegistryStatus, State
 
 
@@ -57,18 +57,28 @@ _RELATIONS = text(
 
 
 def read_state(
-    conn: Connection, project_id: str, schema: str, *, lock: bool = False, lock_timeout_ms: int | None = None
+    conn: Connection,
+    project_id: str,
+    schema: str,
+    *,
+    lock: bool = False,
+    lock_timeout_ms: int | None = None,
+    citus: bool = False,
 ) -> SchemaState:
     """The schema's state; with ``lock=True`` after taking its advisory lock (and bounding every lock wait
-    of the transaction by ``lock_timeout_ms``): one round trip on psycopg2."""
+    of the transaction by ``lock_timeout_ms``, on Citus's workers too): one round trip on psycopg2."""
     params = {"schema": schema, "version_table": version_table(schema), "project_id": project_id}
-    bound = "" if lock_timeout_ms is None else lock_timeout_statement(lock_timeout_ms) + ";\n"
-    if lock and conn.dialect.driver == "psycopg2":
-        row = conn.execute(text(bound + str(_LOCKED_STATE)), {**params, "key": lock_key(schema)}).one()
+    bound = [] if lock_timeout_ms is None or not lock else lock_timeout_statements(lock_timeout_ms, citus=citus)
+    batched = lock and conn.dialect.driver == "psycopg2"
+    if citus or not batched:  # Citus replays a SET LOCAL's whole query string on the workers: alone, then
+        for statement in bound:
+            conn.exec_driver_sql(statement)
+        bound = []
+    if batched:
+        prefix = "".join(s + ";\n" for s in bound)
+        row = conn.execute(text(prefix + str(_LOCKED_STATE)), {**params, "key": lock_key(schema)}).one()
     else:
         if lock:
-            if bound:
-                conn.exec_driver_sql(bound)
             lock_schema(conn, schema)
         row = conn.execute(_STATE, params).one()
     version: str | None = None

@@ -1,0 +1,302 @@
+"""Benchmark on a Citus cluster (issue 11): fresh ``ensure`` and ``upgrade --all`` against the raw floor on
+the same cluster, as medians and ratios.
+
+    python tests/citus_cluster.py start                      # a coordinator and two workers; prints its URL
+    python benchmarks/citus_bench.py --url URL [--schemas 1000] [--jobs 4] [--repeat 3] [--json PATH]
+    python benchmarks/run.py --citus URL [...]                # the same
+
+What is measured, on the coordinator's database (which must hold no project yet: the benchmark needs the
+whole fleet to itself; it drops what it made at the end):
+
+* fresh ``ensure``: ``--schemas`` new schemas, half through the library (``WorkspaceManager.ensure`` from
+  ``--jobs`` threads on one engine), half by the floor (the same statements, sent by plain psycopg2 from
+  ``--jobs`` held connections, one transaction per schema: SET LOCAL sharding on, CREATE SCHEMA, the
+  search_path, the compiled chain, the registry row; one statement per round trip, as Citus needs), in
+  alternating rounds. Per-schema latency (median) and schemas per second, each side.
+* ``upgrade --all`` over the whole fleet (``--schemas`` tenant schemas across both workers) to a revision
+  adding a column and an index: the floor sends that revision's statements into every schema from
+  ``--jobs`` psycopg2 connections (BEGIN; SET LOCAL search_path; the statements; COMMIT), a second floor
+  the very statements the library sends (lock timeout, lock, version check, registry row), the library runs
+  ``fleet.upgrade`` (registry, batched version reads, per-schema lock, lock_timeout, registry row in the
+  same transaction); ``--repeat`` times, interleaved, brought back down between runs (not timed); and the
+  no-op run (every schema at head). A first library run, which also stores ``check``'s reference for the
+  new chain (once per chain), is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fleet_upgrade import BASE_REV, NEW_REV, chain_copy, run_transactions  # noqa: E402
+
+from workspace_tool import WorkspaceManager, fleet  # noqa: E402
+from workspace_tool.chain import Chain  # noqa: E402
+from workspace_tool.database import is_citus  # noqa: E402
+from workspace_tool.managers import cache  # noqa: E402
+from workspace_tool.naming import schema_for  # noqa: E402
+from workspace_tool.schema.migrate import Migration, Sending, fast_lane  # noqa: E402
+from workspace_tool.schema.transaction import Expected, SchemaTransaction  # noqa: E402
+from workspace_tool.sql import search_path_sql, sql_literal  # noqa: E402
+from workspace_tool.urls import sync_url  # noqa: E402
+
+ALEMBIC_INI = ROOT / "alembic.ini"
+PREFIX = "cbench-"
+REGISTRY_INSERT = (
+    "INSERT INTO project_registry.workspace_config (project_id, schema_name, revision, status, last_action, "
+    "last_duration_ms, last_path) VALUES ({pid}, {schema}, {rev}, 'ready', 'created', 0, 'floor')"
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+def fresh_statements(chain: Chain, extension_schema: str, project_id: str) -> list[str]:
+    """What the library sends to create a project schema, minus its lock and state read: SET LOCAL
+    sharding on, CREATE SCHEMA, the search_path, the compiled chain, the registry row."""
+    schema = schema_for(project_id)
+    steps = chain.plan(None, chain.head).steps
+    created = SchemaTransaction(schema, extension_schema, steps, lock=False, create_schema=True, citus=True)
+    record = REGISTRY_INSERT.format(
+        pid=sql_literal(project_id), schema=sql_literal(schema), rev=sql_literal(chain.head)
+    )
+    return [*created.statements(), record]
+
+
+def library_fresh(manager: WorkspaceManager, ids: list[str], jobs: int) -> list[float]:
+    def one(project_id: str) -> float:
+        started = time.perf_counter()
+        result = manager.ensure_detailed(project_id)
+        assert result.action == "created", result
+        return time.perf_counter() - started
+
+    with ThreadPoolExecutor(jobs) as pool:
+        return list(pool.map(one, ids))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def bench_fresh(engine: sa.Engine, count: int, jobs: int, rounds: int) -> dict[str, Any]:
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    extension_schema = manager.bootstrap()
+
+    def floor(ids: list[str]) -> list[float]:
+        return run_transactions(engine, [fresh_statements(manager.chain, extension_schema, p) for p in ids], jobs)
+
+    library_fresh(manager, [f"{PREFIX}warm-lib-{i}" for i in range(jobs)], jobs)
+    floor([f"{PREFIX}warm-floor-{i}" for i in range(jobs)])
+    per_round = max(1, count // (2 * rounds))
+    samples: dict[str, list[float]] = {"library": [], "floor": []}
+    walls: dict[str, float] = {"library": 0.0, "floor": 0.0}
+    made = 0
+    for r in range(rounds):
+        sides: list[tuple[str, Callable[[list[str]], list[float]]]] = [
+            ("library", lambda ids: library_fresh(manager, ids, jobs)),
+            ("floor", floor),
+        ]
+        for name, run in sides if r % 2 == 0 else sides[::-1]:
+            ids = [f"{PREFIX}{name}-{r}-{i}" for i in range(per_round)]
+            wall, times = timed(lambda run=run, ids=ids: run(ids))  # type: ignore[misc]
+            samples[name].extend(times)
+            walls[name] += wall
+            made += len(ids)
+        log(f"  fresh round {r + 1}/{rounds}: {made} schemas made")
+    manager.close()
+    n = len(samples["library"])
+    lib, flo = statistics.median(samples["library"]), statistics.median(samples["floor"])
+    print(f"\n== fresh ensure: {n} schemas per side, {jobs} connections each, {rounds} alternating rounds ==")
+    print(f"  library ensure   median {ms(lib)}   {n / walls['library']:6.1f} schemas/s")
+    print(f"  raw floor        median {ms(flo)}   {n / walls['floor']:6.1f} schemas/s")
+    print(f"  library / floor: median latency {lib / flo:.2f}x, wall time {walls['library'] / walls['floor']:.2f}x")
+    return {
+        "schemas_per_side": n,
+        "jobs": jobs,
+        "library_median_ms": lib * 1000,
+        "floor_median_ms": flo * 1000,
+        "ratio": lib / flo,
+        "library_per_s": n / walls["library"],
+        "floor_per_s": n / walls["floor"],
+        "wall_ratio": walls["library"] / walls["floor"],
+    }
+
+
+def upgrade_statements(chain: Chain, project_id: str, schema: str) -> list[str]:
+    """The statements ``fleet.upgrade`` sends for one schema on Citus (its fast lane): the lock timeout
+    (propagated to the workers), the schema's lock, the search_path, the revision, the version move that
+    writes the registry row."""
+    how = Sending(chain, "workspace_extensions", lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS, citus=True)
+    transaction = fast_lane(how, Migration(project_id, schema, NEW_REV, fleet.UPGRADE), Expected(True, BASE_REV))
+    assert transaction is not None
+    return transaction.statements()
+
+
+def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        chain = Chain.load(chain_copy(Path(tmp)))
+        revision = chain.plan(BASE_REV, NEW_REV).statements
+        assert revision is not None, "the bench revision must compile"
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT project_id, schema_name FROM project_registry.workspace_config WHERE project_id LIKE :p"
+                ),
+                {"p": PREFIX + "%"},
+            ).all()
+        n = len(rows)
+        floors: dict[str, list[list[str]]] = {
+            # the revision alone: BEGIN; SET LOCAL search_path; its statements; COMMIT
+            "floor": [[search_path_sql(r.schema_name, "workspace_extensions"), *revision] for r in rows],
+            # the very statements the library sends, with nothing around them
+            "same SQL": [upgrade_statements(chain, r.project_id, r.schema_name) for r in rows],
+        }
+        walls: dict[str, list[float]] = {"floor": [], "same SQL": [], "library": [], "no-op": []}
+        medians = []
+        # not timed: the first run with a new chain also builds and stores check's reference (once per chain)
+        first, _ = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
+        assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
+        log(f"  first upgrade with this chain (stores check's reference; not counted): {first:.1f} s")
+        for i in range(repeat):
+            for name, transactions in floors.items():
+                walls[name].append(timed(lambda t=transactions: run_transactions(engine, t, jobs))[0])  # type: ignore[misc]
+                assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
+            t, up = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
+            assert up.ok and up.counts()["ok"] == n, up.counts()
+            walls["library"].append(t)
+            medians.append(statistics.median(r.ms for r in up.results))
+            t, noop = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
+            assert noop.counts()["skipped"] == n, noop.counts()
+            walls["no-op"].append(t)
+            assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
+            log(
+                "  upgrade run {}/{}: {}".format(
+                    i + 1, repeat, ", ".join(f"{k} {v[-1]:.1f} s" for k, v in walls.items())
+                )
+            )
+        with engine.begin() as conn:  # the reference the runs stored for this temporary chain
+            conn.execute(
+                sa.text("DELETE FROM project_registry.reference_catalog WHERE key_parts->>'chain' = :c"),
+                {"c": chain.fingerprint},
+            )
+    floor, same, lib, noop = (statistics.median(walls[k]) for k in ("floor", "same SQL", "library", "no-op"))
+    pairs = statistics.median(lb / fl for lb, fl in zip(walls["library"], walls["floor"], strict=True))
+    transaction = statistics.median(medians)
+    print(f"\n== upgrade --all {BASE_REV} -> {NEW_REV}: {n} tenant schemas, {jobs} connections, medians of {repeat} ==")
+    print(f"  raw floor (psycopg2)         {floor:7.1f} s  {floor / n * 1000:6.1f} ms/schema")
+    print(f"  the library's SQL (psycopg2) {same:7.1f} s  {same / n * 1000:6.1f} ms/schema   {same / floor:.2f}x floor")
+    print(f"  library fleet.upgrade        {lib:7.1f} s  {lib / n * 1000:6.1f} ms/schema   {lib / floor:.2f}x floor")
+    print(f"    per-run ratios' median {pairs:.2f}x; library / its own SQL {lib / same:.2f}x")
+    print(f"    per-schema transaction inside the run (median): {transaction:.1f} ms")
+    print(f"  no-op run                    {noop:7.1f} s  {noop / n * 1000:6.1f} ms/schema")
+    return {
+        "schemas": n,
+        "jobs": jobs,
+        "repeat": repeat,
+        "floor_s": floor,
+        "same_sql_s": same,
+        "library_s": lib,
+        "ratio": lib / floor,
+        "ratio_of_runs": pairs,
+        "ratio_to_same_sql": lib / same,
+        "transaction_median_ms": transaction,
+        "noop_s": noop,
+        "first_run_s": first,
+        "runs": walls,
+    }
+
+
+def placement(engine: sa.Engine) -> dict[str, int]:
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    counts: dict[str, int] = {}
+    for status in manager.status():
+        counts[str(status.node)] = counts.get(str(status.node), 0) + 1
+    return counts
+
+
+def drop_all(engine: sa.Engine, jobs: int) -> None:
+    """Drop every schema the benchmark made (each with its registry row), from ``jobs`` connections."""
+    with engine.connect() as conn:
+        ids = list(
+            conn.execute(
+                sa.text("SELECT project_id FROM project_registry.workspace_config WHERE project_id LIKE :p"),
+                {"p": PREFIX + "%"},
+            ).scalars()
+        )
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    with ThreadPoolExecutor(jobs) as pool:
+        list(pool.map(manager.drop, ids))
+    manager.close()
+
+
+def check_empty(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        if not is_citus(conn):
+            raise SystemExit("error: this database does not run Citus (no citus extension on it)")
+        if conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar():
+            others = conn.execute(
+                sa.text("SELECT count(*) FROM project_registry.workspace_config WHERE project_id NOT LIKE :p"),
+                {"p": PREFIX + "%"},
+            ).scalar()
+            if others:
+                raise SystemExit(
+                    f"error: this database holds {others} project(s): the benchmark needs the fleet to itself"
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--url", default=os.environ.get("WORKSPACE_TOOL_CITUS_URL"), help="the coordinator")
+    parser.add_argument("--schemas", type=int, default=1000, help="fleet size (half made by each side)")
+    parser.add_argument("--jobs", type=int, default=fleet.default_jobs(), help="connections per side")
+    parser.add_argument("--repeat", type=int, default=3, help="upgrade --all runs per side")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of fresh ensure per side")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    args = parser.parse_args(argv)
+    if not args.url:
+        raise SystemExit("error: name the coordinator: --url URL (or $WORKSPACE_TOOL_CITUS_URL)")
+    engine = sa.create_engine(sync_url(args.url), pool_size=args.jobs + 2, max_overflow=4)
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    try:
+        check_empty(engine)
+        drop_all(engine, args.jobs)  # what an interrupted run left
+        cache.clear()
+        print(f"coordinator: {engine.url.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
+        results["fresh"] = bench_fresh(engine, args.schemas, args.jobs, args.rounds)
+        results["placement"] = placement(engine)
+        print("  schemas per node: " + ", ".join(f"{k} {v}" for k, v in sorted(results["placement"].items())))
+        results["upgrade"] = bench_upgrade(engine, args.jobs, args.repeat)
+    finally:
+        log("dropping the benchmark's schemas ...")
+        drop_all(engine, args.jobs)
+        engine.dispose()
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
