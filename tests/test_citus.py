@@ -135,7 +135,9 @@ def test_init_keeps_the_registry_and_the_extension_schema_on_the_coordinator(
     # The registry's own upgrade runs CREATE SCHEMA IF NOT EXISTS again: with the role's sharding on, that
     # would turn the existing registry schema into a tenant schema (and its new table with it).
     with citus_engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE project_registry.reference_catalog"))
+        conn.execute(sa.text("DROP FUNCTION project_registry.claim_spare(text, text, text)"))  # r0003's
+        conn.execute(sa.text("DROP TABLE project_registry.spare_schemas"))
+        conn.execute(sa.text("DROP TABLE project_registry.reference_catalog"))  # r0002's
         conn.execute(
             sa.text("UPDATE project_registry.workspace_registry_version SET version_num = 'r0001_workspace_config'")
         )
@@ -305,6 +307,53 @@ def test_an_online_revision_runs_through_alembic_on_the_coordinator(
     assert distributed_tables(sharded, "project_fresh") == distributed_tables(sharded, "project_old")
     assert {"project_fresh", "project_old"} <= tenant_schemas(sharded)
     assert set(assert_consistent(sharded).values()) == {"0005_online"}
+
+
+def test_a_revision_that_cant_run_in_a_transaction_runs_in_parts_on_the_cluster(
+    citus_engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.copy_main_chain().add(
+        "0005_concurrently",
+        """
+        with op.get_context().autocommit_block():
+            op.create_index("ix_repositories_name", "repositories", ["name"], postgresql_concurrently=True)
+        """,
+        """
+        with op.get_context().autocommit_block():
+            op.drop_index("ix_repositories_name", table_name="repositories", postgresql_concurrently=True)
+        """,
+    )
+    chain = Chain.load(chain_builder.ini)
+    assert fleet.provision(citus_engine, chain, ["old"], target=HEAD).ok
+    manager = WorkspaceManager(citus_engine, chain_builder.ini)
+    assert manager.ensure_detailed("fresh").action == "created"  # in parts: before, the index, after
+    assert fleet.upgrade(citus_engine, chain).ok
+    assert set(assert_consistent(citus_engine).values()) == {"0005_concurrently"}
+    with citus_engine.connect() as conn:  # a valid index on each worker's shard, as on the coordinator
+        valid = conn.execute(
+            sa.text(
+                "SELECT n.nspname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = 'ix_repositories_name' ORDER BY 1"
+            )
+        ).all()
+    assert [tuple(r) for r in valid] == [("project_fresh", True), ("project_old", True)]
+    assert {"project_fresh", "project_old"} <= tenant_schemas(citus_engine)
+    assert fleet.downgrade(citus_engine, chain, target=HEAD).ok
+    assert set(assert_consistent(citus_engine).values()) == {HEAD}
+
+
+def test_the_warm_pool_is_refused_on_citus_in_one_line(citus_engine: sa.Engine, coordinator_url: URL) -> None:
+    code, _, err = cli(coordinator_url, "pool", "fill", "--size", "2")
+    assert code == 1 and err.startswith("Error: the warm pool can't be used with this chain: the database runs Citus")
+    assert err.count("\n") == 1
+    with citus_engine.connect() as conn:
+        spares = conn.execute(sa.text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'workspace\\_spare\\_%'"))
+        assert spares.scalar() == 0
+    manager = WorkspaceManager(citus_engine, ALEMBIC_INI, warm_pool=2)  # asked for, on Citus: built as usual
+    try:
+        assert manager.ensure_detailed("no-spare").path == "fast"
+    finally:
+        manager.close()
 
 
 # --------------------------------------------------------------------------- status, list, drop (CLI)
