@@ -6,6 +6,7 @@ connection."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from alembic.autogenerate.api import AutogenContext
@@ -37,7 +38,7 @@ def reflect_unqualified_sequences(context: MigrationContext, schema: str) -> Non
     Alembic 1.13.2 it compared the qualified text with the bare name and rendered ``nextval`` with the
     scratch schema's name in it). Wraps ``autogen_column_reflect`` of this context's impl only."""
     impl = context.impl
-    reflect = impl.autogen_column_reflect
+    reflect: Callable[[Any, Any, dict[str, Any]], None] = impl.autogen_column_reflect  # untyped in Alembic
     qualified = f'nextval(\'"{schema}".'
 
     def column_reflect(inspector: Any, table: Any, column_info: dict[str, Any]) -> None:
