@@ -123,6 +123,44 @@ def test_autogenerate_with_unchanged_models_writes_nothing_unless_asked(
     assert scratch_schemas(engine) == []
 
 
+# tickets: a SERIAL id (its own sequence) and a number drawn from a sequence of the schema's, by name
+TICKETS = """
+op.execute("CREATE SEQUENCE ticket_numbers")
+op.create_table(
+    "tickets",
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("number", sa.Integer, server_default=sa.text("nextval('ticket_numbers'::regclass)"), nullable=False),
+)
+"""
+
+
+def test_autogenerate_reads_sequence_defaults_without_the_schema_name(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.add("r1", TICKETS, 'op.drop_table("tickets")\nop.execute("DROP SEQUENCE ticket_numbers")')
+    models = sa.MetaData()
+    number = sa.Column(
+        "number", sa.Integer, server_default=sa.text("nextval('ticket_numbers'::regclass)"), nullable=False
+    )
+    sa.Table("tickets", models, sa.Column("id", sa.Integer, primary_key=True), number)
+    schema = WorkspaceManager(engine, chain_builder.ini).ensure("alpha")
+
+    assert compare(engine, schema, models) == []  # the project is what the models say: no drift
+    with pytest.raises(NoChangesDetected):
+        create_revision("nothing", config=chain_builder.ini, autogenerate=True, engine=engine, target_metadata=models)
+    # models without tickets: the downgrade puts the table back as the chain made it, for any project schema
+    result = create_revision(
+        "no tickets", config=chain_builder.ini, autogenerate=True, engine=engine, target_metadata=sa.MetaData()
+    )
+
+    source = result.path.read_text()
+    assert result.operations == 1 and "op.drop_table('tickets')" in source
+    assert "server_default=sa.text(\"nextval('ticket_numbers'::regclass)\")" in source
+    assert "tickets_id_seq" not in source  # the SERIAL's own default is SERIAL's business
+    assert "project_" not in source
+    assert scratch_schemas(engine) == []
+
+
 def test_the_scratch_schema_is_dropped_when_autogenerate_fails(
     engine: sa.Engine, chain_builder: ChainBuilder, monkeypatch: pytest.MonkeyPatch
 ) -> None:

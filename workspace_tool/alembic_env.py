@@ -169,7 +169,8 @@ def _configured(conn: Connection, schema: str, target_metadata: MetaData | None)
     """``context.configure`` on conn with the guards; conn's own schema_translate_map is put back after."""
     previous = conn.get_execution_options().get("schema_translate_map")
     options: dict[str, Any] = {"version_table_schema": schema, "include_schemas": False}
-    if _autogenerating():
+    autogenerating = _autogenerating()
+    if autogenerating:
         from workspace_tool.chain.autogenerate import autogenerate_options
 
         options.update(target_metadata=_models(target_metadata), **autogenerate_options())
@@ -178,6 +179,10 @@ def _configured(conn: Connection, schema: str, target_metadata: MetaData | None)
     try:
         # Connection.execution_options changes conn itself (SQLAlchemy 2): hence the restore below.
         context.configure(connection=conn.execution_options(schema_translate_map={None: schema}), **options)
+        if autogenerating:
+            from workspace_tool.chain.autogenerate import reflect_unqualified_sequences
+
+            reflect_unqualified_sequences(context.get_context(), schema)
         yield
     finally:
         conn.execution_options(schema_translate_map=previous)

@@ -40,7 +40,7 @@ from sqlalchemy import Connection, Engine, MetaData, text
 from workspace_tool import registry, transactions
 from workspace_tool.alembic_env import MODELS_OPTION, TEMPLATE_DIR
 from workspace_tool.chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_directory, resolve_config_path
-from workspace_tool.chain.autogenerate import autogenerate_options
+from workspace_tool.chain.autogenerate import autogenerate_options, reflect_unqualified_sequences
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
 from workspace_tool.managers import cache
@@ -74,6 +74,7 @@ def compare_schema(conn: Connection, schema: str, extension_schema: str, metadat
                 **autogenerate_options(),
             },
         )
+        reflect_unqualified_sequences(context, schema)
         diffs = compare_metadata(context, metadata)
         transaction.rollback()
     return list(diffs)

@@ -6,6 +6,7 @@ connection."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from alembic.autogenerate.api import AutogenContext
@@ -26,6 +27,27 @@ def autogenerate_options() -> dict[str, Any]:
         "include_name": include_name,
         "render_item": render_item,
     }
+
+
+def reflect_unqualified_sequences(context: MigrationContext, schema: str) -> None:
+    """Reflect the project schema's ``nextval('"<schema>".seq'::regclass)`` defaults as ``nextval('seq'::regclass)``.
+
+    SQLAlchemy qualifies a reflected sequence with the (translated) schema name; unqualified, the sequence is
+    found through search_path like every other object of the revision, so the schema's name is never
+    written into it, and Alembic finds a SERIAL's own sequence by name and leaves its default out (before
+    Alembic 1.13.2 it compared the qualified text with the bare name and rendered ``nextval`` with the
+    scratch schema's name in it). Wraps ``autogen_column_reflect`` of this context's impl only."""
+    impl = context.impl
+    reflect: Callable[[Any, Any, dict[str, Any]], None] = impl.autogen_column_reflect  # untyped in Alembic
+    qualified = f'nextval(\'"{schema}".'
+
+    def column_reflect(inspector: Any, table: Any, column_info: dict[str, Any]) -> None:
+        default = column_info.get("default")
+        if isinstance(default, str) and default.startswith(qualified):
+            column_info["default"] = "nextval('" + default[len(qualified) :]
+        reflect(inspector, table, column_info)
+
+    setattr(impl, "autogen_column_reflect", column_reflect)  # noqa: B010 - an instance attribute, not the class's
 
 
 def include_name(name: str | None, type_: str, parent_names: Any) -> bool:
