@@ -238,6 +238,8 @@ def placement(engine: sa.Engine) -> dict[str, int]:
 def drop_all(engine: sa.Engine, jobs: int) -> None:
     """Drop every schema the benchmark made (each with its registry row), from ``jobs`` connections."""
     with engine.connect() as conn:
+        if not conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar():
+            return  # a cluster no workspace-tool has used yet
         ids = list(
             conn.execute(
                 sa.text("SELECT project_id FROM project_registry.workspace_config WHERE project_id LIKE :p"),
