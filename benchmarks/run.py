@@ -316,13 +316,7 @@ def raw_parallel(engine: sa.Engine, sql: str, extension_schema: str, size: int, 
         )
         dbapi.commit()
 
-    threads = [threading.Thread(target=provision, args=(i,)) for i in range(size)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = timed_threads(provision, size)
     for conn in conns:
         conn.close()
     return elapsed
@@ -386,6 +380,17 @@ def bench_gather(url: URL, reps: int) -> None:
         ratio_16=r16,
         raw_ratio_3=raw_ratio,
     )
+
+
+def timed_threads(target: Callable[[int], None], size: int) -> float:
+    """Seconds for ``size`` threads running ``target(i)`` at once, from the first start to the last join."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(size)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def populate(engine: sa.Engine, mgr: WorkspaceManager, count: int, *, per_batch: int = 20, workers: int = 3) -> float:
@@ -808,13 +813,7 @@ def _raw_claims(engine: sa.Engine, mgr: WorkspaceManager, size: int, tag: str) -
         cursor.close()
         dbapi.autocommit = False
 
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(size)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
+    elapsed = timed_threads(claim, size)
     for held in conns:
         held.close()
     with engine.connect() as conn:  # each claimed a spare: its project is there
