@@ -50,6 +50,7 @@ from workspace_tool.models import metadata
 from workspace_tool.schema.migrate import Migration, Sending, migrate, migrate_expected
 from workspace_tool.schema.transaction import Expected
 from workspace_tool.urls import async_url
+from workspace_tool.verification import verify_fast_path
 
 pytestmark = pytest.mark.citus
 
@@ -349,6 +350,8 @@ def test_the_warm_pool_is_refused_on_citus_in_one_line(citus_engine: sa.Engine, 
     with citus_engine.connect() as conn:
         spares = conn.execute(sa.text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'workspace\\_spare\\_%'"))
         assert spares.scalar() == 0
+    [check] = verify_fast_path(citus_engine, CHAIN, cases=[], pool=True).checks  # the proof says so too
+    assert check.kind == "pool" and "the database runs Citus" in check.differences[0]
     manager = WorkspaceManager(citus_engine, ALEMBIC_INI, warm_pool=2)  # asked for, on Citus: built as usual
     try:
         assert manager.ensure_detailed("no-spare").path == "fast"

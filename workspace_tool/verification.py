@@ -135,7 +135,7 @@ def verify_fast_path(
                     on_check(checks[-1])
             if with_pool:
                 outer = outer if outer is not None else conn.begin()
-                checks.append(_check_pool(conn, chain, database.extension_schema, token))
+                checks.append(_check_pool(conn, chain, database, token))
                 if on_check is not None:
                     on_check(checks[-1])
         finally:
@@ -172,9 +172,11 @@ def _check(
     return RangeCheck(from_rev, to_rev, kind, chain.plan(None if fresh else from_rev, to_rev).path, tuple(differences))
 
 
-def _check_pool(conn: Connection, chain: Chain, extension_schema: str, token: str) -> RangeCheck:
+def _check_pool(conn: Connection, chain: Chain, database: Database, token: str) -> RangeCheck:
     """A spare built at head through the fast path under a spare's name and renamed, as a claim does, vs a
     schema built fresh online; anything left naming the spare's first name is a difference too."""
+
+    extension_schema = database.extension_schema
 
     @contextmanager
     def side(schema: str, online: bool) -> Iterator[None]:
@@ -183,7 +185,7 @@ def _check_pool(conn: Connection, chain: Chain, extension_schema: str, token: st
                 plan = chain.plan(None, chain.head, online=True)
                 run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
             else:
-                warm_pool.check_chain(chain)
+                warm_pool.check_chain(chain, citus=database.citus)
                 spare = spare_name()
                 run_plan(conn, chain, spare, extension_schema, chain.plan(None, chain.head), create_schema=True)
                 found = warm_pool.rename_and_scan(conn, spare, schema)
