@@ -320,8 +320,7 @@ def build_spare(conn: Connection, chain: Chain, extension_schema: str, *, check:
     """Build one spare at head in its own transaction on ``conn`` and record it; return its name. With
     ``check``, it is built under another name and renamed, then searched for that first name
     (``rename_and_scan``): a chain that names its schema in stored text is refused (PoolRefused) and
-    nothing is kept."""
-    check_chain(chain)
+    nothing is kept. The chain was checked by ``fill`` (``check_chain``), the one way spares are made."""
     spare = spare_name()
     started = time.perf_counter()
     with conn.begin():
