@@ -43,29 +43,18 @@ def read_fleet(
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
     ``read_versions_parallel`` over several connections). Read-only; works before the registry exists."""
     started = time.perf_counter()
+    rows: dict[str, Any] = {}
+    if registry.present(conn):
+        found = conn.execute(_ROWS) if project_ids is None else conn.execute(_SOME_ROWS, {"ids": list(project_ids)})
+        rows = {row.project_id: row for row in found}
     schemas = project_schemas(conn)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="wst-read") as early:
-        # The whole fleet: every project schema's version is read on the other connections while the
-        # registry is read on this one (the versions of schemas no project names are left unused).
-        all_versions = (
-            early.submit(versions_of, [s for s, has in schemas.items() if has])
-            if project_ids is None and versions_of is not None
-            else None
-        )
-        rows: dict[str, Any] = {}
-        if registry.present(conn):
-            ids = None if project_ids is None else {"ids": list(project_ids)}
-            rows = {row.project_id: row for row in conn.execute(_ROWS if ids is None else _SOME_ROWS, ids)}
-        if project_ids is None:
-            wanted = sorted(set(rows) | {project_for(s) for s in schemas})
-        else:
-            wanted = list(dict.fromkeys(project_ids))
-        names = {p: (rows[p].schema_name if p in rows else schema_for(p)) for p in wanted}
-        with_versions = [s for s in names.values() if schemas.get(s)]
-        if all_versions is not None:
-            versions = all_versions.result()
-        else:
-            versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
+    if project_ids is None:
+        wanted = sorted(set(rows) | {project_for(s) for s in schemas})
+    else:
+        wanted = list(dict.fromkeys(project_ids))
+    names = {p: (rows[p].schema_name if p in rows else schema_for(p)) for p in wanted}
+    with_versions = [s for s in names.values() if schemas.get(s)]
+    versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
     log.info(
         "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read, in %.0f ms",
         len(wanted),
