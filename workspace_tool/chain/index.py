@@ -39,8 +39,7 @@ class Graph:
     order: tuple[str, ...]  # base first
     online: frozenset[str]  # revisions that always run online (workspace_online, get_bind(), ...)
     outside: frozenset[str]  # revisions that can't run in a transaction (workspace_transactional = False, ...)
-    fast_path_enabled: bool
-    options: dict[str, str]  # alembic.ini's main options named workspace_* (the pool's size, ...)
+    options: dict[str, str]  # alembic.ini's main options named workspace_* (fast path on/off, pool size...)
     fingerprint: str  # Chain.fingerprint
     sources: tuple[str, ...]  # every file the graph was read from
     directories: tuple[str, ...]  # the version directories, whose revision files are listed
@@ -69,7 +68,6 @@ def read(config_path: Path) -> Graph | None:
             order=tuple(record["order"]),
             online=frozenset(record["online"]),
             outside=frozenset(record["outside"]),
-            fast_path_enabled=bool(record["fast_path_enabled"]),
             options={str(k): str(v) for k, v in record["options"].items()},
             fingerprint=record["fingerprint"],
             sources=tuple(record["sources"]),
@@ -94,7 +92,6 @@ def write(config_path: Path, graph: Graph) -> None:
         "order": list(graph.order),
         "online": sorted(graph.online),
         "outside": sorted(graph.outside),
-        "fast_path_enabled": graph.fast_path_enabled,
         "options": graph.options,
         "fingerprint": graph.fingerprint,
         "sources": list(graph.sources),

@@ -71,8 +71,8 @@ class Chain:
         self.head: str = graph.head
         self._order = list(graph.order)
         self._position = {rev: i for i, rev in enumerate(self._order)}
-        self.fast_path_enabled = graph.fast_path_enabled
         self._options = dict(graph.options)
+        self.fast_path_enabled = _truthy(self.option(FAST_PATH_OPTION, "true"))
         self._online = set(graph.online)
         self._outside = set(graph.outside)
         # every revision file, env.py and the environment it runs: names the chain a verification report
@@ -110,7 +110,12 @@ class Chain:
                 else f"the revision chain in {script.dir} has no revisions"
             )
         order = tuple(s.revision for s in reversed(list(script.walk_revisions("base", "heads"))))
-        fast_path_enabled = _truthy(self.config.get_main_option(FAST_PATH_OPTION, "true"))
+        options = {
+            name: value
+            for name, value in self.config.get_section(self.config.config_ini_section, {}).items()
+            if name.startswith(WORKSPACE_OPTION_PREFIX)
+        }
+        fast_path_enabled = _truthy(options.get(FAST_PATH_OPTION))
         online = frozenset(
             rev for rev in order if not fast_path_enabled or self._needs_online(script.get_revision(rev))
         )
@@ -128,12 +133,7 @@ class Chain:
             order=order,
             online=online,
             outside=outside,
-            fast_path_enabled=fast_path_enabled,
-            options={
-                name: value
-                for name, value in self.config.get_section(self.config.config_ini_section, {}).items()
-                if name.startswith(WORKSPACE_OPTION_PREFIX)
-            },
+            options=options,
             fingerprint=digest.hexdigest()[:16],
             sources=tuple(str(p) for p in (self.config_path, env, Path(_ALEMBIC_ENV), *files)),
             directories=tuple(str(d) for d in map(Path, script._version_locations) if d.is_dir()),
