@@ -16,6 +16,7 @@ from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import compiled_statements
 from workspace_tool.cli import main
+from workspace_tool.registry import bootstrap
 from workspace_tool.schema.catalog import diff, snapshot
 from workspace_tool.schema.migrate import Migration, Sending, migrate
 from workspace_tool.schema.operation import DOWNGRADE
@@ -59,8 +60,15 @@ def cli(url: str, ini: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.fixture
+def initialized(engine: sa.Engine) -> None:
+    """The registry and the vector extension, which verify-fast-path needs and never creates (`init`)."""
+    with engine.connect() as conn:
+        bootstrap(conn)
+
+
 # ------------------------------------------------------------------- the proof
-def test_every_range_of_the_main_chain_is_identical_both_ways(engine: sa.Engine) -> None:
+def test_every_range_of_the_main_chain_is_identical_both_ways(engine: sa.Engine, initialized: None) -> None:
     chain = Chain.load(ALEMBIC_INI)
     report = verify_fast_path(engine, chain)
 
@@ -94,7 +102,9 @@ def test_the_snapshot_sees_hnsw_options_defaults_and_the_version(engine: sa.Engi
 
 
 @pytest.mark.slow
-def test_verify_fast_path_command_prints_identical_per_range(url_string: str, engine: sa.Engine) -> None:
+def test_verify_fast_path_command_prints_identical_per_range(
+    url_string: str, engine: sa.Engine, initialized: None
+) -> None:
     code, output = cli(url_string, ALEMBIC_INI, "verify-fast-path")
     assert code == 0, output
     lines = [line for line in output.splitlines() if "->" in line]
@@ -107,7 +117,7 @@ def test_verify_fast_path_command_prints_identical_per_range(url_string: str, en
 
 
 def test_the_verification_report_names_the_chain_it_proved(
-    chain_builder: ChainBuilder, url_string: str, engine: sa.Engine
+    chain_builder: ChainBuilder, url_string: str, engine: sa.Engine, initialized: None
 ) -> None:
     chain_builder.add("r1", ITEMS, 'op.drop_table("items")')
     revision = chain_builder.versions / "r1.py"
@@ -127,7 +137,7 @@ def test_the_verification_report_names_the_chain_it_proved(
 
 
 def test_a_revision_whose_compiled_sql_differs_is_reported_and_exits_1(
-    chain_builder: ChainBuilder, url_string: str, engine: sa.Engine
+    chain_builder: ChainBuilder, url_string: str, engine: sa.Engine, initialized: None
 ) -> None:
     # The mode check is hidden from the detector (no call syntax on is_offline_mode), so this revision
     # compiles, but its SQL differs from what it does online: the proof must catch it.
