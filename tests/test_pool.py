@@ -77,6 +77,17 @@ def spare_rows(engine: sa.Engine) -> list[str]:
         return sorted(conn.execute(sa.text("SELECT schema_name FROM project_registry.spare_schemas")).scalars())
 
 
+def refused_fill(engine: sa.Engine, chain: Chain) -> str:
+    """``pool.fill``'s refusal of ``chain``: one line saying how to turn the pool off, nothing made."""
+    with pytest.raises(PoolRefused) as info:
+        pool.fill(engine, chain)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("the warm pool can't be used with this chain")
+    assert "set workspace_pool_size = 0" in message
+    assert spare_schemas(engine) == [] and spare_rows(engine) == []  # nothing made
+    return message
+
+
 def ready(engine: sa.Engine, chain: Chain = CHAIN) -> int:
     return pool.status(engine, chain).ready
 
@@ -372,12 +383,7 @@ def test_a_chain_with_a_revision_that_cant_run_in_a_transaction_is_refused(
         'op.drop_index("ix_items_name", table_name="items")',
     )
     chain = Chain.load(with_pool_size(chain_builder.ini, "2"))
-    with pytest.raises(PoolRefused) as info:
-        pool.fill(engine, chain)
-    message = str(info.value)
-    assert "\n" not in message and "revision r2 can't run in a transaction" in message
-    assert "set workspace_pool_size = 0" in message
-    assert spare_schemas(engine) == [] and spare_rows(engine) == []  # nothing made
+    assert "revision r2 can't run in a transaction" in refused_fill(engine, chain)
     assert WorkspaceManager(engine, chain_builder.ini).ensure_detailed("built").action == "created"
     [check] = verify_fast_path(engine, chain, cases=[]).checks
     assert check.kind == "pool" and "can't run in a transaction" in check.differences[0]
@@ -472,12 +478,7 @@ def test_a_chain_naming_its_schema_in_stored_text_is_refused(
 ) -> None:
     chain_builder.add("r1", UNSAFE[case])
     chain = Chain.load(with_pool_size(chain_builder.ini, "2"))
-    with pytest.raises(PoolRefused) as info:
-        pool.fill(engine, chain)
-    message = str(info.value)
-    assert "\n" not in message and "the warm pool can't be used with this chain" in message
-    assert "set workspace_pool_size = 0" in message
-    assert spare_schemas(engine) == [] and spare_rows(engine) == []  # nothing made
+    refused_fill(engine, chain)
 
     result = cli(engine, "pool", "fill", config=chain_builder.ini)
     assert result.exit_code == 1 and result.stderr.startswith("Error: the warm pool can't be used")
