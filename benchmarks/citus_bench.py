@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_upgrade import BASE_REV, NEW_REV, chain_copy, run_transactions  # noqa: E402
 
-from workspace_tool import WorkspaceManager, fleet  # noqa: E402
+from workspace_tool import WorkspaceManager, fleet, registry  # noqa: E402
 from workspace_tool.chain import Chain  # noqa: E402
 from workspace_tool.database import is_citus  # noqa: E402
 from workspace_tool.managers import cache  # noqa: E402
@@ -238,7 +238,7 @@ def placement(engine: sa.Engine) -> dict[str, int]:
 def drop_all(engine: sa.Engine, jobs: int) -> None:
     """Drop every schema the benchmark made (each with its registry row), from ``jobs`` connections."""
     with engine.connect() as conn:
-        if not conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar():
+        if not registry.present(conn):
             return  # a cluster no workspace-tool has used yet
         ids = list(
             conn.execute(
@@ -256,7 +256,7 @@ def check_empty(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         if not is_citus(conn):
             raise SystemExit("error: this database does not run Citus (no citus extension on it)")
-        if conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar():
+        if registry.present(conn):
             others = conn.execute(
                 sa.text("SELECT count(*) FROM project_registry.workspace_config WHERE project_id NOT LIKE :p"),
                 {"p": PREFIX + "%"},
