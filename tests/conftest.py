@@ -53,12 +53,11 @@ def new_database(database_url: URL) -> Iterator[URL]:
 def pgbouncer_server() -> Iterator[pgbouncer.PgBouncer]:
     """A real PgBouncer in transaction mode (2 server connections) in front of the test server, for this
     session (tests/pgbouncer.py). Not installed: the tests using it fail, saying how to install it."""
+    missing: str | None = None
     try:
         pgbouncer.executable()
     except pgbouncer.PgBouncerMissing as exc:
         missing = str(exc)
-    else:
-        missing = None
     if missing is not None:
         pytest.fail(missing, pytrace=False)
     bouncer = pgbouncer.start(_server_url())
