@@ -264,6 +264,27 @@ def test_a_revision_outside_a_transaction_goes_over_the_direct_url(
     pgbouncer.assert_no_leak(pooled.url, engine)
 
 
+def test_check_builds_its_reference_over_the_direct_url(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    """With no stored reference, `check` builds one in a scratch schema, in parts for such a chain."""
+    chain = outside_chain(chain_builder)
+    pooled_text, direct_text, ini = url_text(pooled.url), url_text(engine.url), str(chain.config_path)
+    provided = run_cli("--database-url", pooled_text, "--direct-url", direct_text, "-c", ini, "ensure", "pb-0")
+    assert provided.exit_code == 0, (provided.stdout, provided.stderr)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
+    assert_one_line_error(run_cli("--database-url", pooled_text, "-c", ini, "check"), REFUSAL, "revision r2")
+    checked = run_cli("--database-url", pooled_text, "--direct-url", direct_text, "-c", ini, "check")
+    assert checked.exit_code == 0, (checked.stdout, checked.stderr)
+    with engine.connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'workspace_drift%'")).scalar()
+            == 0
+        )
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
 def test_without_a_direct_url_it_is_refused_in_one_line_before_anything_changes(
     pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
 ) -> None:

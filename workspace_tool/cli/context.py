@@ -68,8 +68,14 @@ class AppContext:
 
     @cached_property
     def direct_engine(self) -> Engine | None:
-        """An engine on the direct URL, when one is set (see ``direct_url``)."""
-        return None if self.direct_url is None else self._engine(self.direct_url)
+        """An engine on the direct URL, when one is set (see ``direct_url``): trusted to be a session."""
+        if self.direct_url is None:
+            return None
+        from workspace_tool import pooler
+
+        engine = self._engine(self.direct_url)
+        pooler.trust(engine)
+        return engine
 
     @property
     def session_engine(self) -> Engine:

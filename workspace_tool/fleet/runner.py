@@ -148,6 +148,8 @@ def run(
     kind = "threads" if executor == "auto" else executor
     use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
+    if direct_engine is not None:
+        pooler.trust(direct_engine)
     direct_worker = (
         worker_engines.for_workers(direct_engine, None) if kind == "processes" and direct_engine is not None else None
     )
