@@ -11,9 +11,9 @@ before, in the same transaction under the same lock.
 
 Here: the pool's size (alembic.ini ``workspace_pool_size``, default 0 = off), ``fill`` (``pool fill``: one
 filler per database at a time, an advisory lock held by a transaction kept open for the fill, so that it
-never outlives its holder, through a transaction pooler too), ``status``, ``drain``, ``follow`` (``upgrade --all``:
-spares behind head are replaced), the check that a chain can be renamed safely (``rename_and_scan``), and
-the opt-in background ``Refiller`` a manager runs after it creates a schema.
+never outlives its holder, through a transaction pooler too), ``status``, ``drain``, ``follow``
+(``upgrade --all``: spares behind head are replaced), the check that a chain can be renamed safely
+(``rename_and_scan``), and the opt-in background ``Refiller`` a manager runs after it creates a schema.
 
 A chain whose objects name their schema in stored text (a function's body or its ``SET search_path FROM
 CURRENT``, a string in a view or a default, a row a revision inserts with ``current_schema()``) can't be
