@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import citus_cluster
+import pgbouncer
 import pytest
 import sqlalchemy as sa
 from helpers import ALEMBIC_INI, EMBEDDED_TEST_DIR, ChainBuilder, StatementCounter, reset_database
@@ -46,6 +47,30 @@ def new_database(database_url: URL) -> Iterator[URL]:
     """An empty database of its own: no extension, no registry; dropped at the end."""
     with fresh_database(database_url, "boot") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_server() -> Iterator[pgbouncer.PgBouncer]:
+    """A real PgBouncer in transaction mode (2 server connections) in front of the test server, for this
+    session (tests/pgbouncer.py). Not installed: the tests using it fail, saying how to install it."""
+    missing: str | None = None
+    try:
+        pgbouncer.executable()
+    except pgbouncer.PgBouncerMissing as exc:
+        missing = str(exc)
+    if missing is not None:
+        pytest.fail(missing, pytrace=False)
+    bouncer = pgbouncer.start(_server_url())
+    try:
+        yield bouncer
+    finally:
+        bouncer.stop()
+
+
+@pytest.fixture(scope="session")
+def pooled_url(pgbouncer_server: pgbouncer.PgBouncer, database_url: URL) -> URL:
+    """The session's database through PgBouncer in transaction mode."""
+    return pgbouncer_server.url(database_url.database)
 
 
 @pytest.fixture(scope="session")

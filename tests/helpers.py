@@ -396,8 +396,11 @@ def psql(url: URL, script: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def run_alembic(url: URL, *args: str, ini: Path = ALEMBIC_INI) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WORKSPACE_TOOL_DATABASE_URL": url.render_as_string(hide_password=False)}
+def run_alembic(
+    url: URL, *args: str, ini: Path = ALEMBIC_INI, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The alembic command on ``ini`` with WORKSPACE_TOOL_DATABASE_URL set to ``url`` (and ``env`` besides)."""
+    env = {**os.environ, "WORKSPACE_TOOL_DATABASE_URL": url.render_as_string(hide_password=False), **(env or {})}
     return subprocess.run(
         [ALEMBIC, "-c", str(ini), *args], env=env, capture_output=True, text=True, timeout=120, check=False
     )

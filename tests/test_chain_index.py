@@ -14,6 +14,7 @@ from helpers import ITEMS, ChainBuilder
 
 from workspace_tool.chain import Chain
 from workspace_tool.chain.index import CACHE_ENV
+from workspace_tool.chain.loading import DIRECT_URL_OPTION, main_option
 from workspace_tool.registry.bootstrap import _MIGRATIONS_DIR, RegistryChain
 from workspace_tool.vocabulary import Path as PlanPath
 
@@ -85,3 +86,24 @@ def test_the_registry_chain_read_without_alembic_is_the_one_alembic_reads() -> N
     registry = RegistryChain()
     assert registry.head == script.get_current_head()
     assert registry.known == {s.revision for s in script.walk_revisions()}
+
+
+def test_the_direct_url_in_alembic_ini_is_never_written_to_the_record(
+    chain_builder: ChainBuilder, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Its password stays in alembic.ini: the record keeps the other workspace_* options only."""
+    ini = chain_builder.add("r1", ITEMS).ini
+    secret = "Pooler-Bypass-Secret"
+    ini.write_text(
+        ini.read_text().replace(
+            "[alembic]\n",
+            f"[alembic]\nworkspace_pool_size = 3\nworkspace_direct_url = postgresql://app:{secret}@db:5432/app\n",
+        )
+    )
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    assert fresh(ini, caplog)[1] == "read through Alembic"
+    recorded, how = fresh(ini, caplog)
+    assert (how, recorded.option("workspace_pool_size", "0")) == ("recorded", "3")
+    [record] = (tmp_path / "cache" / "chains").iterdir()
+    assert "workspace_pool_size" in record.read_text() and secret not in record.read_text()
+    assert main_option(ini, DIRECT_URL_OPTION) == f"postgresql://app:{secret}@db:5432/app"  # read where it is

@@ -25,9 +25,13 @@ anywhere else. Online, the project schema comes from ``config.attributes["schema
   session lock and has the session's search_path set; Alembic's transaction block is opened on it, so a
   revision's ``autocommit_block()`` has one to end.
 * **The plain Alembic CLI**: ``alembic -x schema=project_foo upgrade head``, with the URL from ``-x url=``,
-  ``WORKSPACE_TOOL_DATABASE_URL`` or ``sqlalchemy.url``; as for a shared connection, in one transaction
-  (which a revision's ``autocommit_block()`` commits early, as Alembic does: the search_path and the lock
-  are then held by the session too, until the end).
+  else the direct URL (``WORKSPACE_TOOL_DIRECT_URL``, ``workspace_direct_url``: migrations bypass a
+  pooler when one is set), ``WORKSPACE_TOOL_DATABASE_URL`` or ``sqlalchemy.url``; as for a shared
+  connection, in one transaction (which a revision's ``autocommit_block()`` commits early, as Alembic
+  does: the search_path and the lock are then held by the session too, until the end). Through a
+  connection pooler (workspace_tool.pooler) a session's state would stay on the server connection for its
+  next client: there only the transaction's lock and search_path are set, and a revision's
+  ``autocommit_block()`` is refused (SessionRequired) before the transaction commits: nothing changes.
 
 Offline (``--sql``) the SQL starts with ``CREATE SCHEMA IF NOT EXISTS`` and the search_path when a schema
 is named. workspace_tool compiles a chain with ``compile=True`` and an ``output_buffer``: no transaction and
@@ -36,6 +40,7 @@ no schema name, since the SQL is replayed per schema under a search_path.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,12 +50,13 @@ from typing import Any, NoReturn
 from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
-from workspace_tool import transactions
+from workspace_tool import pooler, transactions
+from workspace_tool.chain.loading import DIRECT_URL_OPTION
 from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_database
-from workspace_tool.errors import ConfigurationError
+from workspace_tool.errors import ConfigurationError, SessionRequired
 from workspace_tool.naming import validate_schema_name
 from workspace_tool.sql import CITUS_TENANT, lock_schema, lock_statement, quote_ident, search_path_sql, unlock_statement
-from workspace_tool.urls import sync_url
+from workspace_tool.urls import DIRECT_URL_ENV, sync_url
 
 MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
 TEMPLATE_DIR = Path(__file__).with_name("templates") / "workspace-tool"
@@ -112,7 +118,7 @@ def _run_online(target_metadata: MetaData | None) -> None:
             from_cli=from_cli,
         )
     if isinstance(given, Connection):
-        _migrate(given, schema, target_metadata)
+        _migrate(given, schema, target_metadata, from_cli=False)
         return
     if given is not None and not callable(getattr(given, "connect", None)):
         raise ConfigurationError(
@@ -122,35 +128,41 @@ def _run_online(target_metadata: MetaData | None) -> None:
     try:
         with engine.connect() as conn:
             # READ COMMITTED whatever the engine says (a connection already in a transaction is checked)
-            _migrate(conn if conn.in_transaction() else transactions.own(conn), schema, target_metadata)
+            _migrate(
+                conn if conn.in_transaction() else transactions.own(conn), schema, target_metadata, from_cli=from_cli
+            )
     finally:
         if from_cli:
             engine.dispose()
 
 
-def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None) -> None:
+def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None, *, from_cli: bool) -> None:
     """Lock, create and migrate ``schema`` in conn's transaction (begun and committed here if it had none).
 
     When the transaction is Alembic's (conn had none), a revision's ``autocommit_block()`` commits it
     early, which would end ``SET LOCAL search_path`` and the transaction's lock: so the session holds both
-    too (its own search_path put back, the lock released, at the end).
+    too (its own search_path put back, the lock released, at the end); unless conn goes through a pooler,
+    where the session is not ours to keep: there ``autocommit_block()`` is refused instead.
 
     On Citus a schema created here is a tenant schema, as workspace_tool makes them (an existing schema is
     left as it is: CREATE SCHEMA IF NOT EXISTS with sharding on would make an ordinary one a tenant)."""
     check_transactional(conn)
     owned = not conn.in_transaction()
+    session = owned and not pooler.behind_pooler(conn)  # the session is ours to hold state in
     saved: str | None = None
     try:
         with _configured(conn, schema, target_metadata), context.begin_transaction():
+            if owned and not session:
+                _refuse_autocommit_blocks(schema, from_cli=from_cli)
             lock_schema(conn, schema)
-            if owned:
+            if session:
                 saved = conn.execute(text("SELECT current_setting('search_path')")).scalar_one()
                 conn.execute(text(lock_statement(schema, session=True)))
             database = find_database(conn)
             if database.citus and not conn.execute(_SCHEMA_EXISTS, {"schema": schema}).scalar():
                 conn.execute(text(CITUS_TENANT))
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
-            conn.execute(text(search_path_sql(schema, database.extension_schema, local=not owned)))
+            conn.execute(text(search_path_sql(schema, database.extension_schema, local=not session)))
             context.run_migrations()
     finally:
         if saved is not None and not conn.invalidated:
@@ -162,6 +174,21 @@ def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None) ->
 
 
 _SCHEMA_EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema)")
+
+
+def _refuse_autocommit_blocks(schema: str, *, from_cli: bool) -> None:
+    """Through a pooler: a revision entering ``autocommit_block()`` gets SessionRequired instead, before
+    Alembic commits anything (the whole transaction then rolls back)."""
+
+    def refuse() -> NoReturn:
+        caller = inspect.currentframe()
+        revision = caller.f_back.f_globals.get("revision") if caller and caller.f_back else None
+        error = SessionRequired(f"revision {revision or '?'} ({schema})")
+        if from_cli:
+            raise SystemExit(f"error: {error}")
+        raise error
+
+    context.get_context().autocommit_block = refuse  # type: ignore[method-assign]
 
 
 @contextmanager
@@ -213,6 +240,8 @@ def _target_schema() -> str | None:
 def _url(required: bool = True) -> str | None:
     url = (
         _x_arguments().get("url")
+        or os.environ.get(DIRECT_URL_ENV)
+        or context.config.get_main_option(DIRECT_URL_OPTION)
         or os.environ.get("WORKSPACE_TOOL_DATABASE_URL")
         or context.config.get_main_option("sqlalchemy.url")
     )

@@ -175,6 +175,20 @@ class NonTransactionalFailed(MigrationFailed):
         WorkspaceError.__init__(self, message)
 
 
+class SessionRequired(ConfigurationError):
+    """Work that runs outside a transaction (a revision with ``workspace_transactional = False`` or Alembic's
+    ``autocommit_block()``) was about to start on a connection that goes through a connection pooler, where
+    a session's state does not outlive a transaction (workspace_tool.pooler). Nothing was changed."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        super().__init__(
+            f"{what} runs outside a transaction and needs a session: set --direct-url / WORKSPACE_TOOL_DIRECT_URL "
+            "to a URL that bypasses the pooler (workspace_direct_url in alembic.ini; direct_engine= in code), "
+            "since this database is reached through a connection pooler (PgBouncer?); nothing was changed"
+        )
+
+
 class PermissionDenied(WorkspaceError):
     """The database role lacks a privilege (SQLSTATE 42501); its transaction was rolled back.
 

@@ -10,9 +10,10 @@ this very chain, owned by the current role, and writes the registry row; with no
 before, in the same transaction under the same lock.
 
 Here: the pool's size (alembic.ini ``workspace_pool_size``, default 0 = off), ``fill`` (``pool fill``: one
-filler per database at a time, an advisory lock), ``status``, ``drain``, ``follow`` (``upgrade --all``:
-spares behind head are replaced), the check that a chain can be renamed safely (``rename_and_scan``), and
-the opt-in background ``Refiller`` a manager runs after it creates a schema.
+filler per database at a time, an advisory lock held by a transaction kept open for the fill, so that it
+never outlives its holder, through a transaction pooler too), ``status``, ``drain``, ``follow``
+(``upgrade --all``: spares behind head are replaced), the check that a chain can be renamed safely
+(``rename_and_scan``), and the opt-in background ``Refiller`` a manager runs after it creates a schema.
 
 A chain whose objects name their schema in stored text (a function's body or its ``SET search_path FROM
 CURRENT``, a string in a view or a default, a row a revision inserts with ``current_schema()``) can't be
@@ -42,7 +43,7 @@ from workspace_tool.jobs import check_jobs
 from workspace_tool.registry import spares
 from workspace_tool.registry.spares import spare_name
 from workspace_tool.schema.migrate import run_plan
-from workspace_tool.sql import POOL_LOCK_KEY, quote_ident, session_lock_sql, session_unlock_sql, sql_literal
+from workspace_tool.sql import POOL_LOCK_KEY, advisory_lock_sql, quote_ident, sql_literal
 from workspace_tool.vocabulary import SpareState
 
 POOL_SIZE_OPTION = "workspace_pool_size"
@@ -164,17 +165,19 @@ def fill(
     started = time.perf_counter()
     size = resolve_size(chain, size)
     jobs = check_jobs(engine, jobs)
-    with translating(engine.url), transactions.connect(engine) as conn:
-        database = registry.bootstrap(conn)
+    with translating(engine.url):
+        with transactions.connect(engine) as conn:
+            database = registry.bootstrap(conn)
         check_chain(chain, citus=database.citus)
-        extension_schema = database.extension_schema
-        with _pool_lock(conn, wait=wait) as held:
+        with _pool_lock(engine, wait=wait) as held:
             if not held:
                 return FillReport(size, 0, 0, 0, _ms(started), busy=True)
-            dropped = _take(conn, chain, everything=False)
-            with conn.begin():
-                ready = _ready(conn, chain)
-            built = _build(engine, chain, extension_schema, max(0, size - ready), jobs, stop or threading.Event())
+            with transactions.connect(engine) as conn:
+                dropped = _take(conn, chain, everything=False)
+                with conn.begin():
+                    ready = _ready(conn, chain)
+            missing = max(0, size - ready)
+            built = _build(engine, chain, database.extension_schema, missing, jobs, stop or threading.Event())
     return FillReport(size, ready + built, built, dropped, _ms(started))
 
 
@@ -185,7 +188,7 @@ def drain(engine: Engine) -> int:
         with conn.begin():
             if not registry.present(conn) or not conn.execute(spares.READABLE).scalar():
                 return 0
-        with _pool_lock(conn, wait=True):
+        with _pool_lock(engine, wait=True):
             dropped = _take(conn, None, everything=True)
             with conn.begin():
                 unlisted = list(conn.execute(spares.UNLISTED).scalars())
@@ -214,19 +217,27 @@ def _check_size(size: int) -> int:
 
 
 @contextlib.contextmanager
-def _pool_lock(conn: Connection, *, wait: bool) -> Iterator[bool]:
-    """The pool's session-level advisory lock, held on ``conn`` across its transactions: one filler (or
-    drain) per database at a time. Yields whether it was taken (always, when ``wait``)."""
-    key = sql_literal(POOL_LOCK_KEY)
-    with conn.begin():
-        taken = conn.execute(text(session_lock_sql(key, wait=wait))).scalar()
-    held = wait or bool(taken)
-    try:
-        yield held
-    finally:
-        if held and not conn.invalidated:
-            with contextlib.suppress(Exception), conn.begin():
-                conn.execute(text(session_unlock_sql(key)))
+def _pool_lock(engine: Engine, *, wait: bool) -> Iterator[bool]:
+    """The pool's advisory lock: one filler (or drain) per database at a time. Yields whether it was taken
+    (always, when ``wait``); the fill's own work runs on other connections meanwhile.
+
+    It is a transaction's lock (``pg_advisory_xact_lock``), in a transaction held open on a connection of
+    its own for the whole fill and rolled back after: transaction-scoped, it is released whatever ends the
+    holder (its end, an error, a lost connection), and through a transaction pooler, which lends that
+    client a server connection until the transaction ends, it can't outlive the fill on a server
+    connection, as a session-level lock taken in one transaction and released in another would (that
+    release may reach another server connection). The open transaction holds no snapshot between its
+    statements (READ COMMITTED) and no transaction id: vacuum and concurrent index builds don't wait for
+    it. A server's ``idle_in_transaction_session_timeout`` shorter than a fill would end it early (the
+    lock with it)."""
+    with transactions.connect(engine) as conn, conn.begin() as transaction:
+        taken = conn.execute(text(advisory_lock_sql(sql_literal(POOL_LOCK_KEY), wait=wait))).scalar()
+        try:
+            yield wait or bool(taken)
+        finally:
+            if transaction.is_active:
+                with contextlib.suppress(Exception):  # a lost connection took the lock with it
+                    transaction.rollback()
 
 
 _READY = text(

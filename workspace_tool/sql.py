@@ -28,9 +28,10 @@ def _lock_id(key: str) -> str:
     return f"hashtextextended({key}, 0)"
 
 
-def advisory_lock_sql(key: str) -> str:
-    """Take the transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter)."""
-    return f"SELECT pg_advisory_xact_lock({_lock_id(key)})"
+def advisory_lock_sql(key: str, *, wait: bool = True) -> str:
+    """The transaction-level advisory lock of ``key`` (a SQL expression: a literal or a parameter), held
+    until the transaction ends: taken (waiting), or tried (``wait=False``: returns whether it was taken)."""
+    return f"SELECT pg_{'' if wait else 'try_'}advisory_xact_lock({_lock_id(key)})"
 
 
 def session_lock_sql(key: str, *, wait: bool = True) -> str:

@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # Alembic is imported when a chain is read through it (chain/
     from alembic.script import ScriptDirectory
 
 CONFIG_ENV = "WORKSPACE_TOOL_CONFIG"
+# alembic.ini [alembic]: a URL that bypasses the connection pooler (workspace_tool.pooler). Never recorded
+# with the chain's graph (chain/index.py), which the other workspace_* options are: it may hold a password.
+DIRECT_URL_OPTION = "workspace_direct_url"
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
@@ -29,6 +32,18 @@ def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:
             f"alembic config not found: {candidate} ({how}); pass -c/--config PATH or set {CONFIG_ENV}"
         )
     return candidate.resolve()
+
+
+def main_option(config_path: Path, name: str) -> str | None:
+    """A main option of alembic.ini ([alembic]), read as Alembic reads it (``%(here)s`` is the file's
+    directory) but without loading Alembic; None when it is not set or the file can't be read."""
+    parser = configparser.ConfigParser(defaults={"here": str(config_path.parent)})
+    try:
+        parser.read(config_path, encoding="utf-8")
+        value = parser.get("alembic", name, fallback=None)
+    except (configparser.Error, OSError, UnicodeError):
+        return None
+    return value.strip() or None if value else None
 
 
 def display_path(path: str | os.PathLike[str]) -> str:

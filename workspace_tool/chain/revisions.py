@@ -8,12 +8,13 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from workspace_tool.chain import index
 from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer, run_env
-from workspace_tool.chain.loading import load_script_directory, resolve_config_path
+from workspace_tool.chain.loading import DIRECT_URL_OPTION, load_script_directory, resolve_config_path
 from workspace_tool.chain.plan import Plan, Step, compiled_statements
 from workspace_tool.errors import ConfigurationError, UnknownRevision
 from workspace_tool.vocabulary import Path as PlanPath
@@ -113,7 +114,7 @@ class Chain:
         options = {
             name: value
             for name, value in self.config.get_section(self.config.config_ini_section, {}).items()
-            if name.startswith(WORKSPACE_OPTION_PREFIX)
+            if name.startswith(WORKSPACE_OPTION_PREFIX) and name != DIRECT_URL_OPTION
         }
         fast_path_enabled = _truthy(options.get(FAST_PATH_OPTION))
         online = frozenset(
@@ -225,6 +226,16 @@ class Chain:
         """Whether the revision can't run in a transaction (``workspace_transactional = False``, or
         Alembic's ``autocommit_block()``): it runs between the schema's transactions, in autocommit."""
         return revision in self._outside
+
+    def outside_transaction(self, steps: Iterable[Step]) -> list[str]:
+        """The revisions these steps apply or undo outside a transaction (such a step spans one revision),
+        in order, each once ('base' for none)."""
+        found = [
+            (s.to_rev if self.is_upgrade(s.from_rev, s.to_rev) else s.from_rev) or BASE
+            for s in steps
+            if not s.transactional
+        ]
+        return list(dict.fromkeys(found))
 
     def source(self, revision: str | None) -> str:
         """The revision file's text ('' for base, or a file that can't be read)."""

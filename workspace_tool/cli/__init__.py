@@ -18,6 +18,13 @@ from workspace_tool.cli.context import AppContext, WorkspaceGroup
     help="PostgreSQL URL. Default: $WORKSPACE_TOOL_DATABASE_URL, then $DATABASE_URL, then the embedded server.",
 )
 @click.option(
+    "--direct-url",
+    metavar="URL",
+    help="PostgreSQL URL that bypasses the connection pooler --database-url goes through (PgBouncer in "
+    "transaction mode), for what needs a session: revisions that run outside a transaction. Default: "
+    "$WORKSPACE_TOOL_DIRECT_URL, then workspace_direct_url in alembic.ini.",
+)
+@click.option(
     "-c",
     "--config",
     metavar="PATH",
@@ -34,12 +41,18 @@ from workspace_tool.cli.context import AppContext, WorkspaceGroup
 @click.version_option(package_name="workspace-tool")
 @click.pass_context
 def main(
-    ctx: click.Context, database_url: str | None, config: str | None, traceback: bool, verbose: int, quiet: bool
+    ctx: click.Context,
+    database_url: str | None,
+    direct_url: str | None,
+    config: str | None,
+    traceback: bool,
+    verbose: int,
+    quiet: bool,
 ) -> None:
     """Provision and manage one PostgreSQL schema per project from one shared Alembic chain."""
     if verbose and quiet:
         raise click.UsageError("-v/--verbose and -q/--quiet don't go together")
-    app = AppContext(database_url, config, traceback)
+    app = AppContext(database_url, config, traceback, direct_url)
     ctx.obj = app
     ctx.meta[logs.QUIET] = quiet
     ctx.call_on_close(app.close)

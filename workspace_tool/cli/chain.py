@@ -51,7 +51,7 @@ def verify_fast_path(app: AppContext, pool: bool | None, as_json: bool) -> None:
     any difference. Nothing is kept: it all runs in a transaction that is rolled back."""
     from workspace_tool import verification
 
-    report = verification.verify_fast_path(app.engine, app.manager.chain, pool=pool)
+    report = verification.verify_fast_path(app.session_engine, app.manager.chain, pool=pool)
     print_verification(report, as_json)
     if not report.identical:
         click.get_current_context().exit(1)
@@ -98,7 +98,7 @@ def revision(
             message,
             config=app.config,
             autogenerate=autogenerate,
-            engine=app.engine if autogenerate else None,
+            engine=app.session_engine if autogenerate else None,
             target_metadata=metadata,
             rev_id=rev_id,
             allow_empty=allow_empty,

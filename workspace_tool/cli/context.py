@@ -28,10 +28,13 @@ ARGV = "workspace_tool.argv"  # the command line's arguments as given, in click'
 class AppContext:
     """Built once per invocation; the engine is created lazily and disposed on close."""
 
-    def __init__(self, database_url: str | None, config: str | None, traceback: bool) -> None:
+    def __init__(
+        self, database_url: str | None, config: str | None, traceback: bool, direct_url: str | None = None
+    ) -> None:
         self.database_url = database_url
         self.config = config
         self.traceback = traceback
+        self.direct_url_given = direct_url
         self.jobs: int | None = None  # a fleet command's --jobs, set before the engine is made
 
     @cached_property
@@ -47,8 +50,40 @@ class AppContext:
         return url
 
     @cached_property
+    def direct_url(self) -> str | None:
+        """The URL that bypasses the pooler (see workspace_tool.pooler): --direct-url, else
+        $WORKSPACE_TOOL_DIRECT_URL, else workspace_direct_url in alembic.ini; None when none is set."""
+        from workspace_tool.chain.loading import DIRECT_URL_OPTION, main_option, resolve_config_path
+        from workspace_tool.urls import DIRECT_URL_ENV
+
+        given = self.direct_url_given or os.environ.get(DIRECT_URL_ENV)
+        if given:
+            return given
+        return main_option(resolve_config_path(self.config), DIRECT_URL_OPTION)
+
+    @cached_property
     def engine(self) -> Engine:
         """The pool holds what a fleet run of ``jobs`` needs at once (fleet.connections_needed)."""
+        return self._engine(self.url)
+
+    @cached_property
+    def direct_engine(self) -> Engine | None:
+        """An engine on the direct URL, when one is set (see ``direct_url``): trusted to be a session."""
+        if self.direct_url is None:
+            return None
+        from workspace_tool import pooler
+
+        engine = self._engine(self.direct_url)
+        pooler.trust(engine)
+        return engine
+
+    @property
+    def session_engine(self) -> Engine:
+        """Where a command that may build a schema in parts (outside a transaction) runs: the direct engine
+        when there is one, else the engine."""
+        return self.direct_engine or self.engine
+
+    def _engine(self, url: str) -> Engine:
         from sqlalchemy import create_engine
 
         from workspace_tool import fleet
@@ -56,27 +91,30 @@ class AppContext:
 
         connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
         overflow = max(POOL_SIZE, connections - POOL_SIZE)
-        return create_engine(sync_url(self.url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
+        return create_engine(sync_url(url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
 
     @cached_property
     def manager(self) -> WorkspaceManager:
         from workspace_tool.managers.sync_manager import WorkspaceManager
 
-        return WorkspaceManager(self.engine, self.config)
+        return WorkspaceManager(self.engine, self.config, direct_engine=self.direct_engine)
 
     def passwords(self) -> list[str]:
-        """The secrets of the URL in use (none before it is known)."""
-        if "url" not in self.__dict__:
-            return []
-        from workspace_tool.urls import url_secrets
+        """The secrets of the URLs in use (the database URL's once it is known, the direct URL's)."""
+        from workspace_tool.urls import DIRECT_URL_ENV, url_secrets
 
-        return url_secrets(self.url)
+        urls = [self.direct_url_given, os.environ.get(DIRECT_URL_ENV), self.__dict__.get("direct_url")]
+        if "url" in self.__dict__:
+            urls.append(self.url)
+        return sorted({s for url in urls if url for s in url_secrets(url)}, key=len, reverse=True)
 
     def close(self) -> None:
         if "manager" in self.__dict__:
             self.manager.close()
-        if "engine" in self.__dict__:
-            self.engine.dispose()
+        for name in ("engine", "direct_engine"):
+            engine = self.__dict__.get(name)
+            if engine is not None:
+                engine.dispose()
 
 
 pass_app = click.make_pass_decorator(AppContext)

@@ -103,6 +103,7 @@ def _run_fleet(
         progress=printer,
         adopt=adopt,
         selection=selection,
+        direct_engine=app.direct_engine,
         **staging,
     )
     if printer is not None:
@@ -202,7 +203,9 @@ def check(app: AppContext, project_ids: tuple[str, ...], jobs: int | None, as_js
     from workspace_tool import drift
 
     app.jobs = jobs  # before the engine is made: its pool is sized for them
-    report = drift.check(app.engine, app.manager.chain, list(project_ids) or None, jobs=jobs)
+    # the direct engine, when set: without a stored reference, check builds one (in parts, outside a
+    # transaction, for a chain with such a revision)
+    report = drift.check(app.session_engine, app.manager.chain, list(project_ids) or None, jobs=jobs)
     print_drift_report(report, as_json)
     if not report.ok:
         click.get_current_context().exit(1)

@@ -102,9 +102,16 @@ class Tracker:
 
 
 def run_threads(
-    engine: Engine, chain: Chain, work: list[Work], workers: int, options: RunOptions, tracker: Tracker
+    engine: Engine,
+    chain: Chain,
+    work: list[Work],
+    workers: int,
+    options: RunOptions,
+    tracker: Tracker,
+    direct: Engine | None = None,
 ) -> tuple[list[SchemaResult], bool]:
-    """A thread per connection; the calling thread collects results and reports progress."""
+    """A thread per connection (and one to ``direct`` for what needs a session, when it does); the calling
+    thread collects results and reports progress."""
     tasks: queue.SimpleQueue[Work] = queue.SimpleQueue()
     for item in work:
         tasks.put(item)
@@ -113,7 +120,7 @@ def run_threads(
     cancel = threading.Event()  # interrupted: pending retries give up too
 
     def worker() -> None:
-        migrator = Migrator(engine, chain, options, cancel)
+        migrator = Migrator(engine, chain, options, cancel, direct)
         try:
             while not stop.is_set():
                 try:
@@ -180,12 +187,15 @@ def _process_init(config_path: str, options: RunOptions) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; running transactions finish
     assert options.worker_engine is not None
     engine = options.worker_engine()
-    migrator = Migrator(engine, Chain.load(config_path), options)
+    direct = options.direct_worker_engine() if options.direct_worker_engine else None
+    migrator = Migrator(engine, Chain.load(config_path), options, direct=direct)
     _PROCESS_MIGRATOR = migrator
 
     def close() -> None:
         migrator.close()
         engine.dispose()
+        if direct is not None:
+            direct.dispose()
 
     multiprocessing.util.Finalize(None, close, exitpriority=10)
 
@@ -196,10 +206,17 @@ def _process_run(item: Work) -> SchemaResult:
 
 
 def run_processes(
-    engine: Engine, chain: Chain, work: list[Work], workers: int, options: RunOptions, tracker: Tracker
+    engine: Engine,
+    chain: Chain,
+    work: list[Work],
+    workers: int,
+    options: RunOptions,
+    tracker: Tracker,
+    direct: Engine | None = None,
 ) -> tuple[list[SchemaResult], bool]:
-    """Spawned processes, each with one connection; at most two schemas queued per worker, cancelled when
-    the run stops (its StopRule, Ctrl-C)."""
+    """Spawned processes, each with one connection (and its own direct engine, built by
+    ``options.direct_worker_engine``, when ``direct`` is given); at most two schemas queued per worker,
+    cancelled when the run stops (its StopRule, Ctrl-C)."""
     pending: Iterator[Work] = iter(work)
     in_flight: set[Future[SchemaResult]] = set()
     interrupted = stopping = False

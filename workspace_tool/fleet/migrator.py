@@ -8,12 +8,12 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import registry, transactions
+from workspace_tool import pooler, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import describe, is_connection_error, sqlstate, unreachable_node
 from workspace_tool.errors import LockTimeout
@@ -22,6 +22,7 @@ from workspace_tool.fleet.worker_engine import EngineFactory
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate, migrate_expected
 from workspace_tool.schema.operation import Operation, Work
 from workspace_tool.schema.transaction import Expected
+from workspace_tool.sql import lock_timeout_statement
 from workspace_tool.urls import url_secrets
 from workspace_tool.vocabulary import Action, RegistryAction, Status
 
@@ -42,13 +43,23 @@ class RunOptions:
     worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
     pool: bool = False  # claim a missing schema from the warm pool first (provision)
     citus: bool = False  # the database runs Citus (see schema/transaction.py)
+    direct_worker_engine: EngineFactory | None = None  # processes: builds each worker's direct engine
 
 
 class Migrator:
-    """Migrates one schema at a time on one held connection."""
+    """Migrates one schema at a time on one held connection; a schema whose range needs a session (a
+    revision outside a transaction) on a held connection to ``direct`` when given (see workspace_tool.pooler).
+
+    Every lock wait is bounded by ``SET LOCAL lock_timeout`` in each transaction, never by a session
+    setting: through a transaction pooler that would stay on a server connection for its next client."""
 
     def __init__(
-        self, engine: Engine, chain: Chain, options: RunOptions, cancel: threading.Event | None = None
+        self,
+        engine: Engine,
+        chain: Chain,
+        options: RunOptions,
+        cancel: threading.Event | None = None,
+        direct: Engine | None = None,
     ) -> None:
         self.engine = engine
         self.chain = chain
@@ -59,32 +70,40 @@ class Migrator:
             lock_timeout_ms=options.lock_timeout_ms,
             pool=options.pool,
             citus=options.citus,
+            direct=direct is not None,
         )
         self.cancel = cancel or threading.Event()
+        self.direct = direct
+        if direct is not None:
+            pooler.trust(direct)
         self._conn: Connection | None = None
+        self._direct_conn: Connection | None = None
 
     def connection(self) -> Connection:
-        """The held connection, with lock_timeout set for its session too (what runs outside a schema's
-        transaction, such as marking a row failed, is bounded as well); reset before it goes back to the
-        engine's pool."""
+        """The held connection."""
         if self._conn is None or self._conn.closed or self._conn.invalidated:
-            self.close()
-            conn = transactions.connect(self.engine)
-            conn.exec_driver_sql(f"SET lock_timeout = {int(self.options.lock_timeout_ms)}")
-            conn.commit()
-            self._conn = conn
+            self._close(self._conn)
+            self._conn = transactions.connect(self.engine)
         return self._conn
 
+    def direct_connection(self) -> Connection:
+        """The held connection to the direct engine, for what needs a session."""
+        assert self.direct is not None
+        if self._direct_conn is None or self._direct_conn.closed or self._direct_conn.invalidated:
+            self._close(self._direct_conn)
+            self._direct_conn = transactions.connect(self.direct)
+        return self._direct_conn
+
     def close(self) -> None:
-        if self._conn is not None:
+        self._close(self._conn)
+        self._close(self._direct_conn)
+        self._conn = self._direct_conn = None
+
+    @staticmethod
+    def _close(conn: Connection | None) -> None:
+        if conn is not None:
             with contextlib.suppress(Exception):
-                if not self._conn.invalidated:
-                    self._conn.rollback()
-                    self._conn.exec_driver_sql("RESET lock_timeout")
-                    self._conn.commit()
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+                conn.close()
 
     def run(self, work: Work) -> SchemaResult:
         """Migrate one schema. A lock timeout, or a connection lost (killed backend, server restart: its
@@ -98,7 +117,7 @@ class Migrator:
             attempts += 1
             try:
                 done = self._fast_lane(work, what) if attempts == 1 else None
-                done = done or migrate(self.connection(), self.how, what)
+                done = done or self._careful(what)
             except Exception as exc:
                 connection = isinstance(exc, (DBAPIError, OSError)) and is_connection_error(exc)
                 if connection:
@@ -117,7 +136,8 @@ class Migrator:
                     )
                     if not self.cancel.wait(delay):
                         continue
-                message = describe(exc, work.schema, url_secrets(self.engine.url))
+                secrets = url_secrets(self.engine.url) + url_secrets(self.direct.url if self.direct else None)
+                message = describe(exc, work.schema, secrets)
                 if lock_timeout:
                     message = f"lock timeout ({options.lock_timeout_ms} ms, {attempts} attempts): {message}"
                 elif node := unreachable_node(message):
@@ -152,6 +172,13 @@ class Migrator:
                 attempts=attempts,
             )
 
+    def _careful(self, what: Migration) -> EnsureResult:
+        """The careful path on the held connection; a range that needs a session, on the direct one."""
+        try:
+            return migrate(self.connection(), self.how, what)
+        except pooler.UseDirect:
+            return migrate(self.direct_connection(), replace(self.how, direct=False), what)
+
     def _fast_lane(self, work: Work, what: Migration) -> EnsureResult | None:
         """One batch and a commit, when the plan compiles and the schema is as read; else None."""
         if not self.options.operation.fast_lane(work):
@@ -166,4 +193,5 @@ class Migrator:
         with contextlib.suppress(Exception):
             conn = self.connection()
             with conn.begin():
+                conn.exec_driver_sql(lock_timeout_statement(self.options.lock_timeout_ms))
                 conn.execute(registry.MARK_FAILED, params)

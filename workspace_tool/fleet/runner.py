@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
 from workspace_tool import pool as warm_pool
-from workspace_tool import reference, registry, transactions
+from workspace_tool import pooler, reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA
 from workspace_tool.dberrors import first_line, translating
@@ -67,6 +67,7 @@ class FleetOptions(TypedDict, total=False):
     order: str | None  # 'name' or 'random' (shuffled by ``seed``): the order schemas start in; None: as read
     seed: int | None  # the random order's seed (None: one is drawn, and reported in FleetReport.seed)
     pool: bool | None  # claim missing schemas from the warm pool (default: workspace_pool_size > 0)
+    direct_engine: Engine | None  # what needs a session (a revision outside a transaction) goes there
 
 
 def upgrade(
@@ -116,9 +117,15 @@ def run(
     order: str | None = None,
     seed: int | None = None,
     pool: bool | None = None,
+    direct_engine: Engine | None = None,
 ) -> FleetReport:
     """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options.
-    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``)."""
+    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``).
+
+    ``direct_engine``: an engine that bypasses the connection pooler ``engine`` may go through (see
+    workspace_tool.pooler). The schemas whose range holds a revision that runs outside a transaction are
+    migrated on its connections (and the reference for `check` is built there); without it, such a run
+    through a pooler is refused (SessionRequired) before any schema is migrated."""
     started = time.perf_counter()
     ids = _validate(project_ids)
     staging = Staging.parse(
@@ -141,6 +148,11 @@ def run(
     kind = "threads" if executor == "auto" else executor
     use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
+    if direct_engine is not None:
+        pooler.trust(direct_engine)
+    direct_worker = (
+        worker_engines.for_workers(direct_engine, None) if kind == "processes" and direct_engine is not None else None
+    )
     resolved = chain.resolve(target)
     cache_key = cache.database_key(engine.url, chain.config_path)
     with translating(engine.url), transactions.connect(engine) as conn:
@@ -156,6 +168,8 @@ def run(
         _left_alone(r.project_id, r.schema, r.version, resolved, v) for r, v in decided if isinstance(v, Verdict)
     ]
     work = [v for _, v in decided if isinstance(v, Work)]
+    if direct_engine is None and (outside := _needing_a_session(chain, work, resolved)):
+        pooler.require_session_engine(engine, outside)  # refused here, through a pooler: nothing migrated
     log.info(
         "%s to %s: %d schema(s) to migrate, on %d connection(s) (%s); %d left alone",
         operation.name,
@@ -183,6 +197,7 @@ def run(
             worker_engine,
             use_pool,
             citus=database.citus,
+            direct_worker_engine=direct_worker,
         )
         pooled = run_processes if kind == "processes" else run_threads
         tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))
@@ -191,14 +206,15 @@ def run(
             tracker.stage, tracker.rule = stage, StopRule(limit, reason)
             staged.ran.add(stage)
             if items:
-                _, staged.interrupted = pooled(engine, chain, items, min(jobs, len(items)), options, tracker)
+                workers = min(jobs, len(items))
+                _, staged.interrupted = pooled(engine, chain, items, workers, options, tracker, direct_engine)
             if staged.stop(stage, tracker.rule.reason):
                 break
         finished += tracker.results + staged.not_started(tracker.results, resolved)
         cache.invalidate(cache_key, [w.project_id for w in work])
     interrupted = staged.interrupted
     if not interrupted:  # what `check` compares schemas with, if not stored yet for this chain
-        reference.store_if_missing(engine, chain, lock_timeout_ms)
+        reference.store_if_missing(direct_engine or engine, chain, lock_timeout_ms)
     spares = _follow_pool(engine, chain, jobs) if operation is UPGRADE and ids is None and not interrupted else None
     position = {r.project_id: i for i, r in enumerate(records)}
     finished.sort(key=lambda r: position[r.project_id])
@@ -281,6 +297,21 @@ def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | No
         log.warning("could not replace the warm pool's spares: %s", first_line(exc))
         return {"error": first_line(exc)}
     return None if followed is None else followed.as_dict()
+
+
+def _needing_a_session(chain: Chain, work: list[Work], target: str | None) -> str | None:
+    """What in the run needs a session, for a refusal: the revisions that run outside a transaction, and
+    how many schemas' ranges hold one; None when none does."""
+    revisions: list[str] = []
+    schemas = 0
+    for item in work:
+        found = chain.outside_transaction(chain.plan(item.from_revision, target).steps)
+        schemas += bool(found)
+        revisions += found
+    if not schemas:
+        return None
+    names = ", ".join(dict.fromkeys(revisions))
+    return f"revision {names} ({schemas} schema{'s' if schemas > 1 else ''} to migrate)"
 
 
 def _validate(project_ids: Sequence[str] | None) -> list[str] | None:

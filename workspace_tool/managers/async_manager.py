@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 from typing_extensions import Unpack
 
-from workspace_tool import pool, reference, registry, transactions
+from workspace_tool import pool, pooler, reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.database import Database
 from workspace_tool.dberrors import translating
@@ -54,18 +54,31 @@ class AsyncWorkspaceManager:
     """WorkspaceManager for an AsyncEngine; safe under ``asyncio.gather`` and with NullPool engines.
 
     ``warm_pool`` and ``refill`` as for WorkspaceManager; the background refill runs in a thread of its
-    own on psycopg2 connections to the engine's URL (its own engine, no pool), never on the event loop."""
+    own on psycopg2 connections to the engine's URL (its own engine, no pool), never on the event loop.
+    ``direct_engine`` (an AsyncEngine on asyncpg that bypasses the pooler ``engine`` goes through) as for
+    WorkspaceManager."""
 
     def __init__(
-        self, engine: AsyncEngine, config: ConfigPath = None, *, warm_pool: int | None = None, refill: bool = False
+        self,
+        engine: AsyncEngine,
+        config: ConfigPath = None,
+        *,
+        warm_pool: int | None = None,
+        refill: bool = False,
+        direct_engine: AsyncEngine | None = None,
     ) -> None:
-        if engine.dialect.name != "postgresql" or engine.dialect.driver != "asyncpg":
-            raise ConfigurationError(
-                f"{type(self).__name__} needs a postgresql+asyncpg engine, not "
-                f"{engine.dialect.name}+{engine.dialect.driver}"
-            )
+        for given in (engine, direct_engine):
+            if given is not None and (given.dialect.name != "postgresql" or given.dialect.driver != "asyncpg"):
+                raise ConfigurationError(
+                    f"{type(self).__name__} needs a postgresql+asyncpg engine, not "
+                    f"{given.dialect.name}+{given.dialect.driver}"
+                )
         self.engine = engine
         check_url(engine.url)
+        self.direct_engine = direct_engine
+        if direct_engine is not None:
+            check_url(direct_engine.url)
+            pooler.trust(direct_engine.sync_engine)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
         size = pool.resolve_size(self.chain, warm_pool)
@@ -96,13 +109,21 @@ class AsyncWorkspaceManager:
             return call.result
         if call.verify and (answer := self._core.verified(call, await self._read_version(call.schema))) is not None:
             return answer
-        work = self._core.work(call, await self._database())
+        database = await self._database()
+        work = self._core.work(call, database, direct=self.direct_engine is not None)
+        try:
+            result = await self._migrate(call.schema, work)
+        except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
+            result = await self._migrate(call.schema, self._core.work(call, database), self.direct_engine)
+        return self._core.finished(call, result)
+
+    async def _migrate(
+        self, schema: str, work: Callable[[Connection], EnsureResult], engine: AsyncEngine | None = None
+    ) -> EnsureResult:
         if self.chain.has_online:  # Alembic's globals: one online migration at a time per event loop
             async with _online_lock():
-                result = await self._run(call.schema, work)
-        else:
-            result = await self._run(call.schema, work)
-        return self._core.finished(call, result)
+                return await self._run(schema, work, engine)
+        return await self._run(schema, work, engine)
 
     async def _read_version(self, schema: str) -> str | None:
         try:
@@ -133,8 +154,8 @@ class AsyncWorkspaceManager:
         """`workspace-tool init`: bootstrap (again), and store the reference catalog `check` compares
         schemas with; return the extension's schema."""
         extension_schema = await self.bootstrap(force=True)
-        async with _online_lock():
-            await self._run(None, lambda conn: reference.store(conn, self.chain))
+        async with _online_lock():  # built in parts for a chain with a revision outside a transaction
+            await self._run(None, lambda conn: reference.store(conn, self.chain), self.direct_engine)
         return extension_schema
 
     async def has_registry(self) -> bool:
@@ -174,9 +195,11 @@ class AsyncWorkspaceManager:
         if self._core.refiller is not None:
             await asyncio.to_thread(self._core.refiller.close)
 
-    async def _run(self, schema: str | None, work: Callable[[Connection], T]) -> T:
-        with translating(self.engine.url, schema):
-            async with self.engine.connect() as conn:
+    async def _run(self, schema: str | None, work: Callable[[Connection], T], engine: AsyncEngine | None = None) -> T:
+        """``work`` on a connection of ``engine`` (default: the manager's), its errors translated."""
+        engine = engine or self.engine
+        with translating(engine.url, schema):
+            async with engine.connect() as conn:
                 return await conn.run_sync(lambda sync_conn: work(transactions.own(sync_conn)))
 
     # ------------------------------------------------------------ application

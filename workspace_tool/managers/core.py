@@ -104,10 +104,13 @@ class EnsureCore:
         self.ready.pop(call.migration.project_id, None)
         return None
 
-    def work(self, call: Ensure, database: Database) -> Callable[[Connection], EnsureResult]:
+    def work(self, call: Ensure, database: Database, *, direct: bool = False) -> Callable[[Connection], EnsureResult]:
         """What to run on a connection: the careful path (schema/migrate.py), which claims a spare from the
-        warm pool for a missing schema when the pool is on."""
-        how = Sending(self.chain, database.extension_schema, pool=self.warm_pool > 0, citus=database.citus)
+        warm pool for a missing schema when the pool is on. ``direct``: the manager has a direct engine,
+        where a range that needs a session goes (pooler.UseDirect is raised for it, nothing changed)."""
+        how = Sending(
+            self.chain, database.extension_schema, pool=self.warm_pool > 0, citus=database.citus, direct=direct
+        )
         return lambda conn: migrate(conn, how, call.migration, started=call.started)
 
     def finished(self, call: Ensure, result: EnsureResult) -> EnsureResult:

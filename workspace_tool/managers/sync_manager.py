@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import pool, reference, registry, transactions
+from workspace_tool import pool, pooler, reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.database import Database
 from workspace_tool.dberrors import translating
@@ -45,15 +45,33 @@ class WorkspaceManager:
     one (workspace_tool.pool); default: ``workspace_pool_size`` in alembic.ini (0: off). ``refill=True``
     refills the pool to that size in a background thread, on connections of this engine, after each
     schema created (one refiller per database at a time).
+
+    ``direct_engine``: an engine on the same database that bypasses the connection pooler ``engine`` goes
+    through (PgBouncer in transaction mode, ...): a migration with a revision that runs outside a
+    transaction needs a session and runs there, as does building the reference ``init`` stores; the rest
+    runs on ``engine``. Without it such a migration through a pooler raises SessionRequired, nothing
+    changed (see workspace_tool.pooler).
     """
 
     def __init__(
-        self, engine: Engine, config: ConfigPath = None, *, warm_pool: int | None = None, refill: bool = False
+        self,
+        engine: Engine,
+        config: ConfigPath = None,
+        *,
+        warm_pool: int | None = None,
+        refill: bool = False,
+        direct_engine: Engine | None = None,
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ConfigurationError(f"workspace-tool needs PostgreSQL, not {engine.dialect.name}")
         self.engine = engine
         check_url(engine.url)
+        self.direct_engine = direct_engine
+        if direct_engine is not None:
+            if direct_engine.dialect.name != "postgresql":
+                raise ConfigurationError(f"workspace-tool needs PostgreSQL, not {direct_engine.dialect.name}")
+            check_url(direct_engine.url)
+            pooler.trust(direct_engine)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
         size = pool.resolve_size(self.chain, warm_pool)
@@ -87,8 +105,13 @@ class WorkspaceManager:
             return call.result
         if call.verify and (answer := self._core.verified(call, self._probe_version(call.schema))) is not None:
             return answer
-        work = self._core.work(call, self._database())
-        return self._core.finished(call, self._on_connection(call.schema, work))
+        database = self._database()
+        work = self._core.work(call, database, direct=self.direct_engine is not None)
+        try:
+            result = self._on_connection(call.schema, work)
+        except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
+            result = self._on_connection(call.schema, self._core.work(call, database), self.direct_engine)
+        return self._core.finished(call, result)
 
     def _probe_version(self, schema: str) -> str | None:
         """One round trip on a held autocommit connection; None when unreadable."""
@@ -143,7 +166,8 @@ class WorkspaceManager:
         """`workspace-tool init`: bootstrap (again), and store the reference catalog `check` compares
         schemas with (see workspace_tool.reference); return the extension's schema."""
         extension_schema = self.bootstrap(force=True)
-        self._on_connection(None, lambda conn: reference.store(conn, self.chain))
+        # a chain with a revision outside a transaction builds it in parts: the direct engine's session
+        self._on_connection(None, lambda conn: reference.store(conn, self.chain), self.direct_engine)
         return extension_schema
 
     def has_registry(self) -> bool:
@@ -189,8 +213,10 @@ class WorkspaceManager:
                 self._probe.close()
                 self._probe = None
 
-    def _on_connection(self, schema: str | None, work: Callable[[Connection], T]) -> T:
-        with translating(self.engine.url, schema), transactions.connect(self.engine) as conn:
+    def _on_connection(self, schema: str | None, work: Callable[[Connection], T], engine: Engine | None = None) -> T:
+        """``work`` on a connection of ``engine`` (default: the manager's), its errors translated."""
+        engine = engine or self.engine
+        with translating(engine.url, schema), transactions.connect(engine) as conn:
             return work(conn)
 
     # ------------------------------------------------------------ application

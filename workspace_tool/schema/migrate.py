@@ -19,7 +19,7 @@ from decimal import Decimal
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import registry, transactions
+from workspace_tool import pooler, registry, transactions
 from workspace_tool.chain import Chain, Plan
 from workspace_tool.dberrors import DEADLOCK_DETECTED, is_driver_error, sqlstate
 from workspace_tool.errors import MigrationFailed, WorkspaceError
@@ -66,7 +66,9 @@ class Sending:
     """How to reach the database: the chain, the extension's schema (on the search_path), the bound on
     every lock wait, everything online (the reference the fast path is verified against), sending
     statement by statement, Citus (tenant schemas, sent statement by statement: see SchemaTransaction),
-    and claiming a missing schema from the warm pool first (``pool``)."""
+    claiming a missing schema from the warm pool first (``pool``), and whether a direct connection is
+    configured for what needs a session (``direct``: a range with a revision that runs outside a
+    transaction then raises pooler.UseDirect, with nothing changed, for the caller to run it there)."""
 
     chain: Chain
     extension_schema: str
@@ -75,6 +77,7 @@ class Sending:
     statement_by_statement: bool = False
     pool: bool = False
     citus: bool = False
+    direct: bool = False
 
 
 def claims(how: Sending, what: Migration) -> bool:
@@ -94,7 +97,9 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
     round trip), and the state read only when no spare was claimed.
 
     A range with a revision that can't run in a transaction: the session's lock is taken too before that
-    transaction ends (having decided nothing), and the range is run in parts under it.
+    transaction ends (having decided nothing), and the range is run in parts under it. That needs a
+    session (``pooler.require_session``): with ``how.direct`` pooler.UseDirect is raised instead, and
+    through a pooler SessionRequired, both after a rollback (nothing changed).
 
     A deadlock (SQLSTATE 40P01: PostgreSQL rolled this side back) is run again, up to DEADLOCK_ATTEMPTS
     times in all: it is what waiting for the schema's lock ends in while another session builds an index
@@ -153,6 +158,7 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
                     conn, chain, lock_held=True, statement_by_statement=how.statement_by_statement
                 )
         else:
+            pooler.require_session(conn, transaction.needing_a_session(chain), direct=how.direct)
             hold_lock(conn, schema)
     if not transaction.in_one_transaction:
         with _revision_errors(schema):

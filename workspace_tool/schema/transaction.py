@@ -23,7 +23,9 @@ A ``SchemaTransaction`` is built once and sent one of these ways:
 
 A revision that can't run in a transaction (a NON_TRANSACTIONAL step: CREATE INDEX CONCURRENTLY, ...)
 cuts the migration into parts (``parts()``), sent by ``run_in_parts`` on a connection that holds the
-schema's session-level lock from start to end (``hold_lock``)::
+schema's session-level lock from start to end (``hold_lock``). That needs a session: through a transaction
+pooler it is refused before anything is sent (workspace_tool.pooler), and the callers that have a direct
+connection send it there::
 
     SELECT pg_advisory_lock(...)              -- the same lock, held by the session across the parts
     BEGIN ... COMMIT                          -- the steps before it, with the registry row they reach
@@ -53,7 +55,7 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.util import await_only
 
-from workspace_tool import transactions
+from workspace_tool import pooler, transactions
 from workspace_tool.chain import Chain, Step
 from workspace_tool.chain.plan import split_version_move, split_version_statements
 from workspace_tool.dberrors import describe, is_connection_error, sqlstate
@@ -208,6 +210,11 @@ class SchemaTransaction:
             record=record,
             expected=None,
         )
+
+    def needing_a_session(self, chain: Chain) -> str:
+        """What in this migration needs a session, for a refusal: the revisions that run outside a
+        transaction, and the schema."""
+        return f"revision {', '.join(chain.outside_transaction(self.steps))} ({self.schema})"
 
     @property
     def guarded(self) -> bool:
@@ -400,9 +407,11 @@ class SchemaTransaction:
     def run_in_parts(self, conn: Connection, chain: Chain, *, statement_by_statement: bool = False) -> None:
         """Send ``parts()`` on ``conn``, which is not in a transaction: each transaction in turn, committed,
         and between them each step that can't run in one (``_run_outside``). With ``lock``, the caller
-        took the schema's session lock (``hold_lock``); it is released here at the end, whatever happens."""
+        took the schema's session lock (``hold_lock``); it is released here at the end, whatever happens.
+        Refused (SessionRequired, nothing sent) on a connection that goes through a pooler."""
         if conn.in_transaction():
             raise ValueError("run_in_parts commits each part: conn must not be in a transaction")
+        pooler.require_session(conn, self.needing_a_session(chain))  # a session's lock and search_path below
         try:
             for part in self.parts():
                 if isinstance(part, Step):

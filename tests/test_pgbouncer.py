@@ -1,0 +1,480 @@
+"""Behind PgBouncer in transaction mode (issue 19): a real PgBouncer 1.18 (tests/pgbouncer.py) with two server
+connections in front of the test server.
+
+Through the pooler alone: concurrent ensures, per-project reads through ``mgr.connect()`` that never cross
+tenants, fleet upgrades of transactional revisions, the async manager on asyncpg set up for PgBouncer, the
+warm pool's fill and claims. A revision that runs outside a transaction needs a session: it goes over the
+direct URL, and without one it is refused in one line before anything changes. After each test, every
+server connection of the pooler is checked for state a session left behind for the next client: the
+search_path, the lock_timeout, advisory locks (``pgbouncer.assert_no_leak``)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pgbouncer
+import pytest
+import sqlalchemy as sa
+from helpers import (
+    ALEMBIC_INI,
+    HEAD,
+    ITEMS,
+    ChainBuilder,
+    StatementCounter,
+    assert_consistent,
+    assert_one_line_error,
+    database_state,
+    run_alembic,
+    run_cli,
+    schema_version,
+)
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, pool, pooler
+from workspace_tool.chain import Chain
+from workspace_tool.errors import SessionRequired
+from workspace_tool.sql import POOL_LOCK_KEY
+from workspace_tool.urls import async_url
+from workspace_tool.vocabulary import Path as PlanPath
+
+pytestmark = pytest.mark.pgbouncer
+
+REFUSAL = (
+    "runs outside a transaction and needs a session: set --direct-url / WORKSPACE_TOOL_DIRECT_URL to a URL "
+    "that bypasses the pooler"
+)
+CONCURRENT = """
+with op.get_context().autocommit_block():
+    op.create_index("ix_items_name", "items", ["name"], postgresql_concurrently=True)
+"""
+DROP_CONCURRENT = """
+with op.get_context().autocommit_block():
+    op.drop_index("ix_items_name", table_name="items", postgresql_concurrently=True)
+"""
+NOTE = ('op.add_column("items", sa.Column("note", sa.Text))', 'op.drop_column("items", "note")')
+
+
+@pytest.fixture
+def pooled(engine: sa.Engine, pooled_url: URL) -> Iterator[sa.Engine]:
+    """An engine through PgBouncer on the test database (reset, as ``engine`` is)."""
+    pooled_engine = sa.create_engine(pooled_url, pool_size=8, max_overflow=24)
+    yield pooled_engine
+    pooled_engine.dispose()
+
+
+def url_text(url: URL) -> str:
+    return url.render_as_string(hide_password=False)
+
+
+def outside_chain(builder: ChainBuilder) -> Chain:
+    """r1 items, r2 an index built CONCURRENTLY (outside any transaction), r3 a column."""
+    builder.add("r1", ITEMS, 'op.drop_table("items")')
+    builder.add("r2", CONCURRENT, DROP_CONCURRENT)
+    builder.add("r3", *NOTE)
+    return Chain.load(builder.ini)
+
+
+def at_r1(pooled: sa.Engine, chain: Chain, count: int) -> list[str]:
+    """``count`` projects provisioned at r1 through the pooler; their ids."""
+    ids = [f"pb-{i}" for i in range(count)]
+    report = fleet.provision(pooled, chain, ids, target="r1", jobs=4)
+    assert report.failed == []
+    return ids
+
+
+def index_valid(engine: sa.Engine, schema: str) -> bool | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s AND c.relname = 'ix_items_name'"
+            ),
+            {"s": schema},
+        ).scalar()
+
+
+# ------------------------------------------------------------------------------------ detection
+def test_a_transaction_pooler_is_detected_once_per_engine_and_a_direct_server_is_not(
+    pooled: sa.Engine, engine: sa.Engine, pooled_url: URL
+) -> None:
+    fresh = sa.create_engine(pooled_url, poolclass=sa.pool.NullPool)
+    try:
+        with StatementCounter(fresh) as counter:
+            assert pooler.detect(fresh) is True
+            assert pooler.detect(fresh) is True  # cached for the engine: no second round trip
+        assert [s for s in counter.statements if "pg_backend_pid" in s] == ["SELECT pg_backend_pid()"]
+    finally:
+        fresh.dispose()
+    assert pooler.detect(engine) is False
+    with pooled.connect() as conn, conn.begin():
+        assert pooler.behind_pooler(conn) is True
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_the_ensure_path_never_probes_for_a_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    try:
+        with StatementCounter(pooled) as counter:
+            assert mgr.ensure_detailed("pb-new").path == PlanPath.FAST
+            mgr.ensure("pb-new")
+            mgr.ensure_detailed("pb-new", verify=True)
+        assert not [s for s in counter.statements if "pg_backend_pid" in s]
+        assert schema_version(engine, "project_pb_new") == HEAD
+    finally:
+        mgr.close()
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+# ------------------------------------------------------------------------ through the pooler alone
+def test_concurrent_ensures_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    ids = [f"pb-{i}" for i in range(24)]
+    errors: list[BaseException] = []
+
+    def ensure(project_id: str) -> None:
+        try:
+            mgr.ensure(project_id)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ensure, args=(p,)) for p in ids]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        mgr.close()
+    assert errors == []
+    assert assert_consistent(engine) == {f"project_pb_{i}": HEAD for i in range(24)}
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_reads_through_connect_see_only_their_own_project(pooled: sa.Engine, engine: sa.Engine) -> None:
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    ids = [f"pb-{i}" for i in range(6)]
+    for project_id in ids:
+        with mgr.connect(project_id) as conn:
+            conn.execute(sa.text("INSERT INTO repositories (path, name) VALUES (:p, :p)"), {"p": project_id})
+            conn.commit()
+    seen: list[tuple[str, list[str]]] = []
+    errors: list[BaseException] = []
+
+    def read(seed: int) -> None:
+        chooser = random.Random(seed)
+        try:
+            for _ in range(60):
+                project_id = chooser.choice(ids)
+                with mgr.connect(project_id) as conn:
+                    seen.append((project_id, list(conn.execute(sa.text("SELECT name FROM repositories")).scalars())))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(n,)) for n in range(8)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        mgr.close()
+    assert errors == []
+    assert len(seen) == 480
+    assert all(names == [project_id] for project_id, names in seen)
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_upgrade_all_of_a_transactional_revision_through_the_pooler(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.add("r1", ITEMS, 'op.drop_table("items")').add("r2", *NOTE)
+    chain = Chain.load(chain_builder.ini)
+    ids = at_r1(pooled, chain, 12)
+    pooled_text, ini = url_text(pooled.url), str(chain.config_path)
+    result = run_cli("--database-url", pooled_text, "-c", ini, "upgrade", "--all", "-j", "4")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert assert_consistent(engine) == {f"project_{p.replace('-', '_')}": "r2" for p in ids}
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    down = run_cli("--database-url", pooled_text, "-c", ini, "downgrade", "pb-0", "--to", "r1")
+    assert down.exit_code == 0, (down.stdout, down.stderr)
+    assert schema_version(engine, "project_pb_0") == "r1"
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_init_status_and_check_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    pooled_text, ini = url_text(pooled.url), str(ALEMBIC_INI)
+    assert run_cli("--database-url", pooled_text, "-c", ini, "init").exit_code == 0
+    assert run_cli("--database-url", pooled_text, "-c", ini, "ensure", "pb-0", "pb-1").exit_code == 0
+    status = run_cli("--database-url", pooled_text, "-c", ini, "status", "--json")
+    assert status.exit_code == 0 and '"at head": 2' in status.stdout, status.stdout
+    check = run_cli("--database-url", pooled_text, "-c", ini, "check")
+    assert check.exit_code == 0, (check.stdout, check.stderr)
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_the_fleets_lock_timeout_holds_for_each_transaction_only(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    """The fleet bounds its lock waits with SET LOCAL: a schema locked by someone else times out (and is
+    marked failed, in a transaction bounded the same way), and another client of the pooler, served while
+    the run goes on, never gets the run's lock_timeout in its session."""
+    chain_builder.add("r1", ITEMS, 'op.drop_table("items")').add("r2", *NOTE)
+    chain = Chain.load(chain_builder.ini)
+    at_r1(pooled, chain, 3)
+    other = sa.create_engine(pooled.url, poolclass=sa.pool.NullPool)
+    seen: list[str] = []
+
+    def meanwhile(progress: fleet.Progress) -> None:  # in the calling thread, as each schema finishes
+        with other.connect() as conn:
+            seen.append(conn.execute(sa.text("SHOW lock_timeout")).scalar_one())
+
+    try:
+        with engine.connect() as holder, holder.begin():
+            holder.execute(sa.text("LOCK TABLE project_pb_1.items IN ACCESS EXCLUSIVE MODE"))
+            report = fleet.upgrade(pooled, chain, jobs=2, lock_timeout_ms=100, retries=0, progress=meanwhile)
+    finally:
+        other.dispose()
+    assert len(seen) == 4 and set(seen) == {"0"}
+    assert [r.schema for r in report.failed] == ["project_pb_1"]
+    assert "lock timeout (100 ms" in str(report.failed[0].error)
+    assert schema_version(engine, "project_pb_1") == "r1" and schema_version(engine, "project_pb_2") == "r2"
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+# ------------------------------------------------------------------------- what needs a session
+def test_a_revision_outside_a_transaction_goes_over_the_direct_url(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = outside_chain(chain_builder)
+    ids = at_r1(pooled, chain, 12)
+    result = run_cli(
+        "--database-url", url_text(pooled.url), "--direct-url", url_text(engine.url),
+        "-c", str(chain.config_path), "upgrade", "--all", "-j", "4",
+    )  # fmt: skip
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    schemas = [f"project_{p.replace('-', '_')}" for p in ids]
+    assert assert_consistent(engine) == dict.fromkeys(schemas, "r3")
+    assert all(index_valid(engine, s) for s in schemas)
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_check_builds_its_reference_over_the_direct_url(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    """With no stored reference, `check` builds one in a scratch schema, in parts for such a chain."""
+    chain = outside_chain(chain_builder)
+    pooled_text, direct_text, ini = url_text(pooled.url), url_text(engine.url), str(chain.config_path)
+    provided = run_cli("--database-url", pooled_text, "--direct-url", direct_text, "-c", ini, "ensure", "pb-0")
+    assert provided.exit_code == 0, (provided.stdout, provided.stderr)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
+    assert_one_line_error(run_cli("--database-url", pooled_text, "-c", ini, "check"), REFUSAL, "revision r2")
+    checked = run_cli("--database-url", pooled_text, "--direct-url", direct_text, "-c", ini, "check")
+    assert checked.exit_code == 0, (checked.stdout, checked.stderr)
+    with engine.connect() as conn:
+        assert (
+            conn.execute(sa.text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'workspace_drift%'")).scalar()
+            == 0
+        )
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_without_a_direct_url_it_is_refused_in_one_line_before_anything_changes(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = outside_chain(chain_builder)
+    at_r1(pooled, chain, 6)
+    before = database_state(engine)
+    result = run_cli("--database-url", url_text(pooled.url), "-c", str(chain.config_path), "upgrade", "--all")
+    line = assert_one_line_error(result, REFUSAL, "revision r2")
+    assert "6 schemas" in line
+    assert database_state(engine) == before
+    assert {schema_version(engine, f"project_pb_{i}") for i in range(6)} == {"r1"}
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_the_manager_sends_what_needs_a_session_over_its_direct_engine(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = outside_chain(chain_builder)
+    at_r1(pooled, chain, 2)
+    alone = WorkspaceManager(pooled, chain.config_path)
+    with pytest.raises(SessionRequired) as refused:
+        alone.ensure("pb-0")
+    assert REFUSAL in str(refused.value) and "\n" not in str(refused.value)
+    assert schema_version(engine, "project_pb_0") == "r1"
+    alone.close()
+    mgr = WorkspaceManager(pooled, chain.config_path, direct_engine=engine)
+    try:
+        result = mgr.ensure_detailed("pb-0")
+        assert (result.from_revision, result.to_revision) == ("r1", "r3")
+        assert mgr.ensure_detailed("pb-new").to_revision == "r3"  # a new schema: built in parts too
+        assert mgr.ensure_detailed("pb-1").to_revision == "r3"
+    finally:
+        mgr.close()
+    assert assert_consistent(engine) == {"project_pb_0": "r3", "project_pb_1": "r3", "project_pb_new": "r3"}
+    assert index_valid(engine, "project_pb_new")
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_the_direct_url_is_read_from_the_environment_and_alembic_ini(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    chain = outside_chain(chain_builder)
+    at_r1(pooled, chain, 2)
+    pooled_text = url_text(pooled.url)
+    monkeypatch.setenv("WORKSPACE_TOOL_DIRECT_URL", url_text(engine.url))
+    result = run_cli("--database-url", pooled_text, "-c", str(chain.config_path), "ensure", "pb-0")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    monkeypatch.delenv("WORKSPACE_TOOL_DIRECT_URL")
+    ini = Path(chain.config_path)
+    escaped = url_text(engine.url).replace("%", "%%")  # as in sqlalchemy.url: % is written %%
+    ini.write_text(ini.read_text().replace("[alembic]\n", f"[alembic]\nworkspace_direct_url = {escaped}\n", 1))
+    Chain.forget(ini)
+    result = run_cli("--database-url", pooled_text, "-c", str(ini), "upgrade", "pb-1")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert assert_consistent(engine) == {"project_pb_0": "r3", "project_pb_1": "r3"}
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_a_direct_urls_password_is_never_shown(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = outside_chain(chain_builder)
+    at_r1(pooled, chain, 1)
+    secret = "s3cret-" + uuid.uuid4().hex[:8]
+    unreachable = f"postgresql://someone:{secret}@127.0.0.1:1/nowhere"
+    result = run_cli(
+        "--database-url", url_text(pooled.url), "--direct-url", unreachable, "-c", str(chain.config_path),
+        "ensure", "pb-0",
+    )  # fmt: skip
+    line = assert_one_line_error(result)
+    assert secret not in result.stderr + result.stdout
+    assert 'connection to server at "127.0.0.1", port 1 failed' in line
+    assert schema_version(engine, "project_pb_0") == "r1"
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_the_plain_alembic_command_through_the_pooler(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    """``alembic upgrade`` on a connection of its own holds the schema's lock and search_path for the
+    session only where a revision needs it; through a pooler it keeps to transaction-scoped ones, and a
+    chain with a revision outside a transaction is refused there unless a direct URL is set."""
+    done = run_alembic(pooled.url, "-x", "schema=project_plain", "upgrade", "head")
+    assert done.returncode == 0, done.stderr
+    assert schema_version(engine, "project_plain") == HEAD
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    chain = outside_chain(chain_builder)
+    refused = run_alembic(pooled.url, "-x", "schema=project_outside", "upgrade", "head", ini=chain.config_path)
+    assert refused.returncode == 1 and REFUSAL in refused.stderr
+    assert "Traceback" not in refused.stderr
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT to_regnamespace('project_outside')")).scalar() is None
+    direct = run_alembic(
+        pooled.url, "-x", "schema=project_outside", "upgrade", "head", ini=chain.config_path,
+        env={"WORKSPACE_TOOL_DIRECT_URL": url_text(engine.url)},
+    )  # fmt: skip
+    assert direct.returncode == 0, direct.stderr
+    assert schema_version(engine, "project_outside") == "r3" and index_valid(engine, "project_outside")
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+# ------------------------------------------------------------------------------- the async manager
+def pgbouncer_async_engine(url: URL) -> AsyncEngine:
+    """asyncpg through PgBouncer as SQLAlchemy's documentation sets it up: no pool of its own, no
+    statement caches, unique names for the statements it prepares."""
+    return create_async_engine(
+        async_url(url),
+        poolclass=sa.pool.NullPool,
+        connect_args={
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: f"__asyncpg_{uuid.uuid4()}__",
+        },
+    )
+
+
+def test_the_async_manager_through_the_pooler(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    outside = outside_chain(chain_builder)
+    at_r1(pooled, outside, 1)
+
+    ids = [f"pb-async-{i}" for i in range(6)]
+
+    async def main() -> list[list[str]]:
+        aengine = pgbouncer_async_engine(pooled.url)
+        adirect = create_async_engine(async_url(engine.url), poolclass=sa.pool.NullPool)
+        amgr = AsyncWorkspaceManager(aengine, ALEMBIC_INI)
+        try:
+            await asyncio.gather(*(amgr.ensure(p) for p in ids))
+            for project_id in ids:
+                async with amgr.connect(project_id) as conn:
+                    await conn.execute(
+                        sa.text("INSERT INTO repositories (path, name) VALUES (:p, CAST(:p AS text))"),
+                        {"p": project_id},
+                    )
+                    await conn.commit()
+
+            async def names(project_id: str) -> list[str]:
+                async with amgr.connect(project_id) as conn:
+                    return list((await conn.execute(sa.text("SELECT name FROM repositories"))).scalars())
+
+            seen = await asyncio.gather(*(names(p) for p in ids * 4))
+            alone = AsyncWorkspaceManager(aengine, outside.config_path)
+            with pytest.raises(SessionRequired):
+                await alone.ensure("pb-0")
+            direct = AsyncWorkspaceManager(aengine, outside.config_path, direct_engine=adirect)
+            assert (await direct.ensure_detailed("pb-0")).to_revision == "r3"
+            return seen
+        finally:
+            await aengine.dispose()
+            await adirect.dispose()
+
+    seen = asyncio.run(main())
+    assert seen == [[p] for p in ids * 4]
+    assert schema_version(engine, "project_pb_0") == "r3"
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+# ----------------------------------------------------------------------------------- the warm pool
+def test_pool_fill_and_claims_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    chain = Chain.load(ALEMBIC_INI)
+    assert pool.fill(pooled, chain, 4, jobs=2).built == 4
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI, warm_pool=4)
+    try:
+        assert [mgr.ensure_detailed(f"pb-{i}").path for i in range(4)] == [PlanPath.POOL] * 4
+        assert mgr.ensure_detailed("pb-4").path == PlanPath.FAST
+    finally:
+        mgr.close()
+    refilling = WorkspaceManager(pooled, ALEMBIC_INI, warm_pool=2, refill=True)
+    try:
+        refilling.ensure("pb-5")  # built (the pool is empty), which kicks the background refill
+        assert refilling.refiller is not None
+        refilling.refiller.wait(60)
+    finally:
+        refilling.close()
+    assert pool.status(pooled, chain, 2).ready == 2
+    assert pool.drain(pooled) == 2
+    assert assert_consistent(engine) == {f"project_pb_{i}": HEAD for i in range(6)}
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_one_filler_at_a_time_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    """The pool's lock is held by a transaction open for the whole fill: another filler through the
+    pooler finds it taken (busy), and once the fill is over nothing holds it."""
+    chain = Chain.load(ALEMBIC_INI)
+    pool.fill(pooled, chain, 0)
+    with pooled.connect() as holder, holder.begin():
+        holder.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": POOL_LOCK_KEY})
+        assert pool.fill(pooled, chain, 2, wait=False).busy
+    assert pool.fill(pooled, chain, 2, wait=False).built == 2
+    pgbouncer.assert_no_leak(pooled.url, engine)
