@@ -74,7 +74,7 @@ def test_upgrade_all_reports_each_failed_schema_and_exits_1(engine: sa.Engine, u
 
     rerun = cli(url_string, ini, "upgrade", "--all", "--json")
     report = json.loads(rerun.stdout)
-    assert rerun.exit_code == 1 and report["counts"] == {"ok": 0, "failed": 1, "skipped": 11}
+    assert rerun.exit_code == 1 and report["counts"] == {"ok": 0, "failed": 1, "skipped": 11, "gone": 0}
     (failed,) = [r for r in report["results"] if r["status"] == "failed"]
     assert failed["schema"] == "project_c03" and failed["from_revision"] == "a1" and failed["to_revision"] == "a2"
     assert set(failed) >= {"project_id", "schema", "from_revision", "to_revision", "status", "ms", "error"}
@@ -91,7 +91,7 @@ def test_named_projects_fail_fast_by_default(engine: sa.Engine, url_string: str,
 
     result = cli(url_string, ini, "upgrade", "c01", "c02", "c03", "--continue-on-error", "--json")
     counts = json.loads(result.stdout)["counts"]
-    assert counts == {"ok": 2, "failed": 1, "skipped": 0}
+    assert counts == {"ok": 2, "failed": 1, "skipped": 0, "gone": 0}
 
 
 def test_sql_prints_the_statements_and_changes_nothing(engine: sa.Engine, url_string: str, ini: Path) -> None:
@@ -301,8 +301,8 @@ def test_a_canary_that_fails_stops_the_run_and_the_summary_says_where(
     report = json.loads(cli(url_string, ini, "upgrade", "--all", "--canary", "2", "--json").stdout)
     assert report["stopped_stage"] == "canary" and report["stopped"] == "a schema in the canary failed"
     assert [(s["stage"], s["schemas"], s["ran"], s["counts"]) for s in report["stages"]] == [
-        ("canary", 2, True, {"ok": 1, "failed": 1, "skipped": 0}),  # c03 (still failing) and c04
-        ("main", 8, False, {"ok": 0, "failed": 0, "skipped": 8}),
+        ("canary", 2, True, {"ok": 1, "failed": 1, "skipped": 0, "gone": 0}),  # c03 (still failing) and c04
+        ("main", 8, False, {"ok": 0, "failed": 0, "skipped": 8, "gone": 0}),
     ]
     stages = {r["project_id"]: r["stage"] for r in report["results"]}
     assert stages == {"c01": None, "c02": None, "c03": "canary", "c04": "canary", **dict.fromkeys(IDS[4:], "main")}

@@ -155,7 +155,7 @@ class ProgressPrinter:
 def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | None = None) -> None:
     """Counts by stage (for a staged run), counts and timings by status, then each failed schema with its
     error; on stderr the totals, the selection, where the run stopped, and the command that continues it."""
-    from workspace_tool.fleet import FAILED, OK, SKIPPED
+    from workspace_tool.fleet import FAILED, GONE, OK, SKIPPED
 
     if as_json:
         data = report.as_dict()
@@ -169,7 +169,7 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
         emit(stages, ["stage", "schemas", "ran", "ok", "failed", "skipped", "max_failures"], as_json=False)
         sys.stdout.write("\n")
     rows = []
-    for status in (OK, FAILED, SKIPPED):
+    for status in (OK, FAILED, SKIPPED, GONE):
         results = report.with_status(status)
         timed = [r.ms for r in results if r.ms]
         rows.append(
@@ -196,9 +196,10 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
             ],
             as_json=False,
         )
+    gone = f", {len(report.gone)} gone (dropped since the run read them)" if report.gone else ""
     note(
         f"{report.operation} to {report.target or 'base'}: {report.counts()[OK]} ok, "
-        f"{len(report.failed)} failed, {report.counts()[SKIPPED]} skipped{_skipped_detail(report)}"
+        f"{len(report.failed)} failed, {report.counts()[SKIPPED]} skipped{_skipped_detail(report)}{gone}"
         f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})"
     )
     for line in _run_notes(report, next_command):
@@ -285,9 +286,11 @@ def print_drift_report(report: CheckReport, as_json: bool) -> None:
             for problem in schema.problems:
                 click.echo(f"  {problem}")
         spares = f" and {len(report.spares)} spare(s)" if report.spares else ""
+        gone = f"; {len(report.gone)} dropped while check ran (not a problem)" if report.gone else ""
         note(
-            f"{len(report.schemas)} schema(s){spares} checked against head {report.head}: "
+            f"{len(report.schemas) - len(report.gone)} schema(s){spares} checked against head {report.head}: "
             + ("all match" if report.ok else f"{len(report.failing)} differ")
+            + gone
         )
     if not report.registry:
         note(NO_REGISTRY)
