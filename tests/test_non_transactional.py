@@ -378,7 +378,9 @@ def test_a_chain_that_starts_with_one(engine: sa.Engine, chain_builder: ChainBui
     manager = WorkspaceManager(engine, chain_builder.ini)
     try:
         with pytest.raises(
-            NonTransactionalFailed, match=r"RuntimeError: not today; project_first stays at revision r1"
+            NonTransactionalFailed,
+            match=r"revision r2 raised RuntimeError: not today \(at .*r2\.py:17, in upgrade\); project_first stays at "
+            r"revision r1",
         ):
             manager.ensure("first")
     finally:

@@ -137,6 +137,33 @@ class MigrationFailed(WorkspaceError):
         super().__init__(f"migrating {schema} failed and was rolled back: {detail}")
 
 
+class RevisionFailed(MigrationFailed):
+    """A revision's own Python code raised (not the database) while it ran in one schema; its transaction was
+    rolled back. ``revision`` names it (None when no frame of the traceback is in a revision file: then
+    ``revisions``, the range run, does), ``error`` is the exception in one line; the whole traceback is
+    this error's cause (``--traceback`` shows it)."""
+
+    def __init__(self, schema: str, revision: str | None, revisions: str, error: str) -> None:
+        self.revision = revision
+        self.revisions = revisions
+        self.error = error
+        raised = f"revision {revision} raised" if revision else f"running {revisions} raised"
+        super().__init__(schema, f"{raised} {error}")
+
+
+class HeadModelFailed(WorkspaceError):
+    """The head model `check` compares schemas with (workspace_tool.reference) could not be built: the chain,
+    run from base to head in a scratch schema that is rolled back (or dropped), failed there."""
+
+    def __init__(self, head: str, detail: str) -> None:
+        self.head = head
+        self.detail = detail
+        super().__init__(
+            f"building the head model for `check` (the chain run from base to head {head} in a scratch schema, "
+            f"rolled back) failed: {detail}; nothing was changed: fix the chain, then rerun"
+        )
+
+
 class NonTransactionalFailed(MigrationFailed):
     """A revision that can't run in a transaction failed in one schema. The schema stays at the revision
     before it (what ran in transactions before it is committed, and recorded); a failed concurrent index

@@ -56,8 +56,8 @@ from sqlalchemy.util import await_only
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
 from workspace_tool.chain.plan import split_version_move, split_version_statements
-from workspace_tool.dberrors import describe, is_connection_error, sqlstate
-from workspace_tool.errors import NonTransactionalFailed
+from workspace_tool.dberrors import describe, is_connection_error, is_driver_error, sqlstate
+from workspace_tool.errors import NonTransactionalFailed, RevisionFailed, WorkspaceError
 from workspace_tool.registry import upsert_sql
 from workspace_tool.registry.spares import claim_statement
 from workspace_tool.sql import (
@@ -293,12 +293,29 @@ class SchemaTransaction:
                 send(conn, pending, statement_by_statement=statement_by_statement)
                 pending = []
                 log.debug("%s: %s -> %s online through Alembic", self.schema, unit.from_rev, unit.to_rev)
-                chain.run_online(conn, self.schema, self.extension_schema, unit.from_rev, unit.to_rev)
+                self._run_online(conn, chain, unit)
             else:
                 pending.append(unit)
         if pending:
             result = send(conn, pending, statement_by_statement=statement_by_statement, result=self.record is not None)
         return result
+
+    def _run_online(self, conn: Connection, chain: Chain, step: Step, *, outside_transaction: bool = False) -> None:
+        """An online step through Alembic; a revision's own Python error is raised as RevisionFailed."""
+        try:
+            chain.run_online(
+                conn,
+                self.schema,
+                self.extension_schema,
+                step.from_rev,
+                step.to_rev,
+                outside_transaction=outside_transaction,
+            )
+        except Exception as exc:
+            failed = revision_failed(chain, self.schema, step, exc)
+            if failed is None:
+                raise
+            raise failed from exc
 
     def claim(self, conn: Connection, *, lock_held: bool = False, statement_by_statement: bool = False) -> object:
         """Claim a spare on ``conn``, in a transaction: the prelude (unless ``lock_held``) and the claim with
@@ -443,9 +460,7 @@ class SchemaTransaction:
                 if step.online:
                     if conn.in_transaction():
                         conn.commit()  # Alembic opens its own transaction block (a no-op in autocommit)
-                    chain.run_online(
-                        conn, self.schema, self.extension_schema, step.from_rev, step.to_rev, outside_transaction=True
-                    )
+                    self._run_online(conn, chain, step, outside_transaction=True)
                 else:
                     for statement in step.statements:
                         _send_one(conn, statement, result=False)
@@ -466,15 +481,25 @@ class SchemaTransaction:
         left: tuple[str, ...] = ()
         with contextlib.suppress(Exception), conn.begin():
             left = _invalid_indexes(conn, self.schema, _named_in(chain, step))
-        return NonTransactionalFailed(
-            self.schema, _span(step), step.from_rev, describe(failure, self.schema), left, sqlstate(failure)
-        )
+        detail = failure.detail if isinstance(failure, RevisionFailed) else describe(failure, self.schema)
+        return NonTransactionalFailed(self.schema, _span(step), step.from_rev, detail, left, sqlstate(failure))
 
 
 def hold_lock(conn: Connection, schema: str) -> None:
     """In conn's transaction, which holds the schema's lock: take the session's lock on it too (granted at
     once), which outlives the transaction, for ``run_in_parts`` (which releases it)."""
     send(conn, [lock_statement(schema, session=True) + ";"], statement_by_statement=False)
+
+
+def revision_failed(chain: Chain, schema: str, step: Step, exc: Exception) -> RevisionFailed | None:
+    """``exc``, raised running ``step`` online, as RevisionFailed naming the revision whose code raised it
+    (and where), when it is that revision's own Python error; None for a WorkspaceError or the database's
+    error, which pass through as they are."""
+    if isinstance(exc, WorkspaceError) or is_driver_error(exc):
+        return None
+    raised = chain.raised_in(exc)
+    error = describe(exc, schema) + (f" (at {raised[1]})" if raised else "")
+    return RevisionFailed(schema, raised[0] if raised else None, _span(step), error)
 
 
 def _span(step: Step) -> str:
