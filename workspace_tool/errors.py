@@ -168,7 +168,12 @@ class NonTransactionalFailed(MigrationFailed):
     """A revision that can't run in a transaction failed in one schema. The schema stays at the revision
     before it (what ran in transactions before it is committed, and recorded); a failed concurrent index
     build leaves its index INVALID (``invalid_indexes``), which the next run drops before building it
-    again. ``sqlstate`` is the server's error code (55P03 for a lock timeout: the fleet retries it)."""
+    again. ``sqlstate`` is the server's error code (55P03 for a lock timeout: the fleet retries it).
+
+    ``connection_lost``: the database connection was lost while it ran (a backend terminated, a server
+    restart): the build was cut short; the fleet retries it like any lost connection. Its invalid indexes
+    were then looked up on a new session, or, when that could not be done (``looked_up`` False), are the
+    indexes the revision builds, any of which may have been left invalid."""
 
     def __init__(
         self,
@@ -178,6 +183,9 @@ class NonTransactionalFailed(MigrationFailed):
         detail: str,
         invalid_indexes: tuple[str, ...] = (),
         sqlstate: str | None = None,
+        *,
+        connection_lost: bool = False,
+        looked_up: bool = True,
     ) -> None:
         self.schema = schema
         self.detail = detail
@@ -185,20 +193,37 @@ class NonTransactionalFailed(MigrationFailed):
         self.reached = reached
         self.invalid_indexes = invalid_indexes
         self.sqlstate = sqlstate
-        message = (
-            f"migrating {schema} failed in {revisions}, which runs outside a transaction: {detail}; {schema} "
-            f"stays at revision {reached or 'base'}"
-        )
+        self.connection_lost = connection_lost
+        self.looked_up = looked_up
+        stays = f"{schema} stays at revision {reached or 'base'}"
+        if connection_lost:
+            message = (
+                f"migrating {schema} was cut short in {revisions}, which runs outside a transaction: the database "
+                f"connection was lost ({detail}); {stays}"
+            )
+        else:
+            message = f"migrating {schema} failed in {revisions}, which runs outside a transaction: {detail}; {stays}"
         if invalid_indexes:
             names = ", ".join(invalid_indexes)
             quoted = ['"' + name.replace('"', '""') + '"' for name in invalid_indexes]
             drops = "; ".join(f'DROP INDEX CONCURRENTLY "{schema}".{name}' for name in quoted)
-            message += (
-                f", with the invalid index(es) the failed build left: {names}. Fix the cause and run it again "
-                f"(the run drops them first), or drop them yourself: {drops}"
-            )
+            if not looked_up:
+                message += (
+                    f"; the index(es) it builds may be left invalid: {names} (they could not be looked up); once "
+                    "the database is back, a rerun drops the invalid ones and builds them again"
+                )
+            elif connection_lost:
+                message += (
+                    f", with the invalid index(es) the interrupted build left: {names}; a rerun drops them and "
+                    f"builds them again (or drop them yourself: {drops})"
+                )
+            else:
+                message += (
+                    f", with the invalid index(es) the failed build left: {names}. Fix the cause and run it again "
+                    f"(the run drops them first), or drop them yourself: {drops}"
+                )
         else:
-            message += ": fix the cause and run it again"
+            message += ": run it again" if connection_lost else ": fix the cause and run it again"
         WorkspaceError.__init__(self, message)
 
 

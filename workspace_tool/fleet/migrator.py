@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import describe, is_connection_error, sqlstate, unreachable_node
-from workspace_tool.errors import LockTimeout, WorkspaceNotFound
+from workspace_tool.errors import LockTimeout, NonTransactionalFailed, WorkspaceNotFound
 from workspace_tool.fleet.report import DROPPED_SINCE_READ, MOVED_BY_ANOTHER_RUN, SchemaResult, ms_since
 from workspace_tool.fleet.worker_engine import EngineFactory
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate, migrate_expected
@@ -105,6 +105,7 @@ class Migrator:
                 if isinstance(exc, WorkspaceNotFound) and work.exists:
                     return self._gone(work, started, attempts)
                 connection = isinstance(exc, (DBAPIError, OSError)) and is_connection_error(exc)
+                connection = connection or (isinstance(exc, NonTransactionalFailed) and exc.connection_lost)
                 if connection:
                     self.close()  # a fresh connection for the retry or the next schema
                     lost = True

@@ -474,13 +474,25 @@ class SchemaTransaction:
 
     def _failed(self, conn: Connection, chain: Chain, step: Step, failure: Exception) -> Exception:
         """The error to raise for a failed step: NonTransactionalFailed (the database's refusal, with the
-        invalid indexes it left, or a revision's own Python error); the failure itself for a lost
-        connection (the fleet retries it)."""
+        invalid indexes it left, or a revision's own Python error). A lost connection too (``connection_lost``:
+        the fleet retries it), naming the indexes the cut-short build left invalid, looked up on a new
+        session; when even that fails, the indexes the step builds."""
+        named = _named_in(chain, step)
         if conn.invalidated or is_connection_error(failure):
-            return failure
-        left: tuple[str, ...] = ()
+            left = _after_loss(conn, self.schema, named)
+            return NonTransactionalFailed(
+                self.schema,
+                _span(step),
+                step.from_rev,
+                describe(failure, self.schema),
+                _built_indexes(named) if left is None else left,
+                sqlstate(failure),
+                connection_lost=True,
+                looked_up=left is not None,
+            )
+        left = ()
         with contextlib.suppress(Exception), conn.begin():
-            left = _invalid_indexes(conn, self.schema, _named_in(chain, step))
+            left = _invalid_indexes(conn, self.schema, named)
         detail = failure.detail if isinstance(failure, RevisionFailed) else describe(failure, self.schema)
         return NonTransactionalFailed(self.schema, _span(step), step.from_rev, detail, left, sqlstate(failure))
 
@@ -520,6 +532,36 @@ def _named_in(chain: Chain, step: Step) -> str:
     if step.statements:
         return "\n".join(step.statements)
     return chain.source(step.to_rev if chain.is_upgrade(step.from_rev, step.to_rev) else step.from_rev)
+
+
+def _after_loss(conn: Connection, schema: str, named_in: str) -> tuple[str, ...] | None:
+    """After conn's connection was lost in a step: the invalid indexes of the schema the step names, read
+    on a new session (conn reconnects, then is invalidated again: its callers still see it lost, and the
+    session's lock went with the old one), or None when that can't be done (the server is gone)."""
+    try:
+        if conn.in_transaction():
+            conn.rollback()  # SQLAlchemy's bookkeeping: the connection is gone
+        with conn.begin():
+            return _invalid_indexes(conn, schema, named_in)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+
+
+# The index a CREATE INDEX CONCURRENTLY builds (compiled SQL), or op.create_index's name (a revision's source).
+_BUILT = re.compile(
+    r'CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?("(?:[^"]|"")+"|[\w$]+)'
+    r"|\bcreate_index\(\s*(?:index_name\s*=\s*)?[\"']([^\"']+)[\"']",
+    flags=re.IGNORECASE,
+)
+
+
+def _built_indexes(named_in: str) -> tuple[str, ...]:
+    """The indexes a step's SQL (or its revision's source) builds concurrently, by name."""
+    names = (m[1] or m[2] for m in _BUILT.finditer(named_in))
+    return tuple(dict.fromkeys(n[1:-1].replace('""', '"') if n.startswith('"') else n for n in names))
 
 
 def _invalid_indexes(conn: Connection, schema: str, named_in: str) -> tuple[str, ...]:
