@@ -28,6 +28,7 @@ from helpers import (
     assert_one_line_error,
     lint,
     psql,
+    registry_row,
     registry_state,
     run_alembic,
     run_cli,
@@ -437,6 +438,26 @@ def test_when_it_cant_look_the_index_up_it_names_those_the_step_builds(
     assert indexes(engine, "project_blind") == {"ux_items_name": False}
     assert [r.status for r in fleet.upgrade(engine, chain).results] == [fleet.OK]
     assert indexes(engine, "project_blind") == {"ux_items_name": True}
+
+
+def test_the_registry_records_the_whole_migrations_duration_not_its_last_parts(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    """r3 sleeps 300 ms outside a transaction; the last part (r3 -> r4) takes milliseconds. What is recorded
+    covers the whole migration, so at least the sleep (a lower bound pg_sleep guarantees, not a timing)."""
+    chain = chain_with(chain_builder, 'op.execute("SELECT pg_sleep(0.3)")\n' + UNIQUE_CONCURRENT, "pass", FLAG)
+    fleet.provision(engine, chain, ["by-fleet", "by-ensure"], target="r1")
+
+    (result,) = fleet.upgrade(engine, chain, ["by-fleet"]).results
+    manager = WorkspaceManager(engine, chain_builder.ini)
+    ensured = manager.ensure_detailed("by-ensure")
+    manager.close()
+
+    fleet_row, ensure_row = registry_row(engine, "by-fleet"), registry_row(engine, "by-ensure")
+    assert fleet_row is not None and ensure_row is not None
+    assert result.status == fleet.OK and result.ms >= float(fleet_row["last_duration_ms"]) >= 300
+    assert ensured.action == Action.UPGRADED and float(ensure_row["last_duration_ms"]) >= 300
+    assert ensured.duration_ms == float(ensure_row["last_duration_ms"])  # the result says what is recorded
 
 
 def test_ensure_says_in_one_line_where_the_schema_stays(

@@ -151,7 +151,9 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
         else:
             hold_lock(conn, schema)
     if not transaction.in_one_transaction:
-        transaction.run_in_parts(conn, chain, statement_by_statement=how.statement_by_statement)
+        recorded = transaction.run_in_parts(
+            conn, chain, statement_by_statement=how.statement_by_statement, started=started
+        )
     if how.statement_by_statement:
         sending += ", statement by statement"
     result = EnsureResult(what.project_id, schema, action, current, what.target, _recorded_ms(recorded, started), path)

@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -109,6 +110,7 @@ class RegistryRecord:
     revision: str | None
     action: RegistryAction
     path: Path
+    earlier_ms: float = 0.0  # the migration's time before this transaction (its earlier parts), recorded too
 
 
 @dataclass(frozen=True)
@@ -259,12 +261,16 @@ class SchemaTransaction:
             upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="claimed")
             return (), claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert)
         if self.expected is None or not self.expected.exists or not self.guarded or self.citus:
-            return self.steps, upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path)
+            return self.steps, upsert_sql(
+                r.project_id, self.schema, r.revision, r.action, r.path, earlier_ms=r.earlier_ms
+            )
         last = self.steps[-1]
         moved = split_version_move(last.statements)
         assert moved is not None
         before, move = moved
-        upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved")
+        upsert = upsert_sql(
+            r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms
+        )
         record = (
             f"WITH moved AS ({move} RETURNING 1), recorded AS ({upsert}) "
             f"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM recorded) THEN ('{STATE_CHANGED} ' || now())::int END"
@@ -414,24 +420,35 @@ class SchemaTransaction:
         return lines
 
     # ------------------------------------------------- steps that can't run in a transaction
-    def run_in_parts(self, conn: Connection, chain: Chain, *, statement_by_statement: bool = False) -> None:
+    def run_in_parts(
+        self, conn: Connection, chain: Chain, *, statement_by_statement: bool = False, started: float | None = None
+    ) -> object:
         """Send ``parts()`` on ``conn``, which is not in a transaction: each transaction in turn, committed,
         and between them each step that can't run in one (``_run_outside``). With ``lock``, the caller
-        took the schema's session lock (``hold_lock``); it is released here at the end, whatever happens."""
+        took the schema's session lock (``hold_lock``); it is released here at the end, whatever happens.
+        The last part's registry row records the whole migration's duration, from ``started`` (a
+        ``time.perf_counter()`` value; default: now); returns it, as ``run`` does."""
         if conn.in_transaction():
             raise ValueError("run_in_parts commits each part: conn must not be in a transaction")
+        started = time.perf_counter() if started is None else started
+        recorded: object = None
         try:
-            for part in self.parts():
+            parts = self.parts()
+            for i, part in enumerate(parts):
                 if isinstance(part, Step):
                     self._run_outside(conn, chain, part)
-                else:
-                    with conn.begin():
-                        part.run(conn, chain, statement_by_statement=statement_by_statement)
+                    continue
+                if i == len(parts) - 1 and part.record is not None:
+                    earlier = (time.perf_counter() - started) * 1000.0
+                    part = replace(part, record=replace(part.record, earlier_ms=earlier))
+                with conn.begin():
+                    recorded = part.run(conn, chain, statement_by_statement=statement_by_statement)
         finally:
             if self.lock:
                 _in_own_transaction(
                     conn, lambda: send(conn, [unlock_statement(self.schema) + ";"], statement_by_statement=False)
                 )
+        return recorded
 
     def _session_settings(self) -> list[str]:
         settings = [search_path_sql(self.schema, self.extension_schema, local=False) + ";"]
