@@ -20,13 +20,14 @@ from helpers import (
     Gate,
     add_rows,
     backends,
+    database_state,
     make_schema_by_hand,
     schema_version,
     waiting_on_advisory,
 )
 from sqlalchemy.engine import URL
 
-from workspace_tool import fleet
+from workspace_tool import fleet, pool
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.cli.options import parse_duration_ms
@@ -373,6 +374,34 @@ def test_selection_by_state_glob_and_file(engine: sa.Engine, url_string: str, in
     assert "upgrade to a2: 3 ok, 0 failed, 1 skipped" in result.stderr
     assert "Selected 4 of 12 project(s): state at head, behind; one of 4 listed ids" in result.stderr
     assert [p for p in IDS if schema_version(engine, f"project_{p}") == "a2"] == ["c01", "c02", "c05", "c06", "c10"]
+
+
+def test_a_selection_that_selects_nothing_says_so_in_one_line_and_changes_nothing(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    listed = ini.parent / "ids.txt"
+    listed.write_text("c03\nc04\n")
+    pool.fill(engine, Chain.load(ini), 1)  # a spare, which a run that selects nothing leaves alone too
+    with engine.begin() as conn:  # and no head model stored: such a run stores none
+        conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
+    before = database_state(engine), pool.status(engine, Chain.load(ini)).spares
+
+    for args, criteria in [
+        (["--match", "zz*"], "id matching zz*"),
+        (["--state", "failed,orphan"], "state failed, orphan"),
+        (["--ids-from", str(listed), "--state", "at-head"], "state at head; one of 2 listed ids"),
+    ]:
+        result = cli(url_string, ini, "upgrade", "--all", *args)
+        as_json = cli(url_string, ini, "upgrade", "--all", "--json", *args)
+
+        line = f"Selected 0 of 12 project(s): {criteria}: nothing to do; nothing was changed"
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "", line + "\n"), result.output
+        assert as_json.exit_code == 0 and as_json.stderr == line + "\n"
+        report = json.loads(as_json.stdout)
+        assert report["results"] == [] and report["not_selected"] == 12 and report["pool"] is None
+    assert (database_state(engine), pool.status(engine, Chain.load(ini)).spares) == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
 
 
 @pytest.mark.parametrize(

@@ -157,6 +157,11 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
     error; on stderr the totals, the selection, where the run stopped, and the command that continues it."""
     from workspace_tool.fleet import FAILED, GONE, OK, SKIPPED
 
+    if report.selection is not None and not report.results:  # one line says it all
+        if as_json:
+            sys.stdout.write(to_json(report.as_dict()) + "\n")
+        note(f"{_selected(report)}: nothing to do; nothing was changed")
+        return
     if as_json:
         data = report.as_dict()
         if next_command is not None:
@@ -213,12 +218,7 @@ def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
 
     notes = []
     if report.selection is not None:
-        chosen = report.selection
-        criteria = [f"state {', '.join(chosen['states'])}"] if chosen["states"] else []
-        criteria += [f"id matching {' or '.join(chosen['match'])}"] if chosen["match"] else []
-        criteria += [f"one of {len(chosen['ids'])} listed ids"] if chosen["ids"] is not None else []
-        selected = len(report.results)
-        notes.append(f"Selected {selected} of {selected + report.not_selected} project(s): {'; '.join(criteria)}")
+        notes.append(_selected(report))
     if report.order == Order.RANDOM:
         notes.append(f"Started in random order, seed {report.seed} (--seed {report.seed} repeats it)")
     if report.staged() and report.stopped_stage is not None and next_command is None:
@@ -233,6 +233,17 @@ def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
     if report.pool is not None:
         notes.append(_pool_line(report.pool))
     return notes
+
+
+def _selected(report: FleetReport) -> str:
+    """'Selected 4 of 12 project(s): state behind; id matching acme-*': what the selection took, of how many."""
+    assert report.selection is not None
+    chosen = report.selection
+    criteria = [f"state {', '.join(chosen['states'])}"] if chosen["states"] else []
+    criteria += [f"id matching {' or '.join(chosen['match'])}"] if chosen["match"] else []
+    criteria += [f"one of {len(chosen['ids'])} listed ids"] if chosen["ids"] is not None else []
+    selected = len(report.results)
+    return f"Selected {selected} of {selected + report.not_selected} project(s): {'; '.join(criteria)}"
 
 
 def _pool_line(followed: dict[str, Any]) -> str:
