@@ -348,6 +348,73 @@ def test_canary_only_json_carries_the_next_command_without_the_password(database
     assert "s3cret-pw" not in result.output and ":***@" in command[2]
 
 
+def test_a_rerun_whose_named_canary_is_already_at_the_target_says_so_and_goes_on_only_if_asked(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    canary = ("upgrade", "--all", "--canary-ids", "c02,c05")
+    assert cli(url_string, ini, *canary, "--canary-only").exit_code == 0
+
+    again = cli(url_string, ini, *canary, "--canary-only")  # the same command, rerun
+
+    assert again.exit_code == 0, again.output
+    lines = again.stderr.splitlines()
+    said = lines.index(
+        "The canary's 2 schema(s) are already at the target: nothing to canary. To go on with the other 10 "
+        "schema(s), run:"
+    )
+    assert shlex.split(lines[said + 1])[-2:] == ["upgrade", "--all"]
+    assert "The canary passed" not in again.stderr
+    assert re.search(r"^canary\s+0\s+no\s+0\s+0\s+0\s+1$", again.stdout, re.M), again.stdout
+    assert [p for p in IDS if schema_version(engine, f"project_{p}") == "a2"] == ["c02", "c05"]
+    report = json.loads(cli(url_string, ini, *canary, "--canary-only", "--json").stdout)
+    assert [(s["stage"], s["schemas"], s["ran"], s["already_at_target"]) for s in report["stages"]] == [
+        ("canary", 0, False, 2),
+        ("main", 10, False, 0),
+    ]
+
+    rest = cli(url_string, ini, *canary)  # without --canary-only: the command asks for the rest too
+
+    assert rest.exit_code == 0, rest.output
+    assert "The canary's 2 schema(s) are already at the target: nothing to canary; the main stage went on" in (
+        rest.stderr
+    )
+    assert "upgrade to a2: 10 ok, 0 failed, 2 skipped" in rest.stderr
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+
+
+def started_order(engine: sa.Engine) -> list[str]:
+    """The projects at a2, in the order a run with --jobs 1 migrated them (their registry rows' times)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT project_id FROM project_registry.workspace_config WHERE revision = 'a2' ORDER BY updated_at"
+            )
+        )
+        return list(rows.scalars())
+
+
+def test_the_command_after_a_random_canary_carries_the_seed_drawn_and_does_the_rest_in_the_same_order(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    canary = cli(url_string, ini, "upgrade", "--all", "--order", "random", "--canary", "3", "--canary-only", "-j", "1")
+    assert canary.exit_code == 0, canary.output
+    seed = int(re.findall(r"Started in random order, seed (\d+)", canary.stderr)[0])
+    lines = canary.stderr.splitlines()
+    command = shlex.split(lines[lines.index("The canary passed. To go on with the other 9 schema(s), run:") + 1])
+    assert command[-2:] == ["--seed", str(seed)]
+    first = started_order(engine)
+
+    rest = CliRunner().invoke(main, command[1:])
+
+    assert rest.exit_code == 0 and "upgrade to a2: 9 ok, 0 failed, 3 skipped" in rest.stderr, rest.output
+    in_two = started_order(engine)
+    assert in_two[:3] == first
+    # one run with that seed, canary and all, starts the schemas in the same order
+    assert cli(url_string, ini, "downgrade", "--all", "--to", "a1").exit_code == 0
+    whole = cli(url_string, ini, "upgrade", "--all", "--order", "random", "--seed", str(seed), "-j", "1")
+    assert whole.exit_code == 0 and started_order(engine) == in_two
+
+
 def test_max_failures_stops_the_run_and_progress_says_so(engine: sa.Engine, url_string: str, ini: Path) -> None:
     for project_id in ("c02", "c04", "c06"):
         add_rows(engine, project_id, "x", "x")

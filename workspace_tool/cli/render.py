@@ -227,9 +227,16 @@ def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
             f"Stopped in the {report.stopped_stage} stage: {report.stopped}"
             + ("; the main stage was not started" if main_left else "")
         )
+    canary = next((s for s in report.stages if s.stage == Stage.CANARY and not s.schemas), None)
+    empty = canary is not None and canary.already_at_target > 0  # a rerun of a canary named by id
+    at_target = canary.already_at_target if canary is not None else 0
+    nothing_to_canary = f"The canary's {at_target} schema(s) are already at the target: nothing to canary"
     if next_command is not None:
-        notes.append(f"The canary passed. To go on with the other {len(report.not_started())} schema(s), run:")
+        passed = f"{nothing_to_canary}." if empty else "The canary passed."
+        notes.append(f"{passed} To go on with the other {len(report.not_started())} schema(s), run:")
         notes.append(f"  {next_command}")
+    elif empty and any(s.stage == Stage.MAIN and s.ran for s in report.stages):
+        notes.append(f"{nothing_to_canary}; the main stage went on")
     if report.pool is not None:
         notes.append(_pool_line(report.pool))
     return notes

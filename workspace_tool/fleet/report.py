@@ -43,8 +43,9 @@ class StageReport:
 
     stage: Stage
     schemas: int
-    ran: bool  # False: not started (after a failed canary, with canary_only, or a stop in an earlier stage)
+    ran: bool  # False: not started (after a failed canary, with canary_only, a stop in an earlier stage), or empty
     max_failures: int | None = None  # that many failures stop it starting schemas (None: no number does)
+    already_at_target: int = 0  # the canary named by id: its schemas found at the target already (not in it)
 
 
 @dataclass

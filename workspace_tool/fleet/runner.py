@@ -191,8 +191,8 @@ def run(
         for stage, items in plan.stages():
             limit, reason = staging.limit(stage, len(items))
             tracker.stage, tracker.rule = stage, StopRule(limit, reason)
-            staged.ran.add(stage)
             if items:
+                staged.ran.add(stage)
                 _, staged.interrupted = pooled(engine, chain, items, min(jobs, len(items)), options, tracker)
             if staged.stop(stage, tracker.rule.reason):
                 break
@@ -269,7 +269,13 @@ class _Staged:
 
     def reports(self) -> list[StageReport]:
         return [
-            StageReport(stage, len(items), stage in self.ran, self.staging.limit(stage, len(items))[0])
+            StageReport(
+                stage,
+                len(items),
+                stage in self.ran,
+                self.staging.limit(stage, len(items))[0],
+                self.plan.canary_at_target if stage == Stage.CANARY else 0,
+            )
             for stage, items in self.plan.stages()
         ]
 
