@@ -340,8 +340,9 @@ def build_killed_while_it_waits(
             while True:
                 pid = admin.execute(
                     sa.text(
-                        "SELECT pid FROM pg_stat_activity WHERE query LIKE 'CREATE %INDEX CONCURRENTLY%' "
-                        "AND wait_event_type = 'Lock' AND wait_event = 'virtualxid'"
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND query LIKE 'CREATE %INDEX CONCURRENTLY%' AND wait_event_type = 'Lock' "
+                        "AND wait_event = 'virtualxid'"
                     )
                 ).scalar()
                 admin.rollback()

@@ -228,7 +228,7 @@ def without_dropped(
     deparse looks up gone): then it runs again without the schemas gone (``still_there`` says which are
     left), until it succeeds; the error is raised as it is when none was gone (or the connection was
     lost). What is gone is simply not in the result."""
-    while True:
+    while names:
         savepoint = conn.begin_nested()
         try:
             found = read(conn, names)
@@ -244,6 +244,7 @@ def without_dropped(
             continue
         savepoint.rollback()
         return found
+    return {}
 
 
 def read_versions_parallel(
