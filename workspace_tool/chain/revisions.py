@@ -149,7 +149,11 @@ class Chain:
     def raised_in(self, exc: BaseException) -> tuple[str, str] | None:
         """(revision, 'FILE:LINE, in FUNCTION') of the deepest frame of ``exc``'s traceback that runs a
         revision file of this chain (where the revision's own code raised), or None."""
-        files = {Path(self._revision_script(rev).path).resolve(): rev for rev in self._order}
+        files = {}
+        for rev in self._order:
+            script = self.script.get_revision(rev)
+            if script is not None and script.path:
+                files[Path(script.path).resolve()] = rev
         found = None
         for frame, line in traceback.walk_tb(exc.__traceback__):  # outermost first: keep the deepest
             revision = files.get(Path(frame.f_code.co_filename).resolve())
