@@ -18,6 +18,7 @@ from helpers import (
     ALEMBIC_INI,
     HEAD,
     MAIN_REVISIONS,
+    ChainBuilder,
     make_schema_by_hand,
     registry_row,
     schema_exists,
@@ -27,6 +28,7 @@ from helpers import (
 )
 from sqlalchemy.engine import URL
 
+from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.managers import cache
 
@@ -199,6 +201,28 @@ def test_list_empty_and_filled(cli: Cli) -> None:
 
 
 # ---------------------------------------------------------------------------------- drop
+def test_list_shows_the_registry_with_a_one_line_warning_when_a_revision_file_is_broken(
+    cli: Cli, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.add("r1", 'op.create_table("t", sa.Column("id", sa.Integer, primary_key=True))')
+    assert cli("ensure", "alpha", config=chain_builder.ini).exit_code == 0
+    (chain_builder.versions / "r2.py").write_text("revision = 'r2'\ndown_revision = 'r1'\n\ndef upgrade(:\n    pass\n")
+    Chain.forget(chain_builder.ini)
+
+    listed = cli("list", config=chain_builder.ini)
+    as_json = cli("-q", "list", "--json", config=chain_builder.ini)
+
+    assert listed.exit_code == 0, listed.output
+    assert [line.split()[:3] for line in listed.stdout.splitlines()[1:]] == [["alpha", "project_alpha", "r1"]]
+    [warning] = listed.stderr.splitlines()
+    assert warning.startswith("Warning: the revision chain can't be loaded: cannot load revision ")
+    assert "r2.py:4: SyntaxError" in warning and "the registry is shown as it is" in warning
+    assert as_json.exit_code == 0 and [r["project_id"] for r in json.loads(as_json.stdout)] == ["alpha"]
+    assert as_json.stderr.splitlines() == [warning]  # a warning shows even with -q
+    refused = cli("ensure", "beta", config=chain_builder.ini)  # what needs the chain still refuses, in one line
+    assert refused.exit_code == 1 and "r2.py:4: SyntaxError" in refused.stderr
+
+
 def test_drop_needs_yes(cli: Cli, engine: sa.Engine) -> None:
     assert cli("ensure", "keep").exit_code == 0
     result = cli("drop", "keep")

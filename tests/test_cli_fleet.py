@@ -20,13 +20,14 @@ from helpers import (
     Gate,
     add_rows,
     backends,
+    database_state,
     make_schema_by_hand,
     schema_version,
     waiting_on_advisory,
 )
 from sqlalchemy.engine import URL
 
-from workspace_tool import fleet
+from workspace_tool import fleet, pool
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.cli.options import parse_duration_ms
@@ -74,7 +75,7 @@ def test_upgrade_all_reports_each_failed_schema_and_exits_1(engine: sa.Engine, u
 
     rerun = cli(url_string, ini, "upgrade", "--all", "--json")
     report = json.loads(rerun.stdout)
-    assert rerun.exit_code == 1 and report["counts"] == {"ok": 0, "failed": 1, "skipped": 11}
+    assert rerun.exit_code == 1 and report["counts"] == {"ok": 0, "failed": 1, "skipped": 11, "gone": 0}
     (failed,) = [r for r in report["results"] if r["status"] == "failed"]
     assert failed["schema"] == "project_c03" and failed["from_revision"] == "a1" and failed["to_revision"] == "a2"
     assert set(failed) >= {"project_id", "schema", "from_revision", "to_revision", "status", "ms", "error"}
@@ -91,7 +92,7 @@ def test_named_projects_fail_fast_by_default(engine: sa.Engine, url_string: str,
 
     result = cli(url_string, ini, "upgrade", "c01", "c02", "c03", "--continue-on-error", "--json")
     counts = json.loads(result.stdout)["counts"]
-    assert counts == {"ok": 2, "failed": 1, "skipped": 0}
+    assert counts == {"ok": 2, "failed": 1, "skipped": 0, "gone": 0}
 
 
 def test_sql_prints_the_statements_and_changes_nothing(engine: sa.Engine, url_string: str, ini: Path) -> None:
@@ -301,8 +302,8 @@ def test_a_canary_that_fails_stops_the_run_and_the_summary_says_where(
     report = json.loads(cli(url_string, ini, "upgrade", "--all", "--canary", "2", "--json").stdout)
     assert report["stopped_stage"] == "canary" and report["stopped"] == "a schema in the canary failed"
     assert [(s["stage"], s["schemas"], s["ran"], s["counts"]) for s in report["stages"]] == [
-        ("canary", 2, True, {"ok": 1, "failed": 1, "skipped": 0}),  # c03 (still failing) and c04
-        ("main", 8, False, {"ok": 0, "failed": 0, "skipped": 8}),
+        ("canary", 2, True, {"ok": 1, "failed": 1, "skipped": 0, "gone": 0}),  # c03 (still failing) and c04
+        ("main", 8, False, {"ok": 0, "failed": 0, "skipped": 8, "gone": 0}),
     ]
     stages = {r["project_id"]: r["stage"] for r in report["results"]}
     assert stages == {"c01": None, "c02": None, "c03": "canary", "c04": "canary", **dict.fromkeys(IDS[4:], "main")}
@@ -347,6 +348,73 @@ def test_canary_only_json_carries_the_next_command_without_the_password(database
     assert "s3cret-pw" not in result.output and ":***@" in command[2]
 
 
+def test_a_rerun_whose_named_canary_is_already_at_the_target_says_so_and_goes_on_only_if_asked(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    canary = ("upgrade", "--all", "--canary-ids", "c02,c05")
+    assert cli(url_string, ini, *canary, "--canary-only").exit_code == 0
+
+    again = cli(url_string, ini, *canary, "--canary-only")  # the same command, rerun
+
+    assert again.exit_code == 0, again.output
+    lines = again.stderr.splitlines()
+    said = lines.index(
+        "The canary's 2 schema(s) are already at the target: nothing to canary. To go on with the other 10 "
+        "schema(s), run:"
+    )
+    assert shlex.split(lines[said + 1])[-2:] == ["upgrade", "--all"]
+    assert "The canary passed" not in again.stderr
+    assert re.search(r"^canary\s+0\s+no\s+0\s+0\s+0\s+1$", again.stdout, re.M), again.stdout
+    assert [p for p in IDS if schema_version(engine, f"project_{p}") == "a2"] == ["c02", "c05"]
+    report = json.loads(cli(url_string, ini, *canary, "--canary-only", "--json").stdout)
+    assert [(s["stage"], s["schemas"], s["ran"], s["already_at_target"]) for s in report["stages"]] == [
+        ("canary", 0, False, 2),
+        ("main", 10, False, 0),
+    ]
+
+    rest = cli(url_string, ini, *canary)  # without --canary-only: the command asks for the rest too
+
+    assert rest.exit_code == 0, rest.output
+    assert "The canary's 2 schema(s) are already at the target: nothing to canary; the main stage went on" in (
+        rest.stderr
+    )
+    assert "upgrade to a2: 10 ok, 0 failed, 2 skipped" in rest.stderr
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+
+
+def started_order(engine: sa.Engine) -> list[str]:
+    """The projects at a2, in the order a run with --jobs 1 migrated them (their registry rows' times)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT project_id FROM project_registry.workspace_config WHERE revision = 'a2' ORDER BY updated_at"
+            )
+        )
+        return list(rows.scalars())
+
+
+def test_the_command_after_a_random_canary_carries_the_seed_drawn_and_does_the_rest_in_the_same_order(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    canary = cli(url_string, ini, "upgrade", "--all", "--order", "random", "--canary", "3", "--canary-only", "-j", "1")
+    assert canary.exit_code == 0, canary.output
+    seed = int(re.findall(r"Started in random order, seed (\d+)", canary.stderr)[0])
+    lines = canary.stderr.splitlines()
+    command = shlex.split(lines[lines.index("The canary passed. To go on with the other 9 schema(s), run:") + 1])
+    assert command[-2:] == ["--seed", str(seed)]
+    first = started_order(engine)
+
+    rest = CliRunner().invoke(main, command[1:])
+
+    assert rest.exit_code == 0 and "upgrade to a2: 9 ok, 0 failed, 3 skipped" in rest.stderr, rest.output
+    in_two = started_order(engine)
+    assert in_two[:3] == first
+    # one run with that seed, canary and all, starts the schemas in the same order
+    assert cli(url_string, ini, "downgrade", "--all", "--to", "a1").exit_code == 0
+    whole = cli(url_string, ini, "upgrade", "--all", "--order", "random", "--seed", str(seed), "-j", "1")
+    assert whole.exit_code == 0 and started_order(engine) == in_two
+
+
 def test_max_failures_stops_the_run_and_progress_says_so(engine: sa.Engine, url_string: str, ini: Path) -> None:
     for project_id in ("c02", "c04", "c06"):
         add_rows(engine, project_id, "x", "x")
@@ -373,6 +441,34 @@ def test_selection_by_state_glob_and_file(engine: sa.Engine, url_string: str, in
     assert "upgrade to a2: 3 ok, 0 failed, 1 skipped" in result.stderr
     assert "Selected 4 of 12 project(s): state at head, behind; one of 4 listed ids" in result.stderr
     assert [p for p in IDS if schema_version(engine, f"project_{p}") == "a2"] == ["c01", "c02", "c05", "c06", "c10"]
+
+
+def test_a_selection_that_selects_nothing_says_so_in_one_line_and_changes_nothing(
+    engine: sa.Engine, url_string: str, ini: Path
+) -> None:
+    listed = ini.parent / "ids.txt"
+    listed.write_text("c03\nc04\n")
+    pool.fill(engine, Chain.load(ini), 1)  # a spare, which a run that selects nothing leaves alone too
+    with engine.begin() as conn:  # and no head model stored: such a run stores none
+        conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
+    before = database_state(engine), pool.status(engine, Chain.load(ini)).spares
+
+    for args, criteria in [
+        (["--match", "zz*"], "id matching zz*"),
+        (["--state", "failed,orphan"], "state failed, orphan"),
+        (["--ids-from", str(listed), "--state", "at-head"], "state at head; one of 2 listed ids"),
+    ]:
+        result = cli(url_string, ini, "upgrade", "--all", *args)
+        as_json = cli(url_string, ini, "upgrade", "--all", "--json", *args)
+
+        line = f"Selected 0 of 12 project(s): {criteria}: nothing to do; nothing was changed"
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "", line + "\n"), result.output
+        assert as_json.exit_code == 0 and as_json.stderr == line + "\n"
+        report = json.loads(as_json.stdout)
+        assert report["results"] == [] and report["not_selected"] == 12 and report["pool"] is None
+    assert (database_state(engine), pool.status(engine, Chain.load(ini)).spares) == before
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
 
 
 @pytest.mark.parametrize(

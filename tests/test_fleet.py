@@ -53,7 +53,7 @@ def test_upgrade_all_migrates_what_is_behind_and_skips_the_rest(engine: sa.Engin
     fleet.upgrade(engine, fleet_at_a1, ["p01", "p02"], jobs=2)
     report = fleet.upgrade(engine, fleet_at_a1, jobs=4)
     results = by_project(report)
-    assert report.ok and report.counts() == {"ok": 18, "failed": 0, "skipped": 2}
+    assert report.ok and report.counts() == {"ok": 18, "failed": 0, "skipped": 2, "gone": 0}
     assert results["p01"].note == "already at target" and results["p03"].status == "ok"
     assert results["p03"].from_revision == "a1" and results["p03"].to_revision == "a2"
     assert results["p03"].path == "fast" and report.executor == "threads"
@@ -61,7 +61,7 @@ def test_upgrade_all_migrates_what_is_behind_and_skips_the_rest(engine: sa.Engin
     assert tuple(registry_state(engine, "p20")) == ("a2", "ready", None)
     # a no-op run touches no schema and starts no worker
     again = fleet.upgrade(engine, fleet_at_a1, jobs=4)
-    assert again.counts() == {"ok": 0, "failed": 0, "skipped": 20} and again.executor == "none"
+    assert again.counts() == {"ok": 0, "failed": 0, "skipped": 20, "gone": 0} and again.executor == "none"
 
 
 def test_failing_subset_stays_at_its_revision_with_data_and_rerun_resumes(
@@ -74,7 +74,7 @@ def test_failing_subset_stays_at_its_revision_with_data_and_rerun_resumes(
 
     report = fleet.upgrade(engine, fleet_at_a1, jobs=4)
 
-    assert not report.ok and report.counts() == {"ok": 17, "failed": 3, "skipped": 0}
+    assert not report.ok and report.counts() == {"ok": 17, "failed": 3, "skipped": 0, "gone": 0}
     for result in report.failed:
         assert result.project_id in bad
         assert 'could not create unique index "ux_items_name"' in (result.error or "")
@@ -92,7 +92,7 @@ def test_failing_subset_stays_at_its_revision_with_data_and_rerun_resumes(
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM project_p04.items WHERE id = (SELECT max(id) FROM project_p04.items)"))
     rerun = fleet.upgrade(engine, fleet_at_a1, jobs=4)
-    assert rerun.counts() == {"ok": 1, "failed": 2, "skipped": 17}
+    assert rerun.counts() == {"ok": 1, "failed": 2, "skipped": 17, "gone": 0}
     assert by_project(rerun)["p04"].status == "ok"
     assert tuple(registry_state(engine, "p04")) == ("a2", "ready", None)
     assert {r.project_id for r in rerun.failed} == {"p11", "p17"}
@@ -138,14 +138,14 @@ def test_lock_held_by_an_application_is_retried_then_reported(engine: sa.Engine,
         assert conn.execute(sa.text("SHOW lock_timeout")).scalar() == "0"
 
     rerun = fleet.upgrade(engine, fleet_at_a1, jobs=4, lock_timeout_ms=200, retries=1)
-    assert rerun.counts() == {"ok": 1, "failed": 0, "skipped": 19}
+    assert rerun.counts() == {"ok": 1, "failed": 0, "skipped": 19, "gone": 0}
     assert tuple(registry_state(engine, "p07")) == ("a2", "ready", None)
 
 
 def test_downgrade_all_and_back(engine: sa.Engine, fleet_at_a1: Chain) -> None:
     fleet.upgrade(engine, fleet_at_a1, jobs=4)
     down = fleet.downgrade(engine, fleet_at_a1, target="a1", jobs=4)
-    assert down.counts() == {"ok": 20, "failed": 0, "skipped": 0}
+    assert down.counts() == {"ok": 20, "failed": 0, "skipped": 0, "gone": 0}
     assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT to_regclass('project_p01.ux_items_name')")).scalar() is None

@@ -87,7 +87,7 @@ def test_a_canary_that_passes_is_followed_by_the_main_stage_in_the_same_run(engi
     report = fleet.upgrade(engine, at_a1, canary="25%", jobs=3, progress=progress)  # 25% of 12: 3
 
     results = by_project(report)
-    assert report.counts() == {"ok": 11, "failed": 1, "skipped": 0}
+    assert report.counts() == {"ok": 11, "failed": 1, "skipped": 0, "gone": 0}
     assert [p for p in IDS if results[p].stage == "canary"] == IDS[:3]
     assert stages_seen == ["start: 12, canary 3", *["canary"] * 3, *["main"] * 9]  # the main stage after
     assert report.stopped is None and report.stopped_stage is None
@@ -107,7 +107,7 @@ def test_canary_only_stops_after_the_canary_and_the_next_run_does_the_rest(engin
     assert_untouched(engine, IDS[2:], before)
 
     rest = fleet.upgrade(engine, at_a1, jobs=2)  # the canary's schemas are at the target: skipped
-    assert rest.counts() == {"ok": 10, "failed": 0, "skipped": 2}
+    assert rest.counts() == {"ok": 10, "failed": 0, "skipped": 2, "gone": 0}
     assert by_project(rest)["s01"].note == "already at target"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +28,7 @@ from helpers import (
     assert_one_line_error,
     lint,
     psql,
+    registry_row,
     registry_state,
     run_alembic,
     run_cli,
@@ -323,6 +324,143 @@ def test_a_build_that_waits_longer_than_the_lock_timeout_is_retried_then_reporte
     assert assert_consistent(engine) == {"project_slow": "r4"}
 
 
+def build_killed_while_it_waits(
+    engine: sa.Engine, work: Callable[[], object], before_kill: Callable[[], object] = lambda: None
+) -> Victim:
+    """Run ``work`` while an old snapshot makes its concurrent index build wait (the index already made,
+    INVALID), terminate the building backend then (a lost connection), and let the snapshot go."""
+    reader = engine.connect()  # an old snapshot the build waits for
+    reader.exec_driver_sql("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    reader.exec_driver_sql("SELECT count(*) FROM pg_class")
+    victim = Victim(work)
+    try:
+        victim.start()
+        deadline = time.monotonic() + WAIT
+        with engine.connect() as admin:
+            while True:
+                pid = admin.execute(
+                    sa.text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND query LIKE 'CREATE %INDEX CONCURRENTLY%' AND wait_event_type = 'Lock' "
+                        "AND wait_event = 'virtualxid'"
+                    )
+                ).scalar()
+                admin.rollback()
+                if pid is not None:
+                    break
+                assert time.monotonic() < deadline and victim.is_alive(), victim.error
+                time.sleep(0.01)
+            before_kill()
+            assert admin.execute(sa.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": pid}).scalar()
+    finally:
+        reader.rollback()
+        reader.close()
+    victim.finish()
+    return victim
+
+
+def test_a_connection_lost_during_the_build_names_the_index_left_invalid_and_a_rerun_rebuilds_it(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = chain_with(chain_builder, CONCURRENT, DROP_CONCURRENT)
+    fleet.provision(engine, chain, ["cut"], target="r1")
+    fill(engine, "project_cut", 100)
+
+    victim = build_killed_while_it_waits(engine, lambda: fleet.upgrade(engine, chain, retries=0))
+
+    assert victim.error is None, victim.error
+    assert isinstance(victim.result, fleet.FleetReport)
+    (result,) = victim.result.results
+    assert (result.status, result.connection_lost, result.attempts) == (fleet.FAILED, True, 1)
+    assert result.error is not None
+    for fragment in (
+        "database connection lost (1 attempts): migrating project_cut was cut short in r2 -> r3",
+        "which runs outside a transaction: the database connection was lost (",
+        "project_cut stays at revision r2, with the invalid index(es) the interrupted build left: ix_items_name",
+        "a rerun drops them and builds them again",
+    ):
+        assert fragment in result.error, result.error
+    assert indexes(engine, "project_cut") == {"ix_items_name": False}
+    assert tuple(registry_state(engine, "cut")) == ("r2", "failed", result.error)
+
+    again = fleet.upgrade(engine, chain)
+
+    assert [r.status for r in again.results] == [fleet.OK]
+    assert indexes(engine, "project_cut") == {"ix_items_name": True}
+    assert assert_consistent(engine) == {"project_cut": "r4"}
+
+
+def test_a_connection_lost_during_the_build_is_retried_and_ensure_names_the_index(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = chain_with(chain_builder, CONCURRENT, DROP_CONCURRENT)
+    fleet.provision(engine, chain, ["again", "alone"], target="r1")
+    fill(engine, "project_again", 100)
+
+    retried = build_killed_while_it_waits(engine, lambda: fleet.upgrade(engine, chain, ["again"], retries=2))
+
+    assert isinstance(retried.result, fleet.FleetReport)
+    (result,) = retried.result.results
+    assert (result.status, result.attempts) == (fleet.OK, 2)  # the lost connection was retried
+    assert indexes(engine, "project_again") == {"ix_items_name": True}
+
+    manager = WorkspaceManager(engine, chain_builder.ini)
+    try:
+        killed = build_killed_while_it_waits(engine, lambda: manager.ensure("alone"))
+    finally:
+        manager.close()
+    assert isinstance(killed.error, NonTransactionalFailed) and killed.error.connection_lost
+    assert killed.error.invalid_indexes == ("ix_items_name",)
+    assert "with the invalid index(es) the interrupted build left: ix_items_name" in str(killed.error)
+    assert schema_version(engine, "project_alone") == "r2"
+
+
+def test_when_it_cant_look_the_index_up_it_names_those_the_step_builds(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = chain_with(chain_builder, UNIQUE_CONCURRENT, DROP_UNIQUE_CONCURRENT, FLAG)
+    fleet.provision(engine, chain, ["blind"], target="r1")
+    unreachable = threading.Event()  # from the kill on, no new session (the server is gone, say)
+
+    def refuse(*args: object) -> None:
+        if unreachable.is_set():
+            raise OSError("connection refused: the server is gone")
+
+    sa.event.listen(engine, "checkout", refuse)
+    try:
+        victim = build_killed_while_it_waits(engine, lambda: fleet.upgrade(engine, chain, retries=0), unreachable.set)
+    finally:
+        sa.event.remove(engine, "checkout", refuse)
+
+    assert isinstance(victim.result, fleet.FleetReport)
+    (result,) = victim.result.results
+    assert result.error is not None and result.connection_lost
+    assert "the index(es) it builds may be left invalid: ux_items_name (they could not be looked up)" in result.error
+    assert indexes(engine, "project_blind") == {"ux_items_name": False}
+    assert [r.status for r in fleet.upgrade(engine, chain).results] == [fleet.OK]
+    assert indexes(engine, "project_blind") == {"ux_items_name": True}
+
+
+def test_the_registry_records_the_whole_migrations_duration_not_its_last_parts(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    """r3 sleeps 300 ms outside a transaction; the last part (r3 -> r4) takes milliseconds. What is recorded
+    covers the whole migration, so at least the sleep (a lower bound pg_sleep guarantees, not a timing)."""
+    chain = chain_with(chain_builder, 'op.execute("SELECT pg_sleep(0.3)")\n' + UNIQUE_CONCURRENT, "pass", FLAG)
+    fleet.provision(engine, chain, ["by-fleet", "by-ensure"], target="r1")
+
+    (result,) = fleet.upgrade(engine, chain, ["by-fleet"]).results
+    manager = WorkspaceManager(engine, chain_builder.ini)
+    ensured = manager.ensure_detailed("by-ensure")
+    manager.close()
+
+    fleet_row, ensure_row = registry_row(engine, "by-fleet"), registry_row(engine, "by-ensure")
+    assert fleet_row is not None and ensure_row is not None
+    assert result.status == fleet.OK and result.ms >= float(fleet_row["last_duration_ms"]) >= 300
+    assert ensured.action == Action.UPGRADED and float(ensure_row["last_duration_ms"]) >= 300
+    assert ensured.duration_ms == float(ensure_row["last_duration_ms"])  # the result says what is recorded
+
+
 def test_ensure_says_in_one_line_where_the_schema_stays(
     engine: sa.Engine, chain_builder: ChainBuilder, url_string: str
 ) -> None:
@@ -378,7 +516,9 @@ def test_a_chain_that_starts_with_one(engine: sa.Engine, chain_builder: ChainBui
     manager = WorkspaceManager(engine, chain_builder.ini)
     try:
         with pytest.raises(
-            NonTransactionalFailed, match=r"RuntimeError: not today; project_first stays at revision r1"
+            NonTransactionalFailed,
+            match=r"revision r2 raised RuntimeError: not today \(at .*r2\.py:17, in upgrade\); project_first stays at "
+            r"revision r1",
         ):
             manager.ensure("first")
     finally:

@@ -70,6 +70,7 @@ def test_read_commands_on_a_fresh_database_say_so_and_write_nothing(new_database
         "ok": True,
         "checked": 0,
         "failing": 0,
+        "gone": 0,
         "schemas": [],
         "spares": [],
     }

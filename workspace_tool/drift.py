@@ -10,6 +10,10 @@ options, constraints, comments, alembic_version) and compared (``catalog.diff``)
 fingerprint, as schemas with equal fingerprints have equal catalogs. A schema's alembic_version comes from
 the status read: it must hold exactly the head, as the reference's does. The warm pool's spares ready at
 head (workspace_tool.pool) are compared too: each will become a project's schema as it is.
+
+The application keeps working meanwhile. A project dropped while check runs is no problem: left out when
+dropped before its version was read (as `status` does), else reported ``gone``, with no problem; a spare
+claimed (renamed into a new project's schema) after it was listed is no spare any more, and left out.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import pool, registry, transactions
 from workspace_tool import reference as references
 from workspace_tool.chain import Chain
-from workspace_tool.dberrors import translating
-from workspace_tool.fleet.reader import read_parallel, read_versions, versions_reader
+from workspace_tool.dberrors import is_connection_error, translating
+from workspace_tool.fleet.reader import read_parallel, read_versions, versions_reader, without_dropped
 from workspace_tool.jobs import check_jobs, default_jobs, spare_jobs
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
@@ -36,6 +41,8 @@ from workspace_tool.vocabulary import SpareState
 # batches can be large: over 10,000 schemas on 4 connections, `check` took 7.4 s with batches of 2,500,
 # 7.9 s with 1,000 and 8.4 s with 500 (medians of 3, loaded machine, an earlier version of the query).
 FINGERPRINT_BATCH = 2500
+GONE = "gone"  # the state of a project dropped while check ran: not a problem
+_NAMESPACE = text("SELECT oid FROM pg_namespace WHERE nspname = :schema")
 
 
 @dataclass
@@ -43,7 +50,7 @@ class SchemaCheck:
     project_id: str
     schema: str
     revision: str | None
-    state: str  # as in `status`: 'at head', 'behind', 'missing', 'orphan', ...; 'spare' for a spare
+    state: str  # as in `status`: 'at head', 'behind', 'missing', 'orphan', ...; 'spare'; 'gone' (dropped)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -69,12 +76,18 @@ class CheckReport:
     def failing(self) -> list[SchemaCheck]:
         return [s for s in self.schemas + self.spares if not s.ok]
 
+    @property
+    def gone(self) -> list[SchemaCheck]:
+        """Projects dropped (by the application) while check ran, after their version was read."""
+        return [s for s in self.schemas if s.state == GONE]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "head": self.head,
             "ok": self.ok,
-            "checked": len(self.schemas),
+            "checked": len(self.schemas) - len(self.gone),
             "failing": len(self.failing),
+            "gone": len(self.gone),
             "schemas": [s.as_dict() for s in self.schemas],
             "spares": [s.as_dict() for s in self.spares],
         }
@@ -101,6 +114,7 @@ def check(
         at_head = [c for c in schemas if _comparable(chain, c)]
         if at_head or spares:
             _compare(engine, conn, references.for_check(conn, chain), at_head + spares, jobs)
+            spares = [s for s in spares if s.state != GONE]  # claimed meanwhile: a project's schema now
     known = {s.project_id for s in statuses}
     schemas += [
         SchemaCheck(p, schema_for(p), None, "missing", ["no schema and no registry row"])
@@ -116,6 +130,8 @@ def _spares(conn: Connection, chain: Chain) -> list[SchemaCheck]:
     versions = read_versions(conn, [s.schema for s in ready])
     checks = []
     for spare in ready:
+        if spare.schema not in versions:
+            continue  # claimed since it was listed (renamed into a project's schema): no spare any more
         check = SchemaCheck("", spare.schema, versions.get(spare.schema), "spare")
         if check.revision != chain.head:
             check.problems.append(f"recorded at head {chain.head}, but its alembic_version says {check.revision}")
@@ -151,33 +167,66 @@ def _compare(
     engine: Engine, conn: Connection, reference: references.Reference, schemas: list[SchemaCheck], jobs: int
 ) -> None:
     """Fingerprint every schema; read in detail one schema per fingerprint that differs from the
-    reference's, and give its differences to every schema with that fingerprint."""
+    reference's, and give its differences to every schema with that fingerprint. A schema dropped (a
+    spare claimed) since the status read is marked GONE, with no problem."""
     prints = _fingerprints(engine, conn, [s.schema for s in schemas], jobs)
     differing: dict[str, list[SchemaCheck]] = {}
     for result in schemas:
         digest = prints.get(result.schema)
         if digest != reference.fingerprint:
-            # a schema dropped since the status read has no fingerprint: it is read on its own
-            differing.setdefault(digest or f"gone:{result.schema}", []).append(result)
+            # no fingerprint: dropped since the status read, most likely; it is read on its own to know
+            differing.setdefault(digest or f"unread:{result.schema}", []).append(result)
     with conn.begin():
         conn.execute(PIN_SEARCH_PATH)  # deparsed names depend on the search_path, as for the reference
         for group in differing.values():
-            savepoint = conn.begin_nested()  # rolled back: releases the lock on its alembic_version at once
-            try:
-                found = diff(reference.catalog, snapshot(conn, group[0].schema))
-            finally:
-                savepoint.rollback()
+            found = None
+            for result in group:  # the first of the group still there is read (the same catalog as the rest)
+                found = _detailed(conn, reference, result.schema)
+                if found is not None:
+                    break
+                result.state = GONE
             for result in group:
-                result.problems.extend(found)
+                if result.state != GONE and found is not None:
+                    result.problems.extend(found)
+
+
+def _detailed(conn: Connection, reference: references.Reference, schema: str) -> list[str] | None:
+    """How ``schema`` differs from the reference, or None when it is gone: dropped before, or while, its
+    catalog was read (the namespace's OID is read before and after: a schema dropped in between, even made
+    anew, gave a partial read). In a savepoint, rolled back: that releases the lock on its alembic_version."""
+    savepoint = conn.begin_nested()
+    try:
+        before = conn.execute(_NAMESPACE, {"schema": schema}).scalar()
+        if before is None:
+            return None
+        catalog = snapshot(conn, schema)
+        if conn.execute(_NAMESPACE, {"schema": schema}).scalar() != before:
+            return None
+    except DBAPIError as exc:  # a relation of it gone between two statements of the read
+        if is_connection_error(exc) or conn.invalidated:
+            raise
+        savepoint.rollback()
+        if conn.execute(_NAMESPACE, {"schema": schema}).scalar() is not None:
+            raise
+        return None
+    finally:
+        if savepoint.is_active:
+            savepoint.rollback()
+    return diff(reference.catalog, catalog)
 
 
 def _fingerprints(engine: Engine, conn: Connection, names: list[str], jobs: int) -> dict[str, str]:
-    """catalog.fingerprints in batches spread over ``jobs`` connections (on ``conn`` when 0)."""
+    """catalog.fingerprints in batches spread over ``jobs`` connections (on ``conn`` when 0); a schema
+    dropped while its batch is read is left out (``without_dropped``)."""
     batch = max(1, min(FINGERPRINT_BATCH, -(-len(names) // max(1, jobs))))
+
+    def read(conn: Connection, chunk: list[str]) -> dict[str, str]:
+        return without_dropped(conn, chunk, fingerprints)
+
     if jobs:
-        return read_parallel(engine, names, jobs, batch, fingerprints)
+        return read_parallel(engine, names, jobs, batch, read)
     found: dict[str, str] = {}
     with conn.begin():  # the engine's pool has no connection to spare
         for start in range(0, len(names), batch):
-            found.update(fingerprints(conn, names[start : start + batch]))
+            found.update(read(conn, names[start : start + batch]))
     return found

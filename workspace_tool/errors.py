@@ -137,11 +137,43 @@ class MigrationFailed(WorkspaceError):
         super().__init__(f"migrating {schema} failed and was rolled back: {detail}")
 
 
+class RevisionFailed(MigrationFailed):
+    """A revision's own Python code raised (not the database) while it ran in one schema; its transaction was
+    rolled back. ``revision`` names it (None when no frame of the traceback is in a revision file: then
+    ``revisions``, the range run, does), ``error`` is the exception in one line; the whole traceback is
+    this error's cause (``--traceback`` shows it)."""
+
+    def __init__(self, schema: str, revision: str | None, revisions: str, error: str) -> None:
+        self.revision = revision
+        self.revisions = revisions
+        self.error = error
+        raised = f"revision {revision} raised" if revision else f"running {revisions} raised"
+        super().__init__(schema, f"{raised} {error}")
+
+
+class HeadModelFailed(WorkspaceError):
+    """The head model `check` compares schemas with (workspace_tool.reference) could not be built: the chain,
+    run from base to head in a scratch schema that is rolled back (or dropped), failed there."""
+
+    def __init__(self, head: str, detail: str) -> None:
+        self.head = head
+        self.detail = detail
+        super().__init__(
+            f"building the head model for `check` (the chain run from base to head {head} in a scratch schema, "
+            f"rolled back) failed: {detail}; nothing was changed: fix the chain, then rerun"
+        )
+
+
 class NonTransactionalFailed(MigrationFailed):
     """A revision that can't run in a transaction failed in one schema. The schema stays at the revision
     before it (what ran in transactions before it is committed, and recorded); a failed concurrent index
     build leaves its index INVALID (``invalid_indexes``), which the next run drops before building it
-    again. ``sqlstate`` is the server's error code (55P03 for a lock timeout: the fleet retries it)."""
+    again. ``sqlstate`` is the server's error code (55P03 for a lock timeout: the fleet retries it).
+
+    ``connection_lost``: the database connection was lost while it ran (a backend terminated, a server
+    restart): the build was cut short; the fleet retries it like any lost connection. Its invalid indexes
+    were then looked up on a new session, or, when that could not be done (``looked_up`` False), are the
+    indexes the revision builds, any of which may have been left invalid."""
 
     def __init__(
         self,
@@ -151,6 +183,9 @@ class NonTransactionalFailed(MigrationFailed):
         detail: str,
         invalid_indexes: tuple[str, ...] = (),
         sqlstate: str | None = None,
+        *,
+        connection_lost: bool = False,
+        looked_up: bool = True,
     ) -> None:
         self.schema = schema
         self.detail = detail
@@ -158,20 +193,37 @@ class NonTransactionalFailed(MigrationFailed):
         self.reached = reached
         self.invalid_indexes = invalid_indexes
         self.sqlstate = sqlstate
-        message = (
-            f"migrating {schema} failed in {revisions}, which runs outside a transaction: {detail}; {schema} "
-            f"stays at revision {reached or 'base'}"
-        )
+        self.connection_lost = connection_lost
+        self.looked_up = looked_up
+        stays = f"{schema} stays at revision {reached or 'base'}"
+        if connection_lost:
+            message = (
+                f"migrating {schema} was cut short in {revisions}, which runs outside a transaction: the database "
+                f"connection was lost ({detail}); {stays}"
+            )
+        else:
+            message = f"migrating {schema} failed in {revisions}, which runs outside a transaction: {detail}; {stays}"
         if invalid_indexes:
             names = ", ".join(invalid_indexes)
             quoted = ['"' + name.replace('"', '""') + '"' for name in invalid_indexes]
             drops = "; ".join(f'DROP INDEX CONCURRENTLY "{schema}".{name}' for name in quoted)
-            message += (
-                f", with the invalid index(es) the failed build left: {names}. Fix the cause and run it again "
-                f"(the run drops them first), or drop them yourself: {drops}"
-            )
+            if not looked_up:
+                message += (
+                    f"; the index(es) it builds may be left invalid: {names} (they could not be looked up); once "
+                    "the database is back, a rerun drops the invalid ones and builds them again"
+                )
+            elif connection_lost:
+                message += (
+                    f", with the invalid index(es) the interrupted build left: {names}; a rerun drops them and "
+                    f"builds them again (or drop them yourself: {drops})"
+                )
+            else:
+                message += (
+                    f", with the invalid index(es) the failed build left: {names}. Fix the cause and run it again "
+                    f"(the run drops them first), or drop them yourself: {drops}"
+                )
         else:
-            message += ": fix the cause and run it again"
+            message += ": run it again" if connection_lost else ": fix the cause and run it again"
         WorkspaceError.__init__(self, message)
 
 

@@ -29,7 +29,7 @@ from workspace_tool.chain import Chain
 from workspace_tool.chain.alembic_run import alembic_version
 from workspace_tool.database import can_create, find_extension_schema, is_citus
 from workspace_tool.dberrors import first_line, role_phrase
-from workspace_tool.errors import PermissionDenied, WorkspaceError
+from workspace_tool.errors import HeadModelFailed, MigrationFailed, PermissionDenied, WorkspaceError
 from workspace_tool.registry import REGISTRY_SCHEMA
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, fingerprints, snapshot
 from workspace_tool.schema.migrate import scratch_schema
@@ -85,17 +85,22 @@ def reference_key(parts: dict[str, Any]) -> str:
 def build(conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms: int | None = None) -> Reference:
     """Run the chain from base to head into a scratch schema and read its catalog, in a transaction that
     is rolled back (a chain with a revision that can't run in a transaction: committed, then dropped).
-    ``conn`` must not be in a transaction; needs CREATE on the database."""
+    ``conn`` must not be in a transaction; needs CREATE on the database. A revision that fails there
+    (RevisionFailed for its own Python error) is raised as HeadModelFailed, in one line."""
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with conn.begin():
         citus = is_citus(conn)  # a tenant schema there, as project schemas are
     plan = chain.plan(None, chain.head)
-    with scratch_schema(
-        conn, chain, scratch, parts["extension_schema"], [(plan, True)], lock_timeout_ms=lock_timeout_ms, citus=citus
-    ):
-        conn.execute(PIN_SEARCH_PATH)
-        catalog = snapshot(conn, scratch)
-        fingerprint = fingerprints(conn, [scratch])[scratch]
+    try:
+        with scratch_schema(
+            conn, chain, scratch, parts["extension_schema"], [(plan, True)], lock_timeout_ms=lock_timeout_ms,
+            citus=citus,
+        ):  # fmt: skip
+            conn.execute(PIN_SEARCH_PATH)
+            catalog = snapshot(conn, scratch)
+            fingerprint = fingerprints(conn, [scratch])[scratch]
+    except MigrationFailed as exc:  # a revision failed there (its own code raised, or the database refused)
+        raise HeadModelFailed(chain.head, exc.detail) from exc
     return Reference(chain.head, reference_key(parts), catalog, fingerprint, "built")
 
 

@@ -97,6 +97,7 @@ class Status(Word):
     OK = "ok"  # this run migrated it (or wrote its registry row)
     FAILED = "failed"
     SKIPPED = "skipped"  # this run did not change it (see the result's note)
+    GONE = "gone"  # dropped (by the application) after the run read it, before its turn: not a failure
 
 
 class Stage(Word):

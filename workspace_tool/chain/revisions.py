@@ -8,13 +8,14 @@ import os
 import re
 import threading
 import time
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from workspace_tool.chain import index
 from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer, run_env
-from workspace_tool.chain.loading import DIRECT_URL_OPTION, load_script_directory, resolve_config_path
+from workspace_tool.chain.loading import DIRECT_URL_OPTION, display_path, load_script_directory, resolve_config_path
 from workspace_tool.chain.plan import Plan, Step, compiled_statements
 from workspace_tool.errors import ConfigurationError, UnknownRevision
 from workspace_tool.vocabulary import Path as PlanPath
@@ -145,6 +146,21 @@ class Chain:
         """A ``workspace_*`` main option of alembic.ini (recorded with the graph: no Alembic needed)."""
         assert name.startswith(WORKSPACE_OPTION_PREFIX), name
         return self._options.get(name) or default
+
+    def raised_in(self, exc: BaseException) -> tuple[str, str] | None:
+        """(revision, 'FILE:LINE, in FUNCTION') of the deepest frame of ``exc``'s traceback that runs a
+        revision file of this chain (where the revision's own code raised), or None."""
+        files = {}
+        for rev in self._order:
+            script = self.script.get_revision(rev)
+            if script is not None and script.path:
+                files[Path(script.path).resolve()] = rev
+        found = None
+        for frame, line in traceback.walk_tb(exc.__traceback__):  # outermost first: keep the deepest
+            revision = files.get(Path(frame.f_code.co_filename).resolve())
+            if revision is not None:
+                found = (revision, f"{display_path(frame.f_code.co_filename)}:{line}, in {frame.f_code.co_name}")
+        return found
 
     def _revision_script(self, revision: str) -> Script:
         script = self.script.get_revision(revision)

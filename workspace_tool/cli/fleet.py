@@ -32,7 +32,8 @@ def upgrade(app: AppContext, /, target: str, adopt: bool, **options: Any) -> Non
     """Bring project schemas (--all, or the named ones) up to a revision, in parallel.
 
     Each schema migrates in its own transaction under its own lock; a failure leaves that schema at its
-    old revision. Exit 1 if any schema failed; rerunning picks up only what is left."""
+    old revision. A project the application drops meanwhile is reported gone, not failed. Exit 1 if any
+    schema failed; rerunning picks up only what is left."""
     from workspace_tool import fleet
 
     _run_fleet(app, fleet.UPGRADE, target, adopt=adopt, **options)
@@ -43,7 +44,9 @@ def upgrade(app: AppContext, /, target: str, adopt: bool, **options: Any) -> Non
 @click.option("--to", "target", required=True, metavar="REV", help="Target revision ('base' for empty).")
 @pass_app
 def downgrade(app: AppContext, /, target: str, **options: Any) -> None:
-    """Bring project schemas (--all, or the named ones) down to a revision, in parallel."""
+    """Bring project schemas (--all, or the named ones) down to a revision, in parallel.
+
+    A project the application drops meanwhile is reported gone, not failed."""
     from workspace_tool import fleet
 
     _run_fleet(app, fleet.DOWNGRADE, target, **options)
@@ -108,7 +111,11 @@ def _run_fleet(
     )
     if printer is not None:
         printer.finish()
-    next_command = _without_canary(app) if report.stopped == CANARY_ONLY else None
+    next_command = (
+        _without_canary(app, report.seed if report.order == "random" else None)
+        if report.stopped == CANARY_ONLY
+        else None
+    )
     print_fleet_report(report, as_json, next_command)
     if report.interrupted:
         click.get_current_context().exit(INTERRUPTED)
@@ -166,10 +173,11 @@ def _staging(
     return options
 
 
-def _without_canary(app: AppContext) -> str:
+def _without_canary(app: AppContext, seed: int | None) -> str:
     """The command that continues a --canary-only run: this one without its canary options. The canary's
     schemas are at the target now, so it skips them and migrates the rest (with the same selection, order
-    and --max-failures). A password in the command line is shown as ***."""
+    and --max-failures); a random order's ``seed``, when it was drawn, is added, so that the rest starts in
+    the order it would have in one run. A password in the command line is shown as ***."""
     from workspace_tool.urls import redact_text
 
     args = click.get_current_context().meta.get(ARGV, [])
@@ -183,6 +191,8 @@ def _without_canary(app: AppContext) -> str:
             skip_value = CANARY_OPTIONS[name] and not has_value
         else:
             kept.append(arg)
+    if seed is not None and not any(arg == "--seed" or arg.startswith("--seed=") for arg in kept):
+        kept += ["--seed", str(seed)]
     command = shlex.join(["workspace-tool", *kept])
     secrets = [s for s in app.passwords() if s]
     return redact_text(command, *secrets) if secrets else command

@@ -181,14 +181,24 @@ _stage_options = [
         "none of them failed.",
     ),
     click.option(
-        "--canary-ids", metavar="IDS", multiple=True, help="The canary by project id (comma-separated or repeated)."
+        "--canary-ids",
+        metavar="IDS",
+        multiple=True,
+        help="The canary by project id (comma-separated or repeated): those of them still to migrate. When none "
+        "is (a rerun: they are at the target already), there is nothing to canary: the command says so, then "
+        "migrates the rest, or with --canary-only stops and prints the command that does.",
     ),
     click.option("--canary-ids-from", type=FILE, metavar="FILE", help="The canary's project ids from FILE."),
-    click.option("--canary-only", is_flag=True, help="Stop after the canary and print the command that does the rest."),
+    click.option(
+        "--canary-only",
+        is_flag=True,
+        help="Stop after the canary and print the command that does the rest (with the --seed of a random order).",
+    ),
     click.option(
         "--order",
         type=click.Choice(["name", "random"]),
-        help="The order schemas start in (the canary is the first ones): by project id, or shuffled by --seed.",
+        help="The order schemas start in (the canary is the first ones): by project id, or shuffled by --seed "
+        "(a schema's place depends on the seed and its id only).",
     ),
     click.option("--seed", type=int, help="The seed of --order random (default: drawn, and printed)."),
     click.option(

@@ -100,11 +100,23 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
 @json_option
 @pass_app
 def list_(app: AppContext, as_json: bool) -> None:
-    """Every project in the registry. Read-only."""
-    rows = [dataclasses.asdict(r) for r in app.manager.projects()]
+    """Every project in the registry. Read-only. It needs no revision chain: when the chain can't be loaded
+    (a revision file that doesn't import, say), it says so in one line and lists the registry anyway."""
+    from workspace_tool import transactions
+    from workspace_tool.dberrors import translating
+    from workspace_tool.errors import ConfigurationError
+    from workspace_tool.managers.core import has_registry, registry_rows
+
+    with translating(app.engine.url), transactions.connect(app.engine) as conn:
+        rows = [dataclasses.asdict(r) for r in registry_rows(conn)]
+        registered = bool(rows) or has_registry(conn)
+    try:
+        app.manager.chain  # noqa: B018 (loaded to tell a broken chain now, not at the next command)
+    except ConfigurationError as exc:
+        click.echo(f"Warning: the revision chain can't be loaded: {exc}; the registry is shown as it is", err=True)
     emit(rows, ["project_id", "schema_name", "revision", "status", "created_at"], as_json=as_json)
     if not rows and not as_json:
-        note("No projects." if app.manager.has_registry() else NO_REGISTRY)
+        note("No projects." if registered else NO_REGISTRY)
 
 
 @click.command()

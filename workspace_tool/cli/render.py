@@ -155,8 +155,13 @@ class ProgressPrinter:
 def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | None = None) -> None:
     """Counts by stage (for a staged run), counts and timings by status, then each failed schema with its
     error; on stderr the totals, the selection, where the run stopped, and the command that continues it."""
-    from workspace_tool.fleet import FAILED, OK, SKIPPED
+    from workspace_tool.fleet import FAILED, GONE, OK, SKIPPED
 
+    if report.selection is not None and not report.results:  # one line says it all
+        if as_json:
+            sys.stdout.write(to_json(report.as_dict()) + "\n")
+        note(f"{_selected(report)}: nothing to do; nothing was changed")
+        return
     if as_json:
         data = report.as_dict()
         if next_command is not None:
@@ -169,7 +174,7 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
         emit(stages, ["stage", "schemas", "ran", "ok", "failed", "skipped", "max_failures"], as_json=False)
         sys.stdout.write("\n")
     rows = []
-    for status in (OK, FAILED, SKIPPED):
+    for status in (OK, FAILED, SKIPPED, GONE):
         results = report.with_status(status)
         timed = [r.ms for r in results if r.ms]
         rows.append(
@@ -196,9 +201,10 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
             ],
             as_json=False,
         )
+    gone = f", {len(report.gone)} gone (dropped since the run read them)" if report.gone else ""
     note(
         f"{report.operation} to {report.target or 'base'}: {report.counts()[OK]} ok, "
-        f"{len(report.failed)} failed, {report.counts()[SKIPPED]} skipped{_skipped_detail(report)}"
+        f"{len(report.failed)} failed, {report.counts()[SKIPPED]} skipped{_skipped_detail(report)}{gone}"
         f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})"
     )
     for line in _run_notes(report, next_command):
@@ -212,12 +218,7 @@ def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
 
     notes = []
     if report.selection is not None:
-        chosen = report.selection
-        criteria = [f"state {', '.join(chosen['states'])}"] if chosen["states"] else []
-        criteria += [f"id matching {' or '.join(chosen['match'])}"] if chosen["match"] else []
-        criteria += [f"one of {len(chosen['ids'])} listed ids"] if chosen["ids"] is not None else []
-        selected = len(report.results)
-        notes.append(f"Selected {selected} of {selected + report.not_selected} project(s): {'; '.join(criteria)}")
+        notes.append(_selected(report))
     if report.order == Order.RANDOM:
         notes.append(f"Started in random order, seed {report.seed} (--seed {report.seed} repeats it)")
     if report.staged() and report.stopped_stage is not None and next_command is None:
@@ -226,12 +227,30 @@ def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:
             f"Stopped in the {report.stopped_stage} stage: {report.stopped}"
             + ("; the main stage was not started" if main_left else "")
         )
+    canary = next((s for s in report.stages if s.stage == Stage.CANARY and not s.schemas), None)
+    empty = canary is not None and canary.already_at_target > 0  # a rerun of a canary named by id
+    at_target = canary.already_at_target if canary is not None else 0
+    nothing_to_canary = f"The canary's {at_target} schema(s) are already at the target: nothing to canary"
     if next_command is not None:
-        notes.append(f"The canary passed. To go on with the other {len(report.not_started())} schema(s), run:")
+        passed = f"{nothing_to_canary}." if empty else "The canary passed."
+        notes.append(f"{passed} To go on with the other {len(report.not_started())} schema(s), run:")
         notes.append(f"  {next_command}")
+    elif empty and any(s.stage == Stage.MAIN and s.ran for s in report.stages):
+        notes.append(f"{nothing_to_canary}; the main stage went on")
     if report.pool is not None:
         notes.append(_pool_line(report.pool))
     return notes
+
+
+def _selected(report: FleetReport) -> str:
+    """'Selected 4 of 12 project(s): state behind; id matching acme-*': what the selection took, of how many."""
+    assert report.selection is not None
+    chosen = report.selection
+    criteria = [f"state {', '.join(chosen['states'])}"] if chosen["states"] else []
+    criteria += [f"id matching {' or '.join(chosen['match'])}"] if chosen["match"] else []
+    criteria += [f"one of {len(chosen['ids'])} listed ids"] if chosen["ids"] is not None else []
+    selected = len(report.results)
+    return f"Selected {selected} of {selected + report.not_selected} project(s): {'; '.join(criteria)}"
 
 
 def _pool_line(followed: dict[str, Any]) -> str:
@@ -285,9 +304,11 @@ def print_drift_report(report: CheckReport, as_json: bool) -> None:
             for problem in schema.problems:
                 click.echo(f"  {problem}")
         spares = f" and {len(report.spares)} spare(s)" if report.spares else ""
+        gone = f"; {len(report.gone)} dropped while check ran (not a problem)" if report.gone else ""
         note(
-            f"{len(report.schemas)} schema(s){spares} checked against head {report.head}: "
+            f"{len(report.schemas) - len(report.gone)} schema(s){spares} checked against head {report.head}: "
             + ("all match" if report.ok else f"{len(report.failing)} differ")
+            + gone
         )
     if not report.registry:
         note(NO_REGISTRY)

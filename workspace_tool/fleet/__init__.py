@@ -13,7 +13,8 @@ The order of a run (runner.py):
    or a lost connection is retried with backoff, then reported; a failure leaves the schema at its old
    revision and marks its registry row ``failed``. After DEAD_AFTER schemas in a row failed on a lost
    connection the database is taken to be gone: no new schema starts. A schema found already at the
-   target (another run moved it since the read) is ``skipped``.
+   target (another run moved it since the read) is ``skipped``; one dropped since the read (the application
+   drops projects while the run goes on) is ``gone``, which is not a failure.
    Staged runs (stages.py): the projects read are narrowed by a ``Selection`` (states, globs, ids); a
    canary stage (the first N, N%, or named schemas to migrate) runs first and stops the run at its first
    failure; the main stage then stops starting schemas once ``max_failures`` have failed (``fail_fast`` is
@@ -39,6 +40,7 @@ command in workspace_tool/cli.
 from workspace_tool.fleet.executors import DEAD_AFTER
 from workspace_tool.fleet.report import (
     CONNECTION_LOST,
+    DROPPED_SINCE_READ,
     MOVED_BY_ANOTHER_RUN,
     NOT_STARTED,
     FleetReport,
@@ -63,7 +65,7 @@ from workspace_tool.jobs import check_jobs, connections_needed, default_jobs, po
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation
 from workspace_tool.vocabulary import Order, Stage, State, Status
 
-OK, FAILED, SKIPPED = Status.OK, Status.FAILED, Status.SKIPPED
+OK, FAILED, SKIPPED, GONE = Status.OK, Status.FAILED, Status.SKIPPED, Status.GONE
 
 __all__ = [
     "CONNECTION_LOST",
@@ -71,7 +73,9 @@ __all__ = [
     "DEFAULT_LOCK_TIMEOUT_MS",
     "DEFAULT_RETRIES",
     "DOWNGRADE",
+    "DROPPED_SINCE_READ",
     "FAILED",
+    "GONE",
     "MOVED_BY_ANOTHER_RUN",
     "NOT_STARTED",
     "OK",

@@ -1,5 +1,7 @@
 """One schema of a fleet run: the fast lane first, the careful path otherwise, retries with backoff for a
-lock timeout or a lost connection, and the registry row marked failed when it fails for good."""
+lock timeout or a lost connection, and the registry row marked failed when it fails for good. A schema
+dropped since the run read it (the application drops projects meanwhile) is ``gone``: nothing is done to
+it, nor to its registry row (only ever updated here, never inserted, when a schema fails)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from sqlalchemy.exc import DBAPIError
 from workspace_tool import pooler, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import describe, is_connection_error, sqlstate, unreachable_node
-from workspace_tool.errors import LockTimeout
-from workspace_tool.fleet.report import MOVED_BY_ANOTHER_RUN, SchemaResult, ms_since
+from workspace_tool.errors import LockTimeout, NonTransactionalFailed, WorkspaceNotFound
+from workspace_tool.fleet.report import DROPPED_SINCE_READ, MOVED_BY_ANOTHER_RUN, SchemaResult, ms_since
 from workspace_tool.fleet.worker_engine import EngineFactory
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate, migrate_expected
 from workspace_tool.schema.operation import Operation, Work
@@ -119,7 +121,10 @@ class Migrator:
                 done = self._fast_lane(work, what) if attempts == 1 else None
                 done = done or self._careful(what)
             except Exception as exc:
+                if isinstance(exc, WorkspaceNotFound) and work.exists:
+                    return self._gone(work, started, attempts)
                 connection = isinstance(exc, (DBAPIError, OSError)) and is_connection_error(exc)
+                connection = connection or (isinstance(exc, NonTransactionalFailed) and exc.connection_lost)
                 if connection:
                     self.close()  # a fresh connection for the retry or the next schema
                     lost = True
@@ -178,6 +183,21 @@ class Migrator:
             return migrate(self.connection(), self.how, what)
         except pooler.UseDirect:
             return migrate(self.direct_connection(), replace(self.how, direct=False), what)
+
+    def _gone(self, work: Work, started: float, attempts: int) -> SchemaResult:
+        """The batch read saw the schema; under its lock it is not there: dropped since (by the application,
+        with its registry row, which nothing here writes back). Nothing to do, and not a failure."""
+        log.info("%s: dropped since the run read it; nothing to do", work.schema)
+        return SchemaResult(
+            work.project_id,
+            work.schema,
+            work.from_revision,
+            self.options.target,
+            Status.GONE,
+            ms=ms_since(started),
+            note=DROPPED_SINCE_READ,
+            attempts=attempts,
+        )
 
     def _fast_lane(self, work: Work, what: Migration) -> EnsureResult | None:
         """One batch and a commit, when the plan compiles and the schema is as read; else None."""

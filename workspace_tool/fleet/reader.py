@@ -1,7 +1,13 @@
 """The one reader of the fleet's state: registry rows, project schemas and their versions, read in
 batches (spread over several connections when the engine's pool allows). Fleet planning, `status` and
 `check` all read through ``read_fleet``; each project comes back as a ``SchemaRecord`` whose ``state`` is
-the one vocabulary of states (workspace_tool.vocabulary.State)."""
+the one vocabulary of states (workspace_tool.vocabulary.State).
+
+The application keeps creating and dropping projects while these reads run. The registry rows and the
+project schemas are read in one statement (one snapshot: a project created or dropped meanwhile, its schema
+and row in one transaction, is wholly in or wholly out); a schema dropped after that, before its version or
+catalog is read, makes a batch's one statement fail as a whole, and the batch is read again without the
+schemas gone (``without_dropped``); ``read_fleet`` leaves out a project gone by then (schema and row)."""
 
 from __future__ import annotations
 
@@ -11,9 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, TextClause, text
+from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
+from workspace_tool.dberrors import is_connection_error
 from workspace_tool.naming import SCHEMA_PREFIX, is_project_schema, project_for, schema_for
 from workspace_tool.schema.state import SchemaRecord
 from workspace_tool.sql import quote_ident
@@ -24,6 +32,7 @@ VERSION_BATCH = 200
 T = TypeVar("T")
 VersionsReader = Callable[[list[str]], dict[str, str | None]]
 log = logging.getLogger(__name__)
+_PREFIX = SCHEMA_PREFIX.replace("_", r"\_") + "%"  # LIKE: project schemas ('_' matched literally)
 
 _SCHEMAS = text(
     "SELECT n.nspname, c.oid IS NOT NULL AS has_version FROM pg_namespace n "
@@ -32,8 +41,28 @@ _SCHEMAS = text(
 )
 # What planning and status need of each registry row (not its metadata).
 _ROW = "project_id, schema_name, revision, status, last_action, last_duration_ms, last_path, last_error, updated_at"
-_ROWS = text(f"SELECT {_ROW} FROM {registry.REGISTRY_TABLE} ORDER BY project_id")
-_SOME_ROWS = text(f"SELECT {_ROW} FROM {registry.REGISTRY_TABLE} WHERE project_id = ANY(:ids) ORDER BY project_id")
+# The registry's rows (all, or those of :ids) and the project-like schemas, in one statement: one snapshot.
+_FLEET = (
+    f"WITH s AS ({_SCHEMAS.text}), r AS (SELECT {_ROW} FROM {registry.REGISTRY_TABLE}{{where}}) "
+    "SELECT r.*, s.nspname, s.has_version FROM r FULL JOIN s ON s.nspname::text = r.schema_name"
+)
+_ROWS_AND_SCHEMAS = text(_FLEET.format(where=""))
+_SOME_ROWS_AND_SCHEMAS = text(_FLEET.format(where=" WHERE project_id = ANY(:ids)"))
+# Of :schemas, those still there (a read that failed for a schema dropped meanwhile is retried with them).
+_STILL_THERE = text(
+    "SELECT s FROM unnest(CAST(:schemas AS text[])) AS s WHERE EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = s)"
+)
+_STILL_VERSIONED = text(
+    "SELECT s FROM unnest(CAST(:schemas AS text[])) AS s "
+    "WHERE to_regclass(quote_ident(s) || '.alembic_version') IS NOT NULL"
+)
+# Schemas whose version vanished during a read, as they are now (their registry rows too, when there is one).
+_NOW = "SELECT s, EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = s) AS present, {registered} AS registered"
+_NOW_REGISTERED = text(
+    _NOW.format(registered=f"EXISTS (SELECT 1 FROM {registry.REGISTRY_TABLE} WHERE schema_name = s)")
+    + " FROM unnest(CAST(:schemas AS text[])) AS s"
+)
+_NOW_UNREGISTERED = text(_NOW.format(registered="false") + " FROM unnest(CAST(:schemas AS text[])) AS s")
 
 
 def read_fleet(
@@ -41,13 +70,15 @@ def read_fleet(
 ) -> list[SchemaRecord]:
     """Every registered project and every project-like schema (or just ``project_ids``, in that order,
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
-    ``read_versions_parallel`` over several connections). Read-only; works before the registry exists."""
+    ``read_versions_parallel`` over several connections). Read-only; works before the registry exists.
+
+    A schema dropped after the registry and the schemas were read, before its version was: its project is
+    looked at again; gone altogether (no schema, no registry row: the application dropped it), it is left
+    out (a named one comes back as neither there nor registered, as if read after); its schema alone gone,
+    it is missing."""
     started = time.perf_counter()
-    rows: dict[str, Any] = {}
-    if registry.present(conn):
-        found = conn.execute(_ROWS) if project_ids is None else conn.execute(_SOME_ROWS, {"ids": list(project_ids)})
-        rows = {row.project_id: row for row in found}
-    schemas = project_schemas(conn)
+    has_registry = registry.present(conn)
+    rows, schemas = _rows_and_schemas(conn, project_ids, has_registry=has_registry)
     if project_ids is None:
         wanted = sorted(set(rows) | {project_for(s) for s in schemas})
     else:
@@ -55,17 +86,22 @@ def read_fleet(
     names = {p: (rows[p].schema_name if p in rows else schema_for(p)) for p in wanted}
     with_versions = [s for s in names.values() if schemas.get(s)]
     versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
+    vanished = [s for s in with_versions if s not in versions]
+    gone = _look_again(conn, vanished, schemas, versions, has_registry=has_registry) if vanished else set()
     log.info(
-        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read, in %.0f ms",
+        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read, in %.0f ms%s",
         len(wanted),
         len(rows),
         len(schemas),
         len(with_versions),
         (time.perf_counter() - started) * 1000,
+        f"; {len(gone)} dropped meanwhile" if gone else "",
     )
     records = []
     for p in wanted:
-        row = rows.get(p)
+        if names[p] in gone and project_ids is None:
+            continue  # dropped while the fleet was read: no longer one of its projects
+        row = None if names[p] in gone else rows.get(p)
         records.append(
             SchemaRecord(
                 project_id=p,
@@ -85,6 +121,51 @@ def read_fleet(
     return records
 
 
+def _rows_and_schemas(
+    conn: Connection, project_ids: Sequence[str] | None, *, has_registry: bool
+) -> tuple[dict[str, Any], dict[str, bool]]:
+    """The registry's rows by project id (all, or those of ``project_ids``) and the project schemas (with
+    whether each has a version table), read in one statement when there is a registry."""
+    if not has_registry:
+        return {}, project_schemas(conn)
+    if project_ids is None:
+        found = conn.execute(_ROWS_AND_SCHEMAS, {"prefix": _PREFIX})
+    else:
+        found = conn.execute(_SOME_ROWS_AND_SCHEMAS, {"prefix": _PREFIX, "ids": list(project_ids)})
+    rows: dict[str, Any] = {}
+    schemas: dict[str, bool] = {}
+    for row in found:
+        if row.project_id is not None:
+            rows[row.project_id] = row
+        if row.nspname is not None and is_project_schema(row.nspname):
+            schemas[row.nspname] = bool(row.has_version)
+    return rows, schemas
+
+
+def _look_again(
+    conn: Connection,
+    vanished: list[str],
+    schemas: dict[str, bool],
+    versions: dict[str, str | None],
+    *,
+    has_registry: bool,
+) -> set[str]:
+    """Schemas whose version table was gone when their version was read, as they are now: ``schemas``
+    and ``versions`` updated; returns those gone with their registry rows (their projects were dropped)."""
+    now = conn.execute(_NOW_REGISTERED if has_registry else _NOW_UNREGISTERED, {"schemas": vanished}).all()
+    gone = set()
+    for schema, present, registered in now:
+        if not present:
+            del schemas[schema]
+            if not registered:
+                gone.add(schema)
+        else:  # there again (made anew), or its version table alone dropped: read once more
+            again = read_versions(conn, [schema])
+            schemas[schema] = schema in again
+            versions.update(again)
+    return gone
+
+
 # Citus: the worker holding each tenant project schema (where its tables' shards are placed), from Citus's
 # catalog tables (in pg_catalog: found whatever the search_path; public.citus_schemas has no node, and
 # citus_shards asks every node for shard sizes). An ordinary schema, or a tenant one with no table yet, has
@@ -102,19 +183,20 @@ _NODES = text(
 
 def read_nodes(conn: Connection) -> dict[str, str]:
     """On Citus: project schema -> 'host:port' of the node holding it (tenant schemas with a table)."""
-    rows = conn.execute(_NODES, {"prefix": SCHEMA_PREFIX.replace("_", r"\_") + "%"}).all()
+    rows = conn.execute(_NODES, {"prefix": _PREFIX}).all()
     return {str(r[0]): f"{r[1]}:{r[2]}" for r in rows}
 
 
 def project_schemas(conn: Connection) -> dict[str, bool]:
     """Every schema named like a project schema -> whether it has an alembic_version table."""
-    rows = conn.execute(_SCHEMAS, {"prefix": SCHEMA_PREFIX.replace("_", r"\_") + "%"}).all()
+    rows = conn.execute(_SCHEMAS, {"prefix": _PREFIX}).all()
     return {r[0]: bool(r[1]) for r in rows if is_project_schema(r[0])}
 
 
 def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VERSION_BATCH) -> dict[str, str | None]:
-    """schema -> version_num (None for an empty version table), for schemas with a version table.
-    Reads in batches of ``batch_size`` schemas, one UNION ALL query per batch.
+    """schema -> version_num (None for an empty version table), for schemas with a version table; a schema
+    whose version table is gone (dropped meanwhile) is left out. Reads in batches of ``batch_size``
+    schemas, one UNION ALL query per batch.
 
     Each batch runs in a savepoint that is rolled back once its rows are read: that releases the
     AccessShareLocks on its version tables, so reading 10,000 schemas in one transaction does not run out
@@ -122,19 +204,47 @@ def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VE
     names = list(schemas)
     versions: dict[str, str | None] = {}
     for start in range(0, len(names), batch_size):
-        batch = names[start : start + batch_size]
-        union = " UNION ALL ".join(
-            f"SELECT {i} AS i, (SELECT string_agg(version_num, ',') FROM {quote_ident(s)}.alembic_version)"
-            for i, s in enumerate(batch)
-        )
+        versions.update(without_dropped(conn, names[start : start + batch_size], _read_batch, _STILL_VERSIONED))
+    return versions
+
+
+def _read_batch(conn: Connection, batch: list[str]) -> dict[str, str | None]:
+    union = " UNION ALL ".join(
+        f"SELECT {i} AS i, (SELECT string_agg(version_num, ',') FROM {quote_ident(s)}.alembic_version)"
+        for i, s in enumerate(batch)
+    )
+    return {batch[i]: version for i, version in conn.execute(text(union))}
+
+
+def without_dropped(
+    conn: Connection,
+    names: list[str],
+    read: Callable[[Connection, list[str]], dict[str, T]],
+    still_there: TextClause = _STILL_THERE,
+) -> dict[str, T]:
+    """``read(conn, names)``, one statement over many schemas, in a savepoint of conn's transaction that is
+    rolled back once read (the locks it took are released). Such a statement fails as a whole when one
+    of its schemas is dropped while it runs (a relation or schema that does not exist, a catalog entry a
+    deparse looks up gone): then it runs again without the schemas gone (``still_there`` says which are
+    left), until it succeeds; the error is raised as it is when none was gone (or the connection was
+    lost). What is gone is simply not in the result."""
+    while names:
         savepoint = conn.begin_nested()
         try:
-            rows = conn.execute(text(union)).all()
-        finally:
+            found = read(conn, names)
+        except DBAPIError as exc:
+            if is_connection_error(exc) or conn.invalidated:
+                raise
             savepoint.rollback()
-        for i, version in rows:
-            versions[batch[i]] = version
-    return versions
+            left = list(conn.execute(still_there, {"schemas": names}).scalars())
+            if len(left) == len(names):
+                raise
+            log.info("%d of %d schema(s) dropped while read: again without them", len(names) - len(left), len(names))
+            names = left
+            continue
+        savepoint.rollback()
+        return found
+    return {}
 
 
 def read_versions_parallel(

@@ -11,6 +11,7 @@ from typing import Any
 from workspace_tool.vocabulary import Order, Path, Stage, Status
 
 MOVED_BY_ANOTHER_RUN = "already at target: moved by another run"
+DROPPED_SINCE_READ = "dropped since the run read it: nothing to do"  # the note of a GONE result
 NOT_STARTED = "not started: "
 CONNECTION_LOST = "the database connection was lost"
 
@@ -23,7 +24,7 @@ class SchemaResult:
     schema: str
     from_revision: str | None
     to_revision: str | None
-    status: Status  # OK (this run migrated it), FAILED, SKIPPED (this run did not change it)
+    status: Status  # OK (this run migrated it), FAILED, SKIPPED (this run did not change it), GONE (dropped)
     ms: float = 0.0
     error: str | None = None  # the database's error (or ours) for 'failed'
     note: str | None = None  # why it was skipped (MOVED_BY_ANOTHER_RUN, "not started: ...", ...)
@@ -42,8 +43,9 @@ class StageReport:
 
     stage: Stage
     schemas: int
-    ran: bool  # False: not started (after a failed canary, with canary_only, or a stop in an earlier stage)
+    ran: bool  # False: not started (after a failed canary, with canary_only, a stop in an earlier stage), or empty
     max_failures: int | None = None  # that many failures stop it starting schemas (None: no number does)
+    already_at_target: int = 0  # the canary named by id: its schemas found at the target already (not in it)
 
 
 @dataclass
@@ -78,8 +80,13 @@ class FleetReport:
         return self.with_status(Status.FAILED)
 
     @property
+    def gone(self) -> list[SchemaResult]:
+        """Projects dropped (by the application) between the run's read and their turn: not failures."""
+        return self.with_status(Status.GONE)
+
+    @property
     def ok(self) -> bool:
-        """True if nothing failed and nothing was left unstarted."""
+        """True if nothing failed and nothing was left unstarted (a project gone is neither)."""
         return not self.failed and not self.interrupted
 
     def counts(self, stage: Stage | None = None) -> dict[str, int]:

@@ -162,6 +162,8 @@ def run(
             read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
+    # a selection that selects nothing: nothing is done, not even to the warm pool or the head model
+    idle = selection is not None and not records
 
     decided = [(r, operation.decide(chain, r, resolved, named=ids is not None)) for r in records]
     finished = [
@@ -204,8 +206,8 @@ def run(
         for stage, items in plan.stages():
             limit, reason = staging.limit(stage, len(items))
             tracker.stage, tracker.rule = stage, StopRule(limit, reason)
-            staged.ran.add(stage)
             if items:
+                staged.ran.add(stage)
                 workers = min(jobs, len(items))
                 _, staged.interrupted = pooled(engine, chain, items, workers, options, tracker, direct_engine)
             if staged.stop(stage, tracker.rule.reason):
@@ -213,9 +215,10 @@ def run(
         finished += tracker.results + staged.not_started(tracker.results, resolved)
         cache.invalidate(cache_key, [w.project_id for w in work])
     interrupted = staged.interrupted
-    if not interrupted:  # what `check` compares schemas with, if not stored yet for this chain
+    if not interrupted and not idle:  # what `check` compares schemas with, if not stored yet for this chain
         reference.store_if_missing(direct_engine or engine, chain, lock_timeout_ms)
-    spares = _follow_pool(engine, chain, jobs) if operation is UPGRADE and ids is None and not interrupted else None
+    follow = operation is UPGRADE and ids is None and not interrupted and not idle
+    spares = _follow_pool(engine, chain, jobs) if follow else None
     position = {r.project_id: i for i, r in enumerate(records)}
     finished.sort(key=lambda r: position[r.project_id])
     return FleetReport(
@@ -282,7 +285,13 @@ class _Staged:
 
     def reports(self) -> list[StageReport]:
         return [
-            StageReport(stage, len(items), stage in self.ran, self.staging.limit(stage, len(items))[0])
+            StageReport(
+                stage,
+                len(items),
+                stage in self.ran,
+                self.staging.limit(stage, len(items))[0],
+                self.plan.canary_at_target if stage == Stage.CANARY else 0,
+            )
             for stage, items in self.plan.stages()
         ]
 

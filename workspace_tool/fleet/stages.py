@@ -5,11 +5,16 @@ vocabulary `status` shows), by glob on project ids, and to a list of ids. The sc
 in the run's order (as read, by project id, or a seeded shuffle) and are split into stages (``Staging``): a
 canary (the first N, or N percent, or named ids) that runs first and stops the run at its first failure,
 then the main stage, which stops starting schemas once ``max_failures`` of its schemas have failed
-(``--fail-fast`` is 1). Everything here is checked before any SQL is sent."""
+(``--fail-fast`` is 1). Everything here is checked before any SQL is sent.
+
+A canary named by id is those of its schemas still to migrate. When none is left (a rerun of a command
+whose canary already went through), the canary stage is empty and reported so (``canary_at_target``): it
+does not run, and the main stage runs only if the command asked for it (not with ``canary_only``)."""
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import math
 import random
 from collections.abc import Collection, Iterable
@@ -63,6 +68,13 @@ class Amount:
 
     def __str__(self) -> str:
         return self.spec
+
+
+def shuffled(seed: int, project_id: str) -> bytes:
+    """A project's place in the random order of ``seed``: a keyed hash of its id. Each project's place
+    depends on the seed and its id alone, so the schemas left after a canary start in the order they would
+    have had in one run (the command printed after --canary-only passes the same seed)."""
+    return hashlib.blake2b(project_id.encode(), digest_size=8, key=str(seed).encode()).digest()
 
 
 def _strings(values: Iterable[str] | str) -> tuple[str, ...]:
@@ -136,6 +148,7 @@ class StagePlan:
     canary: list[Work] | None  # None: no canary stage
     main: list[Work]
     seed: int | None = None  # the random order's seed
+    canary_at_target: int = 0  # the named canary's schemas with nothing to migrate (at the target already)
 
     def stages(self) -> list[tuple[Stage, list[Work]]]:
         main = [(Stage.MAIN, self.main)]
@@ -205,16 +218,18 @@ class Staging:
             ordered.sort(key=lambda w: w.project_id)
         elif self.order == Order.RANDOM:
             seed = random.SystemRandom().randrange(2**31) if seed is None else seed
-            random.Random(seed).shuffle(ordered)
+            ordered.sort(key=lambda w: shuffled(seed, w.project_id))
+        at_target = 0
         if self.canary_ids is not None:
             chosen = set(self.canary_ids)
             canary: list[Work] | None = [w for w in ordered if w.project_id in chosen]
+            at_target = len(chosen) - len(canary or ())
         elif self.canary is not None:
             canary = ordered[: self.canary.of(len(ordered))]
         else:
             canary = None
         first = {w.project_id for w in canary or ()}
-        return StagePlan(canary, [w for w in ordered if w.project_id not in first], seed)
+        return StagePlan(canary, [w for w in ordered if w.project_id not in first], seed, at_target)
 
     def limit(self, stage: Stage, schemas: int) -> tuple[int | None, str]:
         """How many failed schemas stop ``stage`` from starting more (None: no number does), and why."""

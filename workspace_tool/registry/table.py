@@ -52,8 +52,9 @@ DELETE = text(f"DELETE FROM {REGISTRY_TABLE} WHERE project_id = :project_id")
 
 
 # The same upsert as literal SQL, to ride at the end of a migration batch (one round trip less). The
-# duration is the server's: from the transaction's start (lock wait included) to this statement.
-SERVER_DURATION_MS = "round((extract(epoch FROM clock_timestamp() - now()) * 1000)::numeric, 3)"
+# duration is the server's: from the transaction's start (lock wait included) to this statement, plus
+# what came before it in a migration sent in parts ({earlier} ms: a revision that can't run in a transaction).
+SERVER_DURATION_MS = "round(({earlier}extract(epoch FROM clock_timestamp() - now()) * 1000)::numeric, 3)"
 
 
 def upsert_sql(
@@ -64,11 +65,14 @@ def upsert_sql(
     path: str,
     *,
     per_row_of: str | None = None,
+    earlier_ms: float = 0.0,
 ) -> str:
     """UPSERT as one statement with literals, returning the duration it recorded. ``per_row_of``: a CTE
-    name; the row is written once per row of it (so not at all when it is empty)."""
+    name; the row is written once per row of it (so not at all when it is empty). ``earlier_ms``: the
+    migration's time before this transaction began (its earlier parts), added to the recorded duration."""
     literals = [sql_literal(v) for v in (project_id, schema, revision, RegistryStatus.READY, action)]
-    values = ", ".join([*literals, SERVER_DURATION_MS, sql_literal(path), "NULL"])
+    duration = SERVER_DURATION_MS.format(earlier=f"{float(earlier_ms):.3f} + " if earlier_ms else "")
+    values = ", ".join([*literals, duration, sql_literal(path), "NULL"])
     source = f"VALUES ({values})" if per_row_of is None else f"SELECT {values} FROM {per_row_of}"
     return (
         f"INSERT INTO {REGISTRY_TABLE} AS w (project_id, schema_name, revision, status, last_action, "

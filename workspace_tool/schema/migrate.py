@@ -21,8 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import pooler, registry, transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.dberrors import DEADLOCK_DETECTED, is_driver_error, sqlstate
-from workspace_tool.errors import MigrationFailed, WorkspaceError
+from workspace_tool.dberrors import DEADLOCK_DETECTED, sqlstate
 from workspace_tool.schema import roles
 from workspace_tool.schema.operation import ENSURE, Operation
 from workspace_tool.schema.state import check_managed, read_state
@@ -153,32 +152,18 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
         )
         recorded: object = None
         if transaction.in_one_transaction:
-            with _revision_errors(schema):
-                recorded = transaction.run(
-                    conn, chain, lock_held=True, statement_by_statement=how.statement_by_statement
-                )
+            recorded = transaction.run(conn, chain, lock_held=True, statement_by_statement=how.statement_by_statement)
         else:
             pooler.require_session(conn, transaction.needing_a_session(chain), direct=how.direct)
             hold_lock(conn, schema)
     if not transaction.in_one_transaction:
-        with _revision_errors(schema):
-            transaction.run_in_parts(conn, chain, statement_by_statement=how.statement_by_statement)
+        recorded = transaction.run_in_parts(
+            conn, chain, statement_by_statement=how.statement_by_statement, started=started
+        )
     if how.statement_by_statement:
         sending += ", statement by statement"
     result = EnsureResult(what.project_id, schema, action, current, what.target, _recorded_ms(recorded, started), path)
     return _logged(result, sending)
-
-
-@contextmanager
-def _revision_errors(schema: str) -> Iterator[None]:
-    """A revision's own Python error becomes MigrationFailed (its transaction rolls back); WorkspaceErrors
-    and database errors pass through."""
-    try:
-        yield
-    except Exception as exc:
-        if isinstance(exc, WorkspaceError) or is_driver_error(exc):
-            raise
-        raise MigrationFailed(schema, f"{type(exc).__name__}: {exc}") from exc
 
 
 def _claim(

@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -58,8 +59,8 @@ from sqlalchemy.util import await_only
 from workspace_tool import pooler, transactions
 from workspace_tool.chain import Chain, Step
 from workspace_tool.chain.plan import split_version_move, split_version_statements
-from workspace_tool.dberrors import describe, is_connection_error, sqlstate
-from workspace_tool.errors import NonTransactionalFailed
+from workspace_tool.dberrors import describe, is_connection_error, is_driver_error, sqlstate
+from workspace_tool.errors import NonTransactionalFailed, RevisionFailed, WorkspaceError
 from workspace_tool.registry import upsert_sql
 from workspace_tool.registry.spares import claim_statement
 from workspace_tool.sql import (
@@ -111,6 +112,7 @@ class RegistryRecord:
     revision: str | None
     action: RegistryAction
     path: Path
+    earlier_ms: float = 0.0  # the migration's time before this transaction (its earlier parts), recorded too
 
 
 @dataclass(frozen=True)
@@ -266,12 +268,16 @@ class SchemaTransaction:
             upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="claimed")
             return (), claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert)
         if self.expected is None or not self.expected.exists or not self.guarded or self.citus:
-            return self.steps, upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path)
+            return self.steps, upsert_sql(
+                r.project_id, self.schema, r.revision, r.action, r.path, earlier_ms=r.earlier_ms
+            )
         last = self.steps[-1]
         moved = split_version_move(last.statements)
         assert moved is not None
         before, move = moved
-        upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved")
+        upsert = upsert_sql(
+            r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms
+        )
         record = (
             f"WITH moved AS ({move} RETURNING 1), recorded AS ({upsert}) "
             f"SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM recorded) THEN ('{STATE_CHANGED} ' || now())::int END"
@@ -300,12 +306,29 @@ class SchemaTransaction:
                 send(conn, pending, statement_by_statement=statement_by_statement)
                 pending = []
                 log.debug("%s: %s -> %s online through Alembic", self.schema, unit.from_rev, unit.to_rev)
-                chain.run_online(conn, self.schema, self.extension_schema, unit.from_rev, unit.to_rev)
+                self._run_online(conn, chain, unit)
             else:
                 pending.append(unit)
         if pending:
             result = send(conn, pending, statement_by_statement=statement_by_statement, result=self.record is not None)
         return result
+
+    def _run_online(self, conn: Connection, chain: Chain, step: Step, *, outside_transaction: bool = False) -> None:
+        """An online step through Alembic; a revision's own Python error is raised as RevisionFailed."""
+        try:
+            chain.run_online(
+                conn,
+                self.schema,
+                self.extension_schema,
+                step.from_rev,
+                step.to_rev,
+                outside_transaction=outside_transaction,
+            )
+        except Exception as exc:
+            failed = revision_failed(chain, self.schema, step, exc)
+            if failed is None:
+                raise
+            raise failed from exc
 
     def claim(self, conn: Connection, *, lock_held: bool = False, statement_by_statement: bool = False) -> object:
         """Claim a spare on ``conn``, in a transaction: the prelude (unless ``lock_held``) and the claim with
@@ -404,26 +427,37 @@ class SchemaTransaction:
         return lines
 
     # ------------------------------------------------- steps that can't run in a transaction
-    def run_in_parts(self, conn: Connection, chain: Chain, *, statement_by_statement: bool = False) -> None:
+    def run_in_parts(
+        self, conn: Connection, chain: Chain, *, statement_by_statement: bool = False, started: float | None = None
+    ) -> object:
         """Send ``parts()`` on ``conn``, which is not in a transaction: each transaction in turn, committed,
         and between them each step that can't run in one (``_run_outside``). With ``lock``, the caller
         took the schema's session lock (``hold_lock``); it is released here at the end, whatever happens.
-        Refused (SessionRequired, nothing sent) on a connection that goes through a pooler."""
+        The last part's registry row records the whole migration's duration, from ``started`` (a
+        ``time.perf_counter()`` value; default: now); returns it, as ``run`` does. Refused (SessionRequired,
+        nothing sent) on a connection that goes through a pooler."""
         if conn.in_transaction():
             raise ValueError("run_in_parts commits each part: conn must not be in a transaction")
         pooler.require_session(conn, self.needing_a_session(chain))  # a session's lock and search_path below
+        started = time.perf_counter() if started is None else started
+        recorded: object = None
         try:
-            for part in self.parts():
+            parts = self.parts()
+            for i, part in enumerate(parts):
                 if isinstance(part, Step):
                     self._run_outside(conn, chain, part)
-                else:
-                    with conn.begin():
-                        part.run(conn, chain, statement_by_statement=statement_by_statement)
+                    continue
+                if i == len(parts) - 1 and part.record is not None:
+                    earlier = (time.perf_counter() - started) * 1000.0
+                    part = replace(part, record=replace(part.record, earlier_ms=earlier))
+                with conn.begin():
+                    recorded = part.run(conn, chain, statement_by_statement=statement_by_statement)
         finally:
             if self.lock:
                 _in_own_transaction(
                     conn, lambda: send(conn, [unlock_statement(self.schema) + ";"], statement_by_statement=False)
                 )
+        return recorded
 
     def _session_settings(self) -> list[str]:
         settings = [search_path_sql(self.schema, self.extension_schema, local=False) + ";"]
@@ -452,9 +486,7 @@ class SchemaTransaction:
                 if step.online:
                     if conn.in_transaction():
                         conn.commit()  # Alembic opens its own transaction block (a no-op in autocommit)
-                    chain.run_online(
-                        conn, self.schema, self.extension_schema, step.from_rev, step.to_rev, outside_transaction=True
-                    )
+                    self._run_online(conn, chain, step, outside_transaction=True)
                 else:
                     for statement in step.statements:
                         _send_one(conn, statement, result=False)
@@ -468,22 +500,44 @@ class SchemaTransaction:
 
     def _failed(self, conn: Connection, chain: Chain, step: Step, failure: Exception) -> Exception:
         """The error to raise for a failed step: NonTransactionalFailed (the database's refusal, with the
-        invalid indexes it left, or a revision's own Python error); the failure itself for a lost
-        connection (the fleet retries it)."""
+        invalid indexes it left, or a revision's own Python error). A lost connection too (``connection_lost``:
+        the fleet retries it), naming the indexes the cut-short build left invalid, looked up on a new
+        session; when even that fails, the indexes the step builds."""
+        named = _named_in(chain, step)
         if conn.invalidated or is_connection_error(failure):
-            return failure
-        left: tuple[str, ...] = ()
+            left = _after_loss(conn, self.schema, named)
+            return NonTransactionalFailed(
+                self.schema,
+                _span(step),
+                step.from_rev,
+                describe(failure, self.schema),
+                _built_indexes(named) if left is None else left,
+                sqlstate(failure),
+                connection_lost=True,
+                looked_up=left is not None,
+            )
+        left = ()
         with contextlib.suppress(Exception), conn.begin():
-            left = _invalid_indexes(conn, self.schema, _named_in(chain, step))
-        return NonTransactionalFailed(
-            self.schema, _span(step), step.from_rev, describe(failure, self.schema), left, sqlstate(failure)
-        )
+            left = _invalid_indexes(conn, self.schema, named)
+        detail = failure.detail if isinstance(failure, RevisionFailed) else describe(failure, self.schema)
+        return NonTransactionalFailed(self.schema, _span(step), step.from_rev, detail, left, sqlstate(failure))
 
 
 def hold_lock(conn: Connection, schema: str) -> None:
     """In conn's transaction, which holds the schema's lock: take the session's lock on it too (granted at
     once), which outlives the transaction, for ``run_in_parts`` (which releases it)."""
     send(conn, [lock_statement(schema, session=True) + ";"], statement_by_statement=False)
+
+
+def revision_failed(chain: Chain, schema: str, step: Step, exc: Exception) -> RevisionFailed | None:
+    """``exc``, raised running ``step`` online, as RevisionFailed naming the revision whose code raised it
+    (and where), when it is that revision's own Python error; None for a WorkspaceError or the database's
+    error, which pass through as they are."""
+    if isinstance(exc, WorkspaceError) or is_driver_error(exc):
+        return None
+    raised = chain.raised_in(exc)
+    error = describe(exc, schema) + (f" (at {raised[1]})" if raised else "")
+    return RevisionFailed(schema, raised[0] if raised else None, _span(step), error)
 
 
 def _span(step: Step) -> str:
@@ -504,6 +558,36 @@ def _named_in(chain: Chain, step: Step) -> str:
     if step.statements:
         return "\n".join(step.statements)
     return chain.source(step.to_rev if chain.is_upgrade(step.from_rev, step.to_rev) else step.from_rev)
+
+
+def _after_loss(conn: Connection, schema: str, named_in: str) -> tuple[str, ...] | None:
+    """After conn's connection was lost in a step: the invalid indexes of the schema the step names, read
+    on a new session (conn reconnects, then is invalidated again: its callers still see it lost, and the
+    session's lock went with the old one), or None when that can't be done (the server is gone)."""
+    try:
+        if conn.in_transaction():
+            conn.rollback()  # SQLAlchemy's bookkeeping: the connection is gone
+        with conn.begin():
+            return _invalid_indexes(conn, schema, named_in)
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+
+
+# The index a CREATE INDEX CONCURRENTLY builds (compiled SQL), or op.create_index's name (a revision's source).
+_BUILT = re.compile(
+    r'CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+(?:IF\s+NOT\s+EXISTS\s+)?("(?:[^"]|"")+"|[\w$]+)'
+    r"|\bcreate_index\(\s*(?:index_name\s*=\s*)?[\"']([^\"']+)[\"']",
+    flags=re.IGNORECASE,
+)
+
+
+def _built_indexes(named_in: str) -> tuple[str, ...]:
+    """The indexes a step's SQL (or its revision's source) builds concurrently, by name."""
+    names = (m[1] or m[2] for m in _BUILT.finditer(named_in))
+    return tuple(dict.fromkeys(n[1:-1].replace('""', '"') if n.startswith('"') else n for n in names))
 
 
 def _invalid_indexes(conn: Connection, schema: str, named_in: str) -> tuple[str, ...]:
