@@ -458,6 +458,13 @@ UNSAFE = {
     "|| quote_literal(current_schema()) || ')'; END $$\")",
     "comment": ITEMS
     + "\nop.execute(\"DO $$ BEGIN EXECUTE 'COMMENT ON TABLE items IS ' || quote_literal(current_schema()); END $$\")",
+    # the name transformed: in upper case, with dashes for underscores, or only its last part
+    "row in upper case": ITEMS + '\nop.execute("INSERT INTO items (name) VALUES (upper(current_schema()))")',
+    "default with dashes": "op.execute(\"DO $$ BEGIN EXECUTE 'CREATE TABLE items (id int, home text DEFAULT ' "
+    "|| quote_literal(replace(current_schema(), '_', '-')) || ')'; END $$\")",
+    "view of the name's last part": ITEMS
+    + "\nop.execute(\"DO $$ BEGIN EXECUTE 'CREATE VIEW home AS SELECT ' "
+    "|| quote_literal(split_part(current_schema(), '_', 3)) || '::text AS name'; END $$\")",
 }
 SAFE = (
     "op.create_table('items', sa.Column('id', sa.Integer, primary_key=True), sa.Column('name', sa.Text))\n"
