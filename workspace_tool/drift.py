@@ -101,6 +101,10 @@ def check(
         at_head = [c for c in schemas if _comparable(chain, c)]
         if at_head or spares:
             _compare(engine, conn, references.for_check(conn, chain), at_head + spares, jobs)
+        if spares:  # a spare claimed (or dropped by a fill) since it was listed is no spare to check any more
+            with conn.begin():
+                kept = pool.still_spares(conn, [s.schema for s in spares])
+            spares = [s for s in spares if s.schema in kept]
     known = {s.project_id for s in statuses}
     schemas += [
         SchemaCheck(p, schema_for(p), None, "missing", ["no schema and no registry row"])
