@@ -523,7 +523,7 @@ def test_pool_fill_status_and_drain_from_the_command_line(engine: sa.Engine, cha
     filled = cli(engine, "pool", "fill", "--size", "2", "--jobs", "2", "--json")
     assert filled.exit_code == 0, filled.output
     assert json.loads(filled.stdout)["built"] == 2
-    warning, report = filled.stderr.splitlines()  # the warning: test_pool_live.py
+    report, warning = filled.stderr.splitlines()  # the warning: test_pool_live.py
     assert warning.startswith("Warning: workspace_pool_size is 0")
     assert report.startswith(f"Pool: 2 spare(s) ready at head {HEAD} (target 2); built 2, dropped 0")
 

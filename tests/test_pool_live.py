@@ -339,3 +339,12 @@ def test_pool_fill_with_the_pool_off_warns_that_nothing_claims_them(
     on = with_options(chain_builder.copy_main_chain().ini, workspace_pool_size="1")
     quiet = cli(engine, "pool", "fill", "--size", "2", config=on)
     assert quiet.exit_code == 0 and "Warning:" not in quiet.stderr
+
+
+def test_a_bad_grace_is_one_line_and_changes_nothing(engine: sa.Engine, chain_builder: ChainBuilder) -> None:
+    ini = with_options(chain_builder.copy_main_chain().ini, workspace_pool_size="1", workspace_pool_grace="soon")
+    for command in (["pool", "fill"], ["pool", "status"]):
+        shown = cli(engine, *command, config=ini)
+        assert shown.exit_code == 1 and shown.stdout == "" and shown.stderr.count("\n") == 1, shown.output
+        assert shown.stderr.startswith("Error: workspace_pool_grace = 'soon'") and "number of seconds" in shown.stderr
+    assert pool.status(engine, CHAIN).spares == []

@@ -44,13 +44,6 @@ def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> 
         raise click.UsageError(
             f"the pool size is 0: pass --size N, or set {warm_pool.POOL_SIZE_OPTION} = N in {chain.config_path}"
         )
-    if target and warm_pool.configured_size(chain) == 0:
-        click.echo(
-            f"Warning: {warm_pool.POOL_SIZE_OPTION} is 0 in {chain.config_path}, so nothing claims these spares "
-            "unless the application's managers are given warm_pool=N: set "
-            f"{warm_pool.POOL_SIZE_OPTION} = N there to turn the pool on",
-            err=True,
-        )
     report = warm_pool.fill(app.engine, chain, target, jobs=jobs)
     if as_json:
         click.echo(to_json(report.as_dict()))
@@ -61,6 +54,13 @@ def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> 
         f"{report.elapsed_ms / 1000:.2f}s",
         err=True,
     )
+    if target and warm_pool.configured_size(chain) == 0:
+        click.echo(
+            f"Warning: {warm_pool.POOL_SIZE_OPTION} is 0 in {chain.config_path}, so nothing claims these spares "
+            "unless the application's managers are given warm_pool=N: set "
+            f"{warm_pool.POOL_SIZE_OPTION} = N there to turn the pool on",
+            err=True,
+        )
 
 
 @pool.command(name="status")
