@@ -137,6 +137,8 @@ def test_init_keeps_the_registry_and_the_extension_schema_on_the_coordinator(
     # would turn the existing registry schema into a tenant schema (and its new table with it).
     with citus_engine.begin() as conn:
         conn.execute(sa.text("DROP FUNCTION project_registry.claim_spare(text, text, text)"))  # r0003's
+        conn.execute(sa.text("DROP FUNCTION project_registry.default_privileges()"))  # r0004's
+        conn.execute(sa.text("DROP TABLE project_registry.pool_releases"))  # r0004's
         conn.execute(sa.text("DROP TABLE project_registry.spare_schemas"))
         conn.execute(sa.text("DROP TABLE project_registry.reference_catalog"))  # r0002's
         conn.execute(
@@ -513,27 +515,33 @@ def test_lock_timeout_bounds_the_waits_on_the_worker_too(citus_engine: sa.Engine
 def test_check_builds_its_reference_in_a_scratch_tenant_schema_or_reads_the_stored_one(
     citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
-    manager = WorkspaceManager(citus_engine, ALEMBIC_INI)
-    for project in ("c1", "c2"):
-        manager.ensure(project)
-    with citus_engine.begin() as conn:
-        conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
-        conn.execute(sa.text("ALTER TABLE project_c2.code_files ADD COLUMN by_hand integer"))
-    code, out, err = cli(coordinator_url, "check")
-    assert code == 1, err
-    assert out == "project_c2 (project c2, at head):\n  unexpected relations.code_files.columns.by_hand\n"
-    assert scratch_leftovers(citus_engine) == {}
-    with citus_engine.connect() as conn:  # check stores nothing
-        assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
-
-    # a read-only role (no CREATE: it can't build a reference) checks against the one init stores
+    # a read-only role, granted the project schemas through default privileges (check compares privileges:
+    # grants made by hand on each schema alone would be differences), and on each schema too: Citus doesn't
+    # propagate default privileges to the workers
     reader = f"wst_reader_{uuid.uuid4().hex[:8]}"
     with citus_engine.begin() as conn:
         conn.execute(sa.text(f"CREATE ROLE {reader} LOGIN"))  # on every node
-        for schema in ("project_registry", "workspace_extensions", "project_c1", "project_c2"):
-            conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {schema} TO {reader}"))
-            conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {reader}"))
+        conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO {reader}"))
+        conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO {reader}"))
     try:
+        manager = WorkspaceManager(citus_engine, ALEMBIC_INI)
+        for project in ("c1", "c2"):
+            manager.ensure(project)
+        with citus_engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
+            conn.execute(sa.text("ALTER TABLE project_c2.code_files ADD COLUMN by_hand integer"))
+        code, out, err = cli(coordinator_url, "check")
+        assert code == 1, err
+        assert out == "project_c2 (project c2, at head):\n  unexpected relations.code_files.columns.by_hand\n"
+        assert scratch_leftovers(citus_engine) == {}
+        with citus_engine.connect() as conn:  # check stores nothing
+            assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
+
+        # the read-only role (no CREATE: it can't build a reference) checks against the one init stores
+        with citus_engine.begin() as conn:
+            for schema in ("project_registry", "workspace_extensions", "project_c1", "project_c2"):
+                conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {schema} TO {reader}"))
+                conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {reader}"))
         as_reader = coordinator_url.set(username=reader)
         code, _, err = cli(as_reader, "check")
         assert code == 1 and "can't build one" in err and len(err.splitlines()) == 1, err
@@ -548,6 +556,8 @@ def test_check_builds_its_reference_in_a_scratch_tenant_schema_or_reads_the_stor
         assert code == 0 and "2 schema(s) checked" in err and "all match" in err
     finally:
         with citus_engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES REVOKE ALL ON SCHEMAS FROM {reader}"))
+            conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM {reader}"))
             conn.execute(sa.text(f"DROP OWNED BY {reader}"))
             conn.execute(sa.text(f"DROP ROLE {reader}"))
     assert scratch_leftovers(citus_engine) == {}

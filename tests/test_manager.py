@@ -194,7 +194,13 @@ def test_bootstrap_creates_registry_and_extension(manager: WorkspaceManager) -> 
         tables = set(
             conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'project_registry'")).scalars()
         )
-    assert tables == {"workspace_config", "workspace_registry_version", "reference_catalog", "spare_schemas"}
+    assert tables == {
+        "workspace_config",
+        "workspace_registry_version",
+        "reference_catalog",
+        "spare_schemas",
+        "pool_releases",
+    }
     assert manager.projects() == []
 
 

@@ -111,13 +111,16 @@ def test_verify_fast_path_needs_the_extension_not_the_registry(new_database: URL
 @pytest.fixture
 def reader(engine: sa.Engine, database_url: URL) -> Iterator[Callable[[], URL]]:
     """A login role; calling the fixture grants it what a monitoring role gets (CONNECT, USAGE on every
-    schema of the tool, SELECT on their tables) and returns its URL. Dropped at the end."""
+    schema of the tool, SELECT on their tables: on those to come through the migrating role's default
+    privileges, which `check` expects projects to have) and returns its URL. Dropped at the end."""
     role = f"wst_reader_{uuid.uuid4().hex[:10]}"
     with engine.begin() as conn:
         conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD '{READER_PASSWORD}'"))
 
     def grant() -> URL:
         with engine.begin() as conn:
+            conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES GRANT USAGE ON SCHEMAS TO {role}"))
+            conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO {role}"))
             schemas = conn.execute(
                 sa.text(
                     "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%' "
@@ -131,6 +134,8 @@ def reader(engine: sa.Engine, database_url: URL) -> Iterator[Callable[[], URL]]:
 
     yield grant
     with engine.begin() as conn:
+        conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES REVOKE ALL ON SCHEMAS FROM {role}"))
+        conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM {role}"))
         conn.execute(sa.text(f"DROP OWNED BY {role}"))
         conn.execute(sa.text(f"DROP ROLE {role}"))
 
@@ -139,10 +144,10 @@ def test_status_and_check_work_for_a_read_only_role(
     engine: sa.Engine, database_url: URL, reader: Callable[[], URL]
 ) -> None:
     chain = Chain.load(ALEMBIC_INI)
+    url = reader()
     assert fleet.provision(engine, chain, ["ro-a", "ro-b"]).ok  # a migrating run: it stores the reference
     with engine.begin() as conn:
         conn.execute(sa.text("ALTER TABLE project_ro_b.code_files ADD COLUMN by_hand integer"))
-    url = reader()
     with engine.begin() as conn:  # only this chain's reference (other tests store theirs)
         conn.execute(
             sa.text("DELETE FROM project_registry.reference_catalog WHERE key_parts->>'chain' <> :chain"),
@@ -165,6 +170,7 @@ def test_status_and_check_work_for_a_read_only_role(
     admin = cli(database_url, "check")  # a role that may create schemas builds it, and stores nothing
     assert admin.exit_code == 1 and admin.stdout == check.stdout
     assert database_state(database_url)[2] == [
+        *[row for row in before[2] if row[0] == "pool_releases"],
         ("reference_catalog", 0),
         ("spare_schemas", 0),
         ("workspace_config", 2),

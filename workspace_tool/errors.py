@@ -270,8 +270,8 @@ class PoolRefused(WorkspaceError):
     """The chain's objects name the schema they were built in as stored text (a function's body or its SET
     search_path, a string in a view, a default or a row...), which a rename does not follow: a spare schema
     can't become a project's, so the warm pool refuses this chain. ``found`` lists what names it. Also
-    raised, with ``why``, for a chain with a revision that can't run in a transaction (a spare is built
-    and recorded in one)."""
+    raised, with ``why``, on Citus, and when the role's default privileges change while every spare is
+    built (a revision that changes them)."""
 
     def __init__(self, found: list[str], *, why: str | None = None) -> None:
         self.found = found

@@ -3,22 +3,31 @@ building its tables (1 to 3 ms instead of 20 to 30 here).
 
 A spare is built by the chain's usual plan (``run_plan``: compiled SQL, Alembic online where it must) under
 a name outside the project namespace (``workspace_spare_<hex>``), and recorded in
-``project_registry.spare_schemas`` with its revision and the fingerprint of the chain that built it, in
-the same transaction. A project's first ensure claims one in its own schema transaction (a CLAIM step: see
-schema/transaction.py and ``schema.migrate.claims``): one statement renames a spare at the current head of
-this very chain, owned by the current role, and writes the registry row; with none, the schema is built as
-before, in the same transaction under the same lock.
+``project_registry.spare_schemas`` with its revision, the fingerprint of the chain that built it and the
+digest of the role's default privileges it was built under, in the same transaction (a chain with a
+revision that can't run in a transaction: in parts, recorded first as not ready, made ready by its last
+part). A project's first ensure claims one in its own schema transaction (a CLAIM step: see
+schema/transaction.py and ``schema.migrate.claims``): one statement renames a ready spare at the current
+head of this very chain, owned by the current role and built under its default privileges as they are
+now, and writes the registry row; with none, the schema is built as before, in the same transaction under
+the same lock.
 
-Here: the pool's size (alembic.ini ``workspace_pool_size``, default 0 = off), ``fill`` (``pool fill``: one
-filler per database at a time, an advisory lock held by a transaction kept open for the fill, so that it
-never outlives its holder, through a transaction pooler too), ``status``, ``drain``, ``follow``
+Releases: a chain at its head (a release of the application) that fills the pool records it in
+``project_registry.pool_releases``; spares of another release that filled the pool within
+``workspace_pool_grace`` seconds are kept for it, and spares at a revision this chain doesn't know (a newer
+release's) are never dropped by it: during a rolling deploy both releases are served from the pool.
+
+Here: the pool's size (alembic.ini ``workspace_pool_size``, default 0 = off) and grace, ``fill`` (``pool
+fill``: one filler per database at a time, an advisory lock held by a transaction kept open for the fill,
+so that it never outlives its holder, through a transaction pooler too), ``status``, ``drain``, ``follow``
 (``upgrade --all``: spares behind head are replaced), the check that a chain can be renamed safely
 (``rename_and_scan``), and the opt-in background ``Refiller`` a manager runs after it creates a schema.
 
 A chain whose objects name their schema in stored text (a function's body or its ``SET search_path FROM
-CURRENT``, a string in a view or a default, a row a revision inserts with ``current_schema()``) can't be
-renamed: the first spare of each fill is built under another name, renamed and searched for that name;
-if found, ``fill`` raises PoolRefused and makes no spare, so ensure keeps building schemas (the fast path).
+CURRENT``, a string in a view or a default, a row a revision inserts with ``current_schema()``, in any
+case or with only part of it) can't be renamed: the first spare of each fill is built under another name,
+renamed and searched for that name; if found, ``fill`` raises PoolRefused and makes no spare, so ensure
+keeps building schemas (the fast path).
 """
 
 from __future__ import annotations
@@ -36,17 +45,19 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from workspace_tool import registry, transactions
-from workspace_tool.chain import Chain
+from workspace_tool.chain import Chain, Plan
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, PoolRefused
 from workspace_tool.jobs import check_jobs
 from workspace_tool.registry import spares
 from workspace_tool.registry.spares import spare_name
-from workspace_tool.schema.migrate import run_plan
+from workspace_tool.schema.migrate import in_one_transaction, run_plan
 from workspace_tool.sql import POOL_LOCK_KEY, advisory_lock_sql, quote_ident, sql_literal
 from workspace_tool.vocabulary import SpareState
 
 POOL_SIZE_OPTION = "workspace_pool_size"
+GRACE_OPTION = "workspace_pool_grace"
+DEFAULT_GRACE_S = 3600.0  # another release's spares are kept while it filled the pool within this many seconds
 DROP_BATCH = 20  # spares dropped per transaction (each DROP SCHEMA ... CASCADE locks its ~30 objects)
 log = logging.getLogger(__name__)
 
@@ -71,6 +82,22 @@ def resolve_size(chain: Chain, size: int | None) -> int:
     return configured_size(chain) if size is None else _check_size(size)
 
 
+def release_grace(chain: Chain) -> float:
+    """``workspace_pool_grace`` in the chain's alembic.ini: seconds since another release last filled the pool
+    during which its spares are kept (default 3600)."""
+    value = chain.option(GRACE_OPTION, str(DEFAULT_GRACE_S))
+    try:
+        grace = float(value.strip())
+    except ValueError:
+        grace = -1.0
+    if not grace >= 0:
+        raise ConfigurationError(
+            f"{GRACE_OPTION} = {value!r} in {chain.config_path}: it must be a number of seconds, 0 or more "
+            f"(default {DEFAULT_GRACE_S:.0f}): how long another release's spares are kept after it last filled the pool"
+        )
+    return grace
+
+
 # ------------------------------------------------------------------------------------- what is there
 @dataclass(frozen=True)
 class Spare:
@@ -81,23 +108,64 @@ class Spare:
     build_ms: float | None
     present: bool  # its schema exists
     own: bool  # the current role owns it: only then may it claim (or drop) it
+    complete: bool = True  # built to its end (False: being built in parts, or left half-built)
+    current_privileges: bool = True  # built under the current role's default privileges as they are now
+    release_age_s: float | None = None  # seconds since its release last filled the pool (None: not recorded)
 
-    def state(self, chain: Chain) -> SpareState:
-        """READY to be claimed at this chain's head, STALE, MISSING or another role's (see SpareState)."""
+    def mine(self, chain: Chain) -> bool:
+        """At this chain's head, built by this chain: this release's."""
+        return (self.revision, self.chain) == (chain.head, chain.fingerprint)
+
+    def state(self, chain: Chain, grace_s: float | None = None) -> SpareState:
+        """READY to be claimed at this chain's head, or why not (see SpareState). ``grace_s``: how recently
+        another release must have filled the pool for its spares to be kept (default: the chain's setting)."""
         if not self.present:
             return SpareState.MISSING
         if not self.own:
             return SpareState.OTHER_ROLE
-        ready = (self.revision, self.chain) == (chain.head, chain.fingerprint)
-        return SpareState.READY if ready else SpareState.STALE
+        if not self.complete:
+            return SpareState.BUILDING
+        if not self.current_privileges:
+            return SpareState.OLD_PRIVILEGES
+        if self.mine(chain):
+            return SpareState.READY
+        grace = release_grace(chain) if grace_s is None else grace_s
+        if self.release_age_s is not None and self.release_age_s <= grace:
+            return SpareState.OTHER_RELEASE
+        return SpareState.STALE if chain.knows(self.revision) else SpareState.AHEAD
 
 
 def read_spares(conn: Connection) -> list[Spare]:
     """Every spare, in a transaction on ``conn``. Read-only; empty before the registry (or r0003) exists,
     or for a role that may not read them (a monitoring role granted SELECT before r0003)."""
-    if not conn.execute(spares.READABLE).scalar():
+    layout = conn.execute(spares.LAYOUT).one()
+    if layout.r0004 is None:
         return []
-    return [Spare(*row) for row in conn.execute(spares.SELECT_ALL)]
+    return [Spare(*row) for row in conn.execute(spares.select_all(r0004=layout.r0004, releases=layout.releases))]
+
+
+@dataclass(frozen=True)
+class Release:
+    """A release (a chain at its head) with spares, or that filled the pool (``last_filled_s``: seconds ago)."""
+
+    chain: str
+    revision: str
+    this: bool  # the current process's chain at its head
+    spares: int  # of every role
+    last_filled_at: dt.datetime | None
+    last_filled_s: float | None
+
+
+def read_releases(conn: Connection) -> list[tuple[Any, ...]]:
+    """(chain, revision, first_seen, last_seen, age_s) of each release that filled the pool; empty before
+    r0004 or for a role that may not read them."""
+    layout = conn.execute(spares.LAYOUT).one()
+    return [tuple(row) for row in conn.execute(spares.SELECT_RELEASES)] if layout.releases else []
+
+
+def still_spares(conn: Connection, schemas: list[str]) -> set[str]:
+    """Which of these spares are still spares (a claim or a fill took the others since they were read)."""
+    return set(conn.execute(spares.STILL_THERE, {"schemas": schemas}).scalars()) if schemas else set()
 
 
 @dataclass(frozen=True)
@@ -106,9 +174,11 @@ class PoolStatus:
     target: int  # the size the pool is kept at (alembic.ini, or what the caller asked)
     spares: list[Spare]
     chain: Chain
+    grace_s: float = DEFAULT_GRACE_S
+    releases: tuple[Release, ...] = ()
 
     def count(self, state: SpareState) -> int:
-        return sum(1 for s in self.spares if s.state(self.chain) == state)
+        return sum(1 for s in self.spares if s.state(self.chain, self.grace_s) == state)
 
     @property
     def ready(self) -> int:
@@ -120,28 +190,60 @@ class PoolStatus:
     def as_dict(self) -> dict[str, Any]:
         return {
             "head": self.head,
+            "chain": self.chain.fingerprint,
             "target": self.target,
+            "grace_s": self.grace_s,
             "counts": self.counts(),
-            "spares": [{**asdict(s), "state": str(s.state(self.chain))} for s in self.spares],
+            "releases": [asdict(r) for r in self.releases],
+            "spares": [
+                {**asdict(s), "state": str(s.state(self.chain, self.grace_s)), "this": s.mine(self.chain)}
+                for s in self.spares
+            ],
         }
 
 
 def status(engine: Engine, chain: Chain, target: int | None = None) -> PoolStatus:
-    """The spares and their states (see ``Spare.state``). Read-only."""
+    """The spares and their states (see ``Spare.state``), and the releases they belong to. Read-only."""
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-        found = read_spares(conn) if registry.present(conn) else []
-    return PoolStatus(chain.head, configured_size(chain) if target is None else target, found, chain)
+        present = registry.present(conn)
+        found = read_spares(conn) if present else []
+        filled = read_releases(conn) if present else []
+    grace = release_grace(chain)
+    return PoolStatus(
+        chain.head,
+        configured_size(chain) if target is None else target,
+        found,
+        chain,
+        grace,
+        _releases(chain, found, filled),
+    )
+
+
+def _releases(chain: Chain, found: list[Spare], filled: list[tuple[Any, ...]]) -> tuple[Release, ...]:
+    """This release first, then every other one with spares or that filled the pool, latest first."""
+    seen = {(c, r): (last, age) for c, r, _, last, age in filled}
+    counted: dict[tuple[str, str], int] = {}
+    for spare in found:
+        counted[(spare.chain, spare.revision)] = counted.get((spare.chain, spare.revision), 0) + 1
+    this = (chain.fingerprint, chain.head)
+    keys = [this] + [k for k in dict.fromkeys([*seen, *counted]) if k != this]
+    releases = [Release(c, r, (c, r) == this, counted.get((c, r), 0), *seen.get((c, r), (None, None))) for c, r in keys]
+    return tuple(
+        releases[:1]
+        + sorted(releases[1:], key=lambda r: r.last_filled_s if r.last_filled_s is not None else float("inf"))
+    )
 
 
 # ------------------------------------------------------------------------------------- filling
 @dataclass(frozen=True)
 class FillReport:
     target: int
-    ready: int  # spares ready at head once done
+    ready: int  # spares ready at head once done (counted then: claims while it ran are not in it)
     built: int
-    dropped: int  # stale spares dropped (and their schemas)
+    dropped: int  # spares no release can claim dropped (and their schemas): see spares.TAKE
     elapsed_ms: float
     busy: bool = False  # another filler held the pool's lock (wait=False): nothing was done
+    claimed: int = 0  # spares at head claimed by the application while it ran
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,15 +257,20 @@ def fill(
     jobs: int | None = None,
     wait: bool = True,
     stop: threading.Event | None = None,
+    grace_s: float | None = None,
 ) -> FillReport:
-    """Bring the pool to ``size`` spares at head (default: ``workspace_pool_size``): stale spares of the
-    current role are dropped, then the missing ones built on ``jobs`` connections (default: 2 per core,
-    within the engine's pool), plus one holding the pool's lock. Idempotent; concurrent fills are safe:
-    one at a time per database, the next waits for it (``wait=False``: returns at once, ``busy``) and
-    then finds the pool full. ``stop`` ends it between spares. Raises PoolRefused, with nothing made, for
-    a chain that names its schema in stored text."""
+    """Bring the pool to ``size`` spares at head (default: ``workspace_pool_size``): this release (the chain
+    at its head) records that it fills the pool, the current role's spares that no release can claim are
+    dropped (``spares.TAKE``: another release's are kept while it filled the pool within ``grace_s``
+    seconds, default ``workspace_pool_grace``; those ahead of this chain are never dropped by it), then the
+    missing ones built on ``jobs`` connections (default: 2 per core, within the engine's pool), plus one
+    holding the pool's lock. Idempotent; concurrent fills are safe: one at a time per database, the next
+    waits for it (``wait=False``: returns at once, ``busy``) and then finds the pool full. ``stop`` ends it
+    between spares. Raises PoolRefused, with nothing made, for a chain that names its schema in stored
+    text."""
     started = time.perf_counter()
     size = resolve_size(chain, size)
+    grace = release_grace(chain) if grace_s is None else grace_s
     jobs = check_jobs(engine, jobs)
     with translating(engine.url):
         with transactions.connect(engine) as conn:
@@ -173,12 +280,18 @@ def fill(
             if not held:
                 return FillReport(size, 0, 0, 0, _ms(started), busy=True)
             with transactions.connect(engine) as conn:
-                dropped = _take(conn, chain, everything=False)
+                if size:
+                    with conn.begin():
+                        conn.execute(spares.HEARTBEAT, {"chain": chain.fingerprint, "revision": chain.head})
+                dropped = _take(conn, chain, everything=False, grace_s=grace)
                 with conn.begin():
-                    ready = _ready(conn, chain)
-            missing = max(0, size - ready)
+                    before = _ready(conn, chain)
+                    conn.execute(spares.FORGET_RELEASES, {"grace": grace})
+            missing = max(0, size - before)
             built = _build(engine, chain, database.extension_schema, missing, jobs, stop or threading.Event())
-    return FillReport(size, ready + built, built, dropped, _ms(started))
+            with transactions.connect(engine) as conn, conn.begin():
+                after = _ready(conn, chain)
+    return FillReport(size, after, built, dropped, _ms(started), claimed=max(0, before + built - after))
 
 
 def drain(engine: Engine) -> int:
@@ -186,8 +299,9 @@ def drain(engine: Engine) -> int:
     ensure builds new schemas again until the pool is filled. Waits for a running fill. Returns how many."""
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
-            if not registry.present(conn) or not conn.execute(spares.READABLE).scalar():
+            if not registry.present(conn) or conn.execute(spares.LAYOUT).one().r0004 is None:
                 return 0
+        registry.bootstrap(conn)  # TAKE reads what r0004 added
         with _pool_lock(engine, wait=True):
             dropped = _take(conn, None, everything=True)
             with conn.begin():
@@ -199,15 +313,17 @@ def drain(engine: Engine) -> int:
 
 def follow(engine: Engine, chain: Chain, jobs: int | None = None) -> FillReport | None:
     """After `upgrade --all` to head: replace the spares behind head (stale ones are never handed out),
-    keeping at least as many as there were, and at least ``workspace_pool_size``. None when there is no
-    pool at all (no spare, size 0): one read."""
+    keeping at least as many as there were (another release's, still filling the pool, aside), and at
+    least ``workspace_pool_size``. None when there is no pool at all (no spare, size 0): one read."""
     size = configured_size(chain)
     if not size:
         with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
             if not (registry.present(conn) and read_spares(conn)):
                 return None
     current = status(engine, chain)
-    return fill(engine, chain, max(size, len([s for s in current.spares if s.own])), jobs=jobs)
+    others = (SpareState.OTHER_RELEASE, SpareState.AHEAD)
+    replaced = [s for s in current.spares if s.own and s.state(chain, current.grace_s) not in others]
+    return fill(engine, chain, max(size, len(replaced)), jobs=jobs)
 
 
 def _check_size(size: int) -> int:
@@ -240,24 +356,20 @@ def _pool_lock(engine: Engine, *, wait: bool) -> Iterator[bool]:
                     transaction.rollback()
 
 
-_READY = text(
-    f"SELECT count(*) FROM {spares.SPARES_TABLE} s JOIN pg_namespace n ON n.nspname = s.schema_name::name "
-    "WHERE s.chain = :chain AND s.revision = :revision "
-    "AND pg_get_userbyid(n.nspowner) = current_user"
-)
-
-
 def _ready(conn: Connection, chain: Chain) -> int:
-    return int(conn.execute(_READY, {"chain": chain.fingerprint, "revision": chain.head}).scalar_one())
+    return int(conn.execute(spares.READY, {"chain": chain.fingerprint, "revision": chain.head}).scalar_one())
 
 
-def _take(conn: Connection, chain: Chain | None, *, everything: bool) -> int:
-    """Drop the current role's spares (all, or those not ready at ``chain``'s head), rows and schemas
-    together, a batch per transaction; spares being claimed are skipped. Returns how many."""
+def _take(conn: Connection, chain: Chain | None, *, everything: bool, grace_s: float = 0.0) -> int:
+    """Drop the current role's spares (all, or those no release can claim: see ``spares.TAKE``), rows and
+    schemas together, a batch per transaction; spares being claimed are skipped. Under the pool's lock.
+    Returns how many."""
     params = {
         "all": everything,
         "chain": chain.fingerprint if chain else None,
         "revision": chain.head if chain else None,
+        "known": chain.revisions if chain else [],
+        "grace": grace_s,
         "batch": DROP_BATCH,
     }
     dropped = 0
@@ -314,76 +426,154 @@ def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs
 
 
 def check_chain(chain: Chain, *, citus: bool = False) -> None:
-    """Refuse (PoolRefused) what the warm pool can't serve: a chain with a revision that can't run in a
-    transaction (a spare is built and recorded in one, so that a failed build leaves nothing behind), and
-    Citus (``citus``: renaming a distributed tenant schema inside the claim is not something this pool
-    was built or tested for; ensure builds schemas there, statement by statement)."""
+    """Refuse (PoolRefused) what the warm pool can't serve: Citus (``citus``: renaming a distributed tenant
+    schema inside the claim is not something this pool was built or tested for; ensure builds schemas
+    there, statement by statement). A chain with a revision that can't run in a transaction is served: its
+    spares are built in parts (``build_spare``)."""
     if citus:
         raise PoolRefused([], why="the database runs Citus, where spares are not supported")
-    outside = [step.to_rev or "base" for step in chain.plan(None, chain.head).steps if not step.transactional]
-    if outside:
-        raise PoolRefused(
-            [], why=f"revision {', '.join(outside)} can't run in a transaction, and a spare is built in one"
-        )
+
+
+BUILD_ATTEMPTS = 2  # a spare whose build saw the default privileges change is built again, once
 
 
 def build_spare(conn: Connection, chain: Chain, extension_schema: str, *, check: bool = False) -> str:
-    """Build one spare at head in its own transaction on ``conn`` and record it; return its name. With
-    ``check``, it is built under another name and renamed, then searched for that first name
-    (``rename_and_scan``): a chain that names its schema in stored text is refused (PoolRefused) and
-    nothing is kept. The chain was checked by ``fill`` (``check_chain``), the one way spares are made."""
-    spare = spare_name()
-    started = time.perf_counter()
-    with conn.begin():
+    """Build one spare at head on ``conn`` (not in a transaction) and record it; return its name. In one
+    transaction; or, for a chain with a revision that can't run in one, in parts (``run_plan(commit=True)``:
+    ``SchemaTransaction.run_in_parts``), recorded first as not ready (never claimed) and made ready in a
+    last transaction. With ``check``, it is built under another name and renamed, then searched for that
+    first name (``rename_and_scan``): a chain that names its schema in stored text is refused (PoolRefused)
+    and nothing is kept. The default privileges it is recorded under are read at its start and must be the
+    same at its end (else it is discarded and built again). The chain was checked by ``fill``
+    (``check_chain``), the one way spares are made."""
+    plan = chain.plan(None, chain.head)
+    parts = not in_one_transaction([plan])
+    for _ in range(BUILD_ATTEMPTS):
+        spare = spare_name()
         building = spare_name() if check else spare
-        run_plan(conn, chain, building, extension_schema, chain.plan(None, chain.head), create_schema=True)
+        started = time.perf_counter()
+        built = (
+            _build_in_parts(conn, chain, extension_schema, plan, building, spare, check, started)
+            if parts
+            else _build_in_one(conn, chain, extension_schema, plan, building, spare, check, started)
+        )
+        if built:
+            return spare
+        log.info("the default privileges changed while spare %s was built: discarded", spare)
+    raise PoolRefused(
+        [],
+        why=f"the default privileges of the role changed while each of {BUILD_ATTEMPTS} spares was built in a row "
+        "(a revision that runs ALTER DEFAULT PRIVILEGES without IN SCHEMA?), so no spare can be built under "
+        "the privileges it would be claimed under",
+    )
+
+
+def _build_in_one(
+    conn: Connection, chain: Chain, ext: str, plan: Plan, building: str, spare: str, check: bool, started: float
+) -> bool:
+    with conn.begin() as transaction:
+        privileges = conn.execute(spares.PRIVILEGES).scalar_one()
+        run_plan(conn, chain, building, ext, plan, create_schema=True)
         if check and (found := rename_and_scan(conn, building, spare)):
             raise PoolRefused(found)
-        params = {"schema": spare, "revision": chain.head, "chain": chain.fingerprint, "ms": _ms(started)}
-        conn.execute(spares.INSERT, params)
-    return spare
+        if not conn.execute(spares.INSERT, _row(chain, spare, privileges, started)).rowcount:
+            transaction.rollback()
+            return False
+    return True
+
+
+def _build_in_parts(
+    conn: Connection, chain: Chain, ext: str, plan: Plan, building: str, spare: str, check: bool, started: float
+) -> bool:
+    """Recorded not ready and committed; each part committed; then renamed (with ``check``), searched, and
+    made ready in one transaction. A failure drops what was made; a connection lost leaves it to the next
+    fill (which drops spares left not ready)."""
+    with conn.begin():
+        privileges = conn.execute(spares.PRIVILEGES).scalar_one()
+        conn.execute(spares.INSERT_BUILDING, _row(chain, building, privileges, started))
+    try:
+        run_plan(conn, chain, building, ext, plan, create_schema=True, commit=True)
+        with conn.begin() as transaction:
+            if check and (found := rename_and_scan(conn, building, spare)):
+                raise PoolRefused(found)
+            if conn.execute(spares.MARK_READY, {"schema": building, "spare": spare, "ms": _ms(started)}).rowcount:
+                return True
+            transaction.rollback()
+    except BaseException:
+        _discard(conn, building)
+        raise
+    _discard(conn, building)
+    return False
+
+
+def _row(chain: Chain, schema: str, privileges: str, started: float) -> dict[str, Any]:
+    return {
+        "schema": schema,
+        "revision": chain.head,
+        "chain": chain.fingerprint,
+        "privileges": privileges,
+        "ms": _ms(started),
+    }
+
+
+def _discard(conn: Connection, schema: str) -> None:
+    """Drop a spare being built in parts, schema and row, in a transaction of its own; on a connection that
+    is gone, nothing (the next fill drops it)."""
+    if conn.invalidated or conn.closed:
+        return
+    try:
+        if conn.in_transaction():
+            conn.rollback()
+        with conn.begin():
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+            conn.execute(spares.DELETE, {"schema": schema})
+    except Exception as exc:
+        log.warning("could not drop spare %s left half-built (the next pool fill will): %s", schema, first_line(exc))
 
 
 # --------------------------------------------------------------------------- is renaming safe?
-# What, in a schema, still names ``old`` once the schema was renamed from it: references by OID follow a
-# rename (tables, sequences behind serial defaults, types, views' and rules' parse trees, foreign keys,
-# triggers' functions), text does not. Each object's stored text is read (a function's body and its SET
-# options) or deparsed (defaults, constraints, indexes, views, triggers and their arguments, policies,
-# rules, domains' defaults and constraints), and comments; then the rows of its tables. The schema's
+# What, in a schema, still names ``old`` once the schema was renamed from it (``:needle``, searched in
+# lower-cased text: see ``_needle``): references by OID follow a rename (tables, sequences behind serial
+# defaults, types, views' and rules' parse trees, foreign keys, triggers' functions), text does not. Each
+# object's stored text is read (a function's body and its SET options) or deparsed (defaults, constraints,
+# indexes, views, triggers and their arguments, policies, rules, domains' defaults and constraints), and
+# comments; then the rows of its tables. The schema's
 # relations are read once (pg_class has no index on relnamespace alone), the rest through their indexes.
 _NAMES_ITSELF = text(
     """
 WITH nsp AS (SELECT oid FROM pg_namespace WHERE nspname = :schema),
 rel AS MATERIALIZED (SELECT c.oid, c.relname, c.relkind FROM pg_class c, nsp WHERE c.relnamespace = nsp.oid)
 SELECT 'function ' || p.proname || '()' FROM pg_proc p, nsp WHERE p.pronamespace = nsp.oid
-  AND strpos(concat_ws(' ', p.prosrc, array_to_string(p.proconfig, ' '), p.probin), :old) > 0
+  AND strpos(lower(concat_ws(' ', p.prosrc, array_to_string(p.proconfig, ' '), p.probin)), :needle) > 0
 UNION ALL
 SELECT 'the default of ' || r.relname || '.' || a.attname FROM rel r JOIN pg_attrdef d ON d.adrelid = r.oid
   JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-  WHERE strpos(pg_get_expr(d.adbin, d.adrelid), :old) > 0
+  WHERE strpos(lower(pg_get_expr(d.adbin, d.adrelid)), :needle) > 0
 UNION ALL
 SELECT 'constraint ' || k.conname FROM rel r JOIN pg_constraint k ON k.conrelid = r.oid
-  WHERE strpos(pg_get_constraintdef(k.oid), :old) > 0
+  WHERE strpos(lower(pg_get_constraintdef(k.oid)), :needle) > 0
 UNION ALL
 SELECT CASE WHEN r.relkind IN ('v', 'm') THEN 'view ' ELSE 'index ' END || r.relname FROM rel r
   WHERE r.relkind IN ('v', 'm', 'i', 'I')
-  AND strpos(CASE WHEN r.relkind IN ('v', 'm') THEN pg_get_viewdef(r.oid) ELSE pg_get_indexdef(r.oid) END, :old) > 0
+  AND strpos(lower(CASE WHEN r.relkind IN ('v', 'm') THEN pg_get_viewdef(r.oid) ELSE pg_get_indexdef(r.oid) END),
+             :needle) > 0
 UNION ALL
 SELECT 'trigger ' || t.tgname FROM rel r JOIN pg_trigger t ON t.tgrelid = r.oid
-  WHERE NOT t.tgisinternal AND strpos(pg_get_triggerdef(t.oid), :old) > 0
+  WHERE NOT t.tgisinternal AND strpos(lower(pg_get_triggerdef(t.oid)), :needle) > 0
 UNION ALL
 SELECT 'policy ' || p.polname FROM rel r JOIN pg_policy p ON p.polrelid = r.oid
-  WHERE strpos(concat_ws(' ', pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)), :old) > 0
+  WHERE strpos(lower(concat_ws(' ', pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))),
+               :needle) > 0
 UNION ALL
 SELECT 'rule ' || w.rulename FROM rel r JOIN pg_rewrite w ON w.ev_class = r.oid
-  WHERE w.rulename <> '_RETURN' AND strpos(pg_get_ruledef(w.oid), :old) > 0
+  WHERE w.rulename <> '_RETURN' AND strpos(lower(pg_get_ruledef(w.oid)), :needle) > 0
 UNION ALL
 SELECT 'domain ' || t.typname FROM pg_type t, nsp WHERE t.typnamespace = nsp.oid AND t.typtype = 'd' AND (
-  strpos(t.typdefault, :old) > 0
+  strpos(lower(t.typdefault), :needle) > 0
   OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = 0 AND k.contypid = t.oid
-             AND strpos(pg_get_constraintdef(k.oid), :old) > 0))
+             AND strpos(lower(pg_get_constraintdef(k.oid)), :needle) > 0))
 UNION ALL
-SELECT 'a comment' FROM pg_description ds WHERE strpos(ds.description, :old) > 0 AND ds.objoid IN (
+SELECT 'a comment' FROM pg_description ds WHERE strpos(lower(ds.description), :needle) > 0 AND ds.objoid IN (
   SELECT oid FROM nsp UNION ALL SELECT oid FROM rel
   UNION ALL SELECT p.oid FROM pg_proc p, nsp WHERE p.pronamespace = nsp.oid
   UNION ALL SELECT k.oid FROM rel r JOIN pg_constraint k ON k.conrelid = r.oid)
@@ -397,19 +587,32 @@ _TABLES = text(
 
 def rename_and_scan(conn: Connection, old: str, new: str) -> list[str]:
     """Rename schema ``old`` to ``new`` (in the caller's transaction) and list what in it still names
-    ``old``: why a schema built under one name can't be handed out under another. Empty when it can."""
+    ``old``, in any case and whole or by its random part (``_needle``): why a schema built under one name
+    can't be handed out under another. Empty when it can."""
     conn.execute(text(f"ALTER SCHEMA {quote_ident(old)} RENAME TO {quote_ident(new)}"))
-    params = {"schema": new, "old": old}
+    params = {"schema": new, "needle": _needle(old)}
     found = [str(what) for what in conn.execute(_NAMES_ITSELF, params).scalars()]
     tables = list(conn.execute(_TABLES, {"schema": new}).scalars())
     if tables:
         rows = " UNION ALL ".join(
             f"(SELECT {sql_literal('rows of ' + t)} FROM {quote_ident(new)}.{quote_ident(t)} AS x "
-            "WHERE strpos(x::text, :old) > 0 LIMIT 1)"
+            "WHERE strpos(lower(x::text), :needle) > 0 LIMIT 1)"
             for t in tables
         )
-        found += [str(what) for what in conn.execute(text(rows), {"old": old}).scalars()]
+        found += [str(what) for what in conn.execute(text(rows), params).scalars()]
     return found
+
+
+_RANDOM_PART = 12  # hex digits: a spare's name ends in 16 (spare_name), which appear nowhere by chance
+
+
+def _needle(old: str) -> str:
+    """What text naming schema ``old`` contains, however a revision transformed it (upper case, another
+    separator for its ``_``, quoted, concatenated, only its last part): its random last part when it has one
+    (a spare's name), else the whole name; in lower case, searched in lower-cased text."""
+    tail = old.rsplit("_", 1)[-1]
+    random = len(tail) >= _RANDOM_PART and all(c in "0123456789abcdef" for c in tail.lower())
+    return (tail if random else old).lower()
 
 
 # ------------------------------------------------------------------------------ background refill

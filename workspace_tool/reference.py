@@ -30,12 +30,13 @@ from workspace_tool.chain.alembic_run import alembic_version
 from workspace_tool.database import can_create, find_extension_schema, is_citus
 from workspace_tool.dberrors import first_line, role_phrase
 from workspace_tool.errors import HeadModelFailed, MigrationFailed, PermissionDenied, WorkspaceError
+from workspace_tool.naming import SCHEMA_PREFIX
 from workspace_tool.registry import REGISTRY_SCHEMA
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, fingerprints, snapshot
 from workspace_tool.schema.migrate import scratch_schema
 
 SCRATCH_PREFIX = "workspace_drift_"  # not a project schema name: never listed, and rolled back anyway
-CATALOG_FORMAT = 1  # bump when catalog.snapshot or catalog.fingerprints change what they read
+CATALOG_FORMAT = 2  # bump when catalog.snapshot or catalog.fingerprints change what they read (2: privileges)
 TABLE = f"{REGISTRY_SCHEMA}.reference_catalog"
 log = logging.getLogger(__name__)
 
@@ -64,8 +65,28 @@ _UPSERT = text(
 )
 
 
-def key_parts(conn: Connection, chain: Chain) -> dict[str, Any]:
-    """What the catalog the chain builds depends on (the vector extension must exist)."""
+# A role's default privileges that are not tied to a schema (what a new schema's objects get), relative to
+# the role (it as <owner>): roles with the same ones, whatever their names, build the same privileges.
+_DEFAULT_PRIVILEGES = text(
+    "SELECT coalesce(string_agg(x, ' ' ORDER BY x), '') FROM ("
+    "SELECT d.defaclobjtype::text || ':' || CASE WHEN a.grantee = d.defaclrole THEN '<owner>' "
+    "WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee)::text END || '=' || a.privilege_type "
+    "|| CASE WHEN a.is_grantable THEN '*' ELSE '' END AS x "
+    "FROM pg_default_acl d CROSS JOIN LATERAL aclexplode(d.defaclacl) a "
+    "WHERE d.defaclrole = coalesce(:role, (SELECT oid FROM pg_roles WHERE rolname = current_user)) "
+    "AND d.defaclnamespace = 0) t"
+)
+# The role owning most project schemas (whose default privileges decide theirs), or NULL when none.
+_PROJECTS_OWNER = text(
+    "SELECT n.nspowner, pg_get_userbyid(n.nspowner) FROM pg_namespace n "
+    f"WHERE n.nspname LIKE '{SCHEMA_PREFIX.replace('_', chr(92) + '_')}%' "
+    "GROUP BY n.nspowner ORDER BY count(*) DESC, n.nspowner LIMIT 1"
+)
+
+
+def key_parts(conn: Connection, chain: Chain, *, role: int | None = None) -> dict[str, Any]:
+    """What the catalog the chain builds depends on (the vector extension must exist), the privileges of
+    what it builds included: the default privileges of ``role`` (an OID; default: the current role's)."""
     find_extension_schema(conn)  # the error that says `workspace-tool init` when it is missing
     row = conn.execute(_KEY_PARTS).one()
     return {
@@ -75,6 +96,7 @@ def key_parts(conn: Connection, chain: Chain) -> dict[str, Any]:
         **row._asdict(),
         "alembic": alembic_version(),
         "sqlalchemy": sqlalchemy.__version__,
+        "default_privileges": conn.execute(_DEFAULT_PRIVILEGES, {"role": role}).scalar_one(),
     }
 
 
@@ -114,13 +136,27 @@ def stored(conn: Connection, key: str) -> Reference | None:
 
 def for_check(conn: Connection, chain: Chain) -> Reference:
     """The stored reference of this chain if there is one, else one built in a scratch schema (rolled
-    back). Writes nothing. ``conn`` must not be in a transaction."""
+    back). Writes nothing. ``conn`` must not be in a transaction. Its privileges are those of a schema the
+    role owning (most of) the project schemas builds: the one stored with that role's default privileges,
+    or one built by the current role when it has the same ones."""
     with conn.begin():
-        parts = key_parts(conn, chain)
+        owner = conn.execute(_PROJECTS_OWNER).first()
+        parts = key_parts(conn, chain, role=None if owner is None else owner[0])
         reference = stored(conn, reference_key(parts))
         allowed, database = can_create(conn)
+        own = conn.execute(_DEFAULT_PRIVILEGES, {"role": None}).scalar_one()
     if reference is not None:
         return reference
+    if allowed and owner is not None and own != parts["default_privileges"]:
+        role = conn.engine.url.username
+        raise PermissionDenied(
+            f"check needs the catalog the chain builds at head {chain.head} with the default privileges of role "
+            f"{owner[1]}, which owns the project schemas, and none is stored in {TABLE}",
+            f"{role_phrase(role)} has other default privileges, so a schema it builds would not have the "
+            "privileges the projects should have",
+            f"run `workspace-tool init` once as {owner[1]} (it stores it), or run check as {owner[1]}",
+            role=role,
+        )
     if not allowed:
         role = conn.engine.url.username
         raise PermissionDenied(

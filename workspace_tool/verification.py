@@ -134,8 +134,13 @@ def verify_fast_path(
                 if on_check is not None:
                     on_check(checks[-1])
             if with_pool:
-                outer = outer if outer is not None else conn.begin()
-                checks.append(_check_pool(conn, chain, database, token))
+                committed = _committed(chain, None, chain.head, True)
+                if committed and outer is not None:
+                    outer.rollback()
+                    outer = None
+                elif not committed and outer is None:
+                    outer = conn.begin()
+                checks.append(_check_pool(conn, chain, database, token, committed=committed))
                 if on_check is not None:
                     on_check(checks[-1])
         finally:
@@ -172,28 +177,28 @@ def _check(
     return RangeCheck(from_rev, to_rev, kind, chain.plan(None if fresh else from_rev, to_rev).path, tuple(differences))
 
 
-def _check_pool(conn: Connection, chain: Chain, database: Database, token: str) -> RangeCheck:
+def _check_pool(conn: Connection, chain: Chain, database: Database, token: str, *, committed: bool) -> RangeCheck:
     """A spare built at head through the fast path under a spare's name and renamed, as a claim does, vs a
-    schema built fresh online; anything left naming the spare's first name is a difference too."""
-
-    extension_schema = database.extension_schema
+    schema built fresh online; anything left naming the spare's first name is a difference too. With a
+    revision that can't run in a transaction (``committed``), both are built in parts, as spares are, and
+    dropped after (the rename is rolled back first)."""
 
     @contextmanager
     def side(schema: str, online: bool) -> Iterator[None]:
-        with conn.begin_nested():
-            if online:
-                plan = chain.plan(None, chain.head, online=True)
-                run_plan(conn, chain, schema, extension_schema, plan, create_schema=True)
-            else:
-                warm_pool.check_chain(chain, citus=database.citus)
-                spare = spare_name()
-                run_plan(conn, chain, spare, extension_schema, chain.plan(None, chain.head), create_schema=True)
-                found = warm_pool.rename_and_scan(conn, spare, schema)
-                if found:
-                    raise PoolRefused(found)
+        if online:
+            plans = [(chain.plan(None, chain.head, online=True), True)]
+            with _side(conn, chain, schema, database, plans, committed=committed):
+                yield
+            return
+        warm_pool.check_chain(chain, citus=database.citus)
+        spare = spare_name()
+        with _side(conn, chain, spare, database, [(chain.plan(None, chain.head), True)], committed=committed):
+            found = warm_pool.rename_and_scan(conn, spare, schema)
+            if found:
+                raise PoolRefused(found)
             yield
 
-    differences = _compare_sides(conn, token, side, "pool (a spare renamed)", committed=False)
+    differences = _compare_sides(conn, token, side, "pool (a spare renamed)", committed=committed)
     return RangeCheck(None, chain.head, "pool", "pool", tuple(differences))
 
 

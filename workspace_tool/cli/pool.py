@@ -8,7 +8,7 @@ from workspace_tool.cli.context import AppContext, pass_app
 from workspace_tool.cli.options import jobs_option, json_option
 from workspace_tool.cli.render import emit, to_json
 
-SPARE_COLUMNS = ["schema", "revision", "state", "build_ms", "created_at"]
+SPARE_COLUMNS = ["schema", "revision", "chain", "state", "build_ms", "created_at"]
 
 
 @click.group()
@@ -27,7 +27,10 @@ def pool() -> None:
 @json_option
 @pass_app
 def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> None:
-    """Build spares until the pool holds --size at head; drop spares behind head (a new revision) first.
+    """Build spares until the pool holds --size at head; first drop the spares no release can claim
+    (behind head and no release filled the pool for them within workspace_pool_grace, built under other
+    default privileges, left half-built). Another release's spares are kept while it fills the pool, and
+    spares ahead of this chain are never dropped: a rolling deploy serves both releases from the pool.
 
     Idempotent; a second fill running at the same time waits for the first, then finds the pool full.
     Refused, with nothing made, for a chain whose objects name their schema in stored text (a rename
@@ -44,20 +47,32 @@ def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> 
     report = warm_pool.fill(app.engine, chain, target, jobs=jobs)
     if as_json:
         click.echo(to_json(report.as_dict()))
+    claimed = f", {report.claimed} claimed meanwhile" if report.claimed else ""
     click.echo(
         f"Pool: {report.ready} spare(s) ready at head {chain.head} (target {report.target}); built "
-        f"{report.built}, dropped {report.dropped} behind head, in {report.elapsed_ms / 1000:.2f}s",
+        f"{report.built}, dropped {report.dropped} that no release can claim{claimed}, in "
+        f"{report.elapsed_ms / 1000:.2f}s",
         err=True,
     )
+    if target and warm_pool.configured_size(chain) == 0:
+        click.echo(
+            f"Warning: {warm_pool.POOL_SIZE_OPTION} is 0 in {chain.config_path}, so nothing claims these spares "
+            "unless the application's managers are given warm_pool=N: set "
+            f"{warm_pool.POOL_SIZE_OPTION} = N there to turn the pool on",
+            err=True,
+        )
 
 
 @pool.command(name="status")
 @json_option
 @pass_app
 def status_(app: AppContext, as_json: bool) -> None:
-    """The spares: how many are ready at head, the target size, each spare's revision and state (ready,
-    stale: behind head or another chain's, never handed out; missing; other role: made by another role,
-    which alone can claim it). Read-only."""
+    """The spares: how many are ready at head, the target size, each spare's revision, chain and state
+    (ready; other release: another release's, which still fills the pool; ahead: at a revision this chain
+    doesn't know; stale: behind head or another chain's and no release fills the pool for it, dropped by
+    the next fill; old privileges: built under other default privileges; building: not complete; missing;
+    other role: made by another role, which alone can claim it); then, with more than one release, the
+    spares of each (this one's first) and when it last filled the pool. Read-only."""
     from workspace_tool import pool as warm_pool
     from workspace_tool.vocabulary import SpareState
 
@@ -73,6 +88,16 @@ def status_(app: AppContext, as_json: bool) -> None:
         + (f"; {others}" if others else ""),
         err=True,
     )
+    if len([r for r in report.releases if r.spares or not r.this]) > 1:
+        for release in report.releases:
+            held = f"{report.ready} ready" if release.this else f"{release.spares} spare(s)"
+            seen = (
+                "never filled the pool"
+                if release.last_filled_s is None
+                else f"last filled the pool {release.last_filled_s:.0f}s ago"
+            )
+            this = " (this one)" if release.this else ""
+            click.echo(f"  release {release.revision}{this}: {held}, {seen} (chain {release.chain})", err=True)
 
 
 @pool.command()

@@ -24,10 +24,32 @@ _COLUMNS = text(
     "WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'f') AND a.attnum > 0 "
     "AND NOT a.attisdropped ORDER BY c.relname, a.attnum"
 )
+# Privileges, owner-relative: each (grantee, grantor) of an ACL as ``grantee=PRIVILEGE[*],.../grantor``,
+# with the owner as <owner> and PUBLIC as PUBLIC, sorted; a NULL ACL as the built-in default it stands for
+# (``acldefault``). Grants to a project's own role (``ensure(owner_role=...)``: a role with default
+# privileges IN this schema, see schema/roles.py) are the tool's, not the chain's: left out.
+_ACL = """ARRAY(SELECT g.who || '=' || string_agg(g.privilege_type || CASE WHEN g.grantable THEN '*' ELSE '' END,
+                                                ',' ORDER BY g.privilege_type) || '/' || g.by
+      FROM (SELECT CASE WHEN a.grantee = {owner} THEN '<owner>' WHEN a.grantee = 0 THEN 'PUBLIC'
+                        ELSE pg_get_userbyid(a.grantee)::text END AS who,
+                   CASE WHEN a.grantor = {owner} THEN '<owner>' ELSE pg_get_userbyid(a.grantor)::text END AS by,
+                   a.privilege_type, a.is_grantable AS grantable
+            FROM aclexplode(coalesce({acl}, acldefault({kind}, {owner}))) a
+            WHERE a.grantee NOT IN (SELECT p.grantee FROM pg_default_acl d, aclexplode(d.defaclacl) p
+                                    WHERE d.defaclnamespace = n.oid)) g
+      GROUP BY g.who, g.by ORDER BY 1)"""
 _RELATIONS = text(
-    "SELECT c.relname, c.relkind, obj_description(c.oid, 'pg_class'), c.relpersistence "
-    "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "SELECT c.relname, c.relkind, obj_description(c.oid, 'pg_class'), c.relpersistence, "
+    "CASE WHEN c.relowner = n.nspowner THEN NULL ELSE pg_get_userbyid(c.relowner)::text END, "
+    + _ACL.format(
+        owner="c.relowner", acl="c.relacl", kind="(CASE WHEN c.relkind = 'S' THEN 's' ELSE 'r' END)::\"char\""
+    )
+    + " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
     "WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') ORDER BY c.relname"
+)
+_SCHEMA = text(
+    "SELECT " + _ACL.format(owner="n.nspowner", acl="n.nspacl", kind="'n'") + " FROM pg_namespace n "
+    "WHERE n.nspname = :schema"
 )
 _INDEXES = text(
     "SELECT i.relname, t.relname, pg_get_indexdef(i.oid), obj_description(i.oid, 'pg_class') "
@@ -44,9 +66,9 @@ _CONSTRAINTS = text(
 
 # ---------------------------------------------------------------- fingerprints
 # ``fingerprints`` reduces each schema of a batch to a fingerprint of its catalog, in one query, on the
-# server, over the objects ``snapshot`` reads: relations, columns, indexes, constraints and their comments
-# (the alembic_version rows are read by ``inspection.read_versions``, which needs a lock per table where
-# this needs none).
+# server, over the objects ``snapshot`` reads: relations, columns, indexes, constraints and their comments,
+# the schema's and its relations' privileges and owners (the alembic_version rows are read by
+# ``inspection.read_versions``, which needs a lock per table where this needs none).
 #
 # What is compared. Deparsing (pg_get_indexdef & co.) costs 10-20 us per object on a cold cache, most of a
 # snapshot's time, so each object is described by the raw catalog fields the deparser reads instead; where
@@ -84,6 +106,15 @@ _OWN = (
 # per relation of the batch, where a join would read all of it (measured: 20 times slower at 1,000 of
 # 10,000 schemas).
 _BY_INDEX = "OFFSET 0"
+# An ACL, owner-relative (the owner as 0, apart from PUBLIC), the project's own roles left out, hashed; NULL
+# (the built-in default) as NULL: an explicit ACL equal to the default then differs here but not in the
+# snapshot, which only costs a detailed comparison.
+_ACL_HASH = (
+    "CASE WHEN {acl} IS NULL THEN NULL ELSE (SELECT bit_xor(hash_record_extended(ROW("
+    "a.grantee = {owner}, CASE WHEN a.grantee = {owner} THEN 0::oid ELSE a.grantee END, "
+    "a.grantor = {owner}, CASE WHEN a.grantor = {owner} THEN 0::oid ELSE a.grantor END, "
+    "a.privilege_type, a.is_grantable), 0)) FROM aclexplode({acl}) a WHERE a.grantee <> ALL({roles})) END"
+)
 # Fields that exist from a server version on (major version, column).
 _SINCE = {"x.indnullsnotdistinct": 15, "k.conperiod": 17, "k.conenforced": 18}
 
@@ -104,15 +135,27 @@ def _fingerprint_sql(server_version: int) -> str:
         server_version,
     )
     return f"""
-WITH nsp AS (SELECT n.oid, n.nspname FROM pg_namespace n WHERE n.nspname = ANY(:schemas)),
+WITH nsp0 AS (SELECT n.oid, n.nspname, n.nspowner, n.nspacl FROM pg_namespace n WHERE n.nspname = ANY(:schemas)),
+own AS (  -- a project's own roles (ensure(owner_role=...)): their grants are left out, as snapshot does
+    SELECT d.defaclnamespace AS oid, array_agg(p.grantee) AS roles
+    FROM pg_default_acl d CROSS JOIN LATERAL aclexplode(d.defaclacl) p
+    WHERE d.defaclnamespace IN (SELECT oid FROM nsp0) GROUP BY 1
+),
+nsp AS (SELECT nsp0.*, coalesce(own.roles, '{{}}') AS own_roles FROM nsp0 LEFT JOIN own ON own.oid = nsp0.oid),
 rel AS MATERIALIZED (
     SELECT c.oid, c.relname, c.relkind, c.relpersistence, c.relam, c.reloptions, c.reltablespace,
-           nsp.oid AS nspoid, nsp.nspname
+           c.relowner, c.relacl, nsp.oid AS nspoid, nsp.nspname, nsp.nspowner, nsp.own_roles
     FROM pg_class c JOIN nsp ON nsp.oid = c.relnamespace
 ),
 line AS (
+    SELECT n.nspname, ROW('schema', {_ACL_HASH.format(acl="n.nspacl", owner="n.nspowner", roles="n.own_roles")}
+    )::text AS line
+    FROM nsp n
+  UNION ALL
     SELECT r.nspname, ROW(
         'relation', r.relname, r.relkind, r.relpersistence,
+        CASE WHEN r.relowner = r.nspowner THEN NULL ELSE r.relowner END,
+        {_ACL_HASH.format(acl="r.relacl", owner="r.relowner", roles="r.own_roles")},
         (SELECT bit_xor(hash_record_extended(ROW(
              a.attnum, a.attname, a.atttypmod, a.attcollation, a.attnotnull, a.attidentity, a.attgenerated,
              CASE WHEN a.atttypid < 16384 THEN a.atttypid::text ELSE (  -- a type made after initdb
@@ -180,11 +223,19 @@ def _strip(value: Any, schema: str) -> Any:
 
 def snapshot(conn: Connection, schema: str, *, include_version: bool = True) -> dict[str, Any]:
     """Tables, columns (type, nullability, default, comment), indexes (full definition: method, opclass,
-    options, predicate), constraints, comments and the alembic_version rows of one schema."""
+    options, predicate), constraints, comments, privileges (the schema's and its relations' ACLs and their
+    owners, relative to the schema's owner: see ``_ACL``) and the alembic_version rows of one schema."""
     params = {"schema": schema}
     relations = {
-        name: {"kind": kind, "comment": comment, "persistence": persistence, "columns": []}
-        for name, kind, comment, persistence in conn.execute(_RELATIONS, params)
+        name: {
+            "kind": kind,
+            "comment": comment,
+            "persistence": persistence,
+            "owner": owner,  # None: the schema's owner
+            "acl": list(acl),
+            "columns": [],
+        }
+        for name, kind, comment, persistence, owner, acl in conn.execute(_RELATIONS, params)
     }
     for table, column, type_, notnull, default, comment, identity, generated in conn.execute(_COLUMNS, params):
         relations[table]["columns"].append(
@@ -206,7 +257,13 @@ def snapshot(conn: Connection, schema: str, *, include_version: bool = True) -> 
         f"{table}.{name}": {"type": kind, "definition": _strip(definition, schema), "comment": comment}
         for table, name, kind, definition, comment in conn.execute(_CONSTRAINTS, params)
     }
-    result: dict[str, Any] = {"relations": relations, "indexes": indexes, "constraints": constraints}
+    schema_acl = conn.execute(_SCHEMA, params).scalar()
+    result: dict[str, Any] = {
+        "schema": {"acl": None if schema_acl is None else list(schema_acl)},
+        "relations": relations,
+        "indexes": indexes,
+        "constraints": constraints,
+    }
     if include_version:
         result["alembic_version"] = (
             sorted(conn.execute(text(f"SELECT version_num FROM {quote_ident(schema)}.alembic_version")).scalars())
