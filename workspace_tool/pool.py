@@ -163,11 +163,6 @@ def read_releases(conn: Connection) -> list[tuple[Any, ...]]:
     return [tuple(row) for row in conn.execute(spares.SELECT_RELEASES)] if layout.releases else []
 
 
-def still_spares(conn: Connection, schemas: list[str]) -> set[str]:
-    """Which of these spares are still spares (a claim or a fill took the others since they were read)."""
-    return set(conn.execute(spares.STILL_THERE, {"schemas": schemas}).scalars()) if schemas else set()
-
-
 @dataclass(frozen=True)
 class PoolStatus:
     head: str

@@ -116,7 +116,6 @@ READY = text(
     "AND pg_get_userbyid(n.nspowner) = current_user"
 )
 # Which of these spares are still spares (not claimed nor dropped since they were listed).
-STILL_THERE = text(f"SELECT schema_name FROM {SPARES_TABLE} WHERE schema_name = ANY(:schemas)")
 # Removes up to :batch rows of spares the current role may drop (its own, or whose schema is gone): all of
 # them, or those no release can claim: whose schema is gone, left half-built (the caller holds the pool's
 # lock: no one is building), built under other default privileges, or of another release (not :chain at
