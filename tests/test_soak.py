@@ -184,9 +184,9 @@ def test_soak(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
 def test_live_application_soak(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
     """Two releases' applications create, write, read and drop projects and claim spares at a steady rate
     through a rolling deploy while `upgrade --all`, `status`, `check`, `pool fill` and `pool status` of
-    both run beside them (tests/soak.py: the phases and the invariants); about 25 s of it. No invariant
-    broken, and the run did exercise what it is about (else it proves nothing)."""
-    outcome = soak.run(url_string, tmp_path, soak.Settings(seconds=25))
+    both run beside them, then a rollback and a redeploy (tests/soak.py: the phases and the invariants);
+    30 s of it. No invariant broken, and the run did exercise what it is about (else it proves nothing)."""
+    outcome = soak.run(url_string, tmp_path, soak.Settings(seconds=30))
     print("\n" + outcome.report)
 
     assert outcome.violations == [], "\n".join(outcome.violations)
@@ -201,3 +201,5 @@ def test_live_application_soak(engine: sa.Engine, url_string: str, tmp_path: Pat
         commands
     )
     assert figures["pool deletions"].get("A's dropped by B", 0) >= 1  # after A retired, once the grace passed
+    rollback = figures["rollback"]  # B's spares, ahead of A, outlived B's grace while A filled the pool
+    assert rollback["B's spares kept"] >= 1 and rollback["A's fills after B's grace"] >= 1, rollback
