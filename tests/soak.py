@@ -815,12 +815,13 @@ def judge_command(run: CommandRun, release: Release, other: Release) -> list[str
         if (run.exit_code == 0) != report["ok"]:
             found.append(f"exit {run.exit_code} with ok {report['ok']}")
     elif run.name == "pool fill":
-        if report["busy"] or report["ready"] > report["target"]:
+        if report["busy"]:  # the CLI waits for another filler
             found.append(f"report {report}")
         if release.name == "A" and report["dropped"]:
             found.append(f"release A dropped {report['dropped']} spare(s): none is ever one it may drop")
-        if final and report["ready"] != report["target"]:
-            found.append(f"{report['ready']} ready after the final fill, not {report['target']}")
+        # (more is fine: `upgrade --all` keeps at least as many spares as there were, stale ones included)
+        if final and report["ready"] < report["target"]:
+            found.append(f"{report['ready']} ready after the final fill, fewer than {report['target']}")
     elif run.name == "pool status":
         spares = Counter(s["state"] for s in report["spares"])
         # the other release's spares: kept for it while it fills within the grace ("other release"), then
