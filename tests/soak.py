@@ -295,8 +295,8 @@ class App:
         foreign = sorted(p for p in paths | files if not p.startswith(f"/{project_id}/"))
         if foreign:
             self._problem(f"a read of {project_id} saw rows of other projects: {foreign[:3]}")
-        if expected - paths or expected - files:
-            self._problem(f"a read of {project_id} missed committed writes: {sorted(expected - paths - files)[:3]}")
+        if missed := (expected - paths) | (expected - files):
+            self._problem(f"a read of {project_id} missed committed writes: {sorted(missed)[:3]}")
 
     def drop(self, rng: random.Random) -> None:
         project_id = self.projects.start_drop(rng)
@@ -1002,6 +1002,8 @@ def _figures(soak: Soak, apps: dict[str, dict[str, Any]], audit: dict[str, int],
                 entry[key] = entry.get(key, 0) + report[key]
         elif run.name == "check":
             entry["schemas behind or ahead"] = entry.get("schemas behind or ahead", 0) + report["failing"]
+            moved = sum(1 for c in report["schemas"] for p in c["problems"] if p.endswith(f"({MOVED})"))
+            entry["migrated while it ran"] = entry.get("migrated while it ran", 0) + moved
             entry["gone"] = entry.get("gone", 0) + report["gone"]
     for entry in commands.values():
         entry["exit"] = dict(entry["exit"])
@@ -1022,8 +1024,19 @@ def describe(figures: dict[str, Any]) -> str:
             f"{counts.get('writes', 0)} writes, {counts.get('reads', 0)} reads; errors {app['errors'] or 'none'}; "
             f"furthest behind schedule {app['lag_s']} s"
         )
+    total: Counter[str] = Counter()
+    for app in figures["applications"].values():
+        total.update(app["counts"])
+    seconds = sum(figures["phases"].get(p, 0.0) for p in ("solo", "rolling", "rollback", "redeploy"))
+    lines.append(
+        f"all applications, over {seconds:.0f} s: {total['creates']} created ({total['created via pool']} from the "
+        f"pool), {total['drops']} dropped, {total['writes']} writes, {total['reads']} reads: per second "
+        + ", ".join(f"{k} {total[k] / seconds:.2f}" for k in ("creates", "drops", "writes", "reads"))
+    )
     for name, entry in figures["commands"].items():
         lines.append(f"{name}: {entry}")
+    runs = sum(entry["runs"] for entry in figures["commands"].values())
+    lines.append(f"fleet commands: {runs}")
     lines.append(f"pool deletions: {figures['pool deletions']}; `upgrade` gone: {figures['gone']}")
     lines.append(f"rollback: {figures['rollback']}")
     return "\n".join(lines)
