@@ -526,11 +526,6 @@ class AppProcess:
     stop: Path
     out: Path
 
-    def retire(self) -> AppProcess:
-        """Tell it to stop (``Soak.collect`` waits for it)."""
-        self.stop.touch()
-        return self
-
 
 @dataclass
 class Soak:
@@ -587,9 +582,9 @@ class Soak:
         return AppProcess(key, process, files["stop"], files["out"])
 
     def collect(self, app: AppProcess) -> None:
-        """Once stopped (``retire``: its threads finish the operation under way, its background refill the
-        spare it builds), its report and what it printed."""
-        app.retire()
+        """Stop it (its threads finish the operation under way, its background refill the spare it builds),
+        then keep its report and what it printed."""
+        app.stop.touch()
         _, stderr = app.process.communicate(timeout=300)
         if app.process.returncode != 0 or stderr.strip():
             self.app_errors[app.key] = f"exit {app.process.returncode}: {stderr.strip()}"
@@ -647,23 +642,21 @@ def run(url: str, workdir: Path, settings: Settings, echo: Callable[[str], None]
         time.sleep(seconds["rolling"])
 
         soak.enter("rollback")  # release B is stopped, A goes on: B's spares are ahead of A, and kept
-        stopped: list[AppProcess | CommandLoop] = [app_b.retire(), *stop(loops_b)]
+        retire(soak, b, app_b, loops_b)
         time.sleep(seconds["rollback"])
         with engine.connect() as conn:
             soak.rollback_end = conn.execute(ROLLBACK_END, {"chain": b.fingerprint, "revision": b.head}).one()
 
         soak.enter("redeploy")  # release B again (a new process), A retired: A's spares are at a head nobody runs
-        stopped += [app_a.retire(), *stop(loops_a)]
+        retire(soak, a, app_a, loops_a)
         app_b = soak.start_app(b, "B2", shared)
         loops_b = soak.loops(b)
         time.sleep(seconds["redeploy"])
 
         soak.enter("stopping")
-        for what in [*stopped, app_b.retire(), *stop(loops_b)]:
-            if isinstance(what, AppProcess):
-                soak.collect(what)
-            else:
-                what.finish()
+        soak.collect(app_b)
+        for loop in [*stop(loops_a), *stop(loops_b)]:
+            loop.finish()
 
         soak.enter("final")
         soak.command(b, ["upgrade", "--all", "--json", "--jobs", str(settings.jobs)])
@@ -677,6 +670,15 @@ def run(url: str, workdir: Path, settings: Settings, echo: Callable[[str], None]
         with engine.begin() as conn:
             conn.exec_driver_sql(UNAUDIT)
         engine.dispose()
+
+
+def retire(soak: Soak, release: Release, app: AppProcess, loops: list[CommandLoop]) -> None:
+    """A release stopped: no more commands of it (the ones under way finish meanwhile), its application,
+    then its cron's last `pool fill` (so that it leaves a full pool of its spares behind, whatever its
+    application's last claims took)."""
+    stop(loops)
+    soak.collect(app)
+    soak.command(release, FILL)
 
 
 def stop(loops: list[CommandLoop]) -> list[CommandLoop]:
