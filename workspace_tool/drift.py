@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
-from workspace_tool import pool, registry, transactions
+from workspace_tool import pool, recycling, registry, transactions
 from workspace_tool import reference as references
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
@@ -81,26 +81,34 @@ class CheckReport:
 
 
 def check(
-    engine: Engine, chain: Chain, project_ids: Sequence[str] | None = None, *, jobs: int | None = None
+    engine: Engine,
+    chain: Chain,
+    project_ids: Sequence[str] | None = None,
+    *,
+    jobs: int | None = None,
+    recycle_after: int | None = None,
 ) -> CheckReport:
     """Every project schema (or the named ones): at head, registered, ready, and equal to the reference;
     with no names, the warm pool's spares ready at head too. Read-only: writes nothing, not even the
     registry; a read-only role can run it once a migrating run stored the reference (see
-    workspace_tool.reference)."""
+    workspace_tool.reference). The reading connections are replaced every ``recycle_after`` schemas
+    (default: workspace_recycle_after in alembic.ini; see workspace_tool.recycling)."""
     if project_ids is not None:
         for project_id in project_ids:
             schema_for(project_id)
+    recycle = recycling.resolve(chain, recycle_after)
     # like a fleet run's (an error if the pool can't serve --jobs), but by default no more than the pool spares
     jobs = spare_jobs(engine, default_jobs()) if jobs is None else check_jobs(engine, jobs)
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
             has_registry = registry.present(conn)
-            statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs))
+            statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs, recycle))
             spares = _spares(conn, chain) if project_ids is None else []
         schemas = [_from_status(chain, s) for s in statuses]
         at_head = [c for c in schemas if _comparable(chain, c)]
         if at_head or spares:
-            _compare(engine, conn, references.for_check(conn, chain), at_head + spares, jobs)
+            _compare(engine, conn, references.for_check(conn, chain), at_head + spares, jobs, recycle)
+        recycling.due(conn, recycle)  # it read every schema itself when the pool had no other connection
     known = {s.project_id for s in statuses}
     schemas += [
         SchemaCheck(p, schema_for(p), None, "missing", ["no schema and no registry row"])
@@ -148,11 +156,16 @@ def _comparable(chain: Chain, result: SchemaCheck) -> bool:
 
 
 def _compare(
-    engine: Engine, conn: Connection, reference: references.Reference, schemas: list[SchemaCheck], jobs: int
+    engine: Engine,
+    conn: Connection,
+    reference: references.Reference,
+    schemas: list[SchemaCheck],
+    jobs: int,
+    recycle_after: int,
 ) -> None:
     """Fingerprint every schema; read in detail one schema per fingerprint that differs from the
     reference's, and give its differences to every schema with that fingerprint."""
-    prints = _fingerprints(engine, conn, [s.schema for s in schemas], jobs)
+    prints = _fingerprints(engine, conn, [s.schema for s in schemas], jobs, recycle_after)
     differing: dict[str, list[SchemaCheck]] = {}
     for result in schemas:
         digest = prints.get(result.schema)
@@ -171,12 +184,19 @@ def _compare(
                 result.problems.extend(found)
 
 
-def _fingerprints(engine: Engine, conn: Connection, names: list[str], jobs: int) -> dict[str, str]:
-    """catalog.fingerprints in batches spread over ``jobs`` connections (on ``conn`` when 0)."""
+def _fingerprints(engine: Engine, conn: Connection, names: list[str], jobs: int, recycle_after: int) -> dict[str, str]:
+    """catalog.fingerprints in batches spread over ``jobs`` connections (on ``conn`` when 0), each
+    replaced after ``recycle_after`` schemas."""
     batch = max(1, min(FINGERPRINT_BATCH, -(-len(names) // max(1, jobs))))
     if jobs:
-        return read_parallel(engine, names, jobs, batch, fingerprints)
+
+        def read(reading: Connection, chunk: list[str]) -> dict[str, str]:
+            recycling.count(reading, len(chunk))  # its backend caches what the catalog functions looked up
+            return fingerprints(reading, chunk)
+
+        return read_parallel(engine, names, jobs, batch, read, recycle_after)
     found: dict[str, str] = {}
+    recycling.count(conn, len(names))
     with conn.begin():  # the engine's pool has no connection to spare
         for start in range(0, len(names), batch):
             found.update(fingerprints(conn, names[start : start + batch]))

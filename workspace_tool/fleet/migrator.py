@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import registry, transactions
+from workspace_tool import recycling, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import describe, is_connection_error, sqlstate, unreachable_node
 from workspace_tool.errors import LockTimeout
@@ -42,10 +42,12 @@ class RunOptions:
     worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
     pool: bool = False  # claim a missing schema from the warm pool first (provision)
     citus: bool = False  # the database runs Citus (see schema/transaction.py)
+    recycle_after: int = recycling.DEFAULT_RECYCLE_AFTER  # schemas per backend, then a new one (0: never)
 
 
 class Migrator:
-    """Migrates one schema at a time on one held connection."""
+    """Migrates one schema at a time on one held connection, replaced by a new one (a new backend) every
+    ``options.recycle_after`` schemas (workspace_tool.recycling)."""
 
     def __init__(
         self, engine: Engine, chain: Chain, options: RunOptions, cancel: threading.Event | None = None
@@ -75,10 +77,12 @@ class Migrator:
             self._conn = conn
         return self._conn
 
-    def close(self) -> None:
+    def close(self, *, reset: bool = True) -> None:
+        """Give the held connection back (``reset``: its lock_timeout reset first; not for one detached
+        from the pool, which closing ends)."""
         if self._conn is not None:
             with contextlib.suppress(Exception):
-                if not self._conn.invalidated:
+                if reset and not self._conn.invalidated:
                     self._conn.rollback()
                     self._conn.exec_driver_sql("RESET lock_timeout")
                     self._conn.commit()
@@ -88,7 +92,16 @@ class Migrator:
 
     def run(self, work: Work) -> SchemaResult:
         """Migrate one schema. A lock timeout, or a connection lost (killed backend, server restart: its
-        transaction rolled back), is retried with backoff up to ``retries`` times before it fails."""
+        transaction rolled back), is retried with backoff up to ``retries`` times before it fails. After
+        ``recycle_after`` schemas on one connection, the next one gets a new connection."""
+        result = self._run(work)
+        if self._conn is not None:
+            recycling.count(self._conn, 1)
+            if recycling.due(self._conn, self.options.recycle_after):
+                self.close(reset=False)
+        return result
+
+    def _run(self, work: Work) -> SchemaResult:
         started = time.perf_counter()
         options = self.options
         what = Migration(work.project_id, work.schema, options.target, options.operation, adopt=options.adopt)

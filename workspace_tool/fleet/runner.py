@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
 from workspace_tool import pool as warm_pool
-from workspace_tool import reference, registry, transactions
+from workspace_tool import recycling, reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA
 from workspace_tool.dberrors import first_line, translating
@@ -67,6 +67,8 @@ class FleetOptions(TypedDict, total=False):
     order: str | None  # 'name' or 'random' (shuffled by ``seed``): the order schemas start in; None: as read
     seed: int | None  # the random order's seed (None: one is drawn, and reported in FleetReport.seed)
     pool: bool | None  # claim missing schemas from the warm pool (default: workspace_pool_size > 0)
+    recycle_after: int | None  # schemas a connection touches before a new one replaces it (0: never; default:
+    # workspace_recycle_after in alembic.ini, else recycling.DEFAULT_RECYCLE_AFTER)
 
 
 def upgrade(
@@ -116,6 +118,7 @@ def run(
     order: str | None = None,
     seed: int | None = None,
     pool: bool | None = None,
+    recycle_after: int | None = None,
 ) -> FleetReport:
     """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options.
     ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``)."""
@@ -140,6 +143,7 @@ def run(
     # processes are there for long online revisions on machines with idle cores.
     kind = "threads" if executor == "auto" else executor
     use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
+    recycle = recycling.resolve(chain, recycle_after)
     worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
     resolved = chain.resolve(target)
     cache_key = cache.database_key(engine.url, chain.config_path)
@@ -147,7 +151,7 @@ def run(
         database = registry.bootstrap(conn)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, database)
         with conn.begin():
-            read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
+            read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle))
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
 
@@ -183,6 +187,7 @@ def run(
             worker_engine,
             use_pool,
             citus=database.citus,
+            recycle_after=recycle,
         )
         pooled = run_processes if kind == "processes" else run_threads
         tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))

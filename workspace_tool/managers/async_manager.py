@@ -53,11 +53,18 @@ def _online_lock() -> asyncio.Lock:
 class AsyncWorkspaceManager:
     """WorkspaceManager for an AsyncEngine; safe under ``asyncio.gather`` and with NullPool engines.
 
-    ``warm_pool`` and ``refill`` as for WorkspaceManager; the background refill runs in a thread of its
-    own on psycopg2 connections to the engine's URL (its own engine, no pool), never on the event loop."""
+    ``warm_pool``, ``refill`` and ``scoped_engines`` as for WorkspaceManager; the background refill runs in a
+    thread of its own on psycopg2 connections to the engine's URL (its own engine, no pool), never on the
+    event loop."""
 
     def __init__(
-        self, engine: AsyncEngine, config: ConfigPath = None, *, warm_pool: int | None = None, refill: bool = False
+        self,
+        engine: AsyncEngine,
+        config: ConfigPath = None,
+        *,
+        warm_pool: int | None = None,
+        refill: bool = False,
+        scoped_engines: int | None = None,
     ) -> None:
         if engine.dialect.name != "postgresql" or engine.dialect.driver != "asyncpg":
             raise ConfigurationError(
@@ -74,6 +81,7 @@ class AsyncWorkspaceManager:
             refill_engine = create_engine(sync_url(engine.url), poolclass=NullPool)
             refiller = pool.Refiller(refill_engine, self.chain, size, dispose_engine=True)
         self._core = EnsureCore(self.chain, self.cache_key, size, refiller)
+        self.scoped_engines = sessions.ScopedEngines(sessions.scoped_engines_size(self.chain, scoped_engines))
 
     @property
     def head(self) -> str:
