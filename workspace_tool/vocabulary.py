@@ -120,3 +120,11 @@ class SpareState(Word):
     STALE = "stale"  # another revision or chain: never handed out; `pool fill` and `upgrade --all` replace it
     MISSING = "missing"  # its row is there, its schema is gone
     OTHER_ROLE = "other role"  # made by another role, which alone may claim it
+
+
+class Health(Word):
+    """What a check of `workspace-tool doctor` found (workspace_tool.doctor)."""
+
+    OK = "ok"
+    WARN = "warn"  # works, but worth changing before a big rollout
+    PROBLEM = "problem"  # change it first: the command exits 1
