@@ -9,6 +9,7 @@ this session started, or the one in WORKSPACE_TOOL_CITUS_DIR), see ``citus_nodes
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -407,3 +408,31 @@ def prepared(engine: sa.Engine, workers: list[str]) -> dict[str, int]:
         finally:
             worker.dispose()
     return counts
+
+
+# ------------------------------------------------------------------------- doctor
+def test_doctor_checks_every_node_and_names_a_stopped_worker(
+    citus_engine: sa.Engine, nodes: citus_cluster.Cluster
+) -> None:
+    WorkspaceManager(citus_engine, ALEMBIC_INI).ensure("doc")
+    url = citus_engine.url.render_as_string(hide_password=False)
+
+    def citus_findings() -> tuple[int, list[dict[str, str]]]:
+        result = run_cli("--database-url", url, "-c", str(ALEMBIC_INI), "doctor", "--jobs", "2", "--json")
+        return result.exit_code, [f for f in json.loads(result.stdout)["findings"] if f["check"] == "citus"]
+
+    assert citus_findings() == (
+        0,
+        [{"check": "citus", "status": "ok", "finding": "3 node(s), 2 worker(s): all active and answering"}],
+    )
+    worker = next(n for n in nodes.nodes if n.name != "coordinator")
+    try:
+        nodes.stop_node(worker)
+        code, [found] = citus_findings()
+        assert code == 1 and found["status"] == "problem"
+        assert found["finding"].startswith(f"worker 127.0.0.1:{worker.port} does not answer the coordinator (")
+        assert found["finding"].endswith("start it, or let the coordinator reach it; until then no project schema "
+                                         "can be changed")  # fmt: skip
+    finally:
+        if not nodes.runs(worker):
+            nodes.start_node(worker)

@@ -94,9 +94,11 @@ def test_without_recycling_one_backend_migrates_the_whole_run(
     assert len(set(migrated_by(engine, IDS))) == 1
 
 
-def test_recycling_changes_nothing_in_a_run_with_failures(engine: sa.Engine, chain_builder: ChainBuilder) -> None:
+def test_recycling_changes_nothing_in_a_run_with_failures(
+    engine: sa.Engine, own_engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
     """The same fleet (2 of 6 schemas fail a2's unique index) upgraded with a new backend for every schema
-    and with one for the whole run: the same results, versions and registry rows."""
+    (failed ones too) and with one per job for the whole run: the same results, versions and registry rows."""
     chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add(
         "a2", UNIQUE, 'op.drop_index("ux_items_name", table_name="items")'
     )
@@ -106,8 +108,12 @@ def test_recycling_changes_nothing_in_a_run_with_failures(engine: sa.Engine, cha
     for p in ("s1", "s4"):
         add_rows(engine, p, "twice", "twice")
 
+    pids = own_engine.info["pids"]  # type: ignore[attr-defined]
+
     def outcome(recycle_after: int) -> list[tuple[object, ...]]:
-        report = fleet.upgrade(engine, chain, jobs=2, recycle_after=recycle_after)
+        own_engine.dispose()
+        pids.clear()
+        report = fleet.upgrade(own_engine, chain, jobs=2, recycle_after=recycle_after)
         with engine.connect() as conn:
             found = conn.execute(sa.text("SELECT project_id, status FROM project_registry.workspace_config"))
             rows: dict[str, str] = {row.project_id: row.status for row in found}
@@ -117,8 +123,10 @@ def test_recycling_changes_nothing_in_a_run_with_failures(engine: sa.Engine, cha
         ] + [(p, schema_version(engine, f"project_{p}")) for p in ids]
 
     recycled = outcome(1)
+    assert len(pids) >= 1 + 6  # the planning connection, then a new one for each schema
     assert fleet.downgrade(engine, chain, target="a1", jobs=2).ok
     assert outcome(0) == recycled
+    assert len(pids) <= 1 + 1 + 2  # planning, the version read, a connection per job
     assert [r[1] for r in recycled[:6]] == ["ok", "failed", "ok", "ok", "failed", "ok"]
 
 

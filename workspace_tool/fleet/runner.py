@@ -23,7 +23,7 @@ from workspace_tool.errors import ConfigurationError, WorkspaceError
 from workspace_tool.fleet import worker_engine as worker_engines
 from workspace_tool.fleet.executors import StopRule, Tracker, run_processes, run_threads
 from workspace_tool.fleet.migrator import RunOptions
-from workspace_tool.fleet.reader import read_fleet, read_versions_parallel
+from workspace_tool.fleet.reader import read_fleet, read_versions_parallel, versions_reader
 from workspace_tool.fleet.report import (
     NOT_STARTED,
     FleetReport,
@@ -34,7 +34,7 @@ from workspace_tool.fleet.report import (
 )
 from workspace_tool.fleet.stages import CANARY_ONLY, Selection, StagePlan, Staging
 from workspace_tool.fleet.worker_engine import EngineFactory
-from workspace_tool.jobs import check_jobs
+from workspace_tool.jobs import check_jobs, spare_jobs
 from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
@@ -335,9 +335,11 @@ def sql(
     don't change what a schema's transaction is: every schema a run could start is rendered)."""
     ids = _validate(project_ids)
     resolved = chain.resolve(target)
+    # the versions on another connection of the pool when it has one to spare, replaced as a run's are
+    versions_of = versions_reader(engine, spare_jobs(engine, 1), recycling.configured(chain))
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
         probe = conn.execute(registry.PROBE).one()
-        records = read_fleet(conn, ids)
+        records = read_fleet(conn, ids, versions_of)
         conn.rollback()
     extension_schema = probe.ext_schema or DEFAULT_EXTENSION_SCHEMA
     if selection is not None:
