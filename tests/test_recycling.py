@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import sqlalchemy as sa
 from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, assert_one_line_error, run_cli, schema_version
@@ -214,3 +215,13 @@ def test_a_bad_setting_is_one_line_and_changes_nothing(engine: sa.Engine, at_a1:
     assert recycling.resolve(Chain.load(ini), 7) == 7
     result = run_cli("--database-url", url_string, "-c", str(ini), "upgrade", "--all", "--recycle-after", "-1")
     assert result.exit_code == 2  # a usage error
+
+
+def test_the_help_names_the_librarys_default() -> None:
+    """The CLI doesn't import the library to show --help, so the default is written there: it must agree."""
+    from workspace_tool.cli import main
+
+    for command in ("upgrade", "downgrade", "check"):
+        [option] = [p for p in main.commands[command].params if p.name == "recycle_after"]
+        assert isinstance(option, click.Option) and option.help is not None
+        assert option.help.endswith(f"else {recycling.DEFAULT_RECYCLE_AFTER}.")
