@@ -14,6 +14,7 @@ may take more), against which the lock table and the connection limit are measur
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -419,7 +420,7 @@ def port_mismatch(conn: Connection, engine: Engine) -> str | None:
     """What can be told today without the pooler detection of issue 19: the server listening on another
     port than the one the URL dials means something (a pooler, a proxy) stands in between."""
     port = conn.execute(text("SELECT inet_server_port()")).scalar()
-    dialed = engine.url.port or 5432
+    dialed = engine.url.port or int(os.environ.get("PGPORT") or 5432)  # what libpq dials without a port
     if port is None or engine.url.host is None or str(engine.url.host).startswith("/"):
         return None  # a Unix socket: nothing to compare
     if int(port) != dialed:
