@@ -4,6 +4,7 @@ batched version reads, `check`, `status` and the warm pool's builders; and the r
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,13 @@ import pytest
 import sqlalchemy as sa
 from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, assert_one_line_error, run_cli, schema_version
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from workspace_tool import WorkspaceManager, drift, fleet, pool, recycling
+from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, drift, fleet, pool, recycling
 from workspace_tool.chain import Chain
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.fleet.reader import read_versions_parallel
+from workspace_tool.urls import async_url
 
 # a2 records the backend that ran it, in the schema it migrates
 RECORD_PID = 'op.execute("CREATE TABLE migrated_by AS SELECT pg_backend_pid() AS pid")'
@@ -225,3 +228,31 @@ def test_the_help_names_the_librarys_default() -> None:
         [option] = [p for p in main.commands[command].params if p.name == "recycle_after"]
         assert isinstance(option, click.Option) and option.help is not None
         assert option.help.endswith(f"else {recycling.DEFAULT_RECYCLE_AFTER}.")
+
+
+def test_the_async_managers_status_gives_back_a_connection_that_read_too_many(
+    engine: sa.Engine, database_url: URL, chain_builder: ChainBuilder
+) -> None:
+    """The async manager reads every version on its one connection: past workspace_recycle_after schemas,
+    that connection is closed rather than put back in the pool."""
+    chain_builder.copy_main_chain()
+    set_option(chain_builder.ini, "3")
+    mgr = WorkspaceManager(engine, chain_builder.ini)
+    for p in IDS[:4]:
+        mgr.ensure(p)
+
+    async def scenario() -> tuple[list[int], list[list[str]]]:
+        async_engine = create_async_engine(async_url(database_url), pool_size=1, max_overflow=0)
+        pids: list[int] = []
+        sa.event.listen(async_engine.sync_engine, "connect", lambda dbapi, record: pids.append(len(pids)))
+        try:
+            amgr = AsyncWorkspaceManager(async_engine, chain_builder.ini)
+            seen = [[s.project_id for s in await amgr.status(IDS[:n])] for n in (2, 4, 2)]
+            return pids, seen
+        finally:
+            await async_engine.dispose()
+
+    connects, seen = asyncio.run(scenario())
+    assert seen == [IDS[:2], IDS[:4], IDS[:2]]
+    assert len(connects) == 2  # 2 schemas: kept; 4 more (6 >= 3): closed after; then a new one
+    mgr.close()
