@@ -15,7 +15,9 @@ run starts on new backends, as a new `workspace-tool` process does) and a CHECKP
 runs, a thread samples the private memory of the database's client backends every 50 ms: ``RssAnon`` of
 ``/proc/<pid>/status`` (resident anonymous memory: the backend's heap, its caches; shared buffers are
 ``RssShmem``, not counted), so the server must run on this machine (the embedded one does); the figure
-is the largest any backend reached during the run.
+is the largest any backend reached during the run. Beside the wall time, each run's CPU time: this
+process's and its server backends' (the postmaster's reaped children, read once the pool is emptied),
+which other processes' load on a shared machine changes far less than the wall time.
 
 Then what each way of deciding when to recycle costs: opening a new connection (connect and a first
 statement), and reading ``pg_backend_memory_contexts`` on a backend that touched N schemas (what a check
@@ -28,6 +30,7 @@ of the backend's own memory would cost).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -104,27 +107,65 @@ class Sampler:
         return max(self.peaks.values(), default=float("nan"))
 
 
+def postmaster(engine: sa.Engine) -> int:
+    """The server's postmaster: the parent of a backend."""
+    with engine.connect() as conn:
+        backend = int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+    with open(f"/proc/{backend}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+
+def reaped_cpu(pid: int) -> float:
+    """CPU seconds of the exited (and reaped) children of ``pid``: the backends that have ended."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime + cstime
+
+
+def settled(engine: sa.Engine) -> None:
+    """Empty the pool and wait until the database has no client backend left (they have been reaped)."""
+    engine.dispose()
+    probe = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    try:
+        for _ in range(100):
+            with probe.connect() as conn:
+                if not conn.execute(_BACKENDS).first():
+                    break
+            time.sleep(0.05)
+    finally:
+        probe.dispose()
+
+
 @dataclass
 class Run:
     seconds: float
     largest_mb: float
     backends: int
+    cpu: float  # CPU seconds: this process's and the run's server backends'
 
 
 def upgrade_run(engine: sa.Engine, monitor: sa.Engine, chain: Chain, n: int, jobs: int, recycle_after: int) -> Run:
-    """Every schema down to BASE_REV (not timed), the pool emptied, a CHECKPOINT; then the timed upgrade."""
+    """Every schema down to BASE_REV (not timed), the pool emptied, a CHECKPOINT; then the timed upgrade.
+    Its CPU time is this process's plus that of the server's backends that ended during the run and after
+    it, once the pool is emptied (all of the run's: the postmaster reaps them), which the load of other
+    processes on the machine changes far less than the wall time."""
     down = fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs)
     assert down.ok, down.failed[:3]
     engine.dispose()  # every run starts on new backends, as a new process does
     checkpoint(engine)
-    engine.dispose()
+    settled(engine)
+    server = postmaster(monitor)
+    settled(engine)
+    cpu_before = reaped_cpu(server) + sum(os.times()[:2])
     with Sampler(monitor) as sampler:
         started = time.perf_counter()
         report = fleet.upgrade(engine, chain, jobs=jobs, recycle_after=recycle_after)
         seconds = time.perf_counter() - started
         time.sleep(2 * SAMPLE_S)  # the backends still open (back in the pool) are sampled once more
+    settled(engine)
+    cpu = reaped_cpu(server) + sum(os.times()[:2]) - cpu_before
     assert report.ok and report.counts()["ok"] == n, report.counts()
-    return Run(seconds, sampler.largest, len(sampler.peaks))
+    return Run(seconds, sampler.largest, len(sampler.peaks), cpu)
 
 
 def grow(engine: sa.Engine, chain: Chain, have: int, want: int, jobs: int) -> None:
@@ -246,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
                         run = upgrade_run(engine, monitor, chain, n, jobs, after)
                         runs[label].append(run)
                         print(
-                            f"{n} schemas, recycle_after {label:>11}: {run.seconds:6.2f}s, largest backend "
-                            f"{run.largest_mb:5.1f} MB ({run.backends} backends seen)",
+                            f"{n} schemas, recycle_after {label:>11}: {run.seconds:6.2f}s (CPU {run.cpu:6.2f}s), "
+                            f"largest backend {run.largest_mb:5.1f} MB ({run.backends} backends seen)",
                             flush=True,
                         )
                 results[n] = runs
@@ -267,16 +308,21 @@ def main(argv: list[str] | None = None) -> int:
         f"\nupgrade --all {BASE_REV} -> {NEW_REV}, --jobs {jobs}; medians of {args.repeat} interleaved runs "
         "(CHECKPOINT before each); memory: the largest backend's RssAnon over all runs"
     )
-    print("schemas | recycle_after | largest backend | wall time | vs never (median of per-round ratios)")
+    print(
+        "schemas | recycle_after | largest backend | wall time | vs never | CPU time | vs never  (ratios: medians "
+        "of the per-round ratios; 'never again' against 'never' is the noise)"
+    )
     for n, runs in results.items():
         never = runs["never"]
         if not never:  # --repeat 0: the single-backend measurements only
             continue
         for label, got in runs.items():
-            ratio = statistics.median(b.seconds / a.seconds for a, b in zip(never, got, strict=True))
+            wall = statistics.median(b.seconds / a.seconds for a, b in zip(never, got, strict=True))
+            cpu = statistics.median(b.cpu / a.cpu for a, b in zip(never, got, strict=True))
             print(
                 f"{n:7d} | {label:>13} | {max(r.largest_mb for r in got):12.1f} MB | "
-                f"{statistics.median(r.seconds for r in got):8.2f}s | {ratio:.3f}x"
+                f"{statistics.median(r.seconds for r in got):8.2f}s | {wall:.3f}x | "
+                f"{statistics.median(r.cpu for r in got):7.2f}s | {cpu:.3f}x"
             )
     print(
         f"\none backend, {probe} schemas, never recycled: +{measured['read_kb']:.1f} KB of private memory per "
