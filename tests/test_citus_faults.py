@@ -490,3 +490,4 @@ def test_doctor_checks_every_node_and_names_a_stopped_worker(
     finally:
         if not nodes.runs(worker):
             nodes.start_node(worker)
+        citus_engine.dispose()  # its pooled sessions' cached connections to that worker were cut
