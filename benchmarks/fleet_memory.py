@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,15 +123,19 @@ def reaped_cpu(pid: int) -> float:
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # cutime + cstime
 
 
-def settled(engine: sa.Engine) -> None:
-    """Empty the pool and wait until the database has no client backend left (they have been reaped)."""
+def settled(engine: sa.Engine, ended: Iterable[int] = ()) -> None:
+    """Empty the pool and wait until the database has no client backend left, and the backends ``ended``
+    (and those seen meanwhile) are gone from /proc: exited and reaped, so their CPU time is counted."""
     engine.dispose()
     probe = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+    pids = set(ended)
     try:
-        for _ in range(100):
+        for _ in range(200):
             with probe.connect() as conn:
-                if not conn.execute(_BACKENDS).first():
-                    break
+                pids.update(conn.execute(_BACKENDS).scalars())
+                left = conn.execute(_BACKENDS).first()
+            if not left and not any(os.path.exists(f"/proc/{pid}") for pid in pids):
+                return
             time.sleep(0.05)
     finally:
         probe.dispose()
@@ -162,7 +167,7 @@ def upgrade_run(engine: sa.Engine, monitor: sa.Engine, chain: Chain, n: int, job
         report = fleet.upgrade(engine, chain, jobs=jobs, recycle_after=recycle_after)
         seconds = time.perf_counter() - started
         time.sleep(2 * SAMPLE_S)  # the backends still open (back in the pool) are sampled once more
-    settled(engine)
+    settled(engine, sampler.peaks)
     cpu = reaped_cpu(server) + sum(os.times()[:2]) - cpu_before
     assert report.ok and report.counts()["ok"] == n, report.counts()
     return Run(seconds, sampler.largest, len(sampler.peaks), cpu)
