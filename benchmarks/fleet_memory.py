@@ -112,8 +112,8 @@ def postmaster(engine: sa.Engine) -> int:
     """The server's postmaster: the parent of a backend."""
     with engine.connect() as conn:
         backend = int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
-    with open(f"/proc/{backend}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{backend}/stat") as stat:  # while the backend is there
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
 
 
 def reaped_cpu(pid: int) -> float:
@@ -250,6 +250,44 @@ def costs(engine: sa.Engine, chain: Chain, n: int, reps: int = 15) -> dict[str, 
     }
 
 
+def recycle_cost(engine: sa.Engine, chain: Chain, trials: int, size: int = 100, every: int = 20) -> dict[str, float]:
+    """What one recycle costs, measured where the load of other processes moves it least: short paired
+    trials on one connection (``jobs=1``), each ``size`` schemas upgraded then downgraded, recycled every
+    ``every`` schemas or never, the two in alternating order; the median of the paired differences over
+    the recycles a trial made, and the median time per schema of the trials never recycled."""
+    ids = [f"bench-{i:05d}" for i in range(size)]
+    connects: list[int] = []
+
+    def connected(*args: object) -> None:
+        connects.append(1)
+
+    sa.event.listen(engine, "connect", connected)
+
+    def trial(after: int) -> tuple[float, int]:
+        engine.dispose()
+        before = len(connects)
+        started = time.perf_counter()
+        assert fleet.downgrade(engine, chain, ids, target=BASE_REV, jobs=1, recycle_after=after).ok
+        assert fleet.upgrade(engine, chain, ids, target=NEW_REV, jobs=1, recycle_after=after).ok
+        return time.perf_counter() - started, len(connects) - before
+
+    differences, per_schema, recycles = [], [], []
+    for i in range(trials):
+        order = (every, 0) if i % 2 == 0 else (0, every)
+        timed = {after: trial(after) for after in order}
+        (recycled, new), (never, old) = timed[every], timed[0]
+        recycles.append(new - old)
+        differences.append((recycled - never) / max(1, new - old))
+        per_schema.append(never / (2 * size))
+    sa.event.remove(engine, "connect", connected)
+    return {
+        "recycle_ms": statistics.median(differences) * 1000,
+        "schema_ms": statistics.median(per_schema) * 1000,
+        "recycles": statistics.median(recycles),
+        "trials": trials,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", default="1000,3000,8000", help="fleet sizes, comma-separated, ascending")
@@ -261,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per setting and size")
     parser.add_argument("--probe", type=int, default=1000, help="schemas for the single-backend measurements")
+    parser.add_argument("--trials", type=int, default=20, help="paired trials measuring what one recycle costs")
     parser.add_argument("--quick", action="store_true", help="fleets of 300 and 1,000, one run each")
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(",") if s.strip())
@@ -299,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[n] = runs
             probe = min(have, args.probe)
             measured = costs(engine, chain, probe)
+            cost = recycle_cost(engine, chain, args.trials)
     finally:
         engine.dispose()
         monitor.dispose()
@@ -336,6 +376,13 @@ def main(argv: list[str] | None = None) -> int:
         f"on a new backend {measured['first_ms']:.2f} ms, the next ones {measured['next_ms']:.2f} ms (median)"
         f"\nreading pg_backend_memory_contexts on the backend that read {probe} schemas' versions: "
         f"{measured['memory_contexts_ms']:.2f} ms ({measured['memory_contexts_mb']:.1f} MB in its contexts)"
+    )
+    share = cost["recycle_ms"] / (recycling.DEFAULT_RECYCLE_AFTER * cost["schema_ms"])
+    print(
+        f"one recycle costs {cost['recycle_ms']:.2f} ms (median of {cost['trials']} paired trials of 100 schemas "
+        f"down and up on one connection, recycled every 20 ({cost['recycles']:.0f} recycles a trial) or never); "
+        f"a schema {cost['schema_ms']:.2f} ms there: recycling every {recycling.DEFAULT_RECYCLE_AFTER} schemas "
+        f"costs {share:.2%} of a run's migrations"
     )
     return 0
 
