@@ -155,6 +155,13 @@ def test_the_pooler_slot_reports_what_a_detector_finds(provisioned: WorkspaceMan
         provisioned.engine, provisioned.chain, jobs=2, checks=checks, detect_pooler=pgbouncer
     ).findings
     assert found.status == Health.WARN and found.finding.startswith("PgBouncer in transaction mode: if it pools")
+    [found] = doctor.diagnose(
+        provisioned.engine, provisioned.chain, jobs=2, checks=checks, detect_pooler=pgbouncer, direct_url=True
+    ).findings
+    assert (found.status, found.finding) == (
+        Health.OK,
+        "PgBouncer in transaction mode; session work goes through the direct URL",
+    )
 
 
 def test_spares_behind_this_chains_head_are_a_warning(engine: sa.Engine, chain_builder: ChainBuilder) -> None:

@@ -113,14 +113,17 @@ def diagnose(
     schemas_per_transaction: int = 1,
     checks: Sequence[tuple[str, Check]] | None = None,
     detect_pooler: PoolerDetector | None = None,
+    direct_url: bool = False,
 ) -> DoctorReport:
     """Run every check (or ``checks``) in one read-only transaction; a check that fails to run is reported
-    as a warning with its error, the others still run."""
+    as a warning with its error, the others still run. ``detect_pooler`` and ``direct_url``: the slot the
+    PgBouncer work of issue 19 fills (see ``transaction_pooler``)."""
     if jobs is None:
         jobs = default_jobs()
     if jobs < 1 or schemas_per_transaction < 1:
         raise ConfigurationError("--jobs and --schemas-per-transaction must be at least 1")
-    context = Context(engine, chain, Scope(jobs, schemas_per_transaction), detect_pooler=detect_pooler)
+    scope = Scope(jobs, schemas_per_transaction)
+    context = Context(engine, chain, scope, detect_pooler=detect_pooler, direct_url=direct_url)
     findings: list[Finding] = []
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
         conn.execute(text("SET TRANSACTION READ ONLY"))
