@@ -16,12 +16,16 @@ runs, a thread samples the private memory of the database's client backends ever
 ``/proc/<pid>/status`` (resident anonymous memory: the backend's heap, its caches; shared buffers are
 ``RssShmem``, not counted), so the server must run on this machine (the embedded one does); the figure
 is the largest any backend reached during the run. Beside the wall time, each run's CPU time: this
-process's and its server backends' (the postmaster's reaped children, read once the pool is emptied),
-which other processes' load on a shared machine changes far less than the wall time.
+process's and its server backends' (the postmaster's reaped children, read once the pool is emptied; an
+autovacuum worker that ends meanwhile is counted too), which other processes' load moves less than the
+wall time.
 
-Then what each way of deciding when to recycle costs: opening a new connection (connect and a first
-statement), and reading ``pg_backend_memory_contexts`` on a backend that touched N schemas (what a check
-of the backend's own memory would cost).
+Then, on single backends: the private memory gained per schema whose version is read and per schema
+migrated; a new connection (connect and a first statement); the first schema migrated on a new backend
+against the next ones; reading ``pg_backend_memory_contexts`` on a backend that read N schemas (what
+deciding by the backend's own memory would cost); and what one recycle costs, from short paired trials
+on one connection (100 schemas down and up, recycled every 20 or never, in alternating order), which the
+load of other processes moves far less than whole runs.
 
     python benchmarks/fleet_memory.py [--sizes 1000,3000,8000] [--jobs 2] [--recycle-after 200,500] [--repeat 3]
     python benchmarks/fleet_memory.py --sizes 1000 --repeat 0      # the single-backend measurements only
