@@ -3,8 +3,8 @@ backend keeps the catalog caches of the whole fleet.
 
 A PostgreSQL backend keeps, in its private memory and for its whole life, a cache entry (relcache,
 syscache) for every relation it has touched, and malloc keeps what the planning of large statements took:
-measured on the example chain, about 33 KB per schema whose version a backend reads and 12 KB per schema
-it migrates; `upgrade --all --jobs 2` over 8,000 schemas grew its largest backend to 71 MB, gigabytes
+measured on the example chain, about 31 KB per schema whose version a backend reads and 13 KB per schema
+it migrates; `upgrade --all --jobs 2` over 8,000 schemas grew its largest backend to 72 MB, gigabytes
 for a fleet of 100,000 (see the README, *Server memory*; benchmarks/fleet_memory.py). So every
 connection that touches schema after schema (a fleet run's workers, the batched version and catalog
 reads of `status`, `check` and planning, the warm pool's builders) counts the schemas its backend has
@@ -16,8 +16,8 @@ the pool: a connection that read versions and then migrates schemas counts both.
 By count rather than by the backend's own ``pg_backend_memory_contexts``: reading that view needs
 superuser or ``pg_read_all_stats`` (a migrating role usually has neither), its columns differ between
 server versions, and it misses what malloc keeps after a large statement; a count needs no query and
-bounds the memory of every backend the same way: 29 MB at most with the default, over 1,000 to 8,000
-schemas, for 1.4% of the migrations' time (23 ms a recycle).
+bounds the memory of every backend the same way: 35 MB at most with the default over 8,000 schemas,
+for a cost within the noise of the run (see the README for why 1000 and not 500).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 RECYCLE_OPTION = "workspace_recycle_after"
 # Schemas a backend may touch before its connection is replaced. Measured on the example chain (7 tables and
 # 16 indexes, 10 TOAST relations): see the README, *Server memory*.
-DEFAULT_RECYCLE_AFTER = 500
+DEFAULT_RECYCLE_AFTER = 1000
 _TOUCHED = "workspace_tool.schemas_touched"  # key in the DBAPI connection's info: schemas touched so far
 log = logging.getLogger(__name__)
 

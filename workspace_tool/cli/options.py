@@ -117,7 +117,7 @@ def recycle_option(f: F) -> F:
         metavar="N",
         help="Replace each connection by a new one after it touched N schemas, so that no server backend "
         "caches the whole fleet's catalog (0: never). Default: workspace_recycle_after in alembic.ini, else "
-        "500.",
+        "1000.",
     )(f)
 
 
