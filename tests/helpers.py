@@ -74,9 +74,13 @@ def reset_database(engine: sa.Engine) -> None:
             .scalars()
             .all()
         )
-        for schema in schemas:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         conn.execute(sa.text("DROP TABLE IF EXISTS public.repositories, public.code_files CASCADE"))
+    # A few schemas per transaction: each DROP ... CASCADE locks every object of its schema until the commit,
+    # and the server's lock table (shared by the test run's workers) holds 64 per connection by default.
+    for start in range(0, len(schemas), 10):
+        with engine.begin() as conn:
+            for schema in schemas[start : start + 10]:
+                conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     cache.clear()
 
 
