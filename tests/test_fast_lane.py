@@ -11,10 +11,11 @@ from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, registry_state, schem
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
+from workspace_tool.flavor import Flavor
 from workspace_tool.schema.catalog import snapshot
 from workspace_tool.schema.migrate import Migration, Sending, migrate_expected
 from workspace_tool.schema.operation import UPGRADE
-from workspace_tool.schema.transaction import Expected
+from workspace_tool.schema.plan import Expected
 
 EXT = "workspace_extensions"
 
@@ -30,7 +31,7 @@ def tiny(chain_builder: ChainBuilder) -> Chain:
 def lane(engine: sa.Engine, chain: Chain, project: str, *, exists: bool, version: str | None, target: str) -> Any:
     with engine.connect() as conn:
         what = Migration(project, f"project_{project}", target, UPGRADE)
-        result = migrate_expected(conn, Sending(chain, EXT), what, Expected(exists, version))
+        result = migrate_expected(conn, Sending(chain, Flavor(EXT)), what, Expected(exists, version))
         # the connection is back to transactional mode: a rolled-back write leaves nothing
         with conn.begin() as tx:
             conn.execute(sa.text("CREATE TABLE public.lane_probe (x int)"))

@@ -42,6 +42,7 @@ from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fle
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.errors import NonTransactionalFailed
+from workspace_tool.flavor import Flavor
 from workspace_tool.registry import bootstrap
 from workspace_tool.schema.catalog import diff, snapshot
 from workspace_tool.schema.migrate import Migration, Sending, migrate
@@ -593,7 +594,9 @@ def test_the_session_is_given_back_as_it_was(engine: sa.Engine, chain_builder: C
         before = tuple(conn.execute(settings).one())
         conn.commit()
 
-        done = migrate(conn, Sending(chain, extension_schema, lock_timeout_ms=1234), Migration("s", "project_s", "r4"))
+        done = migrate(
+            conn, Sending(chain, Flavor(extension_schema), lock_timeout_ms=1234), Migration("s", "project_s", "r4")
+        )
 
         assert done.action == Action.CREATED
         assert not transactions.in_autocommit(conn)

@@ -51,6 +51,16 @@ MARK_FAILED = text(
 DELETE = text(f"DELETE FROM {REGISTRY_TABLE} WHERE project_id = :project_id")
 
 
+EXPECT_VERSION_FUNCTION = f"{REGISTRY_SCHEMA}.expect_version"  # r0005
+
+
+def expect_version_sql(found: str, schema: str, version: str | None) -> str:
+    """The guard of a transaction sent without reading ``schema`` first (r0005's function): raises SQLSTATE
+    dberrors.STATE_CHANGED, rolling the transaction back, unless ``found`` (a SQL boolean: the version
+    moved from ``version``, the one read) holds."""
+    return f"{EXPECT_VERSION_FUNCTION}({found}, {sql_literal(schema)}, {sql_literal(version)})"
+
+
 # The same upsert as literal SQL, to ride at the end of a migration batch (one round trip less). The
 # duration is the server's: from the transaction's start (lock wait included) to this statement, plus
 # what came before it in a migration sent in parts ({earlier} ms: a revision that can't run in a transaction).
