@@ -13,7 +13,7 @@ from helpers import ALEMBIC_INI
 
 from workspace_tool import flavor as flavors
 from workspace_tool.chain import Chain, Step
-from workspace_tool.dberrors import STATE_CHANGED
+from workspace_tool.dberrors import STATE_CHANGED, unreachable_node
 from workspace_tool.flavor import Flavor
 from workspace_tool.flavor.citus import NOT_TENANT, PROPAGATE_SET, TENANT, Citus
 from workspace_tool.registry.migrations import r0005_expect_version
@@ -250,6 +250,16 @@ def test_the_flavors_answer_what_differs() -> None:
     direct = DISTRIBUTED.with_direct(True)
     assert isinstance(direct, Citus) and direct.direct and direct.extension_schema == EXT
     assert direct.with_direct(False) == DISTRIBUTED
+
+
+def test_an_unreachable_node_is_read_from_the_message_by_the_flavor_that_says_it() -> None:
+    """dberrors translates failures with no flavor at hand: each flavor registered how it reads them."""
+    new = "connection to the remote node postgres@10.0.0.7:5432 failed with the following error: refused"
+    cached = "failure on connection marked as essential: 10.0.0.8:6432"
+    assert unreachable_node(new) == "Citus worker 10.0.0.7:5432"
+    assert unreachable_node(cached) == "Citus worker 10.0.0.8:6432"
+    assert unreachable_node("server closed the connection unexpectedly") is None
+    assert Flavor.unreachable_node(new) is None  # plain PostgreSQL has no other node
 
 
 def test_the_guard_raises_the_sqlstate_the_fast_lane_tells_apart() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from sqlalchemy import exc as sa_exc
@@ -45,13 +45,11 @@ _DENIED_SCHEMA = re.compile(r"permission denied for schema " + _NAME)
 _DENIED_RELATION = re.compile(r"permission denied for (?:table|relation|sequence|view) " + _NAME)
 _NOT_OWNER = re.compile(r"must be owner of (\w+(?: \w+)?) " + _NAME)
 _SIMPLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-# A distributed database's coordinator (Citus), when a worker can't be reached: a new connection to it
-# (08006), or one it had cached and finds broken (XX000). Either way the coordinator's own session is fine.
-# Read here, below every layer, since a failure is translated where no flavor is at hand (before any
-# bootstrap, in any process).
-_UNREACHABLE_NODE = re.compile(
-    r"connection to the remote node (?:[^@\s]+@)?(\S+:\d+) failed|failure on connection marked as essential: (\S+:\d+)"
-)
+# How each kind of database says, in an error's message, that a node it needs could not be reached: a reader
+# returns that node, named for a message, or None. Each flavor registers its own (``Flavor.unreachable_node``,
+# when workspace_tool.flavor is imported, as everything that reaches a database does): a failure is
+# translated here, below every layer, where no flavor is at hand (before any bootstrap, in any process).
+NODE_ERROR_READERS: list[Callable[[str], str | None]] = []
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -71,10 +69,12 @@ def first_line(error: BaseException) -> str:
 
 
 def unreachable_node(message: str | None) -> str | None:
-    """The worker an error message says the coordinator could not reach, named for a message ('Citus
-    worker host:port'), if any."""
-    match = _UNREACHABLE_NODE.search(message or "")
-    return None if match is None else f"Citus worker {match[1] or match[2]}"
+    """The node an error message says could not be reached, named for a message, if any (the coordinator's
+    own session is fine then: the node's failure is the schema's, whichever node holds it)."""
+    for read in NODE_ERROR_READERS:
+        if (node := read(message or "")) is not None:
+            return node
+    return None
 
 
 def is_connection_error(error: BaseException) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, text
 
+from workspace_tool import dberrors
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor.base import Flavor
 from workspace_tool.flavor.citus import Citus
@@ -18,6 +19,7 @@ from workspace_tool.flavor.citus import Citus
 DEFAULT_EXTENSION_SCHEMA = "workspace_extensions"
 # Every kind but plain PostgreSQL (``Flavor`` itself, the default), in the order their conditions are tested.
 KINDS: tuple[type[Flavor], ...] = (Citus,)
+dberrors.NODE_ERROR_READERS.extend(k.unreachable_node for k in KINDS)  # failures are read without a flavor at hand
 # The kind's name, as a SQL expression: a column of the registry bootstrap's one probe.
 KIND_SQL = "CASE " + " ".join(f"WHEN {k.detected_by} THEN '{k.name}'" for k in KINDS) + f" ELSE '{Flavor.name}' END"
 

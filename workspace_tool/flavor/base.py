@@ -64,6 +64,12 @@ class Flavor:
         """Raise ConfigurationError, saying how to undo it, when the registry's or the extension's schema
         (``schemas``) is not where the registry must live. Plain PostgreSQL: anywhere; no query."""
 
+    @staticmethod
+    def unreachable_node(message: str) -> str | None:
+        """The node an error's message says could not be reached, named for a message ('... worker
+        host:port'), or None (registered with dberrors.NODE_ERROR_READERS by workspace_tool.flavor)."""
+        return None
+
     def read_nodes(self, conn: Connection) -> dict[str, str]:
         """Project schema -> the node ('host:port') holding it, for `status`; {} (and no query) on a
         database of one node."""

@@ -18,11 +18,13 @@ How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordi
   table runs through intermediate results (measured: a third more time per schema).
 * The warm pool is refused: renaming a distributed tenant schema inside the claim is not something the pool
   was built or tested for; ensure builds schemas there, statement by statement.
-* `status` shows the worker holding each schema (from Citus's catalog).
+* `status` shows the worker holding each schema (from Citus's catalog), and an error that says a worker
+  can't be reached is told apart (a lost connection, retried; then "Citus worker host:port is unreachable").
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -38,6 +40,11 @@ TENANT = "SET LOCAL citus.enable_schema_based_sharding TO on"
 NOT_TENANT = "SET LOCAL citus.enable_schema_based_sharding TO off"
 PROPAGATE_SET = "SET LOCAL citus.propagate_set_commands TO 'local'"
 
+# The coordinator's error when a worker can't be reached: a new connection to it (08006), or one it had cached
+# and finds broken (XX000). Either way the coordinator's own session is fine.
+_UNREACHABLE_NODE = re.compile(
+    r"connection to the remote node (?:[^@\s]+@)?(\S+:\d+) failed|failure on connection marked as essential: (\S+:\d+)"
+)
 # The worker holding each tenant project schema (where its tables' shards are placed), from Citus's catalog
 # tables (in pg_catalog: found whatever the search_path; public.citus_schemas has no node, and citus_shards
 # asks every node for shard sizes). An ordinary schema, or a tenant one with no table yet, has no node.
@@ -94,6 +101,11 @@ class Citus(Flavor):
                 f"{'' if len(found) == 1 else 's'}, placed on a worker, but must stay on the coordinator: "
                 f"run {undo} on the coordinator, then rerun"
             )
+
+    @staticmethod
+    def unreachable_node(message: str) -> str | None:
+        match = _UNREACHABLE_NODE.search(message)
+        return None if match is None else f"Citus worker {match[1] or match[2]}"
 
     def read_nodes(self, conn: Connection) -> dict[str, str]:
         rows = conn.execute(_NODES, {"prefix": SCHEMA_LIKE}).all()

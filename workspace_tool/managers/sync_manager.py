@@ -14,7 +14,7 @@ from typing_extensions import Unpack
 
 from workspace_tool import pool, reference, registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.dberrors import translating
+from workspace_tool.dberrors import sqlstate, translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.fleet.reader import versions_reader
@@ -138,7 +138,7 @@ class WorkspaceManager:
                 return None
             except Exception as exc:
                 if type(exc).__module__.startswith("psycopg2"):
-                    if getattr(exc, "pgcode", None) is None:  # a broken connection, not a missing table
+                    if sqlstate(exc) is None:  # a broken connection, not a missing table
                         self._close_probe()
                     return None
                 raise
