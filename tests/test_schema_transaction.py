@@ -1,4 +1,4 @@
-"""The one schema transaction (workspace_tool.schema.transaction), sent each of its ways: the text of
+"""The one schema plan (workspace_tool.schema.plan), sent each of its ways (schema.send): the text of
 `upgrade --sql` is what the fleet runs, down to the registry row, so psql running it gives what
 `upgrade --all` gives; and sending it statement by statement (as Citus needs) gives the same schema."""
 
