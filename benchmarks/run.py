@@ -31,6 +31,12 @@ What is measured (targets from issue 4):
   both again on a database holding 10,000 project schemas. Targets: pool p50 <= 1/20 of the fast path's,
   gather of 3 <= 2x one.
 
+* the live-application soak (issue 18, ``--only soak``, ``--minutes N``, default 3, quick 1): two releases'
+  applications create, write, read and drop projects and claim spares at a steady rate through a rolling
+  deploy, a rollback and a redeploy, while `upgrade --all`, `status`, `check`, `pool fill` and `pool status`
+  of both run beside them (``tests/soak.py``, which the suite runs for 30 s): the rates and counts, every
+  command's outcomes, and its invariants (any broken one fails the run).
+
 ``--citus URL`` runs the Citus benchmark instead (``benchmarks/citus_bench.py``: fresh ``ensure`` and
 ``upgrade --all`` over 1,000 tenant schemas against the raw floor, on the cluster of that coordinator).
 
@@ -52,6 +58,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -851,6 +858,24 @@ def _pool_gather(url: URL, reps: int, spares: int) -> dict[str, list[float]]:
     return asyncio.run(run())
 
 
+def bench_soak(server: URL, minutes: float) -> None:
+    """tests/soak.py for ``minutes`` on a scratch database: its report, and every broken invariant."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import soak
+
+    seconds = minutes * 60
+    settings = soak.Settings(seconds=seconds, grace_s=max(4.0, seconds / 12))
+    log(f"live-application soak: {seconds:.0f} s, workspace_pool_grace {settings.grace_s:.0f} s")
+    with scratch_database(server, "soak") as url, tempfile.TemporaryDirectory(prefix="wst-soak-") as workdir:
+        outcome = soak.run(url.render_as_string(hide_password=False), Path(workdir), settings, echo=log)
+    print(f"\n== live-application soak, {minutes:g} min ==\n{outcome.report}", flush=True)
+    record("soak", **outcome.figures)
+    if outcome.violations:
+        print("\n".join(["invariants broken:", *outcome.violations]), flush=True)
+        raise SystemExit(1)
+    print("invariants: all hold", flush=True)
+
+
 def run_fleet(quick: bool, sizes: Sequence[int]) -> None:
     """benchmarks/fleet_upgrade.py's main(argv): once with --quick, else once per fleet size."""
     path = Path(__file__).with_name("fleet_upgrade.py")
@@ -885,7 +910,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool"],
+        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool", "soak"],
         help="run only these parts (repeatable)",
     )
     parser.add_argument(
@@ -900,6 +925,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=fleet.default_jobs(), help="connections for check and upgrade")
     parser.add_argument("--pool-n", type=int, help="ensures per contender for the warm pool (default 50, quick 30)")
     parser.add_argument("--pool-reps", type=int, help="rounds of gather 1/3 from the pool (default 15, quick 9)")
+    parser.add_argument("--minutes", type=float, help="length of the live-application soak (default 3, quick 1)")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument(
         "--citus",
@@ -917,6 +943,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.startup_reps = args.startup_reps or (10 if quick else 15)
     args.pool_n = args.pool_n or (30 if quick else 50)
     args.pool_reps = args.pool_reps or (9 if quick else 15)
+    args.minutes = args.minutes or (1.0 if quick else 3.0)
     return args
 
 
@@ -935,7 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.citus:
         return run_citus(args.citus, args.quick, args.jobs, args.json)
-    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool"])
+    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool", "soak"])
     os.chdir(ROOT)
     server = server_url()
     print(f"server: {server.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
@@ -965,6 +992,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_startup(server, args.startup_schemas, args.startup_reps, args.jobs)
     if "pool" in parts:
         bench_pool(server, args.pool_n, args.pool_reps, args.existing)
+    if "soak" in parts:
+        bench_soak(server, args.minutes)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")

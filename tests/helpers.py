@@ -9,6 +9,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -335,6 +336,17 @@ class ChainBuilder:
 
         self.last = Chain.load(ALEMBIC_INI).head
         return self
+
+
+def with_options(ini: Path, **options: str) -> Path:
+    """Set workspace_* options in an alembic.ini's [alembic] section; returns the path."""
+    text = ini.read_text()
+    for name, value in options.items():
+        text = re.sub(rf"(?m)^{name} = .*\n", "", text)
+        text = text.replace("[alembic]\n", f"[alembic]\n{name} = {value}\n", 1)
+    ini.write_text(text)
+    Chain.forget(ini)
+    return ini
 
 
 def truncated_chain(root: Path, upto: str) -> Path:

@@ -259,6 +259,77 @@ def test_check_does_not_count_a_project_dropped_while_it_runs_as_drift(
     assert "1 dropped while check ran" in again.stderr
 
 
+@pytest.fixture
+def old_release(tmp_path: Path) -> Chain:
+    """The release before ``tiny``'s: a1 alone (a rolling deploy runs both)."""
+    return Chain.load(ChainBuilder(tmp_path / "old").add("a1", ITEMS, 'op.drop_table("items")').ini)
+
+
+def upgrade_first(
+    monkeypatch: pytest.MonkeyPatch, owner: object, name: str, engine: sa.Engine, chain: Chain, *ids: str
+) -> list[str]:
+    """Wrap ``owner.name`` so that, the first time it is called, the newer release (``chain``) upgrades
+    ``ids`` first (another run of the fleet, beside the command). Returns the ids upgraded (none until then)."""
+    original: Callable[..., Any] = getattr(owner, name)
+    upgraded: list[str] = []
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if not upgraded:
+            assert fleet.upgrade(engine, chain, list(ids), jobs=1).ok
+            upgraded.extend(ids)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return upgraded
+
+
+MOVED = "at revision a2, head is a1 (migrated by another run while check ran)"
+
+
+def test_the_old_release_check_reports_a_schema_upgraded_while_it_ran_at_its_new_revision_not_as_drift(
+    engine: sa.Engine, url_string: str, tiny: Chain, old_release: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling deploy: the old release's `check` reads p03 and p07 at its head (a1); the new release
+    upgrades them to a2 before their catalogs are compared. They differ from a1's model because they
+    were migrated, not because anyone changed them: reported at a2 (as a check a moment later would), with
+    no catalog difference."""
+    assert fleet.provision(engine, old_release, IDS, jobs=4).ok
+    upgraded = upgrade_first(monkeypatch, reference, "for_check", engine, tiny, "p03", "p07")
+
+    report = drift.check(engine, old_release, jobs=2)
+
+    assert upgraded == ["p03", "p07"]
+    failing = {c.project_id: (c.state, c.revision, c.problems) for c in report.failing}
+    assert failing == {p: ("ahead/unknown", "a2", [MOVED]) for p in ("p03", "p07")}
+    assert len(report.schemas) == 12
+    again = cli(url_string, old_release.config_path, "check", "--json")  # a moment later: ahead, as it is
+    assert again.exit_code == 1
+    problems = {s["project_id"]: s["problems"] for s in json.loads(again.stdout)["schemas"] if s["problems"]}
+    assert problems == {p: ["at revision a2, head is a1"] for p in ("p03", "p07")}
+
+
+def test_check_reads_the_next_schema_of_a_drifted_group_when_the_first_was_upgraded_before_its_detailed_read(
+    engine: sa.Engine, tiny: Chain, old_release: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """p06 and p09 have the same drift (a column added by hand): one catalog, read in detail once, from the
+    first of them. p06 is upgraded by the newer release right before that read: it is reported at a2, and
+    p09's drift is read from p09 (not from p06's catalog, now a2's)."""
+    assert fleet.provision(engine, old_release, IDS, jobs=4).ok
+    with engine.begin() as conn:
+        for schema in ("project_p06", "project_p09"):
+            conn.execute(sa.text(f"ALTER TABLE {schema}.items ADD COLUMN by_hand int"))
+    upgraded = upgrade_first(monkeypatch, drift, "snapshot", engine, tiny, "p06")
+
+    report = drift.check(engine, old_release, jobs=2)
+
+    assert upgraded == ["p06"]
+    failing = {c.project_id: (c.state, c.problems) for c in report.failing}
+    assert failing == {
+        "p06": ("ahead/unknown", [MOVED]),
+        "p09": ("at head", ["unexpected relations.items.columns.by_hand"]),
+    }
+
+
 def test_check_does_not_report_a_spare_claimed_while_it_runs(
     engine: sa.Engine, url_string: str, at_a1: Chain, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -343,10 +343,12 @@ def test_the_background_refill_runs_on_its_own_thread_and_connection(engine: sa.
         sa.event.remove(engine, "before_cursor_execute", record)
         mgr.close()
     assert ready(engine) == 2  # refilled to its size
-    (request_thread, request_conn), *refills = seen
+    (request_thread, _), *refills = seen
     assert request_thread == threading.current_thread().name and refills
+    # The refill checks its connections out of the engine's pool in its own thread: never the request's
+    # while the request holds it (a checked-out connection is no one else's), though it may get the same
+    # DBAPI connection once the request gave it back (which made an identity check here flaky under -n 2).
     assert {name for name, _ in refills} == {"workspace-pool-refill"}
-    assert request_conn not in {conn for _, conn in refills}
 
 
 def test_the_async_managers_refill_runs_on_a_thread_and_engine_of_its_own(engine: sa.Engine, database_url: URL) -> None:

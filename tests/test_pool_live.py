@@ -6,7 +6,6 @@ in parts, claimable only once complete); `pool fill` counts right while the appl
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ALEMBIC_INI, TABLES, ChainBuilder, assert_consistent, catalog, schema_exists
+from helpers import (
+    ALEMBIC_INI,
+    TABLES,
+    WAIT,
+    ChainBuilder,
+    Victim,
+    assert_consistent,
+    catalog,
+    schema_exists,
+    with_options,
+)
 
 from workspace_tool import NonTransactionalFailed, WorkspaceManager, drift, pool
 from workspace_tool.chain import Chain
@@ -28,17 +37,6 @@ CHAIN = Chain.load(ALEMBIC_INI)
 READER = "wst_pool_reader"
 T1 = "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"
 T2 = "op.create_table('t2', sa.Column('id', sa.Integer, primary_key=True))"
-
-
-def with_options(ini: Path, **options: str) -> Path:
-    """Set workspace_* options in an alembic.ini's [alembic] section; returns the path."""
-    text = ini.read_text()
-    for name, value in options.items():
-        text = re.sub(rf"(?m)^{name} = .*\n", "", text)
-        text = text.replace("[alembic]\n", f"[alembic]\n{name} = {value}\n", 1)
-    ini.write_text(text)
-    Chain.forget(ini)
-    return ini
 
 
 def cli(engine: sa.Engine, *args: str, config: Path = ALEMBIC_INI) -> Result:
@@ -326,6 +324,47 @@ def test_check_while_a_spare_is_claimed(engine: sa.Engine) -> None:
         sa.event.remove(engine, "before_cursor_execute", claim_once)
     assert claimed == ["pool"]
     assert report.ok, [(s.schema, s.problems) for s in report.failing]
+
+
+def test_fill_reads_only_its_own_spare_while_the_application_drops_a_project(engine: sa.Engine) -> None:
+    """The first spare of a fill is searched for its first name (``rename_and_scan``), deparsing its
+    defaults, constraints, triggers and rules: only its own. A project being dropped meanwhile (its DROP
+    SCHEMA not committed yet, holding its relations' locks) is never touched, so the fill doesn't wait for
+    it. (It did: the deparsing ran on every row of those catalogs, before the join kept the spare's, and
+    when such a project's drop committed under it the fill could fail with "could not open relation with
+    OID": what the live soak found, tests/soak.py.)"""
+    WorkspaceManager(engine, ALEMBIC_INI).ensure("being-dropped")
+    dropping = engine.connect()
+    transaction = dropping.begin()
+    dropping.execute(sa.text("DROP SCHEMA project_being_dropped CASCADE"))
+    fill = Victim(lambda: pool.fill(engine, CHAIN, 1))
+    fill.start()
+    try:
+        with engine.connect() as admin:
+            deadline = time.monotonic() + WAIT
+            while fill.is_alive() and not blocked(admin) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            waited = blocked(admin)
+    finally:
+        transaction.commit()  # the drop commits: a fill waiting on its locks goes on, and fails
+        dropping.close()
+    fill.finish()
+    assert not waited, "the fill waited for the locks of a project being dropped"
+    assert fill.error is None, fill.error
+    assert pool.status(engine, CHAIN).ready == 1
+
+
+def blocked(admin: sa.Connection) -> bool:
+    """Whether a session of this database waits for a lock on a relation."""
+    admin.execute(sa.text("SELECT pg_stat_clear_snapshot()"))
+    return bool(
+        admin.execute(
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE NOT l.granted AND l.locktype = 'relation' AND d.datname = current_database())"
+            )
+        ).scalar()
+    )
 
 
 def test_pool_fill_with_the_pool_off_warns_that_nothing_claims_them(

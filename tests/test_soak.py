@@ -1,9 +1,12 @@
-"""Soak: 8 processes x 4 threads ensure the same 50 projects in random order while `upgrade --all` runs
-beside them, over and over. Half the projects start one revision behind, so the fleet and the ensures
-race to upgrade them.
+"""Soaks.
 
-Result: exactly 50 schemas, all at head, 50 registry rows agreeing with them, and no error other than
-lock timeouts the fleet retried (the documented behaviour of `upgrade --lock-timeout/--retries`).
+``test_soak``: 8 processes x 4 threads ensure the same 50 projects in random order while `upgrade --all`
+runs beside them, over and over. Half the projects start one revision behind, so the fleet and the ensures
+race to upgrade them. Result: exactly 50 schemas, all at head, 50 registry rows agreeing with them, and no
+error other than lock timeouts the fleet retried (the documented behaviour of `upgrade --lock-timeout/--retries`).
+
+``test_live_application_soak``: the live application of issue 18 (tests/soak.py, also run longer by
+``benchmarks/run.py --only soak``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import soak
 import sqlalchemy as sa
 from helpers import ALEMBIC_INI, ROOT, ChainBuilder, assert_consistent
 
@@ -174,3 +178,28 @@ def test_soak(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
         rows = conn.execute(sa.text("SELECT status, count(*) FROM project_registry.workspace_config GROUP BY 1")).all()
     assert [tuple(r) for r in rows] == [("ready", len(PROJECTS))]
     assert [s.state for s in WorkspaceManager(engine, ALEMBIC_INI).status()] == ["at head"] * len(PROJECTS)
+
+
+@pytest.mark.slow
+def test_live_application_soak(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
+    """Two releases' applications create, write, read and drop projects and claim spares at a steady rate
+    through a rolling deploy while `upgrade --all`, `status`, `check`, `pool fill` and `pool status` of
+    both run beside them, then a rollback and a redeploy (tests/soak.py: the phases and the invariants);
+    30 s of it. No invariant broken, and the run did exercise what it is about (else it proves nothing)."""
+    outcome = soak.run(url_string, tmp_path, soak.Settings(seconds=30))
+    print("\n" + outcome.report)
+
+    assert outcome.violations == [], "\n".join(outcome.violations)
+    figures = outcome.figures
+    for name, app in figures["applications"].items():
+        counts = app["counts"]
+        assert counts["creates"] >= 10 and counts["created via pool"] >= 1, (name, counts)
+        assert min(counts["writes"], counts["reads"]) >= 10 and counts["drops"] >= 3, (name, counts)
+    commands = figures["commands"]
+    assert commands["B upgrade"]["ok"] >= 1  # projects release A made at its head, brought to B's
+    assert {"A pool fill", "A status", "A check", "B pool fill", "B status", "B check", "B pool status"} <= set(
+        commands
+    )
+    assert figures["pool deletions"].get("A's dropped by B", 0) >= 1  # after A retired, once the grace passed
+    rollback = figures["rollback"]  # B's spares, ahead of A, outlived B's grace while A filled the pool
+    assert rollback["B's spares kept"] >= 1 and rollback["A's fills after B's grace"] >= 1, rollback

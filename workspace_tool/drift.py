@@ -13,7 +13,12 @@ head (workspace_tool.pool) are compared too: each will become a project's schema
 
 The application keeps working meanwhile. A project dropped while check runs is no problem: left out when
 dropped before its version was read (as `status` does), else reported ``gone``, with no problem; a spare
-claimed (renamed into a new project's schema) after it was listed is no spare any more, and left out.
+claimed (renamed into a new project's schema) after it was listed is no spare any more, and left out. A
+schema read at head and migrated by another run before its catalog was compared (another release's
+`upgrade` during a rolling deploy) is reported at its new revision, as a check a moment later would
+(``MOVED``), never as a catalog difference: the versions of the schemas whose fingerprints differ are
+read again before they are read in detail, and a detailed read that finds another version reads the
+next schema of its group instead.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from workspace_tool.jobs import check_jobs, default_jobs, spare_jobs
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
 from workspace_tool.status import ProjectStatus, collect_status
-from workspace_tool.vocabulary import SpareState
+from workspace_tool.vocabulary import SpareState, State
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
 # whole (it has no index by schema), the rest through indexes, and it holds no lock but on catalogs, so
@@ -42,6 +47,7 @@ from workspace_tool.vocabulary import SpareState
 # 7.9 s with 1,000 and 8.4 s with 500 (medians of 3, loaded machine, an earlier version of the query).
 FINGERPRINT_BATCH = 2500
 GONE = "gone"  # the state of a project dropped while check ran: not a problem
+MOVED = "migrated by another run while check ran"  # said of a schema read at head, then migrated
 _NAMESPACE = text("SELECT oid FROM pg_namespace WHERE nspname = :schema")
 
 
@@ -113,7 +119,7 @@ def check(
         schemas = [_from_status(chain, s) for s in statuses]
         at_head = [c for c in schemas if _comparable(chain, c)]
         if at_head or spares:
-            _compare(engine, conn, references.for_check(conn, chain), at_head + spares, jobs)
+            _compare(engine, conn, chain, references.for_check(conn, chain), at_head + spares, jobs)
             spares = [s for s in spares if s.state != GONE]  # claimed meanwhile: a project's schema now
     known = {s.project_id for s in statuses}
     schemas += [
@@ -152,7 +158,7 @@ def _from_status(chain: Chain, status: ProjectStatus) -> SchemaCheck:
         problems.append(f"marked failed in the registry: {status.last_error or 'no error recorded'}")
     if status.revision != chain.head:
         # a schema behind head differs from the head model by design
-        problems.append(f"at revision {status.revision or 'base'}, head is {chain.head}")
+        problems.append(_not_at_head(chain, status.revision))
     elif status.registry_revision not in (None, status.revision) and status.registered:
         problems.append(f"the registry says revision {status.registry_revision}")
     return result
@@ -163,12 +169,22 @@ def _comparable(chain: Chain, result: SchemaCheck) -> bool:
     return result.state != "missing" and result.revision == chain.head
 
 
+def _not_at_head(chain: Chain, revision: str | None) -> str:
+    return f"at revision {revision or 'base'}, head is {chain.head}"
+
+
 def _compare(
-    engine: Engine, conn: Connection, reference: references.Reference, schemas: list[SchemaCheck], jobs: int
+    engine: Engine,
+    conn: Connection,
+    chain: Chain,
+    reference: references.Reference,
+    schemas: list[SchemaCheck],
+    jobs: int,
 ) -> None:
     """Fingerprint every schema; read in detail one schema per fingerprint that differs from the
     reference's, and give its differences to every schema with that fingerprint. A schema dropped (a
-    spare claimed) since the status read is marked GONE, with no problem."""
+    spare claimed) since the status read is marked GONE, with no problem; one migrated since by another
+    run, at its new revision (``_moved``)."""
     prints = _fingerprints(engine, conn, [s.schema for s in schemas], jobs)
     differing: dict[str, list[SchemaCheck]] = {}
     for result in schemas:
@@ -176,24 +192,49 @@ def _compare(
         if digest != reference.fingerprint:
             # no fingerprint: dropped since the status read, most likely; it is read on its own to know
             differing.setdefault(digest or f"unread:{result.schema}", []).append(result)
+    if differing:  # migrated since the status read? (then its catalog is another revision's: not compared)
+        with conn.begin():
+            now = read_versions(conn, [r.schema for group in differing.values() for r in group])
+        for key, group in differing.items():
+            moved = [r for r in group if r.schema in now and now[r.schema] != r.revision]
+            for result in moved:
+                _moved(chain, result, now[result.schema])
+            differing[key] = [r for r in group if r.schema not in {m.schema for m in moved}]
     with conn.begin():
         conn.execute(PIN_SEARCH_PATH)  # deparsed names depend on the search_path, as for the reference
         for group in differing.values():
-            found = None
-            for result in group:  # the first of the group still there is read (the same catalog as the rest)
-                found = _detailed(conn, reference, result.schema)
-                if found is not None:
+            for i, result in enumerate(group):  # the first still as it was read is read: the group's catalog
+                found = _detailed(conn, reference, result.schema, result.revision)
+                if found is None:
+                    result.state = GONE
+                elif isinstance(found, _Moved):
+                    _moved(chain, result, found.version)
+                else:
+                    for same in group[i:]:
+                        same.problems.extend(found)
                     break
-                result.state = GONE
-            for result in group:
-                if result.state != GONE and found is not None:
-                    result.problems.extend(found)
 
 
-def _detailed(conn: Connection, reference: references.Reference, schema: str) -> list[str] | None:
-    """How ``schema`` differs from the reference, or None when it is gone: dropped before, or while, its
+@dataclass(frozen=True)
+class _Moved:
+    version: str | None
+
+
+def _moved(chain: Chain, result: SchemaCheck, version: str | None) -> None:
+    """``result`` (read at head) was migrated to ``version`` by another run since: as a check a moment later
+    would see it, with a note."""
+    result.revision = version
+    result.state = str(State.EMPTY if version is None else State.AHEAD if not chain.knows(version) else State.BEHIND)
+    result.problems = [f"{_not_at_head(chain, version)} ({MOVED})"]
+
+
+def _detailed(
+    conn: Connection, reference: references.Reference, schema: str, version: str | None
+) -> list[str] | _Moved | None:
+    """How ``schema`` differs from the reference; None when it is gone: dropped before, or while, its
     catalog was read (the namespace's OID is read before and after: a schema dropped in between, even made
-    anew, gave a partial read). In a savepoint, rolled back: that releases the lock on its alembic_version."""
+    anew, gave a partial read); ``_Moved`` when its one alembic_version row is not ``version`` any more (another
+    run migrated it). In a savepoint, rolled back: that releases the lock on its alembic_version."""
     savepoint = conn.begin_nested()
     try:
         before = conn.execute(_NAMESPACE, {"schema": schema}).scalar()
@@ -212,6 +253,9 @@ def _detailed(conn: Connection, reference: references.Reference, schema: str) ->
     finally:
         if savepoint.is_active:
             savepoint.rollback()
+    found = catalog.get("alembic_version")
+    if isinstance(found, list) and len(found) == 1 and found[0] != version:
+        return _Moved(found[0])
     return diff(reference.catalog, catalog)
 
 

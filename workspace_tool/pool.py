@@ -532,46 +532,57 @@ def _discard(conn: Connection, schema: str) -> None:
 # defaults, types, views' and rules' parse trees, foreign keys, triggers' functions), text does not. Each
 # object's stored text is read (a function's body and its SET options) or deparsed (defaults, constraints,
 # indexes, views, triggers and their arguments, policies, rules, domains' defaults and constraints), and
-# comments; then the rows of its tables. The schema's
-# relations are read once (pg_class has no index on relnamespace alone), the rest through their indexes.
+# comments; then the rows of its tables. The schema's relations are read once (pg_class has no index on
+# relnamespace alone), the rest through their indexes. Each catalog's rows of this schema are read into a
+# MATERIALIZED CTE before anything is deparsed: a filter that deparses, on a plain join, is pushed down by
+# the planner to the scan of the whole catalog (every default, constraint, trigger and rule of the
+# database), where it opens other schemas' relations: it waits for a project being dropped and can fail
+# with "could not open relation with OID" once that drop commits.
 _NAMES_ITSELF = text(
     """
 WITH nsp AS (SELECT oid FROM pg_namespace WHERE nspname = :schema),
-rel AS MATERIALIZED (SELECT c.oid, c.relname, c.relkind FROM pg_class c, nsp WHERE c.relnamespace = nsp.oid)
+rel AS MATERIALIZED (SELECT c.oid, c.relname, c.relkind FROM pg_class c, nsp WHERE c.relnamespace = nsp.oid),
+def AS MATERIALIZED (
+  SELECT r.relname, a.attname, d.adbin, d.adrelid FROM rel r JOIN pg_attrdef d ON d.adrelid = r.oid
+  JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum),
+con AS MATERIALIZED (SELECT k.oid, k.conname FROM rel r JOIN pg_constraint k ON k.conrelid = r.oid),
+trg AS MATERIALIZED (SELECT t.oid, t.tgname FROM rel r JOIN pg_trigger t ON t.tgrelid = r.oid WHERE NOT t.tgisinternal),
+pol AS MATERIALIZED (
+  SELECT p.polname, p.polqual, p.polwithcheck, p.polrelid FROM rel r JOIN pg_policy p ON p.polrelid = r.oid),
+rul AS MATERIALIZED (
+  SELECT w.oid, w.rulename FROM rel r JOIN pg_rewrite w ON w.ev_class = r.oid WHERE w.rulename <> '_RETURN'),
+dom AS MATERIALIZED (
+  SELECT t.oid, t.typname, t.typdefault FROM pg_type t, nsp WHERE t.typnamespace = nsp.oid AND t.typtype = 'd'),
+domcon AS MATERIALIZED (SELECT d.oid AS domain, k.oid FROM dom d JOIN pg_constraint k ON k.contypid = d.oid
+  WHERE k.conrelid = 0)
 SELECT 'function ' || p.proname || '()' FROM pg_proc p, nsp WHERE p.pronamespace = nsp.oid
   AND strpos(lower(concat_ws(' ', p.prosrc, array_to_string(p.proconfig, ' '), p.probin)), :needle) > 0
 UNION ALL
-SELECT 'the default of ' || r.relname || '.' || a.attname FROM rel r JOIN pg_attrdef d ON d.adrelid = r.oid
-  JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-  WHERE strpos(lower(pg_get_expr(d.adbin, d.adrelid)), :needle) > 0
+SELECT 'the default of ' || relname || '.' || attname FROM def
+  WHERE strpos(lower(pg_get_expr(adbin, adrelid)), :needle) > 0
 UNION ALL
-SELECT 'constraint ' || k.conname FROM rel r JOIN pg_constraint k ON k.conrelid = r.oid
-  WHERE strpos(lower(pg_get_constraintdef(k.oid)), :needle) > 0
+SELECT 'constraint ' || conname FROM con WHERE strpos(lower(pg_get_constraintdef(oid)), :needle) > 0
 UNION ALL
 SELECT CASE WHEN r.relkind IN ('v', 'm') THEN 'view ' ELSE 'index ' END || r.relname FROM rel r
   WHERE r.relkind IN ('v', 'm', 'i', 'I')
   AND strpos(lower(CASE WHEN r.relkind IN ('v', 'm') THEN pg_get_viewdef(r.oid) ELSE pg_get_indexdef(r.oid) END),
              :needle) > 0
 UNION ALL
-SELECT 'trigger ' || t.tgname FROM rel r JOIN pg_trigger t ON t.tgrelid = r.oid
-  WHERE NOT t.tgisinternal AND strpos(lower(pg_get_triggerdef(t.oid)), :needle) > 0
+SELECT 'trigger ' || tgname FROM trg WHERE strpos(lower(pg_get_triggerdef(oid)), :needle) > 0
 UNION ALL
-SELECT 'policy ' || p.polname FROM rel r JOIN pg_policy p ON p.polrelid = r.oid
-  WHERE strpos(lower(concat_ws(' ', pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid))),
+SELECT 'policy ' || polname FROM pol
+  WHERE strpos(lower(concat_ws(' ', pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid))),
                :needle) > 0
 UNION ALL
-SELECT 'rule ' || w.rulename FROM rel r JOIN pg_rewrite w ON w.ev_class = r.oid
-  WHERE w.rulename <> '_RETURN' AND strpos(lower(pg_get_ruledef(w.oid)), :needle) > 0
+SELECT 'rule ' || rulename FROM rul WHERE strpos(lower(pg_get_ruledef(oid)), :needle) > 0
 UNION ALL
-SELECT 'domain ' || t.typname FROM pg_type t, nsp WHERE t.typnamespace = nsp.oid AND t.typtype = 'd' AND (
-  strpos(lower(t.typdefault), :needle) > 0
-  OR EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = 0 AND k.contypid = t.oid
-             AND strpos(lower(pg_get_constraintdef(k.oid)), :needle) > 0))
+SELECT 'domain ' || d.typname FROM dom d WHERE strpos(lower(d.typdefault), :needle) > 0
+  OR EXISTS (SELECT 1 FROM domcon k WHERE k.domain = d.oid AND strpos(lower(pg_get_constraintdef(k.oid)), :needle) > 0)
 UNION ALL
 SELECT 'a comment' FROM pg_description ds WHERE strpos(lower(ds.description), :needle) > 0 AND ds.objoid IN (
   SELECT oid FROM nsp UNION ALL SELECT oid FROM rel
   UNION ALL SELECT p.oid FROM pg_proc p, nsp WHERE p.pronamespace = nsp.oid
-  UNION ALL SELECT k.oid FROM rel r JOIN pg_constraint k ON k.conrelid = r.oid)
+  UNION ALL SELECT oid FROM con)
 """
 )
 _TABLES = text(
