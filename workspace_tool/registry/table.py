@@ -1,6 +1,6 @@
 """project_registry.workspace_config: the table of projects, its rows, and the SQL that reads and writes them.
 
-A row is written in the same transaction as the schema change it records (see schema/transaction.py).
+A row is written in the same transaction as the schema change it records (see schema/plan.py).
 """
 
 from __future__ import annotations
