@@ -26,6 +26,10 @@ What is measured (targets from issue 4):
   with a fresh engine each time (it connects, as the process does) and on a warm one, and for reference
   the floor of any such process (``python -c "import sqlalchemy, psycopg2"``) and the library called from
   a script process.
+* server memory (issue 19, ``--only memory``): ``benchmarks/fleet_memory.py``: the largest backend's
+  private memory and the wall time of ``upgrade --all --jobs 2`` over 1,000, 3,000 and 8,000 schemas, with
+  connections recycled every ``recycle_after`` schemas and without, interleaved. Targets: every backend
+  <= 40 MB at 8,000 schemas; recycling's cost within the noise (the A/A ratio of two runs without).
 * the warm pool (issue 12, ``--only pool``): a new project's first ``ensure`` claiming a spare vs the fast
   path vs the floor, interleaved, p50 and p99; ``asyncio.gather`` of 3 new projects from the pool vs one;
   both again on a database holding 10,000 project schemas. Targets: pool p50 <= 1/20 of the fast path's,
@@ -876,6 +880,17 @@ def bench_soak(server: URL, minutes: float) -> None:
     print("invariants: all hold", flush=True)
 
 
+def run_memory(quick: bool, sizes: str, repeat: int) -> None:
+    """benchmarks/fleet_memory.py's main: the fleet sizes given (quick: its own --quick)."""
+    import fleet_memory  # this folder is on sys.path when run as a script
+
+    argv = ["--quick"] if quick else ["--sizes", sizes, "--repeat", str(repeat)]
+    print(f"\n== server memory: benchmarks/fleet_memory.py {' '.join(argv)} ==", flush=True)
+    result = fleet_memory.main(argv)
+    if result:
+        raise SystemExit(result)
+
+
 def run_fleet(quick: bool, sizes: Sequence[int]) -> None:
     """benchmarks/fleet_upgrade.py's main(argv): once with --quick, else once per fleet size."""
     path = Path(__file__).with_name("fleet_upgrade.py")
@@ -910,7 +925,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool", "soak"],
+        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool", "soak", "memory"],
         help="run only these parts (repeatable)",
     )
     parser.add_argument(
@@ -926,6 +941,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pool-n", type=int, help="ensures per contender for the warm pool (default 50, quick 30)")
     parser.add_argument("--pool-reps", type=int, help="rounds of gather 1/3 from the pool (default 15, quick 9)")
     parser.add_argument("--minutes", type=float, help="length of the live-application soak (default 3, quick 1)")
+    parser.add_argument(
+        "--memory-sizes", default="1000,3000,8000", help="fleet sizes for benchmarks/fleet_memory.py (ascending)"
+    )
+    parser.add_argument("--memory-reps", type=int, default=3, help="interleaved rounds per size of fleet_memory.py")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument(
         "--citus",
@@ -962,7 +981,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.citus:
         return run_citus(args.citus, args.quick, args.jobs, args.json)
-    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool", "soak"])
+    parts = set(args.only or ["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool", "memory"])
     os.chdir(ROOT)
     server = server_url()
     print(f"server: {server.render_as_string(hide_password=True)}; cores: {os.cpu_count()}")
@@ -994,6 +1013,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_pool(server, args.pool_n, args.pool_reps, args.existing)
     if "soak" in parts:
         bench_soak(server, args.minutes)
+    if "memory" in parts:
+        run_memory(args.quick, args.memory_sizes, args.memory_reps)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")

@@ -9,6 +9,10 @@ this session started, or the one in WORKSPACE_TOOL_CITUS_DIR), see ``citus_nodes
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -28,7 +32,7 @@ from helpers import (
     run_cli,
 )
 
-from workspace_tool import WorkspaceManager, fleet
+from workspace_tool import WorkspaceManager, doctor, fleet
 from workspace_tool.chain import Chain
 from workspace_tool.fleet import Progress
 from workspace_tool.managers import cache
@@ -407,3 +411,83 @@ def prepared(engine: sa.Engine, workers: list[str]) -> dict[str, int]:
         finally:
             worker.dispose()
     return counts
+
+
+# ------------------------------------------------------------------------- doctor
+class Relay:
+    """A TCP relay on a free local port to ``target`` (a port of 127.0.0.1): a stand-in for a pooler."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.threads: list[threading.Thread] = []
+
+    def __enter__(self) -> int:
+        thread = threading.Thread(target=self._accept, daemon=True)
+        thread.start()
+        return int(self.server.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+
+def test_doctor_checks_every_node_and_names_a_stopped_worker(
+    citus_engine: sa.Engine, nodes: citus_cluster.Cluster
+) -> None:
+    WorkspaceManager(citus_engine, ALEMBIC_INI).ensure("doc")
+    url = citus_engine.url.render_as_string(hide_password=False)
+
+    def citus_findings() -> tuple[int, list[dict[str, str]]]:
+        result = run_cli("--database-url", url, "-c", str(ALEMBIC_INI), "doctor", "--jobs", "2", "--json")
+        return result.exit_code, [f for f in json.loads(result.stdout)["findings"] if f["check"] == "citus"]
+
+    assert citus_findings() == (
+        0,
+        [{"check": "citus", "status": "ok", "finding": "3 node(s), 2 worker(s): all active and answering"}],
+    )
+    # over TCP, straight to the server: nothing in between; through a relay on another port: something is
+    pooler = doctor.diagnose(
+        citus_engine, Chain.load(ALEMBIC_INI), jobs=2, checks=[("pooler", doctor.transaction_pooler)]
+    )
+    assert [f.finding for f in pooler.findings] == ["no transaction pooler detected"]
+    with Relay(citus_engine.url.port or 5432) as port:
+        relayed = sa.create_engine(citus_engine.url.set(port=port), poolclass=sa.pool.NullPool)
+        through = doctor.diagnose(
+            relayed, Chain.load(ALEMBIC_INI), jobs=2, checks=[("pooler", doctor.transaction_pooler)]
+        )
+        relayed.dispose()
+    [warning] = through.findings
+    assert warning.status == "warn" and warning.finding.startswith(
+        f"the URL dials port {port}, the server listens on {citus_engine.url.port}: a pooler or proxy stands in "
+        "between: if it pools transactions"
+    )
+    worker = next(n for n in nodes.nodes if n.name != "coordinator")
+    try:
+        nodes.stop_node(worker)
+        code, [found] = citus_findings()
+        assert code == 1 and found["status"] == "problem"
+        assert found["finding"].startswith(f"worker 127.0.0.1:{worker.port} does not answer the coordinator (")
+        assert found["finding"].endswith("start it, or let the coordinator reach it; until then no project schema "
+                                         "can be changed")  # fmt: skip
+    finally:
+        if not nodes.runs(worker):
+            nodes.start_node(worker)
+        citus_engine.dispose()  # its pooled sessions' cached connections to that worker were cut

@@ -33,6 +33,7 @@ COMMANDS = {
     "revision",
     "init-chain",
     "pool",
+    "doctor",
 }
 
 

@@ -11,6 +11,7 @@ search_path, the lock_timeout, advisory locks (``pgbouncer.assert_no_leak``)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
 import uuid
@@ -478,4 +479,31 @@ def test_one_filler_at_a_time_through_the_pooler(pooled: sa.Engine, engine: sa.E
         holder.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": POOL_LOCK_KEY})
         assert pool.fill(pooled, chain, 2, wait=False).busy
     assert pool.fill(pooled, chain, 2, wait=False).built == 2
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_doctor_names_the_pooler_and_what_to_set(
+    pooled: sa.Engine, engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    """`doctor` through the pooler: with a chain that has a revision outside a transaction and no direct URL, a
+    problem saying what to set (exit 1); with the direct URL, fine; on the server itself, no pooler."""
+    chain = outside_chain(chain_builder)
+    at_r1(pooled, chain, 1)
+    pooled_text, direct_text, ini = url_text(pooled.url), url_text(engine.url), str(chain.config_path)
+
+    def pooler_finding(*args: str) -> tuple[int, str, str]:
+        result = run_cli(*args, "-c", ini, "doctor", "--json")
+        [found] = [f for f in json.loads(result.stdout)["findings"] if f["check"] == "pooler"]
+        return result.exit_code, found["status"], found["finding"]
+
+    code, status, finding = pooler_finding("--database-url", pooled_text)
+    assert (code, status) == (1, "problem")
+    assert finding.startswith("a connection pooler (PgBouncer or the like)") and "revision r2 runs outside" in finding
+    assert "set --direct-url (or $WORKSPACE_TOOL_DIRECT_URL, or workspace_direct_url in alembic.ini)" in finding
+    assert pooler_finding("--database-url", pooled_text, "--direct-url", direct_text)[1:] == (
+        "ok",
+        "a connection pooler (PgBouncer or the like): the login reported another backend than the one serving; "
+        "what needs a session goes through the direct URL",
+    )
+    assert pooler_finding("--database-url", direct_text)[1:] == ("ok", "no connection pooler detected")
     pgbouncer.assert_no_leak(pooled.url, engine)

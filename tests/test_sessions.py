@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, NEAREST, add_chunks, nearest_statement
+from helpers import ALEMBIC_INI, NEAREST, ChainBuilder, add_chunks, nearest_statement
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, WorkspaceNotFound
+from workspace_tool import ConfigurationError, ProjectWorkspaceManager, WorkspaceManager, WorkspaceNotFound
 from workspace_tool.models import Repository
 from workspace_tool.urls import async_url
 
@@ -235,3 +237,56 @@ def test_async_a_project_dropped_elsewhere_is_reported_and_recreated_next_time(
     assert "project astale has no schema" in in_session and "dropped after this process ensured it" in in_session
     assert "project astale has no schema" in in_connection
     assert paths == []
+
+
+def test_a_manager_keeps_the_scoped_engines_of_the_projects_used_last_and_those_let_go_still_work(
+    engine: sa.Engine,
+) -> None:
+    """A service touching 100,000 projects must not keep 100,000 scoped engines (about 5.5 KB each)."""
+    mgr = WorkspaceManager(engine, ALEMBIC_INI, scoped_engines=2)
+    used = []
+    for p in ["lru-a", "lru-b", "lru-c", "lru-d"]:
+        with mgr.connect(p) as conn:
+            conn.execute(sa.insert(Repository).values(path=f"/{p}", name=p))
+            conn.commit()
+            used.append(weakref.ref(conn.engine))
+        assert len(mgr.scoped_engines) == min(2, len(used))
+    with mgr.connect("lru-d"):  # the most recent stays first in line: lru-c goes next, not lru-d
+        pass
+    gc.collect()
+    assert [ref() is None for ref in used] == [True, True, False, False]  # let go, and freed
+    with mgr.session("lru-a") as s:  # a new engine for it, on its own tables
+        assert s.scalars(sa.select(Repository.path)).all() == ["/lru-a"]
+        assert search_path(s.connection()) == "project_lru_a, workspace_extensions"
+    gc.collect()
+    assert used[2]() is None and used[3]() is not None and len(mgr.scoped_engines) == 2
+
+
+def test_async_manager_keeps_its_scoped_engines_bounded(engine: sa.Engine, database_url: URL) -> None:
+    async def scenario() -> list[list[str]]:
+        small = create_async_engine(async_url(database_url), pool_size=1, max_overflow=0, pool_timeout=5)
+        try:
+            amgr = ProjectWorkspaceManager(small, ALEMBIC_INI, scoped_engines=1)
+            paths: list[list[str]] = []
+            for p in ["alru-a", "alru-b", "alru-a"]:
+                async with amgr.session(p) as s:
+                    if p == "alru-b" or not paths:
+                        s.add(Repository(path=f"/{p}", name=p))
+                        await s.commit()
+                    paths.append(list((await s.scalars(sa.select(Repository.path))).all()))
+                assert len(amgr.scoped_engines) == 1
+            return paths
+        finally:
+            await small.dispose()
+
+    assert asyncio.run(scenario()) == [["/alru-a"], ["/alru-b"], ["/alru-a"]]
+
+
+def test_a_bad_scoped_engines_setting_is_one_line(engine: sa.Engine, chain_builder: ChainBuilder) -> None:
+    chain_builder.copy_main_chain()
+    text = chain_builder.ini.read_text().replace("[alembic]\n", "[alembic]\nworkspace_scoped_engines = none\n", 1)
+    chain_builder.ini.write_text(text)
+    with pytest.raises(ConfigurationError, match=r"workspace_scoped_engines = 'none' in .*at least 1"):
+        WorkspaceManager(engine, chain_builder.ini)
+    with pytest.raises(ConfigurationError, match="at least 1"):
+        WorkspaceManager(engine, ALEMBIC_INI, scoped_engines=0)

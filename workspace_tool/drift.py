@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import pool, registry, transactions
+from workspace_tool import pool, recycling, registry, transactions
 from workspace_tool import reference as references
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import is_connection_error, translating
@@ -100,27 +100,35 @@ class CheckReport:
 
 
 def check(
-    engine: Engine, chain: Chain, project_ids: Sequence[str] | None = None, *, jobs: int | None = None
+    engine: Engine,
+    chain: Chain,
+    project_ids: Sequence[str] | None = None,
+    *,
+    jobs: int | None = None,
+    recycle_after: int | None = None,
 ) -> CheckReport:
     """Every project schema (or the named ones): at head, registered, ready, and equal to the reference;
     with no names, the warm pool's spares ready at head too. Read-only: writes nothing, not even the
     registry; a read-only role can run it once a migrating run stored the reference (see
-    workspace_tool.reference)."""
+    workspace_tool.reference). The reading connections are replaced every ``recycle_after`` schemas
+    (default: workspace_recycle_after in alembic.ini; see workspace_tool.recycling)."""
     if project_ids is not None:
         for project_id in project_ids:
             schema_for(project_id)
+    recycle = recycling.resolve(chain, recycle_after)
     # like a fleet run's (an error if the pool can't serve --jobs), but by default no more than the pool spares
     jobs = spare_jobs(engine, default_jobs()) if jobs is None else check_jobs(engine, jobs)
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
             has_registry = registry.present(conn)
-            statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs))
+            statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs, recycle))
             spares = _spares(conn, chain) if project_ids is None else []
         schemas = [_from_status(chain, s) for s in statuses]
         at_head = [c for c in schemas if _comparable(chain, c)]
         if at_head or spares:
-            _compare(engine, conn, chain, references.for_check(conn, chain), at_head + spares, jobs)
+            _compare(engine, conn, chain, references.for_check(conn, chain), at_head + spares, jobs, recycle)
             spares = [s for s in spares if s.state != GONE]  # claimed meanwhile: a project's schema now
+        recycling.due(conn, recycle)  # it read every schema itself when the pool had no other connection
     known = {s.project_id for s in statuses}
     schemas += [
         SchemaCheck(p, schema_for(p), None, "missing", ["no schema and no registry row"])
@@ -180,12 +188,14 @@ def _compare(
     reference: references.Reference,
     schemas: list[SchemaCheck],
     jobs: int,
+    recycle_after: int,
 ) -> None:
     """Fingerprint every schema; read in detail one schema per fingerprint that differs from the
     reference's, and give its differences to every schema with that fingerprint. A schema dropped (a
     spare claimed) since the status read is marked GONE, with no problem; one migrated since by another
-    run, at its new revision (``_moved``)."""
-    prints = _fingerprints(engine, conn, [s.schema for s in schemas], jobs)
+    run, at its new revision (``_moved``). The reading connections are replaced after ``recycle_after``
+    schemas."""
+    prints = _fingerprints(engine, conn, [s.schema for s in schemas], jobs, recycle_after)
     differing: dict[str, list[SchemaCheck]] = {}
     for result in schemas:
         digest = prints.get(result.schema)
@@ -259,16 +269,18 @@ def _detailed(
     return diff(reference.catalog, catalog)
 
 
-def _fingerprints(engine: Engine, conn: Connection, names: list[str], jobs: int) -> dict[str, str]:
-    """catalog.fingerprints in batches spread over ``jobs`` connections (on ``conn`` when 0); a schema
-    dropped while its batch is read is left out (``without_dropped``)."""
+def _fingerprints(engine: Engine, conn: Connection, names: list[str], jobs: int, recycle_after: int) -> dict[str, str]:
+    """catalog.fingerprints in batches spread over ``jobs`` connections (on ``conn`` when 0), each
+    replaced after ``recycle_after`` schemas; a schema dropped while its batch is read is left out
+    (``without_dropped``)."""
     batch = max(1, min(FINGERPRINT_BATCH, -(-len(names) // max(1, jobs))))
 
-    def read(conn: Connection, chunk: list[str]) -> dict[str, str]:
-        return without_dropped(conn, chunk, fingerprints)
+    def read(reading: Connection, chunk: list[str]) -> dict[str, str]:
+        recycling.count(reading, len(chunk))  # its backend caches what the catalog functions looked up
+        return without_dropped(reading, chunk, fingerprints)
 
     if jobs:
-        return read_parallel(engine, names, jobs, batch, read)
+        return read_parallel(engine, names, jobs, batch, read, recycle_after)
     found: dict[str, str] = {}
     with conn.begin():  # the engine's pool has no connection to spare
         for start in range(0, len(names), batch):

@@ -44,7 +44,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from workspace_tool import registry, transactions
+from workspace_tool import recycling, registry, transactions
 from workspace_tool.chain import Chain, Plan
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, PoolRefused
@@ -381,8 +381,9 @@ def _take(conn: Connection, chain: Chain | None, *, everything: bool, grace_s: f
 
 def _build(engine: Engine, chain: Chain, flavor: Flavor, count: int, jobs: int, stop: threading.Event) -> int:
     """Build ``count`` spares: the first alone, checked (``build_spare(check=True)``: a refused chain
-    leaves no spare), then the rest on ``jobs`` connections of their own; the first error stops the
-    others. Every spare is built by the same plan, so one check stands for all of them."""
+    leaves no spare), then the rest on ``jobs`` connections of their own, each replaced every
+    ``workspace_recycle_after`` spares (workspace_tool.recycling); the first error stops the others.
+    Every spare is built by the same plan, so one check stands for all of them."""
     if count <= 0 or stop.is_set():
         return 0
     with transactions.connect(engine) as conn:
@@ -391,21 +392,29 @@ def _build(engine: Engine, chain: Chain, flavor: Flavor, count: int, jobs: int, 
     built = [1]
     lock = threading.Lock()
     failed = threading.Event()
+    recycle_after = recycling.configured(chain)
 
     def work() -> None:
-        with transactions.connect(engine) as conn:
+        conn = transactions.connect(engine)
+        try:
             while not stop.is_set() and not failed.is_set():
                 with lock:
                     if not left[0]:
                         return
                     left[0] -= 1
+                if recycling.due(conn, recycle_after):  # a new backend for the next spares
+                    conn.close()
+                    conn = transactions.connect(engine)
                 try:
                     build_spare(conn, chain, flavor)
                 except BaseException:
                     failed.set()
                     raise
+                recycling.count(conn, 1)
                 with lock:
                     built[0] += 1
+        finally:
+            conn.close()
 
     workers = min(jobs, left[0])
     if workers <= 1:  # in the calling thread (the background refill's own, say)

@@ -129,3 +129,11 @@ class SpareState(Word):
     # made from it would not have the privileges a fresh one has); the next `pool fill` replaces it
     OLD_PRIVILEGES = "old privileges"
     BUILDING = "building"  # built in parts, not complete: being built, or left by a crash (the next fill drops it)
+
+
+class Health(Word):
+    """What a check of `workspace-tool doctor` found (workspace_tool.doctor)."""
+
+    OK = "ok"
+    WARN = "warn"  # works, but worth changing before a big rollout
+    PROBLEM = "problem"  # change it first: the command exits 1

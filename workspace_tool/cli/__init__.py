@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from workspace_tool.cli import chain, fleet, logs, pool, project
+from workspace_tool.cli import chain, doctor, fleet, logs, pool, project
 from workspace_tool.cli.context import AppContext, WorkspaceGroup
 
 
@@ -72,5 +72,6 @@ main.add_command(chain.verify_fast_path)
 main.add_command(chain.revision)
 main.add_command(chain.init_chain)
 main.add_command(pool.pool)
+main.add_command(doctor.doctor)
 
 __all__ = ["main"]

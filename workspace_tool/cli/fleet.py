@@ -10,7 +10,15 @@ import click
 
 from workspace_tool.cli.context import ARGV, AppContext, pass_app
 from workspace_tool.cli.logs import quiet
-from workspace_tool.cli.options import adopt_option, fleet_options, jobs_option, json_option, read_ids, split_ids
+from workspace_tool.cli.options import (
+    adopt_option,
+    fleet_options,
+    jobs_option,
+    json_option,
+    read_ids,
+    recycle_option,
+    split_ids,
+)
 from workspace_tool.cli.render import ProgressPrinter, print_drift_report, print_fleet_report, print_sql
 
 if TYPE_CHECKING:
@@ -60,6 +68,7 @@ def _run_fleet(
     project_ids: tuple[str, ...],
     all_: bool,
     jobs: int | None,
+    recycle_after: int | None,
     fail_fast: bool | None,
     lock_timeout: int,
     retries: int,
@@ -101,6 +110,7 @@ def _run_fleet(
         ids,
         target=target,
         jobs=jobs,
+        recycle_after=recycle_after,
         lock_timeout_ms=lock_timeout,
         retries=retries,
         progress=printer,
@@ -201,9 +211,12 @@ def _without_canary(app: AppContext, seed: int | None) -> str:
 @click.command()
 @click.argument("project_ids", nargs=-1)
 @jobs_option
+@recycle_option
 @json_option
 @pass_app
-def check(app: AppContext, project_ids: tuple[str, ...], jobs: int | None, as_json: bool) -> None:
+def check(
+    app: AppContext, project_ids: tuple[str, ...], jobs: int | None, recycle_after: int | None, as_json: bool
+) -> None:
     """Exit 0 only if every project schema is registered, at head, and matches the head model.
 
     The model is the catalog the chain builds at head: stored in the registry by `init` and fleet runs,
@@ -215,7 +228,9 @@ def check(app: AppContext, project_ids: tuple[str, ...], jobs: int | None, as_js
     app.jobs = jobs  # before the engine is made: its pool is sized for them
     # the direct engine, when set: without a stored reference, check builds one (in parts, outside a
     # transaction, for a chain with such a revision)
-    report = drift.check(app.session_engine, app.manager.chain, list(project_ids) or None, jobs=jobs)
+    report = drift.check(
+        app.session_engine, app.manager.chain, list(project_ids) or None, jobs=jobs, recycle_after=recycle_after
+    )
     print_drift_report(report, as_json)
     if not report.ok:
         click.get_current_context().exit(1)

@@ -110,6 +110,17 @@ def jobs_option(f: F) -> F:
     return click.option("--jobs", "-j", type=limit, help="Parallel connections (default: 2 per core).")(f)
 
 
+def recycle_option(f: F) -> F:
+    return click.option(
+        "--recycle-after",
+        type=click.IntRange(min=0),
+        metavar="N",
+        help="Replace each connection by a new one after it touched N schemas, so that no server backend "
+        "caches the whole fleet's catalog (0: never). Default: workspace_recycle_after in alembic.ini, else "
+        "1000.",
+    )(f)
+
+
 def adopt_option(f: F) -> F:
     return click.option(
         "--adopt",
@@ -125,6 +136,7 @@ def fleet_options(f: F) -> F:
         click.argument("project_ids", nargs=-1),
         click.option("--all", "all_", is_flag=True, help="Every project in the registry."),
         jobs_option,
+        recycle_option,
         click.option(
             "--fail-fast/--continue-on-error",
             default=None,

@@ -75,6 +75,11 @@ class Flavor:
         database of one node."""
         return {}
 
+    def node_health(self, conn: Connection) -> tuple[list[str], str] | None:
+        """For `doctor`: what is wrong with the database's other nodes, one line each, and a summary when
+        nothing is; None (and no query) on a database of one node."""
+        return None
+
     def require_session(self, conn: Connection, what: str) -> None:
         """Before work that needs a session (``what`` runs outside a transaction) starts on ``conn``:
         pooler.UseDirect when a direct connection is configured, SessionRequired through a pooler, else

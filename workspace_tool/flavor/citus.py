@@ -59,6 +59,12 @@ _NODES = text(
 )
 
 
+# Every node the coordinator knows; then a cheap statement on every active primary worker, which is what
+# every schema change needs (Citus sends DDL to every node holding metadata).
+_ALL_NODES = text("SELECT nodename, nodeport, isactive, noderole, groupid FROM pg_dist_node ORDER BY groupid, nodeid")
+_ANSWERS = text("SELECT nodename, nodeport, success, result FROM run_command_on_workers('SELECT 1')")
+
+
 class Citus(Flavor):
     """A Citus coordinator (see the module's docstring)."""
 
@@ -106,6 +112,26 @@ class Citus(Flavor):
     def unreachable_node(message: str) -> str | None:
         match = _UNREACHABLE_NODE.search(message)
         return None if match is None else f"Citus worker {match[1] or match[2]}"
+
+    def node_health(self, conn: Connection) -> tuple[list[str], str] | None:
+        """Every node in pg_dist_node active, and every active worker answering the coordinator
+        (``run_command_on_workers('SELECT 1')``)."""
+        nodes = conn.execute(_ALL_NODES).all()
+        problems = [
+            f"node {n.nodename}:{n.nodeport} is inactive: every schema change needs every node; bring it back, "
+            f"then SELECT citus_activate_node('{n.nodename}', {n.nodeport})"
+            for n in nodes
+            if not n.isactive
+        ]
+        for name, port, success, result in conn.execute(_ANSWERS):
+            if not success:
+                lines = [line.strip() for line in str(result).splitlines() if line.strip()]
+                problems.append(
+                    f"worker {name}:{port} does not answer the coordinator ({lines[0] if lines else 'no answer'}): "
+                    "start it, or let the coordinator reach it; until then no project schema can be changed"
+                )
+        workers = sum(1 for n in nodes if n.groupid != 0)
+        return problems, f"{len(nodes)} node(s), {workers} worker(s): all active and answering"
 
     def read_nodes(self, conn: Connection) -> dict[str, str]:
         rows = conn.execute(_NODES, {"prefix": SCHEMA_LIKE}).all()

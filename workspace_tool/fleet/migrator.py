@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import registry, transactions
+from workspace_tool import recycling, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import LOCK_NOT_AVAILABLE, describe, is_connection_error, sqlstate, unreachable_node
 from workspace_tool.errors import LockTimeout, NonTransactionalFailed, WorkspaceNotFound
@@ -46,10 +46,12 @@ class RunOptions:
     worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
     pool: bool = False  # claim a missing schema from the warm pool first (provision)
     direct_worker_engine: EngineFactory | None = None  # processes: builds each worker's direct engine
+    recycle_after: int = recycling.DEFAULT_RECYCLE_AFTER  # schemas per backend, then a new one (0: never)
 
 
 class Migrator:
-    """Migrates one schema at a time on one held connection; a schema whose range needs a session (a
+    """Migrates one schema at a time on one held connection, replaced by a new one (a new backend) every
+    ``options.recycle_after`` schemas (workspace_tool.recycling); a schema whose range needs a session (a
     revision outside a transaction) on a held connection to ``direct`` when given (see workspace_tool.flavor.pooler).
 
     Every lock wait is bounded by ``SET LOCAL lock_timeout`` in each transaction, never by a session
@@ -107,7 +109,16 @@ class Migrator:
 
     def run(self, work: Work) -> SchemaResult:
         """Migrate one schema. A lock timeout, or a connection lost (killed backend, server restart: its
-        transaction rolled back), is retried with backoff up to ``retries`` times before it fails."""
+        transaction rolled back), is retried with backoff up to ``retries`` times before it fails. After
+        ``recycle_after`` schemas on one connection, the next one gets a new connection."""
+        result = self._run(work)
+        if self._conn is not None:
+            recycling.count(self._conn, 1)
+            if recycling.due(self._conn, self.options.recycle_after):
+                self.close()
+        return result
+
+    def _run(self, work: Work) -> SchemaResult:
         started = time.perf_counter()
         options = self.options
         what = Migration(work.project_id, work.schema, options.target, options.operation, adopt=options.adopt)

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import registry, transactions
+from workspace_tool import recycling, registry, transactions
 from workspace_tool.dberrors import is_connection_error
 from workspace_tool.naming import SCHEMA_LIKE, is_project_schema, project_for, schema_for
 from workspace_tool.schema.state import SchemaRecord
@@ -178,11 +178,14 @@ def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VE
 
     Each batch runs in a savepoint that is rolled back once its rows are read: that releases the
     AccessShareLocks on its version tables, so reading 10,000 schemas in one transaction does not run out
-    of lock slots (``max_locks_per_transaction``: "out of shared memory")."""
+    of lock slots (``max_locks_per_transaction``: "out of shared memory"). The schemas read are counted
+    on ``conn`` (``recycling.count``: its backend now caches their version tables)."""
     names = list(schemas)
     versions: dict[str, str | None] = {}
     for start in range(0, len(names), batch_size):
-        versions.update(without_dropped(conn, names[start : start + batch_size], _read_batch, _STILL_VERSIONED))
+        batch = names[start : start + batch_size]
+        versions.update(without_dropped(conn, batch, _read_batch, _STILL_VERSIONED))
+        recycling.count(conn, len(batch))
     return versions
 
 
@@ -226,16 +229,27 @@ def without_dropped(
 
 
 def read_versions_parallel(
-    engine: Engine, schemas: Iterable[str], jobs: int, batch_size: int = VERSION_BATCH
+    engine: Engine,
+    schemas: Iterable[str],
+    jobs: int,
+    recycle_after: int = recycling.DEFAULT_RECYCLE_AFTER,
+    batch_size: int = VERSION_BATCH,
 ) -> dict[str, str | None]:
-    """read_versions spread over ``jobs`` connections (each batch its own short transaction)."""
-    return read_parallel(engine, schemas, jobs, batch_size, lambda conn, chunk: read_versions(conn, chunk, batch_size))
+    """read_versions spread over ``jobs`` connections (each batch its own short transaction), each
+    replaced by a new one after ``recycle_after`` schemas (see read_parallel)."""
+
+    def read(conn: Connection, chunk: list[str]) -> dict[str, str | None]:
+        return read_versions(conn, chunk, batch_size)
+
+    return read_parallel(engine, schemas, jobs, batch_size, read, recycle_after)
 
 
-def versions_reader(engine: Engine, jobs: int) -> VersionsReader | None:
-    """For ``collect_status``: read versions on ``jobs`` connections of the engine, or (None) on the
-    caller's own when there is no spare one."""
-    return (lambda names: read_versions_parallel(engine, names, jobs)) if jobs > 0 else None
+def versions_reader(
+    engine: Engine, jobs: int, recycle_after: int = recycling.DEFAULT_RECYCLE_AFTER
+) -> VersionsReader | None:
+    """For ``collect_status``: read versions on ``jobs`` connections of the engine (each replaced after
+    ``recycle_after`` schemas), or (None) on the caller's own when there is no spare one."""
+    return (lambda names: read_versions_parallel(engine, names, jobs, recycle_after)) if jobs > 0 else None
 
 
 def read_parallel(
@@ -244,15 +258,22 @@ def read_parallel(
     jobs: int,
     batch_size: int,
     read: Callable[[Connection, list[str]], dict[str, T]],
+    recycle_after: int = recycling.DEFAULT_RECYCLE_AFTER,
 ) -> dict[str, T]:
     """``read(conn, chunk)`` for chunks of ``batch_size`` names, spread over ``jobs`` connections, each
-    chunk in its own short transaction; the results merged."""
+    chunk in its own short transaction; the results merged. ``read`` counts the schemas it touches
+    (``recycling.count``); a connection whose backend has touched ``recycle_after`` schemas (0: never) is
+    closed after its chunk and the next chunk connects anew, so that no backend caches the catalog entries
+    of the whole fleet (workspace_tool.recycling)."""
     names = list(names)
     chunks = [names[i : i + batch_size] for i in range(0, len(names), batch_size)]
 
     def read_chunk(chunk: list[str]) -> dict[str, T]:
-        with transactions.connect(engine) as conn, conn.begin():
-            return read(conn, chunk)
+        with transactions.connect(engine) as conn:
+            with conn.begin():
+                found = read(conn, chunk)
+            recycling.due(conn, recycle_after)  # when it is, closing it ends its backend
+            return found
 
     started = time.perf_counter()
     merged: dict[str, T] = {}

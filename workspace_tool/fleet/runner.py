@@ -15,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
 from workspace_tool import pool as warm_pool
-from workspace_tool import reference, registry, transactions
+from workspace_tool import recycling, reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
@@ -23,7 +23,7 @@ from workspace_tool.flavor import pooler
 from workspace_tool.fleet import worker_engine as worker_engines
 from workspace_tool.fleet.executors import StopRule, Tracker, run_processes, run_threads
 from workspace_tool.fleet.migrator import RunOptions
-from workspace_tool.fleet.reader import read_fleet, read_versions_parallel
+from workspace_tool.fleet.reader import read_fleet, read_versions_parallel, versions_reader
 from workspace_tool.fleet.report import (
     NOT_STARTED,
     FleetReport,
@@ -34,7 +34,7 @@ from workspace_tool.fleet.report import (
 )
 from workspace_tool.fleet.stages import CANARY_ONLY, Selection, StagePlan, Staging
 from workspace_tool.fleet.worker_engine import EngineFactory
-from workspace_tool.jobs import check_jobs
+from workspace_tool.jobs import check_jobs, spare_jobs
 from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
@@ -68,6 +68,8 @@ class FleetOptions(TypedDict, total=False):
     seed: int | None  # the random order's seed (None: one is drawn, and reported in FleetReport.seed)
     pool: bool | None  # claim missing schemas from the warm pool (default: workspace_pool_size > 0)
     direct_engine: Engine | None  # what needs a session (a revision outside a transaction) goes there
+    recycle_after: int | None  # schemas a connection touches before a new one replaces it (0: never; default:
+    # workspace_recycle_after in alembic.ini, else recycling.DEFAULT_RECYCLE_AFTER)
 
 
 def upgrade(
@@ -118,6 +120,7 @@ def run(
     seed: int | None = None,
     pool: bool | None = None,
     direct_engine: Engine | None = None,
+    recycle_after: int | None = None,
 ) -> FleetReport:
     """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options.
     ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``).
@@ -147,6 +150,7 @@ def run(
     # processes are there for long online revisions on machines with idle cores.
     kind = "threads" if executor == "auto" else executor
     use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
+    recycle = recycling.resolve(chain, recycle_after)
     worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
     if direct_engine is not None:
         pooler.trust(direct_engine)
@@ -159,7 +163,7 @@ def run(
         flavor = registry.bootstrap(conn)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, flavor)
         with conn.begin():
-            read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs))
+            read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle))
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
     # a selection that selects nothing: nothing is done, not even to the warm pool or the head model
@@ -199,6 +203,7 @@ def run(
             worker_engine,
             use_pool,
             direct_worker_engine=direct_worker,
+            recycle_after=recycle,
         )
         pooled = run_processes if kind == "processes" else run_threads
         tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))
@@ -369,9 +374,11 @@ def sql(
     don't change what a schema's transaction is: every schema a run could start is rendered)."""
     ids = _validate(project_ids)
     resolved = chain.resolve(target)
+    # the versions on another connection of the pool when it has one to spare, replaced as a run's are
+    versions_of = versions_reader(engine, spare_jobs(engine, 1), recycling.configured(chain))
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
         probe = conn.execute(registry.PROBE).one()
-        records = read_fleet(conn, ids)
+        records = read_fleet(conn, ids, versions_of)
         conn.rollback()
     if selection is not None:
         records = selection.apply(records, chain)

@@ -53,10 +53,10 @@ def _online_lock() -> asyncio.Lock:
 class AsyncWorkspaceManager:
     """WorkspaceManager for an AsyncEngine; safe under ``asyncio.gather`` and with NullPool engines.
 
-    ``warm_pool`` and ``refill`` as for WorkspaceManager; the background refill runs in a thread of its
-    own on psycopg2 connections to the engine's URL (its own engine, no pool), never on the event loop.
-    ``direct_engine`` (an AsyncEngine on asyncpg that bypasses the pooler ``engine`` goes through) as for
-    WorkspaceManager."""
+    ``warm_pool``, ``refill`` and ``scoped_engines`` as for WorkspaceManager; the background refill runs in a
+    thread of its own on psycopg2 connections to the engine's URL (its own engine, no pool), never on the
+    event loop. ``direct_engine`` (an AsyncEngine on asyncpg that bypasses the pooler ``engine`` goes
+    through) as for WorkspaceManager."""
 
     def __init__(
         self,
@@ -66,6 +66,7 @@ class AsyncWorkspaceManager:
         warm_pool: int | None = None,
         refill: bool = False,
         direct_engine: AsyncEngine | None = None,
+        scoped_engines: int | None = None,
     ) -> None:
         for given in (engine, direct_engine):
             if given is not None and (given.dialect.name != "postgresql" or given.dialect.driver != "asyncpg"):
@@ -87,6 +88,7 @@ class AsyncWorkspaceManager:
             refill_engine = create_engine(sync_url(engine.url), poolclass=NullPool)
             refiller = pool.Refiller(refill_engine, self.chain, size, dispose_engine=True)
         self._core = EnsureCore(self.chain, self.cache_key, size, refiller)
+        self.scoped_engines = sessions.ScopedEngines(sessions.scoped_engines_size(self.chain, scoped_engines))
 
     @property
     def head(self) -> str:

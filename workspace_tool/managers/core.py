@@ -15,7 +15,7 @@ from typing import TypedDict
 
 from sqlalchemy import Connection
 
-from workspace_tool import registry
+from workspace_tool import recycling, registry
 from workspace_tool.chain import Chain
 from workspace_tool.flavor import Flavor
 from workspace_tool.fleet.reader import VersionsReader
@@ -146,12 +146,17 @@ def registry_rows(conn: Connection) -> list[registry.RegistryRow]:
 def status_reader(
     chain: Chain, project_ids: list[str] | None, versions_of: VersionsReader | None = None
 ) -> Callable[[Connection], list[ProjectStatus]]:
-    """Validate the ids (before any SQL) and return the status read (see workspace_tool.status)."""
+    """Validate the ids (before any SQL) and return the status read (see workspace_tool.status). A
+    connection that read the versions itself goes back to the pool only while its backend has touched
+    fewer schemas than ``workspace_recycle_after`` (workspace_tool.recycling); else closing it ends it."""
     for project_id in project_ids or ():
         schema_for(project_id)
+    recycle_after = recycling.configured(chain)
 
     def read(conn: Connection) -> list[ProjectStatus]:
         with conn.begin():
-            return collect_status(conn, chain, project_ids, versions_of)
+            found = collect_status(conn, chain, project_ids, versions_of)
+        recycling.due(conn, recycle_after)
+        return found
 
     return read

@@ -18,11 +18,17 @@ another process after this one cached it is only noticed by the statement that m
 WorkspaceNotFound is raised instead of the driver's error; the next connect/session/ensure creates it
 again.  (Re-ensuring inside the block can't help: the caller's statements and pending ORM objects can't
 be replayed, and a deliberate drop would be silently undone under them.)
+
+Each manager keeps the scoped engines of the projects used most recently (``ScopedEngines``, an LRU of
+``workspace_scoped_engines`` in alembic.ini, default 1,000, or the manager's ``scoped_engines=``): about
+5.5 KB each, so a service that touches 100,000 projects does not keep 100,000 of them (550 MB). A project
+whose engine was let go gets a new one on its next use (about 0.1 ms).
 """
 
 from __future__ import annotations
 
-import weakref
+import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,12 +46,65 @@ if TYPE_CHECKING:  # the ORM and asyncio extension load when a session (or the a
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
     from sqlalchemy.orm import Session
 
+    from workspace_tool.chain import Chain
+
+SCOPED_ENGINES_OPTION = "workspace_scoped_engines"
+DEFAULT_SCOPED_ENGINES = 1000
+
+
+def scoped_engines_size(chain: Chain, size: int | None = None) -> int:
+    """``size`` (checked), else ``workspace_scoped_engines`` in the chain's alembic.ini, else the default:
+    how many projects' scoped engines a manager keeps."""
+    if size is not None:
+        if size < 1:
+            raise ConfigurationError(f"scoped_engines is a number of projects, at least 1; got {size}")
+        return size
+    value = chain.option(SCOPED_ENGINES_OPTION, str(DEFAULT_SCOPED_ENGINES))
+    try:
+        configured = int(value.strip())
+    except ValueError:
+        configured = 0
+    if configured < 1:
+        raise ConfigurationError(
+            f"{SCOPED_ENGINES_OPTION} = {value!r} in {chain.config_path}: it must be a whole number of projects "
+            f"whose scoped engines a manager keeps, at least 1 ({DEFAULT_SCOPED_ENGINES} by default)"
+        )
+    return configured
+
+
+class ScopedEngines:
+    """The scoped engines (``scoped_engine``) of the ``size`` projects used most recently, for one manager;
+    thread-safe. An engine let go stays valid for whoever still holds it (a connection or session open on
+    it keeps it), and is garbage once they are done."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._engines: OrderedDict[tuple[str, str], Engine] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, engine: Engine, schema: str, extension_schema: str) -> Engine:
+        key = (schema, extension_schema)
+        with self._lock:
+            scoped = self._engines.get(key)
+            if scoped is None:
+                scoped = self._engines[key] = scoped_engine(engine, schema, extension_schema)
+                while len(self._engines) > self.size:
+                    self._engines.popitem(last=False)
+            else:
+                self._engines.move_to_end(key)
+            return scoped
+
+    def __len__(self) -> int:
+        return len(self._engines)
+
 
 class Manager(Protocol):
     """What these need of a WorkspaceManager."""
 
     @property
     def engine(self) -> Engine: ...
+
+    scoped_engines: ScopedEngines
 
     def ensure(self, project_id: str) -> str: ...
 
@@ -59,6 +118,8 @@ class AsyncManager(Protocol):
 
     @property
     def engine(self) -> AsyncEngine: ...
+
+    scoped_engines: ScopedEngines
 
     async def ensure(self, project_id: str) -> str: ...
 
@@ -150,21 +211,7 @@ async def _async_not_found_if_dropped(manager: AsyncManager, project_id: str) ->
 def project_engine(manager: Manager, project_id: str) -> Engine:
     """Ensure the project, and return an Engine view of the manager's engine that targets its schema."""
     schema = manager.ensure(project_id)
-    return _cached(manager, manager.engine, schema, manager.bootstrap())
-
-
-# manager -> {(schema, extension schema): scoped engine}; an entry goes with its manager
-_SCOPED: weakref.WeakKeyDictionary[object, dict[tuple[str, str], Engine]] = weakref.WeakKeyDictionary()
-
-
-def _cached(manager: object, engine: Engine, schema: str, extension_schema: str) -> Engine:
-    engines = _SCOPED.get(manager)
-    if engines is None:
-        engines = _SCOPED.setdefault(manager, {})
-    scoped = engines.get((schema, extension_schema))
-    if scoped is None:
-        scoped = engines[(schema, extension_schema)] = scoped_engine(engine, schema, extension_schema)
-    return scoped
+    return manager.scoped_engines.get(manager.engine, schema, manager.bootstrap())
 
 
 @contextmanager
@@ -195,7 +242,7 @@ async def async_project_engine(manager: AsyncManager, project_id: str) -> AsyncE
 
     schema = await manager.ensure(project_id)
     extension_schema = await manager.bootstrap()
-    return AsyncEngine(_cached(manager, manager.engine.sync_engine, schema, extension_schema))
+    return AsyncEngine(manager.scoped_engines.get(manager.engine.sync_engine, schema, extension_schema))
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import pool, reference, registry, transactions
+from workspace_tool import pool, recycling, reference, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import sqlstate, translating
 from workspace_tool.errors import ConfigurationError
@@ -51,6 +51,8 @@ class WorkspaceManager:
     transaction needs a session and runs there, as does building the reference ``init`` stores; the rest
     runs on ``engine``. Without it such a migration through a pooler raises SessionRequired, nothing
     changed (see workspace_tool.flavor.pooler).
+    ``scoped_engines``: how many projects' engines ``connect``/``session`` keep, the most recently used
+    (default: ``workspace_scoped_engines`` in alembic.ini, else 1,000; see workspace_tool.managers.sessions).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class WorkspaceManager:
         warm_pool: int | None = None,
         refill: bool = False,
         direct_engine: Engine | None = None,
+        scoped_engines: int | None = None,
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ConfigurationError(f"workspace-tool needs PostgreSQL, not {engine.dialect.name}")
@@ -77,6 +80,7 @@ class WorkspaceManager:
         size = pool.resolve_size(self.chain, warm_pool)
         refiller = pool.Refiller(engine, self.chain, size) if refill and size else None
         self._core = EnsureCore(self.chain, self.cache_key, size, refiller)
+        self.scoped_engines = sessions.ScopedEngines(sessions.scoped_engines_size(self.chain, scoped_engines))
         self._probe: Any = None
         self._probe_lock = threading.Lock()
 
@@ -189,8 +193,10 @@ class WorkspaceManager:
         """Per project: schema, its actual revision, registry revision and state; with no ids, every
         registered project plus project schemas missing from the registry. Read-only (an empty list on a
         database where nothing was provisioned); versions are read on ``jobs`` connections (fewer if the
-        engine's pool is smaller)."""
-        versions_of = versions_reader(self.engine, spare_jobs(self.engine, jobs))
+        engine's pool is smaller), each replaced every ``workspace_recycle_after`` schemas (see
+        workspace_tool.recycling)."""
+        recycle_after = recycling.configured(self.chain)
+        versions_of = versions_reader(self.engine, spare_jobs(self.engine, jobs), recycle_after)
         return self._on_connection(None, status_reader(self.chain, project_ids, versions_of))
 
     def projects(self) -> list[registry.RegistryRow]:
