@@ -603,6 +603,7 @@ def test_the_session_is_given_back_as_it_was(engine: sa.Engine, chain_builder: C
         assert tuple(conn.execute(settings).one()) == before == ('"$user", public', "7s")
         assert conn.execute(locks).scalar_one() == 0  # the session's lock was released
         conn.rollback()
+        conn.invalidate()  # its lock_timeout must not go back to the shared engine's pool (pgbouncer.assert_no_leak)
 
 
 def test_the_async_manager_runs_it_too(engine: sa.Engine, chain_builder: ChainBuilder, database_url: URL) -> None:
