@@ -44,13 +44,18 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_upgrade import BASE_REV, NEW_REV, chain_copy, run_transactions  # noqa: E402
 
-from workspace_tool import WorkspaceManager, fleet, registry  # noqa: E402
+from workspace_tool import (  # noqa: E402
+    WorkspaceManager,
+    flavor,
+    fleet,
+    registry,
+)
 from workspace_tool.chain import Chain  # noqa: E402
-from workspace_tool.database import is_citus  # noqa: E402
+from workspace_tool.flavor.citus import Citus  # noqa: E402
 from workspace_tool.managers import cache  # noqa: E402
 from workspace_tool.naming import schema_for  # noqa: E402
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane  # noqa: E402
-from workspace_tool.schema.transaction import Expected, SchemaTransaction  # noqa: E402
+from workspace_tool.schema.plan import Expected, SchemaPlan  # noqa: E402
 from workspace_tool.sql import search_path_sql, sql_literal  # noqa: E402
 from workspace_tool.urls import sync_url  # noqa: E402
 
@@ -75,7 +80,7 @@ def fresh_statements(chain: Chain, extension_schema: str, project_id: str) -> li
     sharding on, CREATE SCHEMA, the search_path, the compiled chain, the registry row."""
     schema = schema_for(project_id)
     steps = chain.plan(None, chain.head).steps
-    created = SchemaTransaction(schema, extension_schema, steps, lock=False, create_schema=True, citus=True)
+    created = SchemaPlan(schema, Citus(extension_schema), steps, lock=False, create_schema=True)
     record = REGISTRY_INSERT.format(
         pid=sql_literal(project_id), schema=sql_literal(schema), rev=sql_literal(chain.head)
     )
@@ -147,10 +152,10 @@ def upgrade_statements(chain: Chain, project_id: str, schema: str) -> list[str]:
     """The statements ``fleet.upgrade`` sends for one schema on Citus (its fast lane): the lock timeout
     (propagated to the workers), the schema's lock, the search_path, the revision, the version move that
     writes the registry row."""
-    how = Sending(chain, "workspace_extensions", lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS, citus=True)
-    transaction = fast_lane(how, Migration(project_id, schema, NEW_REV, fleet.UPGRADE), Expected(True, BASE_REV))
-    assert transaction is not None
-    return transaction.statements()
+    how = Sending(chain, Citus("workspace_extensions"), lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS)
+    plan = fast_lane(how, Migration(project_id, schema, NEW_REV, fleet.UPGRADE), Expected(True, BASE_REV))
+    assert plan is not None
+    return plan.statements()
 
 
 def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int) -> dict[str, Any]:
@@ -254,7 +259,7 @@ def drop_all(engine: sa.Engine, jobs: int) -> None:
 
 def check_empty(engine: sa.Engine) -> None:
     with engine.connect() as conn:
-        if not is_citus(conn):
+        if flavor.read(conn).name != Citus.name:
             raise SystemExit("error: this database does not run Citus (no citus extension on it)")
         if registry.present(conn):
             others = conn.execute(

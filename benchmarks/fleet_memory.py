@@ -230,8 +230,8 @@ def costs(engine: sa.Engine, chain: Chain, n: int, reps: int = 15) -> dict[str, 
     assert fleet.downgrade(engine, chain, ids, target=BASE_REV, jobs=2).ok
     engine.dispose()
     with engine.connect() as conn:
-        database = registry.bootstrap(conn)
-    options = RunOptions(UPGRADE, NEW_REV, 5000, 0, database.extension_schema, recycle_after=0)
+        flavor = registry.bootstrap(conn)
+    options = RunOptions(UPGRADE, NEW_REV, 5000, 0, flavor, recycle_after=0)
     migrator = Migrator(engine, chain, options)
     try:
         before = backend_mb(migrator.connection())

@@ -80,9 +80,10 @@ sys.path.insert(0, str(ROOT))
 from fleet_upgrade import checkpoint  # noqa: E402  (this folder is on sys.path when run as a script)
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet, pool  # noqa: E402
+from workspace_tool.flavor import Flavor  # noqa: E402
 from workspace_tool.naming import schema_for  # noqa: E402
 from workspace_tool.schema.migrate import Migration, Sending, migrate  # noqa: E402
-from workspace_tool.schema.transaction import BEGIN, COMMIT, RegistryRecord, SchemaTransaction  # noqa: E402
+from workspace_tool.schema.plan import BEGIN, COMMIT, RegistryRecord, SchemaPlan  # noqa: E402
 from workspace_tool.sql import quote_ident, search_path_sql  # noqa: E402
 from workspace_tool.testing import fresh_database  # noqa: E402
 from workspace_tool.urls import async_url, sync_url  # noqa: E402
@@ -213,7 +214,7 @@ def timed(fn: Callable[[], object]) -> float:
 
 def online_ensure(engine: sa.Engine, mgr: WorkspaceManager, project_id: str) -> None:
     with engine.connect() as conn:
-        how = Sending(mgr.chain, mgr.bootstrap(), online=True)
+        how = Sending(mgr.chain, Flavor(mgr.bootstrap()), online=True)
         migrate(conn, how, Migration(project_id, schema_for(project_id), mgr.head))
 
 
@@ -812,8 +813,8 @@ def _raw_claims(engine: sa.Engine, mgr: WorkspaceManager, size: int, tag: str) -
     for i in range(size):
         project_id = f"raw-{tag}-{i}"
         record = RegistryRecord(project_id, mgr.head, RegistryAction.CREATE, PlanPath.POOL)
-        transaction = SchemaTransaction(schema_for(project_id), "-", mgr.chain.claim_plan().steps, record=record)
-        batches.append("\n".join([BEGIN, *transaction.statements(), COMMIT]))
+        plan = SchemaPlan(schema_for(project_id), Flavor("-"), mgr.chain.claim_plan().steps, record=record)
+        batches.append("\n".join([BEGIN, *plan.statements(), COMMIT]))
 
     def claim(i: int) -> None:
         dbapi = conns[i].driver_connection

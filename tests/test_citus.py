@@ -45,10 +45,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
+from workspace_tool.flavor.citus import Citus
 from workspace_tool.managers import cache
 from workspace_tool.models import metadata
 from workspace_tool.schema.migrate import Migration, Sending, migrate, migrate_expected
-from workspace_tool.schema.transaction import Expected
+from workspace_tool.schema.plan import Expected
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
 
@@ -425,7 +426,7 @@ def test_downgrade_and_upgrade_all_in_parallel_then_check(citus_engine: sa.Engin
 def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(citus_engine: sa.Engine) -> None:
     """No state read first; a guard that fails changes nothing and sends the caller to the careful path."""
     assert fleet.provision(citus_engine, CHAIN, ["lane"], target=BEHIND).ok
-    how = Sending(CHAIN, "workspace_extensions", lock_timeout_ms=5000, citus=True)
+    how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=5000)
     moved = Migration("lane", "project_lane", HEAD, fleet.UPGRADE)
     created = Migration("lane-new", "project_lane_new", HEAD, fleet.PROVISION)
     with citus_engine.connect() as conn:
@@ -488,7 +489,7 @@ def test_lock_timeout_bounds_the_waits_on_the_worker_too(citus_engine: sa.Engine
 
     def run() -> None:
         outcome["fleet"] = fleet.downgrade(citus_engine, CHAIN, target=BEHIND, lock_timeout_ms=300, retries=0)
-        how = Sending(CHAIN, "workspace_extensions", lock_timeout_ms=300, citus=True)
+        how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=300)
         with citus_engine.connect() as conn:
             try:
                 migrate(conn, how, Migration("locked", "project_locked", BEHIND, fleet.DOWNGRADE))

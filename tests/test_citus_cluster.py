@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from workspace_tool.database import find_extension_schema
+from workspace_tool import flavor
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.sql import quote_ident
 from workspace_tool.urls import sync_url
@@ -60,7 +60,7 @@ def vector_schema(coordinator: sa.Engine) -> str:
     schema-based sharding (an ordinary schema that Citus propagates to every node with the extension)."""
     with coordinator.begin() as conn:
         try:
-            return find_extension_schema(conn)
+            return flavor.find(conn).extension_schema
         except ConfigurationError:  # not installed yet
             pass
         conn.execute(sa.text("SET LOCAL citus.enable_schema_based_sharding TO off"))

@@ -11,10 +11,13 @@ from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, registry_state, schem
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
+from workspace_tool.dberrors import STATE_CHANGED, sqlstate
+from workspace_tool.flavor import Flavor
+from workspace_tool.schema import send
 from workspace_tool.schema.catalog import snapshot
-from workspace_tool.schema.migrate import Migration, Sending, migrate_expected
+from workspace_tool.schema.migrate import Migration, Sending, fast_lane, migrate_expected
 from workspace_tool.schema.operation import UPGRADE
-from workspace_tool.schema.transaction import Expected
+from workspace_tool.schema.plan import Expected
 
 EXT = "workspace_extensions"
 
@@ -30,7 +33,7 @@ def tiny(chain_builder: ChainBuilder) -> Chain:
 def lane(engine: sa.Engine, chain: Chain, project: str, *, exists: bool, version: str | None, target: str) -> Any:
     with engine.connect() as conn:
         what = Migration(project, f"project_{project}", target, UPGRADE)
-        result = migrate_expected(conn, Sending(chain, EXT), what, Expected(exists, version))
+        result = migrate_expected(conn, Sending(chain, Flavor(EXT)), what, Expected(exists, version))
         # the connection is back to transactional mode: a rolled-back write leaves nothing
         with conn.begin() as tx:
             conn.execute(sa.text("CREATE TABLE public.lane_probe (x int)"))
@@ -76,3 +79,27 @@ def test_lane_raises_the_database_error_and_rolls_back(engine: sa.Engine, tiny: 
         lane(engine, tiny, "dupes", exists=True, version="a1", target="a2")
     assert state(engine, "project_dupes") == before
     assert schema_version(engine, "project_dupes") == "a1"
+
+
+def test_the_guard_fails_with_its_own_sqlstate_and_the_lane_tells_it_apart(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    """A range whose statements still run on the schema as it is now (a comment): only the guard stops it,
+    with STATE_CHANGED, a SQLSTATE of its own, which the lane reads as "not as read" (and nothing else)."""
+    chain_builder.add("c1", ITEMS).add("c2", "op.execute(\"COMMENT ON TABLE items IS 'c2'\")")
+    chain = Chain.load(chain_builder.ini)
+    fleet.provision(engine, chain, ["guarded"], target="c2")
+    what = Migration("guarded", "project_guarded", "c2", UPGRADE)
+    stale = Expected(True, "c1")  # read at c1: it is at c2
+    plan = fast_lane(Sending(chain, Flavor(EXT)), what, stale)
+    assert plan is not None and plan.batchable
+    with engine.connect() as conn, pytest.raises(Exception) as failed:
+        send.send_batch(conn, plan)
+    assert sqlstate(failed.value) == STATE_CHANGED
+    assert str(failed.value).startswith(
+        "workspace-tool:state-changed project_guarded is no longer at revision c1 as it was read: nothing was changed"
+    )
+    before = tuple(registry_state(engine, "guarded"))
+    assert lane(engine, chain, "guarded", exists=True, version="c1", target="c2") is None  # the careful path's turn
+    assert schema_version(engine, "project_guarded") == "c2"
+    assert tuple(registry_state(engine, "guarded")) == before

@@ -16,6 +16,7 @@ from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import compiled_statements
 from workspace_tool.cli import main
+from workspace_tool.flavor import Flavor
 from workspace_tool.registry import bootstrap
 from workspace_tool.schema.catalog import diff, snapshot
 from workspace_tool.schema.migrate import Migration, Sending, migrate
@@ -173,7 +174,9 @@ def test_a_schema_downgraded_to_base_online_is_provisioned_again_by_the_fast_pat
     schema = manager.ensure("again")
     with engine.connect() as conn:  # plain `alembic downgrade base` leaves an empty alembic_version
         migrate(
-            conn, Sending(manager.chain, manager.bootstrap(), online=True), Migration("again", schema, None, DOWNGRADE)
+            conn,
+            Sending(manager.chain, Flavor(manager.bootstrap()), online=True),
+            Migration("again", schema, None, DOWNGRADE),
         )
     assert schema_tables(engine, schema) == {"alembic_version"}
     manager.invalidate()
@@ -190,7 +193,7 @@ def test_forced_online_and_fast_provisioning_give_the_same_schema(engine: sa.Eng
     with engine.connect() as conn:
         for project_id, online in (("by-alembic", True), ("by-replay", False)):
             schema = f"project_{project_id.replace('-', '_')}"
-            how = Sending(manager.chain, extension_schema, online=online)
+            how = Sending(manager.chain, Flavor(extension_schema), online=online)
             results[online] = migrate(conn, how, Migration(project_id, schema, manager.head))
         assert diff(snapshot(conn, "project_by_alembic"), snapshot(conn, "project_by_replay")) == []
     assert results[True].path == "online" and results[False].path == "fast"
@@ -288,7 +291,7 @@ def test_a_downgrade_through_an_online_revision_gives_the_right_schema(
     for mgr in manager_for(engine, chain_builder.ini):
         schema = mgr.ensure("down")
         with engine.connect() as conn:
-            how = Sending(mgr.chain, mgr.bootstrap(), online=online)
+            how = Sending(mgr.chain, Flavor(mgr.bootstrap()), online=online)
             result = migrate(conn, how, Migration("down", schema, "r1", DOWNGRADE))
         assert (result.action, result.path) == ("downgraded", "online" if online else "mixed")
         assert columns(engine, schema, "items") == ["id", "kind"]

@@ -74,7 +74,7 @@ def test_very_verbose_shows_the_sql_including_the_batches_sent_on_the_raw_driver
     _, err = cli(url, "-vv", "upgrade", "--all")
     statements = logged(err, "sqlalchemy.engine.Engine")
     assert any("SELECT project_id, schema_name, revision" in s for s in statements)  # the fleet read
-    [batch] = logged(err, "workspace_tool.schema.transaction")
+    [batch] = logged(err, "workspace_tool.schema.send")
     assert batch == "project_alpha: one round trip:"  # the batch follows on the next lines, as sent
     sent = err.split("project_alpha: one round trip:\n", 1)[1]
     assert sent.startswith("BEGIN ISOLATION LEVEL READ COMMITTED;\nSET LOCAL lock_timeout = '5000ms';\n")

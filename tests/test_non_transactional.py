@@ -42,6 +42,7 @@ from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fle
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.errors import NonTransactionalFailed
+from workspace_tool.flavor import Flavor
 from workspace_tool.registry import bootstrap
 from workspace_tool.schema.catalog import diff, snapshot
 from workspace_tool.schema.migrate import Migration, Sending, migrate
@@ -593,13 +594,16 @@ def test_the_session_is_given_back_as_it_was(engine: sa.Engine, chain_builder: C
         before = tuple(conn.execute(settings).one())
         conn.commit()
 
-        done = migrate(conn, Sending(chain, extension_schema, lock_timeout_ms=1234), Migration("s", "project_s", "r4"))
+        done = migrate(
+            conn, Sending(chain, Flavor(extension_schema), lock_timeout_ms=1234), Migration("s", "project_s", "r4")
+        )
 
         assert done.action == Action.CREATED
         assert not transactions.in_autocommit(conn)
         assert tuple(conn.execute(settings).one()) == before == ('"$user", public', "7s")
         assert conn.execute(locks).scalar_one() == 0  # the session's lock was released
         conn.rollback()
+        conn.invalidate()  # its lock_timeout must not go back to the shared engine's pool (pgbouncer.assert_no_leak)
 
 
 def test_the_async_manager_runs_it_too(engine: sa.Engine, chain_builder: ChainBuilder, database_url: URL) -> None:

@@ -1,4 +1,4 @@
-"""The one schema transaction (workspace_tool.schema.transaction), sent each of its ways: the text of
+"""The one schema plan (workspace_tool.schema.plan), sent each of its ways (schema.send): the text of
 `upgrade --sql` is what the fleet runs, down to the registry row, so psql running it gives what
 `upgrade --all` gives; and sending it statement by statement (as Citus needs) gives the same schema."""
 
@@ -14,10 +14,11 @@ from sqlalchemy.engine import URL
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
+from workspace_tool.flavor import Flavor
 from workspace_tool.registry import bootstrap
 from workspace_tool.schema.catalog import diff, snapshot
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, migrate
-from workspace_tool.schema.transaction import Expected
+from workspace_tool.schema.plan import Expected
 
 CHAIN = Chain.load(ALEMBIC_INI)
 BEHIND = CHAIN.revisions[1]  # the fleet starts here: two revisions behind head
@@ -78,7 +79,7 @@ def without_comments(text: str) -> str:
 def test_the_script_is_what_the_fast_lane_sends_and_its_guard_holds(engine: sa.Engine, database_url: URL) -> None:
     behind(engine)
     scripts = {s.project_id: s.sql or "" for s in fleet.sql(engine, CHAIN)}
-    how = Sending(CHAIN, "workspace_extensions", lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS)
+    how = Sending(CHAIN, Flavor("workspace_extensions"), lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS)
     transaction = fast_lane(how, Migration("alpha", "project_alpha", CHAIN.head, fleet.UPGRADE), Expected(True, BEHIND))
     assert transaction is not None
     sent = "\n".join(["BEGIN ISOLATION LEVEL READ COMMITTED;", *transaction.statements(), "COMMIT;"])  # send_batch's
@@ -95,7 +96,7 @@ def test_statement_by_statement_builds_the_same_schema_as_batches(engine: sa.Eng
     with engine.connect() as conn:
         extension_schema = bootstrap(conn).extension_schema
         for project, one_by_one in (("batched", False), ("one-by-one", True)):
-            how = Sending(CHAIN, extension_schema, statement_by_statement=one_by_one)
+            how = Sending(CHAIN, Flavor(extension_schema), statement_by_statement=one_by_one)
             result = migrate(conn, how, Migration(project, f"project_{project.replace('-', '_')}", CHAIN.head))
             assert (result.action, result.path) == ("created", "fast")
         assert diff(snapshot(conn, "project_batched"), snapshot(conn, "project_one_by_one")) == []

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from workspace_tool import ConfigurationError, MigrationFailed, ProjectWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.chain import Chain
+from workspace_tool.flavor import Flavor
 from workspace_tool.schema.migrate import EnsureResult, run_plan
 from workspace_tool.urls import async_url
 from workspace_tool.vocabulary import Action
@@ -203,7 +204,7 @@ def test_a_connection_handed_in_autocommit_is_refused(engine: sa.Engine) -> None
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
         with pytest.raises(ConfigurationError, match="autocommit"):
-            migrate(conn, Sending(mgr.chain, extension_schema), Migration("handed", "project_handed", mgr.head))
+            migrate(conn, Sending(mgr.chain, Flavor(extension_schema)), Migration("handed", "project_handed", mgr.head))
     assert schemas_like(engine, "project\\_handed") == []
 
 
@@ -415,7 +416,12 @@ def test_plain_alembic_reads_the_state_after_the_lock_under_repeatable_read_defa
     try:
         assert wait_until(lambda: lock_waiters(engine) >= 1, limit=60)
         run_plan(
-            holder, mgr.chain, "project_plainrr", extension_schema, mgr.chain.plan(None, mgr.head), create_schema=True
+            holder,
+            mgr.chain,
+            "project_plainrr",
+            Flavor(extension_schema),
+            mgr.chain.plan(None, mgr.head),
+            create_schema=True,
         )
         holder.commit()
     finally:

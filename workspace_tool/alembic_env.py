@@ -29,7 +29,7 @@ anywhere else. Online, the project schema comes from ``config.attributes["schema
   pooler when one is set), ``WORKSPACE_TOOL_DATABASE_URL`` or ``sqlalchemy.url``; as for a shared
   connection, in one transaction (which a revision's ``autocommit_block()`` commits early, as Alembic
   does: the search_path and the lock are then held by the session too, until the end). Through a
-  connection pooler (workspace_tool.pooler) a session's state would stay on the server connection for its
+  connection pooler (workspace_tool.flavor.pooler) a session's state would stay on the server connection for its
   next client: there only the transaction's lock and search_path are set, and a revision's
   ``autocommit_block()`` is refused (SessionRequired) before the transaction commits: nothing changes.
 
@@ -50,12 +50,13 @@ from typing import Any, NoReturn
 from alembic import context
 from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
-from workspace_tool import pooler, transactions
+from workspace_tool import flavor as flavors
+from workspace_tool import transactions
 from workspace_tool.chain.loading import DIRECT_URL_OPTION
-from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA, find_database
 from workspace_tool.errors import ConfigurationError, SessionRequired
+from workspace_tool.flavor import DEFAULT_EXTENSION_SCHEMA, pooler
 from workspace_tool.naming import validate_schema_name
-from workspace_tool.sql import CITUS_TENANT, lock_schema, lock_statement, quote_ident, search_path_sql, unlock_statement
+from workspace_tool.sql import lock_schema, lock_statement, quote_ident, search_path_sql, unlock_statement
 from workspace_tool.urls import DIRECT_URL_ENV, sync_url
 
 MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
@@ -144,8 +145,9 @@ def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None, *,
     too (its own search_path put back, the lock released, at the end); unless conn goes through a pooler,
     where the session is not ours to keep: there ``autocommit_block()`` is refused instead.
 
-    On Citus a schema created here is a tenant schema, as workspace_tool makes them (an existing schema is
-    left as it is: CREATE SCHEMA IF NOT EXISTS with sharding on would make an ordinary one a tenant)."""
+    A schema created here is created as workspace_tool creates them (after the flavor's statements; an
+    existing schema is left as it is: on a distributed database, sending those statements and then CREATE
+    SCHEMA IF NOT EXISTS could change what an existing schema is)."""
     check_transactional(conn)
     owned = not conn.in_transaction()
     session = owned and not pooler.behind_pooler(conn)  # the session is ours to hold state in
@@ -158,11 +160,13 @@ def _migrate(conn: Connection, schema: str, target_metadata: MetaData | None, *,
             if session:
                 saved = conn.execute(text("SELECT current_setting('search_path')")).scalar_one()
                 conn.execute(text(lock_statement(schema, session=True)))
-            database = find_database(conn)
-            if database.citus and not conn.execute(_SCHEMA_EXISTS, {"schema": schema}).scalar():
-                conn.execute(text(CITUS_TENANT))
+            flavor = flavors.find(conn)
+            before = flavor.before_project_schema()
+            if before and not conn.execute(_SCHEMA_EXISTS, {"schema": schema}).scalar():
+                for statement in before:
+                    conn.execute(text(statement))
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}"))
-            conn.execute(text(search_path_sql(schema, database.extension_schema, local=not session)))
+            conn.execute(text(search_path_sql(schema, flavor.extension_schema, local=not session)))
             context.run_migrations()
     finally:
         if saved is not None and not conn.invalidated:

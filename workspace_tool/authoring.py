@@ -45,7 +45,7 @@ from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
 from workspace_tool.managers import cache
 from workspace_tool.schema.migrate import scratch_schema
-from workspace_tool.sql import quote_ident, search_path_sql
+from workspace_tool.sql import drop_schema_cascade, quote_ident, search_path_sql
 
 SCRATCH_PREFIX = "project_autogen_"
 
@@ -194,8 +194,8 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     rolled back (``scratch_schema``); dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with translating(engine.url), transactions.connect(engine) as conn:
-        database = registry.bootstrap(conn)
-        extension_schema = database.extension_schema
+        flavor = registry.bootstrap(conn)
+        extension_schema = flavor.extension_schema
         try:
             if chain is None:
                 with conn.begin() as transaction:
@@ -204,13 +204,13 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
                     transaction.rollback()
             else:
                 plans = [(chain.plan(None, chain.head), True)]
-                with scratch_schema(conn, chain, schema, extension_schema, plans, citus=database.citus):
+                with scratch_schema(conn, chain, schema, flavor, plans):
                     yield conn, schema, extension_schema
         finally:
             if conn.in_transaction():
                 conn.rollback()
             with conn.begin():
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+                drop_schema_cascade(conn, schema)
 
 
 def _check_no_schema_names(path: Path, schema: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 from sqlalchemy import exc as sa_exc
@@ -12,10 +12,17 @@ from sqlalchemy.engine import URL
 from workspace_tool.errors import DatabaseUnavailable, LockTimeout, MigrationFailed, PermissionDenied, WorkspaceError
 from workspace_tool.urls import redact_text, url_secrets
 
-LOCK_SQLSTATES = {"55P03"}  # lock_not_available (lock_timeout)
+# SQLSTATEs, each written here once.
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout exceeded
+LOCK_SQLSTATES = {LOCK_NOT_AVAILABLE}
 DEADLOCK_DETECTED = "40P01"  # PostgreSQL rolled this transaction back to break a deadlock: run it again
 INSUFFICIENT_PRIVILEGE = "42501"
+INVALID_SCHEMA_NAME = "3F000"
+UNDEFINED_TABLE = "42P01"
 CONNECTION_SQLSTATE_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / crash
+# Ours: a guarded transaction found the schema no longer as read (registry revision r0005's
+# project_registry.expect_version raises it), and changed nothing. Class WT: no PostgreSQL class is named so.
+STATE_CHANGED = "WT001"
 _CONNECTION_WORDS = (
     "server closed the connection",
     "connection refused",
@@ -38,11 +45,11 @@ _DENIED_SCHEMA = re.compile(r"permission denied for schema " + _NAME)
 _DENIED_RELATION = re.compile(r"permission denied for (?:table|relation|sequence|view) " + _NAME)
 _NOT_OWNER = re.compile(r"must be owner of (\w+(?: \w+)?) " + _NAME)
 _SIMPLE_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-# Citus, on the coordinator, when a worker can't be reached: a new connection to it (08006), or one it had
-# cached and finds broken (XX000). Either way the coordinator's own session is fine.
-_UNREACHABLE_NODE = re.compile(
-    r"connection to the remote node (?:[^@\s]+@)?(\S+:\d+) failed|failure on connection marked as essential: (\S+:\d+)"
-)
+# How each kind of database says, in an error's message, that a node it needs could not be reached: a reader
+# returns that node, named for a message, or None. Each flavor registers its own (``Flavor.unreachable_node``,
+# when workspace_tool.flavor is imported, as everything that reaches a database does): a failure is
+# translated here, below every layer, where no flavor is at hand (before any bootstrap, in any process).
+NODE_ERROR_READERS: list[Callable[[str], str | None]] = []
 
 
 def sqlstate(error: BaseException) -> str | None:
@@ -62,9 +69,12 @@ def first_line(error: BaseException) -> str:
 
 
 def unreachable_node(message: str | None) -> str | None:
-    """The Citus worker ('host:port') an error message says the coordinator could not reach, if any."""
-    match = _UNREACHABLE_NODE.search(message or "")
-    return None if match is None else match[1] or match[2]
+    """The node an error message says could not be reached, named for a message, if any (the coordinator's
+    own session is fine then: the node's failure is the schema's, whichever node holds it)."""
+    for read in NODE_ERROR_READERS:
+        if (node := read(message or "")) is not None:
+            return node
+    return None
 
 
 def is_connection_error(error: BaseException) -> bool:
@@ -161,7 +171,7 @@ def translate(
         if node := unreachable_node(detail):
             working = f" while working on {schema} (its transaction was rolled back)" if schema else ""
             return DatabaseUnavailable(
-                f"Citus worker {node} is unreachable{working}: every schema change needs all the workers, "
+                f"{node} is unreachable{working}: every schema change needs all the workers, "
                 f"whichever holds the schema; start it, then rerun ({detail})"
             )
         if schema:

@@ -22,13 +22,14 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from workspace_tool import flavor as flavors
 from workspace_tool import pool as warm_pool
-from workspace_tool import pooler, registry, transactions
+from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.chain.loading import DIRECT_URL_OPTION
-from workspace_tool.database import check_extension_schema, is_citus
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
+from workspace_tool.flavor import pooler
 from workspace_tool.fleet.reader import VERSION_BATCH, project_schemas
 from workspace_tool.jobs import connections_needed, default_jobs, pool_capacity
 from workspace_tool.naming import project_for
@@ -187,7 +188,7 @@ def pgvector(conn: Connection, context: Context) -> list[Finding]:
             )
         ]
     try:
-        check_extension_schema(str(schema), bool(has_tables))
+        flavors.check_extension_schema(str(schema), bool(has_tables))
     except ConfigurationError as exc:
         return [_problem("pgvector", str(exc))]
     if _version(str(installed)) < HNSW_SINCE:
@@ -345,38 +346,14 @@ def connections(conn: Connection, context: Context) -> list[Finding]:
 
 
 # ------------------------------------------------------------------------------------- Citus
-# Every node the coordinator knows; then a cheap statement on every active primary worker, which is what
-# every schema change needs (Citus sends DDL to every node holding metadata).
-_NODES = text("SELECT nodename, nodeport, isactive, noderole, groupid FROM pg_dist_node ORDER BY groupid, nodeid")
-_PROBE = text("SELECT nodename, nodeport, success, result FROM run_command_on_workers('SELECT 1')")
-
-
 def citus_nodes(conn: Connection, context: Context) -> list[Finding]:
-    """On Citus: every node in pg_dist_node active, and every active worker answering the coordinator
-    (``run_command_on_workers('SELECT 1')``). A stopped worker stops every schema change on every worker."""
-    if not is_citus(conn):
+    """On a distributed database (Citus), every node active and answering: the flavor's own check
+    (``Flavor.node_health``). A stopped worker stops every schema change on every worker."""
+    health = flavors.read(conn).node_health(conn)
+    if health is None:
         return [_ok("citus", "not a Citus database")]
-    nodes = conn.execute(_NODES).all()
-    findings = [
-        _problem(
-            "citus",
-            f"node {n.nodename}:{n.nodeport} is inactive: every schema change needs every node; bring it back, "
-            f"then SELECT citus_activate_node('{n.nodename}', {n.nodeport})",
-        )
-        for n in nodes
-        if not n.isactive
-    ]
-    for name, port, success, result in conn.execute(_PROBE):
-        if not success:
-            findings.append(
-                _problem(
-                    "citus",
-                    f"worker {name}:{port} does not answer the coordinator ({_one_line(result)}): "
-                    "start it, or let the coordinator reach it; until then no project schema can be changed",
-                )
-            )
-    workers = sum(1 for n in nodes if n.groupid != 0)
-    return findings or [_ok("citus", f"{len(nodes)} node(s), {workers} worker(s): all active and answering")]
+    problems, summary = health
+    return [_problem("citus", problem) for problem in problems] or [_ok("citus", summary)]
 
 
 # ------------------------------------------------------------------------------------- the registry
@@ -545,11 +522,6 @@ def _problem(check: str, finding: str) -> Finding:
 def _names(names: Sequence[str]) -> str:
     shown = ", ".join(names[:NAMED])
     return shown if len(names) <= NAMED else f"{shown} and {len(names) - NAMED} more"
-
-
-def _one_line(value: object) -> str:
-    lines = [line.strip() for line in str(value).splitlines() if line.strip()]
-    return lines[0] if lines else "no answer"
 
 
 def _version(value: str) -> tuple[int, ...]:

@@ -230,7 +230,7 @@ class NonTransactionalFailed(MigrationFailed):
 class SessionRequired(ConfigurationError):
     """Work that runs outside a transaction (a revision with ``workspace_transactional = False`` or Alembic's
     ``autocommit_block()``) was about to start on a connection that goes through a connection pooler, where
-    a session's state does not outlive a transaction (workspace_tool.pooler). Nothing was changed."""
+    a session's state does not outlive a transaction (workspace_tool.flavor.pooler). Nothing was changed."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -270,8 +270,8 @@ class PoolRefused(WorkspaceError):
     """The chain's objects name the schema they were built in as stored text (a function's body or its SET
     search_path, a string in a view, a default or a row...), which a rename does not follow: a spare schema
     can't become a project's, so the warm pool refuses this chain. ``found`` lists what names it. Also
-    raised, with ``why``, on Citus, and when the role's default privileges change while every spare is
-    built (a revision that changes them)."""
+    raised, with ``why``, on a database whose flavor refuses spares, and when the role's default privileges
+    change while every spare is built (a revision that changes them)."""
 
     def __init__(self, found: list[str], *, why: str | None = None) -> None:
         self.found = found

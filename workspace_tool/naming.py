@@ -7,6 +7,7 @@ import re
 from workspace_tool.errors import InvalidProjectId, InvalidSchemaName
 
 SCHEMA_PREFIX = "project_"
+SCHEMA_LIKE = SCHEMA_PREFIX.replace("_", r"\_") + "%"  # LIKE: project schemas ('_' matched literally)
 MAX_PROJECT_ID_LENGTH = 50
 _PROJECT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _SCHEMA = re.compile(r"project_[a-z0-9]+(?:_[a-z0-9]+)*")

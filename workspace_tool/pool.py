@@ -7,7 +7,7 @@ a name outside the project namespace (``workspace_spare_<hex>``), and recorded i
 digest of the role's default privileges it was built under, in the same transaction (a chain with a
 revision that can't run in a transaction: in parts, recorded first as not ready, made ready by its last
 part). A project's first ensure claims one in its own schema transaction (a CLAIM step: see
-schema/transaction.py and ``schema.migrate.claims``): one statement renames a ready spare at the current
+schema/plan.py and ``schema.migrate.claims``): one statement renames a ready spare at the current
 head of this very chain, owned by the current role and built under its default privileges as they are
 now, and writes the registry row; with none, the schema is built as before, in the same transaction under
 the same lock.
@@ -48,11 +48,12 @@ from workspace_tool import recycling, registry, transactions
 from workspace_tool.chain import Chain, Plan
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, PoolRefused
+from workspace_tool.flavor import Flavor
 from workspace_tool.jobs import check_jobs
 from workspace_tool.registry import spares
 from workspace_tool.registry.spares import spare_name
 from workspace_tool.schema.migrate import in_one_transaction, run_plan
-from workspace_tool.sql import POOL_LOCK_KEY, advisory_lock_sql, quote_ident, sql_literal
+from workspace_tool.sql import POOL_LOCK_KEY, advisory_lock_sql, drop_schema_cascade, quote_ident, sql_literal
 from workspace_tool.vocabulary import SpareState
 
 POOL_SIZE_OPTION = "workspace_pool_size"
@@ -269,8 +270,8 @@ def fill(
     jobs = check_jobs(engine, jobs)
     with translating(engine.url):
         with transactions.connect(engine) as conn:
-            database = registry.bootstrap(conn)
-        check_chain(chain, citus=database.citus)
+            flavor = registry.bootstrap(conn)
+        check_chain(chain, flavor)
         with _pool_lock(engine, wait=wait) as held:
             if not held:
                 return FillReport(size, 0, 0, 0, _ms(started), busy=True)
@@ -283,7 +284,7 @@ def fill(
                     before = _ready(conn, chain)
                     conn.execute(spares.FORGET_RELEASES, {"grace": grace})
             missing = max(0, size - before)
-            built = _build(engine, chain, database.extension_schema, missing, jobs, stop or threading.Event())
+            built = _build(engine, chain, flavor, missing, jobs, stop or threading.Event())
             with transactions.connect(engine) as conn, conn.begin():
                 after = _ready(conn, chain)
     return FillReport(size, after, built, dropped, _ms(started), claimed=max(0, before + built - after))
@@ -302,7 +303,7 @@ def drain(engine: Engine) -> int:
             with conn.begin():
                 unlisted = list(conn.execute(spares.UNLISTED).scalars())
                 for schema in unlisted:
-                    conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+                    drop_schema_cascade(conn, schema)
     return dropped + len(unlisted)
 
 
@@ -372,13 +373,13 @@ def _take(conn: Connection, chain: Chain | None, *, everything: bool, grace_s: f
         with conn.begin():
             taken = list(conn.execute(spares.TAKE, params).scalars())
             for schema in taken:
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+                drop_schema_cascade(conn, schema)
         dropped += len(taken)
         if len(taken) < DROP_BATCH:
             return dropped
 
 
-def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs: int, stop: threading.Event) -> int:
+def _build(engine: Engine, chain: Chain, flavor: Flavor, count: int, jobs: int, stop: threading.Event) -> int:
     """Build ``count`` spares: the first alone, checked (``build_spare(check=True)``: a refused chain
     leaves no spare), then the rest on ``jobs`` connections of their own, each replaced every
     ``workspace_recycle_after`` spares (workspace_tool.recycling); the first error stops the others.
@@ -386,7 +387,7 @@ def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs
     if count <= 0 or stop.is_set():
         return 0
     with transactions.connect(engine) as conn:
-        build_spare(conn, chain, extension_schema, check=True)
+        build_spare(conn, chain, flavor, check=True)
     left = [count - 1]
     built = [1]
     lock = threading.Lock()
@@ -405,7 +406,7 @@ def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs
                     conn.close()
                     conn = transactions.connect(engine)
                 try:
-                    build_spare(conn, chain, extension_schema)
+                    build_spare(conn, chain, flavor)
                 except BaseException:
                     failed.set()
                     raise
@@ -429,22 +430,21 @@ def _build(engine: Engine, chain: Chain, extension_schema: str, count: int, jobs
     return built[0]
 
 
-def check_chain(chain: Chain, *, citus: bool = False) -> None:
-    """Refuse (PoolRefused) what the warm pool can't serve: Citus (``citus``: renaming a distributed tenant
-    schema inside the claim is not something this pool was built or tested for; ensure builds schemas
-    there, statement by statement). A chain with a revision that can't run in a transaction is served: its
-    spares are built in parts (``build_spare``)."""
-    if citus:
-        raise PoolRefused([], why="the database runs Citus, where spares are not supported")
+def check_chain(chain: Chain, flavor: Flavor) -> None:
+    """Refuse (PoolRefused) what the warm pool can't serve: a database whose flavor refuses spares
+    (``Flavor.spares_refused`` says why; ensure builds schemas there). A chain with a revision that can't
+    run in a transaction is served: its spares are built in parts (``build_spare``)."""
+    if flavor.spares_refused is not None:
+        raise PoolRefused([], why=flavor.spares_refused)
 
 
 BUILD_ATTEMPTS = 2  # a spare whose build saw the default privileges change is built again, once
 
 
-def build_spare(conn: Connection, chain: Chain, extension_schema: str, *, check: bool = False) -> str:
+def build_spare(conn: Connection, chain: Chain, flavor: Flavor, *, check: bool = False) -> str:
     """Build one spare at head on ``conn`` (not in a transaction) and record it; return its name. In one
     transaction; or, for a chain with a revision that can't run in one, in parts (``run_plan(commit=True)``:
-    ``SchemaTransaction.run_in_parts``), recorded first as not ready (never claimed) and made ready in a
+    ``send.run_in_parts``), recorded first as not ready (never claimed) and made ready in a
     last transaction. With ``check``, it is built under another name and renamed, then searched for that
     first name (``rename_and_scan``): a chain that names its schema in stored text is refused (PoolRefused)
     and nothing is kept. The default privileges it is recorded under are read at its start and must be the
@@ -457,9 +457,9 @@ def build_spare(conn: Connection, chain: Chain, extension_schema: str, *, check:
         building = spare_name() if check else spare
         started = time.perf_counter()
         built = (
-            _build_in_parts(conn, chain, extension_schema, plan, building, spare, check, started)
+            _build_in_parts(conn, chain, flavor, plan, building, spare, check, started)
             if parts
-            else _build_in_one(conn, chain, extension_schema, plan, building, spare, check, started)
+            else _build_in_one(conn, chain, flavor, plan, building, spare, check, started)
         )
         if built:
             return spare
@@ -473,11 +473,11 @@ def build_spare(conn: Connection, chain: Chain, extension_schema: str, *, check:
 
 
 def _build_in_one(
-    conn: Connection, chain: Chain, ext: str, plan: Plan, building: str, spare: str, check: bool, started: float
+    conn: Connection, chain: Chain, flavor: Flavor, plan: Plan, building: str, spare: str, check: bool, started: float
 ) -> bool:
     with conn.begin() as transaction:
         privileges = conn.execute(spares.PRIVILEGES).scalar_one()
-        run_plan(conn, chain, building, ext, plan, create_schema=True)
+        run_plan(conn, chain, building, flavor, plan, create_schema=True)
         if check and (found := rename_and_scan(conn, building, spare)):
             raise PoolRefused(found)
         if not conn.execute(spares.INSERT, _row(chain, spare, privileges, started)).rowcount:
@@ -487,7 +487,7 @@ def _build_in_one(
 
 
 def _build_in_parts(
-    conn: Connection, chain: Chain, ext: str, plan: Plan, building: str, spare: str, check: bool, started: float
+    conn: Connection, chain: Chain, flavor: Flavor, plan: Plan, building: str, spare: str, check: bool, started: float
 ) -> bool:
     """Recorded not ready and committed; each part committed; then renamed (with ``check``), searched, and
     made ready in one transaction. A failure drops what was made; a connection lost leaves it to the next
@@ -496,7 +496,7 @@ def _build_in_parts(
         privileges = conn.execute(spares.PRIVILEGES).scalar_one()
         conn.execute(spares.INSERT_BUILDING, _row(chain, building, privileges, started))
     try:
-        run_plan(conn, chain, building, ext, plan, create_schema=True, commit=True)
+        run_plan(conn, chain, building, flavor, plan, create_schema=True, commit=True)
         with conn.begin() as transaction:
             if check and (found := rename_and_scan(conn, building, spare)):
                 raise PoolRefused(found)
@@ -529,7 +529,7 @@ def _discard(conn: Connection, schema: str) -> None:
         if conn.in_transaction():
             conn.rollback()
         with conn.begin():
-            conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+            drop_schema_cascade(conn, schema)
             conn.execute(spares.DELETE, {"schema": schema})
     except Exception as exc:
         log.warning("could not drop spare %s left half-built (the next pool fill will): %s", schema, first_line(exc))

@@ -24,10 +24,11 @@ import sqlalchemy
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from workspace_tool import flavor as flavors
 from workspace_tool import transactions
 from workspace_tool.chain import Chain
 from workspace_tool.chain.alembic_run import alembic_version
-from workspace_tool.database import can_create, find_extension_schema, is_citus
+from workspace_tool.database import can_create
 from workspace_tool.dberrors import first_line, role_phrase
 from workspace_tool.errors import HeadModelFailed, MigrationFailed, PermissionDenied, WorkspaceError
 from workspace_tool.naming import SCHEMA_PREFIX
@@ -87,7 +88,7 @@ _PROJECTS_OWNER = text(
 def key_parts(conn: Connection, chain: Chain, *, role: int | None = None) -> dict[str, Any]:
     """What the catalog the chain builds depends on (the vector extension must exist), the privileges of
     what it builds included: the default privileges of ``role`` (an OID; default: the current role's)."""
-    find_extension_schema(conn)  # the error that says `workspace-tool init` when it is missing
+    flavors.find(conn)  # the error that says `workspace-tool init` when it is missing
     row = conn.execute(_KEY_PARTS).one()
     return {
         "format": CATALOG_FORMAT,
@@ -111,13 +112,10 @@ def build(conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms
     (RevisionFailed for its own Python error) is raised as HeadModelFailed, in one line."""
     scratch = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with conn.begin():
-        citus = is_citus(conn)  # a tenant schema there, as project schemas are
+        flavor = flavors.find(conn)  # the scratch schema is created as project schemas are
     plan = chain.plan(None, chain.head)
     try:
-        with scratch_schema(
-            conn, chain, scratch, parts["extension_schema"], [(plan, True)], lock_timeout_ms=lock_timeout_ms,
-            citus=citus,
-        ):  # fmt: skip
+        with scratch_schema(conn, chain, scratch, flavor, [(plan, True)], lock_timeout_ms=lock_timeout_ms):
             conn.execute(PIN_SEARCH_PATH)
             catalog = snapshot(conn, scratch)
             fingerprint = fingerprints(conn, [scratch])[scratch]

@@ -72,21 +72,6 @@ def lock_timeout_statement(timeout_ms: int, *, local: bool = True) -> str:
     return f"SET {'LOCAL ' if local else ''}lock_timeout = '{int(timeout_ms)}ms'"
 
 
-# Citus (schema-based sharding), each for the current transaction only. A schema created after
-# CITUS_TENANT is a tenant schema, living whole on one worker; after CITUS_NOT_TENANT it stays an ordinary
-# schema whose tables are the coordinator's (and CREATE SCHEMA IF NOT EXISTS of an existing ordinary
-# schema does not turn it into a tenant, which it does with sharding on). SET LOCAL commands reach the
-# workers only after CITUS_PROPAGATE_SET, and only as SET statements (not set_config).
-CITUS_TENANT = "SET LOCAL citus.enable_schema_based_sharding TO on"
-CITUS_NOT_TENANT = "SET LOCAL citus.enable_schema_based_sharding TO off"
-CITUS_PROPAGATE_SET = "SET LOCAL citus.propagate_set_commands TO 'local'"
-
-
-def lock_timeout_statements(timeout_ms: int, *, citus: bool = False) -> list[str]:
-    """``lock_timeout_statement``, which on Citus must also bound the waits on the workers."""
-    return [*([CITUS_PROPAGATE_SET] if citus else []), lock_timeout_statement(timeout_ms)]
-
-
 def search_path_sql(schema: str, extension_schema: str, *, local: bool = True) -> str:
     """The project schema first, then only the schema holding the vector extension: for the
     transaction, or for the session with ``local=False``."""
@@ -94,6 +79,12 @@ def search_path_sql(schema: str, extension_schema: str, *, local: bool = True) -
     if extension_schema not in (schema, "pg_catalog"):
         path.append(quote_ident(extension_schema))
     return f"SET {'LOCAL ' if local else ''}search_path TO " + ", ".join(path)
+
+
+def drop_schema_cascade(conn: Connection, schema: str) -> None:
+    """Drop a schema and everything in it, if it is there, in conn's transaction: the one way any schema
+    (a project's, a spare, a scratch schema) is dropped."""
+    conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
 
 
 def lock_schema(conn: Connection, schema: str) -> None:

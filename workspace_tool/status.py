@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from workspace_tool import flavor
 from workspace_tool.chain import Chain
-from workspace_tool.database import is_citus
-from workspace_tool.fleet.reader import VersionsReader, read_fleet, read_nodes
+from workspace_tool.fleet.reader import VersionsReader, read_fleet
 from workspace_tool.vocabulary import State
 
 
@@ -30,7 +30,7 @@ class ProjectStatus:
     last_path: str | None = None
     last_error: str | None = None
     updated_at: dt.datetime | None = None
-    node: str | None = None  # on Citus: host:port of the worker holding the (tenant) schema; else None
+    node: str | None = None  # on a distributed database: host:port of the node holding the schema; else None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -44,10 +44,10 @@ def collect_status(
 ) -> list[ProjectStatus]:
     """Status of the given projects, or of every registered project plus orphan schemas. Read-only: with
     no registry yet (nothing provisioned), project schemas found are orphans. Versions are read on
-    ``conn``, or by ``versions_of`` (e.g. ``read_versions_parallel`` over several connections). On Citus,
-    each schema's node is read from Citus's catalog."""
+    ``conn``, or by ``versions_of`` (e.g. ``read_versions_parallel`` over several connections). On a
+    distributed database, the node holding each schema (``Flavor.read_nodes``)."""
     records = sorted(read_fleet(conn, project_ids, versions_of), key=lambda r: r.project_id)
-    nodes = read_nodes(conn) if is_citus(conn) else {}
+    nodes = flavor.read(conn).read_nodes(conn)
     return [
         ProjectStatus(
             project_id=r.project_id,
@@ -73,8 +73,8 @@ def fleet_summary(
 ) -> dict[str, Any]:
     """Counts by state and by revision, and the schemas needing attention: missing (registered, no
     schema), orphans (a project schema with no registry row), failed (the last run failed on them); the
-    warm pool's spares by state (``spares``: counted apart, they are no project's), when given; on Citus,
-    the schemas each node holds."""
+    warm pool's spares by state (``spares``: counted apart, they are no project's), when given; on a
+    distributed database, the schemas each node holds."""
     counts = {str(state): 0 for state in State}
     by_revision: dict[tuple[str | None, str], int] = {}
     for s in statuses:
@@ -91,7 +91,7 @@ def fleet_summary(
         "head": chain.head,
         "total": len(statuses),
         "counts": counts,
-        "nodes": [{"node": node, "schemas": n} for node, n in sorted(by_node.items())],  # Citus only
+        "nodes": [{"node": node, "schemas": n} for node, n in sorted(by_node.items())],  # distributed only
         "revisions": [
             {"revision": rev, "state": state, "schemas": n}
             for (rev, state), n in sorted(by_revision.items(), key=lambda kv: (-order[kv[0][0]], kv[0][1]))

@@ -11,7 +11,7 @@ from sqlalchemy.exc import ArgumentError
 
 from workspace_tool.errors import ConfigurationError
 
-DIRECT_URL_ENV = "WORKSPACE_TOOL_DIRECT_URL"  # a URL that bypasses the pooler (see workspace_tool.pooler)
+DIRECT_URL_ENV = "WORKSPACE_TOOL_DIRECT_URL"  # a URL that bypasses the pooler (see workspace_tool.flavor.pooler)
 _SYNC_DRIVER = "postgresql+psycopg2"
 _ASYNC_DRIVER = "postgresql+asyncpg"
 

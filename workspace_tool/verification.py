@@ -30,12 +30,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine
 
+from workspace_tool import flavor as flavors
 from workspace_tool import pool as warm_pool
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.database import Database, find_database, require_create
+from workspace_tool.database import require_create
 from workspace_tool.dberrors import describe, translating
 from workspace_tool.errors import PoolRefused
+from workspace_tool.flavor import Flavor
 from workspace_tool.registry.spares import spare_name
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, snapshot
 from workspace_tool.schema.migrate import in_one_transaction, run_plan, scratch_schema
@@ -117,7 +119,7 @@ def verify_fast_path(
     with_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
-            database = find_database(conn)  # never created here: `workspace-tool init`
+            flavor = flavors.find(conn)  # never created here: `workspace-tool init`
             require_create(conn, "verify-fast-path builds scratch schemas (in a transaction rolled back)")
         checks: list[RangeCheck] = []
         token = uuid.uuid4().hex[:8]
@@ -130,7 +132,7 @@ def verify_fast_path(
                     outer = None
                 elif not committed and outer is None:
                     outer = conn.begin()
-                checks.append(_check(conn, chain, database, token, (from_rev, to_rev, fresh), committed=committed))
+                checks.append(_check(conn, chain, flavor, token, (from_rev, to_rev, fresh), committed=committed))
                 if on_check is not None:
                     on_check(checks[-1])
             if with_pool:
@@ -140,7 +142,7 @@ def verify_fast_path(
                     outer = None
                 elif not committed and outer is None:
                     outer = conn.begin()
-                checks.append(_check_pool(conn, chain, database, token, committed=committed))
+                checks.append(_check_pool(conn, chain, flavor, token, committed=committed))
                 if on_check is not None:
                     on_check(checks[-1])
         finally:
@@ -158,7 +160,7 @@ def _committed(chain: Chain, from_rev: str | None, to_rev: str | None, fresh: bo
 def _check(
     conn: Connection,
     chain: Chain,
-    database: Database,
+    flavor: Flavor,
     token: str,
     case: tuple[str | None, str | None, bool],
     *,
@@ -170,14 +172,14 @@ def _check(
 
     def side(schema: str, online: bool) -> AbstractContextManager[None]:
         plans = _plans(chain, from_rev, to_rev, fresh, online)
-        return _side(conn, chain, schema, database, plans, committed=committed)
+        return _side(conn, chain, schema, flavor, plans, committed=committed)
 
     differences = _compare_sides(conn, token, side, "fast path", committed=committed)
     kind = "fresh" if fresh else ("upgrade" if chain.is_upgrade(from_rev, to_rev) else "downgrade")
     return RangeCheck(from_rev, to_rev, kind, chain.plan(None if fresh else from_rev, to_rev).path, tuple(differences))
 
 
-def _check_pool(conn: Connection, chain: Chain, database: Database, token: str, *, committed: bool) -> RangeCheck:
+def _check_pool(conn: Connection, chain: Chain, flavor: Flavor, token: str, *, committed: bool) -> RangeCheck:
     """A spare built at head through the fast path under a spare's name and renamed, as a claim does, vs a
     schema built fresh online; anything left naming the spare's first name is a difference too. With a
     revision that can't run in a transaction (``committed``), both are built in parts, as spares are, and
@@ -187,12 +189,12 @@ def _check_pool(conn: Connection, chain: Chain, database: Database, token: str, 
     def side(schema: str, online: bool) -> Iterator[None]:
         if online:
             plans = [(chain.plan(None, chain.head, online=True), True)]
-            with _side(conn, chain, schema, database, plans, committed=committed):
+            with _side(conn, chain, schema, flavor, plans, committed=committed):
                 yield
             return
-        warm_pool.check_chain(chain, citus=database.citus)
+        warm_pool.check_chain(chain, flavor)
         spare = spare_name()
-        with _side(conn, chain, spare, database, [(chain.plan(None, chain.head), True)], committed=committed):
+        with _side(conn, chain, spare, flavor, [(chain.plan(None, chain.head), True)], committed=committed):
             found = warm_pool.rename_and_scan(conn, spare, schema)
             if found:
                 raise PoolRefused(found)
@@ -236,7 +238,7 @@ def _side(
     conn: Connection,
     chain: Chain,
     schema: str,
-    database: Database,
+    flavor: Flavor,
     plans: list[tuple[Plan, bool]],
     *,
     committed: bool,
@@ -244,12 +246,12 @@ def _side(
     """One side's scratch schema through its plans: in a savepoint (kept until the range's is rolled
     back), or committed and dropped after (``scratch_schema``)."""
     if committed:
-        with scratch_schema(conn, chain, schema, database.extension_schema, plans, citus=database.citus):
+        with scratch_schema(conn, chain, schema, flavor, plans):
             yield
         return
     with conn.begin_nested():
         for plan, create in plans:
-            run_plan(conn, chain, schema, database.extension_schema, plan, create_schema=create, citus=database.citus)
+            run_plan(conn, chain, schema, flavor, plan, create_schema=create)
         yield
 
 

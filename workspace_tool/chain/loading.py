@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # Alembic is imported when a chain is read through it (chain/
     from alembic.script import ScriptDirectory
 
 CONFIG_ENV = "WORKSPACE_TOOL_CONFIG"
-# alembic.ini [alembic]: a URL that bypasses the connection pooler (workspace_tool.pooler). Never recorded
+# alembic.ini [alembic]: a URL that bypasses the connection pooler (workspace_tool.flavor.pooler). Never recorded
 # with the chain's graph (chain/index.py), which the other workspace_* options are: it may hold a password.
 DIRECT_URL_OPTION = "workspace_direct_url"
 

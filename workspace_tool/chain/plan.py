@@ -1,8 +1,8 @@
 """A revision range as steps: compiled SQL statements to replay, or a range Alembic must run online.
 
 A Step's kind is explicit (``StepKind``); a new way for a revision to reach the database (a spare schema
-renamed from a pool, a revision that must run outside a transaction) is a new kind here, and the schema
-transaction (``workspace_tool.schema.transaction``) says how each kind is sent.
+renamed from a pool, a revision that must run outside a transaction) is a new kind here, and the schema's
+plan (``workspace_tool.schema.plan``) says where each kind goes, its senders (``schema.send``) how it is sent.
 
 A revision that can't run in a transaction is a step of its own (NON_TRANSACTIONAL: compiled, or
 ONLINE_NON_TRANSACTIONAL: through Alembic); ``split_version_statements`` takes Alembic's version-table

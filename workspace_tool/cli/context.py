@@ -51,7 +51,7 @@ class AppContext:
 
     @cached_property
     def direct_url(self) -> str | None:
-        """The URL that bypasses the pooler (see workspace_tool.pooler): --direct-url, else
+        """The URL that bypasses the pooler (see workspace_tool.flavor.pooler): --direct-url, else
         $WORKSPACE_TOOL_DIRECT_URL, else workspace_direct_url in alembic.ini; None when none is set."""
         from workspace_tool.chain.loading import DIRECT_URL_OPTION, main_option, resolve_config_path
         from workspace_tool.urls import DIRECT_URL_ENV
@@ -71,7 +71,7 @@ class AppContext:
         """An engine on the direct URL, when one is set (see ``direct_url``): trusted to be a session."""
         if self.direct_url is None:
             return None
-        from workspace_tool import pooler
+        from workspace_tool.flavor import pooler
 
         engine = self._engine(self.direct_url)
         pooler.trust(engine)

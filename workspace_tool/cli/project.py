@@ -71,7 +71,7 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
     """Each named project's schema, revision, state and last duration; with no ids, the fleet: counts by
     state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans, and the warm
     pool's spare schemas, counted apart. Read-only; on a database where nothing was provisioned yet it says
-    so (exit 0). On Citus, also the node (host:port) holding each schema."""
+    so (exit 0). On a distributed database, also the node (host:port) holding each schema."""
     statuses = app.manager.status(list(project_ids) or None)
     nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
@@ -87,7 +87,7 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
     else:
         rows = [s.as_dict() for s in statuses]
         columns = ["project_id", "schema", "revision", "state", "last_action", "last_duration_ms", "updated_at"]
-        if any(s.node for s in statuses):  # Citus: the worker holding each schema
+        if any(s.node for s in statuses):  # a distributed database: the node holding each schema
             columns.insert(2, "node")
         emit(rows, columns, as_json=as_json)
         if not rows and not as_json and not nothing_yet:

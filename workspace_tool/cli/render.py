@@ -76,7 +76,7 @@ def print_fleet_summary(summary: dict[str, Any]) -> None:
         click.echo(table(counts, ["state", "schemas"]))
         click.echo()
         click.echo(table(summary["revisions"], ["revision", "state", "schemas"]))
-    if summary["nodes"]:  # Citus: where the tenant schemas live
+    if summary["nodes"]:  # a distributed database: the node holding each schema
         click.echo()
         click.echo(table(summary["nodes"], ["node", "schemas"]))
     for key, title, columns in (

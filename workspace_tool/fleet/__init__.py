@@ -8,7 +8,7 @@ The order of a run (runner.py):
    over the run's connections); the operation decides per schema (``Operation.decide``): schemas already
    at the target with a matching registry row are skipped without any Alembic.
 3. The rest run in parallel (executors.py), one Migrator per connection (migrator.py): each schema's
-   transaction (``workspace_tool.schema.transaction``) is sent as ONE round trip when its range compiles
+   transaction (``workspace_tool.schema.plan``, ``schema.send``) is sent as ONE round trip when its range compiles
    and the schema is as read (the fast lane), else the careful way (lock, read, migrate). A lock timeout
    or a lost connection is retried with backoff, then reported; a failure leaves the schema at its old
    revision and marks its registry row ``failed``. After DEAD_AFTER schemas in a row failed on a lost

@@ -56,7 +56,7 @@ class StopRule:
             if not self.dead and self._in_a_row >= self.dead_after:
                 self.dead = True
                 node = unreachable_node(result.error)
-                lost = CONNECTION_LOST if node is None else f"Citus worker {node} is unreachable"
+                lost = CONNECTION_LOST if node is None else f"{node} is unreachable"
                 self.reason = self.reason or f"{lost}, {self.dead_after} schemas in a row failed on it"
             if self.reason is None and self.max_failures is not None and self.failed >= self.max_failures:
                 self.reason = self.limit_reason

@@ -15,15 +15,16 @@ from dataclasses import dataclass, replace
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import pooler, recycling, registry, transactions
+from workspace_tool import recycling, registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.dberrors import describe, is_connection_error, sqlstate, unreachable_node
+from workspace_tool.dberrors import LOCK_NOT_AVAILABLE, describe, is_connection_error, sqlstate, unreachable_node
 from workspace_tool.errors import LockTimeout, NonTransactionalFailed, WorkspaceNotFound
+from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.fleet.report import DROPPED_SINCE_READ, MOVED_BY_ANOTHER_RUN, SchemaResult, ms_since
 from workspace_tool.fleet.worker_engine import EngineFactory
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate, migrate_expected
 from workspace_tool.schema.operation import Operation, Work
-from workspace_tool.schema.transaction import Expected
+from workspace_tool.schema.plan import Expected
 from workspace_tool.sql import lock_timeout_statement
 from workspace_tool.urls import url_secrets
 from workspace_tool.vocabulary import Action, RegistryAction, Status
@@ -40,11 +41,10 @@ class RunOptions:
     target: str | None
     lock_timeout_ms: int
     retries: int
-    extension_schema: str
+    flavor: Flavor  # the database's, from the run's bootstrap
     adopt: bool = False
     worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
     pool: bool = False  # claim a missing schema from the warm pool first (provision)
-    citus: bool = False  # the database runs Citus (see schema/transaction.py)
     direct_worker_engine: EngineFactory | None = None  # processes: builds each worker's direct engine
     recycle_after: int = recycling.DEFAULT_RECYCLE_AFTER  # schemas per backend, then a new one (0: never)
 
@@ -52,7 +52,7 @@ class RunOptions:
 class Migrator:
     """Migrates one schema at a time on one held connection, replaced by a new one (a new backend) every
     ``options.recycle_after`` schemas (workspace_tool.recycling); a schema whose range needs a session (a
-    revision outside a transaction) on a held connection to ``direct`` when given (see workspace_tool.pooler).
+    revision outside a transaction) on a held connection to ``direct`` when given (see workspace_tool.flavor.pooler).
 
     Every lock wait is bounded by ``SET LOCAL lock_timeout`` in each transaction, never by a session
     setting: through a transaction pooler that would stay on a server connection for its next client."""
@@ -70,11 +70,9 @@ class Migrator:
         self.options = options
         self.how = Sending(
             chain,
-            options.extension_schema,
+            options.flavor.with_direct(direct is not None),
             lock_timeout_ms=options.lock_timeout_ms,
             pool=options.pool,
-            citus=options.citus,
-            direct=direct is not None,
         )
         self.cancel = cancel or threading.Event()
         self.direct = direct
@@ -139,7 +137,7 @@ class Migrator:
                 if connection:
                     self.close()  # a fresh connection for the retry or the next schema
                     lost = True
-                lock_timeout = isinstance(exc, LockTimeout) or sqlstate(exc) == "55P03"
+                lock_timeout = isinstance(exc, LockTimeout) or sqlstate(exc) == LOCK_NOT_AVAILABLE
                 if (lock_timeout or connection) and attempts <= options.retries and not self.cancel.is_set():
                     delay = min(MAX_BACKOFF_S, 0.1 * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
                     log.info(
@@ -157,7 +155,7 @@ class Migrator:
                 if lock_timeout:
                     message = f"lock timeout ({options.lock_timeout_ms} ms, {attempts} attempts): {message}"
                 elif node := unreachable_node(message):
-                    message = f"Citus worker {node} unreachable ({attempts} attempts): {message}"
+                    message = f"{node} unreachable ({attempts} attempts): {message}"
                 elif connection:
                     message = f"database connection lost ({attempts} attempts): {message}"
                 log.info("%s: failed after %.1f ms: %s", work.schema, ms_since(started), message)
@@ -193,7 +191,7 @@ class Migrator:
         try:
             return migrate(self.connection(), self.how, what)
         except pooler.UseDirect:
-            return migrate(self.direct_connection(), replace(self.how, direct=False), what)
+            return migrate(self.direct_connection(), replace(self.how, flavor=self.how.flavor.with_direct(False)), what)
 
     def _gone(self, work: Work, started: float, attempts: int) -> SchemaResult:
         """The batch read saw the schema; under its lock it is not there: dropped since (by the application,

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import recycling, registry, transactions
 from workspace_tool.dberrors import is_connection_error
-from workspace_tool.naming import SCHEMA_PREFIX, is_project_schema, project_for, schema_for
+from workspace_tool.naming import SCHEMA_LIKE, is_project_schema, project_for, schema_for
 from workspace_tool.schema.state import SchemaRecord
 from workspace_tool.sql import quote_ident
 
@@ -32,7 +32,6 @@ VERSION_BATCH = 200
 T = TypeVar("T")
 VersionsReader = Callable[[list[str]], dict[str, str | None]]
 log = logging.getLogger(__name__)
-_PREFIX = SCHEMA_PREFIX.replace("_", r"\_") + "%"  # LIKE: project schemas ('_' matched literally)
 
 _SCHEMAS = text(
     "SELECT n.nspname, c.oid IS NOT NULL AS has_version FROM pg_namespace n "
@@ -129,9 +128,9 @@ def _rows_and_schemas(
     if not has_registry:
         return {}, project_schemas(conn)
     if project_ids is None:
-        found = conn.execute(_ROWS_AND_SCHEMAS, {"prefix": _PREFIX})
+        found = conn.execute(_ROWS_AND_SCHEMAS, {"prefix": SCHEMA_LIKE})
     else:
-        found = conn.execute(_SOME_ROWS_AND_SCHEMAS, {"prefix": _PREFIX, "ids": list(project_ids)})
+        found = conn.execute(_SOME_ROWS_AND_SCHEMAS, {"prefix": SCHEMA_LIKE, "ids": list(project_ids)})
     rows: dict[str, Any] = {}
     schemas: dict[str, bool] = {}
     for row in found:
@@ -166,30 +165,9 @@ def _look_again(
     return gone
 
 
-# Citus: the worker holding each tenant project schema (where its tables' shards are placed), from Citus's
-# catalog tables (in pg_catalog: found whatever the search_path; public.citus_schemas has no node, and
-# citus_shards asks every node for shard sizes). An ordinary schema, or a tenant one with no table yet, has
-# no node. Only asked when the database runs Citus (the tables exist only there).
-_NODES = text(
-    "SELECT n.nspname, d.nodename, d.nodeport FROM pg_dist_schema s JOIN pg_namespace n ON n.oid = s.schemaid "
-    "JOIN LATERAL (SELECT pl.groupid FROM pg_dist_partition p "
-    "              JOIN pg_dist_shard sh ON sh.logicalrelid = p.logicalrelid "
-    "              JOIN pg_dist_placement pl ON pl.shardid = sh.shardid "
-    "              WHERE p.colocationid = s.colocationid LIMIT 1) g ON true "
-    "JOIN pg_dist_node d ON d.groupid = g.groupid AND d.noderole = 'primary' "
-    "WHERE n.nspname LIKE :prefix"
-)
-
-
-def read_nodes(conn: Connection) -> dict[str, str]:
-    """On Citus: project schema -> 'host:port' of the node holding it (tenant schemas with a table)."""
-    rows = conn.execute(_NODES, {"prefix": _PREFIX}).all()
-    return {str(r[0]): f"{r[1]}:{r[2]}" for r in rows}
-
-
 def project_schemas(conn: Connection) -> dict[str, bool]:
     """Every schema named like a project schema -> whether it has an alembic_version table."""
-    rows = conn.execute(_SCHEMAS, {"prefix": _PREFIX}).all()
+    rows = conn.execute(_SCHEMAS, {"prefix": SCHEMA_LIKE}).all()
     return {r[0]: bool(r[1]) for r in rows if is_project_schema(r[0])}
 
 

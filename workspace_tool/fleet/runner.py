@@ -15,11 +15,11 @@ from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
 from workspace_tool import pool as warm_pool
-from workspace_tool import pooler, recycling, reference, registry, transactions
+from workspace_tool import recycling, reference, registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.database import DEFAULT_EXTENSION_SCHEMA
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
+from workspace_tool.flavor import pooler
 from workspace_tool.fleet import worker_engine as worker_engines
 from workspace_tool.fleet.executors import StopRule, Tracker, run_processes, run_threads
 from workspace_tool.fleet.migrator import RunOptions
@@ -39,7 +39,7 @@ from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation, Verdict, Work
-from workspace_tool.schema.transaction import Expected, SchemaTransaction
+from workspace_tool.schema.plan import Expected, SchemaPlan
 from workspace_tool.vocabulary import Path, Stage, Status
 
 DEFAULT_LOCK_TIMEOUT_MS = 5000
@@ -126,7 +126,7 @@ def run(
     ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``).
 
     ``direct_engine``: an engine that bypasses the connection pooler ``engine`` may go through (see
-    workspace_tool.pooler). The schemas whose range holds a revision that runs outside a transaction are
+    workspace_tool.flavor.pooler). The schemas whose range holds a revision that runs outside a transaction are
     migrated on its connections (and the reference for `check` is built there); without it, such a run
     through a pooler is refused (SessionRequired) before any schema is migrated."""
     started = time.perf_counter()
@@ -160,8 +160,8 @@ def run(
     resolved = chain.resolve(target)
     cache_key = cache.database_key(engine.url, chain.config_path)
     with translating(engine.url), transactions.connect(engine) as conn:
-        database = registry.bootstrap(conn)  # the registry's own chain first, serially
-        cache.set_bootstrapped(cache_key, database)
+        flavor = registry.bootstrap(conn)  # the registry's own chain first, serially
+        cache.set_bootstrapped(cache_key, flavor)
         with conn.begin():
             read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle))
     staging.check_known(read)
@@ -198,11 +198,10 @@ def run(
             resolved,
             lock_timeout_ms,
             retries,
-            database.extension_schema,
+            flavor,
             adopt,
             worker_engine,
             use_pool,
-            citus=database.citus,
             direct_worker_engine=direct_worker,
             recycle_after=recycle,
         )
@@ -369,7 +368,7 @@ def sql(
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     selection: Selection | None = None,
 ) -> list[SchemaSQL]:
-    """Per schema, the transaction ``upgrade``/``downgrade`` would send (``SchemaTransaction.render``):
+    """Per schema, the transaction ``upgrade``/``downgrade`` would send (``SchemaPlan.render``):
     the one round trip the fleet sends when the range compiles, which psql can run as it is. Read-only:
     nothing is created or changed, not even the registry. Only the schemas ``selection`` selects (stages
     don't change what a schema's transaction is: every schema a run could start is rendered)."""
@@ -381,10 +380,9 @@ def sql(
         probe = conn.execute(registry.PROBE).one()
         records = read_fleet(conn, ids, versions_of)
         conn.rollback()
-    extension_schema = probe.ext_schema or DEFAULT_EXTENSION_SCHEMA
     if selection is not None:
         records = selection.apply(records, chain)
-    how = Sending(chain, extension_schema, lock_timeout_ms=lock_timeout_ms, citus=bool(probe.citus))
+    how = Sending(chain, registry.probed(probe), lock_timeout_ms=lock_timeout_ms)
     scripts = []
     for record in records:
         decided = operation.decide(chain, record, resolved, named=ids is not None)
@@ -392,7 +390,7 @@ def sql(
             note = decided.note or decided.error
             scripts.append(SchemaSQL(record.project_id, record.schema, record.version, resolved, Path.NONE, None, note))
             continue
-        transaction = _transaction(how, decided, operation, resolved)
+        schema_plan = _plan(how, decided, operation, resolved)
         plan = chain.plan(decided.from_revision, resolved)
         header = (
             f"{decided.schema} (project {decided.project_id}): {decided.from_revision or 'base'} -> "
@@ -405,15 +403,15 @@ def sql(
                 decided.from_revision,
                 resolved,
                 plan.path,
-                transaction.render(chain, header),
+                schema_plan.render(chain, header),
             )
         )
     return scripts
 
 
-def _transaction(how: Sending, work: Work, operation: Operation, target: str | None) -> SchemaTransaction:
-    """The transaction a run would send for ``work``: its fast lane when there is one, else the careful
-    path's (which reads the schema under its lock first, so its registry row is unguarded)."""
+def _plan(how: Sending, work: Work, operation: Operation, target: str | None) -> SchemaPlan:
+    """The plan a run would send for ``work``: its fast lane when there is one, else the careful path's
+    (which reads the schema under its lock first, so its registry row is unguarded)."""
     what = Migration(work.project_id, work.schema, target, operation)
-    transaction = fast_lane(how, what, Expected(work.exists, work.from_revision))
-    return transaction or planned(how, what, work.from_revision, exists=work.exists)
+    lane = fast_lane(how, what, Expected(work.exists, work.from_revision))
+    return lane or planned(how, what, work.from_revision, exists=work.exists)

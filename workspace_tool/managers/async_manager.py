@@ -24,11 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 from typing_extensions import Unpack
 
-from workspace_tool import pool, pooler, reference, registry, transactions
+from workspace_tool import pool, reference, registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.database import Database
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
+from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.managers import cache, sessions
 from workspace_tool.managers.core import EnsureCore, EnsureOptions, has_registry, registry_rows, status_reader
 from workspace_tool.managers.sync_manager import ConfigPath
@@ -111,12 +111,14 @@ class AsyncWorkspaceManager:
             return call.result
         if call.verify and (answer := self._core.verified(call, await self._read_version(call.schema))) is not None:
             return answer
-        database = await self._database()
-        work = self._core.work(call, database, direct=self.direct_engine is not None)
+        flavor = await self._flavor()
+        work = self._core.work(call, flavor.with_direct(self.direct_engine is not None))
         try:
             result = await self._migrate(call.schema, work)
         except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
-            result = await self._migrate(call.schema, self._core.work(call, database), self.direct_engine)
+            result = await self._migrate(
+                call.schema, self._core.work(call, flavor.with_direct(False)), self.direct_engine
+            )
         return self._core.finished(call, result)
 
     async def _migrate(
@@ -141,16 +143,16 @@ class AsyncWorkspaceManager:
     async def bootstrap(self, force: bool = False) -> str:
         """Create or migrate the registry and the vector extension (once per process); return the
         extension's schema."""
-        return (await self._database(force)).extension_schema
+        return (await self._flavor(force)).extension_schema
 
-    async def _database(self, force: bool = False) -> Database:
-        """The bootstrapped database (extension schema, Citus), cached per process."""
-        database = None if force else cache.bootstrapped(self.cache_key)
-        if database is None:
+    async def _flavor(self, force: bool = False) -> Flavor:
+        """The database's flavor (with the extension's schema), from its bootstrap, cached per process."""
+        flavor = None if force else cache.bootstrapped(self.cache_key)
+        if flavor is None:
             async with _online_lock():
-                database = await self._run(None, registry.bootstrap)
-            cache.set_bootstrapped(self.cache_key, database)
-        return database
+                flavor = await self._run(None, registry.bootstrap)
+            cache.set_bootstrapped(self.cache_key, flavor)
+        return flavor
 
     async def init(self) -> str:
         """`workspace-tool init`: bootstrap (again), and store the reference catalog `check` compares

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from sqlalchemy.engine import URL
 
-from workspace_tool.database import Database
+from workspace_tool.flavor import Flavor
 
 # database key -> {project_id: schema} for projects at the chain's head
 _READY: dict[str, dict[str, str]] = {}
-# database key -> the vector extension's schema and Citus, once the registry is known to be ready
-_BOOTSTRAPPED: dict[str, Database] = {}
+# database key -> its flavor (with the vector extension's schema), once the registry is known to be ready
+_BOOTSTRAPPED: dict[str, Flavor] = {}
 
 
 def database_key(url: URL, config_path: object) -> str:
@@ -49,9 +49,9 @@ def clear() -> None:
     _BOOTSTRAPPED.clear()
 
 
-def bootstrapped(key: str) -> Database | None:
+def bootstrapped(key: str) -> Flavor | None:
     return _BOOTSTRAPPED.get(key)
 
 
-def set_bootstrapped(key: str, database: Database) -> None:
-    _BOOTSTRAPPED[key] = database
+def set_bootstrapped(key: str, flavor: Flavor) -> None:
+    _BOOTSTRAPPED[key] = flavor

@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 
 from workspace_tool import recycling, registry
 from workspace_tool.chain import Chain
-from workspace_tool.database import Database
+from workspace_tool.flavor import Flavor
 from workspace_tool.fleet.reader import VersionsReader
 from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
@@ -104,13 +104,12 @@ class EnsureCore:
         self.ready.pop(call.migration.project_id, None)
         return None
 
-    def work(self, call: Ensure, database: Database, *, direct: bool = False) -> Callable[[Connection], EnsureResult]:
+    def work(self, call: Ensure, flavor: Flavor) -> Callable[[Connection], EnsureResult]:
         """What to run on a connection: the careful path (schema/migrate.py), which claims a spare from the
-        warm pool for a missing schema when the pool is on. ``direct``: the manager has a direct engine,
-        where a range that needs a session goes (pooler.UseDirect is raised for it, nothing changed)."""
-        how = Sending(
-            self.chain, database.extension_schema, pool=self.warm_pool > 0, citus=database.citus, direct=direct
-        )
+        warm pool for a missing schema when the pool is on. With a direct connection configured
+        (``flavor.direct``: the manager has a direct engine), a range that needs a session raises
+        pooler.UseDirect, nothing changed, for the manager to run it there."""
+        how = Sending(self.chain, flavor, pool=self.warm_pool > 0)
         return lambda conn: migrate(conn, how, call.migration, started=call.started)
 
     def finished(self, call: Ensure, result: EnsureResult) -> EnsureResult:

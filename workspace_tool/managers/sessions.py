@@ -37,7 +37,7 @@ from sqlalchemy import Connection, Engine, event, text
 from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import transactions
-from workspace_tool.dberrors import sqlstate
+from workspace_tool.dberrors import INVALID_SCHEMA_NAME, UNDEFINED_TABLE, sqlstate
 from workspace_tool.errors import ConfigurationError, WorkspaceNotFound
 from workspace_tool.naming import schema_for
 from workspace_tool.sql import search_path_sql
@@ -162,7 +162,7 @@ def refuse_autocommit(conn: Connection, options: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------- a project dropped elsewhere
-MISSING_SQLSTATES = {"3F000", "42P01"}  # invalid_schema_name, undefined_table
+MISSING_SQLSTATES = {INVALID_SCHEMA_NAME, UNDEFINED_TABLE}
 _SCHEMA_EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :schema)")
 
 

@@ -12,11 +12,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import pool, pooler, recycling, reference, registry, transactions
+from workspace_tool import pool, recycling, reference, registry, transactions
 from workspace_tool.chain import Chain
-from workspace_tool.database import Database
-from workspace_tool.dberrors import translating
+from workspace_tool.dberrors import sqlstate, translating
 from workspace_tool.errors import ConfigurationError
+from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.fleet.reader import versions_reader
 from workspace_tool.jobs import spare_jobs
 from workspace_tool.managers import cache, sessions
@@ -50,7 +50,7 @@ class WorkspaceManager:
     through (PgBouncer in transaction mode, ...): a migration with a revision that runs outside a
     transaction needs a session and runs there, as does building the reference ``init`` stores; the rest
     runs on ``engine``. Without it such a migration through a pooler raises SessionRequired, nothing
-    changed (see workspace_tool.pooler).
+    changed (see workspace_tool.flavor.pooler).
     ``scoped_engines``: how many projects' engines ``connect``/``session`` keep, the most recently used
     (default: ``workspace_scoped_engines`` in alembic.ini, else 1,000; see workspace_tool.managers.sessions).
     """
@@ -109,12 +109,14 @@ class WorkspaceManager:
             return call.result
         if call.verify and (answer := self._core.verified(call, self._probe_version(call.schema))) is not None:
             return answer
-        database = self._database()
-        work = self._core.work(call, database, direct=self.direct_engine is not None)
+        flavor = self._flavor()
+        work = self._core.work(call, flavor.with_direct(self.direct_engine is not None))
         try:
             result = self._on_connection(call.schema, work)
         except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
-            result = self._on_connection(call.schema, self._core.work(call, database), self.direct_engine)
+            result = self._on_connection(
+                call.schema, self._core.work(call, flavor.with_direct(False)), self.direct_engine
+            )
         return self._core.finished(call, result)
 
     def _probe_version(self, schema: str) -> str | None:
@@ -140,7 +142,7 @@ class WorkspaceManager:
                 return None
             except Exception as exc:
                 if type(exc).__module__.startswith("psycopg2"):
-                    if getattr(exc, "pgcode", None) is None:  # a broken connection, not a missing table
+                    if sqlstate(exc) is None:  # a broken connection, not a missing table
                         self._close_probe()
                     return None
                 raise
@@ -156,15 +158,15 @@ class WorkspaceManager:
     def bootstrap(self, force: bool = False) -> str:
         """Create or migrate the registry and the vector extension (once per process); return the
         extension's schema."""
-        return self._database(force).extension_schema
+        return self._flavor(force).extension_schema
 
-    def _database(self, force: bool = False) -> Database:
-        """The bootstrapped database (extension schema, Citus), cached per process."""
-        database = None if force else cache.bootstrapped(self.cache_key)
-        if database is None:
-            database = self._on_connection(None, registry.bootstrap)
-            cache.set_bootstrapped(self.cache_key, database)
-        return database
+    def _flavor(self, force: bool = False) -> Flavor:
+        """The database's flavor (with the extension's schema), from its bootstrap, cached per process."""
+        flavor = None if force else cache.bootstrapped(self.cache_key)
+        if flavor is None:
+            flavor = self._on_connection(None, registry.bootstrap)
+            cache.set_bootstrapped(self.cache_key, flavor)
+        return flavor
 
     def init(self) -> str:
         """`workspace-tool init`: bootstrap (again), and store the reference catalog `check` compares

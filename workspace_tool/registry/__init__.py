@@ -6,6 +6,7 @@ from workspace_tool.registry.bootstrap import (
     RegistryChain,
     bootstrap,
     present,
+    probed,
     registry_ready,
 )
 from workspace_tool.registry.table import (
@@ -15,6 +16,7 @@ from workspace_tool.registry.table import (
     REGISTRY_TABLE,
     SELECT_ALL,
     RegistryRow,
+    expect_version_sql,
     upsert_sql,
 )
 
@@ -29,7 +31,9 @@ __all__ = [
     "RegistryChain",
     "RegistryRow",
     "bootstrap",
+    "expect_version_sql",
     "present",
+    "probed",
     "registry_ready",
     "upsert_sql",
 ]

@@ -14,13 +14,14 @@ from typing import Any
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
+from workspace_tool import flavor as flavors
 from workspace_tool import transactions
 from workspace_tool.chain import ALEMBIC_LOCK
-from workspace_tool.database import CITUS, DEFAULT_EXTENSION_SCHEMA, Database, check_extension_schema
 from workspace_tool.dberrors import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
-from workspace_tool.errors import ConfigurationError, PermissionDenied, RegistryError
+from workspace_tool.errors import PermissionDenied, RegistryError
+from workspace_tool.flavor import DEFAULT_EXTENSION_SCHEMA, Flavor, check_extension_schema
 from workspace_tool.registry.table import REGISTRY_SCHEMA
-from workspace_tool.sql import CITUS_NOT_TENANT, LOCK_SQL, REGISTRY_LOCK_KEY, quote_ident, sql_literal
+from workspace_tool.sql import LOCK_SQL, REGISTRY_LOCK_KEY, quote_ident
 
 VERSION_TABLE = "workspace_registry_version"
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -30,14 +31,15 @@ _REVISION_LINE = re.compile(r"^(revision|down_revision)\s*=\s*(.+?)\s*$", re.MUL
 log = logging.getLogger(__name__)
 
 
-# One round trip tells whether anything needs doing (registry version and extension schema), and whether
-# the database runs Citus.
+# One round trip tells whether anything needs doing (registry version and extension schema), and the
+# database's flavor (workspace_tool.flavor): it is made here, once per database.
 PROBE = text(
     "SELECT (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
     "        WHERE e.extname = 'vector') AS ext_schema, "
     "       (SELECT EXISTS (SELECT 1 FROM pg_extension e JOIN pg_class c ON c.relnamespace = e.extnamespace "
     "        WHERE e.extname = 'vector' AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))) AS ext_has_tables, "
-    f"       to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL AS has_registry, {CITUS} AS citus"
+    f"       to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL AS has_registry, "
+    f"       {flavors.KIND_SQL} AS flavor"
 )
 READ_VERSION = text(f"SELECT version_num FROM {REGISTRY_SCHEMA}.{VERSION_TABLE}")
 
@@ -101,44 +103,49 @@ def present(conn: Connection) -> bool:
     return True
 
 
-def registry_ready(conn: Connection) -> Database | None:
-    """The database (extension schema, Citus) if the registry and the extension are ready, else None.
-    Read-only."""
+def probed(row: Any) -> Flavor:
+    """The flavor the probe's row says, with the extension's schema (the default one, not created yet)."""
+    return flavors.of_kind(str(row.flavor), str(row.ext_schema or DEFAULT_EXTENSION_SCHEMA))
+
+
+def registry_ready(conn: Connection) -> Flavor | None:
+    """The database's flavor (with the extension's schema) if the registry and the extension are ready,
+    else None. Read-only."""
     row = conn.execute(PROBE).one()
     if row.ext_schema is None or not row.has_registry:
         return None
     check_extension_schema(row.ext_schema, row.ext_has_tables)
-    if row.citus:
-        check_not_tenants(conn, row.ext_schema)
+    flavor = probed(row)
+    flavor.check_registry_placement(conn, [REGISTRY_SCHEMA, flavor.extension_schema])
     version = conn.execute(READ_VERSION).scalar()
-    return Database(str(row.ext_schema), bool(row.citus)) if RegistryChain.get().check(version) else None
+    return flavor if RegistryChain.get().check(version) else None
 
 
-def bootstrap(conn: Connection) -> Database:
-    """Create or migrate the registry and the vector extension, under one lock; return the extension's
-    schema and whether the database runs Citus. Runs in its own transaction on ``conn`` (which must not
-    be in one) and commits it.
+def bootstrap(conn: Connection) -> Flavor:
+    """Create or migrate the registry and the vector extension, under one lock; return the database's
+    flavor, with the extension's schema. Runs in its own transaction on ``conn`` (which must not be in
+    one) and commits it.
 
-    On Citus the registry and the extension's schema are ordinary schemas of the coordinator, never tenant
-    schemas, whatever the role's ``citus.enable_schema_based_sharding``: the registry is a plain table of
-    the coordinator, written in the same transaction as each project schema's change.
+    The registry lives where the flavor says (``before_registry_schema``, ``check_registry_placement``):
+    on a distributed database, ordinary schemas of the coordinator, whose tables are written in the same
+    transaction as each project schema's change.
 
     A role without the privileges this needs gets PermissionDenied naming them: USAGE on the registry and
     on the extension's schema; a privileged role's `workspace-tool init` when something must be created or
     migrated."""
     transactions.require(conn)
     try:
-        database = registry_ready(conn)
-        usable = database is None or conn.execute(_USABLE, {"schema": database.extension_schema}).scalar()
+        flavor = registry_ready(conn)
+        usable = flavor is None or conn.execute(_USABLE, {"schema": flavor.extension_schema}).scalar()
     except DBAPIError as exc:
         if is_permission_error(exc):
             raise _registry_denied(conn, exc) from exc
         raise
     conn.rollback()
-    if database is None:
+    if flavor is None:
         started = time.perf_counter()
         try:
-            database = _set_up(conn)
+            flavor = _set_up(conn)
         except DBAPIError as exc:
             if is_permission_error(exc):
                 raise _init_needed(conn, exc) from exc
@@ -147,68 +154,42 @@ def bootstrap(conn: Connection) -> Database:
             "registry %s at %s, vector extension in %s%s: set up in %.0f ms",
             REGISTRY_SCHEMA,
             RegistryChain.get().head,
-            database.extension_schema,
-            " (Citus)" if database.citus else "",
+            flavor.extension_schema,
+            "" if flavor.name == Flavor.name else f" ({flavor.name})",
             (time.perf_counter() - started) * 1000,
         )
-        usable = conn.execute(_USABLE, {"schema": database.extension_schema}).scalar()
+        usable = conn.execute(_USABLE, {"schema": flavor.extension_schema}).scalar()
         conn.rollback()
     else:
-        log.debug("registry %s ready, vector extension in %s", REGISTRY_SCHEMA, database.extension_schema)
+        log.debug("registry %s ready, vector extension in %s", REGISTRY_SCHEMA, flavor.extension_schema)
     if not usable:  # the search_path would silently skip it: "type vector does not exist"
-        raise _extension_denied(conn, database.extension_schema)
-    return database
+        raise _extension_denied(conn, flavor.extension_schema)
+    return flavor
 
 
 _USABLE = text("SELECT has_schema_privilege(:schema, 'USAGE')")
 
 
-def _set_up(conn: Connection) -> Database:
+def _set_up(conn: Connection) -> Flavor:
     with conn.begin():
         conn.execute(text(LOCK_SQL), {"key": REGISTRY_LOCK_KEY})
         row = conn.execute(PROBE).one()
-        if row.citus:
-            # Every time, not only the first: with sharding on, CREATE SCHEMA IF NOT EXISTS turns an
-            # existing ordinary schema into a tenant schema (and the registry's next tables with it).
-            conn.execute(text(CITUS_NOT_TENANT))
-            check_not_tenants(conn, row.ext_schema)
-        ext_schema = row.ext_schema
-        if ext_schema is None:
-            ext_schema = DEFAULT_EXTENSION_SCHEMA
-            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(ext_schema)}"))
-            conn.execute(text(f"CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA {quote_ident(ext_schema)}"))
+        flavor = probed(row)
+        for statement in flavor.before_registry_schema():
+            conn.execute(text(statement))
+        flavor.check_registry_placement(conn, [REGISTRY_SCHEMA, flavor.extension_schema])
+        if row.ext_schema is None:
+            ext_schema = quote_ident(flavor.extension_schema)
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {ext_schema}"))
+            conn.execute(text(f"CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA {ext_schema}"))
         else:
-            check_extension_schema(ext_schema, row.ext_has_tables)
+            check_extension_schema(row.ext_schema, row.ext_has_tables)
         conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {REGISTRY_SCHEMA}"))
         chain = RegistryChain.get()
         version = conn.execute(READ_VERSION).scalar() if row.has_registry else None
         if not chain.check(version):
             chain.upgrade(conn)
-    return Database(str(ext_schema), bool(row.citus))
-
-
-def check_not_tenants(conn: Connection, extension_schema: str | None) -> None:
-    """On Citus: raise, saying how to undo it, if the registry or the extension's schema is a tenant schema
-    (what an earlier workspace-tool made of them when the role's schema-based sharding was on)."""
-    names = [REGISTRY_SCHEMA, extension_schema or DEFAULT_EXTENSION_SCHEMA]
-    listed = ", ".join(sql_literal(n) for n in names)
-    found = (
-        conn.execute(
-            text(
-                "SELECT n.nspname FROM pg_dist_schema s JOIN pg_namespace n ON n.oid = s.schemaid "
-                f"WHERE n.nspname IN ({listed}) ORDER BY 1"
-            )
-        )
-        .scalars()
-        .all()
-    )
-    if found:
-        undo = "; ".join(f"SELECT citus_schema_undistribute({sql_literal(n)})" for n in found)
-        raise ConfigurationError(
-            f"{' and '.join(found)} {'is a' if len(found) == 1 else 'are'} Citus tenant schema"
-            f"{'' if len(found) == 1 else 's'}, placed on a worker, but must stay on the coordinator: "
-            f"run {undo} on the coordinator, then rerun"
-        )
+    return flavor
 
 
 def _registry_denied(conn: Connection, exc: DBAPIError) -> PermissionDenied:

@@ -1,6 +1,6 @@
 """project_registry.workspace_config: the table of projects, its rows, and the SQL that reads and writes them.
 
-A row is written in the same transaction as the schema change it records (see schema/transaction.py).
+A row is written in the same transaction as the schema change it records (see schema/plan.py).
 """
 
 from __future__ import annotations
@@ -49,6 +49,16 @@ MARK_FAILED = text(
     "updated_at = now() WHERE project_id = :project_id"
 )
 DELETE = text(f"DELETE FROM {REGISTRY_TABLE} WHERE project_id = :project_id")
+
+
+EXPECT_VERSION_FUNCTION = f"{REGISTRY_SCHEMA}.expect_version"  # r0005
+
+
+def expect_version_sql(found: str, schema: str, version: str | None) -> str:
+    """The guard of a transaction sent without reading ``schema`` first (r0005's function): raises SQLSTATE
+    dberrors.STATE_CHANGED, rolling the transaction back, unless ``found`` (a SQL boolean: the version
+    moved from ``version``, the one read) holds."""
+    return f"{EXPECT_VERSION_FUNCTION}({found}, {sql_literal(schema)}, {sql_literal(version)})"
 
 
 # The same upsert as literal SQL, to ride at the end of a migration batch (one round trip less). The

@@ -1,10 +1,11 @@
 """Bring one project schema to a revision: the careful path (lock, read, decide, run) and the fleet's fast
-lane (one round trip, guarded), both sending one SchemaTransaction (schema/transaction.py).
+lane (one round trip, guarded), both sending one schema plan (schema/plan.py) through the senders
+(schema/send.py).
 
 The careful path is what ``WorkspaceManager.ensure`` runs (``ProjectWorkspaceManager`` through
 ``AsyncConnection.run_sync``), and what a fleet run falls back to when the fast lane doesn't apply. It
 is also the one way a range with a revision that can't run in a transaction is run: in parts, under the
-schema's session lock (``SchemaTransaction.run_in_parts``).
+schema's session lock (``send.run_in_parts``).
 """
 
 from __future__ import annotations
@@ -14,19 +15,19 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import pooler, registry, transactions
+from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.dberrors import DEADLOCK_DETECTED, sqlstate
-from workspace_tool.schema import roles
+from workspace_tool.dberrors import DEADLOCK_DETECTED, LOCK_NOT_AVAILABLE, STATE_CHANGED, sqlstate
+from workspace_tool.flavor import Flavor
+from workspace_tool.schema import roles, send
 from workspace_tool.schema.operation import ENSURE, Operation
-from workspace_tool.schema.state import check_managed, read_state
-from workspace_tool.schema.transaction import STATE_CHANGED, Expected, RegistryRecord, SchemaTransaction, hold_lock
-from workspace_tool.sql import lock_schema, lock_timeout_statements, quote_ident
+from workspace_tool.schema.plan import Expected, RegistryRecord, SchemaPlan
+from workspace_tool.schema.state import check_managed, lock_and_read_state, read_state
+from workspace_tool.sql import drop_schema_cascade, lock_schema
 from workspace_tool.vocabulary import Action, Path, RegistryAction
 
 DEADLOCK_ATTEMPTS = 5  # the careful path's attempts at a migration PostgreSQL rolls back for a deadlock
@@ -62,29 +63,33 @@ class Migration:
 
 @dataclass(frozen=True)
 class Sending:
-    """How to reach the database: the chain, the extension's schema (on the search_path), the bound on
-    every lock wait, everything online (the reference the fast path is verified against), sending
-    statement by statement, Citus (tenant schemas, sent statement by statement: see SchemaTransaction),
-    claiming a missing schema from the warm pool first (``pool``), and whether a direct connection is
-    configured for what needs a session (``direct``: a range with a revision that runs outside a
-    transaction then raises pooler.UseDirect, with nothing changed, for the caller to run it there)."""
+    """How to reach the database: the chain, the database's flavor (the extension's schema on the
+    search_path, how statements are sent, whether a direct connection is configured for what needs a
+    session: a range with a revision that runs outside a transaction then raises pooler.UseDirect, with
+    nothing changed, for the caller to run it there), the bound on every lock wait, everything online (the
+    reference the fast path is verified against), sending statement by statement, and claiming a missing
+    schema from the warm pool first (``pool``)."""
 
     chain: Chain
-    extension_schema: str
+    flavor: Flavor
     lock_timeout_ms: int | None = None
     online: bool = False
     statement_by_statement: bool = False
     pool: bool = False
-    citus: bool = False
-    direct: bool = False
 
 
 def claims(how: Sending, what: Migration) -> bool:
     """Whether a missing schema is first claimed from the warm pool (workspace_tool.pool): the pool is on
-    (never on Citus: see pool.py), the operation creates schemas and the target is head, where spares are
-    built (so a claim is exactly what creating it would do). No spare: the schema is built as before, in
-    the same transaction."""
-    return how.pool and not how.citus and not how.online and what.operation.creates and what.target == how.chain.head
+    (and the flavor supports it: see pool.py), the operation creates schemas and the target is head, where
+    spares are built (so a claim is exactly what creating it would do). No spare: the schema is built as
+    before, in the same transaction."""
+    return (
+        how.pool
+        and how.flavor.spares_refused is None
+        and not how.online
+        and what.operation.creates
+        and what.target == how.chain.head
+    )
 
 
 def migrate(conn: Connection, how: Sending, what: Migration, *, started: float | None = None) -> EnsureResult:
@@ -97,8 +102,8 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
 
     A range with a revision that can't run in a transaction: the session's lock is taken too before that
     transaction ends (having decided nothing), and the range is run in parts under it. That needs a
-    session (``pooler.require_session``): with ``how.direct`` pooler.UseDirect is raised instead, and
-    through a pooler SessionRequired, both after a rollback (nothing changed).
+    session (``Flavor.require_session``): with a direct connection configured pooler.UseDirect is raised
+    instead, and through a pooler SessionRequired, both after a rollback (nothing changed).
 
     A deadlock (SQLSTATE 40P01: PostgreSQL rolled this side back) is run again, up to DEADLOCK_ATTEMPTS
     times in all: it is what waiting for the schema's lock ends in while another session builds an index
@@ -126,9 +131,7 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
                 return _logged(claimed, "claimed from the warm pool")
             state = read_state(conn, what.project_id, schema)  # under the lock the claim took
         else:
-            state = read_state(
-                conn, what.project_id, schema, lock=True, lock_timeout_ms=how.lock_timeout_ms, citus=how.citus
-            )
+            state = lock_and_read_state(conn, what.project_id, schema, how.flavor, how.lock_timeout_ms)
         sending = f"careful path (lock and state read {_ms(locking):.1f} ms)"  # the lock wait included
         current = state.version
         what.operation.check(chain, what.project_id, schema, current, what.target, exists=state.exists)
@@ -137,32 +140,29 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
         if action is Action.CURRENT and state.recorded_ready_at(current) and not grants:
             result = EnsureResult(what.project_id, schema, action, current, what.target, _ms(started), Path.NONE)
             return _logged(result, sending)
-        plan = chain.plan(current, what.target, online=how.online) if action is not Action.CURRENT else None
-        path = Path.NONE if plan is None else plan.path
+        range_ = chain.plan(current, what.target, online=how.online) if action is not Action.CURRENT else None
+        path = Path.NONE if range_ is None else range_.path
         recorded_as = RegistryAction.ADOPT if adopted else RegistryAction.recording(action)
-        transaction = SchemaTransaction(
+        plan = SchemaPlan(
             schema,
-            how.extension_schema,
-            () if plan is None else plan.steps,
-            lock_timeout_ms=how.lock_timeout_ms,  # read_state bounded this transaction; the parts each their own
+            how.flavor,
+            () if range_ is None else range_.steps,
+            lock_timeout_ms=how.lock_timeout_ms,  # the state read bounded this transaction; the parts each their own
             create_schema=not state.exists,
             grants=grants,
             record=RegistryRecord(what.project_id, what.target, recorded_as, path),
-            citus=how.citus,
         )
-        recorded: object = None
-        if transaction.in_one_transaction:
-            recorded = transaction.run(conn, chain, lock_held=True, statement_by_statement=how.statement_by_statement)
+        sent = send.Sent()
+        if plan.in_one_transaction:
+            sent = send.run(conn, plan, chain, lock_held=True, statement_by_statement=how.statement_by_statement)
         else:
-            pooler.require_session(conn, transaction.needing_a_session(chain), direct=how.direct)
-            hold_lock(conn, schema)
-    if not transaction.in_one_transaction:
-        recorded = transaction.run_in_parts(
-            conn, chain, statement_by_statement=how.statement_by_statement, started=started
-        )
+            how.flavor.require_session(conn, plan.needing_a_session(chain))
+            send.hold_lock(conn, schema)
+    if not plan.in_one_transaction:
+        sent = send.run_in_parts(conn, plan, chain, statement_by_statement=how.statement_by_statement, started=started)
     if how.statement_by_statement:
         sending += ", statement by statement"
-    result = EnsureResult(what.project_id, schema, action, current, what.target, _recorded_ms(recorded, started), path)
+    result = EnsureResult(what.project_id, schema, action, current, what.target, _recorded_ms(sent, started), path)
     return _logged(result, sending)
 
 
@@ -171,84 +171,83 @@ def _claim(
 ) -> EnsureResult | None:
     """Take the schema's lock and claim a spare at head for it, registry row and grants included, in the
     caller's transaction; None when there was none (or the schema exists): nothing changed, the lock held."""
-    transaction = SchemaTransaction(
+    plan = SchemaPlan(
         what.schema,
-        how.extension_schema,
+        how.flavor,
         how.chain.claim_plan().steps,
         lock_timeout_ms=how.lock_timeout_ms,
         grants=grants,
         record=RegistryRecord(what.project_id, what.target, RegistryAction.CREATE, Path.POOL),
     )
-    recorded = transaction.run(conn, how.chain, statement_by_statement=how.statement_by_statement)
-    if recorded is None:
+    sent = send.claim(conn, plan, statement_by_statement=how.statement_by_statement)
+    if not sent.claimed:
         return None
-    duration = _recorded_ms(recorded, started)
+    duration = _recorded_ms(sent, started)
     return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
 
 
 def planned(
     how: Sending, what: Migration, version: str | None, *, exists: bool, expected: Expected | None = None
-) -> SchemaTransaction:
-    """The transaction that takes a schema at ``version`` to the target, its registry row included: what
-    the fast lane sends (guarded by ``expected``) and what ``--sql`` renders."""
-    plan = how.chain.plan(version, what.target)
+) -> SchemaPlan:
+    """The plan that takes a schema at ``version`` to the target, its registry row included: what the fast
+    lane sends (guarded by ``expected``) and what ``--sql`` renders."""
+    range_ = how.chain.plan(version, what.target)
     action = what.operation.action(how.chain, version, what.target, exists=exists)
-    return SchemaTransaction(
+    return SchemaPlan(
         what.schema,
-        how.extension_schema,
-        plan.steps,
+        how.flavor,
+        range_.steps,
         lock_timeout_ms=how.lock_timeout_ms,
         create_schema=not exists,
-        record=RegistryRecord(what.project_id, what.target, RegistryAction.recording(action), plan.path),
+        record=RegistryRecord(what.project_id, what.target, RegistryAction.recording(action), range_.path),
         expected=expected,
-        citus=how.citus,
     )
 
 
-def fast_lane(how: Sending, what: Migration, expected: Expected) -> SchemaTransaction | None:
-    """The fleet's one-round-trip transaction for a schema as a batch read saw it, or None when it can't
-    be one: an online step, a step that can't run in a transaction, an empty existing schema, a range
-    that moves no version row."""
+def fast_lane(how: Sending, what: Migration, expected: Expected) -> SchemaPlan | None:
+    """The fleet's guarded plan for a schema as a batch read saw it (one round trip, on a flavor that
+    batches), or None when it can't be one: an online step, a step that can't run in a transaction, an
+    empty existing schema, a range that moves no version row."""
     if expected.exists and expected.version is None:
         return None
-    transaction = planned(how, what, expected.version, exists=expected.exists, expected=expected)
-    single = transaction.compiled and transaction.in_one_transaction
-    return transaction if transaction.steps and single and transaction.guarded else None
+    plan = planned(how, what, expected.version, exists=expected.exists, expected=expected)
+    single = plan.compiled and plan.in_one_transaction
+    return plan if plan.steps and single and plan.guarded else None
 
 
 def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: Expected) -> EnsureResult | None:
     """The fleet's fast lane: the whole migration without reading the schema first, guarded so that it
-    changes nothing unless the schema is still as the batch read saw it: ONE round trip
-    (``SchemaTransaction.send_batch``), or on Citus, which takes no batch, the same transaction sent
-    statement by statement (``SchemaTransaction.run``).
+    changes nothing unless the schema is still as the batch read saw it: ONE round trip (``send.send_batch``),
+    or on a flavor that takes no batch, the same plan sent statement by statement (``send.run``).
 
     Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, statement by statement
-    off Citus, an online step, an empty schema, a missing schema the warm pool may give) or the schema
-    turned out not as read, or PostgreSQL rolled it back for a deadlock: the caller then uses ``migrate``.
-    Database errors are raised as SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
-    one_by_one = how.statement_by_statement and not how.citus
+    asked on a flavor that batches, an online step, an empty schema, a missing schema the warm pool may
+    give) or the schema turned out not as read (SQLSTATE STATE_CHANGED: the plan's guard), or PostgreSQL
+    rolled it back for a deadlock: the caller then uses ``migrate``. Database errors are raised as
+    SQLAlchemy DBAPIErrors, after the transaction was rolled back."""
+    one_by_one = how.statement_by_statement and how.flavor.batches
     if conn.dialect.driver != "psycopg2" or conn.in_transaction() or one_by_one:
         return None
     if not expected.exists and claims(how, what):
         return None
-    transaction = fast_lane(how, what, expected)
-    if transaction is None:
+    plan = fast_lane(how, what, expected)
+    if plan is None:
         return None
     started = time.perf_counter()
     try:
-        if transaction.citus:
-            with conn.begin():
-                transaction.run(conn, how.chain)
+        if plan.batchable:
+            send.send_batch(conn, plan)
         else:
-            transaction.send_batch(conn)
+            with conn.begin():
+                send.run(conn, plan, how.chain)
     except Exception as failure:
         code = sqlstate(failure)
-        if code == "22P02" and STATE_CHANGED in str(failure):
+        if code == STATE_CHANGED:
             log.debug("%s: not as the batch read saw it; the careful path instead", what.schema)
             return None
         if code == DEADLOCK_DETECTED:
             return None  # rolled back; the careful path waits for the lock again, in a new transaction
-        if not conn.invalidated and code not in (None, "55P03") and _moved(conn, what, expected):
+        if not conn.invalidated and code not in (None, LOCK_NOT_AVAILABLE) and _moved(conn, what, expected):
             log.debug("%s: changed since the batch read; the careful path instead", what.schema)
             return None  # it failed because the schema changed since it was read, not on its own account
         if isinstance(failure, conn.dialect.loaded_dbapi.Error):
@@ -260,13 +259,13 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
                 connection_invalidated=conn.invalidated,
             ) from failure
         raise
-    assert transaction.record is not None
+    assert plan.record is not None
     action = what.operation.action(how.chain, expected.version, what.target, exists=expected.exists)
     return _logged(
         EnsureResult(
-            what.project_id, what.schema, action, expected.version, what.target, _ms(started), transaction.record.path
+            what.project_id, what.schema, action, expected.version, what.target, _ms(started), plan.record.path
         ),
-        "fast lane (statement by statement)" if transaction.citus else "fast lane (one round trip)",
+        "fast lane (one round trip)" if plan.batchable else "fast lane (statement by statement)",
     )
 
 
@@ -281,33 +280,26 @@ def run_plan(
     conn: Connection,
     chain: Chain,
     schema: str,
-    extension_schema: str,
+    flavor: Flavor,
     plan: Plan,
     *,
     create_schema: bool,
     commit: bool = False,
     lock_timeout_ms: int | None = None,
-    citus: bool = False,
 ) -> None:
     """Run a plan into ``schema`` in conn's transaction with no lock and no registry row: for schemas no one
     else sees (scratch schemas rolled back afterwards: references, autogenerate, the fast-path proof; the
     warm pool's spares, under names no project has).
     With ``commit`` (a plan with a step that can't run in a transaction), on conn not in a transaction,
-    each part committed: the caller drops the schema afterwards (``scratch_schema`` does). On Citus
-    (``citus``) they are tenant schemas, as project schemas are."""
-    transaction = SchemaTransaction(
-        schema,
-        extension_schema,
-        plan.steps,
-        lock=False,
-        lock_timeout_ms=lock_timeout_ms,
-        create_schema=create_schema,
-        citus=citus,
+    each part committed: the caller drops the schema afterwards (``scratch_schema`` does). They are created
+    as the flavor creates project schemas."""
+    scratch = SchemaPlan(
+        schema, flavor, plan.steps, lock=False, lock_timeout_ms=lock_timeout_ms, create_schema=create_schema
     )
     if commit:
-        transaction.run_in_parts(conn, chain)
+        send.run_in_parts(conn, scratch, chain)
     else:
-        transaction.run(conn, chain)
+        send.run(conn, scratch, chain)
 
 
 def in_one_transaction(plans: Sequence[Plan]) -> bool:
@@ -320,31 +312,36 @@ def scratch_schema(
     conn: Connection,
     chain: Chain,
     schema: str,
-    extension_schema: str,
+    flavor: Flavor,
     plans: Sequence[tuple[Plan, bool]],
     *,
     lock_timeout_ms: int | None = None,
-    citus: bool = False,
 ) -> Iterator[None]:
     """``schema``, a scratch schema no one else sees, taken through ``plans`` ((plan, create the schema)
     in turn), inside a transaction on conn (not in one) that is rolled back at the end. A plan with a
     step that can't run in a transaction can't be rolled back: then the plans run first, each part
-    committed, and the schema is dropped at the end, whatever happens. On Citus (``citus``), a tenant
-    schema, as project schemas are."""
+    committed, and the schema is dropped at the end, whatever happens. Created as the flavor creates project
+    schemas."""
     committed = not in_one_transaction([plan for plan, _ in plans])
     try:
         if committed:
             for plan, create in plans:
                 run_plan(
-                    conn, chain, schema, extension_schema, plan, create_schema=create, commit=True,
-                    lock_timeout_ms=lock_timeout_ms, citus=citus,
-                )  # fmt: skip
+                    conn,
+                    chain,
+                    schema,
+                    flavor,
+                    plan,
+                    create_schema=create,
+                    commit=True,
+                    lock_timeout_ms=lock_timeout_ms,
+                )
         with conn.begin() as transaction:
-            for statement in [] if lock_timeout_ms is None else lock_timeout_statements(lock_timeout_ms, citus=citus):
+            for statement in [] if lock_timeout_ms is None else flavor.lock_timeout_statements(lock_timeout_ms):
                 conn.exec_driver_sql(statement)
             if not committed:
                 for plan, create in plans:
-                    run_plan(conn, chain, schema, extension_schema, plan, create_schema=create, citus=citus)
+                    run_plan(conn, chain, schema, flavor, plan, create_schema=create)
             yield
             transaction.rollback()
     finally:
@@ -352,7 +349,7 @@ def scratch_schema(
             if conn.in_transaction():
                 conn.rollback()
             with conn.begin():
-                conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+                drop_schema_cascade(conn, schema)
 
 
 def drop_schema(conn: Connection, project_id: str, schema: str) -> bool:
@@ -364,16 +361,14 @@ def drop_schema(conn: Connection, project_id: str, schema: str) -> bool:
         existed = conn.execute(
             text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
         ).scalar()
-        conn.execute(text(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE"))
+        drop_schema_cascade(conn, schema)
         deleted = conn.execute(registry.DELETE, {"project_id": project_id}).rowcount
     return bool(existed) or deleted > 0
 
 
-def _recorded_ms(recorded: object, started: float) -> float:
+def _recorded_ms(sent: send.Sent, started: float) -> float:
     """The duration the registry row recorded (the server's), else the one measured here."""
-    if isinstance(recorded, (int, float, Decimal)) and not isinstance(recorded, bool):
-        return float(recorded)
-    return _ms(started)
+    return _ms(started) if sent.recorded_ms is None else sent.recorded_ms
 
 
 def _ms(started: float) -> float:

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Row, text
 
 from workspace_tool.chain import Chain
 from workspace_tool.errors import UnknownRevision, UnmanagedSchema
+from workspace_tool.flavor import Flavor
 from workspace_tool.registry import REGISTRY_TABLE
-from workspace_tool.sql import LOCK_SQL, lock_key, lock_schema, lock_timeout_statements, quote_ident
+from workspace_tool.sql import LOCK_SQL, lock_key, lock_schema, quote_ident
 from workspace_tool.vocabulary import RegistryStatus, State
 
 
@@ -56,21 +58,23 @@ _RELATIONS = text(
 )
 
 
-def read_state(
-    conn: Connection,
-    project_id: str,
-    schema: str,
-    *,
-    lock: bool = False,
-    lock_timeout_ms: int | None = None,
-    citus: bool = False,
-) -> SchemaState:
-    """The schema's state; with ``lock=True`` after taking its advisory lock (and bounding every lock wait
-    of the transaction by ``lock_timeout_ms``, on Citus's workers too): one round trip on psycopg2."""
+def read_state(conn: Connection, project_id: str, schema: str) -> SchemaState:
+    """The schema's state, read in conn's transaction (under the schema's lock when the caller holds it)."""
     params = {"schema": schema, "version_table": version_table(schema), "project_id": project_id}
-    bound = [] if lock_timeout_ms is None or not lock else lock_timeout_statements(lock_timeout_ms, citus=citus)
-    batched = lock and conn.dialect.driver == "psycopg2"
-    if citus or not batched:  # Citus replays a SET LOCAL's whole query string on the workers: alone, then
+    return _state(conn, schema, conn.execute(_STATE, params).one())
+
+
+def lock_and_read_state(
+    conn: Connection, project_id: str, schema: str, flavor: Flavor, lock_timeout_ms: int | None = None
+) -> SchemaState:
+    """Take the schema's advisory lock (every lock wait of the transaction bounded by ``lock_timeout_ms``,
+    with the flavor's statements), then read its state: one round trip on psycopg2 (the lock timeout's
+    statements each on their own first, on a flavor that takes no batch: a distributed database replays a
+    SET LOCAL's whole query string on its other nodes; the lock and the read, both local, still share one)."""
+    params = {"schema": schema, "version_table": version_table(schema), "project_id": project_id}
+    bound = [] if lock_timeout_ms is None else flavor.lock_timeout_statements(lock_timeout_ms)
+    batched = conn.dialect.driver == "psycopg2"
+    if not flavor.batches or not batched:
         for statement in bound:
             conn.exec_driver_sql(statement)
         bound = []
@@ -78,9 +82,12 @@ def read_state(
         prefix = "".join(s + ";\n" for s in bound)
         row = conn.execute(text(prefix + str(_LOCKED_STATE)), {**params, "key": lock_key(schema)}).one()
     else:
-        if lock:
-            lock_schema(conn, schema)
+        lock_schema(conn, schema)
         row = conn.execute(_STATE, params).one()
+    return _state(conn, schema, row)
+
+
+def _state(conn: Connection, schema: str, row: Row[Any]) -> SchemaState:
     version: str | None = None
     if row.has_version_table:
         versions = conn.execute(text(f"SELECT version_num FROM {version_table(schema)}")).scalars().all()

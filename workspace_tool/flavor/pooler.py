@@ -6,7 +6,7 @@ time; whatever outlives a transaction on the server (a ``SET`` without LOCAL, a 
 prepared statement) stays on that server connection for its next client, and the client's next
 transaction may run on another one. So everything workspace-tool sends over a connection that may be
 pooled holds only transaction-scoped state (``SET LOCAL``, ``pg_advisory_xact_lock``). The one thing that
-can't is a revision that runs outside a transaction (``SchemaTransaction.run_in_parts``): its statements
+can't is a revision that runs outside a transaction (``schema.send.run_in_parts``): its statements
 each commit on their own, under the schema's session lock and the session's search_path. That needs a
 session, which a **direct** connection (a URL that bypasses the pooler) gives: ``direct_engine=`` of the
 managers and of ``fleet.run``, ``--direct-url`` / ``WORKSPACE_TOOL_DIRECT_URL`` / ``workspace_direct_url``

@@ -1,0 +1,343 @@
+"""One schema's migration, planned: the one definition of what moves a project schema from one revision to
+another, as parts and statements, with no I/O (schema/send.py sends it; ``render`` prints it).
+
+A plan is made from a revision range's steps (``Chain.plan``), the schema, the database's flavor
+(workspace_tool.flavor), the registry row to write, what a batch read saw (``expected``), grants and a
+lock timeout. Planned in one transaction::
+
+    BEGIN ISOLATION LEVEL READ COMMITTED
+    SET LOCAL lock_timeout = '...'            -- when bounded (the flavor's statements)
+    SELECT pg_advisory_xact_lock(...)         -- the schema's lock: other schemas never wait
+    CREATE SCHEMA ...                         -- when it does not exist (after the flavor's statements)
+    SET LOCAL search_path TO <schema>, <extension schema>
+    <the version check>                       -- a flavor's separate guard: fails unless the version is as read
+    <the plan's steps>                        -- compiled statements, or Alembic online
+    <grants>                                  -- an owner role, when asked
+    <the registry row>                        -- guarded: written only if the version moved as expected
+    COMMIT
+
+**Guards.** A plan with ``expected`` (what a batch read of the fleet saw) can be sent without reading the
+schema first: CREATE SCHEMA fails if the schema appeared since; on an existing schema, the registry row is
+written by the statement that moves alembic_version from the version read, which calls
+``project_registry.expect_version`` (registry revision r0005) with whether it moved: if not, that raises
+SQLSTATE ``dberrors.STATE_CHANGED`` and the transaction changes nothing. A flavor that can't afford that
+statement (``Flavor.separate_version_check``) gets the same call as a check of its own, sent first.
+
+**Parts.** A revision that can't run in a transaction (a NON_TRANSACTIONAL step: CREATE INDEX
+CONCURRENTLY, ...) cuts the migration into parts (``parts()``): transactions, each ending with the
+registry row of the revision it reaches, and between them the steps that run outside any transaction, on a
+session that holds the schema's session-level lock from start to end::
+
+    SELECT pg_advisory_lock(...)              -- the same lock, held by the session across the parts
+    BEGIN ... COMMIT                          -- the steps before it, with the registry row they reach
+    SET search_path TO <schema>, <ext>        -- for the session; its lock_timeout too
+    CREATE INDEX CONCURRENTLY ...             -- each statement on its own, outside any transaction
+    RESET search_path                         -- (the session's own settings are put back)
+    BEGIN ... COMMIT                          -- its version row and registry row, then the steps after it
+    SELECT pg_advisory_unlock(...)
+
+**Claims.** A new schema at head can instead be claimed from the warm pool (a CLAIM step,
+workspace_tool.pool): the prelude, then ONE statement that renames a spare already at head and writes the
+registry row, then the grants.
+
+A new step kind (chain/plan.py) is planned here, once, for every caller; a new way of sending goes in
+schema/send.py; what differs between kinds of database, in the flavor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from workspace_tool import transactions
+from workspace_tool.chain import Chain, Step
+from workspace_tool.chain.plan import split_version_move, split_version_statements
+from workspace_tool.flavor import Flavor
+from workspace_tool.registry import expect_version_sql, upsert_sql
+from workspace_tool.registry.spares import claim_statement
+from workspace_tool.sql import (
+    lock_statement,
+    lock_timeout_statement,
+    quote_ident,
+    search_path_sql,
+    sql_literal,
+    unlock_statement,
+)
+from workspace_tool.vocabulary import Path, RegistryAction, StepKind
+
+BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
+COMMIT = "COMMIT;"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """The schema as a batch read saw it. A plan guarded by it fails, changing nothing, if the schema is no
+    longer so (see the module's docstring)."""
+
+    exists: bool
+    version: str | None
+
+
+@dataclass(frozen=True)
+class RegistryRecord:
+    """The registry row the transaction writes (``project_registry.workspace_config``)."""
+
+    project_id: str
+    revision: str | None
+    action: RegistryAction
+    path: Path
+    earlier_ms: float = 0.0  # the migration's time before this transaction (its earlier parts), recorded too
+
+
+@dataclass(frozen=True)
+class SchemaPlan:
+    """One schema's migration: ``steps`` (a revision range's) into ``schema`` on a database of ``flavor``."""
+
+    schema: str
+    flavor: Flavor
+    steps: tuple[Step, ...] = ()
+    lock: bool = True  # the schema's advisory lock (scratch schemas, which no one else sees, go without)
+    lock_timeout_ms: int | None = None
+    create_schema: bool = False
+    grants: tuple[str, ...] = ()
+    record: RegistryRecord | None = None
+    expected: Expected | None = None  # None: the caller took the lock and read the state itself
+
+    # -------------------------------------------------------------- one transaction
+    def prelude(self) -> list[str]:
+        """What comes first: the lock timeout, then the schema's lock."""
+        bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
+        statements = [s + ";" for s in bound]
+        if self.lock:
+            statements.append(lock_statement(self.schema) + ";")
+        return statements
+
+    def units(self) -> list[str | Step]:
+        """Everything after the prelude, in order: statements, and the online steps between them. A claim:
+        the claim with its registry row (one statement), then the grants on the renamed schema."""
+        if self.claims:
+            claim = self._steps_and_record()[1]
+            return [f"{claim};", *(g + ";" for g in self.grants)]
+        units: list[str | Step] = []
+        if self.create_schema:
+            units.extend(s + ";" for s in self.flavor.before_project_schema())
+            units.append(f"CREATE SCHEMA {quote_ident(self.schema)};")
+        units.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
+        if (check := self._version_check()) is not None:
+            units.append(check + ";")
+        steps, record = self._steps_and_record()
+        for step in steps:
+            if step.online:
+                units.append(step)
+            else:
+                units.extend(step.statements)
+        units.extend(g + ";" for g in self.grants)
+        if record is not None:
+            units.append(record + ";")
+        return units
+
+    def statements(self) -> list[str]:
+        """Every statement from the lock to the registry row, when all steps are compiled."""
+        units = self.units()
+        if any(isinstance(u, Step) for u in units) or not self.in_one_transaction:
+            raise ValueError("a plan with online or non-transactional steps has no fixed statements")
+        return self.prelude() + [u for u in units if isinstance(u, str)]
+
+    def batch(self) -> str:
+        """The whole transaction, BEGIN to COMMIT, as the one batch ``send.send_batch`` sends."""
+        if not self.batchable:
+            raise ValueError("only a guarded, compiled plan in one transaction, on a flavor that batches, is one batch")
+        return "\n".join([BEGIN, *self.statements(), COMMIT])
+
+    @property
+    def claims(self) -> bool:
+        """True for a schema claimed from the warm pool (a CLAIM step) rather than built."""
+        return any(s.kind is StepKind.CLAIM for s in self.steps)
+
+    @property
+    def compiled(self) -> bool:
+        return not any(s.online for s in self.steps)
+
+    @property
+    def in_one_transaction(self) -> bool:
+        """False when a step can't run in a transaction: the migration is then sent in ``parts()``."""
+        return all(s.transactional for s in self.steps)
+
+    @property
+    def guarded(self) -> bool:
+        """True when the transaction checks the schema is as ``expected`` (sendable without reading it)."""
+        if self.expected is None:
+            return False
+        if not self.expected.exists:
+            return self.create_schema
+        return self.expected.version is not None and self._final_version_move() is not None
+
+    @property
+    def batchable(self) -> bool:
+        """Whether the whole transaction may go as ONE round trip (``batch``): guarded, compiled, in one
+        transaction, on a flavor whose statements may share a batch."""
+        return self.guarded and self.compiled and self.in_one_transaction and self.flavor.batches
+
+    # -------------------------------------------------------------- guards
+    def _final_version_move(self) -> str | None:
+        if not self.steps or self.steps[-1].online:
+            return None
+        last = self.steps[-1]
+        moved = split_version_move(last.statements)
+        return None if moved is None else moved[1]
+
+    def _guards_by_cte(self) -> bool:
+        """Whether the registry row is written by the statement that moves the version (the guard of an
+        existing schema, unless the flavor checks the version separately)."""
+        exists = self.expected is not None and self.expected.exists
+        return exists and self.guarded and not self.flavor.separate_version_check
+
+    def _version_check(self) -> str | None:
+        """A flavor's separate guard of an existing schema: a statement that fails unless its version is still
+        the expected one, sent first (under the schema's lock, nothing else moves it)."""
+        if not self.flavor.separate_version_check or self.expected is None or not self.expected.exists:
+            return None
+        if not self.guarded:
+            return None
+        version = sql_literal(self.expected.version)
+        found = f"EXISTS (SELECT 1 FROM alembic_version WHERE version_num = {version})"
+        return "SELECT " + expect_version_sql(found, self.schema, self.expected.version)
+
+    def _steps_and_record(self) -> tuple[tuple[Step, ...], str | None]:
+        """The steps, and the registry upsert; with a guard on an existing schema, the last step's final
+        version UPDATE/DELETE and the upsert become one statement that fails unless the version moved
+        (``_guards_by_cte``)."""
+        if self.record is None:
+            if self.claims:
+                raise ValueError("a claim writes its registry row in the same statement: it needs a record")
+            return self.steps, None
+        r = self.record
+        if self.claims:
+            claim = self.steps[0]
+            assert claim.spare_of is not None
+            upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="claimed")
+            return (), claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert)
+        if not self._guards_by_cte():
+            return self.steps, upsert_sql(
+                r.project_id, self.schema, r.revision, r.action, r.path, earlier_ms=r.earlier_ms
+            )
+        assert self.expected is not None
+        last = self.steps[-1]
+        moved = split_version_move(last.statements)
+        assert moved is not None
+        before, move = moved
+        upsert = upsert_sql(
+            r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms
+        )
+        guard = expect_version_sql("EXISTS (SELECT 1 FROM recorded)", self.schema, self.expected.version)
+        record = f"WITH moved AS ({move} RETURNING 1), recorded AS ({upsert}) SELECT {guard}"
+        return (*self.steps[:-1], Step(last.kind, last.from_rev, last.to_rev, before)), record
+
+    # -------------------------------------------------------------- parts
+    def parts(self) -> list[SchemaPlan | Step]:
+        """The migration cut around its steps that can't run in a transaction: transactions, each ending
+        with the registry row of the revision it reaches, and between them those steps with only their
+        own statements (the version table is made in the transaction before, the version row moved in
+        the one after, once the step succeeded). The first transaction creates the schema, the last one
+        makes the grants; a first transaction with nothing to do is left out."""
+        if self.in_one_transaction:
+            return [self]
+        parts: list[SchemaPlan | Step] = []
+        pending: list[Step] = []
+        for step in self.steps:
+            if step.transactional:
+                pending.append(step)
+                continue
+            made, own, moved = split_version_statements(step.statements)
+            if made:
+                pending.append(Step(StepKind.COMPILED, step.from_rev, step.from_rev, made))
+            if pending or parts or self.create_schema:
+                parts.append(self._part(pending, step.from_rev, first=not parts))
+            parts.append(replace(step, statements=own))
+            pending = [Step(StepKind.COMPILED, step.from_rev, step.to_rev, moved)] if moved else []
+        parts.append(self._part(pending, None, first=False, last=True))
+        return parts
+
+    def _part(self, steps: list[Step], reached: str | None, *, first: bool, last: bool = False) -> SchemaPlan:
+        record = self.record if self.record is None or last else replace(self.record, revision=reached)
+        return replace(
+            self,
+            steps=tuple(steps),
+            create_schema=self.create_schema and first,
+            grants=self.grants if last else (),
+            record=record,
+            expected=None,
+        )
+
+    def recording_earlier(self, earlier_ms: float) -> SchemaPlan:
+        """This plan with its registry row also recording ``earlier_ms``, the migration's time before it (the
+        last part of a migration in parts records the whole)."""
+        return self if self.record is None else replace(self, record=replace(self.record, earlier_ms=earlier_ms))
+
+    def needing_a_session(self, chain: Chain) -> str:
+        """What in this migration needs a session, for a refusal: the revisions that run outside a
+        transaction, and the schema."""
+        return f"revision {', '.join(chain.outside_transaction(self.steps))} ({self.schema})"
+
+    def session_settings(self) -> list[str]:
+        """The session's settings a step outside a transaction runs under: the search_path, the lock timeout."""
+        settings = [search_path_sql(self.schema, self.flavor.extension_schema, local=False) + ";"]
+        if self.lock_timeout_ms is not None:
+            settings.append(lock_timeout_statement(self.lock_timeout_ms, local=False) + ";")
+        return settings
+
+    # -------------------------------------------------------------- --sql
+    def render(self, chain: Chain, header: str | None = None) -> str:
+        """The plan as a script a DBA can read, or run with psql: exactly what ``send.send_batch`` sends
+        (``batch``); an online step is shown rendered offline, in comments' company, for review. With a
+        step that can't run in a transaction, the parts ``send.run_in_parts`` sends, under the session's
+        lock."""
+        lines = [f"-- {header}"] if header else []
+        if self.in_one_transaction:
+            lines += self._render_transaction(chain)
+        else:
+            if self.lock:
+                lines += [
+                    "-- the schema's lock, held by this session until its release at the end:",
+                    lock_statement(self.schema, session=True) + ";",
+                ]
+            for part in self.parts():
+                lines += (
+                    self._render_outside(chain, part) if isinstance(part, Step) else part._render_transaction(chain)
+                )
+            if self.lock:
+                lines.append(unlock_statement(self.schema) + ";")
+        return "\n".join(lines) + "\n"
+
+    def _render_transaction(self, chain: Chain) -> list[str]:
+        lines = [BEGIN, *self.prelude()]
+        for unit in self.units():
+            lines += render_online(chain, unit, "runs online through Alembic") if isinstance(unit, Step) else [unit]
+        return [*lines, COMMIT]
+
+    def _render_outside(self, chain: Chain, step: Step) -> list[str]:
+        lines = [
+            f"-- {span(step)} can't run in a transaction: each statement runs on its own, outside any "
+            "transaction (an invalid index a failed earlier run of it left, named in it, is dropped first)",
+            *self.session_settings(),
+        ]
+        if step.online:
+            lines += render_online(chain, step, "runs online through Alembic, in autocommit")
+        else:
+            lines += step.statements
+        lines.append("RESET search_path;")
+        if self.lock_timeout_ms is not None:
+            lines.append("RESET lock_timeout;")
+        return lines
+
+
+def span(step: Step) -> str:
+    return f"{step.from_rev or 'base'} -> {step.to_rev or 'base'}"
+
+
+def render_online(chain: Chain, step: Step, how: str) -> list[str]:
+    """An online step in a script: its SQL rendered offline for review, or a comment if it can't be."""
+    try:
+        rendered = chain.compile_statements(step.from_rev, step.to_rev)
+    except Exception:
+        return [f"-- {span(step)} {how}; it cannot be rendered offline"]
+    return [f"-- {span(step)} {how}; rendered offline for review:", *rendered]
