@@ -1,6 +1,7 @@
-"""A fleet run, start to end, for any Operation: bootstrap the registry, read the fleet (one batched read),
-decide per schema (``Operation.decide``), migrate what needs it in parallel, report; and ``sql``, which
-renders each schema's transaction instead of running it."""
+"""A fleet run, start to end, for any Operation and the RunSpec it is given (spec.py): bootstrap the registry,
+read the fleet (one batched read), decide per schema (decide.py), migrate what needs it in parallel, report;
+and ``render_sql``, which renders each schema's transaction instead of running it. ``upgrade``,
+``downgrade``, ``provision`` and ``sql`` are the keyword API: each builds a RunSpec and runs it."""
 
 from __future__ import annotations
 
@@ -160,16 +161,7 @@ def run(
             operation, resolved, spec.lock_timeout_ms, spec.retries, flavor, spec.adopt, use_pool, recycle
         )
         tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))
-        for stage, items in plan.stages():
-            limit, stop = staging.limit(stage, len(items))
-            tracker.stage, tracker.rule = stage, StopRule(limit, stop)
-            if items:
-                staged.ran.add(stage)
-                workers = min(jobs, len(items))
-                _, staged.interrupted = run_threads(engine, chain, items, workers, options, tracker, direct_engine)
-            if staged.stop(stage, tracker.rule.stop):
-                break
-        finished += tracker.results + staged.not_started(tracker.results, resolved)
+        finished += staged.run(engine, chain, options, jobs, tracker, direct_engine)
         cache.invalidate(cache_key, [w.project_id for w in work])
     interrupted = staged.interrupted
     if not interrupted and not idle:  # what `check` compares schemas with, if not stored yet for this chain
@@ -208,6 +200,22 @@ class _Staged:
         self.interrupted = False
         self.stopped: Stop | None = None
         self.stopped_stage: Stage | None = None
+
+    def run(
+        self, engine: Engine, chain: Chain, options: RunOptions, jobs: int, tracker: Tracker, direct: Engine | None
+    ) -> list[SchemaResult]:
+        """Run the stages in turn, each on up to ``jobs`` threads, until one stops the run: the results,
+        with one for each schema left not started."""
+        for stage, items in self.plan.stages():
+            limit, stop = self.staging.limit(stage, len(items))
+            tracker.stage, tracker.rule = stage, StopRule(limit, stop)
+            if items:
+                self.ran.add(stage)
+                workers = min(jobs, len(items))
+                _, self.interrupted = run_threads(engine, chain, items, workers, options, tracker, direct)
+            if self.stop(stage, tracker.rule.stop):
+                break
+        return tracker.results + self.not_started(tracker.results, options.target)
 
     def stop(self, stage: Stage, stop: Stop | None) -> bool:
         """After ``stage``: whether the run stops here (Ctrl-C, its stop rule, --canary-only), and why."""
