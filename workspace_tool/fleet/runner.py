@@ -144,7 +144,7 @@ def run(
     if direct_engine is None and (outside := _needing_a_session(chain, work, resolved)):
         pooler.require_session_engine(engine, outside)  # refused here, through a pooler: nothing migrated
     log.info(
-        "%s to %s: %d schema(s) to migrate, on %d connection(s); %d left alone",
+        "%s to %s: %d schema(s) to migrate, on %d connection(s) (threads); %d left alone",
         operation.name,
         resolved or "base",
         len(work),
