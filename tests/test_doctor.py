@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 
 from workspace_tool import WorkspaceManager, doctor, pool
 from workspace_tool.chain import Chain
-from workspace_tool.vocabulary import Health
+from workspace_tool.doctor import Health
 
 CHECKS = ["server", "pgvector", "lock budget", "connections", "citus", "registry", "pooler", "warm pool"]
 

@@ -41,14 +41,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet, transactions
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import StepKind
 from workspace_tool.errors import NonTransactionalFailed
 from workspace_tool.flavor import Flavor
 from workspace_tool.registry import bootstrap
 from workspace_tool.schema.catalog import diff, snapshot
 from workspace_tool.schema.migrate import Migration, Sending, migrate
+from workspace_tool.schema.operation import Action
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
-from workspace_tool.vocabulary import Action, StepKind
 
 FLAG = "workspace_transactional = False\n"
 CONCURRENT = """

@@ -39,11 +39,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, pool
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import Path as PlanPath
 from workspace_tool.errors import SessionRequired
 from workspace_tool.flavor import pooler
 from workspace_tool.sql import POOL_LOCK_KEY
 from workspace_tool.urls import async_url
-from workspace_tool.vocabulary import Path as PlanPath
 
 pytestmark = pytest.mark.pgbouncer
 

@@ -36,8 +36,8 @@ from workspace_tool import ConfigurationError, MigrationFailed, ProjectWorkspace
 from workspace_tool.chain import Chain
 from workspace_tool.flavor import Flavor
 from workspace_tool.schema.migrate import EnsureResult, run_plan
+from workspace_tool.schema.operation import Action
 from workspace_tool.urls import async_url
-from workspace_tool.vocabulary import Action
 
 # How a caller's engine can say "no transactions" (or "not the transactions you expect").
 ENGINES: dict[str, Callable[[URL], sa.Engine]] = {

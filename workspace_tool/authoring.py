@@ -43,7 +43,7 @@ from workspace_tool.chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_di
 from workspace_tool.chain.autogenerate import autogenerate_options, reflect_unqualified_sequences
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
-from workspace_tool.managers import cache
+from workspace_tool.registry import known as cache
 from workspace_tool.schema.migrate import scratch_schema
 from workspace_tool.sql import drop_schema_cascade, quote_ident, search_path_sql
 

@@ -33,10 +33,20 @@ from workspace_tool.flavor import pooler
 from workspace_tool.fleet.reader import VERSION_BATCH, project_schemas
 from workspace_tool.jobs import connections_needed, default_jobs, pool_capacity
 from workspace_tool.naming import project_for
+from workspace_tool.registry.spares import SpareState
 from workspace_tool.schema.catalog import MIN_SERVER_VERSION
 from workspace_tool.sql import quote_ident
 from workspace_tool.urls import DIRECT_URL_ENV
-from workspace_tool.vocabulary import Health, SpareState
+from workspace_tool.words import Word
+
+
+class Health(Word):
+    """What a check of `workspace-tool doctor` found (workspace_tool.doctor)."""
+
+    OK = "ok"
+    WARN = "warn"  # works, but worth changing before a big rollout
+    PROBLEM = "problem"  # change it first: the command exits 1
+
 
 HNSW_SINCE = (0, 5, 0)  # pgvector's first version with HNSW indexes (the example chain has one)
 # A run should leave this share of the lock table, and of max_connections, to the application.

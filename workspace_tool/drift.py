@@ -37,9 +37,10 @@ from workspace_tool.dberrors import is_connection_error, translating
 from workspace_tool.fleet.reader import read_parallel, read_versions, versions_reader, without_dropped
 from workspace_tool.jobs import check_jobs, default_jobs, spare_jobs
 from workspace_tool.naming import schema_for
+from workspace_tool.registry.spares import SpareState
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
+from workspace_tool.schema.state import State
 from workspace_tool.status import ProjectStatus, collect_status
-from workspace_tool.vocabulary import SpareState, State
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
 # whole (it has no index by schema), the rest through indexes, and it holds no lock but on catalogs, so

@@ -51,10 +51,9 @@ from workspace_tool.errors import ConfigurationError, PoolRefused
 from workspace_tool.flavor import Flavor
 from workspace_tool.jobs import check_jobs
 from workspace_tool.registry import spares
-from workspace_tool.registry.spares import spare_name
+from workspace_tool.registry.spares import SpareState, spare_name
 from workspace_tool.schema.migrate import in_one_transaction, run_plan
 from workspace_tool.sql import POOL_LOCK_KEY, advisory_lock_sql, drop_schema_cascade, quote_ident, sql_literal
-from workspace_tool.vocabulary import SpareState
 
 POOL_SIZE_OPTION = "workspace_pool_size"
 GRACE_OPTION = "workspace_pool_grace"

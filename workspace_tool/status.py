@@ -14,7 +14,7 @@ from sqlalchemy import Connection
 from workspace_tool import flavor
 from workspace_tool.chain import Chain
 from workspace_tool.fleet.reader import VersionsReader, read_fleet
-from workspace_tool.vocabulary import State
+from workspace_tool.schema.state import State
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from workspace_tool.chain import index
 from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer, run_env
 from workspace_tool.chain.loading import DIRECT_URL_OPTION, display_path, load_script_directory, resolve_config_path
-from workspace_tool.chain.plan import Plan, Step, compiled_statements
+from workspace_tool.chain.plan import Path as PlanPath
+from workspace_tool.chain.plan import Plan, Step, StepKind, compiled_statements
 from workspace_tool.errors import ConfigurationError, UnknownRevision
-from workspace_tool.vocabulary import Path as PlanPath
-from workspace_tool.vocabulary import StepKind
 
 if TYPE_CHECKING:  # Alembic is imported when the chain is read through it, or a range compiled or run
     from alembic.config import Config

@@ -23,6 +23,7 @@ from workspace_tool.cli.render import ProgressPrinter, print_drift_report, print
 
 if TYPE_CHECKING:
     from workspace_tool.fleet import Selection
+    from workspace_tool.fleet.stages import Staging
     from workspace_tool.schema.operation import Operation
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C, as a shell reports SIGINT
@@ -80,50 +81,36 @@ def _run_fleet(
     ids_from: str | None,
     **stages: Any,
 ) -> None:
+    """The command's options as one RunSpec, then the run (or its SQL, with --sql) and its report."""
     from workspace_tool import fleet
-    from workspace_tool.fleet.stages import CANARY_ONLY
+    from workspace_tool.fleet import RunSpec, StopReason
 
     if bool(project_ids) == all_:
         raise click.UsageError("name the projects, or pass --all (not both)")
-    ids = None if all_ else list(project_ids)
-    selection = _selection(states, globs, ids_from)
-    staging = _staging(fail_fast, all_, **stages)
-    app.jobs = jobs  # before the engine is made: its pool is sized for them
-    chain = app.manager.chain
-    if show_sql:
-        scripts = fleet.sql(
-            app.engine,
-            chain,
-            ids,
-            target=target,
-            operation=operation,
-            lock_timeout_ms=lock_timeout,
-            selection=selection,
-        )
-        print_sql(scripts, as_json)
-        return
-    printer = None if quiet() else ProgressPrinter(sys.stderr)
-    report = fleet.run(
-        app.engine,
-        chain,
-        operation,
-        ids,
-        target=target,
+    spec = RunSpec(
+        target,
+        None if all_ else project_ids,
+        selection=_selection(states, globs, ids_from),
+        staging=_staging(fail_fast, all_, **stages),
         jobs=jobs,
-        recycle_after=recycle_after,
         lock_timeout_ms=lock_timeout,
         retries=retries,
-        progress=printer,
+        recycle_after=recycle_after,
         adopt=adopt,
-        selection=selection,
-        direct_engine=app.direct_engine,
-        **staging,
+        dry_run=show_sql,
     )
+    app.jobs = jobs  # before the engine is made: its pool is sized for them
+    chain = app.manager.chain
+    if spec.dry_run:
+        print_sql(fleet.render_sql(app.engine, chain, operation, spec), as_json)
+        return
+    printer = None if quiet() else ProgressPrinter(sys.stderr)
+    report = fleet.run(app.engine, chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
     if printer is not None:
         printer.finish()
     next_command = (
         _without_canary(app, report.seed if report.order == "random" else None)
-        if report.stopped == CANARY_ONLY
+        if report.stop_reason == StopReason.CANARY_ONLY
         else None
     )
     print_fleet_report(report, as_json, next_command)
@@ -154,8 +141,8 @@ def _staging(
     order: str | None,
     seed: int | None,
     max_failures: str | None,
-) -> dict[str, Any]:
-    """The stage options as fleet.run takes them, checked by the library's rules (a usage error if not)."""
+) -> Staging:
+    """The stage options as the RunSpec's Staging, checked by the library's rules (a usage error if not)."""
     from workspace_tool.errors import ConfigurationError
     from workspace_tool.fleet.stages import Staging
 
@@ -167,20 +154,18 @@ def _staging(
     named = [i for given in canary_ids for i in split_ids(given)]
     if canary_ids_from:
         named += read_ids(canary_ids_from, "--canary-ids-from")
-    options: dict[str, Any] = {
-        "fail_fast": (not all_ and max_failures is None) if fail_fast is None else fail_fast,
-        "max_failures": max_failures,
-        "canary": canary,
-        "canary_ids": named if canary_ids or canary_ids_from else None,
-        "canary_only": canary_only,
-        "order": order,
-        "seed": seed,
-    }
     try:
-        Staging.parse(**options)
+        return Staging.parse(
+            fail_fast=(not all_ and max_failures is None) if fail_fast is None else fail_fast,
+            max_failures=max_failures,
+            canary=canary,
+            canary_ids=named if canary_ids or canary_ids_from else None,
+            canary_only=canary_only,
+            order=order,
+            seed=seed,
+        )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
-    return options
 
 
 def _without_canary(app: AppContext, seed: int | None) -> str:

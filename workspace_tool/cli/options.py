@@ -71,7 +71,7 @@ class StatesType(click.ParamType[tuple[str, ...]]):
     name = "STATE[,STATE...]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
-        from workspace_tool.vocabulary import State
+        from workspace_tool.schema.state import State
 
         if isinstance(value, tuple):
             return value

@@ -74,7 +74,7 @@ def status_(app: AppContext, as_json: bool) -> None:
     other role: made by another role, which alone can claim it); then, with more than one release, the
     spares of each (this one's first) and when it last filled the pool. Read-only."""
     from workspace_tool import pool as warm_pool
-    from workspace_tool.vocabulary import SpareState
+    from workspace_tool.registry.spares import SpareState
 
     report = warm_pool.status(app.engine, app.manager.chain)
     if as_json:

@@ -107,7 +107,7 @@ class ProgressPrinter:
         self._stopped = False
 
     def __call__(self, event: Progress) -> None:
-        from workspace_tool.fleet import CONNECTION_LOST, FAILED
+        from workspace_tool.fleet import FAILED, StopReason
 
         result = event.result
         if result is not None and result.status == FAILED:
@@ -115,7 +115,8 @@ class ProgressPrinter:
             self.stream.write(f"[{event.done}/{event.total}] {result.schema} failed: {result.error}\n")
         if event.stopped is not None and not self._stopped and event.done < event.total:
             self._clear()
-            advice = ": rerun when the database is back" if event.stopped.startswith(CONNECTION_LOST) else ""
+            lost = event.stop_reason == StopReason.CONNECTION_LOST
+            advice = ": rerun when the database is back" if lost else ""
             self.stream.write(f"Stopping: {event.stopped}; starting no more schemas{advice}\n")
             self._stopped = True
         now = time.monotonic()
@@ -265,11 +266,11 @@ def _pool_line(followed: dict[str, Any]) -> str:
 
 def _skipped_detail(report: FleetReport) -> str:
     """Which skipped schemas another run moved, and which this run did not start, and why."""
-    from workspace_tool.fleet import MOVED_BY_ANOTHER_RUN
+    from workspace_tool.fleet import SkipReason
 
     parts = []
     if moved := len(report.moved_by_another_run()):
-        parts.append(f"{moved} {MOVED_BY_ANOTHER_RUN}")
+        parts.append(f"{moved} {SkipReason.MOVED_BY_ANOTHER_RUN.note()}")
     if not_started := len(report.not_started()):
         parts.append(f"{not_started} not started: {report.stopped}")
     return f" ({'; '.join(parts)})" if parts else ""

@@ -1,7 +1,7 @@
 """The one reader of the fleet's state: registry rows, project schemas and their versions, read in
 batches (spread over several connections when the engine's pool allows). Fleet planning, `status` and
 `check` all read through ``read_fleet``; each project comes back as a ``SchemaRecord`` whose ``state`` is
-the one vocabulary of states (workspace_tool.vocabulary.State).
+the one vocabulary of states (workspace_tool.schema.state.State).
 
 The application keeps creating and dropping projects while these reads run. The registry rows and the
 project schemas are read in one statement (one snapshot: a project created or dropped meanwhile, its schema

@@ -17,16 +17,16 @@ from sqlalchemy import Connection
 
 from workspace_tool import recycling, registry
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import Path
 from workspace_tool.flavor import Flavor
 from workspace_tool.fleet.reader import VersionsReader
-from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
 from workspace_tool.pool import Refiller
+from workspace_tool.registry import known as cache
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate
-from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING
+from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING, Action
 from workspace_tool.schema.roles import validate_role_name
 from workspace_tool.status import ProjectStatus, collect_status
-from workspace_tool.vocabulary import Action, Path
 
 log = logging.getLogger(__name__)  # never on the cached path: that is a dict lookup
 

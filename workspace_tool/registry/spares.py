@@ -18,6 +18,25 @@ from sqlalchemy import TextClause, text
 
 from workspace_tool.registry.table import REGISTRY_SCHEMA
 from workspace_tool.sql import sql_literal
+from workspace_tool.words import Word
+
+
+class SpareState(Word):
+    """A spare schema of the warm pool, as `pool status` shows it."""
+
+    READY = "ready"  # at this chain's head, the current role's: the next new project may get it
+    # behind this chain's head (or at it from another chain), and no release filled the pool for it lately
+    # (workspace_pool_grace): never handed out; `pool fill` and `upgrade --all` drop it
+    STALE = "stale"
+    MISSING = "missing"  # its row is there, its schema is gone
+    OTHER_ROLE = "other role"  # made by another role, which alone may claim it
+    OTHER_RELEASE = "other release"  # another release's (chain, head), which still fills the pool: kept for it
+    AHEAD = "ahead"  # at a revision this chain doesn't know (a newer release's): never dropped by this one
+    # built under the role's default privileges as they were, not as they are: never handed out (a project
+    # made from it would not have the privileges a fresh one has); the next `pool fill` replaces it
+    OLD_PRIVILEGES = "old privileges"
+    BUILDING = "building"  # built in parts, not complete: being built, or left by a crash (the next fill drops it)
+
 
 SPARES_TABLE = f"{REGISTRY_SCHEMA}.spare_schemas"
 SPARE_PREFIX = "workspace_spare_"

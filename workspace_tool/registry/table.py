@@ -12,7 +12,23 @@ from typing import Any
 from sqlalchemy import Row, text
 
 from workspace_tool.sql import sql_literal
-from workspace_tool.vocabulary import RegistryAction, RegistryStatus
+from workspace_tool.words import Word
+
+
+class RegistryAction(Word):
+    """The registry's last_action: what the last run did (status 'ready') or tried to do ('failed')."""
+
+    CREATE = "create"  # the chain run into a new (or empty) schema
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+    REGISTER = "register"  # a row written for a schema already at its revision
+    ADOPT = "adopt"  # the chain run into a hand-made schema, on request
+
+
+class RegistryStatus(Word):
+    READY = "ready"
+    FAILED = "failed"
+
 
 REGISTRY_SCHEMA = "project_registry"
 REGISTRY_TABLE = f"{REGISTRY_SCHEMA}.workspace_config"

@@ -21,14 +21,15 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain, Plan
+from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import DEADLOCK_DETECTED, LOCK_NOT_AVAILABLE, STATE_CHANGED, sqlstate
 from workspace_tool.flavor import Flavor
+from workspace_tool.registry.table import RegistryAction
 from workspace_tool.schema import roles, send
-from workspace_tool.schema.operation import ENSURE, Operation
+from workspace_tool.schema.operation import ENSURE, Action, Operation, recorded
 from workspace_tool.schema.plan import Expected, RegistryRecord, SchemaPlan
 from workspace_tool.schema.state import check_managed, lock_and_read_state, read_state
 from workspace_tool.sql import drop_schema_cascade, lock_schema
-from workspace_tool.vocabulary import Action, Path, RegistryAction
 
 DEADLOCK_ATTEMPTS = 5  # the careful path's attempts at a migration PostgreSQL rolls back for a deadlock
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
             return _logged(result, sending)
         range_ = chain.plan(current, what.target, online=how.online) if action is not Action.CURRENT else None
         path = Path.NONE if range_ is None else range_.path
-        recorded_as = RegistryAction.ADOPT if adopted else RegistryAction.recording(action)
+        recorded_as = RegistryAction.ADOPT if adopted else recorded(action)
         plan = SchemaPlan(
             schema,
             how.flavor,
@@ -199,7 +200,7 @@ def planned(
         range_.steps,
         lock_timeout_ms=how.lock_timeout_ms,
         create_schema=not exists,
-        record=RegistryRecord(what.project_id, what.target, RegistryAction.recording(action), range_.path),
+        record=RegistryRecord(what.project_id, what.target, recorded(action), range_.path),
         expected=expected,
     )
 

@@ -50,10 +50,11 @@ from dataclasses import dataclass, replace
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
-from workspace_tool.chain.plan import split_version_move, split_version_statements
+from workspace_tool.chain.plan import Path, StepKind, split_version_move, split_version_statements
 from workspace_tool.flavor import Flavor
 from workspace_tool.registry import expect_version_sql, upsert_sql
 from workspace_tool.registry.spares import claim_statement
+from workspace_tool.registry.table import RegistryAction
 from workspace_tool.sql import (
     lock_statement,
     lock_timeout_statement,
@@ -62,7 +63,6 @@ from workspace_tool.sql import (
     sql_literal,
     unlock_statement,
 )
-from workspace_tool.vocabulary import Path, RegistryAction, StepKind
 
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"

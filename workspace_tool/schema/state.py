@@ -13,8 +13,21 @@ from workspace_tool.chain import Chain
 from workspace_tool.errors import UnknownRevision, UnmanagedSchema
 from workspace_tool.flavor import Flavor
 from workspace_tool.registry import REGISTRY_TABLE
+from workspace_tool.registry.table import RegistryStatus
 from workspace_tool.sql import LOCK_SQL, lock_key, lock_schema, quote_ident
-from workspace_tool.vocabulary import RegistryStatus, State
+from workspace_tool.words import Word
+
+
+class State(Word):
+    """A project's state, as `status` shows it and as fleet runs select on."""
+
+    AT_HEAD = "at head"
+    BEHIND = "behind"
+    AHEAD = "ahead/unknown"  # a revision this chain does not know
+    FAILED = "failed"  # the last run failed on it
+    EMPTY = "empty"  # a schema at base (no revision)
+    MISSING = "missing"  # registered, but no schema
+    ORPHAN = "orphan"  # a project schema with no registry row
 
 
 def version_table(schema: str) -> str:
