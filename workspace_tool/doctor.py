@@ -23,16 +23,15 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import flavor as flavors
-from workspace_tool import pool as warm_pool
-from workspace_tool import registry, transactions
+from workspace_tool import registry, spares, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.chain.loading import DIRECT_URL_OPTION
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
 from workspace_tool.flavor import pooler
-from workspace_tool.fleet.reader import VERSION_BATCH, project_schemas
 from workspace_tool.jobs import connections_needed, default_jobs, pool_capacity
 from workspace_tool.naming import project_for
+from workspace_tool.registry.inventory import VERSION_BATCH, project_schemas
 from workspace_tool.schema.catalog import MIN_SERVER_VERSION
 from workspace_tool.sql import quote_ident
 from workspace_tool.urls import DIRECT_URL_ENV
@@ -268,9 +267,9 @@ def lock_budget(conn: Connection, context: Context) -> list[Finding]:
             ),
             reading,
         ]
-        if warm_pool.configured_size(context.chain):
-            dropping = f"the warm pool dropping {warm_pool.DROP_BATCH} spares of {per_schema} objects at once"
-            candidates.append((per_schema * warm_pool.DROP_BATCH, dropping))
+        if spares.configured_size(context.chain):
+            dropping = f"the warm pool dropping {spares.DROP_BATCH} spares of {per_schema} objects at once"
+            candidates.append((per_schema * spares.DROP_BATCH, dropping))
         needed, how = max(candidates, key=lambda candidate: candidate[0])
     table = f"max_locks_per_transaction {per_backend} x (max_connections + max_prepared_transactions {slots})"
     wanted = math.ceil(needed / HEADROOM / max(1, slots))
@@ -458,10 +457,10 @@ def unused_spares(conn: Connection, context: Context) -> list[Finding]:
     whose schema is gone, which the next fill forgets (a warning)."""
     if not registry.present(conn):
         return [_ok("warm pool", "no warm pool (nothing provisioned yet)")]
-    spares = warm_pool.read_spares(conn)
+    listed = spares.read_spares(conn)
     chain = context.chain
-    grace = warm_pool.release_grace(chain)
-    states = [(s, s.state(chain, grace)) for s in spares]
+    grace = spares.release_grace(chain)
+    states = [(s, s.state(chain, grace)) for s in listed]
 
     def having(state: SpareState) -> list[str]:
         return [s.schema for s, found in states if found == state]
@@ -472,7 +471,7 @@ def unused_spares(conn: Connection, context: Context) -> list[Finding]:
             _warn(
                 "warm pool",
                 f"{len(stale)} spare schema(s) at a head nobody runs ({_names(stale)}: not this chain's head "
-                f"{chain.head}, and their release has not filled the pool within {warm_pool.GRACE_OPTION} = "
+                f"{chain.head}, and their release has not filled the pool within {spares.GRACE_OPTION} = "
                 f"{grace:g} s): never handed out; `workspace-tool pool fill` (or `upgrade --all`) replaces them",
             )
         )
@@ -488,7 +487,7 @@ def unused_spares(conn: Connection, context: Context) -> list[Finding]:
         return findings
     others = len(having(SpareState.OTHER_RELEASE)) + len(having(SpareState.AHEAD))
     kept = f"; {others} kept for another release" if others else ""
-    target = warm_pool.configured_size(chain)
+    target = spares.configured_size(chain)
     return [
         _ok("warm pool", f"{len(having(SpareState.READY))} spare(s) ready at head {chain.head} (target {target}){kept}")
     ]

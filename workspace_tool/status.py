@@ -1,5 +1,5 @@
 """`status`: each project's schema, revision and state, and the fleet's counts, from the one reader
-(workspace_tool.fleet.reader). Read-only."""
+(workspace_tool.registry.inventory). Read-only."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 
 from workspace_tool import flavor
 from workspace_tool.chain import Chain
-from workspace_tool.fleet.reader import VersionsReader, read_fleet
+from workspace_tool.registry.inventory import VersionsReader, read_fleet
 from workspace_tool.vocabulary import State
 
 

@@ -25,7 +25,7 @@ class StepKind(Word):
     # outside the schema's transactions, under the schema's session-level lock.
     NON_TRANSACTIONAL = "non-transactional"  # its compiled statements, each on its own
     ONLINE_NON_TRANSACTIONAL = "online non-transactional"  # through Alembic, on a connection in autocommit
-    CLAIM = "claim"  # a spare schema already at the step's revision, renamed from the warm pool (pool.py)
+    CLAIM = "claim"  # a spare schema already at the step's revision, renamed from the warm pool (workspace_tool.spares)
 
 
 class Path(Word):

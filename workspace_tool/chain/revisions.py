@@ -307,7 +307,7 @@ class Chain:
 
     def claim_plan(self) -> Plan:
         """A new schema at head the other way: a spare schema this chain built at head, claimed from the
-        warm pool and renamed (workspace_tool.pool); one CLAIM step."""
+        warm pool and renamed (workspace_tool.spares); one CLAIM step."""
         return Plan(None, self.head, (Step(StepKind.CLAIM, None, self.head, spare_of=self.fingerprint),))
 
     def _runs(

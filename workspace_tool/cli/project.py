@@ -75,11 +75,11 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
     statuses = app.manager.status(list(project_ids) or None)
     nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
-        from workspace_tool import pool
+        from workspace_tool import spares
         from workspace_tool.status import fleet_summary
 
-        spares = pool.status(app.engine, app.manager.chain).counts()
-        summary = fleet_summary(app.manager.chain, statuses, spares)
+        spare_counts = spares.status(app.engine, app.manager.chain).counts()
+        summary = fleet_summary(app.manager.chain, statuses, spare_counts)
         if as_json:
             click.echo(to_json(summary))
         elif not nothing_yet:
@@ -105,7 +105,7 @@ def list_(app: AppContext, as_json: bool) -> None:
     from workspace_tool import transactions
     from workspace_tool.dberrors import translating
     from workspace_tool.errors import ConfigurationError
-    from workspace_tool.managers.core import has_registry, registry_rows
+    from workspace_tool.registry.inventory import has_registry, registry_rows
 
     with translating(app.engine.url), transactions.connect(app.engine) as conn:
         rows = [dataclasses.asdict(r) for r in registry_rows(conn)]

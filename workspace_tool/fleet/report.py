@@ -64,7 +64,7 @@ class FleetReport:
     not_selected: int = 0  # projects read but left out by the selection (they are not in ``results``)
     order: Order | None = None  # the order schemas started in (None: as read)
     seed: int | None = None  # the random order's seed (given, or drawn and reported here)
-    pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (pool.follow)
+    pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (spares.follow)
 
     def not_started(self) -> list[SchemaResult]:
         return [r for r in self.results if r.status == Status.SKIPPED and (r.note or "").startswith(NOT_STARTED)]

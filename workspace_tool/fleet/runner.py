@@ -14,8 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import pool as warm_pool
-from workspace_tool import recycling, reference, registry, transactions
+from workspace_tool import recycling, reference, registry, spares, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
@@ -23,7 +22,6 @@ from workspace_tool.flavor import pooler
 from workspace_tool.fleet import worker_engine as worker_engines
 from workspace_tool.fleet.executors import StopRule, Tracker, run_processes, run_threads
 from workspace_tool.fleet.migrator import RunOptions
-from workspace_tool.fleet.reader import read_fleet, read_versions_parallel, versions_reader
 from workspace_tool.fleet.report import (
     NOT_STARTED,
     FleetReport,
@@ -37,6 +35,7 @@ from workspace_tool.fleet.worker_engine import EngineFactory
 from workspace_tool.jobs import check_jobs, spare_jobs
 from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
+from workspace_tool.registry.inventory import read_fleet, read_versions_parallel, versions_reader
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation, Verdict, Work
 from workspace_tool.schema.plan import Expected, SchemaPlan
@@ -123,7 +122,7 @@ def run(
     recycle_after: int | None = None,
 ) -> FleetReport:
     """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options.
-    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``).
+    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``spares.follow``).
 
     ``direct_engine``: an engine that bypasses the connection pooler ``engine`` may go through (see
     workspace_tool.flavor.pooler). The schemas whose range holds a revision that runs outside a transaction are
@@ -149,7 +148,7 @@ def run(
     # sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is small;
     # processes are there for long online revisions on machines with idle cores.
     kind = "threads" if executor == "auto" else executor
-    use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
+    use_pool = spares.configured_size(chain) > 0 if pool is None else pool
     recycle = recycling.resolve(chain, recycle_after)
     worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
     if direct_engine is not None:
@@ -222,7 +221,7 @@ def run(
     if not interrupted and not idle:  # what `check` compares schemas with, if not stored yet for this chain
         reference.store_if_missing(direct_engine or engine, chain, lock_timeout_ms)
     follow = operation is UPGRADE and ids is None and not interrupted and not idle
-    spares = _follow_pool(engine, chain, jobs) if follow else None
+    followed = _follow_pool(engine, chain, jobs) if follow else None
     position = {r.project_id: i for i, r in enumerate(records)}
     finished.sort(key=lambda r: position[r.project_id])
     return FleetReport(
@@ -240,7 +239,7 @@ def run(
         not_selected=len(read) - len(records),
         order=staging.order,
         seed=plan.seed,
-        pool=spares,
+        pool=followed,
     )
 
 
@@ -305,7 +304,7 @@ def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | No
     head. Best effort: a failure (a chain the pool refuses, a role without CREATE) is logged and reported,
     never the run's failure."""
     try:
-        followed = warm_pool.follow(engine, chain, jobs)
+        followed = spares.follow(engine, chain, jobs)
     except (WorkspaceError, DBAPIError, OSError) as exc:
         log.warning("could not replace the warm pool's spares: %s", first_line(exc))
         return {"error": first_line(exc)}

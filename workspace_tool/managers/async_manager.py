@@ -24,15 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 from typing_extensions import Unpack
 
-from workspace_tool import pool, reference, registry, transactions
+from workspace_tool import reference, registry, spares, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.managers import cache, sessions
-from workspace_tool.managers.core import EnsureCore, EnsureOptions, has_registry, registry_rows, status_reader
+from workspace_tool.managers.core import EnsureCore, EnsureOptions, status_reader
 from workspace_tool.managers.sync_manager import ConfigPath
 from workspace_tool.naming import schema_for
+from workspace_tool.registry.inventory import has_registry, registry_rows
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
 from workspace_tool.status import ProjectStatus
@@ -82,11 +83,11 @@ class AsyncWorkspaceManager:
             pooler.trust(direct_engine.sync_engine)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
-        size = pool.resolve_size(self.chain, warm_pool)
+        size = spares.resolve_size(self.chain, warm_pool)
         refiller = None
         if refill and size:
             refill_engine = create_engine(sync_url(engine.url), poolclass=NullPool)
-            refiller = pool.Refiller(refill_engine, self.chain, size, dispose_engine=True)
+            refiller = spares.Refiller(refill_engine, self.chain, size, dispose_engine=True)
         self._core = EnsureCore(self.chain, self.cache_key, size, refiller)
         self.scoped_engines = sessions.ScopedEngines(sessions.scoped_engines_size(self.chain, scoped_engines))
 
@@ -189,7 +190,7 @@ class AsyncWorkspaceManager:
         cache.invalidate(self.cache_key, project_ids)
 
     @property
-    def refiller(self) -> pool.Refiller | None:
+    def refiller(self) -> spares.Refiller | None:
         """The background refill of the warm pool (``refill=True``), else None."""
         return self._core.refiller
 

@@ -79,8 +79,8 @@ class Sending:
 
 
 def claims(how: Sending, what: Migration) -> bool:
-    """Whether a missing schema is first claimed from the warm pool (workspace_tool.pool): the pool is on
-    (and the flavor supports it: see pool.py), the operation creates schemas and the target is head, where
+    """Whether a missing schema is first claimed from the warm pool (workspace_tool.spares): the pool is on
+    (and the flavor supports it: see workspace_tool.spares), the operation creates schemas and the target is head, where
     spares are built (so a claim is exactly what creating it would do). No spare: the schema is built as
     before, in the same transaction."""
     return (

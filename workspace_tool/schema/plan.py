@@ -37,7 +37,7 @@ session that holds the schema's session-level lock from start to end::
     SELECT pg_advisory_unlock(...)
 
 **Claims.** A new schema at head can instead be claimed from the warm pool (a CLAIM step,
-workspace_tool.pool): the prelude, then ONE statement that renames a spare already at head and writes the
+workspace_tool.spares): the prelude, then ONE statement that renames a spare already at head and writes the
 registry row, then the grants.
 
 A new step kind (chain/plan.py) is planned here, once, for every caller; a new way of sending goes in
@@ -53,7 +53,7 @@ from workspace_tool.chain import Chain, Step
 from workspace_tool.chain.plan import split_version_move, split_version_statements
 from workspace_tool.flavor import Flavor
 from workspace_tool.registry import expect_version_sql, upsert_sql
-from workspace_tool.registry.spares import claim_statement
+from workspace_tool.spares.store import claim_statement
 from workspace_tool.sql import (
     lock_statement,
     lock_timeout_statement,

@@ -64,6 +64,20 @@ _NOW_REGISTERED = text(
 _NOW_UNREGISTERED = text(_NOW.format(registered="false") + " FROM unnest(CAST(:schemas AS text[])) AS s")
 
 
+def has_registry(conn: Connection) -> bool:
+    """True once something was provisioned in the database (the registry exists). Read-only."""
+    with conn.begin():
+        return registry.present(conn)
+
+
+def registry_rows(conn: Connection) -> list[registry.RegistryRow]:
+    """Every registry row. Read-only (an empty list when there is no registry yet)."""
+    with conn.begin():
+        if not registry.present(conn):
+            return []
+        return [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
+
+
 def read_fleet(
     conn: Connection, project_ids: Sequence[str] | None = None, versions_of: VersionsReader | None = None
 ) -> list[SchemaRecord]:

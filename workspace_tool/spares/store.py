@@ -1,4 +1,4 @@
-"""project_registry.spare_schemas: the warm pool's spare schemas (workspace_tool.pool), and the one statement
+"""The registry's spare_schemas: the warm pool's spare schemas (workspace_tool.spares), and the one statement
 that claims a spare for a project and writes the project's registry row.
 
 A spare is a schema built at a revision by a chain (its fingerprint) under the current role's default
