@@ -44,6 +44,7 @@ from workspace_tool.chain.autogenerate import autogenerate_options, reflect_unqu
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
 from workspace_tool.managers import cache
+from workspace_tool.namespace import DEFAULT
 from workspace_tool.schema.migrate import scratch_schema
 from workspace_tool.sql import drop_schema_cascade, quote_ident, search_path_sql
 
@@ -194,7 +195,7 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     rolled back (``scratch_schema``); dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with translating(engine.url), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)
+        flavor = registry.bootstrap(conn, DEFAULT if chain is None else chain.namespace)
         extension_schema = flavor.extension_schema
         try:
             if chain is None:

@@ -30,8 +30,8 @@ from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
 from workspace_tool.flavor import pooler
 from workspace_tool.jobs import connections_needed, default_jobs, pool_capacity
-from workspace_tool.naming import project_for
-from workspace_tool.registry.inventory import VERSION_BATCH, project_schemas
+from workspace_tool.namespace import Namespace
+from workspace_tool.registry.inventory import VERSION_BATCH, project_schemas, registered_elsewhere
 from workspace_tool.schema.catalog import MIN_SERVER_VERSION
 from workspace_tool.sql import quote_ident
 from workspace_tool.urls import DIRECT_URL_ENV
@@ -230,11 +230,12 @@ _AT_HEAD = text(
 
 def _measured_schema(conn: Connection, chain: Chain) -> tuple[str, bool] | None:
     """A project schema to count objects in (and whether it is at head): one registered at head, else any."""
-    if registry.present(conn):
-        found = conn.execute(_AT_HEAD, {"head": chain.head}).scalar()
+    ns = chain.namespace
+    if registry.present(conn, ns):
+        found = conn.execute(ns.sql(_AT_HEAD), {"head": chain.head}).scalar()
         if found is not None:
             return str(found), True
-    schemas = sorted(project_schemas(conn))
+    schemas = sorted(project_schemas(conn, ns))
     return (schemas[-1], False) if schemas else None
 
 
@@ -362,18 +363,20 @@ _ROWS = text(f"SELECT project_id, schema_name FROM {registry.REGISTRY_TABLE}")
 def registry_consistency(conn: Connection, context: Context) -> list[Finding]:
     """Project schemas with no registry row (orphans: fleet runs skip them) and registered projects with
     no schema (missing). Reads the registry and pg_namespace only: no schema's tables are touched."""
-    schemas = set(project_schemas(conn))
-    if not registry.present(conn):
+    ns = context.chain.namespace
+    schemas = set(project_schemas(conn, ns))
+    schemas -= set(registered_elsewhere(conn, ns, schemas))  # another chain's (two chains in one database)
+    if not registry.present(conn, ns):
         if schemas:
-            return [_orphans(sorted(schemas))]
+            return [_orphans(ns, sorted(schemas))]
         return [_warn("registry", "no registry yet (nothing provisioned here): `workspace-tool init` creates it")]
-    rows = {str(project): str(schema) for project, schema in conn.execute(_ROWS)}
+    rows = {str(project): str(schema) for project, schema in conn.execute(ns.sql(_ROWS))}
     registered = set(rows.values())
     orphans = sorted(schemas - registered)
     missing = sorted(p for p, schema in rows.items() if schema not in schemas)
     findings = []
     if orphans:
-        findings.append(_orphans(orphans))
+        findings.append(_orphans(ns, orphans))
     if missing:
         first = missing[0]
         findings.append(
@@ -386,12 +389,12 @@ def registry_consistency(conn: Connection, context: Context) -> list[Finding]:
     return findings or [_ok("registry", f"{len(rows)} project(s) registered, each with its schema; no orphan")]
 
 
-def _orphans(orphans: list[str]) -> Finding:
+def _orphans(ns: Namespace, orphans: list[str]) -> Finding:
     first = orphans[0]
     return _problem(
         "registry",
         f"{len(orphans)} schema(s) with no registry row (orphans, skipped by fleet runs): {_names(orphans)}: "
-        f"register them (`workspace-tool upgrade {project_for(first)}`) or drop them "
+        f"register them (`workspace-tool upgrade {ns.project_id_for(first)}`) or drop them "
         f"(DROP SCHEMA {quote_ident(first)} CASCADE)",
     )
 
@@ -455,9 +458,9 @@ def unused_spares(conn: Connection, context: Context) -> list[Finding]:
     and keep a fill from building new ones. Spares kept for another release that still fills the pool (a
     rolling deploy) and spares ahead of this chain (a newer release's) are fine; so are spares recorded
     whose schema is gone, which the next fill forgets (a warning)."""
-    if not registry.present(conn):
+    if not registry.present(conn, context.chain.namespace):
         return [_ok("warm pool", "no warm pool (nothing provisioned yet)")]
-    listed = spares.read_spares(conn)
+    listed = spares.read_spares(conn, context.chain.namespace)
     chain = context.chain
     grace = spares.release_grace(chain)
     states = [(s, s.state(chain, grace)) for s in listed]

@@ -46,8 +46,8 @@ def collect_status(
     no registry yet (nothing provisioned), project schemas found are orphans. Versions are read on
     ``conn``, or by ``versions_of`` (e.g. ``read_versions_parallel`` over several connections). On a
     distributed database, the node holding each schema (``Flavor.read_nodes``)."""
-    records = sorted(read_fleet(conn, project_ids, versions_of), key=lambda r: r.project_id)
-    nodes = flavor.read(conn).read_nodes(conn)
+    records = sorted(read_fleet(conn, project_ids, versions_of, chain.namespace), key=lambda r: r.project_id)
+    nodes = flavor.read(conn).read_nodes(conn, chain.namespace.schema_like)
     return [
         ProjectStatus(
             project_id=r.project_id,

@@ -192,7 +192,7 @@ def _check_pool(conn: Connection, chain: Chain, flavor: Flavor, token: str, *, c
                 yield
             return
         spares.check_chain(chain, flavor)
-        spare = spare_name()
+        spare = spare_name(chain.namespace)
         with _side(conn, chain, spare, flavor, [(chain.plan(None, chain.head), True)], committed=committed):
             found = spares.rename_and_scan(conn, spare, schema)
             if found:

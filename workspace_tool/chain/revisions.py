@@ -18,6 +18,7 @@ from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer
 from workspace_tool.chain.loading import DIRECT_URL_OPTION, display_path, load_script_directory, resolve_config_path
 from workspace_tool.chain.plan import Plan, Step, compiled_statements
 from workspace_tool.errors import ConfigurationError, UnknownRevision
+from workspace_tool.namespace import REGISTRY_SCHEMA_OPTION, SCHEMA_PREFIX_OPTION, Namespace, from_options
 from workspace_tool.vocabulary import Path as PlanPath
 from workspace_tool.vocabulary import StepKind
 
@@ -75,6 +76,10 @@ class Chain:
         self._position = {rev: i for i, rev in enumerate(self._order)}
         self._options = dict(graph.options)
         self.fast_path_enabled = _truthy(self.option(FAST_PATH_OPTION, "true"))
+        # where its projects and registry live (workspace_registry_schema, workspace_schema_prefix)
+        self.namespace: Namespace = from_options(
+            self._options.get(REGISTRY_SCHEMA_OPTION), self._options.get(SCHEMA_PREFIX_OPTION), config_path
+        )
         self._online = set(graph.online)
         self._outside = set(graph.outside)
         # every revision file, env.py and the environment it runs: names the chain a verification report

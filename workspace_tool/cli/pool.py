@@ -106,5 +106,5 @@ def drain(app: AppContext) -> None:
     """Drop every spare (they hold no data): new projects are built again until the pool is filled."""
     from workspace_tool import spares
 
-    dropped = spares.drain(app.engine)
+    dropped = spares.drain(app.engine, app.manager.chain.namespace)
     click.echo(f"Dropped {dropped} spare schema(s).", err=True)

@@ -159,10 +159,12 @@ def run(
     resolved = chain.resolve(target)
     cache_key = cache.database_key(engine.url, chain.config_path)
     with translating(engine.url), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)  # the registry's own chain first, serially
+        flavor = registry.bootstrap(conn, chain.namespace)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, flavor)
         with conn.begin():
-            read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle))
+            read = read_fleet(
+                conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle), chain.namespace
+            )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
     # a selection that selects nothing: nothing is done, not even to the warm pool or the head model
@@ -376,8 +378,8 @@ def sql(
     # the versions on another connection of the pool when it has one to spare, replaced as a run's are
     versions_of = versions_reader(engine, spare_jobs(engine, 1), recycling.configured(chain))
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-        probe = conn.execute(registry.PROBE).one()
-        records = read_fleet(conn, ids, versions_of)
+        probe = conn.execute(chain.namespace.sql(registry.PROBE)).one()
+        records = read_fleet(conn, ids, versions_of, chain.namespace)
         conn.rollback()
     if selection is not None:
         records = selection.apply(records, chain)

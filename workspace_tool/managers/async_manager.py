@@ -32,7 +32,6 @@ from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.managers import cache, sessions
 from workspace_tool.managers.core import EnsureCore, EnsureOptions, status_reader
 from workspace_tool.managers.sync_manager import ConfigPath
-from workspace_tool.naming import schema_for
 from workspace_tool.registry.inventory import has_registry, registry_rows
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
@@ -151,7 +150,7 @@ class AsyncWorkspaceManager:
         flavor = None if force else cache.bootstrapped(self.cache_key)
         if flavor is None:
             async with _online_lock():
-                flavor = await self._run(None, registry.bootstrap)
+                flavor = await self._run(None, lambda conn: registry.bootstrap(conn, self.chain.namespace))
             cache.set_bootstrapped(self.cache_key, flavor)
         return flavor
 
@@ -165,14 +164,14 @@ class AsyncWorkspaceManager:
 
     async def has_registry(self) -> bool:
         """True once something was provisioned in this database (the registry exists). Read-only."""
-        return await self._run(None, has_registry)
+        return await self._run(None, lambda conn: has_registry(conn, self.chain.namespace))
 
     async def drop(self, project_id: str) -> bool:
         """Drop the project's schema and its registry row together; False if neither existed."""
-        schema = schema_for(project_id)
+        schema = self.chain.namespace.schema_for(project_id)
         self.invalidate([project_id])
         await self.bootstrap()
-        dropped = await self._run(schema, lambda conn: drop_schema(conn, project_id, schema))
+        dropped = await self._run(schema, lambda conn: drop_schema(conn, project_id, schema, self.chain.namespace))
         self.invalidate([project_id])
         return dropped
 
@@ -184,7 +183,7 @@ class AsyncWorkspaceManager:
 
     async def projects(self) -> list[registry.RegistryRow]:
         """Every registry row. Read-only (an empty list when there is no registry yet)."""
-        return await self._run(None, registry_rows)
+        return await self._run(None, lambda conn: registry_rows(conn, self.chain.namespace))
 
     def invalidate(self, project_ids: list[str] | None = None) -> None:
         cache.invalidate(self.cache_key, project_ids)

@@ -19,7 +19,6 @@ from workspace_tool import recycling
 from workspace_tool.chain import Chain
 from workspace_tool.flavor import Flavor
 from workspace_tool.managers import cache
-from workspace_tool.naming import schema_for
 from workspace_tool.registry.inventory import VersionsReader
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate
 from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING
@@ -81,7 +80,7 @@ class EnsureCore:
         started = time.perf_counter()
         upgrade, verify = options.get("upgrade", True), options.get("verify", False)
         owner_role, adopt = options.get("owner_role"), options.get("adopt", False)
-        schema = schema_for(project_id)
+        schema = self.chain.namespace.schema_for(project_id)
         if owner_role is not None:
             validate_role_name(owner_role)
         head = self.chain.head
@@ -136,7 +135,7 @@ def status_reader(
     connection that read the versions itself goes back to the pool only while its backend has touched
     fewer schemas than ``workspace_recycle_after`` (workspace_tool.recycling); else closing it ends it."""
     for project_id in project_ids or ():
-        schema_for(project_id)
+        chain.namespace.schema_for(project_id)
     recycle_after = recycling.configured(chain)
 
     def read(conn: Connection) -> list[ProjectStatus]:

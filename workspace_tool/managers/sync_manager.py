@@ -20,7 +20,6 @@ from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.jobs import spare_jobs
 from workspace_tool.managers import cache, sessions
 from workspace_tool.managers.core import EnsureCore, EnsureOptions, status_reader
-from workspace_tool.naming import schema_for
 from workspace_tool.registry.inventory import has_registry, registry_rows, versions_reader
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
@@ -164,7 +163,7 @@ class WorkspaceManager:
         """The database's flavor (with the extension's schema), from its bootstrap, cached per process."""
         flavor = None if force else cache.bootstrapped(self.cache_key)
         if flavor is None:
-            flavor = self._on_connection(None, registry.bootstrap)
+            flavor = self._on_connection(None, lambda conn: registry.bootstrap(conn, self.chain.namespace))
             cache.set_bootstrapped(self.cache_key, flavor)
         return flavor
 
@@ -178,14 +177,14 @@ class WorkspaceManager:
 
     def has_registry(self) -> bool:
         """True once something was provisioned in this database (the registry exists). Read-only."""
-        return self._on_connection(None, has_registry)
+        return self._on_connection(None, lambda conn: has_registry(conn, self.chain.namespace))
 
     def drop(self, project_id: str) -> bool:
         """Drop the project's schema and its registry row together; False if neither existed."""
-        schema = schema_for(project_id)
+        schema = self.chain.namespace.schema_for(project_id)
         self.invalidate([project_id])
         self.bootstrap()
-        dropped = self._on_connection(schema, lambda conn: drop_schema(conn, project_id, schema))
+        dropped = self._on_connection(schema, lambda conn: drop_schema(conn, project_id, schema, self.chain.namespace))
         self.invalidate([project_id])
         return dropped
 
@@ -201,7 +200,7 @@ class WorkspaceManager:
 
     def projects(self) -> list[registry.RegistryRow]:
         """Every registry row. Read-only (an empty list when there is no registry yet)."""
-        return self._on_connection(None, registry_rows)
+        return self._on_connection(None, lambda conn: registry_rows(conn, self.chain.namespace))
 
     def invalidate(self, project_ids: list[str] | None = None) -> None:
         cache.invalidate(self.cache_key, project_ids)

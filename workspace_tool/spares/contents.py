@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
+from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.spares import store
 from workspace_tool.spares.settings import DEFAULT_GRACE_S, configured_size, release_grace
 from workspace_tool.vocabulary import SpareState
@@ -53,13 +54,16 @@ class Spare:
         return SpareState.STALE if chain.knows(self.revision) else SpareState.AHEAD
 
 
-def read_spares(conn: Connection) -> list[Spare]:
+def read_spares(conn: Connection, namespace: Namespace = DEFAULT) -> list[Spare]:
     """Every spare, in a transaction on ``conn``. Read-only; empty before the registry (or r0003) exists,
     or for a role that may not read them (a monitoring role granted SELECT before r0003)."""
-    layout = conn.execute(store.LAYOUT).one()
+    layout = conn.execute(namespace.sql(store.LAYOUT)).one()
     if layout.r0004 is None:
         return []
-    return [Spare(*row) for row in conn.execute(store.select_all(r0004=layout.r0004, releases=layout.releases))]
+    return [
+        Spare(*row)
+        for row in conn.execute(namespace.sql(store.select_all(r0004=layout.r0004, releases=layout.releases)))
+    ]
 
 
 @dataclass(frozen=True)
@@ -74,11 +78,11 @@ class Release:
     last_filled_s: float | None
 
 
-def read_releases(conn: Connection) -> list[tuple[Any, ...]]:
+def read_releases(conn: Connection, namespace: Namespace = DEFAULT) -> list[tuple[Any, ...]]:
     """(chain, revision, first_seen, last_seen, age_s) of each release that filled the pool; empty before
     r0004 or for a role that may not read them."""
-    layout = conn.execute(store.LAYOUT).one()
-    return [tuple(row) for row in conn.execute(store.SELECT_RELEASES)] if layout.releases else []
+    layout = conn.execute(namespace.sql(store.LAYOUT)).one()
+    return [tuple(row) for row in conn.execute(namespace.sql(store.SELECT_RELEASES))] if layout.releases else []
 
 
 @dataclass(frozen=True)
@@ -118,9 +122,9 @@ class PoolStatus:
 def status(engine: Engine, chain: Chain, target: int | None = None) -> PoolStatus:
     """The spares and their states (see ``Spare.state``), and the releases they belong to. Read-only."""
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-        present = registry.present(conn)
-        found = read_spares(conn) if present else []
-        filled = read_releases(conn) if present else []
+        present = registry.present(conn, chain.namespace)
+        found = read_spares(conn, chain.namespace) if present else []
+        filled = read_releases(conn, chain.namespace) if present else []
     grace = release_grace(chain)
     return PoolStatus(
         chain.head,

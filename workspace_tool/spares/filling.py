@@ -22,6 +22,7 @@ from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import PoolRefused
 from workspace_tool.flavor import Flavor
 from workspace_tool.jobs import check_jobs
+from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.schema.migrate import in_one_transaction, run_plan
 from workspace_tool.spares import store
 from workspace_tool.spares.check import rename_and_scan
@@ -69,24 +70,25 @@ def fill(
     between spares. Raises PoolRefused, with nothing made, for a chain that names its schema in stored
     text."""
     started = time.perf_counter()
+    ns = chain.namespace
     size = resolve_size(chain, size)
     grace = release_grace(chain) if grace_s is None else grace_s
     jobs = check_jobs(engine, jobs)
     with translating(engine.url):
         with transactions.connect(engine) as conn:
-            flavor = registry.bootstrap(conn)
+            flavor = registry.bootstrap(conn, chain.namespace)
         check_chain(chain, flavor)
-        with _pool_lock(engine, wait=wait) as held:
+        with _pool_lock(engine, ns, wait=wait) as held:
             if not held:
                 return FillReport(size, 0, 0, 0, _ms(started), busy=True)
             with transactions.connect(engine) as conn:
                 if size:
                     with conn.begin():
-                        conn.execute(store.HEARTBEAT, {"chain": chain.fingerprint, "revision": chain.head})
-                dropped = _take(conn, chain, everything=False, grace_s=grace)
+                        conn.execute(ns.sql(store.HEARTBEAT), {"chain": chain.fingerprint, "revision": chain.head})
+                dropped = _take(conn, chain, ns, everything=False, grace_s=grace)
                 with conn.begin():
                     before = _ready(conn, chain)
-                    conn.execute(store.FORGET_RELEASES, {"grace": grace})
+                    conn.execute(ns.sql(store.FORGET_RELEASES), {"grace": grace})
             missing = max(0, size - before)
             built = _build(engine, chain, flavor, missing, jobs, stop or threading.Event())
             with transactions.connect(engine) as conn, conn.begin():
@@ -94,18 +96,20 @@ def fill(
     return FillReport(size, after, built, dropped, _ms(started), claimed=max(0, before + built - after))
 
 
-def drain(engine: Engine) -> int:
-    """Drop every spare the current role owns (and spare-named schemas of its own left without a row):
-    ensure builds new schemas again until the pool is filled. Waits for a running fill. Returns how many."""
+def drain(engine: Engine, namespace: Namespace = DEFAULT) -> int:
+    """Drop every spare the current role owns in ``namespace`` (and spare-named schemas of its own left
+    without a row): ensure builds new schemas again until the pool is filled. Waits for a running fill.
+    Returns how many."""
+    ns = namespace
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
-            if not registry.present(conn) or conn.execute(store.LAYOUT).one().r0004 is None:
+            if not registry.present(conn, ns) or conn.execute(ns.sql(store.LAYOUT)).one().r0004 is None:
                 return 0
-        registry.bootstrap(conn)  # TAKE reads what r0004 added
-        with _pool_lock(engine, wait=True):
-            dropped = _take(conn, None, everything=True)
+        registry.bootstrap(conn, ns)  # TAKE reads what r0004 added
+        with _pool_lock(engine, ns, wait=True):
+            dropped = _take(conn, None, ns, everything=True)
             with conn.begin():
-                unlisted = list(conn.execute(store.UNLISTED).scalars())
+                unlisted = list(conn.execute(ns.sql(store.UNLISTED), {"spares": ns.spare_regex}).scalars())
                 for schema in unlisted:
                     drop_schema_cascade(conn, schema)
     return dropped + len(unlisted)
@@ -118,7 +122,7 @@ def follow(engine: Engine, chain: Chain, jobs: int | None = None) -> FillReport 
     size = configured_size(chain)
     if not size:
         with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-            if not (registry.present(conn) and read_spares(conn)):
+            if not (registry.present(conn, chain.namespace) and read_spares(conn, chain.namespace)):
                 return None
     current = status(engine, chain)
     others = (SpareState.OTHER_RELEASE, SpareState.AHEAD)
@@ -127,7 +131,7 @@ def follow(engine: Engine, chain: Chain, jobs: int | None = None) -> FillReport 
 
 
 @contextlib.contextmanager
-def _pool_lock(engine: Engine, *, wait: bool) -> Iterator[bool]:
+def _pool_lock(engine: Engine, namespace: Namespace, *, wait: bool) -> Iterator[bool]:
     """The pool's advisory lock: one filler (or drain) per database at a time. Yields whether it was taken
     (always, when ``wait``); the fill's own work runs on other connections meanwhile.
 
@@ -141,7 +145,8 @@ def _pool_lock(engine: Engine, *, wait: bool) -> Iterator[bool]:
     it. A server's ``idle_in_transaction_session_timeout`` shorter than a fill would end it early (the
     lock with it)."""
     with transactions.connect(engine) as conn, conn.begin() as transaction:
-        taken = conn.execute(text(advisory_lock_sql(sql_literal(POOL_LOCK_KEY), wait=wait))).scalar()
+        key = POOL_LOCK_KEY if namespace.is_default else f"{POOL_LOCK_KEY}:{namespace.registry_schema}"
+        taken = conn.execute(text(advisory_lock_sql(sql_literal(key), wait=wait))).scalar()
         try:
             yield wait or bool(taken)
         finally:
@@ -151,10 +156,11 @@ def _pool_lock(engine: Engine, *, wait: bool) -> Iterator[bool]:
 
 
 def _ready(conn: Connection, chain: Chain) -> int:
-    return int(conn.execute(store.READY, {"chain": chain.fingerprint, "revision": chain.head}).scalar_one())
+    ns = chain.namespace
+    return int(conn.execute(ns.sql(store.READY), {"chain": chain.fingerprint, "revision": chain.head}).scalar_one())
 
 
-def _take(conn: Connection, chain: Chain | None, *, everything: bool, grace_s: float = 0.0) -> int:
+def _take(conn: Connection, chain: Chain | None, ns: Namespace, *, everything: bool, grace_s: float = 0.0) -> int:
     """Drop the current role's spares (all, or those no release can claim: see ``store.TAKE``), rows and
     schemas together, a batch per transaction; spares being claimed are skipped. Under the pool's lock.
     Returns how many."""
@@ -169,7 +175,7 @@ def _take(conn: Connection, chain: Chain | None, *, everything: bool, grace_s: f
     dropped = 0
     while True:
         with conn.begin():
-            taken = list(conn.execute(store.TAKE, params).scalars())
+            taken = list(conn.execute(ns.sql(store.TAKE), params).scalars())
             for schema in taken:
                 drop_schema_cascade(conn, schema)
         dropped += len(taken)
@@ -251,8 +257,8 @@ def build_spare(conn: Connection, chain: Chain, flavor: Flavor, *, check: bool =
     plan = chain.plan(None, chain.head)
     parts = not in_one_transaction([plan])
     for _ in range(BUILD_ATTEMPTS):
-        spare = spare_name()
-        building = spare_name() if check else spare
+        spare = spare_name(chain.namespace)
+        building = spare_name(chain.namespace) if check else spare
         started = time.perf_counter()
         built = (
             _build_in_parts(conn, chain, flavor, plan, building, spare, check, started)
@@ -273,12 +279,13 @@ def build_spare(conn: Connection, chain: Chain, flavor: Flavor, *, check: bool =
 def _build_in_one(
     conn: Connection, chain: Chain, flavor: Flavor, plan: Plan, building: str, spare: str, check: bool, started: float
 ) -> bool:
+    ns = chain.namespace
     with conn.begin() as transaction:
-        privileges = conn.execute(store.PRIVILEGES).scalar_one()
+        privileges = conn.execute(ns.sql(store.PRIVILEGES)).scalar_one()
         run_plan(conn, chain, building, flavor, plan, create_schema=True)
         if check and (found := rename_and_scan(conn, building, spare)):
             raise PoolRefused(found)
-        if not conn.execute(store.INSERT, _row(chain, spare, privileges, started)).rowcount:
+        if not conn.execute(ns.sql(store.INSERT), _row(chain, spare, privileges, started)).rowcount:
             transaction.rollback()
             return False
     return True
@@ -290,21 +297,24 @@ def _build_in_parts(
     """Recorded not ready and committed; each part committed; then renamed (with ``check``), searched, and
     made ready in one transaction. A failure drops what was made; a connection lost leaves it to the next
     fill (which drops spares left not ready)."""
+    ns = chain.namespace
     with conn.begin():
-        privileges = conn.execute(store.PRIVILEGES).scalar_one()
-        conn.execute(store.INSERT_BUILDING, _row(chain, building, privileges, started))
+        privileges = conn.execute(ns.sql(store.PRIVILEGES)).scalar_one()
+        conn.execute(ns.sql(store.INSERT_BUILDING), _row(chain, building, privileges, started))
     try:
         run_plan(conn, chain, building, flavor, plan, create_schema=True, commit=True)
         with conn.begin() as transaction:
             if check and (found := rename_and_scan(conn, building, spare)):
                 raise PoolRefused(found)
-            if conn.execute(store.MARK_READY, {"schema": building, "spare": spare, "ms": _ms(started)}).rowcount:
+            if conn.execute(
+                ns.sql(store.MARK_READY), {"schema": building, "spare": spare, "ms": _ms(started)}
+            ).rowcount:
                 return True
             transaction.rollback()
     except BaseException:
-        _discard(conn, building)
+        _discard(conn, building, ns)
         raise
-    _discard(conn, building)
+    _discard(conn, building, ns)
     return False
 
 
@@ -318,7 +328,7 @@ def _row(chain: Chain, schema: str, privileges: str, started: float) -> dict[str
     }
 
 
-def _discard(conn: Connection, schema: str) -> None:
+def _discard(conn: Connection, schema: str, ns: Namespace) -> None:
     """Drop a spare being built in parts, schema and row, in a transaction of its own; on a connection that
     is gone, nothing (the next fill drops it)."""
     if conn.invalidated or conn.closed:
@@ -328,7 +338,7 @@ def _discard(conn: Connection, schema: str) -> None:
             conn.rollback()
         with conn.begin():
             drop_schema_cascade(conn, schema)
-            conn.execute(store.DELETE, {"schema": schema})
+            conn.execute(ns.sql(store.DELETE), {"schema": schema})
     except Exception as exc:
         log.warning("could not drop spare %s left half-built (the next pool fill will): %s", schema, first_line(exc))
 
