@@ -247,3 +247,12 @@ def test_a_command_pointed_at_the_other_chains_project_refuses_in_one_line(
     status = cli(url_string, other.ini, "status", "--json")
     assert status.exit_code == 0 and "project_demo" not in status.stdout
     assert snapshot(clean, "project_", "project_registry") == before
+
+
+def test_a_revision_run_online_by_alembic_targets_the_namespaces_schema(clean: sa.Engine, tmp_path: Path) -> None:
+    """The environment Alembic runs (alembic_env) takes a schema of the chain's own prefix."""
+    online = ChainBuilder(tmp_path / "online").add("o1", NOTES, extra="workspace_online = True")
+    set_options(online.ini, workspace_registry_schema="app_registry", workspace_schema_prefix="app_")
+    result = WorkspaceManager(clean, online.ini).ensure_detailed("live")
+    assert (result.schema, result.path) == ("app_live", "online")
+    assert schema_tables(clean, "app_live") == {"alembic_version", "notes"}
