@@ -241,6 +241,7 @@ def test_a_command_pointed_at_the_other_chains_project_refuses_in_one_line(
         assert "belongs to another chain: it is registered in project_registry" in line
     with pytest.raises(OtherNamespace):
         WorkspaceManager(clean, other.ini).ensure("demo")
+    assert_one_line_error(cli(url_string, other.ini, "drop", "demo", "--yes"), "belongs to another chain")
 
     everything = cli(url_string, other.ini, "upgrade", "--all")
     assert everything.exit_code == 0, everything.output

@@ -128,7 +128,8 @@ def read_fleet(
     has_registry = registry.present(conn, namespace)
     rows, schemas = _rows_and_schemas(conn, project_ids, namespace, has_registry=has_registry)
     registered = {row.schema_name for row in rows.values()}
-    foreign = registered_elsewhere(conn, namespace, [s for s in schemas if s not in registered])
+    named = schemas if project_ids is None else {namespace.schema_for(p) for p in project_ids}
+    foreign = registered_elsewhere(conn, namespace, [s for s in schemas if s in named and s not in registered])
     if project_ids is None:
         for schema in foreign:
             del schemas[schema]

@@ -365,6 +365,7 @@ def drop_schema(conn: Connection, project_id: str, schema: str, namespace: Names
     transactions.require(conn)
     with conn.begin():
         lock_schema(conn, schema)
+        refuse_other_namespace(conn, namespace, project_id, schema)  # another chain's: not this one's to drop
         existed = conn.execute(
             text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
         ).scalar()
