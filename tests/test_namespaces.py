@@ -257,3 +257,11 @@ def test_a_revision_run_online_by_alembic_targets_the_namespaces_schema(clean: s
     result = WorkspaceManager(clean, online.ini).ensure_detailed("live")
     assert (result.schema, result.path) == ("app_live", "online")
     assert schema_tables(clean, "app_live") == {"alembic_version", "notes"}
+
+
+def test_lint_tells_a_revision_naming_a_schema_of_the_chains_namespace(url_string: str, tmp_path: Path) -> None:
+    naming = ChainBuilder(tmp_path / "lint").add("l1", 'op.execute("UPDATE app_acme.notes SET body = body")')
+    set_options(naming.ini, workspace_registry_schema="app_registry", workspace_schema_prefix="app_")
+    result = cli(url_string, naming.ini, "lint", "--no-squawk")
+    assert result.exit_code == 1, result.output
+    assert "names schema 'app_acme'" in result.output
