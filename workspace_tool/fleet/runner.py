@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import recycling, reference, registry, spares, transactions
+from workspace_tool import recycling, reference, registry, transactions
+from workspace_tool import spares as warm_pool
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
@@ -148,7 +149,7 @@ def run(
     # sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is small;
     # processes are there for long online revisions on machines with idle cores.
     kind = "threads" if executor == "auto" else executor
-    use_pool = spares.configured_size(chain) > 0 if pool is None else pool
+    use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
     recycle = recycling.resolve(chain, recycle_after)
     worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
     if direct_engine is not None:
@@ -223,7 +224,7 @@ def run(
     if not interrupted and not idle:  # what `check` compares schemas with, if not stored yet for this chain
         reference.store_if_missing(direct_engine or engine, chain, lock_timeout_ms)
     follow = operation is UPGRADE and ids is None and not interrupted and not idle
-    followed = _follow_pool(engine, chain, jobs) if follow else None
+    spares = _follow_pool(engine, chain, jobs) if follow else None
     position = {r.project_id: i for i, r in enumerate(records)}
     finished.sort(key=lambda r: position[r.project_id])
     return FleetReport(
@@ -241,7 +242,7 @@ def run(
         not_selected=len(read) - len(records),
         order=staging.order,
         seed=plan.seed,
-        pool=followed,
+        pool=spares,
     )
 
 
@@ -306,7 +307,7 @@ def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | No
     head. Best effort: a failure (a chain the pool refuses, a role without CREATE) is logged and reported,
     never the run's failure."""
     try:
-        followed = spares.follow(engine, chain, jobs)
+        followed = warm_pool.follow(engine, chain, jobs)
     except (WorkspaceError, DBAPIError, OSError) as exc:
         log.warning("could not replace the warm pool's spares: %s", first_line(exc))
         return {"error": first_line(exc)}
