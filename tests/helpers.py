@@ -29,10 +29,10 @@ from sqlalchemy.orm import Session
 from workspace_tool.chain import Chain
 from workspace_tool.chain.index import CACHE_ENV
 from workspace_tool.cli import main
-from workspace_tool.fleet.reader import read_versions
 from workspace_tool.managers import cache
 from workspace_tool.models import CodeChunk, CodeFile, Repository
 from workspace_tool.naming import is_project_schema
+from workspace_tool.registry.inventory import read_versions
 from workspace_tool.schema.catalog import snapshot
 
 # The graph records (workspace_tool/chain/index.py) of the run's many temporary chains go to a directory of

@@ -28,7 +28,7 @@ from helpers import (
 )
 from sqlalchemy.engine import URL
 
-from workspace_tool import fleet, pool
+from workspace_tool import fleet, spares
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.cli.options import parse_duration_ms
@@ -449,14 +449,14 @@ def test_a_selection_that_selects_nothing_says_so_in_one_line_and_changes_nothin
 ) -> None:
     listed = ini.parent / "ids.txt"
     listed.write_text("c03\nc04\n")
-    pool.fill(engine, Chain.load(ini), 1)  # a spare, which a run that selects nothing leaves alone too
+    spares.fill(engine, Chain.load(ini), 1)  # a spare, which a run that selects nothing leaves alone too
     with engine.begin() as conn:  # and no head model stored: such a run stores none
         conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
 
-    def spares() -> list[pool.Spare]:  # as they are, but for how long ago their release last filled the pool
-        return [dataclasses.replace(s, release_age_s=None) for s in pool.status(engine, Chain.load(ini)).spares]
+    def spares_now() -> list[spares.Spare]:  # as they are, but for how long ago their release last filled the pool
+        return [dataclasses.replace(s, release_age_s=None) for s in spares.status(engine, Chain.load(ini)).spares]
 
-    before = database_state(engine), spares()
+    before = database_state(engine), spares_now()
 
     for args, criteria in [
         (["--match", "zz*"], "id matching zz*"),
@@ -471,7 +471,7 @@ def test_a_selection_that_selects_nothing_says_so_in_one_line_and_changes_nothin
         assert as_json.exit_code == 0 and as_json.stderr == line + "\n"
         report = json.loads(as_json.stdout)
         assert report["results"] == [] and report["not_selected"] == 12 and report["pool"] is None
-    assert (database_state(engine), spares()) == before
+    assert (database_state(engine), spares_now()) == before
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
 

@@ -250,7 +250,7 @@ def test_citus_constraints_no_registry_foreign_keys_and_no_combined_create_schem
 
 def test_batched_version_reads_hold_no_table_locks(engine: sa.Engine, fleet_at_a1: Chain) -> None:
     """Thousands of schemas are read in one transaction: each batch's locks go with its savepoint."""
-    from workspace_tool.fleet.reader import read_versions
+    from workspace_tool.registry.inventory import read_versions
 
     with engine.connect() as conn, conn.begin():
         versions = read_versions(conn, [f"project_{p}" for p in IDS], batch_size=6)

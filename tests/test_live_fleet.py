@@ -30,11 +30,12 @@ from helpers import (
     schema_version,
 )
 
-from workspace_tool import WorkspaceManager, drift, fleet, pool, reference
+from workspace_tool import WorkspaceManager, drift, fleet, reference, spares
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.fleet import reader, runner
-from workspace_tool.fleet.reader import read_versions
+from workspace_tool.fleet import runner
+from workspace_tool.registry import inventory
+from workspace_tool.registry.inventory import read_versions
 
 IDS = [f"p{i:02d}" for i in range(1, 13)]
 DROP_UNIQUE = 'op.drop_index("ux_items_name", table_name="items")'
@@ -115,7 +116,7 @@ def test_the_batched_version_read_leaves_out_a_schema_dropped_since_it_was_liste
 def test_status_leaves_out_a_project_dropped_while_it_read_the_versions(
     engine: sa.Engine, url_string: str, at_a1: Chain, app: WorkspaceManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dropped = drop_first(monkeypatch, reader, "read_versions", app, "p03", "p10")
+    dropped = drop_first(monkeypatch, inventory, "read_versions", app, "p03", "p10")
 
     result = cli(url_string, at_a1.config_path, "status", "--json")
 
@@ -199,7 +200,7 @@ def test_upgrade_all_json_goes_on_when_projects_vanish_during_its_read_and_befor
 ) -> None:
     """p03 is dropped while the run reads the versions (so it is simply not there: not in the report),
     p08 after the read, before its turn: gone. Exit 0, the summary counts it."""
-    drop_first(monkeypatch, reader, "read_versions", app, "p03")
+    drop_first(monkeypatch, inventory, "read_versions", app, "p03")
     drop_first(monkeypatch, runner, "run_threads", app, "p08")
 
     result = cli(url_string, at_a1.config_path, "upgrade", "--all", "--json", "--jobs", "2")
@@ -237,7 +238,7 @@ def test_check_does_not_count_a_project_dropped_while_it_runs_as_drift(
     with engine.begin() as conn:  # p06 and p09 differ from the model: read in detail
         conn.execute(sa.text("ALTER TABLE project_p06.items ADD COLUMN by_hand int"))
         conn.execute(sa.text("ALTER TABLE project_p09.items ADD COLUMN by_hand int"))
-    drop_first(monkeypatch, reader, "read_versions", app, "p01")
+    drop_first(monkeypatch, inventory, "read_versions", app, "p01")
     drop_first(monkeypatch, reference, "for_check", app, "p02")
     drop_first(monkeypatch, drift, "snapshot", app, "p06")
 
@@ -336,7 +337,7 @@ def test_check_does_not_report_a_spare_claimed_while_it_runs(
     """A spare listed, then claimed (renamed into a new project's schema) before its catalog is read: it
     is no spare any more, and no problem; the new project is not in this check's read either."""
     assert fleet.upgrade(engine, at_a1, jobs=2).ok
-    assert pool.fill(engine, at_a1, 3, jobs=1).built == 3
+    assert spares.fill(engine, at_a1, 3, jobs=1).built == 3
     claiming = WorkspaceManager(engine, at_a1.config_path, warm_pool=3)
     claimed: list[str] = []
 
@@ -359,7 +360,7 @@ def test_check_does_not_report_a_spare_claimed_while_it_runs(
     assert claimed == ["claimed-while-listing", "claimed-before-compare"]
     assert report.ok, [(s.schema, s.problems) for s in report.failing]
     assert len(report.spares) == 1 and report.spares[0].problems == []
-    assert pool.status(engine, at_a1).ready == 1
+    assert spares.status(engine, at_a1).ready == 1
     result = cli(url_string, at_a1.config_path, "check")  # and now: the two new projects are at head
     assert result.exit_code == 0 and "14 schema(s) and 1 spare(s) checked" in result.stderr, result.output
     claiming.close()

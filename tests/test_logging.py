@@ -58,7 +58,7 @@ def test_verbose_shows_each_schemas_path_sending_and_timings(url: str) -> None:
         rf"project_alpha: upgraded {PREVIOUS} -> {HEAD}, path fast, fast lane \(one round trip\), {MS}",
         logged(err, "workspace_tool.schema.migrate")[0],
     )
-    read, fleet_read = logged(err, "workspace_tool.fleet.reader")
+    read, fleet_read = logged(err, "workspace_tool.registry.inventory")
     assert re.fullmatch(r"read 2 schema\(s\) in 1 batch\(es\) of up to 200 on 1 connection\(s\) in \d+ ms", read)
     assert re.fullmatch(
         r"fleet read: 2 project\(s\), 2 registered, 2 project schema\(s\), 2 version\(s\) read, in \d+ ms", fleet_read

@@ -37,7 +37,7 @@ from helpers import (
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, pool
+from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, spares
 from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import Path as PlanPath
 from workspace_tool.errors import SessionRequired
@@ -449,7 +449,7 @@ def test_the_async_manager_through_the_pooler(
 # ----------------------------------------------------------------------------------- the warm pool
 def test_pool_fill_and_claims_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
     chain = Chain.load(ALEMBIC_INI)
-    assert pool.fill(pooled, chain, 4, jobs=2).built == 4
+    assert spares.fill(pooled, chain, 4, jobs=2).built == 4
     pgbouncer.assert_no_leak(pooled.url, engine)
     mgr = WorkspaceManager(pooled, ALEMBIC_INI, warm_pool=4)
     try:
@@ -464,8 +464,8 @@ def test_pool_fill_and_claims_through_the_pooler(pooled: sa.Engine, engine: sa.E
         refilling.refiller.wait(60)
     finally:
         refilling.close()
-    assert pool.status(pooled, chain, 2).ready == 2
-    assert pool.drain(pooled) == 2
+    assert spares.status(pooled, chain, 2).ready == 2
+    assert spares.drain(pooled) == 2
     assert assert_consistent(engine) == {f"project_pb_{i}": HEAD for i in range(6)}
     pgbouncer.assert_no_leak(pooled.url, engine)
 
@@ -474,11 +474,11 @@ def test_one_filler_at_a_time_through_the_pooler(pooled: sa.Engine, engine: sa.E
     """The pool's lock is held by a transaction open for the whole fill: another filler through the
     pooler finds it taken (busy), and once the fill is over nothing holds it."""
     chain = Chain.load(ALEMBIC_INI)
-    pool.fill(pooled, chain, 0)
+    spares.fill(pooled, chain, 0)
     with pooled.connect() as holder, holder.begin():
         holder.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": POOL_LOCK_KEY})
-        assert pool.fill(pooled, chain, 2, wait=False).busy
-    assert pool.fill(pooled, chain, 2, wait=False).built == 2
+        assert spares.fill(pooled, chain, 2, wait=False).busy
+    assert spares.fill(pooled, chain, 2, wait=False).built == 2
     pgbouncer.assert_no_leak(pooled.url, engine)
 
 

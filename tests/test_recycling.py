@@ -16,10 +16,10 @@ from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, assert_one_line_error
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, drift, fleet, pool, recycling
+from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, drift, fleet, recycling, spares
 from workspace_tool.chain import Chain
 from workspace_tool.errors import ConfigurationError
-from workspace_tool.fleet.reader import read_versions_parallel
+from workspace_tool.registry.inventory import read_versions_parallel
 from workspace_tool.urls import async_url
 
 # a2 records the backend that ran it, in the schema it migrates
@@ -182,11 +182,11 @@ def test_pool_fill_builds_spares_on_a_new_backend_every_n(
 ) -> None:
     set_option(pid_chain.config_path, "2")
     chain = Chain.load(pid_chain.config_path)
-    report = pool.fill(own_engine, chain, 5, jobs=1)
+    report = spares.fill(own_engine, chain, 5, jobs=1)
     assert report.built == 5
     with engine.connect() as conn:
-        spares = conn.execute(sa.text("SELECT schema_name FROM project_registry.spare_schemas ORDER BY created_at"))
-        pids = [conn.execute(sa.text(f'SELECT pid FROM "{s}".migrated_by')).scalar_one() for s in spares.scalars()]
+        names = conn.execute(sa.text("SELECT schema_name FROM project_registry.spare_schemas ORDER BY created_at"))
+        pids = [conn.execute(sa.text(f'SELECT pid FROM "{s}".migrated_by')).scalar_one() for s in names.scalars()]
     # the first spare is built alone (and checked); the other four, two per backend
     assert groups(pids[1:]) == [2, 2] and pids[3] != pids[2]
 

@@ -43,6 +43,7 @@ from workspace_tool.chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_di
 from workspace_tool.chain.autogenerate import autogenerate_options, reflect_unqualified_sequences
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
+from workspace_tool.namespace import DEFAULT
 from workspace_tool.registry import known as cache
 from workspace_tool.schema.migrate import scratch_schema
 from workspace_tool.sql import drop_schema_cascade, quote_ident, search_path_sql
@@ -194,7 +195,7 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     rolled back (``scratch_schema``); dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with translating(engine.url), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)
+        flavor = registry.bootstrap(conn, DEFAULT if chain is None else chain.namespace)
         extension_schema = flavor.extension_schema
         try:
             if chain is None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from workspace_tool.managers.sync_manager import WorkspaceManager
+    from workspace_tool.namespace import Namespace
 
 URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
 # With no URL and without the embedded extra, what to do instead of installing it.
@@ -60,6 +61,16 @@ class AppContext:
         if given:
             return given
         return main_option(resolve_config_path(self.config), DIRECT_URL_OPTION)
+
+    @cached_property
+    def namespace(self) -> Namespace:
+        """The chain's namespace as alembic.ini names it, read without loading the chain (``list`` shows the
+        registry of a chain that can't be loaded)."""
+        from workspace_tool.chain.loading import main_option, resolve_config_path
+        from workspace_tool.namespace import REGISTRY_SCHEMA_OPTION, SCHEMA_PREFIX_OPTION, from_options
+
+        path = resolve_config_path(self.config)
+        return from_options(main_option(path, REGISTRY_SCHEMA_OPTION), main_option(path, SCHEMA_PREFIX_OPTION), path)
 
     @cached_property
     def engine(self) -> Engine:

@@ -1,4 +1,4 @@
-"""`pool fill`, `pool status`, `pool drain`: the warm pool of spare schemas at head (workspace_tool.pool)."""
+"""`pool fill`, `pool status`, `pool drain`: the warm pool of spare schemas at head (workspace_tool.spares)."""
 
 from __future__ import annotations
 
@@ -35,16 +35,16 @@ def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> 
     Idempotent; a second fill running at the same time waits for the first, then finds the pool full.
     Refused, with nothing made, for a chain whose objects name their schema in stored text (a rename
     would not follow them). Run it from cron, or let the application refill in the background."""
-    from workspace_tool import pool as warm_pool
+    from workspace_tool import spares
 
     app.jobs = jobs  # before the engine is made: its pool is sized for them
     chain = app.manager.chain
-    target = warm_pool.resolve_size(chain, size)
+    target = spares.resolve_size(chain, size)
     if target == 0 and size is None:
         raise click.UsageError(
-            f"the pool size is 0: pass --size N, or set {warm_pool.POOL_SIZE_OPTION} = N in {chain.config_path}"
+            f"the pool size is 0: pass --size N, or set {spares.POOL_SIZE_OPTION} = N in {chain.config_path}"
         )
-    report = warm_pool.fill(app.engine, chain, target, jobs=jobs)
+    report = spares.fill(app.engine, chain, target, jobs=jobs)
     if as_json:
         click.echo(to_json(report.as_dict()))
     claimed = f", {report.claimed} claimed meanwhile" if report.claimed else ""
@@ -54,11 +54,11 @@ def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> 
         f"{report.elapsed_ms / 1000:.2f}s",
         err=True,
     )
-    if target and warm_pool.configured_size(chain) == 0:
+    if target and spares.configured_size(chain) == 0:
         click.echo(
-            f"Warning: {warm_pool.POOL_SIZE_OPTION} is 0 in {chain.config_path}, so nothing claims these spares "
+            f"Warning: {spares.POOL_SIZE_OPTION} is 0 in {chain.config_path}, so nothing claims these spares "
             "unless the application's managers are given warm_pool=N: set "
-            f"{warm_pool.POOL_SIZE_OPTION} = N there to turn the pool on",
+            f"{spares.POOL_SIZE_OPTION} = N there to turn the pool on",
             err=True,
         )
 
@@ -73,10 +73,10 @@ def status_(app: AppContext, as_json: bool) -> None:
     the next fill; old privileges: built under other default privileges; building: not complete; missing;
     other role: made by another role, which alone can claim it); then, with more than one release, the
     spares of each (this one's first) and when it last filled the pool. Read-only."""
-    from workspace_tool import pool as warm_pool
-    from workspace_tool.registry.spares import SpareState
+    from workspace_tool import spares
+    from workspace_tool.spares.store import SpareState
 
-    report = warm_pool.status(app.engine, app.manager.chain)
+    report = spares.status(app.engine, app.manager.chain)
     if as_json:
         click.echo(to_json(report.as_dict()))
         return
@@ -104,7 +104,7 @@ def status_(app: AppContext, as_json: bool) -> None:
 @pass_app
 def drain(app: AppContext) -> None:
     """Drop every spare (they hold no data): new projects are built again until the pool is filled."""
-    from workspace_tool import pool as warm_pool
+    from workspace_tool import spares
 
-    dropped = warm_pool.drain(app.engine)
+    dropped = spares.drain(app.engine, app.manager.chain.namespace)
     click.echo(f"Dropped {dropped} spare schema(s).", err=True)

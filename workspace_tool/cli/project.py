@@ -21,9 +21,8 @@ def init(app: AppContext) -> None:
     from workspace_tool.urls import redact
 
     extension_schema = app.manager.init()
-    note(
-        f"Registry ready in project_registry; vector extension in schema {extension_schema}; database {redact(app.url)}"
-    )
+    registry = app.manager.chain.namespace.registry_schema
+    note(f"Registry ready in {registry}; vector extension in schema {extension_schema}; database {redact(app.url)}")
 
 
 @click.command()
@@ -47,11 +46,10 @@ def ensure(
     as_json: bool,
 ) -> None:
     """Create each project's schema (or bring it to head) and print what was done and how long it took."""
-    from workspace_tool.naming import schema_for
     from workspace_tool.schema.roles import validate_role_name
 
     for project_id in project_ids:  # every id is checked before any SQL is sent
-        schema_for(project_id)
+        app.manager.chain.namespace.schema_for(project_id)
     if owner_role is not None:
         validate_role_name(owner_role)
     results: list[dict[str, Any]] = []
@@ -75,11 +73,11 @@ def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None
     statuses = app.manager.status(list(project_ids) or None)
     nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
-        from workspace_tool import pool
+        from workspace_tool import spares
         from workspace_tool.status import fleet_summary
 
-        spares = pool.status(app.engine, app.manager.chain).counts()
-        summary = fleet_summary(app.manager.chain, statuses, spares)
+        spare_counts = spares.status(app.engine, app.manager.chain).counts()
+        summary = fleet_summary(app.manager.chain, statuses, spare_counts)
         if as_json:
             click.echo(to_json(summary))
         elif not nothing_yet:
@@ -105,11 +103,12 @@ def list_(app: AppContext, as_json: bool) -> None:
     from workspace_tool import transactions
     from workspace_tool.dberrors import translating
     from workspace_tool.errors import ConfigurationError
-    from workspace_tool.managers.core import has_registry, registry_rows
+    from workspace_tool.registry.inventory import has_registry, registry_rows
 
+    namespace = app.namespace  # read from alembic.ini without loading the chain
     with translating(app.engine.url), transactions.connect(app.engine) as conn:
-        rows = [dataclasses.asdict(r) for r in registry_rows(conn)]
-        registered = bool(rows) or has_registry(conn)
+        rows = [dataclasses.asdict(r) for r in registry_rows(conn, namespace)]
+        registered = bool(rows) or has_registry(conn, namespace)
     try:
         app.manager.chain  # noqa: B018 (loaded to tell a broken chain now, not at the next command)
     except ConfigurationError as exc:
@@ -125,9 +124,7 @@ def list_(app: AppContext, as_json: bool) -> None:
 @pass_app
 def drop(app: AppContext, project_id: str, yes: bool) -> None:
     """Drop a project's schema, with all its data, and its registry row."""
-    from workspace_tool.naming import schema_for
-
-    schema = schema_for(project_id)
+    schema = app.manager.chain.namespace.schema_for(project_id)
     if not yes:
         raise click.UsageError(f"dropping {schema} deletes all its data: add --yes to confirm")
     if app.manager.drop(project_id):

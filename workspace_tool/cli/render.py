@@ -255,7 +255,7 @@ def _selected(report: FleetReport) -> str:
 
 
 def _pool_line(followed: dict[str, Any]) -> str:
-    """After upgrade --all: what happened to the warm pool's spares (pool.follow)."""
+    """After upgrade --all: what happened to the warm pool's spares (spares.follow)."""
     if "error" in followed:
         return f"Warm pool: spares behind head not replaced: {followed['error']}"
     return (

@@ -4,7 +4,7 @@ transaction, with a result per schema.
 The order of a run (runner.py):
 
 1. The registry's own chain is migrated first, serially (``registry.bootstrap``).
-2. The fleet is read once (reader.py: registry rows, project schemas, their versions in batches spread
+2. The fleet is read once (registry/inventory.py: registry rows, project schemas, their versions in batches spread
    over the run's connections); the run decides per schema (decide.py, by the operation's rules): schemas already
    at the target with a matching registry row are skipped without any Alembic.
 3. The rest run in parallel (executors.py: threads), one Migrator per connection (migrator.py): each schema's

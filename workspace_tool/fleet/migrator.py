@@ -220,4 +220,4 @@ class Migrator:
             conn = self.connection()
             with conn.begin():
                 conn.exec_driver_sql(lock_timeout_statement(self.options.lock_timeout_ms))
-                conn.execute(registry.MARK_FAILED, params)
+                conn.execute(self.chain.namespace.sql(registry.MARK_FAILED), params)

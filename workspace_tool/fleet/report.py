@@ -66,7 +66,7 @@ class FleetReport:
     not_selected: int = 0  # projects read but left out by the selection (they are not in ``results``)
     order: Order | None = None  # the order schemas started in (None: as read)
     seed: int | None = None  # the random order's seed (given, or drawn and reported here)
-    pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (pool.follow)
+    pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (spares.follow)
     stop_reason: StopReason | None = None  # what ``stopped`` says, as a code
 
     def with_reason(self, reason: SkipReason) -> list[SchemaResult]:

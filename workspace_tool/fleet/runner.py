@@ -15,8 +15,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import pool as warm_pool
 from workspace_tool import recycling, reference, registry, transactions
+from workspace_tool import spares as warm_pool
 from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import first_line, translating
@@ -26,12 +26,12 @@ from workspace_tool.fleet.decide import Verdict, decide
 from workspace_tool.fleet.executors import StopRule, Tracker, run_threads
 from workspace_tool.fleet.migrator import RunOptions
 from workspace_tool.fleet.outcome import Outcome, SkipReason, Stop, StopReason
-from workspace_tool.fleet.reader import read_fleet, read_versions_parallel, versions_reader
 from workspace_tool.fleet.report import FleetReport, ProgressCallback, SchemaResult, StageReport, ms_since
 from workspace_tool.fleet.spec import DEFAULT_LOCK_TIMEOUT_MS, RunSpec, SpecOptions
 from workspace_tool.fleet.stages import Selection, Stage, StagePlan, Staging
 from workspace_tool.jobs import check_jobs, spare_jobs
 from workspace_tool.registry import known as cache
+from workspace_tool.registry.inventory import read_fleet, read_versions_parallel, versions_reader
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation, Work
 from workspace_tool.schema.plan import Expected, SchemaPlan
@@ -109,7 +109,7 @@ def run(
     direct_engine: Engine | None = None,
 ) -> FleetReport:
     """The fleet run of ``operation`` as ``spec`` says (see workspace_tool.fleet.spec).
-    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``).
+    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``spares.follow``).
 
     ``direct_engine``: an engine that bypasses the connection pooler ``engine`` may go through (see
     workspace_tool.flavor.pooler). The schemas whose range holds a revision that runs outside a transaction are
@@ -127,10 +127,12 @@ def run(
     resolved = chain.resolve(spec.target)
     cache_key = cache.database_key(engine.url, chain.config_path)
     with translating(engine.url), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)  # the registry's own chain first, serially
+        flavor = registry.bootstrap(conn, chain.namespace)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, flavor)
         with conn.begin():
-            read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle))
+            read = read_fleet(
+                conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle), chain.namespace
+            )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
     # a selection that selects nothing: nothing is done, not even to the warm pool or the head model
@@ -339,8 +341,8 @@ def render_sql(engine: Engine, chain: Chain, operation: Operation, spec: RunSpec
     # the versions on another connection of the pool when it has one to spare, replaced as a run's are
     versions_of = versions_reader(engine, spare_jobs(engine, 1), recycling.configured(chain))
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-        probe = conn.execute(registry.PROBE).one()
-        records = read_fleet(conn, spec.project_ids, versions_of)
+        probe = conn.execute(chain.namespace.sql(registry.PROBE)).one()
+        records = read_fleet(conn, spec.project_ids, versions_of, chain.namespace)
         conn.rollback()
     if spec.selection is not None:
         records = spec.selection.apply(records, chain)

@@ -107,3 +107,18 @@ def upsert_sql(
         "last_action = EXCLUDED.last_action, last_duration_ms = EXCLUDED.last_duration_ms, "
         "last_path = EXCLUDED.last_path, last_error = NULL, updated_at = now() RETURNING last_duration_ms"
     )
+
+
+def migrating_schema() -> str:
+    """In a registry revision: the schema of the registry being migrated (its namespace's: Alembic's version
+    table is there, see ``RegistryChain.upgrade``)."""
+    from alembic import op
+
+    return str(op.get_context().version_table_schema or REGISTRY_SCHEMA)
+
+
+def in_migrating_registry(statement: str) -> str:
+    """In a registry revision: ``statement``, written against the default registry, for the one migrated."""
+    from workspace_tool.namespace import Namespace
+
+    return Namespace(migrating_schema()).sql(statement)
