@@ -108,7 +108,7 @@ def test_sql_prints_the_statements_and_changes_nothing(engine: sa.Engine, url_st
 
 def test_downgrade_all_to_an_older_revision_and_back(engine: sa.Engine, url_string: str, ini: Path) -> None:
     assert cli(url_string, ini, "upgrade", "--all").exit_code == 0
-    down = cli(url_string, ini, "downgrade", "--all", "--to", "a1")
+    down = cli(url_string, ini, "downgrade", "--all", "--to", "a1", "--yes")
     assert down.exit_code == 0, down.output
     assert "downgrade to a1: 12 ok, 0 failed, 0 skipped" in down.stderr
     assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
@@ -411,7 +411,7 @@ def test_the_command_after_a_random_canary_carries_the_seed_drawn_and_does_the_r
     in_two = started_order(engine)
     assert in_two[:3] == first
     # one run with that seed, canary and all, starts the schemas in the same order
-    assert cli(url_string, ini, "downgrade", "--all", "--to", "a1").exit_code == 0
+    assert cli(url_string, ini, "downgrade", "--all", "--to", "a1", "--yes").exit_code == 0
     whole = cli(url_string, ini, "upgrade", "--all", "--order", "random", "--seed", str(seed), "-j", "1")
     assert whole.exit_code == 0 and started_order(engine) == in_two
 

@@ -543,7 +543,7 @@ def test_pool_fill_status_and_drain_from_the_command_line(engine: sa.Engine, cha
     ensured = cli(engine, "ensure", "cli-pool", config=ini)
     assert ensured.exit_code == 0 and ensured.stdout.splitlines()[1].split()[-1] == "pool"  # the PATH column
 
-    drained = cli(engine, "pool", "drain")
+    drained = cli(engine, "pool", "drain", "--yes")
     assert (drained.exit_code, drained.stderr) == (0, "Dropped 1 spare schema(s).\n")
     assert spare_schemas(engine) == []
 

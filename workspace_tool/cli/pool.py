@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app
-from workspace_tool.cli.options import jobs_option, json_option
+from workspace_tool.cli.options import confirm, jobs_option, json_option, yes_option
 from workspace_tool.cli.render import emit, to_json
 
 SPARE_COLUMNS = ["schema", "revision", "chain", "state", "build_ms", "created_at"]
@@ -101,10 +101,13 @@ def status_(app: AppContext, as_json: bool) -> None:
 
 
 @pool.command()
+@yes_option
 @pass_app
 def drain(app: AppContext) -> None:
-    """Drop every spare (they hold no data): new projects are built again until the pool is filled."""
+    """Drop every spare (they hold no data): new projects are built again until the pool is filled. It asks
+    first on a terminal; without one, --yes confirms."""
     from workspace_tool import pool as warm_pool
 
+    confirm("draining the warm pool drops every spare schema (new projects are built again until `pool fill`)")
     dropped = warm_pool.drain(app.engine)
     click.echo(f"Dropped {dropped} spare schema(s).", err=True)

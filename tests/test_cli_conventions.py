@@ -1,0 +1,139 @@
+"""The CLI's conventions (issue 22, section 2): an unknown project id is an error naming it; one state
+vocabulary; no silent wrong-way upgrade or downgrade; destructive commands confirm (--yes without a
+terminal); -q/-v after the command's name; check's findings grouped; progress lines when stderr is not a
+terminal; ensure's action words are the registry's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+from helpers import ChainBuilder, assert_one_line_error, database_state, run_cli, schema_exists
+
+from workspace_tool import fleet
+from workspace_tool.chain import Chain
+from workspace_tool.cli import main, options
+
+ITEMS = """
+op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text, nullable=False))
+"""
+INDEX = 'op.create_index("ix_items_name", "items", ["name"])'
+UNINDEX = 'op.drop_index("ix_items_name", table_name="items")'
+
+
+@pytest.fixture
+def ini(engine: sa.Engine, chain_builder: ChainBuilder) -> Path:
+    """A two-revision chain; projects p1, p2 at a2 (head), p3 at a1."""
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
+    chain_builder.add("a2", INDEX, UNINDEX)
+    chain = Chain.load(chain_builder.ini)
+    fleet.provision(engine, chain, ["p1", "p2"], target="a2", jobs=2)
+    fleet.provision(engine, chain, ["p3"], target="a1", jobs=1)
+    return Path(chain_builder.ini)
+
+
+def cli(url: str, ini: Path, *args: str) -> Result:
+    return run_cli("--database-url", url, "-c", str(ini), *args)
+
+
+# ---------------------------------------------------------------- 1. unknown ids
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["check"],
+        ["upgrade"],
+        ["upgrade", "--sql"],
+        ["downgrade", "--to", "a1", "--yes"],
+        ["drop", "--yes"],
+    ],
+)
+def test_an_unknown_project_id_is_an_error_naming_it(
+    engine: sa.Engine, url_string: str, ini: Path, command: list[str]
+) -> None:
+    before = database_state(engine)
+    line = assert_one_line_error(cli(url_string, ini, *command, "p1", "nosuch"), "no project nosuch")
+    assert "p1" not in line and "nothing was changed" in line
+    assert database_state(engine) == before
+
+
+def test_several_unknown_ids_are_named_in_one_line(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    many = [f"x{i}" for i in range(8)]
+    line = assert_one_line_error(cli(url_string, ini, "status", "x-a", "p1", "x-b"), "2 unknown project ids: x-a, x-b")
+    assert "p1" not in line
+    assert_one_line_error(
+        cli(url_string, ini, "upgrade", *many), "8 unknown project ids: x0, x1, x2, x3, x4 and 3 more"
+    )
+
+
+# ---------------------------------------------------------------- 3. the wrong way
+def test_upgrade_to_an_older_revision_is_refused(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    before = database_state(engine)
+    assert_one_line_error(
+        cli(url_string, ini, "upgrade", "p1", "p3", "--to", "a1"),
+        "that is a downgrade for project_p1 (at a2): use `workspace-tool downgrade p1 p3 --to a1`",
+    )
+    assert_one_line_error(cli(url_string, ini, "upgrade", "--all", "--to", "base"), "that is a downgrade")
+    assert_one_line_error(
+        cli(url_string, ini, "downgrade", "p3", "--to", "a2", "--yes"),
+        "that is an upgrade for project_p3 (at a1): use `workspace-tool upgrade p3 --to a2`",
+    )
+    assert_one_line_error(cli(url_string, ini, "downgrade", "--all", "--to", "head", "--yes"), "that is an upgrade")
+    assert database_state(engine) == before
+    assert cli(url_string, ini, "upgrade", "p3", "--to", "a2").exit_code == 0  # the right way still works
+
+
+# ---------------------------------------------------------------- 4. --yes
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["downgrade", "--all", "--to", "a1"],
+        ["downgrade", "p1", "--to", "base"],
+        ["drop", "p1", "p2"],
+        ["drop", "p1"],
+        ["pool", "drain"],
+    ],
+)
+def test_destructive_commands_without_a_terminal_need_yes(
+    engine: sa.Engine, url_string: str, ini: Path, command: list[str]
+) -> None:
+    before = database_state(engine)
+    assert_one_line_error(cli(url_string, ini, *command), "pass --yes to confirm", "nothing was changed")
+    assert database_state(engine) == before
+
+
+def test_downgrade_all_with_yes_downgrades(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    result = cli(url_string, ini, "downgrade", "--all", "--to", "a1", "-y")
+    assert result.exit_code == 0, result.output
+    assert "downgrade to a1: 2 ok, 0 failed, 1 skipped" in result.stderr
+
+
+def test_destructive_commands_ask_on_a_terminal(
+    engine: sa.Engine, url_string: str, ini: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(options, "on_a_terminal", lambda: True)
+    base = ["--database-url", url_string, "-c", str(ini)]
+    before = database_state(engine)
+    refused = CliRunner().invoke(main, [*base, "drop", "p1", "p2"], input="n\n")
+    assert refused.exit_code == 1
+    assert "dropping project_p1, project_p2 deletes all their data. Go on? [y/N]" in refused.stderr
+    assert refused.stderr.splitlines()[-1] == "Error: not confirmed; nothing was changed"
+    assert database_state(engine) == before
+
+    agreed = CliRunner().invoke(main, [*base, "drop", "p1", "p2"], input="y\n")
+    assert agreed.exit_code == 0, agreed.output
+    assert not schema_exists(engine, "project_p1") and not schema_exists(engine, "project_p2")
+
+
+# ---------------------------------------------------------------- 5. -q / -v after the command
+def test_quiet_and_verbose_after_the_command(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    quiet = cli(url_string, ini, "upgrade", "--all", "-q")
+    assert (quiet.exit_code, quiet.stderr) == (0, "")
+    assert cli(url_string, ini, "status", "-q", "nosuch").stderr.startswith("Error: no project nosuch")
+    assert cli(url_string, ini, "pool", "status", "-q").exit_code == 0
+    verbose = cli(url_string, ini, "status", "p1", "-v")
+    assert verbose.exit_code == 0 and "INFO workspace_tool" in verbose.stderr
+    both = cli(url_string, ini, "-v", "status", "-q")
+    assert both.exit_code == 2 and "-v/--verbose and -q/--quiet don't go together" in both.stderr
