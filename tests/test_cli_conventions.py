@@ -5,6 +5,7 @@ terminal; ensure's action words are the registry's."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,35 @@ def test_quiet_and_verbose_after_the_command(engine: sa.Engine, url_string: str,
     assert verbose.exit_code == 0 and "INFO workspace_tool" in verbose.stderr
     both = cli(url_string, ini, "-v", "status", "-q")
     assert both.exit_code == 2 and "-v/--verbose and -q/--quiet don't go together" in both.stderr
+
+
+# ---------------------------------------------------------------- 2. one state vocabulary
+def test_the_states_status_writes_are_the_ones_state_takes(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    named = json.loads(cli(url_string, ini, "status", "--json", "p1", "p3").stdout)
+    assert [(s["project_id"], s["state"]) for s in named] == [("p1", "at-head"), ("p3", "behind")]
+    summary = json.loads(cli(url_string, ini, "status", "--json").stdout)
+    assert summary["counts"] == {
+        "at-head": 2,
+        "behind": 1,
+        "ahead": 0,
+        "failed": 0,
+        "empty": 0,
+        "missing": 0,
+        "orphan": 0,
+    }
+    assert {r["state"] for r in summary["revisions"]} == {"at-head", "behind"}
+    table = cli(url_string, ini, "status", "p1").stdout
+    assert table.splitlines()[1].split()[3] == "at-head"
+    for state in summary["counts"]:  # every state status writes is a state --state takes
+        result = cli(url_string, ini, "upgrade", "--all", "--state", state, "--sql")
+        assert result.exit_code == 0, (state, result.output)
+    selected = cli(url_string, ini, "upgrade", "--all", "--state", "at-head", "--sql", "--json")
+    assert sorted(s["project_id"] for s in json.loads(selected.stdout)) == ["p1", "p2"]
+
+
+def test_state_takes_the_old_spellings_and_refuses_others(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    for old in ("at head", "AT_HEAD", "ahead/unknown"):
+        assert cli(url_string, ini, "upgrade", "--all", "--state", old, "--sql").exit_code == 0, old
+    refused = cli(url_string, ini, "upgrade", "--all", "--state", "done")
+    assert refused.exit_code == 2
+    assert "'done' is not a state: at-head, behind, ahead, failed, empty, missing, orphan" in refused.stderr

@@ -132,9 +132,9 @@ def test_status_counts_the_fleet_and_names_missing_and_orphan_schemas(
     summary = json.loads(result.stdout)
     assert summary["head"] == "a2" and summary["total"] == 12
     assert summary["counts"] == {
-        "at head": 2,
+        "at-head": 2,
         "behind": 6,
-        "ahead/unknown": 1,
+        "ahead": 1,
         "failed": 1,
         "empty": 0,
         "missing": 1,
@@ -440,7 +440,7 @@ def test_selection_by_state_glob_and_file(engine: sa.Engine, url_string: str, in
 
     assert result.exit_code == 0, result.output
     assert "upgrade to a2: 3 ok, 0 failed, 1 skipped" in result.stderr
-    assert "Selected 4 of 12 project(s): state at head, behind; one of 4 listed ids" in result.stderr
+    assert "Selected 4 of 12 project(s): state at-head, behind; one of 4 listed ids" in result.stderr
     assert [p for p in IDS if schema_version(engine, f"project_{p}") == "a2"] == ["c01", "c02", "c05", "c06", "c10"]
 
 
@@ -461,7 +461,7 @@ def test_a_selection_that_selects_nothing_says_so_in_one_line_and_changes_nothin
     for args, criteria in [
         (["--match", "zz*"], "id matching zz*"),
         (["--state", "failed,orphan"], "state failed, orphan"),
-        (["--ids-from", str(listed), "--state", "at-head"], "state at head; one of 2 listed ids"),
+        (["--ids-from", str(listed), "--state", "at-head"], "state at-head; one of 2 listed ids"),
     ]:
         result = cli(url_string, ini, "upgrade", "--all", *args)
         as_json = cli(url_string, ini, "upgrade", "--all", "--json", *args)

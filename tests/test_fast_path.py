@@ -236,7 +236,7 @@ def test_a_revision_can_opt_out_with_workspace_online(chain_builder: ChainBuilde
         assert schema_tables(engine, result.schema) == {"items", "alembic_version"}
         assert registry_path(engine, "optout") == "online"
         status = mgr.status(["optout"])[0]
-        assert (status.state, status.last_path) == ("at head", "online")
+        assert (status.state, status.last_path) == ("at-head", "online")
 
 
 def test_a_revision_that_cannot_render_offline_falls_back_online(

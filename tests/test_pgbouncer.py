@@ -214,7 +214,7 @@ def test_init_status_and_check_through_the_pooler(pooled: sa.Engine, engine: sa.
     assert run_cli("--database-url", pooled_text, "-c", ini, "init").exit_code == 0
     assert run_cli("--database-url", pooled_text, "-c", ini, "ensure", "pb-0", "pb-1").exit_code == 0
     status = run_cli("--database-url", pooled_text, "-c", ini, "status", "--json")
-    assert status.exit_code == 0 and '"at head": 2' in status.stdout, status.stdout
+    assert status.exit_code == 0 and '"at-head": 2' in status.stdout, status.stdout
     check = run_cli("--database-url", pooled_text, "-c", ini, "check")
     assert check.exit_code == 0, (check.stdout, check.stderr)
     pgbouncer.assert_no_leak(pooled.url, engine)

@@ -246,7 +246,7 @@ def test_a_spare_of_another_role_is_left_to_it(engine: sa.Engine, database_url: 
 def test_spares_are_counted_apart_never_as_orphans(pooled: WorkspaceManager, engine: sa.Engine) -> None:
     pooled.ensure("counted")
     statuses = pooled.status()
-    assert [(s.project_id, s.state) for s in statuses] == [("counted", "at head")]
+    assert [(s.project_id, s.state) for s in statuses] == [("counted", "at-head")]
     summary = json.loads(cli(engine, "status", "--json").stdout)
     assert summary["counts"]["orphan"] == 0 and summary["total"] == 1
     assert summary["spares"] == {

@@ -162,10 +162,10 @@ def test_status_and_check_work_for_a_read_only_role(
     status = cli(url, "status")
     assert status.exit_code == 0 and status.stdout.startswith(f"2 project(s); head is {chain.head}\n"), status.output
     named = cli(url, "status", "ro-a", "--json")
-    assert [(s["project_id"], s["state"]) for s in json.loads(named.stdout)] == [("ro-a", "at head")]
+    assert [(s["project_id"], s["state"]) for s in json.loads(named.stdout)] == [("ro-a", "at-head")]
     check = cli(url, "check")
     assert check.exit_code == 1, check.output
-    assert check.stdout == "project_ro_b (project ro-b, at head):\n  unexpected relations.code_files.columns.by_hand\n"
+    assert check.stdout == "project_ro_b (project ro-b, at-head):\n  unexpected relations.code_files.columns.by_hand\n"
     one_line_error(cli(url, "verify-fast-path"), "may not create schemas in database", "GRANT CREATE ON DATABASE")
 
     with engine.begin() as conn:  # no reference stored for this chain: check says what to run
@@ -191,7 +191,7 @@ def test_status_and_check_on_an_engine_with_a_pool_of_one_connection(engine: sa.
     small = sa.create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=2)
     try:
         manager = WorkspaceManager(small, ALEMBIC_INI)
-        assert [s.state for s in manager.status()] == ["at head", "at head"]
+        assert [s.state for s in manager.status()] == ["at-head", "at-head"]
         assert drift.check(small, chain).ok  # everything on its one connection
         with pytest.raises(ConfigurationError, match="use fewer jobs"):  # as a fleet run says
             drift.check(small, chain, jobs=4)

@@ -70,7 +70,8 @@ class AmountType(click.ParamType[str]):
 
 
 class StatesType(click.ParamType[tuple[str, ...]]):
-    """States as `status` shows them, comma-separated; 'at-head' for 'at head', 'ahead' for 'ahead/unknown'."""
+    """States as `status` writes them (at-head, behind, ...), comma-separated; the spellings before issue 22
+    ('at head', 'ahead/unknown') and underscores are taken too."""
 
     name = "STATE[,STATE...]"
 
@@ -79,12 +80,12 @@ class StatesType(click.ParamType[tuple[str, ...]]):
 
         if isinstance(value, tuple):
             return value
-        known = {str(s).replace(" ", "-"): str(s) for s in State} | {"ahead": str(State.AHEAD)}
         states = []
-        for word in (w.strip().lower().replace(" ", "-").replace("_", "-") for w in str(value).split(",")):
-            if word not in known and word not in known.values():
-                self.fail(f"{word!r} is not a state: {', '.join(known)}", param, ctx)
-            states.append(known.get(word, word))
+        for word in str(value).split(","):
+            try:
+                states.append(str(State.parse(word)))
+            except ValueError:
+                self.fail(f"{word.strip()!r} is not a state: {', '.join(State)}", param, ctx)
         return tuple(states)
 
 

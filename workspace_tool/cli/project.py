@@ -69,7 +69,7 @@ def ensure(
 @pass_app
 def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
     """Each named project's schema, revision, state and last duration; with no ids, the fleet: counts by
-    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans, and the warm
+    state and revision (at-head, behind, ahead, failed), missing schemas and orphans, and the warm
     pool's spare schemas, counted apart. Read-only; on a database where nothing was provisioned yet it says
     so (exit 0). On a distributed database, also the node (host:port) holding each schema. An id that is
     no project (no schema, no registry row) is an error naming it (exit 1)."""
