@@ -170,3 +170,17 @@ def test_state_takes_the_old_spellings_and_refuses_others(engine: sa.Engine, url
     refused = cli(url_string, ini, "upgrade", "--all", "--state", "done")
     assert refused.exit_code == 2
     assert "'done' is not a state: at-head, behind, ahead, failed, empty, missing, orphan" in refused.stderr
+
+
+# ---------------------------------------------------------------- 8. ensure's words
+def test_ensure_prints_the_registrys_action_words(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    def actions(*args: str) -> list[str]:
+        result = cli(url_string, ini, "ensure", *args)
+        assert result.exit_code == 0, result.output
+        return [line.split()[2] for line in result.stdout.splitlines()[1:]]
+
+    assert actions("p3", "p1", "new") == ["upgrade", "current", "create"]
+    status = json.loads(cli(url_string, ini, "status", "--json", "p3", "new").stdout)
+    assert {s["project_id"]: s["last_action"] for s in status} == {"p3": "upgrade", "new": "create"}  # status's words
+    again = json.loads(cli(url_string, ini, "ensure", "--json", "p3", "new").stdout)
+    assert [r["action"] for r in again] == ["current", "current"]

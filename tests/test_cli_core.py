@@ -80,9 +80,9 @@ def test_ensure_prints_action_revision_duration_and_path(cli: Cli, engine: sa.En
     first, second = durations(result.stdout)
     assert result.stdout == "\n".join(
         [
-            "PROJECT ID  SCHEMA             ACTION   TO REVISION          DURATION MS  PATH",
-            f"demo        project_demo       created  {HEAD}  {first:<11}  fast",
-            f"other-one   project_other_one  created  {HEAD}  {second:<11}  fast",
+            "PROJECT ID  SCHEMA             ACTION  TO REVISION          DURATION MS  PATH",
+            f"demo        project_demo       create  {HEAD}  {first:<11}  fast",
+            f"other-one   project_other_one  create  {HEAD}  {second:<11}  fast",
             "",
         ]
     )
@@ -107,7 +107,7 @@ def test_ensure_json(cli: Cli, engine: sa.Engine) -> None:
         {
             "project_id": "json-demo",
             "schema": "project_json_demo",
-            "action": "created",
+            "action": "create",
             "from_revision": None,
             "to_revision": HEAD,
             "path": "fast",
@@ -130,7 +130,7 @@ def test_ensure_refuses_a_hand_made_schema_unless_adopt(cli: Cli, engine: sa.Eng
     adopted = cli("ensure", "legacy", "--adopt", "--json")
 
     assert adopted.exit_code == 0, adopted.output
-    assert json.loads(adopted.stdout)[0]["action"] == "created"
+    assert json.loads(adopted.stdout)[0]["action"] == "create"
     assert schema_version(engine, "project_legacy") == HEAD
     row = registry_row(engine, "legacy")
     assert row is not None and row["last_action"] == "adopt"
@@ -170,7 +170,7 @@ def test_ensure_reports_what_it_did_before_a_failure(cli: Cli, engine: sa.Engine
     result = cli("ensure", "--no-upgrade", "first", "lagging", "never")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert [line.split()[:3] for line in lines[1:]] == [["first", "project_first", "created"]]
+    assert [line.split()[:3] for line in lines[1:]] == [["first", "project_first", "create"]]
     assert result.stderr.startswith("Error: project lagging (schema project_lagging) is at revision")
     assert not schema_exists(engine, "project_never")
 
@@ -329,7 +329,7 @@ def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) ->
     common = ["--database-url", url_string, "-c", str(ALEMBIC_INI)]
     ok = run_tool(*common, "ensure", "sub-demo")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.splitlines()[1].startswith(f"sub-demo    project_sub_demo  created  {HEAD}  ")
+    assert ok.stdout.splitlines()[1].startswith(f"sub-demo    project_sub_demo  create  {HEAD}  ")
     current = run_tool(*common, "ensure", "sub-demo")  # a new process: reads the schema, says current
     assert current.returncode == 0
     assert " current " in current.stdout

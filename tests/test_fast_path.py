@@ -221,7 +221,7 @@ def test_a_revision_that_reads_data_runs_online_and_branches_right(
     code, output = cli(url_string, chain_builder.ini, "ensure", "branchy-cli")
     assert code == 0, output
     row = output.splitlines()[1].split()
-    assert row[:3] == ["branchy-cli", "project_branchy_cli", "created"] and row[-1] == "mixed"
+    assert row[:3] == ["branchy-cli", "project_branchy_cli", "create"] and row[-1] == "mixed"
     # the online and the fast path agree on this chain too
     report = verify_fast_path(engine, chain)
     assert report.identical, [(c.label, c.differences) for c in report.differing]

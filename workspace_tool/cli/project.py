@@ -10,7 +10,7 @@ import click
 from workspace_tool.cli.context import AppContext, few, pass_app, require_projects
 from workspace_tool.cli.logs import note
 from workspace_tool.cli.options import adopt_option, confirm, json_option, yes_option
-from workspace_tool.cli.render import NO_REGISTRY, emit, print_fleet_summary, to_json
+from workspace_tool.cli.render import NO_REGISTRY, action_word, emit, print_fleet_summary, to_json
 
 
 @click.command()
@@ -46,7 +46,8 @@ def ensure(
     adopt: bool,
     as_json: bool,
 ) -> None:
-    """Create each project's schema (or bring it to head) and print what was done and how long it took."""
+    """Create each project's schema (or bring it to head) and print what was done (in the registry's words:
+    create, upgrade; current when it was at head already) and how long it took."""
     from workspace_tool.naming import schema_for
     from workspace_tool.schema.roles import validate_role_name
 
@@ -58,7 +59,7 @@ def ensure(
     try:
         for project_id in project_ids:
             result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role, adopt=adopt)
-            results.append(dataclasses.asdict(result))
+            results.append({**dataclasses.asdict(result), "action": action_word(result.action)})
     finally:  # what was done before a failure is still reported, then the error
         emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
 

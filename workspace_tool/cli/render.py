@@ -67,6 +67,16 @@ def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: 
         sys.stdout.write(table(rows, columns) + "\n")
 
 
+# ------------------------------------------------------------------------------ ensure
+def action_word(action: str) -> str:
+    """What `ensure` prints for what it did: the registry's word (create, upgrade, downgrade, as `status`
+    shows in LAST ACTION), and 'current' for a project that was already at the target (cached, verified)."""
+    from workspace_tool.vocabulary import Action, RegistryAction
+
+    recorded = RegistryAction.recording(Action(action))
+    return str(Action.CURRENT) if recorded is RegistryAction.REGISTER else str(recorded)
+
+
 # ------------------------------------------------------------------------------ status
 def print_fleet_summary(summary: dict[str, Any]) -> None:
     """`status` with no ids: counts by state and revision, then missing schemas, orphans, failures."""
