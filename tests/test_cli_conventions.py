@@ -16,6 +16,7 @@ from helpers import ChainBuilder, assert_one_line_error, database_state, run_cli
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main, options
+from workspace_tool.cli.render import ProgressPrinter
 
 ITEMS = """
 op.create_table("items", sa.Column("id", sa.Integer, primary_key=True), sa.Column("name", sa.Text, nullable=False))
@@ -184,3 +185,55 @@ def test_ensure_prints_the_registrys_action_words(engine: sa.Engine, url_string:
     assert {s["project_id"]: s["last_action"] for s in status} == {"p3": "upgrade", "new": "create"}  # status's words
     again = json.loads(cli(url_string, ini, "ensure", "--json", "p3", "new").stdout)
     assert [r["action"] for r in again] == ["current", "current"]
+
+
+# ---------------------------------------------------------------- 7. progress without a terminal
+class Lines:
+    """A stream that is not a terminal, keeping what is written."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def run_events(total: int, setup_s: float, per_s: float, **printer: float) -> list[str]:
+    """The lines a ProgressPrinter writes for a run whose fleet read took ``setup_s`` seconds, then migrated
+    ``per_s`` schemas a second (the events carry the times: no clock is read)."""
+    stream = Lines()
+    show = ProgressPrinter(stream, **printer)  # type: ignore[arg-type]
+    show(fleet.Progress(0, total, 0, setup_s, None))
+    for done in range(1, total + 1):
+        result = fleet.SchemaResult(f"p{done}", f"project_p{done}", "a1", "a2", fleet.OK, ms=1.0)
+        show(fleet.Progress(done, total, 0, setup_s + done / per_s, result))
+    show.finish()
+    return stream.text.splitlines()
+
+
+def test_progress_lines_every_tenth_with_an_eta_from_the_rate_since_the_start() -> None:
+    lines = run_events(200, setup_s=30.0, per_s=10.0)  # a tenth every 2 s: a line at each
+    assert lines[0] == "200 schema(s) to migrate"
+    assert lines[1:-1] == [
+        f"{done}/200 done, 0 failed, 10.0/s, ETA {(200 - done) // 10}s" for done in range(20, 200, 20)
+    ]
+    assert lines[-1] == "200/200 done, 0 failed, 10.0/s, ETA 0s"
+
+
+def test_progress_lines_every_interval_on_a_slow_run_and_no_eta_before_a_few() -> None:
+    lines = run_events(1000, setup_s=12.0, per_s=1.0, interval_s=5.0)  # a tenth takes 100 s
+    assert lines[1:4] == [
+        "5/1000 done, 0 failed, 1.0/s, ETA 16m35s",
+        "10/1000 done, 0 failed, 1.0/s, ETA 16m30s",
+        "15/1000 done, 0 failed, 1.0/s, ETA 16m25s",
+    ]
+    assert len(lines) == 1 + 1000 // 5
+    early = run_events(100, setup_s=1.0, per_s=1.0, interval_s=2.0)
+    assert early[1:3] == ["2/100 done, 0 failed, 1.0/s, ETA -", "4/100 done, 0 failed, 1.0/s, ETA -"]
+    assert early[3] == "6/100 done, 0 failed, 1.0/s, ETA 1m34s"

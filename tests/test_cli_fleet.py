@@ -205,9 +205,11 @@ def test_durations_and_progress_rendering() -> None:
 
     printer = ProgressPrinter(Stream())  # type: ignore[arg-type]
     result = fleet.SchemaResult("x", "project_x", "a1", "a2", fleet.OK, ms=1.0)
+    printer(fleet.Progress(0, 4, 0, 0.25, None))
     printer(fleet.Progress(1, 4, 0, 0.5, result))
     printer.finish()
-    assert lines[0].startswith("\r[#######.......................] 1/4 done, 0 failed, 2.0/s, ETA 2s")
+    assert lines[0] == "4 schema(s) to migrate\n"
+    assert lines[1].startswith("\r[#######.......................] 1/4 done, 0 failed, 4.0/s, ETA -")
 
 
 def test_upgrade_adopt_runs_the_chain_into_a_named_hand_made_schema(

@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import statistics
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -104,15 +103,39 @@ def print_fleet_summary(summary: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ fleet runs
-class ProgressPrinter:
-    """done/total, failures, rate and ETA on stderr: a bar redrawn in place on a terminal, plain lines
-    (at most one a second, plus one per failure) otherwise."""
+def duration_text(seconds: float) -> str:
+    """'42s', '3m05s', '2h07m': an ETA as a person reads it."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
-    def __init__(self, stream: TextIO, *, tty: bool | None = None, width: int = 30) -> None:
+
+class ProgressPrinter:
+    """done/total, failures, rate and ETA on stderr: a bar redrawn in place on a terminal; otherwise (a log
+    file, CI) a plain line every ``interval_s`` seconds and at every 10% done, plus one per failure.
+
+    The rate and the ETA count from the start event (the schemas to migrate are known then), not from the
+    start of the run: the registry bootstrap and the fleet read before it are no part of the migrating, and
+    counting them made the rate too low and the ETA too long, by as much as the read took. No ETA is shown
+    before ``eta_after`` schemas are done (one or two results say little of the rate). The times are the
+    events' own (``Progress.elapsed_s``), so a test drives the printer with events, not with a clock."""
+
+    STEPS = 10  # a plain line at every 10% done
+
+    def __init__(
+        self, stream: TextIO, *, tty: bool | None = None, width: int = 30, interval_s: float = 5.0, eta_after: int = 5
+    ) -> None:
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
         self.width = width
-        self._last = 0.0
+        self.interval_s = interval_s
+        self.eta_after = eta_after
+        self._began: float | None = None  # elapsed_s of the start event
+        self._last: float | None = None  # elapsed_s of the last plain line
+        self._step = 0  # the last 10% step a plain line was printed at
         self._drawn = False
         self._stopped = False
 
@@ -128,23 +151,38 @@ class ProgressPrinter:
             advice = ": rerun when the database is back" if event.stopped.startswith(CONNECTION_LOST) else ""
             self.stream.write(f"Stopping: {event.stopped}; starting no more schemas{advice}\n")
             self._stopped = True
-        now = time.monotonic()
-        final = event.done == event.total
-        if event.result is None and event.total:
-            canary = f": a canary of {event.canary} first" if event.canary else ""
-            self.stream.write(f"{event.total} schema(s) to migrate{canary}\n")
+        if event.result is None:
+            self._began = self._last = event.elapsed_s
+            if event.total:
+                canary = f": a canary of {event.canary} first" if event.canary else ""
+                self.stream.write(f"{event.total} schema(s) to migrate{canary}\n")
         elif self.tty:
             self._clear()
             self.stream.write(self._line(event, bar=True))
             self._drawn = True
-        elif final or now - self._last >= 1.0:
+        elif self._due(event):
             self.stream.write(self._line(event, bar=False) + "\n")
-            self._last = now
+            self._last = event.elapsed_s
         self.stream.flush()
 
+    def _due(self, event: Progress) -> bool:
+        """A plain line now: the last one, a new 10% step, or ``interval_s`` since the last line."""
+        step = self.STEPS * event.done // event.total if event.total else self.STEPS
+        if event.done == event.total or step > self._step:
+            self._step = step
+            return True
+        return self._last is None or event.elapsed_s - self._last >= self.interval_s
+
     def _line(self, event: Progress, *, bar: bool) -> str:
-        eta = "-" if event.eta_s is None else f"{event.eta_s:.0f}s"
-        text = f"{event.done}/{event.total} done, {event.failed} failed, {event.rate:.1f}/s, ETA {eta}"
+        began = self._began if self._began is not None else 0.0
+        running = max(event.elapsed_s - began, 0.0)
+        rate = event.done / running if running > 0 else 0.0
+        eta = "-"
+        if event.done == event.total:
+            eta = "0s"
+        elif event.done >= self.eta_after and rate > 0:
+            eta = duration_text((event.total - event.done) / rate)
+        text = f"{event.done}/{event.total} done, {event.failed} failed, {rate:.1f}/s, ETA {eta}"
         if not bar:
             return text
         filled = int(self.width * event.done / event.total) if event.total else self.width
