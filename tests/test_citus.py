@@ -533,7 +533,7 @@ def test_check_builds_its_reference_in_a_scratch_tenant_schema_or_reads_the_stor
             conn.execute(sa.text("ALTER TABLE project_c2.code_files ADD COLUMN by_hand integer"))
         code, out, err = cli(coordinator_url, "check")
         assert code == 1, err
-        assert out == "project_c2 (project c2, at-head):\n  unexpected relations.code_files.columns.by_hand\n"
+        assert out == "1 schema(s), at-head: unexpected relations.code_files.columns.by_hand (project_c2)\n"
         assert scratch_leftovers(citus_engine) == {}
         with citus_engine.connect() as conn:  # check stores nothing
             assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
@@ -550,7 +550,7 @@ def test_check_builds_its_reference_in_a_scratch_tenant_schema_or_reads_the_stor
         assert code == 0, err
         code, out, _ = cli(as_reader, "check")
         assert code == 1
-        assert out == "project_c2 (project c2, at-head):\n  unexpected relations.code_files.columns.by_hand\n"
+        assert out == "1 schema(s), at-head: unexpected relations.code_files.columns.by_hand (project_c2)\n"
         with citus_engine.begin() as conn:
             conn.execute(sa.text("ALTER TABLE project_c2.code_files DROP COLUMN by_hand"))
         code, _, err = cli(as_reader, "check")

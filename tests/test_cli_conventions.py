@@ -237,3 +237,31 @@ def test_progress_lines_every_interval_on_a_slow_run_and_no_eta_before_a_few() -
     early = run_events(100, setup_s=1.0, per_s=1.0, interval_s=2.0)
     assert early[1:3] == ["2/100 done, 0 failed, 1.0/s, ETA -", "4/100 done, 0 failed, 1.0/s, ETA -"]
     assert early[3] == "6/100 done, 0 failed, 1.0/s, ETA 1m34s"
+
+
+# ---------------------------------------------------------------- 6. check groups its findings
+def test_check_prints_one_line_per_distinct_difference(engine: sa.Engine, url_string: str, ini: Path) -> None:
+    behind = [f"q{i:02d}" for i in range(1, 9)]
+    fleet.provision(engine, Chain.load(ini), behind, target="a1", jobs=2)
+    with engine.begin() as conn:
+        for schema in ("project_p1", "project_p2"):
+            conn.execute(sa.text(f"ALTER TABLE {schema}.items ADD COLUMN by_hand int"))
+
+    result = cli(url_string, ini, "check")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == [
+        "9 schema(s), behind: at revision a1, head is a2 (project_p3, project_q01, project_q02, project_q03, "
+        "project_q04 and 4 more)",
+        "2 schema(s), at-head: unexpected relations.items.columns.by_hand (project_p1, project_p2)",
+    ]
+    assert result.stderr == "11 schema(s) checked against head a2: 11 differ, in 2 distinct difference(s)\n"
+
+    every = cli(url_string, ini, "check", "-v").stdout.splitlines()
+    assert every[0].endswith("(" + ", ".join(["project_p3", *(f"project_{q}" for q in behind)]) + ")")
+
+    report = json.loads(cli(url_string, ini, "check", "--json").stdout)  # JSON: every schema in full
+    assert report["failing"] == 11
+    assert {s["schema"]: s["problems"] for s in report["schemas"] if s["state"] == "at-head"} == {
+        "project_p1": ["unexpected relations.items.columns.by_hand"],
+        "project_p2": ["unexpected relations.items.columns.by_hand"],
+    }

@@ -152,8 +152,8 @@ def test_status_counts_the_fleet_and_names_missing_and_orphan_schemas(
 
     check = cli(url_string, ini, "check")
     assert check.exit_code == 1
-    assert "project_c06 (project c06, orphan):" in check.stdout
-    assert "at revision zz_future, head is a2" in check.stdout
+    assert "1 schema(s), orphan: not in the registry (orphan) (project_c06)" in check.stdout.splitlines()
+    assert "1 schema(s), ahead: at revision zz_future, head is a2 (" in check.stdout
 
 
 def test_check_names_the_drifted_schema(engine: sa.Engine, url_string: str, ini: Path) -> None:

@@ -273,9 +273,7 @@ def test_check_compares_the_spares_too(pooled: WorkspaceManager, engine: sa.Engi
         conn.execute(sa.text(f'ALTER TABLE "{spare}".repositories ADD COLUMN by_hand int'))
     shown = cli(engine, "check")
     assert shown.exit_code == 1
-    assert shown.stdout == (
-        f"{spare} (a spare of the warm pool, spare):\n  unexpected relations.repositories.columns.by_hand\n"
-    )
+    assert shown.stdout == (f"1 schema(s), spare: unexpected relations.repositories.columns.by_hand ({spare})\n")
     assert "1 schema(s) and 2 spare(s) checked against head" in shown.stderr
 
 

@@ -165,7 +165,7 @@ def test_status_and_check_work_for_a_read_only_role(
     assert [(s["project_id"], s["state"]) for s in json.loads(named.stdout)] == [("ro-a", "at-head")]
     check = cli(url, "check")
     assert check.exit_code == 1, check.output
-    assert check.stdout == "project_ro_b (project ro-b, at-head):\n  unexpected relations.code_files.columns.by_hand\n"
+    assert check.stdout == "1 schema(s), at-head: unexpected relations.code_files.columns.by_hand (project_ro_b)\n"
     one_line_error(cli(url, "verify-fast-path"), "may not create schemas in database", "GRANT CREATE ON DATABASE")
 
     with engine.begin() as conn:  # no reference stored for this chain: check says what to run

@@ -12,6 +12,7 @@ from typing import IO, TYPE_CHECKING, Any
 import click
 
 from workspace_tool.cli.logs import note
+from workspace_tool.cli.render import few
 from workspace_tool.errors import WorkspaceError
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
 # With no URL and without the embedded extra, what to do instead of installing it.
 NAME_A_SERVER = f"or pass --database-url URL (or set {URL_ENVS[0]})"
 POOL_SIZE = 8
-SHOWN_IDS = 5  # the unknown ids an error names (then "and N more")
 ARGV = "workspace_tool.argv"  # the command line's arguments as given, in click's Context.meta
 
 
@@ -136,12 +136,6 @@ class CommandError(click.ClickException):
             super().show(file)
         else:
             click.echo(self.shown, file=file, err=True)
-
-
-def few(names: Sequence[str], separator: str = ", ") -> str:
-    """The first SHOWN_IDS names, then how many more: what a one-line message lists."""
-    more = f" and {len(names) - SHOWN_IDS} more" if len(names) > SHOWN_IDS else ""
-    return separator.join(names[:SHOWN_IDS]) + more
 
 
 def require_projects(app: AppContext, project_ids: Sequence[str]) -> list[ProjectStatus]:

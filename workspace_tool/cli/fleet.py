@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from workspace_tool.cli.context import ARGV, AppContext, CommandError, few, pass_app, require_projects
+from workspace_tool.cli.context import ARGV, AppContext, CommandError, pass_app, require_projects
 from workspace_tool.cli.logs import quiet
 from workspace_tool.cli.options import (
     adopt_option,
@@ -21,7 +21,7 @@ from workspace_tool.cli.options import (
     split_ids,
     yes_option,
 )
-from workspace_tool.cli.render import ProgressPrinter, print_drift_report, print_fleet_report, print_sql
+from workspace_tool.cli.render import ProgressPrinter, few, print_drift_report, print_fleet_report, print_sql
 
 if TYPE_CHECKING:
     from workspace_tool.fleet import Selection

@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from workspace_tool.cli.context import AppContext, few, pass_app, require_projects
+from workspace_tool.cli.context import AppContext, pass_app, require_projects
 from workspace_tool.cli.logs import note
 from workspace_tool.cli.options import adopt_option, confirm, json_option, yes_option
-from workspace_tool.cli.render import NO_REGISTRY, action_word, emit, print_fleet_summary, to_json
+from workspace_tool.cli.render import NO_REGISTRY, action_word, emit, few, print_fleet_summary, to_json
 
 
 @click.command()

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from workspace_tool.cli.logs import note
+from workspace_tool.cli.logs import note, verbosity
 
 if TYPE_CHECKING:
     from workspace_tool.chain.lint import LintReport
@@ -21,11 +21,19 @@ if TYPE_CHECKING:
     from workspace_tool.fleet import FleetReport, Progress, SchemaSQL
     from workspace_tool.verification import VerificationReport
 
+SHOWN_IDS = 5  # the ids a one-line message names (then "and N more")
 # What read commands (status, list, check) say on a database with no registry; they exit 0.
 NO_REGISTRY = "No registry yet in this database: nothing has been provisioned (run `workspace-tool init` or `ensure`)"
 
 
 # ------------------------------------------------------------------------------ tables and JSON
+def few(names: Sequence[str], separator: str = ", ", shown: int | None = SHOWN_IDS) -> str:
+    """The first ``shown`` names (all of them for None), then how many more: what a one-line message lists."""
+    if shown is None or len(names) <= shown:
+        return separator.join(names)
+    return separator.join(names[:shown]) + f" and {len(names) - shown} more"
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.isoformat()
@@ -342,20 +350,24 @@ def print_sql(scripts: list[SchemaSQL], as_json: bool) -> None:
 
 
 def print_drift_report(report: CheckReport, as_json: bool) -> None:
-    """`check`: each schema that differs from the head model, with its problems."""
+    """`check`: one line per distinct difference (a problem, in a state), with how many schemas have it and
+    the first few of them (every one with -v), the most common first; JSON: every schema in full."""
     if as_json:
         sys.stdout.write(to_json(report.as_dict()) + "\n")
     elif report.registry or report.schemas:
+        groups: dict[tuple[str, str], list[str]] = {}
         for schema in report.failing:
-            owner = "a spare of the warm pool" if schema.state == "spare" else f"project {schema.project_id}"
-            click.echo(f"{schema.schema} ({owner}, {schema.state}):")
             for problem in schema.problems:
-                click.echo(f"  {problem}")
+                groups.setdefault((str(schema.state), problem), []).append(schema.schema)
+        shown = None if verbosity() else SHOWN_IDS
+        for (state, problem), schemas in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            click.echo(f"{len(schemas)} schema(s), {state}: {problem} ({few(schemas, shown=shown)})")
         spares = f" and {len(report.spares)} spare(s)" if report.spares else ""
         gone = f"; {len(report.gone)} dropped while check ran (not a problem)" if report.gone else ""
+        differ = f"{len(report.failing)} differ, in {len(groups)} distinct difference(s)"
         note(
             f"{len(report.schemas) - len(report.gone)} schema(s){spares} checked against head {report.head}: "
-            + ("all match" if report.ok else f"{len(report.failing)} differ")
+            + ("all match" if report.ok else differ)
             + gone
         )
     if not report.registry:
