@@ -320,7 +320,13 @@ def test_every_core_command_has_help(cli: Cli) -> None:
 def run_tool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")}
     return subprocess.run(
-        [WORKSPACE_TOOL, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=120, check=False
+        [WORKSPACE_TOOL, *args],
+        env={**base, **(env or {})},
+        stdin=subprocess.DEVNULL,  # no terminal, whoever runs the tests: a command that asks first refuses
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -339,8 +345,8 @@ def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) ->
     assert bad.stdout == ""
     assert bad.stderr == f"Error: invalid project id 'Sub-Demo': character 'S' is not allowed; {ID_RULE}\n"
 
-    usage = run_tool(*common, "drop", "sub-demo")
-    assert usage.returncode == 2
+    unconfirmed = run_tool(*common, "drop", "sub-demo")  # no terminal to ask on, no --yes
+    assert unconfirmed.returncode == 1 and "pass --yes to confirm" in unconfirmed.stderr
     assert schema_exists(engine, "project_sub_demo")
 
     traced = run_tool(*common, "--traceback", "ensure", "Sub-Demo")
