@@ -134,7 +134,9 @@ def test_quiet_and_verbose_after_the_command(engine: sa.Engine, url_string: str,
     quiet = cli(url_string, ini, "upgrade", "--all", "-q")
     assert (quiet.exit_code, quiet.stderr) == (0, "")
     assert cli(url_string, ini, "status", "-q", "nosuch").stderr.startswith("Error: no project nosuch")
-    assert cli(url_string, ini, "pool", "status", "-q").exit_code == 0
+    pool_status = cli(url_string, ini, "pool", "status", "-q")
+    assert (pool_status.exit_code, pool_status.stderr) == (0, "")
+    assert cli(url_string, ini, "pool", "drain", "-q", "--yes").stderr == ""
     verbose = cli(url_string, ini, "status", "p1", "-v")
     assert verbose.exit_code == 0 and "INFO workspace_tool" in verbose.stderr
     both = cli(url_string, ini, "-v", "status", "-q")
