@@ -158,14 +158,17 @@ def yes_option(f: F) -> F:
 
 
 def on_a_terminal() -> bool:
-    """Whether there is someone to ask: stdin is a terminal."""
-    return sys.stdin.isatty()
+    """Whether there is someone to ask: stdin is a terminal (not when it is closed or missing, as under cron)."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # closed
+        return False
 
 
 def confirm(what: str) -> None:
     """The rule of every command that destroys: go on with --yes; else ask on a terminal (no: exit 1, nothing
     changed); without a terminal, a one-line error, exit 1, nothing changed. ``what`` says what it destroys,
-    as in "downgrade 3 project(s) to a1 (their data in the dropped columns is lost)"."""
+    as in "dropping project_a, project_b deletes all their data"."""
     if click.get_current_context().find_root().meta.get(YES, False):
         return
     if not on_a_terminal():
