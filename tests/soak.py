@@ -799,13 +799,13 @@ def judge_command(run: CommandRun, release: Release, other: Release) -> list[str
             found.append("projects gone while no application ran")
     elif run.name == "status":
         states = {k for k, v in report["counts"].items() if v}
-        expected = {"at head"} if final or run.phase == "solo" else {"at head", _their_state(release)}
+        expected = {"at-head"} if final or run.phase == "solo" else {"at-head", _their_state(release)}
         if states - expected:
             found.append(f"states {report['counts']}")
         if report["missing"] or report["orphans"] or report["failed"]:
             found.append(f"missing {report['missing']}, orphans {report['orphans']}, failed {report['failed']}")
         for row in report["revisions"]:
-            if row["state"] != "at head" and row["revision"] != other.head:
+            if row["state"] != "at-head" and row["revision"] != other.head:
                 found.append(f"{row['schemas']} schema(s) {row['state']} at {row['revision']}")
     elif run.name == "check":
         # at the other release's head: as read, or migrated there by its `upgrade` while check ran
@@ -838,7 +838,7 @@ def judge_command(run: CommandRun, release: Release, other: Release) -> list[str
 
 def _their_state(release: Release) -> str:
     """How a release's `status` shows the projects at the other release's head during the rolling deploy."""
-    return "ahead/unknown" if release.name == "A" else "behind"
+    return "ahead" if release.name == "A" else "behind"
 
 
 def judge_audit(

@@ -166,7 +166,7 @@ def test_status_at_head_and_behind(run: Any, engine: sa.Engine, tmp_path: Path) 
         await amgr.ensure_workspace_exists("async-head")
         return {s.project_id: s.state for s in await amgr.status()}
 
-    assert run(fn) == {"async-behind": "behind", "async-head": "at head"}
+    assert run(fn) == {"async-behind": "behind", "async-head": "at-head"}
 
 
 def test_a_sync_engine_is_refused(engine: sa.Engine) -> None:

@@ -102,7 +102,7 @@ def test_autogenerate_writes_schema_free_operations_that_upgrade_every_project(
         assert compare(engine, schema, changed) == []
     # a manager created now (the old one holds the old chain) sees them at the new head
     new = WorkspaceManager(engine, chain_builder.ini)
-    assert [s.state for s in new.status(list(PROJECTS))] == ["at head"] * 3
+    assert [s.state for s in new.status(list(PROJECTS))] == ["at-head"] * 3
 
 
 def test_autogenerate_with_unchanged_models_writes_nothing_unless_asked(

@@ -187,7 +187,7 @@ def test_selection_by_state_glob_and_ids_and_sql_renders_only_the_selection(engi
     assert [s.project_id for s in scripts] == ["s04", "s05", "s06", "s07", "s08", "s09"]
     assert all(s.sql for s in scripts)
 
-    globbed = fleet.upgrade(engine, at_a1, selection=Selection(states=["behind", "at head"], match=["s1?"]))
+    globbed = fleet.upgrade(engine, at_a1, selection=Selection(states=["behind", "at-head"], match=["s1?"]))
     assert [(r.project_id, r.status) for r in globbed.results] == [("s10", "ok"), ("s11", "ok"), ("s12", "ok")]
 
     listed = fleet.upgrade(engine, at_a1, selection=Selection(ids=["s05", "s04"]))

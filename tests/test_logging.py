@@ -51,7 +51,7 @@ def test_verbose_shows_each_schemas_path_sending_and_timings(url: str) -> None:
         rf"project_bravo: created base -> {HEAD}, path fast, careful path \(lock and state read {MS}\), {MS}", line
     )
 
-    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS)
+    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS, "--yes")
     out, err = cli(url, "-v", "upgrade", "--all")
     assert "ok       1" in out
     assert re.fullmatch(
@@ -70,7 +70,7 @@ def test_verbose_shows_each_schemas_path_sending_and_timings(url: str) -> None:
 
 def test_very_verbose_shows_the_sql_including_the_batches_sent_on_the_raw_driver(url: str) -> None:
     cli(url, "-q", "ensure", "alpha")
-    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS)
+    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS, "--yes")
     _, err = cli(url, "-vv", "upgrade", "--all")
     statements = logged(err, "sqlalchemy.engine.Engine")
     assert any("SELECT project_id, schema_name, revision" in s for s in statements)  # the fleet read
@@ -84,7 +84,7 @@ def test_very_verbose_shows_the_sql_including_the_batches_sent_on_the_raw_driver
 def test_quiet_prints_the_data_and_nothing_else(url: str) -> None:
     out, err = cli(url, "-q", "ensure", "alpha", "beta")
     assert err == "" and out.splitlines()[1].startswith("alpha ")
-    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS)
+    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS, "--yes")
     out, err = cli(url, "-q", "upgrade", "--all")
     assert err == "" and "ok       1" in out
     assert cli(url, "-q", "drop", "beta", "--yes") == ("", "")

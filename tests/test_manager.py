@@ -223,7 +223,7 @@ def test_upgrade_from_every_older_revision_equals_fresh(
     assert row is not None
     assert (row["revision"], row["last_action"], row["status"]) == (HEAD, "upgrade", "ready")
     assert row["last_duration_ms"] > 0
-    assert {s.project_id: s.state for s in manager.status()} == {"upgrade-me": "at head"}
+    assert {s.project_id: s.state for s in manager.status()} == {"upgrade-me": "at-head"}
 
 
 def test_upgrade_from_a_schema_provisioned_by_plain_alembic(

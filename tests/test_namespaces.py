@@ -199,7 +199,7 @@ def test_what_one_chain_does_leaves_the_other_untouched(
     listed = cli(url_string, chain_a.ini, "list", "--json")
     assert listed.exit_code == 0 and "app_" not in listed.stdout
     assert snapshot(clean, "app_", "app_registry") == before_b
-    assert cli(url_string, chain_b.ini, "pool", "drain").exit_code == 0
+    assert cli(url_string, chain_b.ini, "pool", "drain", "--yes").exit_code == 0
     assert spare_schemas(clean) == []
 
 

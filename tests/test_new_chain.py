@@ -92,7 +92,7 @@ def test_a_new_application_from_init_chain_to_its_project_schemas(
     ensured = cli(url_string, "ensure", "alpha", "beta", "--json")
     assert ensured.exit_code == 0, ensured.output
     actions = [(r["action"], r["to_revision"]) for r in json.loads(ensured.stdout)]
-    assert actions == [("created", created["revision"])] * 2
+    assert actions == [("create", created["revision"])] * 2
     assert columns(engine, "project_alpha", "notes") == ["id", "body"]
 
     change_models(app_dir, TITLE)

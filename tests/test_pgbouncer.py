@@ -203,7 +203,7 @@ def test_upgrade_all_of_a_transactional_revision_through_the_pooler(
     assert result.exit_code == 0, (result.stdout, result.stderr)
     assert assert_consistent(engine) == {f"project_{p.replace('-', '_')}": "r2" for p in ids}
     pgbouncer.assert_no_leak(pooled.url, engine)
-    down = run_cli("--database-url", pooled_text, "-c", ini, "downgrade", "pb-0", "--to", "r1")
+    down = run_cli("--database-url", pooled_text, "-c", ini, "downgrade", "pb-0", "--to", "r1", "--yes")
     assert down.exit_code == 0, (down.stdout, down.stderr)
     assert schema_version(engine, "project_pb_0") == "r1"
     pgbouncer.assert_no_leak(pooled.url, engine)
@@ -214,7 +214,7 @@ def test_init_status_and_check_through_the_pooler(pooled: sa.Engine, engine: sa.
     assert run_cli("--database-url", pooled_text, "-c", ini, "init").exit_code == 0
     assert run_cli("--database-url", pooled_text, "-c", ini, "ensure", "pb-0", "pb-1").exit_code == 0
     status = run_cli("--database-url", pooled_text, "-c", ini, "status", "--json")
-    assert status.exit_code == 0 and '"at head": 2' in status.stdout, status.stdout
+    assert status.exit_code == 0 and '"at-head": 2' in status.stdout, status.stdout
     check = run_cli("--database-url", pooled_text, "-c", ini, "check")
     assert check.exit_code == 0, (check.stdout, check.stderr)
     pgbouncer.assert_no_leak(pooled.url, engine)

@@ -246,7 +246,7 @@ def test_a_spare_of_another_role_is_left_to_it(engine: sa.Engine, database_url: 
 def test_spares_are_counted_apart_never_as_orphans(pooled: WorkspaceManager, engine: sa.Engine) -> None:
     pooled.ensure("counted")
     statuses = pooled.status()
-    assert [(s.project_id, s.state) for s in statuses] == [("counted", "at head")]
+    assert [(s.project_id, s.state) for s in statuses] == [("counted", "at-head")]
     summary = json.loads(cli(engine, "status", "--json").stdout)
     assert summary["counts"]["orphan"] == 0 and summary["total"] == 1
     assert summary["spares"] == {
@@ -273,9 +273,7 @@ def test_check_compares_the_spares_too(pooled: WorkspaceManager, engine: sa.Engi
         conn.execute(sa.text(f'ALTER TABLE "{spare}".repositories ADD COLUMN by_hand int'))
     shown = cli(engine, "check")
     assert shown.exit_code == 1
-    assert shown.stdout == (
-        f"{spare} (a spare of the warm pool, spare):\n  unexpected relations.repositories.columns.by_hand\n"
-    )
+    assert shown.stdout == (f"1 schema(s), spare: unexpected relations.repositories.columns.by_hand ({spare})\n")
     assert "1 schema(s) and 2 spare(s) checked against head" in shown.stderr
 
 
@@ -543,7 +541,7 @@ def test_pool_fill_status_and_drain_from_the_command_line(engine: sa.Engine, cha
     ensured = cli(engine, "ensure", "cli-pool", config=ini)
     assert ensured.exit_code == 0 and ensured.stdout.splitlines()[1].split()[-1] == "pool"  # the PATH column
 
-    drained = cli(engine, "pool", "drain")
+    drained = cli(engine, "pool", "drain", "--yes")
     assert (drained.exit_code, drained.stderr) == (0, "Dropped 1 spare schema(s).\n")
     assert spare_schemas(engine) == []
 

@@ -173,7 +173,7 @@ def test_check_and_status_read_the_same_on_recycled_connections(
     before = len(pids)
     assert WorkspaceManager(own_engine, chain_builder.ini).status(jobs=2) == statuses
     assert len(pids) > before
-    assert {s.project_id for s in statuses} == set(IDS) and {s.state for s in statuses} == {"at head"}
+    assert {s.project_id for s in statuses} == set(IDS) and {s.state for s in statuses} == {"at-head"}
     mgr.close()
 
 

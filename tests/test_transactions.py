@@ -190,7 +190,7 @@ def test_drop_status_and_bootstrap_on_an_autocommit_engine(autocommit_engine: sa
     mgr = WorkspaceManager(autocommit_engine, ALEMBIC_INI)
     mgr.bootstrap(force=True)
     mgr.ensure("plain")
-    assert [(s.project_id, s.state) for s in mgr.status()] == [("plain", "at head")]
+    assert [(s.project_id, s.state) for s in mgr.status()] == [("plain", "at-head")]
     assert mgr.drop("plain") is True
     assert schemas_like(engine, "project\\_plain") == [] and registry_rows(engine) == []
     mgr.close()

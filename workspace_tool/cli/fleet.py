@@ -8,23 +8,26 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from workspace_tool.cli.context import ARGV, AppContext, pass_app
+from workspace_tool.cli.context import ARGV, AppContext, CommandError, pass_app, require_projects
 from workspace_tool.cli.logs import quiet
 from workspace_tool.cli.options import (
     adopt_option,
+    confirm,
     fleet_options,
     jobs_option,
     json_option,
     read_ids,
     recycle_option,
     split_ids,
+    yes_option,
 )
-from workspace_tool.cli.render import ProgressPrinter, print_drift_report, print_fleet_report, print_sql
+from workspace_tool.cli.render import ProgressPrinter, few, print_drift_report, print_fleet_report, print_sql
 
 if TYPE_CHECKING:
     from workspace_tool.fleet import Selection
     from workspace_tool.fleet.stages import Staging
     from workspace_tool.schema.operation import Operation
+    from workspace_tool.status import ProjectStatus
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C, as a shell reports SIGINT
 # The canary's options (and whether each takes a value): the command that continues a --canary-only run
@@ -41,7 +44,8 @@ def upgrade(app: AppContext, /, target: str, adopt: bool, **options: Any) -> Non
     """Bring project schemas (--all, or the named ones) up to a revision, in parallel.
 
     Each schema migrates in its own transaction under its own lock; a failure leaves that schema at its
-    old revision. A project the application drops meanwhile is reported gone, not failed. Exit 1 if any
+    old revision. A target older than a named schema's revision is refused (that is a downgrade). A
+    project the application drops meanwhile is reported gone, not failed. Exit 1 if any
     schema failed; rerunning picks up only what is left."""
     from workspace_tool import fleet
 
@@ -51,11 +55,14 @@ def upgrade(app: AppContext, /, target: str, adopt: bool, **options: Any) -> Non
 @click.command()
 @fleet_options
 @click.option("--to", "target", required=True, metavar="REV", help="Target revision ('base' for empty).")
+@yes_option
 @pass_app
 def downgrade(app: AppContext, /, target: str, **options: Any) -> None:
     """Bring project schemas (--all, or the named ones) down to a revision, in parallel.
 
-    A project the application drops meanwhile is reported gone, not failed."""
+    What the undone revisions made is dropped, with its data: it asks first on a terminal; without one,
+    --yes confirms (not needed with --sql). A project the application drops meanwhile is reported gone,
+    not failed."""
     from workspace_tool import fleet
 
     _run_fleet(app, fleet.DOWNGRADE, target, **options)
@@ -101,6 +108,12 @@ def _run_fleet(
     )
     app.jobs = jobs  # before the engine is made: its pool is sized for them
     chain = app.manager.chain
+    _refuse_the_other_way(app, operation, target, require_projects(app, project_ids) if project_ids else [])
+    if operation == fleet.DOWNGRADE and not spec.dry_run:
+        who = (
+            ("every selected project" if spec.selection is not None else "every project") if all_ else few(project_ids)
+        )
+        confirm(f"downgrading {who} to {target} drops what the undone revisions made, with its data")
     if spec.dry_run:
         print_sql(fleet.render_sql(app.engine, chain, operation, spec), as_json)
         return
@@ -118,6 +131,36 @@ def _run_fleet(
         click.get_current_context().exit(INTERRUPTED)
     if report.failed:
         click.get_current_context().exit(1)
+
+
+def _refuse_the_other_way(app: AppContext, operation: Operation, target: str, statuses: list[ProjectStatus]) -> None:
+    """An upgrade to a revision older than a named schema's (or to base) is a downgrade, and a downgrade to
+    a newer one (or to head) an upgrade: a one-line error saying which command does it, nothing changed."""
+    from workspace_tool import fleet
+
+    chain = app.manager.chain
+    upgrading = operation == fleet.UPGRADE
+    to = chain.position(chain.resolve(target))
+    past = [
+        s
+        for s in statuses
+        if chain.knows(s.revision)
+        and (chain.position(s.revision) > to if upgrading else chain.position(s.revision) < to)
+    ]
+    if past:
+        wrong = f"{past[0].schema} (at {past[0].revision or 'base'})" + (
+            f" and {len(past) - 1} more" if len(past) > 1 else ""
+        )
+    elif to == (0 if upgrading else chain.position(chain.head)):  # nothing can go that way
+        wrong = "every schema"
+    else:
+        return
+    other = "downgrade" if upgrading else "upgrade"
+    ids = " ".join(s.project_id for s in statuses) if statuses else "--all"
+    raise CommandError(
+        f"that is {'a downgrade' if upgrading else 'an upgrade'} for {wrong}: use "
+        f"`workspace-tool {other} {ids} --to {target}`; nothing was changed"
+    )
 
 
 def _selection(states: tuple[tuple[str, ...], ...], globs: tuple[str, ...], ids_from: str | None) -> Selection | None:
@@ -211,6 +254,8 @@ def check(
     from workspace_tool import drift
 
     app.jobs = jobs  # before the engine is made: its pool is sized for them
+    if project_ids:
+        require_projects(app, project_ids)
     # the direct engine, when set: without a stored reference, check builds one (in parts, outside a
     # transaction, for a chain with such a revision)
     report = drift.check(

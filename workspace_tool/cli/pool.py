@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app
-from workspace_tool.cli.options import jobs_option, json_option
+from workspace_tool.cli.logs import note
+from workspace_tool.cli.options import confirm, jobs_option, json_option, yes_option
 from workspace_tool.cli.render import emit, to_json
 
 SPARE_COLUMNS = ["schema", "revision", "chain", "state", "build_ms", "created_at"]
@@ -48,11 +49,10 @@ def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> 
     if as_json:
         click.echo(to_json(report.as_dict()))
     claimed = f", {report.claimed} claimed meanwhile" if report.claimed else ""
-    click.echo(
+    note(
         f"Pool: {report.ready} spare(s) ready at head {chain.head} (target {report.target}); built "
         f"{report.built}, dropped {report.dropped} that no release can claim{claimed}, in "
-        f"{report.elapsed_ms / 1000:.2f}s",
-        err=True,
+        f"{report.elapsed_ms / 1000:.2f}s"
     )
     if target and spares.configured_size(chain) == 0:
         click.echo(
@@ -83,10 +83,9 @@ def status_(app: AppContext, as_json: bool) -> None:
     emit(report.as_dict()["spares"], SPARE_COLUMNS, as_json=False)
     counts = report.counts()
     others = ", ".join(f"{n} {state}" for state, n in counts.items() if n and state != SpareState.READY)
-    click.echo(
+    note(
         f"Pool: {report.ready} spare(s) ready at head {report.head} (target {report.target})"
-        + (f"; {others}" if others else ""),
-        err=True,
+        + (f"; {others}" if others else "")
     )
     if len([r for r in report.releases if r.spares or not r.this]) > 1:
         for release in report.releases:
@@ -97,14 +96,17 @@ def status_(app: AppContext, as_json: bool) -> None:
                 else f"last filled the pool {release.last_filled_s:.0f}s ago"
             )
             this = " (this one)" if release.this else ""
-            click.echo(f"  release {release.revision}{this}: {held}, {seen} (chain {release.chain})", err=True)
+            note(f"  release {release.revision}{this}: {held}, {seen} (chain {release.chain})")
 
 
 @pool.command()
+@yes_option
 @pass_app
 def drain(app: AppContext) -> None:
-    """Drop every spare (they hold no data): new projects are built again until the pool is filled."""
+    """Drop every spare (they hold no data): new projects are built again until the pool is filled. It asks
+    first on a terminal; without one, --yes confirms."""
     from workspace_tool import spares
 
+    confirm("draining the warm pool drops every spare schema (new projects are built again until `pool fill`)")
     dropped = spares.drain(app.engine, app.manager.chain.namespace)
-    click.echo(f"Dropped {dropped} spare schema(s).", err=True)
+    note(f"Dropped {dropped} spare schema(s).")

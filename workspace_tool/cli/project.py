@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.context import AppContext, pass_app, require_projects
 from workspace_tool.cli.logs import note
-from workspace_tool.cli.options import adopt_option, json_option
-from workspace_tool.cli.render import NO_REGISTRY, emit, print_fleet_summary, to_json
+from workspace_tool.cli.options import adopt_option, confirm, json_option, yes_option
+from workspace_tool.cli.render import NO_REGISTRY, action_word, emit, few, print_fleet_summary, to_json
 
 
 @click.command()
@@ -45,7 +45,8 @@ def ensure(
     adopt: bool,
     as_json: bool,
 ) -> None:
-    """Create each project's schema (or bring it to head) and print what was done and how long it took."""
+    """Create each project's schema (or bring it to head) and print what was done (in the registry's words:
+    create, upgrade; current when it was at head already) and how long it took."""
     from workspace_tool.schema.roles import validate_role_name
 
     for project_id in project_ids:  # every id is checked before any SQL is sent
@@ -56,7 +57,7 @@ def ensure(
     try:
         for project_id in project_ids:
             result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role, adopt=adopt)
-            results.append(dataclasses.asdict(result))
+            results.append({**dataclasses.asdict(result), "action": action_word(result.action)})
     finally:  # what was done before a failure is still reported, then the error
         emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
 
@@ -67,10 +68,11 @@ def ensure(
 @pass_app
 def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
     """Each named project's schema, revision, state and last duration; with no ids, the fleet: counts by
-    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans, and the warm
+    state and revision (at-head, behind, ahead, failed), missing schemas and orphans, and the warm
     pool's spare schemas, counted apart. Read-only; on a database where nothing was provisioned yet it says
-    so (exit 0). On a distributed database, also the node (host:port) holding each schema."""
-    statuses = app.manager.status(list(project_ids) or None)
+    so (exit 0). On a distributed database, also the node (host:port) holding each schema. An id that is
+    no project (no schema, no registry row) is an error naming it (exit 1)."""
+    statuses = require_projects(app, project_ids) if project_ids else app.manager.status()
     nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
         from workspace_tool import spares
@@ -119,15 +121,18 @@ def list_(app: AppContext, as_json: bool) -> None:
 
 
 @click.command()
-@click.argument("project_id")
-@click.option("--yes", is_flag=True, help="Confirm dropping the schema and all its data.")
+@click.argument("project_ids", nargs=-1, required=True)
+@yes_option
 @pass_app
-def drop(app: AppContext, project_id: str, yes: bool) -> None:
-    """Drop a project's schema, with all its data, and its registry row."""
-    schema = app.manager.chain.namespace.schema_for(project_id)
-    if not yes:
-        raise click.UsageError(f"dropping {schema} deletes all its data: add --yes to confirm")
-    if app.manager.drop(project_id):
-        note(f"Dropped {schema}.")
-    else:
-        note(f"Nothing to drop: {schema} did not exist.")
+def drop(app: AppContext, project_ids: tuple[str, ...]) -> None:
+    """Drop projects' schemas, with all their data, and their registry rows. It asks first on a terminal;
+    without one, --yes confirms. An id that is no project is an error naming it, and nothing is dropped."""
+    namespace = app.manager.chain.namespace
+    schemas = {project_id: namespace.schema_for(project_id) for project_id in project_ids}  # every id checked first
+    require_projects(app, project_ids)
+    confirm(f"dropping {few(list(schemas.values()))} deletes all {'its' if len(schemas) == 1 else 'their'} data")
+    for project_id, schema in schemas.items():
+        if app.manager.drop(project_id):
+            note(f"Dropped {schema}.")
+        else:  # dropped by someone else since it was read
+            note(f"Nothing to drop: {schema} did not exist.")

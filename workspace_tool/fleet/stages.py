@@ -94,7 +94,7 @@ def _strings(values: Iterable[str] | str) -> tuple[str, ...]:
 
 def _state(value: str) -> State:
     try:
-        return State(value)
+        return State.parse(value)
     except ValueError:
         known = ", ".join(repr(str(s)) for s in State)
         raise ConfigurationError(f"unknown state {value!r}: the states are {known}") from None

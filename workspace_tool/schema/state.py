@@ -20,15 +20,26 @@ from workspace_tool.words import Word
 
 
 class State(Word):
-    """A project's state, as `status` shows it and as fleet runs select on."""
+    """A project's state, as `status` shows it (tables and JSON) and as fleet runs select on (--state): one
+    word each, hyphenated."""
 
-    AT_HEAD = "at head"
+    AT_HEAD = "at-head"
     BEHIND = "behind"
-    AHEAD = "ahead/unknown"  # a revision this chain does not know
+    AHEAD = "ahead"  # a revision this chain does not know
     FAILED = "failed"  # the last run failed on it
     EMPTY = "empty"  # a schema at base (no revision)
     MISSING = "missing"  # registered, but no schema
     ORPHAN = "orphan"  # a project schema with no registry row
+
+    @classmethod
+    def parse(cls, word: str) -> State:
+        """A state as a user may write it: any case, spaces or underscores for the hyphen, and the spellings
+        `status` wrote before issue 22 ('at head', 'ahead/unknown'); a ValueError if it is none."""
+        text = word.strip().lower().replace(" ", "-").replace("_", "-")
+        return cls(_OLD_STATES.get(text, text))
+
+
+_OLD_STATES = {"ahead/unknown": "ahead"}  # what status wrote before issue 22
 
 
 def version_table(schema: str) -> str:
