@@ -26,12 +26,12 @@ from click.testing import CliRunner, Result
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
+from migrations.models import CodeChunk, CodeFile, Repository
 from workspace_tool.chain import Chain
 from workspace_tool.chain.index import CACHE_ENV
 from workspace_tool.cli import main
 from workspace_tool.fleet.reader import read_versions
 from workspace_tool.managers import cache
-from workspace_tool.models import CodeChunk, CodeFile, Repository
 from workspace_tool.naming import is_project_schema
 from workspace_tool.schema.catalog import snapshot
 

@@ -42,12 +42,12 @@ from helpers import (
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from migrations.models import metadata
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.flavor.citus import Citus
 from workspace_tool.managers import cache
-from workspace_tool.models import metadata
 from workspace_tool.schema.migrate import Migration, Sending, migrate, migrate_expected
 from workspace_tool.schema.plan import Expected
 from workspace_tool.urls import async_url

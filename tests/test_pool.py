@@ -127,7 +127,7 @@ def test_a_new_project_is_a_spare_renamed_with_the_catalog_of_a_fresh_one(
 
 
 def test_a_project_made_from_a_spare_works_for_the_application(pooled: WorkspaceManager) -> None:
-    from workspace_tool.models import Repository
+    from migrations.models import Repository
 
     with pooled.session("app-on-spare") as s:
         s.add(Repository(path="/src/a", name="a"))

@@ -14,8 +14,8 @@ from helpers import ALEMBIC_INI, NEAREST, ChainBuilder, add_chunks, nearest_stat
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from migrations.models import Repository
 from workspace_tool import ConfigurationError, ProjectWorkspaceManager, WorkspaceManager, WorkspaceNotFound
-from workspace_tool.models import Repository
 from workspace_tool.urls import async_url
 
 
