@@ -1,5 +1,5 @@
-"""The fleet's one-round-trip lane (provisioning.migrate_expected): it applies a range only when the
-schema is exactly as the batch read saw it, and otherwise changes nothing and hands over to migrate_on."""
+"""The fleet's one-round-trip lane (schema.migrate.migrate_expected): it applies a range only when the
+schema is exactly as the batch read saw it, and otherwise changes nothing and hands over to ``migrate``."""
 
 from __future__ import annotations
 
