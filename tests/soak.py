@@ -59,7 +59,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from helpers import CLI, ChainBuilder, assert_consistent, with_options
+from support.chains import ChainBuilder, with_options
+from support.cli import CLI
+from support.db import assert_consistent
 
 from migrations.models import CodeFile, Repository
 from workspace_tool import WorkspaceError, WorkspaceManager

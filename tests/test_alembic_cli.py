@@ -14,18 +14,10 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from helpers import (
-    ALEMBIC,
-    ALEMBIC_INI,
-    HEAD,
-    ChainBuilder,
-    catalog,
-    registry_row,
-    run_alembic,
-    schema_tables,
-    schema_version,
-)
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, HEAD, ChainBuilder
+from support.cli import ALEMBIC, run_alembic
+from support.db import catalog, registry_row, schema_tables, schema_version
 
 from workspace_tool import ConfigurationError, WorkspaceManager
 from workspace_tool.authoring import create_revision

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ChainBuilder
 from pgvector.sqlalchemy import Vector
+from support.chains import ChainBuilder
 
 from migrations.models import metadata
 from workspace_tool import ConfigurationError, NoChangesDetected, WorkspaceManager, fleet

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from helpers import ALEMBIC_INI, ChainBuilder
+from support.chains import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool.cli import main
 from workspace_tool.errors import ConfigurationError

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ChainBuilder
+from support.chains import ChainBuilder
 
 from workspace_tool.authoring import compare_schema
 from workspace_tool.cli import main

@@ -19,16 +19,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ITEMS,
-    UNIQUE,
-    ChainBuilder,
-    StatementCounter,
-    assert_consistent,
-    registry_row,
-    schema_exists,
-    schema_version,
-)
+from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.db import StatementCounter, assert_consistent, registry_row, schema_exists, schema_version
 
 from workspace_tool import WorkspaceManager, drift, fleet, pool, reference
 from workspace_tool.chain import Chain

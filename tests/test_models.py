@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
-from helpers import ALEMBIC_INI
 from pgvector.sqlalchemy import Vector
+from support.chains import ALEMBIC_INI
 
 from migrations.models import Base, CodeChunk, metadata
 from workspace_tool import WorkspaceManager

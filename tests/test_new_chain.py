@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import assert_one_line_error, schema_version
+from support.cli import assert_one_line_error
+from support.db import schema_version
 
 import workspace_tool
 from workspace_tool.alembic_env import TEMPLATE_DIR

@@ -17,26 +17,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    GATE,
-    ITEMS,
-    WAIT,
-    ChainBuilder,
-    Gate,
-    Victim,
-    assert_consistent,
-    assert_one_line_error,
-    lint,
-    psql,
-    registry_row,
-    registry_state,
-    run_alembic,
-    run_cli,
-    schema_version,
-    waiting_on_advisory,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ITEMS, ChainBuilder
+from support.cli import assert_one_line_error, lint, psql, run_alembic, run_cli
+from support.concurrency import GATE, WAIT, Gate, Victim, waiting_on_advisory
+from support.db import assert_consistent, registry_row, registry_state, schema_version
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet, transactions
 from workspace_tool.authoring import create_revision

@@ -16,22 +16,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    TABLES,
-    ChainBuilder,
-    StatementCounter,
-    Victim,
-    assert_consistent,
-    catalog,
-    registry_row,
-    schema_exists,
-    schema_tables,
-    waiting_on_advisory,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, HEAD, TABLES, ChainBuilder
+from support.concurrency import Victim, waiting_on_advisory
+from support.db import StatementCounter, assert_consistent, catalog, registry_row, schema_exists, schema_tables
 
 from workspace_tool import (
     ConfigurationError,

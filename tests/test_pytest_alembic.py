@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic.config import Config
-from helpers import ALEMBIC_INI, ChainBuilder
 from pytest_alembic import Config as PytestAlembicConfig
 from pytest_alembic import MigrationContext, runner
 from pytest_alembic.plugin.error import AlembicTestFailure
@@ -29,6 +28,7 @@ from pytest_alembic.tests import (  # noqa: F401 - collected here as this module
 )
 from pytest_alembic.tests.experimental import test_downgrade_leaves_no_trace
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool import WorkspaceManager
 

@@ -15,7 +15,8 @@ import asyncpg  # noqa: F401
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.dialects.postgresql.asyncpg
-from helpers import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
+from support.chains import ALEMBIC_INI, ROOT, ChainBuilder
+from support.db import EMBEDDED_TEST_DIR
 
 from workspace_tool.chain import Chain
 from workspace_tool.naming import MAX_PROJECT_ID_LENGTH, schema_for
