@@ -52,8 +52,8 @@ from workspace_tool import (  # noqa: E402
 )
 from workspace_tool.chain import Chain  # noqa: E402
 from workspace_tool.flavor.citus import Citus  # noqa: E402
-from workspace_tool.managers import cache  # noqa: E402
 from workspace_tool.naming import schema_for  # noqa: E402
+from workspace_tool.schema import cache  # noqa: E402
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane  # noqa: E402
 from workspace_tool.schema.plan import Expected, SchemaPlan  # noqa: E402
 from workspace_tool.sql import search_path_sql, sql_literal  # noqa: E402

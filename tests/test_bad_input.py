@@ -28,7 +28,7 @@ from workspace_tool import (
     UnknownRevision,
     WorkspaceManager,
 )
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.urls import async_url
 
 # (project id, what the error must say about the rule it breaks)

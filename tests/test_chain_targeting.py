@@ -18,7 +18,7 @@ from support.db import catalog, schema_tables, schema_version
 
 from workspace_tool import ConfigurationError, WorkspaceManager
 from workspace_tool.chain import Chain
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.schema.catalog import diff
 
 

@@ -33,7 +33,7 @@ from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.flavor.citus import Citus
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.schema.migrate import Migration, Sending, migrate, migrate_expected
 from workspace_tool.schema.plan import Expected
 from workspace_tool.urls import async_url

@@ -28,7 +28,7 @@ from support.db import assert_consistent
 from workspace_tool import WorkspaceManager, doctor, fleet
 from workspace_tool.chain import Chain
 from workspace_tool.fleet import Progress
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 
 pytestmark = pytest.mark.citus
 

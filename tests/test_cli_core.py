@@ -21,7 +21,7 @@ from support.db import registry_row, schema_exists, schema_tables, schema_versio
 
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 
 WORKSPACE_TOOL = str(Path(sys.executable).with_name("workspace-tool"))
 SECRET = "Sup3rS3cretPw"

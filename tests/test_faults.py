@@ -29,7 +29,7 @@ from support.db import assert_consistent
 
 from workspace_tool import DatabaseUnavailable, WorkspaceManager, fleet
 from workspace_tool.chain import Chain
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.sql import LOCK_SQL, lock_key
 
 GATE = "wst-fault-gate"

@@ -26,7 +26,7 @@ from workspace_tool import (
     WorkspaceManager,
     WorkspaceOutdated,
 )
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.schema.catalog import diff
 
 # ----------------------------------------------------------------------------- helpers

@@ -20,7 +20,7 @@ from support.chains import ALEMBIC_INI
 
 from workspace_tool import PermissionDenied, ProjectWorkspaceManager, WorkspaceManager
 from workspace_tool.cli import main
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.urls import async_url
 
 

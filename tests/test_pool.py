@@ -34,8 +34,8 @@ from workspace_tool import (
 )
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.managers import cache
 from workspace_tool.registry.spares import SPARE_PREFIX
+from workspace_tool.schema import cache
 from workspace_tool.schema.catalog import diff
 from workspace_tool.sql import LOCK_SQL, POOL_LOCK_KEY, lock_key
 from workspace_tool.urls import async_url

@@ -21,7 +21,7 @@ from support.db import assert_consistent, catalog, schema_exists
 from workspace_tool import NonTransactionalFailed, WorkspaceManager, drift, pool
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.schema.catalog import diff
 from workspace_tool.verification import verify_fast_path
 

@@ -26,7 +26,7 @@ from workspace_tool import DatabaseUnavailable, ProjectWorkspaceManager, Workspa
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.urls import redact, redact_text, url_secrets
 from workspace_tool.verification import verify_fast_path
 

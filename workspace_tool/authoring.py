@@ -44,7 +44,7 @@ from workspace_tool.chain.autogenerate import autogenerate_options, chain_models
 from workspace_tool.chain.loading import MODELS_OPTION
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 from workspace_tool.schema.migrate import scratch_schema
 from workspace_tool.sql import drop_schema_cascade, quote_ident, search_path_sql
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from workspace_tool.managers import cache
+from workspace_tool.schema import cache
 
 # Session settings as if the role's default were schema-based sharding on (psycopg2: libpq options).
 SHARDING_ON = {"options": "-c citus.enable_schema_based_sharding=on"}

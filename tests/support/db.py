@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from workspace_tool.fleet.reader import read_versions
-from workspace_tool.managers import cache
 from workspace_tool.naming import is_project_schema
+from workspace_tool.schema import cache
 from workspace_tool.schema.catalog import snapshot
 
 EMBEDDED_TEST_DIR = Path(os.environ.get("WORKSPACE_TOOL_TEST_PGDATA", "/tmp/workspace-tool-test-pgdata"))

@@ -35,8 +35,8 @@ from workspace_tool.fleet.report import (
 from workspace_tool.fleet.stages import CANARY_ONLY, Selection, StagePlan, Staging
 from workspace_tool.fleet.worker_engine import EngineFactory
 from workspace_tool.jobs import check_jobs, spare_jobs
-from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
+from workspace_tool.schema import cache
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation, Verdict, Work
 from workspace_tool.schema.plan import Expected, SchemaPlan

@@ -19,9 +19,9 @@ from workspace_tool import recycling, registry
 from workspace_tool.chain import Chain
 from workspace_tool.flavor import Flavor
 from workspace_tool.fleet.reader import VersionsReader
-from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
 from workspace_tool.pool import Refiller
+from workspace_tool.schema import cache
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate
 from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING
 from workspace_tool.schema.roles import validate_role_name

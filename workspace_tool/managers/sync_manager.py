@@ -19,9 +19,10 @@ from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.fleet.reader import versions_reader
 from workspace_tool.jobs import spare_jobs
-from workspace_tool.managers import cache, sessions
+from workspace_tool.managers import sessions
 from workspace_tool.managers.core import EnsureCore, EnsureOptions, has_registry, registry_rows, status_reader
 from workspace_tool.naming import schema_for
+from workspace_tool.schema import cache
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
 from workspace_tool.status import ProjectStatus
