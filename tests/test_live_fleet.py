@@ -390,6 +390,7 @@ class Dropper(threading.Thread):
         return self.dropped
 
 
+@pytest.mark.slow  # a soak of 400 projects: the tests above pin each of its outcomes, deterministically
 def test_every_command_goes_on_while_the_application_drops_projects(
     engine: sa.Engine, url_string: str, tiny: Chain
 ) -> None:
