@@ -340,6 +340,7 @@ def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) ->
     )
 
 
+@pytest.mark.slow  # a process of its own; test_secrets.py's unreachable URLs run the same CLI in this one
 def test_installed_entry_point_hides_the_password(engine: sa.Engine) -> None:
     result = run_tool("--database-url", f"postgresql://alice:{SECRET}@127.0.0.1:9/db", "-c", str(ALEMBIC_INI), "init")
     assert result.returncode == 1
