@@ -59,12 +59,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from helpers import CLI, ChainBuilder, assert_consistent, with_options
+from support.chains import ChainBuilder, with_options
+from support.cli import CLI
+from support.db import assert_consistent
 
+from migrations.models import CodeFile, Repository
 from workspace_tool import WorkspaceError, WorkspaceManager
 from workspace_tool.chain import Chain
 from workspace_tool.drift import MOVED
-from workspace_tool.models import CodeFile, Repository
 from workspace_tool.naming import schema_for
 
 HERE = Path(__file__).resolve()

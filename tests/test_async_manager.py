@@ -9,20 +9,11 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    MAIN_REVISIONS,
-    TABLES,
-    make_schema_by_hand,
-    registry_row,
-    schema_exists,
-    schema_tables,
-    schema_version,
-    truncated_chain,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, TABLES, truncated_chain
+from support.data import make_schema_by_hand
+from support.db import registry_row, schema_exists, schema_tables, schema_version
 
 from workspace_tool import (
     ConfigurationError,

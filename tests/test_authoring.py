@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ChainBuilder
 from pgvector.sqlalchemy import Vector
+from support.chains import ChainBuilder
 
+from migrations.models import metadata
 from workspace_tool import ConfigurationError, NoChangesDetected, WorkspaceManager, fleet
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
-from workspace_tool.models import metadata
 
 PROJECTS = ("alpha", "beta", "gamma")
 

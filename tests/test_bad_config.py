@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, ROOT, ChainBuilder, assert_one_line_error, database_state, run_cli
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, ROOT, ChainBuilder
+from support.cli import assert_one_line_error, run_cli
+from support.db import database_state
 
 import workspace_tool
 from workspace_tool import (

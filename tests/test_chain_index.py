@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import ITEMS, ChainBuilder
+from support.chains import ITEMS, ChainBuilder
 
 from workspace_tool.chain import Chain
 from workspace_tool.chain.index import CACHE_ENV

@@ -19,35 +19,21 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    MAIN_REVISIONS,
-    NEAREST,
-    SHARDING_ON,
-    TABLES,
-    ChainBuilder,
-    add_chunks,
-    assert_consistent,
-    ensure_in_processes,
-    nearest_statement,
-    on_all_nodes,
-    psql,
-    reset_citus,
-    run_alembic,
-    run_cli,
-    scratch_leftovers,
-    tenant_schemas,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, TABLES, ChainBuilder
+from support.citus import SHARDING_ON, on_all_nodes, reset_citus, scratch_leftovers, tenant_schemas
+from support.cli import psql, run_alembic, run_cli
+from support.concurrency import ensure_in_processes
+from support.data import NEAREST, add_chunks, nearest_statement
+from support.db import assert_consistent
 
+from migrations.models import metadata
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.flavor.citus import Citus
 from workspace_tool.managers import cache
-from workspace_tool.models import metadata
 from workspace_tool.schema.migrate import Migration, Sending, migrate, migrate_expected
 from workspace_tool.schema.plan import Expected
 from workspace_tool.urls import async_url

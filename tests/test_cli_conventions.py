@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ChainBuilder, assert_one_line_error, database_state, run_cli, schema_exists
+from support.chains import ChainBuilder
+from support.cli import assert_one_line_error, run_cli
+from support.db import database_state, schema_exists
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain

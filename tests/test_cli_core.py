@@ -14,19 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    MAIN_REVISIONS,
-    ChainBuilder,
-    make_schema_by_hand,
-    registry_row,
-    schema_exists,
-    schema_tables,
-    schema_version,
-    truncated_chain,
-)
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, ChainBuilder, truncated_chain
+from support.data import make_schema_by_hand
+from support.db import registry_row, schema_exists, schema_tables, schema_version
 
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
@@ -358,6 +349,7 @@ def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) ->
     )
 
 
+@pytest.mark.slow  # a process of its own; test_secrets.py's unreachable URLs run the same CLI in this one
 def test_installed_entry_point_hides_the_password(engine: sa.Engine) -> None:
     result = run_tool("--database-url", f"postgresql://alice:{SECRET}@127.0.0.1:9/db", "-c", str(ALEMBIC_INI), "init")
     assert result.returncode == 1

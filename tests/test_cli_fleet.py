@@ -14,19 +14,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    CLI,
-    GATE,
-    ChainBuilder,
-    Gate,
-    add_rows,
-    backends,
-    database_state,
-    make_schema_by_hand,
-    schema_version,
-    waiting_on_advisory,
-)
 from sqlalchemy.engine import URL
+from support.chains import ChainBuilder
+from support.cli import CLI
+from support.concurrency import GATE, Gate, waiting_on_advisory
+from support.data import add_rows, make_schema_by_hand
+from support.db import backends, database_state, schema_version
 
 from workspace_tool import fleet, spares
 from workspace_tool.chain import Chain

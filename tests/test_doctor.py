@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
-from helpers import ALEMBIC_INI, ChainBuilder, make_schema_by_hand, run_cli, with_options
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, ChainBuilder, with_options
+from support.cli import run_cli
+from support.data import make_schema_by_hand
 
 from workspace_tool import WorkspaceManager, doctor, spares
 from workspace_tool.chain import Chain

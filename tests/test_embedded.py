@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ALEMBIC_INI, HEAD, ROOT
+from support.chains import ALEMBIC_INI, HEAD, ROOT
 
 from workspace_tool import embedded
 

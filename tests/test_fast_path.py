@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from helpers import ALEMBIC_INI, ChainBuilder, columns, schema_tables, schema_version
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.db import columns, schema_tables, schema_version
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain

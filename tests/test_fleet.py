@@ -9,16 +9,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    ITEMS,
-    UNIQUE,
-    ChainBuilder,
-    add_rows,
-    make_schema_by_hand,
-    registry_state,
-    schema_version,
-)
+from support.chains import ALEMBIC_INI, ITEMS, UNIQUE, ChainBuilder
+from support.data import add_rows, make_schema_by_hand
+from support.db import registry_state, schema_version
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain

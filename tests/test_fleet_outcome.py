@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from helpers import ITEMS, ChainBuilder
+from support.chains import ITEMS, ChainBuilder
 
 from workspace_tool import ConfigurationError, fleet
 from workspace_tool.chain import Chain

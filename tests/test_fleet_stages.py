@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, registry_state, schema_version
+from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.data import add_rows
+from support.db import registry_state, schema_version
 
 from workspace_tool import ConfigurationError, fleet
 from workspace_tool.chain import Chain

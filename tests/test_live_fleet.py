@@ -19,16 +19,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ITEMS,
-    UNIQUE,
-    ChainBuilder,
-    StatementCounter,
-    assert_consistent,
-    registry_row,
-    schema_exists,
-    schema_version,
-)
+from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.db import StatementCounter, assert_consistent, registry_row, schema_exists, schema_version
 
 from workspace_tool import WorkspaceManager, drift, fleet, reference, spares
 from workspace_tool.chain import Chain
@@ -399,6 +391,7 @@ class Dropper(threading.Thread):
         return self.dropped
 
 
+@pytest.mark.slow  # a soak of 400 projects: the tests above pin each of its outcomes, deterministically
 def test_every_command_goes_on_while_the_application_drops_projects(
     engine: sa.Engine, url_string: str, tiny: Chain
 ) -> None:

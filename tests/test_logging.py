@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS, UNIQUE, ChainBuilder, run_cli
+from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS, UNIQUE, ChainBuilder
+from support.cli import run_cli
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ALEMBIC_INI, ChainBuilder, assert_one_line_error, schema_tables, schema_version
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.cli import assert_one_line_error
+from support.db import schema_tables, schema_version
 
 from workspace_tool import InvalidNamespace, Namespace, OtherNamespace, WorkspaceManager, drift, fleet, spares
 from workspace_tool.chain import Chain

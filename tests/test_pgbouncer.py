@@ -21,21 +21,11 @@ from pathlib import Path
 import pgbouncer
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    ITEMS,
-    ChainBuilder,
-    StatementCounter,
-    assert_consistent,
-    assert_one_line_error,
-    database_state,
-    run_alembic,
-    run_cli,
-    schema_version,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from support.chains import ALEMBIC_INI, HEAD, ITEMS, ChainBuilder
+from support.cli import assert_one_line_error, run_alembic, run_cli
+from support.db import StatementCounter, assert_consistent, database_state, schema_version
 
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, spares
 from workspace_tool.chain import Chain

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ALEMBIC_INI
+from support.chains import ALEMBIC_INI
 
 from workspace_tool import flavor as flavors
 from workspace_tool.chain import Chain, Step

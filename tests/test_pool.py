@@ -16,22 +16,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    TABLES,
-    ChainBuilder,
-    StatementCounter,
-    Victim,
-    assert_consistent,
-    catalog,
-    registry_row,
-    schema_exists,
-    schema_tables,
-    waiting_on_advisory,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, HEAD, TABLES, ChainBuilder
+from support.concurrency import Victim, waiting_on_advisory
+from support.db import StatementCounter, assert_consistent, catalog, registry_row, schema_exists, schema_tables
 
 from workspace_tool import (
     ConfigurationError,
@@ -127,7 +116,7 @@ def test_a_new_project_is_a_spare_renamed_with_the_catalog_of_a_fresh_one(
 
 
 def test_a_project_made_from_a_spare_works_for_the_application(pooled: WorkspaceManager) -> None:
-    from workspace_tool.models import Repository
+    from migrations.models import Repository
 
     with pooled.session("app-on-spare") as s:
         s.add(Repository(path="/src/a", name="a"))

@@ -14,17 +14,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ALEMBIC_INI,
-    TABLES,
-    WAIT,
-    ChainBuilder,
-    Victim,
-    assert_consistent,
-    catalog,
-    schema_exists,
-    with_options,
-)
+from support.chains import ALEMBIC_INI, TABLES, ChainBuilder, with_options
+from support.concurrency import WAIT, Victim
+from support.db import assert_consistent, catalog, schema_exists
 
 from workspace_tool import NonTransactionalFailed, WorkspaceManager, drift, spares
 from workspace_tool.chain import Chain

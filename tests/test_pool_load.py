@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, assert_consistent, registry_row
+from support.chains import ALEMBIC_INI
+from support.db import assert_consistent, registry_row
 
 from workspace_tool import spares
 from workspace_tool.chain import Chain

@@ -15,7 +15,8 @@ import asyncpg  # noqa: F401
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.dialects.postgresql.asyncpg
-from helpers import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
+from support.chains import ALEMBIC_INI, ROOT, ChainBuilder
+from support.db import EMBEDDED_TEST_DIR
 
 from workspace_tool.chain import Chain
 from workspace_tool.naming import MAX_PROJECT_ID_LENGTH, schema_for
@@ -106,7 +107,7 @@ def test_each_test_gets_a_fresh_project_at_head_dropped_after_it_even_when_it_fa
         test_app_projects="""
         import sqlalchemy as sa
         from record import project_schemas, record, registered
-        from workspace_tool.models import Repository
+        from migrations.models import Repository
 
         def count_repositories(project):
             with project.session() as s:
@@ -225,7 +226,7 @@ def test_async_tests_use_the_async_manager_from_their_own_event_loops(
         import pytest
         import sqlalchemy as sa
         from record import record
-        from workspace_tool.models import Repository
+        from migrations.models import Repository
 
         async def count(manager, project_id):
             async with manager.connect(project_id) as conn:

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ALEMBIC_INI
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet
 from workspace_tool.chain import Chain

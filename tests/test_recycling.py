@@ -12,9 +12,12 @@ from pathlib import Path
 import click
 import pytest
 import sqlalchemy as sa
-from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, assert_one_line_error, run_cli, schema_version
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.cli import assert_one_line_error, run_cli
+from support.data import add_rows
+from support.db import schema_version
 
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, drift, fleet, recycling, spares
 from workspace_tool.chain import Chain

@@ -18,9 +18,9 @@ from urllib.parse import quote
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ALEMBIC_INI, ChainBuilder
 from pgprivate import PASSWORD, PASSWORD_USER, PrivateServer
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool import DatabaseUnavailable, ProjectWorkspaceManager, WorkspaceError, WorkspaceManager, drift, fleet
 from workspace_tool.authoring import create_revision

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, NEAREST, ChainBuilder, add_chunks, nearest_statement
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.data import NEAREST, add_chunks, nearest_statement
 
+from migrations.models import Repository
 from workspace_tool import ConfigurationError, ProjectWorkspaceManager, WorkspaceManager, WorkspaceNotFound
-from workspace_tool.models import Repository
 from workspace_tool.urls import async_url
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import soak
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, ROOT, ChainBuilder, assert_consistent
+from support.chains import ALEMBIC_INI, ROOT, ChainBuilder
+from support.db import assert_consistent
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain

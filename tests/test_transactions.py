@@ -16,21 +16,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC,
-    ALEMBIC_INI,
-    GATE,
-    ChainBuilder,
-    Gate,
-    bootstrap_state,
-    columns,
-    make_public_twins,
-    public_state,
-    schema_tables,
-    schema_version,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.cli import ALEMBIC
+from support.concurrency import GATE, Gate
+from support.data import make_public_twins, public_state
+from support.db import bootstrap_state, columns, schema_tables, schema_version
 
 from workspace_tool import ConfigurationError, MigrationFailed, ProjectWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.chain import Chain

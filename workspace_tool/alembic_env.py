@@ -4,7 +4,8 @@
 
     alembic_env.run()
 
-and its models are named in alembic.ini (``workspace_models = myapp.models:metadata``), or passed:
+and its models are named in alembic.ini (``workspace_models = migrations.models:metadata``: the models module
+``workspace-tool init-chain`` writes beside env.py), or passed:
 ``alembic_env.run(target_metadata=metadata)``. They are imported only when Alembic compares them with a
 database (``revision --autogenerate``, ``alembic check``, pytest-alembic's model test), never to migrate.
 
@@ -52,14 +53,13 @@ from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
 from workspace_tool import flavor as flavors
 from workspace_tool import transactions
-from workspace_tool.chain.loading import DIRECT_URL_OPTION
+from workspace_tool.chain.loading import DIRECT_URL_OPTION, MODELS_OPTION
 from workspace_tool.errors import ConfigurationError, SessionRequired
 from workspace_tool.flavor import DEFAULT_EXTENSION_SCHEMA, pooler
 from workspace_tool.namespace import REGISTRY_SCHEMA_OPTION, SCHEMA_PREFIX_OPTION, from_options
 from workspace_tool.sql import lock_schema, lock_statement, quote_ident, search_path_sql, unlock_statement
 from workspace_tool.urls import DIRECT_URL_ENV, sync_url
 
-MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
 TEMPLATE_DIR = Path(__file__).with_name("templates") / "workspace-tool"
 
 

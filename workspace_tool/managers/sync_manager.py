@@ -230,7 +230,7 @@ class WorkspaceManager:
     # ------------------------------------------------------------ application
     def connect(self, project_id: str) -> contextlib.AbstractContextManager[Connection]:
         """``with mgr.connect(project_id) as conn:`` a Connection on the project's schema (ensured first),
-        through ``schema_translate_map``; see workspace_tool.sessions."""
+        through ``schema_translate_map``; see workspace_tool.managers.sessions."""
         return sessions.connect(self, project_id)
 
     def session(self, project_id: str, **session_options: Any) -> contextlib.AbstractContextManager[Session]:
