@@ -25,12 +25,14 @@ from pathlib import Path
 from unittest import SkipTest
 
 import pytest
+import sqlalchemy as sa
 from helpers import ROOT
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sybil import Document, Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
-PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
+PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
 OUTPUT_KEY = "__docs_stdout__"  # what the last python block printed, for the ```output block after it
 CHECKER = doctest.OutputChecker()
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
@@ -179,9 +181,11 @@ def test_examples_run(page: Path, new_database: URL, tmp_path: Path, monkeypatch
     for example in examples:
         with contextlib.suppress(SkipTest):  # an example marked `<!-- skip: next "reason" -->`
             example.evaluate()
-    for name in [n for n, v in document.namespace.items() if hasattr(v, "dispose")]:
-        with contextlib.suppress(Exception):  # engines the examples made: their connections, not the database
-            document.namespace[name].dispose()
+    for value in list(document.namespace.values()):  # engines the examples made: close their connections
+        if isinstance(value, sa.Engine):
+            value.dispose()
+        elif isinstance(value, AsyncEngine):
+            asyncio.run(value.dispose())
 
 
 def test_console_transcripts_are_read_as_written() -> None:
