@@ -82,8 +82,8 @@ def commands(text: str) -> list[tuple[str, str]]:
     pairs: list[tuple[str, list[str]]] = []
     continued = False
     for line in text.splitlines():
-        if continued:
-            pairs[-1] = (pairs[-1][0] + "\n" + line, pairs[-1][1])
+        if continued:  # after a `\`, with the shell's `> ` prompt or without
+            pairs[-1] = (pairs[-1][0] + "\n" + line.removeprefix("> "), pairs[-1][1])
         elif line.startswith("$ "):
             pairs.append((line[2:], []))
         elif pairs:
@@ -105,16 +105,24 @@ def shell(script: str, *options: str) -> subprocess.CompletedProcess[str]:
 
 
 def run_console(example: Example) -> str | None:
-    for command, expected in commands(str(example.parsed)):
+    pairs = commands(str(example.parsed))
+    status = 0
+    for index, (command, expected) in enumerate(pairs):
         if PIP_INSTALL.match(command):
             check_pip_install(command)
             continue
+        if command == "echo $?":  # the exit status of the command before, as the transcript shows it
+            if not matches(expected, str(status)):
+                return f"$ {pairs[index - 1][0]}\nexited {status}, the docs say {expected}"
+            continue
         done = shell(command)
+        status = done.returncode
+        shows_status = index + 1 < len(pairs) and pairs[index + 1][0] == "echo $?"
         failing = expected.lstrip().startswith("Error:")
-        if failing and done.returncode == 0:
+        if failing and status == 0:
             return f"$ {command}\nexited 0, but the docs show it failing; it printed:\n{done.stdout}"
-        if not failing and done.returncode != 0:
-            return f"$ {command}\nexited {done.returncode}:\n{done.stdout}"
+        if not failing and not shows_status and status != 0:
+            return f"$ {command}\nexited {status}:\n{done.stdout}"
         if expected.strip() and not matches(expected, done.stdout):
             return f"$ {command}\nprinted:\n{done.stdout}\nexpected:\n{expected}"
     return None
@@ -190,7 +198,7 @@ def test_examples_run(page: Path, new_database: URL, tmp_path: Path, monkeypatch
 
 def test_console_transcripts_are_read_as_written() -> None:
     """The runner's own reading of a transcript: commands, continuations and the output after each."""
-    text = "$ workspace-tool a \\\n  --b\nout 1\nout 2\n$ workspace-tool c\n"
+    text = "$ workspace-tool a \\\n>   --b\nout 1\nout 2\n$ workspace-tool c\n"
     assert commands(text) == [("workspace-tool a \\\n  --b", "out 1\nout 2"), ("workspace-tool c", "")]
     assert matches("demo ...create...", "demo   project_demo  created  0004  1.2  fast")
     assert not matches("demo ...upgrade...", "demo   project_demo  created  0004  1.2  fast")
