@@ -196,6 +196,15 @@ def test_examples_run(page: Path, new_database: URL, tmp_path: Path, monkeypatch
             asyncio.run(value.dispose())
 
 
+def test_the_tests_the_guarantees_name_exist() -> None:
+    """docs/operations/guarantees.md names the test proving each guarantee: a renamed test breaks this."""
+    named = re.findall(r"`tests/(test_\w+\.py)::(test_\w+)`", (ROOT / "docs/operations/guarantees.md").read_text())
+    assert len(named) > 20
+    for module, test in named:
+        source = (ROOT / "tests" / module).read_text()
+        assert re.search(rf"^(async )?def {test}\(", source, re.MULTILINE), f"tests/{module} has no {test}"
+
+
 def test_console_transcripts_are_read_as_written() -> None:
     """The runner's own reading of a transcript: commands, continuations and the output after each."""
     text = "$ workspace-tool a \\\n>   --b\nout 1\nout 2\n$ workspace-tool c\n"
