@@ -26,11 +26,14 @@ from unittest import SkipTest
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from helpers import ROOT
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sybil import Document, Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
+
+from workspace_tool.cli import main
 
 PAGES = [*sorted((ROOT / "docs").rglob("*.md")), ROOT / "README.md"]
 OUTPUT_KEY = "__docs_stdout__"  # what the last python block printed, for the ```output block after it
@@ -38,6 +41,7 @@ CHECKER = doctest.OutputChecker()
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 PIP_INSTALL = re.compile(r"^(?:python3? -m )?pip install\b")
 COMMAND_TIMEOUT_S = 120
+SHELL_SYNTAX = re.compile(r"[|&;<>$`()*?\\\n]")
 
 
 def extras() -> set[str]:
@@ -94,11 +98,24 @@ def commands(text: str) -> list[tuple[str, str]]:
     return [(command, "\n".join(expected)) for command, expected in pairs]
 
 
+def workspace_tool(command: str) -> tuple[int, str] | None:
+    """A plain `workspace-tool ARGS` (no shell syntax) runs in this process, through click (as the suite's
+    CLI tests do; a process per command would cost a second or two of imports each); None otherwise."""
+    if SHELL_SYNTAX.search(command):
+        return None
+    words = shlex.split(command)
+    if not words or words[0] != "workspace-tool":
+        return None
+    result = CliRunner().invoke(main, words[1:], prog_name="workspace-tool")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout + result.stderr
+
+
 def shell(script: str, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", *options, "-c", script],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT_S,
     )
@@ -115,16 +132,19 @@ def run_console(example: Example) -> str | None:
             if not matches(expected, str(status)):
                 return f"$ {pairs[index - 1][0]}\nexited {status}, the docs say {expected}"
             continue
-        done = shell(command)
-        status = done.returncode
+        ran = workspace_tool(command)
+        if ran is None:
+            done = shell(command)
+            ran = done.returncode, done.stdout + done.stderr
+        status, printed = ran
         shows_status = index + 1 < len(pairs) and pairs[index + 1][0] == "echo $?"
         failing = expected.lstrip().startswith("Error:")
         if failing and status == 0:
-            return f"$ {command}\nexited 0, but the docs show it failing; it printed:\n{done.stdout}"
+            return f"$ {command}\nexited 0, but the docs show it failing; it printed:\n{printed}"
         if not failing and not shows_status and status != 0:
-            return f"$ {command}\nexited {status}:\n{done.stdout}"
-        if expected.strip() and not matches(expected, done.stdout):
-            return f"$ {command}\nprinted:\n{done.stdout}\nexpected:\n{expected}"
+            return f"$ {command}\nexited {status}:\n{printed}"
+        if expected.strip() and not matches(expected, printed):
+            return f"$ {command}\nprinted:\n{printed}\nexpected:\n{expected}"
     return None
 
 
@@ -137,7 +157,7 @@ def run_bash(example: Example) -> str | None:
             lines.append(line)
     done = shell("\n".join(lines), "-e")
     if done.returncode != 0:
-        return f"the script exited {done.returncode}:\n{done.stdout}"
+        return f"the script exited {done.returncode}:\n{done.stdout}{done.stderr}"
     return None
 
 
@@ -171,12 +191,16 @@ def test_every_skip_says_why() -> None:
     assert len(skips) <= 12, f"{len(skips)} examples skipped: few are allowed ({skips})"
 
 
+@pytest.mark.slow  # about a minute for all the pages (a fresh database each, verify-fast-path, processes)
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
-def test_examples_run(page: Path, new_database: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_examples_run(
+    page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
     document: Document = SYBIL.parse(page)
     examples = list(document)
     if not examples:
         return
+    new_database: URL = request.getfixturevalue("new_database")
     shutil.copy(ROOT / "alembic.ini", tmp_path / "alembic.ini")
     shutil.copytree(ROOT / "migrations", tmp_path / "migrations", ignore=shutil.ignore_patterns("__pycache__"))
     url = new_database.render_as_string(hide_password=False)
