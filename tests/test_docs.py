@@ -14,6 +14,7 @@ import contextlib
 import doctest
 import inspect
 import io
+import logging
 import os
 import re
 import shlex
@@ -210,9 +211,16 @@ def test_examples_run(
     monkeypatch.delenv("WORKSPACE_TOOL_DIRECT_URL", raising=False)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.chdir(tmp_path)
-    for example in examples:
-        with contextlib.suppress(SkipTest):  # an example marked `<!-- skip: next "reason" -->`
-            example.evaluate()
+    root, library = logging.getLogger(), logging.getLogger("workspace_tool")
+    handlers, levels = list(root.handlers), (root.level, library.level)
+    try:
+        for example in examples:
+            with contextlib.suppress(SkipTest):  # an example marked `<!-- skip: next "reason" -->`
+                example.evaluate()
+    finally:  # an example that configures logging does so for the page, not for the tests after it
+        root.handlers[:] = handlers
+        root.setLevel(levels[0])
+        library.setLevel(levels[1])
     for value in list(document.namespace.values()):  # engines the examples made: close their connections
         if isinstance(value, sa.Engine):
             value.dispose()
