@@ -192,7 +192,6 @@ def test_every_skip_says_why() -> None:
     assert len(skips) <= 12, f"{len(skips)} examples skipped: few are allowed ({skips})"
 
 
-@pytest.mark.slow  # about a minute for all the pages (a fresh database each, verify-fast-path, processes)
 @pytest.mark.parametrize("page", PAGES, ids=page_id)
 def test_examples_run(
     page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
