@@ -29,7 +29,7 @@ from workspace_tool.testing import URL_ENV, unique_project_id
 
 pytest_plugins = ["pytester"]
 
-# A test project's settings: pytest alone, the plugin enabled the way the README says, and this chain too.
+# A test project's settings: pytest alone, the plugin enabled the way docs/guides/testing.md says, and this chain too.
 BARE = """
 [tool.pytest.ini_options]
 addopts = "-p no:cacheprovider"
@@ -460,16 +460,16 @@ def test_project_ids_are_valid_unique_and_named_after_the_test(label: str, stem:
         assert project_id.rpartition("-")[0] == stem or (not stem and len(project_id) == 8)
 
 
-def readme_blocks(language: str) -> list[str]:
-    """The README's code blocks of this language in its "Testing your application" section."""
-    section = (ROOT / "README.md").read_text().split("## Testing your application\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
+def guide_blocks(language: str) -> list[str]:
+    """The code blocks of this language in the plugin's guide, docs/guides/testing.md."""
+    guide = (ROOT / "docs" / "guides" / "testing.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", guide, re.DOTALL)
 
 
-def test_the_readme_example_passes_as_written(app: pytest.Pytester, server_url_string: str) -> None:
+def test_the_guides_example_passes_as_written(app: pytest.Pytester, server_url_string: str) -> None:
     ChainBuilder(app.path).copy_main_chain()  # the application's alembic.ini and chain
-    app.makepyprojecttoml(readme_blocks("toml")[0])
-    app.makepyfile(test_app_readme=readme_blocks("python")[0])
-    # without pytest-asyncio, which would warn that the README's ini doesn't set its loop scope
+    app.makepyprojecttoml(guide_blocks("toml")[0])
+    app.makepyfile(test_app_guide=guide_blocks("python")[0])
+    # without pytest-asyncio, which would warn that the guide's ini doesn't set its loop scope
     result = app.runpytest("-p", "no:asyncio", f"--workspace-url={server_url_string}")
     result.assert_outcomes(passed=2)
