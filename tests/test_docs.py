@@ -28,9 +28,9 @@ from unittest import SkipTest
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from support.chains import ROOT
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.chains import ROOT
 from sybil import Document, Example, Sybil
 from sybil.parsers.markdown import CodeBlockParser, SkipParser
 
