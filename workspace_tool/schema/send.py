@@ -140,7 +140,12 @@ def send_batch(conn: Connection, plan: SchemaPlan) -> None:
     log.debug("%s: one round trip:\n%s", plan.schema, batch)
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
-    autocommit = dbapi.autocommit
+    autocommit, isolation = dbapi.autocommit, dbapi.isolation_level
+    # psycopg2 sends `SET default_transaction_isolation TO DEFAULT` (a round trip of its own) whenever
+    # autocommit goes off on a connection whose isolation level was set (every library connection's is:
+    # transactions.own): the level is cleared first and put back after, which sends nothing.
+    if not autocommit:
+        dbapi.isolation_level = None
     dbapi.autocommit = True  # the batch carries its own BEGIN and COMMIT
     try:
         cursor = dbapi.cursor()
@@ -160,6 +165,7 @@ def send_batch(conn: Connection, plan: SchemaPlan) -> None:
         if not conn.invalidated:
             with contextlib.suppress(Exception):
                 dbapi.autocommit = autocommit
+                dbapi.isolation_level = isolation
 
 
 # --------------------------------------------------------------------------- outside a transaction
