@@ -135,8 +135,12 @@ def chains(tmp_path: Path) -> dict[str, Path]:
 
 
 # --------------------------------------------------------- one connection killed
-@pytest.mark.parametrize("chain_name", ["gated", "gated_online"])
-@pytest.mark.parametrize("kind", FAULTS)
+# A first ensure of a compiled chain is ONE implicit transaction (schema/migrate.py first_round_trip): it
+# has no COMMIT of its own to be killed at; the kills before and inside its round trip are the cases.
+@pytest.mark.parametrize(
+    ("kind", "chain_name"),
+    [(k, c) for k in FAULTS for c in ["gated", "gated_online"] if (k, c) != ("at-commit", "gated")],
+)
 def test_kill_during_provisioning(engine: sa.Engine, chains: dict[str, Path], kind: str, chain_name: str) -> None:
     mgr = WorkspaceManager(engine, chains[chain_name])
     mgr.bootstrap()

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain, Plan
-from workspace_tool.dberrors import DEADLOCK_DETECTED, LOCK_NOT_AVAILABLE, STATE_CHANGED, sqlstate
+from workspace_tool.dberrors import DEADLOCK_DETECTED, LOCK_NOT_AVAILABLE, STATE_CHANGED, is_connection_error, sqlstate
 from workspace_tool.flavor import Flavor
 from workspace_tool.schema import roles, send
 from workspace_tool.schema.operation import ENSURE, Operation
@@ -76,6 +76,7 @@ class Sending:
     online: bool = False
     statement_by_statement: bool = False
     pool: bool = False
+    first_round_trip: bool = False  # a caller that hasn't read the schema: a missing one in ONE round trip
 
 
 def claims(how: Sending, what: Migration) -> bool:
@@ -110,6 +111,8 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
     concurrently in that schema (the build waits for every older snapshot, the waiter's too). Whatever
     was committed before recorded its revision, so the new attempt starts from the state it reads."""
     started = time.perf_counter() if started is None else started
+    if how.first_round_trip and (first := first_round_trip(conn, how, what, started)) is not None:
+        return first
     for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
         try:
             return _migrate(conn, how, what, started)
@@ -267,6 +270,53 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         ),
         "fast lane (one round trip)" if plan.batchable else "fast lane (statement by statement)",
     )
+
+
+def first_round_trip(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult | None:
+    """A schema expected missing (an ``ensure`` that hasn't read it: ``Sending.first_round_trip``) built in
+    ONE round trip: the fast lane's plan guarded by ``Expected(False, None)`` (lock, CREATE SCHEMA, the
+    chain, the registry row) sent as one implicit transaction (``send.send_batch(implicit=True)``). The
+    guard is CREATE SCHEMA, under the schema's lock: if the schema exists it fails and nothing changed.
+
+    Returns None, nothing changed, when this doesn't apply (not psycopg2, in a transaction, statement by
+    statement, an online step or one outside a transaction, a flavor that takes no batch, an owner role to
+    grant, an operation that creates nothing) or the round trip failed on the database's account (the schema
+    exists, a deadlock, no registry yet, a failing revision): the careful path then runs, reads the state
+    and decides, or fails saying why as it always does. A lost connection is raised (a DBAPIError)."""
+    if (
+        conn.dialect.driver != "psycopg2"
+        or conn.in_transaction()
+        or how.online
+        or how.statement_by_statement
+        or what.owner_role
+        or not what.operation.creates
+        or claims(how, what)
+    ):
+        return None
+    plan = fast_lane(how, what, Expected(False, None))
+    if plan is None or not plan.batchable:
+        return None
+    try:
+        sent = send.send_batch(conn, plan, implicit=True)
+    except Exception as failure:
+        if conn.invalidated or is_connection_error(failure):
+            raise _as_dbapi_error(conn, "first round trip", failure) from failure
+        log.debug("%s: not built in one round trip (%s); the careful path instead", what.schema, sqlstate(failure))
+        return None
+    assert plan.record is not None
+    result = EnsureResult(
+        what.project_id, what.schema, Action.CREATED, None, what.target, _recorded_ms(sent, started), plan.record.path
+    )
+    return _logged(result, "first round trip (guarded)")
+
+
+def _as_dbapi_error(conn: Connection, what: str, failure: Exception) -> Exception:
+    """A driver's exception as SQLAlchemy's DBAPIError (what the managers translate), else as it is."""
+    if isinstance(failure, conn.dialect.loaded_dbapi.Error):
+        return DBAPIError.instance(
+            what, None, failure, conn.dialect.loaded_dbapi.Error, connection_invalidated=conn.invalidated
+        )
+    return failure
 
 
 def _moved(conn: Connection, what: Migration, expected: Expected) -> bool:

@@ -66,6 +66,7 @@ from workspace_tool.vocabulary import Path, RegistryAction, StepKind
 
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"
+SET_ISOLATION = f"SET TRANSACTION ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # an implicit transaction's
 
 
 @dataclass(frozen=True)
@@ -142,10 +143,13 @@ class SchemaPlan:
             raise ValueError("a plan with online or non-transactional steps has no fixed statements")
         return self.prelude() + [u for u in units if isinstance(u, str)]
 
-    def batch(self) -> str:
-        """The whole transaction, BEGIN to COMMIT, as the one batch ``send.send_batch`` sends."""
+    def batch(self, *, implicit: bool = False) -> str:
+        """The whole transaction, BEGIN to COMMIT, as the one batch ``send.send_batch`` sends. ``implicit``:
+        without them, its isolation level set first (one implicit transaction: see ``send.send_batch``)."""
         if not self.batchable:
             raise ValueError("only a guarded, compiled plan in one transaction, on a flavor that batches, is one batch")
+        if implicit:
+            return "\n".join([SET_ISOLATION, *self.statements()])
         return "\n".join([BEGIN, *self.statements(), COMMIT])
 
     @property
