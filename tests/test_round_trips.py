@@ -10,13 +10,23 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
-from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, assert_consistent, registry_state, schema_version
+from helpers import (
+    ITEMS,
+    UNIQUE,
+    ChainBuilder,
+    add_rows,
+    assert_consistent,
+    catalog,
+    registry_state,
+    schema_version,
+)
 from sqlalchemy.engine import URL
 from wire import WireRecorder
 
-from workspace_tool import WorkspaceManager, fleet
+from workspace_tool import WorkspaceManager, fleet, pool
 from workspace_tool.chain import Chain
 from workspace_tool.managers import cache
+from workspace_tool.schema.catalog import diff
 
 
 @pytest.fixture
@@ -141,3 +151,27 @@ def test_an_ensure_racing_a_drop_leaves_the_schema_and_its_row_together(engine: 
             futures[1].result()
         consistent = assert_consistent(engine)  # a schema with its row at a2, or neither
         assert consistent.get("project_raced", "a2") == "a2"
+
+
+# ------------------------------------------------------------------ a claim from the warm pool
+def test_a_first_ensure_from_the_warm_pool_is_one_round_trip_and_a_fresh_build_when_it_is_empty(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain
+) -> None:
+    counted = sa.create_engine(wire.url)
+    try:
+        WorkspaceManager(counted, tiny.config_path).ensure("built")  # the registry; a fresh build to compare
+        pool.fill(engine, tiny, 1)
+        pooled = WorkspaceManager(counted, tiny.config_path, warm_pool=1)
+        wire.clear()
+        claimed = pooled.ensure_detailed("claimed")
+        sent = wire.queries
+        wire.clear()
+        built = pooled.ensure_detailed("no-spare-left")
+        fallback = wire.queries
+    finally:
+        counted.dispose()
+    assert claimed.path == "pool" and len(sent) == 1, sent  # lock, claim, rename, registry row: one statement
+    assert "claim_spare_locked(" in sent[0] and "pg_advisory_xact_lock" not in sent[0]
+    assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+    assert built.path == "fast" and len(fallback) == 2, fallback  # no spare: nothing changed, then the build
+    assert assert_consistent(engine) == {f"project_{p}": "a2" for p in ("built", "claimed", "no_spare_left")}

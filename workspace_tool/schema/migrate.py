@@ -174,7 +174,16 @@ def _claim(
 ) -> EnsureResult | None:
     """Take the schema's lock and claim a spare at head for it, registry row and grants included, in the
     caller's transaction; None when there was none (or the schema exists): nothing changed, the lock held."""
-    plan = SchemaPlan(
+    sent = send.claim(conn, _claim_plan(how, what, grants), statement_by_statement=how.statement_by_statement)
+    if not sent.claimed:
+        return None
+    duration = _recorded_ms(sent, started)
+    return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
+
+
+def _claim_plan(how: Sending, what: Migration, grants: tuple[str, ...]) -> SchemaPlan:
+    """The plan of a claim: a spare at head renamed the project's schema, its registry row, the grants."""
+    return SchemaPlan(
         what.schema,
         how.flavor,
         how.chain.claim_plan().steps,
@@ -182,11 +191,6 @@ def _claim(
         grants=grants,
         record=RegistryRecord(what.project_id, what.target, RegistryAction.CREATE, Path.POOL),
     )
-    sent = send.claim(conn, plan, statement_by_statement=how.statement_by_statement)
-    if not sent.claimed:
-        return None
-    duration = _recorded_ms(sent, started)
-    return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
 
 
 def planned(
@@ -290,9 +294,21 @@ def first_round_trip(conn: Connection, how: Sending, what: Migration, started: f
         or how.statement_by_statement
         or what.owner_role
         or not what.operation.creates
-        or claims(how, what)
     ):
         return None
+    if claims(how, what):
+        try:
+            sent = send.claim_alone(conn, _claim_plan(how, what, ()))
+        except Exception as failure:
+            if conn.invalidated or is_connection_error(failure):
+                raise _as_dbapi_error(conn, "claim", failure) from failure
+            log.debug("%s: no claim in one round trip (%s); the careful path", what.schema, sqlstate(failure))
+            return None  # e.g. a registry before r0006: the careful path claims as before
+        if sent.claimed:
+            duration = _recorded_ms(sent, started)
+            result = EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
+            return _logged(result, "claimed from the warm pool (one round trip)")
+        # no spare: nothing changed; built as a new schema, in one round trip too
     plan = fast_lane(how, what, Expected(False, None))
     if plan is None or not plan.batchable:
         return None

@@ -55,6 +55,7 @@ from workspace_tool.flavor import Flavor
 from workspace_tool.registry import expect_version_sql, upsert_sql
 from workspace_tool.registry.spares import claim_statement
 from workspace_tool.sql import (
+    lock_id,
     lock_statement,
     lock_timeout_statement,
     quote_ident,
@@ -206,7 +207,17 @@ class SchemaPlan:
         found = f"EXISTS (SELECT 1 FROM alembic_version WHERE version_num = {version})"
         return "SELECT " + expect_version_sql(found, self.schema, self.expected.version)
 
-    def _steps_and_record(self) -> tuple[tuple[Step, ...], str | None]:
+    def claim_alone(self) -> str:
+        """A claim as one implicit transaction sent alone (``send.claim_alone``): its isolation level and lock
+        timeout, then ONE statement that takes the schema's lock itself, claims a spare and writes the
+        registry row (registry r0006). Not with grants: they need the renamed schema (``units``)."""
+        if not self.claims or self.grants or not self.lock:
+            raise ValueError("only a claim without grants, under the schema's lock, is sent alone")
+        bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
+        claim = self._steps_and_record(lock_in_claim=True)[1]
+        return "\n".join([SET_ISOLATION, *(s + ";" for s in bound), f"{claim};"])
+
+    def _steps_and_record(self, *, lock_in_claim: bool = False) -> tuple[tuple[Step, ...], str | None]:
         """The steps, and the registry upsert; with a guard on an existing schema, the last step's final
         version UPDATE/DELETE and the upsert become one statement that fails unless the version moved
         (``_guards_by_cte``)."""
@@ -219,7 +230,8 @@ class SchemaPlan:
             claim = self.steps[0]
             assert claim.spare_of is not None
             upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="claimed")
-            return (), claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert)
+            lock = lock_id(self.schema) if lock_in_claim else None
+            return (), claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert, lock=lock)
         if not self._guards_by_cte():
             return self.steps, upsert_sql(
                 r.project_id, self.schema, r.revision, r.action, r.path, earlier_ms=r.earlier_ms

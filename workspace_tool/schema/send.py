@@ -143,6 +143,16 @@ def send_batch(conn: Connection, plan: SchemaPlan, *, implicit: bool = False) ->
     return _sent(send_raw(conn, plan.schema, plan.batch(implicit=implicit), rollback=not implicit))
 
 
+def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
+    """A claim in ONE round trip on psycopg2, ``conn`` not in a transaction: ``SchemaPlan.claim_alone``, one
+    implicit transaction that takes the schema's lock, claims a spare and writes its registry row. ``claimed``
+    False: there was no spare (or the schema exists), nothing changed and the lock is released."""
+    if conn.dialect.driver != "psycopg2":
+        raise ValueError("only psycopg2 sends a claim alone in one round trip")
+    recorded = send_raw(conn, plan.schema, plan.claim_alone())
+    return _sent(recorded, claimed=recorded is not None)
+
+
 def send_raw(conn: Connection, schema: str, sql: str, *, rollback: bool = False) -> object:
     """Send ``sql`` (statements carrying their own transaction, or one implicit transaction) in ONE round trip
     on conn's psycopg2 connection in autocommit, seen by the engine's cursor events as SQLAlchemy's own
