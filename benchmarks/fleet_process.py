@@ -6,7 +6,8 @@ each round), a CHECKPOINT before each timed run, schemas brought back down (unti
 
 * floor:   per schema, the revision's ALTERs, its version UPDATE and a registry row UPDATE in one
            transaction sent as ONE round trip (BEGIN ... COMMIT), from ``--jobs`` held psycopg2 connections
-           of a process already running: what a hand-written script would send, with no start-up;
+           of a process already running: what a hand-written script would send, with no start-up; and the
+           same from new connections (whose backends, like the process's, have cached no relation yet);
 * process: ``workspace-tool upgrade --all --jobs J`` as a new process (this tree);
 * ``--compare ROOT`` (repeatable): the same process run from another tree of workspace-tool (say
   ``git archive`` of an earlier commit), for a before/after in the same run;
@@ -139,8 +140,12 @@ def main() -> int:
         trees: dict[str, dict[str, str]] = {"process (this tree)": tree_env("this", None)}
         for i, root in enumerate(args.compare):
             trees[f"process ({root})"] = tree_env(f"compare{i}", Path(root))
+        # a script's connections are new: their backends have not cached the fleet's relations (held ones
+        # have, from the run before), as the process's have not
+        fresh = sa.create_engine(url, poolclass=sa.pool.NullPool)
         contenders: dict[str, tuple[Callable[[], None], bool]] = {
-            "floor (1 round trip per schema)": (lambda: send_all(engine, batches, jobs), True)
+            "floor (1 round trip per schema)": (lambda: send_all(engine, batches, jobs), True),
+            "floor, new connections": (lambda: send_all(fresh, batches, jobs), True),
         }
         for label, env in trees.items():
             process(argv, env, work_dir)  # warm-up, untimed: its cache directory (graph, planned range)
