@@ -52,7 +52,7 @@ from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
 from workspace_tool.chain.plan import split_version_move, split_version_statements
 from workspace_tool.flavor import Flavor
-from workspace_tool.registry import expect_version_sql, upsert_sql
+from workspace_tool.registry import expect_version_sql, update_sql, upsert_sql
 from workspace_tool.registry.spares import claim_statement
 from workspace_tool.sql import (
     lock_id,
@@ -241,11 +241,10 @@ class SchemaPlan:
         moved = split_version_move(last.statements)
         assert moved is not None
         before, move = moved
-        upsert = upsert_sql(
-            r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms
-        )
+        # the row the batch read saw, rewritten (none: the guard fails, and the careful path writes it)
+        update = update_sql(r.project_id, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms)
         guard = expect_version_sql("EXISTS (SELECT 1 FROM recorded)", self.schema, self.expected.version)
-        record = f"WITH moved AS ({move} RETURNING 1), recorded AS ({upsert}) SELECT {guard}"
+        record = f"WITH moved AS ({move} RETURNING 1), recorded AS ({update}) SELECT {guard}"
         return (*self.steps[:-1], Step(last.kind, last.from_rev, last.to_rev, before)), record
 
     # -------------------------------------------------------------- parts
