@@ -757,22 +757,31 @@ def bench_pool(server: URL, n: int, reps: int, existing: int) -> None:
 
 
 def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, existing: int) -> None:
-    spares = n + 8 * reps + 12  # one per claim (the library's and the raw floor's), warm-ups included
+    spares = 2 * n + 8 * reps + 15  # one per claim (the library's two ways and the raw floor's), warm-ups included
     log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
     filled = pool.fill(engine, mgr.chain, spares, jobs=2)
     pooled = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=spares)
     mgr.ensure("floorref")
     floor = Floor(engine, schema_for("floorref"), mgr.head)
     checkpoint(engine)  # the fill's dirty pages must not land in the measurements
+
+    def careful_claim(project_id: str) -> str:
+        """A claim as the careful path sends it (BEGIN, lock and claim, COMMIT): a first ensure's before."""
+        with engine.connect() as conn:
+            how = Sending(mgr.chain, Flavor(mgr.bootstrap()), pool=True)
+            return migrate(conn, how, Migration(project_id, schema_for(project_id), mgr.head)).path
+
     for i in range(3):  # warm up every contender (connections, plpgsql's cached plans)
         pooled.ensure(f"warm-pool-{i}")
+        careful_claim(f"warm-careful-{i}")
         mgr.ensure(f"warm-fast-{i}")
         floor.provision(f"warm-floor-{i}")
-    samples: dict[str, list[float]] = {"pool": [], "fast": [], "floor": []}
-    paths: dict[str, set[str]] = {"pool": set(), "fast": set()}
+    samples: dict[str, list[float]] = {"pool": [], "careful": [], "fast": [], "floor": []}
+    paths: dict[str, set[str]] = {"pool": set(), "careful": set(), "fast": set()}
     for i in range(n):
         contenders: list[tuple[str, Callable[[], object]]] = [
             ("pool", lambda i=i: paths["pool"].add(pooled.ensure_detailed(f"pool-{i}").path)),  # type: ignore[misc]
+            ("careful", lambda i=i: paths["careful"].add(careful_claim(f"careful-{i}"))),  # type: ignore[misc]
             ("fast", lambda i=i: paths["fast"].add(mgr.ensure_detailed(f"fast-{i}").path)),  # type: ignore[misc]
             ("floor", lambda i=i: floor.provision(f"floor-{i}")),  # type: ignore[misc]
         ]
@@ -781,7 +790,7 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
             samples[name].append(timed(fn))
     floor.close()
     pooled.close()
-    assert paths == {"pool": {"pool"}, "fast": {"fast"}}, paths
+    assert paths == {"pool": {"pool"}, "careful": {"pool"}, "fast": {"fast"}}, paths
     with engine.connect() as conn:  # every project claimed from the pool is what a fresh build makes
         built = snapshot(conn, schema_for("fast-0"))
         different = [i for i in range(n) if diff(built, snapshot(conn, schema_for(f"pool-{i}")))]
@@ -789,15 +798,16 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
     log(f"every one of the {n} schemas claimed from the pool has the catalog of a fresh build")
     gather = _pool_gather(url, reps, spares)
     raw = {str(size): [_raw_claims(engine, mgr, size, f"{size}-{rep}") for rep in range(reps)] for size in (1, 3)}
-    pool_ms, fast_ms, floor_ms = (median_ms(samples[k]) for k in ("pool", "fast", "floor"))
+    pool_ms, careful_ms, fast_ms, floor_ms = (median_ms(samples[k]) for k in ("pool", "careful", "fast", "floor"))
     one, three = (statistics.median(gather[k]) for k in ("1", "3"))
     label = f"{existing} schemas present" if existing else "no other schema"
     print(f"\n== warm pool: a new project's first ensure ({label}; filled {filled.built} spares) ==")
-    for name in ("pool", "fast", "floor"):
-        print(f"{name:<6} {spread(samples[name])}  p99 {p99_ms(samples[name]):.2f} ms")
+    for name in ("pool", "careful", "fast", "floor"):
+        print(f"{name:<7} {spread(samples[name])}  p99 {p99_ms(samples[name]):.2f} ms")
     print(
         f"pool p50 = 1/{fast_ms / pool_ms:.1f} of the fast path's (target <= 1/20: {verdict(20 * pool_ms, fast_ms)}); "
-        f"1/{floor_ms / pool_ms:.1f} of the floor's"
+        f"1/{floor_ms / pool_ms:.1f} of the floor's; the careful path's claim (3 round trips) "
+        f"1/{fast_ms / careful_ms:.1f}"
     )
     print(f"asyncio.gather from the pool, 1 project:  {spread(gather['1'])}")
     print(
@@ -816,6 +826,8 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
         n=n,
         pool_p50_ms=pool_ms,
         pool_p99_ms=p99_ms(samples["pool"]),
+        careful_claim_p50_ms=careful_ms,
+        careful_claim_p99_ms=p99_ms(samples["careful"]),
         fast_p50_ms=fast_ms,
         fast_p99_ms=p99_ms(samples["fast"]),
         floor_p50_ms=floor_ms,
