@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -98,9 +99,17 @@ def send_all(engine: sa.Engine, batches: list[str], jobs: int) -> None:
         raise errors[0]
 
 
-def process(argv: list[str], env: dict[str, str], cwd: Path) -> None:
+CPU: dict[str, list[float]] = {}  # label -> the process's own CPU seconds (user + system) per timed run
+
+
+def process(argv: list[str], env: dict[str, str], cwd: Path, label: str | None = None) -> None:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, capture_output=True, text=True, cwd=cwd, env=env, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert done.returncode == 0, done.stderr[-2000:]
+    if label is not None:
+        used = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+        CPU.setdefault(label, []).append(used)
 
 
 def main() -> int:
@@ -150,8 +159,9 @@ def main() -> int:
         for label, env in trees.items():
             process(argv, env, work_dir)  # warm-up, untimed: its cache directory (graph, planned range)
             fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs)
-            contenders[label] = ((lambda env=env: process(argv, env, work_dir)), True)  # type: ignore[misc]
-        contenders["no-op process (this tree)"] = (lambda: process(argv, trees["process (this tree)"], work_dir), False)
+            contenders[label] = ((lambda env=env, label=label: process(argv, env, work_dir, label)), True)  # type: ignore[misc]
+        noop = "no-op process (this tree)"
+        contenders[noop] = (lambda: process(argv, trees["process (this tree)"], work_dir, noop), False)
         samples: dict[str, list[float]] = {label: [] for label in contenders}
         names = list(contenders)
         for r in range(args.rounds):
@@ -174,6 +184,7 @@ def main() -> int:
                 f"{label:<44} median {statistics.median(samples[label]):6.2f} s  "
                 f"/ floor {statistics.median(samples[label]) / floor_median:5.2f}x  per round {per_round:5.2f}x  "
                 f"{[round(s, 2) for s in samples[label]]}"
+                + (f"  CPU median {statistics.median(CPU[label]):.2f} s" if label in CPU else "")
             )
         return 0
     finally:
