@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +110,49 @@ def test_the_direct_url_in_alembic_ini_is_never_written_to_the_record(
     [record] = (tmp_path / "cache" / "chains").iterdir()
     assert "workspace_pool_size" in record.read_text() and secret not in record.read_text()
     assert main_option(ini, DIRECT_URL_OPTION) == f"postgresql://app:{secret}@db:5432/app"  # read where it is
+
+
+PLAN_IN_A_NEW_PROCESS = """
+import json, sys
+from pathlib import Path
+from workspace_tool.chain import Chain
+chain = Chain(Path(sys.argv[1]))
+plan = chain.plan("r1", "r2")
+statements = [s for step in plan.steps for s in step.statements]
+print(json.dumps([statements, sorted({m.split('.')[0] for m in sys.modules} & {"alembic"}), str(plan.path)]))
+"""
+
+
+def _plan_in_a_new_process(ini: Path, cache: Path) -> tuple[list[str], list[str]]:
+    """In a new process: the statements of r1 -> r2, and whether planning it imported Alembic."""
+    return _planned(ini, cache)[:2]
+
+
+def _planned(ini: Path, cache: Path) -> tuple[list[str], list[str], str]:
+    env = {**os.environ, CACHE_ENV: str(cache)}
+    done = subprocess.run(
+        [sys.executable, "-c", PLAN_IN_A_NEW_PROCESS, str(ini)], env=env, capture_output=True, text=True, check=True
+    )
+    sql, alembic, path = json.loads(done.stdout)
+    return sql, alembic, path
+
+
+def test_a_range_planned_once_is_planned_by_later_processes_without_alembic_until_a_revision_changes(
+    chain_builder: ChainBuilder, tmp_path: Path
+) -> None:
+    ini = chain_builder.add("r1", ITEMS).add("r2", "op.execute('ALTER TABLE items ADD COLUMN extra integer')").ini
+    cache = tmp_path / "cache"
+    first, alembic = _plan_in_a_new_process(ini, cache)
+    assert alembic == ["alembic"] and any("ADD COLUMN extra" in s for s in first)  # compiled through Alembic
+    again, alembic = _plan_in_a_new_process(ini, cache)
+    assert (again, alembic) == (first, [])  # the recorded range: no Alembic imported at all
+
+    r2 = chain_builder.versions / "r2.py"
+    r2.write_text(r2.read_text().replace("COLUMN extra", "COLUMN renamed"))  # the same revision, edited
+    edited, alembic = _plan_in_a_new_process(ini, cache)
+    assert alembic == ["alembic"] and any("ADD COLUMN renamed" in s for s in edited)
+    assert not any("extra" in s for s in edited)
+    assert _plan_in_a_new_process(ini, cache) == (edited, [])
+
+    ini.write_text(ini.read_text().replace("[alembic]\n", "[alembic]\nworkspace_fast_path = false\n"))
+    assert _planned(ini, cache) == ([], ["alembic"], "online")  # the options are part of the key too

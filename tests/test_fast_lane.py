@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from support.chains import ITEMS, UNIQUE, ChainBuilder
 from support.data import add_rows
-from support.db import registry_state, schema_version
+from support.db import registry_row, registry_state, schema_version
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain
@@ -71,6 +71,25 @@ def test_lane_changes_nothing_when_the_schema_moved_since_it_was_read(engine: sa
     assert lane(engine, tiny, "moved", exists=False, version=None, target="a2") is None
     assert state(engine, "project_moved") == before
     assert tuple(registry_state(engine, "moved")) == row
+
+
+def test_lane_of_a_schema_with_no_registry_row_changes_nothing_and_the_fleet_writes_the_row(
+    engine: sa.Engine, tiny: Chain
+) -> None:
+    """The lane rewrites the registry row the batch read saw (an UPDATE, cheaper than an upsert); a schema
+    with none (an orphan named by the caller) is left as it was, and the careful path migrates and records it."""
+    fleet.provision(engine, tiny, ["orphan"], target="a1")
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM project_registry.workspace_config WHERE project_id = 'orphan'"))
+    before = state(engine, "project_orphan")
+    assert lane(engine, tiny, "orphan", exists=True, version="a1", target="a2") is None
+    assert state(engine, "project_orphan") == before
+    assert registry_row(engine, "orphan") is None
+
+    report = fleet.upgrade(engine, tiny, ["orphan"], target="a2")
+    assert report.counts()["ok"] == 1
+    assert schema_version(engine, "project_orphan") == "a2"
+    assert tuple(registry_state(engine, "orphan")) == ("a2", "ready", None)
 
 
 def test_lane_raises_the_database_error_and_rolls_back(engine: sa.Engine, tiny: Chain) -> None:

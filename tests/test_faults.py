@@ -138,8 +138,12 @@ def chains(tmp_path: Path) -> dict[str, Path]:
 
 
 # --------------------------------------------------------- one connection killed
-@pytest.mark.parametrize("chain_name", ["gated", "gated_online"])
-@pytest.mark.parametrize("kind", FAULTS)
+# A first ensure of a compiled chain is ONE implicit transaction (schema/migrate.py first_round_trip): it
+# has no COMMIT of its own to be killed at; the kills before and inside its round trip are the cases.
+@pytest.mark.parametrize(
+    ("kind", "chain_name"),
+    [(k, c) for k in FAULTS for c in ["gated", "gated_online"] if (k, c) != ("at-commit", "gated")],
+)
 def test_kill_during_provisioning(engine: sa.Engine, chains: dict[str, Path], kind: str, chain_name: str) -> None:
     mgr = WorkspaceManager(engine, chains[chain_name])
     mgr.bootstrap()
@@ -418,7 +422,7 @@ def test_server_stopped_mid_fleet_starts_no_more_schemas_and_a_rerun_finishes(
         f"upgrade to r3: 0 ok, {len(failures)} failed, {not_started} skipped ({not_started} not started: the "
         "database connection was lost, 3 schemas in a row failed on it)"
     ) in err
-    assert len(lines) < 12, err  # not one line per schema
+    assert [line for line in lines if "project_down_" in line] == failures, err  # no line for a schema not started
 
     assert set(assert_consistent(private_engine).values()) == {"r1"}
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=WAIT * 2)

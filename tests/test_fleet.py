@@ -170,7 +170,7 @@ def test_sql_prints_each_schemas_transaction_and_changes_nothing(engine: sa.Engi
     assert "CREATE UNIQUE INDEX ux_items_name ON items (name);" in text
     # the version moves and the registry row is written in the same statement, guarded (issue 10)
     assert "UPDATE alembic_version SET version_num='a2' WHERE alembic_version.version_num = 'a1'" in text
-    assert "INSERT INTO project_registry.workspace_config" in text
+    assert "UPDATE project_registry.workspace_config" in text
     assert text.index("BEGIN") < text.index("CREATE UNIQUE INDEX") < text.index("UPDATE alembic_version")
     assert text.index("UPDATE alembic_version") < text.index("COMMIT;")
     with engine.connect() as conn:

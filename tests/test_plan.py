@@ -62,7 +62,8 @@ def test_plain_upgrade_guards_with_the_statement_that_moves_the_version() -> Non
     assert statements[3:6] == [*V1_TO_V2.statements, V2_TO_V3.statements[0]]  # the last version move is cut
     assert MOVE_V3 not in statements
     last = statements[-1]
-    assert last.startswith(f"WITH moved AS ({MOVE_V3[:-1]} RETURNING 1), recorded AS (INSERT INTO ")
+    # the registry row the batch read saw, rewritten per row of `moved` (no row: the guard fails)
+    assert last.startswith(f"WITH moved AS ({MOVE_V3[:-1]} RETURNING 1), recorded AS (UPDATE ")
     assert last.endswith(f"SELECT {guard('v1', 'EXISTS (SELECT 1 FROM recorded)')};")
     assert len(statements) == 7
     assert [s for s in statements if "expect_version" in s] == [last]  # one guard, at the end

@@ -9,6 +9,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,17 +126,19 @@ def test_a_project_made_from_a_spare_works_for_the_application(pooled: Workspace
     assert last_path(pooled.engine, "app-on-spare")[1] == "pool"
 
 
-def test_with_no_spare_left_the_schema_is_built_in_the_same_transaction(pooled: WorkspaceManager) -> None:
+def test_with_no_spare_left_the_schema_is_built_in_one_more_round_trip(pooled: WorkspaceManager) -> None:
     with StatementCounter(pooled.engine) as counter:
         paths = [pooled.ensure_detailed(f"p{i}").path for i in range(4)]
     statements = counter.statements
     assert paths == ["pool", "pool", "pool", "fast"]
     assert last_path(pooled.engine, "p3") == ("create", "fast", HEAD)
-    # the last one: the claim found nothing, then the state read and the build, under the lock it took
+    # each claim is one statement that takes the lock itself (registry r0006), alone in its round trip
+    claims = [s for s in statements if "claim_spare_locked(" in s]
+    assert len(claims) == 4 and all("pg_advisory_xact_lock" not in s for s in claims)
+    # the last one: the claim found nothing (nothing changed), then the build, one round trip under the lock
     last = statements[statements.index(next(s for s in statements if "project_p3" in s)) :]
-    assert "claim_spare('project_p3'" in last[0] and "pg_advisory_xact_lock" in last[0]
-    assert "pg_advisory_xact_lock" not in "".join(last[1:])  # the same transaction: the lock is not taken again
-    assert any(s.startswith('CREATE SCHEMA "project_p3"') for s in last)
+    assert len(last) == 2 and "claim_spare_locked(hashtextextended('workspace_tool:project_p3'" in last[0]
+    assert "pg_advisory_xact_lock" in last[1] and '\nCREATE SCHEMA "project_p3";' in last[1]
 
 
 def test_with_the_pool_off_nothing_is_looked_for(engine: sa.Engine) -> None:
@@ -316,7 +319,7 @@ def test_the_background_refill_runs_on_its_own_thread_and_connection(engine: sa.
     seen: list[tuple[str, int]] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "INSERT INTO project_registry.spare_schemas" in statement or "claim_spare(" in statement:
+        if "INSERT INTO project_registry.spare_schemas" in statement or "claim_spare" in statement:
             seen.append((threading.current_thread().name, id(conn.connection.dbapi_connection)))
 
     mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=2, refill=True)
@@ -537,9 +540,9 @@ def test_pool_fill_status_and_drain_from_the_command_line(engine: sa.Engine, cha
 
 # ----------------------------------------------------------------------- faults and load
 def test_a_claim_whose_connection_dies_leaves_the_spare_a_spare(pooled: WorkspaceManager, engine: sa.Engine) -> None:
-    """Killed while waiting for the project's lock (before the claim), and after the claim ran but before
-    its commit: either way the transaction rolls back, the spare is still a spare and there is no project;
-    the rerun claims one."""
+    """Killed while waiting for the project's lock (before the claim), and after the spare was renamed but
+    before its commit (its registry row waits on another session's): either way the transaction rolls back,
+    the spare is still a spare and there is no project; the rerun claims one."""
     spares_before = spare_rows(engine)
     with engine.connect() as admin:  # holding the project's lock: the claim waits on it
         admin.execute(sa.text("BEGIN"))
@@ -552,27 +555,28 @@ def test_a_claim_whose_connection_dies_leaves_the_spare_a_spare(pooled: Workspac
         admin.rollback()
     assert isinstance(victim.error, DatabaseUnavailable)
 
-    paused = threading.Event()
-    resume = threading.Event()
-    pids: list[int] = []
-
-    def at_commit(conn: Any) -> None:
-        if not paused.is_set():
-            pids.append(conn.connection.dbapi_connection.get_backend_pid())
-            paused.set()
-            resume.wait(30)
-
-    sa.event.listen(engine, "commit", at_commit)
-    try:
+    with engine.connect() as admin:  # an uncommitted row of the project: the claim's registry row waits on it
+        admin.execute(sa.text("BEGIN"))
+        admin.execute(
+            sa.text(
+                "INSERT INTO project_registry.workspace_config (project_id, schema_name, revision, status, "
+                "last_action, last_duration_ms, last_path) VALUES ('victim', 'project_victim', NULL, 'ready', "
+                "'create', 0, 'fast')"
+            )
+        )
         victim = Victim(lambda: pooled.ensure("victim"))
         victim.start()
-        assert paused.wait(30)
-        with engine.connect() as admin:  # the spare is renamed inside the open transaction, not yet committed
-            admin.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pids[0]})
-        resume.set()
+        waiting = sa.text(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'transactionid' "
+            "AND query LIKE '%claim_spare_locked%'"
+        )
+        deadline = time.monotonic() + 30
+        while not (pids := admin.execute(waiting).scalars().all()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(pids) == 1  # the spare is renamed inside its transaction, not yet committed
+        admin.execute(sa.text("SELECT pg_terminate_backend(:p, 10000)"), {"p": pids[0]})
         victim.finish()
-    finally:
-        sa.event.remove(engine, "commit", at_commit)
+        admin.rollback()
     assert isinstance(victim.error, DatabaseUnavailable)
     assert spare_rows(engine) == spares_before == spare_schemas(engine)
     assert not schema_exists(engine, "project_victim") and registry_row(engine, "victim") is None

@@ -56,6 +56,11 @@ def lock_key(schema: str) -> str:
     return LOCK_NAMESPACE + schema
 
 
+def lock_id(schema: str) -> str:
+    """The schema's advisory lock id as a SQL expression with a literal (for a function that takes the lock)."""
+    return _lock_id(sql_literal(lock_key(schema)))
+
+
 def lock_statement(schema: str, *, session: bool = False) -> str:
     """The schema's lock as a literal statement, for a batch or a script: the transaction's, or with
     ``session`` the session's (kept across transactions until ``unlock_statement``). Both are the same

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from workspace_tool.chain import index
+from workspace_tool.chain import index, plan_record
 from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer, run_env
 from workspace_tool.chain.loading import DIRECT_URL_OPTION, display_path, load_script_directory, resolve_config_path
 from workspace_tool.chain.plan import Path as PlanPath
@@ -85,6 +85,7 @@ class Chain:
         # proved and keys the reference catalog stored for `check`
         self.fingerprint = graph.fingerprint
         self._plans: dict[tuple[str | None, str | None, bool], Plan] = {}
+        self._plan_record = plan_record.record_path(self.fingerprint, self._options)  # ranges planned before
         self._unrenderable: set[tuple[str, bool]] = set()  # (revision, upgrading) that failed to compile
 
     @property
@@ -293,12 +294,15 @@ class Chain:
             return plan
         with ALEMBIC_LOCK:
             plan = self._plans.get(key)
+            if plan is None and (recorded := plan_record.read(self._plan_record, key)) is not None:
+                plan = self._plans[key] = Plan(from_rev, to_rev, recorded)  # planned by an earlier process
             if plan is None:
                 started = time.perf_counter()
                 if self._between(from_rev, to_rev):
                     _ = self.script  # a chain that no longer loads says so here, not as a range that won't compile
                 steps = tuple(self._steps(from_rev, to_rev, online=online))
                 plan = self._plans[key] = Plan(from_rev, to_rev, steps)
+                plan_record.write(self._plan_record, key, steps)
                 log.info(
                     "planned %s -> %s: %d step(s), path %s, in %.0f ms (once per process)",
                     from_rev or BASE,

@@ -105,10 +105,11 @@ class EnsureCore:
 
     def work(self, call: Ensure, flavor: Flavor) -> Callable[[Connection], EnsureResult]:
         """What to run on a connection: the careful path (schema/migrate.py), which claims a spare from the
-        warm pool for a missing schema when the pool is on. With a direct connection configured
-        (``flavor.direct``: the manager has a direct engine), a range that needs a session raises
-        pooler.UseDirect, nothing changed, for the manager to run it there."""
-        how = Sending(self.chain, flavor, pool=self.warm_pool > 0)
+        warm pool for a missing schema when the pool is on; unless verifying (the version was read), a
+        schema not known here is first tried as a new one, in one round trip (``migrate.first_round_trip``).
+        With a direct connection configured (``flavor.direct``: the manager has a direct engine), a range
+        that needs a session raises pooler.UseDirect, nothing changed, for the manager to run it there."""
+        how = Sending(self.chain, flavor, pool=self.warm_pool > 0, first_round_trip=not call.verify)
         return lambda conn: migrate(conn, how, call.migration, started=call.started)
 
     def finished(self, call: Ensure, result: EnsureResult) -> EnsureResult:

@@ -17,6 +17,7 @@ from workspace_tool.registry.table import (
     SELECT_ALL,
     RegistryRow,
     expect_version_sql,
+    update_sql,
     upsert_sql,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "present",
     "probed",
     "registry_ready",
+    "update_sql",
     "upsert_sql",
 ]

@@ -122,3 +122,25 @@ def in_migrating_registry(statement: str) -> str:
     from workspace_tool.namespace import Namespace
 
     return Namespace(migrating_schema()).sql(statement)
+
+
+def update_sql(
+    project_id: str,
+    revision: str | None,
+    action: RegistryAction,
+    path: str,
+    *,
+    per_row_of: str,
+    earlier_ms: float = 0.0,
+) -> str:
+    """The existing row of a project rewritten as ``upsert_sql`` writes it, once per row of the CTE
+    ``per_row_of``, returning the duration it recorded: no row when the project has none (the guard of a
+    fleet batch then fails, changing nothing, and the careful path writes it). Cheaper than the upsert (no
+    insert attempted first): measured about 6% of a fleet schema's transaction on the server."""
+    duration = SERVER_DURATION_MS.format(earlier=f"{float(earlier_ms):.3f} + " if earlier_ms else "")
+    return (
+        f"UPDATE {REGISTRY_TABLE} AS w SET revision = {sql_literal(revision)}, status = 'ready', "
+        f"last_action = {sql_literal(action)}, last_duration_ms = {duration}, last_path = {sql_literal(path)}, "
+        f"last_error = NULL, updated_at = now() FROM {per_row_of} WHERE w.project_id = {sql_literal(project_id)} "
+        "RETURNING w.last_duration_ms"
+    )

@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain, Plan
 from workspace_tool.chain.plan import Path
-from workspace_tool.dberrors import DEADLOCK_DETECTED, LOCK_NOT_AVAILABLE, STATE_CHANGED, sqlstate
+from workspace_tool.dberrors import DEADLOCK_DETECTED, LOCK_NOT_AVAILABLE, STATE_CHANGED, is_connection_error, sqlstate
 from workspace_tool.flavor import Flavor
 from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry.inventory import refuse_other_namespace
@@ -79,6 +79,7 @@ class Sending:
     online: bool = False
     statement_by_statement: bool = False
     pool: bool = False
+    first_round_trip: bool = False  # a caller that hasn't read the schema: a missing one in ONE round trip
 
 
 def claims(how: Sending, what: Migration) -> bool:
@@ -113,6 +114,8 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
     concurrently in that schema (the build waits for every older snapshot, the waiter's too). Whatever
     was committed before recorded its revision, so the new attempt starts from the state it reads."""
     started = time.perf_counter() if started is None else started
+    if how.first_round_trip and (first := first_round_trip(conn, how, what, started)) is not None:
+        return first
     for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
         try:
             return _migrate(conn, how, what, started)
@@ -177,7 +180,16 @@ def _claim(
 ) -> EnsureResult | None:
     """Take the schema's lock and claim a spare at head for it, registry row and grants included, in the
     caller's transaction; None when there was none (or the schema exists): nothing changed, the lock held."""
-    plan = SchemaPlan(
+    sent = send.claim(conn, _claim_plan(how, what, grants), statement_by_statement=how.statement_by_statement)
+    if not sent.claimed:
+        return None
+    duration = _recorded_ms(sent, started)
+    return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
+
+
+def _claim_plan(how: Sending, what: Migration, grants: tuple[str, ...]) -> SchemaPlan:
+    """The plan of a claim: a spare at head renamed the project's schema, its registry row, the grants."""
+    return SchemaPlan(
         what.schema,
         how.flavor,
         how.chain.claim_plan().steps,
@@ -186,11 +198,6 @@ def _claim(
         record=RegistryRecord(what.project_id, what.target, RegistryAction.CREATE, Path.POOL),
         namespace=how.chain.namespace,
     )
-    sent = send.claim(conn, plan, statement_by_statement=how.statement_by_statement)
-    if not sent.claimed:
-        return None
-    duration = _recorded_ms(sent, started)
-    return EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
 
 
 def planned(
@@ -275,6 +282,65 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         ),
         "fast lane (one round trip)" if plan.batchable else "fast lane (statement by statement)",
     )
+
+
+def first_round_trip(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult | None:
+    """A schema expected missing (an ``ensure`` that hasn't read it: ``Sending.first_round_trip``) built in
+    ONE round trip: the fast lane's plan guarded by ``Expected(False, None)`` (lock, CREATE SCHEMA, the
+    chain, the registry row) sent as one implicit transaction (``send.send_batch(implicit=True)``). The
+    guard is CREATE SCHEMA, under the schema's lock: if the schema exists it fails and nothing changed.
+
+    Returns None, nothing changed, when this doesn't apply (not psycopg2, in a transaction, statement by
+    statement, an online step or one outside a transaction, a flavor that takes no batch, an owner role to
+    grant, an operation that creates nothing) or the round trip failed on the database's account (the schema
+    exists, a deadlock, no registry yet, a failing revision): the careful path then runs, reads the state
+    and decides, or fails saying why as it always does. A lost connection is raised (a DBAPIError)."""
+    if (
+        conn.dialect.driver != "psycopg2"
+        or conn.in_transaction()
+        or how.online
+        or how.statement_by_statement
+        or what.owner_role
+        or not what.operation.creates
+    ):
+        return None
+    if claims(how, what):
+        try:
+            sent = send.claim_alone(conn, _claim_plan(how, what, ()))
+        except Exception as failure:
+            if conn.invalidated or is_connection_error(failure):
+                raise _as_dbapi_error(conn, "claim", failure) from failure
+            log.debug("%s: no claim in one round trip (%s); the careful path", what.schema, sqlstate(failure))
+            return None  # e.g. a registry before r0006: the careful path claims as before
+        if sent.claimed:
+            duration = _recorded_ms(sent, started)
+            result = EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
+            return _logged(result, "claimed from the warm pool (one round trip)")
+        # no spare: nothing changed; built as a new schema, in one round trip too
+    plan = fast_lane(how, what, Expected(False, None))
+    if plan is None or not plan.batchable:
+        return None
+    try:
+        sent = send.send_batch(conn, plan, implicit=True)
+    except Exception as failure:
+        if conn.invalidated or is_connection_error(failure):
+            raise _as_dbapi_error(conn, "first round trip", failure) from failure
+        log.debug("%s: not built in one round trip (%s); the careful path instead", what.schema, sqlstate(failure))
+        return None
+    assert plan.record is not None
+    result = EnsureResult(
+        what.project_id, what.schema, Action.CREATED, None, what.target, _recorded_ms(sent, started), plan.record.path
+    )
+    return _logged(result, "first round trip (guarded)")
+
+
+def _as_dbapi_error(conn: Connection, what: str, failure: Exception) -> Exception:
+    """A driver's exception as SQLAlchemy's DBAPIError (what the managers translate), else as it is."""
+    if isinstance(failure, conn.dialect.loaded_dbapi.Error):
+        return DBAPIError.instance(
+            what, None, failure, conn.dialect.loaded_dbapi.Error, connection_invalidated=conn.invalidated
+        )
+    return failure
 
 
 def _moved(conn: Connection, how: Sending, what: Migration, expected: Expected) -> bool:

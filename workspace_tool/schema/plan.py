@@ -53,10 +53,11 @@ from workspace_tool.chain import Chain, Step
 from workspace_tool.chain.plan import Path, StepKind, split_version_move, split_version_statements
 from workspace_tool.flavor import Flavor
 from workspace_tool.namespace import DEFAULT, Namespace
-from workspace_tool.registry import expect_version_sql, upsert_sql
+from workspace_tool.registry import expect_version_sql, update_sql, upsert_sql
 from workspace_tool.registry.table import RegistryAction
 from workspace_tool.spares.store import claim_statement
 from workspace_tool.sql import (
+    lock_id,
     lock_statement,
     lock_timeout_statement,
     quote_ident,
@@ -67,6 +68,7 @@ from workspace_tool.sql import (
 
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"
+SET_ISOLATION = f"SET TRANSACTION ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # an implicit transaction's
 
 
 @dataclass(frozen=True)
@@ -144,10 +146,13 @@ class SchemaPlan:
             raise ValueError("a plan with online or non-transactional steps has no fixed statements")
         return self.prelude() + [u for u in units if isinstance(u, str)]
 
-    def batch(self) -> str:
-        """The whole transaction, BEGIN to COMMIT, as the one batch ``send.send_batch`` sends."""
+    def batch(self, *, implicit: bool = False) -> str:
+        """The whole transaction, BEGIN to COMMIT, as the one batch ``send.send_batch`` sends. ``implicit``:
+        without them, its isolation level set first (one implicit transaction: see ``send.send_batch``)."""
         if not self.batchable:
             raise ValueError("only a guarded, compiled plan in one transaction, on a flavor that batches, is one batch")
+        if implicit:
+            return "\n".join([SET_ISOLATION, *self.statements()])
         return "\n".join([BEGIN, *self.statements(), COMMIT])
 
     @property
@@ -204,7 +209,17 @@ class SchemaPlan:
         found = f"EXISTS (SELECT 1 FROM alembic_version WHERE version_num = {version})"
         return "SELECT " + self.namespace.sql(expect_version_sql(found, self.schema, self.expected.version))
 
-    def _steps_and_record(self) -> tuple[tuple[Step, ...], str | None]:
+    def claim_alone(self) -> str:
+        """A claim as one implicit transaction sent alone (``send.claim_alone``): its isolation level and lock
+        timeout, then ONE statement that takes the schema's lock itself, claims a spare and writes the
+        registry row (registry r0006). Not with grants: they need the renamed schema (``units``)."""
+        if not self.claims or self.grants or not self.lock:
+            raise ValueError("only a claim without grants, under the schema's lock, is sent alone")
+        bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
+        claim = self._steps_and_record(lock_in_claim=True)[1]
+        return "\n".join([SET_ISOLATION, *(s + ";" for s in bound), f"{claim};"])
+
+    def _steps_and_record(self, *, lock_in_claim: bool = False) -> tuple[tuple[Step, ...], str | None]:
         """The steps, and the registry upsert; with a guard on an existing schema, the last step's final
         version UPDATE/DELETE and the upsert become one statement that fails unless the version moved
         (``_guards_by_cte``)."""
@@ -217,7 +232,8 @@ class SchemaPlan:
             claim = self.steps[0]
             assert claim.spare_of is not None
             upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="claimed")
-            return (), self.namespace.sql(claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert))
+            lock = lock_id(self.schema) if lock_in_claim else None
+            return (), self.namespace.sql(claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert, lock=lock))
         if not self._guards_by_cte():
             return self.steps, self.namespace.sql(
                 upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, earlier_ms=r.earlier_ms)
@@ -227,15 +243,14 @@ class SchemaPlan:
         moved = split_version_move(last.statements)
         assert moved is not None
         before, move = moved
-        upsert = self.namespace.sql(
-            upsert_sql(
-                r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms
-            )
+        # the row the batch read saw, rewritten (none: the guard fails, and the careful path writes it)
+        update = self.namespace.sql(
+            update_sql(r.project_id, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms)
         )
         guard = self.namespace.sql(
             expect_version_sql("EXISTS (SELECT 1 FROM recorded)", self.schema, self.expected.version)
         )
-        record = f"WITH moved AS ({move} RETURNING 1), recorded AS ({upsert}) SELECT {guard}"
+        record = f"WITH moved AS ({move} RETURNING 1), recorded AS ({update}) SELECT {guard}"
         return (*self.steps[:-1], Step(last.kind, last.from_rev, last.to_rev, before)), record
 
     # -------------------------------------------------------------- parts

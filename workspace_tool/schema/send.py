@@ -5,7 +5,7 @@
   statement by statement instead (one per round trip) on request, or when the flavor takes no batch. A
   claim's plan goes through ``claim``. Returns what was ``Sent``.
 * ``send_batch(conn, plan)``: the whole transaction, BEGIN to COMMIT, as ONE round trip (the fleet's fast
-  lane), for a plan that is ``batchable``.
+  lane), for a plan that is ``batchable``; with ``implicit``, without BEGIN and COMMIT (a first ensure).
 * ``run_in_parts(conn, plan, chain)``: a plan with a step that can't run in a transaction, on a connection
   that holds the schema's session-level lock (``hold_lock``): each transaction committed in turn, and
   between them each such step outside any transaction (``_run_outside``). That needs a session: through a
@@ -130,29 +130,64 @@ def _run_online(conn: Connection, plan: SchemaPlan, chain: Chain, step: Step, *,
 
 
 # --------------------------------------------------------------------------- one round trip
-def send_batch(conn: Connection, plan: SchemaPlan) -> None:
+def send_batch(conn: Connection, plan: SchemaPlan, *, implicit: bool = False) -> Sent:
     """The whole transaction as ONE round trip on psycopg2: BEGIN, every statement, COMMIT, in one simple
     query (``SchemaPlan.batch``). ``conn`` must not be in a transaction. On failure the transaction is
-    rolled back (or, if the connection is gone, ``conn`` invalidated) and the driver's exception raised."""
+    rolled back (or, if the connection is gone, ``conn`` invalidated) and the driver's exception raised.
+
+    ``implicit``: without BEGIN and COMMIT (a first ensure): PostgreSQL runs a query string of many
+    statements as one implicit transaction, committed at its end, and on failure rolled back whole with the
+    session left idle, so no ROLLBACK is sent either. Returns the duration its registry row recorded."""
     if conn.dialect.driver != "psycopg2":
         raise ValueError("only psycopg2 sends a batch of statements in one round trip")
-    batch = plan.batch()
-    log.debug("%s: one round trip:\n%s", plan.schema, batch)
+    return _sent(send_raw(conn, plan.schema, plan.batch(implicit=implicit), rollback=not implicit))
+
+
+def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
+    """A claim in ONE round trip on psycopg2, ``conn`` not in a transaction: ``SchemaPlan.claim_alone``, one
+    implicit transaction that takes the schema's lock, claims a spare and writes its registry row. ``claimed``
+    False: there was no spare (or the schema exists), nothing changed and the lock is released."""
+    if conn.dialect.driver != "psycopg2":
+        raise ValueError("only psycopg2 sends a claim alone in one round trip")
+    recorded = send_raw(conn, plan.schema, plan.claim_alone())
+    return _sent(recorded, claimed=recorded is not None)
+
+
+def send_raw(conn: Connection, schema: str, sql: str, *, rollback: bool = False) -> object:
+    """Send ``sql`` (statements carrying their own transaction, or one implicit transaction) in ONE round trip
+    on conn's psycopg2 connection in autocommit, seen by the engine's cursor events as SQLAlchemy's own
+    statements are; return the first column of the last statement's first row (None: no row). On failure,
+    a ROLLBACK when ``rollback`` (else the server rolled the implicit transaction back), or ``conn``
+    invalidated if the connection is gone; the driver's exception is raised."""
+    log.debug("%s: one round trip:\n%s", schema, sql)
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
-    autocommit = dbapi.autocommit
-    dbapi.autocommit = True  # the batch carries its own BEGIN and COMMIT
+    autocommit, isolation = dbapi.autocommit, dbapi.isolation_level
+    # psycopg2 sends `SET default_transaction_isolation TO DEFAULT` (a round trip of its own) whenever
+    # autocommit goes off on a connection whose isolation level was set (every library connection's is:
+    # transactions.own): the level is cleared first and put back after, which sends nothing.
+    if not autocommit:
+        dbapi.isolation_level = None
+    dbapi.autocommit = True  # the statements carry their own transaction
+    value: object = None
     try:
         cursor = dbapi.cursor()
         try:
-            cursor.execute(batch)
+            conn.dispatch.before_cursor_execute(conn, cursor, sql, (), None, False)
+            cursor.execute(sql)
+            if cursor.description is not None and (row := cursor.fetchone()) is not None:
+                value = row[0]
+            conn.dispatch.after_cursor_execute(conn, cursor, sql, (), None, False)
         finally:
             cursor.close()
     except Exception:
         try:
-            rollback = dbapi.cursor()
-            rollback.execute("ROLLBACK")
-            rollback.close()
+            if dbapi.closed:
+                raise ConnectionError("closed")
+            if rollback:
+                again = dbapi.cursor()
+                again.execute("ROLLBACK")
+                again.close()
         except Exception:
             conn.invalidate()  # the connection is gone: never hand it back to the pool
         raise
@@ -160,6 +195,8 @@ def send_batch(conn: Connection, plan: SchemaPlan) -> None:
         if not conn.invalidated:
             with contextlib.suppress(Exception):
                 dbapi.autocommit = autocommit
+                dbapi.isolation_level = isolation
+    return value
 
 
 # --------------------------------------------------------------------------- outside a transaction

@@ -42,6 +42,7 @@ class SpareState(Word):
 SPARES_TABLE = f"{REGISTRY_SCHEMA}.spare_schemas"
 SPARE_PREFIX = SPARE_BASE  # the default namespace's
 CLAIM_FUNCTION = f"{REGISTRY_SCHEMA}.claim_spare"
+CLAIM_LOCKED_FUNCTION = f"{REGISTRY_SCHEMA}.claim_spare_locked"  # r0006: takes the schema's lock itself
 
 
 def spare_name(namespace: Namespace = DEFAULT) -> str:
@@ -49,12 +50,14 @@ def spare_name(namespace: Namespace = DEFAULT) -> str:
     return namespace.spare_prefix + uuid.uuid4().hex[:16]
 
 
-def claim_statement(schema: str, revision: str | None, chain: str, upsert: str) -> str:
+def claim_statement(schema: str, revision: str | None, chain: str, upsert: str, *, lock: str | None = None) -> str:
     """ONE statement: claim a spare at ``revision`` built by the chain ``chain`` and rename it ``schema``
-    (``claim_spare``, under the caller's lock on ``schema``), and only if it did, write the project's registry
-    row (``upsert``, written per row of ``claimed``). It returns one row, the duration the registry row
-    records, or none when nothing was claimed (no such spare, or ``schema`` exists): then nothing changed."""
-    call = f"{CLAIM_FUNCTION}({sql_literal(schema)}, {sql_literal(revision)}, {sql_literal(chain)})"
+    (``claim_spare``, under the caller's lock on ``schema``; with ``lock``, the schema's lock id, taking that
+    lock first itself: ``claim_spare_locked``, registry r0006), and only if it did, write the project's
+    registry row (``upsert``, written per row of ``claimed``). It returns one row, the duration the registry
+    row records, or none when nothing was claimed (no such spare, or ``schema`` exists): nothing changed."""
+    arguments = f"{sql_literal(schema)}, {sql_literal(revision)}, {sql_literal(chain)}"
+    call = f"{CLAIM_FUNCTION}({arguments})" if lock is None else f"{CLAIM_LOCKED_FUNCTION}({lock}, {arguments})"
     return (
         f"WITH claimed AS MATERIALIZED (SELECT 1 FROM {call} AS c(ok) WHERE c.ok), recorded AS ({upsert}) "
         "SELECT last_duration_ms FROM recorded"

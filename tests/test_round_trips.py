@@ -1,0 +1,170 @@
+"""What the library sends on the wire, counted by a proxy (tests/wire.py): the round trips a fleet run
+spends per schema, a first ensure's, a warm-pool claim's. Each extra round trip is one more network
+latency per schema for every user: these counts are the contract, not a timing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.data import add_rows
+from support.db import assert_consistent, catalog, registry_state, schema_version
+from wire import WireRecorder
+
+from workspace_tool import WorkspaceManager, fleet, spares
+from workspace_tool.chain import Chain
+from workspace_tool.managers import cache
+from workspace_tool.schema.catalog import diff
+
+
+@pytest.fixture
+def tiny(chain_builder: ChainBuilder) -> Chain:
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add(
+        "a2", UNIQUE, 'op.drop_index("ux_items_name", table_name="items")'
+    )
+    return Chain.load(chain_builder.ini)
+
+
+@pytest.fixture
+def wire(database_url: URL) -> Iterator[WireRecorder]:
+    with WireRecorder(database_url) as recorder:
+        yield recorder
+
+
+def _upgrade_counting(wire: WireRecorder, chain: Chain, ids: list[str]) -> list[str]:
+    engine = sa.create_engine(wire.url)
+    try:
+        wire.clear()
+        report = fleet.upgrade(engine, chain, ids, target="a2", jobs=1, pool=False)
+        assert report.counts()["ok"] == len(ids), report.failed
+        return wire.queries
+    finally:
+        engine.dispose()
+
+
+def test_a_fleet_run_sends_one_round_trip_per_schema(engine: sa.Engine, tiny: Chain, wire: WireRecorder) -> None:
+    ids = [f"rt{i}" for i in range(11)]
+    assert fleet.provision(engine, tiny, ids, target="a1", jobs=2).ok
+    _upgrade_counting(wire, tiny, ids[:1])  # the first run of a chain stores what later runs only read
+
+    two = _upgrade_counting(wire, tiny, ids[1:3])
+    ten = _upgrade_counting(wire, tiny, ids[3:])
+
+    assert all(schema_version(engine, f"project_{i}") == "a2" for i in ids)
+    batches = [q for q in ten if q.startswith("BEGIN") and "project_rt" in q]
+    assert len(batches) == 8  # each schema's whole transaction, one batch
+    # the 6 schemas more cost exactly 6 round trips more: nothing but their batches is sent per schema
+    assert len(ten) - len(two) == 6, [q for q in ten if q not in batches]
+    assert not [q for q in ten if "default_transaction_isolation" in q]
+
+
+# ------------------------------------------------------------------ a first ensure
+@pytest.fixture
+def counted_manager(wire: WireRecorder, tiny: Chain) -> Iterator[WorkspaceManager]:
+    engine = sa.create_engine(wire.url)
+    mgr = WorkspaceManager(engine, tiny.config_path)
+    mgr.ensure("warm-up")  # the registry, the engine's first connect
+    try:
+        yield mgr
+    finally:
+        engine.dispose()
+
+
+def test_a_first_ensure_is_one_round_trip(
+    engine: sa.Engine, counted_manager: WorkspaceManager, wire: WireRecorder
+) -> None:
+    wire.clear()
+    result = counted_manager.ensure_detailed("newcomer")
+    sent = wire.queries
+    assert (result.action, result.to_revision, result.path) == ("created", "a2", "fast")
+    assert len(sent) == 1, sent  # lock, CREATE SCHEMA, the chain, the version, the registry row: one query
+    assert not sent[0].startswith("BEGIN") and "\nCOMMIT;" not in sent[0]  # one implicit transaction
+    assert schema_version(engine, "project_newcomer") == "a2"
+    assert tuple(registry_state(engine, "newcomer")) == ("a2", "ready", None)
+    assert assert_consistent(engine)["project_newcomer"] == "a2"
+
+
+def test_a_first_ensure_of_an_existing_schema_changes_nothing_and_takes_the_careful_path(
+    engine: sa.Engine, counted_manager: WorkspaceManager, wire: WireRecorder
+) -> None:
+    counted_manager.ensure("already")
+    add_rows(engine, "already", "kept")
+    cache.invalidate_chain(counted_manager.chain.config_path)  # as a new process: it doesn't know the schema
+    wire.clear()
+    result = counted_manager.ensure_detailed("already")
+    assert result.action == "current"
+    assert len(wire.queries) <= 5, wire.queries  # the failed guess (1), then BEGIN, lock + read, version, COMMIT
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT name FROM project_already.items")).scalars().all() == ["kept"]
+    assert assert_consistent(engine)["project_already"] == "a2"
+
+
+def test_two_threads_ensuring_the_same_new_project_at_once_both_succeed_with_one_schema(
+    engine: sa.Engine, tiny: Chain
+) -> None:
+    managers = [WorkspaceManager(engine, tiny.config_path) for _ in range(2)]
+    for round_ in range(5):
+        cache.clear()
+        barrier = threading.Barrier(2)
+
+        def ensure(i: int, project: str = f"twin{round_}", barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            return managers[i].ensure_detailed(project).action
+
+        with ThreadPoolExecutor(2) as pool:
+            actions = sorted(pool.map(ensure, range(2)))
+        assert actions in (["created", "current"], ["created", "created"]), actions  # created once, read once
+        assert assert_consistent(engine)[f"project_twin{round_}"] == "a2"
+
+
+def test_an_ensure_racing_a_drop_leaves_the_schema_and_its_row_together(engine: sa.Engine, tiny: Chain) -> None:
+    creator, dropper = WorkspaceManager(engine, tiny.config_path), WorkspaceManager(engine, tiny.config_path)
+    creator.ensure("bootstrapped")
+    for _ in range(8):
+        dropper.drop("raced")
+        cache.clear()
+        barrier = threading.Barrier(2)
+
+        def create(barrier: threading.Barrier = barrier) -> object:
+            barrier.wait()
+            return creator.ensure_detailed("raced").action
+
+        def drop(barrier: threading.Barrier = barrier) -> object:
+            barrier.wait()
+            return dropper.drop("raced")
+
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(create), pool.submit(drop)]
+            assert futures[0].result() == "created"
+            futures[1].result()
+        consistent = assert_consistent(engine)  # a schema with its row at a2, or neither
+        assert consistent.get("project_raced", "a2") == "a2"
+
+
+# ------------------------------------------------------------------ a claim from the warm pool
+def test_a_first_ensure_from_the_warm_pool_is_one_round_trip_and_a_fresh_build_when_it_is_empty(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain
+) -> None:
+    counted = sa.create_engine(wire.url)
+    try:
+        WorkspaceManager(counted, tiny.config_path).ensure("built")  # the registry; a fresh build to compare
+        spares.fill(engine, tiny, 1)
+        pooled = WorkspaceManager(counted, tiny.config_path, warm_pool=1)
+        wire.clear()
+        claimed = pooled.ensure_detailed("claimed")
+        sent = wire.queries
+        wire.clear()
+        built = pooled.ensure_detailed("no-spare-left")
+        fallback = wire.queries
+    finally:
+        counted.dispose()
+    assert claimed.path == "pool" and len(sent) == 1, sent  # lock, claim, rename, registry row: one statement
+    assert "claim_spare_locked(" in sent[0] and "pg_advisory_xact_lock" not in sent[0]
+    assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+    assert built.path == "fast" and len(fallback) == 2, fallback  # no spare: nothing changed, then the build
+    assert assert_consistent(engine) == {f"project_{p}": "a2" for p in ("built", "claimed", "no_spare_left")}
