@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from workspace_tool.cli import chain, doctor, fleet, logs, pool, project
+from workspace_tool.cli import chain, doctor, fleet, lifecycle, logs, pool, project
 from workspace_tool.cli.context import AppContext, WorkspaceGroup
 
 
@@ -73,5 +73,7 @@ main.add_command(chain.revision)
 main.add_command(chain.init_chain)
 main.add_command(pool.pool)
 main.add_command(doctor.doctor)
+main.add_command(lifecycle.export)
+main.add_command(lifecycle.import_)
 
 __all__ = ["main"]
