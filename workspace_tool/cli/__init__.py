@@ -75,5 +75,6 @@ main.add_command(pool.pool)
 main.add_command(doctor.doctor)
 main.add_command(lifecycle.export)
 main.add_command(lifecycle.import_)
+main.add_command(lifecycle.clone)
 
 __all__ = ["main"]

@@ -63,3 +63,26 @@ def import_(app: AppContext, file: str, as_id: str | None, upgrade: bool, lock_t
         click.echo(to_json(result.as_dict()))
     else:
         note(f"Imported {result.project_id} at {result.to_revision}: {result.tables} tables, {result.rows} rows.")
+
+
+@click.command()
+@click.argument("source")
+@click.argument("target")
+@click.option("--no-data", is_flag=True, help="Only the schema, at SOURCE's revision: no rows.")
+@lock_timeout_option
+@json_option
+@pass_app
+def clone(app: AppContext, source: str, target: str, no_data: bool, lock_timeout: int, as_json: bool) -> None:
+    """Copy project SOURCE to a new project TARGET in the same database, server-side, in one transaction:
+    TARGET is built at SOURCE's revision, gets its rows and is registered; independent of SOURCE afterwards."""
+    from workspace_tool.lifecycle import clone_project
+    from workspace_tool.naming import schema_for
+
+    schema_for(source), schema_for(target)
+    result = clone_project(
+        app.engine, app.manager.chain, source, target, data=not no_data, lock_timeout_ms=lock_timeout
+    )
+    if as_json:
+        click.echo(to_json(result.as_dict()))
+    else:
+        note(f"Cloned {source} to {target} at {result.revision}: {result.tables} tables, {result.rows} rows.")

@@ -2,6 +2,7 @@
 move, bulk drop with quarantine (drop.py), SQL across tenants (exec.py), bulk ensure, and the per-project
 Alembic verbs (revisions.py). The fleet-wide ones run through the fleet runner (fleet_run.py)."""
 
+from workspace_tool.lifecycle.clone import CloneResult, clone_project
 from workspace_tool.lifecycle.errors import (
     ChainMismatch,
     ExportDamaged,
@@ -15,6 +16,7 @@ from workspace_tool.lifecycle.import_ import ImportResult, import_project
 
 __all__ = [
     "ChainMismatch",
+    "CloneResult",
     "ExportDamaged",
     "ExportResult",
     "ImportResult",
@@ -22,6 +24,7 @@ __all__ = [
     "NotAnExport",
     "NotQuarantined",
     "ProjectExists",
+    "clone_project",
     "export_project",
     "import_project",
 ]
