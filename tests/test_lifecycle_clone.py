@@ -4,6 +4,7 @@ an unknown source or an existing target is refused in one line with nothing chan
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from workspace_tool.lifecycle import ProjectExists, clone_project
 DATA_TABLES = ("repositories", "code_files", "code_chunks")
 
 
-def rows(engine: sa.Engine, schema: str) -> dict[str, list[Any]]:
+def rows(engine: sa.Engine, schema: str) -> dict[str, Sequence[Any]]:
     with engine.connect() as conn:
         return {
             t: conn.execute(sa.text(f"SELECT t::text FROM {schema}.{t} t ORDER BY t.id")).scalars().all()
