@@ -34,6 +34,11 @@ COMMANDS = {
     "init-chain",
     "pool",
     "doctor",
+    "export",
+    "import",
+    "clone",
+    "restore",
+    "purge",
 }
 
 

@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import sys
+from typing import TYPE_CHECKING, Any
+
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app
-from workspace_tool.cli.logs import note
-from workspace_tool.cli.options import DurationType, json_option
-from workspace_tool.cli.render import to_json
+from workspace_tool.cli.logs import note, quiet
+from workspace_tool.cli.options import DurationType, fleet_options, json_option
+from workspace_tool.cli.render import ProgressPrinter, emit, print_fleet_report, to_json
+
+if TYPE_CHECKING:
+    from workspace_tool.fleet import FleetReport, Operation
 
 lock_timeout_option = click.option(
     "--lock-timeout",
@@ -21,7 +27,9 @@ lock_timeout_option = click.option(
 
 @click.command(name="export")
 @click.argument("project_id")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, writable=True), metavar="FILE")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), metavar="FILE", help="The export file to write."
+)
 @json_option
 @pass_app
 def export(app: AppContext, project_id: str, output: str, as_json: bool) -> None:
@@ -86,3 +94,192 @@ def clone(app: AppContext, source: str, target: str, no_data: bool, lock_timeout
         click.echo(to_json(result.as_dict()))
     else:
         note(f"Cloned {source} to {target} at {result.revision}: {result.tables} tables, {result.rows} rows.")
+
+
+# ------------------------------------------------------------------ fleet-wide: drop, exec, bulk ensure
+def _fleet_command(
+    app: AppContext,
+    operation: Operation,
+    *,
+    project_ids: tuple[str, ...],
+    all_: bool,
+    jobs: int | None,
+    recycle_after: int | None,
+    fail_fast: bool | None,
+    lock_timeout: int,
+    retries: int,
+    show_sql: bool,
+    as_json: bool,
+    states: tuple[tuple[str, ...], ...],
+    globs: tuple[str, ...],
+    ids_from: str | None,
+    target: str = "head",
+    **stages: Any,
+) -> FleetReport:
+    """Run ``operation`` through the fleet runner (lifecycle.fleet_run) over the projects named (each must
+    be one of the fleet's), selected (--state, --match, --ids-from) or all (--all); print its progress and
+    report; exit 1 if any failed (130 when interrupted)."""
+    from workspace_tool.cli.fleet import INTERRUPTED, _selection, _staging
+    from workspace_tool.lifecycle.fleet_run import run_fleet
+
+    if show_sql:
+        raise click.UsageError(f"--sql: {operation.name} runs no migration, there is no SQL to show")
+    if all_ and (project_ids or states or globs or ids_from):
+        raise click.UsageError("--all takes every project: not with ids, --state, --match or --ids-from")
+    if not (all_ or project_ids or states or globs or ids_from):
+        raise click.UsageError("name the projects, select them (--state, --match, --ids-from), or pass --all")
+    from workspace_tool.cli.options import read_ids
+
+    named = list(project_ids) + (read_ids(ids_from, "--ids-from") if ids_from else [])
+    selection = _selection(states, globs, None)
+    if named:  # named ids are a selection too: one not in the fleet is refused before anything runs
+        from workspace_tool.fleet import Selection
+
+        base = selection or Selection()
+        selection = Selection(states=base.states, match=base.match, ids=named)
+    staging = _staging(fail_fast, not named, **stages)
+    app.jobs = jobs
+    printer = None if quiet() or as_json else ProgressPrinter(sys.stderr)
+    report = run_fleet(
+        app.engine,
+        app.manager.chain,
+        operation,
+        None,
+        target=target,
+        jobs=jobs,
+        recycle_after=recycle_after,
+        lock_timeout_ms=lock_timeout,
+        retries=retries,
+        progress=printer,
+        selection=selection,
+        direct_engine=app.direct_engine,
+        **staging,
+    )
+    if printer is not None:
+        printer.finish()
+    print_fleet_report(report, as_json)
+    if report.interrupted:
+        click.get_current_context().exit(INTERRUPTED)
+    if report.failed:
+        click.get_current_context().exit(1)
+    return report
+
+
+def confirm(yes: bool, what: str) -> None:
+    """A destructive command goes on with --yes, or when a terminal's user says yes; else a usage error."""
+    if yes:
+        return
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        if click.confirm(f"{what}: go on?", default=False, err=True):
+            return
+        raise click.Abort()
+    raise click.UsageError(f"{what}: add --yes to confirm")
+
+
+class RetainType(click.ParamType[float]):
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        from workspace_tool.lifecycle.drop import as_seconds
+
+        if isinstance(value, float):
+            return value
+        try:
+            return as_seconds(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@click.command()
+@fleet_options
+@click.option("--yes", is_flag=True, help="Confirm dropping the selected projects and all their data.")
+@click.option(
+    "--retain",
+    type=RetainType(),
+    metavar="DURATION",
+    help="Quarantine instead (e.g. 30d, 12h): each schema renamed aside and its registry row marked dropped, "
+    "until `restore ID` brings it back or `purge ID` (or `drop --purge-expired`) removes it.",
+)
+@click.option("--purge-expired", is_flag=True, help="Purge the quarantined projects past their --retain date.")
+@pass_app
+def drop(app: AppContext, /, yes: bool, retain: float | None, purge_expired: bool, **options: Any) -> None:
+    """Drop projects (named, selected with --state/--match/--ids-from, or --all): each schema with all its
+    data and its registry row, in a transaction of its own (a run over any number of projects holds one
+    schema's locks per connection), in parallel, with progress and a report (--json)."""
+    from workspace_tool.lifecycle import drop as dropping
+    from workspace_tool.naming import schema_for
+
+    ids: tuple[str, ...] = options["project_ids"]
+    selected = options["all_"] or options["states"] or options["globs"] or options["ids_from"]
+    for project_id in ids:
+        schema_for(project_id)
+    if purge_expired and not (ids or selected):
+        confirm(yes, "purging the quarantined projects past their date deletes their data")
+        purged = dropping.purge_expired(app.engine, lock_timeout_ms=options["lock_timeout"])
+        if options["as_json"]:
+            click.echo(to_json([q.as_dict() for q in purged]))
+        else:
+            note(f"Purged {len(purged)} quarantined project(s) past their date.")
+        return
+    if len(ids) == 1 and not selected and retain is None:  # one project: as `drop ID` always did
+        schema = schema_for(ids[0])
+        confirm(yes, f"dropping {schema} deletes all its data")
+        if app.manager.drop(ids[0]):
+            note(f"Dropped {schema}.")
+        else:
+            note(f"Nothing to drop: {schema} did not exist.")
+        return
+    what = "quarantining the selected projects" if retain is not None else "dropping the selected projects"
+    confirm(yes, what + " deletes all their data" if retain is None else what)
+    _fleet_command(app, dropping.drop_operation(retain), **options)
+    if purge_expired:
+        dropping.purge_expired(app.engine, lock_timeout_ms=options["lock_timeout"])
+
+
+@click.command()
+@click.argument("project_id")
+@lock_timeout_option
+@json_option
+@pass_app
+def restore(app: AppContext, project_id: str, lock_timeout: int, as_json: bool) -> None:
+    """Bring back a project quarantined by `drop --retain`, as it was dropped."""
+    from workspace_tool.lifecycle.drop import restore as restoring
+    from workspace_tool.naming import schema_for
+
+    schema_for(project_id)
+    found = restoring(app.engine, project_id, lock_timeout_ms=lock_timeout)
+    app.manager.invalidate([project_id])
+    if as_json:
+        click.echo(to_json(found.as_dict()))
+    else:
+        note(f"Restored {project_id} from {found.schema}.")
+
+
+@click.command()
+@click.argument("project_ids", nargs=-1)
+@click.option("--yes", is_flag=True, help="Confirm deleting the quarantined data.")
+@click.option("--list", "list_only", is_flag=True, help="List the quarantined projects (and their dates) instead.")
+@lock_timeout_option
+@json_option
+@pass_app
+def purge(
+    app: AppContext, project_ids: tuple[str, ...], yes: bool, list_only: bool, lock_timeout: int, as_json: bool
+) -> None:
+    """Remove quarantined projects (see `drop --retain`) for good; with --list, show them."""
+    from workspace_tool.lifecycle import drop as dropping
+    from workspace_tool.naming import schema_for
+
+    if list_only:
+        found = [q.as_dict() for q in dropping.quarantined(app.engine)]
+        emit(found, ["project_id", "schema", "dropped_at", "until"], as_json=as_json)
+        return
+    if not project_ids:
+        raise click.UsageError("name the quarantined projects to purge (or --list them)")
+    for project_id in project_ids:
+        schema_for(project_id)
+    confirm(yes, "purging deletes the quarantined data")
+    purged = [dropping.purge(app.engine, p, lock_timeout_ms=lock_timeout).as_dict() for p in project_ids]
+    if as_json:
+        click.echo(to_json(purged))
+    else:
+        note(f"Purged {len(purged)} quarantined project(s).")

@@ -1,4 +1,4 @@
-"""Commands on named projects and the registry: `init`, `ensure`, `status`, `list`, `drop`."""
+"""Commands on named projects and the registry: `init`, `ensure`, `status`, `list` (`drop` is in lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -117,20 +117,3 @@ def list_(app: AppContext, as_json: bool) -> None:
     emit(rows, ["project_id", "schema_name", "revision", "status", "created_at"], as_json=as_json)
     if not rows and not as_json:
         note("No projects." if registered else NO_REGISTRY)
-
-
-@click.command()
-@click.argument("project_id")
-@click.option("--yes", is_flag=True, help="Confirm dropping the schema and all its data.")
-@pass_app
-def drop(app: AppContext, project_id: str, yes: bool) -> None:
-    """Drop a project's schema, with all its data, and its registry row."""
-    from workspace_tool.naming import schema_for
-
-    schema = schema_for(project_id)
-    if not yes:
-        raise click.UsageError(f"dropping {schema} deletes all its data: add --yes to confirm")
-    if app.manager.drop(project_id):
-        note(f"Dropped {schema}.")
-    else:
-        note(f"Nothing to drop: {schema} did not exist.")

@@ -35,6 +35,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
+MIGRATIONS = ("upgrade", "downgrade", "provision", "ensure")  # the runs that migrate to a target
+
+
 def to_json(data: Any) -> str:
     return json.dumps(data, default=_plain, indent=2, sort_keys=False)
 
@@ -203,12 +206,17 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
         )
     gone = f", {len(report.gone)} gone (dropped since the run read them)" if report.gone else ""
     note(
-        f"{report.operation} to {report.target or 'base'}: {report.counts()[OK]} ok, "
+        f"{report.operation}{_to(report)}: {report.counts()[OK]} ok, "
         f"{len(report.failed)} failed, {report.counts()[SKIPPED]} skipped{_skipped_detail(report)}{gone}"
         f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})"
     )
     for line in _run_notes(report, next_command):
         note(line)
+
+
+def _to(report: FleetReport) -> str:
+    """' to REV' for a migration; nothing for a run that migrates nothing (drop, exec)."""
+    return f" to {report.target or 'base'}" if report.operation in MIGRATIONS else ""
 
 
 def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:

@@ -174,7 +174,8 @@ def run(
         _left_alone(r.project_id, r.schema, r.version, resolved, v) for r, v in decided if isinstance(v, Verdict)
     ]
     work = [v for _, v in decided if isinstance(v, Work)]
-    if direct_engine is None and (outside := _needing_a_session(chain, work, resolved)):
+    migrates = operation.task is None  # a task (drop, exec) runs no revision and builds no reference
+    if migrates and direct_engine is None and (outside := _needing_a_session(chain, work, resolved)):
         pooler.require_session_engine(engine, outside)  # refused here, through a pooler: nothing migrated
     log.info(
         "%s to %s: %d schema(s) to migrate, on %d connection(s) (%s); %d left alone",
@@ -219,7 +220,7 @@ def run(
         finished += tracker.results + staged.not_started(tracker.results, resolved)
         cache.invalidate(cache_key, [w.project_id for w in work])
     interrupted = staged.interrupted
-    if not interrupted and not idle:  # what `check` compares schemas with, if not stored yet for this chain
+    if migrates and not interrupted and not idle:  # what `check` compares schemas with, if not stored yet
         reference.store_if_missing(direct_engine or engine, chain, lock_timeout_ms)
     follow = operation is UPGRADE and ids is None and not interrupted and not idle
     spares = _follow_pool(engine, chain, jobs) if follow else None

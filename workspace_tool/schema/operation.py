@@ -9,6 +9,9 @@ new instance here plus its click command in workspace_tool/cli.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Connection
 
 from workspace_tool.chain import Chain
 from workspace_tool.errors import UnknownRevision, WorkspaceAhead, WorkspaceNotFound, WorkspaceOutdated
@@ -35,12 +38,27 @@ class Verdict:
     error: str | None = None
 
 
+class SchemaTask(Protocol):
+    """What an operation that does not migrate does to each schema of a fleet run (drop, exec: see
+    workspace_tool.lifecycle): it decides from the batch read, then runs on the worker's connection, in
+    transactions of its own that bound every lock wait by ``lock_timeout_ms``. Picklable (a module-level
+    class), to cross to worker processes. Raising WorkspaceNotFound for a schema the read saw reports it
+    gone; a lock timeout or a lost connection is retried as a migration's is; any other error fails it."""
+
+    def decide(self, record: SchemaRecord, *, named: bool) -> Work | Verdict: ...
+
+    def run(self, conn: Connection, work: Work, lock_timeout_ms: int) -> str | None:
+        """Do it to one schema; returns a note for its result (None: nothing to say)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Operation:
     name: str
     upgrades: bool  # may move an existing schema up
     downgrades: bool  # may move a schema down
     creates: bool  # may create a schema that does not exist (and runs the chain into an empty one)
+    task: SchemaTask | None = None  # not a migration: what is done to each schema instead (no revision runs)
 
     def __str__(self) -> str:
         return self.name
@@ -77,6 +95,8 @@ class Operation:
     def decide(self, chain: Chain, record: SchemaRecord, target: str | None, *, named: bool) -> Work | Verdict:
         """What a fleet run does with one project, from the batch read alone: work, or a verdict.
         ``named``: the project was named by the caller (not found by ``--all``)."""
+        if self.task is not None:
+            return self.task.decide(record, named=named)
         r = record
         if not r.exists and not self.creates:
             if named:

@@ -1,0 +1,212 @@
+"""Bulk drop, and its undo: each selected project dropped in a transaction of its own (its schema, its
+registry row, a quarantined copy of it), so that a run over any number of projects holds the locks of one
+schema at a time per connection, far inside the server's lock table (max_locks_per_transaction = 64 is
+the default: one transaction over 400 schemas runs it out, "out of shared memory"). Run by the fleet runner
+(DropTask), with its selectors, jobs, failure limits, progress and report.
+
+With ``retain`` a project is quarantined instead: its schema renamed aside (``quarantine_name``), its
+registry row kept with status 'dropped' and metadata->'quarantine' = {schema, dropped_at, until}. Fleet runs
+see it as missing and leave it alone; ``restore`` brings it back as it was, ``purge`` removes it for good,
+and ``purge_expired`` (`drop --purge-expired`) purges those past their date."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, text
+
+from workspace_tool import registry, transactions
+from workspace_tool.dberrors import translating
+from workspace_tool.errors import WorkspaceNotFound
+from workspace_tool.fleet import DEFAULT_LOCK_TIMEOUT_MS
+from workspace_tool.lifecycle.errors import LifecycleRefused, NotQuarantined, ProjectExists
+from workspace_tool.naming import SCHEMA_PREFIX, schema_for
+from workspace_tool.schema.operation import Operation, Verdict, Work
+from workspace_tool.schema.state import SchemaRecord
+from workspace_tool.sql import drop_schema_cascade, lock_schema, lock_timeout_statement, quote_ident
+from workspace_tool.vocabulary import RegistryAction, RegistryStatus, Status
+
+QUARANTINE_PREFIX = "dropped_"  # not a project schema's name: no fleet run, status or pool sees it
+_EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)")
+_ROW = text(
+    f"SELECT status, revision, metadata->'quarantine' AS quarantine FROM {registry.REGISTRY_TABLE} "
+    "WHERE project_id = :p FOR UPDATE"
+)
+_QUARANTINE = text(
+    f"INSERT INTO {registry.REGISTRY_TABLE} AS w (project_id, schema_name, revision, status, last_action, metadata) "
+    "VALUES (:p, :schema, :revision, 'dropped', :action, jsonb_build_object('quarantine', "
+    "jsonb_build_object('schema', :aside, 'dropped_at', now(), 'until', now() + make_interval(secs => :secs)))) "
+    "ON CONFLICT (project_id) DO UPDATE SET status = 'dropped', last_action = EXCLUDED.last_action, "
+    "last_error = NULL, updated_at = now(), metadata = w.metadata || EXCLUDED.metadata"
+)
+_RESTORED = text(
+    f"UPDATE {registry.REGISTRY_TABLE} SET status = 'ready', last_action = :action, updated_at = now(), "
+    "metadata = metadata - 'quarantine' WHERE project_id = :p"
+)
+_EXPIRED = text(
+    f"SELECT project_id FROM {registry.REGISTRY_TABLE} WHERE status = 'dropped' "
+    "AND (metadata->'quarantine'->>'until')::timestamptz <= now() ORDER BY project_id"
+)
+_QUARANTINED = text(
+    f"SELECT project_id, metadata->'quarantine' AS quarantine FROM {registry.REGISTRY_TABLE} "
+    "WHERE status = 'dropped' ORDER BY project_id"
+)
+
+
+def quarantine_name(schema: str) -> str:
+    """Where a quarantined project's schema waits: dropped_<id> (at most 58 characters)."""
+    return QUARANTINE_PREFIX + schema[len(SCHEMA_PREFIX) :]
+
+
+@dataclass(frozen=True)
+class DropTask:
+    """What a bulk drop does to each selected project (the fleet runner's SchemaTask). ``retain_s``:
+    quarantine for that many seconds instead."""
+
+    retain_s: float | None = None
+
+    def decide(self, record: SchemaRecord, *, named: bool) -> Work | Verdict:
+        if not record.exists and not record.registered:
+            return Verdict(Status.SKIPPED, note="nothing to drop: no schema, no registry row")
+        if self.retain_s is not None and record.registry_status == RegistryStatus.DROPPED:
+            return Verdict(Status.SKIPPED, note="already quarantined")
+        if self.retain_s is not None and not record.exists:
+            return Verdict(
+                Status.SKIPPED, note="its schema is missing: nothing to quarantine (drop it without --retain)"
+            )
+        return Work(record.project_id, record.schema, record.version, record.exists)
+
+    def run(self, conn: Connection, work: Work, lock_timeout_ms: int) -> str | None:
+        transactions.require(conn)
+        with conn.begin():
+            conn.exec_driver_sql(lock_timeout_statement(lock_timeout_ms))
+            lock_schema(conn, work.schema)
+            row = conn.execute(_ROW, {"p": work.project_id}).first()
+            exists = bool(conn.execute(_EXISTS, {"s": work.schema}).scalar())
+            if not exists and row is None:
+                raise WorkspaceNotFound(work.project_id, work.schema)  # dropped since the read: gone
+            if self.retain_s is None:
+                return _drop(conn, work, row, exists)
+            if not exists:
+                raise WorkspaceNotFound(work.project_id, work.schema)
+            return _quarantine(conn, work, self.retain_s)
+
+
+def _drop(conn: Connection, work: Work, row: Any, exists: bool) -> str:
+    drop_schema_cascade(conn, work.schema)
+    if row is not None and row.quarantine:
+        drop_schema_cascade(conn, row.quarantine["schema"])
+    conn.execute(registry.DELETE, {"project_id": work.project_id})
+    return "dropped" if exists else "registry row deleted (its schema was missing)"
+
+
+def _quarantine(conn: Connection, work: Work, retain_s: float) -> str:
+    aside = quarantine_name(work.schema)
+    if conn.execute(_EXISTS, {"s": aside}).scalar():
+        raise LifecycleRefused(
+            f"{work.project_id} already has a quarantined copy ({aside}): `workspace-tool purge "
+            f"{work.project_id} --yes` first, or drop it without --retain"
+        )
+    conn.execute(text(f"ALTER SCHEMA {quote_ident(work.schema)} RENAME TO {quote_ident(aside)}"))
+    conn.execute(
+        _QUARANTINE,
+        {
+            "p": work.project_id,
+            "schema": work.schema,
+            "revision": work.from_revision,
+            "action": str(RegistryAction.QUARANTINE),
+            "aside": aside,
+            "secs": retain_s,
+        },
+    )
+    return f"quarantined as {aside}"
+
+
+def drop_operation(retain_s: float | None = None) -> Operation:
+    """The fleet Operation of a bulk drop (or quarantine, with ``retain_s``)."""
+    name = "drop" if retain_s is None else "quarantine"
+    return Operation(name, upgrades=False, downgrades=False, creates=False, task=DropTask(retain_s))
+
+
+# ------------------------------------------------------------------------------- restore, purge
+@dataclass(frozen=True)
+class Quarantined:
+    project_id: str
+    schema: str  # where it waits
+    dropped_at: str
+    until: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def quarantined(engine: Engine) -> list[Quarantined]:
+    """The projects in quarantine, by id. Read-only."""
+    with translating(engine.url), transactions.connect(engine) as conn:
+        if not registry.present(conn):
+            return []
+        return [_described(r.project_id, r.quarantine) for r in conn.execute(_QUARANTINED)]
+
+
+def _described(project_id: str, quarantine: Any) -> Quarantined:
+    q = quarantine if isinstance(quarantine, dict) else json.loads(quarantine)
+    return Quarantined(project_id, q["schema"], str(q["dropped_at"]), str(q["until"]))
+
+
+def restore(engine: Engine, project_id: str, *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> Quarantined:
+    """Bring a quarantined project back as it was dropped (schema renamed back, registry row ready)."""
+    schema = schema_for(project_id)
+    with translating(engine.url, schema), transactions.connect(engine) as conn, conn.begin():
+        found = _locked_quarantine(conn, project_id, schema, lock_timeout_ms)
+        if conn.execute(_EXISTS, {"s": schema}).scalar():
+            raise ProjectExists(project_id, schema)
+        conn.execute(text(f"ALTER SCHEMA {quote_ident(found.schema)} RENAME TO {quote_ident(schema)}"))
+        conn.execute(_RESTORED, {"p": project_id, "action": str(RegistryAction.RESTORE)})
+    return found
+
+
+def purge(engine: Engine, project_id: str, *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> Quarantined:
+    """Remove a quarantined project for good: its quarantined schema and its registry row."""
+    schema = schema_for(project_id)
+    with translating(engine.url, schema), transactions.connect(engine) as conn, conn.begin():
+        found = _locked_quarantine(conn, project_id, schema, lock_timeout_ms)
+        drop_schema_cascade(conn, found.schema)
+        conn.execute(registry.DELETE, {"project_id": project_id})
+    return found
+
+
+def purge_expired(engine: Engine, *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> list[Quarantined]:
+    """Purge every quarantined project past its date, each in a transaction of its own."""
+    with translating(engine.url), transactions.connect(engine) as conn:
+        if not registry.present(conn):
+            return []
+        expired = list(conn.execute(_EXPIRED).scalars())
+    purged = []
+    for project_id in expired:
+        try:
+            purged.append(purge(engine, project_id, lock_timeout_ms=lock_timeout_ms))
+        except NotQuarantined:
+            continue  # restored (or purged) since it was read
+    return purged
+
+
+def _locked_quarantine(conn: Connection, project_id: str, schema: str, lock_timeout_ms: int) -> Quarantined:
+    conn.exec_driver_sql(lock_timeout_statement(lock_timeout_ms))
+    lock_schema(conn, schema)
+    row = conn.execute(_ROW, {"p": project_id}).first() if registry.present(conn) else None
+    if row is None or row.status != RegistryStatus.DROPPED or not row.quarantine:
+        raise NotQuarantined(project_id)
+    return _described(project_id, row.quarantine)
+
+
+def as_seconds(text_: str) -> float:
+    """'30d', '12h', '90min', '45s', '2w' as seconds (for --retain); ValueError otherwise."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|min|h|d|w)\s*", text_)
+    if not match or float(match.group(1)) <= 0:
+        raise ValueError(f"{text_!r} is not a duration like 30d, 12h, 90min")
+    factor = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
+    return float(match.group(1)) * factor
