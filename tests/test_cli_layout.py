@@ -39,6 +39,7 @@ COMMANDS = {
     "clone",
     "restore",
     "purge",
+    "exec",
 }
 
 

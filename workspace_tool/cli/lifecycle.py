@@ -283,3 +283,23 @@ def purge(
         click.echo(to_json(purged))
     else:
         note(f"Purged {len(purged)} quarantined project(s).")
+
+
+@click.command(name="exec")
+@fleet_options
+@click.option("-c", "--command", "command", metavar="SQL", help="The SQL to run in each project's schema.")
+@click.option("-f", "--file", "sql_file", type=click.Path(exists=True, dir_okay=False), help="Read the SQL from FILE.")
+@pass_app
+def exec_(app: AppContext, /, command: str | None, sql_file: str | None, **options: Any) -> None:
+    """Run SQL in each project's schema (named, selected with --state/--match/--ids-from, or --all), each in
+    its own transaction under the project's lock with the project's search_path, in parallel; a result per
+    project (the rows the last statement touched or returned), --json for all of it."""
+    from workspace_tool.lifecycle.exec import exec_operation
+
+    if (command is None) == (sql_file is None):
+        raise click.UsageError("pass the SQL with -c SQL or -f FILE (one of them)")
+    if sql_file is not None:
+        with open(sql_file, encoding="utf-8") as file:
+            command = file.read()
+    assert command is not None
+    _fleet_command(app, exec_operation(command), **options)

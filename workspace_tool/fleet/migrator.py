@@ -191,7 +191,7 @@ class Migrator:
 
     def _task(self, task: SchemaTask, work: Work, started: float, attempts: int) -> SchemaResult:
         """An operation that does not migrate: its task, on the held connection."""
-        note = task.run(self.connection(), work, self.options.lock_timeout_ms)
+        note = task.run(self.connection(), work, self.options.flavor, self.options.lock_timeout_ms)
         return SchemaResult(
             work.project_id,
             work.schema,

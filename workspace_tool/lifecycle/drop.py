@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, text
 from workspace_tool import registry, transactions
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import WorkspaceNotFound
+from workspace_tool.flavor import Flavor
 from workspace_tool.fleet import DEFAULT_LOCK_TIMEOUT_MS
 from workspace_tool.lifecycle.errors import LifecycleRefused, NotQuarantined, ProjectExists
 from workspace_tool.naming import SCHEMA_PREFIX, schema_for
@@ -78,10 +79,11 @@ class DropTask:
             )
         return Work(record.project_id, record.schema, record.version, record.exists)
 
-    def run(self, conn: Connection, work: Work, lock_timeout_ms: int) -> str | None:
+    def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
         transactions.require(conn)
         with conn.begin():
-            conn.exec_driver_sql(lock_timeout_statement(lock_timeout_ms))
+            for statement in flavor.lock_timeout_statements(lock_timeout_ms):
+                conn.exec_driver_sql(statement)
             lock_schema(conn, work.schema)
             row = conn.execute(_ROW, {"p": work.project_id}).first()
             exists = bool(conn.execute(_EXISTS, {"s": work.schema}).scalar())

@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 
 from workspace_tool.chain import Chain
 from workspace_tool.errors import UnknownRevision, WorkspaceAhead, WorkspaceNotFound, WorkspaceOutdated
+from workspace_tool.flavor import Flavor
 from workspace_tool.schema.state import SchemaRecord
 from workspace_tool.vocabulary import Action, Status
 
@@ -47,8 +48,9 @@ class SchemaTask(Protocol):
 
     def decide(self, record: SchemaRecord, *, named: bool) -> Work | Verdict: ...
 
-    def run(self, conn: Connection, work: Work, lock_timeout_ms: int) -> str | None:
-        """Do it to one schema; returns a note for its result (None: nothing to say)."""
+    def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
+        """Do it to one schema on a database of ``flavor``; returns a note for its result (None: nothing
+        to say)."""
         ...
 
 

@@ -1,0 +1,66 @@
+"""exec -c/-f: SQL in every selected project's schema, each in its own transaction with its search_path,
+through the fleet runner (selectors, --jobs, --json, failure limits)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import sqlalchemy as sa
+from helpers import ALEMBIC_INI, assert_one_line_error, database_state, run_cli
+
+from workspace_tool.chain import Chain
+from workspace_tool.fleet import provision
+
+
+def repositories(engine: sa.Engine, project_id: str) -> list[str]:
+    schema = "project_" + project_id.replace("-", "_")
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(f"SELECT name FROM {schema}.repositories ORDER BY name")).scalars())
+
+
+def test_exec_match_reaches_every_selected_project_and_writes_json(engine: sa.Engine, url_string: str) -> None:
+    ids = ["t-1", "t-2", "t-3", "u-1"]
+    provision(engine, Chain.load(ALEMBIC_INI), ids, jobs=2)
+    sql = "INSERT INTO repositories (path, name) VALUES ('/x', current_schema()); SELECT 1 WHERE 'a' LIKE 'a%'"
+    done = run_cli("--database-url", url_string, "exec", "--match", "t-*", "-c", sql, "--json", "--jobs", "2")
+    assert done.exit_code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["operation"] == "exec"
+    assert sorted((r["project_id"], r["status"], r["note"]) for r in report["results"]) == [
+        (p, "ok", "1 row") for p in ("t-1", "t-2", "t-3")
+    ]
+    for project_id in ("t-1", "t-2", "t-3"):  # the project's own schema first on the search_path
+        assert repositories(engine, project_id) == ["project_" + project_id.replace("-", "_")]
+    assert repositories(engine, "u-1") == []
+
+
+def test_exec_from_a_file_a_failing_project_rolls_back_alone(
+    engine: sa.Engine, url_string: str, tmp_path: Path
+) -> None:
+    provision(engine, Chain.load(ALEMBIC_INI), ["a", "b", "c"], jobs=2)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE project_b.repositories ADD CONSTRAINT no_x CHECK (name <> 'x')"))
+    script = tmp_path / "fix.sql"
+    script.write_text("INSERT INTO repositories (path, name) VALUES ('/x', 'x');\n")
+    done = run_cli("--database-url", url_string, "exec", "--all", "-f", str(script), "--continue-on-error", "--json")
+    assert done.exit_code == 1
+    report = json.loads(done.stdout)
+    assert {r["project_id"]: r["status"] for r in report["results"]} == {"a": "ok", "b": "failed", "c": "ok"}
+    assert "no_x" in next(r["error"] for r in report["results"] if r["project_id"] == "b")
+    assert repositories(engine, "a") == ["x"] and repositories(engine, "b") == []
+    # a failed exec does not mark the project failed: its schema's migration state is untouched
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT DISTINCT status FROM project_registry.workspace_config")).scalars()
+        assert list(statuses) == ["ready"]
+
+
+def test_exec_bad_input_changes_nothing(engine: sa.Engine, url_string: str) -> None:
+    provision(engine, Chain.load(ALEMBIC_INI), ["a"], jobs=1)
+    state = database_state(engine)
+    assert_one_line_error(
+        run_cli("--database-url", url_string, "exec", "a", "nope", "-c", "DROP TABLE repositories"), "nope"
+    )
+    assert run_cli("--database-url", url_string, "exec", "a").exit_code == 2  # no SQL
+    assert_one_line_error(run_cli("--database-url", url_string, "exec", "a", "-c", "  "), "no SQL")
+    assert database_state(engine) == state

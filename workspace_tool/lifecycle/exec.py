@@ -1,0 +1,61 @@
+"""`exec -c SQL` / `exec -f FILE`: SQL run in each selected project's schema, each in a transaction of its
+own under the project's lock (no migration interleaves with it) with the project's search_path (the
+schema, then the vector extension's), through the fleet runner: selectors, jobs, canary, failure limits,
+progress, retries of a lock timeout, and a result per project (the rows the last statement touched or
+returned). A failure rolls that project's transaction back; the others are as the SQL left them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from workspace_tool import transactions
+from workspace_tool.errors import WorkspaceNotFound
+from workspace_tool.flavor import Flavor
+from workspace_tool.lifecycle.errors import LifecycleRefused
+from workspace_tool.schema.operation import Operation, Verdict, Work
+from workspace_tool.schema.state import SchemaRecord
+from workspace_tool.sql import lock_schema, search_path_sql
+from workspace_tool.vocabulary import RegistryStatus, Status
+
+_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(s)s)"
+
+
+@dataclass(frozen=True)
+class ExecTask:
+    """The fleet runner's SchemaTask of `exec`: ``sql`` (one or more statements) in each schema."""
+
+    sql: str
+
+    def decide(self, record: SchemaRecord, *, named: bool) -> Work | Verdict:
+        if not record.exists:
+            quarantined = record.registry_status == RegistryStatus.DROPPED
+            return Verdict(Status.SKIPPED, note="quarantined" if quarantined else "its schema is missing")
+        return Work(record.project_id, record.schema, record.version, record.exists)
+
+    def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
+        transactions.require(conn)
+        with conn.begin():
+            for statement in flavor.lock_timeout_statements(lock_timeout_ms):
+                conn.exec_driver_sql(statement)
+            lock_schema(conn, work.schema)
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(_EXISTS, {"s": work.schema})
+                found = cursor.fetchone()
+                if not found or not found[0]:
+                    raise WorkspaceNotFound(work.project_id, work.schema)  # dropped since the read: gone
+                cursor.execute(search_path_sql(work.schema, flavor.extension_schema))
+                cursor.execute(self.sql)  # no parameters: a '%' in it is the SQL's own
+                rows = cursor.rowcount
+            finally:
+                cursor.close()
+        return None if rows is None or rows < 0 else f"{rows} row{'s' if rows != 1 else ''}"
+
+
+def exec_operation(sql: str) -> Operation:
+    """The fleet Operation that runs ``sql`` in each selected project's schema."""
+    if not sql.strip():
+        raise LifecycleRefused("no SQL to run: pass -c SQL or -f FILE with some in it")
+    return Operation("exec", upgrades=False, downgrades=False, creates=False, task=ExecTask(sql))
