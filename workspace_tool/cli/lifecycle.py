@@ -119,8 +119,7 @@ def _fleet_command(
     """Run ``operation`` through the fleet runner (lifecycle.fleet_run) over the projects named (each must
     be one of the fleet's), selected (--state, --match, --ids-from) or all (--all); print its progress and
     report; exit 1 if any failed (130 when interrupted)."""
-    from workspace_tool.cli.fleet import INTERRUPTED, _selection, _staging
-    from workspace_tool.lifecycle.fleet_run import run_fleet
+    from workspace_tool.cli.fleet import _selection, _staging
 
     if show_sql:
         raise click.UsageError(f"--sql: {operation.name} runs no migration, there is no SQL to show")
@@ -138,22 +137,39 @@ def _fleet_command(
         base = selection or Selection()
         selection = Selection(states=base.states, match=base.match, ids=named)
     staging = _staging(fail_fast, not named, **stages)
-    app.jobs = jobs
-    printer = None if quiet() or as_json else ProgressPrinter(sys.stderr)
-    report = run_fleet(
-        app.engine,
-        app.manager.chain,
+    return run_and_report(
+        app,
         operation,
         None,
+        as_json,
         target=target,
         jobs=jobs,
         recycle_after=recycle_after,
         lock_timeout_ms=lock_timeout,
         retries=retries,
-        progress=printer,
         selection=selection,
-        direct_engine=app.direct_engine,
         **staging,
+    )
+
+
+def run_and_report(
+    app: AppContext, operation: Operation, ids: list[str] | None, as_json: bool, *, target: str = "head", **options: Any
+) -> FleetReport:
+    """The fleet run (lifecycle.fleet_run), with progress on stderr, then its report; exit 1 if any failed."""
+    from workspace_tool.cli.fleet import INTERRUPTED
+    from workspace_tool.lifecycle.fleet_run import run_fleet
+
+    app.jobs = options.get("jobs")  # before the engine is made: its pool is sized for them
+    printer = None if quiet() or as_json else ProgressPrinter(sys.stderr)
+    report = run_fleet(
+        app.engine,
+        app.manager.chain,
+        operation,
+        ids,
+        target=target,
+        progress=printer,
+        direct_engine=app.direct_engine,
+        **options,
     )
     if printer is not None:
         printer.finish()

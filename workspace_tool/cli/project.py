@@ -9,7 +9,7 @@ import click
 
 from workspace_tool.cli.context import AppContext, pass_app
 from workspace_tool.cli.logs import note
-from workspace_tool.cli.options import adopt_option, json_option
+from workspace_tool.cli.options import adopt_option, jobs_option, json_option, read_ids
 from workspace_tool.cli.render import NO_REGISTRY, emit, print_fleet_summary, to_json
 
 
@@ -27,7 +27,14 @@ def init(app: AppContext) -> None:
 
 
 @click.command()
-@click.argument("project_ids", nargs=-1, required=True)
+@click.argument("project_ids", nargs=-1)
+@click.option(
+    "--ids-from",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="Also the project ids in FILE (one a line): provisioned by the fleet runner, in parallel.",
+)
+@jobs_option
 @click.option("--no-upgrade", is_flag=True, help="Fail if a schema is behind instead of upgrading it.")
 @click.option(
     "--owner-role",
@@ -41,17 +48,33 @@ def init(app: AppContext) -> None:
 def ensure(
     app: AppContext,
     project_ids: tuple[str, ...],
+    ids_from: str | None,
+    jobs: int | None,
     no_upgrade: bool,
     owner_role: str | None,
     adopt: bool,
     as_json: bool,
 ) -> None:
-    """Create each project's schema (or bring it to head) and print what was done and how long it took."""
+    """Create each project's schema (or bring it to head) and print what was done and how long it took.
+    With --ids-from or --jobs, through the fleet runner: in parallel, with progress and the fleet's report."""
     from workspace_tool.naming import schema_for
     from workspace_tool.schema.roles import validate_role_name
 
-    for project_id in project_ids:  # every id is checked before any SQL is sent
+    ids = list(project_ids) + (read_ids(ids_from, "--ids-from") if ids_from else [])
+    if not ids:
+        raise click.UsageError("name the projects to ensure, or pass --ids-from FILE")
+    for project_id in ids:  # every id is checked before any SQL is sent
         schema_for(project_id)
+    if ids_from is not None or jobs is not None:
+        if owner_role is not None:
+            raise click.UsageError("--owner-role is for named projects, not with --ids-from or --jobs")
+        from workspace_tool.cli.lifecycle import run_and_report
+        from workspace_tool.schema.operation import ENSURE_EXISTING, PROVISION
+
+        operation = ENSURE_EXISTING if no_upgrade else PROVISION
+        run_and_report(app, operation, list(dict.fromkeys(ids)), as_json, jobs=jobs, adopt=adopt, fail_fast=False)
+        return
+    project_ids = tuple(ids)
     if owner_role is not None:
         validate_role_name(owner_role)
     results: list[dict[str, Any]] = []
