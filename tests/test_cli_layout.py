@@ -40,6 +40,11 @@ COMMANDS = {
     "restore",
     "purge",
     "exec",
+    "history",
+    "heads",
+    "show",
+    "current",
+    "stamp",
 }
 
 

@@ -319,3 +319,91 @@ def exec_(app: AppContext, /, command: str | None, sql_file: str | None, **optio
             command = file.read()
     assert command is not None
     _fleet_command(app, exec_operation(command), **options)
+
+
+# ------------------------------------------------------------------ the Alembic verbs, per project
+REVISION_COLUMNS = ["revision", "down_revision", "message", "is_head", "runs_outside_transaction"]
+
+
+@click.command()
+@json_option
+@pass_app
+def history(app: AppContext, as_json: bool) -> None:
+    """The chain's revisions, head first, with what each says and whether it runs outside a transaction."""
+    from workspace_tool.lifecycle import revisions
+
+    emit([r.as_dict() for r in revisions.history(app.manager.chain)], REVISION_COLUMNS, as_json=as_json)
+
+
+@click.command()
+@json_option
+@pass_app
+def heads(app: AppContext, as_json: bool) -> None:
+    """The chain's head revision."""
+    from workspace_tool.lifecycle import revisions
+
+    emit([r.as_dict() for r in revisions.heads(app.manager.chain)], REVISION_COLUMNS, as_json=as_json)
+
+
+@click.command()
+@click.argument("revision")
+@json_option
+@pass_app
+def show(app: AppContext, revision: str, as_json: bool) -> None:
+    """One revision (an id, a unique prefix, or head): what it says, its file, and the SQL it compiles to."""
+    from workspace_tool.lifecycle import revisions
+
+    info, sql = revisions.show(app.manager.chain, revision)
+    if as_json:
+        click.echo(to_json({**info.as_dict(), "sql": sql}))
+        return
+    for key, value in info.as_dict().items():
+        click.echo(f"{key}: {value}")
+    click.echo("")
+    click.echo(sql or "-- runs online (through Alembic): no compiled SQL")
+
+
+@click.command()
+@click.argument("project_ids", nargs=-1)
+@json_option
+@pass_app
+def current(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
+    """Each project's revision (its schema's alembic_version) and the registry's; with no ids, every project."""
+    from workspace_tool.naming import schema_for
+
+    for project_id in project_ids:
+        schema_for(project_id)
+    statuses = app.manager.status(list(project_ids) or None)
+    if project_ids:
+        found = {s.project_id for s in statuses if s.registered or s.revision is not None}
+        missing = [p for p in project_ids if p not in found]
+        if missing:
+            from workspace_tool.errors import WorkspaceNotFound
+
+            raise WorkspaceNotFound(missing[0], schema_for(missing[0]))
+    rows = [s.as_dict() for s in statuses]
+    emit(rows, ["project_id", "revision", "registry_revision", "state"], as_json=as_json)
+
+
+@click.command()
+@click.argument("project_id")
+@click.argument("revision")
+@click.option("--yes", is_flag=True, help="Confirm setting the project's version row without running anything.")
+@lock_timeout_option
+@json_option
+@pass_app
+def stamp(app: AppContext, project_id: str, revision: str, yes: bool, lock_timeout: int, as_json: bool) -> None:
+    """Set PROJECT_ID's version row to REVISION (an id, head or base) without running any revision: its
+    tables are taken to be as REVISION leaves them. Recorded in the registry (last_action 'stamp')."""
+    from workspace_tool.lifecycle import revisions
+    from workspace_tool.naming import schema_for
+
+    schema = schema_for(project_id)
+    app.manager.chain.resolve(revision)  # an unknown revision is refused before asking
+    confirm(yes, f"stamping {schema} changes its revision without changing its tables")
+    before, after = revisions.stamp(app.engine, app.manager.chain, project_id, revision, lock_timeout_ms=lock_timeout)
+    app.manager.invalidate([project_id])
+    if as_json:
+        click.echo(to_json({"project_id": project_id, "from_revision": before, "to_revision": after}))
+    else:
+        note(f"Stamped {project_id}: {before or 'base'} -> {after or 'base'} (no revision ran).")
