@@ -37,6 +37,7 @@ COMMANDS = {
     "export",
     "import",
     "clone",
+    "move",
     "restore",
     "purge",
     "exec",

@@ -84,5 +84,6 @@ main.add_command(doctor.doctor)
 main.add_command(lifecycle.export)
 main.add_command(lifecycle.import_)
 main.add_command(lifecycle.clone)
+main.add_command(lifecycle.move)
 
 __all__ = ["main"]

@@ -407,3 +407,43 @@ def stamp(app: AppContext, project_id: str, revision: str, yes: bool, lock_timeo
         click.echo(to_json({"project_id": project_id, "from_revision": before, "to_revision": after}))
     else:
         note(f"Stamped {project_id}: {before or 'base'} -> {after or 'base'} (no revision ran).")
+
+
+@click.command()
+@click.argument("project_id")
+@click.option("--to-url", required=True, metavar="URL", help="The database to move the project to (same chain).")
+@click.option(
+    "--work-dir", type=click.Path(file_okay=False), metavar="DIR", help="Where the export file is written meanwhile."
+)
+@click.option("--yes", is_flag=True, help="Confirm dropping the project from this database once it is moved.")
+@lock_timeout_option
+@json_option
+@pass_app
+def move(
+    app: AppContext, project_id: str, to_url: str, work_dir: str | None, yes: bool, lock_timeout: int, as_json: bool
+) -> None:
+    """Move a project to another database: quarantine it here, export, import there, verify row counts, purge
+    it here. Safe to run again after a crash at any step: it resumes where the tenant is."""
+    from sqlalchemy import create_engine
+
+    from workspace_tool.lifecycle.move import move_project
+    from workspace_tool.naming import schema_for
+    from workspace_tool.urls import redact, sync_url
+
+    schema = schema_for(project_id)
+    confirm(yes, f"moving {schema} to {redact(to_url)} drops it from this database once it is there")
+    target = create_engine(sync_url(to_url), pool_pre_ping=True)
+    try:
+        result = move_project(
+            app.engine, target, app.manager.chain, project_id, work_dir=work_dir, lock_timeout_ms=lock_timeout
+        )
+    finally:
+        target.dispose()
+    app.manager.invalidate([project_id])
+    if as_json:
+        click.echo(to_json(result.as_dict()))
+    elif result.steps:
+        resumed = f" (resumed after {result.resumed_from})" if result.resumed_from else ""
+        note(f"Moved {project_id} to {redact(to_url)}{resumed}: {', '.join(result.steps)}; {result.rows} rows.")
+    else:
+        note(f"Nothing to do: {project_id} was moved to {redact(to_url)} already.")

@@ -38,7 +38,8 @@ _ROW = text(
 _QUARANTINE = text(
     f"INSERT INTO {registry.REGISTRY_TABLE} AS w (project_id, schema_name, revision, status, last_action, metadata) "
     "VALUES (:p, :schema, :revision, 'dropped', :action, jsonb_build_object('quarantine', "
-    "jsonb_build_object('schema', :aside, 'dropped_at', now(), 'until', now() + make_interval(secs => :secs)))) "
+    "jsonb_build_object('schema', :aside, 'dropped_at', now(), 'until', now() + make_interval(secs => :secs), "
+    "'by', :by))) "
     "ON CONFLICT (project_id) DO UPDATE SET status = 'dropped', last_action = EXCLUDED.last_action, "
     "last_error = NULL, updated_at = now(), metadata = w.metadata || EXCLUDED.metadata"
 )
@@ -67,6 +68,7 @@ class DropTask:
     quarantine for that many seconds instead."""
 
     retain_s: float | None = None
+    by: str = "drop"  # what quarantined it: 'drop', or 'move' (a move under way: see move.py)
 
     def decide(self, record: SchemaRecord, *, named: bool) -> Work | Verdict:
         if not record.exists and not record.registered:
@@ -93,7 +95,7 @@ class DropTask:
                 return _drop(conn, work, row, exists)
             if not exists:
                 raise WorkspaceNotFound(work.project_id, work.schema)
-            return _quarantine(conn, work, self.retain_s)
+            return _quarantine(conn, work, self.retain_s, self.by)
 
 
 def _drop(conn: Connection, work: Work, row: Any, exists: bool) -> str:
@@ -104,7 +106,7 @@ def _drop(conn: Connection, work: Work, row: Any, exists: bool) -> str:
     return "dropped" if exists else "registry row deleted (its schema was missing)"
 
 
-def _quarantine(conn: Connection, work: Work, retain_s: float) -> str:
+def _quarantine(conn: Connection, work: Work, retain_s: float, by: str) -> str:
     aside = quarantine_name(work.schema)
     if conn.execute(_EXISTS, {"s": aside}).scalar():
         raise LifecycleRefused(
@@ -121,6 +123,7 @@ def _quarantine(conn: Connection, work: Work, retain_s: float) -> str:
             "action": str(RegistryAction.QUARANTINE),
             "aside": aside,
             "secs": retain_s,
+            "by": by,
         },
     )
     return f"quarantined as {aside}"
@@ -139,6 +142,7 @@ class Quarantined:
     schema: str  # where it waits
     dropped_at: str
     until: str
+    by: str = "drop"  # 'drop' (drop --retain) or 'move' (a move under way)
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -154,7 +158,7 @@ def quarantined(engine: Engine) -> list[Quarantined]:
 
 def _described(project_id: str, quarantine: Any) -> Quarantined:
     q = quarantine if isinstance(quarantine, dict) else json.loads(quarantine)
-    return Quarantined(project_id, q["schema"], str(q["dropped_at"]), str(q["until"]))
+    return Quarantined(project_id, q["schema"], str(q["dropped_at"]), str(q["until"]), str(q.get("by", "drop")))
 
 
 def restore(engine: Engine, project_id: str, *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> Quarantined:
@@ -192,6 +196,16 @@ def purge_expired(engine: Engine, *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT
         except NotQuarantined:
             continue  # restored (or purged) since it was read
     return purged
+
+
+def quarantine_state(conn: Connection, project_id: str) -> Quarantined | None:
+    """The project's quarantine as its registry row says (in conn's transaction), or None."""
+    if not registry.present(conn):
+        return None
+    row = conn.execute(_ROW, {"p": project_id}).first()
+    if row is None or row.status != RegistryStatus.DROPPED or not row.quarantine:
+        return None
+    return _described(project_id, row.quarantine)
 
 
 def _locked_quarantine(conn: Connection, project_id: str, schema: str, lock_timeout_ms: int) -> Quarantined:

@@ -53,14 +53,17 @@ def tool_version() -> str:
         return "unknown"
 
 
-def export_project(engine: Engine, chain: Chain, project_id: str, path: str | os.PathLike[str]) -> ExportResult:
+def export_project(
+    engine: Engine, chain: Chain, project_id: str, path: str | os.PathLike[str], *, schema: str | None = None
+) -> ExportResult:
     """Write ``project_id``'s rows to ``path`` (written beside it first, then renamed: a failed export
     leaves no file). Read in one REPEATABLE READ snapshot, so the rows and the revision agree; no lock is
-    taken (a migration waits for nothing)."""
+    taken (a migration waits for nothing). ``schema``: read from this schema instead of the project's (a
+    move exports the project's quarantined schema)."""
     import time
 
     started = time.perf_counter()
-    schema = schema_for(project_id)
+    schema = schema or schema_for(project_id)
     target = os.fspath(path)
     partial = target + ".partial"
     with translating(engine.url, schema), transactions.connect(engine) as conn:
