@@ -9,7 +9,17 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, HEAD, ITEMS, add_chunks, add_rows, assert_one_line_error, database_state, run_cli
+from helpers import (
+    ALEMBIC_INI,
+    HEAD,
+    ITEMS,
+    add_chunks,
+    add_rows,
+    assert_one_line_error,
+    catalog,
+    database_state,
+    run_cli,
+)
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain
@@ -41,6 +51,8 @@ def test_clone_gives_equal_rows_at_the_source_revision_independent_of_it(engine:
     assert result.revision == HEAD and result.rows == 42
     assert rows(engine, "project_dst") == rows(engine, "project_src")
     assert len(rows(engine, "project_dst")["code_chunks"]) == 40
+    source_catalog = catalog(engine, "project_src")
+    assert catalog(engine, "project_dst") == source_catalog and source_catalog  # its indexes built again
     with engine.begin() as conn:
         row = conn.execute(
             sa.text("SELECT revision, last_action FROM project_registry.workspace_config WHERE project_id = 'dst'")

@@ -74,8 +74,9 @@ def test_retain_quarantines_restore_brings_back_purge_removes(engine: sa.Engine,
     assert [q.project_id for q in quarantined(engine)] == ["q1", "q2", "q3"]
     # fleet runs leave a quarantined project alone
     report = upgrade(engine, chain)
-    assert {r.project_id for r in report.failed} == set()
+    assert {r.project_id for r in report.results} == {"other"}
     assert not schema_exists(engine, "project_q1")
+    assert run_cli("--database-url", url_string, "check").exit_code == 0  # a quarantined project is not drift
     # restore: as it was dropped, data included
     restore(engine, "q1")
     with engine.connect() as conn:
@@ -119,3 +120,29 @@ def test_drop_400_projects_on_a_default_server(engine: sa.Engine, url_string: st
     assert len([r for r in json.loads(done.stdout)["results"] if r["status"] == "ok"]) == 400
     assert projects(engine) == ["stay-1", "stay-2"]
     assert project_schemas(engine) == ["project_stay_1", "project_stay_2"]
+
+
+def test_a_project_made_again_after_its_quarantine(engine: sa.Engine, url_string: str) -> None:
+    """ensure makes a quarantined project anew; its quarantined copy stays listed, and purge removes only it."""
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    manager.ensure("again")
+    run_fleet(engine, Chain.load(ALEMBIC_INI), drop_operation(3600), None, selection=Selection(ids=["again"]))
+    manager.invalidate()
+    manager.ensure("again")
+    assert schema_exists(engine, "project_again") and schema_exists(engine, "dropped_again")
+    assert [q.project_id for q in quarantined(engine)] == ["again"]
+    refused = run_cli("--database-url", url_string, "drop", "again", "--retain", "1d", "--yes", "--json")
+    assert refused.exit_code == 1 and "purge" in json.loads(refused.stdout)["results"][0]["error"]
+    assert_one_line_error(run_cli("--database-url", url_string, "restore", "again"), "no quarantined copy")
+    assert run_cli("--database-url", url_string, "purge", "again", "--yes").exit_code == 0
+    assert schema_exists(engine, "project_again") and not schema_exists(engine, "dropped_again")
+    row = registry_row(engine, "again")
+    assert row is not None and row["status"] == "ready" and "quarantine" not in row["metadata"]
+
+
+def test_drop_one_quarantined_project_drops_its_copy_too(engine: sa.Engine, url_string: str) -> None:
+    WorkspaceManager(engine, ALEMBIC_INI).ensure("solo")
+    assert run_cli("--database-url", url_string, "drop", "solo", "--retain", "1h", "--yes").exit_code == 0
+    done = run_cli("--database-url", url_string, "drop", "solo", "--yes")
+    assert (done.exit_code, done.stderr) == (0, "Dropped project_solo.\n")
+    assert registry_row(engine, "solo") is None and not schema_exists(engine, "dropped_solo")

@@ -18,6 +18,7 @@ from helpers import (
     add_chunks,
     add_rows,
     assert_one_line_error,
+    catalog,
     database_state,
     run_cli,
 )
@@ -75,6 +76,8 @@ def test_export_then_import_into_another_database_gives_equal_rows_at_the_source
     before = rows(engine, "project_src")
     assert rows(other_engine, "project_src") == before
     assert len(before["code_chunks"]) == 40 and "[" in before["code_chunks"][0][0]  # the vectors, as text
+    # the same tables, columns and indexes (the HNSW index built after the rows went in, as it was)
+    assert catalog(other_engine, "project_src") == catalog(engine, "project_src")
     with other_engine.begin() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM project_src.alembic_version")).scalar() == HEAD
         row = conn.execute(sa.text("SELECT revision, status, last_action FROM project_registry.workspace_config")).one()

@@ -240,7 +240,9 @@ def drop(app: AppContext, /, yes: bool, retain: float | None, purge_expired: boo
     if len(ids) == 1 and not selected and retain is None:  # one project: as `drop ID` always did
         schema = schema_for(ids[0])
         confirm(yes, f"dropping {schema} deletes all its data")
-        if app.manager.drop(ids[0]):
+        dropped = dropping.drop_one(app.engine, ids[0], lock_timeout_ms=options["lock_timeout"])
+        app.manager.invalidate([ids[0]])
+        if dropped:
             note(f"Dropped {schema}.")
         else:
             note(f"Nothing to drop: {schema} did not exist.")

@@ -45,8 +45,11 @@ _FLEET = (
     f"WITH s AS ({_SCHEMAS.text}), r AS (SELECT {_ROW} FROM {registry.REGISTRY_TABLE}{{where}}) "
     "SELECT r.*, s.nspname, s.has_version FROM r FULL JOIN s ON s.nspname::text = r.schema_name"
 )
-_ROWS_AND_SCHEMAS = text(_FLEET.format(where=""))
-_SOME_ROWS_AND_SCHEMAS = text(_FLEET.format(where=" WHERE project_id = ANY(:ids)"))
+# A project quarantined by `drop --retain` (status 'dropped', its schema renamed aside) is not one of the
+# fleet's: no run, status or check sees it (`list` and `purge --list` do; see workspace_tool.lifecycle.drop).
+_LIVE = " WHERE status <> 'dropped'"
+_ROWS_AND_SCHEMAS = text(_FLEET.format(where=_LIVE))
+_SOME_ROWS_AND_SCHEMAS = text(_FLEET.format(where=_LIVE + " AND project_id = ANY(:ids)"))
 # Of :schemas, those still there (a read that failed for a schema dropped meanwhile is retried with them).
 _STILL_THERE = text(
     "SELECT s FROM unnest(CAST(:schemas AS text[])) AS s WHERE EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = s)"

@@ -51,9 +51,13 @@ _EXPIRED = text(
     f"SELECT project_id FROM {registry.REGISTRY_TABLE} WHERE status = 'dropped' "
     "AND (metadata->'quarantine'->>'until')::timestamptz <= now() ORDER BY project_id"
 )
+# A quarantined copy, whether or not the project was made again since (ensure leaves metadata as it is).
 _QUARANTINED = text(
     f"SELECT project_id, metadata->'quarantine' AS quarantine FROM {registry.REGISTRY_TABLE} "
-    "WHERE status = 'dropped' ORDER BY project_id"
+    "WHERE metadata ? 'quarantine' ORDER BY project_id"
+)
+_FORGET = text(
+    f"UPDATE {registry.REGISTRY_TABLE} SET metadata = metadata - 'quarantine', updated_at = now() WHERE project_id = :p"
 )
 
 
@@ -129,6 +133,19 @@ def _quarantine(conn: Connection, work: Work, retain_s: float, by: str) -> str:
     return f"quarantined as {aside}"
 
 
+def drop_one(engine: Engine, project_id: str, *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> bool:
+    """Drop one project (its schema, its registry row, a quarantined copy of it) in one transaction under
+    its lock; False if there was nothing to drop."""
+    schema = schema_for(project_id)
+    with translating(engine.url, schema), transactions.connect(engine) as conn:
+        flavor = registry.bootstrap(conn)
+        try:
+            DropTask().run(conn, Work(project_id, schema, None), flavor, lock_timeout_ms)
+        except WorkspaceNotFound:
+            return False
+    return True
+
+
 def drop_operation(retain_s: float | None = None) -> Operation:
     """The fleet Operation of a bulk drop (or quarantine, with ``retain_s``)."""
     name = "drop" if retain_s is None else "quarantine"
@@ -174,12 +191,16 @@ def restore(engine: Engine, project_id: str, *, lock_timeout_ms: int = DEFAULT_L
 
 
 def purge(engine: Engine, project_id: str, *, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS) -> Quarantined:
-    """Remove a quarantined project for good: its quarantined schema and its registry row."""
+    """Remove a quarantined project for good: its quarantined schema and its registry row (a project made
+    again since keeps its schema and row: only the quarantined copy goes)."""
     schema = schema_for(project_id)
     with translating(engine.url, schema), transactions.connect(engine) as conn, conn.begin():
-        found = _locked_quarantine(conn, project_id, schema, lock_timeout_ms)
+        found = _locked_quarantine(conn, project_id, schema, lock_timeout_ms, live_too=True)
         drop_schema_cascade(conn, found.schema)
-        conn.execute(registry.DELETE, {"project_id": project_id})
+        if conn.execute(_EXISTS, {"s": schema}).scalar():
+            conn.execute(_FORGET, {"p": project_id})
+        else:
+            conn.execute(registry.DELETE, {"project_id": project_id})
     return found
 
 
@@ -208,11 +229,15 @@ def quarantine_state(conn: Connection, project_id: str) -> Quarantined | None:
     return _described(project_id, row.quarantine)
 
 
-def _locked_quarantine(conn: Connection, project_id: str, schema: str, lock_timeout_ms: int) -> Quarantined:
+def _locked_quarantine(
+    conn: Connection, project_id: str, schema: str, lock_timeout_ms: int, *, live_too: bool = False
+) -> Quarantined:
+    """Under the project's lock, its quarantined copy: of a dropped project (or, ``live_too``, of one made
+    again since); NotQuarantined when there is none."""
     conn.exec_driver_sql(lock_timeout_statement(lock_timeout_ms))
     lock_schema(conn, schema)
     row = conn.execute(_ROW, {"p": project_id}).first() if registry.present(conn) else None
-    if row is None or row.status != RegistryStatus.DROPPED or not row.quarantine:
+    if row is None or not row.quarantine or not (live_too or row.status == RegistryStatus.DROPPED):
         raise NotQuarantined(project_id)
     return _described(project_id, row.quarantine)
 

@@ -21,7 +21,7 @@ from workspace_tool.lifecycle.build import create_at, upgrade_in_place
 from workspace_tool.lifecycle.errors import ChainMismatch, ExportDamaged, NotAnExport
 from workspace_tool.lifecycle.export import chain_identity
 from workspace_tool.lifecycle.fileformat import Reader, TableSource, read_manifest
-from workspace_tool.lifecycle.tables import Table, project_tables, row_counts, set_sequences
+from workspace_tool.lifecycle.tables import Table, indexes_built_after, project_tables, row_counts, set_sequences
 from workspace_tool.managers import cache
 from workspace_tool.naming import schema_for
 from workspace_tool.sql import quote_ident
@@ -89,8 +89,9 @@ def import_project(
             _check_tables(source, entries, tables)
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
-                for table_source in reader.tables(entries):
-                    _copy_in(conn, cursor, schema, tables[table_source.entry["table"]], table_source, source)
+                with indexes_built_after(conn, schema):
+                    for table_source in reader.tables(entries):
+                        _copy_in(conn, cursor, schema, tables[table_source.entry["table"]], table_source, source)
             finally:
                 cursor.close()
             counts = row_counts(conn, schema, [tables[e["table"]] for e in entries])

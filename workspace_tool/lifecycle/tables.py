@@ -4,6 +4,8 @@ version table is not data: the chain writes it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, text
@@ -35,6 +37,18 @@ _SEQUENCES = text(
     "JOIN pg_class t ON t.oid = d.refobjid JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid "
     "JOIN pg_namespace n ON n.oid = s.relnamespace "
     "WHERE n.nspname = :schema AND d.deptype IN ('a', 'i') ORDER BY s.relname"
+)
+
+# Indexes that back no constraint (a primary key, a unique or exclusion constraint stays: foreign keys and
+# the copy's checks need them), with the statement that builds each as it is. Only those on plain columns:
+# a predicate or an expression deparsed and parsed again can come back in other words (measured: a partial
+# index's `= ANY (ARRAY[...])` did), which `check` would report as drift.
+_PLAIN_INDEXES = text(
+    "SELECT i.relname AS name, pg_get_indexdef(i.oid) AS definition FROM pg_index x "
+    "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
+    "JOIN pg_namespace n ON n.oid = t.relnamespace "
+    "WHERE n.nspname = :schema AND t.relname <> 'alembic_version' AND x.indpred IS NULL AND x.indexprs IS NULL "
+    "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid) ORDER BY i.relname"
 )
 
 
@@ -94,3 +108,16 @@ def row_counts(conn: Connection, schema: str, tables: list[Table]) -> dict[str, 
         return {}
     parts = [f"SELECT {sql_literal(t.name)}, count(*) FROM {t.qualified(schema)}" for t in tables]
     return {str(name): int(n) for name, n in conn.execute(text(" UNION ALL ".join(parts)))}
+
+
+@contextmanager
+def indexes_built_after(conn: Connection, schema: str) -> Iterator[int]:
+    """In conn's transaction: the schema's plain indexes dropped for the block, then built again as they were
+    (pg_get_indexdef): one bulk build after the rows are in, not an insertion per row (an HNSW index over
+    embeddings is many times slower to fill row by row). Yields how many."""
+    found = conn.execute(_PLAIN_INDEXES, {"schema": schema}).all()
+    for row in found:
+        conn.execute(text(f"DROP INDEX {quote_ident(schema)}.{quote_ident(row.name)}"))
+    yield len(found)
+    for row in found:
+        conn.execute(text(row.definition))
