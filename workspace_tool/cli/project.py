@@ -62,7 +62,9 @@ def ensure(
 
     ids = list(project_ids) + (read_ids(ids_from, "--ids-from") if ids_from else [])
     if not ids:
-        raise click.UsageError("name the projects to ensure, or pass --ids-from FILE")
+        ctx = click.get_current_context()
+        param = next(p for p in ctx.command.params if p.name == "project_ids")
+        raise click.MissingParameter("Or pass --ids-from FILE.", ctx=ctx, param=param)
     for project_id in ids:  # every id is checked before any SQL is sent
         schema_for(project_id)
     if ids_from is not None or jobs is not None:

@@ -22,13 +22,15 @@ from workspace_tool.dberrors import translating
 from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.flavor import Flavor
 from workspace_tool.fleet import DEFAULT_LOCK_TIMEOUT_MS
+from workspace_tool.lifecycle import batch
 from workspace_tool.lifecycle.errors import LifecycleRefused, NotQuarantined, ProjectExists
 from workspace_tool.naming import SCHEMA_PREFIX, schema_for
 from workspace_tool.schema.operation import Operation, Verdict, Work
 from workspace_tool.schema.state import SchemaRecord
-from workspace_tool.sql import drop_schema_cascade, lock_schema, lock_timeout_statement, quote_ident
+from workspace_tool.sql import drop_schema_cascade, lock_schema, lock_timeout_statement, quote_ident, sql_literal
 from workspace_tool.vocabulary import RegistryAction, RegistryStatus, Status
 
+FOUND_SETTING = "workspace_tool.found"  # a transaction-local setting: what a drop found, read back at its end
 QUARANTINE_PREFIX = "dropped_"  # not a project schema's name: no fleet run, status or pool sees it
 _EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)")
 _ROW = text(
@@ -87,27 +89,39 @@ class DropTask:
 
     def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
         transactions.require(conn)
+        if self.retain_s is None:
+            return _drop(conn, work, flavor, lock_timeout_ms)
         with conn.begin():
             for statement in flavor.lock_timeout_statements(lock_timeout_ms):
                 conn.exec_driver_sql(statement)
             lock_schema(conn, work.schema)
-            row = conn.execute(_ROW, {"p": work.project_id}).first()
-            exists = bool(conn.execute(_EXISTS, {"s": work.schema}).scalar())
-            if not exists and row is None:
+            if not conn.execute(_EXISTS, {"s": work.schema}).scalar():
                 raise WorkspaceNotFound(work.project_id, work.schema)  # dropped since the read: gone
-            if self.retain_s is None:
-                return _drop(conn, work, row, exists)
-            if not exists:
-                raise WorkspaceNotFound(work.project_id, work.schema)
             return _quarantine(conn, work, self.retain_s, self.by)
 
 
-def _drop(conn: Connection, work: Work, row: Any, exists: bool) -> str:
-    drop_schema_cascade(conn, work.schema)
-    if row is not None and row.quarantine:
-        drop_schema_cascade(conn, row.quarantine["schema"])
-    conn.execute(registry.DELETE, {"project_id": work.project_id})
-    return "dropped" if exists else "registry row deleted (its schema was missing)"
+def _drop(conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str:
+    """One round trip (and the commit): under the project's lock, note whether there is anything to drop
+    (its schema, a quarantined copy, its registry row), drop them all, and say what was noted: nothing
+    there means it was dropped since the read (gone)."""
+    schema, aside, project_id = work.schema, quarantine_name(work.schema), sql_literal(work.project_id)
+    found = (
+        f"EXISTS (SELECT 1 FROM pg_namespace WHERE nspname IN ({sql_literal(schema)}, {sql_literal(aside)})) "
+        f"OR EXISTS (SELECT 1 FROM {registry.REGISTRY_TABLE} WHERE project_id = {project_id})"
+    )
+    statements = [
+        *batch.prelude(flavor, schema, lock_timeout_ms),
+        f"SELECT set_config('{FOUND_SETTING}', ({found})::text, true)",
+        f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE",
+        f"DROP SCHEMA IF EXISTS {quote_ident(aside)} CASCADE",
+        f"DELETE FROM {registry.REGISTRY_TABLE} WHERE project_id = {project_id}",
+        f"SELECT current_setting('{FOUND_SETTING}')::boolean",
+    ]
+    with conn.begin():
+        _, row = batch.send(conn, flavor, statements)
+        if not row or not row[0]:
+            raise WorkspaceNotFound(work.project_id, work.schema)  # nothing was there: dropped since the read
+    return "dropped"
 
 
 def _quarantine(conn: Connection, work: Work, retain_s: float, by: str) -> str:
@@ -137,12 +151,13 @@ def drop_one(engine: Engine, project_id: str, *, lock_timeout_ms: int = DEFAULT_
     """Drop one project (its schema, its registry row, a quarantined copy of it) in one transaction under
     its lock; False if there was nothing to drop."""
     schema = schema_for(project_id)
-    with translating(engine.url, schema), transactions.connect(engine) as conn:
+    with translating(engine.url), transactions.connect(engine) as conn:
         flavor = registry.bootstrap(conn)
-        try:
-            DropTask().run(conn, Work(project_id, schema, None), flavor, lock_timeout_ms)
-        except WorkspaceNotFound:
-            return False
+        with translating(engine.url, schema):
+            try:
+                DropTask().run(conn, Work(project_id, schema, None), flavor, lock_timeout_ms)
+            except WorkspaceNotFound:
+                return False
     return True
 
 

@@ -11,15 +11,15 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from workspace_tool import transactions
+from workspace_tool.dberrors import STATE_CHANGED, sqlstate
 from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.flavor import Flavor
+from workspace_tool.lifecycle import batch
 from workspace_tool.lifecycle.errors import LifecycleRefused
 from workspace_tool.schema.operation import Operation, Verdict, Work
 from workspace_tool.schema.state import SchemaRecord
-from workspace_tool.sql import lock_schema, search_path_sql
+from workspace_tool.sql import search_path_sql
 from workspace_tool.vocabulary import RegistryStatus, Status
-
-_EXISTS = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %(s)s)"
 
 
 @dataclass(frozen=True)
@@ -35,23 +35,23 @@ class ExecTask:
         return Work(record.project_id, record.schema, record.version, record.exists)
 
     def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
+        """One round trip (and the commit): the lock, a guard that the schema is still there (gone
+        otherwise), the search_path, the SQL."""
         transactions.require(conn)
-        with conn.begin():
-            for statement in flavor.lock_timeout_statements(lock_timeout_ms):
-                conn.exec_driver_sql(statement)
-            lock_schema(conn, work.schema)
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(_EXISTS, {"s": work.schema})
-                found = cursor.fetchone()
-                if not found or not found[0]:
-                    raise WorkspaceNotFound(work.project_id, work.schema)  # dropped since the read: gone
-                cursor.execute(search_path_sql(work.schema, flavor.extension_schema))
-                cursor.execute(self.sql)  # no parameters: a '%' in it is the SQL's own
-                rows = cursor.rowcount
-            finally:
-                cursor.close()
-        return None if rows is None or rows < 0 else f"{rows} row{'s' if rows != 1 else ''}"
+        statements = [
+            *batch.prelude(flavor, work.schema, lock_timeout_ms),
+            batch.schema_guard(work.schema),
+            search_path_sql(work.schema, flavor.extension_schema),
+            self.sql,
+        ]
+        try:
+            with conn.begin():
+                rows, _ = batch.send(conn, flavor, statements)
+        except Exception as exc:
+            if sqlstate(exc) == STATE_CHANGED:
+                raise WorkspaceNotFound(work.project_id, work.schema) from None  # dropped since the read: gone
+            raise
+        return None if rows < 0 else f"{rows} row{'s' if rows != 1 else ''}"
 
 
 def exec_operation(sql: str) -> Operation:
