@@ -181,6 +181,7 @@ def test_cli_export_import_and_their_one_line_errors(
     state = database_state(engine)
     for args, fragment in [
         (("export", "nope", "-o", str(tmp_path / "x")), "nope"),
+        (("export", "src", "-o", str(tmp_path / "no" / "such" / "dir.wstx")), "cannot write"),
         (("import", str(file)), "already exists"),
         (("import", str(tmp_path / "missing.wstx")), "missing.wstx"),
         (("import", str(file), "--as", "Bad Id"), "invalid project id"),

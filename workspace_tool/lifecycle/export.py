@@ -18,6 +18,7 @@ from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import UnknownRevision, WorkspaceNotFound
 from workspace_tool.lifecycle.build import lineage
+from workspace_tool.lifecycle.errors import LifecycleRefused
 from workspace_tool.lifecycle.fileformat import Writer
 from workspace_tool.lifecycle.tables import project_tables
 from workspace_tool.naming import schema_for
@@ -72,7 +73,13 @@ def export_project(
             conn.exec_driver_sql("SET TRANSACTION READ ONLY")
             revision = _revision(conn, chain, project_id, schema)
             try:
-                with open(partial, "wb") as out:
+                try:
+                    out = open(partial, "wb")  # noqa: SIM115 (closed below, also on the way out of an error)
+                except OSError as exc:
+                    raise LifecycleRefused(
+                        f"cannot write {target}: {exc.strerror or exc}; nothing was exported"
+                    ) from None
+                with out:
                     manifest = _write(conn, out, chain, project_id, schema, revision)
                 os.replace(partial, target)
             finally:

@@ -73,6 +73,8 @@ def move_project(
     """Move ``project_id`` from ``source`` to ``target``; see the module's docstring."""
     started = time.perf_counter()
     schema = schema_for(project_id)
+    if work_dir is not None and not os.path.isdir(work_dir):
+        raise LifecycleRefused(f"--work-dir {work_dir} is not a directory: nothing was changed")
     if source.url == target.url:
         raise LifecycleRefused("the target is the source's database: nothing was changed")
     live, moving = _source_state(source, project_id, schema)
