@@ -56,7 +56,7 @@ from fleet_upgrade import BASE_REV, NEW_REV, chain_copy, checkpoint, server_url 
 from workspace_tool import fleet, recycling, registry  # noqa: E402
 from workspace_tool.chain import Chain  # noqa: E402
 from workspace_tool.fleet.migrator import Migrator, RunOptions  # noqa: E402
-from workspace_tool.fleet.reader import read_versions  # noqa: E402
+from workspace_tool.registry.inventory import read_versions  # noqa: E402
 from workspace_tool.schema.operation import UPGRADE, Work  # noqa: E402
 
 SAMPLE_S = 0.05

@@ -37,11 +37,10 @@ from fleet_upgrade import checkpoint, run_transactions, server_url  # noqa: E402
 
 from workspace_tool import WorkspaceManager, embedded, fleet  # noqa: E402
 from workspace_tool.chain import Chain  # noqa: E402
-from workspace_tool.fleet import Selection  # noqa: E402
+from workspace_tool.fleet import RunSpec, Selection  # noqa: E402
 from workspace_tool.lifecycle import clone_project, export_project, import_project  # noqa: E402
 from workspace_tool.lifecycle.drop import drop_operation  # noqa: E402
 from workspace_tool.lifecycle.exec import exec_operation  # noqa: E402
-from workspace_tool.lifecycle.fleet_run import run_fleet  # noqa: E402
 from workspace_tool.lifecycle.tables import project_tables  # noqa: E402
 from workspace_tool.sql import quote_ident, search_path_sql  # noqa: E402
 from workspace_tool.testing import fresh_database  # noqa: E402
@@ -204,14 +203,16 @@ def bench_drop_exec(server: sa.URL, schemas: int, repeat: int, jobs: int) -> Non
                 assert report.ok, report.failed[:3]
                 checkpoint(engine)
                 ex_lib.append(
-                    timed(lambda: run_fleet(engine, chain, exec_operation(EXEC_SQL), None, jobs=jobs, selection=select))
+                    timed(
+                        lambda: fleet.run(engine, chain, exec_operation(EXEC_SQL), RunSpec(jobs=jobs, selection=select))
+                    )
                 )
                 transactions = [[search_path_sql(r.schema, ext) + ";\n" + EXEC_SQL] for r in report.results]
                 checkpoint(engine)
                 ex_raw.append(timed(lambda: run_transactions(engine, transactions, jobs)))  # noqa: B023
                 checkpoint(engine)
                 dr_lib.append(
-                    timed(lambda: run_fleet(engine, chain, drop_operation(), None, jobs=jobs, selection=select))
+                    timed(lambda: fleet.run(engine, chain, drop_operation(), RunSpec(jobs=jobs, selection=select)))
                 )
                 report = fleet.provision(engine, chain, ids, jobs=jobs)
                 assert report.ok, report.failed[:3]

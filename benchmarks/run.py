@@ -83,16 +83,17 @@ sys.path.insert(0, str(ROOT))
 
 from fleet_upgrade import checkpoint  # noqa: E402  (this folder is on sys.path when run as a script)
 
-from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet, pool  # noqa: E402
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, embedded, fleet  # noqa: E402
+from workspace_tool import spares as warm_pool  # noqa: E402
+from workspace_tool.chain.plan import Path as PlanPath  # noqa: E402
 from workspace_tool.flavor import Flavor  # noqa: E402
 from workspace_tool.naming import schema_for  # noqa: E402
+from workspace_tool.registry.table import RegistryAction  # noqa: E402
 from workspace_tool.schema.migrate import Migration, Sending, migrate  # noqa: E402
 from workspace_tool.schema.plan import BEGIN, COMMIT, RegistryRecord, SchemaPlan  # noqa: E402
 from workspace_tool.sql import quote_ident, search_path_sql  # noqa: E402
 from workspace_tool.testing import fresh_database  # noqa: E402
 from workspace_tool.urls import async_url, sync_url  # noqa: E402
-from workspace_tool.vocabulary import Path as PlanPath  # noqa: E402
-from workspace_tool.vocabulary import RegistryAction  # noqa: E402
 
 ALEMBIC_INI = ROOT / "alembic.ini"
 SERVER_ENV = "WORKSPACE_TOOL_BENCH_DATABASE_URL"
@@ -741,7 +742,7 @@ def bench_pool(server: URL, n: int, reps: int, existing: int) -> None:
 def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, existing: int) -> None:
     spares = n + 8 * reps + 12  # one per claim (the library's and the raw floor's), warm-ups included
     log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
-    filled = pool.fill(engine, mgr.chain, spares, jobs=2)
+    filled = warm_pool.fill(engine, mgr.chain, spares, jobs=2)
     pooled = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=spares)
     mgr.ensure("floorref")
     floor = Floor(engine, schema_for("floorref"), mgr.head)

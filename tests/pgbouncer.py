@@ -199,8 +199,15 @@ def advisory_locks(direct: sa.Engine) -> list[tuple[Any, ...]]:
 def assert_no_leak(pooled: URL, direct: sa.Engine) -> None:
     """Nothing a test ran left session state behind on the pooler's server connections: every one has the
     database's default search_path and lock_timeout, and no advisory lock is held in the database."""
+    # reset_val: what a session resets to (server, database and role defaults), whatever a test SET on the
+    # direct engine's pooled connection this one happens to be
     with direct.connect() as conn:
-        default = conn.execute(sa.text("SELECT current_setting('search_path'), current_setting('lock_timeout')")).one()
+        default = conn.execute(
+            sa.text(
+                "SELECT (SELECT reset_val FROM pg_settings WHERE name = 'search_path'),"
+                " (SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout')"
+            )
+        ).one()
     sessions = server_sessions(pooled)
     assert len({s["pid"] for s in sessions}) == len(sessions), sessions  # each a server connection of its own
     for session in sessions:

@@ -59,12 +59,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from helpers import CLI, ChainBuilder, assert_consistent, with_options
+from support.chains import ChainBuilder, with_options
+from support.cli import CLI
+from support.db import assert_consistent
 
+from migrations.models import CodeFile, Repository
 from workspace_tool import WorkspaceError, WorkspaceManager
 from workspace_tool.chain import Chain
 from workspace_tool.drift import MOVED
-from workspace_tool.models import CodeFile, Repository
 from workspace_tool.naming import schema_for
 
 HERE = Path(__file__).resolve()
@@ -799,13 +801,13 @@ def judge_command(run: CommandRun, release: Release, other: Release) -> list[str
             found.append("projects gone while no application ran")
     elif run.name == "status":
         states = {k for k, v in report["counts"].items() if v}
-        expected = {"at head"} if final or run.phase == "solo" else {"at head", _their_state(release)}
+        expected = {"at-head"} if final or run.phase == "solo" else {"at-head", _their_state(release)}
         if states - expected:
             found.append(f"states {report['counts']}")
         if report["missing"] or report["orphans"] or report["failed"]:
             found.append(f"missing {report['missing']}, orphans {report['orphans']}, failed {report['failed']}")
         for row in report["revisions"]:
-            if row["state"] != "at head" and row["revision"] != other.head:
+            if row["state"] != "at-head" and row["revision"] != other.head:
                 found.append(f"{row['schemas']} schema(s) {row['state']} at {row['revision']}")
     elif run.name == "check":
         # at the other release's head: as read, or migrated there by its `upgrade` while check ran
@@ -838,7 +840,7 @@ def judge_command(run: CommandRun, release: Release, other: Release) -> list[str
 
 def _their_state(release: Release) -> str:
     """How a release's `status` shows the projects at the other release's head during the rolling deploy."""
-    return "ahead/unknown" if release.name == "A" else "behind"
+    return "ahead" if release.name == "A" else "behind"
 
 
 def judge_audit(

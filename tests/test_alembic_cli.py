@@ -14,18 +14,10 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from helpers import (
-    ALEMBIC,
-    ALEMBIC_INI,
-    HEAD,
-    ChainBuilder,
-    catalog,
-    registry_row,
-    run_alembic,
-    schema_tables,
-    schema_version,
-)
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, HEAD, ChainBuilder
+from support.cli import ALEMBIC, run_alembic
+from support.db import catalog, registry_row, schema_tables, schema_version
 
 from workspace_tool import ConfigurationError, WorkspaceManager
 from workspace_tool.authoring import create_revision
@@ -206,7 +198,7 @@ def test_migrating_never_imports_the_models_autogenerate_does(
     doesn't need them, so it doesn't import them; autogenerate does, and says which setting is wrong."""
     chain_builder.copy_main_chain()
     ini = chain_builder.ini
-    ini.write_text(ini.read_text().replace("workspace_tool.models:metadata", "unimportable_app.models:metadata"))
+    ini.write_text(ini.read_text().replace("migrations.models:metadata", "unimportable_app.models:metadata"))
     (tmp_path / "unimportable_app").mkdir()
     (tmp_path / "unimportable_app" / "__init__.py").write_text("raise ImportError('the app needs its settings')\n")
     monkeypatch.syspath_prepend(str(tmp_path))

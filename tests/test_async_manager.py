@@ -9,20 +9,11 @@ from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    MAIN_REVISIONS,
-    TABLES,
-    make_schema_by_hand,
-    registry_row,
-    schema_exists,
-    schema_tables,
-    schema_version,
-    truncated_chain,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, TABLES, truncated_chain
+from support.data import make_schema_by_hand
+from support.db import registry_row, schema_exists, schema_tables, schema_version
 
 from workspace_tool import (
     ConfigurationError,
@@ -166,7 +157,7 @@ def test_status_at_head_and_behind(run: Any, engine: sa.Engine, tmp_path: Path) 
         await amgr.ensure_workspace_exists("async-head")
         return {s.project_id: s.state for s in await amgr.status()}
 
-    assert run(fn) == {"async-behind": "behind", "async-head": "at head"}
+    assert run(fn) == {"async-behind": "behind", "async-head": "at-head"}
 
 
 def test_a_sync_engine_is_refused(engine: sa.Engine) -> None:

@@ -7,13 +7,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ChainBuilder
 from pgvector.sqlalchemy import Vector
+from support.chains import ChainBuilder
 
+from migrations.models import metadata
 from workspace_tool import ConfigurationError, NoChangesDetected, WorkspaceManager, fleet
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
-from workspace_tool.models import metadata
 
 PROJECTS = ("alpha", "beta", "gamma")
 
@@ -102,7 +102,7 @@ def test_autogenerate_writes_schema_free_operations_that_upgrade_every_project(
         assert compare(engine, schema, changed) == []
     # a manager created now (the old one holds the old chain) sees them at the new head
     new = WorkspaceManager(engine, chain_builder.ini)
-    assert [s.state for s in new.status(list(PROJECTS))] == ["at head"] * 3
+    assert [s.state for s in new.status(list(PROJECTS))] == ["at-head"] * 3
 
 
 def test_autogenerate_with_unchanged_models_writes_nothing_unless_asked(

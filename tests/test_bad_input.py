@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, ChainBuilder, StatementCounter, assert_one_line_error, database_state, run_cli
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.cli import assert_one_line_error, run_cli
+from support.db import StatementCounter, database_state
 
 from workspace_tool import (
     ConfigurationError,

@@ -10,13 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
-from helpers import ITEMS, ChainBuilder
+from support.chains import ITEMS, ChainBuilder
 
 from workspace_tool.chain import Chain
 from workspace_tool.chain.index import CACHE_ENV
 from workspace_tool.chain.loading import DIRECT_URL_OPTION, main_option
+from workspace_tool.chain.plan import Path as PlanPath
 from workspace_tool.registry.bootstrap import _MIGRATIONS_DIR, RegistryChain
-from workspace_tool.vocabulary import Path as PlanPath
 
 
 def fresh(ini: Path, caplog: pytest.LogCaptureFixture) -> tuple[Chain, str]:

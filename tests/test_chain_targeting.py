@@ -10,21 +10,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    MAIN_REVISIONS,
-    TABLES,
-    ChainBuilder,
-    catalog,
-    make_public_twins,
-    public_state,
-    run_alembic,
-    schema_tables,
-    schema_version,
-    truncated_chain,
-)
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, TABLES, ChainBuilder, truncated_chain
+from support.cli import run_alembic
+from support.data import make_public_twins, public_state
+from support.db import catalog, schema_tables, schema_version
 
 from workspace_tool import ConfigurationError, WorkspaceManager
 from workspace_tool.chain import Chain

@@ -19,18 +19,11 @@ from collections.abc import Iterator
 import citus_cluster
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    GATE,
-    HEAD,
-    WAIT,
-    ChainBuilder,
-    Victim,
-    assert_consistent,
-    on_all_nodes,
-    reset_citus,
-    run_cli,
-)
+from support.chains import ALEMBIC_INI, HEAD, ChainBuilder
+from support.citus import on_all_nodes, reset_citus
+from support.cli import run_cli
+from support.concurrency import GATE, WAIT, Victim
+from support.db import assert_consistent
 
 from workspace_tool import WorkspaceManager, doctor, fleet
 from workspace_tool.chain import Chain

@@ -14,19 +14,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    MAIN_REVISIONS,
-    ChainBuilder,
-    make_schema_by_hand,
-    registry_row,
-    schema_exists,
-    schema_tables,
-    schema_version,
-    truncated_chain,
-)
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, ChainBuilder, truncated_chain
+from support.data import make_schema_by_hand
+from support.db import registry_row, schema_exists, schema_tables, schema_version
 
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
@@ -80,9 +71,9 @@ def test_ensure_prints_action_revision_duration_and_path(cli: Cli, engine: sa.En
     first, second = durations(result.stdout)
     assert result.stdout == "\n".join(
         [
-            "PROJECT ID  SCHEMA             ACTION   TO REVISION          DURATION MS  PATH",
-            f"demo        project_demo       created  {HEAD}  {first:<11}  fast",
-            f"other-one   project_other_one  created  {HEAD}  {second:<11}  fast",
+            "PROJECT ID  SCHEMA             ACTION  TO REVISION          DURATION MS  PATH",
+            f"demo        project_demo       create  {HEAD}  {first:<11}  fast",
+            f"other-one   project_other_one  create  {HEAD}  {second:<11}  fast",
             "",
         ]
     )
@@ -107,7 +98,7 @@ def test_ensure_json(cli: Cli, engine: sa.Engine) -> None:
         {
             "project_id": "json-demo",
             "schema": "project_json_demo",
-            "action": "created",
+            "action": "create",
             "from_revision": None,
             "to_revision": HEAD,
             "path": "fast",
@@ -130,7 +121,7 @@ def test_ensure_refuses_a_hand_made_schema_unless_adopt(cli: Cli, engine: sa.Eng
     adopted = cli("ensure", "legacy", "--adopt", "--json")
 
     assert adopted.exit_code == 0, adopted.output
-    assert json.loads(adopted.stdout)[0]["action"] == "created"
+    assert json.loads(adopted.stdout)[0]["action"] == "create"
     assert schema_version(engine, "project_legacy") == HEAD
     row = registry_row(engine, "legacy")
     assert row is not None and row["last_action"] == "adopt"
@@ -170,7 +161,7 @@ def test_ensure_reports_what_it_did_before_a_failure(cli: Cli, engine: sa.Engine
     result = cli("ensure", "--no-upgrade", "first", "lagging", "never")
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert [line.split()[:3] for line in lines[1:]] == [["first", "project_first", "created"]]
+    assert [line.split()[:3] for line in lines[1:]] == [["first", "project_first", "create"]]
     assert result.stderr.startswith("Error: project lagging (schema project_lagging) is at revision")
     assert not schema_exists(engine, "project_never")
 
@@ -225,10 +216,12 @@ def test_list_shows_the_registry_with_a_one_line_warning_when_a_revision_file_is
 
 def test_drop_needs_yes(cli: Cli, engine: sa.Engine) -> None:
     assert cli("ensure", "keep").exit_code == 0
-    result = cli("drop", "keep")
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    assert result.stderr.splitlines()[-1] == "Error: dropping project_keep deletes all its data: add --yes to confirm"
+    result = cli("drop", "keep")  # no terminal to ask on (the test runner's stdin)
+    assert (result.exit_code, result.stdout) == (1, "")
+    assert result.stderr == (
+        "Error: dropping project_keep deletes all its data: pass --yes to confirm (no terminal to ask on); "
+        "nothing was changed\n"
+    )
     assert schema_exists(engine, "project_keep")
     assert registry_row(engine, "keep") is not None
 
@@ -239,8 +232,9 @@ def test_drop_yes(cli: Cli, engine: sa.Engine) -> None:
     assert (result.exit_code, result.stdout, result.stderr) == (0, "", "Dropped project_bye.\n")
     assert not schema_exists(engine, "project_bye")
     assert registry_row(engine, "bye") is None
-    again = cli("drop", "bye", "--yes")
-    assert (again.exit_code, again.stderr) == (0, "Nothing to drop: project_bye did not exist.\n")
+    again = cli("drop", "bye", "--yes")  # no project any more: an error naming it (issue 22)
+    assert again.exit_code == 1
+    assert again.stderr.startswith("Error: no project bye (no schema, no registry row; ")
 
 
 def test_drop_bad_id(cli: Cli) -> None:
@@ -317,7 +311,13 @@ def test_every_core_command_has_help(cli: Cli) -> None:
 def run_tool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if k not in ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")}
     return subprocess.run(
-        [WORKSPACE_TOOL, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=120, check=False
+        [WORKSPACE_TOOL, *args],
+        env={**base, **(env or {})},
+        stdin=subprocess.DEVNULL,  # no terminal, whoever runs the tests: a command that asks first refuses
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -326,7 +326,7 @@ def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) ->
     common = ["--database-url", url_string, "-c", str(ALEMBIC_INI)]
     ok = run_tool(*common, "ensure", "sub-demo")
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.splitlines()[1].startswith(f"sub-demo    project_sub_demo  created  {HEAD}  ")
+    assert ok.stdout.splitlines()[1].startswith(f"sub-demo    project_sub_demo  create  {HEAD}  ")
     current = run_tool(*common, "ensure", "sub-demo")  # a new process: reads the schema, says current
     assert current.returncode == 0
     assert " current " in current.stdout
@@ -336,8 +336,8 @@ def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) ->
     assert bad.stdout == ""
     assert bad.stderr == f"Error: invalid project id 'Sub-Demo': character 'S' is not allowed; {ID_RULE}\n"
 
-    usage = run_tool(*common, "drop", "sub-demo")
-    assert usage.returncode == 2
+    unconfirmed = run_tool(*common, "drop", "sub-demo")  # no terminal to ask on, no --yes
+    assert unconfirmed.returncode == 1 and "pass --yes to confirm" in unconfirmed.stderr
     assert schema_exists(engine, "project_sub_demo")
 
     traced = run_tool(*common, "--traceback", "ensure", "Sub-Demo")
@@ -349,6 +349,7 @@ def test_installed_entry_point_exit_codes(engine: sa.Engine, url_string: str) ->
     )
 
 
+@pytest.mark.slow  # a process of its own; test_secrets.py's unreachable URLs run the same CLI in this one
 def test_installed_entry_point_hides_the_password(engine: sa.Engine) -> None:
     result = run_tool("--database-url", f"postgresql://alice:{SECRET}@127.0.0.1:9/db", "-c", str(ALEMBIC_INI), "init")
     assert result.returncode == 1

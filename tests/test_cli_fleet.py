@@ -14,21 +14,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    CLI,
-    GATE,
-    ChainBuilder,
-    Gate,
-    add_rows,
-    backends,
-    database_state,
-    make_schema_by_hand,
-    schema_version,
-    waiting_on_advisory,
-)
 from sqlalchemy.engine import URL
+from support.chains import ChainBuilder
+from support.cli import CLI
+from support.concurrency import GATE, Gate, waiting_on_advisory
+from support.data import add_rows, make_schema_by_hand
+from support.db import backends, database_state, schema_version
 
-from workspace_tool import fleet, pool
+from workspace_tool import fleet, spares
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.cli.options import parse_duration_ms
@@ -108,7 +101,7 @@ def test_sql_prints_the_statements_and_changes_nothing(engine: sa.Engine, url_st
 
 def test_downgrade_all_to_an_older_revision_and_back(engine: sa.Engine, url_string: str, ini: Path) -> None:
     assert cli(url_string, ini, "upgrade", "--all").exit_code == 0
-    down = cli(url_string, ini, "downgrade", "--all", "--to", "a1")
+    down = cli(url_string, ini, "downgrade", "--all", "--to", "a1", "--yes")
     assert down.exit_code == 0, down.output
     assert "downgrade to a1: 12 ok, 0 failed, 0 skipped" in down.stderr
     assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
@@ -132,9 +125,9 @@ def test_status_counts_the_fleet_and_names_missing_and_orphan_schemas(
     summary = json.loads(result.stdout)
     assert summary["head"] == "a2" and summary["total"] == 12
     assert summary["counts"] == {
-        "at head": 2,
+        "at-head": 2,
         "behind": 6,
-        "ahead/unknown": 1,
+        "ahead": 1,
         "failed": 1,
         "empty": 0,
         "missing": 1,
@@ -152,8 +145,8 @@ def test_status_counts_the_fleet_and_names_missing_and_orphan_schemas(
 
     check = cli(url_string, ini, "check")
     assert check.exit_code == 1
-    assert "project_c06 (project c06, orphan):" in check.stdout
-    assert "at revision zz_future, head is a2" in check.stdout
+    assert "1 schema(s), orphan: not in the registry (orphan) (project_c06)" in check.stdout.splitlines()
+    assert "1 schema(s), ahead: at revision zz_future, head is a2 (" in check.stdout
 
 
 def test_check_names_the_drifted_schema(engine: sa.Engine, url_string: str, ini: Path) -> None:
@@ -205,9 +198,11 @@ def test_durations_and_progress_rendering() -> None:
 
     printer = ProgressPrinter(Stream())  # type: ignore[arg-type]
     result = fleet.SchemaResult("x", "project_x", "a1", "a2", fleet.OK, ms=1.0)
+    printer(fleet.Progress(0, 4, 0, 0.25, None))
     printer(fleet.Progress(1, 4, 0, 0.5, result))
     printer.finish()
-    assert lines[0].startswith("\r[#######.......................] 1/4 done, 0 failed, 2.0/s, ETA 2s")
+    assert lines[0] == "4 schema(s) to migrate\n"
+    assert lines[1].startswith("\r[#######.......................] 1/4 done, 0 failed, 4.0/s, ETA -")
 
 
 def test_upgrade_adopt_runs_the_chain_into_a_named_hand_made_schema(
@@ -411,7 +406,7 @@ def test_the_command_after_a_random_canary_carries_the_seed_drawn_and_does_the_r
     in_two = started_order(engine)
     assert in_two[:3] == first
     # one run with that seed, canary and all, starts the schemas in the same order
-    assert cli(url_string, ini, "downgrade", "--all", "--to", "a1").exit_code == 0
+    assert cli(url_string, ini, "downgrade", "--all", "--to", "a1", "--yes").exit_code == 0
     whole = cli(url_string, ini, "upgrade", "--all", "--order", "random", "--seed", str(seed), "-j", "1")
     assert whole.exit_code == 0 and started_order(engine) == in_two
 
@@ -440,7 +435,7 @@ def test_selection_by_state_glob_and_file(engine: sa.Engine, url_string: str, in
 
     assert result.exit_code == 0, result.output
     assert "upgrade to a2: 3 ok, 0 failed, 1 skipped" in result.stderr
-    assert "Selected 4 of 12 project(s): state at head, behind; one of 4 listed ids" in result.stderr
+    assert "Selected 4 of 12 project(s): state at-head, behind; one of 4 listed ids" in result.stderr
     assert [p for p in IDS if schema_version(engine, f"project_{p}") == "a2"] == ["c01", "c02", "c05", "c06", "c10"]
 
 
@@ -449,19 +444,19 @@ def test_a_selection_that_selects_nothing_says_so_in_one_line_and_changes_nothin
 ) -> None:
     listed = ini.parent / "ids.txt"
     listed.write_text("c03\nc04\n")
-    pool.fill(engine, Chain.load(ini), 1)  # a spare, which a run that selects nothing leaves alone too
+    spares.fill(engine, Chain.load(ini), 1)  # a spare, which a run that selects nothing leaves alone too
     with engine.begin() as conn:  # and no head model stored: such a run stores none
         conn.execute(sa.text("DELETE FROM project_registry.reference_catalog"))
 
-    def spares() -> list[pool.Spare]:  # as they are, but for how long ago their release last filled the pool
-        return [dataclasses.replace(s, release_age_s=None) for s in pool.status(engine, Chain.load(ini)).spares]
+    def spares_now() -> list[spares.Spare]:  # as they are, but for how long ago their release last filled the pool
+        return [dataclasses.replace(s, release_age_s=None) for s in spares.status(engine, Chain.load(ini)).spares]
 
-    before = database_state(engine), spares()
+    before = database_state(engine), spares_now()
 
     for args, criteria in [
         (["--match", "zz*"], "id matching zz*"),
         (["--state", "failed,orphan"], "state failed, orphan"),
-        (["--ids-from", str(listed), "--state", "at-head"], "state at head; one of 2 listed ids"),
+        (["--ids-from", str(listed), "--state", "at-head"], "state at-head; one of 2 listed ids"),
     ]:
         result = cli(url_string, ini, "upgrade", "--all", *args)
         as_json = cli(url_string, ini, "upgrade", "--all", "--json", *args)
@@ -471,7 +466,7 @@ def test_a_selection_that_selects_nothing_says_so_in_one_line_and_changes_nothin
         assert as_json.exit_code == 0 and as_json.stderr == line + "\n"
         report = json.loads(as_json.stdout)
         assert report["results"] == [] and report["not_selected"] == 12 and report["pool"] is None
-    assert (database_state(engine), spares()) == before
+    assert (database_state(engine), spares_now()) == before
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM project_registry.reference_catalog")).scalar() == 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from helpers import ALEMBIC_INI, ChainBuilder
+from support.chains import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool.cli import main
 from workspace_tool.errors import ConfigurationError
@@ -66,7 +66,7 @@ def test_every_command_is_registered_and_has_help_text() -> None:
 
 
 def test_models_option_in_the_help_is_the_one_alembic_ini_uses() -> None:
-    from workspace_tool.alembic_env import MODELS_OPTION
+    from workspace_tool.chain.loading import MODELS_OPTION
     from workspace_tool.cli import chain
 
     assert chain.MODELS_OPTION == MODELS_OPTION

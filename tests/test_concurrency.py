@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, GATE, ChainBuilder, Gate, bootstrap_state, ensure_in_processes, schema_version
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.concurrency import GATE, Gate, ensure_in_processes
+from support.db import bootstrap_state, schema_version
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager
 from workspace_tool.urls import async_url

@@ -10,12 +10,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import Result
-from helpers import ALEMBIC_INI, ChainBuilder, make_schema_by_hand, run_cli, with_options
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, ChainBuilder, with_options
+from support.cli import run_cli
+from support.data import make_schema_by_hand
 
-from workspace_tool import WorkspaceManager, doctor, pool
+from workspace_tool import WorkspaceManager, doctor, spares
 from workspace_tool.chain import Chain
-from workspace_tool.vocabulary import Health
+from workspace_tool.doctor import Health
 
 CHECKS = ["server", "pgvector", "lock budget", "connections", "citus", "registry", "pooler", "warm pool"]
 
@@ -172,7 +174,7 @@ def with_chain_options(ini: Path, **options: str) -> Chain:
 
 def test_spares_behind_this_chains_head_are_a_warning(engine: sa.Engine, chain_builder: ChainBuilder) -> None:
     chain_builder.add("a1", 'op.create_table("items", sa.Column("id", sa.Integer, primary_key=True))')
-    assert pool.fill(engine, Chain.load(chain_builder.ini), 2, jobs=1).built == 2
+    assert spares.fill(engine, Chain.load(chain_builder.ini), 2, jobs=1).built == 2
     chain_builder.add("a2", 'op.add_column("items", sa.Column("name", sa.Text))')
     checks = [("warm pool", doctor.unused_spares)]
     # a1's release filled the pool a moment ago: within the grace its spares are kept for it (a rolling deploy)

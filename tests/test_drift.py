@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, ChainBuilder
+from support.chains import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool import drift, fleet, reference
 from workspace_tool.chain import Chain

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ALEMBIC_INI, HEAD, ROOT
+from support.chains import ALEMBIC_INI, HEAD, ROOT
 
 from workspace_tool import embedded
 
@@ -67,8 +67,8 @@ def test_ensure_demo_on_the_embedded_server_and_reuse(embedded_dir: Path) -> Non
     assert first.returncode == 0, first.stderr
     assert first.stderr == f"Using the embedded PostgreSQL in {embedded_dir}\n"
     lines = first.stdout.splitlines()
-    assert lines[0] == "PROJECT ID  SCHEMA        ACTION   TO REVISION          DURATION MS  PATH"
-    assert lines[1].startswith(f"demo        project_demo  created  {HEAD}  ")
+    assert lines[0] == "PROJECT ID  SCHEMA        ACTION  TO REVISION          DURATION MS  PATH"
+    assert lines[1].startswith(f"demo        project_demo  create  {HEAD}  ")
     pid = postmaster_pid(embedded_dir)
     assert pid is not None
 

@@ -1,5 +1,5 @@
-"""The fleet's one-round-trip lane (provisioning.migrate_expected): it applies a range only when the
-schema is exactly as the batch read saw it, and otherwise changes nothing and hands over to migrate_on."""
+"""The fleet's one-round-trip lane (schema.migrate.migrate_expected): it applies a range only when the
+schema is exactly as the batch read saw it, and otherwise changes nothing and hands over to ``migrate``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, registry_state, schema_version
+from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.data import add_rows
+from support.db import registry_state, schema_version
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain

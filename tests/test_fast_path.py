@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from helpers import ALEMBIC_INI, ChainBuilder, columns, schema_tables, schema_version
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.db import columns, schema_tables, schema_version
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain
@@ -221,7 +222,7 @@ def test_a_revision_that_reads_data_runs_online_and_branches_right(
     code, output = cli(url_string, chain_builder.ini, "ensure", "branchy-cli")
     assert code == 0, output
     row = output.splitlines()[1].split()
-    assert row[:3] == ["branchy-cli", "project_branchy_cli", "created"] and row[-1] == "mixed"
+    assert row[:3] == ["branchy-cli", "project_branchy_cli", "create"] and row[-1] == "mixed"
     # the online and the fast path agree on this chain too
     report = verify_fast_path(engine, chain)
     assert report.identical, [(c.label, c.differences) for c in report.differing]
@@ -236,7 +237,7 @@ def test_a_revision_can_opt_out_with_workspace_online(chain_builder: ChainBuilde
         assert schema_tables(engine, result.schema) == {"items", "alembic_version"}
         assert registry_path(engine, "optout") == "online"
         status = mgr.status(["optout"])[0]
-        assert (status.state, status.last_path) == ("at head", "online")
+        assert (status.state, status.last_path) == ("at-head", "online")
 
 
 def test_a_revision_that_cannot_render_offline_falls_back_online(

@@ -21,8 +21,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import CLI, WAIT, ChainBuilder, Victim, assert_consistent, waiting_on_advisory
 from pgprivate import PrivateServer
+from support.chains import ChainBuilder
+from support.cli import CLI
+from support.concurrency import WAIT, Victim, waiting_on_advisory
+from support.db import assert_consistent
 
 from workspace_tool import DatabaseUnavailable, WorkspaceManager, fleet
 from workspace_tool.chain import Chain

@@ -3,25 +3,15 @@ reported, lock timeouts retried then reported, rerunning picks up what is left, 
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    ITEMS,
-    UNIQUE,
-    ChainBuilder,
-    add_rows,
-    backends,
-    make_schema_by_hand,
-    registry_state,
-    schema_version,
-)
+from support.chains import ALEMBIC_INI, ITEMS, UNIQUE, ChainBuilder
+from support.data import add_rows, make_schema_by_hand
+from support.db import registry_state, schema_version
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
@@ -225,28 +215,6 @@ def test_interrupt_lets_running_schemas_finish_and_starts_no_more(engine: sa.Eng
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 
 
-def test_online_revisions_in_worker_processes_that_are_cleaned_up(
-    engine: sa.Engine, chain_builder: ChainBuilder
-) -> None:
-    chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
-    chain_builder.add("a2", 'op.add_column("items", sa.Column("note", sa.Text))', extra=ONLINE_EXTRA)
-    chain = Chain.load(chain_builder.ini)
-    ids = IDS[:6]
-    fleet.provision(engine, chain, ids, target="a1", jobs=2)
-    before = backends(engine)
-
-    report = fleet.upgrade(engine, chain, jobs=2, executor="processes")
-
-    assert report.ok and report.executor == "processes" and report.counts()["ok"] == 6
-    assert {r.path for r in report.results} == {"online"}
-    assert all(schema_version(engine, f"project_{p}") == "a2" for p in ids)
-    assert multiprocessing.active_children() == []
-    deadline = time.monotonic() + 5  # a backend leaves pg_stat_activity just after its client is gone
-    while backends(engine) > before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert backends(engine) <= before
-
-
 def test_bad_ids_are_rejected_before_any_sql(engine: sa.Engine, tiny: Chain) -> None:
     from workspace_tool import InvalidProjectId
 
@@ -275,7 +243,7 @@ def test_citus_constraints_no_registry_foreign_keys_and_no_combined_create_schem
 
 def test_batched_version_reads_hold_no_table_locks(engine: sa.Engine, fleet_at_a1: Chain) -> None:
     """Thousands of schemas are read in one transaction: each batch's locks go with its savepoint."""
-    from workspace_tool.fleet.reader import read_versions
+    from workspace_tool.registry.inventory import read_versions
 
     with engine.connect() as conn, conn.begin():
         versions = read_versions(conn, [f"project_{p}" for p in IDS], batch_size=6)
@@ -443,99 +411,15 @@ def test_the_default_jobs_fit_the_engines_pool(
     assert report.ok and report.counts()["ok"] == len(IDS)
 
 
-# ------------------------------------------------------------- worker processes and engine settings
-SEEN = "op.execute(\"CREATE TABLE seen AS SELECT current_setting('application_name') AS app\")"
-
-
-def _with_listener(url: Any, event: str) -> sa.Engine:
-    made = sa.create_engine(url)
-    sa.event.listen(made, event, lambda *args: None)
-    return made
-
-
-LOST: dict[str, tuple[Callable[[Any], sa.Engine], str]] = {
-    "connect_args": (lambda url: sa.create_engine(url, connect_args={"application_name": "x"}), "connect_args"),
-    "creator": (
-        lambda url: sa.create_engine(
-            "postgresql+psycopg2://", creator=lambda: sa.create_engine(url).raw_connection().driver_connection
-        ),
-        "a creator",
-    ),
-    "connect-listener": (lambda url: _with_listener(url, "connect"), "'connect' event listener"),
-    "do_connect-listener": (lambda url: _with_listener(url, "do_connect"), "'do_connect' event listener"),
-    "cursor-listener": (lambda url: _with_listener(url, "before_cursor_execute"), "'before_cursor_execute'"),
-}
-
-
-@pytest.mark.parametrize("kind", list(LOST))
-def test_processes_refuse_an_engine_whose_settings_workers_would_lose(
-    kind: str, engine: sa.Engine, database_url: Any, fleet_at_a1: Chain
+# ------------------------------------------------------------- the executor
+def test_the_removed_processes_executor_is_refused_in_one_line_and_nothing_runs(
+    engine: sa.Engine, fleet_at_a1: Chain
 ) -> None:
     from workspace_tool import ConfigurationError
 
-    make, named = LOST[kind]
-    given = make(database_url)
     with pytest.raises(ConfigurationError) as info:
-        fleet.upgrade(given, fleet_at_a1, jobs=2, executor="processes")
-    given.dispose()
-    assert named in str(info.value) and "engine_factory=" in str(info.value)
+        fleet.upgrade(engine, fleet_at_a1, jobs=2, executor="processes")
+    assert "\n" not in str(info.value) and "executor='processes' was removed" in str(info.value)
     assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
-
-
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda url: sa.create_engine(url, isolation_level="AUTOCOMMIT", pool_size=3),
-        lambda url: sa.create_engine(url).execution_options(isolation_level="AUTOCOMMIT"),
-        lambda url: sa.create_engine(url.update_query_dict({"application_name": "from-url"}), pool_pre_ping=True),
-    ],
-    ids=["autocommit-engine", "autocommit-view", "url-query"],
-)
-def test_what_the_url_isolation_and_options_carry_is_rebuilt_in_workers(
-    make: Callable[[Any], sa.Engine], database_url: Any
-) -> None:
-    from workspace_tool.fleet.worker_engine import for_workers, not_carried
-
-    given = make(database_url)
-    rebuilt = for_workers(given, None)()
-    assert not_carried(given, rebuilt) is None
-    assert rebuilt.url == given.url and rebuilt.get_execution_options() == given.get_execution_options()
-    rebuilt.dispose()
-    given.dispose()
-
-
-def test_processes_build_their_engine_with_the_engine_factory(
-    engine: sa.Engine, database_url: Any, chain_builder: ChainBuilder
-) -> None:
-    import functools
-
-    from workspace_tool import ConfigurationError
-
-    chain_builder.add("a1", ITEMS).add("a2", SEEN, extra=ONLINE_EXTRA)
-    chain = Chain.load(chain_builder.ini)
-    ids = IDS[:3]
-    assert fleet.provision(engine, chain, ids, target="a1", jobs=3).ok
-    url = database_url.render_as_string(hide_password=False)
-    args = {"application_name": "wst-fleet-worker"}
-    given = sa.create_engine(url, connect_args=args)
-    factory = functools.partial(sa.create_engine, url, connect_args=args, poolclass=sa.pool.NullPool)
-
-    report = fleet.upgrade(given, chain, jobs=2, executor="processes", engine_factory=factory)
-
-    given.dispose()
-    assert report.ok and report.executor == "processes" and report.counts()["ok"] == 3
-    with engine.connect() as conn:
-        seen = {p: conn.execute(sa.text(f"SELECT app FROM project_{p}.seen")).scalar() for p in ids}
-    assert seen == dict.fromkeys(ids, "wst-fleet-worker")
-    with pytest.raises(ConfigurationError, match="send engine_factory to worker processes"):
-        fleet.upgrade(given, chain, executor="processes", engine_factory=lambda: given)
-
-
-def test_the_rebuilt_engine_never_shows_the_password(database_url: Any) -> None:
-    from workspace_tool.fleet.worker_engine import UrlEngine, for_workers
-
-    given = sa.create_engine(database_url.set(password="s3cret-pw"))
-    factory = for_workers(given, None)
-    assert isinstance(factory, UrlEngine) and "s3cret-pw" in factory.url  # the workers need it
-    assert "s3cret-pw" not in repr(factory)
-    given.dispose()
+    report = fleet.upgrade(engine, fleet_at_a1, jobs=2, executor="threads")  # what scripts pass still works
+    assert report.ok and report.executor == "threads" and report.counts()["ok"] == len(IDS)

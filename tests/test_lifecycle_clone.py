@@ -9,17 +9,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    ITEMS,
-    add_chunks,
-    add_rows,
-    assert_one_line_error,
-    catalog,
-    database_state,
-    run_cli,
-)
+from support.chains import ALEMBIC_INI, HEAD, ITEMS
+from support.cli import assert_one_line_error, run_cli
+from support.data import add_chunks, add_rows
+from support.db import catalog, database_state
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain

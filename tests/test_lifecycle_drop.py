@@ -7,14 +7,15 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, assert_one_line_error, database_state, registry_row, run_cli, schema_exists
+from support.chains import ALEMBIC_INI
+from support.cli import assert_one_line_error, run_cli
+from support.db import database_state, registry_row, schema_exists
 
-from workspace_tool import WorkspaceManager
+from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
-from workspace_tool.fleet import Selection, provision, upgrade
+from workspace_tool.fleet import RunSpec, Selection, provision, upgrade
 from workspace_tool.lifecycle.drop import drop_operation, purge_expired, quarantined, restore
 from workspace_tool.lifecycle.errors import NotQuarantined
-from workspace_tool.lifecycle.fleet_run import run_fleet
 
 
 def projects(engine: sa.Engine) -> list[str]:
@@ -50,7 +51,7 @@ def test_bulk_drop_refuses_bad_input_and_changes_nothing(engine: sa.Engine, url_
     state = database_state(engine)
     assert_one_line_error(run_cli("--database-url", url_string, "drop", "a1", "nope", "--yes"), "nope")
     needs_yes = run_cli("--database-url", url_string, "drop", "--match", "a*")
-    assert needs_yes.exit_code == 2 and "--yes" in needs_yes.stderr
+    assert needs_yes.exit_code == 1 and "pass --yes to confirm" in needs_yes.stderr
     assert_one_line_error(run_cli("--database-url", url_string, "restore", "a1"), "no quarantined copy")
     assert_one_line_error(run_cli("--database-url", url_string, "purge", "a1", "--yes"), "no quarantined copy")
     nothing = run_cli("--database-url", url_string, "drop", "--match", "zzz*", "--yes")
@@ -97,7 +98,7 @@ def test_retain_quarantines_restore_brings_back_purge_removes(engine: sa.Engine,
             )
         )
     manager.ensure("q4")
-    run_fleet(engine, chain, drop_operation(3600), None, selection=Selection(ids=["q4"]))
+    fleet.run(engine, chain, drop_operation(3600), RunSpec(selection=Selection(ids=["q4"])))
     expired = run_cli("--database-url", url_string, "drop", "--purge-expired", "--yes")
     assert expired.exit_code == 0, expired.stderr
     assert registry_row(engine, "q3") is None and not schema_exists(engine, "dropped_q3")
@@ -126,7 +127,7 @@ def test_a_project_made_again_after_its_quarantine(engine: sa.Engine, url_string
     """ensure makes a quarantined project anew; its quarantined copy stays listed, and purge removes only it."""
     manager = WorkspaceManager(engine, ALEMBIC_INI)
     manager.ensure("again")
-    run_fleet(engine, Chain.load(ALEMBIC_INI), drop_operation(3600), None, selection=Selection(ids=["again"]))
+    fleet.run(engine, Chain.load(ALEMBIC_INI), drop_operation(3600), RunSpec(selection=Selection(ids=["again"])))
     manager.invalidate()
     manager.ensure("again")
     assert schema_exists(engine, "project_again") and schema_exists(engine, "dropped_again")

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import sqlalchemy as sa
-from helpers import HEAD, assert_consistent, assert_one_line_error, database_state, run_cli
+from support.chains import HEAD
+from support.cli import assert_one_line_error, run_cli
+from support.db import assert_consistent, database_state
 
 
 def test_ensure_ids_from_a_file_with_jobs(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, assert_one_line_error, database_state, run_cli
+from support.chains import ALEMBIC_INI
+from support.cli import assert_one_line_error, run_cli
+from support.db import database_state
 
 from workspace_tool.chain import Chain
 from workspace_tool.fleet import provision

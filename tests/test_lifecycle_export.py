@@ -10,19 +10,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    ITEMS,
-    MAIN_REVISIONS,
-    add_chunks,
-    add_rows,
-    assert_one_line_error,
-    catalog,
-    database_state,
-    run_cli,
-)
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS
+from support.cli import assert_one_line_error, run_cli
+from support.data import add_chunks, add_rows
+from support.db import catalog, database_state
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain
@@ -107,7 +99,7 @@ def test_import_at_an_older_revision_and_upgrade(
     chain = Chain.load(ALEMBIC_INI)
     old = MAIN_REVISIONS[-2]
     manager.ensure("old")
-    run_cli("--database-url", engine.url.render_as_string(hide_password=False), "downgrade", "old", "--to", old)
+    run_cli("--database-url", engine.url.render_as_string(hide_password=False), "downgrade", "old", "--to", old, "--yes")
     file = tmp_path / "old.wstx"
     assert export_project(engine, chain, "old", file).revision == old
     assert import_project(other_engine, chain, file).to_revision == old

@@ -8,8 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, HEAD, add_chunks, assert_one_line_error, database_state, registry_row, run_cli
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, HEAD
+from support.cli import assert_one_line_error, run_cli
+from support.data import add_chunks
+from support.db import database_state, registry_row
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain
@@ -92,5 +95,5 @@ def test_move_refuses_bad_input_and_changes_nothing(
     assert_one_line_error(run_cli("--database-url", url_string, "move", source, "--to-url", to_url, "--yes"), "exists")
     assert_one_line_error(run_cli("--database-url", url_string, "move", "nope", "--to-url", to_url, "--yes"), "nope")
     needs_yes = run_cli("--database-url", url_string, "move", source, "--to-url", to_url)
-    assert needs_yes.exit_code == 2
+    assert needs_yes.exit_code == 1 and "pass --yes to confirm" in needs_yes.stderr
     assert (database_state(engine), database_state(target)) == (here, there)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import sqlalchemy as sa
-from helpers import HEAD, MAIN_REVISIONS, assert_one_line_error, database_state, registry_row, run_cli, schema_version
+from support.chains import HEAD, MAIN_REVISIONS
+from support.cli import assert_one_line_error, run_cli
+from support.db import database_state, registry_row, schema_version
 
 from workspace_tool import WorkspaceManager
 
@@ -30,7 +32,7 @@ def test_current_and_stamp(engine: sa.Engine, manager: WorkspaceManager, url_str
     assert [(r["project_id"], r["revision"]) for r in now] == [("a", HEAD)]
     state = database_state(engine)
     needs_yes = run_cli("--database-url", url_string, "stamp", "a", MAIN_REVISIONS[-2])
-    assert needs_yes.exit_code == 2 and "--yes" in needs_yes.stderr
+    assert needs_yes.exit_code == 1 and "pass --yes to confirm" in needs_yes.stderr
     assert_one_line_error(run_cli("--database-url", url_string, "stamp", "nope", "head", "--yes"), "nope")
     assert_one_line_error(run_cli("--database-url", url_string, "stamp", "a", "nosuchrev", "--yes"), "nosuchrev")
     assert_one_line_error(run_cli("--database-url", url_string, "stamp", "a", "head", "--yes"), "already")

@@ -6,7 +6,8 @@ import re
 from pathlib import Path
 
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, ChainBuilder, lint
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.cli import lint
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain.lint import check_chain, check_source, lint_chain

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from helpers import ChainBuilder, lint
+from support.chains import ChainBuilder
+from support.cli import lint
 
 from workspace_tool.chain import Chain, squawk
 from workspace_tool.chain.lint import lint_chain

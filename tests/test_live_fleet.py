@@ -19,22 +19,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ITEMS,
-    UNIQUE,
-    ChainBuilder,
-    StatementCounter,
-    assert_consistent,
-    registry_row,
-    schema_exists,
-    schema_version,
-)
+from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.db import StatementCounter, assert_consistent, registry_row, schema_exists, schema_version
 
-from workspace_tool import WorkspaceManager, drift, fleet, pool, reference
+from workspace_tool import WorkspaceManager, drift, fleet, reference, spares
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
-from workspace_tool.fleet import reader, runner
-from workspace_tool.fleet.reader import read_versions
+from workspace_tool.fleet import runner
+from workspace_tool.registry import inventory
+from workspace_tool.registry.inventory import read_versions
 
 IDS = [f"p{i:02d}" for i in range(1, 13)]
 DROP_UNIQUE = 'op.drop_index("ux_items_name", table_name="items")'
@@ -115,7 +108,7 @@ def test_the_batched_version_read_leaves_out_a_schema_dropped_since_it_was_liste
 def test_status_leaves_out_a_project_dropped_while_it_read_the_versions(
     engine: sa.Engine, url_string: str, at_a1: Chain, app: WorkspaceManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    dropped = drop_first(monkeypatch, reader, "read_versions", app, "p03", "p10")
+    dropped = drop_first(monkeypatch, inventory, "read_versions", app, "p03", "p10")
 
     result = cli(url_string, at_a1.config_path, "status", "--json")
 
@@ -199,7 +192,7 @@ def test_upgrade_all_json_goes_on_when_projects_vanish_during_its_read_and_befor
 ) -> None:
     """p03 is dropped while the run reads the versions (so it is simply not there: not in the report),
     p08 after the read, before its turn: gone. Exit 0, the summary counts it."""
-    drop_first(monkeypatch, reader, "read_versions", app, "p03")
+    drop_first(monkeypatch, inventory, "read_versions", app, "p03")
     drop_first(monkeypatch, runner, "run_threads", app, "p08")
 
     result = cli(url_string, at_a1.config_path, "upgrade", "--all", "--json", "--jobs", "2")
@@ -237,7 +230,7 @@ def test_check_does_not_count_a_project_dropped_while_it_runs_as_drift(
     with engine.begin() as conn:  # p06 and p09 differ from the model: read in detail
         conn.execute(sa.text("ALTER TABLE project_p06.items ADD COLUMN by_hand int"))
         conn.execute(sa.text("ALTER TABLE project_p09.items ADD COLUMN by_hand int"))
-    drop_first(monkeypatch, reader, "read_versions", app, "p01")
+    drop_first(monkeypatch, inventory, "read_versions", app, "p01")
     drop_first(monkeypatch, reference, "for_check", app, "p02")
     drop_first(monkeypatch, drift, "snapshot", app, "p06")
 
@@ -248,7 +241,7 @@ def test_check_does_not_count_a_project_dropped_while_it_runs_as_drift(
     checked = {s["project_id"]: (s["state"], s["problems"]) for s in report["schemas"]}
     assert "p01" not in checked
     assert checked["p02"] == ("gone", []) and checked["p06"] == ("gone", [])
-    assert checked["p09"] == ("at head", ["unexpected relations.items.columns.by_hand"])
+    assert checked["p09"] == ("at-head", ["unexpected relations.items.columns.by_hand"])
     assert report["failing"] == 1 and "database error" not in result.output
 
     with engine.begin() as conn:
@@ -300,7 +293,7 @@ def test_the_old_release_check_reports_a_schema_upgraded_while_it_ran_at_its_new
 
     assert upgraded == ["p03", "p07"]
     failing = {c.project_id: (c.state, c.revision, c.problems) for c in report.failing}
-    assert failing == {p: ("ahead/unknown", "a2", [MOVED]) for p in ("p03", "p07")}
+    assert failing == {p: ("ahead", "a2", [MOVED]) for p in ("p03", "p07")}
     assert len(report.schemas) == 12
     again = cli(url_string, old_release.config_path, "check", "--json")  # a moment later: ahead, as it is
     assert again.exit_code == 1
@@ -325,8 +318,8 @@ def test_check_reads_the_next_schema_of_a_drifted_group_when_the_first_was_upgra
     assert upgraded == ["p06"]
     failing = {c.project_id: (c.state, c.problems) for c in report.failing}
     assert failing == {
-        "p06": ("ahead/unknown", [MOVED]),
-        "p09": ("at head", ["unexpected relations.items.columns.by_hand"]),
+        "p06": ("ahead", [MOVED]),
+        "p09": ("at-head", ["unexpected relations.items.columns.by_hand"]),
     }
 
 
@@ -336,7 +329,7 @@ def test_check_does_not_report_a_spare_claimed_while_it_runs(
     """A spare listed, then claimed (renamed into a new project's schema) before its catalog is read: it
     is no spare any more, and no problem; the new project is not in this check's read either."""
     assert fleet.upgrade(engine, at_a1, jobs=2).ok
-    assert pool.fill(engine, at_a1, 3, jobs=1).built == 3
+    assert spares.fill(engine, at_a1, 3, jobs=1).built == 3
     claiming = WorkspaceManager(engine, at_a1.config_path, warm_pool=3)
     claimed: list[str] = []
 
@@ -359,7 +352,7 @@ def test_check_does_not_report_a_spare_claimed_while_it_runs(
     assert claimed == ["claimed-while-listing", "claimed-before-compare"]
     assert report.ok, [(s.schema, s.problems) for s in report.failing]
     assert len(report.spares) == 1 and report.spares[0].problems == []
-    assert pool.status(engine, at_a1).ready == 1
+    assert spares.status(engine, at_a1).ready == 1
     result = cli(url_string, at_a1.config_path, "check")  # and now: the two new projects are at head
     assert result.exit_code == 0 and "14 schema(s) and 1 spare(s) checked" in result.stderr, result.output
     claiming.close()
@@ -398,6 +391,7 @@ class Dropper(threading.Thread):
         return self.dropped
 
 
+@pytest.mark.slow  # a soak of 400 projects: the tests above pin each of its outcomes, deterministically
 def test_every_command_goes_on_while_the_application_drops_projects(
     engine: sa.Engine, url_string: str, tiny: Chain
 ) -> None:

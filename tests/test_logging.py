@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS, UNIQUE, ChainBuilder, run_cli
+from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS, UNIQUE, ChainBuilder
+from support.cli import run_cli
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
@@ -51,14 +52,14 @@ def test_verbose_shows_each_schemas_path_sending_and_timings(url: str) -> None:
         rf"project_bravo: created base -> {HEAD}, path fast, careful path \(lock and state read {MS}\), {MS}", line
     )
 
-    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS)
+    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS, "--yes")
     out, err = cli(url, "-v", "upgrade", "--all")
     assert "ok       1" in out
     assert re.fullmatch(
         rf"project_alpha: upgraded {PREVIOUS} -> {HEAD}, path fast, fast lane \(one round trip\), {MS}",
         logged(err, "workspace_tool.schema.migrate")[0],
     )
-    read, fleet_read = logged(err, "workspace_tool.fleet.reader")
+    read, fleet_read = logged(err, "workspace_tool.registry.inventory")
     assert re.fullmatch(r"read 2 schema\(s\) in 1 batch\(es\) of up to 200 on 1 connection\(s\) in \d+ ms", read)
     assert re.fullmatch(
         r"fleet read: 2 project\(s\), 2 registered, 2 project schema\(s\), 2 version\(s\) read, in \d+ ms", fleet_read
@@ -70,7 +71,7 @@ def test_verbose_shows_each_schemas_path_sending_and_timings(url: str) -> None:
 
 def test_very_verbose_shows_the_sql_including_the_batches_sent_on_the_raw_driver(url: str) -> None:
     cli(url, "-q", "ensure", "alpha")
-    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS)
+    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS, "--yes")
     _, err = cli(url, "-vv", "upgrade", "--all")
     statements = logged(err, "sqlalchemy.engine.Engine")
     assert any("SELECT project_id, schema_name, revision" in s for s in statements)  # the fleet read
@@ -84,7 +85,7 @@ def test_very_verbose_shows_the_sql_including_the_batches_sent_on_the_raw_driver
 def test_quiet_prints_the_data_and_nothing_else(url: str) -> None:
     out, err = cli(url, "-q", "ensure", "alpha", "beta")
     assert err == "" and out.splitlines()[1].startswith("alpha ")
-    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS)
+    cli(url, "-q", "downgrade", "alpha", "--to", PREVIOUS, "--yes")
     out, err = cli(url, "-q", "upgrade", "--all")
     assert err == "" and "ok       1" in out
     assert cli(url, "-q", "drop", "beta", "--yes") == ("", "")

@@ -12,24 +12,11 @@ from typing import Any, ClassVar
 import psycopg2.extensions
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    MAIN_REVISIONS,
-    ROOT,
-    TABLES,
-    ChainBuilder,
-    catalog,
-    make_schema_by_hand,
-    registry_row,
-    reset_database,
-    run_alembic,
-    schema_exists,
-    schema_tables,
-    schema_version,
-    truncated_chain,
-)
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, ROOT, TABLES, ChainBuilder, truncated_chain
+from support.cli import run_alembic
+from support.data import make_schema_by_hand
+from support.db import catalog, registry_row, reset_database, schema_exists, schema_tables, schema_version
 
 from workspace_tool import (
     ConfigurationError,
@@ -223,7 +210,7 @@ def test_upgrade_from_every_older_revision_equals_fresh(
     assert row is not None
     assert (row["revision"], row["last_action"], row["status"]) == (HEAD, "upgrade", "ready")
     assert row["last_duration_ms"] > 0
-    assert {s.project_id: s.state for s in manager.status()} == {"upgrade-me": "at head"}
+    assert {s.project_id: s.state for s in manager.status()} == {"upgrade-me": "at-head"}
 
 
 def test_upgrade_from_a_schema_provisioned_by_plain_alembic(

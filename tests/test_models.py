@@ -9,11 +9,12 @@ import pytest
 import sqlalchemy as sa
 from alembic.migration import MigrationContext
 from pgvector.sqlalchemy import Vector
+from support.chains import ALEMBIC_INI
 
+from migrations.models import Base, CodeChunk, metadata
 from workspace_tool import WorkspaceManager
 from workspace_tool.authoring import compare_schema
 from workspace_tool.chain.autogenerate import compare_server_default
-from workspace_tool.models import Base, CodeChunk, metadata
 from workspace_tool.schema import catalog
 from workspace_tool.sql import search_path_sql
 
@@ -53,7 +54,7 @@ def test_autogenerate_finds_no_difference_at_head(manager: WorkspaceManager) -> 
     schema = manager.ensure("models-head")
     extension_schema = manager.bootstrap()
     with manager.engine.connect() as conn:
-        assert compare_schema(conn, schema, extension_schema) == []
+        assert compare_schema(conn, schema, extension_schema, config=ALEMBIC_INI) == []
 
 
 def test_models_build_the_same_catalog_as_the_chain(manager: WorkspaceManager) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from helpers import StatementCounter
+from support.db import StatementCounter
 
 from workspace_tool import InvalidProjectId, WorkspaceError, WorkspaceManager, schema_for
 from workspace_tool.naming import is_project_schema, project_for, validate_schema_name

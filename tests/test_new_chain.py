@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -12,10 +14,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import schema_version
+from support.cli import assert_one_line_error
+from support.db import schema_version
 
+import workspace_tool
 from workspace_tool.alembic_env import TEMPLATE_DIR
 from workspace_tool.cli import main
+from workspace_tool.errors import ConfigurationError
 
 MODELS = '''
 """myapp's tables, one per project schema."""
@@ -49,7 +54,8 @@ def app_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(app)
     monkeypatch.delenv("WORKSPACE_TOOL_CONFIG", raising=False)
     monkeypatch.syspath_prepend(str(tmp_path))  # sys.path (which alembic.ini's prepend_sys_path extends) is restored
-    for name in ("myapp", "myapp.models"):
+    # the example chain's migrations.models too: the application's own migrations/models.py is imported instead
+    for name in ("myapp", "myapp.models", "migrations", "migrations.models"):
         monkeypatch.delitem(sys.modules, name, raising=False)
     return app
 
@@ -92,7 +98,7 @@ def test_a_new_application_from_init_chain_to_its_project_schemas(
     ensured = cli(url_string, "ensure", "alpha", "beta", "--json")
     assert ensured.exit_code == 0, ensured.output
     actions = [(r["action"], r["to_revision"]) for r in json.loads(ensured.stdout)]
-    assert actions == [("created", created["revision"])] * 2
+    assert actions == [("create", created["revision"])] * 2
     assert columns(engine, "project_alpha", "notes") == ["id", "body"]
 
     change_models(app_dir, TITLE)
@@ -125,7 +131,8 @@ def test_a_new_application_from_init_chain_to_its_project_schemas(
         ("dir", ["init-chain", "migrations", "--models", "myapp.models:Base"], "migrations already exists and is not"),
         ("", ["init-chain", "migrations", "--models", "myapp.models"], "write it as package.module:attribute"),
         ("", ["init-chain", "migrations", "--models", "a:b\nx = y"], "write it as package.module:attribute"),
-        ("", ["init-chain", "migrations"], "Missing option '--models'"),
+        ("", ["init-chain", "../elsewhere/chain"], "can't be imported as a package from"),
+        ("", ["init-chain", "db-chain"], "name your own models with --models package.module:metadata"),
     ],
 )
 def test_init_chain_refuses_and_writes_nothing(app_dir: Path, setup: str, args: list[str], message: str) -> None:
@@ -148,6 +155,66 @@ def test_init_chain_writes_alembic_ini_where_c_says(app_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "script_location = %(here)s/../db/chain" in (app_dir / "config" / "alembic.ini").read_text()
     assert (app_dir / "db" / "chain" / "env.py").read_bytes() == (TEMPLATE_DIR / "env.py").read_bytes()
+
+
+NOTE = """
+class Note(Base):
+    __tablename__ = "notes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    body: Mapped[str] = mapped_column(sa.Text)
+"""
+
+
+def test_init_chain_writes_the_applications_models_beside_env_py_and_autogenerate_reads_them(
+    engine: sa.Engine, url_string: str, app_dir: Path
+) -> None:
+    init = cli(url_string, "init-chain", "migrations")
+    assert init.exit_code == 0, init.output
+    chain = app_dir / "migrations"
+    assert sorted(p.name for p in chain.iterdir()) == ["env.py", "models.py", "script.py.mako", "versions"]
+    assert "workspace_models = migrations.models:metadata" in (app_dir / "alembic.ini").read_text()
+    assert "write your tables in migrations/models.py" in init.stderr
+
+    empty = cli(url_string, "revision", "-m", "nothing yet", "--autogenerate")
+    assert empty.exit_code == 0, empty.output
+    assert "No changes detected" in empty.stderr  # the template's models hold no table
+
+    models = chain / "models.py"
+    models.write_text(models.read_text() + textwrap.dedent(NOTE))  # the developer's first table
+    sys.modules.pop("migrations.models", None)  # the next command (a new process for the developer) reads it
+    written = cli(url_string, "revision", "-m", "create notes", "--autogenerate", "--json")
+    assert written.exit_code == 0, written.output
+    (created,) = json.loads(written.stdout)
+    assert created["operations"] == 1 and "op.create_table('notes'" in Path(created["path"]).read_text()
+    assert cli(url_string, "ensure", "alpha").exit_code == 0
+    assert columns(engine, "project_alpha", "notes") == ["id", "body"]
+
+
+def test_the_library_ships_no_models_of_its_own() -> None:
+    assert importlib.util.find_spec("workspace_tool.models") is None
+    assert not list(Path(workspace_tool.__file__).parent.glob("models.py"))
+
+
+def test_a_chain_without_models_says_so_in_one_line_where_they_are_needed(
+    engine: sa.Engine, url_string: str, app_dir: Path
+) -> None:
+    assert cli(url_string, "init-chain", "migrations").exit_code == 0
+    ini = app_dir / "alembic.ini"
+    ini.write_text(re.sub(r"(?m)^workspace_models = .*\n", "", ini.read_text()))
+    result = cli(url_string, "revision", "-m", "create notes", "--autogenerate")
+    assert result.exit_code == 1
+    assert_one_line_error(result, "name the models in alembic.ini (workspace_models = package.module:metadata)")
+    assert list((app_dir / "migrations" / "versions").iterdir()) == []
+
+    from workspace_tool.authoring import compare_schema
+
+    with engine.connect() as conn, pytest.raises(ConfigurationError) as raised:
+        compare_schema(conn, "project_alpha", "workspace_extensions", config=ini)
+    assert str(raised.value) == (
+        "alembic.ini names no models: set workspace_models = package.module:metadata in its [alembic] section "
+        "(workspace-tool init-chain writes a models.py beside env.py for it), or pass them"
+    )
 
 
 def test_a_new_chains_first_revision_by_hand_needs_no_database(app_dir: Path) -> None:

@@ -17,38 +17,25 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    GATE,
-    ITEMS,
-    WAIT,
-    ChainBuilder,
-    Gate,
-    Victim,
-    assert_consistent,
-    assert_one_line_error,
-    lint,
-    psql,
-    registry_row,
-    registry_state,
-    run_alembic,
-    run_cli,
-    schema_version,
-    waiting_on_advisory,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ITEMS, ChainBuilder
+from support.cli import assert_one_line_error, lint, psql, run_alembic, run_cli
+from support.concurrency import GATE, WAIT, Gate, Victim, waiting_on_advisory
+from support.db import assert_consistent, registry_row, registry_state, schema_version
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet, transactions
 from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import StepKind
 from workspace_tool.errors import NonTransactionalFailed
 from workspace_tool.flavor import Flavor
 from workspace_tool.registry import bootstrap
 from workspace_tool.schema.catalog import diff, snapshot
 from workspace_tool.schema.migrate import Migration, Sending, migrate
+from workspace_tool.schema.operation import Action
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
-from workspace_tool.vocabulary import Action, StepKind
 
 FLAG = "workspace_transactional = False\n"
 CONCURRENT = """
@@ -665,7 +652,8 @@ def test_sql_shows_it_outside_the_transactions_and_psql_running_it_gives_what_up
     assert assert_consistent(engine) == {"project_p1": "r4", "project_p2": "r4"}
 
 
-def test_verify_fast_path_check_and_autogenerate_cover_a_chain_with_one(
+@pytest.mark.slow  # every range of the chain (24 cases, ~10 s); the quick suite verifies two ranges of one
+def test_verify_fast_path_covers_every_range_of_a_chain_with_one(
     engine: sa.Engine, chain_builder: ChainBuilder
 ) -> None:
     chain = chain_with(chain_builder, CONCURRENT, DROP_CONCURRENT)
@@ -676,6 +664,24 @@ def test_verify_fast_path_check_and_autogenerate_cover_a_chain_with_one(
 
     assert proof.identical, [(c.label, c.differences) for c in proof.differing]
     assert len(proof.checks) == 24  # 4 fresh, 20 upgrades and downgrades (base included)
+    assert scratch_schemas(engine) == []  # every scratch schema dropped
+
+
+def test_verify_fast_path_check_and_autogenerate_cover_a_chain_with_one(
+    engine: sa.Engine, chain_builder: ChainBuilder
+) -> None:
+    chain = chain_with(chain_builder, CONCURRENT, DROP_CONCURRENT)
+    with engine.connect() as conn:
+        bootstrap(conn)
+
+    fresh, upgrade, downgrade = (
+        (None, chain.head, True),
+        (chain.revisions[0], chain.head, False),
+        (chain.head, None, False),
+    )
+    proof = verify_fast_path(engine, chain, cases=[fresh, upgrade, downgrade])  # the range over it, both ways
+
+    assert proof.identical and len(proof.checks) == 3, [(c.label, c.differences) for c in proof.differing]
     fleet.provision(engine, chain, ["a", "b"])
     checked = drift.check(engine, chain)  # the head model built in a scratch schema, committed then dropped
     assert checked.ok and [s.schema for s in checked.schemas] == ["project_a", "project_b"]

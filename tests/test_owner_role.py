@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from helpers import ALEMBIC_INI, ChainBuilder
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager
 from workspace_tool.cli import main

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ALEMBIC_INI
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI
 
 from workspace_tool import PermissionDenied, ProjectWorkspaceManager, WorkspaceManager
 from workspace_tool.cli import main

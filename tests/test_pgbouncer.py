@@ -21,29 +21,19 @@ from pathlib import Path
 import pgbouncer
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    ITEMS,
-    ChainBuilder,
-    StatementCounter,
-    assert_consistent,
-    assert_one_line_error,
-    database_state,
-    run_alembic,
-    run_cli,
-    schema_version,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from support.chains import ALEMBIC_INI, HEAD, ITEMS, ChainBuilder
+from support.cli import assert_one_line_error, run_alembic, run_cli
+from support.db import StatementCounter, assert_consistent, database_state, schema_version
 
-from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, pool
+from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, spares
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import Path as PlanPath
 from workspace_tool.errors import SessionRequired
 from workspace_tool.flavor import pooler
 from workspace_tool.sql import POOL_LOCK_KEY
 from workspace_tool.urls import async_url
-from workspace_tool.vocabulary import Path as PlanPath
 
 pytestmark = pytest.mark.pgbouncer
 
@@ -203,7 +193,7 @@ def test_upgrade_all_of_a_transactional_revision_through_the_pooler(
     assert result.exit_code == 0, (result.stdout, result.stderr)
     assert assert_consistent(engine) == {f"project_{p.replace('-', '_')}": "r2" for p in ids}
     pgbouncer.assert_no_leak(pooled.url, engine)
-    down = run_cli("--database-url", pooled_text, "-c", ini, "downgrade", "pb-0", "--to", "r1")
+    down = run_cli("--database-url", pooled_text, "-c", ini, "downgrade", "pb-0", "--to", "r1", "--yes")
     assert down.exit_code == 0, (down.stdout, down.stderr)
     assert schema_version(engine, "project_pb_0") == "r1"
     pgbouncer.assert_no_leak(pooled.url, engine)
@@ -214,7 +204,7 @@ def test_init_status_and_check_through_the_pooler(pooled: sa.Engine, engine: sa.
     assert run_cli("--database-url", pooled_text, "-c", ini, "init").exit_code == 0
     assert run_cli("--database-url", pooled_text, "-c", ini, "ensure", "pb-0", "pb-1").exit_code == 0
     status = run_cli("--database-url", pooled_text, "-c", ini, "status", "--json")
-    assert status.exit_code == 0 and '"at head": 2' in status.stdout, status.stdout
+    assert status.exit_code == 0 and '"at-head": 2' in status.stdout, status.stdout
     check = run_cli("--database-url", pooled_text, "-c", ini, "check")
     assert check.exit_code == 0, (check.stdout, check.stderr)
     pgbouncer.assert_no_leak(pooled.url, engine)
@@ -449,7 +439,7 @@ def test_the_async_manager_through_the_pooler(
 # ----------------------------------------------------------------------------------- the warm pool
 def test_pool_fill_and_claims_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
     chain = Chain.load(ALEMBIC_INI)
-    assert pool.fill(pooled, chain, 4, jobs=2).built == 4
+    assert spares.fill(pooled, chain, 4, jobs=2).built == 4
     pgbouncer.assert_no_leak(pooled.url, engine)
     mgr = WorkspaceManager(pooled, ALEMBIC_INI, warm_pool=4)
     try:
@@ -464,8 +454,8 @@ def test_pool_fill_and_claims_through_the_pooler(pooled: sa.Engine, engine: sa.E
         refilling.refiller.wait(60)
     finally:
         refilling.close()
-    assert pool.status(pooled, chain, 2).ready == 2
-    assert pool.drain(pooled) == 2
+    assert spares.status(pooled, chain, 2).ready == 2
+    assert spares.drain(pooled) == 2
     assert assert_consistent(engine) == {f"project_pb_{i}": HEAD for i in range(6)}
     pgbouncer.assert_no_leak(pooled.url, engine)
 
@@ -474,11 +464,11 @@ def test_one_filler_at_a_time_through_the_pooler(pooled: sa.Engine, engine: sa.E
     """The pool's lock is held by a transaction open for the whole fill: another filler through the
     pooler finds it taken (busy), and once the fill is over nothing holds it."""
     chain = Chain.load(ALEMBIC_INI)
-    pool.fill(pooled, chain, 0)
+    spares.fill(pooled, chain, 0)
     with pooled.connect() as holder, holder.begin():
         holder.execute(sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": POOL_LOCK_KEY})
-        assert pool.fill(pooled, chain, 2, wait=False).busy
-    assert pool.fill(pooled, chain, 2, wait=False).built == 2
+        assert spares.fill(pooled, chain, 2, wait=False).busy
+    assert spares.fill(pooled, chain, 2, wait=False).built == 2
     pgbouncer.assert_no_leak(pooled.url, engine)
 
 

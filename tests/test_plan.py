@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ALEMBIC_INI
+from support.chains import ALEMBIC_INI
 
 from workspace_tool import flavor as flavors
 from workspace_tool.chain import Chain, Step
+from workspace_tool.chain.plan import Path as PlanPath
+from workspace_tool.chain.plan import StepKind
 from workspace_tool.dberrors import STATE_CHANGED, unreachable_node
 from workspace_tool.flavor import Flavor
 from workspace_tool.flavor.citus import NOT_TENANT, PROPAGATE_SET, TENANT, Citus
 from workspace_tool.registry.migrations import r0005_expect_version
+from workspace_tool.registry.table import RegistryAction
 from workspace_tool.schema.plan import BEGIN, COMMIT, Expected, RegistryRecord, SchemaPlan
-from workspace_tool.vocabulary import Path as PlanPath
-from workspace_tool.vocabulary import RegistryAction, StepKind
 
 EXT = "workspace_extensions"
 PLAIN, DISTRIBUTED = Flavor(EXT), Citus(EXT)

@@ -16,22 +16,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ALEMBIC_INI,
-    HEAD,
-    TABLES,
-    ChainBuilder,
-    StatementCounter,
-    Victim,
-    assert_consistent,
-    catalog,
-    registry_row,
-    schema_exists,
-    schema_tables,
-    waiting_on_advisory,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, HEAD, TABLES, ChainBuilder
+from support.concurrency import Victim, waiting_on_advisory
+from support.db import StatementCounter, assert_consistent, catalog, registry_row, schema_exists, schema_tables
 
 from workspace_tool import (
     ConfigurationError,
@@ -41,13 +30,13 @@ from workspace_tool import (
     WorkspaceManager,
     drift,
     fleet,
-    pool,
+    spares,
 )
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.managers import cache
-from workspace_tool.registry.spares import SPARE_PREFIX
 from workspace_tool.schema.catalog import diff
+from workspace_tool.spares.store import SPARE_PREFIX
 from workspace_tool.sql import LOCK_SQL, POOL_LOCK_KEY, lock_key
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
@@ -78,9 +67,9 @@ def spare_rows(engine: sa.Engine) -> list[str]:
 
 
 def refused_fill(engine: sa.Engine, chain: Chain) -> str:
-    """``pool.fill``'s refusal of ``chain``: one line saying how to turn the pool off, nothing made."""
+    """``spares.fill``'s refusal of ``chain``: one line saying how to turn the pool off, nothing made."""
     with pytest.raises(PoolRefused) as info:
-        pool.fill(engine, chain)
+        spares.fill(engine, chain)
     message = str(info.value)
     assert "\n" not in message and message.startswith("the warm pool can't be used with this chain")
     assert "set workspace_pool_size = 0" in message
@@ -89,7 +78,7 @@ def refused_fill(engine: sa.Engine, chain: Chain) -> str:
 
 
 def ready(engine: sa.Engine, chain: Chain = CHAIN) -> int:
-    return pool.status(engine, chain).ready
+    return spares.status(engine, chain).ready
 
 
 def last_path(engine: sa.Engine, project_id: str) -> Any:
@@ -102,7 +91,7 @@ def last_path(engine: sa.Engine, project_id: str) -> Any:
 def pooled(engine: sa.Engine) -> Iterator[WorkspaceManager]:
     """A manager with a warm pool of 3, filled."""
     mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=3)
-    assert pool.fill(engine, CHAIN, 3, jobs=2).built == 3
+    assert spares.fill(engine, CHAIN, 3, jobs=2).built == 3
     yield mgr
     mgr.close()
 
@@ -127,7 +116,7 @@ def test_a_new_project_is_a_spare_renamed_with_the_catalog_of_a_fresh_one(
 
 
 def test_a_project_made_from_a_spare_works_for_the_application(pooled: WorkspaceManager) -> None:
-    from workspace_tool.models import Repository
+    from migrations.models import Repository
 
     with pooled.session("app-on-spare") as s:
         s.add(Repository(path="/src/a", name="a"))
@@ -150,7 +139,7 @@ def test_with_no_spare_left_the_schema_is_built_in_the_same_transaction(pooled: 
 
 
 def test_with_the_pool_off_nothing_is_looked_for(engine: sa.Engine) -> None:
-    pool.fill(engine, CHAIN, 1)
+    spares.fill(engine, CHAIN, 1)
     mgr = WorkspaceManager(engine, ALEMBIC_INI)  # workspace_pool_size is not set: 0
     with StatementCounter(engine) as counter:
         assert mgr.ensure_detailed("no-pool").path == "fast"
@@ -164,8 +153,8 @@ def test_the_pool_size_comes_from_alembic_ini_and_a_bad_one_is_one_line(
 ) -> None:
     ini = with_pool_size(chain_builder.copy_main_chain().ini, "2")
     chain = Chain.load(ini)
-    assert pool.configured_size(chain) == 2
-    assert pool.fill(engine, chain).built == 2  # the configured size
+    assert spares.configured_size(chain) == 2
+    assert spares.fill(engine, chain).built == 2  # the configured size
     assert WorkspaceManager(engine, ini).ensure_detailed("sized").path == "pool"
     assert WorkspaceManager(engine, ini, warm_pool=0).ensure_detailed("not-sized").path == "fast"  # the argument wins
 
@@ -178,7 +167,7 @@ def test_the_pool_size_comes_from_alembic_ini_and_a_bad_one_is_one_line(
 
 
 def test_the_async_manager_claims_spares_and_gathers_them(engine: sa.Engine, database_url: URL) -> None:
-    pool.fill(engine, CHAIN, 4)
+    spares.fill(engine, CHAIN, 4)
     role = "wst_pool_async_owner"
 
     async def main() -> list[tuple[str, bool]]:
@@ -204,7 +193,7 @@ def test_the_async_manager_claims_spares_and_gathers_them(engine: sa.Engine, dat
 
 
 def test_the_fleet_provision_claims_spares_then_builds_the_rest(engine: sa.Engine) -> None:
-    pool.fill(engine, CHAIN, 2)
+    spares.fill(engine, CHAIN, 2)
     report = fleet.provision(engine, CHAIN, [f"fleet-{i}" for i in range(5)], jobs=2, pool=True)
     assert report.ok
     assert sorted(r.path for r in report.results) == ["fast", "fast", "fast", "pool", "pool"]
@@ -225,7 +214,7 @@ def test_owner_role_grants_are_made_on_a_claimed_spare(pooled: WorkspaceManager)
 
 
 def test_a_spare_of_another_role_is_left_to_it(engine: sa.Engine, database_url: URL) -> None:
-    pool.fill(engine, CHAIN, 1)
+    spares.fill(engine, CHAIN, 1)
     role = "wst_pool_other"
     with engine.begin() as conn:
         conn.execute(sa.text(f"CREATE ROLE {role} LOGIN PASSWORD 'x' SUPERUSER"))
@@ -233,7 +222,7 @@ def test_a_spare_of_another_role_is_left_to_it(engine: sa.Engine, database_url: 
     try:
         result = WorkspaceManager(other, ALEMBIC_INI, warm_pool=1).ensure_detailed("by-other")
         assert result.path == "fast"  # the spare is owned by the role that made it: only it claims it
-        assert pool.status(other, CHAIN).counts()["other role"] == 1
+        assert spares.status(other, CHAIN).counts()["other role"] == 1
     finally:
         other.dispose()
         with engine.begin() as conn:
@@ -246,7 +235,7 @@ def test_a_spare_of_another_role_is_left_to_it(engine: sa.Engine, database_url: 
 def test_spares_are_counted_apart_never_as_orphans(pooled: WorkspaceManager, engine: sa.Engine) -> None:
     pooled.ensure("counted")
     statuses = pooled.status()
-    assert [(s.project_id, s.state) for s in statuses] == [("counted", "at head")]
+    assert [(s.project_id, s.state) for s in statuses] == [("counted", "at-head")]
     summary = json.loads(cli(engine, "status", "--json").stdout)
     assert summary["counts"]["orphan"] == 0 and summary["total"] == 1
     assert summary["spares"] == {
@@ -273,14 +262,12 @@ def test_check_compares_the_spares_too(pooled: WorkspaceManager, engine: sa.Engi
         conn.execute(sa.text(f'ALTER TABLE "{spare}".repositories ADD COLUMN by_hand int'))
     shown = cli(engine, "check")
     assert shown.exit_code == 1
-    assert shown.stdout == (
-        f"{spare} (a spare of the warm pool, spare):\n  unexpected relations.repositories.columns.by_hand\n"
-    )
+    assert shown.stdout == (f"1 schema(s), spare: unexpected relations.repositories.columns.by_hand ({spare})\n")
     assert "1 schema(s) and 2 spare(s) checked against head" in shown.stderr
 
 
 def test_verify_fast_path_proves_a_renamed_spare_equals_a_fresh_schema(engine: sa.Engine) -> None:
-    pool.fill(engine, CHAIN, 0)  # bootstraps the registry and the extension
+    spares.fill(engine, CHAIN, 0)  # bootstraps the registry and the extension
     report = verify_fast_path(engine, CHAIN, cases=[], pool=True)
     [check] = report.checks
     assert (check.kind, check.label, check.fast_path, check.differences) == (
@@ -294,24 +281,24 @@ def test_verify_fast_path_proves_a_renamed_spare_equals_a_fresh_schema(engine: s
 
 # --------------------------------------------------------------------- fill, drain, refill
 def test_fill_is_idempotent_and_concurrent_fills_never_overfill(engine: sa.Engine) -> None:
-    reports: list[pool.FillReport] = []
-    fills = [threading.Thread(target=lambda: reports.append(pool.fill(engine, CHAIN, 4, jobs=2))) for _ in range(3)]
+    reports: list[spares.FillReport] = []
+    fills = [threading.Thread(target=lambda: reports.append(spares.fill(engine, CHAIN, 4, jobs=2))) for _ in range(3)]
     for thread in fills:
         thread.start()
     for thread in fills:
         thread.join(60)
     assert sorted(r.built for r in reports) == [0, 0, 4]  # one filled it, the others waited and found it full
     assert ready(engine) == 4 and len(spare_schemas(engine)) == 4 == len(spare_rows(engine))
-    assert pool.fill(engine, CHAIN, 4).built == 0
-    assert pool.fill(engine, CHAIN, 5).built == 1
+    assert spares.fill(engine, CHAIN, 4).built == 0
+    assert spares.fill(engine, CHAIN, 5).built == 1
 
 
 def test_a_fill_that_finds_another_filler_at_work_returns_at_once(engine: sa.Engine) -> None:
-    pool.fill(engine, CHAIN, 0)
+    spares.fill(engine, CHAIN, 0)
     with engine.connect() as holder:
         holder.execute(sa.text("SELECT pg_advisory_lock(hashtextextended(:k, 0))"), {"k": POOL_LOCK_KEY})
         try:
-            report = pool.fill(engine, CHAIN, 2, wait=False)
+            report = spares.fill(engine, CHAIN, 2, wait=False)
         finally:
             holder.execute(sa.text("SELECT pg_advisory_unlock(hashtextextended(:k, 0))"), {"k": POOL_LOCK_KEY})
     assert report.busy and report.built == 0 and ready(engine) == 0
@@ -320,7 +307,7 @@ def test_a_fill_that_finds_another_filler_at_work_returns_at_once(engine: sa.Eng
 def test_drain_drops_every_spare(pooled: WorkspaceManager, engine: sa.Engine) -> None:
     with engine.begin() as conn:  # a spare-named schema left without its row
         conn.execute(sa.text(f"CREATE SCHEMA {SPARE_PREFIX}leftover"))
-    assert pool.drain(engine) == 4
+    assert spares.drain(engine) == 4
     assert spare_schemas(engine) == [] and spare_rows(engine) == []
     assert pooled.ensure_detailed("after-drain").path == "fast"
 
@@ -334,7 +321,7 @@ def test_the_background_refill_runs_on_its_own_thread_and_connection(engine: sa.
 
     mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=2, refill=True)
     assert mgr.refiller is not None
-    pool.fill(engine, CHAIN, 2)
+    spares.fill(engine, CHAIN, 2)
     sa.event.listen(engine, "before_cursor_execute", record)
     try:
         assert mgr.ensure_detailed("kick").path == "pool"  # the request's claim, then the refill
@@ -395,8 +382,8 @@ def test_the_registry_of_an_older_workspace_tool_gets_the_spares_table(engine: s
             sa.text("UPDATE project_registry.workspace_registry_version SET version_num = 'r0002_reference_catalog'")
         )
     cache.clear()
-    assert pool.status(engine, CHAIN).spares == []  # read-only: works on it as it is
-    assert pool.fill(engine, CHAIN, 1).built == 1  # bootstraps it to r0004 first
+    assert spares.status(engine, CHAIN).spares == []  # read-only: works on it as it is
+    assert spares.fill(engine, CHAIN, 1).built == 1  # bootstraps it to r0004 first
     assert WorkspaceManager(engine, ALEMBIC_INI, warm_pool=1).ensure_detailed("upgraded-registry").path == "pool"
 
 
@@ -409,15 +396,15 @@ def test_spares_behind_a_new_head_are_never_claimed_and_upgrade_all_replaces_the
     with_pool_size(new.ini, "0", "workspace_pool_grace")  # the old release is gone (else kept: test_pool_live.py)
     old_chain, new_chain = Chain.load(old.ini), Chain.load(new.ini)
     WorkspaceManager(engine, old.ini).ensure("existing")
-    assert pool.fill(engine, old_chain, 2).built == 2
+    assert spares.fill(engine, old_chain, 2).built == 2
 
     mgr = WorkspaceManager(engine, new.ini, warm_pool=2)
     assert mgr.ensure_detailed("after-release").path == "fast"  # the spares are at r1: never handed out
-    assert pool.status(engine, new_chain).counts()["stale"] == 2
+    assert spares.status(engine, new_chain).counts()["stale"] == 2
     report = fleet.upgrade(engine, new_chain)
     assert report.ok and report.pool is not None
     assert (report.pool["dropped"], report.pool["built"], report.pool["ready"]) == (2, 2, 2)
-    counts = pool.status(engine, new_chain).counts()
+    counts = spares.status(engine, new_chain).counts()
     assert counts["ready"] == 2 and sum(counts.values()) == 2
     cache.clear()
     result = WorkspaceManager(engine, new.ini, warm_pool=2).ensure_detailed("on-new-head")
@@ -433,7 +420,7 @@ def test_spares_behind_a_new_head_are_never_claimed_and_upgrade_all_replaces_the
 def test_a_spare_of_another_chain_with_the_same_head_is_not_claimed(engine: sa.Engine, tmp_path: Path) -> None:
     one = ChainBuilder(tmp_path / "one").add("r1", T1)
     other = ChainBuilder(tmp_path / "other").add("r1", T2)  # same revision id, other tables
-    pool.fill(engine, Chain.load(one.ini), 1)
+    spares.fill(engine, Chain.load(one.ini), 1)
     result = WorkspaceManager(engine, other.ini, warm_pool=1).ensure_detailed("other-chain")
     assert result.path == "fast" and schema_tables(engine, "project_other_chain") == {"alembic_version", "t2"}
 
@@ -497,7 +484,7 @@ def test_what_a_rename_follows_is_safe_and_works_in_the_claimed_project(
 ) -> None:
     chain_builder.add("r1", SAFE)
     chain = Chain.load(chain_builder.ini)
-    assert pool.fill(engine, chain, 1).built == 1
+    assert spares.fill(engine, chain, 1).built == 1
     assert WorkspaceManager(engine, chain_builder.ini, warm_pool=1).ensure_detailed("safe").path == "pool"
     WorkspaceManager(engine, chain_builder.ini).ensure("safe-fresh")
     with engine.begin() as conn:
@@ -543,7 +530,7 @@ def test_pool_fill_status_and_drain_from_the_command_line(engine: sa.Engine, cha
     ensured = cli(engine, "ensure", "cli-pool", config=ini)
     assert ensured.exit_code == 0 and ensured.stdout.splitlines()[1].split()[-1] == "pool"  # the PATH column
 
-    drained = cli(engine, "pool", "drain")
+    drained = cli(engine, "pool", "drain", "--yes")
     assert (drained.exit_code, drained.stderr) == (0, "Dropped 1 spare schema(s).\n")
     assert spare_schemas(engine) == []
 
@@ -596,7 +583,7 @@ def test_a_claim_whose_connection_dies_leaves_the_spare_a_spare(pooled: Workspac
 
 
 def test_threads_claim_each_spare_once_and_build_the_rest(engine: sa.Engine) -> None:
-    pool.fill(engine, CHAIN, 6, jobs=2)
+    spares.fill(engine, CHAIN, 6, jobs=2)
     mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=6)
     ids = [f"race-{i:02d}" for i in range(12)]
     results: dict[str, str] = {}

@@ -14,19 +14,11 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import (
-    ALEMBIC_INI,
-    TABLES,
-    WAIT,
-    ChainBuilder,
-    Victim,
-    assert_consistent,
-    catalog,
-    schema_exists,
-    with_options,
-)
+from support.chains import ALEMBIC_INI, TABLES, ChainBuilder, with_options
+from support.concurrency import WAIT, Victim
+from support.db import assert_consistent, catalog, schema_exists
 
-from workspace_tool import NonTransactionalFailed, WorkspaceManager, drift, pool
+from workspace_tool import NonTransactionalFailed, WorkspaceManager, drift, spares
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
 from workspace_tool.managers import cache
@@ -111,10 +103,10 @@ def test_a_claimed_project_has_the_privileges_a_fresh_build_has_at_claim_time(
 ) -> None:
     if change == "revoke":  # granted when the spares were built, revoked before the claim
         default_privileges(engine, f"GRANT SELECT ON TABLES TO {reader}")
-        assert pool.fill(engine, CHAIN, 2).built == 2
+        assert spares.fill(engine, CHAIN, 2).built == 2
         default_privileges(engine, f"REVOKE SELECT ON TABLES FROM {reader}")
     else:  # granted after the spares were built
-        assert pool.fill(engine, CHAIN, 2).built == 2
+        assert spares.fill(engine, CHAIN, 2).built == 2
         default_privileges(engine, f"GRANT SELECT ON TABLES TO {reader}")
         default_privileges(engine, f"GRANT USAGE ON SEQUENCES TO {reader}")
     pooled = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=2)
@@ -126,8 +118,8 @@ def test_a_claimed_project_has_the_privileges_a_fresh_build_has_at_claim_time(
     assert privileges(engine, "project_first") == privileges(engine, "project_fresh")
     assert readable_by(engine, reader, "project_first") == (0 if change == "revoke" else len(TABLES))
 
-    assert pool.status(engine, CHAIN).counts()["old privileges"] == 2
-    report = pool.fill(engine, CHAIN, 2)  # the spares built under the old ones are replaced
+    assert spares.status(engine, CHAIN).counts()["old privileges"] == 2
+    report = spares.fill(engine, CHAIN, 2)  # the spares built under the old ones are replaced
     assert (report.dropped, report.built, report.ready) == (2, 2, 2)
     claimed = pooled.ensure_detailed("claimed")
     assert claimed.path == "pool"
@@ -147,7 +139,7 @@ def test_spares_built_while_the_default_privileges_change_are_not_kept(engine: s
 
     sa.event.listen(engine, "before_cursor_execute", change_once)
     try:
-        report = pool.fill(engine, CHAIN, 1)
+        report = spares.fill(engine, CHAIN, 1)
     finally:
         sa.event.remove(engine, "before_cursor_execute", change_once)
     assert changed and report.built == 1
@@ -194,10 +186,10 @@ def test_during_a_rolling_deploy_both_releases_get_their_first_ensures_from_the_
     new = ChainBuilder(tmp_path / "new").add("r1", T1).add("r2", T2)
     old_chain, new_chain = Chain.load(old.ini), Chain.load(new.ini)
 
-    fills = [pool.fill(engine, chain, 4) for chain in (old_chain, new_chain, old_chain, new_chain)]
+    fills = [spares.fill(engine, chain, 4) for chain in (old_chain, new_chain, old_chain, new_chain)]
     assert [(f.built, f.dropped) for f in fills] == [(4, 0), (4, 0), (0, 0), (0, 0)]  # no ping-pong
 
-    status = pool.status(engine, new_chain)
+    status = spares.status(engine, new_chain)
     assert status.counts()["ready"] == 4 and status.counts()["other release"] == 4
     shown = cli(engine, "pool", "status", "--json", config=new.ini)
     releases = {(r["revision"], r["this"]): r["spares"] for r in json.loads(shown.stdout)["releases"]}
@@ -215,16 +207,16 @@ def test_during_a_rolling_deploy_both_releases_get_their_first_ensures_from_the_
     assert set(assert_consistent(engine).values()) == {"r1", "r2"}
 
     # the old release is gone: once the grace has passed with no fill of its own, its spares go
-    pool.fill(engine, old_chain, 2)
+    spares.fill(engine, old_chain, 2)
     with_options(new.ini, workspace_pool_grace="1")
     with_options(old.ini, workspace_pool_grace="1")
     time.sleep(1.2)
-    assert pool.fill(engine, old_chain, 2).dropped == 0  # never drops spares ahead of it (r2: unknown to it)
-    assert pool.fill(engine, Chain.load(new.ini), 2).dropped == 0  # the old release filled just now: kept
+    assert spares.fill(engine, old_chain, 2).dropped == 0  # never drops spares ahead of it (r2: unknown to it)
+    assert spares.fill(engine, Chain.load(new.ini), 2).dropped == 0  # the old release filled just now: kept
     time.sleep(1.2)
-    report = pool.fill(engine, Chain.load(new.ini), 2)
+    report = spares.fill(engine, Chain.load(new.ini), 2)
     assert (report.dropped, report.built, report.ready) == (2, 0, 2)  # the old release's 2, its own kept
-    assert pool.status(engine, Chain.load(new.ini)).counts()["other release"] == 0
+    assert spares.status(engine, Chain.load(new.ini)).counts()["other release"] == 0
 
 
 # ---------------------------------------------------------- 3. revisions outside a transaction
@@ -248,7 +240,7 @@ def test_a_chain_with_a_revision_outside_a_transaction_is_pooled(
     chain = outside_chain(chain_builder)
     filled = cli(engine, "pool", "fill", config=chain_builder.ini)
     assert filled.exit_code == 0, filled.output
-    assert pool.status(engine, chain).counts()["ready"] == 2
+    assert spares.status(engine, chain).counts()["ready"] == 2
     assert WorkspaceManager(engine, chain_builder.ini).ensure_detailed("claimed").path == "pool"
     WorkspaceManager(engine, chain_builder.ini, warm_pool=0).ensure("fresh")
     assert diff(catalog(engine, "project_fresh"), catalog(engine, "project_claimed")) == []
@@ -273,15 +265,15 @@ def test_a_spare_left_half_built_is_never_claimed_and_the_next_fill_drops_it(
     sa.event.listen(engine, "before_cursor_execute", crash)
     try:  # the build cut short says so, naming what it left (issue 18: a lost connection mid-build)
         with pytest.raises(NonTransactionalFailed, match="cut short") as raised:
-            pool.fill(engine, chain, 1)
+            spares.fill(engine, chain, 1)
         assert raised.value.connection_lost
     finally:
         sa.event.remove(engine, "before_cursor_execute", crash)
-    [left] = pool.status(engine, chain).spares
+    [left] = spares.status(engine, chain).spares
     assert left.state(chain) == "building" and schema_exists(engine, left.schema)
 
     assert WorkspaceManager(engine, chain_builder.ini).ensure_detailed("not-from-it").path != "pool"
-    report = pool.fill(engine, chain, 1)
+    report = spares.fill(engine, chain, 1)
     assert (report.dropped, report.built, report.ready) == (1, 1, 1)
     assert not schema_exists(engine, left.schema)
     assert WorkspaceManager(engine, chain_builder.ini).ensure_detailed("from-a-whole-one").path == "pool"
@@ -289,7 +281,7 @@ def test_a_spare_left_half_built_is_never_claimed_and_the_next_fill_drops_it(
 
 # ------------------------------------------------------------- 4. while the application claims
 def test_fill_counts_the_spares_claimed_while_it_runs(engine: sa.Engine) -> None:
-    assert pool.fill(engine, CHAIN, 3).built == 3
+    assert spares.fill(engine, CHAIN, 3).built == 3
     mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=3)
     claimed: list[str] = []
 
@@ -299,17 +291,17 @@ def test_fill_counts_the_spares_claimed_while_it_runs(engine: sa.Engine) -> None
 
     sa.event.listen(engine, "after_cursor_execute", claim_after_the_count)
     try:
-        report = pool.fill(engine, CHAIN, 4)
+        report = spares.fill(engine, CHAIN, 4)
     finally:
         sa.event.remove(engine, "after_cursor_execute", claim_after_the_count)
     assert claimed == ["pool"]
     assert report.built == 1 and report.claimed == 1
-    assert report.ready == pool.status(engine, CHAIN).ready == 3  # not the 4 it counted on
+    assert report.ready == spares.status(engine, CHAIN).ready == 3  # not the 4 it counted on
 
 
 def test_check_while_a_spare_is_claimed(engine: sa.Engine) -> None:
     """A spare claimed between check's listing and its comparison is no spare any more, nor a problem."""
-    assert pool.fill(engine, CHAIN, 2).built == 2
+    assert spares.fill(engine, CHAIN, 2).built == 2
     mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=2)
     claimed: list[str] = []
 
@@ -337,7 +329,7 @@ def test_fill_reads_only_its_own_spare_while_the_application_drops_a_project(eng
     dropping = engine.connect()
     transaction = dropping.begin()
     dropping.execute(sa.text("DROP SCHEMA project_being_dropped CASCADE"))
-    fill = Victim(lambda: pool.fill(engine, CHAIN, 1))
+    fill = Victim(lambda: spares.fill(engine, CHAIN, 1))
     fill.start()
     try:
         with engine.connect() as admin:
@@ -351,7 +343,7 @@ def test_fill_reads_only_its_own_spare_while_the_application_drops_a_project(eng
     fill.finish()
     assert not waited, "the fill waited for the locks of a project being dropped"
     assert fill.error is None, fill.error
-    assert pool.status(engine, CHAIN).ready == 1
+    assert spares.status(engine, CHAIN).ready == 1
 
 
 def blocked(admin: sa.Connection) -> bool:
@@ -374,7 +366,7 @@ def test_pool_fill_with_the_pool_off_warns_that_nothing_claims_them(
     assert filled.exit_code == 0, filled.output
     [warning] = [line for line in filled.stderr.splitlines() if line.startswith("Warning:")]
     assert "workspace_pool_size is 0" in warning and "set workspace_pool_size = N" in warning
-    assert pool.status(engine, CHAIN).ready == 1
+    assert spares.status(engine, CHAIN).ready == 1
 
     on = with_options(chain_builder.copy_main_chain().ini, workspace_pool_size="1")
     quiet = cli(engine, "pool", "fill", "--size", "2", config=on)
@@ -387,4 +379,4 @@ def test_a_bad_grace_is_one_line_and_changes_nothing(engine: sa.Engine, chain_bu
         shown = cli(engine, *command, config=ini)
         assert shown.exit_code == 1 and shown.stdout == "" and shown.stderr.count("\n") == 1, shown.output
         assert shown.stderr.startswith("Error: workspace_pool_grace = 'soon'") and "number of seconds" in shown.stderr
-    assert pool.status(engine, CHAIN).spares == []
+    assert spares.status(engine, CHAIN).spares == []

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, assert_consistent, registry_row
+from support.chains import ALEMBIC_INI
+from support.db import assert_consistent, registry_row
 
-from workspace_tool import pool
+from workspace_tool import spares
 from workspace_tool.chain import Chain
 
 PROCESSES = 4
@@ -92,7 +93,7 @@ def test_processes_and_threads_claim_each_spare_once_while_pool_fill_runs_beside
     engine: sa.Engine, url_string: str, tmp_path: Path
 ) -> None:
     chain = Chain.load(ALEMBIC_INI)
-    assert pool.fill(engine, chain, POOL, jobs=2).built == POOL
+    assert spares.fill(engine, chain, POOL, jobs=2).built == POOL
     worker, filler = tmp_path / "worker.py", tmp_path / "filler.py"
     worker.write_text(WORKER)
     filler.write_text(FILLER)
@@ -144,7 +145,7 @@ def test_processes_and_threads_claim_each_spare_once_while_pool_fill_runs_beside
     versions = assert_consistent(engine)
     assert len(versions) == len(PROJECTS) and set(versions.values()) == {chain.head}
     built = sum(run["built"] for run in fills)
-    left = pool.status(engine, chain).ready
+    left = spares.status(engine, chain).ready
     from_pool = sum(1 for path in paths.values() if path == "pool")
     assert from_pool == POOL + built - left  # every spare that left the pool became exactly one project
     assert from_pool >= POOL  # the spares there at the start were all claimed; the fast path built the rest

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic.config import Config
-from helpers import ALEMBIC_INI, ChainBuilder
 from pytest_alembic import Config as PytestAlembicConfig
 from pytest_alembic import MigrationContext, runner
 from pytest_alembic.plugin.error import AlembicTestFailure
@@ -29,6 +28,7 @@ from pytest_alembic.tests import (  # noqa: F401 - collected here as this module
 )
 from pytest_alembic.tests.experimental import test_downgrade_leaves_no_trace
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI, ChainBuilder
 
 from workspace_tool import WorkspaceManager
 
@@ -87,7 +87,7 @@ def test_models_that_differ_from_the_chain_fail_the_model_test(
     chain_builder.copy_main_chain()
     (tmp_path / "models_plus_one.py").write_text(
         "import sqlalchemy as sa\n"
-        "from workspace_tool.models import metadata as head\n\n"
+        "from migrations.models import metadata as head\n\n"
         "metadata = sa.MetaData()\n"
         "for table in head.sorted_tables:\n"
         "    table.to_metadata(metadata)\n"
@@ -95,7 +95,7 @@ def test_models_that_differ_from_the_chain_fail_the_model_test(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     ini = chain_builder.ini
-    ini.write_text(ini.read_text().replace("workspace_tool.models:metadata", "models_plus_one:metadata"))
+    ini.write_text(ini.read_text().replace("migrations.models:metadata", "models_plus_one:metadata"))
     with pytest.raises(AlembicTestFailure, match="out of sync") as failure:
         _run_builtin(test_model_definitions_match_ddl, ini, alembic_engine)
     assert "default_branch" in "\n".join(failure.value.format_context())

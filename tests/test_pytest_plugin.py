@@ -15,7 +15,8 @@ import asyncpg  # noqa: F401
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.dialects.postgresql.asyncpg
-from helpers import ALEMBIC_INI, EMBEDDED_TEST_DIR, ROOT, ChainBuilder
+from support.chains import ALEMBIC_INI, ROOT, ChainBuilder
+from support.db import EMBEDDED_TEST_DIR
 
 from workspace_tool.chain import Chain
 from workspace_tool.naming import MAX_PROJECT_ID_LENGTH, schema_for
@@ -28,7 +29,7 @@ from workspace_tool.testing import URL_ENV, unique_project_id
 
 pytest_plugins = ["pytester"]
 
-# A test project's settings: pytest alone, the plugin enabled the way the README says, and this chain too.
+# A test project's settings: pytest alone, the plugin enabled the way docs/guides/testing.md says, and this chain too.
 BARE = """
 [tool.pytest.ini_options]
 addopts = "-p no:cacheprovider"
@@ -106,7 +107,7 @@ def test_each_test_gets_a_fresh_project_at_head_dropped_after_it_even_when_it_fa
         test_app_projects="""
         import sqlalchemy as sa
         from record import project_schemas, record, registered
-        from workspace_tool.models import Repository
+        from migrations.models import Repository
 
         def count_repositories(project):
             with project.session() as s:
@@ -225,7 +226,7 @@ def test_async_tests_use_the_async_manager_from_their_own_event_loops(
         import pytest
         import sqlalchemy as sa
         from record import record
-        from workspace_tool.models import Repository
+        from migrations.models import Repository
 
         async def count(manager, project_id):
             async with manager.connect(project_id) as conn:
@@ -459,16 +460,16 @@ def test_project_ids_are_valid_unique_and_named_after_the_test(label: str, stem:
         assert project_id.rpartition("-")[0] == stem or (not stem and len(project_id) == 8)
 
 
-def readme_blocks(language: str) -> list[str]:
-    """The README's code blocks of this language in its "Testing your application" section."""
-    section = (ROOT / "README.md").read_text().split("## Testing your application\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(rf"```{language}\n(.*?)```", section, re.DOTALL)
+def guide_blocks(language: str) -> list[str]:
+    """The code blocks of this language in the plugin's guide, docs/guides/testing.md."""
+    guide = (ROOT / "docs" / "guides" / "testing.md").read_text()
+    return re.findall(rf"```{language}\n(.*?)```", guide, re.DOTALL)
 
 
-def test_the_readme_example_passes_as_written(app: pytest.Pytester, server_url_string: str) -> None:
+def test_the_guides_example_passes_as_written(app: pytest.Pytester, server_url_string: str) -> None:
     ChainBuilder(app.path).copy_main_chain()  # the application's alembic.ini and chain
-    app.makepyprojecttoml(readme_blocks("toml")[0])
-    app.makepyfile(test_app_readme=readme_blocks("python")[0])
-    # without pytest-asyncio, which would warn that the README's ini doesn't set its loop scope
+    app.makepyprojecttoml(guide_blocks("toml")[0])
+    app.makepyfile(test_app_guide=guide_blocks("python")[0])
+    # without pytest-asyncio, which would warn that the guide's ini doesn't set its loop scope
     result = app.runpytest("-p", "no:asyncio", f"--workspace-url={server_url_string}")
     result.assert_outcomes(passed=2)

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ALEMBIC_INI
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, drift, fleet
 from workspace_tool.chain import Chain
@@ -61,9 +61,14 @@ def one_line_error(result: Result, *fragments: str) -> str:
 def test_read_commands_on_a_fresh_database_say_so_and_write_nothing(new_database: URL) -> None:
     before = database_state(new_database)
 
-    for args in (["status"], ["status", "some-project"], ["list"], ["check"]):
+    for args in (["status"], ["list"], ["check"]):
         result = cli(new_database, *args)
         assert (result.exit_code, result.stdout, result.stderr) == (0, "", NO_REGISTRY + "\n"), args
+    one_line_error(
+        cli(new_database, "status", "some-project"),
+        "no project some-project",
+        "no registry yet in this database: nothing has been provisioned",
+    )
     assert json.loads(cli(new_database, "status", "--json").stdout)["total"] == 0
     assert json.loads(cli(new_database, "check", "--json").stdout) == {
         "head": Chain.load(ALEMBIC_INI).head,
@@ -74,8 +79,7 @@ def test_read_commands_on_a_fresh_database_say_so_and_write_nothing(new_database
         "schemas": [],
         "spares": [],
     }
-    named = cli(new_database, "check", "some-project")
-    assert named.exit_code == 1 and "no schema and no registry row" in named.stdout
+    one_line_error(cli(new_database, "check", "some-project"), "no project some-project")
     one_line_error(cli(new_database, "verify-fast-path"), "vector extension is not installed", "workspace-tool init")
 
     engine = sa.create_engine(new_database, poolclass=sa.pool.NullPool)
@@ -158,10 +162,10 @@ def test_status_and_check_work_for_a_read_only_role(
     status = cli(url, "status")
     assert status.exit_code == 0 and status.stdout.startswith(f"2 project(s); head is {chain.head}\n"), status.output
     named = cli(url, "status", "ro-a", "--json")
-    assert [(s["project_id"], s["state"]) for s in json.loads(named.stdout)] == [("ro-a", "at head")]
+    assert [(s["project_id"], s["state"]) for s in json.loads(named.stdout)] == [("ro-a", "at-head")]
     check = cli(url, "check")
     assert check.exit_code == 1, check.output
-    assert check.stdout == "project_ro_b (project ro-b, at head):\n  unexpected relations.code_files.columns.by_hand\n"
+    assert check.stdout == "1 schema(s), at-head: unexpected relations.code_files.columns.by_hand (project_ro_b)\n"
     one_line_error(cli(url, "verify-fast-path"), "may not create schemas in database", "GRANT CREATE ON DATABASE")
 
     with engine.begin() as conn:  # no reference stored for this chain: check says what to run
@@ -187,7 +191,7 @@ def test_status_and_check_on_an_engine_with_a_pool_of_one_connection(engine: sa.
     small = sa.create_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=2)
     try:
         manager = WorkspaceManager(small, ALEMBIC_INI)
-        assert [s.state for s in manager.status()] == ["at head", "at head"]
+        assert [s.state for s in manager.status()] == ["at-head", "at-head"]
         assert drift.check(small, chain).ok  # everything on its one connection
         with pytest.raises(ConfigurationError, match="use fewer jobs"):  # as a fleet run says
             drift.check(small, chain, jobs=4)

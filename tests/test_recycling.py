@@ -12,14 +12,17 @@ from pathlib import Path
 import click
 import pytest
 import sqlalchemy as sa
-from helpers import ITEMS, UNIQUE, ChainBuilder, add_rows, assert_one_line_error, run_cli, schema_version
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.cli import assert_one_line_error, run_cli
+from support.data import add_rows
+from support.db import schema_version
 
-from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, drift, fleet, pool, recycling
+from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, drift, fleet, recycling, spares
 from workspace_tool.chain import Chain
 from workspace_tool.errors import ConfigurationError
-from workspace_tool.fleet.reader import read_versions_parallel
+from workspace_tool.registry.inventory import read_versions_parallel
 from workspace_tool.urls import async_url
 
 # a2 records the backend that ran it, in the schema it migrates
@@ -173,7 +176,7 @@ def test_check_and_status_read_the_same_on_recycled_connections(
     before = len(pids)
     assert WorkspaceManager(own_engine, chain_builder.ini).status(jobs=2) == statuses
     assert len(pids) > before
-    assert {s.project_id for s in statuses} == set(IDS) and {s.state for s in statuses} == {"at head"}
+    assert {s.project_id for s in statuses} == set(IDS) and {s.state for s in statuses} == {"at-head"}
     mgr.close()
 
 
@@ -182,11 +185,11 @@ def test_pool_fill_builds_spares_on_a_new_backend_every_n(
 ) -> None:
     set_option(pid_chain.config_path, "2")
     chain = Chain.load(pid_chain.config_path)
-    report = pool.fill(own_engine, chain, 5, jobs=1)
+    report = spares.fill(own_engine, chain, 5, jobs=1)
     assert report.built == 5
     with engine.connect() as conn:
-        spares = conn.execute(sa.text("SELECT schema_name FROM project_registry.spare_schemas ORDER BY created_at"))
-        pids = [conn.execute(sa.text(f'SELECT pid FROM "{s}".migrated_by')).scalar_one() for s in spares.scalars()]
+        names = conn.execute(sa.text("SELECT schema_name FROM project_registry.spare_schemas ORDER BY created_at"))
+        pids = [conn.execute(sa.text(f'SELECT pid FROM "{s}".migrated_by')).scalar_one() for s in names.scalars()]
     # the first spare is built alone (and checked); the other four, two per backend
     assert groups(pids[1:]) == [2, 2] and pids[3] != pids[2]
 

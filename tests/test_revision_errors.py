@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from helpers import ITEMS, ChainBuilder, assert_one_line_error, registry_state, schema_version
+from support.chains import ITEMS, ChainBuilder
+from support.cli import assert_one_line_error
+from support.db import registry_state, schema_version
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain

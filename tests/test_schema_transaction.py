@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, psql
 from sqlalchemy.engine import URL
+from support.chains import ALEMBIC_INI
+from support.cli import psql
 
 from workspace_tool import fleet
 from workspace_tool.chain import Chain

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, NEAREST, ChainBuilder, add_chunks, nearest_statement
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.data import NEAREST, add_chunks, nearest_statement
 
+from migrations.models import Repository
 from workspace_tool import ConfigurationError, ProjectWorkspaceManager, WorkspaceManager, WorkspaceNotFound
-from workspace_tool.models import Repository
 from workspace_tool.urls import async_url
 
 
@@ -146,20 +147,6 @@ def test_async_sessions_are_isolated_and_use_the_hnsw_index(engine: sa.Engine, d
             await small.dispose()
 
     asyncio.run(scenario())
-
-
-def test_the_readme_example_runs(
-    engine: sa.Engine, url_string: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    readme = (ALEMBIC_INI.parent / "README.md").read_text()
-    section = readme.split("<!-- section: application -->", 1)[1]
-    example = section.split("```python\n", 1)[1].split("```", 1)[0]
-    monkeypatch.setenv("DATABASE_URL", url_string)
-    monkeypatch.chdir(ALEMBIC_INI.parent)
-    exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
-    assert capsys.readouterr().out == "['chunk 0', 'chunk 1']\n1\n"
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM project_demo.code_chunks")).scalar() == 0
 
 
 # ------------------------------------------- a project dropped elsewhere (issue 9 item 9: stale cache)

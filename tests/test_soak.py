@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 import soak
 import sqlalchemy as sa
-from helpers import ALEMBIC_INI, ROOT, ChainBuilder, assert_consistent
+from support.chains import ALEMBIC_INI, ROOT, ChainBuilder
+from support.db import assert_consistent
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
@@ -177,7 +178,7 @@ def test_soak(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT status, count(*) FROM project_registry.workspace_config GROUP BY 1")).all()
     assert [tuple(r) for r in rows] == [("ready", len(PROJECTS))]
-    assert [s.state for s in WorkspaceManager(engine, ALEMBIC_INI).status()] == ["at head"] * len(PROJECTS)
+    assert [s.state for s in WorkspaceManager(engine, ALEMBIC_INI).status()] == ["at-head"] * len(PROJECTS)
 
 
 @pytest.mark.slow

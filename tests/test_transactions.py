@@ -16,28 +16,20 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from helpers import (
-    ALEMBIC,
-    ALEMBIC_INI,
-    GATE,
-    ChainBuilder,
-    Gate,
-    bootstrap_state,
-    columns,
-    make_public_twins,
-    public_state,
-    schema_tables,
-    schema_version,
-)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from support.chains import ALEMBIC_INI, ChainBuilder
+from support.cli import ALEMBIC
+from support.concurrency import GATE, Gate
+from support.data import make_public_twins, public_state
+from support.db import bootstrap_state, columns, schema_tables, schema_version
 
 from workspace_tool import ConfigurationError, MigrationFailed, ProjectWorkspaceManager, WorkspaceManager, fleet
 from workspace_tool.chain import Chain
 from workspace_tool.flavor import Flavor
 from workspace_tool.schema.migrate import EnsureResult, run_plan
+from workspace_tool.schema.operation import Action
 from workspace_tool.urls import async_url
-from workspace_tool.vocabulary import Action
 
 # How a caller's engine can say "no transactions" (or "not the transactions you expect").
 ENGINES: dict[str, Callable[[URL], sa.Engine]] = {
@@ -190,7 +182,7 @@ def test_drop_status_and_bootstrap_on_an_autocommit_engine(autocommit_engine: sa
     mgr = WorkspaceManager(autocommit_engine, ALEMBIC_INI)
     mgr.bootstrap(force=True)
     mgr.ensure("plain")
-    assert [(s.project_id, s.state) for s in mgr.status()] == [("plain", "at head")]
+    assert [(s.project_id, s.state) for s in mgr.status()] == [("plain", "at-head")]
     assert mgr.drop("plain") is True
     assert schemas_like(engine, "project\\_plain") == [] and registry_rows(engine) == []
     mgr.close()

@@ -33,6 +33,7 @@ from workspace_tool.errors import (
     WorkspaceNotFound,
     WorkspaceOutdated,
 )
+from workspace_tool.namespace import InvalidNamespace, Namespace, OtherNamespace
 from workspace_tool.naming import schema_for
 
 # The library logs to "workspace_tool" and its children (workspace_tool.schema.migrate, ...): what ran for each
@@ -70,13 +71,16 @@ __all__ = [
     "DatabaseUnavailable",
     "EnsureResult",
     "HeadModelFailed",
+    "InvalidNamespace",
     "InvalidProjectId",
     "InvalidRoleName",
     "InvalidSchemaName",
     "LockTimeout",
     "MigrationFailed",
+    "Namespace",
     "NoChangesDetected",
     "NonTransactionalFailed",
+    "OtherNamespace",
     "PermissionDenied",
     "PoolRefused",
     "ProjectStatus",

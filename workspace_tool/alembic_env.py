@@ -4,7 +4,8 @@
 
     alembic_env.run()
 
-and its models are named in alembic.ini (``workspace_models = myapp.models:metadata``), or passed:
+and its models are named in alembic.ini (``workspace_models = migrations.models:metadata``: the models module
+``workspace-tool init-chain`` writes beside env.py), or passed:
 ``alembic_env.run(target_metadata=metadata)``. They are imported only when Alembic compares them with a
 database (``revision --autogenerate``, ``alembic check``, pytest-alembic's model test), never to migrate.
 
@@ -52,14 +53,13 @@ from sqlalchemy import Connection, MetaData, create_engine, pool, text
 
 from workspace_tool import flavor as flavors
 from workspace_tool import transactions
-from workspace_tool.chain.loading import DIRECT_URL_OPTION
+from workspace_tool.chain.loading import DIRECT_URL_OPTION, MODELS_OPTION
 from workspace_tool.errors import ConfigurationError, SessionRequired
 from workspace_tool.flavor import DEFAULT_EXTENSION_SCHEMA, pooler
-from workspace_tool.naming import validate_schema_name
+from workspace_tool.namespace import REGISTRY_SCHEMA_OPTION, SCHEMA_PREFIX_OPTION, from_options
 from workspace_tool.sql import lock_schema, lock_statement, quote_ident, search_path_sql, unlock_statement
 from workspace_tool.urls import DIRECT_URL_ENV, sync_url
 
-MODELS_OPTION = "workspace_models"  # alembic.ini [alembic]: package.module:metadata
 TEMPLATE_DIR = Path(__file__).with_name("templates") / "workspace-tool"
 
 
@@ -238,7 +238,15 @@ def _x_arguments() -> dict[str, str]:
 
 def _target_schema() -> str | None:
     schema = context.config.attributes.get("schema") or _x_arguments().get("schema")
-    return validate_schema_name(schema) if schema else None
+    if not schema:
+        return None
+    config = context.config  # the chain's namespace (workspace_schema_prefix), as Chain.namespace reads it
+    namespace = from_options(
+        config.get_main_option(REGISTRY_SCHEMA_OPTION),
+        config.get_main_option(SCHEMA_PREFIX_OPTION),
+        config.config_file_name or "alembic.ini",
+    )
+    return namespace.validate_schema_name(schema)
 
 
 def _url(required: bool = True) -> str | None:

@@ -38,12 +38,14 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, MetaData, text
 
 from workspace_tool import registry, transactions
-from workspace_tool.alembic_env import MODELS_OPTION, TEMPLATE_DIR
+from workspace_tool.alembic_env import TEMPLATE_DIR
 from workspace_tool.chain import ALEMBIC_LOCK, CONFIG_ENV, Chain, load_script_directory, resolve_config_path
-from workspace_tool.chain.autogenerate import autogenerate_options, reflect_unqualified_sequences
+from workspace_tool.chain.autogenerate import autogenerate_options, chain_models, reflect_unqualified_sequences
+from workspace_tool.chain.loading import MODELS_OPTION
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, NoChangesDetected
-from workspace_tool.managers import cache
+from workspace_tool.namespace import DEFAULT
+from workspace_tool.registry import known as cache
 from workspace_tool.schema.migrate import scratch_schema
 from workspace_tool.sql import drop_schema_cascade, quote_ident, search_path_sql
 
@@ -53,14 +55,14 @@ ConfigPath = str | os.PathLike[str] | None
 
 
 # ------------------------------------------------------------------- comparison
-def compare_schema(conn: Connection, schema: str, extension_schema: str, metadata: MetaData | None = None) -> list[Any]:
-    """Differences between ``metadata`` (default: the models) and ``schema``, as Alembic's
-    ``compare_metadata`` lists them, with the migration's guards. Runs in a transaction of its own on
-    ``conn`` (which must not be in one) and rolls it back."""
+def compare_schema(
+    conn: Connection, schema: str, extension_schema: str, metadata: MetaData | None = None, *, config: ConfigPath = None
+) -> list[Any]:
+    """Differences between ``metadata`` (default: the models of the chain at ``config``, its alembic.ini's
+    ``workspace_models``) and ``schema``, as Alembic's ``compare_metadata`` lists them, with the migration's
+    guards. Runs in a transaction of its own on ``conn`` (which must not be in one) and rolls it back."""
     if metadata is None:
-        from workspace_tool.models import metadata as models_metadata
-
-        metadata = models_metadata
+        metadata = chain_models(resolve_config_path(config))
     transactions.require(conn)
     with conn.begin() as transaction:
         conn.execute(text(search_path_sql(schema, extension_schema)))
@@ -194,7 +196,7 @@ def _scratch_schema(engine: Engine, chain: Chain | None) -> Iterator[tuple[Conne
     rolled back (``scratch_schema``); dropped again on the way out."""
     schema = SCRATCH_PREFIX + uuid.uuid4().hex[:12]
     with translating(engine.url), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)
+        flavor = registry.bootstrap(conn, DEFAULT if chain is None else chain.namespace)
         extension_schema = flavor.extension_schema
         try:
             if chain is None:
@@ -231,29 +233,46 @@ def forget_chain(config_path: Path) -> None:
 _MODELS_REFERENCE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
 
 
-def init_chain(directory: str | os.PathLike[str], *, models: str, config: ConfigPath = None) -> list[Path]:
+def init_chain(
+    directory: str | os.PathLike[str], *, models: str | None = None, config: ConfigPath = None
+) -> list[Path]:
     """Start a new chain from the package's template (``workspace_tool/templates/workspace-tool``):
-    ``config`` (default ./alembic.ini) naming ``models`` (``package.module:metadata``) as
-    ``workspace_models``, and ``directory`` holding env.py, script.py.mako and versions/. Nothing is
-    written if alembic.ini exists or ``directory`` is not empty. Returns the paths written."""
+    ``config`` (default ./alembic.ini) naming the chain's models as ``workspace_models``, and ``directory``
+    holding env.py, script.py.mako, versions/ and, unless ``models`` names the application's own
+    (``package.module:metadata``), a models.py to write the tables in (``<directory as a package>.models:
+    metadata``, found through the ini's ``prepend_sys_path``). Nothing is written if alembic.ini exists or
+    ``directory`` is not empty. Returns the paths written."""
     from mako.template import Template
 
     target = Path(directory)
     ini = Path(config if config is not None else os.environ.get(CONFIG_ENV) or "alembic.ini")
-    if not _MODELS_REFERENCE.fullmatch(models):
+    if models is not None and not _MODELS_REFERENCE.fullmatch(models):
         raise ConfigurationError(f"--models {models!r}: write it as package.module:attribute (a MetaData or a base)")
     if ini.exists():
         raise ConfigurationError(f"{ini} already exists: remove it, or write the new one elsewhere with -c/--config")
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise ConfigurationError(f"{target} already exists and is not empty: pick a new folder for the chain")
     relative = Path(os.path.relpath(target.absolute(), ini.absolute().parent)).as_posix()
+    reference = models if models is not None else _models_module(relative, ini)
     rendered = Template(filename=str(TEMPLATE_DIR / "alembic.ini.mako")).render(
-        script_location=f"%(here)s/{relative}", workspace_models=models
+        script_location=f"%(here)s/{relative}", workspace_models=reference
     )
     (target / "versions").mkdir(parents=True)
     written = [ini]
-    for name in ("env.py", "script.py.mako"):
+    for name in ("env.py", "script.py.mako") if models is not None else ("env.py", "models.py", "script.py.mako"):
         written.append(Path(shutil.copyfile(TEMPLATE_DIR / name, target / name)))
     ini.parent.mkdir(parents=True, exist_ok=True)
     ini.write_text(rendered, encoding="utf-8")
     return [*written, target / "versions"]
+
+
+def _models_module(relative: str, ini: Path) -> str:
+    """``migrations/models.py`` beside alembic.ini -> ``migrations.models:metadata``; a chain folder that
+    can't be imported as a package from the ini's folder needs ``--models``."""
+    parts = relative.split("/")
+    if not all(part.isidentifier() for part in parts):
+        raise ConfigurationError(
+            f"{relative} can't be imported as a package from {ini.absolute().parent}: pick a chain folder below "
+            "it named like a Python package, or name your own models with --models package.module:metadata"
+        )
+    return ".".join(parts) + ".models:metadata"

@@ -23,20 +23,29 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import flavor as flavors
-from workspace_tool import pool as warm_pool
-from workspace_tool import registry, transactions
+from workspace_tool import registry, spares, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.chain.loading import DIRECT_URL_OPTION
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
 from workspace_tool.flavor import pooler
-from workspace_tool.fleet.reader import VERSION_BATCH, project_schemas
 from workspace_tool.jobs import connections_needed, default_jobs, pool_capacity
-from workspace_tool.naming import project_for
+from workspace_tool.namespace import Namespace
+from workspace_tool.registry.inventory import VERSION_BATCH, project_schemas, registered_elsewhere
 from workspace_tool.schema.catalog import MIN_SERVER_VERSION
+from workspace_tool.spares.store import SpareState
 from workspace_tool.sql import quote_ident
 from workspace_tool.urls import DIRECT_URL_ENV
-from workspace_tool.vocabulary import Health, SpareState
+from workspace_tool.words import Word
+
+
+class Health(Word):
+    """What a check of `workspace-tool doctor` found (workspace_tool.doctor)."""
+
+    OK = "ok"
+    WARN = "warn"  # works, but worth changing before a big rollout
+    PROBLEM = "problem"  # change it first: the command exits 1
+
 
 HNSW_SINCE = (0, 5, 0)  # pgvector's first version with HNSW indexes (the example chain has one)
 # A run should leave this share of the lock table, and of max_connections, to the application.
@@ -231,11 +240,12 @@ _AT_HEAD = text(
 
 def _measured_schema(conn: Connection, chain: Chain) -> tuple[str, bool] | None:
     """A project schema to count objects in (and whether it is at head): one registered at head, else any."""
-    if registry.present(conn):
-        found = conn.execute(_AT_HEAD, {"head": chain.head}).scalar()
+    ns = chain.namespace
+    if registry.present(conn, ns):
+        found = conn.execute(ns.sql(_AT_HEAD), {"head": chain.head}).scalar()
         if found is not None:
             return str(found), True
-    schemas = sorted(project_schemas(conn))
+    schemas = sorted(project_schemas(conn, ns))
     return (schemas[-1], False) if schemas else None
 
 
@@ -268,9 +278,9 @@ def lock_budget(conn: Connection, context: Context) -> list[Finding]:
             ),
             reading,
         ]
-        if warm_pool.configured_size(context.chain):
-            dropping = f"the warm pool dropping {warm_pool.DROP_BATCH} spares of {per_schema} objects at once"
-            candidates.append((per_schema * warm_pool.DROP_BATCH, dropping))
+        if spares.configured_size(context.chain):
+            dropping = f"the warm pool dropping {spares.DROP_BATCH} spares of {per_schema} objects at once"
+            candidates.append((per_schema * spares.DROP_BATCH, dropping))
         needed, how = max(candidates, key=lambda candidate: candidate[0])
     table = f"max_locks_per_transaction {per_backend} x (max_connections + max_prepared_transactions {slots})"
     wanted = math.ceil(needed / HEADROOM / max(1, slots))
@@ -363,18 +373,20 @@ _ROWS = text(f"SELECT project_id, schema_name FROM {registry.REGISTRY_TABLE}")
 def registry_consistency(conn: Connection, context: Context) -> list[Finding]:
     """Project schemas with no registry row (orphans: fleet runs skip them) and registered projects with
     no schema (missing). Reads the registry and pg_namespace only: no schema's tables are touched."""
-    schemas = set(project_schemas(conn))
-    if not registry.present(conn):
+    ns = context.chain.namespace
+    schemas = set(project_schemas(conn, ns))
+    schemas -= set(registered_elsewhere(conn, ns, schemas))  # another chain's (two chains in one database)
+    if not registry.present(conn, ns):
         if schemas:
-            return [_orphans(sorted(schemas))]
+            return [_orphans(ns, sorted(schemas))]
         return [_warn("registry", "no registry yet (nothing provisioned here): `workspace-tool init` creates it")]
-    rows = {str(project): str(schema) for project, schema in conn.execute(_ROWS)}
+    rows = {str(project): str(schema) for project, schema in conn.execute(ns.sql(_ROWS))}
     registered = set(rows.values())
     orphans = sorted(schemas - registered)
     missing = sorted(p for p, schema in rows.items() if schema not in schemas)
     findings = []
     if orphans:
-        findings.append(_orphans(orphans))
+        findings.append(_orphans(ns, orphans))
     if missing:
         first = missing[0]
         findings.append(
@@ -387,12 +399,12 @@ def registry_consistency(conn: Connection, context: Context) -> list[Finding]:
     return findings or [_ok("registry", f"{len(rows)} project(s) registered, each with its schema; no orphan")]
 
 
-def _orphans(orphans: list[str]) -> Finding:
+def _orphans(ns: Namespace, orphans: list[str]) -> Finding:
     first = orphans[0]
     return _problem(
         "registry",
         f"{len(orphans)} schema(s) with no registry row (orphans, skipped by fleet runs): {_names(orphans)}: "
-        f"register them (`workspace-tool upgrade {project_for(first)}`) or drop them "
+        f"register them (`workspace-tool upgrade {ns.project_id_for(first)}`) or drop them "
         f"(DROP SCHEMA {quote_ident(first)} CASCADE)",
     )
 
@@ -456,12 +468,12 @@ def unused_spares(conn: Connection, context: Context) -> list[Finding]:
     and keep a fill from building new ones. Spares kept for another release that still fills the pool (a
     rolling deploy) and spares ahead of this chain (a newer release's) are fine; so are spares recorded
     whose schema is gone, which the next fill forgets (a warning)."""
-    if not registry.present(conn):
+    if not registry.present(conn, context.chain.namespace):
         return [_ok("warm pool", "no warm pool (nothing provisioned yet)")]
-    spares = warm_pool.read_spares(conn)
+    listed = spares.read_spares(conn, context.chain.namespace)
     chain = context.chain
-    grace = warm_pool.release_grace(chain)
-    states = [(s, s.state(chain, grace)) for s in spares]
+    grace = spares.release_grace(chain)
+    states = [(s, s.state(chain, grace)) for s in listed]
 
     def having(state: SpareState) -> list[str]:
         return [s.schema for s, found in states if found == state]
@@ -472,7 +484,7 @@ def unused_spares(conn: Connection, context: Context) -> list[Finding]:
             _warn(
                 "warm pool",
                 f"{len(stale)} spare schema(s) at a head nobody runs ({_names(stale)}: not this chain's head "
-                f"{chain.head}, and their release has not filled the pool within {warm_pool.GRACE_OPTION} = "
+                f"{chain.head}, and their release has not filled the pool within {spares.GRACE_OPTION} = "
                 f"{grace:g} s): never handed out; `workspace-tool pool fill` (or `upgrade --all`) replaces them",
             )
         )
@@ -488,7 +500,7 @@ def unused_spares(conn: Connection, context: Context) -> list[Finding]:
         return findings
     others = len(having(SpareState.OTHER_RELEASE)) + len(having(SpareState.AHEAD))
     kept = f"; {others} kept for another release" if others else ""
-    target = warm_pool.configured_size(chain)
+    target = spares.configured_size(chain)
     return [
         _ok("warm pool", f"{len(having(SpareState.READY))} spare(s) ready at head {chain.head} (target {target}){kept}")
     ]

@@ -9,7 +9,7 @@ in detail (``catalog.snapshot``: tables, columns, types, nullability, defaults, 
 options, constraints, comments, alembic_version) and compared (``catalog.diff``): once per distinct
 fingerprint, as schemas with equal fingerprints have equal catalogs. A schema's alembic_version comes from
 the status read: it must hold exactly the head, as the reference's does. The warm pool's spares ready at
-head (workspace_tool.pool) are compared too: each will become a project's schema as it is.
+head (workspace_tool.spares) are compared too: each will become a project's schema as it is.
 
 The application keeps working meanwhile. A project dropped while check runs is no problem: left out when
 dropped before its version was read (as `status` does), else reported ``gone``, with no problem; a spare
@@ -30,16 +30,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from workspace_tool import pool, recycling, registry, transactions
+from workspace_tool import recycling, registry, spares, transactions
 from workspace_tool import reference as references
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import is_connection_error, translating
-from workspace_tool.fleet.reader import read_parallel, read_versions, versions_reader, without_dropped
 from workspace_tool.jobs import check_jobs, default_jobs, spare_jobs
-from workspace_tool.naming import schema_for
+from workspace_tool.registry.inventory import read_parallel, read_versions, versions_reader, without_dropped
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, fingerprints, snapshot
+from workspace_tool.schema.state import State
+from workspace_tool.spares.store import SpareState
 from workspace_tool.status import ProjectStatus, collect_status
-from workspace_tool.vocabulary import SpareState, State
 
 # Schemas per catalog query (at most; fewer so that every connection gets one). Each query reads pg_class
 # whole (it has no index by schema), the rest through indexes, and it holds no lock but on catalogs, so
@@ -114,13 +114,13 @@ def check(
     (default: workspace_recycle_after in alembic.ini; see workspace_tool.recycling)."""
     if project_ids is not None:
         for project_id in project_ids:
-            schema_for(project_id)
+            chain.namespace.schema_for(project_id)
     recycle = recycling.resolve(chain, recycle_after)
     # like a fleet run's (an error if the pool can't serve --jobs), but by default no more than the pool spares
     jobs = spare_jobs(engine, default_jobs()) if jobs is None else check_jobs(engine, jobs)
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
-            has_registry = registry.present(conn)
+            has_registry = registry.present(conn, chain.namespace)
             statuses = collect_status(conn, chain, project_ids, versions_reader(engine, jobs, recycle))
             spares = _spares(conn, chain) if project_ids is None else []
         schemas = [_from_status(chain, s) for s in statuses]
@@ -131,7 +131,7 @@ def check(
         recycling.due(conn, recycle)  # it read every schema itself when the pool had no other connection
     known = {s.project_id for s in statuses}
     schemas += [
-        SchemaCheck(p, schema_for(p), None, "missing", ["no schema and no registry row"])
+        SchemaCheck(p, chain.namespace.schema_for(p), None, "missing", ["no schema and no registry row"])
         for p in project_ids or []
         if p not in known
     ]
@@ -140,7 +140,7 @@ def check(
 
 def _spares(conn: Connection, chain: Chain) -> list[SchemaCheck]:
     """The spares ready at head, each with its alembic_version checked (the catalogs are compared after)."""
-    ready = [s for s in pool.read_spares(conn) if s.state(chain) == SpareState.READY]
+    ready = [s for s in spares.read_spares(conn, chain.namespace) if s.state(chain) == SpareState.READY]
     versions = read_versions(conn, [s.schema for s in ready])
     checks = []
     for spare in ready:

@@ -28,11 +28,11 @@ class InvalidRoleName(WorkspaceError, ValueError):
 
 
 class InvalidSchemaName(WorkspaceError, ValueError):
-    def __init__(self, schema: object) -> None:
+    def __init__(self, schema: object, prefix: str = "project_") -> None:
         self.schema = schema
         super().__init__(
-            f"invalid project schema name {schema!r}: it must be 'project_' followed by a project id with "
-            "'-' written as '_' (^project_[a-z0-9]+(_[a-z0-9]+)*$, at most 58 characters)"
+            f"invalid project schema name {schema!r}: it must be {prefix!r} followed by a project id with "
+            f"'-' written as '_' (^{prefix}[a-z0-9]+(_[a-z0-9]+)*$, at most {len(prefix) + 50} characters)"
         )
 
 

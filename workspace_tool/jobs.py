@@ -20,8 +20,7 @@ def default_jobs() -> int:
 
 def connections_needed(jobs: int) -> int:
     """The most connections a run holds at once from the engine's pool: the planning connection, held
-    while ``jobs`` connections read the fleet's versions, then one per job (threads; worker processes
-    open their own, outside the pool)."""
+    while ``jobs`` connections read the fleet's versions, then one per job (a thread each)."""
     return jobs + 1
 
 

@@ -31,7 +31,7 @@ from workspace_tool.chain.alembic_run import alembic_version
 from workspace_tool.database import can_create
 from workspace_tool.dberrors import first_line, role_phrase
 from workspace_tool.errors import HeadModelFailed, MigrationFailed, PermissionDenied, WorkspaceError
-from workspace_tool.naming import SCHEMA_PREFIX
+from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry import REGISTRY_SCHEMA
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, fingerprints, snapshot
 from workspace_tool.schema.migrate import scratch_schema
@@ -80,7 +80,7 @@ _DEFAULT_PRIVILEGES = text(
 # The role owning most project schemas (whose default privileges decide theirs), or NULL when none.
 _PROJECTS_OWNER = text(
     "SELECT n.nspowner, pg_get_userbyid(n.nspowner) FROM pg_namespace n "
-    f"WHERE n.nspname LIKE '{SCHEMA_PREFIX.replace('_', chr(92) + '_')}%' "
+    "WHERE n.nspname LIKE :prefix "
     "GROUP BY n.nspowner ORDER BY count(*) DESC, n.nspowner LIMIT 1"
 )
 
@@ -124,11 +124,11 @@ def build(conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms
     return Reference(chain.head, reference_key(parts), catalog, fingerprint, "built")
 
 
-def stored(conn: Connection, key: str) -> Reference | None:
+def stored(conn: Connection, key: str, namespace: Namespace = DEFAULT) -> Reference | None:
     """The stored reference with this key, if any. Read-only; works on a registry without the table."""
-    if not conn.execute(_HAS_TABLE).scalar():
+    if not conn.execute(namespace.sql(_HAS_TABLE)).scalar():
         return None
-    row = conn.execute(_READ, {"key": key}).first()
+    row = conn.execute(namespace.sql(_READ), {"key": key}).first()
     return None if row is None else Reference(row.head, key, row.catalog, row.fingerprint, "stored")
 
 
@@ -138,9 +138,9 @@ def for_check(conn: Connection, chain: Chain) -> Reference:
     role owning (most of) the project schemas builds: the one stored with that role's default privileges,
     or one built by the current role when it has the same ones."""
     with conn.begin():
-        owner = conn.execute(_PROJECTS_OWNER).first()
+        owner = conn.execute(_PROJECTS_OWNER, {"prefix": chain.namespace.schema_like}).first()
         parts = key_parts(conn, chain, role=None if owner is None else owner[0])
-        reference = stored(conn, reference_key(parts))
+        reference = stored(conn, reference_key(parts), chain.namespace)
         allowed, database = can_create(conn)
         own = conn.execute(_DEFAULT_PRIVILEGES, {"role": None}).scalar_one()
     if reference is not None:
@@ -149,7 +149,7 @@ def for_check(conn: Connection, chain: Chain) -> Reference:
         role = conn.engine.url.username
         raise PermissionDenied(
             f"check needs the catalog the chain builds at head {chain.head} with the default privileges of role "
-            f"{owner[1]}, which owns the project schemas, and none is stored in {TABLE}",
+            f"{owner[1]}, which owns the project schemas, and none is stored in {chain.namespace.sql(TABLE)}",
             f"{role_phrase(role)} has other default privileges, so a schema it builds would not have the "
             "privileges the projects should have",
             f"run `workspace-tool init` once as {owner[1]} (it stores it), or run check as {owner[1]}",
@@ -159,7 +159,7 @@ def for_check(conn: Connection, chain: Chain) -> Reference:
         role = conn.engine.url.username
         raise PermissionDenied(
             f"check needs the catalog the chain builds at head {chain.head}, and none is stored for this chain "
-            f"in {TABLE}",
+            f"in {chain.namespace.sql(TABLE)}",
             f"{role_phrase(role)} can't build one (that needs CREATE on database {database}, for a scratch "
             "schema that is rolled back)",
             "run `workspace-tool init` once as a role that can (it stores it), then rerun check",
@@ -173,14 +173,14 @@ def store(conn: Connection, chain: Chain, *, refresh: bool = True, lock_timeout_
     only when none is stored for this chain. ``conn`` must not be in a transaction."""
     with conn.begin():
         parts = key_parts(conn, chain)
-        reference = None if refresh else stored(conn, reference_key(parts))
+        reference = None if refresh else stored(conn, reference_key(parts), chain.namespace)
     if reference is not None:
         return reference
     started = time.perf_counter()
     reference = build(conn, chain, parts, lock_timeout_ms)
     with conn.begin():
         conn.execute(
-            _UPSERT,
+            chain.namespace.sql(_UPSERT),
             {
                 "key": reference.key,
                 "head": reference.head,

@@ -1,7 +1,10 @@
-"""SQL text shared by every module: quoting, literals, the per-schema advisory lock and the search_path.
+"""SQL text written once, for every module that sends it: identifier quoting and literals, the advisory
+locks (a project schema's, the registry's, the warm pool's; of a transaction or of a session), the
+lock_timeout, the search_path, and ``DROP SCHEMA ... CASCADE``.
 
-Each piece of SQL text is written once here; the schema transaction, the registry bootstrap and the plain
-Alembic path use these, in their bound-parameter or literal form.
+Most come as literal statements (for the compiled batches and scripts of the schema transaction, the plain
+Alembic path and the registry bootstrap); the schema's lock also as a bound-parameter statement
+(``LOCK_SQL``); ``lock_schema`` and ``drop_schema_cascade`` run theirs on a connection.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ def lock_statement(schema: str, *, session: bool = False) -> str:
 def unlock_statement(schema: str) -> str:
     """Release the schema's session lock."""
     return session_unlock_sql(sql_literal(lock_key(schema)))
+
+
+DEFAULT_LOCK_TIMEOUT_MS = 5000  # the longest wait for a lock a command takes, unless told
 
 
 def lock_timeout_statement(timeout_ms: int, *, local: bool = True) -> str:

@@ -1,5 +1,5 @@
 """`status`: each project's schema, revision and state, and the fleet's counts, from the one reader
-(workspace_tool.fleet.reader). Read-only."""
+(workspace_tool.registry.inventory). Read-only."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from sqlalchemy import Connection
 
 from workspace_tool import flavor
 from workspace_tool.chain import Chain
-from workspace_tool.fleet.reader import VersionsReader, read_fleet
-from workspace_tool.vocabulary import State
+from workspace_tool.registry.inventory import VersionsReader, read_fleet
+from workspace_tool.schema.state import State
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,8 @@ def collect_status(
     no registry yet (nothing provisioned), project schemas found are orphans. Versions are read on
     ``conn``, or by ``versions_of`` (e.g. ``read_versions_parallel`` over several connections). On a
     distributed database, the node holding each schema (``Flavor.read_nodes``)."""
-    records = sorted(read_fleet(conn, project_ids, versions_of), key=lambda r: r.project_id)
-    nodes = flavor.read(conn).read_nodes(conn)
+    records = sorted(read_fleet(conn, project_ids, versions_of, chain.namespace), key=lambda r: r.project_id)
+    nodes = flavor.read(conn).read_nodes(conn, chain.namespace.schema_like)
     return [
         ProjectStatus(
             project_id=r.project_id,

@@ -250,13 +250,13 @@ def workspace_manager(request: pytest.FixtureRequest, workspace_engine: Engine) 
     """A WorkspaceManager on the session's database and the configured chain. With a warm pool configured
     (``workspace_pool_size`` in its alembic.ini), the pool is filled once here and refilled in the
     background: each test's project is then a spare renamed (about a millisecond) when one is ready."""
-    from workspace_tool import pool
+    from workspace_tool import spares
     from workspace_tool.managers.sync_manager import WorkspaceManager
 
     with _test_errors():
         manager = WorkspaceManager(workspace_engine, _config_path(_settings(request)), refill=True)
         if manager.refiller is not None:
-            pool.fill(workspace_engine, manager.chain, jobs=1)
+            spares.fill(workspace_engine, manager.chain, jobs=1)
     yield manager
     manager.close()
 

@@ -8,7 +8,7 @@ and options, constraints, comments, alembic_version) must be identical.
 With the warm pool on (``workspace_pool_size`` > 0, or ``pool=True``), one more case: a spare built at head
 through the fast path under a spare's name, then renamed as a claim renames it, against a fresh schema
 built online; besides the catalogs, nothing in the renamed schema may still name the schema it was built
-in (``pool.rename_and_scan``).
+in (``spares.rename_and_scan``).
 
 Everything happens in one transaction that is rolled back, one savepoint per range: nothing is left
 behind, no registry row is written (not even the registry: the vector extension must exist, see
@@ -31,16 +31,15 @@ from typing import Any
 from sqlalchemy import Connection, Engine
 
 from workspace_tool import flavor as flavors
-from workspace_tool import pool as warm_pool
-from workspace_tool import transactions
+from workspace_tool import spares, transactions
 from workspace_tool.chain import Chain, Plan
 from workspace_tool.database import require_create
 from workspace_tool.dberrors import describe, translating
 from workspace_tool.errors import PoolRefused
 from workspace_tool.flavor import Flavor
-from workspace_tool.registry.spares import spare_name
 from workspace_tool.schema.catalog import PIN_SEARCH_PATH, diff, snapshot
 from workspace_tool.schema.migrate import in_one_transaction, run_plan, scratch_schema
+from workspace_tool.spares.store import spare_name
 
 SCRATCH_PREFIX = "workspace_verify_"
 
@@ -116,7 +115,7 @@ def verify_fast_path(
     """Compare the online and the fast path on scratch schemas, for every range of the chain (or
     ``cases``), and a spare of the warm pool renamed (``pool``; default: when ``workspace_pool_size`` > 0)
     with a fresh schema; the report says, per range, 'identical' or the differences."""
-    with_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
+    with_pool = spares.configured_size(chain) > 0 if pool is None else pool
     with translating(engine.url), transactions.connect(engine) as conn:
         with conn.begin():
             flavor = flavors.find(conn)  # never created here: `workspace-tool init`
@@ -192,10 +191,10 @@ def _check_pool(conn: Connection, chain: Chain, flavor: Flavor, token: str, *, c
             with _side(conn, chain, schema, flavor, plans, committed=committed):
                 yield
             return
-        warm_pool.check_chain(chain, flavor)
-        spare = spare_name()
+        spares.check_chain(chain, flavor)
+        spare = spare_name(chain.namespace)
         with _side(conn, chain, spare, flavor, [(chain.plan(None, chain.head), True)], committed=committed):
-            found = warm_pool.rename_and_scan(conn, spare, schema)
+            found = spares.rename_and_scan(conn, spare, schema)
             if found:
                 raise PoolRefused(found)
             yield

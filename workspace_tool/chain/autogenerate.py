@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from alembic.autogenerate.api import AutogenContext
@@ -14,6 +15,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Column, Connection, MetaData
 from sqlalchemy.exc import DBAPIError
 
+from workspace_tool.chain.loading import MODELS_OPTION, display_path
 from workspace_tool.errors import ConfigurationError
 
 VERSION_TABLE = "alembic_version"
@@ -141,3 +143,21 @@ def load_metadata(reference: str, *, source: str = "--metadata") -> MetaData:
     if not isinstance(value, MetaData):
         raise ConfigurationError(f"{source} {reference!r}: {attribute} is not a MetaData or a declarative base")
     return value
+
+
+def chain_models(config_path: Path) -> MetaData:
+    """The chain's models: the MetaData alembic.ini names as ``workspace_models`` (imported with the ini's
+    ``prepend_sys_path`` on sys.path, as Alembic imports them). A chain that names none gets a one-line
+    ConfigurationError saying what to set."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config(str(config_path))
+    reference = config.get_main_option(MODELS_OPTION)
+    if not reference:
+        raise ConfigurationError(
+            f"{display_path(config_path)} names no models: set {MODELS_OPTION} = package.module:metadata in its "
+            "[alembic] section (workspace-tool init-chain writes a models.py beside env.py for it), or pass them"
+        )
+    ScriptDirectory.from_config(config)  # puts prepend_sys_path on sys.path
+    return load_metadata(reference, source=f"{MODELS_OPTION} in {display_path(config_path)}")

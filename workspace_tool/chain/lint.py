@@ -13,6 +13,7 @@ text. This module reads each revision's AST (nothing is imported or run) and rep
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -24,7 +25,9 @@ from alembic.config import Config
 from alembic.util import CommandError
 
 from workspace_tool.chain import Chain, display_path, load_script_directory, resolve_config_path, squawk
+from workspace_tool.chain.loading import main_option
 from workspace_tool.errors import ConfigurationError
+from workspace_tool.namespace import DEFAULT, REGISTRY_SCHEMA_OPTION, SCHEMA_PREFIX_OPTION, Namespace, from_options
 
 # Keyword arguments that name a schema, on any call (op.*, sa.Table, sa.ForeignKey, sa.Sequence, ...).
 SCHEMA_KWARGS = frozenset({"schema", "referent_schema", "source_schema", "version_table_schema"})
@@ -55,11 +58,18 @@ IGNORES_TRANSLATE_MAP = frozenset(
 # Calls whose string arguments are SQL.
 SQL_CALLS = frozenset({"execute", "text", "exec_driver_sql", "DDL"})
 
-# Schema names that must never appear qualifying an object in a revision's SQL.
-_SCHEMA_REFERENCE = re.compile(
-    r"""(?<![\w."])("?)(?P<schema>project_[a-z0-9_]+|public|project_registry|workspace_extensions)\1\s*\.\s*"?[A-Za-z_]""",
-    re.IGNORECASE,
-)
+# Schema names that must never appear qualifying an object in a revision's SQL: the project schemas and the
+# registry of the chain's namespace (and the default one's), public and the extension's schema.
+_SCHEMA_REFERENCE = r"""(?<![\w."])("?)(?P<schema>{names}|public|workspace_extensions)\1\s*\.\s*"?[A-Za-z_]"""
+
+
+@functools.cache
+def _schema_reference(namespace: Namespace) -> re.Pattern[str]:
+    names = {DEFAULT.schema_prefix + "[a-z0-9_]+", DEFAULT.registry_schema}
+    names |= {namespace.schema_prefix + "[a-z0-9_]+", namespace.registry_schema}
+    return re.compile(_SCHEMA_REFERENCE.format(names="|".join(sorted(names))), re.IGNORECASE)
+
+
 _SQL_LITERAL = re.compile(r"'(?:[^']|'')*'")
 _SEARCH_PATH = re.compile(r"\bsearch_path\b", re.IGNORECASE)
 
@@ -106,8 +116,9 @@ def _describe(node: ast.expr) -> str:
 
 
 class _Visitor(ast.NodeVisitor):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, namespace: Namespace) -> None:
         self.path = path
+        self.schema_reference = _schema_reference(namespace)
         self.findings: list[Finding] = []
 
     def add(self, line: int, message: str) -> None:
@@ -150,7 +161,7 @@ class _Visitor(ast.NodeVisitor):
             return  # execute(text("...")): the inner call is checked on its own
         for line, literal in _strings(node):
             value = _SQL_LITERAL.sub("''", literal)  # 'public.x' in quotes is a value, not a reference
-            for match in _SCHEMA_REFERENCE.finditer(value):
+            for match in self.schema_reference.finditer(value):
                 self.add(
                     line,
                     f"{name}() SQL names schema {match.group('schema')!r} ({match.group(0).strip()!r}...): "
@@ -165,13 +176,13 @@ class _Visitor(ast.NodeVisitor):
                 )
 
 
-def check_source(source: str, path: str = "<revision>") -> list[Finding]:
-    """Findings for one revision's source."""
+def check_source(source: str, path: str = "<revision>", namespace: Namespace = DEFAULT) -> list[Finding]:
+    """Findings for one revision's source (of a chain in ``namespace``)."""
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
         return [Finding(path, exc.lineno or 0, f"cannot parse: {exc.msg}")]
-    visitor = _Visitor(path)
+    visitor = _Visitor(path, namespace)
     visitor.visit(tree)
     return sorted(set(visitor.findings))
 
@@ -187,17 +198,23 @@ def revision_files(config_path: str | os.PathLike[str] | None = None) -> list[Pa
     return [Path(s.path) for s in reversed(scripts)]
 
 
-def check_files(paths: Iterable[Path]) -> list[Finding]:
+def check_files(paths: Iterable[Path], namespace: Namespace = DEFAULT) -> list[Finding]:
     findings: list[Finding] = []
     for path in paths:
-        findings += check_source(path.read_text(encoding="utf-8"), display_path(path))
+        findings += check_source(path.read_text(encoding="utf-8"), display_path(path), namespace)
     return findings
+
+
+def _namespace(config_path: str | os.PathLike[str] | None) -> Namespace:
+    """The chain's namespace as its alembic.ini names it (read without loading the chain)."""
+    path = resolve_config_path(config_path)
+    return from_options(main_option(path, REGISTRY_SCHEMA_OPTION), main_option(path, SCHEMA_PREFIX_OPTION), path)
 
 
 def check_chain(config_path: str | os.PathLike[str] | None = None) -> tuple[int, list[Finding]]:
     """(number of revisions checked, findings) for the chain of an alembic.ini."""
     files = revision_files(config_path)
-    return len(files), check_files(files)
+    return len(files), check_files(files, _namespace(config_path))
 
 
 @dataclass(frozen=True)
@@ -232,7 +249,7 @@ def lint_chain(config_path: str | os.PathLike[str] | None = None, *, use_squawk:
     """The schema check of every revision and, unless ``use_squawk=False``, squawk over each revision's
     compiled SQL. squawk must then be installed (``workspace-tool[squawk]``)."""
     files = revision_files(config_path)
-    findings = check_files(files)
+    findings = check_files(files, _namespace(config_path))
     run = None
     if use_squawk:
         binary = squawk.find_binary()

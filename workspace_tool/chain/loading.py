@@ -18,6 +18,8 @@ CONFIG_ENV = "WORKSPACE_TOOL_CONFIG"
 # alembic.ini [alembic]: a URL that bypasses the connection pooler (workspace_tool.flavor.pooler). Never recorded
 # with the chain's graph (chain/index.py), which the other workspace_* options are: it may hold a password.
 DIRECT_URL_OPTION = "workspace_direct_url"
+# alembic.ini [alembic]: the chain's models at head (package.module:metadata), what autogenerate compares with.
+MODELS_OPTION = "workspace_models"
 
 
 def resolve_config_path(path: str | os.PathLike[str] | None = None) -> Path:

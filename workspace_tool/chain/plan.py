@@ -15,7 +15,30 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workspace_tool.vocabulary import Path, StepKind
+from workspace_tool.words import Word
+
+
+class StepKind(Word):
+    """How one step of a plan reaches the database."""
+
+    COMPILED = "compiled"  # Alembic's offline SQL, replayed under the schema's search_path
+    ONLINE = "online"  # run through Alembic on the connection (it reads the database, or won't render)
+    # One revision that can't run in a transaction (CREATE INDEX CONCURRENTLY, ...): its own step, sent
+    # outside the schema's transactions, under the schema's session-level lock.
+    NON_TRANSACTIONAL = "non-transactional"  # its compiled statements, each on its own
+    ONLINE_NON_TRANSACTIONAL = "online non-transactional"  # through Alembic, on a connection in autocommit
+    CLAIM = "claim"  # a spare schema already at the step's revision, renamed from the warm pool (pool.py)
+
+
+class Path(Word):
+    """Which path a schema's migration took (EnsureResult.path, SchemaResult.path, registry last_path)."""
+
+    FAST = "fast"  # all of it compiled SQL
+    ONLINE = "online"  # all of it through Alembic
+    MIXED = "mixed"  # some of each
+    POOL = "pool"  # a spare schema at head claimed from the warm pool and renamed: no revision ran
+    NONE = "none"  # no SQL ran (already there, cached, verified)
+
 
 # The version table, as Alembic renders it in offline mode at the start of a range from base, and the
 # DROP that Alembic < 1.17 appends to a range ending at base (online mode never drops it: alembic #1822).

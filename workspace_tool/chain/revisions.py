@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from workspace_tool.chain import index
 from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer, run_env
 from workspace_tool.chain.loading import DIRECT_URL_OPTION, display_path, load_script_directory, resolve_config_path
-from workspace_tool.chain.plan import Plan, Step, compiled_statements
+from workspace_tool.chain.plan import Path as PlanPath
+from workspace_tool.chain.plan import Plan, Step, StepKind, compiled_statements
 from workspace_tool.errors import ConfigurationError, UnknownRevision
-from workspace_tool.vocabulary import Path as PlanPath
-from workspace_tool.vocabulary import StepKind
+from workspace_tool.namespace import REGISTRY_SCHEMA_OPTION, SCHEMA_PREFIX_OPTION, Namespace, from_options
 
 if TYPE_CHECKING:  # Alembic is imported when the chain is read through it, or a range compiled or run
     from alembic.config import Config
@@ -75,6 +75,10 @@ class Chain:
         self._position = {rev: i for i, rev in enumerate(self._order)}
         self._options = dict(graph.options)
         self.fast_path_enabled = _truthy(self.option(FAST_PATH_OPTION, "true"))
+        # where its projects and registry live (workspace_registry_schema, workspace_schema_prefix)
+        self.namespace: Namespace = from_options(
+            self._options.get(REGISTRY_SCHEMA_OPTION), self._options.get(SCHEMA_PREFIX_OPTION), config_path
+        )
         self._online = set(graph.online)
         self._outside = set(graph.outside)
         # every revision file, env.py and the environment it runs: names the chain a verification report
@@ -307,7 +311,7 @@ class Chain:
 
     def claim_plan(self) -> Plan:
         """A new schema at head the other way: a spare schema this chain built at head, claimed from the
-        warm pool and renamed (workspace_tool.pool); one CLAIM step."""
+        warm pool and renamed (workspace_tool.spares); one CLAIM step."""
         return Plan(None, self.head, (Step(StepKind.CLAIM, None, self.head, spare_of=self.fingerprint),))
 
     def _runs(

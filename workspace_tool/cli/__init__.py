@@ -9,6 +9,7 @@ import click
 
 from workspace_tool.cli import chain, doctor, fleet, lifecycle, logs, pool, project
 from workspace_tool.cli.context import AppContext, WorkspaceGroup
+from workspace_tool.cli.options import output_options
 
 
 @click.group(cls=WorkspaceGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -31,13 +32,7 @@ from workspace_tool.cli.context import AppContext, WorkspaceGroup
     help="alembic.ini of the shared chain. Default: $WORKSPACE_TOOL_CONFIG, then ./alembic.ini.",
 )
 @click.option("--traceback", is_flag=True, help="Show the full traceback of an error.")
-@click.option(
-    "-v",
-    "--verbose",
-    count=True,
-    help="Log to stderr what ran for each schema, with timings (-v); and the SQL sent (-vv).",
-)
-@click.option("-q", "--quiet", is_flag=True, help="No progress or messages on stderr: only warnings and errors.")
+@output_options
 @click.version_option(package_name="workspace-tool")
 @click.pass_context
 def main(
@@ -46,44 +41,44 @@ def main(
     direct_url: str | None,
     config: str | None,
     traceback: bool,
-    verbose: int,
-    quiet: bool,
 ) -> None:
     """Provision and manage one PostgreSQL schema per project from one shared Alembic chain."""
-    if verbose and quiet:
-        raise click.UsageError("-v/--verbose and -q/--quiet don't go together")
     app = AppContext(database_url, config, traceback, direct_url)
     ctx.obj = app
-    ctx.meta[logs.QUIET] = quiet
     ctx.call_on_close(app.close)
-    logs.configure(ctx, verbose, app.passwords)
+    logs.configure(ctx, app.passwords)
 
 
-main.add_command(project.init)
-main.add_command(project.ensure)
-main.add_command(project.status)
-main.add_command(project.list_)
-main.add_command(lifecycle.drop)
-main.add_command(lifecycle.restore)
-main.add_command(lifecycle.purge)
-main.add_command(lifecycle.exec_)
-main.add_command(lifecycle.history)
-main.add_command(lifecycle.heads)
-main.add_command(lifecycle.show)
-main.add_command(lifecycle.current)
-main.add_command(lifecycle.stamp)
-main.add_command(fleet.upgrade)
-main.add_command(fleet.downgrade)
-main.add_command(fleet.check)
-main.add_command(chain.lint)
-main.add_command(chain.verify_fast_path)
-main.add_command(chain.revision)
-main.add_command(chain.init_chain)
-main.add_command(pool.pool)
-main.add_command(doctor.doctor)
-main.add_command(lifecycle.export)
-main.add_command(lifecycle.import_)
-main.add_command(lifecycle.clone)
-main.add_command(lifecycle.move)
+for command in (
+    project.init,
+    project.ensure,
+    project.status,
+    project.list_,
+    lifecycle.drop,
+    lifecycle.restore,
+    lifecycle.purge,
+    lifecycle.exec_,
+    fleet.upgrade,
+    fleet.downgrade,
+    fleet.check,
+    chain.lint,
+    chain.verify_fast_path,
+    chain.revision,
+    chain.init_chain,
+    pool.pool,
+    doctor.doctor,
+    lifecycle.history,
+    lifecycle.heads,
+    lifecycle.show,
+    lifecycle.current,
+    lifecycle.stamp,
+    lifecycle.export,
+    lifecycle.import_,
+    lifecycle.clone,
+    lifecycle.move,
+):
+    main.add_command(output_options(command))  # -q/-v after the command's name too
+for command in pool.pool.commands.values():
+    output_options(command)
 
 __all__ = ["main"]

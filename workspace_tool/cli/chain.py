@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app
@@ -118,17 +120,18 @@ def revision(
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(
     "--models",
-    required=True,
     metavar="MODULE:ATTR",
-    help=f"Your models' MetaData (or declarative base), written into alembic.ini as {MODELS_OPTION}.",
+    help=f"Your models' MetaData (or declarative base), written into alembic.ini as {MODELS_OPTION}. "
+    "Default: a models.py written into DIRECTORY for your tables.",
 )
 @pass_app
-def init_chain(app: AppContext, directory: str, models: str) -> None:
+def init_chain(app: AppContext, directory: str, models: str | None) -> None:
     """Start your application's own chain: alembic.ini (-c, default ./alembic.ini) naming your models, and
-    DIRECTORY with env.py, script.py.mako and versions/. Then `revision --autogenerate` writes its first
-    revision."""
+    DIRECTORY with env.py, script.py.mako, versions/ and models.py (unless --models names yours). Write your
+    tables in the models, then `revision --autogenerate` writes the first revision."""
     from workspace_tool.authoring import init_chain as write_chain
 
     written = write_chain(directory, models=models, config=app.config)
     note(f"Wrote {', '.join(str(p) for p in written)}.")
-    note('Next: workspace-tool revision -m "create tables" --autogenerate')
+    tables = "your models" if models else f"{Path(directory) / 'models.py'}"
+    note(f'Next: write your tables in {tables}, then workspace-tool revision -m "create tables" --autogenerate')

@@ -5,18 +5,22 @@ password. Nothing heavy is imported here: SQLAlchemy and the library load when a
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from functools import cached_property
 from typing import IO, TYPE_CHECKING, Any
 
 import click
 
 from workspace_tool.cli.logs import note
+from workspace_tool.cli.render import few
 from workspace_tool.errors import WorkspaceError
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
     from workspace_tool.managers.sync_manager import WorkspaceManager
+    from workspace_tool.namespace import Namespace
+    from workspace_tool.status import ProjectStatus
 
 URL_ENVS = ("WORKSPACE_TOOL_DATABASE_URL", "DATABASE_URL")
 # With no URL and without the embedded extra, what to do instead of installing it.
@@ -60,6 +64,16 @@ class AppContext:
         if given:
             return given
         return main_option(resolve_config_path(self.config), DIRECT_URL_OPTION)
+
+    @cached_property
+    def namespace(self) -> Namespace:
+        """The chain's namespace as alembic.ini names it, read without loading the chain (``list`` shows the
+        registry of a chain that can't be loaded)."""
+        from workspace_tool.chain.loading import main_option, resolve_config_path
+        from workspace_tool.namespace import REGISTRY_SCHEMA_OPTION, SCHEMA_PREFIX_OPTION, from_options
+
+        path = resolve_config_path(self.config)
+        return from_options(main_option(path, REGISTRY_SCHEMA_OPTION), main_option(path, SCHEMA_PREFIX_OPTION), path)
 
     @cached_property
     def engine(self) -> Engine:
@@ -133,6 +147,24 @@ class CommandError(click.ClickException):
             super().show(file)
         else:
             click.echo(self.shown, file=file, err=True)
+
+
+def require_projects(app: AppContext, project_ids: Sequence[str]) -> list[ProjectStatus]:
+    """The status of each named project; a one-line error (exit 1) naming every id that is no project (no
+    schema and no registry row), before the command changes anything. Read-only."""
+    statuses = app.manager.status(list(project_ids))
+    found = {s.project_id for s in statuses}
+    unknown = [i for i in dict.fromkeys(project_ids) if i not in found]
+    if not unknown:
+        return statuses
+    shown = few(unknown)
+    where = (
+        "`workspace-tool list` lists the projects"
+        if statuses or app.manager.has_registry()
+        else "no registry yet in this database: nothing has been provisioned"
+    )
+    what = f"no project {shown}" if len(unknown) == 1 else f"{len(unknown)} unknown project ids: {shown}"
+    raise CommandError(f"{what} (no schema, no registry row; {where}); nothing was changed")
 
 
 class WorkspaceGroup(click.Group):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.logs import note
 from workspace_tool.cli.options import jobs_option, json_option
 from workspace_tool.cli.render import emit, to_json
 
@@ -39,6 +40,6 @@ def doctor(app: AppContext, jobs: int | None, schemas_per_transaction: int, as_j
     else:
         emit([f.as_dict() for f in report.findings], ["check", "status", "finding"], as_json=False)
         problems, warnings = len(report.problems), sum(1 for f in report.findings if f.status == "warn")
-        click.echo(f"{problems} problem(s), {warnings} warning(s)", err=True)
+        note(f"{problems} problem(s), {warnings} warning(s)")
     if not report.ok:
         click.get_current_context().exit(1)

@@ -8,22 +8,26 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from workspace_tool.cli.context import ARGV, AppContext, pass_app
+from workspace_tool.cli.context import ARGV, AppContext, CommandError, pass_app, require_projects
 from workspace_tool.cli.logs import quiet
 from workspace_tool.cli.options import (
     adopt_option,
+    confirm,
     fleet_options,
     jobs_option,
     json_option,
     read_ids,
     recycle_option,
     split_ids,
+    yes_option,
 )
-from workspace_tool.cli.render import ProgressPrinter, print_drift_report, print_fleet_report, print_sql
+from workspace_tool.cli.render import ProgressPrinter, few, print_drift_report, print_fleet_report, print_sql
 
 if TYPE_CHECKING:
     from workspace_tool.fleet import Selection
+    from workspace_tool.fleet.stages import Staging
     from workspace_tool.schema.operation import Operation
+    from workspace_tool.status import ProjectStatus
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C, as a shell reports SIGINT
 # The canary's options (and whether each takes a value): the command that continues a --canary-only run
@@ -40,7 +44,8 @@ def upgrade(app: AppContext, /, target: str, adopt: bool, **options: Any) -> Non
     """Bring project schemas (--all, or the named ones) up to a revision, in parallel.
 
     Each schema migrates in its own transaction under its own lock; a failure leaves that schema at its
-    old revision. A project the application drops meanwhile is reported gone, not failed. Exit 1 if any
+    old revision. A target older than a named schema's revision is refused (that is a downgrade). A
+    project the application drops meanwhile is reported gone, not failed. Exit 1 if any
     schema failed; rerunning picks up only what is left."""
     from workspace_tool import fleet
 
@@ -50,11 +55,14 @@ def upgrade(app: AppContext, /, target: str, adopt: bool, **options: Any) -> Non
 @click.command()
 @fleet_options
 @click.option("--to", "target", required=True, metavar="REV", help="Target revision ('base' for empty).")
+@yes_option
 @pass_app
 def downgrade(app: AppContext, /, target: str, **options: Any) -> None:
     """Bring project schemas (--all, or the named ones) down to a revision, in parallel.
 
-    A project the application drops meanwhile is reported gone, not failed."""
+    What the undone revisions made is dropped, with its data: it asks first on a terminal; without one,
+    --yes confirms (not needed with --sql). A project the application drops meanwhile is reported gone,
+    not failed."""
     from workspace_tool import fleet
 
     _run_fleet(app, fleet.DOWNGRADE, target, **options)
@@ -80,50 +88,42 @@ def _run_fleet(
     ids_from: str | None,
     **stages: Any,
 ) -> None:
+    """The command's options as one RunSpec, then the run (or its SQL, with --sql) and its report."""
     from workspace_tool import fleet
-    from workspace_tool.fleet.stages import CANARY_ONLY
+    from workspace_tool.fleet import RunSpec, StopReason
 
     if bool(project_ids) == all_:
         raise click.UsageError("name the projects, or pass --all (not both)")
-    ids = None if all_ else list(project_ids)
-    selection = _selection(states, globs, ids_from)
-    staging = _staging(fail_fast, all_, **stages)
-    app.jobs = jobs  # before the engine is made: its pool is sized for them
-    chain = app.manager.chain
-    if show_sql:
-        scripts = fleet.sql(
-            app.engine,
-            chain,
-            ids,
-            target=target,
-            operation=operation,
-            lock_timeout_ms=lock_timeout,
-            selection=selection,
-        )
-        print_sql(scripts, as_json)
-        return
-    printer = None if quiet() else ProgressPrinter(sys.stderr)
-    report = fleet.run(
-        app.engine,
-        chain,
-        operation,
-        ids,
-        target=target,
+    spec = RunSpec(
+        target,
+        None if all_ else project_ids,
+        selection=_selection(states, globs, ids_from),
+        staging=_staging(fail_fast, all_, **stages),
         jobs=jobs,
-        recycle_after=recycle_after,
         lock_timeout_ms=lock_timeout,
         retries=retries,
-        progress=printer,
+        recycle_after=recycle_after,
         adopt=adopt,
-        selection=selection,
-        direct_engine=app.direct_engine,
-        **staging,
+        dry_run=show_sql,
     )
+    app.jobs = jobs  # before the engine is made: its pool is sized for them
+    chain = app.manager.chain
+    _refuse_the_other_way(app, operation, target, require_projects(app, project_ids) if project_ids else [])
+    if operation == fleet.DOWNGRADE and not spec.dry_run:
+        who = (
+            ("every selected project" if spec.selection is not None else "every project") if all_ else few(project_ids)
+        )
+        confirm(f"downgrading {who} to {target} drops what the undone revisions made, with its data")
+    if spec.dry_run:
+        print_sql(fleet.render_sql(app.engine, chain, operation, spec), as_json)
+        return
+    printer = None if quiet() else ProgressPrinter(sys.stderr)
+    report = fleet.run(app.engine, chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
     if printer is not None:
         printer.finish()
     next_command = (
         _without_canary(app, report.seed if report.order == "random" else None)
-        if report.stopped == CANARY_ONLY
+        if report.stop_reason == StopReason.CANARY_ONLY
         else None
     )
     print_fleet_report(report, as_json, next_command)
@@ -131,6 +131,36 @@ def _run_fleet(
         click.get_current_context().exit(INTERRUPTED)
     if report.failed:
         click.get_current_context().exit(1)
+
+
+def _refuse_the_other_way(app: AppContext, operation: Operation, target: str, statuses: list[ProjectStatus]) -> None:
+    """An upgrade to a revision older than a named schema's (or to base) is a downgrade, and a downgrade to
+    a newer one (or to head) an upgrade: a one-line error saying which command does it, nothing changed."""
+    from workspace_tool import fleet
+
+    chain = app.manager.chain
+    upgrading = operation == fleet.UPGRADE
+    to = chain.position(chain.resolve(target))
+    past = [
+        s
+        for s in statuses
+        if chain.knows(s.revision)
+        and (chain.position(s.revision) > to if upgrading else chain.position(s.revision) < to)
+    ]
+    if past:
+        wrong = f"{past[0].schema} (at {past[0].revision or 'base'})" + (
+            f" and {len(past) - 1} more" if len(past) > 1 else ""
+        )
+    elif to == (0 if upgrading else chain.position(chain.head)):  # nothing can go that way
+        wrong = "every schema"
+    else:
+        return
+    other = "downgrade" if upgrading else "upgrade"
+    ids = " ".join(s.project_id for s in statuses) if statuses else "--all"
+    raise CommandError(
+        f"that is {'a downgrade' if upgrading else 'an upgrade'} for {wrong}: use "
+        f"`workspace-tool {other} {ids} --to {target}`; nothing was changed"
+    )
 
 
 def _selection(states: tuple[tuple[str, ...], ...], globs: tuple[str, ...], ids_from: str | None) -> Selection | None:
@@ -154,8 +184,8 @@ def _staging(
     order: str | None,
     seed: int | None,
     max_failures: str | None,
-) -> dict[str, Any]:
-    """The stage options as fleet.run takes them, checked by the library's rules (a usage error if not)."""
+) -> Staging:
+    """The stage options as the RunSpec's Staging, checked by the library's rules (a usage error if not)."""
     from workspace_tool.errors import ConfigurationError
     from workspace_tool.fleet.stages import Staging
 
@@ -167,20 +197,18 @@ def _staging(
     named = [i for given in canary_ids for i in split_ids(given)]
     if canary_ids_from:
         named += read_ids(canary_ids_from, "--canary-ids-from")
-    options: dict[str, Any] = {
-        "fail_fast": (not all_ and max_failures is None) if fail_fast is None else fail_fast,
-        "max_failures": max_failures,
-        "canary": canary,
-        "canary_ids": named if canary_ids or canary_ids_from else None,
-        "canary_only": canary_only,
-        "order": order,
-        "seed": seed,
-    }
     try:
-        Staging.parse(**options)
+        return Staging.parse(
+            fail_fast=(not all_ and max_failures is None) if fail_fast is None else fail_fast,
+            max_failures=max_failures,
+            canary=canary,
+            canary_ids=named if canary_ids or canary_ids_from else None,
+            canary_only=canary_only,
+            order=order,
+            seed=seed,
+        )
     except ConfigurationError as exc:
         raise click.UsageError(str(exc)) from None
-    return options
 
 
 def _without_canary(app: AppContext, seed: int | None) -> str:
@@ -226,6 +254,8 @@ def check(
     from workspace_tool import drift
 
     app.jobs = jobs  # before the engine is made: its pool is sized for them
+    if project_ids:
+        require_projects(app, project_ids)
     # the direct engine, when set: without a stored reference, check builds one (in parts, outside a
     # transaction, for a chain with such a revision)
     report = drift.check(

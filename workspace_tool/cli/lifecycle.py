@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.context import AppContext, pass_app, require_projects
 from workspace_tool.cli.logs import note, quiet
-from workspace_tool.cli.options import DurationType, fleet_options, json_option
-from workspace_tool.cli.render import ProgressPrinter, emit, print_fleet_report, to_json
+from workspace_tool.cli.options import DurationType, confirm, fleet_options, json_option, yes_option
+from workspace_tool.cli.render import ProgressPrinter, emit, few, print_fleet_report, to_json
 
 if TYPE_CHECKING:
-    from workspace_tool.fleet import FleetReport, Operation
+    from workspace_tool.fleet import FleetReport, Operation, RunSpec
 
 lock_timeout_option = click.option(
     "--lock-timeout",
@@ -37,9 +37,8 @@ def export(app: AppContext, project_id: str, output: str, as_json: bool) -> None
     counts, checksums) to FILE. No DDL: the chain rebuilds the schema at the export's revision, so FILE
     restores into any database running the same chain."""
     from workspace_tool.lifecycle import export_project
-    from workspace_tool.naming import schema_for
 
-    schema_for(project_id)
+    app.manager.chain.namespace.schema_for(project_id)
     result = export_project(app.engine, app.manager.chain, project_id, output)
     if as_json:
         click.echo(to_json(result.as_dict()))
@@ -60,10 +59,9 @@ def import_(app: AppContext, file: str, as_id: str | None, upgrade: bool, lock_t
     """Build a project's schema at FILE's revision, copy its rows in, set its sequences and register it: one
     transaction under the project's lock (a damaged file, an unknown revision, an existing id leave nothing)."""
     from workspace_tool.lifecycle import import_project
-    from workspace_tool.naming import schema_for
 
     if as_id is not None:
-        schema_for(as_id)
+        app.manager.chain.namespace.schema_for(as_id)
     result = import_project(
         app.engine, app.manager.chain, file, as_id=as_id, upgrade=upgrade, lock_timeout_ms=lock_timeout
     )
@@ -84,9 +82,8 @@ def clone(app: AppContext, source: str, target: str, no_data: bool, lock_timeout
     """Copy project SOURCE to a new project TARGET in the same database, server-side, in one transaction:
     TARGET is built at SOURCE's revision, gets its rows and is registered; independent of SOURCE afterwards."""
     from workspace_tool.lifecycle import clone_project
-    from workspace_tool.naming import schema_for
 
-    schema_for(source), schema_for(target)
+    app.manager.chain.namespace.schema_for(source), app.manager.chain.namespace.schema_for(target)
     result = clone_project(
         app.engine, app.manager.chain, source, target, data=not no_data, lock_timeout_ms=lock_timeout
     )
@@ -116,10 +113,11 @@ def _fleet_command(
     target: str = "head",
     **stages: Any,
 ) -> FleetReport:
-    """Run ``operation`` through the fleet runner (lifecycle.fleet_run) over the projects named (each must
-    be one of the fleet's), selected (--state, --match, --ids-from) or all (--all); print its progress and
-    report; exit 1 if any failed (130 when interrupted)."""
+    """Run ``operation`` (a lifecycle task: workspace_tool.lifecycle) through the fleet runner over the
+    projects named (each must be one of the fleet's), selected (--state, --match, --ids-from) or all
+    (--all), as one RunSpec; print its progress and report; exit 1 if any failed (130 when interrupted)."""
     from workspace_tool.cli.fleet import _selection, _staging
+    from workspace_tool.fleet import RunSpec
 
     if show_sql:
         raise click.UsageError(f"--sql: {operation.name} runs no migration, there is no SQL to show")
@@ -136,41 +134,29 @@ def _fleet_command(
 
         base = selection or Selection()
         selection = Selection(states=base.states, match=base.match, ids=named)
-    staging = _staging(fail_fast, not named, **stages)
-    return run_and_report(
-        app,
-        operation,
+    spec = RunSpec(
+        target,
         None,
-        as_json,
-        target=target,
+        selection=selection,
+        staging=_staging(fail_fast, not named, **stages),
         jobs=jobs,
-        recycle_after=recycle_after,
         lock_timeout_ms=lock_timeout,
         retries=retries,
-        selection=selection,
-        **staging,
+        recycle_after=recycle_after,
     )
+    return run_and_report(app, operation, spec, as_json)
 
 
-def run_and_report(
-    app: AppContext, operation: Operation, ids: list[str] | None, as_json: bool, *, target: str = "head", **options: Any
-) -> FleetReport:
-    """The fleet run (lifecycle.fleet_run), with progress on stderr, then its report; exit 1 if any failed."""
+def run_and_report(app: AppContext, operation: Operation, spec: RunSpec, as_json: bool) -> FleetReport:
+    """The fleet run of ``operation`` as ``spec`` says, with progress on stderr, then its report; exit 1 if
+    any failed (130 when interrupted)."""
+    from workspace_tool import fleet
     from workspace_tool.cli.fleet import INTERRUPTED
-    from workspace_tool.lifecycle.fleet_run import run_fleet
 
-    app.jobs = options.get("jobs")  # before the engine is made: its pool is sized for them
+    app.jobs = spec.jobs  # before the engine is made: its pool is sized for them
     printer = None if quiet() or as_json else ProgressPrinter(sys.stderr)
-    report = run_fleet(
-        app.engine,
-        app.manager.chain,
-        operation,
-        ids,
-        target=target,
-        progress=printer,
-        direct_engine=app.direct_engine,
-        **options,
-    )
+    chain = app.manager.chain
+    report = fleet.run(app.engine, chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
     if printer is not None:
         printer.finish()
     print_fleet_report(report, as_json)
@@ -179,17 +165,6 @@ def run_and_report(
     if report.failed:
         click.get_current_context().exit(1)
     return report
-
-
-def confirm(yes: bool, what: str) -> None:
-    """A destructive command goes on with --yes, or when a terminal's user says yes; else a usage error."""
-    if yes:
-        return
-    if sys.stdin.isatty() and sys.stderr.isatty():
-        if click.confirm(f"{what}: go on?", default=False, err=True):
-            return
-        raise click.Abort()
-    raise click.UsageError(f"{what}: add --yes to confirm")
 
 
 class RetainType(click.ParamType[float]):
@@ -208,7 +183,7 @@ class RetainType(click.ParamType[float]):
 
 @click.command()
 @fleet_options
-@click.option("--yes", is_flag=True, help="Confirm dropping the selected projects and all their data.")
+@yes_option
 @click.option(
     "--retain",
     type=RetainType(),
@@ -218,40 +193,48 @@ class RetainType(click.ParamType[float]):
 )
 @click.option("--purge-expired", is_flag=True, help="Purge the quarantined projects past their --retain date.")
 @pass_app
-def drop(app: AppContext, /, yes: bool, retain: float | None, purge_expired: bool, **options: Any) -> None:
+def drop(app: AppContext, /, retain: float | None, purge_expired: bool, **options: Any) -> None:
     """Drop projects (named, selected with --state/--match/--ids-from, or --all): each schema with all its
     data and its registry row, in a transaction of its own (a run over any number of projects holds one
-    schema's locks per connection), in parallel, with progress and a report (--json)."""
+    schema's locks per connection), in parallel, with progress and a report (--json). It asks first on a
+    terminal; without one, --yes confirms. A named id that is no project is an error naming it, and nothing
+    is dropped."""
     from workspace_tool.lifecycle import drop as dropping
-    from workspace_tool.naming import schema_for
 
+    namespace = app.manager.chain.namespace
     ids: tuple[str, ...] = options["project_ids"]
     selected = options["all_"] or options["states"] or options["globs"] or options["ids_from"]
-    for project_id in ids:
-        schema_for(project_id)
+    schemas = [namespace.schema_for(project_id) for project_id in ids]  # every id checked first
+    lock_timeout_ms = options["lock_timeout"]
     if purge_expired and not (ids or selected):
-        confirm(yes, "purging the quarantined projects past their date deletes their data")
-        purged = dropping.purge_expired(app.engine, lock_timeout_ms=options["lock_timeout"])
+        confirm("purging the quarantined projects past their date deletes their data")
+        purged = dropping.purge_expired(app.engine, namespace=namespace, lock_timeout_ms=lock_timeout_ms)
         if options["as_json"]:
             click.echo(to_json([q.as_dict() for q in purged]))
         else:
             note(f"Purged {len(purged)} quarantined project(s) past their date.")
         return
+    if ids:  # named: each one a project (or a quarantined one), else nothing is dropped
+        aside = {q.project_id for q in dropping.quarantined(app.engine, namespace)} if retain is None else set()
+        require_projects(app, [p for p in ids if p not in aside])
     if len(ids) == 1 and not selected and retain is None:  # one project: as `drop ID` always did
-        schema = schema_for(ids[0])
-        confirm(yes, f"dropping {schema} deletes all its data")
-        dropped = dropping.drop_one(app.engine, ids[0], lock_timeout_ms=options["lock_timeout"])
+        schema = schemas[0]
+        confirm(f"dropping {schema} deletes all its data")
+        dropped = dropping.drop_one(app.engine, ids[0], namespace=namespace, lock_timeout_ms=lock_timeout_ms)
         app.manager.invalidate([ids[0]])
         if dropped:
             note(f"Dropped {schema}.")
         else:
             note(f"Nothing to drop: {schema} did not exist.")
         return
-    what = "quarantining the selected projects" if retain is not None else "dropping the selected projects"
-    confirm(yes, what + " deletes all their data" if retain is None else what)
-    _fleet_command(app, dropping.drop_operation(retain), **options)
+    who = few(schemas) if ids and not selected else "the selected projects"
+    if retain is None:
+        confirm(f"dropping {who} deletes all {'its' if len(ids) == 1 and not selected else 'their'} data")
+    else:
+        confirm(f"quarantining {who} takes {'it' if len(ids) == 1 and not selected else 'them'} out of the fleet")
+    _fleet_command(app, dropping.drop_operation(retain, namespace), **options)
     if purge_expired:
-        dropping.purge_expired(app.engine, lock_timeout_ms=options["lock_timeout"])
+        dropping.purge_expired(app.engine, namespace=namespace, lock_timeout_ms=lock_timeout_ms)
 
 
 @click.command()
@@ -262,10 +245,10 @@ def drop(app: AppContext, /, yes: bool, retain: float | None, purge_expired: boo
 def restore(app: AppContext, project_id: str, lock_timeout: int, as_json: bool) -> None:
     """Bring back a project quarantined by `drop --retain`, as it was dropped."""
     from workspace_tool.lifecycle.drop import restore as restoring
-    from workspace_tool.naming import schema_for
 
-    schema_for(project_id)
-    found = restoring(app.engine, project_id, lock_timeout_ms=lock_timeout)
+    namespace = app.manager.chain.namespace
+    namespace.schema_for(project_id)
+    found = restoring(app.engine, project_id, namespace=namespace, lock_timeout_ms=lock_timeout)
     app.manager.invalidate([project_id])
     if as_json:
         click.echo(to_json(found.as_dict()))
@@ -275,28 +258,29 @@ def restore(app: AppContext, project_id: str, lock_timeout: int, as_json: bool) 
 
 @click.command()
 @click.argument("project_ids", nargs=-1)
-@click.option("--yes", is_flag=True, help="Confirm deleting the quarantined data.")
+@yes_option
 @click.option("--list", "list_only", is_flag=True, help="List the quarantined projects (and their dates) instead.")
 @lock_timeout_option
 @json_option
 @pass_app
-def purge(
-    app: AppContext, project_ids: tuple[str, ...], yes: bool, list_only: bool, lock_timeout: int, as_json: bool
-) -> None:
-    """Remove quarantined projects (see `drop --retain`) for good; with --list, show them."""
+def purge(app: AppContext, project_ids: tuple[str, ...], list_only: bool, lock_timeout: int, as_json: bool) -> None:
+    """Remove quarantined projects (see `drop --retain`) for good; with --list, show them. It asks first on
+    a terminal; without one, --yes confirms."""
     from workspace_tool.lifecycle import drop as dropping
-    from workspace_tool.naming import schema_for
 
+    namespace = app.manager.chain.namespace
     if list_only:
-        found = [q.as_dict() for q in dropping.quarantined(app.engine)]
+        found = [q.as_dict() for q in dropping.quarantined(app.engine, namespace)]
         emit(found, ["project_id", "schema", "dropped_at", "until"], as_json=as_json)
         return
     if not project_ids:
         raise click.UsageError("name the quarantined projects to purge (or --list them)")
     for project_id in project_ids:
-        schema_for(project_id)
-    confirm(yes, "purging deletes the quarantined data")
-    purged = [dropping.purge(app.engine, p, lock_timeout_ms=lock_timeout).as_dict() for p in project_ids]
+        namespace.schema_for(project_id)
+    confirm(f"purging {few(list(project_ids))} deletes the quarantined data")
+    purged = [
+        dropping.purge(app.engine, p, namespace=namespace, lock_timeout_ms=lock_timeout).as_dict() for p in project_ids
+    ]
     if as_json:
         click.echo(to_json(purged))
     else:
@@ -371,10 +355,9 @@ def show(app: AppContext, revision: str, as_json: bool) -> None:
 @pass_app
 def current(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
     """Each project's revision (its schema's alembic_version) and the registry's; with no ids, every project."""
-    from workspace_tool.naming import schema_for
-
+    namespace = app.manager.chain.namespace
     for project_id in project_ids:
-        schema_for(project_id)
+        namespace.schema_for(project_id)
     statuses = app.manager.status(list(project_ids) or None)
     if project_ids:
         found = {s.project_id for s in statuses if s.registered or s.revision is not None}
@@ -382,7 +365,7 @@ def current(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> Non
         if missing:
             from workspace_tool.errors import WorkspaceNotFound
 
-            raise WorkspaceNotFound(missing[0], schema_for(missing[0]))
+            raise WorkspaceNotFound(missing[0], namespace.schema_for(missing[0]))
     rows = [s.as_dict() for s in statuses]
     emit(rows, ["project_id", "revision", "registry_revision", "state"], as_json=as_json)
 
@@ -390,19 +373,18 @@ def current(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> Non
 @click.command()
 @click.argument("project_id")
 @click.argument("revision")
-@click.option("--yes", is_flag=True, help="Confirm setting the project's version row without running anything.")
+@yes_option
 @lock_timeout_option
 @json_option
 @pass_app
-def stamp(app: AppContext, project_id: str, revision: str, yes: bool, lock_timeout: int, as_json: bool) -> None:
+def stamp(app: AppContext, project_id: str, revision: str, lock_timeout: int, as_json: bool) -> None:
     """Set PROJECT_ID's version row to REVISION (an id, head or base) without running any revision: its
     tables are taken to be as REVISION leaves them. Recorded in the registry (last_action 'stamp')."""
     from workspace_tool.lifecycle import revisions
-    from workspace_tool.naming import schema_for
 
-    schema = schema_for(project_id)
+    schema = app.manager.chain.namespace.schema_for(project_id)
     app.manager.chain.resolve(revision)  # an unknown revision is refused before asking
-    confirm(yes, f"stamping {schema} changes its revision without changing its tables")
+    confirm(f"stamping {schema} changes its revision without changing its tables")
     before, after = revisions.stamp(app.engine, app.manager.chain, project_id, revision, lock_timeout_ms=lock_timeout)
     app.manager.invalidate([project_id])
     if as_json:
@@ -417,23 +399,20 @@ def stamp(app: AppContext, project_id: str, revision: str, yes: bool, lock_timeo
 @click.option(
     "--work-dir", type=click.Path(file_okay=False), metavar="DIR", help="Where the export file is written meanwhile."
 )
-@click.option("--yes", is_flag=True, help="Confirm dropping the project from this database once it is moved.")
+@yes_option
 @lock_timeout_option
 @json_option
 @pass_app
-def move(
-    app: AppContext, project_id: str, to_url: str, work_dir: str | None, yes: bool, lock_timeout: int, as_json: bool
-) -> None:
+def move(app: AppContext, project_id: str, to_url: str, work_dir: str | None, lock_timeout: int, as_json: bool) -> None:
     """Move a project to another database: quarantine it here, export, import there, verify row counts, purge
     it here. Safe to run again after a crash at any step: it resumes where the tenant is."""
     from sqlalchemy import create_engine
 
     from workspace_tool.lifecycle.move import move_project
-    from workspace_tool.naming import schema_for
     from workspace_tool.urls import redact, sync_url
 
-    schema = schema_for(project_id)
-    confirm(yes, f"moving {schema} to {redact(to_url)} drops it from this database once it is there")
+    schema = app.manager.chain.namespace.schema_for(project_id)
+    confirm(f"moving {schema} to {redact(to_url)} drops it from this database once it is there")
     target = create_engine(sync_url(to_url), pool_pre_ping=True)
     try:
         result = move_project(

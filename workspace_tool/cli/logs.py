@@ -21,6 +21,8 @@ import click
 FORMAT = "%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s"
 DATE_FORMAT = "%H:%M:%S"
 QUIET = "workspace_tool.quiet"  # in the root context's meta: -q was given
+VERBOSE = "workspace_tool.verbose"  # in the root context's meta: how many -v were given
+LOGGING = "workspace_tool.logging"  # in the root context's meta: configure() ran
 # logger -> its level at each verbosity (0 = default; the last entry holds for more -v)
 LEVELS = {
     "workspace_tool": (logging.WARNING, logging.INFO, logging.DEBUG),
@@ -51,14 +53,14 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return redact_text(super().format(record), *self.secrets())
 
 
-def configure(ctx: click.Context, verbose: int, secrets: Callable[[], list[str]]) -> None:
-    """Send log records to stderr at the verbosity asked for, until the command ends."""
+def configure(ctx: click.Context, secrets: Callable[[], list[str]]) -> None:
+    """Send log records to stderr at the verbosity asked for so far (-v before the command's name), until
+    the command ends; a -v after it raises the levels when it is parsed (``more_verbose``)."""
     handler = StderrHandler(secrets)
     handler.setFormatter(logging.Formatter(FORMAT, DATE_FORMAT))
     root = logging.getLogger()
     saved = {name: logging.getLogger(name).level for name in LEVELS}
-    for name, levels in LEVELS.items():
-        logging.getLogger(name).setLevel(levels[min(verbose, len(levels) - 1)])
+    _set_levels(verbosity())
     root.addHandler(handler)
 
     def restore() -> None:
@@ -66,7 +68,44 @@ def configure(ctx: click.Context, verbose: int, secrets: Callable[[], list[str]]
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
 
+    ctx.find_root().meta[LOGGING] = True
     ctx.call_on_close(restore)
+
+
+def _set_levels(verbose: int) -> None:
+    for name, levels in LEVELS.items():
+        logging.getLogger(name).setLevel(levels[min(verbose, len(levels) - 1)])
+
+
+def _root_meta() -> dict[str, object]:
+    return click.get_current_context().find_root().meta
+
+
+def more_verbose(count: int) -> None:
+    """-v given ``count`` times (before or after the command's name: they add up)."""
+    meta = _root_meta()
+    meta[VERBOSE] = verbosity() + count
+    _refuse_both()
+    if LOGGING in meta:  # the handler is in place: the levels follow now
+        _set_levels(verbosity())
+
+
+def be_quiet() -> None:
+    """-q (before or after the command's name)."""
+    _root_meta()[QUIET] = True
+    _refuse_both()
+
+
+def _refuse_both() -> None:
+    if verbosity() and quiet():
+        raise click.UsageError("-v/--verbose and -q/--quiet don't go together")
+
+
+def verbosity() -> int:
+    """How many -v the command line holds (0 without one)."""
+    ctx = click.get_current_context(silent=True)
+    value = ctx.find_root().meta.get(VERBOSE, 0) if ctx is not None else 0
+    return value if isinstance(value, int) else 0
 
 
 def quiet() -> bool:

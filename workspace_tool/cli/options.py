@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+
+from workspace_tool.cli import logs
+from workspace_tool.cli.context import CommandError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min)?\s*$")
@@ -66,21 +70,22 @@ class AmountType(click.ParamType[str]):
 
 
 class StatesType(click.ParamType[tuple[str, ...]]):
-    """States as `status` shows them, comma-separated; 'at-head' for 'at head', 'ahead' for 'ahead/unknown'."""
+    """States as `status` writes them (at-head, behind, ...), comma-separated; the spellings before issue 22
+    ('at head', 'ahead/unknown') and underscores are taken too."""
 
     name = "STATE[,STATE...]"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
-        from workspace_tool.vocabulary import State
+        from workspace_tool.schema.state import State
 
         if isinstance(value, tuple):
             return value
-        known = {str(s).replace(" ", "-"): str(s) for s in State} | {"ahead": str(State.AHEAD)}
         states = []
-        for word in (w.strip().lower().replace(" ", "-").replace("_", "-") for w in str(value).split(",")):
-            if word not in known and word not in known.values():
-                self.fail(f"{word!r} is not a state: {', '.join(known)}", param, ctx)
-            states.append(known.get(word, word))
+        for word in str(value).split(","):
+            try:
+                states.append(str(State.parse(word)))
+            except ValueError:
+                self.fail(f"{word.strip()!r} is not a state: {', '.join(State)}", param, ctx)
         return tuple(states)
 
 
@@ -99,6 +104,77 @@ def read_ids(path: str, option: str) -> list[str]:
     if not ids:
         raise click.UsageError(f"{option} {path}: the file lists no project id")
     return ids
+
+
+def output_options(f: F) -> F:
+    """-v/--verbose and -q/--quiet, on the group and on every command: ``workspace-tool -q status`` and
+    ``workspace-tool status -q`` mean the same (several -v add up; -v with -q is a usage error)."""
+
+    def verbose(ctx: click.Context, param: click.Parameter, count: int) -> None:
+        if count:
+            logs.more_verbose(count)
+
+    def quiet(ctx: click.Context, param: click.Parameter, given: bool) -> None:
+        if given:
+            logs.be_quiet()
+
+    f = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=quiet,
+        help="No progress or messages on stderr: only warnings and errors.",
+    )(f)
+    return click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=verbose,
+        help="Log to stderr what ran for each schema, with timings (-v); and the SQL sent (-vv). With "
+        "`check`: every schema of each difference.",
+    )(f)
+
+
+YES = "workspace_tool.yes"  # in the root context's meta: --yes was given
+
+
+def yes_option(f: F) -> F:
+    """--yes/-y on a command that destroys something: it confirms, and without it ``confirm`` asks on a
+    terminal and refuses otherwise."""
+
+    def given(ctx: click.Context, param: click.Parameter, yes: bool) -> None:
+        ctx.find_root().meta[YES] = ctx.find_root().meta.get(YES, False) or yes
+
+    return click.option(
+        "--yes",
+        "-y",
+        is_flag=True,
+        expose_value=False,
+        callback=given,
+        help="Don't ask: confirm what the command destroys (needed when stdin is not a terminal).",
+    )(f)
+
+
+def on_a_terminal() -> bool:
+    """Whether there is someone to ask: stdin is a terminal (not when it is closed or missing, as under cron)."""
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:  # closed
+        return False
+
+
+def confirm(what: str) -> None:
+    """The rule of every command that destroys: go on with --yes; else ask on a terminal (no: exit 1, nothing
+    changed); without a terminal, a one-line error, exit 1, nothing changed. ``what`` says what it destroys,
+    as in "dropping project_a, project_b deletes all their data"."""
+    if click.get_current_context().find_root().meta.get(YES, False):
+        return
+    if not on_a_terminal():
+        raise CommandError(f"{what}: pass --yes to confirm (no terminal to ask on); nothing was changed")
+    if not click.confirm(f"{what}. Go on?", default=False, err=True):
+        raise CommandError("not confirmed; nothing was changed")
 
 
 def json_option(f: F) -> F:

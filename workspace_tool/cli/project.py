@@ -7,10 +7,10 @@ from typing import Any
 
 import click
 
-from workspace_tool.cli.context import AppContext, pass_app
+from workspace_tool.cli.context import AppContext, pass_app, require_projects
 from workspace_tool.cli.logs import note
 from workspace_tool.cli.options import adopt_option, jobs_option, json_option, read_ids
-from workspace_tool.cli.render import NO_REGISTRY, emit, print_fleet_summary, to_json
+from workspace_tool.cli.render import NO_REGISTRY, action_word, emit, print_fleet_summary, to_json
 
 
 @click.command()
@@ -21,9 +21,8 @@ def init(app: AppContext) -> None:
     from workspace_tool.urls import redact
 
     extension_schema = app.manager.init()
-    note(
-        f"Registry ready in project_registry; vector extension in schema {extension_schema}; database {redact(app.url)}"
-    )
+    registry = app.manager.chain.namespace.registry_schema
+    note(f"Registry ready in {registry}; vector extension in schema {extension_schema}; database {redact(app.url)}")
 
 
 @click.command()
@@ -55,9 +54,9 @@ def ensure(
     adopt: bool,
     as_json: bool,
 ) -> None:
-    """Create each project's schema (or bring it to head) and print what was done and how long it took.
-    With --ids-from or --jobs, through the fleet runner: in parallel, with progress and the fleet's report."""
-    from workspace_tool.naming import schema_for
+    """Create each project's schema (or bring it to head) and print what was done (in the registry's words:
+    create, upgrade; current when it was at head already) and how long it took. With --ids-from or --jobs,
+    through the fleet runner: in parallel, with progress and the fleet's report."""
     from workspace_tool.schema.roles import validate_role_name
 
     ids = list(project_ids) + (read_ids(ids_from, "--ids-from") if ids_from else [])
@@ -66,15 +65,16 @@ def ensure(
         param = next(p for p in ctx.command.params if p.name == "project_ids")
         raise click.MissingParameter("Or pass --ids-from FILE.", ctx=ctx, param=param)
     for project_id in ids:  # every id is checked before any SQL is sent
-        schema_for(project_id)
+        app.manager.chain.namespace.schema_for(project_id)
     if ids_from is not None or jobs is not None:
         if owner_role is not None:
             raise click.UsageError("--owner-role is for named projects, not with --ids-from or --jobs")
         from workspace_tool.cli.lifecycle import run_and_report
+        from workspace_tool.fleet import RunSpec
         from workspace_tool.schema.operation import ENSURE_EXISTING, PROVISION
 
         operation = ENSURE_EXISTING if no_upgrade else PROVISION
-        run_and_report(app, operation, list(dict.fromkeys(ids)), as_json, jobs=jobs, adopt=adopt, fail_fast=False)
+        run_and_report(app, operation, RunSpec.build(ids, jobs=jobs, adopt=adopt, fail_fast=False), as_json)
         return
     project_ids = tuple(ids)
     if owner_role is not None:
@@ -83,7 +83,7 @@ def ensure(
     try:
         for project_id in project_ids:
             result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role, adopt=adopt)
-            results.append(dataclasses.asdict(result))
+            results.append({**dataclasses.asdict(result), "action": action_word(result.action)})
     finally:  # what was done before a failure is still reported, then the error
         emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
 
@@ -94,17 +94,18 @@ def ensure(
 @pass_app
 def status(app: AppContext, project_ids: tuple[str, ...], as_json: bool) -> None:
     """Each named project's schema, revision, state and last duration; with no ids, the fleet: counts by
-    state and revision (at head, behind, ahead/unknown, failed), missing schemas and orphans, and the warm
+    state and revision (at-head, behind, ahead, failed), missing schemas and orphans, and the warm
     pool's spare schemas, counted apart. Read-only; on a database where nothing was provisioned yet it says
-    so (exit 0). On a distributed database, also the node (host:port) holding each schema."""
-    statuses = app.manager.status(list(project_ids) or None)
+    so (exit 0). On a distributed database, also the node (host:port) holding each schema. An id that is
+    no project (no schema, no registry row) is an error naming it (exit 1)."""
+    statuses = require_projects(app, project_ids) if project_ids else app.manager.status()
     nothing_yet = not statuses and not app.manager.has_registry()
     if not project_ids:
-        from workspace_tool import pool
+        from workspace_tool import spares
         from workspace_tool.status import fleet_summary
 
-        spares = pool.status(app.engine, app.manager.chain).counts()
-        summary = fleet_summary(app.manager.chain, statuses, spares)
+        spare_counts = spares.status(app.engine, app.manager.chain).counts()
+        summary = fleet_summary(app.manager.chain, statuses, spare_counts)
         if as_json:
             click.echo(to_json(summary))
         elif not nothing_yet:
@@ -130,11 +131,12 @@ def list_(app: AppContext, as_json: bool) -> None:
     from workspace_tool import transactions
     from workspace_tool.dberrors import translating
     from workspace_tool.errors import ConfigurationError
-    from workspace_tool.managers.core import has_registry, registry_rows
+    from workspace_tool.registry.inventory import has_registry, registry_rows
 
+    namespace = app.namespace  # read from alembic.ini without loading the chain
     with translating(app.engine.url), transactions.connect(app.engine) as conn:
-        rows = [dataclasses.asdict(r) for r in registry_rows(conn)]
-        registered = bool(rows) or has_registry(conn)
+        rows = [dataclasses.asdict(r) for r in registry_rows(conn, namespace)]
+        registered = bool(rows) or has_registry(conn, namespace)
     try:
         app.manager.chain  # noqa: B018 (loaded to tell a broken chain now, not at the next command)
     except ConfigurationError as exc:

@@ -8,13 +8,12 @@ import datetime as dt
 import json
 import statistics
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
-from workspace_tool.cli.logs import note
+from workspace_tool.cli.logs import note, verbosity
 
 if TYPE_CHECKING:
     from workspace_tool.chain.lint import LintReport
@@ -22,11 +21,19 @@ if TYPE_CHECKING:
     from workspace_tool.fleet import FleetReport, Progress, SchemaSQL
     from workspace_tool.verification import VerificationReport
 
+SHOWN_IDS = 5  # the ids a one-line message names (then "and N more")
 # What read commands (status, list, check) say on a database with no registry; they exit 0.
 NO_REGISTRY = "No registry yet in this database: nothing has been provisioned (run `workspace-tool init` or `ensure`)"
 
 
 # ------------------------------------------------------------------------------ tables and JSON
+def few(names: Sequence[str], separator: str = ", ", shown: int | None = SHOWN_IDS) -> str:
+    """The first ``shown`` names (all of them for None), then how many more: what a one-line message lists."""
+    if shown is None or len(names) <= shown:
+        return separator.join(names)
+    return separator.join(names[:shown]) + f" and {len(names) - shown} more"
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return value.isoformat()
@@ -70,6 +77,17 @@ def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: 
         sys.stdout.write(table(rows, columns) + "\n")
 
 
+# ------------------------------------------------------------------------------ ensure
+def action_word(action: str) -> str:
+    """What `ensure` prints for what it did: the registry's word (create, upgrade, downgrade, as `status`
+    shows in LAST ACTION), and 'current' for a project that was already at the target (cached, verified)."""
+    from workspace_tool.registry.table import RegistryAction
+    from workspace_tool.schema.operation import Action, recorded
+
+    word = recorded(Action(action))
+    return str(Action.CURRENT) if word is RegistryAction.REGISTER else str(word)
+
+
 # ------------------------------------------------------------------------------ status
 def print_fleet_summary(summary: dict[str, Any]) -> None:
     """`status` with no ids: counts by state and revision, then missing schemas, orphans, failures."""
@@ -97,20 +115,44 @@ def print_fleet_summary(summary: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------ fleet runs
-class ProgressPrinter:
-    """done/total, failures, rate and ETA on stderr: a bar redrawn in place on a terminal, plain lines
-    (at most one a second, plus one per failure) otherwise."""
+def duration_text(seconds: float) -> str:
+    """'42s', '3m05s', '2h07m': an ETA as a person reads it."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
-    def __init__(self, stream: TextIO, *, tty: bool | None = None, width: int = 30) -> None:
+
+class ProgressPrinter:
+    """done/total, failures, rate and ETA on stderr: a bar redrawn in place on a terminal; otherwise (a log
+    file, CI) a plain line every ``interval_s`` seconds and at every 10% done, plus one per failure.
+
+    The rate and the ETA count from the start event (the schemas to migrate are known then), not from the
+    start of the run: the registry bootstrap and the fleet read before it are no part of the migrating, and
+    counting them made the rate too low and the ETA too long, by as much as the read took. No ETA is shown
+    before ``eta_after`` schemas are done (one or two results say little of the rate). The times are the
+    events' own (``Progress.elapsed_s``), so a test drives the printer with events, not with a clock."""
+
+    STEPS = 10  # a plain line at every 10% done
+
+    def __init__(
+        self, stream: TextIO, *, tty: bool | None = None, width: int = 30, interval_s: float = 5.0, eta_after: int = 5
+    ) -> None:
         self.stream = stream
         self.tty = stream.isatty() if tty is None else tty
         self.width = width
-        self._last = 0.0
+        self.interval_s = interval_s
+        self.eta_after = eta_after
+        self._began: float | None = None  # elapsed_s of the start event
+        self._last: float | None = None  # elapsed_s of the last plain line
+        self._step = 0  # the last 10% step a plain line was printed at
         self._drawn = False
         self._stopped = False
 
     def __call__(self, event: Progress) -> None:
-        from workspace_tool.fleet import CONNECTION_LOST, FAILED
+        from workspace_tool.fleet import FAILED, StopReason
 
         result = event.result
         if result is not None and result.status == FAILED:
@@ -118,26 +160,42 @@ class ProgressPrinter:
             self.stream.write(f"[{event.done}/{event.total}] {result.schema} failed: {result.error}\n")
         if event.stopped is not None and not self._stopped and event.done < event.total:
             self._clear()
-            advice = ": rerun when the database is back" if event.stopped.startswith(CONNECTION_LOST) else ""
+            lost = event.stop_reason == StopReason.CONNECTION_LOST
+            advice = ": rerun when the database is back" if lost else ""
             self.stream.write(f"Stopping: {event.stopped}; starting no more schemas{advice}\n")
             self._stopped = True
-        now = time.monotonic()
-        final = event.done == event.total
-        if event.result is None and event.total:
-            canary = f": a canary of {event.canary} first" if event.canary else ""
-            self.stream.write(f"{event.total} schema(s) to migrate{canary}\n")
+        if event.result is None:
+            self._began = self._last = event.elapsed_s
+            if event.total:
+                canary = f": a canary of {event.canary} first" if event.canary else ""
+                self.stream.write(f"{event.total} schema(s) to migrate{canary}\n")
         elif self.tty:
             self._clear()
             self.stream.write(self._line(event, bar=True))
             self._drawn = True
-        elif final or now - self._last >= 1.0:
+        elif self._due(event):
             self.stream.write(self._line(event, bar=False) + "\n")
-            self._last = now
+            self._last = event.elapsed_s
         self.stream.flush()
 
+    def _due(self, event: Progress) -> bool:
+        """A plain line now: the last one, a new 10% step, or ``interval_s`` since the last line."""
+        step = self.STEPS * event.done // event.total if event.total else self.STEPS
+        if event.done == event.total or step > self._step:
+            self._step = step
+            return True
+        return self._last is None or event.elapsed_s - self._last >= self.interval_s
+
     def _line(self, event: Progress, *, bar: bool) -> str:
-        eta = "-" if event.eta_s is None else f"{event.eta_s:.0f}s"
-        text = f"{event.done}/{event.total} done, {event.failed} failed, {event.rate:.1f}/s, ETA {eta}"
+        began = self._began if self._began is not None else 0.0
+        running = max(event.elapsed_s - began, 0.0)
+        rate = event.done / running if running > 0 else 0.0
+        eta = "-"
+        if event.done == event.total:
+            eta = "0s"
+        elif event.done >= self.eta_after and rate > 0:
+            eta = duration_text((event.total - event.done) / rate)
+        text = f"{event.done}/{event.total} done, {event.failed} failed, {rate:.1f}/s, ETA {eta}"
         if not bar:
             return text
         filled = int(self.width * event.done / event.total) if event.total else self.width
@@ -262,7 +320,7 @@ def _selected(report: FleetReport) -> str:
 
 
 def _pool_line(followed: dict[str, Any]) -> str:
-    """After upgrade --all: what happened to the warm pool's spares (pool.follow)."""
+    """After upgrade --all: what happened to the warm pool's spares (spares.follow)."""
     if "error" in followed:
         return f"Warm pool: spares behind head not replaced: {followed['error']}"
     return (
@@ -273,11 +331,11 @@ def _pool_line(followed: dict[str, Any]) -> str:
 
 def _skipped_detail(report: FleetReport) -> str:
     """Which skipped schemas another run moved, and which this run did not start, and why."""
-    from workspace_tool.fleet import MOVED_BY_ANOTHER_RUN
+    from workspace_tool.fleet import SkipReason
 
     parts = []
     if moved := len(report.moved_by_another_run()):
-        parts.append(f"{moved} {MOVED_BY_ANOTHER_RUN}")
+        parts.append(f"{moved} {SkipReason.MOVED_BY_ANOTHER_RUN.note()}")
     if not_started := len(report.not_started()):
         parts.append(f"{not_started} not started: {report.stopped}")
     return f" ({'; '.join(parts)})" if parts else ""
@@ -302,20 +360,24 @@ def print_sql(scripts: list[SchemaSQL], as_json: bool) -> None:
 
 
 def print_drift_report(report: CheckReport, as_json: bool) -> None:
-    """`check`: each schema that differs from the head model, with its problems."""
+    """`check`: one line per distinct difference (a problem, in a state), with how many schemas have it and
+    the first few of them (every one with -v), the most common first; JSON: every schema in full."""
     if as_json:
         sys.stdout.write(to_json(report.as_dict()) + "\n")
     elif report.registry or report.schemas:
+        groups: dict[tuple[str, str], list[str]] = {}
         for schema in report.failing:
-            owner = "a spare of the warm pool" if schema.state == "spare" else f"project {schema.project_id}"
-            click.echo(f"{schema.schema} ({owner}, {schema.state}):")
             for problem in schema.problems:
-                click.echo(f"  {problem}")
+                groups.setdefault((str(schema.state), problem), []).append(schema.schema)
+        shown = None if verbosity() else SHOWN_IDS
+        for (state, problem), schemas in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            click.echo(f"{len(schemas)} schema(s), {state}: {problem} ({few(schemas, shown=shown)})")
         spares = f" and {len(report.spares)} spare(s)" if report.spares else ""
         gone = f"; {len(report.gone)} dropped while check ran (not a problem)" if report.gone else ""
+        differ = f"{len(report.failing)} differ, in {len(groups)} distinct difference(s)"
         note(
             f"{len(report.schemas) - len(report.gone)} schema(s){spares} checked against head {report.head}: "
-            + ("all match" if report.ok else f"{len(report.failing)} differ")
+            + ("all match" if report.ok else differ)
             + gone
         )
     if not report.registry:

@@ -18,6 +18,7 @@ from typing import ClassVar
 from sqlalchemy import Connection
 
 from workspace_tool.flavor import pooler
+from workspace_tool.naming import SCHEMA_LIKE
 from workspace_tool.sql import lock_timeout_statement
 
 
@@ -70,7 +71,7 @@ class Flavor:
         host:port'), or None (registered with dberrors.NODE_ERROR_READERS by workspace_tool.flavor)."""
         return None
 
-    def read_nodes(self, conn: Connection) -> dict[str, str]:
+    def read_nodes(self, conn: Connection, schema_like: str = SCHEMA_LIKE) -> dict[str, str]:
         """Project schema -> the node ('host:port') holding it, for `status`; {} (and no query) on a
         database of one node."""
         return {}

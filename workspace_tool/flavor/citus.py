@@ -133,6 +133,6 @@ class Citus(Flavor):
         workers = sum(1 for n in nodes if n.groupid != 0)
         return problems, f"{len(nodes)} node(s), {workers} worker(s): all active and answering"
 
-    def read_nodes(self, conn: Connection) -> dict[str, str]:
-        rows = conn.execute(_NODES, {"prefix": SCHEMA_LIKE}).all()
+    def read_nodes(self, conn: Connection, schema_like: str = SCHEMA_LIKE) -> dict[str, str]:
+        rows = conn.execute(_NODES, {"prefix": schema_like}).all()
         return {str(r[0]): f"{r[1]}:{r[2]}" for r in rows}

@@ -4,10 +4,10 @@ transaction, with a result per schema.
 The order of a run (runner.py):
 
 1. The registry's own chain is migrated first, serially (``registry.bootstrap``).
-2. The fleet is read once (reader.py: registry rows, project schemas, their versions in batches spread
-   over the run's connections); the operation decides per schema (``Operation.decide``): schemas already
+2. The fleet is read once (registry/inventory.py: registry rows, project schemas, their versions in batches spread
+   over the run's connections); the run decides per schema (decide.py, by the operation's rules): schemas already
    at the target with a matching registry row are skipped without any Alembic.
-3. The rest run in parallel (executors.py), one Migrator per connection (migrator.py): each schema's
+3. The rest run in parallel (executors.py: threads), one Migrator per connection (migrator.py): each schema's
    transaction (``workspace_tool.schema.plan``, ``schema.send``) is sent as ONE round trip when its range compiles
    and the schema is as read (the fast lane), else the careful way (lock, read, migrate). A lock timeout
    or a lost connection is retried with backoff, then reported; a failure leaves the schema at its old
@@ -25,47 +25,38 @@ The order of a run (runner.py):
 Parallelism: a compiled plan (the normal case) is replayed without touching Alembic, so a pool of threads
 with one connection each scales (psycopg2 releases the GIL while waiting on the server). A plan with online
 steps runs Alembic, whose ``op``/``context`` proxies are process-global: in threads only that part is
-serialised (under ``chain.ALEMBIC_LOCK``). ``executor="processes"`` runs schemas in spawned processes
-instead, each with its own chain and connection (the caller's main module must be import-safe). An Engine
-can't cross to a process, so each worker builds its own: with ``engine_factory`` when given (a picklable
-callable returning an Engine), else from the engine's URL, isolation level and execution options; an engine
-with settings those don't carry (``connect_args``, a ``creator``, event listeners) is refused before
-anything runs (``worker_engine.for_workers``). Measured on 2 shared cores, threads were faster for online
-plans too (a process costs seconds to start), so "auto" means threads.
+serialised (under ``chain.ALEMBIC_LOCK``). (Worker processes were tried, and lost to threads in every
+benchmark: a process costs seconds to start.)
 
-A new fleet command is an Operation (workspace_tool.schema.operation) run through ``run``, plus its click
-command in workspace_tool/cli.
+A run's options are one ``RunSpec`` (spec.py), built once; what became of each schema, and why, are enums
+(outcome.py), and the words shown are rendered from them. A new fleet command is an Operation
+(workspace_tool.schema.operation) and a RunSpec run through ``run``, plus its click command in
+workspace_tool/cli.
 """
 
 from workspace_tool.fleet.executors import DEAD_AFTER
-from workspace_tool.fleet.report import (
-    CONNECTION_LOST,
-    DROPPED_SINCE_READ,
-    MOVED_BY_ANOTHER_RUN,
-    NOT_STARTED,
-    FleetReport,
-    Progress,
-    ProgressCallback,
-    SchemaResult,
-    StageReport,
-)
+from workspace_tool.fleet.outcome import CONNECTION_LOST, NOT_STARTED, Outcome, SkipReason, Stop, StopReason
+from workspace_tool.fleet.report import FleetReport, Progress, ProgressCallback, SchemaResult, StageReport
 from workspace_tool.fleet.runner import (
-    DEFAULT_LOCK_TIMEOUT_MS,
-    DEFAULT_RETRIES,
     FleetOptions,
     SchemaSQL,
     downgrade,
     provision,
+    render_sql,
     run,
     sql,
     upgrade,
 )
-from workspace_tool.fleet.stages import Selection
+from workspace_tool.fleet.spec import DEFAULT_LOCK_TIMEOUT_MS, DEFAULT_RETRIES, RunSpec
+from workspace_tool.fleet.stages import Order, Selection, Stage
 from workspace_tool.jobs import check_jobs, connections_needed, default_jobs, pool_capacity, spare_jobs
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation
-from workspace_tool.vocabulary import Order, Stage, State, Status
+from workspace_tool.schema.state import State
 
-OK, FAILED, SKIPPED, GONE = Status.OK, Status.FAILED, Status.SKIPPED, Status.GONE
+Status = Outcome  # the name SchemaResult.status had before Outcome: kept for applications
+OK, FAILED, SKIPPED, GONE = Outcome.OK, Outcome.FAILED, Outcome.SKIPPED, Outcome.GONE
+MOVED_BY_ANOTHER_RUN = SkipReason.MOVED_BY_ANOTHER_RUN.note()
+DROPPED_SINCE_READ = SkipReason.DROPPED_SINCE_READ.note()  # the note of a GONE result
 
 __all__ = [
     "CONNECTION_LOST",
@@ -86,21 +77,27 @@ __all__ = [
     "FleetReport",
     "Operation",
     "Order",
+    "Outcome",
     "Progress",
     "ProgressCallback",
+    "RunSpec",
     "SchemaResult",
     "SchemaSQL",
     "Selection",
+    "SkipReason",
     "Stage",
     "StageReport",
     "State",
     "Status",
+    "Stop",
+    "StopReason",
     "check_jobs",
     "connections_needed",
     "default_jobs",
     "downgrade",
     "pool_capacity",
     "provision",
+    "render_sql",
     "run",
     "spare_jobs",
     "sql",

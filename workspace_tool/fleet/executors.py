@@ -1,4 +1,4 @@
-"""Running a fleet's schemas in parallel: a thread per connection (the default), or spawned processes.
+"""Running a fleet's schemas in parallel: a thread per connection.
 
 Workers are closed on every path. On Ctrl-C no new schema is started, running transactions finish (or roll
 back), and what was not started is reported so. A run (one stage of it) also stops starting schemas when
@@ -8,14 +8,9 @@ connection)."""
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.util
 import queue
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -23,9 +18,10 @@ from sqlalchemy import Engine
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import unreachable_node
 from workspace_tool.fleet.migrator import Migrator, RunOptions
-from workspace_tool.fleet.report import CONNECTION_LOST, Progress, ProgressCallback, SchemaResult
+from workspace_tool.fleet.outcome import Outcome, Stop, StopReason
+from workspace_tool.fleet.report import Progress, ProgressCallback, SchemaResult
+from workspace_tool.fleet.stages import Stage
 from workspace_tool.schema.operation import Work
-from workspace_tool.vocabulary import Stage, Status
 
 # After this many schemas in a row failed on a lost connection (each after its retries), the database is
 # taken to be down: no new schema is started.
@@ -36,15 +32,17 @@ class StopRule:
     """When a run (one stage of it) starts no new schema, decided across workers as results come in: once
     ``max_failures`` schemas have failed (``--fail-fast`` is 1; None: never for that reason), or once the
     database is taken to be gone (``dead_after`` schemas in a row failed on a lost connection; any other
-    result, the server having answered, resets that count). ``reason`` says which, once one holds."""
+    result, the server having answered, resets that count). ``stop`` says which, once one holds."""
 
-    def __init__(self, max_failures: int | None = None, limit_reason: str = "", dead_after: int = DEAD_AFTER) -> None:
+    def __init__(
+        self, max_failures: int | None = None, limit: Stop | None = None, dead_after: int = DEAD_AFTER
+    ) -> None:
         self.max_failures = max_failures
-        self.limit_reason = limit_reason  # the reason given when max_failures is reached
+        self.limit = limit  # the stop when max_failures is reached
         self.dead_after = dead_after
         self.dead = False
         self.failed = 0
-        self.reason: str | None = None
+        self.stop: Stop | None = None
         self._in_a_row = 0
         self._lock = threading.Lock()
 
@@ -52,15 +50,15 @@ class StopRule:
         """Count one finished schema; True once no new schema should start."""
         with self._lock:
             self._in_a_row = self._in_a_row + 1 if result.connection_lost else 0
-            self.failed += result.status == Status.FAILED
+            self.failed += result.status == Outcome.FAILED
             if not self.dead and self._in_a_row >= self.dead_after:
                 self.dead = True
                 node = unreachable_node(result.error)
-                lost = CONNECTION_LOST if node is None else f"{node} is unreachable"
-                self.reason = self.reason or f"{lost}, {self.dead_after} schemas in a row failed on it"
-            if self.reason is None and self.max_failures is not None and self.failed >= self.max_failures:
-                self.reason = self.limit_reason
-            return self.reason is not None
+                why = StopReason.CONNECTION_LOST if node is None else StopReason.NODE_UNREACHABLE
+                self.stop = self.stop or Stop(why, node=node, in_a_row=self.dead_after)
+            if self.stop is None and self.max_failures is not None and self.failed >= self.max_failures:
+                self.stop = self.limit
+            return self.stop is not None
 
 
 @dataclass
@@ -76,7 +74,7 @@ class Tracker:
     canary: int = 0  # how many of ``total`` are in the canary stage (told in the start event)
     stage: Stage = Stage.MAIN  # the running stage: its results say so
     rule: StopRule = field(default_factory=StopRule)  # the running stage's
-    stopped: str | None = None  # why no new schema is started (the rule's reason), once known
+    stopped: Stop | None = None  # why no new schema is started (the rule's stop), once known
 
     def __post_init__(self) -> None:
         self._emit(None)
@@ -85,9 +83,9 @@ class Tracker:
         """Count a result its stage's rule has already seen (workers record theirs before handing them over)."""
         self.keep(result)
         self.done += 1
-        self.failed += result.status == Status.FAILED
+        self.failed += result.status == Outcome.FAILED
         if self.stopped is None:
-            self.stopped = self.rule.reason
+            self.stopped = self.rule.stop
         self._emit(result)
 
     def keep(self, result: SchemaResult) -> None:
@@ -98,7 +96,9 @@ class Tracker:
     def _emit(self, result: SchemaResult | None) -> None:
         if self.callback is not None:
             elapsed = time.perf_counter() - self.started
-            self.callback(Progress(self.done, self.total, self.failed, elapsed, result, self.stopped, self.canary))
+            stop = self.stopped
+            text, reason = (None, None) if stop is None else (str(stop), stop.reason)
+            self.callback(Progress(self.done, self.total, self.failed, elapsed, result, text, self.canary, reason))
 
 
 def run_threads(
@@ -175,90 +175,3 @@ def run_threads(
     if crash is not None:
         raise crash
     return tracker.results, interrupted
-
-
-# ---------------------------------------------------------------- process pool
-_PROCESS_MIGRATOR: Migrator | None = None
-
-
-def _process_init(config_path: str, options: RunOptions) -> None:
-    """Runs in each spawned worker: its own engine, chain (compiled there once) and connection."""
-    global _PROCESS_MIGRATOR
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; running transactions finish
-    assert options.worker_engine is not None
-    engine = options.worker_engine()
-    direct = options.direct_worker_engine() if options.direct_worker_engine else None
-    migrator = Migrator(engine, Chain.load(config_path), options, direct=direct)
-    _PROCESS_MIGRATOR = migrator
-
-    def close() -> None:
-        migrator.close()
-        engine.dispose()
-        if direct is not None:
-            direct.dispose()
-
-    multiprocessing.util.Finalize(None, close, exitpriority=10)
-
-
-def _process_run(item: Work) -> SchemaResult:
-    assert _PROCESS_MIGRATOR is not None
-    return _PROCESS_MIGRATOR.run(item)
-
-
-def run_processes(
-    engine: Engine,
-    chain: Chain,
-    work: list[Work],
-    workers: int,
-    options: RunOptions,
-    tracker: Tracker,
-    direct: Engine | None = None,
-) -> tuple[list[SchemaResult], bool]:
-    """Spawned processes, each with one connection (and its own direct engine, built by
-    ``options.direct_worker_engine``, when ``direct`` is given); at most two schemas queued per worker,
-    cancelled when the run stops (its StopRule, Ctrl-C)."""
-    pending: Iterator[Work] = iter(work)
-    in_flight: set[Future[SchemaResult]] = set()
-    interrupted = stopping = False
-    context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=context,
-        initializer=_process_init,
-        initargs=(str(chain.config_path), options),
-    )
-    try:
-        while True:
-            while not stopping and len(in_flight) < 2 * workers:
-                item = next(pending, None)
-                if item is None:
-                    break
-                in_flight.add(executor.submit(_process_run, item))
-            if not in_flight:
-                break
-            try:
-                done, in_flight = wait(in_flight, timeout=0.2, return_when=FIRST_COMPLETED)
-                for future in done:
-                    result = future.result()
-                    stop = tracker.rule.record(result)
-                    tracker.add(result)
-                    if stop and not stopping:  # what is queued is not started
-                        in_flight = _cancel_queued(in_flight)
-                    stopping = stopping or stop
-            except KeyboardInterrupt:
-                interrupted = stopping = True
-                in_flight = _cancel_queued(in_flight)
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
-        for future in in_flight:
-            finished = future.done() and not future.cancelled() and future.exception() is None
-            if finished and future.result() not in tracker.results:
-                tracker.keep(future.result())
-    return tracker.results, interrupted
-
-
-def _cancel_queued(in_flight: set[Future[SchemaResult]]) -> set[Future[SchemaResult]]:
-    """Cancel the futures no worker has started; the running ones are kept."""
-    for future in in_flight:
-        future.cancel()
-    return {f for f in in_flight if not f.cancelled()}

@@ -20,14 +20,13 @@ from workspace_tool.chain import Chain
 from workspace_tool.dberrors import LOCK_NOT_AVAILABLE, describe, is_connection_error, sqlstate, unreachable_node
 from workspace_tool.errors import LockTimeout, NonTransactionalFailed, WorkspaceNotFound
 from workspace_tool.flavor import Flavor, pooler
-from workspace_tool.fleet.report import DROPPED_SINCE_READ, MOVED_BY_ANOTHER_RUN, SchemaResult, ms_since
-from workspace_tool.fleet.worker_engine import EngineFactory
+from workspace_tool.fleet.outcome import Outcome, SkipReason
+from workspace_tool.fleet.report import SchemaResult, ms_since
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate, migrate_expected
-from workspace_tool.schema.operation import Operation, SchemaTask, Work
+from workspace_tool.schema.operation import Action, Operation, SchemaTask, Work, recorded
 from workspace_tool.schema.plan import Expected
 from workspace_tool.sql import lock_timeout_statement
 from workspace_tool.urls import url_secrets
-from workspace_tool.vocabulary import Action, RegistryAction, Status
 
 MAX_BACKOFF_S = 5.0
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What every schema of a run is given (picklable: it crosses to worker processes)."""
+    """What every schema of a run is given."""
 
     operation: Operation
     target: str | None
@@ -43,9 +42,7 @@ class RunOptions:
     retries: int
     flavor: Flavor  # the database's, from the run's bootstrap
     adopt: bool = False
-    worker_engine: EngineFactory | None = None  # processes: builds each worker's engine
     pool: bool = False  # claim a missing schema from the warm pool first (provision)
-    direct_worker_engine: EngineFactory | None = None  # processes: builds each worker's direct engine
     recycle_after: int = recycling.DEFAULT_RECYCLE_AFTER  # schemas per backend, then a new one (0: never)
 
 
@@ -161,14 +158,14 @@ class Migrator:
                 elif connection:
                     message = f"database connection lost ({attempts} attempts): {message}"
                 log.info("%s: failed after %.1f ms: %s", work.schema, ms_since(started), message)
-                if options.operation.task is None:  # a task's failure is not the schema's migration's
+                if options.operation.migrates:  # a task's failure is not the schema's migration's
                     self._mark_failed(work, message)
                 return SchemaResult(
                     work.project_id,
                     work.schema,
                     work.from_revision,
                     options.target,
-                    Status.FAILED,
+                    Outcome.FAILED,
                     ms=ms_since(started),
                     error=message,
                     attempts=attempts,
@@ -182,9 +179,9 @@ class Migrator:
                 work.schema,
                 done.from_revision,
                 done.to_revision,
-                Status.SKIPPED if moved else Status.OK,
+                Outcome.SKIPPED if moved else Outcome.OK,
                 ms=ms_since(started),
-                note=MOVED_BY_ANOTHER_RUN if moved else None,
+                reason=SkipReason.MOVED_BY_ANOTHER_RUN if moved else None,
                 path=done.path,
                 attempts=attempts,
             )
@@ -197,7 +194,7 @@ class Migrator:
             work.schema,
             work.from_revision,
             work.from_revision,
-            Status.OK,
+            Outcome.OK,
             ms=ms_since(started),
             note=note,
             attempts=attempts,
@@ -219,9 +216,9 @@ class Migrator:
             work.schema,
             work.from_revision,
             self.options.target,
-            Status.GONE,
+            Outcome.GONE,
             ms=ms_since(started),
-            note=DROPPED_SINCE_READ,
+            reason=SkipReason.DROPPED_SINCE_READ,
             attempts=attempts,
         )
 
@@ -235,9 +232,9 @@ class Migrator:
         """Record the failure on an existing registry row, after the rollback, in its own transaction;
         last_action names what was tried, in the words a success would have recorded."""
         tried = self.options.operation.action(self.chain, work.from_revision, self.options.target, exists=work.exists)
-        params = {"project_id": work.project_id, "action": RegistryAction.recording(tried), "error": message}
+        params = {"project_id": work.project_id, "action": recorded(tried), "error": message}
         with contextlib.suppress(Exception):
             conn = self.connection()
             with conn.begin():
                 conn.exec_driver_sql(lock_timeout_statement(self.options.lock_timeout_ms))
-                conn.execute(registry.MARK_FAILED, params)
+                conn.execute(self.chain.namespace.sql(registry.MARK_FAILED), params)

@@ -8,12 +8,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from workspace_tool.vocabulary import Order, Path, Stage, Status
-
-MOVED_BY_ANOTHER_RUN = "already at target: moved by another run"
-DROPPED_SINCE_READ = "dropped since the run read it: nothing to do"  # the note of a GONE result
-NOT_STARTED = "not started: "
-CONNECTION_LOST = "the database connection was lost"
+from workspace_tool.chain.plan import Path
+from workspace_tool.fleet.outcome import Outcome, SkipReason, StopReason
+from workspace_tool.fleet.stages import Order, Stage
 
 
 @dataclass
@@ -24,14 +21,19 @@ class SchemaResult:
     schema: str
     from_revision: str | None
     to_revision: str | None
-    status: Status  # OK (this run migrated it), FAILED, SKIPPED (this run did not change it), GONE (dropped)
+    status: Outcome  # OK (this run migrated it), FAILED, SKIPPED (this run did not change it), GONE (dropped)
     ms: float = 0.0
     error: str | None = None  # the database's error (or ours) for 'failed'
-    note: str | None = None  # why it was skipped (MOVED_BY_ANOTHER_RUN, "not started: ...", ...)
+    note: str | None = None  # why it was skipped, in words: rendered from ``reason`` when not given
     path: Path = Path.NONE  # which path its migration took (NONE: no SQL ran)
     attempts: int = 0
     connection_lost: bool = False  # failed because its database connection was lost (after retries)
     stage: Stage | None = None  # the stage it ran in, or was left in (None: the run had nothing to do to it)
+    reason: SkipReason | None = None  # why it was skipped (or is gone): what ``note`` says, as a code
+
+    def __post_init__(self) -> None:
+        if self.note is None and self.reason is not None:
+            self.note = self.reason.note()
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,34 +57,38 @@ class FleetReport:
     results: list[SchemaResult]
     elapsed_ms: float
     jobs: int
-    executor: str  # 'threads', 'processes', or 'none' when nothing ran
+    executor: str  # 'threads', or 'none' when nothing ran
     interrupted: bool = False
-    stopped: str | None = None  # why schemas were left not started: Ctrl-C, a stage's failures, a lost database
+    stopped: str | None = None  # why schemas were left not started, in words (rendered from a Stop)
     stages: list[StageReport] = field(default_factory=list)  # in the order they run (or would have)
     stopped_stage: Stage | None = None  # the stage the run stopped in, with ``stopped``
     selection: dict[str, Any] | None = None  # Selection.as_dict() of the run's selection, if it had one
     not_selected: int = 0  # projects read but left out by the selection (they are not in ``results``)
     order: Order | None = None  # the order schemas started in (None: as read)
     seed: int | None = None  # the random order's seed (given, or drawn and reported here)
-    pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (pool.follow)
+    pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (spares.follow)
+    stop_reason: StopReason | None = None  # what ``stopped`` says, as a code
+
+    def with_reason(self, reason: SkipReason) -> list[SchemaResult]:
+        return [r for r in self.results if r.reason == reason]
 
     def not_started(self) -> list[SchemaResult]:
-        return [r for r in self.results if r.status == Status.SKIPPED and (r.note or "").startswith(NOT_STARTED)]
+        return self.with_reason(SkipReason.NOT_STARTED)
 
     def moved_by_another_run(self) -> list[SchemaResult]:
-        return [r for r in self.results if r.status == Status.SKIPPED and r.note == MOVED_BY_ANOTHER_RUN]
+        return self.with_reason(SkipReason.MOVED_BY_ANOTHER_RUN)
 
-    def with_status(self, status: Status) -> list[SchemaResult]:
+    def with_status(self, status: Outcome) -> list[SchemaResult]:
         return [r for r in self.results if r.status == status]
 
     @property
     def failed(self) -> list[SchemaResult]:
-        return self.with_status(Status.FAILED)
+        return self.with_status(Outcome.FAILED)
 
     @property
     def gone(self) -> list[SchemaResult]:
         """Projects dropped (by the application) between the run's read and their turn: not failures."""
-        return self.with_status(Status.GONE)
+        return self.with_status(Outcome.GONE)
 
     @property
     def ok(self) -> bool:
@@ -92,7 +98,7 @@ class FleetReport:
     def counts(self, stage: Stage | None = None) -> dict[str, int]:
         """Schemas by status: all of them, or those of one stage."""
         counted = Counter(r.status for r in self.results if stage is None or r.stage == stage)
-        return {str(s): counted.get(s, 0) for s in Status}
+        return {str(s): counted.get(s, 0) for s in Outcome}
 
     def staged(self) -> bool:
         """True if the run had a canary stage."""
@@ -105,6 +111,7 @@ class FleetReport:
             "ok": self.ok,
             "interrupted": self.interrupted,
             "stopped": self.stopped,
+            "stop_reason": self.stop_reason,
             "counts": self.counts(),
             "elapsed_ms": round(self.elapsed_ms, 3),
             "jobs": self.jobs,
@@ -131,6 +138,7 @@ class Progress:
     result: SchemaResult | None  # None for the start event
     stopped: str | None = None  # set once the run stops starting schemas (failures, a lost database)
     canary: int = 0  # how many of ``total`` are in the canary stage, migrated first
+    stop_reason: StopReason | None = None  # what ``stopped`` says, as a code
 
     @property
     def rate(self) -> float:

@@ -1,75 +1,52 @@
-"""A fleet run, start to end, for any Operation: bootstrap the registry, read the fleet (one batched read),
-decide per schema (``Operation.decide``), migrate what needs it in parallel, report; and ``sql``, which
-renders each schema's transaction instead of running it."""
+"""A fleet run, start to end, for any Operation and the RunSpec it is given (spec.py): bootstrap the registry,
+read the fleet (one batched read), decide per schema (decide.py), migrate what needs it in parallel, report;
+and ``render_sql``, which renders each schema's transaction instead of running it. ``upgrade``,
+``downgrade``, ``provision`` and ``sql`` are the keyword API: each builds a RunSpec and runs it."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypedDict
+from typing import Any, cast
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import pool as warm_pool
 from workspace_tool import recycling, reference, registry, transactions
+from workspace_tool import spares as warm_pool
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
 from workspace_tool.flavor import pooler
-from workspace_tool.fleet import worker_engine as worker_engines
-from workspace_tool.fleet.executors import StopRule, Tracker, run_processes, run_threads
+from workspace_tool.fleet.decide import Verdict, decide
+from workspace_tool.fleet.executors import StopRule, Tracker, run_threads
 from workspace_tool.fleet.migrator import RunOptions
-from workspace_tool.fleet.reader import read_fleet, read_versions_parallel, versions_reader
-from workspace_tool.fleet.report import (
-    NOT_STARTED,
-    FleetReport,
-    ProgressCallback,
-    SchemaResult,
-    StageReport,
-    ms_since,
-)
-from workspace_tool.fleet.stages import CANARY_ONLY, Selection, StagePlan, Staging
-from workspace_tool.fleet.worker_engine import EngineFactory
+from workspace_tool.fleet.outcome import Outcome, SkipReason, Stop, StopReason
+from workspace_tool.fleet.report import FleetReport, ProgressCallback, SchemaResult, StageReport, ms_since
+from workspace_tool.fleet.spec import DEFAULT_LOCK_TIMEOUT_MS, RunSpec, SpecOptions
+from workspace_tool.fleet.stages import Selection, Stage, StagePlan, Staging
 from workspace_tool.jobs import check_jobs, spare_jobs
-from workspace_tool.managers import cache
-from workspace_tool.naming import schema_for
+from workspace_tool.registry import known as cache
+from workspace_tool.registry.inventory import read_fleet, read_versions_parallel, versions_reader
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
-from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation, Verdict, Work
+from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation, Work
 from workspace_tool.schema.plan import Expected, SchemaPlan
-from workspace_tool.vocabulary import Path, Stage, Status
 
-DEFAULT_LOCK_TIMEOUT_MS = 5000
-DEFAULT_RETRIES = 3
-EXECUTORS = ("auto", "threads", "processes")
+EXECUTORS = ("auto", "threads")
 log = logging.getLogger(__name__)
 
 
-class FleetOptions(TypedDict, total=False):
-    """The options of ``run`` (and ``upgrade``, ``downgrade``, ``provision``), with run's defaults."""
+class FleetOptions(SpecOptions, total=False):
+    """The options of ``upgrade``, ``downgrade`` and ``provision``: a RunSpec's (SpecOptions), and what a run
+    is given beside its spec."""
 
-    jobs: int | None  # parallel connections (default: 2 per core, within the engine's pool)
-    fail_fast: bool  # start no schema after the first failure (max_failures=1; not with max_failures)
-    max_failures: int | str | None  # N, or "P%" of the main stage's schemas: start none once that many failed
-    lock_timeout_ms: int  # the longest wait for any lock in a schema's transaction, then retry
-    retries: int  # retries with backoff of a lock timeout or a lost connection
     progress: ProgressCallback | None  # called in the calling thread at the start and after each schema
-    executor: str  # 'auto' (threads), 'threads' or 'processes'
-    adopt: bool  # run the chain into named schemas that hold relations but no alembic_version
-    engine_factory: EngineFactory | None  # processes: builds each worker's engine (see worker_engine)
-    selection: Selection | None  # only the projects it selects (by state, glob on ids, ids); see stages.py
-    canary: int | str | None  # N, or "P%" of the schemas to migrate: migrated first, the rest if none failed
-    canary_ids: Collection[str] | None  # the canary by project id instead (those of them still to migrate)
-    canary_only: bool  # stop after the canary: the main stage is left for the next run
-    order: str | None  # 'name' or 'random' (shuffled by ``seed``): the order schemas start in; None: as read
-    seed: int | None  # the random order's seed (None: one is drawn, and reported in FleetReport.seed)
-    pool: bool | None  # claim missing schemas from the warm pool (default: workspace_pool_size > 0)
     direct_engine: Engine | None  # what needs a session (a revision outside a transaction) goes there
-    recycle_after: int | None  # schemas a connection touches before a new one replaces it (0: never; default:
-    # workspace_recycle_after in alembic.ini, else recycling.DEFAULT_RECYCLE_AFTER)
+    executor: str  # 'auto' or 'threads' (the same: schemas run in threads, one connection each)
 
 
 def upgrade(
@@ -77,7 +54,7 @@ def upgrade(
     **options: Unpack[FleetOptions],
 ) -> FleetReport:  # fmt: skip
     """Bring every registered project (``project_ids=None``) or the named ones up to ``target``."""
-    return run(engine, chain, UPGRADE, project_ids, target=target, **options)
+    return _run(engine, chain, UPGRADE, project_ids, target, options)
 
 
 def downgrade(
@@ -85,7 +62,7 @@ def downgrade(
     **options: Unpack[FleetOptions],
 ) -> FleetReport:  # fmt: skip
     """Bring every registered project (or the named ones) above ``target`` down to it."""
-    return run(engine, chain, DOWNGRADE, project_ids, target=target, **options)
+    return _run(engine, chain, DOWNGRADE, project_ids, target, options)
 
 
 def provision(
@@ -93,97 +70,91 @@ def provision(
     **options: Unpack[FleetOptions],
 ) -> FleetReport:  # fmt: skip
     """Create (or bring up to ``target``) many named projects in parallel."""
-    return run(engine, chain, PROVISION, project_ids, target=target, **options)
+    return _run(engine, chain, PROVISION, project_ids, target, options)
+
+
+def _run(
+    engine: Engine,
+    chain: Chain,
+    operation: Operation,
+    project_ids: Sequence[str] | None,
+    target: str,
+    options: FleetOptions,
+) -> FleetReport:
+    """The keyword API as a RunSpec, and the run."""
+    executor = options.get("executor", "auto")
+    if executor == "processes":
+        raise ConfigurationError(
+            "executor='processes' was removed (threads were faster in every benchmark): leave executor out"
+        )
+    if executor not in EXECUTORS:
+        raise ConfigurationError(f"unknown executor {executor!r}: 'auto' or 'threads' (they are the same)")
+    given = {k: v for k, v in options.items() if k not in _BESIDE_THE_SPEC}
+    spec = RunSpec.build(project_ids, target=target, **cast(SpecOptions, given))
+    return run(
+        engine, chain, operation, spec, progress=options.get("progress"), direct_engine=options.get("direct_engine")
+    )
+
+
+_BESIDE_THE_SPEC = ("progress", "direct_engine", "executor")
 
 
 def run(
     engine: Engine,
     chain: Chain,
     operation: Operation,
-    project_ids: Sequence[str] | None,
+    spec: RunSpec,
     *,
-    target: str,
-    jobs: int | None = None,
-    fail_fast: bool = False,
-    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
-    retries: int = DEFAULT_RETRIES,
     progress: ProgressCallback | None = None,
-    executor: str = "auto",
-    adopt: bool = False,
-    engine_factory: EngineFactory | None = None,
-    max_failures: int | str | None = None,
-    selection: Selection | None = None,
-    canary: int | str | None = None,
-    canary_ids: Collection[str] | None = None,
-    canary_only: bool = False,
-    order: str | None = None,
-    seed: int | None = None,
-    pool: bool | None = None,
     direct_engine: Engine | None = None,
-    recycle_after: int | None = None,
 ) -> FleetReport:
-    """The fleet run behind upgrade, downgrade and provision; see FleetOptions for the options.
-    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``pool.follow``).
+    """The fleet run of ``operation`` as ``spec`` says (see workspace_tool.fleet.spec).
+    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``spares.follow``).
 
     ``direct_engine``: an engine that bypasses the connection pooler ``engine`` may go through (see
     workspace_tool.flavor.pooler). The schemas whose range holds a revision that runs outside a transaction are
     migrated on its connections (and the reference for `check` is built there); without it, such a run
     through a pooler is refused (SessionRequired) before any schema is migrated."""
     started = time.perf_counter()
-    ids = _validate(project_ids)
-    staging = Staging.parse(
-        fail_fast=fail_fast,
-        max_failures=max_failures,
-        canary=canary,
-        canary_ids=canary_ids,
-        canary_only=canary_only,
-        order=order,
-        seed=seed,
-    )
-    if retries < 0 or lock_timeout_ms < 1:
-        raise ConfigurationError("--lock-timeout must be positive and --retries not negative")
-    jobs = check_jobs(engine, jobs)
-    if executor not in EXECUTORS:
-        raise ConfigurationError(f"unknown executor {executor!r}: auto, threads or processes")
-    # Measured (see benchmarks/fleet_upgrade.py and the README): threads win even for online plans at the
-    # sizes tried, since spawning a worker costs seconds and Alembic's share of each schema is small;
-    # processes are there for long online revisions on machines with idle cores.
-    kind = "threads" if executor == "auto" else executor
-    use_pool = warm_pool.configured_size(chain) > 0 if pool is None else pool
-    recycle = recycling.resolve(chain, recycle_after)
-    worker_engine = worker_engines.for_workers(engine, engine_factory) if kind == "processes" else None
+    if spec.dry_run:
+        raise ConfigurationError("a dry-run RunSpec changes nothing: render its SQL with fleet.render_sql")
+    ids, staging, selection = spec.project_ids, spec.staging, spec.selection
+    jobs = check_jobs(engine, spec.jobs)
+    use_pool = warm_pool.configured_size(chain) > 0 if spec.pool is None else spec.pool
+    recycle = recycling.resolve(chain, spec.recycle_after)
     if direct_engine is not None:
         pooler.trust(direct_engine)
-    direct_worker = (
-        worker_engines.for_workers(direct_engine, None) if kind == "processes" and direct_engine is not None else None
-    )
-    resolved = chain.resolve(target)
+    resolved = chain.resolve(spec.target)
     cache_key = cache.database_key(engine.url, chain.config_path)
     with translating(engine.url), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)  # the registry's own chain first, serially
+        flavor = registry.bootstrap(conn, chain.namespace)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, flavor)
         with conn.begin():
-            read = read_fleet(conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle))
+            read = read_fleet(
+                conn,
+                ids,
+                lambda names: read_versions_parallel(engine, names, jobs, recycle),
+                chain.namespace,
+                with_versions=operation.reads_versions or (selection is not None and selection.needs_versions),
+            )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
     # a selection that selects nothing: nothing is done, not even to the warm pool or the head model
     idle = selection is not None and not records
 
-    decided = [(r, operation.decide(chain, r, resolved, named=ids is not None)) for r in records]
+    decided = [(r, decide(operation, chain, r, resolved, named=spec.named)) for r in records]
     finished = [
         _left_alone(r.project_id, r.schema, r.version, resolved, v) for r, v in decided if isinstance(v, Verdict)
     ]
     work = [v for _, v in decided if isinstance(v, Work)]
-    migrates = operation.task is None  # a task (drop, exec) runs no revision and builds no reference
-    if migrates and direct_engine is None and (outside := _needing_a_session(chain, work, resolved)):
+    if operation.migrates and direct_engine is None and (outside := _needing_a_session(chain, work, resolved)):
         pooler.require_session_engine(engine, outside)  # refused here, through a pooler: nothing migrated
     log.info(
-        "%s to %s: %d schema(s) to migrate, on %d connection(s) (%s); %d left alone",
+        "%s to %s: %d schema(s) to migrate, on %d connection(s) (threads); %d left alone",
         operation.name,
         resolved or "base",
         len(work),
         min(jobs, len(work)),
-        kind,
         len(finished),
     )
     # a schema touched by a run is re-read by the next ensure, whatever happened to it
@@ -191,37 +162,16 @@ def run(
 
     plan = staging.plan(work)
     staged = _Staged(plan, staging)
-    if not work:
-        kind = "none"
-    else:
+    if work:
         options = RunOptions(
-            operation,
-            resolved,
-            lock_timeout_ms,
-            retries,
-            flavor,
-            adopt,
-            worker_engine,
-            use_pool,
-            direct_worker_engine=direct_worker,
-            recycle_after=recycle,
+            operation, resolved, spec.lock_timeout_ms, spec.retries, flavor, spec.adopt, use_pool, recycle
         )
-        pooled = run_processes if kind == "processes" else run_threads
         tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))
-        for stage, items in plan.stages():
-            limit, reason = staging.limit(stage, len(items))
-            tracker.stage, tracker.rule = stage, StopRule(limit, reason)
-            if items:
-                staged.ran.add(stage)
-                workers = min(jobs, len(items))
-                _, staged.interrupted = pooled(engine, chain, items, workers, options, tracker, direct_engine)
-            if staged.stop(stage, tracker.rule.reason):
-                break
-        finished += tracker.results + staged.not_started(tracker.results, resolved)
+        finished += staged.run(engine, chain, options, jobs, tracker, direct_engine)
         cache.invalidate(cache_key, [w.project_id for w in work])
     interrupted = staged.interrupted
-    if migrates and not interrupted and not idle:  # what `check` compares schemas with, if not stored yet
-        reference.store_if_missing(direct_engine or engine, chain, lock_timeout_ms)
+    if operation.migrates and not interrupted and not idle:  # what `check` compares with, if not stored yet
+        reference.store_if_missing(direct_engine or engine, chain, spec.lock_timeout_ms)
     follow = operation is UPGRADE and ids is None and not interrupted and not idle
     spares = _follow_pool(engine, chain, jobs) if follow else None
     position = {r.project_id: i for i, r in enumerate(records)}
@@ -232,9 +182,9 @@ def run(
         finished,
         ms_since(started),
         jobs,
-        kind,
+        "threads" if work else "none",
         interrupted,
-        staged.stopped,
+        None if staged.stopped is None else str(staged.stopped),
         stages=staged.reports(),
         stopped_stage=staged.stopped_stage,
         selection=None if selection is None else selection.as_dict(),
@@ -242,6 +192,7 @@ def run(
         order=staging.order,
         seed=plan.seed,
         pool=spares,
+        stop_reason=None if staged.stopped is None else staged.stopped.reason,
     )
 
 
@@ -253,18 +204,34 @@ class _Staged:
         self.staging = staging
         self.ran: set[Stage] = set()
         self.interrupted = False
-        self.stopped: str | None = None
+        self.stopped: Stop | None = None
         self.stopped_stage: Stage | None = None
 
-    def stop(self, stage: Stage, reason: str | None) -> bool:
+    def run(
+        self, engine: Engine, chain: Chain, options: RunOptions, jobs: int, tracker: Tracker, direct: Engine | None
+    ) -> list[SchemaResult]:
+        """Run the stages in turn, each on up to ``jobs`` threads, until one stops the run: the results,
+        with one for each schema left not started."""
+        for stage, items in self.plan.stages():
+            limit, stop = self.staging.limit(stage, len(items))
+            tracker.stage, tracker.rule = stage, StopRule(limit, stop)
+            if items:
+                self.ran.add(stage)
+                workers = min(jobs, len(items))
+                _, self.interrupted = run_threads(engine, chain, items, workers, options, tracker, direct)
+            if self.stop(stage, tracker.rule.stop):
+                break
+        return tracker.results + self.not_started(tracker.results, options.target)
+
+    def stop(self, stage: Stage, stop: Stop | None) -> bool:
         """After ``stage``: whether the run stops here (Ctrl-C, its stop rule, --canary-only), and why."""
         if self.interrupted:
-            reason = "interrupted"
-        elif reason is None and stage == Stage.CANARY and self.staging.canary_only:
-            reason = CANARY_ONLY
-        if reason is not None:
-            self.stopped, self.stopped_stage = reason, stage
-        return reason is not None
+            stop = Stop(StopReason.INTERRUPTED)
+        elif stop is None and stage == Stage.CANARY and self.staging.canary_only:
+            stop = Stop(StopReason.CANARY_ONLY)
+        if stop is not None:
+            self.stopped, self.stopped_stage = stop, stage
+        return stop is not None
 
     def not_started(self, results: list[SchemaResult], target: str | None) -> list[SchemaResult]:
         """A result for each schema of the plan that was not started: skipped, with why. The run's
@@ -276,9 +243,10 @@ class _Staged:
                 w.schema,
                 w.from_revision,
                 target,
-                Status.SKIPPED,
-                note=NOT_STARTED + (self.stopped or ""),
+                Outcome.SKIPPED,
+                note=SkipReason.NOT_STARTED.note(None if self.stopped is None else str(self.stopped)),
                 stage=stage,
+                reason=SkipReason.NOT_STARTED,
             )
             for stage, items in self.plan.stages()
             for w in items
@@ -328,18 +296,10 @@ def _needing_a_session(chain: Chain, work: list[Work], target: str | None) -> st
     return f"revision {names} ({schemas} schema{'s' if schemas > 1 else ''} to migrate)"
 
 
-def _validate(project_ids: Sequence[str] | None) -> list[str] | None:
-    if project_ids is None:
-        return None
-    for project_id in project_ids:  # every id is checked before any SQL is sent
-        schema_for(project_id)
-    return list(dict.fromkeys(project_ids))
-
-
 def _left_alone(
     project_id: str, schema: str, version: str | None, target: str | None, verdict: Verdict
 ) -> SchemaResult:
-    return SchemaResult(project_id, schema, version, target, verdict.status, error=verdict.error, note=verdict.note)
+    return SchemaResult(project_id, schema, version, target, verdict.status, error=verdict.error, reason=verdict.reason)
 
 
 # -------------------------------------------------------------------------- --sql
@@ -353,7 +313,8 @@ class SchemaSQL:
     to_revision: str | None
     path: Path
     sql: str | None
-    note: str | None = None
+    note: str | None = None  # why it needs none, in words (the reason's, or the error)
+    reason: SkipReason | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -369,27 +330,37 @@ def sql(
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     selection: Selection | None = None,
 ) -> list[SchemaSQL]:
-    """Per schema, the transaction ``upgrade``/``downgrade`` would send (``SchemaPlan.render``):
-    the one round trip the fleet sends when the range compiles, which psql can run as it is. Read-only:
-    nothing is created or changed, not even the registry. Only the schemas ``selection`` selects (stages
-    don't change what a schema's transaction is: every schema a run could start is rendered)."""
-    ids = _validate(project_ids)
-    resolved = chain.resolve(target)
+    """``render_sql`` of the RunSpec these options make."""
+    ids = None if project_ids is None else tuple(project_ids)
+    spec = RunSpec(target, ids, selection=selection, lock_timeout_ms=lock_timeout_ms, dry_run=True)
+    return render_sql(engine, chain, operation, spec)
+
+
+def render_sql(engine: Engine, chain: Chain, operation: Operation, spec: RunSpec) -> list[SchemaSQL]:
+    """Per schema, the transaction ``run`` would send (``SchemaPlan.render``): the one round trip the fleet
+    sends when the range compiles, which psql can run as it is. Read-only: nothing is created or changed, not
+    even the registry. Only the schemas the spec's selection selects (stages don't change what a schema's
+    transaction is: every schema a run could start is rendered)."""
+    resolved = chain.resolve(spec.target)
     # the versions on another connection of the pool when it has one to spare, replaced as a run's are
     versions_of = versions_reader(engine, spare_jobs(engine, 1), recycling.configured(chain))
     with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-        probe = conn.execute(registry.PROBE).one()
-        records = read_fleet(conn, ids, versions_of)
+        probe = conn.execute(chain.namespace.sql(registry.PROBE)).one()
+        records = read_fleet(conn, spec.project_ids, versions_of, chain.namespace)
         conn.rollback()
-    if selection is not None:
-        records = selection.apply(records, chain)
-    how = Sending(chain, registry.probed(probe), lock_timeout_ms=lock_timeout_ms)
+    if spec.selection is not None:
+        records = spec.selection.apply(records, chain)
+    how = Sending(chain, registry.probed(probe), lock_timeout_ms=spec.lock_timeout_ms)
     scripts = []
     for record in records:
-        decided = operation.decide(chain, record, resolved, named=ids is not None)
+        decided = decide(operation, chain, record, resolved, named=spec.named)
         if isinstance(decided, Verdict):
             note = decided.note or decided.error
-            scripts.append(SchemaSQL(record.project_id, record.schema, record.version, resolved, Path.NONE, None, note))
+            scripts.append(
+                SchemaSQL(
+                    record.project_id, record.schema, record.version, resolved, Path.NONE, None, note, decided.reason
+                )
+            )
             continue
         schema_plan = _plan(how, decided, operation, resolved)
         plan = chain.plan(decided.from_revision, resolved)

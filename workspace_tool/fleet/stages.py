@@ -24,14 +24,25 @@ from typing import Any
 
 from workspace_tool.chain import Chain
 from workspace_tool.errors import ConfigurationError
+from workspace_tool.fleet.outcome import Stop, StopReason
 from workspace_tool.naming import schema_for
 from workspace_tool.schema.operation import Work
-from workspace_tool.schema.state import SchemaRecord
-from workspace_tool.vocabulary import Order, Stage, State
+from workspace_tool.schema.state import SchemaRecord, State
+from workspace_tool.words import Word
 
-FAIL_FAST = "--fail-fast stopped after a failure"
-CANARY_FAILED = "a schema in the canary failed"
-CANARY_ONLY = "--canary-only: the main stage is left for the next command"
+
+class Stage(Word):
+    """The stage of a fleet run a schema belongs to (SchemaResult.stage)."""
+
+    CANARY = "canary"  # migrated first; the main stage starts only if none of it failed
+    MAIN = "main"  # the rest (every schema of a run without a canary)
+
+
+class Order(Word):
+    """The order a fleet run starts schemas in (its canary is the first ones)."""
+
+    NAME = "name"  # by project id
+    RANDOM = "random"  # a shuffle seeded by the run's seed (reproducible)
 
 
 @dataclass(frozen=True)
@@ -83,7 +94,7 @@ def _strings(values: Iterable[str] | str) -> tuple[str, ...]:
 
 def _state(value: str) -> State:
     try:
-        return State(value)
+        return State.parse(value)
     except ValueError:
         known = ", ".join(repr(str(s)) for s in State)
         raise ConfigurationError(f"unknown state {value!r}: the states are {known}") from None
@@ -98,6 +109,9 @@ def require_known(ids: Iterable[str], records: Iterable[SchemaRecord], what: str
             f"{what}: {len(unknown)} project id(s) not in the fleet ({shown}); nothing was changed: "
             "remove them (`workspace-tool status` counts the fleet, `workspace-tool list` lists it)"
         )
+
+
+_WITHOUT_VERSION = {State.MISSING, State.ORPHAN, State.FAILED}  # the states the registry and catalog tell
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,11 @@ class Selection:
         if self.ids is not None:
             require_known(self.ids, records, "the selected ids (--ids-from)")
         return [r for r in records if self.selects(r, chain)]
+
+    @property
+    def needs_versions(self) -> bool:
+        """Whether it selects by a state only a schema's version tells (at-head, behind, ahead, empty)."""
+        return bool(set(self.states) - _WITHOUT_VERSION)
 
     def selects(self, record: SchemaRecord, chain: Chain) -> bool:
         return (
@@ -231,13 +250,13 @@ class Staging:
         first = {w.project_id for w in canary or ()}
         return StagePlan(canary, [w for w in ordered if w.project_id not in first], seed, at_target)
 
-    def limit(self, stage: Stage, schemas: int) -> tuple[int | None, str]:
-        """How many failed schemas stop ``stage`` from starting more (None: no number does), and why."""
+    def limit(self, stage: Stage, schemas: int) -> tuple[int | None, Stop | None]:
+        """How many failed schemas stop ``stage`` from starting more (None: no number does), and the stop."""
         if stage == Stage.CANARY:
-            return 1, CANARY_FAILED
+            return 1, Stop(StopReason.CANARY_FAILED)
         if self.fail_fast:
-            return 1, FAIL_FAST
+            return 1, Stop(StopReason.FAIL_FAST)
         if self.max_failures is None:
-            return None, ""
+            return None, None
         limit = self.max_failures.of(schemas)
-        return limit, f"{limit} schema(s) failed, the --max-failures {self.max_failures} limit"
+        return limit, Stop(StopReason.MAX_FAILURES, limit=limit, amount=str(self.max_failures))

@@ -9,10 +9,10 @@ from sqlalchemy import Connection
 from workspace_tool.chain import Chain
 from workspace_tool.flavor import Flavor
 from workspace_tool.lifecycle.errors import ChainMismatch, LifecycleRefused, ProjectExists
+from workspace_tool.registry.table import RegistryAction
 from workspace_tool.schema import send
 from workspace_tool.schema.plan import RegistryRecord, SchemaPlan
 from workspace_tool.schema.state import lock_and_read_state
-from workspace_tool.vocabulary import RegistryAction
 
 
 def create_at(
@@ -27,7 +27,7 @@ def create_at(
 ) -> None:
     """In conn's transaction: take the project's lock, refuse a project that exists (its schema or its
     registry row), then build its schema at ``revision`` and register it (``action``)."""
-    state = lock_and_read_state(conn, project_id, schema, flavor, lock_timeout_ms)
+    state = lock_and_read_state(conn, project_id, schema, flavor, lock_timeout_ms, chain.namespace)
     if state.exists or state.registered:
         raise ProjectExists(project_id, schema)
     range_ = chain.plan(None, revision)
@@ -38,6 +38,7 @@ def create_at(
         lock_timeout_ms=lock_timeout_ms,
         create_schema=True,
         record=RegistryRecord(project_id, revision, action, range_.path),
+        namespace=chain.namespace,
     )
     if not plan.in_one_transaction:
         raise LifecycleRefused(
@@ -59,6 +60,7 @@ def upgrade_in_place(
         range_.steps,
         lock_timeout_ms=lock_timeout_ms,
         record=RegistryRecord(project_id, chain.head, RegistryAction.UPGRADE, range_.path),
+        namespace=chain.namespace,
     )
     if not plan.in_one_transaction:
         raise LifecycleRefused(

@@ -14,15 +14,13 @@ from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import UnknownRevision, WorkspaceNotFound
-from workspace_tool.fleet import DEFAULT_LOCK_TIMEOUT_MS
 from workspace_tool.lifecycle.build import create_at
 from workspace_tool.lifecycle.errors import ProjectExists
 from workspace_tool.lifecycle.tables import Table, indexes_built_after, project_tables, set_sequences
-from workspace_tool.managers import cache
-from workspace_tool.naming import schema_for
+from workspace_tool.registry import known as cache
+from workspace_tool.registry.table import RegistryAction
 from workspace_tool.schema.state import version_table
-from workspace_tool.sql import lock_schema
-from workspace_tool.vocabulary import RegistryAction
+from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS, lock_schema
 
 
 @dataclass(frozen=True)
@@ -51,11 +49,11 @@ def clone_project(
     """Copy ``source`` to a new project ``target``; see the module's docstring. ``data=False``: the schema
     at the source's revision, without its rows."""
     started = time.perf_counter()
-    source_schema, schema = schema_for(source), schema_for(target)
+    source_schema, schema = chain.namespace.schema_for(source), chain.namespace.schema_for(target)
     if source == target:
         raise ProjectExists(target, schema)
     with translating(engine.url, schema), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)
+        flavor = registry.bootstrap(conn, chain.namespace)
         with conn.begin():
             for statement in flavor.lock_timeout_statements(lock_timeout_ms):
                 conn.exec_driver_sql(statement)

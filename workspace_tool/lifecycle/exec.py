@@ -16,10 +16,9 @@ from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.flavor import Flavor
 from workspace_tool.lifecycle import batch
 from workspace_tool.lifecycle.errors import LifecycleRefused
-from workspace_tool.schema.operation import Operation, Verdict, Work
+from workspace_tool.schema.operation import Operation, Refusal, Work
 from workspace_tool.schema.state import SchemaRecord
 from workspace_tool.sql import search_path_sql
-from workspace_tool.vocabulary import RegistryStatus, Status
 
 
 @dataclass(frozen=True)
@@ -27,12 +26,10 @@ class ExecTask:
     """The fleet runner's SchemaTask of `exec`: ``sql`` (one or more statements) in each schema."""
 
     sql: str
+    reads_versions: bool = False  # the SQL runs whatever the schema's revision
 
-    def decide(self, record: SchemaRecord, *, named: bool) -> Work | Verdict:
-        if not record.exists:
-            quarantined = record.registry_status == RegistryStatus.DROPPED
-            return Verdict(Status.SKIPPED, note="quarantined" if quarantined else "its schema is missing")
-        return Work(record.project_id, record.schema, record.version, record.exists)
+    def refusal(self, record: SchemaRecord) -> Refusal | None:
+        return None if record.exists else Refusal.MISSING
 
     def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
         """One round trip (and the commit): the lock, a guard that the schema is still there (gone

@@ -21,7 +21,6 @@ from workspace_tool.lifecycle.build import lineage
 from workspace_tool.lifecycle.errors import LifecycleRefused
 from workspace_tool.lifecycle.fileformat import Writer
 from workspace_tool.lifecycle.tables import project_tables
-from workspace_tool.naming import schema_for
 from workspace_tool.schema.state import version_table
 
 FORMAT = 1
@@ -64,7 +63,7 @@ def export_project(
     import time
 
     started = time.perf_counter()
-    schema = schema or schema_for(project_id)
+    schema = schema or chain.namespace.schema_for(project_id)
     target = os.fspath(path)
     partial = target + ".partial"
     with translating(engine.url, schema), transactions.connect(engine) as conn:

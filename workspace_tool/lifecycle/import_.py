@@ -16,16 +16,14 @@ from sqlalchemy import Connection, Engine
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
-from workspace_tool.fleet import DEFAULT_LOCK_TIMEOUT_MS
 from workspace_tool.lifecycle.build import create_at, upgrade_in_place
 from workspace_tool.lifecycle.errors import ChainMismatch, ExportDamaged, NotAnExport
 from workspace_tool.lifecycle.export import chain_identity
 from workspace_tool.lifecycle.fileformat import Reader, TableSource, read_manifest
 from workspace_tool.lifecycle.tables import Table, indexes_built_after, project_tables, row_counts, set_sequences
-from workspace_tool.managers import cache
-from workspace_tool.naming import schema_for
-from workspace_tool.sql import quote_ident
-from workspace_tool.vocabulary import RegistryAction
+from workspace_tool.registry import known as cache
+from workspace_tool.registry.table import RegistryAction
+from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS, quote_ident
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ def check_manifest(chain: Chain, path: str) -> dict[str, Any]:
         revision = str(manifest["revision"])
         identity = manifest["chain"]["identity"]
         tables = manifest["tables"]
-        schema_for(manifest["project_id"])
+        chain.namespace.schema_for(manifest["project_id"])
         for entry in tables:
             _ = (entry["table"], entry["rows"], entry["sha256"], entry["columns"])
     except (KeyError, TypeError):
@@ -77,11 +75,11 @@ def import_project(
     source = os.fspath(path)
     manifest = check_manifest(chain, source)
     project_id = as_id or str(manifest["project_id"])
-    schema = schema_for(project_id)
+    schema = chain.namespace.schema_for(project_id)
     revision = str(manifest["revision"])
     entries: list[dict[str, Any]] = manifest["tables"]
     with translating(engine.url, schema), transactions.connect(engine) as conn, open(source, "rb") as file:
-        flavor = registry.bootstrap(conn)
+        flavor = registry.bootstrap(conn, chain.namespace)
         reader = Reader(source, file)
         with conn.begin():
             create_at(conn, chain, flavor, project_id, schema, revision, RegistryAction.IMPORT, lock_timeout_ms)

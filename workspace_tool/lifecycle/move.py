@@ -29,16 +29,16 @@ from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import WorkspaceError, WorkspaceNotFound
-from workspace_tool.fleet import DEFAULT_LOCK_TIMEOUT_MS
 from workspace_tool.lifecycle import drop
 from workspace_tool.lifecycle.errors import LifecycleRefused, ProjectExists
 from workspace_tool.lifecycle.export import export_project
 from workspace_tool.lifecycle.import_ import import_project
 from workspace_tool.lifecycle.tables import project_tables, row_counts
-from workspace_tool.managers import cache
-from workspace_tool.naming import schema_for
+from workspace_tool.namespace import Namespace
+from workspace_tool.registry import known as cache
 from workspace_tool.schema.operation import Work
 from workspace_tool.schema.state import version_table
+from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS
 
 MOVE_RETAIN_S = 30 * 86400.0  # a quarantine by a move that never finished expires after 30 days
 STEPS = ("quarantine", "export", "import", "verify", "purge")
@@ -72,18 +72,19 @@ def move_project(
 ) -> MoveResult:
     """Move ``project_id`` from ``source`` to ``target``; see the module's docstring."""
     started = time.perf_counter()
-    schema = schema_for(project_id)
+    namespace = chain.namespace
+    schema = namespace.schema_for(project_id)
     if work_dir is not None and not os.path.isdir(work_dir):
         raise LifecycleRefused(f"--work-dir {work_dir} is not a directory: nothing was changed")
     if source.url == target.url:
         raise LifecycleRefused("the target is the source's database: nothing was changed")
-    live, moving = _source_state(source, project_id, schema)
-    on_target = _present(target, project_id, schema)
+    live, moving = _source_state(source, project_id, schema, namespace)
+    on_target = _present(target, project_id, schema, namespace)
     result = MoveResult(project_id, None)
     if live:
         if on_target:
             raise ProjectExists(project_id, schema)
-        _quarantine(source, project_id, schema, lock_timeout_ms)
+        _quarantine(source, project_id, schema, namespace, lock_timeout_ms)
         result.steps.append("quarantine")
     elif moving is None:
         if on_target:
@@ -92,7 +93,7 @@ def move_project(
         raise WorkspaceNotFound(project_id, schema)
     else:
         result.resumed_from = "import" if on_target else "quarantine"
-    aside = drop.quarantine_name(schema)
+    aside = drop.quarantine_name(schema, namespace)
     try:
         if not on_target:
             with tempfile.TemporaryDirectory(dir=work_dir, prefix="workspace-move-") as directory:
@@ -103,7 +104,7 @@ def move_project(
                 result.steps.append("import")
         result.rows = _verify(source, target, aside, schema)
         result.steps.append("verify")
-        drop.purge(source, project_id, lock_timeout_ms=lock_timeout_ms)
+        drop.purge(source, project_id, namespace=namespace, lock_timeout_ms=lock_timeout_ms)
         result.steps.append("purge")
     except WorkspaceError as exc:
         where = (
@@ -119,11 +120,13 @@ def move_project(
     return result
 
 
-def _source_state(engine: Engine, project_id: str, schema: str) -> tuple[bool, drop.Quarantined | None]:
+def _source_state(
+    engine: Engine, project_id: str, schema: str, namespace: Namespace
+) -> tuple[bool, drop.Quarantined | None]:
     """(the project is live on the source, its quarantine by a move under way or None)."""
     with translating(engine.url, schema), transactions.connect(engine) as conn, conn.begin():
         live = bool(conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": version_table(schema)}).scalar())
-        quarantined = drop.quarantine_state(conn, project_id)
+        quarantined = drop.quarantine_state(conn, project_id, namespace)
     if quarantined is not None and quarantined.by != "move":
         raise LifecycleRefused(
             f"{project_id} is quarantined by `drop --retain`: `workspace-tool restore {project_id}` it first"
@@ -131,21 +134,22 @@ def _source_state(engine: Engine, project_id: str, schema: str) -> tuple[bool, d
     return live and quarantined is None, quarantined
 
 
-def _present(engine: Engine, project_id: str, schema: str) -> bool:
+def _present(engine: Engine, project_id: str, schema: str, namespace: Namespace) -> bool:
     with translating(engine.url, schema), transactions.connect(engine) as conn, conn.begin():
         exists = conn.execute(text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema})
         if exists.scalar():
             return True
-        if not registry.present(conn):
+        if not registry.present(conn, namespace):
             return False
-        row = conn.execute(text(f"SELECT 1 FROM {registry.REGISTRY_TABLE} WHERE project_id = :p"), {"p": project_id})
+        found = text(f"SELECT 1 FROM {namespace.table('workspace_config')} WHERE project_id = :p")
+        row = conn.execute(found, {"p": project_id})
         return row.first() is not None
 
 
-def _quarantine(engine: Engine, project_id: str, schema: str, lock_timeout_ms: int) -> None:
-    task = drop.DropTask(MOVE_RETAIN_S, by="move")
+def _quarantine(engine: Engine, project_id: str, schema: str, namespace: Namespace, lock_timeout_ms: int) -> None:
+    task = drop.DropTask(MOVE_RETAIN_S, by="move", namespace=namespace)
     with translating(engine.url, schema), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)
+        flavor = registry.bootstrap(conn, namespace)
         task.run(conn, Work(project_id, schema, _version(conn, schema)), flavor, lock_timeout_ms)
 
 

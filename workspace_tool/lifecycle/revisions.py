@@ -11,14 +11,14 @@ from sqlalchemy import Engine, text
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError, WorkspaceNotFound
-from workspace_tool.fleet import DEFAULT_LOCK_TIMEOUT_MS
 from workspace_tool.lifecycle.errors import LifecycleRefused
-from workspace_tool.managers import cache
-from workspace_tool.naming import schema_for
+from workspace_tool.registry import known as cache
+from workspace_tool.registry.table import RegistryAction
 from workspace_tool.schema.state import lock_and_read_state, version_table
-from workspace_tool.vocabulary import Path, RegistryAction
+from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS
 
 
 @dataclass(frozen=True)
@@ -77,12 +77,12 @@ def stamp(
     running any revision, under its lock, in one transaction with its registry row (last_action 'stamp',
     status ready at that revision). Returns (the revision it was at, the one it is at now). The schema's
     tables are not changed: a stamp says they already are as that revision leaves them."""
-    schema = schema_for(project_id)
+    schema = chain.namespace.schema_for(project_id)
     target = chain.resolve(revision)
     with translating(engine.url, schema), transactions.connect(engine) as conn:
-        flavor = registry.bootstrap(conn)
+        flavor = registry.bootstrap(conn, chain.namespace)
         with conn.begin():
-            state = lock_and_read_state(conn, project_id, schema, flavor, lock_timeout_ms)
+            state = lock_and_read_state(conn, project_id, schema, flavor, lock_timeout_ms, chain.namespace)
             if not state.exists:
                 raise WorkspaceNotFound(project_id, schema)
             if not state.has_version_table:
@@ -92,6 +92,7 @@ def stamp(
             conn.execute(text(f"DELETE FROM {version_table(schema)}"))
             if target is not None:
                 conn.execute(text(f"INSERT INTO {version_table(schema)} (version_num) VALUES (:v)"), {"v": target})
-            conn.execute(text(registry.upsert_sql(project_id, schema, target, RegistryAction.STAMP, str(Path.NONE))))
+            upsert = registry.upsert_sql(project_id, schema, target, RegistryAction.STAMP, str(Path.NONE))
+            conn.execute(text(chain.namespace.sql(upsert)))
     cache.invalidate(cache.database_key(engine.url, chain.config_path), [project_id])
     return state.version, target

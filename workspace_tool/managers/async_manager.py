@@ -24,15 +24,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.pool import NullPool
 from typing_extensions import Unpack
 
-from workspace_tool import pool, reference, registry, transactions
+from workspace_tool import reference, registry, spares, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor import Flavor, pooler
-from workspace_tool.managers import cache, sessions
-from workspace_tool.managers.core import EnsureCore, EnsureOptions, has_registry, registry_rows, status_reader
+from workspace_tool.managers import sessions
+from workspace_tool.managers.core import EnsureCore, EnsureOptions, status_reader
 from workspace_tool.managers.sync_manager import ConfigPath
-from workspace_tool.naming import schema_for
+from workspace_tool.registry import known as cache
+from workspace_tool.registry.inventory import has_registry, registry_rows
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
 from workspace_tool.status import ProjectStatus
@@ -82,11 +83,11 @@ class AsyncWorkspaceManager:
             pooler.trust(direct_engine.sync_engine)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
-        size = pool.resolve_size(self.chain, warm_pool)
+        size = spares.resolve_size(self.chain, warm_pool)
         refiller = None
         if refill and size:
             refill_engine = create_engine(sync_url(engine.url), poolclass=NullPool)
-            refiller = pool.Refiller(refill_engine, self.chain, size, dispose_engine=True)
+            refiller = spares.Refiller(refill_engine, self.chain, size, dispose_engine=True)
         self._core = EnsureCore(self.chain, self.cache_key, size, refiller)
         self.scoped_engines = sessions.ScopedEngines(sessions.scoped_engines_size(self.chain, scoped_engines))
 
@@ -150,7 +151,7 @@ class AsyncWorkspaceManager:
         flavor = None if force else cache.bootstrapped(self.cache_key)
         if flavor is None:
             async with _online_lock():
-                flavor = await self._run(None, registry.bootstrap)
+                flavor = await self._run(None, lambda conn: registry.bootstrap(conn, self.chain.namespace))
             cache.set_bootstrapped(self.cache_key, flavor)
         return flavor
 
@@ -164,14 +165,14 @@ class AsyncWorkspaceManager:
 
     async def has_registry(self) -> bool:
         """True once something was provisioned in this database (the registry exists). Read-only."""
-        return await self._run(None, has_registry)
+        return await self._run(None, lambda conn: has_registry(conn, self.chain.namespace))
 
     async def drop(self, project_id: str) -> bool:
         """Drop the project's schema and its registry row together; False if neither existed."""
-        schema = schema_for(project_id)
+        schema = self.chain.namespace.schema_for(project_id)
         self.invalidate([project_id])
         await self.bootstrap()
-        dropped = await self._run(schema, lambda conn: drop_schema(conn, project_id, schema))
+        dropped = await self._run(schema, lambda conn: drop_schema(conn, project_id, schema, self.chain.namespace))
         self.invalidate([project_id])
         return dropped
 
@@ -183,13 +184,13 @@ class AsyncWorkspaceManager:
 
     async def projects(self) -> list[registry.RegistryRow]:
         """Every registry row. Read-only (an empty list when there is no registry yet)."""
-        return await self._run(None, registry_rows)
+        return await self._run(None, lambda conn: registry_rows(conn, self.chain.namespace))
 
     def invalidate(self, project_ids: list[str] | None = None) -> None:
         cache.invalidate(self.cache_key, project_ids)
 
     @property
-    def refiller(self) -> pool.Refiller | None:
+    def refiller(self) -> spares.Refiller | None:
         """The background refill of the warm pool (``refill=True``), else None."""
         return self._core.refiller
 

@@ -15,18 +15,17 @@ from typing import TypedDict
 
 from sqlalchemy import Connection
 
-from workspace_tool import recycling, registry
+from workspace_tool import recycling
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import Path
 from workspace_tool.flavor import Flavor
-from workspace_tool.fleet.reader import VersionsReader
-from workspace_tool.managers import cache
-from workspace_tool.naming import schema_for
-from workspace_tool.pool import Refiller
+from workspace_tool.registry import known as cache
+from workspace_tool.registry.inventory import VersionsReader
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate
-from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING
+from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING, Action
 from workspace_tool.schema.roles import validate_role_name
+from workspace_tool.spares.refill import Refiller
 from workspace_tool.status import ProjectStatus, collect_status
-from workspace_tool.vocabulary import Action, Path
 
 log = logging.getLogger(__name__)  # never on the cached path: that is a dict lookup
 
@@ -81,7 +80,7 @@ class EnsureCore:
         started = time.perf_counter()
         upgrade, verify = options.get("upgrade", True), options.get("verify", False)
         owner_role, adopt = options.get("owner_role"), options.get("adopt", False)
-        schema = schema_for(project_id)
+        schema = self.chain.namespace.schema_for(project_id)
         if owner_role is not None:
             validate_role_name(owner_role)
         head = self.chain.head
@@ -129,20 +128,6 @@ class EnsureCore:
 
 
 # ------------------------------------------------------------ reads both managers run on a connection
-def has_registry(conn: Connection) -> bool:
-    """True once something was provisioned in the database (the registry exists). Read-only."""
-    with conn.begin():
-        return registry.present(conn)
-
-
-def registry_rows(conn: Connection) -> list[registry.RegistryRow]:
-    """Every registry row. Read-only (an empty list when there is no registry yet)."""
-    with conn.begin():
-        if not registry.present(conn):
-            return []
-        return [registry.RegistryRow.from_row(r) for r in conn.execute(registry.SELECT_ALL)]
-
-
 def status_reader(
     chain: Chain, project_ids: list[str] | None, versions_of: VersionsReader | None = None
 ) -> Callable[[Connection], list[ProjectStatus]]:
@@ -150,7 +135,7 @@ def status_reader(
     connection that read the versions itself goes back to the pool only while its backend has touched
     fewer schemas than ``workspace_recycle_after`` (workspace_tool.recycling); else closing it ends it."""
     for project_id in project_ids or ():
-        schema_for(project_id)
+        chain.namespace.schema_for(project_id)
     recycle_after = recycling.configured(chain)
 
     def read(conn: Connection) -> list[ProjectStatus]:

@@ -39,7 +39,6 @@ from sqlalchemy.exc import DBAPIError
 from workspace_tool import transactions
 from workspace_tool.dberrors import INVALID_SCHEMA_NAME, UNDEFINED_TABLE, sqlstate
 from workspace_tool.errors import ConfigurationError, WorkspaceNotFound
-from workspace_tool.naming import schema_for
 from workspace_tool.sql import search_path_sql
 
 if TYPE_CHECKING:  # the ORM and asyncio extension load when a session (or the async manager) is used
@@ -106,6 +105,8 @@ class Manager(Protocol):
 
     scoped_engines: ScopedEngines
 
+    chain: Chain
+
     def ensure(self, project_id: str) -> str: ...
 
     def bootstrap(self) -> str: ...
@@ -120,6 +121,8 @@ class AsyncManager(Protocol):
     def engine(self) -> AsyncEngine: ...
 
     scoped_engines: ScopedEngines
+
+    chain: Chain
 
     async def ensure(self, project_id: str) -> str: ...
 
@@ -174,8 +177,8 @@ def _forget_if_missing(manager: Manager | AsyncManager, project_id: str, exc: DB
     return True
 
 
-def _dropped(project_id: str, schema_exists: object) -> WorkspaceNotFound | None:
-    return None if schema_exists else WorkspaceNotFound(project_id, schema_for(project_id), dropped=True)
+def _dropped(project_id: str, schema: str, schema_exists: object) -> WorkspaceNotFound | None:
+    return None if schema_exists else WorkspaceNotFound(project_id, schema, dropped=True)
 
 
 @contextmanager
@@ -185,8 +188,9 @@ def _not_found_if_dropped(manager: Manager, project_id: str) -> Iterator[None]:
     except DBAPIError as exc:
         if not _forget_if_missing(manager, project_id, exc):
             raise
+        schema = manager.chain.namespace.schema_for(project_id)
         with manager.engine.connect() as conn:
-            missing = _dropped(project_id, conn.execute(_SCHEMA_EXISTS, {"schema": schema_for(project_id)}).scalar())
+            missing = _dropped(project_id, schema, conn.execute(_SCHEMA_EXISTS, {"schema": schema}).scalar())
         if missing is None:
             raise
         raise missing from exc
@@ -200,8 +204,8 @@ async def _async_not_found_if_dropped(manager: AsyncManager, project_id: str) ->
         if not _forget_if_missing(manager, project_id, exc):
             raise
         async with manager.engine.connect() as conn:
-            schema = schema_for(project_id)
-            missing = _dropped(project_id, (await conn.execute(_SCHEMA_EXISTS, {"schema": schema})).scalar())
+            schema = manager.chain.namespace.schema_for(project_id)
+            missing = _dropped(project_id, schema, (await conn.execute(_SCHEMA_EXISTS, {"schema": schema})).scalar())
         if missing is None:
             raise
         raise missing from exc

@@ -12,16 +12,16 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from typing_extensions import Unpack
 
-from workspace_tool import pool, recycling, reference, registry, transactions
+from workspace_tool import recycling, reference, registry, spares, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import sqlstate, translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor import Flavor, pooler
-from workspace_tool.fleet.reader import versions_reader
 from workspace_tool.jobs import spare_jobs
-from workspace_tool.managers import cache, sessions
-from workspace_tool.managers.core import EnsureCore, EnsureOptions, has_registry, registry_rows, status_reader
-from workspace_tool.naming import schema_for
+from workspace_tool.managers import sessions
+from workspace_tool.managers.core import EnsureCore, EnsureOptions, status_reader
+from workspace_tool.registry import known as cache
+from workspace_tool.registry.inventory import has_registry, registry_rows, versions_reader
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
 from workspace_tool.schema.state import version_table
 from workspace_tool.status import ProjectStatus
@@ -42,7 +42,7 @@ class WorkspaceManager:
     dict lookup with no I/O.  Thread-safe; different projects provision in parallel.
 
     ``warm_pool``: claim a new project's schema from the warm pool of spare schemas at head when there is
-    one (workspace_tool.pool); default: ``workspace_pool_size`` in alembic.ini (0: off). ``refill=True``
+    one (workspace_tool.spares); default: ``workspace_pool_size`` in alembic.ini (0: off). ``refill=True``
     refills the pool to that size in a background thread, on connections of this engine, after each
     schema created (one refiller per database at a time).
 
@@ -77,8 +77,8 @@ class WorkspaceManager:
             pooler.trust(direct_engine)
         self.chain = Chain.load(config)
         self.cache_key = cache.database_key(engine.url, self.chain.config_path)
-        size = pool.resolve_size(self.chain, warm_pool)
-        refiller = pool.Refiller(engine, self.chain, size) if refill and size else None
+        size = spares.resolve_size(self.chain, warm_pool)
+        refiller = spares.Refiller(engine, self.chain, size) if refill and size else None
         self._core = EnsureCore(self.chain, self.cache_key, size, refiller)
         self.scoped_engines = sessions.ScopedEngines(sessions.scoped_engines_size(self.chain, scoped_engines))
         self._probe: Any = None
@@ -164,7 +164,7 @@ class WorkspaceManager:
         """The database's flavor (with the extension's schema), from its bootstrap, cached per process."""
         flavor = None if force else cache.bootstrapped(self.cache_key)
         if flavor is None:
-            flavor = self._on_connection(None, registry.bootstrap)
+            flavor = self._on_connection(None, lambda conn: registry.bootstrap(conn, self.chain.namespace))
             cache.set_bootstrapped(self.cache_key, flavor)
         return flavor
 
@@ -178,14 +178,14 @@ class WorkspaceManager:
 
     def has_registry(self) -> bool:
         """True once something was provisioned in this database (the registry exists). Read-only."""
-        return self._on_connection(None, has_registry)
+        return self._on_connection(None, lambda conn: has_registry(conn, self.chain.namespace))
 
     def drop(self, project_id: str) -> bool:
         """Drop the project's schema and its registry row together; False if neither existed."""
-        schema = schema_for(project_id)
+        schema = self.chain.namespace.schema_for(project_id)
         self.invalidate([project_id])
         self.bootstrap()
-        dropped = self._on_connection(schema, lambda conn: drop_schema(conn, project_id, schema))
+        dropped = self._on_connection(schema, lambda conn: drop_schema(conn, project_id, schema, self.chain.namespace))
         self.invalidate([project_id])
         return dropped
 
@@ -201,13 +201,13 @@ class WorkspaceManager:
 
     def projects(self) -> list[registry.RegistryRow]:
         """Every registry row. Read-only (an empty list when there is no registry yet)."""
-        return self._on_connection(None, registry_rows)
+        return self._on_connection(None, lambda conn: registry_rows(conn, self.chain.namespace))
 
     def invalidate(self, project_ids: list[str] | None = None) -> None:
         cache.invalidate(self.cache_key, project_ids)
 
     @property
-    def refiller(self) -> pool.Refiller | None:
+    def refiller(self) -> spares.Refiller | None:
         """The background refill of the warm pool (``refill=True``), else None."""
         return self._core.refiller
 
@@ -230,7 +230,7 @@ class WorkspaceManager:
     # ------------------------------------------------------------ application
     def connect(self, project_id: str) -> contextlib.AbstractContextManager[Connection]:
         """``with mgr.connect(project_id) as conn:`` a Connection on the project's schema (ensured first),
-        through ``schema_translate_map``; see workspace_tool.sessions."""
+        through ``schema_translate_map``; see workspace_tool.managers.sessions."""
         return sessions.connect(self, project_id)
 
     def session(self, project_id: str, **session_options: Any) -> contextlib.AbstractContextManager[Session]:

@@ -20,6 +20,7 @@ from workspace_tool.chain import ALEMBIC_LOCK
 from workspace_tool.dberrors import first_line, grant_needed, grantee, is_permission_error, role_phrase, sql_name
 from workspace_tool.errors import PermissionDenied, RegistryError
 from workspace_tool.flavor import DEFAULT_EXTENSION_SCHEMA, Flavor, check_extension_schema
+from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry.table import REGISTRY_SCHEMA
 from workspace_tool.sql import LOCK_SQL, REGISTRY_LOCK_KEY, quote_ident
 
@@ -65,16 +66,18 @@ class RegistryChain:
                 cls._instance = RegistryChain()
             return cls._instance
 
-    def check(self, version: str | None) -> bool:
+    def check(self, version: str | None, namespace: Namespace = DEFAULT) -> bool:
         """True if at head; raise if the registry was written by a newer workspace-tool."""
         if version is not None and version not in self.known:
             raise RegistryError(
-                f"the registry ({REGISTRY_SCHEMA}) is at revision {version!r}, written by a newer "
+                f"the registry ({namespace.registry_schema}) is at revision {version!r}, written by a newer "
                 "workspace-tool: upgrade workspace-tool before using this database"
             )
         return version == self.head
 
-    def upgrade(self, conn: Connection) -> None:
+    def upgrade(self, conn: Connection, namespace: Namespace = DEFAULT) -> None:
+        """Migrate the registry of ``namespace`` to head (its revisions create their tables and functions in
+        the schema Alembic's version table is in: ``op.get_context().version_table_schema``)."""
         from alembic.config import Config
         from alembic.runtime.environment import EnvironmentContext
         from alembic.script import ScriptDirectory
@@ -87,19 +90,20 @@ class RegistryChain:
             return script._upgrade_revs("head", rev)
 
         with ALEMBIC_LOCK, EnvironmentContext(config, script, fn=fn, destination_rev="head") as env:
-            env.configure(connection=conn, version_table=VERSION_TABLE, version_table_schema=REGISTRY_SCHEMA)
+            env.configure(connection=conn, version_table=VERSION_TABLE, version_table_schema=namespace.registry_schema)
             env.run_migrations()
 
 
 _HAS_REGISTRY = text(f"SELECT to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL")
 
 
-def present(conn: Connection) -> bool:
-    """True if this database has a registry (something was provisioned), False if not; raises if a newer
-    workspace-tool wrote it. Read-only: what read commands (`status`, `check`) use instead of bootstrap."""
-    if not conn.execute(_HAS_REGISTRY).scalar():
+def present(conn: Connection, namespace: Namespace = DEFAULT) -> bool:
+    """True if this database has the registry of ``namespace`` (something was provisioned in it), False if
+    not; raises if a newer workspace-tool wrote it. Read-only: what read commands (`status`, `check`) use
+    instead of bootstrap."""
+    if not conn.execute(namespace.sql(_HAS_REGISTRY)).scalar():
         return False
-    RegistryChain.get().check(conn.execute(READ_VERSION).scalar())
+    RegistryChain.get().check(conn.execute(namespace.sql(READ_VERSION)).scalar(), namespace)
     return True
 
 
@@ -108,21 +112,21 @@ def probed(row: Any) -> Flavor:
     return flavors.of_kind(str(row.flavor), str(row.ext_schema or DEFAULT_EXTENSION_SCHEMA))
 
 
-def registry_ready(conn: Connection) -> Flavor | None:
+def registry_ready(conn: Connection, namespace: Namespace = DEFAULT) -> Flavor | None:
     """The database's flavor (with the extension's schema) if the registry and the extension are ready,
     else None. Read-only."""
-    row = conn.execute(PROBE).one()
+    row = conn.execute(namespace.sql(PROBE)).one()
     if row.ext_schema is None or not row.has_registry:
         return None
     check_extension_schema(row.ext_schema, row.ext_has_tables)
     flavor = probed(row)
-    flavor.check_registry_placement(conn, [REGISTRY_SCHEMA, flavor.extension_schema])
-    version = conn.execute(READ_VERSION).scalar()
-    return flavor if RegistryChain.get().check(version) else None
+    flavor.check_registry_placement(conn, [namespace.registry_schema, flavor.extension_schema])
+    version = conn.execute(namespace.sql(READ_VERSION)).scalar()
+    return flavor if RegistryChain.get().check(version, namespace) else None
 
 
-def bootstrap(conn: Connection) -> Flavor:
-    """Create or migrate the registry and the vector extension, under one lock; return the database's
+def bootstrap(conn: Connection, namespace: Namespace = DEFAULT) -> Flavor:
+    """Create or migrate the registry (of ``namespace``) and the vector extension, under one lock; return the database's
     flavor, with the extension's schema. Runs in its own transaction on ``conn`` (which must not be in
     one) and commits it.
 
@@ -135,24 +139,24 @@ def bootstrap(conn: Connection) -> Flavor:
     migrated."""
     transactions.require(conn)
     try:
-        flavor = registry_ready(conn)
+        flavor = registry_ready(conn, namespace)
         usable = flavor is None or conn.execute(_USABLE, {"schema": flavor.extension_schema}).scalar()
     except DBAPIError as exc:
         if is_permission_error(exc):
-            raise _registry_denied(conn, exc) from exc
+            raise _registry_denied(conn, exc, namespace) from exc
         raise
     conn.rollback()
     if flavor is None:
         started = time.perf_counter()
         try:
-            flavor = _set_up(conn)
+            flavor = _set_up(conn, namespace)
         except DBAPIError as exc:
             if is_permission_error(exc):
-                raise _init_needed(conn, exc) from exc
+                raise _init_needed(conn, exc, namespace) from exc
             raise
         log.info(
             "registry %s at %s, vector extension in %s%s: set up in %.0f ms",
-            REGISTRY_SCHEMA,
+            namespace.registry_schema,
             RegistryChain.get().head,
             flavor.extension_schema,
             "" if flavor.name == Flavor.name else f" ({flavor.name})",
@@ -161,7 +165,7 @@ def bootstrap(conn: Connection) -> Flavor:
         usable = conn.execute(_USABLE, {"schema": flavor.extension_schema}).scalar()
         conn.rollback()
     else:
-        log.debug("registry %s ready, vector extension in %s", REGISTRY_SCHEMA, flavor.extension_schema)
+        log.debug("registry %s ready, vector extension in %s", namespace.registry_schema, flavor.extension_schema)
     if not usable:  # the search_path would silently skip it: "type vector does not exist"
         raise _extension_denied(conn, flavor.extension_schema)
     return flavor
@@ -170,37 +174,38 @@ def bootstrap(conn: Connection) -> Flavor:
 _USABLE = text("SELECT has_schema_privilege(:schema, 'USAGE')")
 
 
-def _set_up(conn: Connection) -> Flavor:
+def _set_up(conn: Connection, namespace: Namespace) -> Flavor:
     with conn.begin():
         conn.execute(text(LOCK_SQL), {"key": REGISTRY_LOCK_KEY})
-        row = conn.execute(PROBE).one()
+        row = conn.execute(namespace.sql(PROBE)).one()
         flavor = probed(row)
         for statement in flavor.before_registry_schema():
             conn.execute(text(statement))
-        flavor.check_registry_placement(conn, [REGISTRY_SCHEMA, flavor.extension_schema])
+        flavor.check_registry_placement(conn, [namespace.registry_schema, flavor.extension_schema])
         if row.ext_schema is None:
             ext_schema = quote_ident(flavor.extension_schema)
             conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {ext_schema}"))
             conn.execute(text(f"CREATE EXTENSION IF NOT EXISTS vector WITH SCHEMA {ext_schema}"))
         else:
             check_extension_schema(row.ext_schema, row.ext_has_tables)
-        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {REGISTRY_SCHEMA}"))
+        conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {namespace.registry_schema}"))
         chain = RegistryChain.get()
-        version = conn.execute(READ_VERSION).scalar() if row.has_registry else None
-        if not chain.check(version):
-            chain.upgrade(conn)
+        version = conn.execute(namespace.sql(READ_VERSION)).scalar() if row.has_registry else None
+        if not chain.check(version, namespace):
+            chain.upgrade(conn, namespace)
     return flavor
 
 
-def _registry_denied(conn: Connection, exc: DBAPIError) -> PermissionDenied:
+def _registry_denied(conn: Connection, exc: DBAPIError, namespace: Namespace) -> PermissionDenied:
     """The registry exists but this role can't read or write it."""
     role = conn.engine.url.username
+    registry = namespace.registry_schema
     to = grantee(role)
     return grant_needed(
         first_line(exc),
-        f"{role_phrase(role)} may not use the registry ({REGISTRY_SCHEMA})",
-        f"GRANT USAGE ON SCHEMA {REGISTRY_SCHEMA} TO {to}; "
-        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {REGISTRY_SCHEMA} TO {to}",
+        f"{role_phrase(role)} may not use the registry ({registry})",
+        f"GRANT USAGE ON SCHEMA {registry} TO {to}; "
+        f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {registry} TO {to}",
         role,
         note=" (as the role that ran `workspace-tool init`)",
     )
@@ -217,12 +222,12 @@ def _extension_denied(conn: Connection, ext_schema: str) -> PermissionDenied:
     )
 
 
-def _init_needed(conn: Connection, exc: DBAPIError) -> PermissionDenied:
+def _init_needed(conn: Connection, exc: DBAPIError, namespace: Namespace) -> PermissionDenied:
     """The registry or the extension is missing or behind, and this role can't create or migrate it."""
     role = conn.engine.url.username
     return PermissionDenied(
         first_line(exc),
-        f"{role_phrase(role)} can't set up the registry ({REGISTRY_SCHEMA}) and the vector extension that "
+        f"{role_phrase(role)} can't set up the registry ({namespace.registry_schema}) and the vector extension that "
         "this database still needs",
         "have a superuser (or another role that can) run `workspace-tool init` on this database first",
         role=role,

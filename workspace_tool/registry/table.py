@@ -12,7 +12,29 @@ from typing import Any
 from sqlalchemy import Row, text
 
 from workspace_tool.sql import sql_literal
-from workspace_tool.vocabulary import RegistryAction, RegistryStatus
+from workspace_tool.words import Word
+
+
+class RegistryAction(Word):
+    """The registry's last_action: what the last run did (status 'ready') or tried to do ('failed')."""
+
+    CREATE = "create"  # the chain run into a new (or empty) schema
+    UPGRADE = "upgrade"
+    DOWNGRADE = "downgrade"
+    REGISTER = "register"  # a row written for a schema already at its revision
+    ADOPT = "adopt"  # the chain run into a hand-made schema, on request
+    IMPORT = "import"  # built at an export's revision and its data copied in (workspace_tool.lifecycle)
+    CLONE = "clone"  # built at another project's revision and its rows copied, server-side
+    STAMP = "stamp"  # its version row set by hand (`workspace-tool stamp`): no revision ran
+    QUARANTINE = "quarantine"  # dropped with --retain: its schema kept aside until restored or purged
+    RESTORE = "restore"  # brought back from quarantine
+
+
+class RegistryStatus(Word):
+    READY = "ready"
+    FAILED = "failed"
+    DROPPED = "dropped"  # quarantined by `drop --retain`: its schema renamed aside (registry r0006)
+
 
 REGISTRY_SCHEMA = "project_registry"
 REGISTRY_TABLE = f"{REGISTRY_SCHEMA}.workspace_config"
@@ -91,3 +113,18 @@ def upsert_sql(
         "last_action = EXCLUDED.last_action, last_duration_ms = EXCLUDED.last_duration_ms, "
         "last_path = EXCLUDED.last_path, last_error = NULL, updated_at = now() RETURNING last_duration_ms"
     )
+
+
+def migrating_schema() -> str:
+    """In a registry revision: the schema of the registry being migrated (its namespace's: Alembic's version
+    table is there, see ``RegistryChain.upgrade``)."""
+    from alembic import op
+
+    return str(op.get_context().version_table_schema or REGISTRY_SCHEMA)
+
+
+def in_migrating_registry(statement: str) -> str:
+    """In a registry revision: ``statement``, written against the default registry, for the one migrated."""
+    from workspace_tool.namespace import Namespace
+
+    return Namespace(migrating_schema()).sql(statement)

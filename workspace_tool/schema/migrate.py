@@ -21,14 +21,17 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain, Plan
+from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import DEADLOCK_DETECTED, LOCK_NOT_AVAILABLE, STATE_CHANGED, sqlstate
 from workspace_tool.flavor import Flavor
+from workspace_tool.namespace import DEFAULT, Namespace
+from workspace_tool.registry.inventory import refuse_other_namespace
+from workspace_tool.registry.table import RegistryAction
 from workspace_tool.schema import roles, send
-from workspace_tool.schema.operation import ENSURE, Operation
+from workspace_tool.schema.operation import ENSURE, Action, Operation, recorded
 from workspace_tool.schema.plan import Expected, RegistryRecord, SchemaPlan
 from workspace_tool.schema.state import check_managed, lock_and_read_state, read_state
 from workspace_tool.sql import drop_schema_cascade, lock_schema
-from workspace_tool.vocabulary import Action, Path, RegistryAction
 
 DEADLOCK_ATTEMPTS = 5  # the careful path's attempts at a migration PostgreSQL rolls back for a deadlock
 log = logging.getLogger(__name__)
@@ -79,8 +82,8 @@ class Sending:
 
 
 def claims(how: Sending, what: Migration) -> bool:
-    """Whether a missing schema is first claimed from the warm pool (workspace_tool.pool): the pool is on
-    (and the flavor supports it: see pool.py), the operation creates schemas and the target is head, where
+    """Whether a missing schema is first claimed from the warm pool (workspace_tool.spares): the pool is on
+    (and the flavor supports it: see workspace_tool.spares), the operation creates schemas and the target is head, where
     spares are built (so a claim is exactly what creating it would do). No spare: the schema is built as
     before, in the same transaction."""
     return (
@@ -129,11 +132,13 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
             claimed = _claim(conn, how, what, grants, started)
             if claimed is not None:
                 return _logged(claimed, "claimed from the warm pool")
-            state = read_state(conn, what.project_id, schema)  # under the lock the claim took
+            state = read_state(conn, what.project_id, schema, chain.namespace)  # under the lock the claim took
         else:
-            state = lock_and_read_state(conn, what.project_id, schema, how.flavor, how.lock_timeout_ms)
+            state = lock_and_read_state(conn, what.project_id, schema, how.flavor, how.lock_timeout_ms, chain.namespace)
         sending = f"careful path (lock and state read {_ms(locking):.1f} ms)"  # the lock wait included
         current = state.version
+        if state.exists and not state.registered:  # another chain's (two chains in one database)?
+            refuse_other_namespace(conn, chain.namespace, what.project_id, schema)
         what.operation.check(chain, what.project_id, schema, current, what.target, exists=state.exists)
         adopted = check_managed(conn, what.project_id, schema, state, adopt=what.adopt)
         action = what.operation.action(chain, current, what.target, exists=state.exists)
@@ -142,7 +147,7 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
             return _logged(result, sending)
         range_ = chain.plan(current, what.target, online=how.online) if action is not Action.CURRENT else None
         path = Path.NONE if range_ is None else range_.path
-        recorded_as = RegistryAction.ADOPT if adopted else RegistryAction.recording(action)
+        recorded_as = RegistryAction.ADOPT if adopted else recorded(action)
         plan = SchemaPlan(
             schema,
             how.flavor,
@@ -151,6 +156,7 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
             create_schema=not state.exists,
             grants=grants,
             record=RegistryRecord(what.project_id, what.target, recorded_as, path),
+            namespace=chain.namespace,
         )
         sent = send.Sent()
         if plan.in_one_transaction:
@@ -178,6 +184,7 @@ def _claim(
         lock_timeout_ms=how.lock_timeout_ms,
         grants=grants,
         record=RegistryRecord(what.project_id, what.target, RegistryAction.CREATE, Path.POOL),
+        namespace=how.chain.namespace,
     )
     sent = send.claim(conn, plan, statement_by_statement=how.statement_by_statement)
     if not sent.claimed:
@@ -199,8 +206,9 @@ def planned(
         range_.steps,
         lock_timeout_ms=how.lock_timeout_ms,
         create_schema=not exists,
-        record=RegistryRecord(what.project_id, what.target, RegistryAction.recording(action), range_.path),
+        record=RegistryRecord(what.project_id, what.target, recorded(action), range_.path),
         expected=expected,
+        namespace=how.chain.namespace,
     )
 
 
@@ -247,7 +255,7 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
             return None
         if code == DEADLOCK_DETECTED:
             return None  # rolled back; the careful path waits for the lock again, in a new transaction
-        if not conn.invalidated and code not in (None, LOCK_NOT_AVAILABLE) and _moved(conn, what, expected):
+        if not conn.invalidated and code not in (None, LOCK_NOT_AVAILABLE) and _moved(conn, how, what, expected):
             log.debug("%s: changed since the batch read; the careful path instead", what.schema)
             return None  # it failed because the schema changed since it was read, not on its own account
         if isinstance(failure, conn.dialect.loaded_dbapi.Error):
@@ -269,10 +277,10 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     )
 
 
-def _moved(conn: Connection, what: Migration, expected: Expected) -> bool:
+def _moved(conn: Connection, how: Sending, what: Migration, expected: Expected) -> bool:
     """After a failed batch: is the schema no longer as the caller read it?"""
     with conn.begin():
-        state = read_state(conn, what.project_id, what.schema)
+        state = read_state(conn, what.project_id, what.schema, how.chain.namespace)
     return state.version != expected.version or (expected.version is None and state.exists)
 
 
@@ -352,17 +360,18 @@ def scratch_schema(
                 drop_schema_cascade(conn, schema)
 
 
-def drop_schema(conn: Connection, project_id: str, schema: str) -> bool:
+def drop_schema(conn: Connection, project_id: str, schema: str, namespace: Namespace = DEFAULT) -> bool:
     """Drop a project's schema and its registry row in one transaction under the schema's lock; False if
     neither existed."""
     transactions.require(conn)
     with conn.begin():
         lock_schema(conn, schema)
+        refuse_other_namespace(conn, namespace, project_id, schema)  # another chain's: not this one's to drop
         existed = conn.execute(
             text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)"), {"s": schema}
         ).scalar()
         drop_schema_cascade(conn, schema)
-        deleted = conn.execute(registry.DELETE, {"project_id": project_id}).rowcount
+        deleted = conn.execute(namespace.sql(registry.DELETE), {"project_id": project_id}).rowcount
     return bool(existed) or deleted > 0
 
 

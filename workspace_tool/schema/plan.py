@@ -37,7 +37,7 @@ session that holds the schema's session-level lock from start to end::
     SELECT pg_advisory_unlock(...)
 
 **Claims.** A new schema at head can instead be claimed from the warm pool (a CLAIM step,
-workspace_tool.pool): the prelude, then ONE statement that renames a spare already at head and writes the
+workspace_tool.spares): the prelude, then ONE statement that renames a spare already at head and writes the
 registry row, then the grants.
 
 A new step kind (chain/plan.py) is planned here, once, for every caller; a new way of sending goes in
@@ -50,10 +50,12 @@ from dataclasses import dataclass, replace
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
-from workspace_tool.chain.plan import split_version_move, split_version_statements
+from workspace_tool.chain.plan import Path, StepKind, split_version_move, split_version_statements
 from workspace_tool.flavor import Flavor
+from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry import expect_version_sql, upsert_sql
-from workspace_tool.registry.spares import claim_statement
+from workspace_tool.registry.table import RegistryAction
+from workspace_tool.spares.store import claim_statement
 from workspace_tool.sql import (
     lock_statement,
     lock_timeout_statement,
@@ -62,7 +64,6 @@ from workspace_tool.sql import (
     sql_literal,
     unlock_statement,
 )
-from workspace_tool.vocabulary import Path, RegistryAction, StepKind
 
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"
@@ -101,6 +102,7 @@ class SchemaPlan:
     grants: tuple[str, ...] = ()
     record: RegistryRecord | None = None
     expected: Expected | None = None  # None: the caller took the lock and read the state itself
+    namespace: Namespace = DEFAULT  # whose registry the row and the guard are written in
 
     # -------------------------------------------------------------- one transaction
     def prelude(self) -> list[str]:
@@ -200,7 +202,7 @@ class SchemaPlan:
             return None
         version = sql_literal(self.expected.version)
         found = f"EXISTS (SELECT 1 FROM alembic_version WHERE version_num = {version})"
-        return "SELECT " + expect_version_sql(found, self.schema, self.expected.version)
+        return "SELECT " + self.namespace.sql(expect_version_sql(found, self.schema, self.expected.version))
 
     def _steps_and_record(self) -> tuple[tuple[Step, ...], str | None]:
         """The steps, and the registry upsert; with a guard on an existing schema, the last step's final
@@ -215,20 +217,24 @@ class SchemaPlan:
             claim = self.steps[0]
             assert claim.spare_of is not None
             upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="claimed")
-            return (), claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert)
+            return (), self.namespace.sql(claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert))
         if not self._guards_by_cte():
-            return self.steps, upsert_sql(
-                r.project_id, self.schema, r.revision, r.action, r.path, earlier_ms=r.earlier_ms
+            return self.steps, self.namespace.sql(
+                upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, earlier_ms=r.earlier_ms)
             )
         assert self.expected is not None
         last = self.steps[-1]
         moved = split_version_move(last.statements)
         assert moved is not None
         before, move = moved
-        upsert = upsert_sql(
-            r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms
+        upsert = self.namespace.sql(
+            upsert_sql(
+                r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="moved", earlier_ms=r.earlier_ms
+            )
         )
-        guard = expect_version_sql("EXISTS (SELECT 1 FROM recorded)", self.schema, self.expected.version)
+        guard = self.namespace.sql(
+            expect_version_sql("EXISTS (SELECT 1 FROM recorded)", self.schema, self.expected.version)
+        )
         record = f"WITH moved AS ({move} RETURNING 1), recorded AS ({upsert}) SELECT {guard}"
         return (*self.steps[:-1], Step(last.kind, last.from_rev, last.to_rev, before)), record
 

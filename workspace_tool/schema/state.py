@@ -12,9 +12,34 @@ from sqlalchemy import Connection, Row, text
 from workspace_tool.chain import Chain
 from workspace_tool.errors import UnknownRevision, UnmanagedSchema
 from workspace_tool.flavor import Flavor
+from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry import REGISTRY_TABLE
+from workspace_tool.registry.table import RegistryStatus
 from workspace_tool.sql import LOCK_SQL, lock_key, lock_schema, quote_ident
-from workspace_tool.vocabulary import RegistryStatus, State
+from workspace_tool.words import Word
+
+
+class State(Word):
+    """A project's state, as `status` shows it (tables and JSON) and as fleet runs select on (--state): one
+    word each, hyphenated."""
+
+    AT_HEAD = "at-head"
+    BEHIND = "behind"
+    AHEAD = "ahead"  # a revision this chain does not know
+    FAILED = "failed"  # the last run failed on it
+    EMPTY = "empty"  # a schema at base (no revision)
+    MISSING = "missing"  # registered, but no schema
+    ORPHAN = "orphan"  # a project schema with no registry row
+
+    @classmethod
+    def parse(cls, word: str) -> State:
+        """A state as a user may write it: any case, spaces or underscores for the hyphen, and the spellings
+        `status` wrote before issue 22 ('at head', 'ahead/unknown'); a ValueError if it is none."""
+        text = word.strip().lower().replace(" ", "-").replace("_", "-")
+        return cls(_OLD_STATES.get(text, text))
+
+
+_OLD_STATES = {"ahead/unknown": "ahead"}  # what status wrote before issue 22
 
 
 def version_table(schema: str) -> str:
@@ -58,14 +83,19 @@ _RELATIONS = text(
 )
 
 
-def read_state(conn: Connection, project_id: str, schema: str) -> SchemaState:
+def read_state(conn: Connection, project_id: str, schema: str, namespace: Namespace = DEFAULT) -> SchemaState:
     """The schema's state, read in conn's transaction (under the schema's lock when the caller holds it)."""
     params = {"schema": schema, "version_table": version_table(schema), "project_id": project_id}
-    return _state(conn, schema, conn.execute(_STATE, params).one())
+    return _state(conn, schema, conn.execute(namespace.sql(_STATE), params).one())
 
 
 def lock_and_read_state(
-    conn: Connection, project_id: str, schema: str, flavor: Flavor, lock_timeout_ms: int | None = None
+    conn: Connection,
+    project_id: str,
+    schema: str,
+    flavor: Flavor,
+    lock_timeout_ms: int | None = None,
+    namespace: Namespace = DEFAULT,
 ) -> SchemaState:
     """Take the schema's advisory lock (every lock wait of the transaction bounded by ``lock_timeout_ms``,
     with the flavor's statements), then read its state: one round trip on psycopg2 (the lock timeout's
@@ -80,10 +110,11 @@ def lock_and_read_state(
         bound = []
     if batched:
         prefix = "".join(s + ";\n" for s in bound)
-        row = conn.execute(text(prefix + str(_LOCKED_STATE)), {**params, "key": lock_key(schema)}).one()
+        locked = namespace.sql(str(_LOCKED_STATE))
+        row = conn.execute(text(prefix + locked), {**params, "key": lock_key(schema)}).one()
     else:
         lock_schema(conn, schema)
-        row = conn.execute(_STATE, params).one()
+        row = conn.execute(namespace.sql(_STATE), params).one()
     return _state(conn, schema, row)
 
 

@@ -11,12 +11,12 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from workspace_tool.registry.table import migrating_schema
+
 revision = "r0001_workspace_config"
 down_revision = None
 branch_labels = None
 depends_on = None
-
-SCHEMA = "project_registry"
 
 
 def upgrade() -> None:
@@ -34,9 +34,9 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text()),
         sa.Column("metadata", postgresql.JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
         sa.CheckConstraint("status IN ('ready', 'failed')", name="ck_workspace_config_status"),
-        schema=SCHEMA,
+        schema=migrating_schema(),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("workspace_config", schema=SCHEMA)
+    op.drop_table("workspace_config", schema=migrating_schema())

@@ -11,12 +11,12 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from workspace_tool.registry.table import migrating_schema
+
 revision = "r0002_reference_catalog"
 down_revision = "r0001_workspace_config"
 branch_labels = None
 depends_on = None
-
-SCHEMA = "project_registry"
 
 
 def upgrade() -> None:
@@ -29,9 +29,9 @@ def upgrade() -> None:
         sa.Column("catalog", postgresql.JSONB(), nullable=False),  # catalog.snapshot, schema name stripped
         sa.Column("fingerprint", sa.String(32), nullable=False),  # catalog.fingerprints of the same schema
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
-        schema=SCHEMA,
+        schema=migrating_schema(),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("reference_catalog", schema=SCHEMA)
+    op.drop_table("reference_catalog", schema=migrating_schema())

@@ -10,12 +10,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from workspace_tool.registry.table import in_migrating_registry, migrating_schema
+
 revision = "r0003_spare_schemas"
 down_revision = "r0002_reference_catalog"
 branch_labels = None
 depends_on = None
 
-SCHEMA = "project_registry"
 
 # Claims one spare at ``p_revision`` built by the chain whose fingerprint is ``p_chain`` and owned by the
 # current role (a project made from it is owned as a fresh one would be), and renames it ``p_target``; the
@@ -62,13 +63,15 @@ def upgrade() -> None:
         sa.Column("chain", sa.String(64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
         sa.Column("build_ms", sa.Float()),
-        schema=SCHEMA,
+        schema=migrating_schema(),
     )
-    op.create_index("ix_spare_schemas_claim", "spare_schemas", ["chain", "revision", "created_at"], schema=SCHEMA)
-    op.execute(CLAIM_SPARE)
+    op.create_index(
+        "ix_spare_schemas_claim", "spare_schemas", ["chain", "revision", "created_at"], schema=migrating_schema()
+    )
+    op.execute(in_migrating_registry(CLAIM_SPARE))
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION project_registry.claim_spare(text, text, text)")
-    op.drop_index("ix_spare_schemas_claim", table_name="spare_schemas", schema=SCHEMA)
-    op.drop_table("spare_schemas", schema=SCHEMA)
+    op.execute(in_migrating_registry("DROP FUNCTION project_registry.claim_spare(text, text, text)"))
+    op.drop_index("ix_spare_schemas_claim", table_name="spare_schemas", schema=migrating_schema())
+    op.drop_table("spare_schemas", schema=migrating_schema())

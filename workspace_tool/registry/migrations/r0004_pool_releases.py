@@ -11,12 +11,13 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from workspace_tool.registry.table import in_migrating_registry, migrating_schema
+
 revision = "r0004_pool_releases"
 down_revision = "r0003_spare_schemas"
 branch_labels = None
 depends_on = None
 
-SCHEMA = "project_registry"
 
 # What decides the privileges of what a role creates in a new schema: its default privileges that are not
 # tied to a schema (ALTER DEFAULT PRIVILEGES [FOR ROLE r] without IN SCHEMA; those tied to a schema name its
@@ -97,18 +98,20 @@ $claim$
 
 def upgrade() -> None:
     # the digest of the default privileges it was built under (NULL: built before r0004, never claimed)
-    op.add_column("spare_schemas", sa.Column("privileges", sa.String(32)), schema=SCHEMA)
+    op.add_column("spare_schemas", sa.Column("privileges", sa.String(32)), schema=migrating_schema())
     # False while it is built in parts (a chain with a revision that can't run in a transaction), or when
     # such a build was cut short: never claimed; the next `pool fill` drops it
     op.add_column(
-        "spare_schemas", sa.Column("ready", sa.Boolean(), nullable=False, server_default=sa.true()), schema=SCHEMA
+        "spare_schemas",
+        sa.Column("ready", sa.Boolean(), nullable=False, server_default=sa.true()),
+        schema=migrating_schema(),
     )
-    op.drop_index("ix_spare_schemas_claim", table_name="spare_schemas", schema=SCHEMA)
+    op.drop_index("ix_spare_schemas_claim", table_name="spare_schemas", schema=migrating_schema())
     op.create_index(
         "ix_spare_schemas_claim",
         "spare_schemas",
         ["chain", "revision", "privileges", "created_at"],
-        schema=SCHEMA,
+        schema=migrating_schema(),
         postgresql_where=sa.text("ready"),
     )
     # A release (a chain, by its fingerprint, at its head) that filled the pool, and when it last did: while
@@ -119,17 +122,19 @@ def upgrade() -> None:
         sa.Column("revision", sa.String(64), primary_key=True),
         sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
         sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
-        schema=SCHEMA,
+        schema=migrating_schema(),
     )
-    op.execute(DEFAULT_PRIVILEGES)
-    op.execute(CLAIM_SPARE)
+    op.execute(in_migrating_registry(DEFAULT_PRIVILEGES))
+    op.execute(in_migrating_registry(CLAIM_SPARE))
 
 
 def downgrade() -> None:
-    op.execute(CLAIM_SPARE_R0003)
-    op.execute("DROP FUNCTION project_registry.default_privileges()")
-    op.drop_table("pool_releases", schema=SCHEMA)
-    op.drop_index("ix_spare_schemas_claim", table_name="spare_schemas", schema=SCHEMA)
-    op.create_index("ix_spare_schemas_claim", "spare_schemas", ["chain", "revision", "created_at"], schema=SCHEMA)
-    op.drop_column("spare_schemas", "ready", schema=SCHEMA)
-    op.drop_column("spare_schemas", "privileges", schema=SCHEMA)
+    op.execute(in_migrating_registry(CLAIM_SPARE_R0003))
+    op.execute(in_migrating_registry("DROP FUNCTION project_registry.default_privileges()"))
+    op.drop_table("pool_releases", schema=migrating_schema())
+    op.drop_index("ix_spare_schemas_claim", table_name="spare_schemas", schema=migrating_schema())
+    op.create_index(
+        "ix_spare_schemas_claim", "spare_schemas", ["chain", "revision", "created_at"], schema=migrating_schema()
+    )
+    op.drop_column("spare_schemas", "ready", schema=migrating_schema())
+    op.drop_column("spare_schemas", "privileges", schema=migrating_schema())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from workspace_tool.registry.table import in_migrating_registry
+
 revision = "r0005_expect_version"
 down_revision = "r0004_pool_releases"
 branch_labels = None
@@ -40,8 +42,8 @@ $guard$
 
 
 def upgrade() -> None:
-    op.execute(EXPECT_VERSION)
+    op.execute(in_migrating_registry(EXPECT_VERSION))
 
 
 def downgrade() -> None:
-    op.execute("DROP FUNCTION project_registry.expect_version(boolean, text, text)")
+    op.execute(in_migrating_registry("DROP FUNCTION project_registry.expect_version(boolean, text, text)"))

@@ -1,4 +1,4 @@
-"""project_registry.spare_schemas: the warm pool's spare schemas (workspace_tool.pool), and the one statement
+"""The registry's spare_schemas: the warm pool's spare schemas (workspace_tool.spares), and the one statement
 that claims a spare for a project and writes the project's registry row.
 
 A spare is a schema built at a revision by a chain (its fingerprint) under the current role's default
@@ -16,18 +16,37 @@ import uuid
 
 from sqlalchemy import TextClause, text
 
+from workspace_tool.namespace import DEFAULT, SPARE_BASE, Namespace
 from workspace_tool.registry.table import REGISTRY_SCHEMA
 from workspace_tool.sql import sql_literal
+from workspace_tool.words import Word
+
+
+class SpareState(Word):
+    """A spare schema of the warm pool, as `pool status` shows it."""
+
+    READY = "ready"  # at this chain's head, the current role's: the next new project may get it
+    # behind this chain's head (or at it from another chain), and no release filled the pool for it lately
+    # (workspace_pool_grace): never handed out; `pool fill` and `upgrade --all` drop it
+    STALE = "stale"
+    MISSING = "missing"  # its row is there, its schema is gone
+    OTHER_ROLE = "other role"  # made by another role, which alone may claim it
+    OTHER_RELEASE = "other release"  # another release's (chain, head), which still fills the pool: kept for it
+    AHEAD = "ahead"  # at a revision this chain doesn't know (a newer release's): never dropped by this one
+    # built under the role's default privileges as they were, not as they are: never handed out (a project
+    # made from it would not have the privileges a fresh one has); the next `pool fill` replaces it
+    OLD_PRIVILEGES = "old privileges"
+    BUILDING = "building"  # built in parts, not complete: being built, or left by a crash (the next fill drops it)
+
 
 SPARES_TABLE = f"{REGISTRY_SCHEMA}.spare_schemas"
-SPARE_PREFIX = "workspace_spare_"
+SPARE_PREFIX = SPARE_BASE  # the default namespace's
 CLAIM_FUNCTION = f"{REGISTRY_SCHEMA}.claim_spare"
-_LIKE_SPARE = SPARE_PREFIX.replace("_", "\\_") + "%"  # LIKE pattern: '_' matched literally
 
 
-def spare_name() -> str:
-    """A new spare schema's name: outside the project namespace (project_*), unique."""
-    return SPARE_PREFIX + uuid.uuid4().hex[:16]
+def spare_name(namespace: Namespace = DEFAULT) -> str:
+    """A new spare schema's name: outside every namespace's projects, its namespace's (``spare_prefix``), unique."""
+    return namespace.spare_prefix + uuid.uuid4().hex[:16]
 
 
 def claim_statement(schema: str, revision: str | None, chain: str, upsert: str) -> str:
@@ -133,8 +152,9 @@ TAKE = text(
     "ORDER BY s.created_at LIMIT :batch FOR UPDATE OF s SKIP LOCKED) RETURNING schema_name"
 )
 # Spare-named schemas of the current role with no row: left by hand, never claimed; `pool drain` drops them.
+# :spares is the namespace's ``spare_regex`` (another namespace's spares are not these).
 UNLISTED = text(
-    f"SELECT n.nspname FROM pg_namespace n WHERE n.nspname LIKE '{_LIKE_SPARE}' "
+    "SELECT n.nspname FROM pg_namespace n WHERE n.nspname ~ :spares "
     "AND pg_get_userbyid(n.nspowner) = current_user "
     f"AND NOT EXISTS (SELECT 1 FROM {SPARES_TABLE} s WHERE s.schema_name = n.nspname::text)"
 )

@@ -1,7 +1,7 @@
 """The one reader of the fleet's state: registry rows, project schemas and their versions, read in
 batches (spread over several connections when the engine's pool allows). Fleet planning, `status` and
 `check` all read through ``read_fleet``; each project comes back as a ``SchemaRecord`` whose ``state`` is
-the one vocabulary of states (workspace_tool.vocabulary.State).
+the one vocabulary of states (workspace_tool.schema.state.State).
 
 The application keeps creating and dropping projects while these reads run. The registry rows and the
 project schemas are read in one statement (one snapshot: a project created or dropped meanwhile, its schema
@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import recycling, registry, transactions
 from workspace_tool.dberrors import is_connection_error
-from workspace_tool.naming import SCHEMA_LIKE, is_project_schema, project_for, schema_for
+from workspace_tool.namespace import DEFAULT, Namespace, OtherNamespace
 from workspace_tool.schema.state import SchemaRecord
 from workspace_tool.sql import quote_ident
 
@@ -67,8 +67,56 @@ _NOW_REGISTERED = text(
 _NOW_UNREGISTERED = text(_NOW.format(registered="false") + " FROM unnest(CAST(:schemas AS text[])) AS s")
 
 
+def has_registry(conn: Connection, namespace: Namespace = DEFAULT) -> bool:
+    """True once something was provisioned in the namespace (its registry exists). Read-only."""
+    with conn.begin():
+        return registry.present(conn, namespace)
+
+
+def registry_rows(conn: Connection, namespace: Namespace = DEFAULT) -> list[registry.RegistryRow]:
+    """Every row of the namespace's registry. Read-only (an empty list when there is no registry yet)."""
+    with conn.begin():
+        if not registry.present(conn, namespace):
+            return []
+        return [registry.RegistryRow.from_row(r) for r in conn.execute(namespace.sql(registry.SELECT_ALL))]
+
+
+# The registries of other namespaces in the database (each has the registry's version table).
+_OTHER_REGISTRIES = text(
+    "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+    f"WHERE c.relname = '{registry.VERSION_TABLE}' AND c.relkind = 'r' AND n.nspname <> :registry ORDER BY 1"
+)
+
+
+def registered_elsewhere(conn: Connection, namespace: Namespace, schemas: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Of ``schemas``, those registered in another namespace's registry: schema -> (that registry, the project
+    id there). One read when there is no other registry (the usual case)."""
+    names = list(schemas)
+    if not names:
+        return {}
+    found: dict[str, tuple[str, str]] = {}
+    for other in conn.execute(_OTHER_REGISTRIES, {"registry": namespace.registry_schema}).scalars():
+        table = f"{quote_ident(other)}.workspace_config"
+        query = text(f"SELECT schema_name, project_id FROM {table} WHERE schema_name = ANY(CAST(:schemas AS text[]))")
+        for schema, project_id in conn.execute(query, {"schemas": names}):
+            found.setdefault(schema, (other, project_id))
+    return found
+
+
+def refuse_other_namespace(conn: Connection, namespace: Namespace, project_id: str, schema: str) -> None:
+    """Raise OtherNamespace if ``schema`` is registered in another namespace's registry."""
+    other = registered_elsewhere(conn, namespace, [schema]).get(schema)
+    if other is not None:
+        raise OtherNamespace(project_id, schema, *other)
+
+
 def read_fleet(
-    conn: Connection, project_ids: Sequence[str] | None = None, versions_of: VersionsReader | None = None
+    conn: Connection,
+    project_ids: Sequence[str] | None = None,
+    versions_of: VersionsReader | None = None,
+    namespace: Namespace = DEFAULT,
+    *,
+    with_versions: bool = True,
 ) -> list[SchemaRecord]:
     """Every registered project and every project-like schema (or just ``project_ids``, in that order,
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
@@ -77,25 +125,39 @@ def read_fleet(
     A schema dropped after the registry and the schemas were read, before its version was: its project is
     looked at again; gone altogether (no schema, no registry row: the application dropped it), it is left
     out (a named one comes back as neither there nor registered, as if read after); its schema alone gone,
-    it is missing."""
+    it is missing.
+
+    Only the ``namespace``'s projects: a schema named like one of them but registered in another
+    namespace's registry is that chain's, left out; naming one raises OtherNamespace.
+
+    ``with_versions=False``: no schema's version is read (each record's ``version`` is None), for a run
+    whose operation does not need them (exec, drop)."""
     started = time.perf_counter()
-    has_registry = registry.present(conn)
-    rows, schemas = _rows_and_schemas(conn, project_ids, has_registry=has_registry)
+    has_registry = registry.present(conn, namespace)
+    rows, schemas = _rows_and_schemas(conn, project_ids, namespace, has_registry=has_registry)
+    registered = {row.schema_name for row in rows.values()}
+    named = schemas if project_ids is None else {namespace.schema_for(p) for p in project_ids}
+    foreign = registered_elsewhere(conn, namespace, [s for s in schemas if s in named and s not in registered])
     if project_ids is None:
-        wanted = sorted(set(rows) | {project_for(s) for s in schemas})
+        for schema in foreign:
+            del schemas[schema]
+        wanted = sorted(set(rows) | {namespace.project_id_for(s) for s in schemas})
     else:
         wanted = list(dict.fromkeys(project_ids))
-    names = {p: (rows[p].schema_name if p in rows else schema_for(p)) for p in wanted}
-    with_versions = [s for s in names.values() if schemas.get(s)]
-    versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
-    vanished = [s for s in with_versions if s not in versions]
-    gone = _look_again(conn, vanished, schemas, versions, has_registry=has_registry) if vanished else set()
+    names = {p: (rows[p].schema_name if p in rows else namespace.schema_for(p)) for p in wanted}
+    for p, schema in names.items():
+        if p not in rows and schema in foreign:
+            raise OtherNamespace(p, schema, *foreign[schema])
+    versioned = [s for s in names.values() if schemas.get(s)] if with_versions else []
+    versions = versions_of(versioned) if versions_of and versioned else read_versions(conn, versioned)
+    vanished = [s for s in versioned if s not in versions]
+    gone = _look_again(conn, vanished, schemas, versions, namespace, has_registry=has_registry) if vanished else set()
     log.info(
         "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read, in %.0f ms%s",
         len(wanted),
         len(rows),
         len(schemas),
-        len(with_versions),
+        len(versioned),
         (time.perf_counter() - started) * 1000,
         f"; {len(gone)} dropped meanwhile" if gone else "",
     )
@@ -124,22 +186,23 @@ def read_fleet(
 
 
 def _rows_and_schemas(
-    conn: Connection, project_ids: Sequence[str] | None, *, has_registry: bool
+    conn: Connection, project_ids: Sequence[str] | None, namespace: Namespace, *, has_registry: bool
 ) -> tuple[dict[str, Any], dict[str, bool]]:
     """The registry's rows by project id (all, or those of ``project_ids``) and the project schemas (with
     whether each has a version table), read in one statement when there is a registry."""
     if not has_registry:
-        return {}, project_schemas(conn)
+        return {}, project_schemas(conn, namespace)
+    like = namespace.schema_like
     if project_ids is None:
-        found = conn.execute(_ROWS_AND_SCHEMAS, {"prefix": SCHEMA_LIKE})
+        found = conn.execute(namespace.sql(_ROWS_AND_SCHEMAS), {"prefix": like})
     else:
-        found = conn.execute(_SOME_ROWS_AND_SCHEMAS, {"prefix": SCHEMA_LIKE, "ids": list(project_ids)})
+        found = conn.execute(namespace.sql(_SOME_ROWS_AND_SCHEMAS), {"prefix": like, "ids": list(project_ids)})
     rows: dict[str, Any] = {}
     schemas: dict[str, bool] = {}
     for row in found:
         if row.project_id is not None:
             rows[row.project_id] = row
-        if row.nspname is not None and is_project_schema(row.nspname):
+        if row.nspname is not None and namespace.is_project_schema(row.nspname):
             schemas[row.nspname] = bool(row.has_version)
     return rows, schemas
 
@@ -149,12 +212,15 @@ def _look_again(
     vanished: list[str],
     schemas: dict[str, bool],
     versions: dict[str, str | None],
+    namespace: Namespace,
     *,
     has_registry: bool,
 ) -> set[str]:
     """Schemas whose version table was gone when their version was read, as they are now: ``schemas``
     and ``versions`` updated; returns those gone with their registry rows (their projects were dropped)."""
-    now = conn.execute(_NOW_REGISTERED if has_registry else _NOW_UNREGISTERED, {"schemas": vanished}).all()
+    now = conn.execute(
+        namespace.sql(_NOW_REGISTERED) if has_registry else _NOW_UNREGISTERED, {"schemas": vanished}
+    ).all()
     gone = set()
     for schema, present, registered in now:
         if not present:
@@ -168,10 +234,10 @@ def _look_again(
     return gone
 
 
-def project_schemas(conn: Connection) -> dict[str, bool]:
-    """Every schema named like a project schema -> whether it has an alembic_version table."""
-    rows = conn.execute(_SCHEMAS, {"prefix": SCHEMA_LIKE}).all()
-    return {r[0]: bool(r[1]) for r in rows if is_project_schema(r[0])}
+def project_schemas(conn: Connection, namespace: Namespace = DEFAULT) -> dict[str, bool]:
+    """Every schema named like a project schema of ``namespace`` -> whether it has an alembic_version table."""
+    rows = conn.execute(_SCHEMAS, {"prefix": namespace.schema_like}).all()
+    return {r[0]: bool(r[1]) for r in rows if namespace.is_project_schema(r[0])}
 
 
 def read_versions(conn: Connection, schemas: Iterable[str], batch_size: int = VERSION_BATCH) -> dict[str, str | None]:

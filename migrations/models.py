@@ -1,7 +1,9 @@
-"""The per-project tables at the chain's head, as SQLAlchemy 2 declarative models.
+"""The example chain's per-project tables at its head, as SQLAlchemy 2 declarative models.
 
-This is the one description of the head: alembic.ini names ``metadata`` as the chain's models
-(``workspace_models``, the ``target_metadata`` of autogenerate), so ``workspace-tool revision
+They belong to the example application, not to the library: this module lives beside the chain's env.py,
+as the module ``workspace-tool init-chain`` writes for an application does. It is the one description of
+the head: alembic.ini names ``metadata`` as the chain's models (``workspace_models =
+migrations.models:metadata``, the ``target_metadata`` of autogenerate), so ``workspace-tool revision
 --autogenerate`` writes the difference between these models and a schema provisioned at head, and
 tests/test_models.py proves there is none.
 

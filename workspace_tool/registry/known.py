@@ -1,5 +1,5 @@
-"""Process-local state shared by every manager on the same database: projects known to be at head,
-and databases whose registry is bootstrapped. Fleet operations invalidate through here."""
+"""Process-local state shared by every manager and fleet run on the same database: projects known to be at
+head (the "known at head" cache), and databases whose registry is bootstrapped. Fleet runs invalidate it."""
 
 from __future__ import annotations
 
