@@ -4,8 +4,10 @@ through the fleet runner (selectors, --jobs, --json, failure limits)."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from support.chains import ALEMBIC_INI
 from support.cli import assert_one_line_error, run_cli
@@ -66,3 +68,31 @@ def test_exec_bad_input_changes_nothing(engine: sa.Engine, url_string: str) -> N
     assert run_cli("--database-url", url_string, "exec", "a").exit_code == 2  # no SQL
     assert_one_line_error(run_cli("--database-url", url_string, "exec", "a", "-c", "  "), "no SQL")
     assert database_state(engine) == state
+
+
+def test_exec_reads_no_version_unless_its_selection_needs_them(
+    engine: sa.Engine, url_string: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """exec runs whatever a schema's revision: the fleet read skips every alembic_version (the read's log
+    line says 0 read); selected by a state only the version tells (--state behind), it reads them and
+    reaches the schema behind alone."""
+    chain = Chain.load(ALEMBIC_INI)
+    provision(engine, chain, ["v-1", "v-2"], jobs=2)
+    old = chain.revisions[-2]
+    down = run_cli("--database-url", url_string, "downgrade", "v-2", "--to", old, "--yes")
+    assert down.exit_code == 0, down.stderr
+    sql = "INSERT INTO repositories (path, name) VALUES ('/v', 'v')"
+    with caplog.at_level(logging.INFO, logger="workspace_tool.registry.inventory"):
+        everyone = run_cli("--database-url", url_string, "exec", "--all", "-c", sql)
+    assert everyone.exit_code == 0, everyone.stdout + everyone.stderr
+    reads = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fleet read:")]
+    assert reads and all("0 version(s) read" in line for line in reads), reads
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="workspace_tool.registry.inventory"):
+        behind = run_cli(
+            "--database-url", url_string, "exec", "--state", "behind", "-c", sql.replace("/v", "/w"), "--json"
+        )
+    assert behind.exit_code == 0, behind.stdout
+    assert [r["project_id"] for r in json.loads(behind.stdout)["results"]] == ["v-2"]
+    assert (repositories(engine, "v-1"), repositories(engine, "v-2")) == (["v"], ["v", "v"])
+    assert any("2 version(s) read" in r.getMessage() for r in caplog.records)

@@ -99,7 +99,9 @@ def test_import_at_an_older_revision_and_upgrade(
     chain = Chain.load(ALEMBIC_INI)
     old = MAIN_REVISIONS[-2]
     manager.ensure("old")
-    run_cli("--database-url", engine.url.render_as_string(hide_password=False), "downgrade", "old", "--to", old, "--yes")
+    run_cli(
+        "--database-url", engine.url.render_as_string(hide_password=False), "downgrade", "old", "--to", old, "--yes"
+    )
     file = tmp_path / "old.wstx"
     assert export_project(engine, chain, "old", file).revision == old
     assert import_project(other_engine, chain, file).to_revision == old
