@@ -13,8 +13,12 @@ from support.chains import ALEMBIC_INI
 from support.cli import assert_one_line_error, run_cli
 from support.db import database_state
 
+from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
+from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.fleet import provision
+from workspace_tool.lifecycle.exec import exec_operation
+from workspace_tool.schema.operation import Work
 
 
 def repositories(engine: sa.Engine, project_id: str) -> list[str]:
@@ -96,3 +100,25 @@ def test_exec_reads_no_version_unless_its_selection_needs_them(
     assert [r["project_id"] for r in json.loads(behind.stdout)["results"]] == ["v-2"]
     assert (repositories(engine, "v-1"), repositories(engine, "v-2")) == (["v"], ["v", "v"])
     assert any("2 version(s) read" in r.getMessage() for r in caplog.records)
+
+
+def test_exec_on_a_schema_dropped_since_the_read_is_gone_and_runs_nothing(engine: sa.Engine) -> None:
+    """A schema the read saw, dropped before its turn: the task says gone (WorkspaceNotFound) and its SQL
+    runs nowhere (not in the next schema of the search_path); SQL that names a missing schema itself fails
+    as the database says, not as gone."""
+    chain = Chain.load(ALEMBIC_INI)
+    provision(engine, chain, ["here"], jobs=1)
+    task = exec_operation("CREATE TABLE leak (id int)").task
+    assert task is not None
+    with transactions.connect(engine) as conn:
+        flavor = registry.bootstrap(conn)
+        with pytest.raises(WorkspaceNotFound):
+            task.run(conn, Work("gone", "project_gone", None), flavor, 1000)
+        with pytest.raises(sa.exc.DBAPIError, match="nowhere"):
+            exec_operation("SELECT * FROM nowhere.t").task.run(  # type: ignore[union-attr]
+                conn, Work("here", "project_here", None), flavor, 1000
+            )
+    with engine.connect() as conn:
+        assert conn.execute(
+            sa.text("SELECT to_regclass('leak') IS NULL AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'leak')")
+        ).scalar()

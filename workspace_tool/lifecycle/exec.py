@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from workspace_tool import transactions
-from workspace_tool.dberrors import STATE_CHANGED, sqlstate
+from workspace_tool.dberrors import INVALID_SCHEMA_NAME, sqlstate
 from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.flavor import Flavor
 from workspace_tool.lifecycle import batch
@@ -45,7 +45,7 @@ class ExecTask:
             with conn.begin():
                 rows, _ = batch.send(conn, flavor, statements)
         except Exception as exc:
-            if sqlstate(exc) == STATE_CHANGED:
+            if sqlstate(exc) == INVALID_SCHEMA_NAME and not batch.still_there(conn, work.schema):
                 raise WorkspaceNotFound(work.project_id, work.schema) from None  # dropped since the read: gone
             raise
         return None if rows < 0 else f"{rows} row{'s' if rows != 1 else ''}"
