@@ -42,9 +42,6 @@ def _plain(value: Any) -> Any:
     return value
 
 
-MIGRATIONS = ("upgrade", "downgrade", "provision", "ensure")  # the runs that migrate to a target
-
-
 def to_json(data: Any) -> str:
     return json.dumps(data, default=_plain, indent=2, sort_keys=False)
 
@@ -274,7 +271,7 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
 
 def _to(report: FleetReport) -> str:
     """' to REV' for a migration; nothing for a run that migrates nothing (drop, exec)."""
-    return f" to {report.target or 'base'}" if report.operation in MIGRATIONS else ""
+    return f" to {report.target or 'base'}" if report.migrates else ""
 
 
 def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:

@@ -193,6 +193,7 @@ def run(
         seed=plan.seed,
         pool=spares,
         stop_reason=None if staged.stopped is None else staged.stopped.reason,
+        migrates=operation.migrates,
     )
 
 
