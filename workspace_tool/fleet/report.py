@@ -140,7 +140,6 @@ class Progress:
     stopped: str | None = None  # set once the run stops starting schemas (failures, a lost database)
     canary: int = 0  # how many of ``total`` are in the canary stage, migrated first
     stop_reason: StopReason | None = None  # what ``stopped`` says, as a code
-    migrates: bool = True  # False: the operation ran a task instead (drop, exec): ``target`` is not moved to
 
     @property
     def rate(self) -> float:
