@@ -35,6 +35,10 @@ What is measured (targets from issue 4):
   both again on a database holding 10,000 project schemas. Targets: pool p50 <= 1/20 of the fast path's,
   gather of 3 <= 2x one.
 
+* the tenant lifecycle (issue 20, ``--only lifecycle``): ``benchmarks/lifecycle.py``: export / import vs
+  ``pg_dump -Fc -n`` / ``pg_restore``, clone vs raw ``INSERT ... SELECT``, bulk drop vs raw ``DROP SCHEMA``
+  one per transaction, ``exec`` vs a raw parallel loop.
+
 * the live-application soak (issue 18, ``--only soak``, ``--minutes N``, default 3, quick 1): two releases'
   applications create, write, read and drop projects and claim spares at a steady rate through a rolling
   deploy, a rollback and a redeploy, while `upgrade --all`, `status`, `check`, `pool fill` and `pool status`
@@ -920,6 +924,16 @@ def bench_soak(server: URL, minutes: float) -> None:
     print("invariants: all hold", flush=True)
 
 
+def run_lifecycle(quick: bool, jobs: int) -> None:
+    """benchmarks/lifecycle.py's main (issue 20, ``--only lifecycle``, not in the default parts): export /
+    import vs pg_dump / pg_restore, clone vs INSERT ... SELECT, bulk drop and exec vs raw loops."""
+    import lifecycle
+
+    argv = ["--jobs", str(jobs), *(["--quick"] if quick else [])]
+    print(f"\n== tenant lifecycle: benchmarks/lifecycle.py {' '.join(argv)} ==", flush=True)
+    lifecycle.main(argv)
+
+
 def run_memory(quick: bool, sizes: str, repeat: int) -> None:
     """benchmarks/fleet_memory.py's main: the fleet sizes given (quick: its own --quick)."""
     import fleet_memory  # this folder is on sys.path when run as a script
@@ -965,7 +979,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["fresh", "cache", "gather", "existing", "fleet", "check", "startup", "pool", "soak", "memory"],
+        choices=[
+            "fresh",
+            "cache",
+            "gather",
+            "existing",
+            "fleet",
+            "check",
+            "startup",
+            "pool",
+            "soak",
+            "memory",
+            "lifecycle",
+        ],
         help="run only these parts (repeatable)",
     )
     parser.add_argument(
@@ -1055,6 +1081,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_soak(server, args.minutes)
     if "memory" in parts:
         run_memory(args.quick, args.memory_sizes, args.memory_reps)
+    if "lifecycle" in parts:
+        run_lifecycle(args.quick, args.jobs)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(RESULTS, indent=2) + "\n")

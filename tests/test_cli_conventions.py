@@ -97,6 +97,12 @@ def test_upgrade_to_an_older_revision_is_refused(engine: sa.Engine, url_string: 
         ["downgrade", "p1", "--to", "base"],
         ["drop", "p1", "p2"],
         ["drop", "p1"],
+        ["drop", "--match", "p*"],
+        ["drop", "p1", "--retain", "1d"],
+        ["drop", "--purge-expired"],
+        ["purge", "p1"],
+        ["stamp", "p1", "base"],
+        ["move", "p1", "--to-url", "postgresql://nowhere.invalid/db"],
         ["pool", "drain"],
     ],
 )

@@ -138,7 +138,7 @@ def test_ensure_checks_every_id_before_any_sql(cli: Cli, engine: sa.Engine) -> N
 def test_ensure_needs_an_id(cli: Cli) -> None:
     result = cli("ensure")
     assert result.exit_code == 2
-    assert "Error: Missing argument 'PROJECT_IDS...'." in result.stderr
+    assert "Error: Missing argument '[PROJECT_IDS]...'. Or pass --ids-from FILE." in result.stderr
 
 
 def test_ensure_no_upgrade_on_a_behind_schema(cli: Cli, engine: sa.Engine, tmp_path: Path) -> None:

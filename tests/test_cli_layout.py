@@ -34,6 +34,18 @@ COMMANDS = {
     "init-chain",
     "pool",
     "doctor",
+    "export",
+    "import",
+    "clone",
+    "move",
+    "restore",
+    "purge",
+    "exec",
+    "history",
+    "heads",
+    "show",
+    "current",
+    "stamp",
 }
 
 

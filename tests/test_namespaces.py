@@ -4,6 +4,7 @@ as they were; a command pointed at the other chain's project refuses in one line
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -267,3 +268,44 @@ def test_lint_tells_a_revision_naming_a_schema_of_the_chains_namespace(url_strin
     result = cli(url_string, naming.ini, "lint", "--no-squawk")
     assert result.exit_code == 1, result.output
     assert "names schema 'app_acme'" in result.output
+
+
+def test_the_lifecycle_commands_work_within_the_chains_namespace(
+    clean: sa.Engine, url_string: str, chain_a: ChainBuilder, chain_b: ChainBuilder
+) -> None:
+    """drop --retain, exec, restore, purge and bulk drop of chain B (app_registry, app_*) reach only B's
+    projects, its registry (r0006 migrated there: status 'dropped') and quarantined copies of its own; A's
+    project of the same id, quarantined at the same time, is as it was."""
+    a, b = Chain.load(chain_a.ini), Chain.load(chain_b.ini)
+    assert fleet.provision(clean, a, ["one", "two"]).ok
+    assert fleet.provision(clean, b, ["one", "three"]).ok
+    before_a = snapshot(clean, "project_", "project_registry")
+
+    quarantined = cli(url_string, chain_b.ini, "drop", "one", "--retain", "1d", "--yes")
+    assert quarantined.exit_code == 0, quarantined.output
+    assert "app_one" not in schema_names(clean)
+    with clean.connect() as conn:
+        status = conn.execute(sa.text("SELECT status FROM app_registry.workspace_config WHERE project_id = 'one'"))
+        assert status.scalar() == "dropped"
+    executed = cli(url_string, chain_b.ini, "exec", "--all", "-c", "INSERT INTO notes (body) VALUES ('x')", "--json")
+    assert executed.exit_code == 0, executed.output
+    assert [(r["schema"], r["status"]) for r in json.loads(executed.stdout)["results"]] == [("app_three", "ok")]
+    assert snapshot(clean, "project_", "project_registry") == before_a
+
+    # A quarantines its own `one` meanwhile: two copies aside, one per chain
+    assert cli(url_string, chain_a.ini, "drop", "one", "--retain", "1d", "--yes").exit_code == 0
+    aside = [s for s in schema_names(clean) if s.startswith("dropped_")]
+    assert len(aside) == 2 and "dropped_one" in aside
+    before_a = snapshot(clean, "project_", "project_registry")
+    restored = cli(url_string, chain_b.ini, "restore", "one")
+    assert restored.exit_code == 0, restored.output
+    assert schema_tables(clean, "app_one") == {"alembic_version", "notes"}
+    listed = cli(url_string, chain_a.ini, "purge", "--list", "--json")
+    assert '"one"' in listed.stdout and "dropped_one" in listed.stdout
+
+    dropped = cli(url_string, chain_b.ini, "drop", "--match", "*", "--yes")
+    assert dropped.exit_code == 0, dropped.output
+    assert not [s for s in schema_names(clean) if s.startswith("app_") and s != "app_registry"]
+    assert snapshot(clean, "project_", "project_registry") == before_a
+    assert cli(url_string, chain_a.ini, "restore", "one").exit_code == 0
+    assert schema_tables(clean, "project_one") == {"alembic_version", "items"}

@@ -74,6 +74,9 @@ def unlock_statement(schema: str) -> str:
     return session_unlock_sql(sql_literal(lock_key(schema)))
 
 
+DEFAULT_LOCK_TIMEOUT_MS = 5000  # the longest wait for a lock a command takes, unless told
+
+
 def lock_timeout_statement(timeout_ms: int, *, local: bool = True) -> str:
     """Bound every lock wait of the transaction (SQLSTATE 55P03 when exceeded); of the session with
     ``local=False``."""

@@ -19,13 +19,14 @@ EMBEDDED_TEST_DIR = Path(os.environ.get("WORKSPACE_TOOL_TEST_PGDATA", "/tmp/work
 
 
 def reset_database(engine: sa.Engine) -> None:
-    """Drop every project schema, the registry and the warm pool's spares; forget the process caches."""
+    """Drop every project schema, the registry, the warm pool's spares and quarantined copies (`drop
+    --retain`); forget the process caches."""
     with engine.begin() as conn:
         schemas = (
             conn.execute(
                 sa.text(
                     "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'project\\_%' OR nspname LIKE 'public_twin%' "
-                    "OR nspname LIKE 'workspace\\_spare\\_%'"
+                    "OR nspname LIKE 'workspace\\_spare\\_%' OR nspname LIKE 'dropped\\_%'"
                 )
             )
             .scalars()

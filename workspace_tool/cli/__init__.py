@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from workspace_tool.cli import chain, doctor, fleet, logs, pool, project
+from workspace_tool.cli import chain, doctor, fleet, lifecycle, logs, pool, project
 from workspace_tool.cli.context import AppContext, WorkspaceGroup
 from workspace_tool.cli.options import output_options
 
@@ -54,7 +54,10 @@ for command in (
     project.ensure,
     project.status,
     project.list_,
-    project.drop,
+    lifecycle.drop,
+    lifecycle.restore,
+    lifecycle.purge,
+    lifecycle.exec_,
     fleet.upgrade,
     fleet.downgrade,
     fleet.check,
@@ -64,6 +67,15 @@ for command in (
     chain.init_chain,
     pool.pool,
     doctor.doctor,
+    lifecycle.history,
+    lifecycle.heads,
+    lifecycle.show,
+    lifecycle.current,
+    lifecycle.stamp,
+    lifecycle.export,
+    lifecycle.import_,
+    lifecycle.clone,
+    lifecycle.move,
 ):
     main.add_command(output_options(command))  # -q/-v after the command's name too
 for command in pool.pool.commands.values():

@@ -1,4 +1,4 @@
-"""Commands on named projects and the registry: `init`, `ensure`, `status`, `list`, `drop`."""
+"""Commands on named projects and the registry: `init`, `ensure`, `status`, `list` (`drop` is in lifecycle.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import click
 
 from workspace_tool.cli.context import AppContext, pass_app, require_projects
 from workspace_tool.cli.logs import note
-from workspace_tool.cli.options import adopt_option, confirm, json_option, yes_option
-from workspace_tool.cli.render import NO_REGISTRY, action_word, emit, few, print_fleet_summary, to_json
+from workspace_tool.cli.options import adopt_option, jobs_option, json_option, read_ids
+from workspace_tool.cli.render import NO_REGISTRY, action_word, emit, print_fleet_summary, to_json
 
 
 @click.command()
@@ -26,7 +26,14 @@ def init(app: AppContext) -> None:
 
 
 @click.command()
-@click.argument("project_ids", nargs=-1, required=True)
+@click.argument("project_ids", nargs=-1)
+@click.option(
+    "--ids-from",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="Also the project ids in FILE (one a line): provisioned by the fleet runner, in parallel.",
+)
+@jobs_option
 @click.option("--no-upgrade", is_flag=True, help="Fail if a schema is behind instead of upgrading it.")
 @click.option(
     "--owner-role",
@@ -40,17 +47,36 @@ def init(app: AppContext) -> None:
 def ensure(
     app: AppContext,
     project_ids: tuple[str, ...],
+    ids_from: str | None,
+    jobs: int | None,
     no_upgrade: bool,
     owner_role: str | None,
     adopt: bool,
     as_json: bool,
 ) -> None:
     """Create each project's schema (or bring it to head) and print what was done (in the registry's words:
-    create, upgrade; current when it was at head already) and how long it took."""
+    create, upgrade; current when it was at head already) and how long it took. With --ids-from or --jobs,
+    through the fleet runner: in parallel, with progress and the fleet's report."""
     from workspace_tool.schema.roles import validate_role_name
 
-    for project_id in project_ids:  # every id is checked before any SQL is sent
+    ids = list(project_ids) + (read_ids(ids_from, "--ids-from") if ids_from else [])
+    if not ids:
+        ctx = click.get_current_context()
+        param = next(p for p in ctx.command.params if p.name == "project_ids")
+        raise click.MissingParameter("Or pass --ids-from FILE.", ctx=ctx, param=param)
+    for project_id in ids:  # every id is checked before any SQL is sent
         app.manager.chain.namespace.schema_for(project_id)
+    if ids_from is not None or jobs is not None:
+        if owner_role is not None:
+            raise click.UsageError("--owner-role is for named projects, not with --ids-from or --jobs")
+        from workspace_tool.cli.lifecycle import run_and_report
+        from workspace_tool.fleet import RunSpec
+        from workspace_tool.schema.operation import ENSURE_EXISTING, PROVISION
+
+        operation = ENSURE_EXISTING if no_upgrade else PROVISION
+        run_and_report(app, operation, RunSpec.build(ids, jobs=jobs, adopt=adopt, fail_fast=False), as_json)
+        return
+    project_ids = tuple(ids)
     if owner_role is not None:
         validate_role_name(owner_role)
     results: list[dict[str, Any]] = []
@@ -118,21 +144,3 @@ def list_(app: AppContext, as_json: bool) -> None:
     emit(rows, ["project_id", "schema_name", "revision", "status", "created_at"], as_json=as_json)
     if not rows and not as_json:
         note("No projects." if registered else NO_REGISTRY)
-
-
-@click.command()
-@click.argument("project_ids", nargs=-1, required=True)
-@yes_option
-@pass_app
-def drop(app: AppContext, project_ids: tuple[str, ...]) -> None:
-    """Drop projects' schemas, with all their data, and their registry rows. It asks first on a terminal;
-    without one, --yes confirms. An id that is no project is an error naming it, and nothing is dropped."""
-    namespace = app.manager.chain.namespace
-    schemas = {project_id: namespace.schema_for(project_id) for project_id in project_ids}  # every id checked first
-    require_projects(app, project_ids)
-    confirm(f"dropping {few(list(schemas.values()))} deletes all {'its' if len(schemas) == 1 else 'their'} data")
-    for project_id, schema in schemas.items():
-        if app.manager.drop(project_id):
-            note(f"Dropped {schema}.")
-        else:  # dropped by someone else since it was read
-            note(f"Nothing to drop: {schema} did not exist.")

@@ -261,12 +261,17 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
         )
     gone = f", {len(report.gone)} gone (dropped since the run read them)" if report.gone else ""
     note(
-        f"{report.operation} to {report.target or 'base'}: {report.counts()[OK]} ok, "
+        f"{report.operation}{_to(report)}: {report.counts()[OK]} ok, "
         f"{len(report.failed)} failed, {report.counts()[SKIPPED]} skipped{_skipped_detail(report)}{gone}"
         f" in {report.elapsed_ms / 1000:.2f}s with {report.jobs} jobs ({report.executor})"
     )
     for line in _run_notes(report, next_command):
         note(line)
+
+
+def _to(report: FleetReport) -> str:
+    """' to REV' for a migration; nothing for a run that migrates nothing (drop, exec)."""
+    return f" to {report.target or 'base'}" if report.migrates else ""
 
 
 def _run_notes(report: FleetReport, next_command: str | None) -> list[str]:

@@ -26,14 +26,24 @@ class Verdict:
         return None if self.reason is None else self.reason.note()
 
 
-_SKIPPED = {Refusal.MISSING: SkipReason.MISSING, Refusal.BEHIND: SkipReason.BELOW_TARGET}
+_SKIPPED = {
+    Refusal.MISSING: SkipReason.MISSING,
+    Refusal.BEHIND: SkipReason.BELOW_TARGET,
+    Refusal.ABSENT: SkipReason.ABSENT,
+}
 
 
 def decide(
     operation: Operation, chain: Chain, record: SchemaRecord, target: str | None, *, named: bool
 ) -> Work | Verdict:
-    """``named``: the project was named by the caller (not found by ``--all``)."""
+    """``named``: the project was named by the caller (not found by ``--all``). An operation with a task
+    (drop, exec) runs no revision: its task's refusal alone decides."""
     r = record
+    if operation.task is not None:
+        refusal = operation.task.refusal(r)
+        if refusal is None:
+            return Work(r.project_id, r.schema, r.version, r.exists)
+        return Verdict(Outcome.SKIPPED, _SKIPPED.get(refusal, SkipReason.AHEAD_OF_TARGET))
     if r.exists and not r.registered and not named:
         return Verdict(Outcome.SKIPPED, SkipReason.ORPHAN)
     if r.exists and r.version == target and chain.knows(r.version):

@@ -23,7 +23,7 @@ from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.fleet.outcome import Outcome, SkipReason
 from workspace_tool.fleet.report import SchemaResult, ms_since
 from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate, migrate_expected
-from workspace_tool.schema.operation import Action, Operation, Work, recorded
+from workspace_tool.schema.operation import Action, Operation, SchemaTask, Work, recorded
 from workspace_tool.schema.plan import Expected
 from workspace_tool.sql import lock_timeout_statement
 from workspace_tool.urls import url_secrets
@@ -124,6 +124,8 @@ class Migrator:
         while True:
             attempts += 1
             try:
+                if options.operation.task is not None:
+                    return self._task(options.operation.task, work, started, attempts)
                 done = self._fast_lane(work, what) if attempts == 1 else None
                 done = done or self._careful(what)
             except Exception as exc:
@@ -156,7 +158,8 @@ class Migrator:
                 elif connection:
                     message = f"database connection lost ({attempts} attempts): {message}"
                 log.info("%s: failed after %.1f ms: %s", work.schema, ms_since(started), message)
-                self._mark_failed(work, message)
+                if options.operation.migrates:  # a task's failure is not the schema's migration's
+                    self._mark_failed(work, message)
                 return SchemaResult(
                     work.project_id,
                     work.schema,
@@ -182,6 +185,20 @@ class Migrator:
                 path=done.path,
                 attempts=attempts,
             )
+
+    def _task(self, task: SchemaTask, work: Work, started: float, attempts: int) -> SchemaResult:
+        """An operation that does not migrate: its task, on the held connection."""
+        note = task.run(self.connection(), work, self.options.flavor, self.options.lock_timeout_ms)
+        return SchemaResult(
+            work.project_id,
+            work.schema,
+            work.from_revision,
+            work.from_revision,
+            Outcome.OK,
+            ms=ms_since(started),
+            note=note,
+            attempts=attempts,
+        )
 
     def _careful(self, what: Migration) -> EnsureResult:
         """The careful path on the held connection; a range that needs a session, on the direct one."""

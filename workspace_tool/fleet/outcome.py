@@ -37,6 +37,7 @@ class SkipReason(Word):
     BELOW_TARGET = "below-target"  # a downgrade's schema already below its target
     AHEAD_OF_TARGET = "ahead-of-target"  # an upgrade's schema ahead of its target
     DROPPED_SINCE_READ = "dropped-since-read"  # a GONE result: dropped after the read, before its turn
+    ABSENT = "absent"  # a task's (drop) project with no schema and no registry row: nothing to do
 
     def note(self, stopped: str | None = None) -> str:
         """The words shown for this reason; NOT_STARTED says why the run stopped (``stopped``)."""
@@ -54,6 +55,7 @@ _NOTES = {
     SkipReason.BELOW_TARGET: "already below the target: use upgrade",
     SkipReason.AHEAD_OF_TARGET: "ahead of the target: use downgrade",
     SkipReason.DROPPED_SINCE_READ: "dropped since the run read it: nothing to do",
+    SkipReason.ABSENT: "nothing there: no schema, no registry row",
 }
 
 

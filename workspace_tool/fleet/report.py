@@ -68,6 +68,7 @@ class FleetReport:
     seed: int | None = None  # the random order's seed (given, or drawn and reported here)
     pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (spares.follow)
     stop_reason: StopReason | None = None  # what ``stopped`` says, as a code
+    migrates: bool = True  # False: the operation ran a task instead (drop, exec): ``target`` is not moved to
 
     def with_reason(self, reason: SkipReason) -> list[SchemaResult]:
         return [r for r in self.results if r.reason == reason]

@@ -131,7 +131,11 @@ def run(
         cache.set_bootstrapped(cache_key, flavor)
         with conn.begin():
             read = read_fleet(
-                conn, ids, lambda names: read_versions_parallel(engine, names, jobs, recycle), chain.namespace
+                conn,
+                ids,
+                lambda names: read_versions_parallel(engine, names, jobs, recycle),
+                chain.namespace,
+                with_versions=operation.reads_versions or (selection is not None and selection.needs_versions),
             )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
@@ -143,7 +147,7 @@ def run(
         _left_alone(r.project_id, r.schema, r.version, resolved, v) for r, v in decided if isinstance(v, Verdict)
     ]
     work = [v for _, v in decided if isinstance(v, Work)]
-    if direct_engine is None and (outside := _needing_a_session(chain, work, resolved)):
+    if operation.migrates and direct_engine is None and (outside := _needing_a_session(chain, work, resolved)):
         pooler.require_session_engine(engine, outside)  # refused here, through a pooler: nothing migrated
     log.info(
         "%s to %s: %d schema(s) to migrate, on %d connection(s) (threads); %d left alone",
@@ -166,7 +170,7 @@ def run(
         finished += staged.run(engine, chain, options, jobs, tracker, direct_engine)
         cache.invalidate(cache_key, [w.project_id for w in work])
     interrupted = staged.interrupted
-    if not interrupted and not idle:  # what `check` compares schemas with, if not stored yet for this chain
+    if operation.migrates and not interrupted and not idle:  # what `check` compares with, if not stored yet
         reference.store_if_missing(direct_engine or engine, chain, spec.lock_timeout_ms)
     follow = operation is UPGRADE and ids is None and not interrupted and not idle
     spares = _follow_pool(engine, chain, jobs) if follow else None
@@ -189,6 +193,7 @@ def run(
         seed=plan.seed,
         pool=spares,
         stop_reason=None if staged.stopped is None else staged.stopped.reason,
+        migrates=operation.migrates,
     )
 
 

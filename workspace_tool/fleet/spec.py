@@ -30,8 +30,8 @@ from typing_extensions import Unpack
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.fleet.stages import Selection, Staging
 from workspace_tool.naming import schema_for
+from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS as DEFAULT_LOCK_TIMEOUT_MS
 
-DEFAULT_LOCK_TIMEOUT_MS = 5000
 DEFAULT_RETRIES = 3
 
 

@@ -111,6 +111,9 @@ def require_known(ids: Iterable[str], records: Iterable[SchemaRecord], what: str
         )
 
 
+_WITHOUT_VERSION = {State.MISSING, State.ORPHAN, State.FAILED}  # the states the registry and catalog tell
+
+
 @dataclass(frozen=True)
 class Selection:
     """The projects a run takes among those it read: every criterion given must hold.
@@ -136,6 +139,11 @@ class Selection:
         if self.ids is not None:
             require_known(self.ids, records, "the selected ids (--ids-from)")
         return [r for r in records if self.selects(r, chain)]
+
+    @property
+    def needs_versions(self) -> bool:
+        """Whether it selects by a state only a schema's version tells (at-head, behind, ahead, empty)."""
+        return bool(set(self.states) - _WITHOUT_VERSION)
 
     def selects(self, record: SchemaRecord, chain: Chain) -> bool:
         return (

@@ -45,8 +45,11 @@ _FLEET = (
     f"WITH s AS ({_SCHEMAS.text}), r AS (SELECT {_ROW} FROM {registry.REGISTRY_TABLE}{{where}}) "
     "SELECT r.*, s.nspname, s.has_version FROM r FULL JOIN s ON s.nspname::text = r.schema_name"
 )
-_ROWS_AND_SCHEMAS = text(_FLEET.format(where=""))
-_SOME_ROWS_AND_SCHEMAS = text(_FLEET.format(where=" WHERE project_id = ANY(:ids)"))
+# A project quarantined by `drop --retain` (status 'dropped', its schema renamed aside) is not one of the
+# fleet's: no run, status or check sees it (`list` and `purge --list` do; see workspace_tool.lifecycle.drop).
+_LIVE = " WHERE status <> 'dropped'"
+_ROWS_AND_SCHEMAS = text(_FLEET.format(where=_LIVE))
+_SOME_ROWS_AND_SCHEMAS = text(_FLEET.format(where=_LIVE + " AND project_id = ANY(:ids)"))
 # Of :schemas, those still there (a read that failed for a schema dropped meanwhile is retried with them).
 _STILL_THERE = text(
     "SELECT s FROM unnest(CAST(:schemas AS text[])) AS s WHERE EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = s)"
@@ -112,6 +115,8 @@ def read_fleet(
     project_ids: Sequence[str] | None = None,
     versions_of: VersionsReader | None = None,
     namespace: Namespace = DEFAULT,
+    *,
+    with_versions: bool = True,
 ) -> list[SchemaRecord]:
     """Every registered project and every project-like schema (or just ``project_ids``, in that order,
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
@@ -123,7 +128,10 @@ def read_fleet(
     it is missing.
 
     Only the ``namespace``'s projects: a schema named like one of them but registered in another
-    namespace's registry is that chain's, left out; naming one raises OtherNamespace."""
+    namespace's registry is that chain's, left out; naming one raises OtherNamespace.
+
+    ``with_versions=False``: no schema's version is read (each record's ``version`` is None), for a run
+    whose operation does not need them (exec, drop)."""
     started = time.perf_counter()
     has_registry = registry.present(conn, namespace)
     rows, schemas = _rows_and_schemas(conn, project_ids, namespace, has_registry=has_registry)
@@ -140,16 +148,16 @@ def read_fleet(
     for p, schema in names.items():
         if p not in rows and schema in foreign:
             raise OtherNamespace(p, schema, *foreign[schema])
-    with_versions = [s for s in names.values() if schemas.get(s)]
-    versions = versions_of(with_versions) if versions_of else read_versions(conn, with_versions)
-    vanished = [s for s in with_versions if s not in versions]
+    versioned = [s for s in names.values() if schemas.get(s)] if with_versions else []
+    versions = versions_of(versioned) if versions_of and versioned else read_versions(conn, versioned)
+    vanished = [s for s in versioned if s not in versions]
     gone = _look_again(conn, vanished, schemas, versions, namespace, has_registry=has_registry) if vanished else set()
     log.info(
         "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read, in %.0f ms%s",
         len(wanted),
         len(rows),
         len(schemas),
-        len(with_versions),
+        len(versioned),
         (time.perf_counter() - started) * 1000,
         f"; {len(gone)} dropped meanwhile" if gone else "",
     )

@@ -23,11 +23,17 @@ class RegistryAction(Word):
     DOWNGRADE = "downgrade"
     REGISTER = "register"  # a row written for a schema already at its revision
     ADOPT = "adopt"  # the chain run into a hand-made schema, on request
+    IMPORT = "import"  # built at an export's revision and its data copied in (workspace_tool.lifecycle)
+    CLONE = "clone"  # built at another project's revision and its rows copied, server-side
+    STAMP = "stamp"  # its version row set by hand (`workspace-tool stamp`): no revision ran
+    QUARANTINE = "quarantine"  # dropped with --retain: its schema kept aside until restored or purged
+    RESTORE = "restore"  # brought back from quarantine
 
 
 class RegistryStatus(Word):
     READY = "ready"
     FAILED = "failed"
+    DROPPED = "dropped"  # quarantined by `drop --retain`: its schema renamed aside (registry r0006)
 
 
 REGISTRY_SCHEMA = "project_registry"

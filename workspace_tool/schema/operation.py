@@ -11,6 +11,9 @@ skipped or failed result (workspace_tool.fleet.decide). ``ensure``, ``upgrade``,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import Connection
 
 from workspace_tool.chain import Chain
 from workspace_tool.errors import (
@@ -20,7 +23,9 @@ from workspace_tool.errors import (
     WorkspaceNotFound,
     WorkspaceOutdated,
 )
+from workspace_tool.flavor import Flavor
 from workspace_tool.registry.table import RegistryAction
+from workspace_tool.schema.state import SchemaRecord
 from workspace_tool.words import Word
 
 
@@ -57,6 +62,7 @@ class Refusal(Word):
     MISSING = "missing"  # no schema, and the operation does not create one
     BEHIND = "behind"  # below the target, and the operation does not move schemas up
     AHEAD = "ahead"  # above the target, and the operation does not move schemas down
+    ABSENT = "absent"  # no schema and no registry row: a task (drop) has nothing to do to it
 
 
 @dataclass(frozen=True)
@@ -69,15 +75,49 @@ class Work:
     exists: bool = True  # the fast lane's guards check it is still so
 
 
+class SchemaTask(Protocol):
+    """What an operation that does not migrate does to each schema of a fleet run (drop, exec: see
+    workspace_tool.lifecycle): it refuses a schema from the batch read alone, then runs on the worker's
+    connection, in transactions of its own that bound every lock wait by ``lock_timeout_ms``. Raising
+    WorkspaceNotFound for a schema the read saw reports it gone; a lock timeout or a lost connection is
+    retried as a migration's is; any other error fails it (its registry row is not marked failed)."""
+
+    @property
+    def reads_versions(self) -> bool:
+        """Whether it needs each schema's version (the fleet read of every alembic_version is skipped
+        otherwise: records come back with version None)."""
+        ...
+
+    def refusal(self, record: SchemaRecord) -> Refusal | None:
+        """Why it leaves this schema alone (a skip), or None to run on it."""
+        ...
+
+    def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
+        """Do it to one schema on a database of ``flavor``; returns a note for its result (None: nothing
+        to say)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Operation:
     name: str
     upgrades: bool  # may move an existing schema up
     downgrades: bool  # may move a schema down
     creates: bool  # may create a schema that does not exist (and runs the chain into an empty one)
+    task: SchemaTask | None = None  # not a migration: what is done to each schema instead (no revision runs)
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def migrates(self) -> bool:
+        """Runs revisions (no task): the fleet builds the reference catalog and checks sessions for it."""
+        return self.task is None
+
+    @property
+    def reads_versions(self) -> bool:
+        """Whether a fleet run must read every selected schema's version to do it."""
+        return self.task is None or self.task.reads_versions
 
     def action(self, chain: Chain, current: str | None, target: str | None, *, exists: bool) -> Action:
         """EnsureResult.action for bringing a schema at ``current`` to ``target``."""

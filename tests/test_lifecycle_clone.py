@@ -1,0 +1,89 @@
+"""clone SRC DST: a copy inside one database, server-side, at the source's revision, independent of it;
+an unknown source or an existing target is refused in one line with nothing changed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from support.chains import ALEMBIC_INI, HEAD, ITEMS
+from support.cli import assert_one_line_error, run_cli
+from support.data import add_chunks, add_rows
+from support.db import catalog, database_state
+
+from workspace_tool import WorkspaceManager
+from workspace_tool.chain import Chain
+from workspace_tool.errors import WorkspaceNotFound
+from workspace_tool.lifecycle import ProjectExists, clone_project
+
+DATA_TABLES = ("repositories", "code_files", "code_chunks")
+
+
+def rows(engine: sa.Engine, schema: str) -> dict[str, Sequence[Any]]:
+    with engine.connect() as conn:
+        return {
+            t: conn.execute(sa.text(f"SELECT t::text FROM {schema}.{t} t ORDER BY t.id")).scalars().all()
+            for t in DATA_TABLES
+        }
+
+
+@pytest.fixture
+def source(manager: WorkspaceManager) -> str:
+    manager.ensure("src")
+    with manager.session("src") as s:
+        add_chunks(s)
+        s.commit()
+    return "src"
+
+
+def test_clone_gives_equal_rows_at_the_source_revision_independent_of_it(engine: sa.Engine, source: str) -> None:
+    result = clone_project(engine, Chain.load(ALEMBIC_INI), source, "dst")
+    assert result.revision == HEAD and result.rows == 42
+    assert rows(engine, "project_dst") == rows(engine, "project_src")
+    assert len(rows(engine, "project_dst")["code_chunks"]) == 40
+    source_catalog = catalog(engine, "project_src")
+    assert catalog(engine, "project_dst") == source_catalog and source_catalog  # its indexes built again
+    with engine.begin() as conn:
+        row = conn.execute(
+            sa.text("SELECT revision, last_action FROM project_registry.workspace_config WHERE project_id = 'dst'")
+        ).one()
+        assert tuple(row) == (HEAD, "clone")
+        conn.execute(sa.text("DELETE FROM project_src.code_chunks"))
+        conn.execute(sa.text("DROP SCHEMA project_src CASCADE"))
+    assert len(rows(engine, "project_dst")["code_chunks"]) == 40
+
+
+def test_clone_without_data_and_the_sequences(engine: sa.Engine, chain_builder: Any) -> None:
+    ini = chain_builder.add("a1", ITEMS, 'op.drop_table("items")').ini
+    WorkspaceManager(engine, ini).ensure("seq")
+    add_rows(engine, "seq", "a", "b")
+    chain = Chain.load(ini)
+    assert clone_project(engine, chain, "seq", "empty", data=False).rows == 0
+    clone_project(engine, chain, "seq", "full")
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM project_empty.items")).scalar() == 0
+        new_id = conn.execute(sa.text("INSERT INTO project_full.items (name) VALUES ('c') RETURNING id")).scalar()
+        assert new_id == 3
+
+
+def test_clone_refuses_an_unknown_source_or_an_existing_target(
+    engine: sa.Engine, source: str, manager: WorkspaceManager, url_string: str
+) -> None:
+    manager.ensure("taken")
+    chain = Chain.load(ALEMBIC_INI)
+    state = database_state(engine)
+    with pytest.raises(WorkspaceNotFound):
+        clone_project(engine, chain, "nope", "new")
+    with pytest.raises(ProjectExists):
+        clone_project(engine, chain, source, "taken")
+    with pytest.raises(ProjectExists):
+        clone_project(engine, chain, source, source)
+    assert_one_line_error(run_cli("--database-url", url_string, "clone", source, "taken"), "already exists")
+    assert_one_line_error(run_cli("--database-url", url_string, "clone", "nope", "new"), "nope")
+    assert database_state(engine) == state
+    done = run_cli("--database-url", url_string, "clone", source, "viacli", "--json")
+    assert done.exit_code == 0, done.stderr
+    assert json.loads(done.stdout)["rows"] == 42

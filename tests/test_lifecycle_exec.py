@@ -1,0 +1,124 @@
+"""exec -c/-f: SQL in every selected project's schema, each in its own transaction with its search_path,
+through the fleet runner (selectors, --jobs, --json, failure limits)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from support.chains import ALEMBIC_INI
+from support.cli import assert_one_line_error, run_cli
+from support.db import database_state
+
+from workspace_tool import registry, transactions
+from workspace_tool.chain import Chain
+from workspace_tool.errors import WorkspaceNotFound
+from workspace_tool.fleet import provision
+from workspace_tool.lifecycle.exec import exec_operation
+from workspace_tool.schema.operation import Work
+
+
+def repositories(engine: sa.Engine, project_id: str) -> list[str]:
+    schema = "project_" + project_id.replace("-", "_")
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(f"SELECT name FROM {schema}.repositories ORDER BY name")).scalars())
+
+
+def test_exec_match_reaches_every_selected_project_and_writes_json(engine: sa.Engine, url_string: str) -> None:
+    ids = ["t-1", "t-2", "t-3", "u-1"]
+    provision(engine, Chain.load(ALEMBIC_INI), ids, jobs=2)
+    sql = "INSERT INTO repositories (path, name) VALUES ('/x', current_schema()); SELECT 1 WHERE 'a' LIKE 'a%'"
+    done = run_cli("--database-url", url_string, "exec", "--match", "t-*", "-c", sql, "--json", "--jobs", "2")
+    assert done.exit_code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["operation"] == "exec"
+    assert sorted((r["project_id"], r["status"], r["note"]) for r in report["results"]) == [
+        (p, "ok", "1 row") for p in ("t-1", "t-2", "t-3")
+    ]
+    for project_id in ("t-1", "t-2", "t-3"):  # the project's own schema first on the search_path
+        assert repositories(engine, project_id) == ["project_" + project_id.replace("-", "_")]
+    assert repositories(engine, "u-1") == []
+
+
+def test_exec_from_a_file_a_failing_project_rolls_back_alone(
+    engine: sa.Engine, url_string: str, tmp_path: Path
+) -> None:
+    provision(engine, Chain.load(ALEMBIC_INI), ["a", "b", "c"], jobs=2)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE project_b.repositories ADD CONSTRAINT no_x CHECK (name <> 'x')"))
+    script = tmp_path / "fix.sql"
+    script.write_text("INSERT INTO repositories (path, name) VALUES ('/x', 'x');\n")
+    done = run_cli("--database-url", url_string, "exec", "--all", "-f", str(script), "--continue-on-error", "--json")
+    assert done.exit_code == 1
+    report = json.loads(done.stdout)
+    assert {r["project_id"]: r["status"] for r in report["results"]} == {"a": "ok", "b": "failed", "c": "ok"}
+    assert "no_x" in next(r["error"] for r in report["results"] if r["project_id"] == "b")
+    assert repositories(engine, "a") == ["x"] and repositories(engine, "b") == []
+    # a failed exec does not mark the project failed: its schema's migration state is untouched
+    with engine.connect() as conn:
+        statuses = conn.execute(sa.text("SELECT DISTINCT status FROM project_registry.workspace_config")).scalars()
+        assert list(statuses) == ["ready"]
+
+
+def test_exec_bad_input_changes_nothing(engine: sa.Engine, url_string: str) -> None:
+    provision(engine, Chain.load(ALEMBIC_INI), ["a"], jobs=1)
+    state = database_state(engine)
+    assert_one_line_error(
+        run_cli("--database-url", url_string, "exec", "a", "nope", "-c", "DROP TABLE repositories"), "nope"
+    )
+    assert run_cli("--database-url", url_string, "exec", "a").exit_code == 2  # no SQL
+    assert_one_line_error(run_cli("--database-url", url_string, "exec", "a", "-c", "  "), "no SQL")
+    assert database_state(engine) == state
+
+
+def test_exec_reads_no_version_unless_its_selection_needs_them(
+    engine: sa.Engine, url_string: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """exec runs whatever a schema's revision: the fleet read skips every alembic_version (the read's log
+    line says 0 read); selected by a state only the version tells (--state behind), it reads them and
+    reaches the schema behind alone."""
+    chain = Chain.load(ALEMBIC_INI)
+    provision(engine, chain, ["v-1", "v-2"], jobs=2)
+    old = chain.revisions[-2]
+    down = run_cli("--database-url", url_string, "downgrade", "v-2", "--to", old, "--yes")
+    assert down.exit_code == 0, down.stderr
+    sql = "INSERT INTO repositories (path, name) VALUES ('/v', 'v')"
+    with caplog.at_level(logging.INFO, logger="workspace_tool.registry.inventory"):
+        everyone = run_cli("--database-url", url_string, "exec", "--all", "-c", sql)
+    assert everyone.exit_code == 0, everyone.stdout + everyone.stderr
+    reads = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fleet read:")]
+    assert reads and all("0 version(s) read" in line for line in reads), reads
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="workspace_tool.registry.inventory"):
+        behind = run_cli(
+            "--database-url", url_string, "exec", "--state", "behind", "-c", sql.replace("/v", "/w"), "--json"
+        )
+    assert behind.exit_code == 0, behind.stdout
+    assert [r["project_id"] for r in json.loads(behind.stdout)["results"]] == ["v-2"]
+    assert (repositories(engine, "v-1"), repositories(engine, "v-2")) == (["v"], ["v", "v"])
+    assert any("2 version(s) read" in r.getMessage() for r in caplog.records)
+
+
+def test_exec_on_a_schema_dropped_since_the_read_is_gone_and_runs_nothing(engine: sa.Engine) -> None:
+    """A schema the read saw, dropped before its turn: the task says gone (WorkspaceNotFound) and its SQL
+    runs nowhere (not in the next schema of the search_path); SQL that names a missing schema itself fails
+    as the database says, not as gone."""
+    chain = Chain.load(ALEMBIC_INI)
+    provision(engine, chain, ["here"], jobs=1)
+    task = exec_operation("CREATE TABLE leak (id int)").task
+    assert task is not None
+    with transactions.connect(engine) as conn:
+        flavor = registry.bootstrap(conn)
+        with pytest.raises(WorkspaceNotFound):
+            task.run(conn, Work("gone", "project_gone", None), flavor, 1000)
+        with pytest.raises(sa.exc.DBAPIError, match="nowhere"):
+            exec_operation("SELECT * FROM nowhere.t").task.run(  # type: ignore[union-attr]
+                conn, Work("here", "project_here", None), flavor, 1000
+            )
+    with engine.connect() as conn:
+        assert conn.execute(
+            sa.text("SELECT to_regclass('leak') IS NULL AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'leak')")
+        ).scalar()

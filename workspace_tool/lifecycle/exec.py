@@ -1,0 +1,58 @@
+"""`exec -c SQL` / `exec -f FILE`: SQL run in each selected project's schema, each in a transaction of its
+own under the project's lock (no migration interleaves with it) with the project's search_path (the
+schema, then the vector extension's), through the fleet runner: selectors, jobs, canary, failure limits,
+progress, retries of a lock timeout, and a result per project (the rows the last statement touched or
+returned). A failure rolls that project's transaction back; the others are as the SQL left them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from workspace_tool import transactions
+from workspace_tool.dberrors import INVALID_SCHEMA_NAME, sqlstate
+from workspace_tool.errors import WorkspaceNotFound
+from workspace_tool.flavor import Flavor
+from workspace_tool.lifecycle import batch
+from workspace_tool.lifecycle.errors import LifecycleRefused
+from workspace_tool.schema.operation import Operation, Refusal, Work
+from workspace_tool.schema.state import SchemaRecord
+from workspace_tool.sql import search_path_sql
+
+
+@dataclass(frozen=True)
+class ExecTask:
+    """The fleet runner's SchemaTask of `exec`: ``sql`` (one or more statements) in each schema."""
+
+    sql: str
+    reads_versions: bool = False  # the SQL runs whatever the schema's revision
+
+    def refusal(self, record: SchemaRecord) -> Refusal | None:
+        return None if record.exists else Refusal.MISSING
+
+    def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
+        """One round trip (and the commit): the lock, a guard that the schema is still there (gone
+        otherwise), the search_path, the SQL."""
+        transactions.require(conn)
+        statements = [
+            *batch.prelude(flavor, work.schema, lock_timeout_ms),
+            batch.schema_guard(work.schema),
+            search_path_sql(work.schema, flavor.extension_schema),
+            self.sql,
+        ]
+        try:
+            with conn.begin():
+                rows, _ = batch.send(conn, flavor, statements)
+        except Exception as exc:
+            if sqlstate(exc) == INVALID_SCHEMA_NAME and not batch.still_there(conn, work.schema):
+                raise WorkspaceNotFound(work.project_id, work.schema) from None  # dropped since the read: gone
+            raise
+        return None if rows < 0 else f"{rows} row{'s' if rows != 1 else ''}"
+
+
+def exec_operation(sql: str) -> Operation:
+    """The fleet Operation that runs ``sql`` in each selected project's schema."""
+    if not sql.strip():
+        raise LifecycleRefused("no SQL to run: pass -c SQL or -f FILE with some in it")
+    return Operation("exec", upgrades=False, downgrades=False, creates=False, task=ExecTask(sql))
