@@ -274,7 +274,7 @@ def test_the_lifecycle_commands_work_within_the_chains_namespace(
     clean: sa.Engine, url_string: str, chain_a: ChainBuilder, chain_b: ChainBuilder
 ) -> None:
     """drop --retain, exec, restore, purge and bulk drop of chain B (app_registry, app_*) reach only B's
-    projects, its registry (r0006 migrated there: status 'dropped') and quarantined copies of its own; A's
+    projects, its registry (r0007 migrated there: status 'dropped') and quarantined copies of its own; A's
     project of the same id, quarantined at the same time, is as it was."""
     a, b = Chain.load(chain_a.ini), Chain.load(chain_b.ini)
     assert fleet.provision(clean, a, ["one", "two"]).ok

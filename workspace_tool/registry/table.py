@@ -33,7 +33,7 @@ class RegistryAction(Word):
 class RegistryStatus(Word):
     READY = "ready"
     FAILED = "failed"
-    DROPPED = "dropped"  # quarantined by `drop --retain`: its schema renamed aside (registry r0006)
+    DROPPED = "dropped"  # quarantined by `drop --retain`: its schema renamed aside (registry r0007)
 
 
 REGISTRY_SCHEMA = "project_registry"

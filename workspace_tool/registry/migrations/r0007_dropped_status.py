@@ -1,7 +1,7 @@
 """workspace_config.status may be 'dropped': a project quarantined by `drop --retain`
 
-Revision ID: r0006_dropped_status
-Revises: r0005_expect_version
+Revision ID: r0007_dropped_status
+Revises: r0006_claim_in_one
 Create Date: 2026-12-06
 """
 
@@ -11,8 +11,8 @@ from alembic import op
 
 from workspace_tool.registry.table import in_migrating_registry, migrating_schema
 
-revision = "r0006_dropped_status"
-down_revision = "r0005_expect_version"
+revision = "r0007_dropped_status"
+down_revision = "r0006_claim_in_one"
 branch_labels = None
 depends_on = None
 
