@@ -573,7 +573,10 @@ class Soak:
         ]
         argv += ["--rate", str(self.settings.rate), "--seed", str(self.settings.seed + sum(map(ord, key)))]
         argv += [f"--{k}={v}" for k, v in files.items()] + (["--warm"] if warm else [])
-        env = {**os.environ, "PGAPPNAME": f"soak-{release.name}-app"}
+        # the repository's root on the path: this script imports the example chain's models (migrations/)
+        root = str(Path(__file__).resolve().parent.parent)
+        path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+        env = {**os.environ, "PGAPPNAME": f"soak-{release.name}-app", "PYTHONPATH": path}
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         deadline = time.monotonic() + 120
         while not files["ready"].exists():
