@@ -762,10 +762,15 @@ def bench_pool(server: URL, n: int, reps: int, existing: int) -> None:
 
 
 def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, existing: int) -> None:
-    spares = 2 * n + 8 * reps + 15  # one per claim (the library's two ways and the raw floor's), warm-ups included
+    spares = 3 * n + 8 * reps + 18  # one per claim (the library's three ways and the raw floor's), warm-ups included
     log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
     filled = warm_pool.fill(engine, mgr.chain, spares, jobs=2)
     pooled = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=spares)
+    async_ini = ALEMBIC_INI.with_name(".bench-pool-async.ini")  # beside it: its %(here)s paths hold
+    async_ini.write_text(
+        ALEMBIC_INI.read_text().replace("[alembic]\n", "[alembic]\nworkspace_pool_claim_commit = async\n", 1)
+    )
+    pooled_async = WorkspaceManager(engine, async_ini, warm_pool=spares)
     mgr.ensure("floorref")
     floor = Floor(engine, schema_for("floorref"), mgr.head)
     checkpoint(engine)  # the fill's dirty pages must not land in the measurements
@@ -778,14 +783,16 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
 
     for i in range(3):  # warm up every contender (connections, plpgsql's cached plans)
         pooled.ensure(f"warm-pool-{i}")
+        pooled_async.ensure(f"warm-async-{i}")
         careful_claim(f"warm-careful-{i}")
         mgr.ensure(f"warm-fast-{i}")
         floor.provision(f"warm-floor-{i}")
-    samples: dict[str, list[float]] = {"pool": [], "careful": [], "fast": [], "floor": []}
-    paths: dict[str, set[str]] = {"pool": set(), "careful": set(), "fast": set()}
+    samples: dict[str, list[float]] = {"pool": [], "async": [], "careful": [], "fast": [], "floor": []}
+    paths: dict[str, set[str]] = {"pool": set(), "async": set(), "careful": set(), "fast": set()}
     for i in range(n):
         contenders: list[tuple[str, Callable[[], object]]] = [
             ("pool", lambda i=i: paths["pool"].add(pooled.ensure_detailed(f"pool-{i}").path)),  # type: ignore[misc]
+            ("async", lambda i=i: paths["async"].add(pooled_async.ensure_detailed(f"async-{i}").path)),  # type: ignore[misc]
             ("careful", lambda i=i: paths["careful"].add(careful_claim(f"careful-{i}"))),  # type: ignore[misc]
             ("fast", lambda i=i: paths["fast"].add(mgr.ensure_detailed(f"fast-{i}").path)),  # type: ignore[misc]
             ("floor", lambda i=i: floor.provision(f"floor-{i}")),  # type: ignore[misc]
@@ -795,24 +802,38 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
             samples[name].append(timed(fn))
     floor.close()
     pooled.close()
-    assert paths == {"pool": {"pool"}, "careful": {"pool"}, "fast": {"fast"}}, paths
+    pooled_async.close()
+    async_ini.unlink()
+    assert paths == {"pool": {"pool"}, "async": {"pool"}, "careful": {"pool"}, "fast": {"fast"}}, paths
     with engine.connect() as conn:  # every project claimed from the pool is what a fresh build makes
         built = snapshot(conn, schema_for("fast-0"))
-        different = [i for i in range(n) if diff(built, snapshot(conn, schema_for(f"pool-{i}")))]
+        different = [
+            f"{kind}-{i}"
+            for kind in ("pool", "async")
+            for i in range(n)
+            if diff(built, snapshot(conn, schema_for(f"{kind}-{i}")))
+        ]
     assert not different, f"claimed schemas unlike a fresh build: {different}"
-    log(f"every one of the {n} schemas claimed from the pool has the catalog of a fresh build")
+    log(f"every one of the {2 * n} schemas claimed from the pool (durable and async) has the catalog of a fresh build")
     gather = _pool_gather(url, reps, spares)
     raw = {str(size): [_raw_claims(engine, mgr, size, f"{size}-{rep}") for rep in range(reps)] for size in (1, 3)}
-    pool_ms, careful_ms, fast_ms, floor_ms = (median_ms(samples[k]) for k in ("pool", "careful", "fast", "floor"))
+    pool_ms, async_ms, careful_ms, fast_ms, floor_ms = (
+        median_ms(samples[k]) for k in ("pool", "async", "careful", "fast", "floor")
+    )
     one, three = (statistics.median(gather[k]) for k in ("1", "3"))
     label = f"{existing} schemas present" if existing else "no other schema"
     print(f"\n== warm pool: a new project's first ensure ({label}; filled {filled.built} spares) ==")
-    for name in ("pool", "careful", "fast", "floor"):
+    for name in ("pool", "async", "careful", "fast", "floor"):
         print(f"{name:<7} {spread(samples[name])}  p99 {p99_ms(samples[name]):.2f} ms")
     print(
         f"pool p50 = 1/{fast_ms / pool_ms:.1f} of the fast path's (target <= 1/20: {verdict(20 * pool_ms, fast_ms)}); "
         f"1/{floor_ms / pool_ms:.1f} of the floor's; the careful path's claim (3 round trips) "
         f"1/{fast_ms / careful_ms:.1f}"
+    )
+    print(
+        f"async claim p50 (workspace_pool_claim_commit = async) = 1/{fast_ms / async_ms:.1f} of the fast path's "
+        f"(target <= 1/20: {verdict(20 * async_ms, fast_ms)}); "
+        f"p99 1/{p99_ms(samples['fast']) / p99_ms(samples['async']):.1f} of its p99"
     )
     print(f"asyncio.gather from the pool, 1 project:  {spread(gather['1'])}")
     print(
@@ -831,6 +852,8 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
         n=n,
         pool_p50_ms=pool_ms,
         pool_p99_ms=p99_ms(samples["pool"]),
+        async_claim_p50_ms=async_ms,
+        async_claim_p99_ms=p99_ms(samples["async"]),
         careful_claim_p50_ms=careful_ms,
         careful_claim_p99_ms=p99_ms(samples["careful"]),
         fast_p50_ms=fast_ms,

@@ -11,15 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
-from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.chains import ITEMS, UNIQUE, ChainBuilder, with_options
 from support.data import add_rows
 from support.db import assert_consistent, catalog, registry_state, schema_version
 from wire import WireRecorder
 
 from workspace_tool import WorkspaceManager, fleet, spares
 from workspace_tool.chain import Chain
+from workspace_tool.errors import ConfigurationError
 from workspace_tool.managers import cache
 from workspace_tool.schema.catalog import diff
+from workspace_tool.spares.settings import async_claim
 
 
 @pytest.fixture
@@ -168,3 +170,38 @@ def test_a_first_ensure_from_the_warm_pool_is_one_round_trip_and_a_fresh_build_w
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
     assert built.path == "fast" and len(fallback) == 2, fallback  # no spare: nothing changed, then the build
     assert assert_consistent(engine) == {f"project_{p}": "a2" for p in ("built", "claimed", "no_spare_left")}
+
+
+def test_an_async_claim_is_still_one_round_trip_and_leaves_no_setting_behind(
+    engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder
+) -> None:
+    """workspace_pool_claim_commit = async: the claim's own transaction commits without waiting for its
+    WAL flush (SET LOCAL, in the same round trip); the session's synchronous_commit is untouched after it
+    (safe through a transaction pooler), and the claimed project is what a fresh build makes."""
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
+    chain = Chain.load(with_options(chain_builder.ini, workspace_pool_claim_commit="async"))
+    counted = sa.create_engine(wire.url, pool_size=1, max_overflow=0)
+    try:
+        WorkspaceManager(counted, chain.config_path).ensure("built")
+        spares.fill(engine, chain, 1)
+        pooled = WorkspaceManager(counted, chain.config_path, warm_pool=1)
+        wire.clear()
+        claimed = pooled.ensure_detailed("claimed")
+        sent = wire.queries
+        with counted.connect() as conn:  # the one pooled connection the claim ran on
+            after = conn.execute(sa.text("SELECT current_setting('synchronous_commit')")).scalar_one()
+    finally:
+        counted.dispose()
+    assert claimed.path == "pool" and len(sent) == 1, sent
+    assert "SET LOCAL synchronous_commit = off;" in sent[0] and "claim_spare_locked(" in sent[0]
+    assert after == "on"
+    assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+
+
+def test_a_bad_claim_commit_setting_is_one_line(chain_builder: ChainBuilder) -> None:
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
+    chain = Chain.load(with_options(chain_builder.ini, workspace_pool_claim_commit="sometimes"))
+    with pytest.raises(
+        ConfigurationError, match=r"workspace_pool_claim_commit = 'sometimes' .*durable \(the default\) or async"
+    ):
+        async_claim(chain)

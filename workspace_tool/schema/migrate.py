@@ -31,6 +31,7 @@ from workspace_tool.schema import roles, send
 from workspace_tool.schema.operation import ENSURE, Action, Operation, recorded
 from workspace_tool.schema.plan import Expected, RegistryRecord, SchemaPlan
 from workspace_tool.schema.state import check_managed, lock_and_read_state, read_state
+from workspace_tool.spares.settings import async_claim
 from workspace_tool.sql import drop_schema_cascade, lock_schema
 
 DEADLOCK_ATTEMPTS = 5  # the careful path's attempts at a migration PostgreSQL rolls back for a deadlock
@@ -197,6 +198,7 @@ def _claim_plan(how: Sending, what: Migration, grants: tuple[str, ...]) -> Schem
         grants=grants,
         record=RegistryRecord(what.project_id, what.target, RegistryAction.CREATE, Path.POOL),
         namespace=how.chain.namespace,
+        async_commit=async_claim(how.chain),
     )
 
 

@@ -68,6 +68,7 @@ from workspace_tool.sql import (
 
 BEGIN = f"BEGIN ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # whatever the server's default
 COMMIT = "COMMIT;"
+ASYNC_COMMIT = "SET LOCAL synchronous_commit = off;"  # workspace_pool_claim_commit = async (spares.settings)
 SET_ISOLATION = f"SET TRANSACTION ISOLATION LEVEL {transactions.ISOLATION_LEVEL};"  # an implicit transaction's
 
 
@@ -105,6 +106,7 @@ class SchemaPlan:
     record: RegistryRecord | None = None
     expected: Expected | None = None  # None: the caller took the lock and read the state itself
     namespace: Namespace = DEFAULT  # whose registry the row and the guard are written in
+    async_commit: bool = False  # a claim sent alone: committed without waiting for its WAL flush (spares.settings)
 
     # -------------------------------------------------------------- one transaction
     def prelude(self) -> list[str]:
@@ -217,7 +219,8 @@ class SchemaPlan:
             raise ValueError("only a claim without grants, under the schema's lock, is sent alone")
         bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
         claim = self._steps_and_record(lock_in_claim=True)[1]
-        return "\n".join([SET_ISOLATION, *(s + ";" for s in bound), f"{claim};"])
+        commit = [ASYNC_COMMIT] if self.async_commit else []
+        return "\n".join([SET_ISOLATION, *commit, *(s + ";" for s in bound), f"{claim};"])
 
     def _steps_and_record(self, *, lock_in_claim: bool = False) -> tuple[tuple[Step, ...], str | None]:
         """The steps, and the registry upsert; with a guard on an existing schema, the last step's final

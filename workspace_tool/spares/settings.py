@@ -9,6 +9,8 @@ from workspace_tool.errors import ConfigurationError
 POOL_SIZE_OPTION = "workspace_pool_size"
 GRACE_OPTION = "workspace_pool_grace"
 DEFAULT_GRACE_S = 3600.0  # another release's spares are kept while it filled the pool within this many seconds
+CLAIM_COMMIT_OPTION = "workspace_pool_claim_commit"
+CLAIM_COMMITS = ("durable", "async")
 
 
 def configured_size(chain: Chain) -> int:
@@ -45,6 +47,24 @@ def release_grace(chain: Chain) -> float:
             f"(default {DEFAULT_GRACE_S:.0f}): how long another release's spares are kept after it last filled the pool"
         )
     return grace
+
+
+def async_claim(chain: Chain) -> bool:
+    """``workspace_pool_claim_commit`` in the chain's alembic.ini: ``durable`` (the default) or ``async``.
+
+    ``async`` commits a claim with ``SET LOCAL synchronous_commit = off``: the claim no longer waits for its
+    WAL flush (most of its cost on a disk that syncs in a millisecond or more). What that risks: a server
+    crash within about three ``wal_writer_delay`` of the claim, before any later commit in the cluster
+    flushed the WAL past it, undoes the claim: the spare is a spare again and the project does not exist (it
+    held no data: anything the application committed into it would have flushed the claim first). The
+    next ``ensure`` of that id creates it again. Never corrupts anything; replicas see the claim when they
+    see the WAL."""
+    value = chain.option(CLAIM_COMMIT_OPTION, "durable").strip().lower()
+    if value not in CLAIM_COMMITS:
+        raise ConfigurationError(
+            f"{CLAIM_COMMIT_OPTION} = {value!r} in {chain.config_path}: it must be durable (the default) or async"
+        )
+    return value == "async"
 
 
 def _check_size(size: int) -> int:
