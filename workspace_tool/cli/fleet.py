@@ -24,7 +24,9 @@ from workspace_tool.cli.options import (
 from workspace_tool.cli.render import ProgressPrinter, few, print_drift_report, print_fleet_report, print_sql
 
 if TYPE_CHECKING:
-    from workspace_tool.fleet import Selection
+    from collections.abc import Callable
+
+    from workspace_tool.fleet import FleetReport, RunSpec, Selection
     from workspace_tool.fleet.stages import Staging
     from workspace_tool.schema.operation import Operation
     from workspace_tool.status import ProjectStatus
@@ -117,20 +119,45 @@ def _run_fleet(
     if spec.dry_run:
         print_sql(fleet.render_sql(app.engine, chain, operation, spec), as_json)
         return
+    run_and_report(
+        app,
+        operation,
+        spec,
+        as_json,
+        follow_up=lambda report: (
+            _without_canary(app, report.seed if report.order == "random" else None)
+            if report.stop_reason == StopReason.CANARY_ONLY
+            else None
+        ),
+    )
+
+
+def run_and_report(
+    app: AppContext,
+    operation: Operation,
+    spec: RunSpec,
+    as_json: bool,
+    *,
+    follow_up: Callable[[FleetReport], str | None] | None = None,
+) -> FleetReport:
+    """Every fleet command's run: ``operation`` as ``spec`` says, progress on stderr (not with -q), then the
+    report (with the command to run next, if ``follow_up`` names one); exit 1 if any failed, 130 when
+    interrupted."""
+    from workspace_tool import fleet
+
+    app.jobs = spec.jobs  # before the engine is made: its pool is sized for them
     printer = None if quiet() else ProgressPrinter(sys.stderr)
-    report = fleet.run(app.engine, chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
+    report = fleet.run(
+        app.engine, app.manager.chain, operation, spec, progress=printer, direct_engine=app.direct_engine
+    )
     if printer is not None:
         printer.finish()
-    next_command = (
-        _without_canary(app, report.seed if report.order == "random" else None)
-        if report.stop_reason == StopReason.CANARY_ONLY
-        else None
-    )
-    print_fleet_report(report, as_json, next_command)
+    print_fleet_report(report, as_json, follow_up(report) if follow_up is not None else None)
     if report.interrupted:
         click.get_current_context().exit(INTERRUPTED)
     if report.failed:
         click.get_current_context().exit(1)
+    return report
 
 
 def _refuse_the_other_way(app: AppContext, operation: Operation, target: str, statuses: list[ProjectStatus]) -> None:

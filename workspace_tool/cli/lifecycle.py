@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app, require_projects
-from workspace_tool.cli.logs import note, quiet
+from workspace_tool.cli.logs import note
 from workspace_tool.cli.options import DurationType, confirm, fleet_options, json_option, yes_option
-from workspace_tool.cli.render import ProgressPrinter, emit, few, print_fleet_report, to_json
+from workspace_tool.cli.render import emit, few, to_json
 
 if TYPE_CHECKING:
-    from workspace_tool.fleet import FleetReport, Operation, RunSpec
+    from workspace_tool.fleet import FleetReport, Operation
 
 lock_timeout_option = click.option(
     "--lock-timeout",
@@ -116,7 +115,7 @@ def _fleet_command(
     """Run ``operation`` (a lifecycle task: workspace_tool.lifecycle) through the fleet runner over the
     projects named (each must be one of the fleet's), selected (--state, --match, --ids-from) or all
     (--all), as one RunSpec; print its progress and report; exit 1 if any failed (130 when interrupted)."""
-    from workspace_tool.cli.fleet import _selection, _staging
+    from workspace_tool.cli.fleet import _selection, _staging, run_and_report
     from workspace_tool.fleet import RunSpec
 
     if show_sql:
@@ -145,26 +144,6 @@ def _fleet_command(
         recycle_after=recycle_after,
     )
     return run_and_report(app, operation, spec, as_json)
-
-
-def run_and_report(app: AppContext, operation: Operation, spec: RunSpec, as_json: bool) -> FleetReport:
-    """The fleet run of ``operation`` as ``spec`` says, with progress on stderr, then its report; exit 1 if
-    any failed (130 when interrupted)."""
-    from workspace_tool import fleet
-    from workspace_tool.cli.fleet import INTERRUPTED
-
-    app.jobs = spec.jobs  # before the engine is made: its pool is sized for them
-    printer = None if quiet() or as_json else ProgressPrinter(sys.stderr)
-    chain = app.manager.chain
-    report = fleet.run(app.engine, chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
-    if printer is not None:
-        printer.finish()
-    print_fleet_report(report, as_json)
-    if report.interrupted:
-        click.get_current_context().exit(INTERRUPTED)
-    if report.failed:
-        click.get_current_context().exit(1)
-    return report
 
 
 class RetainType(click.ParamType[float]):

@@ -69,7 +69,7 @@ def ensure(
     if ids_from is not None or jobs is not None:
         if owner_role is not None:
             raise click.UsageError("--owner-role is for named projects, not with --ids-from or --jobs")
-        from workspace_tool.cli.lifecycle import run_and_report
+        from workspace_tool.cli.fleet import run_and_report
         from workspace_tool.fleet import RunSpec
         from workspace_tool.schema.operation import ENSURE_EXISTING, PROVISION
 
