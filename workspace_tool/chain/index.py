@@ -101,13 +101,19 @@ def write(config_path: Path, graph: Graph) -> None:
     try:
         record["digests"] = _digests(graph)
         record["listings"] = _listings(graph)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        os.replace(temporary, path)
+        write_json(path, record)
     except OSError as exc:
         log.debug("could not record the chain's graph in %s: %s", path, exc)
+
+
+def write_json(path: Path, record: object) -> None:
+    """``record`` as JSON at ``path``, atomically: a temporary file beside it, renamed over it (a reader
+    sees the old record or the new one, never half of one). Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    os.replace(temporary, path)
 
 
 def _record_path(config_path: Path) -> Path | None:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from functools import cache
 from pathlib import Path
@@ -76,11 +74,7 @@ def write(path: Path | None, key: Key, steps: tuple[Step, ...]) -> None:
     with _lock:
         record = {**_load(path), json.dumps(list(key)): [_step(s) for s in steps]}
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(record, f)
-            os.replace(temporary, path)
+            index.write_json(path, record)
         except OSError as exc:
             log.debug("could not record the planned range in %s: %s", path, exc)
         _loaded[path] = record
