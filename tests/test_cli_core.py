@@ -121,7 +121,7 @@ def test_ensure_refuses_a_hand_made_schema_unless_adopt(cli: Cli, engine: sa.Eng
     adopted = cli("ensure", "legacy", "--adopt", "--json")
 
     assert adopted.exit_code == 0, adopted.output
-    assert json.loads(adopted.stdout)[0]["action"] == "create"
+    assert json.loads(adopted.stdout)[0]["action"] == "adopt"  # the registry's word, as LAST ACTION shows it
     assert schema_version(engine, "project_legacy") == HEAD
     row = registry_row(engine, "legacy")
     assert row is not None and row["last_action"] == "adopt"

@@ -83,7 +83,9 @@ def ensure(
     try:
         for project_id in project_ids:
             result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role, adopt=adopt)
-            results.append({**dataclasses.asdict(result), "action": action_word(result.action)})
+            row = dataclasses.asdict(result)
+            row["action"] = action_word(row.pop("action"), row.pop("adopted"))  # the registry's word: adopt too
+            results.append(row)
     finally:  # what was done before a failure is still reported, then the error
         emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)
 

@@ -75,12 +75,15 @@ def emit(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, as_json: 
 
 
 # ------------------------------------------------------------------------------ ensure
-def action_word(action: str) -> str:
-    """What `ensure` prints for what it did: the registry's word (create, upgrade, downgrade, as `status`
-    shows in LAST ACTION), and 'current' for a project that was already at the target (cached, verified)."""
+def action_word(action: str, adopted: bool = False) -> str:
+    """What `ensure` prints for what it did: the registry's word (create, upgrade, downgrade, adopt, as
+    `status` shows in LAST ACTION), and 'current' for a project that was already at the target (cached,
+    verified)."""
     from workspace_tool.registry.table import RegistryAction
     from workspace_tool.schema.operation import Action, recorded
 
+    if adopted:
+        return str(RegistryAction.ADOPT)
     word = recorded(Action(action))
     return str(Action.CURRENT) if word is RegistryAction.REGISTER else str(word)
 

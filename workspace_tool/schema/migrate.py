@@ -49,6 +49,7 @@ class EnsureResult:
     to_revision: str | None
     duration_ms: float
     path: Path  # FAST, ONLINE, MIXED, POOL (a spare claimed), or NONE when no SQL ran
+    adopted: bool = False  # the chain was run into a hand-made schema (``adopt``; recorded as 'adopt')
 
 
 @dataclass(frozen=True)
@@ -172,7 +173,9 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
         sent = send.run_in_parts(conn, plan, chain, statement_by_statement=how.statement_by_statement, started=started)
     if how.statement_by_statement:
         sending += ", statement by statement"
-    result = EnsureResult(what.project_id, schema, action, current, what.target, _recorded_ms(sent, started), path)
+    result = EnsureResult(
+        what.project_id, schema, action, current, what.target, _recorded_ms(sent, started), path, adopted
+    )
     return _logged(result, sending)
 
 
