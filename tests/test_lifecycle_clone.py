@@ -4,30 +4,19 @@ an unknown source or an existing target is refused in one line with nothing chan
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from support.chains import ALEMBIC_INI, HEAD, ITEMS
 from support.cli import assert_one_line_error, run_cli
-from support.data import add_chunks, add_rows
+from support.data import add_chunks, add_rows, data_rows
 from support.db import catalog, database_state
 
 from workspace_tool import WorkspaceManager
 from workspace_tool.chain import Chain
 from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.lifecycle import ProjectExists, clone_project
-
-DATA_TABLES = ("repositories", "code_files", "code_chunks")
-
-
-def rows(engine: sa.Engine, schema: str) -> dict[str, Sequence[Any]]:
-    with engine.connect() as conn:
-        return {
-            t: conn.execute(sa.text(f"SELECT t::text FROM {schema}.{t} t ORDER BY t.id")).scalars().all()
-            for t in DATA_TABLES
-        }
 
 
 @pytest.fixture
@@ -42,8 +31,8 @@ def source(manager: WorkspaceManager) -> str:
 def test_clone_gives_equal_rows_at_the_source_revision_independent_of_it(engine: sa.Engine, source: str) -> None:
     result = clone_project(engine, Chain.load(ALEMBIC_INI), source, "dst")
     assert result.revision == HEAD and result.rows == 42
-    assert rows(engine, "project_dst") == rows(engine, "project_src")
-    assert len(rows(engine, "project_dst")["code_chunks"]) == 40
+    assert data_rows(engine, "project_dst") == data_rows(engine, "project_src")
+    assert len(data_rows(engine, "project_dst")["code_chunks"]) == 40
     source_catalog = catalog(engine, "project_src")
     assert catalog(engine, "project_dst") == source_catalog and source_catalog  # its indexes built again
     with engine.begin() as conn:
@@ -53,7 +42,7 @@ def test_clone_gives_equal_rows_at_the_source_revision_independent_of_it(engine:
         assert tuple(row) == (HEAD, "clone")
         conn.execute(sa.text("DELETE FROM project_src.code_chunks"))
         conn.execute(sa.text("DROP SCHEMA project_src CASCADE"))
-    assert len(rows(engine, "project_dst")["code_chunks"]) == 40
+    assert len(data_rows(engine, "project_dst")["code_chunks"]) == 40
 
 
 def test_clone_without_data_and_the_sequences(engine: sa.Engine, chain_builder: Any) -> None:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS
 from support.cli import assert_one_line_error, run_cli
-from support.data import add_chunks, add_rows
+from support.data import add_chunks, add_rows, data_rows
 from support.db import catalog, database_state
 
 from workspace_tool import WorkspaceManager
@@ -26,18 +26,6 @@ from workspace_tool.lifecycle import (
     export_project,
     import_project,
 )
-
-ROWS = "SELECT * FROM {schema}.{table} ORDER BY 1"
-DATA_TABLES = ("repositories", "code_files", "code_chunks")
-
-
-def rows(engine: sa.Engine, schema: str) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the project's data tables, as text (embeddings included)."""
-    with engine.connect() as conn:
-        return {
-            t: [tuple(r) for r in conn.execute(sa.text(f"SELECT t::text FROM {schema}.{t} t ORDER BY t.id"))]
-            for t in DATA_TABLES
-        }
 
 
 @pytest.fixture
@@ -65,9 +53,9 @@ def test_export_then_import_into_another_database_gives_equal_rows_at_the_source
     assert exported.rows == 1 + 1 + 40 and exported.revision == HEAD
     imported = import_project(other_engine, chain, file)
     assert imported.to_revision == HEAD and imported.rows == exported.rows
-    before = rows(engine, "project_src")
-    assert rows(other_engine, "project_src") == before
-    assert len(before["code_chunks"]) == 40 and "[" in before["code_chunks"][0][0]  # the vectors, as text
+    before = data_rows(engine, "project_src")
+    assert data_rows(other_engine, "project_src") == before
+    assert len(before["code_chunks"]) == 40 and "[" in before["code_chunks"][0]  # the vectors, as text
     # the same tables, columns and indexes (the HNSW index built after the rows went in, as it was)
     assert catalog(other_engine, "project_src") == catalog(engine, "project_src")
     with other_engine.begin() as conn:
@@ -77,7 +65,7 @@ def test_export_then_import_into_another_database_gives_equal_rows_at_the_source
     # independent of the source: the source's rows change, the copy's don't
     with engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM project_src.code_chunks"))
-    assert len(rows(other_engine, "project_src")["code_chunks"]) == 40
+    assert len(data_rows(other_engine, "project_src")["code_chunks"]) == 40
 
 
 def test_import_sets_the_sequences_past_the_copied_ids(engine: sa.Engine, tmp_path: Path, chain_builder: Any) -> None:
@@ -120,7 +108,7 @@ def test_import_refuses_an_existing_id_and_changes_nothing(engine: sa.Engine, so
         import_project(engine, chain, file)
     assert database_state(engine) == state
     import_project(engine, chain, file, as_id="copy")  # under another id it goes in
-    assert rows(engine, "project_copy") == rows(engine, "project_src")
+    assert data_rows(engine, "project_copy") == data_rows(engine, "project_src")
 
 
 def damage(file: Path, at: int) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from support.chains import ALEMBIC_INI, HEAD
 from support.cli import assert_one_line_error, run_cli
-from support.data import add_chunks
+from support.data import add_chunks, data_rows
 from support.db import database_state, registry_row
 
 from workspace_tool import WorkspaceManager
@@ -22,8 +22,7 @@ from workspace_tool.lifecycle.move import MoveInterrupted, move_project
 
 
 def chunks(engine: sa.Engine) -> list[str]:
-    with engine.connect() as conn:
-        return list(conn.execute(sa.text("SELECT t::text FROM project_mv.code_chunks t ORDER BY id")).scalars())
+    return data_rows(engine, "project_mv")["code_chunks"]
 
 
 @pytest.fixture

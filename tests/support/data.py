@@ -83,3 +83,16 @@ def add_chunks(orm_session: Session | Any) -> None:
 def nearest_statement() -> sa.Select[CodeChunk]:
     query, _ = vectors()
     return sa.select(CodeChunk).order_by(CodeChunk.embedding.cosine_distance(query)).limit(NEAREST)
+
+
+DATA_TABLES = ("repositories", "code_files", "code_chunks")  # the example chain's tables that hold data
+
+
+def data_rows(engine: sa.Engine, schema: str) -> dict[str, list[str]]:
+    """Every row of the project's data tables, each as its text (embeddings included), in id order: what an
+    export, a clone or a move must carry over equal."""
+    with engine.connect() as conn:
+        return {
+            t: list(conn.execute(sa.text(f"SELECT t::text FROM {schema}.{t} t ORDER BY t.id")).scalars())
+            for t in DATA_TABLES
+        }
