@@ -40,7 +40,7 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet_upgrade import BASE_REV, NEW_REV, chain_copy, checkpoint, server_url  # noqa: E402
+from fleet_upgrade import BASE_REV, NEW_REV, chain_copy, checkpoint, in_threads, server_url  # noqa: E402
 
 from workspace_tool import fleet  # noqa: E402
 from workspace_tool.chain import Chain  # noqa: E402
@@ -90,13 +90,7 @@ def send_all(engine: sa.Engine, batches: list[str], jobs: int) -> None:
             cursor.close()
             raw.invalidate()  # never back to the pool in autocommit
 
-    threads = [threading.Thread(target=worker) for _ in range(jobs)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    in_threads(worker, jobs, errors)
 
 
 CPU: dict[str, list[float]] = {}  # label -> the process's own CPU seconds (user + system) per timed run

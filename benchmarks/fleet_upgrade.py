@@ -111,6 +111,12 @@ def run_transactions(engine: sa.Engine, transactions: list[list[str]], jobs: int
         finally:
             raw.close()
 
+    in_threads(worker, jobs, errors)
+    return times
+
+
+def in_threads(worker: Callable[[], None], jobs: int, errors: list[BaseException]) -> None:
+    """``worker`` in ``jobs`` threads at once, until all are done; then the first error any recorded."""
     threads = [threading.Thread(target=worker) for _ in range(jobs)]
     for thread in threads:
         thread.start()
@@ -118,7 +124,6 @@ def run_transactions(engine: sa.Engine, transactions: list[list[str]], jobs: int
         thread.join()
     if errors:
         raise errors[0]
-    return times
 
 
 def raw_floor(engine: sa.Engine, schemas: list[str], sql: str, extension_schema: str, jobs: int) -> float:
