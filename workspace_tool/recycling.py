@@ -42,17 +42,12 @@ log = logging.getLogger(__name__)
 
 def configured(chain: Chain) -> int:
     """``workspace_recycle_after`` in the chain's alembic.ini (default DEFAULT_RECYCLE_AFTER; 0: never)."""
-    value = chain.option(RECYCLE_OPTION, str(DEFAULT_RECYCLE_AFTER))
-    try:
-        after = int(value.strip())
-    except ValueError:
-        after = -1
-    if after < 0:
-        raise ConfigurationError(
-            f"{RECYCLE_OPTION} = {value!r} in {chain.config_path}: it must be a whole number of schemas a "
-            f"connection touches before it is replaced by a new one ({DEFAULT_RECYCLE_AFTER} by default, 0 for never)"
-        )
-    return after
+    return chain.whole_number(
+        RECYCLE_OPTION,
+        DEFAULT_RECYCLE_AFTER,
+        "it must be a whole number of schemas a connection touches before it is replaced by a new one "
+        f"({DEFAULT_RECYCLE_AFTER} by default, 0 for never)",
+    )
 
 
 def resolve(chain: Chain, recycle_after: int | None) -> int:

@@ -152,6 +152,18 @@ class Chain:
         assert name.startswith(WORKSPACE_OPTION_PREFIX), name
         return self._options.get(name) or default
 
+    def whole_number(self, name: str, default: int, rule: str, *, at_least: int = 0) -> int:
+        """A ``workspace_*`` option that is a whole number, ``at_least`` or more (``default`` when unset);
+        anything else is a ConfigurationError naming the option, its value, this alembic.ini and ``rule``."""
+        value = self.option(name, str(default))
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = at_least - 1
+        if number < at_least:
+            raise ConfigurationError(f"{name} = {value!r} in {self.config_path}: {rule}")
+        return number
+
     def raised_in(self, exc: BaseException) -> tuple[str, str] | None:
         """(revision, 'FILE:LINE, in FUNCTION') of the deepest frame of ``exc``'s traceback that runs a
         revision file of this chain (where the revision's own code raised), or None."""

@@ -58,17 +58,13 @@ def scoped_engines_size(chain: Chain, size: int | None = None) -> int:
         if size < 1:
             raise ConfigurationError(f"scoped_engines is a number of projects, at least 1; got {size}")
         return size
-    value = chain.option(SCOPED_ENGINES_OPTION, str(DEFAULT_SCOPED_ENGINES))
-    try:
-        configured = int(value.strip())
-    except ValueError:
-        configured = 0
-    if configured < 1:
-        raise ConfigurationError(
-            f"{SCOPED_ENGINES_OPTION} = {value!r} in {chain.config_path}: it must be a whole number of projects "
-            f"whose scoped engines a manager keeps, at least 1 ({DEFAULT_SCOPED_ENGINES} by default)"
-        )
-    return configured
+    return chain.whole_number(
+        SCOPED_ENGINES_OPTION,
+        DEFAULT_SCOPED_ENGINES,
+        f"it must be a whole number of projects whose scoped engines a manager keeps, at least 1 "
+        f"({DEFAULT_SCOPED_ENGINES} by default)",
+        at_least=1,
+    )
 
 
 class ScopedEngines:

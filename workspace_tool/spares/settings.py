@@ -15,17 +15,9 @@ CLAIM_COMMITS = ("durable", "async")
 
 def configured_size(chain: Chain) -> int:
     """``workspace_pool_size`` in the chain's alembic.ini: how many spares to keep (0, the default: none)."""
-    value = chain.option(POOL_SIZE_OPTION, "0")
-    try:
-        size = int(value.strip())
-    except ValueError:
-        size = -1
-    if size < 0:
-        raise ConfigurationError(
-            f"{POOL_SIZE_OPTION} = {value!r} in {chain.config_path}: it must be a whole number of spare "
-            "schemas, 0 (the default) for no warm pool"
-        )
-    return size
+    return chain.whole_number(
+        POOL_SIZE_OPTION, 0, "it must be a whole number of spare schemas, 0 (the default) for no warm pool"
+    )
 
 
 def resolve_size(chain: Chain, size: int | None) -> int:
