@@ -193,7 +193,7 @@ def _check_pool(conn: Connection, chain: Chain, flavor: Flavor, token: str, *, c
             return
         spares.check_chain(chain, flavor)
         spare = spare_name(chain.namespace)
-        with _side(conn, chain, spare, flavor, [(chain.plan(None, chain.head), True)], committed=committed):
+        with _side(conn, chain, spare, flavor, [(chain.fresh_plan(chain.head), True)], committed=committed):
             found = spares.rename_and_scan(conn, spare, schema)
             if found:
                 raise PoolRefused(found)
@@ -260,8 +260,8 @@ def _plans(
     """The plans that bring a new scratch schema to from_rev and then run the range, each side all
     through its own path. A range starting at base starts from a schema downgraded from head to base
     (it exists, with an empty alembic_version); a fresh one from no schema at all."""
-    if fresh:
-        return [(chain.plan(None, to_rev, online=online), True)]
+    if fresh:  # the fast side as a new schema is built: chain.fresh_plan
+        return [(chain.plan(None, to_rev, online=True) if online else chain.fresh_plan(to_rev), True)]
     if from_rev is None:
         setup = [
             (chain.plan(None, chain.head, online=online), True),

@@ -10,11 +10,13 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from workspace_tool.chain import index, plan_record
 from workspace_tool.chain.alembic_run import ALEMBIC_LOCK, BASE, StatementBuffer, run_env
+from workspace_tool.chain.fresh import collapsed
 from workspace_tool.chain.loading import DIRECT_URL_OPTION, display_path, load_script_directory, resolve_config_path
 from workspace_tool.chain.plan import Path as PlanPath
 from workspace_tool.chain.plan import Plan, Step, StepKind, compiled_statements
@@ -85,6 +87,7 @@ class Chain:
         # proved and keys the reference catalog stored for `check`
         self.fingerprint = graph.fingerprint
         self._plans: dict[tuple[str | None, str | None, bool], Plan] = {}
+        self._fresh: dict[str | None, Plan] = {}  # fresh_plan's, per target
         self._plan_record = plan_record.record_path(self.fingerprint, self._options)  # ranges planned before
         self._unrenderable: set[tuple[str, bool]] = set()  # (revision, upgrading) that failed to compile
 
@@ -323,6 +326,19 @@ class Chain:
                     plan.path,
                     (time.perf_counter() - started) * 1000,
                 )
+        return plan
+
+    def fresh_plan(self, to_rev: str | None) -> Plan:
+        """The plan a NEW schema is built with (created in the same transaction): ``plan(None, to_rev)``,
+        its history collapsed where that provably builds the same schema (chain/fresh.py) when it is one
+        compiled step; cached per process, as the range it is made from."""
+        plan = self._fresh.get(to_rev)
+        if plan is None:
+            plan = self.plan(None, to_rev)
+            if len(plan.steps) == 1 and plan.steps[0].kind is StepKind.COMPILED:
+                step = plan.steps[0]
+                plan = Plan(None, to_rev, (replace(step, statements=collapsed(step.statements, to_rev)),))
+            self._fresh[to_rev] = plan
         return plan
 
     def claim_plan(self) -> Plan:

@@ -150,7 +150,7 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
         if action is Action.CURRENT and state.recorded_ready_at(current) and not grants:
             result = EnsureResult(what.project_id, schema, action, current, what.target, _ms(started), Path.NONE)
             return _logged(result, sending)
-        range_ = chain.plan(current, what.target, online=how.online) if action is not Action.CURRENT else None
+        range_ = None if action is Action.CURRENT else _range(chain, current, what.target, state.exists, how.online)
         path = Path.NONE if range_ is None else range_.path
         recorded_as = RegistryAction.ADOPT if adopted else recorded(action)
         plan = SchemaPlan(
@@ -210,7 +210,7 @@ def planned(
 ) -> SchemaPlan:
     """The plan that takes a schema at ``version`` to the target, its registry row included: what the fast
     lane sends (guarded by ``expected``) and what ``--sql`` renders."""
-    range_ = how.chain.plan(version, what.target)
+    range_ = _range(how.chain, version, what.target, exists, online=False)
     action = what.operation.action(how.chain, version, what.target, exists=exists)
     return SchemaPlan(
         what.schema,
@@ -222,6 +222,14 @@ def planned(
         expected=expected,
         namespace=how.chain.namespace,
     )
+
+
+def _range(chain: Chain, version: str | None, target: str | None, exists: bool, online: bool) -> Plan:
+    """The range a schema at ``version`` is taken through; a schema created in the same transaction gets
+    the chain's plan for new schemas (``Chain.fresh_plan``: its history collapsed where that changes nothing)."""
+    if not exists and version is None and not online:
+        return chain.fresh_plan(target)
+    return chain.plan(version, target, online=online)
 
 
 def fast_lane(how: Sending, what: Migration, expected: Expected) -> SchemaPlan | None:

@@ -253,7 +253,7 @@ def build_spare(conn: Connection, chain: Chain, flavor: Flavor, *, check: bool =
     and nothing is kept. The default privileges it is recorded under are read at its start and must be the
     same at its end (else it is discarded and built again). The chain was checked by ``fill``
     (``check_chain``), the one way spares are made."""
-    plan = chain.plan(None, chain.head)
+    plan = chain.fresh_plan(chain.head)  # as a new project schema is built
     parts = not in_one_transaction([plan])
     for _ in range(BUILD_ATTEMPTS):
         spare = spare_name(chain.namespace)
