@@ -157,7 +157,7 @@ def test_an_alter_that_could_build_another_schema_is_kept(statements: tuple[str,
     assert collapsed((VERSION_TABLE, *statements), "r1") == (VERSION_TABLE, *statements), why
 
 
-def test_version_rows_are_collapsed_only_when_nothing_else_names_the_version_table() -> None:
+def test_version_rows_are_collapsed_only_when_nothing_can_read_them() -> None:
     insert = "INSERT INTO alembic_version (version_num) VALUES ('r1') RETURNING alembic_version.version_num;"
     update = "UPDATE alembic_version SET version_num='r2' WHERE alembic_version.version_num = 'r1';"
     plain = (VERSION_TABLE, CREATE_ITEMS, insert, "CREATE INDEX ix_name ON items (name);", update)
@@ -170,3 +170,6 @@ def test_version_rows_are_collapsed_only_when_nothing_else_names_the_version_tab
     reads = "CREATE TABLE seen (\n    v VARCHAR(32) REFERENCES alembic_version (version_num)\n);"
     assert collapsed((*plain[:3], reads, *plain[3:]), "r2") == (*plain[:3], reads, *plain[3:])
     assert collapsed(plain, "r3") == plain  # the UPDATEs don't end at the target
+    # ADD COLUMN evaluates a non-volatile default once, at once: a function that could read the version row
+    evaluated = "ALTER TABLE items ADD COLUMN seen TEXT DEFAULT current_version() NOT NULL;"
+    assert collapsed((*plain[:3], evaluated, *plain[3:]), "r2") == (*plain[:3], evaluated, *plain[3:])

@@ -10,9 +10,10 @@ sure to build the same schema:
   INSERT and the UPDATEs Alembic renders), ``CREATE TABLE t (...)`` (no options after the column list, a
   name not created before in the range), ``CREATE [UNIQUE] INDEX ... ON t`` and ``ALTER TABLE t ...`` on a
   table the range created. So no statement writes or reads a row (no INSERT, UPDATE, SELECT, DO, function,
-  trigger, view, type...), every table the range touches is its own and empty, and no code of the chain's
-  runs (a default, a CHECK, an index expression is evaluated for rows only, and there are none). Anything
-  else: the statements are sent as they are.
+  trigger, view, type...), every table the range touches is its own and empty, and no code runs (a
+  default, a CHECK, an index expression is evaluated for rows only, and there are none; the one expression
+  DDL evaluates at once, the default of ADD COLUMN, must be a literal in ``ALTER TABLE``). Anything else:
+  the statements are sent as they are.
 * **The version row** (``_collapse_version``): it is read by nothing but Alembic, and no statement of a
   plain-DDL range reads it, so its values between the revisions are never seen: one INSERT of the target
   instead of the INSERT and one UPDATE per revision. Done only when the bookkeeping is exactly one INSERT
@@ -51,6 +52,10 @@ _NOT_A_TYPE = re.compile(
     r"\b(DEFAULT|COLLATE|CHECK|GENERATED|REFERENCES|PRIMARY|UNIQUE|CONSTRAINT|IDENTITY|COMPRESSION|STORAGE|"
     r"NULL|NOT|USING|AS|SMALLSERIAL|SERIAL|BIGSERIAL|SERIAL2|SERIAL4|SERIAL8)\b"
 )
+_DEFAULT = re.compile(r"\bDEFAULT\s+", re.IGNORECASE)
+_LITERAL_DEFAULT = re.compile(
+    r"('(?:[^']|'')*'|-?\d+(?:\.\d+)?|true|false|NULL)(?= NOT NULL| NULL|,|;|$)", re.IGNORECASE
+)
 _RETYPE = re.compile(rf"^ALTER TABLE ({_NAME}) ALTER COLUMN ({_NAME}) TYPE ({_TYPE});\Z")
 
 
@@ -75,7 +80,14 @@ def _plain_ddl(statements: Sequence[str]) -> bool:
         touched = _CREATE_INDEX.match(statement) or _ALTER_TABLE.match(statement)
         if touched is None or touched.groups()[-1] not in created:
             return False
+        if _ALTER_TABLE.match(statement) and not _literal_defaults(statement):
+            return False  # ADD COLUMN evaluates a non-volatile default once, at once: it could call anything
     return True
+
+
+def _literal_defaults(statement: str) -> bool:
+    """Whether every DEFAULT in the statement is a plain literal (a string, a number, true, false, NULL)."""
+    return all(_LITERAL_DEFAULT.match(statement, found.end()) for found in _DEFAULT.finditer(statement))
 
 
 def _version_row(statement: str) -> bool:
