@@ -127,6 +127,7 @@ VERSION_TABLE = "CREATE TABLE IF NOT EXISTS alembic_version (\n    version_num V
     [
         ((CREATE_ITEMS, "ALTER TABLE items ALTER COLUMN id TYPE BIGINT;"), "a serial column: its default and sequence"),
         ((CREATE_ITEMS, "ALTER TABLE items ALTER COLUMN name TYPE VARCHAR(9) USING left(name, 9);"), "USING"),
+        ((CREATE_ITEMS, "ALTER TABLE items ALTER COLUMN name TYPE INTEGER;"), "no assignment cast: the ALTER fails"),
         (
             (
                 CREATE_ITEMS.replace("name TEXT NOT NULL", "name TEXT DEFAULT 'x' NOT NULL"),

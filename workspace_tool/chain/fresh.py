@@ -20,10 +20,12 @@ sure to build the same schema:
   and a chain of UPDATEs that ends at the target.
 * **A column's type** (``_fold_types``): ``ALTER TABLE t ALTER COLUMN c TYPE X;`` (nothing more: no USING,
   no COLLATE) becomes X in the line of c in t's CREATE TABLE, when that line is only c, its type and NOT
-  NULL (no default, no serial type, which implies one), no other line of the CREATE TABLE names c (a key, a
-  CHECK, a foreign key), and no statement in between names t other than as the target of a foreign key
-  on other columns. On an empty table nothing else depends on c, and the column then has the type,
-  collation, storage and dependencies ALTER gives it, without the rewrite.
+  NULL (no default, no serial type, which implies one), the old type has an assignment cast to X (else the
+  ALTER fails, even on an empty table: the types of one family of ``_FAMILIES``, or X the same type), no
+  other line of the CREATE TABLE names c (a key, a CHECK, a foreign key), and no statement in between names
+  t other than as the target of a foreign key on other columns. On an empty table nothing else depends on
+  c, and the column then has the type, collation, storage and dependencies ALTER gives it, without the
+  rewrite.
 
 Not covered, by design: event triggers of the database (they see one ALTER fewer; the schema is the same).
 Proven in practice too: ``verify-fast-path`` builds a new schema with these statements against Alembic online.
@@ -55,6 +57,14 @@ _NOT_A_TYPE = re.compile(
 _DEFAULT = re.compile(r"\bDEFAULT\s+", re.IGNORECASE)
 _LITERAL_DEFAULT = re.compile(
     r"('(?:[^']|'')*'|-?\d+(?:\.\d+)?|true|false|NULL)(?= NOT NULL| NULL|,|;|$)", re.IGNORECASE
+)
+# Types between which PostgreSQL has an assignment cast (what ALTER ... TYPE without USING needs: without
+# one, it fails even on an empty table, and so must the build): by base name, in families; a type to itself
+# (another length or precision) always has one.
+_FAMILIES = (
+    {"TEXT", "VARCHAR", "CHAR", "CHARACTER", "CHARACTER VARYING"},
+    {"SMALLINT", "INTEGER", "BIGINT", "NUMERIC", "DECIMAL", "REAL", "FLOAT", "DOUBLE PRECISION"},
+    {"TIMESTAMP", "TIMESTAMP WITHOUT TIME ZONE", "TIMESTAMP WITH TIME ZONE"},
 )
 _RETYPE = re.compile(rf"^ALTER TABLE ({_NAME}) ALTER COLUMN ({_NAME}) TYPE ({_TYPE});\Z")
 
@@ -156,8 +166,18 @@ def _retyped(create: str, column: str, new_type: str) -> str | None:
     line = re.fullmatch(rf"    {re.escape(column)} (.+?)( NOT NULL)?(, )?", lines[mine[0]])
     if line is None or not re.fullmatch(_TYPE, line[1]) or _NOT_A_TYPE.search(line[1]):
         return None
+    if not _castable(line[1], new_type):
+        return None
     lines[mine[0]] = f"    {column} {new_type}{line[2] or ''}{line[3] or ''}"
     return "\n".join(lines)
+
+
+def _castable(old: str, new: str) -> bool:
+    """Whether ALTER ... TYPE takes a column of type ``old`` to ``new`` without USING (see _FAMILIES)."""
+    old_base, new_base = (re.sub(r"\(.*", "", t).removesuffix("[]") for t in (old, new))
+    if old.endswith("[]") != new.endswith("[]"):
+        return False
+    return old_base == new_base or any(old_base in family and new_base in family for family in _FAMILIES)
 
 
 def _unnamed_between(between: Sequence[str], table: str, column: str) -> bool:
