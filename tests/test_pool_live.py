@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from workspace_tool.schema.catalog import diff
 from workspace_tool.verification import verify_fast_path
 
 CHAIN = Chain.load(ALEMBIC_INI)
-READER = "wst_pool_reader"
+READER = "wst_pool_reader"  # a prefix: roles are the cluster's, shared by every worker's database
 T1 = "op.create_table('t1', sa.Column('id', sa.Integer, primary_key=True))"
 T2 = "op.create_table('t2', sa.Column('id', sa.Integer, primary_key=True))"
 
@@ -79,16 +80,17 @@ def readable_by(engine: sa.Engine, role: str, schema: str) -> int:
 
 @pytest.fixture
 def reader(engine: sa.Engine) -> Iterator[str]:
-    """A role, and the current role's default privileges put back as they were at the end."""
+    """A role of its own (tests in other workers' databases make theirs at the same time), and the current
+    role's default privileges put back as they were at the end."""
+    role = f"{READER}_{uuid.uuid4().hex[:8]}"
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP ROLE IF EXISTS {READER}"))
-        conn.execute(sa.text(f"CREATE ROLE {READER} NOLOGIN"))
-    yield READER
+        conn.execute(sa.text(f"CREATE ROLE {role} NOLOGIN"))
+    yield role
     with engine.begin() as conn:
-        conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM {READER}"))
-        conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM {READER}"))
-        conn.execute(sa.text(f"DROP OWNED BY {READER}"))
-        conn.execute(sa.text(f"DROP ROLE {READER}"))
+        conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES REVOKE ALL ON TABLES FROM {role}"))
+        conn.execute(sa.text(f"ALTER DEFAULT PRIVILEGES REVOKE ALL ON SEQUENCES FROM {role}"))
+        conn.execute(sa.text(f"DROP OWNED BY {role}"))
+        conn.execute(sa.text(f"DROP ROLE {role}"))
 
 
 def default_privileges(engine: sa.Engine, change: str) -> None:

@@ -10,7 +10,7 @@ POOL_SIZE_OPTION = "workspace_pool_size"
 GRACE_OPTION = "workspace_pool_grace"
 DEFAULT_GRACE_S = 3600.0  # another release's spares are kept while it filled the pool within this many seconds
 CLAIM_COMMIT_OPTION = "workspace_pool_claim_commit"
-CLAIM_COMMITS = ("durable", "async")
+CLAIM_COMMITS = ("async", "durable")
 
 
 def configured_size(chain: Chain) -> int:
@@ -42,19 +42,21 @@ def release_grace(chain: Chain) -> float:
 
 
 def async_claim(chain: Chain) -> bool:
-    """``workspace_pool_claim_commit`` in the chain's alembic.ini: ``durable`` (the default) or ``async``.
+    """``workspace_pool_claim_commit`` in the chain's alembic.ini: ``async`` (the default) or ``durable``.
 
-    ``async`` commits a claim with ``SET LOCAL synchronous_commit = off``: the claim no longer waits for its
-    WAL flush (most of its cost on a disk that syncs in a millisecond or more). What that risks: a server
-    crash within about three ``wal_writer_delay`` of the claim, before any later commit in the cluster
-    flushed the WAL past it, undoes the claim: the spare is a spare again and the project does not exist (it
-    held no data: anything the application committed into it would have flushed the claim first). The
-    next ``ensure`` of that id creates it again. Never corrupts anything; replicas see the claim when they
-    see the WAL."""
-    value = chain.option(CLAIM_COMMIT_OPTION, "durable").strip().lower()
+    ``async`` commits a claim sent alone (the sync manager's one round trip) with ``SET LOCAL
+    synchronous_commit = off``: the claim no longer waits for its WAL flush (most of its cost on a disk that
+    syncs in a millisecond or more: alone more than 1/20 of a fresh build). What that risks: a server crash
+    within about three ``wal_writer_delay`` of the claim, before any later commit in the cluster flushed the
+    WAL past it, undoes the claim: the spare is a spare again and the project does not exist (it held no
+    data: WAL is flushed in order, so anything the application committed into it flushed the claim first).
+    The next ``ensure`` that reads the database creates it again; a process that cached it as made gets
+    "schema does not exist" once (a session then forgets it). Never corrupts anything; replicas see the
+    claim when they see the WAL. ``durable`` waits for the flush, as the server's synchronous_commit says."""
+    value = chain.option(CLAIM_COMMIT_OPTION, "async").strip().lower()
     if value not in CLAIM_COMMITS:
         raise ConfigurationError(
-            f"{CLAIM_COMMIT_OPTION} = {value!r} in {chain.config_path}: it must be durable (the default) or async"
+            f"{CLAIM_COMMIT_OPTION} = {value!r} in {chain.config_path}: it must be async (the default) or durable"
         )
     return value == "async"
 
