@@ -27,6 +27,7 @@ from support.cli import psql, run_alembic, run_cli
 from support.concurrency import ensure_in_processes
 from support.data import NEAREST, add_chunks, nearest_statement
 from support.db import assert_consistent
+from wire import WireRecorder
 
 from migrations.models import metadata
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet
@@ -407,6 +408,43 @@ def test_downgrade_and_upgrade_all_in_parallel_then_check(citus_engine: sa.Engin
     code, _, err = cli(coordinator_url, "check")
     assert code == 0 and "8 schema(s) checked against head 0004_alter_existing: all match" in err
     assert {f"project_fleet_{i}" for i in range(8)} <= tenant_schemas(citus_engine)
+
+
+def test_upgrade_all_reads_no_version_its_registry_says_is_behind_and_each_guard_confirms_it(
+    citus_engine: sa.Engine, coordinator_url: URL
+) -> None:
+    """On Citus every version read is a distributed query: a run takes a schema whose registry row says it is
+    ready below the target at that revision, and the schema's transaction checks it under the schema's lock.
+    A registry row that is wrong costs nothing but the careful path: one saying head is still read (a stale
+    row must not make the run skip a schema behind), one naming another revision fails its guard."""
+    middle = MAIN_REVISIONS[2]
+    assert fleet.provision(citus_engine, CHAIN, ["read-0", "read-1", "read-2", "stale-head"], target=BEHIND).ok
+    assert fleet.provision(citus_engine, CHAIN, ["stale-behind"], target=middle).ok
+    with citus_engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE project_registry.workspace_config SET revision = :r WHERE project_id = :p"),
+            [{"r": HEAD, "p": "stale-head"}, {"r": BEHIND, "p": "stale-behind"}],
+        )
+    with WireRecorder(coordinator_url) as wire:
+        engine = sa.create_engine(wire.url)
+        try:
+            report = fleet.upgrade(engine, CHAIN, jobs=2)
+        finally:
+            engine.dispose()
+        sent = wire.queries
+    assert report.ok, report.failed
+    assert set(assert_consistent(citus_engine).values()) == {HEAD}
+    by_id = {r.project_id: r for r in report.results}
+    assert {p: (r.status, r.from_revision) for p, r in by_id.items()} == {
+        "read-0": ("ok", BEHIND),
+        "read-1": ("ok", BEHIND),
+        "read-2": ("ok", BEHIND),
+        "stale-head": ("ok", BEHIND),
+        "stale-behind": ("ok", middle),
+    }
+    read = [q for q in sent if "string_agg(version_num" in q]
+    assert read and all("project_stale_head" in q for q in read), read
+    assert not [q for q in read if "project_read_" in q or "project_stale_behind" in q], read
 
 
 def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(citus_engine: sa.Engine) -> None:
