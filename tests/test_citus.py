@@ -35,7 +35,7 @@ from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.flavor.citus import Citus
 from workspace_tool.managers import cache
-from workspace_tool.schema.migrate import Migration, Sending, migrate, migrate_expected
+from workspace_tool.schema.migrate import Migration, Sending, fast_lane, migrate, migrate_expected
 from workspace_tool.schema.plan import Expected
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
@@ -465,6 +465,48 @@ def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(ci
         careful = migrate(conn, how, moved)  # what the caller then does: finds it at head
         assert careful.action == "current"
     assert {"project_lane", "project_lane_new"} <= tenant_schemas(citus_engine)
+
+
+def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
+    citus_engine: sa.Engine, coordinator_url: URL
+) -> None:
+    """Citus replays a propagated SET's whole query string on the workers and forwards some DDL's: the SETs
+    in a row share a round trip, the queries in a row share one (the version check with the lock, the
+    registry row with the version move), every DDL goes alone; every statement is sent once, in order."""
+    assert fleet.provision(citus_engine, CHAIN, ["trips"], target=BEHIND).ok
+    how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=5000)
+    moved = Migration("trips", "project_trips", HEAD, fleet.UPGRADE)
+    plan = fast_lane(how, moved, Expected(True, BEHIND))
+    assert plan is not None
+    with WireRecorder(coordinator_url) as wire:
+        engine = sa.create_engine(wire.url)
+        try:
+            with engine.connect() as conn:
+                wire.clear()
+                done = migrate_expected(conn, how, moved, Expected(True, BEHIND))
+        finally:
+            engine.dispose()
+        sent = wire.queries
+    assert done is not None and (done.action, done.path) == ("upgraded", "fast")
+    assert assert_consistent(citus_engine) == {"project_trips": HEAD}
+    begin, *trips, commit = sent
+    assert begin.startswith("BEGIN") and commit == "COMMIT", sent
+    statements, grouped = plan.statements(), []
+    for trip in trips:  # each round trip is the plan's next statements, in order
+        taken = next(n for n in range(1, len(statements) + 1) if "\n".join(statements[:n]) == trip)
+        grouped.append(statements[:taken])
+        statements = statements[taken:]
+    assert not statements and len(grouped) < len(plan.statements())
+
+    def kind(statement: str) -> str:
+        word = statement.split(None, 1)[0].upper()
+        return "set" if word == "SET" else "query" if word in {"SELECT", "INSERT", "UPDATE", "WITH"} else "other"
+
+    for group in grouped:
+        kinds = {kind(s) for s in group}
+        assert len(kinds) == 1 and ("other" not in kinds or len(group) == 1), group
+    assert any("pg_advisory_xact_lock" in t and "expect_version" in t for t in trips), trips
+    assert any("UPDATE alembic_version" in t and "workspace_config" in t for t in trips), trips
 
 
 def test_upgrade_sql_is_what_the_run_sends_and_psql_runs_it(citus_engine: sa.Engine, coordinator_url: URL) -> None:

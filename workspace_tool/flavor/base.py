@@ -52,6 +52,11 @@ class Flavor:
     # Why the warm pool can't serve this database, in one line; None when it can.
     spares_refused: ClassVar[str | None] = None
 
+    def round_trips(self, statements: Sequence[str]) -> list[list[str]]:
+        """How statements sent in a row, in one transaction, share round trips: one batch where the flavor
+        ``batches`` (plain PostgreSQL), else each alone unless the flavor says otherwise."""
+        return [list(statements)] if self.batches else [[s] for s in statements]
+
     def lock_timeout_statements(self, timeout_ms: int) -> list[str]:
         """What bounds every lock wait of the transaction (SQLSTATE 55P03 when exceeded)."""
         return [lock_timeout_statement(timeout_ms)]

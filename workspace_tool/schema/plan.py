@@ -8,9 +8,9 @@ lock timeout. Planned in one transaction::
     BEGIN ISOLATION LEVEL READ COMMITTED
     SET LOCAL lock_timeout = '...'            -- when bounded (the flavor's statements)
     SELECT pg_advisory_xact_lock(...)         -- the schema's lock: other schemas never wait
+    <the version check>                       -- a flavor's separate guard: fails unless the version is as read
     CREATE SCHEMA ...                         -- when it does not exist (after the flavor's statements)
     SET LOCAL search_path TO <schema>, <extension schema>
-    <the version check>                       -- a flavor's separate guard: fails unless the version is as read
     <the plan's steps>                        -- compiled statements, or Alembic online
     <grants>                                  -- an owner role, when asked
     <the registry row>                        -- guarded: written only if the version moved as expected
@@ -124,12 +124,12 @@ class SchemaPlan:
             claim = self._steps_and_record()[1]
             return [f"{claim};", *(g + ";" for g in self.grants)]
         units: list[str | Step] = []
+        if (check := self._version_check()) is not None:
+            units.append(check + ";")
         if self.create_schema:
             units.extend(s + ";" for s in self.flavor.before_project_schema())
             units.append(f"CREATE SCHEMA {quote_ident(self.schema)};")
         units.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
-        if (check := self._version_check()) is not None:
-            units.append(check + ";")
         steps, record = self._steps_and_record()
         for step in steps:
             if step.online:
@@ -208,7 +208,8 @@ class SchemaPlan:
         if not self.guarded:
             return None
         version = sql_literal(self.expected.version)
-        found = f"EXISTS (SELECT 1 FROM alembic_version WHERE version_num = {version})"
+        table = f"{quote_ident(self.schema)}.alembic_version"  # sent before the search_path, with the lock
+        found = f"EXISTS (SELECT 1 FROM {table} WHERE version_num = {version})"
         return "SELECT " + self.namespace.sql(expect_version_sql(found, self.schema, self.expected.version))
 
     def claim_alone(self) -> str:

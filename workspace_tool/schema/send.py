@@ -33,6 +33,7 @@ from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
 from workspace_tool.dberrors import describe, is_connection_error, is_driver_error, sqlstate
 from workspace_tool.errors import NonTransactionalFailed, RevisionFailed, WorkspaceError
+from workspace_tool.flavor import Flavor
 from workspace_tool.schema.plan import SchemaPlan, span
 from workspace_tool.sql import lock_statement, quote_ident, unlock_statement
 
@@ -83,18 +84,20 @@ def run(
     transactions.require(conn)
     if not plan.in_one_transaction:
         raise ValueError("a step can't run in a transaction: send it with run_in_parts")
-    one_by_one = statement_by_statement or not plan.flavor.batches
+    flavor = plan.flavor
     units: list[str | Step] = [*([] if lock_held else plan.prelude()), *plan.units()]
     pending: list[str] = []
     for unit in units:
         if isinstance(unit, Step):
-            send(conn, pending, statement_by_statement=one_by_one)
+            send(conn, pending, statement_by_statement=statement_by_statement, flavor=flavor)
             pending = []
             log.debug("%s: %s -> %s online through Alembic", plan.schema, unit.from_rev, unit.to_rev)
             _run_online(conn, plan, chain, unit)
         else:
             pending.append(unit)
-    recorded = send(conn, pending, statement_by_statement=one_by_one, result=plan.record is not None)
+    recorded = send(
+        conn, pending, statement_by_statement=statement_by_statement, result=plan.record is not None, flavor=flavor
+    )
     return _sent(recorded)
 
 
@@ -389,17 +392,25 @@ def _in_own_transaction(conn: Connection, work: Callable[[], Any]) -> None:
 
 
 # --------------------------------------------------------------------------- statements on the wire
-def send(conn: Connection, statements: Sequence[str], *, statement_by_statement: bool, result: bool = False) -> object:
-    """Send statements in conn's transaction: as one batch (simple query protocol), or one per round trip.
-    With ``result``, return the first column of the last statement's first row."""
+def send(
+    conn: Connection,
+    statements: Sequence[str],
+    *,
+    statement_by_statement: bool,
+    result: bool = False,
+    flavor: Flavor | None = None,
+) -> object:
+    """Send statements in conn's transaction: as one batch (simple query protocol), in the runs ``flavor``
+    says may share a round trip (``Flavor.round_trips``), or one per round trip. With ``result``, return
+    the first column of the last statement's first row."""
     if not statements:
         return None
     if statement_by_statement:
         groups = [[s] for s in statements]
-    elif result and conn.dialect.driver != "psycopg2":
-        groups = [list(statements[:-1]), [statements[-1]]]  # asyncpg returns nothing from a batch
     else:
-        groups = [list(statements)]
+        groups = [list(statements)] if flavor is None else flavor.round_trips(statements)
+        if result and conn.dialect.driver != "psycopg2" and len(groups[-1]) > 1:
+            groups[-1:] = [groups[-1][:-1], groups[-1][-1:]]  # asyncpg returns nothing from a batch
     value: object = None
     for i, group in enumerate(groups):
         if not group:
