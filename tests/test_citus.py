@@ -505,6 +505,7 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
     for group in grouped:
         kinds = {kind(s) for s in group}
         assert len(kinds) == 1 and ("other" not in kinds or len(group) == 1), group
+    assert "SET LOCAL search_path" in trips[0], trips  # set before any worker is reached: no round trip there
     assert any("pg_advisory_xact_lock" in t and "expect_version" in t for t in trips), trips
     assert any("UPDATE alembic_version" in t and "workspace_config" in t for t in trips), trips
 

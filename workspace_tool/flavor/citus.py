@@ -19,8 +19,8 @@ How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordi
 * The lock timeout is propagated to the workers (PROPAGATE_SET, then the SET LOCAL itself: Citus passes SET
   LOCAL commands on only after it, and only as SET statements, not set_config).
 * An existing schema's guard is a separate version check, sent first: a CTE that modifies a distributed
-  table runs through intermediate results (measured: a third more time per schema). It names the version
-  table with its schema, so it shares the lock's round trip (before the search_path's SET).
+  table runs through intermediate results (measured: a third more time per schema). It shares the lock's
+  round trip; the search_path's SET comes before the lock, with the lock timeout's (schema/plan.py).
 * A fleet run reads no version it can take from the registry: every version read is a distributed query
   (measured: a third of a 608-schema `upgrade --all`). A schema whose registry row says it is ready at a
   revision the run migrates from is taken at that revision; the version check above confirms it under the
