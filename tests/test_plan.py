@@ -97,8 +97,10 @@ def test_a_distributed_flavor_sends_sets_together_queries_together_and_each_ddl_
         ["CREATE TABLE c (id int);"],
         [MOVE_V3, statements[-1]],  # the last version move and the registry row
     ]
-    assert DISTRIBUTED.round_trips(["-- note\nSET LOCAL a = 1;", "/* x */ select 1;", "DO $$ BEGIN END $$;"]) == [
-        ["-- note\nSET LOCAL a = 1;"],
+    odd = ["-- note\nSET LOCAL a = 1;", "set local b = 2;", "SET ROLE x;", "/* x */ select 1;", "DO $$ BEGIN END $$;"]
+    assert DISTRIBUTED.round_trips(odd) == [
+        odd[:2],  # SET LOCALs together, past a comment, in any case
+        ["SET ROLE x;"],  # a session's SET alone: it would stay on a worker's connection
         ["/* x */ select 1;"],
         ["DO $$ BEGIN END $$;"],
     ]

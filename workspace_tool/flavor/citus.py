@@ -8,8 +8,8 @@ How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordi
   "cannot insert multiple commands into a prepared statement"), and a propagated SET LOCAL's, which every
   worker's transaction replays (a query on a distributed table in that text fails there: "cannot execute a
   distributed query from a query on a shard"). So a schema's transaction is no one batch (no one-round-trip
-  fast lane either); it is sent in runs (``round_trips``): the SETs in a row share one round trip (the text
-  the workers replay then holds only SETs), the queries in a row (SELECT, INSERT, UPDATE, DELETE, WITH:
+  fast lane either); it is sent in runs (``round_trips``): the SET LOCALs in a row share one round trip (the
+  text the workers replay then holds only them), the queries in a row (SELECT, INSERT, UPDATE, DELETE, WITH:
   planned per shard, their text never forwarded) share one, and every other statement goes alone.
 * A project schema is created after TENANT (a tenant schema, whatever the role's
   ``citus.enable_schema_based_sharding``); the registry's schema and the extension's after NOT_TENANT (they
@@ -75,19 +75,21 @@ _ALL_NODES = text("SELECT nodename, nodeport, isactive, noderole, groupid FROM p
 _ANSWERS = text("SELECT nodename, nodeport, success, result FROM run_command_on_workers('SELECT 1')")
 
 
-# The first word of a statement that may share a round trip with its like (see the module's docstring).
-_FIRST_WORD = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]+)", re.DOTALL)
+# The first two words of a statement, past comments: whether it may share a round trip with its like (see
+# the module's docstring).
+_FIRST_WORDS = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]+)(?:\s+([A-Za-z]+))?", re.DOTALL)
 _QUERIES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH"})
 
 
 def _kind(statement: str) -> str | None:
-    """'set' or 'query' for a statement that may share a round trip with others of its kind; None for one
-    that goes alone."""
-    match = _FIRST_WORD.match(statement)
-    word = match[1].upper() if match else ""
-    if word == "SET":
-        return "set"
-    return "query" if word in _QUERIES else None
+    """'set' (a SET LOCAL) or 'query' for a statement that may share a round trip with others of its kind;
+    None for one that goes alone (a session's SET too: replayed on a worker with a SET LOCAL's text, it would
+    stay on the worker's cached connection)."""
+    match = _FIRST_WORDS.match(statement)
+    first, second = (match[1].upper(), (match[2] or "").upper()) if match else ("", "")
+    if first == "SET":
+        return "set" if second == "LOCAL" else None
+    return "query" if first in _QUERIES else None
 
 
 class Citus(Flavor):
