@@ -490,7 +490,7 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
     assert done is not None and (done.action, done.path) == ("upgraded", "fast")
     assert assert_consistent(citus_engine) == {"project_trips": HEAD}
     begin, *trips, commit = sent
-    assert begin.startswith("BEGIN") and commit == "COMMIT", sent
+    assert begin.startswith("BEGIN") and commit.startswith("COMMIT"), sent
     statements, grouped = plan.statements(), []
     for trip in trips:  # each round trip is the plan's next statements, in order
         taken = next(n for n in range(1, len(statements) + 1) if "\n".join(statements[:n]) == trip)

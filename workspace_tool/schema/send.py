@@ -34,7 +34,7 @@ from workspace_tool.chain import Chain, Step
 from workspace_tool.dberrors import describe, is_connection_error, is_driver_error, sqlstate
 from workspace_tool.errors import NonTransactionalFailed, RevisionFailed, WorkspaceError
 from workspace_tool.flavor import Flavor
-from workspace_tool.schema.plan import SchemaPlan, span
+from workspace_tool.schema.plan import BEGIN, COMMIT, SchemaPlan, span
 from workspace_tool.sql import lock_statement, quote_ident, unlock_statement
 
 # The session's settings a non-transactional step changes, read before and put back after.
@@ -148,6 +148,19 @@ def send_batch(conn: Connection, plan: SchemaPlan, *, implicit: bool = False) ->
     return _sent(send_raw(conn, plan.schema, plan.batch(implicit=implicit), rollback=not implicit))
 
 
+def send_trips(conn: Connection, plan: SchemaPlan) -> Sent:
+    """A guarded, compiled plan in one transaction on a flavor that takes no one batch (Citus), on psycopg2:
+    BEGIN, the plan's statements in the round trips the flavor allows (``Flavor.round_trips``), COMMIT,
+    each sent on the raw connection (``send_raw``: none of SQLAlchemy's work per statement, which is most of
+    the fleet's client CPU per schema there). ``conn`` must not be in a transaction. On failure the
+    transaction is rolled back (or, if the connection is gone, ``conn`` invalidated) and the driver's
+    exception raised. Returns the duration its registry row recorded."""
+    if conn.dialect.driver != "psycopg2":
+        raise ValueError("only psycopg2 sends a plan's round trips on the raw connection")
+    trips = ["\n".join(trip) for trip in plan.flavor.round_trips(plan.statements())]
+    return _sent(send_raw(conn, plan.schema, [BEGIN, *trips, COMMIT], rollback=True))
+
+
 def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
     """A claim in ONE round trip on psycopg2, ``conn`` not in a transaction: ``SchemaPlan.claim_alone``, one
     implicit transaction that takes the schema's lock, claims a spare and writes its registry row. ``claimed``
@@ -158,13 +171,15 @@ def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
     return _sent(recorded, claimed=recorded is not None)
 
 
-def send_raw(conn: Connection, schema: str, sql: str, *, rollback: bool = False) -> object:
+def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollback: bool = False) -> object:
     """Send ``sql`` (statements carrying their own transaction, or one implicit transaction) in ONE round trip
-    on conn's psycopg2 connection in autocommit, seen by the engine's cursor events as SQLAlchemy's own
-    statements are; return the first column of the last statement's first row (None: no row). On failure,
-    a ROLLBACK when ``rollback`` (else the server rolled the implicit transaction back), or ``conn``
-    invalidated if the connection is gone; the driver's exception is raised."""
-    log.debug("%s: one round trip:\n%s", schema, sql)
+    (or each string of a sequence in one of its own, in turn) on conn's psycopg2 connection in autocommit,
+    seen by the engine's cursor events as SQLAlchemy's own statements are; return the first column of the
+    first row of the last statement that returned one (None: none did). On failure, a ROLLBACK when
+    ``rollback`` (else the server rolled the implicit transaction back), or ``conn`` invalidated if the
+    connection is gone; the driver's exception is raised."""
+    trips = [sql] if isinstance(sql, str) else list(sql)
+    log.debug("%s: %d round trip(s):\n%s", schema, len(trips), "\n".join(trips))
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     autocommit, isolation = dbapi.autocommit, dbapi.isolation_level
@@ -178,11 +193,12 @@ def send_raw(conn: Connection, schema: str, sql: str, *, rollback: bool = False)
     try:
         cursor = dbapi.cursor()
         try:
-            conn.dispatch.before_cursor_execute(conn, cursor, sql, (), None, False)
-            cursor.execute(sql)
-            if cursor.description is not None and (row := cursor.fetchone()) is not None:
-                value = row[0]
-            conn.dispatch.after_cursor_execute(conn, cursor, sql, (), None, False)
+            for trip in trips:
+                conn.dispatch.before_cursor_execute(conn, cursor, trip, (), None, False)
+                cursor.execute(trip)
+                if cursor.description is not None and (row := cursor.fetchone()) is not None:
+                    value = row[0]
+                conn.dispatch.after_cursor_execute(conn, cursor, trip, (), None, False)
         finally:
             cursor.close()
     except Exception:
