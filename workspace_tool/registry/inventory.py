@@ -161,13 +161,12 @@ def read_fleet(
     vanished = [s for s in versioned if s not in versions]
     gone = _look_again(conn, vanished, schemas, versions, namespace, has_registry=has_registry) if vanished else set()
     log.info(
-        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read (%d from the registry), "
-        "in %.0f ms%s",
+        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read%s, in %.0f ms%s",
         len(wanted),
         len(rows),
         len(schemas),
         len(versioned),
-        len(taken),
+        f" ({len(taken)} taken from the registry)" if taken else "",
         (time.perf_counter() - started) * 1000,
         f"; {len(gone)} dropped meanwhile" if gone else "",
     )

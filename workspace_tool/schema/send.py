@@ -179,7 +179,8 @@ def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollbac
     ``rollback`` (else the server rolled the implicit transaction back), or ``conn`` invalidated if the
     connection is gone; the driver's exception is raised."""
     trips = [sql] if isinstance(sql, str) else list(sql)
-    log.debug("%s: %d round trip(s):\n%s", schema, len(trips), "\n".join(trips))
+    counted = "one round trip" if len(trips) == 1 else f"{len(trips)} round trips"
+    log.debug("%s: %s:\n%s", schema, counted, "\n".join(trips))
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     autocommit, isolation = dbapi.autocommit, dbapi.isolation_level
