@@ -16,11 +16,12 @@ whole fleet to itself; it drops what it made at the end):
 * ``upgrade --all`` over the whole fleet (``--schemas`` tenant schemas across both workers) to a revision
   adding a column and an index: the floor sends that revision's statements into every schema from
   ``--jobs`` psycopg2 connections (BEGIN; SET LOCAL search_path; the statements; COMMIT), a second floor
-  the very statements the library sends (lock timeout, lock, version check, registry row), the library runs
-  ``fleet.upgrade`` (registry, batched version reads, per-schema lock, lock_timeout, registry row in the
-  same transaction); ``--repeat`` times, interleaved, brought back down between runs (not timed); and the
-  no-op run (every schema at head). A first library run, which also stores ``check``'s reference for the
-  new chain (once per chain), is not counted.
+  the very statements the library sends, in its round trips (lock timeout, lock, version check, registry
+  row), the library runs ``fleet.upgrade`` (registry, the fleet read, per-schema lock, lock_timeout, version
+  check, registry row in the same transaction; no version read first for a schema whose registry row says
+  it is behind); ``--repeat`` times, interleaved, brought back down between runs (not timed); and the no-op
+  run (every schema at head, every version read to confirm it). A first library run, which also stores
+  ``check``'s reference for the new chain (once per chain), is not counted.
 """
 
 from __future__ import annotations
@@ -149,13 +150,15 @@ def bench_fresh(engine: sa.Engine, count: int, jobs: int, rounds: int) -> dict[s
 
 
 def upgrade_statements(chain: Chain, project_id: str, schema: str) -> list[str]:
-    """The statements ``fleet.upgrade`` sends for one schema on Citus (its fast lane): the lock timeout
-    (propagated to the workers), the schema's lock, the search_path, the revision, the version move that
-    writes the registry row."""
-    how = Sending(chain, Citus("workspace_extensions"), lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS)
+    """What ``fleet.upgrade`` sends for one schema on Citus (its fast lane), one round trip each, as the flavor
+    groups the statements (``Citus.round_trips``): the lock timeout (propagated to the workers) with the
+    search_path, the schema's lock with the version check, the revision, the version move with the registry
+    row."""
+    flavor = Citus("workspace_extensions")
+    how = Sending(chain, flavor, lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS)
     plan = fast_lane(how, Migration(project_id, schema, NEW_REV, fleet.UPGRADE), Expected(True, BASE_REV))
     assert plan is not None
-    return plan.statements()
+    return ["\n".join(trip) for trip in flavor.round_trips(plan.statements())]
 
 
 def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from support.cli import psql, run_alembic, run_cli
 from support.concurrency import ensure_in_processes
 from support.data import NEAREST, add_chunks, nearest_statement
 from support.db import assert_consistent
+from wire import WireRecorder
 
 from migrations.models import metadata
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet
@@ -34,7 +35,7 @@ from workspace_tool.authoring import create_revision
 from workspace_tool.chain import Chain
 from workspace_tool.flavor.citus import Citus
 from workspace_tool.managers import cache
-from workspace_tool.schema.migrate import Migration, Sending, migrate, migrate_expected
+from workspace_tool.schema.migrate import Migration, Sending, fast_lane, migrate, migrate_expected
 from workspace_tool.schema.plan import Expected
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
@@ -409,6 +410,43 @@ def test_downgrade_and_upgrade_all_in_parallel_then_check(citus_engine: sa.Engin
     assert {f"project_fleet_{i}" for i in range(8)} <= tenant_schemas(citus_engine)
 
 
+def test_upgrade_all_reads_no_version_its_registry_says_is_behind_and_each_guard_confirms_it(
+    citus_engine: sa.Engine, coordinator_url: URL
+) -> None:
+    """On Citus every version read is a distributed query: a run takes a schema whose registry row says it is
+    ready below the target at that revision, and the schema's transaction checks it under the schema's lock.
+    A registry row that is wrong costs nothing but the careful path: one saying head is still read (a stale
+    row must not make the run skip a schema behind), one naming another revision fails its guard."""
+    middle = MAIN_REVISIONS[2]
+    assert fleet.provision(citus_engine, CHAIN, ["read-0", "read-1", "read-2", "stale-head"], target=BEHIND).ok
+    assert fleet.provision(citus_engine, CHAIN, ["stale-behind"], target=middle).ok
+    with citus_engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE project_registry.workspace_config SET revision = :r WHERE project_id = :p"),
+            [{"r": HEAD, "p": "stale-head"}, {"r": BEHIND, "p": "stale-behind"}],
+        )
+    with WireRecorder(coordinator_url) as wire:
+        engine = sa.create_engine(wire.url)
+        try:
+            report = fleet.upgrade(engine, CHAIN, jobs=2)
+        finally:
+            engine.dispose()
+        sent = wire.queries
+    assert report.ok, report.failed
+    assert set(assert_consistent(citus_engine).values()) == {HEAD}
+    by_id = {r.project_id: r for r in report.results}
+    assert {p: (r.status, r.from_revision) for p, r in by_id.items()} == {
+        "read-0": ("ok", BEHIND),
+        "read-1": ("ok", BEHIND),
+        "read-2": ("ok", BEHIND),
+        "stale-head": ("ok", BEHIND),
+        "stale-behind": ("ok", middle),
+    }
+    read = [q for q in sent if "string_agg(version_num" in q]
+    assert read and all("project_stale_head" in q for q in read), read
+    assert not [q for q in read if "project_read_" in q or "project_stale_behind" in q], read
+
+
 def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(citus_engine: sa.Engine) -> None:
     """No state read first; a guard that fails changes nothing and sends the caller to the careful path."""
     assert fleet.provision(citus_engine, CHAIN, ["lane"], target=BEHIND).ok
@@ -427,6 +465,49 @@ def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(ci
         careful = migrate(conn, how, moved)  # what the caller then does: finds it at head
         assert careful.action == "current"
     assert {"project_lane", "project_lane_new"} <= tenant_schemas(citus_engine)
+
+
+def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
+    citus_engine: sa.Engine, coordinator_url: URL
+) -> None:
+    """Citus replays a propagated SET's whole query string on the workers and forwards some DDL's: the SETs
+    in a row share a round trip, the queries in a row share one (the version check with the lock, the
+    registry row with the version move), every DDL goes alone; every statement is sent once, in order."""
+    assert fleet.provision(citus_engine, CHAIN, ["trips"], target=BEHIND).ok
+    how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=5000)
+    moved = Migration("trips", "project_trips", HEAD, fleet.UPGRADE)
+    plan = fast_lane(how, moved, Expected(True, BEHIND))
+    assert plan is not None
+    with WireRecorder(coordinator_url) as wire:
+        engine = sa.create_engine(wire.url)
+        try:
+            with engine.connect() as conn:
+                wire.clear()
+                done = migrate_expected(conn, how, moved, Expected(True, BEHIND))
+        finally:
+            engine.dispose()
+        sent = wire.queries
+    assert done is not None and (done.action, done.path) == ("upgraded", "fast")
+    assert assert_consistent(citus_engine) == {"project_trips": HEAD}
+    begin, *trips, commit = sent
+    assert begin.startswith("BEGIN") and commit.startswith("COMMIT"), sent
+    statements, grouped = plan.statements(), []
+    for trip in trips:  # each round trip is the plan's next statements, in order
+        taken = next(n for n in range(1, len(statements) + 1) if "\n".join(statements[:n]) == trip)
+        grouped.append(statements[:taken])
+        statements = statements[taken:]
+    assert not statements and len(grouped) < len(plan.statements())
+
+    def kind(statement: str) -> str:
+        word = statement.split(None, 1)[0].upper()
+        return "set" if word == "SET" else "query" if word in {"SELECT", "INSERT", "UPDATE", "WITH"} else "other"
+
+    for group in grouped:
+        kinds = {kind(s) for s in group}
+        assert len(kinds) == 1 and ("other" not in kinds or len(group) == 1), group
+    assert "SET LOCAL search_path" in trips[0], trips  # set before any worker is reached: no round trip there
+    assert any("pg_advisory_xact_lock" in t and "expect_version" in t for t in trips), trips
+    assert any("UPDATE alembic_version" in t and "workspace_config" in t for t in trips), trips
 
 
 def test_upgrade_sql_is_what_the_run_sends_and_psql_runs_it(citus_engine: sa.Engine, coordinator_url: URL) -> None:

@@ -72,12 +72,39 @@ def test_plain_upgrade_guards_with_the_statement_that_moves_the_version() -> Non
 def test_a_distributed_flavor_checks_the_version_first_and_writes_a_plain_registry_row() -> None:
     statements = upgrade(DISTRIBUTED).statements()
 
-    assert statements[:4] == [PROPAGATE_SET + ";", "SET LOCAL lock_timeout = '5000ms';", LOCK, SEARCH_PATH]
+    # the search_path before the lock: with the lock timeout's SETs, before the check reaches a worker
+    assert statements[:4] == [PROPAGATE_SET + ";", "SET LOCAL lock_timeout = '5000ms';", SEARCH_PATH, LOCK]
     check = "SELECT " + guard("v1", "EXISTS (SELECT 1 FROM alembic_version WHERE version_num = 'v1')") + ";"
     assert statements[4] == check  # before any of the range's statements
     assert statements[5:9] == [*V1_TO_V2.statements, *V2_TO_V3.statements]  # the version moves as it is
     assert statements[-1].startswith("INSERT INTO project_registry.workspace_config")
     assert "WITH moved" not in statements[-1] and "expect_version" not in statements[-1]
+    assert statements.count(SEARCH_PATH) == 1
+
+
+def test_a_distributed_flavor_sends_sets_together_queries_together_and_each_ddl_alone() -> None:
+    """Citus replays a propagated SET's whole query string on the workers and forwards some DDL's: a round
+    trip holds only SETs, or only queries, or one other statement; the statements stay in order."""
+    statements = upgrade(DISTRIBUTED).statements()
+    trips = DISTRIBUTED.round_trips(statements)
+
+    assert [s for trip in trips for s in trip] == statements
+    assert trips == [
+        statements[:3],  # the SETs: the lock timeout (propagated) and the search_path
+        [LOCK, statements[4]],  # the lock and the version check
+        ["ALTER TABLE a ADD COLUMN b int;"],  # each DDL alone
+        [MOVE_V2],
+        ["CREATE TABLE c (id int);"],
+        [MOVE_V3, statements[-1]],  # the last version move and the registry row
+    ]
+    odd = ["-- note\nSET LOCAL a = 1;", "set local b = 2;", "SET ROLE x;", "/* x */ select 1;", "DO $$ BEGIN END $$;"]
+    assert DISTRIBUTED.round_trips(odd) == [
+        odd[:2],  # SET LOCALs together, past a comment, in any case
+        ["SET ROLE x;"],  # a session's SET alone: it would stay on a worker's connection
+        ["/* x */ select 1;"],
+        ["DO $$ BEGIN END $$;"],
+    ]
+    assert PLAIN.round_trips(statements) == [statements]  # plain PostgreSQL: one batch
 
 
 def test_the_guard_of_a_missing_schema_is_create_schema_and_a_distributed_one_is_a_tenant() -> None:

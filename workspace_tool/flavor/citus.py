@@ -4,9 +4,13 @@ and every command of workspace-tool goes to the coordinator.
 How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordinator and two workers
 (tests/test_citus*.py, benchmarks/citus_bench.py):
 
-* A DDL's whole query string is forwarded to the workers, which take one statement at a time: a schema's
-  transaction is sent statement by statement (no batch, so no one-round-trip fast lane either), and so are
-  the SET LOCALs before the careful path's lock.
+* Some statements' whole query string is forwarded to the workers: a DDL's (CREATE INDEX in a batch fails:
+  "cannot insert multiple commands into a prepared statement"), and a propagated SET LOCAL's, which every
+  worker's transaction replays (a query on a distributed table in that text fails there: "cannot execute a
+  distributed query from a query on a shard"). So a schema's transaction is no one batch (no one-round-trip
+  fast lane either); it is sent in runs (``round_trips``): the SET LOCALs in a row share one round trip (the
+  text the workers replay then holds only them), the queries in a row (SELECT, INSERT, UPDATE, DELETE, WITH:
+  planned per shard, their text never forwarded) share one, and every other statement goes alone.
 * A project schema is created after TENANT (a tenant schema, whatever the role's
   ``citus.enable_schema_based_sharding``); the registry's schema and the extension's after NOT_TENANT (they
   stay ordinary schemas of the coordinator, whose tables are the coordinator's: the registry row is written
@@ -15,7 +19,13 @@ How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordi
 * The lock timeout is propagated to the workers (PROPAGATE_SET, then the SET LOCAL itself: Citus passes SET
   LOCAL commands on only after it, and only as SET statements, not set_config).
 * An existing schema's guard is a separate version check, sent first: a CTE that modifies a distributed
-  table runs through intermediate results (measured: a third more time per schema).
+  table runs through intermediate results (measured: a third more time per schema). It shares the lock's
+  round trip; the search_path's SET comes before the lock, with the lock timeout's (schema/plan.py).
+* A fleet run reads no version it can take from the registry: every version read is a distributed query
+  (measured: a third of a 608-schema `upgrade --all`). A schema whose registry row says it is ready at a
+  revision the run migrates from is taken at that revision; the version check above confirms it under the
+  schema's lock, and a wrong row sends the schema to the careful path. A row naming the target is read as
+  before: a stale one must not make the run skip a schema that is behind.
 * The warm pool is refused: renaming a distributed tenant schema inside the claim is not something the pool
   was built or tested for; ensure builds schemas there, statement by statement.
 * `status` shows the worker holding each schema (from Citus's catalog), and an error that says a worker
@@ -65,6 +75,23 @@ _ALL_NODES = text("SELECT nodename, nodeport, isactive, noderole, groupid FROM p
 _ANSWERS = text("SELECT nodename, nodeport, success, result FROM run_command_on_workers('SELECT 1')")
 
 
+# The first two words of a statement, past comments: whether it may share a round trip with its like (see
+# the module's docstring).
+_FIRST_WORDS = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]+)(?:\s+([A-Za-z]+))?", re.DOTALL)
+_QUERIES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH"})
+
+
+def _kind(statement: str) -> str | None:
+    """'set' (a SET LOCAL) or 'query' for a statement that may share a round trip with others of its kind;
+    None for one that goes alone (a session's SET too: replayed on a worker with a SET LOCAL's text, it would
+    stay on the worker's cached connection)."""
+    match = _FIRST_WORDS.match(statement)
+    first, second = (match[1].upper(), (match[2] or "").upper()) if match else ("", "")
+    if first == "SET":
+        return "set" if second == "LOCAL" else None
+    return "query" if first in _QUERIES else None
+
+
 class Citus(Flavor):
     """A Citus coordinator (see the module's docstring)."""
 
@@ -73,7 +100,20 @@ class Citus(Flavor):
     detected_by: ClassVar[str | None] = "EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
     batches: ClassVar[bool] = False
     separate_version_check: ClassVar[bool] = True
+    reads_versions_first: ClassVar[bool] = False
     spares_refused: ClassVar[str | None] = "the database runs Citus, where spares are not supported"
+
+    def round_trips(self, statements: Sequence[str]) -> list[list[str]]:
+        trips: list[list[str]] = []
+        previous: str | None = None
+        for statement in statements:
+            kind = _kind(statement)
+            if kind is not None and kind == previous:
+                trips[-1].append(statement)
+            else:
+                trips.append([statement])
+            previous = kind
+        return trips
 
     def lock_timeout_statements(self, timeout_ms: int) -> list[str]:
         return [PROPAGATE_SET, lock_timeout_statement(timeout_ms)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -21,7 +21,7 @@ from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
-from workspace_tool.flavor import pooler
+from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.fleet.decide import Verdict, decide
 from workspace_tool.fleet.executors import StopRule, Tracker, run_threads
 from workspace_tool.fleet.migrator import RunOptions
@@ -136,6 +136,7 @@ def run(
                 lambda names: read_versions_parallel(engine, names, jobs, recycle),
                 chain.namespace,
                 with_versions=operation.reads_versions or (selection is not None and selection.needs_versions),
+                vouched=_vouched(flavor, chain, operation, resolved, selection),
             )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
@@ -280,6 +281,26 @@ def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | No
         log.warning("could not replace the warm pool's spares: %s", first_line(exc))
         return {"error": first_line(exc)}
     return None if followed is None else followed.as_dict()
+
+
+def _vouched(
+    flavor: Flavor, chain: Chain, operation: Operation, target: str | None, selection: Selection | None
+) -> Callable[[str], bool] | None:
+    """On a flavor that reads no version first (``Flavor.reads_versions_first``): the registry revisions a
+    run takes a schema at without reading it, those it migrates from (the schema's transaction checks the
+    version under its lock). Never the target, nor one the run would leave alone: a stale row must not make
+    the run skip a schema. None (every version read) for a selection by a state only a version tells."""
+    if flavor.reads_versions_first or not operation.migrates or (selection is not None and selection.needs_versions):
+        return None
+
+    def migrated_from(revision: str) -> bool:
+        return (
+            revision != target
+            and chain.knows(revision)
+            and operation.refusal(chain, revision, target, exists=True) is None
+        )
+
+    return migrated_from
 
 
 def _needing_a_session(chain: Chain, work: list[Work], target: str | None) -> str | None:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from workspace_tool import recycling, registry, transactions
 from workspace_tool.dberrors import is_connection_error
 from workspace_tool.namespace import DEFAULT, Namespace, OtherNamespace
+from workspace_tool.registry.table import RegistryStatus
 from workspace_tool.schema.state import SchemaRecord
 from workspace_tool.sql import quote_ident
 
@@ -117,6 +118,7 @@ def read_fleet(
     namespace: Namespace = DEFAULT,
     *,
     with_versions: bool = True,
+    vouched: Callable[[str], bool] | None = None,
 ) -> list[SchemaRecord]:
     """Every registered project and every project-like schema (or just ``project_ids``, in that order,
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
@@ -131,7 +133,10 @@ def read_fleet(
     namespace's registry is that chain's, left out; naming one raises OtherNamespace.
 
     ``with_versions=False``: no schema's version is read (each record's ``version`` is None), for a run
-    whose operation does not need them (exec, drop)."""
+    whose operation does not need them (exec, drop).
+
+    ``vouched``: a project whose registry row is ready at a revision it accepts is taken at that revision,
+    its version not read (for a run whose schema transactions check it: see ``Flavor.reads_versions_first``)."""
     started = time.perf_counter()
     has_registry = registry.present(conn, namespace)
     rows, schemas = _rows_and_schemas(conn, project_ids, namespace, has_registry=has_registry)
@@ -149,15 +154,19 @@ def read_fleet(
         if p not in rows and schema in foreign:
             raise OtherNamespace(p, schema, *foreign[schema])
     versioned = [s for s in names.values() if schemas.get(s)] if with_versions else []
+    taken = _vouched_for(rows, names, versioned, vouched) if vouched is not None else {}
+    versioned = [s for s in versioned if s not in taken] if taken else versioned
     versions = versions_of(versioned) if versions_of and versioned else read_versions(conn, versioned)
+    versions.update(taken)
     vanished = [s for s in versioned if s not in versions]
     gone = _look_again(conn, vanished, schemas, versions, namespace, has_registry=has_registry) if vanished else set()
     log.info(
-        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read, in %.0f ms%s",
+        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read%s, in %.0f ms%s",
         len(wanted),
         len(rows),
         len(schemas),
         len(versioned),
+        f" ({len(taken)} taken from the registry)" if taken else "",
         (time.perf_counter() - started) * 1000,
         f"; {len(gone)} dropped meanwhile" if gone else "",
     )
@@ -183,6 +192,23 @@ def read_fleet(
             )
         )
     return records
+
+
+def _vouched_for(
+    rows: dict[str, Any], names: dict[str, str], versioned: list[str], vouched: Callable[[str], bool]
+) -> dict[str, str | None]:
+    """Schema -> version, for each schema with a version table whose registry row is ready at a revision
+    ``vouched`` accepts."""
+    with_table = set(versioned)
+    return {
+        names[p]: row.revision
+        for p, row in rows.items()
+        if p in names
+        and names[p] in with_table
+        and row.status == RegistryStatus.READY
+        and row.revision is not None
+        and vouched(row.revision)
+    }
 
 
 def _rows_and_schemas(

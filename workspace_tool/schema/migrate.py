@@ -246,7 +246,7 @@ def fast_lane(how: Sending, what: Migration, expected: Expected) -> SchemaPlan |
 def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: Expected) -> EnsureResult | None:
     """The fleet's fast lane: the whole migration without reading the schema first, guarded so that it
     changes nothing unless the schema is still as the batch read saw it: ONE round trip (``send.send_batch``),
-    or on a flavor that takes no batch, the same plan sent statement by statement (``send.run``).
+    or on a flavor that takes no batch, the same plan in the round trips it allows (``send.send_trips``).
 
     Returns None, with nothing changed, when this lane doesn't apply (not psycopg2, statement by statement
     asked on a flavor that batches, an online step, an empty schema, a missing schema the warm pool may
@@ -265,9 +265,11 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     try:
         if plan.batchable:
             send.send_batch(conn, plan)
-        else:
+        elif how.statement_by_statement:
             with conn.begin():
-                send.run(conn, plan, how.chain)
+                send.run(conn, plan, how.chain, statement_by_statement=True)
+        else:
+            send.send_trips(conn, plan)
     except Exception as failure:
         code = sqlstate(failure)
         if code == STATE_CHANGED:

@@ -11,6 +11,7 @@ lock timeout. Planned in one transaction::
     CREATE SCHEMA ...                         -- when it does not exist (after the flavor's statements)
     SET LOCAL search_path TO <schema>, <extension schema>
     <the version check>                       -- a flavor's separate guard: fails unless the version is as read
+                                              -- (the search_path then set before the lock: see ``prelude``)
     <the plan's steps>                        -- compiled statements, or Alembic online
     <grants>                                  -- an owner role, when asked
     <the registry row>                        -- guarded: written only if the version moved as expected
@@ -110,9 +111,14 @@ class SchemaPlan:
 
     # -------------------------------------------------------------- one transaction
     def prelude(self) -> list[str]:
-        """What comes first: the lock timeout, then the schema's lock."""
+        """What comes first: the lock timeout, then the schema's lock. Before a flavor's separate version
+        check, the search_path's SET comes before the lock: on Citus it then shares the lock timeout's round
+        trip and reaches the worker with the transaction's start, rather than in a round trip of its own
+        once the check has opened the worker's connection."""
         bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
         statements = [s + ";" for s in bound]
+        if self.checks_version:
+            statements.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
         if self.lock:
             statements.append(lock_statement(self.schema) + ";")
         return statements
@@ -127,9 +133,10 @@ class SchemaPlan:
         if self.create_schema:
             units.extend(s + ";" for s in self.flavor.before_project_schema())
             units.append(f"CREATE SCHEMA {quote_ident(self.schema)};")
-        units.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
         if (check := self._version_check()) is not None:
-            units.append(check + ";")
+            units.append(check + ";")  # the search_path was set in the prelude
+        else:
+            units.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
         steps, record = self._steps_and_record()
         for step in steps:
             if step.online:
@@ -199,6 +206,11 @@ class SchemaPlan:
         existing schema, unless the flavor checks the version separately)."""
         exists = self.expected is not None and self.expected.exists
         return exists and self.guarded and not self.flavor.separate_version_check
+
+    @property
+    def checks_version(self) -> bool:
+        """Whether the transaction starts with a flavor's separate version check (``_version_check``)."""
+        return self._version_check() is not None
 
     def _version_check(self) -> str | None:
         """A flavor's separate guard of an existing schema: a statement that fails unless its version is still

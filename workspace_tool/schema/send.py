@@ -33,7 +33,8 @@ from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
 from workspace_tool.dberrors import describe, is_connection_error, is_driver_error, sqlstate
 from workspace_tool.errors import NonTransactionalFailed, RevisionFailed, WorkspaceError
-from workspace_tool.schema.plan import SchemaPlan, span
+from workspace_tool.flavor import Flavor
+from workspace_tool.schema.plan import BEGIN, COMMIT, SchemaPlan, span
 from workspace_tool.sql import lock_statement, quote_ident, unlock_statement
 
 # The session's settings a non-transactional step changes, read before and put back after.
@@ -83,18 +84,22 @@ def run(
     transactions.require(conn)
     if not plan.in_one_transaction:
         raise ValueError("a step can't run in a transaction: send it with run_in_parts")
-    one_by_one = statement_by_statement or not plan.flavor.batches
+    if lock_held and plan.checks_version:
+        raise ValueError("a plan with a separate version check sends its own prelude (its search_path is there)")
+    flavor = plan.flavor
     units: list[str | Step] = [*([] if lock_held else plan.prelude()), *plan.units()]
     pending: list[str] = []
     for unit in units:
         if isinstance(unit, Step):
-            send(conn, pending, statement_by_statement=one_by_one)
+            send(conn, pending, statement_by_statement=statement_by_statement, flavor=flavor)
             pending = []
             log.debug("%s: %s -> %s online through Alembic", plan.schema, unit.from_rev, unit.to_rev)
             _run_online(conn, plan, chain, unit)
         else:
             pending.append(unit)
-    recorded = send(conn, pending, statement_by_statement=one_by_one, result=plan.record is not None)
+    recorded = send(
+        conn, pending, statement_by_statement=statement_by_statement, result=plan.record is not None, flavor=flavor
+    )
     return _sent(recorded)
 
 
@@ -143,6 +148,19 @@ def send_batch(conn: Connection, plan: SchemaPlan, *, implicit: bool = False) ->
     return _sent(send_raw(conn, plan.schema, plan.batch(implicit=implicit), rollback=not implicit))
 
 
+def send_trips(conn: Connection, plan: SchemaPlan) -> Sent:
+    """A guarded, compiled plan in one transaction on a flavor that takes no one batch (Citus), on psycopg2:
+    BEGIN, the plan's statements in the round trips the flavor allows (``Flavor.round_trips``), COMMIT,
+    each sent on the raw connection (``send_raw``: none of SQLAlchemy's work per statement, which is most of
+    the fleet's client CPU per schema there). ``conn`` must not be in a transaction. On failure the
+    transaction is rolled back (or, if the connection is gone, ``conn`` invalidated) and the driver's
+    exception raised. Returns the duration its registry row recorded."""
+    if conn.dialect.driver != "psycopg2":
+        raise ValueError("only psycopg2 sends a plan's round trips on the raw connection")
+    trips = ["\n".join(trip) for trip in plan.flavor.round_trips(plan.statements())]
+    return _sent(send_raw(conn, plan.schema, [BEGIN, *trips, COMMIT], rollback=True))
+
+
 def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
     """A claim in ONE round trip on psycopg2, ``conn`` not in a transaction: ``SchemaPlan.claim_alone``, one
     implicit transaction that takes the schema's lock, claims a spare and writes its registry row. ``claimed``
@@ -153,13 +171,16 @@ def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
     return _sent(recorded, claimed=recorded is not None)
 
 
-def send_raw(conn: Connection, schema: str, sql: str, *, rollback: bool = False) -> object:
+def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollback: bool = False) -> object:
     """Send ``sql`` (statements carrying their own transaction, or one implicit transaction) in ONE round trip
-    on conn's psycopg2 connection in autocommit, seen by the engine's cursor events as SQLAlchemy's own
-    statements are; return the first column of the last statement's first row (None: no row). On failure,
-    a ROLLBACK when ``rollback`` (else the server rolled the implicit transaction back), or ``conn``
-    invalidated if the connection is gone; the driver's exception is raised."""
-    log.debug("%s: one round trip:\n%s", schema, sql)
+    (or each string of a sequence in one of its own, in turn) on conn's psycopg2 connection in autocommit,
+    seen by the engine's cursor events as SQLAlchemy's own statements are; return the first column of the
+    first row of the last statement that returned one (None: none did). On failure, a ROLLBACK when
+    ``rollback`` (else the server rolled the implicit transaction back), or ``conn`` invalidated if the
+    connection is gone; the driver's exception is raised."""
+    trips = [sql] if isinstance(sql, str) else list(sql)
+    counted = "one round trip" if len(trips) == 1 else f"{len(trips)} round trips"
+    log.debug("%s: %s:\n%s", schema, counted, "\n".join(trips))
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     autocommit, isolation = dbapi.autocommit, dbapi.isolation_level
@@ -173,11 +194,12 @@ def send_raw(conn: Connection, schema: str, sql: str, *, rollback: bool = False)
     try:
         cursor = dbapi.cursor()
         try:
-            conn.dispatch.before_cursor_execute(conn, cursor, sql, (), None, False)
-            cursor.execute(sql)
-            if cursor.description is not None and (row := cursor.fetchone()) is not None:
-                value = row[0]
-            conn.dispatch.after_cursor_execute(conn, cursor, sql, (), None, False)
+            for trip in trips:
+                conn.dispatch.before_cursor_execute(conn, cursor, trip, (), None, False)
+                cursor.execute(trip)
+                if cursor.description is not None and (row := cursor.fetchone()) is not None:
+                    value = row[0]
+                conn.dispatch.after_cursor_execute(conn, cursor, trip, (), None, False)
         finally:
             cursor.close()
     except Exception:
@@ -389,17 +411,25 @@ def _in_own_transaction(conn: Connection, work: Callable[[], Any]) -> None:
 
 
 # --------------------------------------------------------------------------- statements on the wire
-def send(conn: Connection, statements: Sequence[str], *, statement_by_statement: bool, result: bool = False) -> object:
-    """Send statements in conn's transaction: as one batch (simple query protocol), or one per round trip.
-    With ``result``, return the first column of the last statement's first row."""
+def send(
+    conn: Connection,
+    statements: Sequence[str],
+    *,
+    statement_by_statement: bool,
+    result: bool = False,
+    flavor: Flavor | None = None,
+) -> object:
+    """Send statements in conn's transaction: as one batch (simple query protocol), in the runs ``flavor``
+    says may share a round trip (``Flavor.round_trips``), or one per round trip. With ``result``, return
+    the first column of the last statement's first row."""
     if not statements:
         return None
     if statement_by_statement:
         groups = [[s] for s in statements]
-    elif result and conn.dialect.driver != "psycopg2":
-        groups = [list(statements[:-1]), [statements[-1]]]  # asyncpg returns nothing from a batch
     else:
-        groups = [list(statements)]
+        groups = [list(statements)] if flavor is None else flavor.round_trips(statements)
+        if result and conn.dialect.driver != "psycopg2" and len(groups[-1]) > 1:
+            groups[-1:] = [groups[-1][:-1], groups[-1][-1:]]  # asyncpg returns nothing from a batch
     value: object = None
     for i, group in enumerate(groups):
         if not group:

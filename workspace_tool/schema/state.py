@@ -108,14 +108,15 @@ def lock_and_read_state(
 ) -> SchemaState:
     """Take the schema's advisory lock (every lock wait of the transaction bounded by ``lock_timeout_ms``,
     with the flavor's statements), then read its state: one round trip on psycopg2 (the lock timeout's
-    statements each on their own first, on a flavor that takes no batch: a distributed database replays a
-    SET LOCAL's whole query string on its other nodes; the lock and the read, both local, still share one)."""
+    statements first, as the flavor groups them, on a flavor that takes no batch: a distributed database
+    replays a SET LOCAL's whole query string on its other nodes; the lock and the read, both local, still
+    share one)."""
     params = {"schema": schema, "version_table": version_table(schema), "project_id": project_id}
     bound = [] if lock_timeout_ms is None else flavor.lock_timeout_statements(lock_timeout_ms)
     batched = conn.dialect.driver == "psycopg2"
     if not flavor.batches or not batched:
-        for statement in bound:
-            conn.exec_driver_sql(statement)
+        for group in flavor.round_trips(bound) if batched else [[s] for s in bound]:
+            conn.exec_driver_sql("\n".join(s + ";" for s in group) if len(group) > 1 else group[0])
         bound = []
     if batched:
         prefix = "".join(s + ";\n" for s in bound)
