@@ -327,3 +327,31 @@ def test_a_first_ensure_whose_revision_fails_is_reported_by_the_careful_path_and
     assert "CREATE SCHEMA" in sent[0] and any(q.startswith("BEGIN") for q in sent[1:])  # the guess, then careful
     assert str(failed.value) == "migrating project_doomed failed and was rolled back: division by zero"
     assert assert_consistent(engine) == {}  # no schema, no row
+
+
+def test_a_first_ensure_of_a_chain_using_the_dollar_quote_tags_it_wraps_its_build_in_is_still_one_round_trip(
+    engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder
+) -> None:
+    """The guess wraps the build in dollar-quoted text: tags the chain's own SQL uses are not chosen."""
+    body = "$wst_build$ SELECT 7 $wst_build$; COMMENT ON TABLE items IS $wst_if_missing$ x $wst_if_missing$"
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add(
+        "a2",
+        f'op.execute("CREATE FUNCTION seven() RETURNS int LANGUAGE sql AS {body}")',
+        'op.execute("DROP FUNCTION seven()")',
+    )
+    chain = Chain.load(chain_builder.ini)
+    counted = sa.create_engine(wire.url)
+    try:
+        mgr = WorkspaceManager(counted, chain.config_path)
+        mgr.bootstrap()
+        wire.clear()
+        result = mgr.ensure_detailed("quoted")
+        sent, errors = wire.queries, wire.errors
+    finally:
+        counted.dispose()
+    assert (result.action, result.path, len(sent), errors) == ("created", "fast", 1, []), (sent, errors)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT project_quoted.seven()")).scalar() == 7
+        comment = conn.execute(sa.text("SELECT obj_description('project_quoted.items'::regclass)")).scalar()
+    assert comment == " x "
+    assert assert_consistent(engine)["project_quoted"] == "a2"
