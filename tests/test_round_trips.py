@@ -18,7 +18,7 @@ from wire import WireRecorder
 
 from workspace_tool import WorkspaceManager, fleet, spares
 from workspace_tool.chain import Chain
-from workspace_tool.errors import ConfigurationError
+from workspace_tool.errors import ConfigurationError, MigrationFailed
 from workspace_tool.managers import cache
 from workspace_tool.schema.catalog import diff
 from workspace_tool.spares.settings import async_claim
@@ -100,10 +100,61 @@ def test_a_first_ensure_of_an_existing_schema_changes_nothing_and_takes_the_care
     wire.clear()
     result = counted_manager.ensure_detailed("already")
     assert result.action == "current"
-    assert len(wire.queries) <= 5, wire.queries  # the failed guess (1), then BEGIN, lock + read, version, COMMIT
+    assert len(wire.queries) <= 5, wire.queries  # the guess (1), then BEGIN, lock + read, version, COMMIT
+    assert "CREATE SCHEMA" in wire.queries[0]  # the guess is one round trip...
+    assert wire.errors == []  # ...that the server answers without an error (its log has no ERROR line)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT name FROM project_already.items")).scalars().all() == ["kept"]
     assert assert_consistent(engine)["project_already"] == "a2"
+
+
+def test_a_restarted_application_ensuring_its_existing_projects_makes_the_server_log_no_error(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain
+) -> None:
+    """After every deploy each existing project's first ensure in each process is a guess that it is new:
+    the server must not answer (and log) an ERROR for each (a DBA's alerting counts them)."""
+    ids = [f"deployed{i}" for i in range(3)]
+    first = WorkspaceManager(engine, tiny.config_path)
+    for project_id in ids:
+        first.ensure(project_id)
+    before = {i: registry_state(engine, i) for i in ids}
+    cache.clear()
+    counted = sa.create_engine(wire.url)
+    try:
+        restarted = WorkspaceManager(counted, tiny.config_path)  # a new process: nothing known
+        wire.clear()
+        actions = [restarted.ensure_detailed(i).action for i in ids]
+        errors = wire.errors
+    finally:
+        counted.dispose()
+    assert actions == ["current"] * 3
+    assert errors == [], errors
+    assert {i: registry_state(engine, i) for i in ids} == before  # nothing rewritten
+    assert all(schema_version(engine, f"project_{i}") == "a2" for i in ids)
+
+
+def test_an_existing_project_ensured_by_a_pooled_manager_makes_the_server_log_no_error(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain
+) -> None:
+    """The warm pool's first ensure: the claim finds the schema exists (no spare taken), then the build's
+    guess finds it too: neither answers with an error."""
+    WorkspaceManager(engine, tiny.config_path).ensure("settled")
+    spares.fill(engine, tiny, 1)
+    cache.clear()
+    counted = sa.create_engine(wire.url)
+    try:
+        pooled = WorkspaceManager(counted, tiny.config_path, warm_pool=1)
+        wire.clear()
+        result = pooled.ensure_detailed("settled")
+        errors = wire.errors
+    finally:
+        counted.dispose()
+    assert result.action == "current"
+    assert errors == [], errors
+    with engine.connect() as conn:
+        ready = conn.execute(sa.text("SELECT count(*) FROM project_registry.spare_schemas WHERE ready")).scalar()
+    assert ready == 1  # the spare is still there
+    assert assert_consistent(engine)["project_settled"] == "a2"
 
 
 def test_two_threads_ensuring_the_same_new_project_at_once_both_succeed_with_one_schema(
@@ -122,6 +173,33 @@ def test_two_threads_ensuring_the_same_new_project_at_once_both_succeed_with_one
             actions = sorted(pool.map(ensure, range(2)))
         assert actions in (["created", "current"], ["created", "created"]), actions  # created once, read once
         assert assert_consistent(engine)[f"project_twin{round_}"] == "a2"
+
+
+def test_two_threads_racing_to_create_a_project_make_the_server_log_no_error(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain
+) -> None:
+    """The loser of the race waits for the schema's lock, then finds the schema the winner made: no error."""
+    counted = sa.create_engine(wire.url)
+    try:
+        WorkspaceManager(counted, tiny.config_path).ensure("warm-up")
+        managers = [WorkspaceManager(counted, tiny.config_path) for _ in range(2)]
+        wire.clear()
+        for round_ in range(4):
+            cache.clear()
+            barrier = threading.Barrier(2)
+
+            def ensure(i: int, project: str = f"race{round_}", barrier: threading.Barrier = barrier) -> str:
+                barrier.wait()
+                return managers[i].ensure_detailed(project).action
+
+            with ThreadPoolExecutor(2) as pool:
+                actions = sorted(pool.map(ensure, range(2)))
+            assert actions in (["created", "current"], ["created", "created"]), actions
+            assert assert_consistent(engine)[f"project_race{round_}"] == "a2"
+        errors = wire.errors
+    finally:
+        counted.dispose()
+    assert errors == [], errors
 
 
 def test_an_ensure_racing_a_drop_leaves_the_schema_and_its_row_together(engine: sa.Engine, tiny: Chain) -> None:
@@ -229,3 +307,51 @@ def test_a_bad_claim_commit_setting_is_one_line(chain_builder: ChainBuilder) -> 
         ConfigurationError, match=r"workspace_pool_claim_commit = 'sometimes' .*async \(the default\) or durable"
     ):
         async_claim(chain)
+
+
+def test_a_first_ensure_whose_revision_fails_is_reported_by_the_careful_path_and_leaves_nothing(
+    engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder
+) -> None:
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add("a2", 'op.execute("SELECT 1 / 0")')
+    chain = Chain.load(chain_builder.ini)
+    counted = sa.create_engine(wire.url)
+    try:
+        mgr = WorkspaceManager(counted, chain.config_path)
+        mgr.bootstrap()
+        wire.clear()
+        with pytest.raises(MigrationFailed) as failed:
+            mgr.ensure("doomed")
+        sent = wire.queries
+    finally:
+        counted.dispose()
+    assert "CREATE SCHEMA" in sent[0] and any(q.startswith("BEGIN") for q in sent[1:])  # the guess, then careful
+    assert str(failed.value) == "migrating project_doomed failed and was rolled back: division by zero"
+    assert assert_consistent(engine) == {}  # no schema, no row
+
+
+def test_a_first_ensure_of_a_chain_using_the_dollar_quote_tags_it_wraps_its_build_in_is_still_one_round_trip(
+    engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder
+) -> None:
+    """The guess wraps the build in dollar-quoted text: tags the chain's own SQL uses are not chosen."""
+    body = "$wst_build$ SELECT 7 $wst_build$; COMMENT ON TABLE items IS $wst_if_missing$ x $wst_if_missing$"
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add(
+        "a2",
+        f'op.execute("CREATE FUNCTION seven() RETURNS int LANGUAGE sql AS {body}")',
+        'op.execute("DROP FUNCTION seven()")',
+    )
+    chain = Chain.load(chain_builder.ini)
+    counted = sa.create_engine(wire.url)
+    try:
+        mgr = WorkspaceManager(counted, chain.config_path)
+        mgr.bootstrap()
+        wire.clear()
+        result = mgr.ensure_detailed("quoted")
+        sent, errors = wire.queries, wire.errors
+    finally:
+        counted.dispose()
+    assert (result.action, result.path, len(sent), errors) == ("created", "fast", 1, []), (sent, errors)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT project_quoted.seven()")).scalar() == 7
+        comment = conn.execute(sa.text("SELECT obj_description('project_quoted.items'::regclass)")).scalar()
+    assert comment == " x "
+    assert assert_consistent(engine)["project_quoted"] == "a2"

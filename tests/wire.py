@@ -2,7 +2,9 @@
 
 It sees what no SQLAlchemy event or DBAPI hook can: the statements the driver sends on its own (psycopg2's
 ``SET default_transaction_isolation`` when autocommit goes off, its ``BEGIN``), each simple-query message
-('Q': one round trip) and each extended-protocol Parse ('P'). Use ``url`` instead of the server's URL::
+('Q': one round trip) and each extended-protocol Parse ('P'); and every error the server answers with
+(ErrorResponse, 'E': what the server also writes to its log as an ERROR). Use ``url`` instead of the
+server's URL::
 
     with WireRecorder(database_url) as wire:
         engine = sa.create_engine(wire.url)
@@ -36,6 +38,7 @@ class WireRecorder:
         self._listener.listen(64)
         self._lock = threading.Lock()
         self._queries: list[str] = []
+        self._errors: list[str] = []
         self._sockets: list[socket.socket] = []
         self._closed = False
         self.url = url.set(host=None, port=_PORT).update_query_dict({"host": self._dir.name})
@@ -47,9 +50,16 @@ class WireRecorder:
         with self._lock:
             return list(self._queries)
 
+    @property
+    def errors(self) -> list[str]:
+        """Every error the server sent so far, in order, as ``"<SQLSTATE> <message>"``."""
+        with self._lock:
+            return list(self._errors)
+
     def clear(self) -> None:
         with self._lock:
             self._queries.clear()
+            self._errors.clear()
 
     def __enter__(self) -> WireRecorder:
         return self
@@ -86,16 +96,37 @@ class WireRecorder:
             with self._lock:
                 self._sockets += [client, server]
             threading.Thread(target=self._from_client, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client), daemon=True).start()
+            threading.Thread(target=self._from_server, args=(server, client), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    def _from_server(self, server: socket.socket, client: socket.socket) -> None:
+        """Forward the server's messages, recording its errors. Its first byte may be the one-byte answer to
+        an SSL or GSS request ('N': none; 'S'/'G': encrypted from there on, forwarded unread)."""
+        buffer = b""
+        reading, first = True, True
         with contextlib.suppress(OSError):
-            while data := source.recv(65536):
-                sink.sendall(data)
-        for s in (source, sink):
+            while data := server.recv(65536):
+                if reading:  # recorded before the client sees it: a test reads them right after its call
+                    buffer += data
+                    if first:  # the startup's first message is Authentication ('R') or an error ('E')
+                        first = False
+                        reading = buffer[:1] not in (b"S", b"G")  # encrypted from here on: forwarded unread
+                        buffer = buffer[1:] if buffer[:1] == b"N" else buffer
+                    while reading and len(buffer) >= 5:
+                        length = struct.unpack("!i", buffer[1:5])[0]
+                        if len(buffer) < 1 + length:
+                            break
+                        kind, body, buffer = buffer[:1], buffer[5 : 1 + length], buffer[1 + length :]
+                        if kind == b"E":
+                            self._record_error(body)
+                client.sendall(data)
+        for s in (server, client):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
+
+    def _record_error(self, body: bytes) -> None:
+        fields = {f[:1]: f[1:].decode(errors="replace") for f in body.split(b"\x00") if f}
+        with self._lock:
+            self._errors.append(f"{fields.get(b'C', '?')} {fields.get(b'M', '')}")
 
     def _from_client(self, client: socket.socket, server: socket.socket) -> None:
         buffer = b""

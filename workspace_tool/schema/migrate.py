@@ -303,12 +303,14 @@ def first_round_trip(conn: Connection, how: Sending, what: Migration, started: f
     """A schema expected missing (an ``ensure`` that hasn't read it: ``Sending.first_round_trip``) built in
     ONE round trip: the fast lane's plan guarded by ``Expected(False, None)`` (lock, CREATE SCHEMA, the
     chain, the registry row) sent as one implicit transaction (``send.send_batch(implicit=True)``). The
-    guard is CREATE SCHEMA, under the schema's lock: if the schema exists it fails and nothing changed.
+    guard, under the schema's lock, runs the build only if the schema does not exist: for one that does
+    (every existing project's first ensure in a process) nothing is changed and the server reports no error
+    (``SchemaPlan.batch``), and the careful path runs.
 
     Returns None, nothing changed, when this doesn't apply (not psycopg2, in a transaction, statement by
     statement, an online step or one outside a transaction, a flavor that takes no batch, an owner role to
-    grant, an operation that creates nothing) or the round trip failed on the database's account (the schema
-    exists, a deadlock, no registry yet, a failing revision): the careful path then runs, reads the state
+    grant, an operation that creates nothing), the schema exists, or the round trip failed on the database's
+    account (a deadlock, no registry yet, a failing revision): the careful path then runs, reads the state
     and decides, or fails saying why as it always does. A lost connection is raised (a DBAPIError)."""
     if (
         conn.dialect.driver != "psycopg2"
@@ -341,6 +343,9 @@ def first_round_trip(conn: Connection, how: Sending, what: Migration, started: f
         if conn.invalidated or is_connection_error(failure):
             raise _as_dbapi_error(conn, "first round trip", failure) from failure
         log.debug("%s: not built in one round trip (%s); the careful path instead", what.schema, sqlstate(failure))
+        return None
+    if sent.recorded_ms is None:
+        log.debug("%s: exists, nothing changed; the careful path instead", what.schema)
         return None
     assert plan.record is not None
     result = EnsureResult(

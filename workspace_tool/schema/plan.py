@@ -55,7 +55,7 @@ from workspace_tool.chain.plan import Path, StepKind, split_version_move, split_
 from workspace_tool.flavor import Flavor
 from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry import expect_version_sql, update_sql, upsert_sql
-from workspace_tool.registry.table import RegistryAction
+from workspace_tool.registry.table import REGISTRY_TABLE, RegistryAction
 from workspace_tool.spares.store import claim_statement
 from workspace_tool.sql import (
     lock_id,
@@ -161,8 +161,32 @@ class SchemaPlan:
         if not self.batchable:
             raise ValueError("only a guarded, compiled plan in one transaction, on a flavor that batches, is one batch")
         if implicit:
-            return "\n".join([SET_ISOLATION, *self.statements()])
+            return self._if_missing()
         return "\n".join([BEGIN, *self.statements(), COMMIT])
+
+    def _if_missing(self) -> str:
+        """A new schema's build as one implicit transaction that changes nothing, and raises no error, if the
+        schema exists: its isolation level, the prelude (the schema's lock), then a DO block that runs the rest
+        (CREATE SCHEMA, the chain, the registry row: one EXECUTE of the same statements) only if no schema of
+        that name exists once the lock is held; last, the duration the registry row recorded, read back only if
+        this transaction wrote it (no row: the schema existed, nothing written, and nothing flushed at commit:
+        ``pg_current_xact_id_if_assigned`` assigns no transaction id, unlike ``pg_current_xact_id``).
+        Each statement in a VOLATILE DO block takes a new snapshot (READ COMMITTED), so the existence check
+        sees what the lock's previous holder committed. SET LOCAL inside it lasts to the transaction's end."""
+        if self.expected is None or self.expected.exists or not self.create_schema or self.record is None:
+            raise ValueError("only the guarded build of a missing schema, with its registry row, is sent if missing")
+        body = "\n".join(u for u in self.units() if isinstance(u, str))
+        inner = _dollar_tag("wst_build", body)
+        block = (
+            f"BEGIN IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = {sql_literal(self.schema)}) THEN "
+            f"EXECUTE {inner}\n{body}\n{inner}; END IF; END"
+        )
+        outer = _dollar_tag("wst_if_missing", block)
+        written = self.namespace.sql(
+            f"SELECT last_duration_ms FROM {REGISTRY_TABLE} WHERE project_id = {sql_literal(self.record.project_id)} "
+            "AND xmin = pg_current_xact_id_if_assigned()::xid"
+        )
+        return "\n".join([SET_ISOLATION, *self.prelude(), f"DO {outer}{block}{outer};", f"{written};"])
 
     @property
     def claims(self) -> bool:
@@ -377,3 +401,11 @@ def render_online(chain: Chain, step: Step, how: str) -> list[str]:
     except Exception:
         return [f"-- {span(step)} {how}; it cannot be rendered offline"]
     return [f"-- {span(step)} {how}; rendered offline for review:", *rendered]
+
+
+def _dollar_tag(name: str, text: str) -> str:
+    """A dollar-quote tag (``$name$``, else ``$name1$``, ...) that does not occur in ``text``."""
+    n = 0
+    while (tag := f"${name}{n or ''}$") in text:
+        n += 1
+    return tag

@@ -142,7 +142,9 @@ def send_batch(conn: Connection, plan: SchemaPlan, *, implicit: bool = False) ->
 
     ``implicit``: without BEGIN and COMMIT (a first ensure): PostgreSQL runs a query string of many
     statements as one implicit transaction, committed at its end, and on failure rolled back whole with the
-    session left idle, so no ROLLBACK is sent either. Returns the duration its registry row recorded."""
+    session left idle, so no ROLLBACK is sent either. The plan, a new schema's build, then runs only if the
+    schema does not exist (``SchemaPlan.batch``): ``recorded_ms`` None says it existed and nothing changed.
+    Returns the duration its registry row recorded."""
     if conn.dialect.driver != "psycopg2":
         raise ValueError("only psycopg2 sends a batch of statements in one round trip")
     return _sent(send_raw(conn, plan.schema, plan.batch(implicit=implicit), rollback=not implicit))
