@@ -144,7 +144,7 @@ def assert_consistent(engine: sa.Engine) -> dict[str, str | None]:
 
 
 def database_state(engine: sa.Engine) -> tuple[list[str], list[tuple[Any, ...]], list[str]]:
-    """Schemas, registry rows and roles: what a bad command must leave as it was."""
+    """Schemas, registry rows and roles (but the roles tests make): what a bad command must leave as it was."""
     with engine.connect() as conn:
         schemas = conn.execute(sa.text("SELECT nspname FROM pg_namespace ORDER BY 1")).scalars().all()
         has_registry = conn.execute(sa.text("SELECT to_regclass('project_registry.workspace_config')")).scalar()
@@ -153,7 +153,12 @@ def database_state(engine: sa.Engine) -> tuple[list[str], list[tuple[Any, ...]],
             if has_registry
             else []
         )
-        roles = conn.execute(sa.text("SELECT rolname FROM pg_roles ORDER BY 1")).scalars().all()
+        # roles are the cluster's: those other tests make meanwhile (all named wst_...) are not this one's
+        roles = (
+            conn.execute(sa.text("SELECT rolname FROM pg_roles WHERE rolname NOT LIKE 'wst\\_%' ORDER BY 1"))
+            .scalars()
+            .all()
+        )
     return list(schemas), rows, list(roles)
 
 
