@@ -33,9 +33,12 @@ T = TypeVar("T")
 VersionsReader = Callable[[list[str]], dict[str, str | None]]
 log = logging.getLogger(__name__)
 
+# The version table is looked up per schema by (relname, relnamespace), pg_class's index: a join lets the
+# planner, with pg_namespace's statistics stale (never analyzed since the fleet was made: an estimate of 1
+# row), scan every alembic_version for each schema, O(N^2): 2-4 s over 2,000 schemas instead of 0.03 s.
 _SCHEMAS = text(
-    "SELECT n.nspname, c.oid IS NOT NULL AS has_version FROM pg_namespace n "
-    "LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'alembic_version' AND c.relkind = 'r' "
+    "SELECT n.nspname, EXISTS (SELECT 1 FROM pg_class c WHERE c.relname = 'alembic_version' "
+    "AND c.relnamespace = n.oid AND c.relkind = 'r') AS has_version FROM pg_namespace n "
     "WHERE n.nspname LIKE :prefix"
 )
 # What planning and status need of each registry row (not its metadata).
