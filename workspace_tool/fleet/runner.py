@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
@@ -130,12 +130,14 @@ def run(
         flavor = registry.bootstrap(conn, chain.namespace)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, flavor)
         with conn.begin():
+            selects_by_version = selection is not None and selection.needs_versions
             read = read_fleet(
                 conn,
                 ids,
                 lambda names: read_versions_parallel(engine, names, jobs, recycle),
                 chain.namespace,
-                with_versions=operation.reads_versions or (selection is not None and selection.needs_versions),
+                with_versions=operation.reads_versions or selects_by_version,
+                trusted=None if selects_by_version else _guarded_by_the_run(operation, chain, resolved),
             )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
@@ -280,6 +282,25 @@ def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | No
         log.warning("could not replace the warm pool's spares: %s", first_line(exc))
         return {"error": first_line(exc)}
     return None if followed is None else followed.as_dict()
+
+
+def _guarded_by_the_run(operation: Operation, chain: Chain, target: str | None) -> Callable[[str], bool] | None:
+    """The registry revisions a run may take at their word instead of reading the schema's version
+    (``read_fleet``'s ``trusted``): those it would migrate from, with its fast lane, whose guard checks the
+    version in the schema's own transaction and falls back to the careful path (which reads it under the
+    schema's lock) when it differs. Never a revision the run would leave alone (at or beyond the target, or
+    unknown): a stale row must not make a run skip a schema, so those are read."""
+    if not operation.migrates or not operation.fast_lane(Work("", "", None, True)):
+        return None
+
+    def trusted(revision: str) -> bool:
+        return (
+            revision != target
+            and chain.knows(revision)
+            and operation.refusal(chain, revision, target, exists=True) is None
+        )
+
+    return trusted
 
 
 def _needing_a_session(chain: Chain, work: list[Work], target: str | None) -> str | None:

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from workspace_tool import recycling, registry, transactions
 from workspace_tool.dberrors import is_connection_error
 from workspace_tool.namespace import DEFAULT, Namespace, OtherNamespace
+from workspace_tool.registry.table import RegistryStatus
 from workspace_tool.schema.state import SchemaRecord
 from workspace_tool.sql import quote_ident
 
@@ -120,6 +121,7 @@ def read_fleet(
     namespace: Namespace = DEFAULT,
     *,
     with_versions: bool = True,
+    trusted: Callable[[str], bool] | None = None,
 ) -> list[SchemaRecord]:
     """Every registered project and every project-like schema (or just ``project_ids``, in that order,
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
@@ -134,7 +136,12 @@ def read_fleet(
     namespace's registry is that chain's, left out; naming one raises OtherNamespace.
 
     ``with_versions=False``: no schema's version is read (each record's ``version`` is None), for a run
-    whose operation does not need them (exec, drop)."""
+    whose operation does not need them (exec, drop).
+
+    ``trusted``: a registry row 'ready' at a revision it returns True for is taken at its word: its schema's
+    version is not read, the record's ``version`` is the row's revision. For a run whose every schema's
+    transaction checks that version itself (the fast lane's guard, which falls back to the careful path when
+    it differs): the up-front read of those schemas' versions is then not needed. Any other row is read."""
     started = time.perf_counter()
     has_registry = registry.present(conn, namespace)
     rows, schemas = _rows_and_schemas(conn, project_ids, namespace, has_registry=has_registry)
@@ -152,15 +159,19 @@ def read_fleet(
         if p not in rows and schema in foreign:
             raise OtherNamespace(p, schema, *foreign[schema])
     versioned = [s for s in names.values() if schemas.get(s)] if with_versions else []
+    taken = _taken_at_their_word(rows.values(), versioned, trusted) if trusted is not None else {}
+    versioned = [s for s in versioned if s not in taken]
     versions = versions_of(versioned) if versions_of and versioned else read_versions(conn, versioned)
     vanished = [s for s in versioned if s not in versions]
     gone = _look_again(conn, vanished, schemas, versions, namespace, has_registry=has_registry) if vanished else set()
+    versions.update(taken)
     log.info(
-        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read, in %.0f ms%s",
+        "fleet read: %d project(s), %d registered, %d project schema(s), %d version(s) read%s, in %.0f ms%s",
         len(wanted),
         len(rows),
         len(schemas),
         len(versioned),
+        f" ({len(taken)} taken from the registry)" if taken else "",
         (time.perf_counter() - started) * 1000,
         f"; {len(gone)} dropped meanwhile" if gone else "",
     )
@@ -186,6 +197,21 @@ def read_fleet(
             )
         )
     return records
+
+
+def _taken_at_their_word(
+    rows: Iterable[Any], versioned: list[str], trusted: Callable[[str], bool]
+) -> dict[str, str | None]:
+    """Of ``versioned``, the schemas whose registry row is ready at a revision ``trusted`` trusts -> it."""
+    wanted = set(versioned)
+    return {
+        row.schema_name: row.revision
+        for row in rows
+        if row.schema_name in wanted
+        and row.status == RegistryStatus.READY
+        and row.revision is not None
+        and trusted(row.revision)
+    }
 
 
 def _rows_and_schemas(
