@@ -5,6 +5,7 @@ and ``render_sql``, which renders each schema's transaction instead of running i
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -293,6 +294,7 @@ def _guarded_by_the_run(operation: Operation, chain: Chain, target: str | None) 
     if not operation.migrates or not operation.fast_lane(Work("", "", None, True)):
         return None
 
+    @functools.cache  # a fleet's rows hold a few revisions, each asked once
     def trusted(revision: str) -> bool:
         return (
             revision != target
