@@ -13,8 +13,9 @@ each round), a CHECKPOINT before each timed run, schemas brought back down (unti
   ``git archive`` of an earlier commit), for a before/after in the same run;
 * no-op:   ``workspace-tool upgrade --all`` with every schema already at head (reference).
 
-Every contender gets its own cache directory (``WORKSPACE_TOOL_CACHE_DIR``), warmed by one untimed run, as
-a deployed tool's is. Prints medians, the ratio of medians to the floor, and the median of the per-round
+Every contender gets its own cache directory (``WORKSPACE_TOOL_CACHE_DIR``) and bytecode cache
+(``PYTHONPYCACHEPREFIX``, even when PYTHONDONTWRITEBYTECODE is set), warmed by one untimed run, as a deployed
+tool's are. Prints medians, the ratio of medians to the floor, and the median of the per-round
 ratios (steadier on a shared machine).
 
     python benchmarks/fleet_process.py [--schemas 2000] [--jobs 4] [--rounds 3] [--compare /tmp/old-tree]
@@ -134,7 +135,11 @@ def main() -> int:
         command = ["-m", "workspace_tool", "-q", "--database-url", url_text, "-c", str(ini), "upgrade", "--all"]
 
         def tree_env(label: str, root: Path | None) -> dict[str, str]:
-            env = {**os.environ, "WORKSPACE_TOOL_CACHE_DIR": str(work_dir / f"cache-{label}")}
+            # bytecode written by the warm-up and read after, as an installed tool's is (pip compiles it):
+            # with PYTHONDONTWRITEBYTECODE set, every run would compile the tool's modules again
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            env["PYTHONPYCACHEPREFIX"] = str(work_dir / f"pycache-{label}")
+            env["WORKSPACE_TOOL_CACHE_DIR"] = str(work_dir / f"cache-{label}")
             if root is not None:
                 env["PYTHONPATH"] = str(root)
             return env

@@ -127,10 +127,20 @@ def test_a_revision_using_get_bind_runs_online(engine: sa.Engine, chain_builder:
         assert conn.execute(sa.text("SELECT id FROM project_bind.t")).scalar() == 1
 
 
-def test_extension_schema_holding_tables_is_refused(manager: WorkspaceManager) -> None:
+@pytest.mark.parametrize(
+    "made",
+    [
+        ["CREATE TABLE workspace_extensions.repositories (x int)"],
+        ["CREATE VIEW workspace_extensions.repositories AS SELECT 1 AS x"],
+        ["CREATE TABLE public.repositories (x int)", "ALTER TABLE public.repositories SET SCHEMA workspace_extensions"],
+    ],
+    ids=["table", "view", "table-moved-in"],
+)
+def test_extension_schema_holding_tables_is_refused(manager: WorkspaceManager, made: list[str]) -> None:
     manager.bootstrap()
     with manager.engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE workspace_extensions.repositories (x int)"))
+        for statement in made:
+            conn.execute(sa.text(statement))
     try:
         cache.clear()  # a new process
         with pytest.raises(ConfigurationError, match="ALTER EXTENSION vector SET SCHEMA"):
@@ -141,7 +151,8 @@ def test_extension_schema_holding_tables_is_refused(manager: WorkspaceManager) -
             ).scalar()
     finally:
         with manager.engine.begin() as conn:
-            conn.execute(sa.text("DROP TABLE workspace_extensions.repositories"))
+            kind = "VIEW" if "VIEW" in made[0] else "TABLE"
+            conn.execute(sa.text(f"DROP {kind} workspace_extensions.repositories"))
         cache.clear()
 
 

@@ -354,6 +354,33 @@ def test_two_runs_at_once_migrate_each_schema_once_and_report_what_the_other_mov
     assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
 
 
+def _set_registry_revision(engine: sa.Engine, project_id: str, revision: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE project_registry.workspace_config SET revision = :r WHERE project_id = :p"),
+            {"r": revision, "p": project_id},
+        )
+
+
+def test_a_registry_row_out_of_line_with_its_schema_neither_skips_nor_misreports_it(
+    engine: sa.Engine, fleet_at_a1: Chain
+) -> None:
+    # p01's row says a2 though its schema is at a1; p02's schema is at a2 though its row says a1 (both made
+    # out of band, e.g. by hand or an old tool): the run goes by the schemas, and puts the rows in line
+    fleet.upgrade(engine, fleet_at_a1, ["p02"], jobs=1)
+    _set_registry_revision(engine, "p01", "a2")
+    _set_registry_revision(engine, "p02", "a1")
+
+    report = fleet.upgrade(engine, fleet_at_a1, jobs=4)
+
+    results = by_project(report)
+    assert report.ok and report.counts() == {"ok": 20, "failed": 0, "skipped": 0, "gone": 0}
+    assert (results["p01"].from_revision, results["p01"].to_revision) == ("a1", "a2")
+    assert (results["p02"].status, results["p02"].reason, results["p02"].from_revision) == ("ok", None, "a2")
+    assert all(schema_version(engine, f"project_{p}") == "a2" for p in IDS)
+    assert all(tuple(registry_state(engine, p)) == ("a2", "ready", None) for p in IDS)
+
+
 def test_naming_a_hand_made_schema_without_alembic_version_adopts_it_only_when_asked(
     engine: sa.Engine, fleet_at_a1: Chain
 ) -> None:

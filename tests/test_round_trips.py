@@ -65,6 +65,28 @@ def test_a_fleet_run_sends_one_round_trip_per_schema(engine: sa.Engine, tiny: Ch
     assert not [q for q in ten if "default_transaction_isolation" in q]
 
 
+def test_a_fleet_run_reads_no_version_the_registry_already_tells(
+    engine: sa.Engine, tiny: Chain, wire: WireRecorder
+) -> None:
+    ids = [f"rv{i}" for i in range(6)]
+    assert fleet.provision(engine, tiny, ids, target="a1", jobs=2).ok
+    assert fleet.upgrade(engine, tiny, ids[:2], target="a2", jobs=1).ok
+
+    queries = _upgrade_counting(wire, tiny, ids[2:])  # the registry says a1: each batch's guard checks it
+
+    assert all(schema_version(engine, f"project_{i}") == "a2" for i in ids)
+    assert not [q for q in queries if ".alembic_version" in q and not q.startswith("BEGIN")]
+    # at the target by the registry's word: confirmed by reading the schemas (a stale row must not skip one)
+    engine_counted = sa.create_engine(wire.url)
+    try:
+        wire.clear()
+        report = fleet.upgrade(engine_counted, tiny, ids, target="a2", jobs=1, pool=False)
+    finally:
+        engine_counted.dispose()
+    assert report.counts()["skipped"] == len(ids)
+    assert [q for q in wire.queries if ".alembic_version" in q]
+
+
 # ------------------------------------------------------------------ a first ensure
 @pytest.fixture
 def counted_manager(wire: WireRecorder, tiny: Chain) -> Iterator[WorkspaceManager]:

@@ -57,6 +57,7 @@ _KEY_PARTS = text(
     "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
 )
 _READ = text(f"SELECT head, catalog, fingerprint FROM {TABLE} WHERE reference_key = :key")
+_STORED = text(f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE reference_key = :key)")
 _HAS_TABLE = text(f"SELECT to_regclass('{TABLE}') IS NOT NULL")
 _UPSERT = text(
     f"INSERT INTO {TABLE} (reference_key, head, key_parts, catalog, fingerprint) "
@@ -132,6 +133,13 @@ def stored(conn: Connection, key: str, namespace: Namespace = DEFAULT) -> Refere
     return None if row is None else Reference(row.head, key, row.catalog, row.fingerprint, "stored")
 
 
+def is_stored(conn: Connection, key: str, namespace: Namespace = DEFAULT) -> bool:
+    """Whether a reference with this key is stored (without reading its catalog). Read-only."""
+    return bool(conn.execute(namespace.sql(_HAS_TABLE)).scalar()) and bool(
+        conn.execute(namespace.sql(_STORED), {"key": key}).scalar()
+    )
+
+
 def for_check(conn: Connection, chain: Chain) -> Reference:
     """The stored reference of this chain if there is one, else one built in a scratch schema (rolled
     back). Writes nothing. ``conn`` must not be in a transaction. Its privileges are those of a schema the
@@ -176,6 +184,12 @@ def store(conn: Connection, chain: Chain, *, refresh: bool = True, lock_timeout_
         reference = None if refresh else stored(conn, reference_key(parts), chain.namespace)
     if reference is not None:
         return reference
+    return _build_and_store(conn, chain, parts, lock_timeout_ms)
+
+
+def _build_and_store(
+    conn: Connection, chain: Chain, parts: dict[str, Any], lock_timeout_ms: int | None = None
+) -> Reference:
     started = time.perf_counter()
     reference = build(conn, chain, parts, lock_timeout_ms)
     with conn.begin():
@@ -200,6 +214,10 @@ def store_if_missing(engine: Engine, chain: Chain, lock_timeout_ms: int | None =
     or says what to run."""
     try:
         with transactions.connect(engine) as conn:
-            store(conn, chain, refresh=False, lock_timeout_ms=lock_timeout_ms)
+            with conn.begin():  # the usual case: stored already (its catalog is not read)
+                parts = key_parts(conn, chain)
+                if is_stored(conn, reference_key(parts), chain.namespace):
+                    return
+            _build_and_store(conn, chain, parts, lock_timeout_ms)
     except (WorkspaceError, DBAPIError, OSError) as exc:
         log.warning("could not store the reference catalog for `check`: %s", first_line(exc))

@@ -18,6 +18,7 @@ from workspace_tool.errors import WorkspaceError
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
+    from workspace_tool.chain import Chain
     from workspace_tool.managers.sync_manager import WorkspaceManager
     from workspace_tool.namespace import Namespace
     from workspace_tool.status import ProjectStatus
@@ -106,6 +107,15 @@ class AppContext:
         connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
         overflow = max(POOL_SIZE, connections - POOL_SIZE)
         return create_engine(sync_url(url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
+
+    @cached_property
+    def chain(self) -> Chain:
+        """The chain alembic.ini names (the manager's: ``Chain.load`` loads it once per process), without a
+        manager: a fleet command needs none, so `upgrade --all` starts without importing it (nor the warm
+        pool's refill, nor status)."""
+        from workspace_tool.chain import Chain
+
+        return Chain.load(self.config)
 
     @cached_property
     def manager(self) -> WorkspaceManager:

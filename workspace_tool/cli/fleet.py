@@ -109,7 +109,7 @@ def _run_fleet(
         dry_run=show_sql,
     )
     app.jobs = jobs  # before the engine is made: its pool is sized for them
-    chain = app.manager.chain
+    chain = app.chain
     _refuse_the_other_way(app, operation, target, require_projects(app, project_ids) if project_ids else [])
     if operation == fleet.DOWNGRADE and not spec.dry_run:
         who = (
@@ -147,9 +147,7 @@ def run_and_report(
 
     app.jobs = spec.jobs  # before the engine is made: its pool is sized for them
     printer = None if quiet() else ProgressPrinter(sys.stderr)
-    report = fleet.run(
-        app.engine, app.manager.chain, operation, spec, progress=printer, direct_engine=app.direct_engine
-    )
+    report = fleet.run(app.engine, app.chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
     if printer is not None:
         printer.finish()
     print_fleet_report(report, as_json, follow_up(report) if follow_up is not None else None)
@@ -165,7 +163,7 @@ def _refuse_the_other_way(app: AppContext, operation: Operation, target: str, st
     a newer one (or to head) an upgrade: a one-line error saying which command does it, nothing changed."""
     from workspace_tool import fleet
 
-    chain = app.manager.chain
+    chain = app.chain
     upgrading = operation == fleet.UPGRADE
     to = chain.position(chain.resolve(target))
     past = [
@@ -286,7 +284,7 @@ def check(
     # the direct engine, when set: without a stored reference, check builds one (in parts, outside a
     # transaction, for a chain with such a revision)
     report = drift.check(
-        app.session_engine, app.manager.chain, list(project_ids) or None, jobs=jobs, recycle_after=recycle_after
+        app.session_engine, app.chain, list(project_ids) or None, jobs=jobs, recycle_after=recycle_after
     )
     print_drift_report(report, as_json)
     if not report.ok:

@@ -85,6 +85,7 @@ def ensure(
             result = app.manager.ensure_detailed(project_id, upgrade=not no_upgrade, owner_role=owner_role, adopt=adopt)
             row = dataclasses.asdict(result)
             row["action"] = action_word(row.pop("action"), row.pop("adopted"))  # the registry's word: adopt too
+            del row["unchanged"]  # the fleet's (whether another run moved it); the JSON keys are unchanged
             results.append(row)
     finally:  # what was done before a failure is still reported, then the error
         emit(results, ["project_id", "schema", "action", "to_revision", "duration_ms", "path"], as_json=as_json)

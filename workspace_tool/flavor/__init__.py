@@ -23,9 +23,26 @@ dberrors.NODE_ERROR_READERS.extend(k.unreachable_node for k in KINDS)  # failure
 # The kind's name, as a SQL expression: a column of the registry bootstrap's one probe.
 KIND_SQL = "CASE " + " ".join(f"WHEN {k.detected_by} THEN '{k.name}'" for k in KINDS) + f" ELSE '{Flavor.name}' END"
 
+_TABLE_KINDS = "c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+
+
+def has_tables_sql(schema_oid: str) -> str:
+    """A SQL condition: the schema whose OID is ``schema_oid`` (an expression) holds a table, view or the
+    like (they could shadow a project's, on the search_path). Looked up through pg_depend's index on what
+    depends on the schema (every relation but a composite type or a TOAST table records its schema there),
+    not by a scan of pg_class, which has no index on relnamespace alone (25 ms on a fresh backend at 2,000
+    project schemas, twice per fleet run). A schema initdb made (public: pinned, nothing is recorded as
+    depending on it) is scanned."""
+    return (
+        f"CASE WHEN {schema_oid} >= 16384 THEN EXISTS (SELECT 1 FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        f"WHERE d.refclassid = 'pg_namespace'::regclass AND d.refobjid = {schema_oid} "
+        f"AND d.classid = 'pg_class'::regclass AND {_TABLE_KINDS}) "
+        f"ELSE EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = {schema_oid} AND {_TABLE_KINDS}) END"
+    )
+
+
 _FIND = text(
-    "SELECT n.nspname, EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid "
-    f"AND c.relkind IN ('r', 'p', 'v', 'm', 'f')), {KIND_SQL} "
+    f"SELECT n.nspname, {has_tables_sql('n.oid')}, {KIND_SQL} "
     "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
 )
 _READ = text(
@@ -75,6 +92,7 @@ __all__ = [
     "Flavor",
     "check_extension_schema",
     "find",
+    "has_tables_sql",
     "of_kind",
     "read",
 ]

@@ -44,11 +44,6 @@ class Flavor:
     # statement that moves the version and writes the registry row together (a CTE); True, by a separate
     # check sent first, under the schema's lock.
     separate_version_check: ClassVar[bool] = False
-    # Whether a fleet run reads every schema's version before it starts. False where that read is dear (Citus:
-    # a distributed query per schema): a schema whose registry row says it is ready at a revision the run
-    # migrates from is taken at that revision, and its transaction's guard checks it under the schema's lock
-    # (a wrong row costs the careful path, never a wrong migration; a row naming the target is still read).
-    reads_versions_first: ClassVar[bool] = True
     # Why the warm pool can't serve this database, in one line; None when it can.
     spares_refused: ClassVar[str | None] = None
 

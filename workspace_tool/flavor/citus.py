@@ -100,7 +100,6 @@ class Citus(Flavor):
     detected_by: ClassVar[str | None] = "EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
     batches: ClassVar[bool] = False
     separate_version_check: ClassVar[bool] = True
-    reads_versions_first: ClassVar[bool] = False
     spares_refused: ClassVar[str | None] = "the database runs Citus, where spares are not supported"
 
     def round_trips(self, statements: Sequence[str]) -> list[list[str]]:

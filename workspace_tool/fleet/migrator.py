@@ -171,9 +171,11 @@ class Migrator:
                     attempts=attempts,
                     connection_lost=connection,
                 )
-            # Found at the target, though the batch read saw it elsewhere: another run moved it (unless an
-            # attempt of ours lost its connection at commit, which may have gone through).
-            moved = done.action == Action.CURRENT and work.from_revision != options.target and not lost
+            # Found at the target with its registry row, though the batch read saw it elsewhere: another run
+            # moved it (unless an attempt of ours lost its connection at commit, which may have gone through).
+            # A row found out of line with the schema (moved out of band) was put in line: this run's work.
+            moved = done.action == Action.CURRENT and done.unchanged and work.from_revision != options.target
+            moved = moved and not lost
             return SchemaResult(
                 work.project_id,
                 work.schema,

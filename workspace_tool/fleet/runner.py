@@ -5,6 +5,7 @@ and ``render_sql``, which renders each schema's transaction instead of running i
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import first_line, translating
 from workspace_tool.errors import ConfigurationError, WorkspaceError
-from workspace_tool.flavor import Flavor, pooler
+from workspace_tool.flavor import pooler
 from workspace_tool.fleet.decide import Verdict, decide
 from workspace_tool.fleet.executors import StopRule, Tracker, run_threads
 from workspace_tool.fleet.migrator import RunOptions
@@ -130,13 +131,14 @@ def run(
         flavor = registry.bootstrap(conn, chain.namespace)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, flavor)
         with conn.begin():
+            selects_by_version = selection is not None and selection.needs_versions
             read = read_fleet(
                 conn,
                 ids,
                 lambda names: read_versions_parallel(engine, names, jobs, recycle),
                 chain.namespace,
-                with_versions=operation.reads_versions or (selection is not None and selection.needs_versions),
-                vouched=_vouched(flavor, chain, operation, resolved, selection),
+                with_versions=operation.reads_versions or selects_by_version,
+                trusted=None if selects_by_version else _guarded_by_the_run(operation, chain, resolved),
             )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
@@ -283,24 +285,24 @@ def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | No
     return None if followed is None else followed.as_dict()
 
 
-def _vouched(
-    flavor: Flavor, chain: Chain, operation: Operation, target: str | None, selection: Selection | None
-) -> Callable[[str], bool] | None:
-    """On a flavor that reads no version first (``Flavor.reads_versions_first``): the registry revisions a
-    run takes a schema at without reading it, those it migrates from (the schema's transaction checks the
-    version under its lock). Never the target, nor one the run would leave alone: a stale row must not make
-    the run skip a schema. None (every version read) for a selection by a state only a version tells."""
-    if flavor.reads_versions_first or not operation.migrates or (selection is not None and selection.needs_versions):
+def _guarded_by_the_run(operation: Operation, chain: Chain, target: str | None) -> Callable[[str], bool] | None:
+    """The registry revisions a run may take at their word instead of reading the schema's version
+    (``read_fleet``'s ``trusted``): those it would migrate from, with its fast lane, whose guard checks the
+    version in the schema's own transaction and falls back to the careful path (which reads it under the
+    schema's lock) when it differs. Never a revision the run would leave alone (at or beyond the target, or
+    unknown): a stale row must not make a run skip a schema, so those are read."""
+    if not operation.migrates or not operation.fast_lane(Work("", "", None, True)):
         return None
 
-    def migrated_from(revision: str) -> bool:
+    @functools.cache  # a fleet's rows hold a few revisions, each asked once
+    def trusted(revision: str) -> bool:
         return (
             revision != target
             and chain.knows(revision)
             and operation.refusal(chain, revision, target, exists=True) is None
         )
 
-    return migrated_from
+    return trusted
 
 
 def _needing_a_session(chain: Chain, work: list[Work], target: str | None) -> str | None:

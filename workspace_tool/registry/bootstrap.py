@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 PROBE = text(
     "SELECT (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
     "        WHERE e.extname = 'vector') AS ext_schema, "
-    "       (SELECT EXISTS (SELECT 1 FROM pg_extension e JOIN pg_class c ON c.relnamespace = e.extnamespace "
-    "        WHERE e.extname = 'vector' AND c.relkind IN ('r', 'p', 'v', 'm', 'f'))) AS ext_has_tables, "
+    f"       (SELECT {flavors.has_tables_sql('e.extnamespace')} FROM pg_extension e "
+    "        WHERE e.extname = 'vector') AS ext_has_tables, "
     f"       to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL AS has_registry, "
     f"       {flavors.KIND_SQL} AS flavor"
 )

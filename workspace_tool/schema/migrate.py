@@ -50,6 +50,7 @@ class EnsureResult:
     duration_ms: float
     path: Path  # FAST, ONLINE, MIXED, POOL (a spare claimed), or NONE when no SQL ran
     adopted: bool = False  # the chain was run into a hand-made schema (``adopt``; recorded as 'adopt')
+    unchanged: bool = False  # nothing written: the schema and its registry row were as asked already
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,9 @@ def _migrate(conn: Connection, how: Sending, what: Migration, started: float) ->
         adopted = check_managed(conn, what.project_id, schema, state, adopt=what.adopt)
         action = what.operation.action(chain, current, what.target, exists=state.exists)
         if action is Action.CURRENT and state.recorded_ready_at(current) and not grants:
-            result = EnsureResult(what.project_id, schema, action, current, what.target, _ms(started), Path.NONE)
+            result = EnsureResult(
+                what.project_id, schema, action, current, what.target, _ms(started), Path.NONE, unchanged=True
+            )
             return _logged(result, sending)
         range_ = None if action is Action.CURRENT else _range(chain, current, what.target, state.exists, how.online)
         path = Path.NONE if range_ is None else range_.path
