@@ -255,13 +255,14 @@ def test_a_first_ensure_from_the_warm_pool_is_one_round_trip_and_a_fresh_build_w
     assert assert_consistent(engine) == {f"project_{p}": "a2" for p in ("built", "claimed", "no_spare_left")}
 
 
-@pytest.mark.parametrize("setting", [None, "async"])
-def test_an_async_claim_is_still_one_round_trip_and_leaves_no_setting_behind(
+@pytest.mark.parametrize("setting", [None, "async", "durable"])
+def test_a_claim_is_one_round_trip_committed_as_its_setting_says_leaving_no_setting_behind(
     engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder, setting: str | None
 ) -> None:
     """workspace_pool_claim_commit = async, the default: the claim's own transaction commits without waiting
-    for its WAL flush (SET LOCAL, in the same round trip); the session's synchronous_commit is untouched after
-    it (safe through a transaction pooler), and the claimed project is what a fresh build makes."""
+    for its WAL flush (SET LOCAL, in the same round trip); durable: as the server's synchronous_commit says
+    (no SET LOCAL of its own). Either way the session's synchronous_commit is untouched after it (safe
+    through a transaction pooler), and the claimed project is what a fresh build makes."""
     chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
     options = {} if setting is None else {"workspace_pool_claim_commit": setting}
     chain = Chain.load(with_options(chain_builder.ini, **options))
@@ -278,30 +279,12 @@ def test_an_async_claim_is_still_one_round_trip_and_leaves_no_setting_behind(
     finally:
         counted.dispose()
     assert claimed.path == "pool" and len(sent) == 1, sent
-    assert "SET LOCAL synchronous_commit = off;" in sent[0] and "claim_spare_locked(" in sent[0]
+    assert "claim_spare_locked(" in sent[0]
+    if setting == "durable":
+        assert "synchronous_commit" not in sent[0]
+    else:
+        assert "SET LOCAL synchronous_commit = off;" in sent[0]
     assert after == "on"
-    assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
-
-
-def test_a_durable_claim_waits_for_its_flush(
-    engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder
-) -> None:
-    """workspace_pool_claim_commit = durable: the claim, still one round trip, commits as the server's
-    synchronous_commit says (no SET LOCAL of its own)."""
-    chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
-    chain = Chain.load(with_options(chain_builder.ini, workspace_pool_claim_commit="durable"))
-    counted = sa.create_engine(wire.url, pool_size=1, max_overflow=0)
-    try:
-        WorkspaceManager(counted, chain.config_path).ensure("built")
-        spares.fill(engine, chain, 1)
-        pooled = WorkspaceManager(counted, chain.config_path, warm_pool=1)
-        wire.clear()
-        claimed = pooled.ensure_detailed("claimed")
-        sent = wire.queries
-    finally:
-        counted.dispose()
-    assert claimed.path == "pool" and len(sent) == 1, sent
-    assert "synchronous_commit" not in sent[0] and "claim_spare_locked(" in sent[0]
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
 
 
