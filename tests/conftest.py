@@ -50,6 +50,14 @@ def new_database(database_url: URL) -> Iterator[URL]:
         yield url
 
 
+@pytest.fixture
+def other_engine(new_database: URL) -> Iterator[sa.Engine]:
+    """An engine on a database of its own (``new_database``), disposed at the end."""
+    engine = sa.create_engine(new_database)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def pgbouncer_server() -> Iterator[pgbouncer.PgBouncer]:
     """A real PgBouncer in transaction mode (2 server connections) in front of the test server, for this

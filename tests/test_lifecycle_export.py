@@ -4,13 +4,11 @@ the same chain; a bad file, a wrong chain or an existing id is refused in one li
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL
 from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS
 from support.cli import assert_one_line_error, run_cli
 from support.data import add_chunks, add_rows, data_rows
@@ -35,13 +33,6 @@ def source(manager: WorkspaceManager) -> str:
         add_chunks(s)
         s.commit()
     return "src"
-
-
-@pytest.fixture
-def other_engine(new_database: URL) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(new_database)
-    yield engine
-    engine.dispose()
 
 
 def test_export_then_import_into_another_database_gives_equal_rows_at_the_source_revision(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -609,18 +609,11 @@ def test_the_async_manager_runs_it_too(engine: sa.Engine, chain_builder: ChainBu
 
 
 # ----------------------------------------------------------------------------- --sql, the proof
-@pytest.fixture
-def twin(new_database: URL) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(new_database)
-    yield engine
-    engine.dispose()
-
-
 def test_sql_shows_it_outside_the_transactions_and_psql_running_it_gives_what_upgrade_gives(
-    engine: sa.Engine, twin: sa.Engine, chain_builder: ChainBuilder, database_url: URL
+    engine: sa.Engine, other_engine: sa.Engine, chain_builder: ChainBuilder, database_url: URL
 ) -> None:
     chain = chain_with(chain_builder, CONCURRENT, DROP_CONCURRENT)
-    for target in (engine, twin):
+    for target in (engine, other_engine):
         fleet.provision(target, chain, ["p1", "p2"], target="r1")
 
     scripts = fleet.sql(engine, chain)
@@ -641,12 +634,12 @@ def test_sql_shows_it_outside_the_transactions_and_psql_running_it_gives_what_up
     ]
     assert lines[-1].startswith("SELECT pg_advisory_unlock(")
     ran = psql(database_url, "".join(s.sql or "" for s in scripts))
-    report = fleet.upgrade(twin, chain)
+    report = fleet.upgrade(other_engine, chain)
 
     assert ran.returncode == 0, ran.stderr
     assert {r.status for r in report.results} == {fleet.OK}
     for schema in ("project_p1", "project_p2"):
-        with engine.connect() as by_psql, twin.connect() as by_run:
+        with engine.connect() as by_psql, other_engine.connect() as by_run:
             assert diff(snapshot(by_run, schema), snapshot(by_psql, schema)) == []
         assert indexes(engine, schema) == {"ix_items_name": True}
     assert assert_consistent(engine) == {"project_p1": "r4", "project_p2": "r4"}

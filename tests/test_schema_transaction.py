@@ -4,10 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from support.chains import ALEMBIC_INI
@@ -24,13 +22,6 @@ from workspace_tool.schema.plan import Expected
 CHAIN = Chain.load(ALEMBIC_INI)
 BEHIND = CHAIN.revisions[1]  # the fleet starts here: two revisions behind head
 PROJECTS = ["alpha", "beta", "gamma", "delta"]
-
-
-@pytest.fixture
-def twin(new_database: URL) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(new_database)
-    yield engine
-    engine.dispose()
 
 
 def behind(engine: sa.Engine) -> None:
@@ -54,22 +45,22 @@ def catalogs(engine: sa.Engine) -> dict[str, dict[str, Any]]:
 
 
 def test_the_text_of_upgrade_all_sql_run_by_psql_gives_what_upgrade_all_gives(
-    engine: sa.Engine, twin: sa.Engine, database_url: URL
+    engine: sa.Engine, other_engine: sa.Engine, database_url: URL
 ) -> None:
     behind(engine)
-    behind(twin)
+    behind(other_engine)
 
     scripts = fleet.sql(engine, CHAIN)  # --all: every project, each its own transaction
     assert [s.path for s in scripts] == ["fast"] * len(PROJECTS)
     ran = psql(database_url, "".join(s.sql or "" for s in scripts))
-    report = fleet.upgrade(twin, CHAIN)
+    report = fleet.upgrade(other_engine, CHAIN)
 
     assert ran.returncode == 0, ran.stderr
     assert {r.status for r in report.results} == {fleet.OK}
-    by_psql, by_run = catalogs(engine), catalogs(twin)
+    by_psql, by_run = catalogs(engine), catalogs(other_engine)
     for project in PROJECTS:
         assert diff(by_run[project], by_psql[project]) == [], project
-    assert registry_rows(engine) == registry_rows(twin)
+    assert registry_rows(engine) == registry_rows(other_engine)
     assert {row[:3] for row in registry_rows(engine).values()} == {(CHAIN.head, "ready", "upgrade")}
 
 
