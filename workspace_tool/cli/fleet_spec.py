@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class FleetOptions:
-    """The fleet options as given on the command line."""
+    """The fleet options as given on the command line (each field named as its click parameter)."""
 
     project_ids: tuple[str, ...]
     all_: bool
