@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from support.chains import ALEMBIC_INI, ChainBuilder
+from support.data import add_chunks
 from support.db import EMBEDDED_TEST_DIR, StatementCounter, reset_database
 
 from workspace_tool import WorkspaceManager
@@ -106,6 +107,17 @@ def manager(engine: sa.Engine) -> Iterator[WorkspaceManager]:
     mgr = WorkspaceManager(engine, ALEMBIC_INI)
     yield mgr
     mgr.close()
+
+
+@pytest.fixture
+def filled_source(manager: WorkspaceManager) -> str:
+    """A project "src" holding rows in every table (a repository, a file, 40 chunks: support.data.add_chunks),
+    to copy from (clone, export); its id."""
+    manager.ensure("src")
+    with manager.session("src") as s:
+        add_chunks(s)
+        s.commit()
+    return "src"
 
 
 @pytest.fixture

@@ -275,6 +275,24 @@ def test_jobs_beyond_the_default_pool_all_hold_a_connection_at_once(
     assert "upgrade to a2: 20 ok, 0 failed, 0 skipped" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["upgrade", "--all"],
+        ["exec", "--all", "-c", "SELECT 1"],
+        ["drop", "--match", "c0*", "--yes"],
+        ["drop", "c01", "c02", "--yes"],
+        ["ensure", "n01", "n02"],
+    ],
+)
+def test_every_fleet_command_sizes_its_pool_for_jobs(url_string: str, ini: Path, args: list[str]) -> None:
+    """--jobs 20 needs more connections than the default pool gives: every fleet command makes its engine for
+    the jobs asked, also those that read the registry before the run (drop, ensure)."""
+    result = cli(url_string, ini, *args, "--jobs", "20")
+    assert result.exit_code == 0, result.stderr
+    assert "with 20 jobs" in result.stderr
+
+
 # ------------------------------------------------------------------ staged rollouts (issue 14 §2)
 def test_a_canary_that_fails_stops_the_run_and_the_summary_says_where(
     engine: sa.Engine, url_string: str, ini: Path

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from support.chains import ALEMBIC_INI, HEAD, ITEMS
 from support.cli import assert_one_line_error, run_cli
-from support.data import add_chunks, add_rows, data_rows
+from support.data import add_rows, data_rows
 from support.db import catalog, database_state
 
 from workspace_tool import WorkspaceManager
@@ -19,17 +19,8 @@ from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.lifecycle import ProjectExists, clone_project
 
 
-@pytest.fixture
-def source(manager: WorkspaceManager) -> str:
-    manager.ensure("src")
-    with manager.session("src") as s:
-        add_chunks(s)
-        s.commit()
-    return "src"
-
-
-def test_clone_gives_equal_rows_at_the_source_revision_independent_of_it(engine: sa.Engine, source: str) -> None:
-    result = clone_project(engine, Chain.load(ALEMBIC_INI), source, "dst")
+def test_clone_gives_equal_rows_at_the_source_revision_independent_of_it(engine: sa.Engine, filled_source: str) -> None:
+    result = clone_project(engine, Chain.load(ALEMBIC_INI), filled_source, "dst")
     assert result.revision == HEAD and result.rows == 42
     assert data_rows(engine, "project_dst") == data_rows(engine, "project_src")
     assert len(data_rows(engine, "project_dst")["code_chunks"]) == 40
@@ -59,7 +50,7 @@ def test_clone_without_data_and_the_sequences(engine: sa.Engine, chain_builder: 
 
 
 def test_clone_refuses_an_unknown_source_or_an_existing_target(
-    engine: sa.Engine, source: str, manager: WorkspaceManager, url_string: str
+    engine: sa.Engine, filled_source: str, manager: WorkspaceManager, url_string: str
 ) -> None:
     manager.ensure("taken")
     chain = Chain.load(ALEMBIC_INI)
@@ -67,12 +58,12 @@ def test_clone_refuses_an_unknown_source_or_an_existing_target(
     with pytest.raises(WorkspaceNotFound):
         clone_project(engine, chain, "nope", "new")
     with pytest.raises(ProjectExists):
-        clone_project(engine, chain, source, "taken")
+        clone_project(engine, chain, filled_source, "taken")
     with pytest.raises(ProjectExists):
-        clone_project(engine, chain, source, source)
-    assert_one_line_error(run_cli("--database-url", url_string, "clone", source, "taken"), "already exists")
+        clone_project(engine, chain, filled_source, filled_source)
+    assert_one_line_error(run_cli("--database-url", url_string, "clone", filled_source, "taken"), "already exists")
     assert_one_line_error(run_cli("--database-url", url_string, "clone", "nope", "new"), "nope")
     assert database_state(engine) == state
-    done = run_cli("--database-url", url_string, "clone", source, "viacli", "--json")
+    done = run_cli("--database-url", url_string, "clone", filled_source, "viacli", "--json")
     assert done.exit_code == 0, done.stderr
     assert json.loads(done.stdout)["rows"] == 42

@@ -56,6 +56,13 @@ def test_bulk_drop_refuses_bad_input_and_changes_nothing(engine: sa.Engine, url_
     assert_one_line_error(run_cli("--database-url", url_string, "purge", "a1", "--yes"), "no quarantined copy")
     nothing = run_cli("--database-url", url_string, "drop", "--match", "zzz*", "--yes")
     assert nothing.exit_code == 0 and "nothing to do" in nothing.stderr
+    for args, message in [
+        (["a1", "--sql", "--yes"], "--sql: drop runs no migration"),  # one id: refused too, not dropped
+        (["--all", "--match", "a*"], "--all takes every project"),  # a usage error, before asking
+        ([], "name the projects, select them"),
+    ]:
+        refused = run_cli("--database-url", url_string, "drop", *args)
+        assert refused.exit_code == 2 and message in refused.stderr, (args, refused.stderr)
     assert database_state(engine) == state
 
 

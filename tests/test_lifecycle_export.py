@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS
 from support.cli import assert_one_line_error, run_cli
-from support.data import add_chunks, add_rows, data_rows
+from support.data import add_rows, data_rows
 from support.db import catalog, database_state
 
 from workspace_tool import WorkspaceManager
@@ -26,21 +26,12 @@ from workspace_tool.lifecycle import (
 )
 
 
-@pytest.fixture
-def source(manager: WorkspaceManager) -> str:
-    manager.ensure("src")
-    with manager.session("src") as s:
-        add_chunks(s)
-        s.commit()
-    return "src"
-
-
 def test_export_then_import_into_another_database_gives_equal_rows_at_the_source_revision(
-    engine: sa.Engine, source: str, other_engine: sa.Engine, tmp_path: Path
+    engine: sa.Engine, filled_source: str, other_engine: sa.Engine, tmp_path: Path
 ) -> None:
     chain = Chain.load(ALEMBIC_INI)
     file = tmp_path / "src.wstx"
-    exported = export_project(engine, chain, source, file)
+    exported = export_project(engine, chain, filled_source, file)
     assert exported.rows == 1 + 1 + 40 and exported.revision == HEAD
     imported = import_project(other_engine, chain, file)
     assert imported.to_revision == HEAD and imported.rows == exported.rows
@@ -90,10 +81,12 @@ def test_import_at_an_older_revision_and_upgrade(
         assert conn.execute(sa.text("SELECT version_num FROM project_old_up.alembic_version")).scalar() == HEAD
 
 
-def test_import_refuses_an_existing_id_and_changes_nothing(engine: sa.Engine, source: str, tmp_path: Path) -> None:
+def test_import_refuses_an_existing_id_and_changes_nothing(
+    engine: sa.Engine, filled_source: str, tmp_path: Path
+) -> None:
     chain = Chain.load(ALEMBIC_INI)
     file = tmp_path / "src.wstx"
-    export_project(engine, chain, source, file)
+    export_project(engine, chain, filled_source, file)
     state = database_state(engine)
     with pytest.raises(ProjectExists):
         import_project(engine, chain, file)
@@ -109,11 +102,11 @@ def damage(file: Path, at: int) -> None:
 
 
 def test_a_damaged_or_foreign_file_is_refused_with_nothing_left_behind(
-    engine: sa.Engine, source: str, tmp_path: Path
+    engine: sa.Engine, filled_source: str, tmp_path: Path
 ) -> None:
     chain = Chain.load(ALEMBIC_INI)
     file = tmp_path / "src.wstx"
-    export_project(engine, chain, source, file)
+    export_project(engine, chain, filled_source, file)
     state = database_state(engine)
     damaged = tmp_path / "damaged.wstx"
     damaged.write_bytes(file.read_bytes())
@@ -132,11 +125,11 @@ def test_a_damaged_or_foreign_file_is_refused_with_nothing_left_behind(
 
 
 def test_an_export_of_another_chain_is_refused(
-    engine: sa.Engine, source: str, tmp_path: Path, chain_builder: Any
+    engine: sa.Engine, filled_source: str, tmp_path: Path, chain_builder: Any
 ) -> None:
     chain = Chain.load(ALEMBIC_INI)
     file = tmp_path / "src.wstx"
-    export_project(engine, chain, source, file)
+    export_project(engine, chain, filled_source, file)
     other = Chain.load(chain_builder.add("a1", ITEMS, 'op.drop_table("items")').ini)
     state = database_state(engine)
     with pytest.raises(ChainMismatch, match="this chain does not have"):
@@ -145,7 +138,7 @@ def test_an_export_of_another_chain_is_refused(
 
 
 def test_cli_export_import_and_their_one_line_errors(
-    engine: sa.Engine, source: str, url_string: str, tmp_path: Path
+    engine: sa.Engine, filled_source: str, url_string: str, tmp_path: Path
 ) -> None:
     file = tmp_path / "src.wstx"
     done = run_cli("--database-url", url_string, "export", "src", "-o", str(file), "--json")

@@ -16,6 +16,8 @@ checked instead (:func:`require`): one in autocommit is refused with a Configura
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sqlalchemy import Connection, Engine
 
 from workspace_tool.errors import ConfigurationError
@@ -53,3 +55,20 @@ def require(conn: Connection) -> None:
             "schema lock, search_path and all-or-nothing migrations can't hold: pass a connection that runs "
             "transactions, e.g. conn.execution_options(isolation_level='READ COMMITTED')"
         )
+
+
+def in_own_transaction(conn: Connection, work: Callable[[], object]) -> Exception | None:
+    """Run ``work`` in a transaction of its own on conn, after rolling back what a failure left open (a
+    clean-up after an error: a lock to release, settings to put back, a half-built schema to drop); nothing
+    on a connection that is gone. Returns the error it failed with (None: done, or gone), for the caller's
+    own policy: invalidate the connection, or log and go on."""
+    if conn.invalidated or conn.closed:
+        return None
+    try:
+        if conn.in_transaction():
+            conn.rollback()
+        with conn.begin():
+            work()
+    except Exception as exc:
+        return exc
+    return None

@@ -1,7 +1,8 @@
 """The ``workspace-tool`` command: the ``main`` group and every command, registered here.
 
 Each command parses its arguments, calls one library function and renders the result (render.py); the
-shared options are in options.py, the database context and the error handling in context.py."""
+shared options are in options.py (the fleet commands' in fleet_spec.py), the database context and the
+error handling in context.py."""
 
 from __future__ import annotations
 

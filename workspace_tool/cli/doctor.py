@@ -27,7 +27,6 @@ def doctor(app: AppContext, jobs: int | None, schemas_per_transaction: int, as_j
     between, stale spares. One line per finding with what to change; exit 1 on a problem. Read-only."""
     from workspace_tool import doctor as checks
 
-    app.jobs = jobs  # before the engine is made: its pool is sized for them, as a fleet run's is
     report = checks.diagnose(
         app.engine,
         app.manager.chain,

@@ -3,17 +3,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
 from workspace_tool.cli.context import AppContext, pass_app, require_projects
+from workspace_tool.cli.fleet import run_and_report
+from workspace_tool.cli.fleet_spec import FleetOptions, fleet_options
 from workspace_tool.cli.logs import note
-from workspace_tool.cli.options import DurationType, confirm, fleet_options, json_option, yes_option
+from workspace_tool.cli.options import DurationType, confirm, json_option, yes_option
 from workspace_tool.cli.render import emit, few, to_json
-
-if TYPE_CHECKING:
-    from workspace_tool.fleet import FleetReport, Operation
 
 lock_timeout_option = click.option(
     "--lock-timeout",
@@ -92,60 +91,7 @@ def clone(app: AppContext, source: str, target: str, no_data: bool, lock_timeout
         note(f"Cloned {source} to {target} at {result.revision}: {result.tables} tables, {result.rows} rows.")
 
 
-# ------------------------------------------------------------------ fleet-wide: drop, exec, bulk ensure
-def _fleet_command(
-    app: AppContext,
-    operation: Operation,
-    *,
-    project_ids: tuple[str, ...],
-    all_: bool,
-    jobs: int | None,
-    recycle_after: int | None,
-    fail_fast: bool | None,
-    lock_timeout: int,
-    retries: int,
-    show_sql: bool,
-    as_json: bool,
-    states: tuple[tuple[str, ...], ...],
-    globs: tuple[str, ...],
-    ids_from: str | None,
-    target: str = "head",
-    **stages: Any,
-) -> FleetReport:
-    """Run ``operation`` (a lifecycle task: workspace_tool.lifecycle) through the fleet runner over the
-    projects named (each must be one of the fleet's), selected (--state, --match, --ids-from) or all
-    (--all), as one RunSpec; print its progress and report; exit 1 if any failed (130 when interrupted)."""
-    from workspace_tool.cli.fleet import _selection, _staging, run_and_report
-    from workspace_tool.fleet import RunSpec
-
-    if show_sql:
-        raise click.UsageError(f"--sql: {operation.name} runs no migration, there is no SQL to show")
-    if all_ and (project_ids or states or globs or ids_from):
-        raise click.UsageError("--all takes every project: not with ids, --state, --match or --ids-from")
-    if not (all_ or project_ids or states or globs or ids_from):
-        raise click.UsageError("name the projects, select them (--state, --match, --ids-from), or pass --all")
-    from workspace_tool.cli.options import read_ids
-
-    named = list(project_ids) + (read_ids(ids_from, "--ids-from") if ids_from else [])
-    selection = _selection(states, globs, None)
-    if named:  # named ids are a selection too: one not in the fleet is refused before anything runs
-        from workspace_tool.fleet import Selection
-
-        base = selection or Selection()
-        selection = Selection(states=base.states, match=base.match, ids=named)
-    spec = RunSpec(
-        target,
-        None,
-        selection=selection,
-        staging=_staging(fail_fast, not named, **stages),
-        jobs=jobs,
-        lock_timeout_ms=lock_timeout,
-        retries=retries,
-        recycle_after=recycle_after,
-    )
-    return run_and_report(app, operation, spec, as_json)
-
-
+# ------------------------------------------------------------------ fleet-wide: drop, exec
 class RetainType(click.ParamType[float]):
     name = "DURATION"
 
@@ -172,7 +118,7 @@ class RetainType(click.ParamType[float]):
 )
 @click.option("--purge-expired", is_flag=True, help="Purge the quarantined projects past their --retain date.")
 @pass_app
-def drop(app: AppContext, /, retain: float | None, purge_expired: bool, **options: Any) -> None:
+def drop(app: AppContext, /, fleet: FleetOptions, retain: float | None, purge_expired: bool) -> None:
     """Drop projects (named, selected with --state/--match/--ids-from, or --all): each schema with all its
     data and its registry row, in a transaction of its own (a run over any number of projects holds one
     schema's locks per connection), in parallel, with progress and a report (--json). It asks first on a
@@ -181,18 +127,20 @@ def drop(app: AppContext, /, retain: float | None, purge_expired: bool, **option
     from workspace_tool.lifecycle import drop as dropping
 
     namespace = app.manager.chain.namespace
-    ids: tuple[str, ...] = options["project_ids"]
-    selected = options["all_"] or options["states"] or options["globs"] or options["ids_from"]
+    ids = fleet.project_ids
+    selected = fleet.all_ or fleet.selects
     schemas = [namespace.schema_for(project_id) for project_id in ids]  # every id checked first
-    lock_timeout_ms = options["lock_timeout"]
+    lock_timeout_ms = fleet.lock_timeout
     if purge_expired and not (ids or selected):
         confirm("purging the quarantined projects past their date deletes their data")
         purged = dropping.purge_expired(app.engine, namespace=namespace, lock_timeout_ms=lock_timeout_ms)
-        if options["as_json"]:
+        if fleet.as_json:
             click.echo(to_json([q.as_dict() for q in purged]))
         else:
             note(f"Purged {len(purged)} quarantined project(s) past their date.")
         return
+    operation = dropping.drop_operation(retain, namespace)
+    spec = fleet.run_spec(operation)  # bad options are refused before anything is asked or dropped
     if ids:  # named: each one a project (or a quarantined one), else nothing is dropped
         aside = {q.project_id for q in dropping.quarantined(app.engine, namespace)} if retain is None else set()
         require_projects(app, [p for p in ids if p not in aside])
@@ -211,7 +159,7 @@ def drop(app: AppContext, /, retain: float | None, purge_expired: bool, **option
         confirm(f"dropping {who} deletes all {'its' if len(ids) == 1 and not selected else 'their'} data")
     else:
         confirm(f"quarantining {who} takes {'it' if len(ids) == 1 and not selected else 'them'} out of the fleet")
-    _fleet_command(app, dropping.drop_operation(retain, namespace), **options)
+    run_and_report(app, operation, spec, fleet.as_json)
     if purge_expired:
         dropping.purge_expired(app.engine, namespace=namespace, lock_timeout_ms=lock_timeout_ms)
 
@@ -271,7 +219,7 @@ def purge(app: AppContext, project_ids: tuple[str, ...], list_only: bool, lock_t
 @click.option("-c", "--command", "command", metavar="SQL", help="The SQL to run in each project's schema.")
 @click.option("-f", "--file", "sql_file", type=click.Path(exists=True, dir_okay=False), help="Read the SQL from FILE.")
 @pass_app
-def exec_(app: AppContext, /, command: str | None, sql_file: str | None, **options: Any) -> None:
+def exec_(app: AppContext, /, fleet: FleetOptions, command: str | None, sql_file: str | None) -> None:
     """Run SQL in each project's schema (named, selected with --state/--match/--ids-from, or --all), each in
     its own transaction under the project's lock with the project's search_path, in parallel; a result per
     project (the rows the last statement touched or returned), --json for all of it."""
@@ -283,7 +231,8 @@ def exec_(app: AppContext, /, command: str | None, sql_file: str | None, **optio
         with open(sql_file, encoding="utf-8") as file:
             command = file.read()
     assert command is not None
-    _fleet_command(app, exec_operation(command), **options)
+    operation = exec_operation(command)
+    run_and_report(app, operation, fleet.run_spec(operation), fleet.as_json)
 
 
 # ------------------------------------------------------------------ the Alembic verbs, per project

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from workspace_tool.cli import logs
-from workspace_tool.cli.context import CommandError
+from workspace_tool.cli.context import AppContext, CommandError
 
 F = TypeVar("F", bound=Callable[..., Any])
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min)?\s*$")
@@ -182,8 +182,19 @@ def json_option(f: F) -> F:
 
 
 def jobs_option(f: F) -> F:
+    """--jobs/-j, given to the AppContext as soon as it is read: its engine, made later by whatever the
+    command reads first, has a pool sized for that many jobs (AppContext.engine)."""
+
+    def size_the_pool(ctx: click.Context, param: click.Parameter, jobs: int | None) -> int | None:
+        app = ctx.find_object(AppContext)
+        if app is not None:
+            app.jobs = jobs
+        return jobs
+
     limit = click.IntRange(min=1)
-    return click.option("--jobs", "-j", type=limit, help="Parallel connections (default: 2 per core).")(f)
+    return click.option(
+        "--jobs", "-j", type=limit, callback=size_the_pool, help="Parallel connections (default: 2 per core)."
+    )(f)
 
 
 def recycle_option(f: F) -> F:
@@ -204,95 +215,3 @@ def adopt_option(f: F) -> F:
         help="Run the chain into an existing schema that holds tables but no alembic_version (refused "
         "otherwise) and register it.",
     )(f)
-
-
-def fleet_options(f: F) -> F:
-    """What upgrade and downgrade share: which projects, how many at once, what to do on failure."""
-    options = [
-        click.argument("project_ids", nargs=-1),
-        click.option("--all", "all_", is_flag=True, help="Every project in the registry."),
-        jobs_option,
-        recycle_option,
-        click.option(
-            "--fail-fast/--continue-on-error",
-            default=None,
-            help="Stop starting schemas after the first failure (default for named projects), or carry on "
-            "(default for --all).",
-        ),
-        click.option(
-            "--lock-timeout",
-            type=DurationType(),
-            default="5s",
-            show_default=True,
-            help="Longest wait for any lock in a schema's transaction (e.g. 200ms, 5s); then retry.",
-        ),
-        click.option(
-            "--retries",
-            type=click.IntRange(min=0),
-            default=LibraryDefault("workspace_tool.fleet", "DEFAULT_RETRIES"),
-            show_default=True,
-            help="Retries, with backoff, of a schema whose lock wait timed out or whose connection was lost.",
-        ),
-        click.option(
-            "--sql",
-            "show_sql",
-            is_flag=True,
-            help="Print each selected schema's SQL and change nothing (the stage options play no part).",
-        ),
-        json_option,
-        *_selection_options,
-        *_stage_options,
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-FILE = click.Path(exists=True, dir_okay=False, readable=True)
-_selection_options = [
-    click.option(
-        "--state",
-        "states",
-        type=StatesType(),
-        multiple=True,
-        help="Only projects in these states, as `status` shows them: behind, failed, at-head, empty, "
-        "ahead, missing, orphan (comma-separated or repeated).",
-    ),
-    click.option("--match", "globs", metavar="GLOB", multiple=True, help="Only project ids matching GLOB (*, ?)."),
-    click.option("--ids-from", type=FILE, metavar="FILE", help="Only the project ids in FILE (one a line)."),
-]
-_stage_options = [
-    click.option(
-        "--canary",
-        type=AmountType(),
-        help="Migrate N schemas (or P% of those to migrate) first, in --order; go on with the rest only if "
-        "none of them failed.",
-    ),
-    click.option(
-        "--canary-ids",
-        metavar="IDS",
-        multiple=True,
-        help="The canary by project id (comma-separated or repeated): those of them still to migrate. When none "
-        "is (a rerun: they are at the target already), there is nothing to canary: the command says so, then "
-        "migrates the rest, or with --canary-only stops and prints the command that does.",
-    ),
-    click.option("--canary-ids-from", type=FILE, metavar="FILE", help="The canary's project ids from FILE."),
-    click.option(
-        "--canary-only",
-        is_flag=True,
-        help="Stop after the canary and print the command that does the rest (with the --seed of a random order).",
-    ),
-    click.option(
-        "--order",
-        type=click.Choice(["name", "random"]),
-        help="The order schemas start in (the canary is the first ones): by project id, or shuffled by --seed "
-        "(a schema's place depends on the seed and its id only).",
-    ),
-    click.option("--seed", type=int, help="The seed of --order random (default: drawn, and printed)."),
-    click.option(
-        "--max-failures",
-        type=AmountType(),
-        help="Start no schema once N (or P% of the main stage's) schemas have failed; instead of "
-        "--fail-fast (= 1) or --continue-on-error (no limit).",
-    ),
-]

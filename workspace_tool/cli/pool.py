@@ -38,7 +38,6 @@ def fill(app: AppContext, size: int | None, jobs: int | None, as_json: bool) -> 
     would not follow them). Run it from cron, or let the application refill in the background."""
     from workspace_tool import spares
 
-    app.jobs = jobs  # before the engine is made: its pool is sized for them
     chain = app.manager.chain
     target = spares.resolve_size(chain, size)
     if target == 0 and size is None:

@@ -401,14 +401,7 @@ def _in_own_transaction(conn: Connection, work: Callable[[], Any]) -> None:
     """Run ``work`` in a transaction of its own on conn (a session's lock released, its settings put
     back); if that fails, conn is invalidated: a session that may still hold the lock, or the project's
     search_path, never goes back to the pool."""
-    if conn.invalidated or conn.closed:
-        return
-    try:
-        if conn.in_transaction():
-            conn.rollback()
-        with conn.begin():
-            work()
-    except Exception:
+    if transactions.in_own_transaction(conn, work) is not None:
         conn.invalidate()
 
 

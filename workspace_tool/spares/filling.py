@@ -329,17 +329,15 @@ def _row(chain: Chain, schema: str, privileges: str, started: float) -> dict[str
 
 def _discard(conn: Connection, schema: str, ns: Namespace) -> None:
     """Drop a spare being built in parts, schema and row, in a transaction of its own; on a connection that
-    is gone, nothing (the next fill drops it)."""
-    if conn.invalidated or conn.closed:
-        return
-    try:
-        if conn.in_transaction():
-            conn.rollback()
-        with conn.begin():
-            drop_schema_cascade(conn, schema)
-            conn.execute(ns.sql(store.DELETE), {"schema": schema})
-    except Exception as exc:
-        log.warning("could not drop spare %s left half-built (the next pool fill will): %s", schema, first_line(exc))
+    is gone, nothing; if the drop fails, a warning (the connection is kept). The next fill drops it."""
+
+    def drop() -> None:
+        drop_schema_cascade(conn, schema)
+        conn.execute(ns.sql(store.DELETE), {"schema": schema})
+
+    failed = transactions.in_own_transaction(conn, drop)
+    if failed is not None:
+        log.warning("could not drop spare %s left half-built (the next pool fill will): %s", schema, first_line(failed))
 
 
 def _ms(started: float) -> float:
