@@ -207,7 +207,8 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.option(
         "--canary-only",
         is_flag=True,
-        help="Stop after the canary and print the command that does the rest (with the --seed of a random order).",
+        help="Stop after the canary. upgrade and downgrade print the command that does the rest (with the --seed of "
+        "a random order); drop and exec do not, since a rerun of exec would run again on the canary.",
     ),
     click.option(
         "--order",
