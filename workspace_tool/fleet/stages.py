@@ -137,7 +137,7 @@ class Selection:
 
     def apply(self, records: list[SchemaRecord], chain: Chain) -> list[SchemaRecord]:
         if self.ids is not None:
-            require_known(self.ids, records, "the selected ids (--ids-from)")
+            require_known(self.ids, records, "the named project ids")
         return [r for r in records if self.selects(r, chain)]
 
     @property
