@@ -33,7 +33,8 @@ What is measured (targets from issue 4):
 * the warm pool (issue 12, ``--only pool``): a new project's first ``ensure`` claiming a spare vs the fast
   path vs the floor, interleaved, p50 and p99; ``asyncio.gather`` of 3 new projects from the pool vs one;
   both again on a database holding 10,000 project schemas. Targets: pool p50 <= 1/20 of the fast path's,
-  gather of 3 <= 2x one.
+  gather of 3 <= 2x one. The claim's own floor, in the same rounds (``ClaimFloor``): what a hand-written
+  claim with a rename costs (psycopg2, one round trip, async commit), and library claim / that floor.
 
 * the tenant lifecycle (issue 20, ``--only lifecycle``): ``benchmarks/lifecycle.py``: export / import vs
   ``pg_dump -Fc -n`` / ``pg_restore``, clone vs raw ``INSERT ... SELECT``, bulk drop vs raw ``DROP SCHEMA``
@@ -207,6 +208,69 @@ class Floor:
             cursor.execute(sql)
         finally:
             cursor.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class ClaimFloor:
+    """The warm-pool claim's floor: a spare claimed as an expert would, with no library, renaming it. One round
+    trip on a held psycopg2 connection, one implicit transaction committed without waiting for its WAL flush
+    (as the library's default, ``workspace_pool_claim_commit = async``): a function installed once (in
+    ``bench_floor``, as the library installs its own) that takes the schema's advisory lock, deletes the
+    oldest ready spare of the chain at head (``FOR UPDATE SKIP LOCKED``) returning its name, renames it and
+    inserts the registry row. What it leaves out of the library's claim: the checks that the spare is the
+    current role's and was built under its default privileges as they are now, that the project's schema
+    does not exist yet, and the registry upsert (it INSERTs)."""
+
+    FUNCTION = """
+CREATE FUNCTION bench_floor.claim(p_lock bigint, p_target text, p_project text, p_revision text, p_chain text)
+RETURNS boolean LANGUAGE plpgsql AS $f$
+DECLARE
+    spare text;
+BEGIN
+    PERFORM pg_advisory_xact_lock(p_lock);
+    DELETE FROM project_registry.spare_schemas WHERE schema_name = (
+        SELECT schema_name FROM project_registry.spare_schemas
+        WHERE chain = p_chain AND revision = p_revision AND ready
+        ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+    RETURNING schema_name INTO spare;
+    IF spare IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('ALTER SCHEMA %I RENAME TO %I', spare, p_target);
+    INSERT INTO project_registry.workspace_config
+        (project_id, schema_name, revision, status, last_action, last_duration_ms, last_path)
+    VALUES (p_project, p_target, p_revision, 'ready', 'created', 0, 'floor');
+    RETURN true;
+END
+$f$"""
+
+    def __init__(self, engine: sa.Engine, chain_fingerprint: str, head: str) -> None:
+        self.conn = raw_autocommit(engine)
+        self.chain, self.head = chain_fingerprint, head
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute("CREATE SCHEMA IF NOT EXISTS bench_floor")
+            cursor.execute("DROP FUNCTION IF EXISTS bench_floor.claim(bigint, text, text, text, text)")
+            cursor.execute(self.FUNCTION)
+        finally:
+            cursor.close()
+
+    def claim(self, project_id: str) -> None:
+        schema = schema_for(project_id)
+        key = literal(f"workspace_tool:{schema}")  # the schema's advisory lock, as the library takes it
+        arguments = ", ".join(literal(v) for v in (schema, project_id, self.head, self.chain))
+        cursor = self.conn.cursor()
+        try:
+            cursor.execute(
+                "SET LOCAL synchronous_commit = off;\n"
+                f"SELECT bench_floor.claim(hashtextextended({key}, 0), {arguments});"
+            )
+            claimed = cursor.fetchone()
+        finally:
+            cursor.close()
+        assert claimed == (True,), f"the floor claimed no spare for {project_id}"
 
     def close(self) -> None:
         self.conn.close()
@@ -762,7 +826,8 @@ def bench_pool(server: URL, n: int, reps: int, existing: int) -> None:
 
 
 def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, existing: int) -> None:
-    spares = 3 * n + 8 * reps + 18  # one per claim (the library's three ways and the raw floor's), warm-ups included
+    # one per claim (the library's three ways, the claim's floor and the raw claims), warm-ups included
+    spares = 4 * n + 8 * reps + 21
     log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
     filled = warm_pool.fill(engine, mgr.chain, spares, jobs=2)
     # each commit mode named, whatever the default: the chain is the same (spares of one are the other's)
@@ -775,6 +840,7 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
     pooled_async = WorkspaceManager(engine, inis["async"], warm_pool=spares)
     mgr.ensure("floorref")
     floor = Floor(engine, schema_for("floorref"), mgr.head)
+    claim_floor = ClaimFloor(engine, mgr.chain.fingerprint, mgr.head)
     checkpoint(engine)  # the fill's dirty pages must not land in the measurements
 
     def careful_claim(project_id: str) -> str:
@@ -789,13 +855,15 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
         careful_claim(f"warm-careful-{i}")
         mgr.ensure(f"warm-fast-{i}")
         floor.provision(f"warm-floor-{i}")
-    samples: dict[str, list[float]] = {"pool": [], "async": [], "careful": [], "fast": [], "floor": []}
+        claim_floor.claim(f"warm-raw-{i}")
+    samples: dict[str, list[float]] = {"pool": [], "async": [], "careful": [], "raw": [], "fast": [], "floor": []}
     paths: dict[str, set[str]] = {"pool": set(), "async": set(), "careful": set(), "fast": set()}
     for i in range(n):
         contenders: list[tuple[str, Callable[[], object]]] = [
             ("pool", lambda i=i: paths["pool"].add(pooled.ensure_detailed(f"pool-{i}").path)),  # type: ignore[misc]
             ("async", lambda i=i: paths["async"].add(pooled_async.ensure_detailed(f"async-{i}").path)),  # type: ignore[misc]
             ("careful", lambda i=i: paths["careful"].add(careful_claim(f"careful-{i}"))),  # type: ignore[misc]
+            ("raw", lambda i=i: claim_floor.claim(f"raw-claim-{i}")),  # type: ignore[misc]
             ("fast", lambda i=i: paths["fast"].add(mgr.ensure_detailed(f"fast-{i}").path)),  # type: ignore[misc]
             ("floor", lambda i=i: floor.provision(f"floor-{i}")),  # type: ignore[misc]
         ]
@@ -803,6 +871,7 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
         for name, fn in contenders[shift:] + contenders[:shift]:
             samples[name].append(timed(fn))
     floor.close()
+    claim_floor.close()
     pooled.close()
     pooled_async.close()
     for ini in inis.values():
@@ -823,13 +892,17 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
     )
     gather = _pool_gather(url, reps, spares)
     raw = {str(size): [_raw_claims(engine, mgr, size, f"{size}-{rep}") for rep in range(reps)] for size in (1, 3)}
-    pool_ms, async_ms, careful_ms, fast_ms, floor_ms = (
-        median_ms(samples[k]) for k in ("pool", "async", "careful", "fast", "floor")
+    pool_ms, async_ms, careful_ms, raw_ms, fast_ms, floor_ms = (
+        median_ms(samples[k]) for k in ("pool", "async", "careful", "raw", "fast", "floor")
     )
+    # library claim / the claim's floor: medians, and per round (each contender once, back to back)
+    per_round = {
+        k: statistics.median(a / b for a, b in zip(samples[k], samples["raw"], strict=True)) for k in ("pool", "async")
+    }
     one, three = (statistics.median(gather[k]) for k in ("1", "3"))
     label = f"{existing} schemas present" if existing else "no other schema"
     print(f"\n== warm pool: a new project's first ensure ({label}; filled {filled.built} spares) ==")
-    for name in ("pool", "async", "careful", "fast", "floor"):  # pool: workspace_pool_claim_commit = durable
+    for name in ("pool", "async", "careful", "raw", "fast", "floor"):  # pool: workspace_pool_claim_commit = durable
         print(f"{name:<7} {spread(samples[name])}  p99 {p99_ms(samples[name]):.2f} ms")
     fast_p99 = p99_ms(samples["fast"])
     print(
@@ -842,6 +915,17 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
         f"async claim p50 (workspace_pool_claim_commit = async) = 1/{fast_ms / async_ms:.1f} of the fast path's "
         f"(target <= 1/20: {verdict(20 * async_ms, fast_ms)}); "
         f"p99 1/{fast_p99 / p99_ms(samples['async']):.1f} of its p99"
+    )
+    raw_p99 = p99_ms(samples["raw"])
+    print(
+        f"the claim's floor (raw: an expert's claim with a rename, psycopg2, 1 round trip, async commit) p50 = "
+        f"1/{fast_ms / raw_ms:.1f} of the fast path's (p99 1/{fast_p99 / raw_p99:.1f}): "
+        f"1/20 {'reachable' if 20 * raw_ms <= fast_ms else 'NOT reachable'} while a claim renames"
+    )
+    print(
+        f"library claim / its floor: async {async_ms / raw_ms:.2f}x (per round {per_round['async']:.2f}x, p99 "
+        f"{p99_ms(samples['async']) / raw_p99:.2f}x); durable {pool_ms / raw_ms:.2f}x (per round "
+        f"{per_round['pool']:.2f}x, p99 {p99_ms(samples['pool']) / raw_p99:.2f}x)"
     )
     print(f"asyncio.gather from the pool, 1 project:  {spread(gather['1'])}")
     print(
@@ -864,6 +948,14 @@ def _pool_round(engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps
         async_claim_p99_ms=p99_ms(samples["async"]),
         careful_claim_p50_ms=careful_ms,
         careful_claim_p99_ms=p99_ms(samples["careful"]),
+        raw_claim_p50_ms=raw_ms,
+        raw_claim_p99_ms=raw_p99,
+        async_claim_over_raw=async_ms / raw_ms,
+        async_claim_over_raw_per_round=per_round["async"],
+        pool_over_raw=pool_ms / raw_ms,
+        pool_over_raw_per_round=per_round["pool"],
+        fast_over_raw=fast_ms / raw_ms,
+        fast_over_raw_p99=fast_p99 / raw_p99,
         fast_p50_ms=fast_ms,
         fast_p99_ms=p99_ms(samples["fast"]),
         floor_p50_ms=floor_ms,

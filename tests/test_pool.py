@@ -38,7 +38,7 @@ from workspace_tool.cli import main
 from workspace_tool.managers import cache
 from workspace_tool.schema.catalog import diff
 from workspace_tool.spares.store import SPARE_PREFIX
-from workspace_tool.sql import LOCK_SQL, POOL_LOCK_KEY, lock_key
+from workspace_tool.sql import LOCK_SQL, POOL_LOCK_KEY, lock_id, lock_key
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
 
@@ -388,6 +388,33 @@ def test_the_registry_of_an_older_workspace_tool_gets_the_spares_table(engine: s
     assert spares.status(engine, CHAIN).spares == []  # read-only: works on it as it is
     assert spares.fill(engine, CHAIN, 1).built == 1  # bootstraps it to r0004 first
     assert WorkspaceManager(engine, ALEMBIC_INI, warm_pool=1).ensure_detailed("upgraded-registry").path == "pool"
+
+
+def test_a_claim_looks_schemas_up_by_name_and_never_reads_them_all(other_engine: sa.Engine) -> None:
+    """The claim finds the project's schema (to claim nothing if it exists) and checks each candidate
+    spare's owner through pg_namespace's name index: it never scans every schema of the database, which a
+    planner reading a small or never-analyzed pg_namespace would otherwise choose (registry r0008)."""
+    WorkspaceManager(other_engine, ALEMBIC_INI).bootstrap()
+    assert spares.fill(other_engine, CHAIN, 2).built == 2
+    with other_engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE pg_namespace"))  # its statistics right: a handful of schemas, one page
+        conn.commit()
+
+        def claim(schema: str) -> tuple[bool, int]:
+            """Claim a spare for ``schema`` in a transaction; whether it did, and the scans of pg_namespace
+            it made (this backend's count, read by a function: the pg_stat views join pg_namespace)."""
+            scans = sa.text("SELECT pg_stat_get_xact_numscans('pg_namespace'::regclass)")
+            with conn.begin():
+                before = conn.execute(scans).scalar_one()
+                claimed = conn.execute(
+                    sa.text(f"SELECT project_registry.claim_spare_locked({lock_id(schema)}, :schema, :rev, :chain)"),
+                    {"schema": schema, "rev": CHAIN.head, "chain": CHAIN.fingerprint},
+                ).scalar_one()
+                return claimed, conn.execute(scans).scalar_one() - before
+
+        assert claim("project_by_index") == (True, 0)  # a spare renamed, no schema read but by name
+        assert claim("project_by_index") == (False, 0)  # it exists now: nothing claimed, nothing scanned
+    assert schema_exists(other_engine, "project_by_index") and len(spare_rows(other_engine)) == 1
 
 
 # ------------------------------------------------------------------ spares follow the chain
