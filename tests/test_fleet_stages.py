@@ -196,7 +196,8 @@ def test_selection_by_state_glob_and_ids_and_sql_renders_only_the_selection(engi
     assert [(r.project_id, r.status) for r in listed.results] == [("s04", "ok"), ("s05", "ok")]
 
     before = registry_rows(engine)
-    with pytest.raises(ConfigurationError, match=r"^the named project ids: 1 project id\(s\) not in the fleet \(nope\)"):
+    unknown = r"^the named project ids: 1 project id\(s\) not in the fleet \(nope\)"
+    with pytest.raises(ConfigurationError, match=unknown):
         fleet.upgrade(engine, at_a1, selection=Selection(ids=["s06", "nope"]))
     assert_untouched(engine, ["s06", "s07", "s08", "s09"], before)
     with pytest.raises(ConfigurationError, match="unknown state 'sideways'"):
