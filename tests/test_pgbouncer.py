@@ -648,3 +648,31 @@ def test_move_through_the_pooler(
     finally:
         target.dispose()
     pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_session_state_an_exec_sets_stays_in_its_transaction_through_the_pooler(
+    pooled: sa.Engine, engine: sa.Engine
+) -> None:
+    """The SQL of `exec` is the user's: a `SET` without LOCAL or a session advisory lock in it would stay on
+    the pooler's server connection for its next client. Through a pooler the SQL keeps them for its own
+    statements, and its transaction ends with the session reset (the lock released)."""
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    ids = [f"pb-{i}" for i in range(6)]
+    try:
+        for project_id in ids:
+            mgr.ensure(project_id)
+    finally:
+        mgr.close()
+    done = run_cli(
+        "--database-url", url_text(pooled.url), "exec", "--all", "-j", "2",
+        "-c", "SET lock_timeout = '9s'; "
+        "INSERT INTO repositories (path, name) SELECT current_schema(), "
+        "current_setting('lock_timeout') || ' ' || pg_try_advisory_lock(42)::text",
+    )  # fmt: skip
+    assert done.exit_code == 0, (done.stdout, done.stderr)
+    with engine.connect() as conn:
+        for project_id in ids:
+            schema = f"project_{project_id.replace('-', '_')}"
+            rows = conn.execute(sa.text(f"SELECT path, name FROM {schema}.repositories")).all()
+            assert [tuple(r) for r in rows] == [(schema, "9s true")]  # its settings, and the lock, for its SQL
+    pgbouncer.assert_no_leak(pooled.url, engine)

@@ -38,6 +38,22 @@ _LOCK = threading.Lock()
 BACKEND_PID = "SELECT pg_backend_pid()"
 
 
+# What a transaction that ran SQL not of the library's making (`exec`'s) ends with behind a pooler, so that
+# nothing of that SQL outlives it on the server connection lent to it: every setting back to the session's
+# default (a SET without LOCAL included, and the role), the session's advisory locks released, its prepared
+# statements, cursors, LISTENs and temporary tables gone. All of it transactional: a rollback undoes a
+# session SET anyway, the commit keeps the reset.
+SESSION_RESET = (
+    "RESET ALL",
+    "RESET ROLE",
+    "SELECT pg_advisory_unlock_all()",
+    "DEALLOCATE ALL",
+    "CLOSE ALL",
+    "UNLISTEN *",
+    "DISCARD TEMP",
+)
+
+
 class UseDirect(Exception):
     """Raised, with nothing changed, where work needs a session and a direct connection is configured: the
     caller runs that work again on it."""
