@@ -655,7 +655,8 @@ def test_session_state_an_exec_sets_stays_in_its_transaction_through_the_pooler(
 ) -> None:
     """The SQL of `exec` is the user's: a `SET` without LOCAL or a session advisory lock in it would stay on
     the pooler's server connection for its next client. Through a pooler the SQL keeps them for its own
-    statements, and its transaction ends with the session reset (the lock released)."""
+    statements, and its transaction ends with the session reset (the lock released). One job: another project's
+    transaction running at the same time would find the lock taken."""
     mgr = WorkspaceManager(pooled, ALEMBIC_INI)
     ids = [f"pb-{i}" for i in range(6)]
     try:
@@ -664,7 +665,7 @@ def test_session_state_an_exec_sets_stays_in_its_transaction_through_the_pooler(
     finally:
         mgr.close()
     done = run_cli(
-        "--database-url", url_text(pooled.url), "exec", "--all", "-j", "2",
+        "--database-url", url_text(pooled.url), "exec", "--all", "-j", "1",
         "-c", "SET lock_timeout = '9s'; "
         "INSERT INTO repositories (path, name) SELECT current_schema(), "
         "current_setting('lock_timeout') || ' ' || pg_try_advisory_lock(42)::text",
@@ -675,4 +676,40 @@ def test_session_state_an_exec_sets_stays_in_its_transaction_through_the_pooler(
             schema = f"project_{project_id.replace('-', '_')}"
             rows = conn.execute(sa.text(f"SELECT path, name FROM {schema}.repositories")).all()
             assert [tuple(r) for r in rows] == [(schema, "9s true")]  # its settings, and the lock, for its SQL
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_a_move_the_target_cannot_import_is_refused_before_the_source_changes(
+    pooled: sa.Engine,
+    engine: sa.Engine,
+    chain_builder: ChainBuilder,
+    new_database: URL,
+    pgbouncer_server: pgbouncer.PgBouncer,
+) -> None:
+    """The import builds the schema and copies its rows in one transaction: a chain with a revision outside a
+    transaction can't, direct URL or not. The move says so before it quarantines the source."""
+    chain = outside_chain(chain_builder)
+    pooled_text, ini = url_text(pooled.url), str(chain.config_path)
+    made = run_cli("--database-url", pooled_text, "--direct-url", url_text(engine.url), "-c", ini, "ensure", "pb-0")
+    assert made.exit_code == 0, (made.stdout, made.stderr)
+    before = database_state(engine)
+    target_pooled = url_text(pgbouncer_server.url(new_database.database))
+    moved = run_cli(
+        "--database-url", pooled_text, "--direct-url", url_text(engine.url), "-c", ini,
+        "move", "pb-0", "--to-url", target_pooled, "--yes",
+    )  # fmt: skip
+    assert_one_line_error(moved, "revision r2", "nothing was changed")
+    assert database_state(engine) == before
+    row = registry_row(engine, "pb-0")
+    assert row is not None and row["status"] == "ready"
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_a_move_to_the_same_database_by_its_direct_url_is_refused(
+    pooled: sa.Engine, engine: sa.Engine, tenant: str
+) -> None:
+    before = database_state(engine)
+    moved = run_cli("--database-url", url_text(pooled.url), "move", tenant, "--to-url", url_text(engine.url), "--yes")
+    assert_one_line_error(moved, "the target is the source's database", "nothing was changed")
+    assert database_state(engine) == before
     pgbouncer.assert_no_leak(pooled.url, engine)
