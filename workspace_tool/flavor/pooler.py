@@ -16,11 +16,11 @@ for the command line. Without one, such work is refused before it starts when a 
 logs in (libpq's ``PQbackendPID``, asyncpg's ``get_server_pid()``); a pooler answers the login itself and
 reports an id of its own, so ``SELECT pg_backend_pid()`` names another process. One round trip, once per
 engine (cached), and only when something about to run needs a session (or is ``exec``'s SQL, which ends
-with ``SESSION_RESET`` behind a pooler): the ensure path and every transactional migration never ask. Comparing ``pg_backend_pid()`` across two transactions would not do:
-measured with PgBouncer 1.18, an idle pooler hands a client the same server connection again and again
-(its idle list is last-in first-out), so the id does not change. Any pooler is detected this way, one in
-session mode too: there, give its URL as the direct URL. A direct engine is trusted, not probed
-(``trust``).
+with ``SESSION_RESET`` behind a pooler): the ensure path and every transactional migration never ask.
+Comparing ``pg_backend_pid()`` across two transactions would not do: measured with PgBouncer 1.18, an idle
+pooler hands a client the same server connection again and again (its idle list is last-in first-out), so
+the id does not change. Any pooler is detected this way, one in session mode too: there, give its URL as the
+direct URL. A direct engine is trusted, not probed (``trust``).
 """
 
 from __future__ import annotations
