@@ -25,7 +25,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from support.chains import ALEMBIC_INI, HEAD, ITEMS, ChainBuilder
 from support.cli import assert_one_line_error, run_alembic, run_cli
-from support.db import StatementCounter, assert_consistent, database_state, schema_version
+from support.data import add_chunks, data_rows
+from support.db import StatementCounter, assert_consistent, database_state, registry_row, schema_version
 
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, spares
 from workspace_tool.chain import Chain
@@ -496,4 +497,219 @@ def test_doctor_names_the_pooler_and_what_to_set(
         "what needs a session goes through the direct URL",
     )
     assert pooler_finding("--database-url", direct_text)[1:] == ("ok", "no connection pooler detected")
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+# ------------------------------------------------------------------------ the tenant lifecycle
+@pytest.fixture
+def tenant(pooled: sa.Engine) -> str:
+    """Project pb-src (40 chunks) and pb-other, made through the pooler."""
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    try:
+        mgr.ensure("pb-src")
+        mgr.ensure("pb-other")
+        with mgr.session("pb-src") as s:
+            add_chunks(s)
+            s.commit()
+    finally:
+        mgr.close()
+    return "pb-src"
+
+
+def test_export_and_import_through_the_pooler(
+    pooled: sa.Engine, engine: sa.Engine, tenant: str, tmp_path: Path
+) -> None:
+    before = data_rows(engine, "project_pb_src")
+    pooled_text, path = url_text(pooled.url), str(tmp_path / "pb-src.wstx")
+    exported = run_cli("--database-url", pooled_text, "export", tenant, "-o", path, "--json")
+    assert exported.exit_code == 0, (exported.stdout, exported.stderr)
+    assert json.loads(exported.stdout)["rows"] == sum(len(rows) for rows in before.values())
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    imported = run_cli("--database-url", pooled_text, "import", path, "--as", "pb-copy", "--json")
+    assert imported.exit_code == 0, (imported.stdout, imported.stderr)
+    assert data_rows(engine, "project_pb_copy") == before and len(before["code_chunks"]) == 40
+    row = registry_row(engine, "pb-copy")
+    assert row is not None and (row["revision"], row["status"], row["last_action"]) == (HEAD, "ready", "import")
+    again = run_cli("--database-url", pooled_text, "import", path, "--as", "pb-copy")
+    assert_one_line_error(again, "pb-copy")
+    assert data_rows(engine, "project_pb_copy") == before
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_clone_through_the_pooler(pooled: sa.Engine, engine: sa.Engine, tenant: str) -> None:
+    before = data_rows(engine, "project_pb_src")
+    pooled_text = url_text(pooled.url)
+    cloned = run_cli("--database-url", pooled_text, "clone", tenant, "pb-clone")
+    assert cloned.exit_code == 0, (cloned.stdout, cloned.stderr)
+    empty = run_cli("--database-url", pooled_text, "clone", tenant, "pb-bare", "--no-data")
+    assert empty.exit_code == 0, (empty.stdout, empty.stderr)
+    assert data_rows(engine, "project_pb_clone") == before
+    assert data_rows(engine, "project_pb_bare") == {t: [] for t in before}
+    row = registry_row(engine, "pb-clone")
+    assert row is not None and (row["revision"], row["last_action"]) == (HEAD, "clone")
+    assert_consistent(engine)
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_drop_one_and_in_bulk_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    try:
+        for i in range(6):
+            mgr.ensure(f"pb-{i}")
+    finally:
+        mgr.close()
+    pooled_text = url_text(pooled.url)
+    one = run_cli("--database-url", pooled_text, "drop", "pb-0", "--yes")
+    assert one.exit_code == 0, (one.stdout, one.stderr)
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    bulk = run_cli("--database-url", pooled_text, "drop", "--match", "pb-[123]", "-j", "2", "--yes", "--json")
+    assert bulk.exit_code == 0, (bulk.stdout, bulk.stderr)
+    assert sorted(r["project_id"] for r in json.loads(bulk.stdout)["results"] if r["status"] == "ok") == [
+        "pb-1",
+        "pb-2",
+        "pb-3",
+    ]
+    assert assert_consistent(engine) == {"project_pb_4": HEAD, "project_pb_5": HEAD}
+    assert all(registry_row(engine, f"pb-{i}") is None for i in range(4))
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_quarantine_restore_and_purge_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    try:
+        for i in range(3):
+            mgr.ensure(f"pb-{i}")
+    finally:
+        mgr.close()
+    pooled_text = url_text(pooled.url)
+    aside = run_cli("--database-url", pooled_text, "drop", "--match", "pb-*", "--retain", "7d", "-j", "2", "--yes")
+    assert aside.exit_code == 0, (aside.stdout, aside.stderr)
+    row = registry_row(engine, "pb-1")
+    assert row is not None and (row["status"], row["last_action"]) == ("dropped", "quarantine")
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    restored = run_cli("--database-url", pooled_text, "restore", "pb-1")
+    assert restored.exit_code == 0, (restored.stdout, restored.stderr)
+    purged = run_cli("--database-url", pooled_text, "purge", "pb-0", "pb-2", "--yes")
+    assert purged.exit_code == 0, (purged.stdout, purged.stderr)
+    assert assert_consistent(engine) == {"project_pb_1": HEAD}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dropped_%'")).scalar() == 0
+    assert registry_row(engine, "pb-0") is None
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_exec_across_tenants_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    """Each project's SQL runs with its own search_path: the rows land in each project's table, and nothing
+    of that search_path (nor of the lock's timeout) is left for the next client of the pooler."""
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    ids = [f"pb-{i}" for i in range(6)]
+    try:
+        for project_id in ids:
+            mgr.ensure(project_id)
+    finally:
+        mgr.close()
+    done = run_cli(
+        "--database-url", url_text(pooled.url), "exec", "--all", "-j", "3", "--json",
+        "-c", "INSERT INTO repositories (path, name) SELECT current_schema(), 'x'",
+    )  # fmt: skip
+    assert done.exit_code == 0, (done.stdout, done.stderr)
+    assert {r["project_id"] for r in json.loads(done.stdout)["results"] if r["status"] == "ok"} == set(ids)
+    with engine.connect() as conn:
+        for project_id in ids:
+            schema = f"project_{project_id.replace('-', '_')}"
+            paths = conn.execute(sa.text(f"SELECT path FROM {schema}.repositories")).scalars().all()
+            assert paths == [schema]
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_move_through_the_pooler(
+    pooled: sa.Engine,
+    engine: sa.Engine,
+    tenant: str,
+    new_database: URL,
+    pgbouncer_server: pgbouncer.PgBouncer,
+) -> None:
+    """Both databases through the pooler: the rows arrive, the source is purged, the target registers it."""
+    before = data_rows(engine, "project_pb_src")
+    target_pooled = pgbouncer_server.url(new_database.database)
+    target = sa.create_engine(new_database)
+    try:
+        done = run_cli(
+            "--database-url", url_text(pooled.url), "move", tenant, "--to-url", url_text(target_pooled),
+            "--yes", "--json",
+        )  # fmt: skip
+        assert done.exit_code == 0, (done.stdout, done.stderr)
+        assert json.loads(done.stdout)["steps"] == ["quarantine", "export", "import", "verify", "purge"]
+        assert data_rows(target, "project_pb_src") == before
+        assert registry_row(engine, tenant) is None
+        row = registry_row(target, tenant)
+        assert row is not None and (row["revision"], row["status"]) == (HEAD, "ready")
+        pgbouncer.assert_no_leak(target_pooled, target)
+    finally:
+        target.dispose()
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_session_state_an_exec_sets_stays_in_its_transaction_through_the_pooler(
+    pooled: sa.Engine, engine: sa.Engine
+) -> None:
+    """The SQL of `exec` is the user's: a `SET` without LOCAL or a session advisory lock in it would stay on
+    the pooler's server connection for its next client. Through a pooler the SQL keeps them for its own
+    statements, and its transaction ends with the session reset (the lock released). One job: another project's
+    transaction running at the same time would find the lock taken."""
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    ids = [f"pb-{i}" for i in range(6)]
+    try:
+        for project_id in ids:
+            mgr.ensure(project_id)
+    finally:
+        mgr.close()
+    done = run_cli(
+        "--database-url", url_text(pooled.url), "exec", "--all", "-j", "1",
+        "-c", "SET lock_timeout = '9s'; "
+        "INSERT INTO repositories (path, name) SELECT current_schema(), "
+        "current_setting('lock_timeout') || ' ' || pg_try_advisory_lock(42)::text",
+    )  # fmt: skip
+    assert done.exit_code == 0, (done.stdout, done.stderr)
+    with engine.connect() as conn:
+        for project_id in ids:
+            schema = f"project_{project_id.replace('-', '_')}"
+            rows = conn.execute(sa.text(f"SELECT path, name FROM {schema}.repositories")).all()
+            assert [tuple(r) for r in rows] == [(schema, "9s true")]  # its settings, and the lock, for its SQL
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_a_move_the_target_cannot_import_is_refused_before_the_source_changes(
+    pooled: sa.Engine,
+    engine: sa.Engine,
+    chain_builder: ChainBuilder,
+    new_database: URL,
+    pgbouncer_server: pgbouncer.PgBouncer,
+) -> None:
+    """The import builds the schema and copies its rows in one transaction: a chain with a revision outside a
+    transaction can't, direct URL or not. The move says so before it quarantines the source."""
+    chain = outside_chain(chain_builder)
+    pooled_text, ini = url_text(pooled.url), str(chain.config_path)
+    made = run_cli("--database-url", pooled_text, "--direct-url", url_text(engine.url), "-c", ini, "ensure", "pb-0")
+    assert made.exit_code == 0, (made.stdout, made.stderr)
+    before = database_state(engine)
+    target_pooled = url_text(pgbouncer_server.url(new_database.database))
+    moved = run_cli(
+        "--database-url", pooled_text, "--direct-url", url_text(engine.url), "-c", ini,
+        "move", "pb-0", "--to-url", target_pooled, "--yes",
+    )  # fmt: skip
+    assert_one_line_error(moved, "revision r2", "nothing was changed")
+    assert database_state(engine) == before
+    row = registry_row(engine, "pb-0")
+    assert row is not None and row["status"] == "ready"
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_a_move_to_the_same_database_by_its_direct_url_is_refused(
+    pooled: sa.Engine, engine: sa.Engine, tenant: str
+) -> None:
+    before = database_state(engine)
+    moved = run_cli("--database-url", url_text(pooled.url), "move", tenant, "--to-url", url_text(engine.url), "--yes")
+    assert_one_line_error(moved, "the target is the source's database", "nothing was changed")
+    assert database_state(engine) == before
     pgbouncer.assert_no_leak(pooled.url, engine)

@@ -15,12 +15,12 @@ for the command line. Without one, such work is refused before it starts when a 
 **Detection** (``behind_pooler``, ``detect``): a server reports its backend's process id when a client
 logs in (libpq's ``PQbackendPID``, asyncpg's ``get_server_pid()``); a pooler answers the login itself and
 reports an id of its own, so ``SELECT pg_backend_pid()`` names another process. One round trip, once per
-engine (cached), and only when something about to run needs a session: the ensure path and every
-transactional migration never ask. Comparing ``pg_backend_pid()`` across two transactions would not do:
-measured with PgBouncer 1.18, an idle pooler hands a client the same server connection again and again
-(its idle list is last-in first-out), so the id does not change. Any pooler is detected this way, one in
-session mode too: there, give its URL as the direct URL. A direct engine is trusted, not probed
-(``trust``).
+engine (cached), and only when something about to run needs a session (or is ``exec``'s SQL, which ends
+with ``SESSION_RESET`` behind a pooler): the ensure path and every transactional migration never ask.
+Comparing ``pg_backend_pid()`` across two transactions would not do: measured with PgBouncer 1.18, an idle
+pooler hands a client the same server connection again and again (its idle list is last-in first-out), so
+the id does not change. Any pooler is detected this way, one in session mode too: there, give its URL as the
+direct URL. A direct engine is trusted, not probed (``trust``).
 """
 
 from __future__ import annotations
@@ -36,6 +36,22 @@ from workspace_tool.errors import SessionRequired
 _DETECTED: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 BACKEND_PID = "SELECT pg_backend_pid()"
+
+
+# What a transaction that ran SQL not of the library's making (`exec`'s) ends with behind a pooler, so that
+# nothing of that SQL outlives it on the server connection lent to it: every setting back to the session's
+# default (a SET without LOCAL included, and the role), the session's advisory locks released, its prepared
+# statements, cursors, LISTENs and temporary tables gone. All of it transactional: a rollback undoes a
+# session SET anyway, the commit keeps the reset.
+SESSION_RESET = (
+    "RESET ALL",
+    "RESET ROLE",
+    "SELECT pg_advisory_unlock_all()",
+    "DEALLOCATE ALL",
+    "CLOSE ALL",
+    "UNLISTEN *",
+    "DISCARD TEMP",
+)
 
 
 class UseDirect(Exception):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from workspace_tool.chain import Chain
+from workspace_tool.chain.plan import Plan
 from workspace_tool.flavor import Flavor
 from workspace_tool.lifecycle.errors import ChainMismatch, LifecycleRefused, ProjectExists
 from workspace_tool.registry.table import RegistryAction
@@ -30,7 +31,7 @@ def create_at(
     state = lock_and_read_state(conn, project_id, schema, flavor, lock_timeout_ms, chain.namespace)
     if state.exists or state.registered:
         raise ProjectExists(project_id, schema)
-    range_ = chain.plan(None, revision)
+    range_ = buildable(chain, revision, action)
     plan = SchemaPlan(
         schema,
         flavor,
@@ -40,12 +41,21 @@ def create_at(
         record=RegistryRecord(project_id, revision, action, range_.path),
         namespace=chain.namespace,
     )
-    if not plan.in_one_transaction:
-        raise LifecycleRefused(
-            f"revision {', '.join(chain.outside_transaction(range_.steps))} can't run in a transaction, and "
-            f"{action} builds the schema and copies its rows in one: nothing was changed"
-        )
     send.run(conn, plan, chain, lock_held=True)
+
+
+def buildable(chain: Chain, revision: str, action: RegistryAction) -> Plan:
+    """The chain's plan from base to ``revision``, refused (LifecycleRefused) when a revision on the way
+    can't run in a transaction: ``action`` builds the schema and copies its rows in one. What a move checks
+    before it quarantines its source, and create_at before it builds."""
+    range_ = chain.plan(None, revision)
+    outside = chain.outside_transaction(range_.steps)
+    if outside:
+        raise LifecycleRefused(
+            f"revision {', '.join(outside)} can't run in a transaction, and {action} builds the schema and "
+            "copies its rows in one: nothing was changed"
+        )
+    return range_
 
 
 def upgrade_in_place(

@@ -13,7 +13,7 @@ from sqlalchemy import Connection
 from workspace_tool import transactions
 from workspace_tool.dberrors import INVALID_SCHEMA_NAME, sqlstate
 from workspace_tool.errors import WorkspaceNotFound
-from workspace_tool.flavor import Flavor
+from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.lifecycle import batch
 from workspace_tool.lifecycle.errors import LifecycleRefused
 from workspace_tool.schema.operation import Operation, Refusal, Work
@@ -33,7 +33,9 @@ class ExecTask:
 
     def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
         """One round trip (and the commit): the lock, a guard that the schema is still there (gone
-        otherwise), the search_path, the SQL."""
+        otherwise), the search_path, the SQL; behind a pooler a second one, the session's reset
+        (pooler.SESSION_RESET), so that a SET without LOCAL or a session lock in the SQL stays in its
+        transaction."""
         transactions.require(conn)
         statements = [
             *batch.prelude(flavor, work.schema, lock_timeout_ms),
@@ -41,9 +43,12 @@ class ExecTask:
             search_path_sql(work.schema, flavor.extension_schema),
             self.sql,
         ]
+        pooled = pooler.behind_pooler(conn)  # cached per engine: one round trip per run at most
         try:
             with conn.begin():
                 rows, _ = batch.send(conn, flavor, statements)
+                if pooled:  # what the SQL set for the session ends with its transaction
+                    batch.send(conn, flavor, pooler.SESSION_RESET)
         except Exception as exc:
             if sqlstate(exc) == INVALID_SCHEMA_NAME and not batch.still_there(conn, work.schema):
                 raise WorkspaceNotFound(work.project_id, work.schema) from None  # dropped since the read: gone

@@ -28,20 +28,23 @@ from sqlalchemy import Connection, Engine, text
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.dberrors import translating
-from workspace_tool.errors import WorkspaceError, WorkspaceNotFound
+from workspace_tool.errors import UnknownRevision, WorkspaceError, WorkspaceNotFound
 from workspace_tool.lifecycle import drop
+from workspace_tool.lifecycle.build import buildable
 from workspace_tool.lifecycle.errors import LifecycleRefused, ProjectExists
 from workspace_tool.lifecycle.export import export_project
 from workspace_tool.lifecycle.import_ import import_project
 from workspace_tool.lifecycle.tables import project_tables, row_counts
 from workspace_tool.namespace import Namespace
 from workspace_tool.registry import known as cache
+from workspace_tool.registry.table import RegistryAction
 from workspace_tool.schema.operation import Work
 from workspace_tool.schema.state import version_table
 from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS
 
 MOVE_RETAIN_S = 30 * 86400.0  # a quarantine by a move that never finished expires after 30 days
 STEPS = ("quarantine", "export", "import", "verify", "purge")
+_DATABASE = text("SELECT pg_postmaster_start_time(), oid, datname FROM pg_database WHERE datname = current_database()")
 
 
 class MoveInterrupted(WorkspaceError):
@@ -76,7 +79,7 @@ def move_project(
     schema = namespace.schema_for(project_id)
     if work_dir is not None and not os.path.isdir(work_dir):
         raise LifecycleRefused(f"--work-dir {work_dir} is not a directory: nothing was changed")
-    if source.url == target.url:
+    if source.url == target.url or _database(source) == _database(target):
         raise LifecycleRefused("the target is the source's database: nothing was changed")
     live, moving = _source_state(source, project_id, schema, namespace)
     on_target = _present(target, project_id, schema, namespace)
@@ -84,6 +87,10 @@ def move_project(
     if live:
         if on_target:
             raise ProjectExists(project_id, schema)
+        revision = _version(source, schema)
+        if revision is None or not chain.knows(revision):
+            raise UnknownRevision(schema, str(revision or "base"))
+        buildable(chain, revision, RegistryAction.IMPORT)  # the import could not: refused before the quarantine
         _quarantine(source, project_id, schema, namespace, lock_timeout_ms)
         result.steps.append("quarantine")
     elif moving is None:
@@ -146,6 +153,13 @@ def _present(engine: Engine, project_id: str, schema: str, namespace: Namespace)
         return row.first() is not None
 
 
+def _database(engine: Engine) -> tuple[object, ...]:
+    """Which database ``engine`` reaches, whatever its URL (a pooler's, the server's own): its server's start
+    time, its oid and name."""
+    with transactions.connect(engine) as conn, conn.begin():
+        return tuple(conn.execute(_DATABASE).one())
+
+
 def _quarantine(engine: Engine, project_id: str, schema: str, namespace: Namespace, lock_timeout_ms: int) -> None:
     task = drop.DropTask(MOVE_RETAIN_S, by="move", namespace=namespace)
     with translating(engine.url, schema), transactions.connect(engine) as conn:
@@ -153,9 +167,13 @@ def _quarantine(engine: Engine, project_id: str, schema: str, namespace: Namespa
         task.run(conn, Work(project_id, schema, _version(conn, schema)), flavor, lock_timeout_ms)
 
 
-def _version(conn: Connection, schema: str) -> str | None:
-    with conn.begin():
-        version = conn.execute(text(f"SELECT version_num FROM {version_table(schema)}")).scalar()
+def _version(where: Connection | Engine, schema: str) -> str | None:
+    """The schema's revision (in a transaction of its own on ``where``, a connection or a new one)."""
+    if isinstance(where, Engine):
+        with translating(where.url, schema), transactions.connect(where) as conn:
+            return _version(conn, schema)
+    with where.begin():
+        version = where.execute(text(f"SELECT version_num FROM {version_table(schema)}")).scalar()
     return None if version is None else str(version)
 
 
