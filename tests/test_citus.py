@@ -472,7 +472,8 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
 ) -> None:
     """Citus replays a propagated SET's whole query string on the workers and forwards some DDL's: the SETs
     in a row share a round trip, the queries in a row share one (the version check with the lock, the
-    registry row with the version move), every DDL goes alone; every statement is sent once, in order."""
+    registry row with the version move, and COMMIT), every DDL goes alone; every statement is sent once, in
+    order: BEGIN, the SETs, the lock and check, one per DDL, the last queries with COMMIT."""
     assert fleet.provision(citus_engine, CHAIN, ["trips"], target=BEHIND).ok
     how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=5000)
     moved = Migration("trips", "project_trips", HEAD, fleet.UPGRADE)
@@ -489,8 +490,10 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
         sent = wire.queries
     assert done is not None and (done.action, done.path) == ("upgraded", "fast")
     assert assert_consistent(citus_engine) == {"project_trips": HEAD}
-    begin, *trips, commit = sent
-    assert begin.startswith("BEGIN") and commit.startswith("COMMIT"), sent
+    begin, *trips = sent
+    assert begin.startswith("BEGIN") and "\n" not in begin, sent
+    assert trips[-1].endswith("\nCOMMIT;") and "COMMIT" not in "".join(trips[:-1]), sent
+    trips[-1] = trips[-1].removesuffix("\nCOMMIT;")
     statements, grouped = plan.statements(), []
     for trip in trips:  # each round trip is the plan's next statements, in order
         taken = next(n for n in range(1, len(statements) + 1) if "\n".join(statements[:n]) == trip)
@@ -507,7 +510,8 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
         assert len(kinds) == 1 and ("other" not in kinds or len(group) == 1), group
     assert "SET LOCAL search_path" in trips[0], trips  # set before any worker is reached: no round trip there
     assert any("pg_advisory_xact_lock" in t and "expect_version" in t for t in trips), trips
-    assert any("UPDATE alembic_version" in t and "workspace_config" in t for t in trips), trips
+    assert "UPDATE alembic_version" in trips[-1] and "workspace_config" in trips[-1], trips
+    assert len(sent) == 1 + len(grouped), sent  # BEGIN, then the plan's round trips: COMMIT takes none of its own
 
 
 def test_upgrade_sql_is_what_the_run_sends_and_psql_runs_it(citus_engine: sa.Engine, coordinator_url: URL) -> None:

@@ -104,6 +104,13 @@ def test_a_distributed_flavor_sends_sets_together_queries_together_and_each_ddl_
         ["/* x */ select 1;"],
         ["DO $$ BEGIN END $$;"],
     ]
+    # the whole transaction: BEGIN alone (in a SET's text, every worker would replay it: a WARNING there), COMMIT
+    # at the end of the last queries' round trip (their text is never forwarded), alone after a SET or a DDL
+    whole = DISTRIBUTED.round_trips([BEGIN, *statements, COMMIT])
+    assert whole == [[BEGIN], *trips[:-1], [*trips[-1], COMMIT]]
+    assert DISTRIBUTED.round_trips([BEGIN, SEARCH_PATH, COMMIT]) == [[BEGIN], [SEARCH_PATH], [COMMIT]]
+    assert DISTRIBUTED.round_trips([BEGIN, "CREATE TABLE c (id int);", COMMIT])[-1] == [COMMIT]
+    assert DISTRIBUTED.round_trips([BEGIN, LOCK, COMMIT]) == [[BEGIN], [LOCK, COMMIT]]
     assert PLAIN.round_trips(statements) == [statements]  # plain PostgreSQL: one batch
 
 
