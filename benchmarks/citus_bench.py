@@ -23,7 +23,9 @@ whole fleet to itself; it drops what it made at the end):
   it is behind); ``--repeat`` times, interleaved, brought back down between runs (not timed); and the no-op
   run (every schema at head, every version read to confirm it). A first library run, which also stores
   ``check``'s reference for the new chain (once per chain), is not counted. A CHECKPOINT on every node before
-  each timed run; each side's client CPU (this process's, or the contender's) per schema is printed too.
+  each timed run; each side's client CPU (this process's, or the contender's) per schema is printed too, and
+  with ``--cluster-dir`` (a cluster ``tests/citus_cluster.py start`` made on this machine) the CPU its nodes'
+  processes used, all three nodes together: on a busy machine these vary far less than wall times.
 * ``--compare ROOT``: the same library run from another tree of workspace-tool (say ``git worktree add
   /tmp/base main``) in a process of its own, started once, warmed by an untimed run, then timed in every
   repetition beside this tree's (alternating which goes first): a paired A/B in the same run.
@@ -32,6 +34,7 @@ whole fleet to itself; it drops what it made at the end):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -214,6 +217,29 @@ def cpu_now() -> float:
     return used.ru_utime + used.ru_stime
 
 
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def nodes_cpu(cluster_dir: Path | None) -> float:
+    """Seconds of CPU the cluster's nodes have used so far: each postmaster's own and its exited children's
+    (cutime), and its live children's (the backends, Citus's connections between nodes)."""
+    if cluster_dir is None:
+        return 0.0
+
+    def ticks(pid: str, fields: slice) -> int:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return sum(int(f) for f in stat[stat.rindex(")") + 2 :].split()[fields])
+
+    total = 0
+    for node in json.loads((cluster_dir / "cluster.json").read_text())["nodes"]:
+        postmaster = (Path(node["data"]) / "postmaster.pid").read_text().split()[0]
+        total += ticks(postmaster, slice(11, 15))  # utime, stime, cutime, cstime
+        for child in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split():
+            with contextlib.suppress(OSError):
+                total += ticks(child, slice(11, 13))
+    return total / TICKS
+
+
 def upgrade_statements(chain: Chain, project_id: str, schema: str) -> list[str]:
     """What ``fleet.upgrade`` sends for one schema on Citus (its fast lane), one round trip each, as the flavor
     groups the statements (``Citus.round_trips``): the lock timeout (propagated to the workers) with the
@@ -226,7 +252,9 @@ def upgrade_statements(chain: Chain, project_id: str, schema: str) -> list[str]:
     return ["\n".join(trip) for trip in flavor.round_trips(plan.statements())]
 
 
-def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int, compare: Path | None = None) -> dict[str, Any]:
+def bench_upgrade(
+    engine: sa.Engine, jobs: int, repeat: int, compare: Path | None = None, cluster_dir: Path | None = None
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         ini = chain_copy(Path(tmp))
         chain = Chain.load(ini)
@@ -248,6 +276,7 @@ def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int, compare: Path | Non
         }
         walls: dict[str, list[float]] = {"floor": [], "same SQL": [], "library": [], "no-op": []}
         cpus: dict[str, list[float]] = {"floor": [], "same SQL": [], "library": []}
+        servers: dict[str, list[float]] = {"floor": [], "same SQL": [], "library": []}
         medians = []
         # not timed: the first run with a new chain also builds and stores check's reference (once per chain)
         first, _ = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
@@ -256,15 +285,16 @@ def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int, compare: Path | Non
         contender = None
         if compare is not None:
             contender = Contender(compare, engine.url.render_as_string(hide_password=False), ini, jobs)
-            walls["compare"], cpus["compare"] = [], []
+            walls["compare"], cpus["compare"], servers["compare"] = [], [], []
             assert contender.upgrade()[2] == n  # its warm-up, not counted
             assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
 
         def library() -> None:
             checkpoint(engine)
-            cpu = cpu_now()
+            cpu, server = cpu_now(), nodes_cpu(cluster_dir)
             t, up = timed(lambda: fleet.upgrade(engine, chain, jobs=jobs))
             cpus["library"].append(cpu_now() - cpu)
+            servers["library"].append(nodes_cpu(cluster_dir) - server)
             assert up.ok and up.counts()["ok"] == n, up.counts()
             walls["library"].append(t)
             medians.append(statistics.median(r.ms for r in up.results))
@@ -272,7 +302,9 @@ def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int, compare: Path | Non
         def compared() -> None:
             assert contender is not None
             checkpoint(engine)
+            server = nodes_cpu(cluster_dir)
             t, cpu, ok = contender.upgrade()
+            servers["compare"].append(nodes_cpu(cluster_dir) - server)
             assert ok == n, ok
             walls["compare"].append(t)
             cpus["compare"].append(cpu)
@@ -281,9 +313,10 @@ def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int, compare: Path | Non
         for i in range(repeat):
             for name, transactions in floors.items():
                 checkpoint(engine)
-                cpu = cpu_now()
+                cpu, server = cpu_now(), nodes_cpu(cluster_dir)
                 walls[name].append(timed(lambda t=transactions: run_transactions(engine, t, jobs))[0])  # type: ignore[misc]
                 cpus[name].append(cpu_now() - cpu)
+                servers[name].append(nodes_cpu(cluster_dir) - server)
                 assert fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs).ok
             if contender is not None and i % 2 == 1:
                 compared()
@@ -318,6 +351,14 @@ def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int, compare: Path | Non
     print(f"  no-op run                    {noop:7.1f} s  {noop / n * 1000:6.1f} ms/schema")
     cpu_ms = {k: statistics.median(v) / n * 1000 for k, v in cpus.items()}
     print("  client CPU per schema (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in cpu_ms.items()))
+    server_ms = {k: statistics.median(v) / n * 1000 for k, v in servers.items() if v}
+    if cluster_dir is not None:
+        print("  the nodes' CPU per schema (ms): " + ", ".join(f"{k} {v:.3f}" for k, v in server_ms.items()))
+        both = {k: statistics.median(c + s for c, s in zip(cpus[k], servers[k], strict=True)) for k in servers}
+        print(
+            "  client + nodes CPU / the floor's: "
+            + ", ".join(f"{k} {v / both['floor']:.3f}x" for k, v in both.items() if k != "floor")
+        )
     compared_to: dict[str, Any] = {}
     if compare is not None:
         other = statistics.median(walls["compare"])
@@ -344,6 +385,7 @@ def bench_upgrade(engine: sa.Engine, jobs: int, repeat: int, compare: Path | Non
         "first_run_s": first,
         "runs": walls,
         "cpu_ms_per_schema": cpu_ms,
+        "nodes_cpu_ms_per_schema": server_ms,
         "compare": compared_to,
     }
 
@@ -397,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of fresh ensure per side")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
     parser.add_argument("--compare", metavar="ROOT", type=Path, help="also time another workspace-tool tree's run")
+    parser.add_argument("--cluster-dir", type=Path, help="the local cluster's directory: its nodes' CPU too")
     parser.add_argument("--skip-fresh", action="store_true", help="make the fleet with fleet.provision, untimed")
     args = parser.parse_args(argv)
     if not args.url:
@@ -419,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
             results["fresh"] = bench_fresh(engine, args.schemas, args.jobs, args.rounds)
         results["placement"] = placement(engine)
         print("  schemas per node: " + ", ".join(f"{k} {v}" for k, v in sorted(results["placement"].items())))
-        results["upgrade"] = bench_upgrade(engine, args.jobs, args.repeat, args.compare)
+        results["upgrade"] = bench_upgrade(engine, args.jobs, args.repeat, args.compare, args.cluster_dir)
     finally:
         log("dropping the benchmark's schemas ...")
         drop_all(engine, args.jobs)
