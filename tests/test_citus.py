@@ -467,6 +467,23 @@ def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(ci
     assert {"project_lane", "project_lane_new"} <= tenant_schemas(citus_engine)
 
 
+def test_the_fast_lanes_version_check_takes_the_whole_version_table(citus_engine: sa.Engine) -> None:
+    """The guard confirms the schema is at the expected revision and nothing else: a version table that also
+    holds another revision fails it, changing nothing (the careful path then reads the schema)."""
+    assert fleet.provision(citus_engine, CHAIN, ["two-rows"], target=BEHIND).ok
+    with citus_engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO project_two_rows.alembic_version VALUES (:v)"), {"v": MAIN_REVISIONS[0]})
+    how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=5000)
+    moved = Migration("two-rows", "project_two_rows", HEAD, fleet.UPGRADE)
+    with citus_engine.connect() as conn:
+        before = registry_updates(conn)
+        assert migrate_expected(conn, how, moved, Expected(True, BEHIND)) is None
+        assert registry_updates(conn) == before
+        versions = conn.execute(sa.text("SELECT version_num FROM project_two_rows.alembic_version ORDER BY 1"))
+        assert sorted(versions.scalars()) == sorted([BEHIND, MAIN_REVISIONS[0]])
+        conn.rollback()
+
+
 def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
     citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
