@@ -244,7 +244,8 @@ def upgrade_statements(chain: Chain, project_id: str, schema: str) -> list[str]:
     """What ``fleet.upgrade`` sends for one schema on Citus (its fast lane), one round trip each, as the flavor
     groups the statements (``Citus.round_trips``): the lock timeout (propagated to the workers) with the
     search_path, the schema's lock with the version check, the revision, the version move with the registry
-    row."""
+    row. Sent by ``run_transactions``, whose COMMIT takes a round trip of its own: the library's shares the
+    registry row's (``send.send_trips``), so this floor sends one round trip more than the library does."""
     flavor = Citus("workspace_extensions")
     how = Sending(chain, flavor, lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS)
     plan = fast_lane(how, Migration(project_id, schema, NEW_REV, fleet.UPGRADE), Expected(True, BASE_REV))
