@@ -467,12 +467,30 @@ def test_the_fast_lane_is_the_guarded_transaction_sent_statement_by_statement(ci
     assert {"project_lane", "project_lane_new"} <= tenant_schemas(citus_engine)
 
 
+def test_the_fast_lanes_version_check_takes_the_whole_version_table(citus_engine: sa.Engine) -> None:
+    """The guard confirms the schema is at the expected revision and nothing else: a version table that also
+    holds another revision fails it, changing nothing (the careful path then reads the schema)."""
+    assert fleet.provision(citus_engine, CHAIN, ["two-rows"], target=BEHIND).ok
+    with citus_engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO project_two_rows.alembic_version VALUES (:v)"), {"v": MAIN_REVISIONS[0]})
+    how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=5000)
+    moved = Migration("two-rows", "project_two_rows", HEAD, fleet.UPGRADE)
+    with citus_engine.connect() as conn:
+        before = registry_updates(conn)
+        assert migrate_expected(conn, how, moved, Expected(True, BEHIND)) is None
+        assert registry_updates(conn) == before
+        versions = conn.execute(sa.text("SELECT version_num FROM project_two_rows.alembic_version ORDER BY 1"))
+        assert sorted(versions.scalars()) == sorted([BEHIND, MAIN_REVISIONS[0]])
+        conn.rollback()
+
+
 def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
     citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
     """Citus replays a propagated SET's whole query string on the workers and forwards some DDL's: the SETs
     in a row share a round trip, the queries in a row share one (the version check with the lock, the
-    registry row with the version move), every DDL goes alone; every statement is sent once, in order."""
+    registry row with the version move, and COMMIT), every DDL goes alone; every statement is sent once, in
+    order: BEGIN, the SETs, the lock and check, one per DDL, the last queries with COMMIT."""
     assert fleet.provision(citus_engine, CHAIN, ["trips"], target=BEHIND).ok
     how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=5000)
     moved = Migration("trips", "project_trips", HEAD, fleet.UPGRADE)
@@ -489,8 +507,10 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
         sent = wire.queries
     assert done is not None and (done.action, done.path) == ("upgraded", "fast")
     assert assert_consistent(citus_engine) == {"project_trips": HEAD}
-    begin, *trips, commit = sent
-    assert begin.startswith("BEGIN") and commit.startswith("COMMIT"), sent
+    begin, *trips = sent
+    assert begin.startswith("BEGIN") and "\n" not in begin, sent
+    assert trips[-1].endswith("\nCOMMIT;") and "COMMIT" not in "".join(trips[:-1]), sent
+    trips[-1] = trips[-1].removesuffix("\nCOMMIT;")
     statements, grouped = plan.statements(), []
     for trip in trips:  # each round trip is the plan's next statements, in order
         taken = next(n for n in range(1, len(statements) + 1) if "\n".join(statements[:n]) == trip)
@@ -507,7 +527,8 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
         assert len(kinds) == 1 and ("other" not in kinds or len(group) == 1), group
     assert "SET LOCAL search_path" in trips[0], trips  # set before any worker is reached: no round trip there
     assert any("pg_advisory_xact_lock" in t and "expect_version" in t for t in trips), trips
-    assert any("UPDATE alembic_version" in t and "workspace_config" in t for t in trips), trips
+    assert "UPDATE alembic_version" in trips[-1] and "workspace_config" in trips[-1], trips
+    assert len(sent) == 1 + len(grouped), sent  # BEGIN, then the plan's round trips: COMMIT takes none of its own
 
 
 def test_upgrade_sql_is_what_the_run_sends_and_psql_runs_it(citus_engine: sa.Engine, coordinator_url: URL) -> None:

@@ -10,7 +10,10 @@ How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordi
   distributed query from a query on a shard"). So a schema's transaction is no one batch (no one-round-trip
   fast lane either); it is sent in runs (``round_trips``): the SET LOCALs in a row share one round trip (the
   text the workers replay then holds only them), the queries in a row (SELECT, INSERT, UPDATE, DELETE, WITH:
-  planned per shard, their text never forwarded) share one, and every other statement goes alone.
+  planned per shard, their text never forwarded) share one, and every other statement goes alone, but for a
+  COMMIT, which ends the queries' round trip before it (measured: a fleet's transaction then takes as many
+  round trips as the raw floor's). BEGIN goes alone: in a SET's text, every worker would replay it (a WARNING
+  there, "there is already a transaction in progress", sent back to the client too).
 * A project schema is created after TENANT (a tenant schema, whatever the role's
   ``citus.enable_schema_based_sharding``); the registry's schema and the extension's after NOT_TENANT (they
   stay ordinary schemas of the coordinator, whose tables are the coordinator's: the registry row is written
@@ -82,13 +85,15 @@ _QUERIES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH"})
 
 
 def _kind(statement: str) -> str | None:
-    """'set' (a SET LOCAL) or 'query' for a statement that may share a round trip with others of its kind;
-    None for one that goes alone (a session's SET too: replayed on a worker with a SET LOCAL's text, it would
-    stay on the worker's cached connection)."""
+    """'set' (a SET LOCAL) or 'query' for a statement that may share a round trip with others of its kind,
+    'commit' for one that may end the queries' round trip; None for one that goes alone (a session's SET
+    too: replayed on a worker with a SET LOCAL's text, it would stay on the worker's cached connection)."""
     match = _FIRST_WORDS.match(statement)
     first, second = (match[1].upper(), (match[2] or "").upper()) if match else ("", "")
     if first == "SET":
         return "set" if second == "LOCAL" else None
+    if first == "COMMIT":
+        return "commit"
     return "query" if first in _QUERIES else None
 
 
@@ -107,7 +112,7 @@ class Citus(Flavor):
         previous: str | None = None
         for statement in statements:
             kind = _kind(statement)
-            if kind is not None and kind == previous:
+            if kind is not None and (kind == previous or (kind, previous) == ("commit", "query")):
                 trips[-1].append(statement)
             else:
                 trips.append([statement])

@@ -152,15 +152,17 @@ def send_batch(conn: Connection, plan: SchemaPlan, *, implicit: bool = False) ->
 
 def send_trips(conn: Connection, plan: SchemaPlan) -> Sent:
     """A guarded, compiled plan in one transaction on a flavor that takes no one batch (Citus), on psycopg2:
-    BEGIN, the plan's statements in the round trips the flavor allows (``Flavor.round_trips``), COMMIT,
-    each sent on the raw connection (``send_raw``: none of SQLAlchemy's work per statement, which is most of
-    the fleet's client CPU per schema there). ``conn`` must not be in a transaction. On failure the
-    transaction is rolled back (or, if the connection is gone, ``conn`` invalidated) and the driver's
-    exception raised. Returns the duration its registry row recorded."""
+    BEGIN, the plan's statements, COMMIT, in the round trips the flavor allows (``Flavor.round_trips``: on
+    Citus, COMMIT shares the last queries' round trip), each sent on the raw connection (``send_raw``: none
+    of SQLAlchemy's work per statement, which is most of the fleet's client CPU per schema there). ``conn``
+    must not be in a transaction. On failure the transaction is rolled back (or, if the connection is gone,
+    ``conn`` invalidated) and the driver's exception raised. Nothing is read back (with COMMIT in the last
+    round trip, psycopg2 returns COMMIT's result, not the registry row's): the caller measures the duration."""
     if conn.dialect.driver != "psycopg2":
         raise ValueError("only psycopg2 sends a plan's round trips on the raw connection")
-    trips = ["\n".join(trip) for trip in plan.flavor.round_trips(plan.statements())]
-    return _sent(send_raw(conn, plan.schema, [BEGIN, *trips, COMMIT], rollback=True))
+    trips = ["\n".join(trip) for trip in plan.flavor.round_trips([BEGIN, *plan.statements(), COMMIT])]
+    send_raw(conn, plan.schema, trips, rollback=True)
+    return Sent()
 
 
 def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
