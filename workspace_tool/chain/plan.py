@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from workspace_tool.words import Word
 
@@ -84,6 +85,12 @@ class Step:
     def sql(self) -> str | None:
         """The statements as one script (None for an online step)."""
         return None if self.online else "".join(s + "\n" for s in self.statements)
+
+    @cached_property
+    def version_move(self) -> tuple[tuple[str, ...], str] | None:
+        """``split_version_move`` of its statements (None for an online step): worked out once per step, which
+        a fleet run's plans share (``Chain.plan`` is cached), instead of once per schema."""
+        return None if self.online else split_version_move(self.statements)
 
 
 @dataclass(frozen=True)

@@ -265,8 +265,9 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     if plan is None:
         return None
     started = time.perf_counter()
+    one_trip = plan.batchable
     try:
-        if plan.batchable:
+        if one_trip:
             send.send_batch(conn, plan)
         elif how.statement_by_statement:
             with conn.begin():
@@ -298,7 +299,7 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         EnsureResult(
             what.project_id, what.schema, action, expected.version, what.target, _ms(started), plan.record.path
         ),
-        "fast lane (one round trip)" if plan.batchable else "fast lane (statement by statement)",
+        "fast lane (one round trip)" if one_trip else "fast lane (statement by statement)",
     )
 
 

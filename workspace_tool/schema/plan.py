@@ -51,7 +51,7 @@ from dataclasses import dataclass, replace
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
-from workspace_tool.chain.plan import Path, StepKind, split_version_move, split_version_statements
+from workspace_tool.chain.plan import Path, StepKind, split_version_statements
 from workspace_tool.flavor import Flavor
 from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry import expect_version_sql, update_sql, upsert_sql
@@ -219,10 +219,7 @@ class SchemaPlan:
 
     # -------------------------------------------------------------- guards
     def _final_version_move(self) -> str | None:
-        if not self.steps or self.steps[-1].online:
-            return None
-        last = self.steps[-1]
-        moved = split_version_move(last.statements)
+        moved = self.steps[-1].version_move if self.steps else None
         return None if moved is None else moved[1]
 
     def _guards_by_cte(self) -> bool:
@@ -281,7 +278,7 @@ class SchemaPlan:
             )
         assert self.expected is not None
         last = self.steps[-1]
-        moved = split_version_move(last.statements)
+        moved = last.version_move
         assert moved is not None
         before, move = moved
         # the row the batch read saw, rewritten (none: the guard fails, and the careful path writes it)

@@ -195,15 +195,19 @@ def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollbac
         dbapi.isolation_level = None
     dbapi.autocommit = True  # the statements carry their own transaction
     value: object = None
+    # the engine's cursor events, only when something listens (a dispatch without listeners is false)
+    before, after = conn.dispatch.before_cursor_execute, conn.dispatch.after_cursor_execute
     try:
         cursor = dbapi.cursor()
         try:
             for trip in trips:
-                conn.dispatch.before_cursor_execute(conn, cursor, trip, (), None, False)
+                if before:
+                    before(conn, cursor, trip, (), None, False)
                 cursor.execute(trip)
                 if cursor.description is not None and (row := cursor.fetchone()) is not None:
                     value = row[0]
-                conn.dispatch.after_cursor_execute(conn, cursor, trip, (), None, False)
+                if after:
+                    after(conn, cursor, trip, (), None, False)
         finally:
             cursor.close()
     except Exception:
