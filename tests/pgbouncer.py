@@ -136,12 +136,16 @@ def start(server: URL, *, pool_size: int = POOL_SIZE) -> PgBouncer:
             os.chown(path, uid, -1)
     ini.chmod(0o600)
     kwargs: dict[str, Any] = {"user": uid} if uid is not None else {}
-    process = subprocess.Popen([binary, str(ini)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+    # stderr to a file, never a pipe: PgBouncer writes every log line there too, and once a pipe nobody
+    # reads is full (64 KB: a few hundred logins) it blocks in write() and stops serving (seen in CI)
+    stderr_path = directory / "stderr.log"
+    with stderr_path.open("wb") as stderr_file:
+        process = subprocess.Popen([binary, str(ini)], stdout=subprocess.DEVNULL, stderr=stderr_file, **kwargs)
     bouncer = PgBouncer(process, port, directory)
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            stderr = stderr_path.read_text(errors="replace")
             log = bouncer.log
             bouncer.stop()
             raise RuntimeError(f"pgbouncer exited with {process.returncode}: {stderr.strip()} {log.strip()}")
