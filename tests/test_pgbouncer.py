@@ -501,6 +501,17 @@ def test_doctor_names_the_pooler_and_what_to_set(
 
 
 # ------------------------------------------------------------------------ the tenant lifecycle
+def ensure_through(pooled: sa.Engine, ids: list[str]) -> list[str]:
+    """Make each project of ``ids`` through the pooler; return ``ids``."""
+    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
+    try:
+        for project_id in ids:
+            mgr.ensure(project_id)
+    finally:
+        mgr.close()
+    return ids
+
+
 @pytest.fixture
 def tenant(pooled: sa.Engine) -> str:
     """Project pb-src (40 chunks) and pb-other, made through the pooler."""
@@ -552,12 +563,7 @@ def test_clone_through_the_pooler(pooled: sa.Engine, engine: sa.Engine, tenant: 
 
 
 def test_drop_one_and_in_bulk_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
-    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
-    try:
-        for i in range(6):
-            mgr.ensure(f"pb-{i}")
-    finally:
-        mgr.close()
+    ensure_through(pooled, [f"pb-{i}" for i in range(6)])
     pooled_text = url_text(pooled.url)
     one = run_cli("--database-url", pooled_text, "drop", "pb-0", "--yes")
     assert one.exit_code == 0, (one.stdout, one.stderr)
@@ -575,12 +581,7 @@ def test_drop_one_and_in_bulk_through_the_pooler(pooled: sa.Engine, engine: sa.E
 
 
 def test_quarantine_restore_and_purge_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
-    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
-    try:
-        for i in range(3):
-            mgr.ensure(f"pb-{i}")
-    finally:
-        mgr.close()
+    ensure_through(pooled, [f"pb-{i}" for i in range(3)])
     pooled_text = url_text(pooled.url)
     aside = run_cli("--database-url", pooled_text, "drop", "--match", "pb-*", "--retain", "7d", "-j", "2", "--yes")
     assert aside.exit_code == 0, (aside.stdout, aside.stderr)
@@ -601,13 +602,7 @@ def test_quarantine_restore_and_purge_through_the_pooler(pooled: sa.Engine, engi
 def test_exec_across_tenants_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
     """Each project's SQL runs with its own search_path: the rows land in each project's table, and nothing
     of that search_path (nor of the lock's timeout) is left for the next client of the pooler."""
-    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
-    ids = [f"pb-{i}" for i in range(6)]
-    try:
-        for project_id in ids:
-            mgr.ensure(project_id)
-    finally:
-        mgr.close()
+    ids = ensure_through(pooled, [f"pb-{i}" for i in range(6)])
     done = run_cli(
         "--database-url", url_text(pooled.url), "exec", "--all", "-j", "3", "--json",
         "-c", "INSERT INTO repositories (path, name) SELECT current_schema(), 'x'",
@@ -657,13 +652,7 @@ def test_session_state_an_exec_sets_stays_in_its_transaction_through_the_pooler(
     the pooler's server connection for its next client. Through a pooler the SQL keeps them for its own
     statements, and its transaction ends with the session reset (the lock released). One job: another project's
     transaction running at the same time would find the lock taken."""
-    mgr = WorkspaceManager(pooled, ALEMBIC_INI)
-    ids = [f"pb-{i}" for i in range(6)]
-    try:
-        for project_id in ids:
-            mgr.ensure(project_id)
-    finally:
-        mgr.close()
+    ids = ensure_through(pooled, [f"pb-{i}" for i in range(6)])
     done = run_cli(
         "--database-url", url_text(pooled.url), "exec", "--all", "-j", "1",
         "-c", "SET lock_timeout = '9s'; "
