@@ -7,6 +7,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -88,15 +90,24 @@ def test_a_fleet_run_reads_no_version_the_registry_already_tells(
 
 
 # ------------------------------------------------------------------ a first ensure
-@pytest.fixture
-def counted_manager(wire: WireRecorder, tiny: Chain) -> Iterator[WorkspaceManager]:
+@contextmanager
+def manager_on_the_wire(wire: WireRecorder, config_path: Path) -> Iterator[WorkspaceManager]:
+    """A manager whose every query passes ``wire``, its registry made; the wire cleared before it is yielded."""
     engine = sa.create_engine(wire.url)
-    mgr = WorkspaceManager(engine, tiny.config_path)
-    mgr.ensure("warm-up")  # the registry, the engine's first connect
     try:
+        mgr = WorkspaceManager(engine, config_path)
+        mgr.bootstrap()
+        wire.clear()
         yield mgr
     finally:
         engine.dispose()
+
+
+@pytest.fixture
+def counted_manager(wire: WireRecorder, tiny: Chain) -> Iterator[WorkspaceManager]:
+    with manager_on_the_wire(wire, tiny.config_path) as mgr:
+        mgr.ensure("warm-up")  # the engine's first connect
+        yield mgr
 
 
 def test_a_first_ensure_is_one_round_trip(
@@ -302,16 +313,10 @@ def test_a_first_ensure_whose_revision_fails_is_reported_by_the_careful_path_and
 ) -> None:
     chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add("a2", 'op.execute("SELECT 1 / 0")')
     chain = Chain.load(chain_builder.ini)
-    counted = sa.create_engine(wire.url)
-    try:
-        mgr = WorkspaceManager(counted, chain.config_path)
-        mgr.bootstrap()
-        wire.clear()
+    with manager_on_the_wire(wire, chain.config_path) as mgr:
         with pytest.raises(MigrationFailed) as failed:
             mgr.ensure("doomed")
         sent = wire.queries
-    finally:
-        counted.dispose()
     assert "CREATE SCHEMA" in sent[0] and any(q.startswith("BEGIN") for q in sent[1:])  # the guess, then careful
     assert str(failed.value) == "migrating project_doomed failed and was rolled back: division by zero"
     assert assert_consistent(engine) == {}  # no schema, no row
@@ -328,15 +333,9 @@ def test_a_first_ensure_of_a_chain_using_the_dollar_quote_tags_it_wraps_its_buil
         'op.execute("DROP FUNCTION seven()")',
     )
     chain = Chain.load(chain_builder.ini)
-    counted = sa.create_engine(wire.url)
-    try:
-        mgr = WorkspaceManager(counted, chain.config_path)
-        mgr.bootstrap()
-        wire.clear()
+    with manager_on_the_wire(wire, chain.config_path) as mgr:
         result = mgr.ensure_detailed("quoted")
         sent, errors = wire.queries, wire.errors
-    finally:
-        counted.dispose()
     assert (result.action, result.path, len(sent), errors) == ("created", "fast", 1, []), (sent, errors)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT project_quoted.seven()")).scalar() == 7
