@@ -26,7 +26,7 @@ from support.citus import (
     tenant_schemas,
     workers,
 )
-from support.data import DATA_TABLES, add_chunks, data_rows
+from support.data import DATA_TABLES, add_chunks, damage, data_rows
 from support.db import assert_consistent, registry_row
 
 from workspace_tool import WorkspaceManager, fleet
@@ -135,6 +135,15 @@ def test_export_then_import_builds_a_tenant_schema_with_equal_rows_and_its_seque
         "ready",
         "import",
     )
+
+    # a damaged file: the import's transaction rolls back on every node (the schema's DDL reached a worker)
+    damaged = tmp_path / "damaged.wstx"
+    damaged.write_bytes(Path(file).read_bytes())
+    damage(damaged, damaged.stat().st_size // 2)  # inside code_chunks' vectors
+    code, _, err = cli(citus_engine.url, "-c", str(chain.config_path), "import", str(damaged), "--as", "dmg")
+    assert code == 1 and "checksum does not match" in err, err
+    assert schema_count_on_nodes(citus_engine, "project\\_dmg") == {"0"}
+    assert registry_row(citus_engine, "dmg") is None and "project_dmg" not in tenant_schemas(citus_engine)
 
     # an export at an older revision, imported and run on to head in the same transaction
     assert fleet.provision(citus_engine, chain, ["old"], target=BEHIND).ok
