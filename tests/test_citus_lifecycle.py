@@ -52,8 +52,8 @@ def chain(chain_builder: ChainBuilder) -> Chain:
 
 
 @pytest.fixture
-def run(citus_engine: sa.Engine, chain: Chain) -> Iterator[Runner]:
-    yield Runner(citus_engine.url, chain)
+def run(citus_engine: sa.Engine, chain: Chain) -> Runner:
+    return Runner(citus_engine.url, chain)
 
 
 class Runner:
@@ -69,16 +69,14 @@ class Runner:
         return out, err
 
 
-def fill(engine: sa.Engine, chain: Chain, project_id: str) -> WorkspaceManager:
+def fill(engine: sa.Engine, chain: Chain, project_id: str) -> None:
     """Make the project, with rows in every data table (40 chunks with their embeddings) and three items."""
-    manager = WorkspaceManager(engine, chain.config_path)
-    with manager.session(project_id) as s:
+    with WorkspaceManager(engine, chain.config_path).session(project_id) as s:
         add_chunks(s)
         s.commit()
     schema = chain.namespace.schema_for(project_id)
     with engine.begin() as conn:
         conn.execute(sa.text(f"INSERT INTO {schema}.items (name) VALUES ('a'), ('b'), ('c')"))
-    return manager
 
 
 def next_item_id(engine: sa.Engine, schema: str) -> int:
@@ -93,9 +91,9 @@ def node_of(engine: sa.Engine, schema: str) -> str:
         found = conn.execute(
             sa.text(
                 "SELECT DISTINCT nodename || ':' || nodeport FROM citus_shards "
-                "WHERE table_name::text LIKE :prefix || '.%'"
+                "WHERE split_part(table_name::text, '.', 1) = :schema"
             ),
-            {"prefix": schema},
+            {"schema": schema},
         ).scalars()
         [node] = found.all()
     return str(node)
