@@ -27,7 +27,6 @@ from support.citus import (
     cli,
     distributed_tables,
     on_all_nodes,
-    reset_citus,
     scratch_leftovers,
     tenant_schemas,
     workers,
@@ -49,7 +48,7 @@ from workspace_tool.schema.plan import Expected
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
 
-pytestmark = pytest.mark.citus
+pytestmark = [pytest.mark.citus, pytest.mark.usefixtures("citus_clean")]
 
 CHAIN = Chain.load(ALEMBIC_INI)
 BEHIND = MAIN_REVISIONS[1]  # 0002_code_chunks
@@ -67,15 +66,6 @@ def sharded(coordinator_url: URL) -> Iterator[sa.Engine]:
     engine = sa.create_engine(coordinator_url, connect_args=SHARDING_ON)
     yield engine
     engine.dispose()
-
-
-@pytest.fixture(autouse=True)
-def clean(citus_engine: sa.Engine) -> Iterator[None]:
-    """Each test starts with no project schema and an empty registry (the cluster has one database), and
-    leaves none."""
-    reset_citus(citus_engine)
-    yield
-    reset_citus(citus_engine)
 
 
 def sharded_url(url: URL) -> str:

@@ -32,18 +32,10 @@ from support.db import assert_consistent, registry_row
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
 
-pytestmark = pytest.mark.citus
+pytestmark = [pytest.mark.citus, pytest.mark.usefixtures("citus_clean")]
 
 ITEMS_REVISION = "0005_items"  # the main chain, then a table with a serial column (a sequence to set)
 BEHIND = MAIN_REVISIONS[1]
-
-
-@pytest.fixture(autouse=True)
-def clean(citus_engine: sa.Engine) -> Iterator[None]:
-    """Each test starts with no project schema and an empty registry, and leaves none."""
-    reset_citus(citus_engine)
-    yield
-    reset_citus(citus_engine)
 
 
 @pytest.fixture
