@@ -191,3 +191,14 @@ def citus_engine(citus_url: str) -> Iterator[sa.Engine]:
     engine = sa.create_engine(sync_url(citus_url))
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def citus_clean(citus_engine: sa.Engine) -> Iterator[None]:
+    """A Citus test starts with no project schema (nor a quarantined or scratch one) and an empty registry,
+    and leaves none (the tests share the cluster's database): every module of citus tests uses it."""
+    from support.citus import reset_citus  # the CLI's modules with it: only where citus tests run
+
+    reset_citus(citus_engine)
+    yield
+    reset_citus(citus_engine)

@@ -22,8 +22,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, TABLES, ChainBuilder
-from support.citus import SHARDING_ON, on_all_nodes, reset_citus, scratch_leftovers, tenant_schemas
-from support.cli import psql, run_alembic, run_cli
+from support.citus import (
+    SHARDING_ON,
+    cli,
+    distributed_tables,
+    on_all_nodes,
+    scratch_leftovers,
+    tenant_schemas,
+    workers,
+)
+from support.cli import psql, run_alembic
 from support.concurrency import ensure_in_processes
 from support.data import NEAREST, add_chunks, nearest_statement
 from support.db import assert_consistent
@@ -40,7 +48,7 @@ from workspace_tool.schema.plan import Expected
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
 
-pytestmark = pytest.mark.citus
+pytestmark = [pytest.mark.citus, pytest.mark.usefixtures("citus_clean")]
 
 CHAIN = Chain.load(ALEMBIC_INI)
 BEHIND = MAIN_REVISIONS[1]  # 0002_code_chunks
@@ -60,42 +68,9 @@ def sharded(coordinator_url: URL) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-@pytest.fixture(autouse=True)
-def clean(citus_engine: sa.Engine) -> Iterator[None]:
-    """Each test starts with no project schema and an empty registry (the cluster has one database), and
-    leaves none."""
-    reset_citus(citus_engine)
-    yield
-    reset_citus(citus_engine)
-
-
-def cli(url: URL | str, *args: str) -> tuple[int, str, str]:
-    result = run_cli("--database-url", str(url if isinstance(url, str) else url.render_as_string(False)), *args)
-    return result.exit_code, result.stdout, result.stderr
-
-
 def sharded_url(url: URL) -> str:
     """The coordinator URL with schema-based sharding on for its sessions (libpq options)."""
     return url.update_query_dict({"options": SHARDING_ON["options"]}).render_as_string(hide_password=False)
-
-
-def workers(engine: sa.Engine) -> set[str]:
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT node_name, node_port FROM citus_get_active_worker_nodes()")).all()
-    return {f"{r[0]}:{r[1]}" for r in rows}
-
-
-def distributed_tables(engine: sa.Engine, schema: str) -> dict[str, str]:
-    """table -> Citus partition method ('n': a tenant schema's table) of the schema's distributed tables."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT c.relname, p.partmethod FROM pg_dist_partition p JOIN pg_class c ON c.oid = p.logicalrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = :s"
-            ),
-            {"s": schema},
-        ).all()
-    return {str(r[0]): str(r[1]) for r in rows}
 
 
 def nodes_of(manager: WorkspaceManager, *project_ids: str) -> dict[str, str | None]:

@@ -20,7 +20,7 @@ import citus_cluster
 import pytest
 import sqlalchemy as sa
 from support.chains import ALEMBIC_INI, HEAD, ChainBuilder
-from support.citus import on_all_nodes, reset_citus
+from support.citus import on_all_nodes
 from support.cli import run_cli
 from support.concurrency import GATE, WAIT, Victim
 from support.db import assert_consistent
@@ -30,16 +30,9 @@ from workspace_tool.chain import Chain
 from workspace_tool.fleet import Progress
 from workspace_tool.managers import cache
 
-pytestmark = pytest.mark.citus
+pytestmark = [pytest.mark.citus, pytest.mark.usefixtures("citus_clean")]
 
 GATED = "0005_gated"
-
-
-@pytest.fixture(autouse=True)
-def clean(citus_engine: sa.Engine) -> Iterator[None]:
-    reset_citus(citus_engine)
-    yield
-    reset_citus(citus_engine)
 
 
 @pytest.fixture

@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
 from support.chains import ALEMBIC_INI
 from support.cli import assert_one_line_error, run_cli
 from support.db import database_state
+from wire import WireRecorder
 
 from workspace_tool import registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.errors import WorkspaceNotFound
+from workspace_tool.flavor import Flavor
 from workspace_tool.fleet import provision
 from workspace_tool.lifecycle.exec import exec_operation
 from workspace_tool.schema.operation import Work
+from workspace_tool.sql import split_statements
 
 
 def repositories(engine: sa.Engine, project_id: str) -> list[str]:
@@ -122,3 +127,56 @@ def test_exec_on_a_schema_dropped_since_the_read_is_gone_and_runs_nothing(engine
         assert conn.execute(
             sa.text("SELECT to_regclass('leak') IS NULL AND NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'leak')")
         ).scalar()
+
+
+# A script as psql takes it: the semicolons in strings, quoted names, comments, a dollar-quoted body and a
+# BEGIN ATOMIC body end no statement.
+SCRIPT = r"""
+-- notes; made by a script
+CREATE TABLE "odd;name" (id int, note text);
+INSERT INTO "odd;name" VALUES (1, 'a;b'), (2, E'c\';d'), (3, 'it''s; fine'); /* a; /* nested; */ comment; */
+CREATE FUNCTION bump() RETURNS int LANGUAGE plpgsql AS $body$
+BEGIN
+    UPDATE "odd;name" SET id = id * 10;
+    RETURN 1;
+END $body$;
+CREATE FUNCTION total() RETURNS text LANGUAGE sql BEGIN ATOMIC
+    SELECT CASE WHEN true THEN 'unused' END;
+    SELECT string_agg(id || ':' || note, ' ' ORDER BY id) FROM "odd;name";
+END;
+SELECT bump();
+INSERT INTO repositories (path, name) SELECT '/total', total();
+-- the end; nothing more
+"""
+
+
+@dataclass(frozen=True)
+class OneAtATime(Flavor):
+    """A database that takes one statement at a time (as Citus does)."""
+
+    batches: ClassVar[bool] = False
+
+
+def test_a_script_sent_statement_by_statement_does_what_the_whole_batch_does(engine: sa.Engine) -> None:
+    """Where the flavor takes no batch (Citus), exec sends the script split as psql splits it: the same
+    rows as the script sent whole."""
+    chain = Chain.load(ALEMBIC_INI)
+    provision(engine, chain, ["whole", "split"], jobs=1)
+    task = exec_operation(SCRIPT).task
+    assert task is not None
+    with WireRecorder(engine.url) as wire:
+        recorded = sa.create_engine(wire.url, poolclass=sa.pool.NullPool)
+        try:
+            with transactions.connect(recorded) as conn:
+                flavor = registry.bootstrap(conn)
+                assert task.run(conn, Work("whole", "project_whole", None), flavor, 1000) == "1 row"
+                wire.clear()
+                split = OneAtATime(flavor.extension_schema)
+                assert task.run(conn, Work("split", "project_split", None), split, 1000) == "1 row"
+        finally:
+            recorded.dispose()
+        sent = wire.queries
+    script = [q for q in sent if "odd;name" in q or "bump()" in q or "total()" in q]
+    assert script == split_statements(SCRIPT) and len(script) == 6, sent  # each on its own
+    expected = ["10:a;b 20:c';d 30:it's; fine"]
+    assert repositories(engine, "whole") == repositories(engine, "split") == expected

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS
 from support.cli import assert_one_line_error, run_cli
-from support.data import add_rows, data_rows
+from support.data import add_rows, damage, data_rows
 from support.db import catalog, database_state
 
 from workspace_tool import WorkspaceManager
@@ -93,12 +93,6 @@ def test_import_refuses_an_existing_id_and_changes_nothing(
     assert database_state(engine) == state
     import_project(engine, chain, file, as_id="copy")  # under another id it goes in
     assert data_rows(engine, "project_copy") == data_rows(engine, "project_src")
-
-
-def damage(file: Path, at: int) -> None:
-    data = bytearray(file.read_bytes())
-    data[at] ^= 0xFF
-    file.write_bytes(bytes(data))
 
 
 def test_a_damaged_or_foreign_file_is_refused_with_nothing_left_behind(

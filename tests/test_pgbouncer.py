@@ -667,6 +667,14 @@ def test_session_state_an_exec_sets_stays_in_its_transaction_through_the_pooler(
             assert [tuple(r) for r in rows] == [(schema, "9s true")]  # its settings, and the lock, for its SQL
     pgbouncer.assert_no_leak(pooled.url, engine)
 
+    # SQL that fails rolls back; what outlives a rollback (a session lock it took) is reset all the same
+    failed = run_cli(
+        "--database-url", url_text(pooled.url), "exec", ids[0],
+        "-c", "SELECT pg_try_advisory_lock(43); INSERT INTO repositories (path, name) VALUES (current_schema(), 'x')",
+    )  # fmt: skip
+    assert failed.exit_code == 1 and "duplicate key" in failed.stderr, failed.stderr
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
 
 def test_a_move_the_target_cannot_import_is_refused_before_the_source_changes(
     pooled: sa.Engine,

@@ -1,6 +1,7 @@
 """SQL text written once, for every module that sends it: identifier quoting and literals, the advisory
 locks (a project schema's, the registry's, the warm pool's; of a transaction or of a session), the
-lock_timeout, the search_path, and ``DROP SCHEMA ... CASCADE``.
+lock_timeout, the search_path, and ``DROP SCHEMA ... CASCADE``; and a script of the user's split into its
+statements (``split_statements``), for a database that takes one statement at a time.
 
 Most come as literal statements (for the compiled batches and scripts of the schema transaction, the plain
 Alembic path and the registry bootstrap); the schema's lock also as a bound-parameter statement
@@ -8,6 +9,8 @@ Alembic path and the registry bootstrap); the schema's lock also as a bound-para
 """
 
 from __future__ import annotations
+
+import re
 
 from sqlalchemy import Connection, text
 
@@ -101,3 +104,89 @@ def drop_schema_cascade(conn: Connection, schema: str) -> None:
 def lock_schema(conn: Connection, schema: str) -> None:
     """Per-schema transaction-level advisory lock: other projects are never blocked."""
     conn.execute(text(LOCK_SQL), {"key": lock_key(schema)})
+
+
+# A dollar quote's opening tag ($$ or $tag$), and a word (an identifier or keyword: may hold $ and digits).
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\uffff][A-Za-z_0-9\u0080-\uffff]*)?\$")
+_WORD = re.compile(r"[A-Za-z_\u0080-\uffff][A-Za-z_0-9$\u0080-\uffff]*")
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of a SQL script, as psql sends them one at a time: split at each semicolon that is
+    not inside a string ('...', E'...' with its backslash escapes, $tag$...$tag$), a quoted identifier, a
+    comment (-- and nested /* */), parentheses, or a BEGIN ATOMIC ... END body (counted as psql counts it:
+    a BEGIN or CASE after a statement's first word opens a block, an END closes one). Each statement as
+    written (its comments kept, blanks around it and its semicolon not); one of nothing but comments and
+    blanks is left out."""
+    statements: list[str] = []
+    start = i = parens = blocks = words = 0
+    meaningful = False
+    n = len(script)
+    while i < n:
+        char = script[i]
+        if script.startswith("--", i):
+            newline = script.find("\n", i)
+            i = n if newline < 0 else newline + 1
+            continue
+        if script.startswith("/*", i):
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if script.startswith("/*", i) or script.startswith("*/", i):
+                    depth += 1 if script[i] == "/" else -1
+                    i += 2
+                else:
+                    i += 1
+            continue
+        meaningful = meaningful or not (char.isspace() or char == ";")
+        word = _WORD.match(script, i) if char.isalpha() or char == "_" or char >= "\u0080" else None
+        dollar = _DOLLAR_TAG.match(script, i) if char == "$" else None
+        if word is not None:
+            words += 1
+            name = word.group().lower()
+            if name in ("begin", "case") and words > 1:
+                blocks += 1
+            elif name == "end" and blocks:
+                blocks -= 1
+            i = word.end()
+        elif char == "'":
+            escapes = i > 0 and script[i - 1] in "eE" and (i < 2 or not _is_word_char(script[i - 2]))
+            i = _string_end(script, i, escapes)
+        elif char == '"':
+            close = script.find('"', i + 1)  # a doubled "" inside: two quoted parts back to back, the same end
+            i = n if close < 0 else close + 1
+        elif dollar is not None:
+            close = script.find(dollar.group(), dollar.end())
+            i = n if close < 0 else close + len(dollar.group())
+        else:
+            if char == "(":
+                parens += 1
+            elif char == ")":
+                parens = max(parens - 1, 0)
+            elif char == ";" and not parens and not blocks:
+                if meaningful:
+                    statements.append(script[start:i].strip())
+                start, words, blocks, meaningful = i + 1, 0, 0, False
+            i += 1
+    if meaningful:
+        statements.append(script[start:].strip())
+    return statements
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char in "_$" or char >= "\u0080"
+
+
+def _string_end(script: str, i: int, escapes: bool) -> int:
+    """Past the string literal opening at ``i`` (a doubled '' inside it; with ``escapes``, a backslash too)."""
+    n, j = len(script), i + 1
+    while j < n:
+        if escapes and script[j] == "\\":
+            j += 2
+        elif script[j] == "'":
+            if script.startswith("''", j):
+                j += 2
+            else:
+                return j + 1
+        else:
+            j += 1
+    return n

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -96,3 +97,10 @@ def data_rows(engine: sa.Engine, schema: str) -> dict[str, list[str]]:
             t: list(conn.execute(sa.text(f"SELECT t::text FROM {schema}.{t} t ORDER BY t.id")).scalars())
             for t in DATA_TABLES
         }
+
+
+def damage(file: Path, at: int) -> None:
+    """Flip the bits of one byte of ``file`` (an export whose checksum no longer matches)."""
+    data = bytearray(file.read_bytes())
+    data[at] ^= 0xFF
+    file.write_bytes(bytes(data))

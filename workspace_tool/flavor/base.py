@@ -3,7 +3,7 @@
 A ``Flavor`` is made once per database, by the registry bootstrap's probe (one round trip it makes anyway),
 and cached where the managers cache what they know of a database; read commands that don't bootstrap
 make one with ``workspace_tool.flavor.read``. Whatever differs between kinds of database is asked of it,
-never of a flag: how a schema's transaction is sent, the statements before a project schema or the
+never of a flag: how a schema's transaction is sent (and a user's script), the statements before a project schema or the
 registry's schema is created, the lock-timeout statements, how an existing schema is guarded, whether the
 warm pool is supported, where the registry lives, which node holds each schema, and whether work that
 needs a session (a revision outside a transaction) must go to a direct connection (``pooler``).
@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 
 from workspace_tool.flavor import pooler
 from workspace_tool.naming import SCHEMA_LIKE
-from workspace_tool.sql import lock_timeout_statement
+from workspace_tool.sql import lock_timeout_statement, split_statements
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,12 @@ class Flavor:
         """How statements sent in a row, in one transaction, share round trips: one batch where the flavor
         ``batches`` (plain PostgreSQL), else each alone unless the flavor says otherwise."""
         return [list(statements)] if self.batches else [[s] for s in statements]
+
+    def script_statements(self, script: str) -> list[str]:
+        """A script of the user's (`exec`'s SQL, one or more statements) as the statements to send in a row:
+        whole, one round trip, where the flavor ``batches``; else each statement alone, as psql sends them
+        (``sql.split_statements``)."""
+        return [script] if self.batches else split_statements(script)
 
     def lock_timeout_statements(self, timeout_ms: int) -> list[str]:
         """What bounds every lock wait of the transaction (SQLSTATE 55P03 when exceeded)."""

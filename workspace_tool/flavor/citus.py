@@ -14,6 +14,9 @@ How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordi
   COMMIT, which ends the queries' round trip before it (measured: a fleet's transaction then takes as many
   round trips as the raw floor's). BEGIN goes alone: in a SET's text, every worker would replay it (a WARNING
   there, "there is already a transaction in progress", sent back to the client too).
+* A script of the user's (`exec`'s SQL) is sent statement by statement too, split as psql splits it
+  (``sql.split_statements``): in one string, a second DDL fails ("cannot insert multiple commands into a
+  prepared statement").
 * A project schema is created after TENANT (a tenant schema, whatever the role's
   ``citus.enable_schema_based_sharding``); the registry's schema and the extension's after NOT_TENANT (they
   stay ordinary schemas of the coordinator, whose tables are the coordinator's: the registry row is written

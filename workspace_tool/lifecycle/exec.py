@@ -6,9 +6,11 @@ returned). A failure rolls that project's transaction back; the others are as th
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from workspace_tool import transactions
 from workspace_tool.dberrors import INVALID_SCHEMA_NAME, sqlstate
@@ -33,15 +35,16 @@ class ExecTask:
 
     def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
         """One round trip (and the commit): the lock, a guard that the schema is still there (gone
-        otherwise), the search_path, the SQL; behind a pooler a second one, the session's reset
-        (pooler.SESSION_RESET), so that a SET without LOCAL or a session lock in the SQL stays in its
-        transaction."""
+        otherwise), the search_path, the SQL (statement by statement where the flavor takes no batch:
+        Citus); behind a pooler a second one, the session's reset (pooler.SESSION_RESET), so that a SET
+        without LOCAL or a session lock in the SQL stays in its transaction. When the SQL fails, what
+        outlives the rollback (a session lock, a prepared statement) is reset in a transaction of its own."""
         transactions.require(conn)
         statements = [
             *batch.prelude(flavor, work.schema, lock_timeout_ms),
             batch.schema_guard(work.schema),
             search_path_sql(work.schema, flavor.extension_schema),
-            self.sql,
+            *flavor.script_statements(self.sql),
         ]
         pooled = pooler.behind_pooler(conn)  # cached per engine: one round trip per run at most
         try:
@@ -50,6 +53,9 @@ class ExecTask:
                 if pooled:  # what the SQL set for the session ends with its transaction
                     batch.send(conn, flavor, pooler.SESSION_RESET)
         except Exception as exc:
+            if pooled and not conn.invalidated:  # a lost connection has no session left to reset
+                with suppress(DBAPIError), conn.begin():  # the SQL's own error is the one to report
+                    batch.send(conn, flavor, pooler.SESSION_RESET)
             if sqlstate(exc) == INVALID_SCHEMA_NAME and not batch.still_there(conn, work.schema):
                 raise WorkspaceNotFound(work.project_id, work.schema) from None  # dropped since the read: gone
             raise
