@@ -130,9 +130,12 @@ class FleetOptions:
             raise click.UsageError(str(exc)) from None
 
 
+OPTION_NAMES = tuple(option.name for option in fields(FleetOptions))  # the fleet options' parameter names
+
+
 def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """The fleet options on a command, which gets them as one ``fleet: FleetOptions`` argument."""
-    names = [option.name for option in fields(FleetOptions)]
+    names = OPTION_NAMES
 
     @functools.wraps(f)
     def command(*args: Any, **kwargs: Any) -> Any:

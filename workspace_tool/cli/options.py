@@ -106,6 +106,26 @@ def read_ids(path: str, option: str) -> list[str]:
     return ids
 
 
+def given(*names: str) -> list[str]:
+    """Which of the current command's parameters ``names`` (as the command gets them) were given on the
+    command line or in the environment, each as its option (``--jobs``, ``--fail-fast/--continue-on-error``;
+    an argument as its name), in the command's order: for a mode that uses none of them to refuse them."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    wanted = set(names)
+    shown = []
+    for param in ctx.command.params:
+        if param.name not in wanted or ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
+            continue
+        if isinstance(param, click.Option):
+            longest = max(param.opts, key=len)
+            shown.append("/".join([longest, *param.secondary_opts]))
+        else:
+            shown.append(param.human_readable_name)
+    return shown
+
+
 def output_options(f: F) -> F:
     """-v/--verbose and -q/--quiet, on the group and on every command: ``workspace-tool -q status`` and
     ``workspace-tool status -q`` mean the same (several -v add up; -v with -q is a usage error)."""
