@@ -9,7 +9,7 @@ import click
 
 from workspace_tool.cli.context import AppContext, pass_app, require_projects
 from workspace_tool.cli.fleet import run_and_report
-from workspace_tool.cli.fleet_spec import OPTION_NAMES, FleetOptions, fleet_options
+from workspace_tool.cli.fleet_spec import OPTION_NAMES, FleetOptions, task_options
 from workspace_tool.cli.logs import note
 from workspace_tool.cli.options import DurationType, confirm, given, json_option, yes_option
 from workspace_tool.cli.render import emit, few, to_json
@@ -107,7 +107,7 @@ class RetainType(click.ParamType[float]):
 
 
 @click.command()
-@fleet_options
+@task_options
 @yes_option
 @click.option(
     "--retain",
@@ -231,7 +231,7 @@ def purge(app: AppContext, project_ids: tuple[str, ...], list_only: bool, lock_t
 
 
 @click.command(name="exec")
-@fleet_options
+@task_options
 @click.option("-c", "--command", "command", metavar="SQL", help="The SQL to run in each project's schema.")
 @click.option("-f", "--file", "sql_file", type=click.Path(exists=True, dir_okay=False), help="Read the SQL from FILE.")
 @pass_app
