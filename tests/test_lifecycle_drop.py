@@ -169,6 +169,23 @@ def test_purge_expired_refuses_what_it_would_not_use_and_changes_nothing(
     assert projects(engine) == ["live"] and schemas(engine, "dropped_%") == []
 
 
+def test_purge_list_refuses_what_it_would_not_use(engine: sa.Engine, url_string: str) -> None:
+    """`purge --list` lists every quarantined project: ids (which it would neither filter by nor purge) and
+    --lock-timeout (it takes no lock) are a usage error, and nothing is purged."""
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    manager.ensure("q1")
+    fleet.run(engine, Chain.load(ALEMBIC_INI), drop_operation(3600), RunSpec(selection=Selection(ids=["q1"])))
+    state = database_state(engine)
+    for args, named in [(["q1"], "project ids"), (["--lock-timeout", "2s"], "--lock-timeout")]:
+        refused = run_cli("--database-url", url_string, "purge", "--list", *args, "--yes")
+        assert refused.exit_code == 2 and refused.stdout == "", (args, refused.stdout, refused.stderr)
+        error = refused.stderr.splitlines()[-1]
+        assert error.startswith("Error: --list") and named in error, refused.stderr
+    assert database_state(engine) == state
+    listed = run_cli("--database-url", url_string, "purge", "--list", "--json")
+    assert listed.exit_code == 0 and [q["project_id"] for q in json.loads(listed.stdout)] == ["q1"]
+
+
 def test_drop_one_id_with_json_writes_the_report(engine: sa.Engine, url_string: str) -> None:
     """`drop ID --json` writes the fleet's report on stdout, as `drop A B --json` does (the one-project path
     took --json and wrote a sentence instead)."""

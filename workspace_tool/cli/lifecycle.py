@@ -11,7 +11,7 @@ from workspace_tool.cli.context import AppContext, pass_app, require_projects
 from workspace_tool.cli.fleet import run_and_report
 from workspace_tool.cli.fleet_spec import OPTION_NAMES, FleetOptions, task_options
 from workspace_tool.cli.logs import note
-from workspace_tool.cli.options import DurationType, confirm, given, json_option, yes_option
+from workspace_tool.cli.options import DurationType, confirm, given, json_option, read_text, yes_option
 from workspace_tool.cli.render import emit, few, to_json
 
 lock_timeout_option = click.option(
@@ -211,6 +211,10 @@ def purge(app: AppContext, project_ids: tuple[str, ...], list_only: bool, lock_t
     a terminal; without one, --yes confirms."""
     from workspace_tool.lifecycle import drop as dropping
 
+    if list_only:  # every quarantined project: what else was given would be ignored, so it is refused
+        others = (["project ids"] if project_ids else []) + given("lock_timeout")
+        if others:
+            raise click.UsageError(f"--list lists every quarantined project: not with {', '.join(others)}")
     namespace = app.manager.chain.namespace
     if list_only:
         found = [q.as_dict() for q in dropping.quarantined(app.engine, namespace)]
@@ -244,8 +248,7 @@ def exec_(app: AppContext, /, fleet: FleetOptions, command: str | None, sql_file
     if (command is None) == (sql_file is None):
         raise click.UsageError("pass the SQL with -c SQL or -f FILE (one of them)")
     if sql_file is not None:
-        with open(sql_file, encoding="utf-8") as file:
-            command = file.read()
+        command = read_text(sql_file, "-f")
     assert command is not None
     operation = exec_operation(command)
     run_and_report(app, operation, fleet.run_spec(operation), fleet.as_json)

@@ -94,13 +94,19 @@ def split_ids(text: str) -> list[str]:
     return [i for line in text.splitlines() for i in line.split("#", 1)[0].replace(",", " ").split()]
 
 
-def read_ids(path: str, option: str) -> list[str]:
-    """The project ids in a file (split_ids); a usage error if it can't be read or lists none."""
+def read_text(path: str, option: str) -> str:
+    """A file a command reads (``option`` names it in the error): its text, or a usage error if it can't be
+    read or is not UTF-8 text."""
     try:
         with open(path, encoding="utf-8") as file:
-            ids = split_ids(file.read())
+            return file.read()
     except (OSError, UnicodeError) as exc:
         raise click.UsageError(f"{option} {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+
+
+def read_ids(path: str, option: str) -> list[str]:
+    """The project ids in a file (split_ids); a usage error if it can't be read or lists none."""
+    ids = split_ids(read_text(path, option))
     if not ids:
         raise click.UsageError(f"{option} {path}: the file lists no project id")
     return ids
