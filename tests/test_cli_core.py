@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy.engine import URL
 from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, ChainBuilder, truncated_chain
 from support.data import make_schema_by_hand
-from support.db import registry_row, schema_exists, schema_tables, schema_version
+from support.db import database_state, registry_row, schema_exists, schema_tables, schema_version
 
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
@@ -125,6 +125,20 @@ def test_ensure_refuses_a_hand_made_schema_unless_adopt(cli: Cli, engine: sa.Eng
     assert schema_version(engine, "project_legacy") == HEAD
     row = registry_row(engine, "legacy")
     assert row is not None and row["last_action"] == "adopt"
+
+
+def test_ensure_refuses_adopt_with_no_upgrade(cli: Cli, engine: sa.Engine) -> None:
+    """--adopt runs the chain into a hand-made schema, which --no-upgrade forbids: the two together are a
+    usage error before anything runs (named one after the other, or through the fleet runner)."""
+    make_schema_by_hand(engine, "project_legacy", "invoices")
+    before = database_state(engine)
+    for extra in ([], ["--jobs", "1"]):
+        refused = cli("ensure", "legacy", "new-one", "--adopt", "--no-upgrade", *extra)
+        assert refused.exit_code == 2 and refused.stdout == "", (extra, refused.stdout, refused.stderr)
+        assert refused.stderr.splitlines()[-1] == (
+            "Error: --adopt runs the chain into an existing schema, which --no-upgrade forbids: pass one of them"
+        )
+    assert database_state(engine) == before
 
 
 def test_ensure_checks_every_id_before_any_sql(cli: Cli, engine: sa.Engine) -> None:
