@@ -169,6 +169,21 @@ def test_ensure_no_upgrade_on_a_behind_schema(cli: Cli, engine: sa.Engine, tmp_p
     assert schema_version(engine, "project_lagging") == MAIN_REVISIONS[0]
 
 
+def test_ensure_no_upgrade_fails_a_behind_schema_through_the_fleet_runner_too(
+    cli: Cli, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """With --jobs (or --ids-from) ensure runs through the fleet runner: a schema behind head is a failure
+    there too (exit 1, the error saying what to run), not a skip, and it is left at its revision."""
+    assert cli("ensure", "lagging", config=truncated_chain(tmp_path / "c", MAIN_REVISIONS[0])).exit_code == 0
+    result = cli("ensure", "--no-upgrade", "lagging", "fresh", "--jobs", "1", "--json")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    outcome = {r["project_id"]: r for r in json.loads(result.stdout)["results"]}
+    assert outcome["fresh"]["status"] == "ok"
+    assert outcome["lagging"]["status"] == "failed"
+    assert f"behind head {HEAD}: run `workspace-tool upgrade lagging`" in outcome["lagging"]["error"]
+    assert schema_version(engine, "project_lagging") == MAIN_REVISIONS[0]
+
+
 def test_ensure_reports_what_it_did_before_a_failure(cli: Cli, engine: sa.Engine, tmp_path: Path) -> None:
 
     assert cli("ensure", "lagging", config=truncated_chain(tmp_path / "c", MAIN_REVISIONS[0])).exit_code == 0
