@@ -168,6 +168,10 @@ def test_check_names_the_drifted_schema(engine: sa.Engine, url_string: str, ini:
         (["upgrade", "Bad_Id"], 1, "Error: invalid project id 'Bad_Id'"),
         (["upgrade", "--all", "--lock-timeout", "soon"], 2, "is not a duration"),
         (["upgrade", "--all", "--to", "nope"], 1, "Error: unknown revision 'nope'"),
+        (["upgrade", "--all", "--to", ""], 1, "Error: no revision given"),  # not a traceback
+        (["downgrade", "c01", "--to", "", "--yes"], 1, "Error: no revision given"),
+        (["stamp", "c01", "", "--yes"], 1, "Error: no revision given"),
+        (["show", ""], 1, "Error: no revision given"),
         (["downgrade", "--all"], 2, "Missing option '--to'"),
         (["check", "bad--id"], 1, "Error: invalid project id"),
     ],
