@@ -150,6 +150,21 @@ def test_an_ini_without_an_alembic_section(chain_builder: ChainBuilder) -> None:
     assert line.startswith(f"Error: cannot read {chain_builder.ini} as an alembic.ini")
 
 
+def test_an_ini_that_is_not_utf8_text(engine: sa.Engine, url_string: str, chain_builder: ChainBuilder) -> None:
+    """Alembic reads alembic.ini as UTF-8: a file saved in another encoding (or a binary one) is one line
+    naming it, not a traceback, and nothing is written."""
+    chain_builder.add("r1", CREATE_T1)
+    ini = chain_builder.ini
+    ini.write_bytes(ini.read_bytes() + "# créé\n".encode("latin-1"))
+    before = database_state(engine)
+    for command in (["lint"], ["ensure", "demo"], ["upgrade", "--all"], ["history"]):
+        line = assert_one_line_error(run_cli("--database-url", url_string, "-c", str(ini), *command))
+        assert line.startswith(f"Error: cannot read {ini} as an alembic.ini: it is not UTF-8 text"), line
+    with pytest.raises(ConfigurationError, match="not UTF-8 text"):
+        Chain.load(ini)
+    assert database_state(engine) == before
+
+
 # ---------------------------------------------------------------- unreachable servers
 HINT = "check that the server is up and the URL is right: --database-url or $WORKSPACE_TOOL_DATABASE_URL"
 

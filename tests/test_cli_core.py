@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy.engine import URL
 from support.chains import ALEMBIC_INI, HEAD, MAIN_REVISIONS, ChainBuilder, truncated_chain
 from support.data import make_schema_by_hand
-from support.db import registry_row, schema_exists, schema_tables, schema_version
+from support.db import database_state, registry_row, schema_exists, schema_tables, schema_version
 
 from workspace_tool.chain import Chain
 from workspace_tool.cli import main
@@ -127,6 +127,20 @@ def test_ensure_refuses_a_hand_made_schema_unless_adopt(cli: Cli, engine: sa.Eng
     assert row is not None and row["last_action"] == "adopt"
 
 
+def test_ensure_refuses_adopt_with_no_upgrade(cli: Cli, engine: sa.Engine) -> None:
+    """--adopt runs the chain into a hand-made schema, which --no-upgrade forbids: the two together are a
+    usage error before anything runs (named one after the other, or through the fleet runner)."""
+    make_schema_by_hand(engine, "project_legacy", "invoices")
+    before = database_state(engine)
+    for extra in ([], ["--jobs", "1"]):
+        refused = cli("ensure", "legacy", "new-one", "--adopt", "--no-upgrade", *extra)
+        assert refused.exit_code == 2 and refused.stdout == "", (extra, refused.stdout, refused.stderr)
+        assert refused.stderr.splitlines()[-1] == (
+            "Error: --adopt runs the chain into an existing schema, which --no-upgrade forbids: pass one of them"
+        )
+    assert database_state(engine) == before
+
+
 def test_ensure_checks_every_id_before_any_sql(cli: Cli, engine: sa.Engine) -> None:
     result = cli("ensure", "good", "Bad_Id")
     assert result.exit_code == 1
@@ -152,6 +166,21 @@ def test_ensure_no_upgrade_on_a_behind_schema(cli: Cli, engine: sa.Engine, tmp_p
         f"Error: project lagging (schema project_lagging) is at revision {MAIN_REVISIONS[0]}, behind head "
         f"{HEAD}: run `workspace-tool upgrade lagging`\n"
     )
+    assert schema_version(engine, "project_lagging") == MAIN_REVISIONS[0]
+
+
+def test_ensure_no_upgrade_fails_a_behind_schema_through_the_fleet_runner_too(
+    cli: Cli, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """With --jobs (or --ids-from) ensure runs through the fleet runner: a schema behind head is a failure
+    there too (exit 1, the error saying what to run), not a skip, and it is left at its revision."""
+    assert cli("ensure", "lagging", config=truncated_chain(tmp_path / "c", MAIN_REVISIONS[0])).exit_code == 0
+    result = cli("ensure", "--no-upgrade", "lagging", "fresh", "--jobs", "1", "--json")
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    outcome = {r["project_id"]: r for r in json.loads(result.stdout)["results"]}
+    assert outcome["fresh"]["status"] == "ok"
+    assert outcome["lagging"]["status"] == "failed"
+    assert f"behind head {HEAD}: run `workspace-tool upgrade lagging`" in outcome["lagging"]["error"]
     assert schema_version(engine, "project_lagging") == MAIN_REVISIONS[0]
 
 

@@ -168,6 +168,10 @@ def test_check_names_the_drifted_schema(engine: sa.Engine, url_string: str, ini:
         (["upgrade", "Bad_Id"], 1, "Error: invalid project id 'Bad_Id'"),
         (["upgrade", "--all", "--lock-timeout", "soon"], 2, "is not a duration"),
         (["upgrade", "--all", "--to", "nope"], 1, "Error: unknown revision 'nope'"),
+        (["upgrade", "--all", "--to", ""], 1, "Error: no revision given"),  # not a traceback
+        (["downgrade", "c01", "--to", "", "--yes"], 1, "Error: no revision given"),
+        (["stamp", "c01", "", "--yes"], 1, "Error: no revision given"),
+        (["show", ""], 1, "Error: no revision given"),
         (["downgrade", "--all"], 2, "Missing option '--to'"),
         (["check", "bad--id"], 1, "Error: invalid project id"),
     ],
@@ -210,6 +214,15 @@ def test_upgrade_adopt_runs_the_chain_into_a_named_hand_made_schema(
 ) -> None:
 
     make_schema_by_hand(engine, "project_legacy", "invoices")
+    before = database_state(engine)
+    # --sql shows what a run would do: refuse the schema without --adopt (no SQL), run the chain into it with
+    shown = cli(url_string, ini, "upgrade", "legacy", "--sql")
+    assert shown.exit_code == 0 and shown.stdout == "", (shown.stdout, shown.stderr)
+    assert "0 schema(s) would change" in shown.stderr and "no alembic_version" in shown.stderr
+    assert "`workspace-tool ensure legacy --adopt`" in shown.stderr
+    shown = cli(url_string, ini, "upgrade", "legacy", "--sql", "--adopt")
+    assert shown.exit_code == 0 and "CREATE TABLE" in shown.stdout, (shown.stdout, shown.stderr)
+    assert database_state(engine) == before  # nothing ran
     refused = cli(url_string, ini, "upgrade", "legacy")
     assert refused.exit_code == 1 and "no alembic_version" in refused.stdout and "--adopt" in refused.stdout
     adopted = cli(url_string, ini, "upgrade", "legacy", "--adopt")

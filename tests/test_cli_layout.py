@@ -84,6 +84,17 @@ def test_the_fleet_options_show_the_librarys_defaults() -> None:
         assert "then retry. [default: 5s]" in words
 
 
+def test_sql_is_in_the_help_of_the_commands_that_take_it_only() -> None:
+    """upgrade and downgrade show their SQL with --sql; drop and exec run no migration and refuse it, so their
+    help doesn't offer it (passed anyway, it is still refused with the reason)."""
+    for command, shown in [("upgrade", True), ("downgrade", True), ("drop", False), ("exec", False)]:
+        help_text = CliRunner().invoke(main, [command, "--help"]).stdout
+        assert ("--sql" in help_text) == shown, command
+        assert "--canary-only" in help_text and "--lock-timeout" in help_text  # the rest of the fleet's options
+    refused = CliRunner().invoke(main, ["exec", "--all", "-c", "SELECT 1", "--sql"])
+    assert refused.exit_code == 2 and "--sql: exec runs no migration" in refused.stderr
+
+
 def package_imports() -> dict[str, set[str]]:
     """Each module of workspace_tool -> the modules of workspace_tool it imports (anywhere in it: at module
     level, in functions, under TYPE_CHECKING)."""

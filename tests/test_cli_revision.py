@@ -109,6 +109,11 @@ def test_plain_revision_needs_no_database(chain_builder: ChainBuilder) -> None:
         (["revision", "-m", " "], 1, "Error: a revision needs a message"),
         (["revision", "-m", "x", "--metadata", "extra:md"], 2, "--metadata only makes sense with --autogenerate"),
         (["revision", "-m", "x", "--allow-empty"], 2, "--allow-empty only makes sense with --autogenerate"),
+        # a revision id the chain has already: no second file (which broke the chain: a self-loop)
+        (["revision", "-m", "x", "--rev-id", "0002_code_chunks"], 1, "Error: --rev-id '0002_code_chunks': the chain"),
+        (["revision", "-m", "x", "--rev-id", "has space"], 1, "Error: --rev-id 'has space': a revision id is"),
+        (["revision", "-m", "x", "--rev-id", "../up"], 1, "Error: --rev-id '../up': a revision id is"),
+        (["revision", "-m", "x", "--rev-id", "a" * 33], 1, "a revision id is 1-32 characters"),
         (["revision", "-m", "x", "--autogenerate"], 1, "Error: "),  # the database is unreachable
         (["revision", "-m", "x", "--autogenerate", "--metadata", "no_such_module:md"], 1, "Error: --metadata"),
         (["revision", "-m", "x", "--autogenerate", "--metadata", "migrations.models"], 1, "package.module:attr"),

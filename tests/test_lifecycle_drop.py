@@ -114,6 +114,90 @@ def test_retain_quarantines_restore_brings_back_purge_removes(engine: sa.Engine,
     assert project_schemas(engine) == ["project_other", "project_q1"]
 
 
+def expire(engine: sa.Engine, project_id: str) -> None:
+    """Move a quarantined project's date into the past."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE project_registry.workspace_config SET metadata = jsonb_set(metadata, '{quarantine,until}', "
+                "to_jsonb(now() - interval '1 minute')) WHERE project_id = :p"
+            ),
+            {"p": project_id},
+        )
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--sql"], "--sql"),
+        (["--retain", "1d"], "--retain"),
+        (["--jobs", "2"], "--jobs"),
+        (["--recycle-after", "3"], "--recycle-after"),
+        (["--retries", "1"], "--retries"),
+        (["--fail-fast"], "--fail-fast"),
+        (["--continue-on-error"], "--fail-fast/--continue-on-error"),
+        (["--canary", "1"], "--canary"),
+        (["--max-failures", "1"], "--max-failures"),
+        (["--order", "name"], "--order"),
+        (["live"], "project ids"),
+        (["--match", "l*"], "--match"),
+        (["--state", "at-head"], "--state"),
+        (["--all"], "--all"),
+    ],
+)
+def test_purge_expired_refuses_what_it_would_not_use_and_changes_nothing(
+    engine: sa.Engine, url_string: str, args: list[str], named: str
+) -> None:
+    """drop --purge-expired purges the quarantined projects past their date, and takes --lock-timeout, --json
+    and --yes: anything else (--sql, --retain, the fleet's options, ids, a selection) is a usage error (exit
+    2) before anything is purged or dropped, --yes or not."""
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    manager.ensure("old")
+    manager.ensure("live")
+    fleet.run(engine, Chain.load(ALEMBIC_INI), drop_operation(3600), RunSpec(selection=Selection(ids=["old"])))
+    expire(engine, "old")
+    state = database_state(engine)
+    refused = run_cli("--database-url", url_string, "drop", "--purge-expired", *args, "--yes")
+    assert refused.exit_code == 2, (refused.stdout, refused.stderr)
+    assert "Traceback" not in refused.stderr and refused.stdout == ""
+    error = refused.stderr.splitlines()[-1]
+    assert error.startswith("Error: --purge-expired") and named in error, refused.stderr
+    assert database_state(engine) == state
+    done = run_cli("--database-url", url_string, "drop", "--purge-expired", "--lock-timeout", "2s", "--json", "--yes")
+    assert done.exit_code == 0, done.stderr
+    assert [q["project_id"] for q in json.loads(done.stdout)] == ["old"]
+    assert projects(engine) == ["live"] and schemas(engine, "dropped_%") == []
+
+
+def test_purge_list_refuses_what_it_would_not_use(engine: sa.Engine, url_string: str) -> None:
+    """`purge --list` lists every quarantined project: ids (which it would neither filter by nor purge) and
+    --lock-timeout (it takes no lock) are a usage error, and nothing is purged."""
+    manager = WorkspaceManager(engine, ALEMBIC_INI)
+    manager.ensure("q1")
+    fleet.run(engine, Chain.load(ALEMBIC_INI), drop_operation(3600), RunSpec(selection=Selection(ids=["q1"])))
+    state = database_state(engine)
+    for args, named in [(["q1"], "project ids"), (["--lock-timeout", "2s"], "--lock-timeout")]:
+        refused = run_cli("--database-url", url_string, "purge", "--list", *args, "--yes")
+        assert refused.exit_code == 2 and refused.stdout == "", (args, refused.stdout, refused.stderr)
+        error = refused.stderr.splitlines()[-1]
+        assert error.startswith("Error: --list") and named in error, refused.stderr
+    assert database_state(engine) == state
+    listed = run_cli("--database-url", url_string, "purge", "--list", "--json")
+    assert listed.exit_code == 0 and [q["project_id"] for q in json.loads(listed.stdout)] == ["q1"]
+
+
+def test_drop_one_id_with_json_writes_the_report(engine: sa.Engine, url_string: str) -> None:
+    """`drop ID --json` writes the fleet's report on stdout, as `drop A B --json` does (the one-project path
+    took --json and wrote a sentence instead)."""
+    provision(engine, Chain.load(ALEMBIC_INI), ["one", "two"], jobs=2)
+    done = run_cli("--database-url", url_string, "drop", "one", "--json", "--yes")
+    assert done.exit_code == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["operation"] == "drop"
+    assert [(r["project_id"], r["status"]) for r in report["results"]] == [("one", "ok")]
+    assert projects(engine) == ["two"]
+
+
 @pytest.mark.slow
 def test_drop_400_projects_on_a_default_server(engine: sa.Engine, url_string: str) -> None:
     """max_locks_per_transaction = 64 (PostgreSQL's default, the test server's): one transaction over 400 of

@@ -68,7 +68,7 @@ def test_exec_from_a_file_a_failing_project_rolls_back_alone(
         assert list(statuses) == ["ready"]
 
 
-def test_exec_bad_input_changes_nothing(engine: sa.Engine, url_string: str) -> None:
+def test_exec_bad_input_changes_nothing(engine: sa.Engine, url_string: str, tmp_path: Path) -> None:
     provision(engine, Chain.load(ALEMBIC_INI), ["a"], jobs=1)
     state = database_state(engine)
     assert_one_line_error(
@@ -76,6 +76,11 @@ def test_exec_bad_input_changes_nothing(engine: sa.Engine, url_string: str) -> N
     )
     assert run_cli("--database-url", url_string, "exec", "a").exit_code == 2  # no SQL
     assert_one_line_error(run_cli("--database-url", url_string, "exec", "a", "-c", "  "), "no SQL")
+    latin1 = tmp_path / "latin1.sql"
+    latin1.write_bytes("UPDATE repositories SET name = 'café'".encode("latin-1"))  # not UTF-8: no traceback
+    not_text = run_cli("--database-url", url_string, "exec", "a", "-f", str(latin1))
+    assert not_text.exit_code == 2 and "Traceback" not in not_text.stderr
+    assert not_text.stderr.splitlines()[-1].startswith(f"Error: -f {latin1}: cannot read it (UnicodeDecodeError")
     assert database_state(engine) == state
 
 

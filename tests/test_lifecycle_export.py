@@ -4,6 +4,8 @@ the same chain; a bad file, a wrong chain or an existing id is refused in one li
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +131,29 @@ def test_an_export_of_another_chain_is_refused(
     with pytest.raises(ChainMismatch, match="this chain does not have"):
         import_project(engine, other, file, as_id="elsewhere")
     assert database_state(engine) == state
+
+
+def test_export_never_replaces_what_is_not_a_regular_file(
+    engine: sa.Engine, filled_source: str, tmp_path: Path
+) -> None:
+    """The export is written beside its target, then renamed over it: over a FIFO (or a device such as
+    /dev/full) that would replace the node itself. It is refused instead; through a symlink the file it
+    points to gets the export and the link stays."""
+    chain = Chain.load(ALEMBIC_INI)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    line = assert_one_line_error(
+        run_cli("--database-url", engine.url.render_as_string(hide_password=False), "export", "src", "-o", str(fifo))
+    )
+    assert "not a regular file" in line and "nothing was exported" in line
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    real, link = tmp_path / "real.wstx", tmp_path / "link.wstx"
+    real.write_bytes(b"old")
+    link.symlink_to(real)
+    result = export_project(engine, chain, "src", link)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.stat().st_size == result.bytes and real.read_bytes() != b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.wstx", "pipe", "real.wstx"]
 
 
 def test_cli_export_import_and_their_one_line_errors(

@@ -3,10 +3,11 @@ connections in front of the test server.
 
 Through the pooler alone: concurrent ensures, per-project reads through ``mgr.connect()`` that never cross
 tenants, fleet upgrades of transactional revisions, the async manager on asyncpg set up for PgBouncer, the
-warm pool's fill and claims. A revision that runs outside a transaction needs a session: it goes over the
-direct URL, and without one it is refused in one line before anything changes. After each test, every
-server connection of the pooler is checked for state a session left behind for the next client: the
-search_path, the lock_timeout, advisory locks (``pgbouncer.assert_no_leak``)."""
+warm pool's fill and claims, and the tenant lifecycle (export, import, clone, move, drop, quarantine,
+restore, purge, purge of the expired, stamp, exec, bulk ensure). A revision that runs outside a transaction
+needs a session: it goes over the direct URL, and without one it is refused in one line before anything
+changes. After each test, every server connection of the pooler is checked for state a session left behind
+for the next client: the search_path, the lock_timeout, advisory locks (``pgbouncer.assert_no_leak``)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from support.chains import ALEMBIC_INI, HEAD, ITEMS, ChainBuilder
+from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS, ChainBuilder
 from support.cli import assert_one_line_error, run_alembic, run_cli
 from support.data import add_chunks, data_rows
 from support.db import StatementCounter, assert_consistent, database_state, registry_row, schema_version
@@ -33,6 +34,7 @@ from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import Path as PlanPath
 from workspace_tool.errors import SessionRequired
 from workspace_tool.flavor import pooler
+from workspace_tool.lifecycle.drop import purge_expired, quarantined
 from workspace_tool.sql import POOL_LOCK_KEY
 from workspace_tool.urls import async_url
 
@@ -596,6 +598,98 @@ def test_quarantine_restore_and_purge_through_the_pooler(pooled: sa.Engine, engi
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'dropped_%'")).scalar() == 0
     assert registry_row(engine, "pb-0") is None
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_purge_expired_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    """`drop --purge-expired` purges the quarantined projects past their date, each in a transaction of its
+    own with its lock's timeout, and leaves the one not due yet; the library's purge_expired too."""
+    ensure_through(pooled, [f"pb-{i}" for i in range(4)])
+    pooled_text = url_text(pooled.url)
+    aside = run_cli("--database-url", pooled_text, "drop", "--match", "pb-*", "--retain", "7d", "-j", "2", "--yes")
+    assert aside.exit_code == 0, (aside.stdout, aside.stderr)
+    with engine.begin() as conn:  # pb-0 and pb-1 past their date
+        conn.execute(
+            sa.text(
+                "UPDATE project_registry.workspace_config SET metadata = jsonb_set(metadata, '{quarantine,until}', "
+                "to_jsonb(now() - interval '1 minute')) WHERE project_id IN ('pb-0', 'pb-1')"
+            )
+        )
+    purged = run_cli(
+        "--database-url", pooled_text, "drop", "--purge-expired", "--lock-timeout", "2s", "--yes", "--json"
+    )
+    assert purged.exit_code == 0, (purged.stdout, purged.stderr)
+    assert [q["project_id"] for q in json.loads(purged.stdout)] == ["pb-0", "pb-1"]
+    assert registry_row(engine, "pb-0") is None and registry_row(engine, "pb-1") is None
+    assert [q.project_id for q in quarantined(engine)] == ["pb-2", "pb-3"]
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE project_registry.workspace_config SET metadata = jsonb_set(metadata, '{quarantine,until}', "
+                "to_jsonb(now() - interval '1 minute')) WHERE project_id = 'pb-3'"
+            )
+        )
+    assert [q.project_id for q in purge_expired(pooled, lock_timeout_ms=2000)] == ["pb-3"]
+    with engine.connect() as conn:
+        aside_schemas = conn.execute(sa.text("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'dropped_%'"))
+        assert aside_schemas.scalars().all() == ["dropped_pb_2"]
+    assert [q.project_id for q in quarantined(engine)] == ["pb-2"] and registry_row(engine, "pb-3") is None
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_stamp_through_the_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
+    """stamp moves the version row and the registry row in one transaction under the project's lock; its
+    refusals (an unknown revision, the revision it is at) are one line and change nothing."""
+    ensure_through(pooled, ["pb-0", "pb-1"])
+    pooled_text, first = url_text(pooled.url), MAIN_REVISIONS[0]
+    stamped = run_cli("--database-url", pooled_text, "stamp", "pb-0", first, "--lock-timeout", "2s", "--yes", "--json")
+    assert stamped.exit_code == 0, (stamped.stdout, stamped.stderr)
+    assert json.loads(stamped.stdout) == {"project_id": "pb-0", "from_revision": HEAD, "to_revision": first}
+    assert schema_version(engine, "project_pb_0") == first
+    row = registry_row(engine, "pb-0")
+    assert row is not None and (row["revision"], row["last_action"]) == (first, "stamp")
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    before = database_state(engine)
+    assert_one_line_error(run_cli("--database-url", pooled_text, "stamp", "pb-0", first, "--yes"), "already")
+    assert_one_line_error(run_cli("--database-url", pooled_text, "stamp", "pb-1", "nope", "--yes"), "nope")
+    assert database_state(engine) == before
+    back = run_cli("--database-url", pooled_text, "stamp", "pb-0", "head", "--yes")
+    assert back.exit_code == 0, (back.stdout, back.stderr)
+    assert assert_consistent(engine) == {"project_pb_0": HEAD, "project_pb_1": HEAD}
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_bulk_ensure_through_the_pooler(pooled: sa.Engine, engine: sa.Engine, tmp_path: Path) -> None:
+    """Many ids at once: named (one after the other), from a file with --jobs (the fleet runner) and the
+    library's fleet.provision; projects to make, to upgrade and at head already, each reported as such."""
+    chain = Chain.load(ALEMBIC_INI)
+    behind = [f"pb-old-{i}" for i in range(3)]
+    assert fleet.provision(pooled, chain, behind, target=MAIN_REVISIONS[1], jobs=2).failed == []
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    pooled_text = url_text(pooled.url)
+    named = run_cli("--database-url", pooled_text, "ensure", "pb-old-0", "pb-new-0", "pb-new-1", "--json")
+    assert named.exit_code == 0, (named.stdout, named.stderr)
+    assert [(r["project_id"], r["action"]) for r in json.loads(named.stdout)] == [
+        ("pb-old-0", "upgrade"),
+        ("pb-new-0", "create"),
+        ("pb-new-1", "create"),
+    ]
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("pb-old-0\npb-old-1\npb-old-2\npb-new-2\npb-new-3\n")
+    from_file = run_cli("--database-url", pooled_text, "ensure", "--ids-from", str(ids_file), "-j", "3", "--json")
+    assert from_file.exit_code == 0, (from_file.stdout, from_file.stderr)
+    results = {r["project_id"]: r["status"] for r in json.loads(from_file.stdout)["results"]}
+    assert set(results) == {"pb-old-0", "pb-old-1", "pb-old-2", "pb-new-2", "pb-new-3"}
+    assert "failed" not in results.values()
+    pgbouncer.assert_no_leak(pooled.url, engine)
+    many = [f"pb-lib-{i}" for i in range(8)]
+    report = fleet.provision(pooled, chain, [*many, "pb-new-0"], jobs=4)
+    assert report.failed == [] and len(report.results) == 9
+    expected = {f"project_{p.replace('-', '_')}": HEAD for p in [*behind, *many]}
+    expected |= {f"project_pb_new_{i}": HEAD for i in range(4)}
+    assert assert_consistent(engine) == expected
     pgbouncer.assert_no_leak(pooled.url, engine)
 
 

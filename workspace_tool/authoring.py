@@ -122,6 +122,8 @@ def create_revision(
         raise ConfigurationError('a revision needs a message: -m "what it changes"')
     config_path = resolve_config_path(config)
     chain = _current_chain(config_path)
+    if rev_id is not None:
+        _check_rev_id(rev_id, chain)
     alembic_config = Config(str(config_path), cmd_opts=argparse.Namespace(quiet=True, x=None))  # no stdout chatter
     operations: list[int] = []
 
@@ -156,6 +158,22 @@ def create_revision(
         autogenerate=autogenerate,
         operations=sum(operations),
     )
+
+
+# What a revision id may be: it names the file and goes in each schema's alembic_version (VARCHAR(32));
+# no '-', '+' or '@', which Alembic reads as relative revisions and branches.
+_REV_ID = re.compile(r"^[A-Za-z0-9_]{1,32}$")
+
+
+def _check_rev_id(rev_id: str, chain: Chain | None) -> None:
+    """A given revision id, refused before anything is written when it is no id or the chain has it."""
+    if not _REV_ID.match(rev_id):
+        raise ConfigurationError(
+            f"--rev-id {rev_id!r}: a revision id is 1-32 characters of a-z, A-Z, 0-9 and _ (it names the file "
+            "and is stored in each schema's alembic_version)"
+        )
+    if chain is not None and rev_id in chain.revisions:
+        raise ConfigurationError(f"--rev-id {rev_id!r}: the chain has that revision already; pick another id")
 
 
 def _current_chain(config_path: Path) -> Chain | None:

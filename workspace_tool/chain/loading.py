@@ -73,6 +73,10 @@ def load_script_directory(config: Config, config_path: Path) -> ScriptDirectory:
     except configparser.Error as exc:
         reason = str(exc).strip().splitlines()[0]
         raise ConfigurationError(f"cannot read {config_path} as an alembic.ini: {reason}") from None
+    except UnicodeError as exc:  # Alembic reads it as UTF-8
+        raise ConfigurationError(
+            f"cannot read {config_path} as an alembic.ini: it is not UTF-8 text ({exc}); save it as UTF-8"
+        ) from None
     location = config.get_main_option("script_location") if has_section else None
     if not location:
         where = f"in its [{section}] section" if has_section else f"(it has no [{section}] section)"

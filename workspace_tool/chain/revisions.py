@@ -229,6 +229,8 @@ class Chain:
             return self.head
         if revision in self._position:
             return revision
+        if not revision:  # Alembic asserts on it
+            raise ConfigurationError("no revision given: name one (an id, a unique prefix of one, head or base)")
         from alembic.util import CommandError
 
         try:

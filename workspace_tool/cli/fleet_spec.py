@@ -1,6 +1,7 @@
 """What every fleet command takes (upgrade, downgrade, drop, exec): the options (``fleet_options``: which
-projects, how many at once, the stages, what to do on a failure), given to the command as one
-``FleetOptions``, and the one RunSpec they make (``FleetOptions.run_spec``)."""
+projects, how many at once, the stages, what to do on a failure; drop's and exec's ``task_options`` leave
+--sql, which they refuse, out of their help), given to the command as one ``FleetOptions``, and the one
+RunSpec they make (``FleetOptions.run_spec``)."""
 
 from __future__ import annotations
 
@@ -130,9 +131,13 @@ class FleetOptions:
             raise click.UsageError(str(exc)) from None
 
 
-def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The fleet options on a command, which gets them as one ``fleet: FleetOptions`` argument."""
-    names = [option.name for option in fields(FleetOptions)]
+OPTION_NAMES = tuple(option.name for option in fields(FleetOptions))  # the fleet options' parameter names
+
+
+def fleet_options(f: Callable[..., Any], *, migrates: bool = True) -> Callable[..., Any]:
+    """The fleet options on a command, which gets them as one ``fleet: FleetOptions`` argument. A command
+    that ``migrates`` not (drop, exec: a task) has --sql too, but not in its help: ``run_spec`` refuses it."""
+    names = OPTION_NAMES
 
     @functools.wraps(f)
     def command(*args: Any, **kwargs: Any) -> Any:
@@ -140,11 +145,19 @@ def fleet_options(f: Callable[..., Any]) -> Callable[..., Any]:
         return f(*args, fleet=given, **kwargs)
 
     for option in reversed(_OPTIONS):
-        command = option(command)
+        command = (option if option is not _SQL or migrates else _HIDDEN_SQL)(command)
     return command
 
 
+def task_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The fleet options of a task (drop, exec), which runs no migration: --sql is refused, and not shown."""
+    return fleet_options(f, migrates=False)
+
+
 FILE = click.Path(exists=True, dir_okay=False, readable=True)
+_SQL_HELP = "Print each selected schema's SQL and change nothing (the stage options play no part)."
+_SQL = click.option("--sql", "show_sql", is_flag=True, help=_SQL_HELP)
+_HIDDEN_SQL = click.option("--sql", "show_sql", is_flag=True, hidden=True, help=_SQL_HELP)
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.argument("project_ids", nargs=-1),
     click.option("--all", "all_", is_flag=True, help="Every project in the registry."),
@@ -170,12 +183,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         show_default=True,
         help="Retries, with backoff, of a schema whose lock wait timed out or whose connection was lost.",
     ),
-    click.option(
-        "--sql",
-        "show_sql",
-        is_flag=True,
-        help="Print each selected schema's SQL and change nothing (the stage options play no part).",
-    ),
+    _SQL,
     json_option,
     # the selection
     click.option(

@@ -9,9 +9,9 @@ import click
 
 from workspace_tool.cli.context import AppContext, pass_app, require_projects
 from workspace_tool.cli.fleet import run_and_report
-from workspace_tool.cli.fleet_spec import FleetOptions, fleet_options
+from workspace_tool.cli.fleet_spec import OPTION_NAMES, FleetOptions, task_options
 from workspace_tool.cli.logs import note
-from workspace_tool.cli.options import DurationType, confirm, json_option, yes_option
+from workspace_tool.cli.options import DurationType, confirm, given, json_option, read_text, yes_option
 from workspace_tool.cli.render import emit, few, to_json
 
 lock_timeout_option = click.option(
@@ -107,7 +107,7 @@ class RetainType(click.ParamType[float]):
 
 
 @click.command()
-@fleet_options
+@task_options
 @yes_option
 @click.option(
     "--retain",
@@ -116,7 +116,11 @@ class RetainType(click.ParamType[float]):
     help="Quarantine instead (e.g. 30d, 12h): each schema renamed aside and its registry row marked dropped, "
     "until `restore ID` brings it back or `purge ID` (or `drop --purge-expired`) removes it.",
 )
-@click.option("--purge-expired", is_flag=True, help="Purge the quarantined projects past their --retain date.")
+@click.option(
+    "--purge-expired",
+    is_flag=True,
+    help="Purge the quarantined projects past their --retain date; alone (with --lock-timeout, --json, --yes only).",
+)
 @pass_app
 def drop(app: AppContext, /, fleet: FleetOptions, retain: float | None, purge_expired: bool) -> None:
     """Drop projects (named, selected with --state/--match/--ids-from, or --all): each schema with all its
@@ -126,12 +130,21 @@ def drop(app: AppContext, /, fleet: FleetOptions, retain: float | None, purge_ex
     is dropped."""
     from workspace_tool.lifecycle import drop as dropping
 
-    namespace = app.manager.chain.namespace
     ids = fleet.project_ids
+    if purge_expired:  # a mode of its own: whatever else was given would be ignored, so it is refused
+        others = (["project ids"] if ids else []) + given(
+            *(name for name in (*OPTION_NAMES, "retain") if name not in {"project_ids", "lock_timeout", "as_json"})
+        )
+        if others:
+            raise click.UsageError(
+                f"--purge-expired runs alone (with --lock-timeout, --json, --yes): not with {', '.join(others)}; "
+                "nothing was changed"
+            )
+    namespace = app.manager.chain.namespace
     selected = fleet.all_ or fleet.selects
     schemas = [namespace.schema_for(project_id) for project_id in ids]  # every id checked first
     lock_timeout_ms = fleet.lock_timeout
-    if purge_expired and not (ids or selected):
+    if purge_expired:
         confirm("purging the quarantined projects past their date deletes their data")
         purged = dropping.purge_expired(app.engine, namespace=namespace, lock_timeout_ms=lock_timeout_ms)
         if fleet.as_json:
@@ -144,7 +157,12 @@ def drop(app: AppContext, /, fleet: FleetOptions, retain: float | None, purge_ex
     if ids:  # named: each one a project (or a quarantined one), else nothing is dropped
         aside = {q.project_id for q in dropping.quarantined(app.engine, namespace)} if retain is None else set()
         require_projects(app, [p for p in ids if p not in aside])
-    if len(ids) == 1 and not selected and retain is None:  # one project: as `drop ID` always did
+    # one project and nothing else (but --lock-timeout): as `drop ID` always did; else a fleet run and its report
+    if (
+        len(ids) == 1
+        and retain is None
+        and not given(*(n for n in OPTION_NAMES if n not in {"project_ids", "lock_timeout"}))
+    ):
         schema = schemas[0]
         confirm(f"dropping {schema} deletes all its data")
         dropped = dropping.drop_one(app.engine, ids[0], namespace=namespace, lock_timeout_ms=lock_timeout_ms)
@@ -160,8 +178,6 @@ def drop(app: AppContext, /, fleet: FleetOptions, retain: float | None, purge_ex
     else:
         confirm(f"quarantining {who} takes {'it' if len(ids) == 1 and not selected else 'them'} out of the fleet")
     run_and_report(app, operation, spec, fleet.as_json)
-    if purge_expired:
-        dropping.purge_expired(app.engine, namespace=namespace, lock_timeout_ms=lock_timeout_ms)
 
 
 @click.command()
@@ -195,6 +211,10 @@ def purge(app: AppContext, project_ids: tuple[str, ...], list_only: bool, lock_t
     a terminal; without one, --yes confirms."""
     from workspace_tool.lifecycle import drop as dropping
 
+    if list_only:  # every quarantined project: what else was given would be ignored, so it is refused
+        others = (["project ids"] if project_ids else []) + given("lock_timeout")
+        if others:
+            raise click.UsageError(f"--list lists every quarantined project: not with {', '.join(others)}")
     namespace = app.manager.chain.namespace
     if list_only:
         found = [q.as_dict() for q in dropping.quarantined(app.engine, namespace)]
@@ -215,7 +235,7 @@ def purge(app: AppContext, project_ids: tuple[str, ...], list_only: bool, lock_t
 
 
 @click.command(name="exec")
-@fleet_options
+@task_options
 @click.option("-c", "--command", "command", metavar="SQL", help="The SQL to run in each project's schema.")
 @click.option("-f", "--file", "sql_file", type=click.Path(exists=True, dir_okay=False), help="Read the SQL from FILE.")
 @pass_app
@@ -228,8 +248,7 @@ def exec_(app: AppContext, /, fleet: FleetOptions, command: str | None, sql_file
     if (command is None) == (sql_file is None):
         raise click.UsageError("pass the SQL with -c SQL or -f FILE (one of them)")
     if sql_file is not None:
-        with open(sql_file, encoding="utf-8") as file:
-            command = file.read()
+        command = read_text(sql_file, "-f")
     assert command is not None
     operation = exec_operation(command)
     run_and_report(app, operation, fleet.run_spec(operation), fleet.as_json)

@@ -94,16 +94,42 @@ def split_ids(text: str) -> list[str]:
     return [i for line in text.splitlines() for i in line.split("#", 1)[0].replace(",", " ").split()]
 
 
-def read_ids(path: str, option: str) -> list[str]:
-    """The project ids in a file (split_ids); a usage error if it can't be read or lists none."""
+def read_text(path: str, option: str) -> str:
+    """A file a command reads (``option`` names it in the error): its text, or a usage error if it can't be
+    read or is not UTF-8 text."""
     try:
         with open(path, encoding="utf-8") as file:
-            ids = split_ids(file.read())
+            return file.read()
     except (OSError, UnicodeError) as exc:
         raise click.UsageError(f"{option} {path}: cannot read it ({exc.__class__.__name__}: {exc})") from None
+
+
+def read_ids(path: str, option: str) -> list[str]:
+    """The project ids in a file (split_ids); a usage error if it can't be read or lists none."""
+    ids = split_ids(read_text(path, option))
     if not ids:
         raise click.UsageError(f"{option} {path}: the file lists no project id")
     return ids
+
+
+def given(*names: str) -> list[str]:
+    """Which of the current command's parameters ``names`` (as the command gets them) were given on the
+    command line or in the environment, each as its option (``--jobs``, ``--fail-fast/--continue-on-error``;
+    an argument as its name), in the command's order: for a mode that uses none of them to refuse them."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    wanted = set(names)
+    shown = []
+    for param in ctx.command.params:
+        if param.name not in wanted or ctx.get_parameter_source(param.name) in (None, ParameterSource.DEFAULT):
+            continue
+        if isinstance(param, click.Option):
+            longest = max(param.opts, key=len)
+            shown.append("/".join([longest, *param.secondary_opts]))
+        else:
+            shown.append(param.human_readable_name)
+    return shown
 
 
 def output_options(f: F) -> F:

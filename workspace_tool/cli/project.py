@@ -64,6 +64,10 @@ def ensure(
         ctx = click.get_current_context()
         param = next(p for p in ctx.command.params if p.name == "project_ids")
         raise click.MissingParameter("Or pass --ids-from FILE.", ctx=ctx, param=param)
+    if adopt and no_upgrade:  # an adoption runs the chain into the schema: an upgrade from base
+        raise click.UsageError(
+            "--adopt runs the chain into an existing schema, which --no-upgrade forbids: pass one of them"
+        )
     for project_id in ids:  # every id is checked before any SQL is sent
         app.manager.chain.namespace.schema_for(project_id)
     if ids_from is not None or jobs is not None:

@@ -1,7 +1,8 @@
 """What a fleet run does with one project it read, from the batch read alone: work (a schema to migrate), or
 a verdict (left alone: skipped with a reason, or failed with an error). The operation's rules are its own
 (``Operation.refusal``); what is the fleet's alone is here: an orphan found by ``--all`` is skipped, a schema
-at the target whose registry row agrees needs nothing, a project named but missing fails."""
+at the target whose registry row agrees needs nothing, a project named but missing fails (and one named
+behind head, when ensured without upgrading)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,10 @@ def decide(
     refusal = operation.refusal(chain, r.version, target, exists=r.exists)
     if refusal is None:
         return Work(r.project_id, r.schema, r.version, r.exists)
-    if refusal is Refusal.UNKNOWN_REVISION or (refusal is Refusal.MISSING and named):
+    # a named project missing (for an operation that doesn't create), or behind for one that creates but
+    # doesn't upgrade (ensure(upgrade=False), as the manager's raises): what was asked can't be done
+    behind_ensure = refusal is Refusal.BEHIND and operation.creates
+    if refusal is Refusal.UNKNOWN_REVISION or (named and (refusal is Refusal.MISSING or behind_ensure)):
         error = operation.error(refusal, r.project_id, r.schema, r.version, target)
         return Verdict(Outcome.FAILED, error=str(error))
     return Verdict(Outcome.SKIPPED, _SKIPPED.get(refusal, SkipReason.AHEAD_OF_TARGET))

@@ -21,7 +21,7 @@ from workspace_tool import spares as warm_pool
 from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import first_line, translating
-from workspace_tool.errors import ConfigurationError, WorkspaceError
+from workspace_tool.errors import ConfigurationError, UnmanagedSchema, WorkspaceError
 from workspace_tool.flavor import pooler
 from workspace_tool.fleet.decide import Verdict, decide
 from workspace_tool.fleet.executors import StopRule, Tracker, run_threads
@@ -36,6 +36,7 @@ from workspace_tool.registry.inventory import read_fleet, read_versions_parallel
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
 from workspace_tool.schema.operation import DOWNGRADE, PROVISION, UPGRADE, Operation, Work
 from workspace_tool.schema.plan import Expected, SchemaPlan
+from workspace_tool.schema.state import check_managed, read_state
 
 EXECUTORS = ("auto", "threads")
 log = logging.getLogger(__name__)
@@ -375,9 +376,15 @@ def render_sql(engine: Engine, chain: Chain, operation: Operation, spec: RunSpec
     if spec.selection is not None:
         records = spec.selection.apply(records, chain)
     how = Sending(chain, registry.probed(probe), lock_timeout_ms=spec.lock_timeout_ms)
+    decisions = [decide(operation, chain, record, resolved, named=spec.named) for record in records]
+    unmanaged = {} if spec.adopt else _unmanaged(engine, chain, [d for d in decisions if isinstance(d, Work)])
     scripts = []
-    for record in records:
-        decided = decide(operation, chain, record, resolved, named=spec.named)
+    for record, decided in zip(records, decisions, strict=True):
+        if record.schema in unmanaged:  # a run refuses it (without adopt): no SQL, the run's error
+            scripts.append(
+                SchemaSQL(record.project_id, record.schema, None, resolved, Path.NONE, None, unmanaged[record.schema])
+            )
+            continue
         if isinstance(decided, Verdict):
             note = decided.note or decided.error
             scripts.append(
@@ -403,6 +410,24 @@ def render_sql(engine: Engine, chain: Chain, operation: Operation, spec: RunSpec
             )
         )
     return scripts
+
+
+def _unmanaged(engine: Engine, chain: Chain, work: list[Work]) -> dict[str, str]:
+    """Of the schemas to migrate, those a run would refuse as not made by workspace-tool (relations, no
+    alembic_version: ``check_managed``), each with its error. Asked only of existing schemas at base."""
+    candidates = [w for w in work if w.exists and w.from_revision is None]
+    if not candidates:
+        return {}
+    refused = {}
+    with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
+        for w in candidates:
+            state = read_state(conn, w.project_id, w.schema, chain.namespace)
+            try:
+                check_managed(conn, w.project_id, w.schema, state, adopt=False)
+            except UnmanagedSchema as exc:
+                refused[w.schema] = str(exc)
+        conn.rollback()
+    return refused
 
 
 def _plan(how: Sending, work: Work, operation: Operation, target: str | None) -> SchemaPlan:

@@ -57,15 +57,19 @@ def export_project(
     engine: Engine, chain: Chain, project_id: str, path: str | os.PathLike[str], *, schema: str | None = None
 ) -> ExportResult:
     """Write ``project_id``'s rows to ``path`` (written beside it first, then renamed: a failed export
-    leaves no file). Read in one REPEATABLE READ snapshot, so the rows and the revision agree; no lock is
-    taken (a migration waits for nothing). ``schema``: read from this schema instead of the project's (a
-    move exports the project's quarantined schema)."""
+    leaves no file; a path that is not a regular file, such as a FIFO or a device, is refused). Read in one
+    REPEATABLE READ snapshot, so the rows and the revision agree; no lock is taken (a migration waits for
+    nothing). ``schema``: read from this schema instead of the project's (a move exports the project's
+    quarantined schema)."""
     import time
 
     started = time.perf_counter()
     schema = schema or chain.namespace.schema_for(project_id)
     target = os.fspath(path)
-    partial = target + ".partial"
+    final = os.path.realpath(target)  # through a symlink: the file it points to is replaced, not the link
+    if os.path.exists(final) and not os.path.isfile(final):  # a FIFO, a device: the rename would replace it
+        raise LifecycleRefused(f"cannot write {target}: it is not a regular file; nothing was exported")
+    partial = final + ".partial"
     with translating(engine.url, schema), transactions.connect(engine) as conn:
         conn = conn.execution_options(isolation_level="REPEATABLE READ")
         with conn.begin():
@@ -80,7 +84,7 @@ def export_project(
                     ) from None
                 with out:
                     manifest = _write(conn, out, chain, project_id, schema, revision)
-                os.replace(partial, target)
+                os.replace(partial, final)
             finally:
                 if os.path.exists(partial):
                     os.unlink(partial)
