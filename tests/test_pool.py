@@ -132,12 +132,12 @@ def test_with_no_spare_left_the_schema_is_built_in_one_more_round_trip(pooled: W
     statements = counter.statements
     assert paths == ["pool", "pool", "pool", "fast"]
     assert last_path(pooled.engine, "p3") == ("create", "fast", HEAD)
-    # each claim is one statement that takes the lock itself (registry r0006), alone in its round trip
-    claims = [s for s in statements if "claim_spare_locked(" in s]
+    # each claim is one statement that takes the lock itself (registry r0009), alone in its round trip
+    claims = [s for s in statements if "claim_project(" in s]
     assert len(claims) == 4 and all("pg_advisory_xact_lock" not in s for s in claims)
     # the last one: the claim found nothing (nothing changed), then the build, one round trip under the lock
     last = statements[statements.index(next(s for s in statements if "project_p3" in s)) :]
-    assert len(last) == 2 and "claim_spare_locked(hashtextextended('workspace_tool:project_p3'" in last[0]
+    assert len(last) == 2 and "claim_project(hashtextextended('workspace_tool:project_p3'" in last[0]
     assert "pg_advisory_xact_lock" in last[1] and '\nCREATE SCHEMA "project_p3";' in last[1]
 
 
@@ -373,7 +373,7 @@ def test_the_background_refill_runs_on_its_own_thread_and_connection(engine: sa.
     seen: list[tuple[str, int]] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "INSERT INTO project_registry.spare_schemas" in statement or "claim_spare" in statement:
+        if "INSERT INTO project_registry.spare_schemas" in statement or "claim_project" in statement:
             seen.append((threading.current_thread().name, id(conn.connection.dbapi_connection)))
 
     mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=2, refill=True)
@@ -649,7 +649,7 @@ def test_a_claim_whose_connection_dies_leaves_the_spare_a_spare(pooled: Workspac
         victim.start()
         waiting = sa.text(
             "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'transactionid' "
-            "AND query LIKE '%claim_spare_locked%'"
+            "AND query LIKE '%claim_project%'"
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -263,7 +263,7 @@ def test_a_first_ensure_from_the_warm_pool_is_one_round_trip_and_a_fresh_build_w
     finally:
         counted.dispose()
     assert claimed.path == "pool" and len(sent) == 1, sent  # lock, claim, rename, registry row: one statement
-    assert "claim_spare_locked(" in sent[0] and "pg_advisory_xact_lock" not in sent[0]
+    assert "claim_project(" in sent[0] and "pg_advisory_xact_lock" not in sent[0]
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
     assert built.path == "fast" and len(fallback) == 2, fallback  # no spare: nothing changed, then the build
     assert assert_consistent(engine) == {f"project_{p}": "a2" for p in ("built", "claimed", "no_spare_left")}
@@ -293,7 +293,7 @@ def test_a_claim_is_one_round_trip_committed_as_its_setting_says_leaving_no_sett
     finally:
         counted.dispose()
     assert claimed.path == "pool" and len(sent) == 1, sent
-    assert "claim_spare_locked(" in sent[0]
+    assert "claim_project(" in sent[0]
     if setting == "durable":
         assert "synchronous_commit" not in sent[0]
     else:
@@ -331,10 +331,22 @@ def test_the_async_managers_claim_is_the_same_round_trip_committed_as_its_settin
 
     path, sent, after = asyncio.run(main())
     assert path == "pool" and len(sent) == 1, sent
-    assert "claim_spare_locked(" in sent[0] and sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;")
+    assert "claim_project(" in sent[0] and sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;")
     assert ("SET LOCAL synchronous_commit = off;" in sent[0]) is (setting is None)
     assert after == "on"
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+    with engine.connect() as conn:  # the registry row a build writes, but for its path
+        rows = conn.execute(
+            sa.text(
+                "SELECT project_id, schema_name, revision, status, last_action, last_path, last_error, "
+                "last_duration_ms > 0 FROM project_registry.workspace_config WHERE project_id IN ('built', 'claimed') "
+                "ORDER BY project_id"
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("built", "project_built", "a1", "ready", "create", "fast", None, True),
+        ("claimed", "project_claimed", "a1", "ready", "create", "pool", None, True),
+    ]
 
 
 def test_the_async_managers_first_ensure_finding_no_spare_builds_under_the_schemas_lock(
