@@ -185,12 +185,13 @@ def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
     ``SchemaPlan.claim_alone``, one implicit transaction that takes the schema's lock, claims a spare and
     writes its registry row. ``claimed`` False: there was no spare (or the schema exists), nothing changed
     and the lock is released. asyncpg reads no row back from it (``recorded_ms`` None)."""
+    sql = plan.claim_alone()
     if conn.dialect.driver == "asyncpg":
-        log.debug("%s: one round trip on asyncpg:\n%s", plan.schema, plan.claim_alone())
-        return Sent(None, claimed=_returned_a_row(conn, [plan.claim_alone()]))
+        log.debug("%s: one round trip on asyncpg:\n%s", plan.schema, sql)
+        return Sent(None, claimed=_returned_a_row(conn, [sql]))
     if conn.dialect.driver != "psycopg2":
         raise ValueError("only psycopg2 and asyncpg send a claim alone in one round trip")
-    recorded = send_raw(conn, plan.schema, plan.claim_alone())
+    recorded = send_raw(conn, plan.schema, sql)
     return _sent(recorded, claimed=recorded is not None)
 
 
