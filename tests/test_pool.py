@@ -21,7 +21,15 @@ from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from support.chains import ALEMBIC_INI, HEAD, TABLES, ChainBuilder
 from support.concurrency import WAIT, Victim, waiting_on_advisory
-from support.db import StatementCounter, assert_consistent, catalog, registry_row, schema_exists, schema_tables
+from support.db import (
+    StatementCounter,
+    assert_consistent,
+    catalog,
+    registry_row,
+    schema_exists,
+    schema_tables,
+    schema_version,
+)
 
 from workspace_tool import (
     ConfigurationError,
@@ -235,15 +243,20 @@ def test_concurrent_first_ensures_from_the_pool_never_wait_for_one_another(
             held.commit()
             claimed_elsewhere.commit()
             last = await waiting
+        try:
+            built = await amgr.ensure_detailed("no-spare-left")  # none left: built, the online revision too
+        finally:
             await aengine.dispose()
-        return still_waiting, [str(r.path) for r in [last, *others]]
+        return still_waiting, [str(r.path) for r in [last, *others, built]]
 
     try:
-        assert asyncio.run(main()) == (True, ["pool"] * 3)
+        assert asyncio.run(main()) == (True, ["pool"] * 3 + ["mixed"])
     finally:
         held.close()
         claimed_elsewhere.close()
     assert spare_rows(engine) == [] and spare_schemas(engine) == []  # four claims, four spares
+    assert schema_version(engine, "project_no_spare_left") == "a2"
+    assert (registry_row(engine, "no-spare-left") or {}).get("revision") == "a2"
     built = catalog(engine, "project_built")
     for project in ("held", "free_0", "free_1", "open"):
         assert diff(built, catalog(engine, f"project_{project}")) == [], project
