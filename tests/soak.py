@@ -475,7 +475,7 @@ class CommandLoop(threading.Thread):
 
 
 # ----------------------------------------------------------------------------- the pool's deletions
-# Every deletion of a spare's row: claimed (renamed into a project's schema by claim_spare, in the
+# Every deletion of a spare's row: claimed (renamed into a project's schema by claim_spare or claim_project, in the
 # application's process), or dropped by a fill (TAKE: `pool fill`, the background refill, `upgrade --all`),
 # with when its release last filled the pool, and who did it (application_name: soak-<release>-<what>).
 AUDIT = """
@@ -871,7 +871,7 @@ def judge_audit(
         if owner is None or by is None:
             violations.append(f"{what} deleted by {row.application!r}: an unknown release")
             continue
-        if "claim_spare" in row.statement:
+        if "claim_spare" in row.statement or "claim_project" in row.statement:
             counts[f"{owner.name}'s claimed by {by.name}"] += 1
             if by is not owner or not row.ready or not row.application.endswith("-app"):
                 violations.append(f"{what} (ready {row.ready}) claimed by {row.application}")

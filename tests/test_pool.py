@@ -20,8 +20,16 @@ from click.testing import CliRunner, Result
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from support.chains import ALEMBIC_INI, HEAD, TABLES, ChainBuilder
-from support.concurrency import Victim, waiting_on_advisory
-from support.db import StatementCounter, assert_consistent, catalog, registry_row, schema_exists, schema_tables
+from support.concurrency import WAIT, Victim, waiting_on_advisory
+from support.db import (
+    StatementCounter,
+    assert_consistent,
+    catalog,
+    registry_row,
+    schema_exists,
+    schema_tables,
+    schema_version,
+)
 
 from workspace_tool import (
     ConfigurationError,
@@ -132,12 +140,12 @@ def test_with_no_spare_left_the_schema_is_built_in_one_more_round_trip(pooled: W
     statements = counter.statements
     assert paths == ["pool", "pool", "pool", "fast"]
     assert last_path(pooled.engine, "p3") == ("create", "fast", HEAD)
-    # each claim is one statement that takes the lock itself (registry r0006), alone in its round trip
-    claims = [s for s in statements if "claim_spare_locked(" in s]
+    # each claim is one statement that takes the lock itself (registry r0009), alone in its round trip
+    claims = [s for s in statements if "claim_project(" in s]
     assert len(claims) == 4 and all("pg_advisory_xact_lock" not in s for s in claims)
     # the last one: the claim found nothing (nothing changed), then the build, one round trip under the lock
     last = statements[statements.index(next(s for s in statements if "project_p3" in s)) :]
-    assert len(last) == 2 and "claim_spare_locked(hashtextextended('workspace_tool:project_p3'" in last[0]
+    assert len(last) == 2 and "claim_project(hashtextextended('workspace_tool:project_p3'" in last[0]
     assert "pg_advisory_xact_lock" in last[1] and '\nCREATE SCHEMA "project_p3";' in last[1]
 
 
@@ -193,6 +201,65 @@ def test_the_async_manager_claims_spares_and_gathers_them(engine: sa.Engine, dat
         conn.execute(sa.text(f"DROP OWNED BY {role}"))
         conn.execute(sa.text(f"DROP ROLE {role}"))
     assert allowed is True
+
+
+SEED = "op.get_bind().exec_driver_sql(\"INSERT INTO items (name) VALUES ('seed')\")  # reads the database: online"
+
+
+def test_concurrent_first_ensures_from_the_pool_never_wait_for_one_another(
+    engine: sa.Engine, database_url: URL, chain_builder: ChainBuilder
+) -> None:
+    """asyncio.gather of first ensures served from the warm pool: each gets a spare of its own, and none waits
+    for another claim in flight, neither on the server (a claim holding its spare, uncommitted, in another
+    session) nor in the manager (a claim waiting on the server, here for its schema's lock), even with a
+    revision in the chain that runs online (through Alembic, one at a time per event loop: a claim runs none)."""
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add("a2", SEED)
+    chain = Chain.load(chain_builder.ini)
+    assert chain.has_online
+    WorkspaceManager(engine, chain.config_path).ensure("built")  # the registry; a fresh build to compare with
+    spares.fill(engine, chain, 4)
+    claimed_elsewhere = engine.connect()  # a claim in flight in another session: its spare locked and renamed
+    claimed_elsewhere.execute(
+        sa.text("SELECT project_registry.claim_spare('project_open', :head, :chain)"),
+        {"head": chain.head, "chain": chain.fingerprint},
+    )
+    held = engine.connect()  # the schema lock of one project, so that its claim waits on the server
+    held.execute(sa.text("SELECT pg_advisory_lock(" + lock_id("project_held") + ")"))
+    held.commit()
+
+    async def main() -> tuple[bool, list[str]]:
+        aengine = create_async_engine(async_url(database_url), poolclass=sa.pool.NullPool)
+        amgr = ProjectWorkspaceManager(aengine, chain.config_path, warm_pool=4)
+        waiting = asyncio.create_task(amgr.ensure_detailed("held"))
+        try:
+            with engine.connect() as admin:
+                await asyncio.to_thread(waiting_on_advisory, admin)  # its claim waits on the server
+            others = await asyncio.wait_for(
+                asyncio.gather(*(amgr.ensure_detailed(f"free-{i}") for i in range(2))), WAIT
+            )
+            still_waiting = not waiting.done()
+        finally:
+            held.execute(sa.text("SELECT pg_advisory_unlock(" + lock_id("project_held") + ")"))
+            held.commit()
+            claimed_elsewhere.commit()
+            last = await waiting
+        try:
+            built = await amgr.ensure_detailed("no-spare-left")  # none left: built, the online revision too
+        finally:
+            await aengine.dispose()
+        return still_waiting, [str(r.path) for r in [last, *others, built]]
+
+    try:
+        assert asyncio.run(main()) == (True, ["pool"] * 3 + ["mixed"])
+    finally:
+        held.close()
+        claimed_elsewhere.close()
+    assert spare_rows(engine) == [] and spare_schemas(engine) == []  # four claims, four spares
+    assert schema_version(engine, "project_no_spare_left") == "a2"
+    assert (registry_row(engine, "no-spare-left") or {}).get("revision") == "a2"
+    built = catalog(engine, "project_built")
+    for project in ("held", "free_0", "free_1", "open"):
+        assert diff(built, catalog(engine, f"project_{project}")) == [], project
 
 
 def test_the_fleet_provision_claims_spares_then_builds_the_rest(engine: sa.Engine) -> None:
@@ -319,7 +386,7 @@ def test_the_background_refill_runs_on_its_own_thread_and_connection(engine: sa.
     seen: list[tuple[str, int]] = []
 
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if "INSERT INTO project_registry.spare_schemas" in statement or "claim_spare" in statement:
+        if "INSERT INTO project_registry.spare_schemas" in statement or "claim_project" in statement:
             seen.append((threading.current_thread().name, id(conn.connection.dbapi_connection)))
 
     mgr = WorkspaceManager(engine, ALEMBIC_INI, warm_pool=2, refill=True)
@@ -595,7 +662,7 @@ def test_a_claim_whose_connection_dies_leaves_the_spare_a_spare(pooled: Workspac
         victim.start()
         waiting = sa.text(
             "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'transactionid' "
-            "AND query LIKE '%claim_spare_locked%'"
+            "AND query LIKE '%claim_project%'"
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

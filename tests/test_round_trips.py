@@ -4,6 +4,7 @@ latency per schema for every user: these counts are the contract, not a timing."
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,17 +14,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import create_async_engine
 from support.chains import ITEMS, UNIQUE, ChainBuilder, with_options
 from support.data import add_rows
 from support.db import assert_consistent, catalog, registry_state, schema_version
 from wire import WireRecorder
 
-from workspace_tool import WorkspaceManager, fleet, spares
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, fleet, spares
 from workspace_tool.chain import Chain
 from workspace_tool.errors import ConfigurationError, MigrationFailed
 from workspace_tool.managers import cache
 from workspace_tool.schema.catalog import diff
 from workspace_tool.spares.settings import async_claim
+from workspace_tool.urls import async_url
 
 
 @pytest.fixture
@@ -260,7 +263,7 @@ def test_a_first_ensure_from_the_warm_pool_is_one_round_trip_and_a_fresh_build_w
     finally:
         counted.dispose()
     assert claimed.path == "pool" and len(sent) == 1, sent  # lock, claim, rename, registry row: one statement
-    assert "claim_spare_locked(" in sent[0] and "pg_advisory_xact_lock" not in sent[0]
+    assert "claim_project(" in sent[0] and "pg_advisory_xact_lock" not in sent[0]
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
     assert built.path == "fast" and len(fallback) == 2, fallback  # no spare: nothing changed, then the build
     assert assert_consistent(engine) == {f"project_{p}": "a2" for p in ("built", "claimed", "no_spare_left")}
@@ -290,13 +293,86 @@ def test_a_claim_is_one_round_trip_committed_as_its_setting_says_leaving_no_sett
     finally:
         counted.dispose()
     assert claimed.path == "pool" and len(sent) == 1, sent
-    assert "claim_spare_locked(" in sent[0]
+    assert "claim_project(" in sent[0]
     if setting == "durable":
         assert "synchronous_commit" not in sent[0]
     else:
         assert "SET LOCAL synchronous_commit = off;" in sent[0]
     assert after == "on"
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+
+
+@pytest.mark.parametrize("setting", [None, "durable"])
+def test_the_async_managers_claim_is_the_same_round_trip_committed_as_its_setting_says(
+    engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder, setting: str | None
+) -> None:
+    """asyncpg (ProjectWorkspaceManager): the claim a first ensure sends is the sync manager's, one round trip
+    (its isolation level, the commit its setting asks for, the lock taken by the claim), leaving the session's
+    synchronous_commit as it was (through a pooler, the next client's)."""
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
+    options = {} if setting is None else {"workspace_pool_claim_commit": setting}
+    chain = Chain.load(with_options(chain_builder.ini, **options))
+    WorkspaceManager(engine, chain.config_path).ensure("built")
+    spares.fill(engine, chain, 2)
+
+    async def main() -> tuple[str, list[str], str]:
+        aengine = create_async_engine(async_url(wire.url), pool_size=1, max_overflow=0)
+        try:
+            amgr = ProjectWorkspaceManager(aengine, chain.config_path, warm_pool=2)
+            await amgr.ensure("warm-up")  # the engine's first connect
+            wire.clear()
+            claimed = await amgr.ensure_detailed("claimed")
+            sent = wire.queries
+            async with aengine.connect() as conn:  # the one pooled connection the claim ran on
+                after = (await conn.execute(sa.text("SELECT current_setting('synchronous_commit')"))).scalar_one()
+            return str(claimed.path), sent, str(after)
+        finally:
+            await aengine.dispose()
+
+    path, sent, after = asyncio.run(main())
+    assert path == "pool" and len(sent) == 1, sent
+    assert "claim_project(" in sent[0] and sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;")
+    assert ("SET LOCAL synchronous_commit = off;" in sent[0]) is (setting is None)
+    assert after == "on"
+    assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+    with engine.connect() as conn:  # the registry row a build writes, but for its path
+        rows = conn.execute(
+            sa.text(
+                "SELECT project_id, schema_name, revision, status, last_action, last_path, last_error, "
+                "last_duration_ms > 0 FROM project_registry.workspace_config WHERE project_id IN ('built', 'claimed') "
+                "ORDER BY project_id"
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("built", "project_built", "a1", "ready", "create", "fast", None, True),
+        ("claimed", "project_claimed", "a1", "ready", "create", "pool", None, True),
+    ]
+
+
+def test_the_async_managers_first_ensure_finding_no_spare_builds_under_the_schemas_lock(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain
+) -> None:
+    """asyncpg, the warm pool on and empty: the claim changed nothing; the transaction that then builds the
+    schema takes the schema's lock before it looks (another ensure of the project can't build it too)."""
+    WorkspaceManager(engine, tiny.config_path).ensure("built")
+
+    async def main() -> tuple[str, list[str]]:
+        aengine = create_async_engine(async_url(wire.url), poolclass=sa.pool.NullPool)  # prepares afresh
+        try:
+            amgr = ProjectWorkspaceManager(aengine, tiny.config_path, warm_pool=1)
+            await amgr.bootstrap()
+            wire.clear()
+            result = await amgr.ensure_detailed("no-spare")
+            return str(result.path), wire.queries
+        finally:
+            await aengine.dispose()
+
+    path, sent = asyncio.run(main())
+    assert path == "fast"
+    created = next(i for i, q in enumerate(sent) if 'CREATE SCHEMA "project_no_spare"' in q)
+    began = max(i for i, q in enumerate(sent[:created]) if q.startswith("BEGIN"))
+    assert any("pg_advisory_xact_lock" in q for q in sent[began:created]), sent
+    assert assert_consistent(engine)["project_no_spare"] == "a2"
 
 
 def test_a_bad_claim_commit_setting_is_one_line(chain_builder: ChainBuilder) -> None:

@@ -112,13 +112,20 @@ class AsyncWorkspaceManager:
             return call.result
         if call.verify and (answer := self._core.verified(call, await self._read_version(call.schema))) is not None:
             return answer
-        flavor = await self._flavor()
-        work = self._core.work(call, flavor.with_direct(self.direct_engine is not None))
+        flavor = (await self._flavor()).with_direct(self.direct_engine is not None)
+        pool = True
+        if self.chain.has_online and (claim := self._core.claim(call, flavor)) is not None:
+            # Alembic's lock is for online revisions: a claim runs none, and waits for no other ensure
+            claimed = await self._run(call.schema, claim)
+            if isinstance(claimed, EnsureResult):
+                return self._core.finished(call, claimed)
+            pool = claimed is None  # None: not claimed in one round trip (an old registry): as before
+        work = self._core.work(call, flavor, pool=pool)
         try:
             result = await self._migrate(call.schema, work)
         except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
             result = await self._migrate(
-                call.schema, self._core.work(call, flavor.with_direct(False)), self.direct_engine
+                call.schema, self._core.work(call, flavor.with_direct(False), pool=pool), self.direct_engine
             )
         return self._core.finished(call, result)
 

@@ -21,7 +21,7 @@ from workspace_tool.chain.plan import Path
 from workspace_tool.flavor import Flavor
 from workspace_tool.registry import known as cache
 from workspace_tool.registry.inventory import VersionsReader
-from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, migrate
+from workspace_tool.schema.migrate import EnsureResult, Migration, NoSpare, Sending, claim_first, claims, migrate
 from workspace_tool.schema.operation import ENSURE, ENSURE_EXISTING, Action
 from workspace_tool.schema.roles import validate_role_name
 from workspace_tool.spares.refill import Refiller
@@ -103,14 +103,26 @@ class EnsureCore:
         self.ready.pop(call.migration.project_id, None)
         return None
 
-    def work(self, call: Ensure, flavor: Flavor) -> Callable[[Connection], EnsureResult]:
+    def work(self, call: Ensure, flavor: Flavor, *, pool: bool = True) -> Callable[[Connection], EnsureResult]:
         """What to run on a connection: the careful path (schema/migrate.py), which claims a spare from the
-        warm pool for a missing schema when the pool is on; unless verifying (the version was read), a
-        schema not known here is first tried as a new one, in one round trip (``migrate.first_round_trip``).
-        With a direct connection configured (``flavor.direct``: the manager has a direct engine), a range
-        that needs a session raises pooler.UseDirect, nothing changed, for the manager to run it there."""
-        how = Sending(self.chain, flavor, pool=self.warm_pool > 0, first_round_trip=not call.verify)
+        warm pool for a missing schema when the pool is on (and ``pool``: False once ``claim`` found none);
+        unless verifying (the version was read), a schema not known here is first tried as a new one, in one
+        round trip (``migrate.first_round_trip``). With a direct connection configured (``flavor.direct``:
+        the manager has a direct engine), a range that needs a session raises pooler.UseDirect, nothing
+        changed, for the manager to run it there."""
+        how = self._sending(call, flavor, pool)
         return lambda conn: migrate(conn, how, call.migration, started=call.started)
+
+    def claim(self, call: Ensure, flavor: Flavor) -> Callable[[Connection], EnsureResult | NoSpare | None] | None:
+        """The warm pool's claim alone (``migrate.claim_first``: one round trip, no Alembic), for a manager
+        that sends it apart from the rest of ``work``; None when no claim would be tried first."""
+        how = self._sending(call, flavor, True)
+        if not how.first_round_trip or not claims(how, call.migration) or call.migration.owner_role:
+            return None
+        return lambda conn: claim_first(conn, how, call.migration, call.started)
+
+    def _sending(self, call: Ensure, flavor: Flavor, pool: bool) -> Sending:
+        return Sending(self.chain, flavor, pool=pool and self.warm_pool > 0, first_round_trip=not call.verify)
 
     def finished(self, call: Ensure, result: EnsureResult) -> EnsureResult:
         """Remember a project brought to head (and the role granted on it); a schema created (from a spare

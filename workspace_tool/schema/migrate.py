@@ -10,11 +10,12 @@ schema's session lock (``send.run_in_parts``).
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
@@ -117,8 +118,12 @@ def migrate(conn: Connection, how: Sending, what: Migration, *, started: float |
     concurrently in that schema (the build waits for every older snapshot, the waiter's too). Whatever
     was committed before recorded its revision, so the new attempt starts from the state it reads."""
     started = time.perf_counter() if started is None else started
-    if how.first_round_trip and (first := first_round_trip(conn, how, what, started)) is not None:
-        return first
+    if how.first_round_trip:
+        first = first_round_trip(conn, how, what, started)
+        if isinstance(first, EnsureResult):
+            return first
+        if first is NO_SPARE:  # the claim changed nothing: the careful path doesn't send it again
+            how = replace(how, pool=False)
     for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
         try:
             return _migrate(conn, how, what, started)
@@ -303,19 +308,70 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     )
 
 
-def first_round_trip(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult | None:
-    """A schema expected missing (an ``ensure`` that hasn't read it: ``Sending.first_round_trip``) built in
-    ONE round trip: the fast lane's plan guarded by ``Expected(False, None)`` (lock, CREATE SCHEMA, the
-    chain, the registry row) sent as one implicit transaction (``send.send_batch(implicit=True)``). The
-    guard, under the schema's lock, runs the build only if the schema does not exist: for one that does
-    (every existing project's first ensure in a process) nothing is changed and the server reports no error
-    (``SchemaPlan.batch``), and the careful path runs.
+class NoSpare(enum.Enum):
+    """What a claim sent alone (``claim_first``) found: no spare, or the schema exists. Nothing changed, and
+    the schema's lock was released with its implicit transaction."""
 
-    Returns None, nothing changed, when this doesn't apply (not psycopg2, in a transaction, statement by
-    statement, an online step or one outside a transaction, a flavor that takes no batch, an owner role to
-    grant, an operation that creates nothing), the schema exists, or the round trip failed on the database's
-    account (a deadlock, no registry yet, a failing revision): the careful path then runs, reads the state
-    and decides, or fails saying why as it always does. A lost connection is raised (a DBAPIError)."""
+    NO_SPARE = "no spare"
+
+
+NO_SPARE = NoSpare.NO_SPARE
+
+
+def claim_first(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult | NoSpare | None:
+    """A missing schema claimed from the warm pool in ONE round trip (``send.claim_alone``: one implicit
+    transaction that takes the schema's lock, claims a spare, writes the registry row, committed as
+    ``workspace_pool_claim_commit`` says), on psycopg2 or asyncpg, ``conn`` not in a transaction. No SQL runs
+    through Alembic: the async manager sends it outside its lock on Alembic's globals.
+
+    Returns the result, or NO_SPARE (nothing changed: no spare, or the schema exists), or None when this
+    doesn't apply (the pool off, an owner role to grant, a caller that read the schema, ...) or the round
+    trip failed on the database's account (e.g. a registry before r0006): the careful path then claims as
+    before. A lost connection is raised (a DBAPIError on psycopg2)."""
+    if (
+        conn.dialect.driver not in ("psycopg2", "asyncpg")
+        or conn.in_transaction()
+        or not how.first_round_trip
+        or how.statement_by_statement
+        or what.owner_role
+        or not claims(how, what)
+    ):
+        return None
+    try:
+        sent = send.claim_alone(conn, _claim_plan(how, what, ()))
+    except Exception as failure:
+        if conn.invalidated or is_connection_error(failure):
+            raise _as_dbapi_error(conn, "claim", failure) from failure
+        log.debug("%s: no claim in one round trip (%s); the careful path", what.schema, sqlstate(failure))
+        return None  # e.g. a registry before r0006: the careful path claims as before
+    if not sent.claimed:
+        return NO_SPARE
+    duration = _recorded_ms(sent, started)
+    result = EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
+    return _logged(result, "claimed from the warm pool (one round trip)")
+
+
+def first_round_trip(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult | NoSpare | None:
+    """A schema expected missing (an ``ensure`` that hasn't read it: ``Sending.first_round_trip``) claimed
+    from the warm pool (``claim_first``, psycopg2 or asyncpg), else built in ONE round trip (psycopg2): the
+    fast lane's plan guarded by ``Expected(False, None)`` (lock, CREATE SCHEMA, the chain, the registry row)
+    sent as one implicit transaction (``send.send_batch(implicit=True)``). The guard, under the schema's
+    lock, runs the build only if the schema does not exist: for one that does (every existing project's first
+    ensure in a process) nothing is changed and the server reports no error (``SchemaPlan.batch``), and the
+    careful path runs.
+
+    Returns None (or NO_SPARE when a claim was sent and found none: the careful path then claims no more),
+    nothing changed, when the build doesn't apply (not psycopg2, in a transaction, statement by statement,
+    an online step or one outside a transaction, a flavor that takes no batch, an owner role to grant, an
+    operation that creates nothing), the schema exists, or the round trip failed on the database's account
+    (a deadlock, no registry yet, a failing revision): the careful path then runs, reads the state and
+    decides, or fails saying why as it always does. A lost connection is raised (a DBAPIError)."""
+    tried: NoSpare | None = None
+    if claims(how, what):
+        claimed = claim_first(conn, how, what, started)
+        if claimed is None or isinstance(claimed, EnsureResult):
+            return claimed
+        tried = claimed  # no spare: nothing changed; built as a new schema, in one round trip too
     if (
         conn.dialect.driver != "psycopg2"
         or conn.in_transaction()
@@ -324,33 +380,20 @@ def first_round_trip(conn: Connection, how: Sending, what: Migration, started: f
         or what.owner_role
         or not what.operation.creates
     ):
-        return None
-    if claims(how, what):
-        try:
-            sent = send.claim_alone(conn, _claim_plan(how, what, ()))
-        except Exception as failure:
-            if conn.invalidated or is_connection_error(failure):
-                raise _as_dbapi_error(conn, "claim", failure) from failure
-            log.debug("%s: no claim in one round trip (%s); the careful path", what.schema, sqlstate(failure))
-            return None  # e.g. a registry before r0006: the careful path claims as before
-        if sent.claimed:
-            duration = _recorded_ms(sent, started)
-            result = EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
-            return _logged(result, "claimed from the warm pool (one round trip)")
-        # no spare: nothing changed; built as a new schema, in one round trip too
+        return tried
     plan = fast_lane(how, what, Expected(False, None))
     if plan is None or not plan.batchable:
-        return None
+        return tried
     try:
         sent = send.send_batch(conn, plan, implicit=True)
     except Exception as failure:
         if conn.invalidated or is_connection_error(failure):
             raise _as_dbapi_error(conn, "first round trip", failure) from failure
         log.debug("%s: not built in one round trip (%s); the careful path instead", what.schema, sqlstate(failure))
-        return None
+        return tried
     if sent.recorded_ms is None:
         log.debug("%s: exists, nothing changed; the careful path instead", what.schema)
-        return None
+        return tried
     assert plan.record is not None
     result = EnsureResult(
         what.project_id, what.schema, Action.CREATED, None, what.target, _recorded_ms(sent, started), plan.record.path

@@ -56,7 +56,7 @@ from workspace_tool.flavor import Flavor
 from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry import expect_version_sql, update_sql, upsert_sql
 from workspace_tool.registry.table import REGISTRY_TABLE, RegistryAction
-from workspace_tool.spares.store import claim_statement
+from workspace_tool.spares.store import claim_project_statement, claim_statement
 from workspace_tool.sql import (
     lock_id,
     lock_statement,
@@ -248,16 +248,23 @@ class SchemaPlan:
 
     def claim_alone(self) -> str:
         """A claim as one implicit transaction sent alone (``send.claim_alone``): its isolation level and lock
-        timeout, then ONE statement that takes the schema's lock itself, claims a spare and writes the
-        registry row (registry r0006). Not with grants: they need the renamed schema (``units``)."""
-        if not self.claims or self.grants or not self.lock:
-            raise ValueError("only a claim without grants, under the schema's lock, is sent alone")
+        timeout, then ONE function call that takes the schema's lock itself, claims a spare and writes the
+        registry row (registry r0009's ``claim_project``), returning a row only if it claimed one. Not with
+        grants: they need the renamed schema (``units``)."""
+        if not self.claims or self.grants or not self.lock or self.record is None:
+            raise ValueError(
+                "only a claim without grants, under the schema's lock, with its registry row, is sent alone"
+            )
         bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
-        claim = self._steps_and_record(lock_in_claim=True)[1]
+        step, r = self.steps[0], self.record
+        if step.spare_of is None or step.to_rev != r.revision or r.earlier_ms:
+            raise ValueError("a claim records the revision it claims, in one transaction")
+        lock = lock_id(self.schema)
+        claim = claim_project_statement(lock, r.project_id, self.schema, r.revision, step.spare_of, r.action, r.path)
         commit = [ASYNC_COMMIT] if self.async_commit else []
-        return "\n".join([SET_ISOLATION, *commit, *(s + ";" for s in bound), f"{claim};"])
+        return "\n".join([SET_ISOLATION, *commit, *(s + ";" for s in bound), f"{self.namespace.sql(claim)};"])
 
-    def _steps_and_record(self, *, lock_in_claim: bool = False) -> tuple[tuple[Step, ...], str | None]:
+    def _steps_and_record(self) -> tuple[tuple[Step, ...], str | None]:
         """The steps, and the registry upsert; with a guard on an existing schema, the last step's final
         version UPDATE/DELETE and the upsert become one statement that fails unless the version moved
         (``_guards_by_cte``)."""
@@ -270,8 +277,7 @@ class SchemaPlan:
             claim = self.steps[0]
             assert claim.spare_of is not None
             upsert = upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, per_row_of="claimed")
-            lock = lock_id(self.schema) if lock_in_claim else None
-            return (), self.namespace.sql(claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert, lock=lock))
+            return (), self.namespace.sql(claim_statement(self.schema, claim.to_rev, claim.spare_of, upsert))
         if not self._guards_by_cte():
             return self.steps, self.namespace.sql(
                 upsert_sql(r.project_id, self.schema, r.revision, r.action, r.path, earlier_ms=r.earlier_ms)

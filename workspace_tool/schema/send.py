@@ -35,7 +35,7 @@ from workspace_tool.dberrors import describe, is_connection_error, is_driver_err
 from workspace_tool.errors import NonTransactionalFailed, RevisionFailed, WorkspaceError
 from workspace_tool.flavor import Flavor
 from workspace_tool.schema.plan import BEGIN, COMMIT, SchemaPlan, span
-from workspace_tool.sql import lock_statement, quote_ident, unlock_statement
+from workspace_tool.sql import lock_schema, lock_statement, quote_ident, unlock_statement
 
 # The session's settings a non-transactional step changes, read before and put back after.
 _SETTINGS = text(
@@ -112,6 +112,9 @@ def claim(conn: Connection, plan: SchemaPlan, *, lock_held: bool = False, statem
     assert isinstance(first, str)
     statements = [*([] if lock_held else plan.prelude()), first]
     if conn.dialect.driver == "asyncpg" and not statement_by_statement:
+        if not lock_held:
+            _lock_through_the_adapter(conn, plan)
+            statements = [first]
         sent = Sent(None, claimed=_returned_a_row(conn, statements))  # asyncpg reads no row from a batch
     else:
         recorded = send(conn, statements, statement_by_statement=statement_by_statement, result=True)
@@ -119,6 +122,18 @@ def claim(conn: Connection, plan: SchemaPlan, *, lock_held: bool = False, statem
     if sent.claimed:
         send(conn, [g for g in grants if isinstance(g, str)], statement_by_statement=statement_by_statement)
     return sent
+
+
+def _lock_through_the_adapter(conn: Connection, plan: SchemaPlan) -> None:
+    """asyncpg: the prelude (the lock timeout, the schema's lock) sent through SQLAlchemy, whose adapter
+    begins its transaction first. What is then sent on the driver itself is in that transaction, and the lock
+    held to its end; sent on the driver first, a batch is an implicit transaction of its own, which releases
+    the lock when it ends (and commits what it did there and then)."""
+    bound = [] if plan.lock_timeout_ms is None else plan.flavor.lock_timeout_statements(plan.lock_timeout_ms)
+    for statement in bound:
+        conn.exec_driver_sql(statement)
+    if plan.lock:
+        lock_schema(conn, plan.schema)
 
 
 def _run_online(conn: Connection, plan: SchemaPlan, chain: Chain, step: Step, *, outside: bool = False) -> None:
@@ -166,12 +181,17 @@ def send_trips(conn: Connection, plan: SchemaPlan) -> Sent:
 
 
 def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
-    """A claim in ONE round trip on psycopg2, ``conn`` not in a transaction: ``SchemaPlan.claim_alone``, one
-    implicit transaction that takes the schema's lock, claims a spare and writes its registry row. ``claimed``
-    False: there was no spare (or the schema exists), nothing changed and the lock is released."""
+    """A claim in ONE round trip on psycopg2 or asyncpg, ``conn`` not in a transaction:
+    ``SchemaPlan.claim_alone``, one implicit transaction that takes the schema's lock, claims a spare and
+    writes its registry row. ``claimed`` False: there was no spare (or the schema exists), nothing changed
+    and the lock is released. asyncpg reads no row back from it (``recorded_ms`` None)."""
+    sql = plan.claim_alone()
+    if conn.dialect.driver == "asyncpg":
+        log.debug("%s: one round trip on asyncpg:\n%s", plan.schema, sql)
+        return Sent(None, claimed=_returned_a_row(conn, [sql]))
     if conn.dialect.driver != "psycopg2":
-        raise ValueError("only psycopg2 sends a claim alone in one round trip")
-    recorded = send_raw(conn, plan.schema, plan.claim_alone())
+        raise ValueError("only psycopg2 and asyncpg send a claim alone in one round trip")
+    recorded = send_raw(conn, plan.schema, sql)
     return _sent(recorded, claimed=recorded is not None)
 
 

@@ -42,7 +42,6 @@ class SpareState(Word):
 SPARES_TABLE = f"{REGISTRY_SCHEMA}.spare_schemas"
 SPARE_PREFIX = SPARE_BASE  # the default namespace's
 CLAIM_FUNCTION = f"{REGISTRY_SCHEMA}.claim_spare"
-CLAIM_LOCKED_FUNCTION = f"{REGISTRY_SCHEMA}.claim_spare_locked"  # r0006: takes the schema's lock itself
 
 
 def spare_name(namespace: Namespace = DEFAULT) -> str:
@@ -50,18 +49,31 @@ def spare_name(namespace: Namespace = DEFAULT) -> str:
     return namespace.spare_prefix + uuid.uuid4().hex[:16]
 
 
-def claim_statement(schema: str, revision: str | None, chain: str, upsert: str, *, lock: str | None = None) -> str:
-    """ONE statement: claim a spare at ``revision`` built by the chain ``chain`` and rename it ``schema``
-    (``claim_spare``, under the caller's lock on ``schema``; with ``lock``, the schema's lock id, taking that
-    lock first itself: ``claim_spare_locked``, registry r0006), and only if it did, write the project's
-    registry row (``upsert``, written per row of ``claimed``). It returns one row, the duration the registry
-    row records, or none when nothing was claimed (no such spare, or ``schema`` exists): nothing changed."""
-    arguments = f"{sql_literal(schema)}, {sql_literal(revision)}, {sql_literal(chain)}"
-    call = f"{CLAIM_FUNCTION}({arguments})" if lock is None else f"{CLAIM_LOCKED_FUNCTION}({lock}, {arguments})"
+def claim_statement(schema: str, revision: str | None, chain: str, upsert: str) -> str:
+    """ONE statement, under the caller's lock on ``schema``: claim a spare at ``revision`` built by the chain
+    ``chain`` and rename it ``schema`` (``claim_spare``), and only if it did, write the project's registry row
+    (``upsert``, written per row of ``claimed``). It returns one row, the duration the registry row records,
+    or none when nothing was claimed (no such spare, or ``schema`` exists): nothing changed. A claim sent
+    alone, taking the lock itself, is ``claim_project_statement``."""
+    call = f"{CLAIM_FUNCTION}({sql_literal(schema)}, {sql_literal(revision)}, {sql_literal(chain)})"
     return (
         f"WITH claimed AS MATERIALIZED (SELECT 1 FROM {call} AS c(ok) WHERE c.ok), recorded AS ({upsert}) "
         "SELECT last_duration_ms FROM recorded"
     )
+
+
+CLAIM_PROJECT_FUNCTION = f"{REGISTRY_SCHEMA}.claim_project"  # r0009: claim_spare_locked (r0006) and the registry row
+
+
+def claim_project_statement(
+    lock: str, project_id: str, schema: str, revision: str | None, chain: str, action: str, path: str
+) -> str:
+    """ONE statement, a first ensure's claim sent alone (registry r0009's ``claim_project``): take the schema's
+    lock (``lock``, its id), claim a spare at ``revision`` built by the chain ``chain``, rename it ``schema``
+    and write the project's registry row (``action``, ``path``). It returns one row, the duration the registry
+    row records, or none when nothing was claimed (no such spare, or ``schema`` exists): nothing changed."""
+    arguments = ", ".join(sql_literal(v) for v in (project_id, schema, revision, chain, action, path))
+    return f"SELECT c.ms FROM {CLAIM_PROJECT_FUNCTION}({lock}, {arguments}) AS c(ms) WHERE c.ms IS NOT NULL"
 
 
 RELEASES_TABLE = f"{REGISTRY_SCHEMA}.pool_releases"
