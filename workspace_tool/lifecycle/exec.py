@@ -32,9 +32,9 @@ class ExecTask:
         return None if record.exists else Refusal.MISSING
 
     def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
-        """One round trip (and the commit): the lock, a guard that the schema is still there (gone
-        otherwise), the search_path, the SQL; behind a pooler a second one, the session's reset
-        (pooler.SESSION_RESET), so that a SET without LOCAL or a session lock in the SQL stays in its
+        """One round trip (batch.transaction): the lock, a guard that the schema is still there (gone
+        otherwise), the search_path, the SQL; behind a pooler two, the transaction ending with the session's
+        reset (pooler.SESSION_RESET), so that a SET without LOCAL or a session lock in the SQL stays in its
         transaction."""
         transactions.require(conn)
         statements = [
@@ -43,12 +43,10 @@ class ExecTask:
             search_path_sql(work.schema, flavor.extension_schema),
             self.sql,
         ]
-        pooled = pooler.behind_pooler(conn)  # cached per engine: one round trip per run at most
+        # what the SQL set for the session ends with its transaction (cached per engine: one probe per run)
+        reset = pooler.SESSION_RESET if pooler.behind_pooler(conn) else ()
         try:
-            with conn.begin():
-                rows, _ = batch.send(conn, flavor, statements)
-                if pooled:  # what the SQL set for the session ends with its transaction
-                    batch.send(conn, flavor, pooler.SESSION_RESET)
+            rows, _ = batch.transaction(conn, flavor, work.schema, statements, then=reset)
         except Exception as exc:
             if sqlstate(exc) == INVALID_SCHEMA_NAME and not batch.still_there(conn, work.schema):
                 raise WorkspaceNotFound(work.project_id, work.schema) from None  # dropped since the read: gone
