@@ -110,6 +110,31 @@ def test_a_transaction_pooler_is_detected_once_per_engine_and_a_direct_server_is
     pgbouncer.assert_no_leak(pooled.url, engine)
 
 
+def test_threads_asking_at_once_probe_for_the_pooler_once(pooled_url: URL) -> None:
+    """A fleet run's workers each ask before their first project (exec): one probe for all of them."""
+    threads = 6
+    fresh = sa.create_engine(pooled_url, pool_size=threads)
+    barrier = threading.Barrier(threads)
+    answers: list[bool] = []
+
+    def ask() -> None:
+        with fresh.connect() as conn:
+            barrier.wait()
+            answers.append(pooler.behind_pooler(conn))
+
+    try:
+        with StatementCounter(fresh) as counter:
+            workers = [threading.Thread(target=ask) for _ in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        assert answers == [True] * threads
+        assert [s for s in counter.statements if "pg_backend_pid" in s] == ["SELECT pg_backend_pid()"]
+    finally:
+        fresh.dispose()
+
+
 def test_the_ensure_path_never_probes_for_a_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
     mgr = WorkspaceManager(pooled, ALEMBIC_INI)
     try:
