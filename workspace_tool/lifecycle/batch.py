@@ -66,7 +66,7 @@ def transaction(
         else:
             reply = send.send_reply(conn, schema, _joined([SET_ISOLATION, *statements]))
             if send.in_transaction_block(conn):
-                send.send_raw(conn, schema, COMMIT, rollback=True)
+                send.send_raw(conn, schema, COMMIT)
     except conn.dialect.loaded_dbapi.Error as exc:
         raise _as_dbapi_error(conn, exc) from exc
     return reply.rows, reply.value
