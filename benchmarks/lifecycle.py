@@ -6,19 +6,26 @@
 * clone vs raw ``INSERT ... SELECT`` per table (one transaction, into a schema built beforehand, untimed);
   also against the raw copy plus ``clone --no-data`` (the schema's DDL). Goal <= 1.2x.
 * bulk drop of N projects (``drop --match``) vs raw ``DROP SCHEMA ... CASCADE`` and the registry row's
-  DELETE, one transaction per schema, on the same number of connections. Goal <= 1.2x.
-* ``exec -c SQL`` over N projects vs a raw parallel loop (SET LOCAL search_path; the SQL; COMMIT per
-  schema, same connections). Goal <= 1.3x.
+  DELETE, one transaction per schema sent as ONE round trip (BEGIN ... COMMIT), on the same number of
+  connections. Goal <= 1.2x.
+* ``exec -c SQL`` over N projects vs a raw parallel loop (BEGIN; SET LOCAL search_path; the SQL; COMMIT per
+  schema in ONE round trip, same number of connections). Goal <= 1.3x.
+  Both floors are given the schemas (the library reads the registry and the catalog to find them), take no
+  lock and check nothing: the fastest correct raw SQL a hand-written script would send. The library runs in a
+  child process (``--compare ROOT``: another tree's too, for a paired before/after), the contenders in a
+  rotating order, each timed run on new connections (a CLI run's backends, and a script's, are new).
 
 CHECKPOINT before each timed run. Works in databases it creates and drops on the embedded server (or
 $WORKSPACE_TOOL_BENCH_DATABASE_URL's).
 
-    python benchmarks/lifecycle.py [--chunks 5000] [--schemas 1000] [--repeat 3] [--quick]
+    python benchmarks/lifecycle.py [--chunks 5000] [--schemas 1000] [--repeat 3] [--quick] [--only fleet]
+        [--compare /tmp/old-tree]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -33,16 +40,15 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fleet_upgrade import checkpoint, run_transactions, server_url  # noqa: E402
+from fleet_process import send_all  # noqa: E402
+from fleet_upgrade import checkpoint, server_url  # noqa: E402
 
 from workspace_tool import WorkspaceManager, embedded, fleet  # noqa: E402
 from workspace_tool.chain import Chain  # noqa: E402
-from workspace_tool.fleet import RunSpec, Selection  # noqa: E402
 from workspace_tool.lifecycle import clone_project, export_project, import_project  # noqa: E402
-from workspace_tool.lifecycle.drop import drop_operation  # noqa: E402
-from workspace_tool.lifecycle.exec import exec_operation  # noqa: E402
 from workspace_tool.lifecycle.tables import project_tables  # noqa: E402
-from workspace_tool.sql import quote_ident, search_path_sql  # noqa: E402
+from workspace_tool.naming import schema_for  # noqa: E402
+from workspace_tool.sql import quote_ident, search_path_sql, sql_literal  # noqa: E402
 from workspace_tool.testing import fresh_database  # noqa: E402
 
 ALEMBIC_INI = ROOT / "alembic.ini"
@@ -189,46 +195,130 @@ def bench_clone(server: sa.URL, chunks: int, repeat: int) -> None:
             engine.dispose()
 
 
-def bench_drop_exec(server: sa.URL, schemas: int, repeat: int, jobs: int) -> None:
+# The library of a tree of workspace-tool (this one, or --compare's) in a process of its own, so that both
+# trees' runs are timed the same way: its engine's connections closed before each run (a CLI run's, and a
+# script's, backends are new: they have cached no project's relations), then one fleet run, timed in the child.
+CONTENDER = """
+import json, sys, time
+root, url, ini, jobs, match = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5]
+sys.path.insert(0, root)
+import sqlalchemy as sa
+from workspace_tool import fleet
+from workspace_tool.chain import Chain
+from workspace_tool.fleet import RunSpec, Selection
+from workspace_tool.lifecycle.drop import drop_operation
+from workspace_tool.lifecycle.exec import exec_operation
+assert fleet.__file__.startswith(root), fleet.__file__
+engine = sa.create_engine(url, pool_size=jobs + 2, max_overflow=4)
+chain = Chain.load(ini)
+spec = RunSpec(jobs=jobs, selection=Selection(match=[match]))
+for line in sys.stdin:
+    what, sql = json.loads(line)
+    operation = exec_operation(sql) if what == "exec" else drop_operation()
+    engine.dispose()
+    started = time.perf_counter()
+    report = fleet.run(engine, chain, operation, spec)
+    print(json.dumps({"s": time.perf_counter() - started, "ok": report.counts()["ok"]}), flush=True)
+"""
+
+
+class Contender:
+    """A tree's library in a child process: ``run("exec"|"drop")`` is one timed fleet run there."""
+
+    def __init__(self, root: Path, url: sa.URL, jobs: int, match: str) -> None:
+        self.child = subprocess.Popen(
+            [sys.executable, "-c", CONTENDER, str(root), url.render_as_string(hide_password=False), str(ALEMBIC_INI),
+             str(jobs), match],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=root,
+        )  # fmt: skip
+
+    def run(self, what: str, expected: int) -> float:
+        assert self.child.stdin is not None and self.child.stdout is not None
+        self.child.stdin.write(json.dumps([what, EXEC_SQL]) + "\n")
+        self.child.stdin.flush()
+        answer = json.loads(self.child.stdout.readline())
+        assert answer["ok"] == expected, answer
+        return float(answer["s"])
+
+    def close(self) -> None:
+        if self.child.stdin is not None:
+            self.child.stdin.close()
+        self.child.wait(60)
+
+
+def exec_floor(schema: str, extension_schema: str) -> str:
+    """What a hand-written script sends to run EXEC_SQL in one schema: its transaction, search_path first, in
+    ONE round trip (BEGIN ... COMMIT in one simple query, on a connection in autocommit)."""
+    return f"BEGIN ISOLATION LEVEL READ COMMITTED;\n{search_path_sql(schema, extension_schema)};\n{EXEC_SQL};\nCOMMIT;"
+
+
+def drop_floor(schema: str, project_id: str) -> str:
+    """What a hand-written script sends to drop one project: its schema and its registry row, in one
+    transaction sent as ONE round trip."""
+    return (
+        f"BEGIN ISOLATION LEVEL READ COMMITTED;\nDROP SCHEMA {quote_ident(schema)} CASCADE;\n"
+        f"DELETE FROM project_registry.workspace_config WHERE project_id = {sql_literal(project_id)};\nCOMMIT;"
+    )
+
+
+def bench_drop_exec(server: sa.URL, schemas: int, repeat: int, jobs: int, compare: Path | None = None) -> None:
+    """exec and bulk drop over ``schemas`` projects, each round's contenders in a rotating order, each timed run
+    after a CHECKPOINT and on new connections: this tree's library (and --compare's), each in a child process,
+    against the floor (``send_all``: each schema's transaction in ONE round trip from ``jobs`` connections)."""
     chain = Chain.load(ALEMBIC_INI)
     with fresh_database(server, "life_fleet", prefix="wst_bench") as url:
         engine = sa.create_engine(url, pool_size=jobs + 2, max_overflow=4)
+        trees = {"library": ROOT} | ({} if compare is None else {f"--compare {compare}": compare})
+        contenders = {label: Contender(root, url, jobs, "gone-*") for label, root in trees.items()}
         try:
             ids = [f"gone-{i:05d}" for i in range(schemas)]
             ext = WorkspaceManager(engine, ALEMBIC_INI).bootstrap()
-            ex_lib, ex_raw, dr_lib, dr_raw = [], [], [], []
-            select = Selection(match=["gone-*"])
-            for _ in range(repeat):
+            names = [*contenders, "floor"]
+            times: dict[str, dict[str, list[float]]] = {"exec": {n: [] for n in names}, "drop": {n: [] for n in names}}
+            schemas_of = {p: schema_for(p) for p in ids}
+            execs = [exec_floor(s, ext) for s in schemas_of.values()]
+            drops = [drop_floor(s, p) for p, s in schemas_of.items()]
+
+            def provision() -> None:
                 report = fleet.provision(engine, chain, ids, jobs=jobs)
                 assert report.ok, report.failed[:3]
+
+            def fresh() -> None:
                 checkpoint(engine)
-                ex_lib.append(
-                    timed(
-                        lambda: fleet.run(engine, chain, exec_operation(EXEC_SQL), RunSpec(jobs=jobs, selection=select))
-                    )
-                )
-                transactions = [[search_path_sql(r.schema, ext) + ";\n" + EXEC_SQL] for r in report.results]
-                checkpoint(engine)
-                ex_raw.append(timed(lambda: run_transactions(engine, transactions, jobs)))  # noqa: B023
-                checkpoint(engine)
-                dr_lib.append(
-                    timed(lambda: fleet.run(engine, chain, drop_operation(), RunSpec(jobs=jobs, selection=select)))
-                )
-                report = fleet.provision(engine, chain, ids, jobs=jobs)
-                assert report.ok, report.failed[:3]
-                drops = [
-                    [
-                        f"DROP SCHEMA {quote_ident(r.schema)} CASCADE",
-                        f"DELETE FROM project_registry.workspace_config WHERE project_id = '{r.project_id}'",
-                    ]
-                    for r in report.results
-                ]
-                checkpoint(engine)
-                dr_raw.append(timed(lambda: run_transactions(engine, drops, jobs)))  # noqa: B023
-            print(f"\nover {schemas} projects, {jobs} connections, medians of {repeat}")
-            print(f"  exec -c vs raw parallel loop:           {ratio(ex_lib, ex_raw)}")
-            print(f"  drop --match vs raw DROP SCHEMA (1/tx): {ratio(dr_lib, dr_raw)}")
+                engine.dispose()
+
+            for i in range(repeat):
+                order = names[i % len(names) :] + names[: i % len(names)]
+                provision()  # the last drop of the round before took them
+                for name in order:
+                    fresh()
+                    if name == "floor":
+                        times["exec"][name].append(timed(lambda: send_all(engine, execs, jobs)))
+                    else:
+                        times["exec"][name].append(contenders[name].run("exec", schemas))
+                for name in order:
+                    provision()
+                    fresh()
+                    if name == "floor":
+                        times["drop"][name].append(timed(lambda: send_all(engine, drops, jobs)))
+                    else:
+                        times["drop"][name].append(contenders[name].run("drop", schemas))
+            print(f"\nover {schemas} projects, {jobs} connections, medians of {repeat}, new connections each run")
+            what = {"exec": "exec -c vs raw parallel loop", "drop": "drop --match vs raw DROP SCHEMA (1/tx)"}
+            for kind, by_name in times.items():
+                floor = by_name["floor"]
+                for name in contenders:
+                    per_round = statistics.median(t / f for t, f in zip(by_name[name], floor, strict=True))
+                    print(f"  {what[kind]} [{name}]: {ratio(by_name[name], floor)}; per round {per_round:.2f}x")
+                if compare is not None:
+                    ab = [a / b for a, b in zip(by_name["library"], by_name[f"--compare {compare}"], strict=True)]
+                    print(f"  {kind}: this tree / --compare, median per round: {statistics.median(ab):.2f}x")
         finally:
+            for contender in contenders.values():
+                contender.close()
             engine.dispose()
 
 
@@ -240,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=fleet.default_jobs())
     parser.add_argument("--quick", action="store_true", help="1,000 chunks, 100 projects, 3 rounds")
     parser.add_argument("--only", action="append", choices=["export", "clone", "fleet"], help="run only these")
+    parser.add_argument(
+        "--compare", type=Path, metavar="ROOT", help="also time another workspace-tool tree's exec and drop (fleet)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.chunks, args.schemas = min(args.chunks, 1000), min(args.schemas, 100)
@@ -250,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if "clone" in parts:
         bench_clone(server, args.chunks, args.repeat)
     if "fleet" in parts:
-        bench_drop_exec(server, args.schemas, args.repeat, args.jobs)
+        bench_drop_exec(server, args.schemas, args.repeat, args.jobs, args.compare)
     return 0
 
 

@@ -11,16 +11,17 @@ from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import URL
 from support.chains import ALEMBIC_INI
 from support.cli import assert_one_line_error, run_cli
 from support.db import database_state
 from wire import WireRecorder
 
-from workspace_tool import registry, transactions
+from workspace_tool import fleet, registry, transactions
 from workspace_tool.chain import Chain
 from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.flavor import Flavor
-from workspace_tool.fleet import provision
+from workspace_tool.fleet import RunSpec, Selection, provision
 from workspace_tool.lifecycle.exec import exec_operation
 from workspace_tool.schema.operation import Work
 from workspace_tool.sql import split_statements
@@ -185,3 +186,49 @@ def test_a_script_sent_statement_by_statement_does_what_the_whole_batch_does(eng
     assert script == split_statements(SCRIPT) and len(script) == 6, sent  # each on its own
     expected = ["10:a;b 20:c';d 30:it's; fine"]
     assert repositories(engine, "whole") == repositories(engine, "split") == expected
+
+
+def _exec(engine: sa.Engine, sql: str, ids: list[str]) -> dict[str, tuple[str, str | None]]:
+    """exec ``sql`` in ``ids`` one after another on one connection: project id -> (status, error)."""
+    spec = RunSpec(jobs=1, selection=Selection(ids=ids))
+    report = fleet.run(engine, Chain.load(ALEMBIC_INI), exec_operation(sql), spec)
+    return {r.project_id: (str(r.status), r.error) for r in report.results}
+
+
+def test_exec_sql_that_opens_a_transaction_block_of_its_own_is_committed_whole(engine: sa.Engine) -> None:
+    """A BEGIN in the SQL joins the project's transaction (as it did when the library sent BEGIN first): its
+    rows are committed with it, and the next project on the same connection starts a transaction of its own."""
+    ids = ["blk-1", "blk-2", "blk-3"]
+    provision(engine, Chain.load(ALEMBIC_INI), ids, jobs=1)
+    outcome = _exec(engine, "BEGIN; INSERT INTO repositories (path, name) VALUES ('/b', current_schema())", ids)
+    assert outcome == {p: ("ok", None) for p in ids}
+    for project_id in ids:
+        assert repositories(engine, project_id) == ["project_" + project_id.replace("-", "_")]
+
+
+def test_exec_sql_whose_own_transaction_block_fails_rolls_back_that_project_alone(engine: sa.Engine) -> None:
+    """The block the SQL opened fails: that project's transaction is rolled back, and the projects after it on
+    the same connection run (no 'current transaction is aborted')."""
+    ids = ["fb-1", "fb-2", "fb-3"]
+    provision(engine, Chain.load(ALEMBIC_INI), ids, jobs=1)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE project_fb_2.repositories ADD CONSTRAINT no_x CHECK (name <> 'x')"))
+    outcome = _exec(engine, "BEGIN; INSERT INTO repositories (path, name) VALUES ('/x', 'x')", ids)
+    assert {p: s for p, (s, _) in outcome.items()} == {"fb-1": "ok", "fb-2": "failed", "fb-3": "ok"}
+    assert "no_x" in (outcome["fb-2"][1] or "")
+    assert [repositories(engine, p) for p in ids] == [["x"], [], ["x"]]
+
+
+def test_exec_runs_read_committed_whatever_the_sessions_default_isolation(engine: sa.Engine, database_url: URL) -> None:
+    """A role or server whose default isolation is SERIALIZABLE: each project's transaction is READ
+    COMMITTED (the state read after its lock sees what the lock's previous holder committed)."""
+    serializable = sa.create_engine(
+        database_url, connect_args={"options": "-c default_transaction_isolation=serializable"}
+    )
+    try:
+        provision(serializable, Chain.load(ALEMBIC_INI), ["iso-1", "iso-2"], jobs=1)
+        sql = "INSERT INTO repositories (path, name) VALUES ('/i', current_setting('transaction_isolation'))"
+        assert _exec(serializable, sql, ["iso-1", "iso-2"]) == {"iso-1": ("ok", None), "iso-2": ("ok", None)}
+    finally:
+        serializable.dispose()
+    assert [repositories(engine, p) for p in ("iso-1", "iso-2")] == [["read committed"]] * 2

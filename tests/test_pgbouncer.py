@@ -28,6 +28,7 @@ from support.chains import ALEMBIC_INI, HEAD, ITEMS, MAIN_REVISIONS, ChainBuilde
 from support.cli import assert_one_line_error, run_alembic, run_cli
 from support.data import add_chunks, data_rows
 from support.db import StatementCounter, assert_consistent, database_state, registry_row, schema_version
+from wire import WireRecorder
 
 from workspace_tool import AsyncWorkspaceManager, WorkspaceManager, fleet, spares
 from workspace_tool.chain import Chain
@@ -35,6 +36,7 @@ from workspace_tool.chain.plan import Path as PlanPath
 from workspace_tool.errors import SessionRequired
 from workspace_tool.flavor import pooler
 from workspace_tool.lifecycle.drop import purge_expired, quarantined
+from workspace_tool.lifecycle.exec import exec_operation
 from workspace_tool.sql import POOL_LOCK_KEY
 from workspace_tool.urls import async_url
 
@@ -110,6 +112,31 @@ def test_a_transaction_pooler_is_detected_once_per_engine_and_a_direct_server_is
     with pooled.connect() as conn, conn.begin():
         assert pooler.behind_pooler(conn) is True
     pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_threads_asking_at_once_probe_for_the_pooler_once(pooled_url: URL) -> None:
+    """A fleet run's workers each ask before their first project (exec): one probe for all of them."""
+    threads = 6
+    fresh = sa.create_engine(pooled_url, pool_size=threads)
+    barrier = threading.Barrier(threads)
+    answers: list[bool] = []
+
+    def ask() -> None:
+        with fresh.connect() as conn:
+            barrier.wait()
+            answers.append(pooler.behind_pooler(conn))
+
+    try:
+        with StatementCounter(fresh) as counter:
+            workers = [threading.Thread(target=ask) for _ in range(threads)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join()
+        assert answers == [True] * threads
+        assert [s for s in counter.statements if "pg_backend_pid" in s] == ["SELECT pg_backend_pid()"]
+    finally:
+        fresh.dispose()
 
 
 def test_the_ensure_path_never_probes_for_a_pooler(pooled: sa.Engine, engine: sa.Engine) -> None:
@@ -708,6 +735,31 @@ def test_exec_across_tenants_through_the_pooler(pooled: sa.Engine, engine: sa.En
             schema = f"project_{project_id.replace('-', '_')}"
             paths = conn.execute(sa.text(f"SELECT path FROM {schema}.repositories")).scalars().all()
             assert paths == [schema]
+    pgbouncer.assert_no_leak(pooled.url, engine)
+
+
+def test_exec_through_the_pooler_is_two_round_trips_per_project(pooled: sa.Engine, engine: sa.Engine) -> None:
+    """Behind a pooler each project's transaction is BEGIN with the lock, the guard, the search_path and the
+    SQL; then the session reset with COMMIT: two queries, nothing else per project."""
+    ids = ensure_through(pooled, [f"pb-{i}" for i in range(7)])
+    chain = Chain.load(ALEMBIC_INI)
+    sql = "INSERT INTO repositories (path, name) SELECT current_schema(), 'x'"
+    with WireRecorder(pooled.url) as wire:
+        counted = sa.create_engine(wire.url)
+        try:
+            sent = []
+            for some in (ids[:1], ids[1:3], ids[3:]):
+                wire.clear()
+                spec = fleet.RunSpec(jobs=1, selection=fleet.Selection(ids=some))
+                assert fleet.run(counted, chain, exec_operation(sql), spec).counts()["ok"] == len(some)
+                sent.append(wire.queries)
+        finally:
+            counted.dispose()
+    two, four = sent[1], sent[2]  # the first run probed for the pooler
+    assert len(four) - len(two) == 4, four
+    resets = [q for q in four if q.startswith("RESET ALL") and q.rstrip().endswith("COMMIT")]
+    assert len(resets) == 4, four
+    assert_consistent(engine)
     pgbouncer.assert_no_leak(pooled.url, engine)
 
 

@@ -35,6 +35,7 @@ from workspace_tool.errors import SessionRequired
 
 _DETECTED: weakref.WeakKeyDictionary[Engine, bool] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
+_PROBING = threading.Lock()  # held by the thread probing
 BACKEND_PID = "SELECT pg_backend_pid()"
 
 
@@ -73,10 +74,18 @@ def behind_pooler(conn: Connection) -> bool:
         known = _DETECTED.get(engine)
     if known is not None:
         return known
+    if conn.in_transaction():  # it holds a server connection a probe by another thread might be waiting for
+        return _probed(conn)
+    with _PROBING:  # threads asking at once (a fleet run's workers) wait for one probe, not one each
+        with _LOCK:
+            known = _DETECTED.get(engine)
+        return _probed(conn) if known is None else known
+
+
+def _probed(conn: Connection) -> bool:
     found = _probe(conn)
     with _LOCK:
-        _DETECTED.setdefault(engine, found)
-    return found
+        return _DETECTED.setdefault(conn.engine, found)
 
 
 def detect(engine: Engine) -> bool:

@@ -116,7 +116,7 @@ class DropTask:
 
 
 def _drop(conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int, namespace: Namespace) -> str:
-    """One round trip (and the commit): under the project's lock, note whether there is anything to drop
+    """One round trip (batch.transaction): under the project's lock, note whether there is anything to drop
     (its schema, a quarantined copy, its registry row), drop them all, and say what was noted: nothing
     there means it was dropped since the read (gone)."""
     schema, aside, project_id = work.schema, quarantine_name(work.schema, namespace), sql_literal(work.project_id)
@@ -132,10 +132,9 @@ def _drop(conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int, na
         namespace.sql(f"DELETE FROM {_TABLE} WHERE project_id = {project_id}"),
         f"SELECT current_setting('{FOUND_SETTING}')::boolean",
     ]
-    with conn.begin():
-        _, row = batch.send(conn, flavor, statements)
-        if not row or not row[0]:
-            raise WorkspaceNotFound(work.project_id, work.schema)  # nothing was there: dropped since the read
+    _, found = batch.transaction(conn, flavor, schema, statements)
+    if not found:
+        raise WorkspaceNotFound(work.project_id, work.schema)  # nothing was there: dropped since the read
     return "dropped"
 
 

@@ -34,11 +34,12 @@ class ExecTask:
         return None if record.exists else Refusal.MISSING
 
     def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
-        """One round trip (and the commit): the lock, a guard that the schema is still there (gone
+        """One round trip (batch.transaction): the lock, a guard that the schema is still there (gone
         otherwise), the search_path, the SQL (statement by statement where the flavor takes no batch:
-        Citus); behind a pooler a second one, the session's reset (pooler.SESSION_RESET), so that a SET
-        without LOCAL or a session lock in the SQL stays in its transaction. When the SQL fails, what
-        outlives the rollback (a session lock, a prepared statement) is reset in a transaction of its own."""
+        Citus); behind a pooler two, the transaction ending with the session's reset
+        (pooler.SESSION_RESET), so that a SET without LOCAL or a session lock in the SQL stays in its
+        transaction. When the SQL fails, what outlives the rollback (a session lock, a prepared statement)
+        is reset in a transaction of its own."""
         transactions.require(conn)
         statements = [
             *batch.prelude(flavor, work.schema, lock_timeout_ms),
@@ -46,16 +47,15 @@ class ExecTask:
             search_path_sql(work.schema, flavor.extension_schema),
             *flavor.script_statements(self.sql),
         ]
-        pooled = pooler.behind_pooler(conn)  # cached per engine: one round trip per run at most
+        # what the SQL set for the session ends with its transaction (cached per engine: one probe per run)
+        pooled = pooler.behind_pooler(conn)
+        reset = pooler.SESSION_RESET if pooled else ()
         try:
-            with conn.begin():
-                rows, _ = batch.send(conn, flavor, statements)
-                if pooled:  # what the SQL set for the session ends with its transaction
-                    batch.send(conn, flavor, pooler.SESSION_RESET)
+            rows, _ = batch.transaction(conn, flavor, work.schema, statements, then=reset)
         except Exception as exc:
             if pooled and not conn.invalidated:  # a lost connection has no session left to reset
-                with suppress(DBAPIError), conn.begin():  # the SQL's own error is the one to report
-                    batch.send(conn, flavor, pooler.SESSION_RESET)
+                with suppress(DBAPIError):  # the SQL's own error is the one to report
+                    batch.transaction(conn, flavor, work.schema, pooler.SESSION_RESET)
             if sqlstate(exc) == INVALID_SCHEMA_NAME and not batch.still_there(conn, work.schema):
                 raise WorkspaceNotFound(work.project_id, work.schema) from None  # dropped since the read: gone
             raise

@@ -196,12 +196,28 @@ def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
 
 
 def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollback: bool = False) -> object:
+    """``send_reply``'s first column of the first row of the last statement that returned one (None: none
+    did)."""
+    return send_reply(conn, schema, sql, rollback=rollback).value
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What ``send_reply`` read back: ``value``, the first column of the first row of the last statement that
+    returned one (None: none did); ``rows``, the row count of the last round trip whose last statement
+    reported one (a COMMIT or a SET reports none; -1: none did)."""
+
+    value: object = None
+    rows: int = -1
+
+
+def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollback: bool = False) -> Reply:
     """Send ``sql`` (statements carrying their own transaction, or one implicit transaction) in ONE round trip
     (or each string of a sequence in one of its own, in turn) on conn's psycopg2 connection in autocommit,
-    seen by the engine's cursor events as SQLAlchemy's own statements are; return the first column of the
-    first row of the last statement that returned one (None: none did). On failure, a ROLLBACK when
-    ``rollback`` (else the server rolled the implicit transaction back), or ``conn`` invalidated if the
-    connection is gone; the driver's exception is raised."""
+    seen by the engine's cursor events as SQLAlchemy's own statements are. On failure, a ROLLBACK when
+    ``rollback`` or when the server says a transaction block is still open (else the server rolled the
+    implicit transaction back), or ``conn`` invalidated if the connection is gone; the driver's exception is
+    raised."""
     trips = [sql] if isinstance(sql, str) else list(sql)
     counted = "one round trip" if len(trips) == 1 else f"{len(trips)} round trips"
     log.debug("%s: %s:\n%s", schema, counted, "\n".join(trips))
@@ -215,6 +231,7 @@ def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollbac
         dbapi.isolation_level = None
     dbapi.autocommit = True  # the statements carry their own transaction
     value: object = None
+    rows = -1
     # the engine's cursor events, only when something listens (a dispatch without listeners is false)
     before, after = conn.dispatch.before_cursor_execute, conn.dispatch.after_cursor_execute
     try:
@@ -224,6 +241,8 @@ def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollbac
                 if before:
                     before(conn, cursor, trip, (), None, False)
                 cursor.execute(trip)
+                if cursor.rowcount >= 0:
+                    rows = cursor.rowcount
                 if cursor.description is not None and (row := cursor.fetchone()) is not None:
                     value = row[0]
                 if after:
@@ -234,7 +253,7 @@ def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollbac
         try:
             if dbapi.closed:
                 raise ConnectionError("closed")
-            if rollback:
+            if rollback or in_transaction_block(conn):
                 again = dbapi.cursor()
                 again.execute("ROLLBACK")
                 again.close()
@@ -246,7 +265,18 @@ def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollbac
             with contextlib.suppress(Exception):
                 dbapi.autocommit = autocommit
                 dbapi.isolation_level = isolation
-    return value
+    return Reply(value, rows)
+
+
+def in_transaction_block(conn: Connection) -> bool:
+    """Whether the server says conn's session is in a transaction block (open, or failed and waiting for its
+    ROLLBACK), as its last answer reported it (libpq's PQtransactionStatus: no round trip)."""
+    info = getattr(conn.connection.dbapi_connection, "info", None)
+    return getattr(info, "transaction_status", _IDLE) in _IN_BLOCK
+
+
+_IDLE = 0  # libpq's PQTRANS_IDLE; PQTRANS_INTRANS and PQTRANS_INERROR are 2 and 3 (psycopg2 and psycopg 3 alike)
+_IN_BLOCK = (2, 3)
 
 
 # --------------------------------------------------------------------------- outside a transaction
