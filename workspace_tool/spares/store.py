@@ -62,7 +62,7 @@ def claim_statement(schema: str, revision: str | None, chain: str, upsert: str) 
     )
 
 
-CLAIM_PROJECT_FUNCTION = f"{REGISTRY_SCHEMA}.claim_project"  # r0009: the lock, the claim and the registry row
+CLAIM_PROJECT_FUNCTION = f"{REGISTRY_SCHEMA}.claim_project"  # r0009: claim_spare_locked (r0006) and the registry row
 
 
 def claim_project_statement(
