@@ -457,10 +457,27 @@ def test_the_registry_of_an_older_workspace_tool_gets_the_spares_table(engine: s
     assert WorkspaceManager(engine, ALEMBIC_INI, warm_pool=1).ensure_detailed("upgraded-registry").path == "pool"
 
 
-def test_a_claim_looks_schemas_up_by_name_and_never_reads_them_all(other_engine: sa.Engine) -> None:
+# A claim as each release sends it: r0006's claim_spare_locked (releases before r0009, which write the registry
+# row themselves) and r0009's claim_project (the claim and the registry row); each takes the schema's lock itself.
+CLAIMS = {
+    "claim_spare_locked": "SELECT project_registry.claim_spare_locked({lock}, :schema, :rev, :chain)",
+    "claim_project": (
+        "SELECT project_registry.claim_project({lock}, :project, :schema, :rev, :chain, 'create', 'pool') IS NOT NULL"
+    ),
+}
+
+
+def claim_sql(function: str, schema: str) -> tuple[sa.TextClause, dict[str, str]]:
+    """One claim of a spare for ``schema`` by ``function`` (CLAIMS), and its parameters: true if it claimed."""
+    parameters = {"schema": schema, "project": schema.removeprefix("project_"), "rev": CHAIN.head}
+    return sa.text(CLAIMS[function].format(lock=lock_id(schema))), {**parameters, "chain": CHAIN.fingerprint}
+
+
+@pytest.mark.parametrize("function", list(CLAIMS))
+def test_a_claim_looks_schemas_up_by_name_and_never_reads_them_all(other_engine: sa.Engine, function: str) -> None:
     """The claim finds the project's schema (to claim nothing if it exists) and checks each candidate
     spare's owner through pg_namespace's name index: it never scans every schema of the database, which a
-    planner reading a small or never-analyzed pg_namespace would otherwise choose (registry r0008)."""
+    planner reading a small or never-analyzed pg_namespace would otherwise choose (registry r0008, r0009)."""
     WorkspaceManager(other_engine, ALEMBIC_INI).bootstrap()
     assert spares.fill(other_engine, CHAIN, 2).built == 2
     with other_engine.connect() as conn:
@@ -473,15 +490,35 @@ def test_a_claim_looks_schemas_up_by_name_and_never_reads_them_all(other_engine:
             scans = sa.text("SELECT pg_stat_get_xact_numscans('pg_namespace'::regclass)")
             with conn.begin():
                 before = conn.execute(scans).scalar_one()
-                claimed = conn.execute(
-                    sa.text(f"SELECT project_registry.claim_spare_locked({lock_id(schema)}, :schema, :rev, :chain)"),
-                    {"schema": schema, "rev": CHAIN.head, "chain": CHAIN.fingerprint},
-                ).scalar_one()
+                claimed = conn.execute(*claim_sql(function, schema)).scalar_one()
                 return claimed, conn.execute(scans).scalar_one() - before
 
         assert claim("project_by_index") == (True, 0)  # a spare renamed, no schema read but by name
         assert claim("project_by_index") == (False, 0)  # it exists now: nothing claimed, nothing scanned
     assert schema_exists(other_engine, "project_by_index") and len(spare_rows(other_engine)) == 1
+
+
+@pytest.mark.parametrize("function", list(CLAIMS))
+def test_a_claim_that_waited_for_the_lock_sees_the_schema_made_meanwhile(engine: sa.Engine, function: str) -> None:
+    """A claim waiting for the schema's lock while another session creates that schema claims nothing once
+    the lock is released: it looks for the schema after taking the lock, in a new snapshot, which sees the
+    commit it waited for (a look before the lock, or in the lock's snapshot, would rename a spare onto the
+    schema and fail). Nothing changes and the server logs no error: the spare is still a spare."""
+    WorkspaceManager(engine, ALEMBIC_INI).bootstrap()
+    assert spares.fill(engine, CHAIN, 1).built == 1
+    spares_before = spare_rows(engine)
+    with engine.connect() as holder, engine.connect() as claimer, engine.connect() as admin:
+        holder.execute(sa.text(LOCK_SQL), {"key": lock_key("project_meanwhile")})  # as an ensure building it
+        holder.execute(sa.text("CREATE SCHEMA project_meanwhile"))
+        victim = Victim(lambda: claimer.execute(*claim_sql(function, "project_meanwhile")).scalar_one())
+        victim.start()
+        waiting_on_advisory(admin, 1, victim)
+        holder.commit()  # the schema is there, the lock released: the claim goes on
+        victim.finish()
+        claimer.commit()
+    assert victim.error is None and victim.result is False
+    assert spare_rows(engine) == spares_before == spare_schemas(engine)
+    assert registry_row(engine, "meanwhile") is None
 
 
 # ------------------------------------------------------------------ spares follow the chain
