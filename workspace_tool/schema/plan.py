@@ -8,11 +8,12 @@ lock timeout. Planned in one transaction::
     BEGIN ISOLATION LEVEL READ COMMITTED
     SET LOCAL lock_timeout = '...'            -- when bounded (the flavor's statements)
     SELECT pg_advisory_xact_lock(...)         -- the schema's lock: other schemas never wait
+                                              -- (the order of these two is the flavor's: ``Flavor.locked``)
     CREATE SCHEMA ...                         -- when it does not exist (after the flavor's statements)
     SET LOCAL search_path TO <schema>, <extension schema>
-    <the version check>                       -- a flavor's separate guard: fails unless the version is as read
-                                              -- (the search_path then set before the lock: see ``prelude``)
-    <the plan's steps>                        -- compiled statements, or Alembic online
+    <the plan's steps>                        -- compiled statements, or Alembic online; a flavor's separate
+                                              -- version check just before the first version move: it
+                                              -- fails unless the version is as read
     <grants>                                  -- an owner role, when asked
     <the registry row>                        -- guarded: written only if the version moved as expected
     COMMIT
@@ -111,17 +112,10 @@ class SchemaPlan:
 
     # -------------------------------------------------------------- one transaction
     def prelude(self) -> list[str]:
-        """What comes first: the lock timeout, then the schema's lock. Before a flavor's separate version
-        check, the search_path's SET comes before the lock: on Citus it then shares the lock timeout's round
-        trip and reaches the worker with the transaction's start, rather than in a round trip of its own
-        once the check has opened the worker's connection."""
-        bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
-        statements = [s + ";" for s in bound]
-        if self.checks_version:
-            statements.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
-        if self.lock:
-            statements.append(lock_statement(self.schema) + ";")
-        return statements
+        """What comes first: the lock timeout and the schema's lock, in the order the flavor sends them
+        (``Flavor.locked``: on Citus the lock first, in BEGIN's round trip)."""
+        lock = lock_statement(self.schema) if self.lock else None
+        return [s + ";" for s in self.flavor.locked(lock, self.lock_timeout_ms)]
 
     def units(self) -> list[str | Step]:
         """Everything after the prelude, in order: statements, and the online steps between them. A claim:
@@ -133,17 +127,20 @@ class SchemaPlan:
         if self.create_schema:
             units.extend(s + ";" for s in self.flavor.before_project_schema())
             units.append(f"CREATE SCHEMA {quote_ident(self.schema)};")
-        if (check := self._version_check()) is not None:
-            units.append(check + ";")  # the search_path was set in the prelude
-        else:
-            units.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
+        units.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
+        check = self._version_check()
         steps, record = self._steps_and_record()
         for step in steps:
             if step.online:
                 units.append(step)
+            elif check is not None and (at := step.version_row_moved_at) is not None:
+                units.extend([*step.statements[:at], check + ";", *step.statements[at:]])
+                check = None
             else:
                 units.extend(step.statements)
         units.extend(g + ";" for g in self.grants)
+        if check is not None:  # no version row moved before the registry row: checked before it
+            units.append(check + ";")
         if record is not None:
             units.append(record + ";")
         return units
@@ -228,16 +225,14 @@ class SchemaPlan:
         exists = self.expected is not None and self.expected.exists
         return exists and self.guarded and not self.flavor.separate_version_check
 
-    @property
-    def checks_version(self) -> bool:
-        """Whether the transaction starts with a flavor's separate version check (``_version_check``)."""
-        return self._version_check() is not None
-
     def _version_check(self) -> str | None:
         """A flavor's separate guard of an existing schema: a statement that fails unless its version table
-        holds the expected version and nothing else, sent first (under the schema's lock, nothing else moves
-        it). One plain query of the table (an aggregate, no subquery): Citus sends it to the worker as it is,
-        measured ~0.09 ms less per schema there than an EXISTS subquery."""
+        holds the expected version and nothing else, sent under the schema's lock (nothing else moves it)
+        just before the migration's first version move (``units``): a schema at another revision fails it,
+        and the whole transaction, the DDL before it included, rolls back (a DDL that fails first on such a
+        schema sends the fleet to the careful path too: ``migrate._moved``). On Citus it then shares the
+        version move's round trip. One plain query of the table (an aggregate, no subquery): Citus sends it
+        to the worker as it is, measured ~0.09 ms less per schema there than an EXISTS subquery."""
         if not self.flavor.separate_version_check or self.expected is None or not self.expected.exists:
             return None
         if not self.guarded:

@@ -84,8 +84,6 @@ def run(
     transactions.require(conn)
     if not plan.in_one_transaction:
         raise ValueError("a step can't run in a transaction: send it with run_in_parts")
-    if lock_held and plan.checks_version:
-        raise ValueError("a plan with a separate version check sends its own prelude (its search_path is there)")
     flavor = plan.flavor
     units: list[str | Step] = [*([] if lock_held else plan.prelude()), *plan.units()]
     pending: list[str] = []
