@@ -76,18 +76,22 @@ def test_a_distributed_flavor_checks_the_version_before_its_first_move_and_write
     # the lock first, its wait bounded by a query; then the lock timeout's SETs and the search_path, before any
     # worker is reached
     assert statements[:5] == [BOUND, LOCK, PROPAGATE_SET + ";", "SET LOCAL lock_timeout = '5000ms';", SEARCH_PATH]
-    # the whole version table is the expected revision (no row, or another row beside it, fails): one plain
-    # query of the table, which Citus sends to the worker as it is (cheaper there than an EXISTS subquery),
-    # under the lock, just before the first version move: a schema at another revision rolls all of it back
-    found = "coalesce(bool_and(version_num = 'v1'), false)"
-    check = "SELECT " + guard("v1", found) + " FROM alembic_version;"
-    assert statements[5:10] == [V1_TO_V2.statements[0], check, MOVE_V2, *V2_TO_V3.statements]  # the moves as they are
+    # under the lock, the first version move is guarded: it fails unless the row moved and the whole version
+    # table was the expected revision (no row, or another row beside it, fails), in one statement, which Citus
+    # sends to the worker whole; a schema at another revision rolls all of it back, the DDL before it too
+    held = "coalesce((SELECT bool_and(version_num = 'v1') FROM alembic_version), false)"
+    guarded = (
+        f"WITH moved AS ({MOVE_V2[:-1]} RETURNING 1) SELECT {guard('v1', f'EXISTS (SELECT 1 FROM moved) AND {held}')};"
+    )
+    assert statements[5:9] == [V1_TO_V2.statements[0], guarded, *V2_TO_V3.statements]  # the later move as it is
     assert statements[-1].startswith("INSERT INTO project_registry.workspace_config")
     assert "WITH moved" not in statements[-1] and "expect_version" not in statements[-1]
-    assert statements.count(SEARCH_PATH) == 1 and len(statements) == 11
-    # a range whose first step moves the version row first: the check before it all the same
-    moved_only = Step(StepKind.COMPILED, "v1", "v2", (MOVE_V2,))
-    assert upgrade(DISTRIBUTED, steps=(moved_only,)).statements()[5:7] == [check, MOVE_V2]
+    assert statements.count(SEARCH_PATH) == 1 and len(statements) == 10
+    # a first move of another form: a plain check of the table before it
+    odd_move = "UPDATE alembic_version SET version_num = 'v2';"
+    odd = upgrade(DISTRIBUTED, steps=(Step(StepKind.COMPILED, "v1", "v2", (odd_move,)), V2_TO_V3)).statements()
+    check = "SELECT " + guard("v1", "coalesce(bool_and(version_num = 'v1'), false)") + " FROM alembic_version;"
+    assert odd[5:7] == [check, odd_move]
 
 
 def test_a_distributed_flavor_sends_sets_together_queries_together_and_each_ddl_alone() -> None:
@@ -103,7 +107,7 @@ def test_a_distributed_flavor_sends_sets_together_queries_together_and_each_ddl_
             [BOUND, LOCK],  # the lock, its wait bounded by a query
             statements[2:5],  # the SETs: the lock timeout (propagated) and the search_path
             ["ALTER TABLE a ADD COLUMN b int;"],  # each DDL alone
-            [statements[6], MOVE_V2],  # the version check with the first version move
+            [statements[6]],  # the first version move, guarded
             ["CREATE TABLE c (id int);"],
             [MOVE_V3, statements[-1]],  # the last version move and the registry row
         ]

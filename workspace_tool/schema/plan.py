@@ -23,7 +23,8 @@ schema first: CREATE SCHEMA fails if the schema appeared since; on an existing s
 written by the statement that moves alembic_version from the version read, which calls
 ``project_registry.expect_version`` (registry revision r0005) with whether it moved: if not, that raises
 SQLSTATE ``dberrors.STATE_CHANGED`` and the transaction changes nothing. A flavor that can't afford that
-statement (``Flavor.separate_version_check``) gets the same call as a check of its own, sent first.
+statement (``Flavor.separate_version_check``) gets the same call at the migration's first version move,
+in a statement of its own with that move (``_guarded_move``).
 
 **Parts.** A revision that can't run in a transaction (a NON_TRANSACTIONAL step: CREATE INDEX
 CONCURRENTLY, ...) cuts the migration into parts (``parts()``): transactions, each ending with the
@@ -52,7 +53,7 @@ from dataclasses import dataclass, replace
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
-from workspace_tool.chain.plan import Path, StepKind, split_version_statements
+from workspace_tool.chain.plan import Path, StepKind, split_version_move, split_version_statements
 from workspace_tool.flavor import Flavor
 from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry import expect_version_sql, update_sql, upsert_sql
@@ -134,7 +135,8 @@ class SchemaPlan:
             if step.online:
                 units.append(step)
             elif check is not None and (at := step.version_row_moved_at) is not None:
-                units.extend([*step.statements[:at], check + ";", *step.statements[at:]])
+                before, move, after = step.statements[:at], step.statements[at], step.statements[at + 1 :]
+                units.extend([*before, *self._guarded_move(move, check), *after])
                 check = None
             else:
                 units.extend(step.statements)
@@ -228,11 +230,11 @@ class SchemaPlan:
     def _version_check(self) -> str | None:
         """A flavor's separate guard of an existing schema: a statement that fails unless its version table
         holds the expected version and nothing else, sent under the schema's lock (nothing else moves it)
-        just before the migration's first version move (``units``): a schema at another revision fails it,
-        and the whole transaction, the DDL before it included, rolls back (a DDL that fails first on such a
-        schema sends the fleet to the careful path too: ``migrate._moved``). On Citus it then shares the
-        version move's round trip. One plain query of the table (an aggregate, no subquery): Citus sends it
-        to the worker as it is, measured ~0.09 ms less per schema there than an EXISTS subquery."""
+        at the migration's first version move (``units``, ``_guarded_move``): a schema at another revision
+        fails it, and the whole transaction, the DDL before it included, rolls back (a DDL that fails first
+        on such a schema sends the fleet to the careful path too: ``migrate._moved``). One plain query of
+        the table (an aggregate, no subquery): Citus sends it to the worker as it is, measured ~0.09 ms less
+        per schema there than an EXISTS subquery."""
         if not self.flavor.separate_version_check or self.expected is None or not self.expected.exists:
             return None
         if not self.guarded:
@@ -240,6 +242,22 @@ class SchemaPlan:
         found = f"coalesce(bool_and(version_num = {sql_literal(self.expected.version)}), false)"
         guard = self.namespace.sql(expect_version_sql(found, self.schema, self.expected.version))
         return f"SELECT {guard} FROM alembic_version"
+
+    def _guarded_move(self, move: str, check: str) -> list[str]:
+        """The first version move of a plan with a separate version check (``check``), guarded: ONE statement
+        that moves the version row and fails unless it moved and the version table held the expected version
+        and nothing else (what ``check`` asks, of the table as it was before the move). Citus sends it to the
+        worker whole, as one statement (the version table is a tenant table there), where the check and the
+        move would be two. A move of another form: ``check``, then the move."""
+        split = split_version_move([move])
+        if split is None or self.expected is None:
+            return [check + ";", move]
+        expected = sql_literal(self.expected.version)
+        held = f"coalesce((SELECT bool_and(version_num = {expected}) FROM alembic_version), false)"
+        guard = self.namespace.sql(
+            expect_version_sql(f"EXISTS (SELECT 1 FROM moved) AND {held}", self.schema, self.expected.version)
+        )
+        return [f"WITH moved AS ({split[1]} RETURNING 1) SELECT {guard};"]
 
     def claim_alone(self) -> str:
         """A claim as one implicit transaction sent alone (``send.claim_alone``): its isolation level and lock
