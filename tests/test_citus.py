@@ -44,7 +44,7 @@ from workspace_tool.chain import Chain
 from workspace_tool.flavor.citus import Citus
 from workspace_tool.managers import cache
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, migrate, migrate_expected
-from workspace_tool.schema.plan import Expected
+from workspace_tool.schema.plan import BEGIN, Expected
 from workspace_tool.urls import async_url
 from workspace_tool.verification import verify_fast_path
 
@@ -463,9 +463,9 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
     citus_engine: sa.Engine, coordinator_url: URL
 ) -> None:
     """Citus replays a propagated SET's whole query string on the workers and forwards some DDL's: the SETs
-    in a row share a round trip, the queries in a row share one (the version check with the lock, the
-    registry row with the version move, and COMMIT), every DDL goes alone; every statement is sent once, in
-    order: BEGIN, the SETs, the lock and check, one per DDL, the last queries with COMMIT."""
+    in a row share a round trip, the queries in a row share one, every DDL goes alone; every statement is
+    sent once, in order: BEGIN with the lock (its wait bounded by a query), the SETs, one per DDL, the
+    version check with the last version move, the registry row and COMMIT."""
     assert fleet.provision(citus_engine, CHAIN, ["trips"], target=BEHIND).ok
     how = Sending(CHAIN, Citus("workspace_extensions"), lock_timeout_ms=5000)
     moved = Migration("trips", "project_trips", HEAD, fleet.UPGRADE)
@@ -482,10 +482,10 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
         sent = wire.queries
     assert done is not None and (done.action, done.path) == ("upgraded", "fast")
     assert assert_consistent(citus_engine) == {"project_trips": HEAD}
-    begin, *trips = sent
-    assert begin.startswith("BEGIN") and "\n" not in begin, sent
-    assert trips[-1].endswith("\nCOMMIT;") and "COMMIT" not in "".join(trips[:-1]), sent
-    trips[-1] = trips[-1].removesuffix("\nCOMMIT;")
+    trips = list(sent)
+    assert trips[0].startswith(BEGIN + "\n") and "BEGIN" not in "".join(trips[1:]), sent
+    assert trips[-1].endswith("\nCOMMIT;") and all("COMMIT;" not in t for t in trips[:-1]), sent
+    trips[0], trips[-1] = trips[0].removeprefix(BEGIN + "\n"), trips[-1].removesuffix("\nCOMMIT;")
     statements, grouped = plan.statements(), []
     for trip in trips:  # each round trip is the plan's next statements, in order
         taken = next(n for n in range(1, len(statements) + 1) if "\n".join(statements[:n]) == trip)
@@ -500,10 +500,19 @@ def test_the_fast_lane_shares_round_trips_only_where_citus_takes_them(
     for group in grouped:
         kinds = {kind(s) for s in group}
         assert len(kinds) == 1 and ("other" not in kinds or len(group) == 1), group
-    assert "SET LOCAL search_path" in trips[0], trips  # set before any worker is reached: no round trip there
-    assert any("pg_advisory_xact_lock" in t and "expect_version" in t for t in trips), trips
+    # the lock first, its wait bounded, nothing there that reaches a worker; then the SETs, before any worker is
+    # reached (they reach each with its transaction's start, no round trip of their own there)
+    assert grouped[0] == [
+        "SELECT set_config('lock_timeout', '5000ms', true);",
+        "SELECT pg_advisory_xact_lock(hashtextextended('workspace_tool:project_trips', 0));",
+    ], grouped
+    assert "SET LOCAL lock_timeout" in trips[1] and "SET LOCAL search_path" in trips[1], trips
+    # the version check under the lock, in the statement of the first version move
+    check = next(i for i, t in enumerate(trips) if "expect_version" in t)
+    assert trips[check].startswith("WITH moved AS (UPDATE alembic_version SET "), trips
+    assert "alembic_version" not in "".join(trips[:check]), trips
     assert "UPDATE alembic_version" in trips[-1] and "workspace_config" in trips[-1], trips
-    assert len(sent) == 1 + len(grouped), sent  # BEGIN, then the plan's round trips: COMMIT takes none of its own
+    assert len(sent) == len(grouped), sent  # BEGIN and COMMIT take no round trip of their own
 
 
 def test_upgrade_sql_is_what_the_run_sends_and_psql_runs_it(citus_engine: sa.Engine, coordinator_url: URL) -> None:
@@ -519,8 +528,12 @@ def test_upgrade_sql_is_what_the_run_sends_and_psql_runs_it(citus_engine: sa.Eng
             sa.text("SELECT project_id, last_action, last_path FROM project_registry.workspace_config ORDER BY 1")
         ).all()
     assert [tuple(r) for r in rows] == [("by-psql", "upgrade", "fast"), ("by-run", "upgrade", "fast")]
-    ran = psql(coordinator_url, script.sql)  # stale now: its guard fails, nothing changes
-    assert ran.returncode != 0 and "workspace-tool:state-changed" in ran.stderr
+    with citus_engine.connect() as conn:
+        before = registry_updates(conn)
+        ran = psql(coordinator_url, script.sql)  # stale now: it fails (its DDL, or else its guard), nothing changes
+        assert ran.returncode != 0 and "ERROR" in ran.stderr
+        assert registry_updates(conn) == before
+    assert assert_consistent(citus_engine) == {"project_by_psql": HEAD, "project_by_run": HEAD}
 
 
 def registry_updates(conn: sa.Connection) -> list[tuple[str, object]]:

@@ -28,9 +28,14 @@ from support.citus import (
 )
 from support.data import DATA_TABLES, add_chunks, damage, data_rows
 from support.db import assert_consistent, registry_row
+from wire import WireRecorder
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
+from workspace_tool.fleet import RunSpec, Selection
+from workspace_tool.lifecycle.drop import drop_operation
+from workspace_tool.lifecycle.exec import exec_operation
+from workspace_tool.schema.operation import Operation
 
 pytestmark = [pytest.mark.citus, pytest.mark.usefixtures("citus_clean")]
 
@@ -194,6 +199,57 @@ def test_drop_one_and_in_bulk_leaves_nothing_on_any_node(citus_engine: sa.Engine
     assert schema_count_on_nodes(citus_engine, "project\\_d\\_%") == {"1"}
     assert tenant_schemas(citus_engine) == {"project_d_3"}  # Citus's catalog forgot the dropped ones
     assert assert_consistent(citus_engine) == {"project_d_3": ITEMS_REVISION}
+
+
+def lifecycle_queries(url: URL, chain: Chain, operation: Operation, ids: list[str]) -> list[str]:
+    """The queries a fleet run of ``operation`` over ``ids`` sends to the coordinator, on an engine that has
+    run it once already (its first connect and the pooler probe are behind it)."""
+    with WireRecorder(url) as wire:
+        engine = sa.create_engine(wire.url)
+        try:
+            fleet.run(engine, chain, exec_operation("SELECT 1"), RunSpec(jobs=1, selection=Selection(ids=ids[:1])))
+            wire.clear()
+            report = fleet.run(engine, chain, operation, RunSpec(jobs=1, selection=Selection(ids=ids)))
+            assert report.counts()["ok"] == len(ids), report.failed
+            return wire.queries
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize(("what", "per_schema"), [("exec", 4), ("drop", 5)])
+def test_exec_and_bulk_drop_take_few_round_trips_per_schema(
+    citus_engine: sa.Engine, chain: Chain, what: str, per_schema: int
+) -> None:
+    """Each schema's transaction in as few round trips as Citus takes: exec, BEGIN with the lock and the
+    guard (its wait bounded by a query), the SETs (lock timeout, search_path), the SQL, COMMIT; a bulk drop,
+    BEGIN with the lock and what is there to drop, the SETs, each DROP SCHEMA alone, the registry row with
+    COMMIT. No SET is sent once a worker is reached (it would be a round trip to every worker there)."""
+    ids = [f"rt-{i}" for i in range(8)]
+    assert fleet.provision(citus_engine, chain, ids, jobs=2).ok
+    operation = exec_operation("INSERT INTO items (name) VALUES (current_schema())")
+    if what == "drop":
+        operation = drop_operation()
+    two = lifecycle_queries(citus_engine.url, chain, operation, ids[:2])
+    six = lifecycle_queries(citus_engine.url, chain, operation, ids[2:])
+
+    assert (len(six) - len(two)) / 4 == per_schema, six
+    mine = [q for q in six if "project_rt_6" in q]  # the round trips that name one schema
+    first = next(i for i, q in enumerate(six) if q in mine)
+    trips = six[first : first + per_schema]
+    assert trips[0].startswith("BEGIN") and "pg_advisory_xact_lock" in trips[0] and "SET" not in trips[0], trips
+    assert "SET LOCAL lock_timeout" in trips[1] and "SELECT" not in trips[1], trips
+    assert all("SET LOCAL" not in q for q in trips[2:]), trips
+    assert trips[-1].endswith("COMMIT") or trips[-1].endswith("COMMIT;"), trips
+    if what == "exec":
+        for project_id in ids[2:]:
+            schema = f"project_{project_id.replace('-', '_')}"
+            with citus_engine.connect() as conn:
+                names = conn.execute(sa.text(f"SELECT name FROM {schema}.items")).scalars().all()
+            assert names == [schema]
+    else:
+        assert assert_consistent(citus_engine) == {}
+        assert all(registry_row(citus_engine, p) is None for p in ids)
+        assert schema_count_on_nodes(citus_engine, "project\\_rt\\_%") == {"0"}  # gone from every node
 
 
 # ------------------------------------------------------------------------ quarantine, restore, purge

@@ -26,6 +26,7 @@ EXT = "workspace_extensions"
 PLAIN, DISTRIBUTED = Flavor(EXT), Citus(EXT)
 LOCK = "SELECT pg_advisory_xact_lock(hashtextextended('workspace_tool:project_acme', 0));"
 SEARCH_PATH = 'SET LOCAL search_path TO "project_acme", "workspace_extensions";'
+BOUND = "SELECT set_config('lock_timeout', '5000ms', true);"  # the lock's wait bounded by a query (Citus)
 CREATE_TABLE = "CREATE TABLE IF NOT EXISTS alembic_version (version_num VARCHAR(32) NOT NULL);"
 INSERT_V1 = "INSERT INTO alembic_version (version_num) VALUES ('v1') RETURNING alembic_version.version_num;"
 MOVE_V2 = "UPDATE alembic_version SET version_num='v2' WHERE alembic_version.version_num = 'v1';"
@@ -69,20 +70,28 @@ def test_plain_upgrade_guards_with_the_statement_that_moves_the_version() -> Non
     assert [s for s in statements if "expect_version" in s] == [last]  # one guard, at the end
 
 
-def test_a_distributed_flavor_checks_the_version_first_and_writes_a_plain_registry_row() -> None:
+def test_a_distributed_flavor_checks_the_version_before_its_first_move_and_writes_a_plain_registry_row() -> None:
     statements = upgrade(DISTRIBUTED).statements()
 
-    # the search_path before the lock: with the lock timeout's SETs, before the check reaches a worker
-    assert statements[:4] == [PROPAGATE_SET + ";", "SET LOCAL lock_timeout = '5000ms';", SEARCH_PATH, LOCK]
-    # the whole version table is the expected revision (no row, or another row beside it, fails): one plain
-    # query of the table, which Citus sends to the worker as it is (cheaper there than an EXISTS subquery)
-    found = "coalesce(bool_and(version_num = 'v1'), false)"
-    check = "SELECT " + guard("v1", found) + " FROM alembic_version;"
-    assert statements[4] == check  # before any of the range's statements
-    assert statements[5:9] == [*V1_TO_V2.statements, *V2_TO_V3.statements]  # the version moves as it is
+    # the lock first, its wait bounded by a query; then the lock timeout's SETs and the search_path, before any
+    # worker is reached
+    assert statements[:5] == [BOUND, LOCK, PROPAGATE_SET + ";", "SET LOCAL lock_timeout = '5000ms';", SEARCH_PATH]
+    # under the lock, the first version move is guarded: it fails unless the row moved and the whole version
+    # table was the expected revision (no row, or another row beside it, fails), in one statement, which Citus
+    # sends to the worker whole; a schema at another revision rolls all of it back, the DDL before it too
+    held = "coalesce((SELECT bool_and(version_num = 'v1') FROM alembic_version), false)"
+    guarded = (
+        f"WITH moved AS ({MOVE_V2[:-1]} RETURNING 1) SELECT {guard('v1', f'EXISTS (SELECT 1 FROM moved) AND {held}')};"
+    )
+    assert statements[5:9] == [V1_TO_V2.statements[0], guarded, *V2_TO_V3.statements]  # the later move as it is
     assert statements[-1].startswith("INSERT INTO project_registry.workspace_config")
     assert "WITH moved" not in statements[-1] and "expect_version" not in statements[-1]
-    assert statements.count(SEARCH_PATH) == 1
+    assert statements.count(SEARCH_PATH) == 1 and len(statements) == 10
+    # a first move of another form: a plain check of the table before it
+    odd_move = "UPDATE alembic_version SET version_num = 'v2';"
+    odd = upgrade(DISTRIBUTED, steps=(Step(StepKind.COMPILED, "v1", "v2", (odd_move,)), V2_TO_V3)).statements()
+    check = "SELECT " + guard("v1", "coalesce(bool_and(version_num = 'v1'), false)") + " FROM alembic_version;"
+    assert odd[5:7] == [check, odd_move]
 
 
 def test_a_distributed_flavor_sends_sets_together_queries_together_and_each_ddl_alone() -> None:
@@ -92,14 +101,17 @@ def test_a_distributed_flavor_sends_sets_together_queries_together_and_each_ddl_
     trips = DISTRIBUTED.round_trips(statements)
 
     assert [s for trip in trips for s in trip] == statements
-    assert trips == [
-        statements[:3],  # the SETs: the lock timeout (propagated) and the search_path
-        [LOCK, statements[4]],  # the lock and the version check
-        ["ALTER TABLE a ADD COLUMN b int;"],  # each DDL alone
-        [MOVE_V2],
-        ["CREATE TABLE c (id int);"],
-        [MOVE_V3, statements[-1]],  # the last version move and the registry row
-    ]
+    assert (
+        trips
+        == [
+            [BOUND, LOCK],  # the lock, its wait bounded by a query
+            statements[2:5],  # the SETs: the lock timeout (propagated) and the search_path
+            ["ALTER TABLE a ADD COLUMN b int;"],  # each DDL alone
+            [statements[6]],  # the first version move, guarded
+            ["CREATE TABLE c (id int);"],
+            [MOVE_V3, statements[-1]],  # the last version move and the registry row
+        ]
+    )
     odd = ["-- note\nSET LOCAL a = 1;", "set local b = 2;", "SET ROLE x;", "/* x */ select 1;", "DO $$ BEGIN END $$;"]
     assert DISTRIBUTED.round_trips(odd) == [
         odd[:2],  # SET LOCALs together, past a comment, in any case
@@ -107,13 +119,19 @@ def test_a_distributed_flavor_sends_sets_together_queries_together_and_each_ddl_
         ["/* x */ select 1;"],
         ["DO $$ BEGIN END $$;"],
     ]
-    # the whole transaction: BEGIN alone (in a SET's text, every worker would replay it: a WARNING there), COMMIT
-    # at the end of the last queries' round trip (their text is never forwarded), alone after a SET or a DDL
+    # the whole transaction: BEGIN starts the first queries' round trip (never a SET's: in a SET's text, every
+    # worker would replay it, a WARNING there), COMMIT ends the last queries' (their text is never forwarded);
+    # each alone after a SET or a DDL
     whole = DISTRIBUTED.round_trips([BEGIN, *statements, COMMIT])
-    assert whole == [[BEGIN], *trips[:-1], [*trips[-1], COMMIT]]
+    assert whole == [[BEGIN, *trips[0]], *trips[1:-1], [*trips[-1], COMMIT]]
     assert DISTRIBUTED.round_trips([BEGIN, SEARCH_PATH, COMMIT]) == [[BEGIN], [SEARCH_PATH], [COMMIT]]
-    assert DISTRIBUTED.round_trips([BEGIN, "CREATE TABLE c (id int);", COMMIT])[-1] == [COMMIT]
-    assert DISTRIBUTED.round_trips([BEGIN, LOCK, COMMIT]) == [[BEGIN], [LOCK, COMMIT]]
+    assert DISTRIBUTED.round_trips([BEGIN, "CREATE TABLE c (id int);", COMMIT]) == [
+        [BEGIN],
+        ["CREATE TABLE c (id int);"],
+        [COMMIT],
+    ]
+    assert DISTRIBUTED.round_trips([BEGIN, LOCK, COMMIT]) == [[BEGIN, LOCK, COMMIT]]
+    assert DISTRIBUTED.round_trips([BEGIN, COMMIT]) == [[BEGIN], [COMMIT]]
     assert PLAIN.round_trips(statements) == [statements]  # plain PostgreSQL: one batch
 
 

@@ -86,6 +86,13 @@ def lock_timeout_statement(timeout_ms: int, *, local: bool = True) -> str:
     return f"SET {'LOCAL ' if local else ''}lock_timeout = '{int(timeout_ms)}ms'"
 
 
+def lock_timeout_query(timeout_ms: int) -> str:
+    """``lock_timeout_statement`` as a query (``set_config``, for the transaction): where a SET can't share a
+    round trip with BEGIN (Citus), it bounds the wait for the schema's lock in BEGIN's round trip. Citus
+    never passes it on to its workers (it passes SET statements only)."""
+    return f"SELECT set_config('lock_timeout', '{int(timeout_ms)}ms', true)"
+
+
 def search_path_sql(schema: str, extension_schema: str, *, local: bool = True) -> str:
     """The project schema first, then only the schema holding the vector extension: for the
     transaction, or for the session with ``local=False``."""

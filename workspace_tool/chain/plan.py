@@ -92,6 +92,12 @@ class Step:
         a fleet run's plans share (``Chain.plan`` is cached), instead of once per schema."""
         return None if self.online else split_version_move(self.statements)
 
+    @cached_property
+    def version_row_moved_at(self) -> int | None:
+        """The index of its first statement that writes the version row (INSERT, UPDATE or DELETE of
+        alembic_version), or None: worked out once per step, as ``version_move`` is."""
+        return next((i for i, s in enumerate(self.statements) if _VERSION_ROW_MOVED.match(s)), None)
+
 
 @dataclass(frozen=True)
 class Plan:

@@ -62,6 +62,15 @@ class Flavor:
         """What bounds every lock wait of the transaction (SQLSTATE 55P03 when exceeded)."""
         return [lock_timeout_statement(timeout_ms)]
 
+    def locked(self, lock: str | None, timeout_ms: int | None, checks: Sequence[str] = ()) -> list[str]:
+        """The statements that start a transaction under a schema's lock, in the order they are sent: what
+        bounds the transaction's lock waits (``timeout_ms``; None: unbounded), the lock itself (``lock``, a
+        statement; None: no lock), then ``checks`` made under it (queries of the coordinator's own catalog or
+        tables: no worker of a distributed database is reached before the lock timeout's statements).
+        Plain PostgreSQL: the lock timeout's statements first (``lock_timeout_statements``)."""
+        bound = [] if timeout_ms is None else self.lock_timeout_statements(timeout_ms)
+        return [*bound, *([] if lock is None else [lock]), *checks]
+
     def before_project_schema(self) -> tuple[str, ...]:
         """The statements, in the transaction, before a project schema (or a scratch one, or a spare) is
         created."""

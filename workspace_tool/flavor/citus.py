@@ -12,8 +12,14 @@ How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordi
   text the workers replay then holds only them), the queries in a row (SELECT, INSERT, UPDATE, DELETE, WITH:
   planned per shard, their text never forwarded) share one, and every other statement goes alone, but for a
   COMMIT, which ends the queries' round trip before it (measured: a fleet's transaction then takes as many
-  round trips as the raw floor's). BEGIN goes alone: in a SET's text, every worker would replay it (a WARNING
-  there, "there is already a transaction in progress", sent back to the client too).
+  round trips as the raw floor's). BEGIN never shares a SET's round trip: in a SET's text, every worker would
+  replay it (a WARNING there, "there is already a transaction in progress", sent back to the client too); it
+  starts the queries' round trip after it instead.
+* A transaction under a schema's lock takes the lock first (``locked``), in BEGIN's round trip, its wait
+  bounded by ``set_config`` (a query: never passed on), with the checks made under it (the coordinator's own
+  catalog and tables: no worker reached yet); the propagated SETs (lock timeout, search_path) follow in one
+  round trip, still before any worker is reached: they reach each worker with its transaction's start (a
+  SET sent once a worker's transaction has started costs a round trip to that worker, per SET).
 * A script of the user's (`exec`'s SQL) is sent statement by statement too, split as psql splits it
   (``sql.split_statements``): in one string, a second DDL fails ("cannot insert multiple commands into a
   prepared statement").
@@ -24,9 +30,10 @@ How it differs from plain PostgreSQL (flavor/base.py), each measured on a coordi
   workspace-tool is refused, saying how to undo it.
 * The lock timeout is propagated to the workers (PROPAGATE_SET, then the SET LOCAL itself: Citus passes SET
   LOCAL commands on only after it, and only as SET statements, not set_config).
-* An existing schema's guard is a separate version check, sent first: a CTE that modifies a distributed
-  table runs through intermediate results (measured: a third more time per schema). It shares the lock's
-  round trip; the search_path's SET comes before the lock, with the lock timeout's (schema/plan.py).
+* An existing schema's guard is a separate version check: a CTE that modifies a distributed table runs
+  through intermediate results (measured: a third more time per schema). It is sent under the schema's
+  lock, just before the migration's first version move, in that move's round trip (schema/plan.py): a
+  schema at another revision fails it, and the whole transaction, its DDL included, rolls back.
 * A fleet run reads no version it can take from the registry: every version read is a distributed query
   (measured: a third of a 608-schema `upgrade --all`). A schema whose registry row says it is ready at a
   revision the run migrates from is taken at that revision; the version check above confirms it under the
@@ -49,7 +56,7 @@ from sqlalchemy import Connection, text
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor.base import Flavor
 from workspace_tool.naming import SCHEMA_LIKE
-from workspace_tool.sql import lock_timeout_statement, sql_literal
+from workspace_tool.sql import lock_timeout_query, lock_timeout_statement, sql_literal
 
 # Each for the current transaction only.
 TENANT = "SET LOCAL citus.enable_schema_based_sharding TO on"
@@ -87,16 +94,22 @@ _FIRST_WORDS = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*([A-Za-z]+)(?:\s+
 _QUERIES = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "WITH"})
 
 
+# Which kind of statement may join the round trip of the one before it: its like (SETs, queries), COMMIT
+# after queries, queries after BEGIN.
+_JOINS = frozenset({("set", "set"), ("query", "query"), ("commit", "query"), ("query", "begin")})
+
+
 def _kind(statement: str) -> str | None:
     """'set' (a SET LOCAL) or 'query' for a statement that may share a round trip with others of its kind,
-    'commit' for one that may end the queries' round trip; None for one that goes alone (a session's SET
-    too: replayed on a worker with a SET LOCAL's text, it would stay on the worker's cached connection)."""
+    'commit' for one that may end the queries' round trip, 'begin' for one that may start it; None for one
+    that goes alone (a session's SET too: replayed on a worker with a SET LOCAL's text, it would stay on the
+    worker's cached connection)."""
     match = _FIRST_WORDS.match(statement)
     first, second = (match[1].upper(), (match[2] or "").upper()) if match else ("", "")
     if first == "SET":
         return "set" if second == "LOCAL" else None
-    if first == "COMMIT":
-        return "commit"
+    if first in ("COMMIT", "BEGIN"):
+        return first.lower()
     return "query" if first in _QUERIES else None
 
 
@@ -115,7 +128,7 @@ class Citus(Flavor):
         previous: str | None = None
         for statement in statements:
             kind = _kind(statement)
-            if kind is not None and (kind == previous or (kind, previous) == ("commit", "query")):
+            if (kind, previous) in _JOINS:
                 trips[-1].append(statement)
             else:
                 trips.append([statement])
@@ -124,6 +137,15 @@ class Citus(Flavor):
 
     def lock_timeout_statements(self, timeout_ms: int) -> list[str]:
         return [PROPAGATE_SET, lock_timeout_statement(timeout_ms)]
+
+    def locked(self, lock: str | None, timeout_ms: int | None, checks: Sequence[str] = ()) -> list[str]:
+        """The lock first, its wait bounded by ``lock_timeout_query``, and the checks under it (in BEGIN's
+        round trip: ``round_trips``), then the lock timeout's SETs (see the module's docstring)."""
+        if lock is None:
+            return super().locked(lock, timeout_ms, checks)
+        bound = [] if timeout_ms is None else self.lock_timeout_statements(timeout_ms)
+        first = [] if timeout_ms is None else [lock_timeout_query(timeout_ms)]
+        return [*first, lock, *checks, *bound]
 
     def before_project_schema(self) -> tuple[str, ...]:
         return (TENANT,)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, text
 
 from workspace_tool import registry, transactions
-from workspace_tool.dberrors import translating
+from workspace_tool.dberrors import INVALID_SCHEMA_NAME, sqlstate, translating
 from workspace_tool.errors import WorkspaceNotFound
 from workspace_tool.flavor import Flavor
 from workspace_tool.lifecycle import batch
@@ -38,7 +38,6 @@ from workspace_tool.sql import (
     sql_literal,
 )
 
-FOUND_SETTING = "workspace_tool.found"  # a transaction-local setting: what a drop found, read back at its end
 QUARANTINE_PREFIX = "dropped_"  # not a project schema's name: no fleet run, status or pool sees it
 _EXISTS = text("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :s)")
 # Written against the default registry; each sent through the chain's namespace (Namespace.sql).
@@ -116,25 +115,27 @@ class DropTask:
 
 
 def _drop(conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int, namespace: Namespace) -> str:
-    """One round trip (batch.transaction): under the project's lock, note whether there is anything to drop
-    (its schema, a quarantined copy, its registry row), drop them all, and say what was noted: nothing
-    there means it was dropped since the read (gone)."""
+    """One round trip (batch.transaction; on Citus five: BEGIN with the lock and the guard, the SETs, each
+    DROP SCHEMA alone, the registry row with COMMIT): under the project's lock, a guard that there is
+    something to drop (its schema, a quarantined copy, its registry row), then drop them all. The guard
+    failing means it was dropped since the read (gone), and nothing is changed."""
     schema, aside, project_id = work.schema, quarantine_name(work.schema, namespace), sql_literal(work.project_id)
     found = (
         f"EXISTS (SELECT 1 FROM pg_namespace WHERE nspname IN ({sql_literal(schema)}, {sql_literal(aside)})) "
         f"OR EXISTS (SELECT 1 FROM {_TABLE} WHERE project_id = {project_id})"
     )
     statements = [
-        *batch.prelude(flavor, schema, lock_timeout_ms),
-        namespace.sql(f"SELECT set_config('{FOUND_SETTING}', ({found})::text, true)"),
+        *batch.locked(flavor, schema, lock_timeout_ms, [namespace.sql(batch.found_guard(found, schema))]),
         f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE",
         f"DROP SCHEMA IF EXISTS {quote_ident(aside)} CASCADE",
         namespace.sql(f"DELETE FROM {_TABLE} WHERE project_id = {project_id}"),
-        f"SELECT current_setting('{FOUND_SETTING}')::boolean",
     ]
-    _, found = batch.transaction(conn, flavor, schema, statements)
-    if not found:
-        raise WorkspaceNotFound(work.project_id, work.schema)  # nothing was there: dropped since the read
+    try:
+        batch.transaction(conn, flavor, schema, statements, read=False)
+    except Exception as exc:
+        if sqlstate(exc) == INVALID_SCHEMA_NAME:  # the guard: nothing was there, dropped since the read
+            raise WorkspaceNotFound(work.project_id, work.schema) from None
+        raise
     return "dropped"
 
 

@@ -35,23 +35,23 @@ class ExecTask:
 
     def run(self, conn: Connection, work: Work, flavor: Flavor, lock_timeout_ms: int) -> str | None:
         """One round trip (batch.transaction): the lock, a guard that the schema is still there (gone
-        otherwise), the search_path, the SQL (statement by statement where the flavor takes no batch:
-        Citus); behind a pooler two, the transaction ending with the session's reset
-        (pooler.SESSION_RESET), so that a SET without LOCAL or a session lock in the SQL stays in its
-        transaction. When the SQL fails, what outlives the rollback (a session lock, a prepared statement)
-        is reset in a transaction of its own."""
+        otherwise), the search_path, the SQL; where the flavor takes no batch (Citus), four for SQL of one
+        statement: BEGIN with the lock and the guard, the SETs, each statement of the SQL alone, COMMIT.
+        Behind a pooler one more, the transaction ending with the session's reset (pooler.SESSION_RESET),
+        so that a SET without LOCAL or a session lock in the SQL stays in its transaction. When the SQL
+        fails, what outlives the rollback (a session lock, a prepared statement) is reset in a transaction of
+        its own."""
         transactions.require(conn)
         statements = [
-            *batch.prelude(flavor, work.schema, lock_timeout_ms),
-            batch.schema_guard(work.schema),
+            *batch.locked(flavor, work.schema, lock_timeout_ms, [batch.schema_guard(work.schema)]),
             search_path_sql(work.schema, flavor.extension_schema),
-            *flavor.script_statements(self.sql),
         ]
+        script = flavor.script_statements(self.sql)
         # what the SQL set for the session ends with its transaction (cached per engine: one probe per run)
         pooled = pooler.behind_pooler(conn)
         reset = pooler.SESSION_RESET if pooled else ()
         try:
-            rows, _ = batch.transaction(conn, flavor, work.schema, statements, then=reset)
+            rows, _ = batch.transaction(conn, flavor, work.schema, statements, script=script, then=reset)
         except Exception as exc:
             if pooled and not conn.invalidated:  # a lost connection has no session left to reset
                 with suppress(DBAPIError):  # the SQL's own error is the one to report

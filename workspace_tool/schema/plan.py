@@ -8,11 +8,12 @@ lock timeout. Planned in one transaction::
     BEGIN ISOLATION LEVEL READ COMMITTED
     SET LOCAL lock_timeout = '...'            -- when bounded (the flavor's statements)
     SELECT pg_advisory_xact_lock(...)         -- the schema's lock: other schemas never wait
+                                              -- (the order of these two is the flavor's: ``Flavor.locked``)
     CREATE SCHEMA ...                         -- when it does not exist (after the flavor's statements)
     SET LOCAL search_path TO <schema>, <extension schema>
-    <the version check>                       -- a flavor's separate guard: fails unless the version is as read
-                                              -- (the search_path then set before the lock: see ``prelude``)
-    <the plan's steps>                        -- compiled statements, or Alembic online
+    <the plan's steps>                        -- compiled statements, or Alembic online; a flavor's separate
+                                              -- version check just before the first version move: it
+                                              -- fails unless the version is as read
     <grants>                                  -- an owner role, when asked
     <the registry row>                        -- guarded: written only if the version moved as expected
     COMMIT
@@ -22,7 +23,8 @@ schema first: CREATE SCHEMA fails if the schema appeared since; on an existing s
 written by the statement that moves alembic_version from the version read, which calls
 ``project_registry.expect_version`` (registry revision r0005) with whether it moved: if not, that raises
 SQLSTATE ``dberrors.STATE_CHANGED`` and the transaction changes nothing. A flavor that can't afford that
-statement (``Flavor.separate_version_check``) gets the same call as a check of its own, sent first.
+statement (``Flavor.separate_version_check``) gets the same call at the migration's first version move,
+in a statement of its own with that move (``_guarded_move``).
 
 **Parts.** A revision that can't run in a transaction (a NON_TRANSACTIONAL step: CREATE INDEX
 CONCURRENTLY, ...) cuts the migration into parts (``parts()``): transactions, each ending with the
@@ -51,7 +53,7 @@ from dataclasses import dataclass, replace
 
 from workspace_tool import transactions
 from workspace_tool.chain import Chain, Step
-from workspace_tool.chain.plan import Path, StepKind, split_version_statements
+from workspace_tool.chain.plan import Path, StepKind, split_version_move, split_version_statements
 from workspace_tool.flavor import Flavor
 from workspace_tool.namespace import DEFAULT, Namespace
 from workspace_tool.registry import expect_version_sql, update_sql, upsert_sql
@@ -111,17 +113,10 @@ class SchemaPlan:
 
     # -------------------------------------------------------------- one transaction
     def prelude(self) -> list[str]:
-        """What comes first: the lock timeout, then the schema's lock. Before a flavor's separate version
-        check, the search_path's SET comes before the lock: on Citus it then shares the lock timeout's round
-        trip and reaches the worker with the transaction's start, rather than in a round trip of its own
-        once the check has opened the worker's connection."""
-        bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
-        statements = [s + ";" for s in bound]
-        if self.checks_version:
-            statements.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
-        if self.lock:
-            statements.append(lock_statement(self.schema) + ";")
-        return statements
+        """What comes first: the lock timeout and the schema's lock, in the order the flavor sends them
+        (``Flavor.locked``: on Citus the lock first, in BEGIN's round trip)."""
+        lock = lock_statement(self.schema) if self.lock else None
+        return [s + ";" for s in self.flavor.locked(lock, self.lock_timeout_ms)]
 
     def units(self) -> list[str | Step]:
         """Everything after the prelude, in order: statements, and the online steps between them. A claim:
@@ -133,17 +128,21 @@ class SchemaPlan:
         if self.create_schema:
             units.extend(s + ";" for s in self.flavor.before_project_schema())
             units.append(f"CREATE SCHEMA {quote_ident(self.schema)};")
-        if (check := self._version_check()) is not None:
-            units.append(check + ";")  # the search_path was set in the prelude
-        else:
-            units.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
+        units.append(search_path_sql(self.schema, self.flavor.extension_schema) + ";")
+        check = self._version_check()
         steps, record = self._steps_and_record()
         for step in steps:
             if step.online:
                 units.append(step)
+            elif check is not None and (at := step.version_row_moved_at) is not None:
+                before, move, after = step.statements[:at], step.statements[at], step.statements[at + 1 :]
+                units.extend([*before, *self._guarded_move(move, check), *after])
+                check = None
             else:
                 units.extend(step.statements)
         units.extend(g + ";" for g in self.grants)
+        if check is not None:  # no version row moved before the registry row: checked before it
+            units.append(check + ";")
         if record is not None:
             units.append(record + ";")
         return units
@@ -228,16 +227,14 @@ class SchemaPlan:
         exists = self.expected is not None and self.expected.exists
         return exists and self.guarded and not self.flavor.separate_version_check
 
-    @property
-    def checks_version(self) -> bool:
-        """Whether the transaction starts with a flavor's separate version check (``_version_check``)."""
-        return self._version_check() is not None
-
     def _version_check(self) -> str | None:
         """A flavor's separate guard of an existing schema: a statement that fails unless its version table
-        holds the expected version and nothing else, sent first (under the schema's lock, nothing else moves
-        it). One plain query of the table (an aggregate, no subquery): Citus sends it to the worker as it is,
-        measured ~0.09 ms less per schema there than an EXISTS subquery."""
+        holds the expected version and nothing else, sent under the schema's lock (nothing else moves it)
+        at the migration's first version move (``units``, ``_guarded_move``): a schema at another revision
+        fails it, and the whole transaction, the DDL before it included, rolls back (a DDL that fails first
+        on such a schema sends the fleet to the careful path too: ``migrate._moved``). One plain query of
+        the table (an aggregate, no subquery): Citus sends it to the worker as it is, measured ~0.09 ms less
+        per schema there than an EXISTS subquery."""
         if not self.flavor.separate_version_check or self.expected is None or not self.expected.exists:
             return None
         if not self.guarded:
@@ -245,6 +242,22 @@ class SchemaPlan:
         found = f"coalesce(bool_and(version_num = {sql_literal(self.expected.version)}), false)"
         guard = self.namespace.sql(expect_version_sql(found, self.schema, self.expected.version))
         return f"SELECT {guard} FROM alembic_version"
+
+    def _guarded_move(self, move: str, check: str) -> list[str]:
+        """The first version move of a plan with a separate version check (``check``), guarded: ONE statement
+        that moves the version row and fails unless it moved and the version table held the expected version
+        and nothing else (what ``check`` asks, of the table as it was before the move). Citus sends it to the
+        worker whole, as one statement (the version table is a tenant table there), where the check and the
+        move would be two. A move of another form: ``check``, then the move."""
+        split = split_version_move([move])
+        if split is None or self.expected is None:
+            return [check + ";", move]
+        expected = sql_literal(self.expected.version)
+        held = f"coalesce((SELECT bool_and(version_num = {expected}) FROM alembic_version), false)"
+        guard = self.namespace.sql(
+            expect_version_sql(f"EXISTS (SELECT 1 FROM moved) AND {held}", self.schema, self.expected.version)
+        )
+        return [f"WITH moved AS ({split[1]} RETURNING 1) SELECT {guard};"]
 
     def claim_alone(self) -> str:
         """A claim as one implicit transaction sent alone (``send.claim_alone``): its isolation level and lock

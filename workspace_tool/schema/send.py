@@ -84,8 +84,6 @@ def run(
     transactions.require(conn)
     if not plan.in_one_transaction:
         raise ValueError("a step can't run in a transaction: send it with run_in_parts")
-    if lock_held and plan.checks_version:
-        raise ValueError("a plan with a separate version check sends its own prelude (its search_path is there)")
     flavor = plan.flavor
     units: list[str | Step] = [*([] if lock_held else plan.prelude()), *plan.units()]
     pending: list[str] = []
@@ -205,10 +203,12 @@ def send_raw(conn: Connection, schema: str, sql: str | Sequence[str], *, rollbac
 class Reply:
     """What ``send_reply`` read back: ``value``, the first column of the first row of the last statement that
     returned one (None: none did); ``rows``, the row count of the last round trip whose last statement
-    reported one (a COMMIT or a SET reports none; -1: none did)."""
+    reported one (a COMMIT or a SET reports none; -1: none did); ``each``, every round trip's own (the first
+    column of its last statement's first row, or None; that statement's row count, or -1), in order."""
 
     value: object = None
     rows: int = -1
+    each: tuple[tuple[object, int], ...] = ()
 
 
 def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollback: bool = False) -> Reply:
@@ -232,6 +232,7 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
     dbapi.autocommit = True  # the statements carry their own transaction
     value: object = None
     rows = -1
+    each: list[tuple[object, int]] = []
     # the engine's cursor events, only when something listens (a dispatch without listeners is false)
     before, after = conn.dispatch.before_cursor_execute, conn.dispatch.after_cursor_execute
     try:
@@ -243,8 +244,10 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
                 cursor.execute(trip)
                 if cursor.rowcount >= 0:
                     rows = cursor.rowcount
+                first = None
                 if cursor.description is not None and (row := cursor.fetchone()) is not None:
-                    value = row[0]
+                    value = first = row[0]
+                each.append((first, cursor.rowcount))
                 if after:
                     after(conn, cursor, trip, (), None, False)
         finally:
@@ -265,7 +268,7 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
             with contextlib.suppress(Exception):
                 dbapi.autocommit = autocommit
                 dbapi.isolation_level = isolation
-    return Reply(value, rows)
+    return Reply(value, rows, tuple(each))
 
 
 def in_transaction_block(conn: Connection) -> bool:
