@@ -3,6 +3,9 @@ reported, lock timeouts retried then reported, rerunning picks up what is left, 
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +18,8 @@ from support.db import registry_state, schema_version
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
+from workspace_tool.fleet.migrator import Migrator
+from workspace_tool.schema.operation import Work
 
 DROP_UNIQUE = 'op.drop_index("ux_items_name", table_name="items")'
 ONLINE_EXTRA = "workspace_online = True\n"
@@ -194,14 +199,27 @@ def test_missing_unknown_and_orphan_schemas_are_reported_not_touched(engine: sa.
     assert adopted.ok and tuple(registry_state(engine, "p02")) == ("a2", "ready", None)
 
 
-def test_interrupt_lets_running_schemas_finish_and_starts_no_more(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+def test_interrupt_lets_running_schemas_finish_and_starts_no_more(
+    engine: sa.Engine, fleet_at_a1: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C as a terminal sends it (SIGINT to the process), once the third schema is done: seen at once by
+    the calling thread while it waits for the workers, however rarely it takes their results."""
     threads_before = threading.active_count()
+    finished = itertools.count(1)
+    run = Migrator.run
 
-    def interrupt(event: fleet.Progress) -> None:
-        if event.done == 3:
-            raise KeyboardInterrupt
+    def run_then_ctrl_c(self: Migrator, work: Work) -> fleet.SchemaResult:
+        result = run(self, work)
+        if next(finished) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
 
-    report = fleet.upgrade(engine, fleet_at_a1, jobs=2, progress=interrupt)
+    monkeypatch.setattr(Migrator, "run", run_then_ctrl_c)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # what a terminal's Ctrl-C raises
+    try:
+        report = fleet.upgrade(engine, fleet_at_a1, jobs=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
     assert report.interrupted and not report.ok
     done = [r for r in report.results if r.status == "ok"]
@@ -211,6 +229,45 @@ def test_interrupt_lets_running_schemas_finish_and_starts_no_more(engine: sa.Eng
         version = schema_version(engine, result.schema)
         assert version == ("a2" if result.status == "ok" else "a1")
         assert registry_state(engine, result.project_id).revision == version
+    assert threading.active_count() == threads_before
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_a_progress_callback_raising_keyboard_interrupt_stops_the_run(engine: sa.Engine, fleet_at_a1: Chain) -> None:
+    """Ctrl-C landing in the progress callback (it runs in the calling thread): no schema is lost from the
+    report, each one wholly at the revision its result says."""
+
+    def interrupt(event: fleet.Progress) -> None:
+        if event.done == 3:
+            raise KeyboardInterrupt
+
+    report = fleet.upgrade(engine, fleet_at_a1, jobs=2, progress=interrupt)
+
+    assert report.interrupted and not report.ok
+    assert sorted(r.project_id for r in report.results) == IDS  # each schema once
+    assert len([r for r in report.results if r.status == "ok"]) >= 3
+    for result in report.results:
+        version = schema_version(engine, result.schema)
+        assert version == ("a2" if result.status == "ok" else "a1")
+        assert registry_state(engine, result.project_id).revision == version
+
+
+def test_a_bug_in_a_worker_is_raised_and_stops_the_others(
+    engine: sa.Engine, fleet_at_a1: Chain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads_before = threading.active_count()
+    run = Migrator.run
+
+    def run_or_fail(self: Migrator, work: Work) -> fleet.SchemaResult:
+        if work.project_id == "p02":
+            raise ZeroDivisionError("a bug")
+        return run(self, work)
+
+    monkeypatch.setattr(Migrator, "run", run_or_fail)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        fleet.upgrade(engine, fleet_at_a1, jobs=2)
+    at_a2 = [pid for pid in IDS if schema_version(engine, f"project_{pid}") == "a2"]
+    assert len(at_a2) < len(IDS) - 1  # the other worker started no more schemas once it was raised
     assert threading.active_count() == threads_before
     assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
 

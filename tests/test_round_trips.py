@@ -20,7 +20,7 @@ from support.data import add_rows
 from support.db import assert_consistent, catalog, registry_row, registry_state, schema_version
 from wire import WireRecorder
 
-from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, fleet, spares
+from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, flavor, fleet, spares
 from workspace_tool.chain import Chain
 from workspace_tool.errors import ConfigurationError, MigrationFailed
 from workspace_tool.fleet import RunSpec, Selection
@@ -28,8 +28,11 @@ from workspace_tool.lifecycle.drop import drop_operation
 from workspace_tool.lifecycle.exec import exec_operation
 from workspace_tool.managers import cache
 from workspace_tool.schema.catalog import diff
+from workspace_tool.schema.migrate import Migration, Sending, fast_lane
 from workspace_tool.schema.operation import Operation
+from workspace_tool.schema.plan import Expected
 from workspace_tool.spares.settings import async_claim
+from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS
 from workspace_tool.urls import async_url
 
 
@@ -72,6 +75,33 @@ def test_a_fleet_run_sends_one_round_trip_per_schema(engine: sa.Engine, tiny: Ch
     # the 6 schemas more cost exactly 6 round trips more: nothing but their batches is sent per schema
     assert len(ten) - len(two) == 6, [q for q in ten if q not in batches]
     assert not [q for q in ten if "default_transaction_isolation" in q]
+
+
+def test_each_schemas_batch_is_its_own_plans_byte_for_byte(engine: sa.Engine, tiny: Chain, wire: WireRecorder) -> None:
+    """The fleet plans a range's batch once and fills in each schema's names: what goes on the wire is what
+    planning that schema alone writes (SchemaPlan.batch), for a missing schema and for an existing one."""
+    ids = [f"rb{i}" for i in range(4)]
+    counted = sa.create_engine(wire.url)
+    try:
+        with engine.connect() as conn:
+            how = Sending(tiny, flavor.read(conn), lock_timeout_ms=DEFAULT_LOCK_TIMEOUT_MS)
+        for operation, target, expected in (
+            (fleet.PROVISION, "a1", Expected(False, None)),
+            (fleet.UPGRADE, "a2", Expected(True, "a1")),
+        ):
+            wire.clear()
+            assert fleet.run(
+                counted, tiny, operation, RunSpec(target=target, project_ids=tuple(ids), jobs=2, pool=False)
+            ).ok
+            sent = sorted(q for q in wire.queries if "project_rb" in q and "ISOLATION LEVEL" in q)
+            planned = []
+            for pid in ids:
+                plan = fast_lane(how, Migration(pid, f"project_{pid}", target, operation), expected)
+                assert plan is not None and plan.batchable
+                planned.append(plan.batch())
+            assert sent == sorted(planned)
+    finally:
+        counted.dispose()
 
 
 def test_a_fleet_run_reads_no_version_the_registry_already_tells(

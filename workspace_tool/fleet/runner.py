@@ -46,7 +46,7 @@ class FleetOptions(SpecOptions, total=False):
     """The options of ``upgrade``, ``downgrade`` and ``provision``: a RunSpec's (SpecOptions), and what a run
     is given beside its spec."""
 
-    progress: ProgressCallback | None  # called in the calling thread at the start and after each schema
+    progress: ProgressCallback | None  # in the calling thread: at the start, then per schema (every DRAIN_S)
     direct_engine: Engine | None  # what needs a session (a revision outside a transaction) goes there
     executor: str  # 'auto' or 'threads' (the same: schemas run in threads, one connection each)
 

@@ -11,7 +11,9 @@ schema's session lock (``send.run_in_parts``).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
+import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -266,13 +268,18 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
         return None
     if not expected.exists and claims(how, what):
         return None
-    plan = fast_lane(how, what, expected)
-    if plan is None:
+    batch = _range_batch(how, what, expected)  # the usual case: the range's batch, with this schema's names
+    plan = fast_lane(how, what, expected) if batch is None else None
+    if batch is None and plan is None:
         return None
     started = time.perf_counter()
-    one_trip = plan.batchable
+    one_trip = batch is not None or (plan is not None and plan.batchable)
     try:
-        if one_trip:
+        if batch is not None:  # as send.send_batch sends a plan's batch
+            send.send_raw(conn, what.schema, batch.filled(what), rollback=True)
+        elif plan is None:
+            raise AssertionError("no batch and no plan")  # returned above
+        elif one_trip:
             send.send_batch(conn, plan)
         elif how.statement_by_statement:
             with conn.begin():
@@ -298,14 +305,64 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
                 connection_invalidated=conn.invalidated,
             ) from failure
         raise
-    assert plan.record is not None
-    action = what.operation.action(how.chain, expected.version, what.target, exists=expected.exists)
+    if batch is not None:
+        action, path = batch.action, batch.path
+    else:
+        assert plan is not None and plan.record is not None
+        path = plan.record.path
+        action = what.operation.action(how.chain, expected.version, what.target, exists=expected.exists)
     return _logged(
-        EnsureResult(
-            what.project_id, what.schema, action, expected.version, what.target, _ms(started), plan.record.path
-        ),
+        EnsureResult(what.project_id, what.schema, action, expected.version, what.target, _ms(started), path),
         "fast lane (one round trip)" if one_trip else "fast lane (statement by statement)",
     )
+
+
+# The schema's name and its project id in a range's batch planned once (``_range_batch``), filled in for each
+# schema: PostgreSQL text never holds NUL, so they occur nowhere else in it.
+_SCHEMA, _PROJECT = "\x00schema\x00", "\x00project\x00"
+# Names that quote_ident and sql_literal write as they are, inside their quotes, and that no namespace's
+# rewrite of the registry's name touches (no dot): only such names are filled into a planned batch.
+_PLAIN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class _RangeBatch:
+    """The fast lane's batch of one range for every schema at ``expected`` (``_SCHEMA`` and ``_PROJECT`` in
+    place of their names), with what a schema's result says."""
+
+    sql: str
+    action: Action
+    path: Path
+
+    def filled(self, what: Migration) -> str:
+        return self.sql.replace(_SCHEMA, what.schema).replace(_PROJECT, what.project_id)
+
+
+def _range_batch(how: Sending, what: Migration, expected: Expected) -> _RangeBatch | None:
+    """``fast_lane(how, what, expected).batch()`` for a schema with a plain name, planned once per range
+    (measured: planning and writing each schema's batch was 15-20 us of the ~110 us of client CPU a fleet
+    run spends per schema); None otherwise (not one batch, or a name to plan for itself)."""
+    if not (_PLAIN.fullmatch(what.schema) and _PLAIN.fullmatch(what.project_id)):
+        return None
+    return _planned_batch(how, what.target, what.operation, expected)
+
+
+@functools.lru_cache(maxsize=64)
+def _planned_batch(how: Sending, target: str | None, operation: Operation, expected: Expected) -> _RangeBatch | None:
+    """The range's batch with the placeholders, checked once against a plain schema's own plan: None (each
+    schema planned for itself) if a name is written any other way than as it is."""
+
+    def planned_for(project_id: str, schema: str) -> SchemaPlan | None:
+        plan = fast_lane(how, Migration(project_id, schema, target, operation), expected)
+        return plan if plan is not None and plan.batchable else None
+
+    plan, sample = planned_for(_PROJECT, _SCHEMA), planned_for("p-1", "project_p_1")
+    if plan is None or sample is None or plan.record is None:
+        return None
+    if plan.batch().replace(_SCHEMA, "project_p_1").replace(_PROJECT, "p-1") != sample.batch():
+        return None
+    action = operation.action(how.chain, expected.version, target, exists=expected.exists)
+    return _RangeBatch(plan.batch(), action, plan.record.path)
 
 
 class NoSpare(enum.Enum):
