@@ -28,11 +28,11 @@ from support.citus import (
 )
 from support.data import DATA_TABLES, add_chunks, damage, data_rows
 from support.db import assert_consistent, registry_row
+from support.wire_runs import warm_run_queries
 from wire import WireRecorder
 
 from workspace_tool import WorkspaceManager, fleet
 from workspace_tool.chain import Chain
-from workspace_tool.fleet import RunSpec, Selection
 from workspace_tool.lifecycle.drop import drop_operation
 from workspace_tool.lifecycle.exec import exec_operation
 from workspace_tool.schema.operation import Operation
@@ -202,18 +202,9 @@ def test_drop_one_and_in_bulk_leaves_nothing_on_any_node(citus_engine: sa.Engine
 
 
 def lifecycle_queries(url: URL, chain: Chain, operation: Operation, ids: list[str]) -> list[str]:
-    """The queries a fleet run of ``operation`` over ``ids`` sends to the coordinator, on an engine that has
-    run it once already (its first connect and the pooler probe are behind it)."""
+    """The queries a warm fleet run of ``operation`` over ``ids`` sends to the coordinator."""
     with WireRecorder(url) as wire:
-        engine = sa.create_engine(wire.url)
-        try:
-            fleet.run(engine, chain, exec_operation("SELECT 1"), RunSpec(jobs=1, selection=Selection(ids=ids[:1])))
-            wire.clear()
-            report = fleet.run(engine, chain, operation, RunSpec(jobs=1, selection=Selection(ids=ids)))
-            assert report.counts()["ok"] == len(ids), report.failed
-            return wire.queries
-        finally:
-            engine.dispose()
+        return warm_run_queries(wire, chain, operation, ids)
 
 
 @pytest.mark.parametrize(("what", "per_schema"), [("exec", 4), ("drop", 5)])

@@ -18,18 +18,18 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from support.chains import ITEMS, UNIQUE, ChainBuilder, with_options
 from support.data import add_rows
 from support.db import assert_consistent, catalog, registry_row, registry_state, schema_version
+from support.wire_runs import warm_run_queries
 from wire import WireRecorder
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, flavor, fleet, spares
 from workspace_tool.chain import Chain
 from workspace_tool.errors import ConfigurationError, MigrationFailed
-from workspace_tool.fleet import RunSpec, Selection
+from workspace_tool.fleet import RunSpec
 from workspace_tool.lifecycle.drop import drop_operation
 from workspace_tool.lifecycle.exec import exec_operation
 from workspace_tool.managers import cache
 from workspace_tool.schema.catalog import diff
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane
-from workspace_tool.schema.operation import Operation
 from workspace_tool.schema.plan import Expected
 from workspace_tool.spares.settings import async_claim
 from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS
@@ -127,20 +127,6 @@ def test_a_fleet_run_reads_no_version_the_registry_already_tells(
 
 
 # ------------------------------------------------------------------ exec and bulk drop
-def _lifecycle_counting(wire: WireRecorder, chain: Chain, operation: Operation, ids: list[str]) -> list[str]:
-    """The queries a fleet run of ``operation`` over ``ids`` sends, on an engine that has run it once already
-    (its first connect and the pooler probe are behind it)."""
-    engine = sa.create_engine(wire.url)
-    try:
-        fleet.run(engine, chain, exec_operation("SELECT 1"), RunSpec(jobs=1, selection=Selection(ids=ids[:1])))
-        wire.clear()
-        report = fleet.run(engine, chain, operation, RunSpec(jobs=1, selection=Selection(ids=ids)))
-        assert report.counts()["ok"] == len(ids), report.failed
-        return wire.queries
-    finally:
-        engine.dispose()
-
-
 @pytest.mark.parametrize("what", ["exec", "drop"])
 def test_exec_and_bulk_drop_send_one_round_trip_per_schema(
     engine: sa.Engine, tiny: Chain, wire: WireRecorder, what: str
@@ -152,8 +138,8 @@ def test_exec_and_bulk_drop_send_one_round_trip_per_schema(
     operation = exec_operation("INSERT INTO items (name) VALUES (current_schema())")
     if what == "drop":
         operation = drop_operation()
-    two = _lifecycle_counting(wire, tiny, operation, ids[:2])
-    six = _lifecycle_counting(wire, tiny, operation, ids[2:])
+    two = warm_run_queries(wire, tiny, operation, ids[:2])
+    six = warm_run_queries(wire, tiny, operation, ids[2:])
 
     per_schema = [q for q in six if "project_lc" in q]
     assert len(per_schema) == 6, per_schema
