@@ -35,7 +35,7 @@ from workspace_tool.dberrors import describe, is_connection_error, is_driver_err
 from workspace_tool.errors import NonTransactionalFailed, RevisionFailed, WorkspaceError
 from workspace_tool.flavor import Flavor
 from workspace_tool.schema.plan import BEGIN, COMMIT, SchemaPlan, span
-from workspace_tool.sql import lock_schema, lock_statement, quote_ident, unlock_statement
+from workspace_tool.sql import lock_statement, quote_ident, unlock_statement
 
 # The session's settings a non-transactional step changes, read before and put back after.
 _SETTINGS = text(
@@ -123,15 +123,12 @@ def claim(conn: Connection, plan: SchemaPlan, *, lock_held: bool = False, statem
 
 
 def _lock_through_the_adapter(conn: Connection, plan: SchemaPlan) -> None:
-    """asyncpg: the prelude (the lock timeout, the schema's lock) sent through SQLAlchemy, whose adapter
-    begins its transaction first. What is then sent on the driver itself is in that transaction, and the lock
-    held to its end; sent on the driver first, a batch is an implicit transaction of its own, which releases
-    the lock when it ends (and commits what it did there and then)."""
-    bound = [] if plan.lock_timeout_ms is None else plan.flavor.lock_timeout_statements(plan.lock_timeout_ms)
-    for statement in bound:
+    """asyncpg: the prelude (the lock timeout, the schema's lock: ``SchemaPlan.prelude``) sent through
+    SQLAlchemy, whose adapter begins its transaction first. What is then sent on the driver itself is in that
+    transaction, and the lock held to its end; sent on the driver first, a batch is an implicit transaction of
+    its own, which releases the lock when it ends (and commits what it did there and then)."""
+    for statement in plan.prelude():
         conn.exec_driver_sql(statement)
-    if plan.lock:
-        lock_schema(conn, plan.schema)
 
 
 def _run_online(conn: Connection, plan: SchemaPlan, chain: Chain, step: Step, *, outside: bool = False) -> None:
