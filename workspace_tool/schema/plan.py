@@ -268,7 +268,7 @@ class SchemaPlan:
             raise ValueError(
                 "only a claim without grants, under the schema's lock, with its registry row, is sent alone"
             )
-        bound = [] if self.lock_timeout_ms is None else self.flavor.lock_timeout_statements(self.lock_timeout_ms)
+        bound = self.flavor.locked(None, self.lock_timeout_ms)  # the lock is the function's
         step, r = self.steps[0], self.record
         if step.spare_of is None or step.to_rev != r.revision or r.earlier_ms:
             raise ValueError("a claim records the revision it claims, in one transaction")
