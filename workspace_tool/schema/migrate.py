@@ -277,15 +277,15 @@ def migrate_expected(conn: Connection, how: Sending, what: Migration, expected: 
     try:
         if batch is not None:  # as send.send_batch sends a plan's batch
             send.send_raw(conn, what.schema, batch.filled(what), rollback=True)
-        elif plan is None:
-            raise AssertionError("no batch and no plan")  # returned above
-        elif one_trip:
-            send.send_batch(conn, plan)
-        elif how.statement_by_statement:
-            with conn.begin():
-                send.run(conn, plan, how.chain, statement_by_statement=True)
         else:
-            send.send_trips(conn, plan)
+            assert plan is not None  # returned above otherwise
+            if one_trip:
+                send.send_batch(conn, plan)
+            elif how.statement_by_statement:
+                with conn.begin():
+                    send.run(conn, plan, how.chain, statement_by_statement=True)
+            else:
+                send.send_trips(conn, plan)
     except Exception as failure:
         code = sqlstate(failure)
         if code == STATE_CHANGED:
