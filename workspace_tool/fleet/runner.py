@@ -140,6 +140,7 @@ def run(
                 chain.namespace,
                 with_versions=operation.reads_versions or selects_by_version,
                 trusted=None if selects_by_version else _guarded_by_the_run(operation, chain, resolved),
+                registry_checked=True,  # by the bootstrap, just now
             )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
@@ -279,7 +280,7 @@ def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | No
     head. Best effort: a failure (a chain the pool refuses, a role without CREATE) is logged and reported,
     never the run's failure."""
     try:
-        followed = warm_pool.follow(engine, chain, jobs)
+        followed = warm_pool.follow(engine, chain, jobs, registry_checked=True)  # the run's bootstrap did
     except (WorkspaceError, DBAPIError, OSError) as exc:
         log.warning("could not replace the warm pool's spares: %s", first_line(exc))
         return {"error": first_line(exc)}

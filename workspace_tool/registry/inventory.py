@@ -122,6 +122,7 @@ def read_fleet(
     *,
     with_versions: bool = True,
     trusted: Callable[[str], bool] | None = None,
+    registry_checked: bool = False,
 ) -> list[SchemaRecord]:
     """Every registered project and every project-like schema (or just ``project_ids``, in that order,
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
@@ -141,9 +142,12 @@ def read_fleet(
     ``trusted``: a registry row 'ready' at a revision it returns True for is taken at its word: its schema's
     version is not read, the record's ``version`` is the row's revision. For a run whose every schema's
     transaction checks that version itself (the fast lane's guard, which falls back to the careful path when
-    it differs): the up-front read of those schemas' versions is then not needed. Any other row is read."""
+    it differs): the up-front read of those schemas' versions is then not needed. Any other row is read.
+
+    ``registry_checked``: the caller has just made sure the registry exists at a revision this
+    workspace-tool knows (a run, after ``registry.bootstrap``): it is not asked again."""
     started = time.perf_counter()
-    has_registry = registry.present(conn, namespace)
+    has_registry = registry_checked or registry.present(conn, namespace)
     rows, schemas = _rows_and_schemas(conn, project_ids, namespace, has_registry=has_registry)
     registered = {row.schema_name for row in rows.values()}
     named = schemas if project_ids is None else {namespace.schema_for(p) for p in project_ids}
