@@ -176,7 +176,7 @@ def run(
         cache.invalidate(cache_key, [w.project_id for w in work])
     interrupted = staged.interrupted
     if operation.migrates and not interrupted and not idle:  # what `check` compares with, if not stored yet
-        reference.store_if_missing(direct_engine or engine, chain, spec.lock_timeout_ms)
+        reference.store_if_missing(direct_engine or engine, chain, spec.lock_timeout_ms, registry_checked=True)
     follow = operation is UPGRADE and ids is None and not interrupted and not idle
     spares = _follow_pool(engine, chain, jobs) if follow else None
     position = {r.project_id: i for i, r in enumerate(records)}
