@@ -312,8 +312,13 @@ def _needing_a_session(chain: Chain, work: list[Work], target: str | None) -> st
     how many schemas' ranges hold one; None when none does."""
     revisions: list[str] = []
     schemas = 0
+    by_start: dict[str | None, list[str]] = {}  # a fleet's schemas start from a few revisions: each asked once
     for item in work:
-        found = chain.outside_transaction(chain.plan(item.from_revision, target).steps)
+        found = by_start.get(item.from_revision)
+        if found is None:
+            found = by_start[item.from_revision] = chain.outside_transaction(
+                chain.plan(item.from_revision, target).steps
+            )
         schemas += bool(found)
         revisions += found
     if not schemas:
