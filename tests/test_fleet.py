@@ -507,3 +507,28 @@ def test_the_removed_processes_executor_is_refused_in_one_line_and_nothing_runs(
     assert all(schema_version(engine, f"project_{p}") == "a1" for p in IDS)
     report = fleet.upgrade(engine, fleet_at_a1, jobs=2, executor="threads")  # what scripts pass still works
     assert report.ok and report.executor == "threads" and report.counts()["ok"] == len(IDS)
+
+
+def test_the_workers_connections_are_opened_while_the_fleet_is_read(
+    engine: sa.Engine, fleet_at_a1: Chain, database_url: sa.URL
+) -> None:
+    """A new connection costs a backend's start (ms): a run opens its workers' connections while it reads the
+    fleet, not one by one as each worker starts; every worker then starts on an open one. When the run
+    says it starts, the pool has made one connection per worker; the run opens none after that."""
+    counted = sa.create_engine(database_url)  # a pool of 5 + 10 overflow: room for 3 jobs' connections
+    made: list[str] = []
+    sa.event.listen(counted, "connect", lambda *_: made.append("connect"))
+    progress: list[int] = []
+
+    def started(event: fleet.Progress) -> None:
+        if event.result is None:
+            progress.append(len(made))
+
+    try:
+        report = fleet.upgrade(counted, fleet_at_a1, jobs=3, progress=started)
+    finally:
+        counted.dispose()
+
+    assert report.ok and report.counts()["ok"] == len(IDS)
+    assert progress == [3], progress  # the reading connection and two opened ahead, by the start
+    assert len(made) == 3, made  # and no worker had to open one of its own

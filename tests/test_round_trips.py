@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
 from support.chains import ITEMS, UNIQUE, ChainBuilder, with_options
@@ -23,6 +24,7 @@ from wire import WireRecorder
 
 from workspace_tool import ProjectWorkspaceManager, WorkspaceManager, flavor, fleet, spares
 from workspace_tool.chain import Chain
+from workspace_tool.cli import main
 from workspace_tool.errors import ConfigurationError, MigrationFailed
 from workspace_tool.fleet import RunSpec
 from workspace_tool.lifecycle.drop import drop_operation
@@ -481,3 +483,44 @@ def test_a_first_ensure_of_a_chain_using_the_dollar_quote_tags_it_wraps_its_buil
         comment = conn.execute(sa.text("SELECT obj_description('project_quoted.items'::regclass)")).scalar()
     assert comment == " x "
     assert assert_consistent(engine)["project_quoted"] == "a2"
+
+
+def _split_around_batches(queries: list[str]) -> tuple[list[str], list[str]]:
+    """What a run sent before its first schema's batch, and after its last one."""
+    batches = [i for i, q in enumerate(queries) if q.startswith("BEGIN") and "project_rt" in q]
+    assert batches, queries
+    return queries[: batches[0]], queries[batches[-1] + 1 :]
+
+
+def test_upgrade_all_sends_no_redundant_statement_before_its_first_schema_nor_after_its_last(
+    engine: sa.Engine, tiny: Chain, wire: WireRecorder
+) -> None:
+    """`upgrade --all` as a process runs: what it sends before the workers start and after they end is
+    wall time with nothing else running. The dialect's first connect asks nothing we don't use (no hstore
+    probe), and the registry's version is read once, by the bootstrap (the fleet read and the warm pool's
+    check after the run take it from there)."""
+    ids = [f"rt{i}" for i in range(6)]
+    assert fleet.provision(engine, tiny, ids, target="a1", jobs=2).ok
+    args = ["-q", "--database-url", wire.url.render_as_string(hide_password=False), "-c", str(tiny.config_path)]
+    warm = CliRunner().invoke(main, [*args, "upgrade", "rt0", "--to", "a2"], catch_exceptions=False)
+    assert warm.exit_code == 0, warm.output  # the first run of a chain stores what later runs only read
+    wire.clear()
+
+    result = CliRunner().invoke(main, [*args, "upgrade", "--all", "--to", "a2", "--jobs", "1"], catch_exceptions=False)
+
+    assert result.exit_code == 0, result.output
+    assert all(schema_version(engine, f"project_{i}") == "a2" for i in ids)
+    before, after = _split_around_batches(wire.queries)
+    assert not [q for q in before if "hstore" in q], before
+    registry_reads = [q for q in wire.queries if "version_num FROM project_registry" in q]
+    assert len(registry_reads) == 1, registry_reads  # the bootstrap's, once, for the whole run
+    assert not [q for q in before if q.startswith("SELECT has_schema_privilege")], before  # the probe tells
+    # the dialect's first connect (6), the bootstrap (4), the fleet read (3) with rt0's version on another
+    # connection (5: rt0 is at a2, not taken at the registry's word), the worker's pooled connection pinged
+    # by pool_pre_ping (2)
+    assert len(before) == 20, "\n".join(before)
+    # the reference's check (one read of what its key depends on, then whether it is stored) and the warm
+    # pool's, each on a pooled connection pinged first (6 each): neither the registry nor the extension
+    # (the bootstrap's probe checked both) is asked about again
+    assert not [q for q in after if "pg_depend" in q or ("to_regclass" in q and "reference_catalog" in q)], after
+    assert len(after) == 12, "\n".join(after)

@@ -51,11 +51,6 @@ class Reference:
     source: str  # 'stored' (read from the registry) or 'built' (in a scratch schema, rolled back)
 
 
-_KEY_PARTS = text(
-    "SELECT current_setting('server_version_num')::int / 10000 AS server, e.oid::int8 AS extension_oid, "
-    "e.extversion AS extension_version, n.nspname AS extension_schema "
-    "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
-)
 _READ = text(f"SELECT head, catalog, fingerprint FROM {TABLE} WHERE reference_key = :key")
 _STORED = text(f"SELECT EXISTS (SELECT 1 FROM {TABLE} WHERE reference_key = :key)")
 _HAS_TABLE = text(f"SELECT to_regclass('{TABLE}') IS NOT NULL")
@@ -78,6 +73,14 @@ _DEFAULT_PRIVILEGES = text(
     "WHERE d.defaclrole = coalesce(:role, (SELECT oid FROM pg_roles WHERE rolname = current_user)) "
     "AND d.defaclnamespace = 0) t"
 )
+# Everything of key_parts the database says, in one round trip: the server's major version, the vector
+# extension, the default privileges (of :role; NULL: the current role).
+_KEY_PARTS = text(
+    "SELECT current_setting('server_version_num')::int / 10000 AS server, e.oid::int8 AS extension_oid, "
+    "e.extversion AS extension_version, n.nspname AS extension_schema, "
+    f"({_DEFAULT_PRIVILEGES.text}) AS default_privileges "
+    "FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+)
 # The role owning most project schemas (whose default privileges decide theirs), or NULL when none.
 _PROJECTS_OWNER = text(
     "SELECT n.nspowner, pg_get_userbyid(n.nspowner) FROM pg_namespace n "
@@ -86,11 +89,16 @@ _PROJECTS_OWNER = text(
 )
 
 
-def key_parts(conn: Connection, chain: Chain, *, role: int | None = None) -> dict[str, Any]:
+def key_parts(
+    conn: Connection, chain: Chain, *, role: int | None = None, extension_checked: bool = False
+) -> dict[str, Any]:
     """What the catalog the chain builds depends on (the vector extension must exist), the privileges of
-    what it builds included: the default privileges of ``role`` (an OID; default: the current role's)."""
-    flavors.find(conn)  # the error that says `workspace-tool init` when it is missing
-    row = conn.execute(_KEY_PARTS).one()
+    what it builds included: the default privileges of ``role`` (an OID; default: the current role's).
+    ``extension_checked``: the caller's registry bootstrap has just made sure the extension is there and
+    usable (a fleet run): not asked again."""
+    if not extension_checked:
+        flavors.find(conn)  # the error that says `workspace-tool init` when it is missing
+    row = conn.execute(_KEY_PARTS, {"role": role}).one()
     return {
         "format": CATALOG_FORMAT,
         "head": chain.head,
@@ -98,7 +106,6 @@ def key_parts(conn: Connection, chain: Chain, *, role: int | None = None) -> dic
         **row._asdict(),
         "alembic": alembic_version(),
         "sqlalchemy": sqlalchemy.__version__,
-        "default_privileges": conn.execute(_DEFAULT_PRIVILEGES, {"role": role}).scalar_one(),
     }
 
 
@@ -133,11 +140,12 @@ def stored(conn: Connection, key: str, namespace: Namespace = DEFAULT) -> Refere
     return None if row is None else Reference(row.head, key, row.catalog, row.fingerprint, "stored")
 
 
-def is_stored(conn: Connection, key: str, namespace: Namespace = DEFAULT) -> bool:
-    """Whether a reference with this key is stored (without reading its catalog). Read-only."""
-    return bool(conn.execute(namespace.sql(_HAS_TABLE)).scalar()) and bool(
-        conn.execute(namespace.sql(_STORED), {"key": key}).scalar()
-    )
+def is_stored(conn: Connection, key: str, namespace: Namespace = DEFAULT, *, registry_checked: bool = False) -> bool:
+    """Whether a reference with this key is stored (without reading its catalog). Read-only.
+    ``registry_checked``: the registry is known to be at a revision with the table (a fleet run's
+    bootstrap): its existence is not asked."""
+    has_table = registry_checked or bool(conn.execute(namespace.sql(_HAS_TABLE)).scalar())
+    return has_table and bool(conn.execute(namespace.sql(_STORED), {"key": key}).scalar())
 
 
 def for_check(conn: Connection, chain: Chain) -> Reference:
@@ -207,16 +215,19 @@ def _build_and_store(
     return reference
 
 
-def store_if_missing(engine: Engine, chain: Chain, lock_timeout_ms: int | None = None) -> None:
+def store_if_missing(
+    engine: Engine, chain: Chain, lock_timeout_ms: int | None = None, *, registry_checked: bool = False
+) -> None:
     """For fleet runs, at their end: store the reference if none is stored for this chain. A failure (a
     chain that can't be built from scratch, a role without CREATE, a lock wait longer than
     ``lock_timeout_ms``) must not fail the run: it is logged, and `check` then builds the reference itself
-    or says what to run."""
+    or says what to run. ``registry_checked``: the run's bootstrap made sure the registry is at head and
+    the extension there and usable: neither is asked again."""
     try:
         with transactions.connect(engine) as conn:
             with conn.begin():  # the usual case: stored already (its catalog is not read)
-                parts = key_parts(conn, chain)
-                if is_stored(conn, reference_key(parts), chain.namespace):
+                parts = key_parts(conn, chain, extension_checked=registry_checked)
+                if is_stored(conn, reference_key(parts), chain.namespace, registry_checked=registry_checked):
                     return
             _build_and_store(conn, chain, parts, lock_timeout_ms)
     except (WorkspaceError, DBAPIError, OSError) as exc:

@@ -106,7 +106,15 @@ class AppContext:
 
         connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
         overflow = max(POOL_SIZE, connections - POOL_SIZE)
-        return create_engine(sync_url(url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
+        # use_native_hstore=False: no hstore type is used, so the dialect's first connect skips its hstore
+        # lookup (BEGIN, a pg_type query, ROLLBACK: three round trips before anything else)
+        return create_engine(
+            sync_url(url),
+            pool_size=POOL_SIZE,
+            max_overflow=overflow,
+            pool_pre_ping=True,
+            use_native_hstore=False,
+        )
 
     @cached_property
     def chain(self) -> Chain:

@@ -5,15 +5,18 @@ and ``render_sql``, which renders each schema's transaction instead of running i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import QueuePool
 from typing_extensions import Unpack
 
 from workspace_tool import recycling, reference, registry, transactions
@@ -30,7 +33,7 @@ from workspace_tool.fleet.outcome import Outcome, SkipReason, Stop, StopReason
 from workspace_tool.fleet.report import FleetReport, ProgressCallback, SchemaResult, StageReport, ms_since
 from workspace_tool.fleet.spec import DEFAULT_LOCK_TIMEOUT_MS, RunSpec, SpecOptions
 from workspace_tool.fleet.stages import Selection, Stage, StagePlan, Staging
-from workspace_tool.jobs import check_jobs, spare_jobs
+from workspace_tool.jobs import check_jobs, connections_needed, pool_capacity, spare_jobs
 from workspace_tool.registry import known as cache
 from workspace_tool.registry.inventory import read_fleet, read_versions_parallel, versions_reader
 from workspace_tool.schema.migrate import Migration, Sending, fast_lane, planned
@@ -131,7 +134,7 @@ def run(
     with translating(engine.url), transactions.connect(engine) as conn:
         flavor = registry.bootstrap(conn, chain.namespace)  # the registry's own chain first, serially
         cache.set_bootstrapped(cache_key, flavor)
-        with conn.begin():
+        with _opened_ahead(engine, _ahead(engine, jobs, ids)), conn.begin():
             selects_by_version = selection is not None and selection.needs_versions
             read = read_fleet(
                 conn,
@@ -140,6 +143,7 @@ def run(
                 chain.namespace,
                 with_versions=operation.reads_versions or selects_by_version,
                 trusted=None if selects_by_version else _guarded_by_the_run(operation, chain, resolved),
+                registry_checked=True,  # by the bootstrap, just now
             )
     staging.check_known(read)
     records = read if selection is None else selection.apply(read, chain)
@@ -175,7 +179,7 @@ def run(
         cache.invalidate(cache_key, [w.project_id for w in work])
     interrupted = staged.interrupted
     if operation.migrates and not interrupted and not idle:  # what `check` compares with, if not stored yet
-        reference.store_if_missing(direct_engine or engine, chain, spec.lock_timeout_ms)
+        reference.store_if_missing(direct_engine or engine, chain, spec.lock_timeout_ms, registry_checked=True)
     follow = operation is UPGRADE and ids is None and not interrupted and not idle
     spares = _follow_pool(engine, chain, jobs) if follow else None
     position = {r.project_id: i for i, r in enumerate(records)}
@@ -279,11 +283,51 @@ def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | No
     head. Best effort: a failure (a chain the pool refuses, a role without CREATE) is logged and reported,
     never the run's failure."""
     try:
-        followed = warm_pool.follow(engine, chain, jobs)
+        followed = warm_pool.follow(engine, chain, jobs, registry_checked=True)  # the run's bootstrap did
     except (WorkspaceError, DBAPIError, OSError) as exc:
         log.warning("could not replace the warm pool's spares: %s", first_line(exc))
         return {"error": first_line(exc)}
     return None if followed is None else followed.as_dict()
+
+
+def _ahead(engine: Engine, jobs: int, ids: Sequence[str] | None) -> int:
+    """How many of the workers' connections to open while the fleet is read (``_opened_ahead``): one per
+    worker but the first (it takes the reading connection), as many as the engine's queue pool keeps and
+    can hand out on top of what the read itself may hold (the reading connection and ``jobs`` reading
+    versions), so that nothing ever waits for the pool; none for a pool that keeps no connection."""
+    pool = engine.pool
+    capacity = pool_capacity(engine)
+    if not isinstance(pool, QueuePool) or capacity is None:
+        return 0
+    workers = jobs if ids is None else min(jobs, len(ids))
+    return max(0, min(workers - 1, capacity - connections_needed(jobs), pool.size() - 1))
+
+
+@contextlib.contextmanager
+def _opened_ahead(engine: Engine, count: int) -> Iterator[None]:
+    """While the body runs (the fleet read), ``count`` new connections of the engine's pool are opened, one
+    thread each, and put back in the pool once the body is done: the workers then start on open
+    connections instead of each waiting for a new backend (a few ms each, measured on the critical path
+    before their first schemas). Best effort: a connection that fails to open is left to the worker that
+    needs one, which says what is wrong."""
+    if count < 1:
+        yield
+        return
+
+    def open_one() -> Connection | None:
+        try:
+            return engine.connect()
+        except Exception:
+            return None
+
+    with ThreadPoolExecutor(max_workers=count, thread_name_prefix="workspace-fleet-open") as opener:
+        opening = [opener.submit(open_one) for _ in range(count)]
+        try:
+            yield
+        finally:
+            for conn in [f.result() for f in opening]:
+                if conn is not None:
+                    conn.close()  # back to the pool, open
 
 
 def _guarded_by_the_run(operation: Operation, chain: Chain, target: str | None) -> Callable[[str], bool] | None:
@@ -311,8 +355,13 @@ def _needing_a_session(chain: Chain, work: list[Work], target: str | None) -> st
     how many schemas' ranges hold one; None when none does."""
     revisions: list[str] = []
     schemas = 0
+    by_start: dict[str | None, list[str]] = {}  # a fleet's schemas start from a few revisions: each asked once
     for item in work:
-        found = chain.outside_transaction(chain.plan(item.from_revision, target).steps)
+        found = by_start.get(item.from_revision)
+        if found is None:
+            found = by_start[item.from_revision] = chain.outside_transaction(
+                chain.plan(item.from_revision, target).steps
+            )
         schemas += bool(found)
         revisions += found
     if not schemas:

@@ -32,13 +32,16 @@ _REVISION_LINE = re.compile(r"^(revision|down_revision)\s*=\s*(.+?)\s*$", re.MUL
 log = logging.getLogger(__name__)
 
 
-# One round trip tells whether anything needs doing (registry version and extension schema), and the
-# database's flavor (workspace_tool.flavor): it is made here, once per database.
+# One round trip tells whether anything needs doing (registry version and extension schema), whether this
+# role may use the extension's schema, and the database's flavor (workspace_tool.flavor): it is made here,
+# once per database.
 PROBE = text(
     "SELECT (SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
     "        WHERE e.extname = 'vector') AS ext_schema, "
     f"       (SELECT {flavors.has_tables_sql('e.extnamespace')} FROM pg_extension e "
     "        WHERE e.extname = 'vector') AS ext_has_tables, "
+    "       (SELECT has_schema_privilege(e.extnamespace, 'USAGE') FROM pg_extension e "
+    "        WHERE e.extname = 'vector') AS ext_usable, "
     f"       to_regclass('{REGISTRY_SCHEMA}.{VERSION_TABLE}') IS NOT NULL AS has_registry, "
     f"       {flavors.KIND_SQL} AS flavor"
 )
@@ -115,14 +118,20 @@ def probed(row: Any) -> Flavor:
 def registry_ready(conn: Connection, namespace: Namespace = DEFAULT) -> Flavor | None:
     """The database's flavor (with the extension's schema) if the registry and the extension are ready,
     else None. Read-only."""
+    return _ready(conn, namespace)[0]
+
+
+def _ready(conn: Connection, namespace: Namespace) -> tuple[Flavor | None, bool]:
+    """``registry_ready``, and whether this role may use the extension's schema (True when there is no
+    extension yet), as the probe's row says."""
     row = conn.execute(namespace.sql(PROBE)).one()
     if row.ext_schema is None or not row.has_registry:
-        return None
+        return None, True
     check_extension_schema(row.ext_schema, row.ext_has_tables)
     flavor = probed(row)
     flavor.check_registry_placement(conn, [namespace.registry_schema, flavor.extension_schema])
     version = conn.execute(namespace.sql(READ_VERSION)).scalar()
-    return flavor if RegistryChain.get().check(version, namespace) else None
+    return (flavor if RegistryChain.get().check(version, namespace) else None), bool(row.ext_usable)
 
 
 def bootstrap(conn: Connection, namespace: Namespace = DEFAULT) -> Flavor:
@@ -139,8 +148,7 @@ def bootstrap(conn: Connection, namespace: Namespace = DEFAULT) -> Flavor:
     migrated."""
     transactions.require(conn)
     try:
-        flavor = registry_ready(conn, namespace)
-        usable = flavor is None or conn.execute(_USABLE, {"schema": flavor.extension_schema}).scalar()
+        flavor, usable = _ready(conn, namespace)
     except DBAPIError as exc:
         if is_permission_error(exc):
             raise _registry_denied(conn, exc, namespace) from exc
@@ -162,7 +170,7 @@ def bootstrap(conn: Connection, namespace: Namespace = DEFAULT) -> Flavor:
             "" if flavor.name == Flavor.name else f" ({flavor.name})",
             (time.perf_counter() - started) * 1000,
         )
-        usable = conn.execute(_USABLE, {"schema": flavor.extension_schema}).scalar()
+        usable = bool(conn.execute(_USABLE, {"schema": flavor.extension_schema}).scalar())
         conn.rollback()
     else:
         log.debug("registry %s ready, vector extension in %s", namespace.registry_schema, flavor.extension_schema)

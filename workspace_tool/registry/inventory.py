@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Engine, TextClause, text
 from sqlalchemy.exc import DBAPIError
@@ -122,6 +122,7 @@ def read_fleet(
     *,
     with_versions: bool = True,
     trusted: Callable[[str], bool] | None = None,
+    registry_checked: bool = False,
 ) -> list[SchemaRecord]:
     """Every registered project and every project-like schema (or just ``project_ids``, in that order,
     whether or not they exist), with versions read in batches (on ``conn``, or by ``versions_of``, e.g.
@@ -141,9 +142,12 @@ def read_fleet(
     ``trusted``: a registry row 'ready' at a revision it returns True for is taken at its word: its schema's
     version is not read, the record's ``version`` is the row's revision. For a run whose every schema's
     transaction checks that version itself (the fast lane's guard, which falls back to the careful path when
-    it differs): the up-front read of those schemas' versions is then not needed. Any other row is read."""
+    it differs): the up-front read of those schemas' versions is then not needed. Any other row is read.
+
+    ``registry_checked``: the caller has just made sure the registry exists at a revision this
+    workspace-tool knows (a run, after ``registry.bootstrap``): it is not asked again."""
     started = time.perf_counter()
-    has_registry = registry.present(conn, namespace)
+    has_registry = registry_checked or registry.present(conn, namespace)
     rows, schemas = _rows_and_schemas(conn, project_ids, namespace, has_registry=has_registry)
     registered = {row.schema_name for row in rows.values()}
     named = schemas if project_ids is None else {namespace.schema_for(p) for p in project_ids}
@@ -151,7 +155,9 @@ def read_fleet(
     if project_ids is None:
         for schema in foreign:
             del schemas[schema]
-        wanted = sorted(set(rows) | {namespace.project_id_for(s) for s in schemas})
+        # project_id_for without validating again: each of ``schemas`` is a project schema's name
+        start = len(namespace.schema_prefix)
+        wanted = sorted(set(rows) | {s[start:].replace("_", "-") for s in schemas})
     else:
         wanted = list(dict.fromkeys(project_ids))
     names = {p: (rows[p].schema_name if p in rows else namespace.schema_for(p)) for p in wanted}
@@ -177,25 +183,32 @@ def read_fleet(
     )
     records = []
     for p in wanted:
-        if names[p] in gone and project_ids is None:
-            continue  # dropped while the fleet was read: no longer one of its projects
-        row = None if names[p] in gone else rows.get(p)
-        records.append(
-            SchemaRecord(
-                project_id=p,
-                schema=names[p],
-                exists=names[p] in schemas,
-                version=versions.get(names[p]),
-                registered=row is not None,
-                registry_revision=row.revision if row else None,
-                registry_status=row.status if row else None,
-                last_action=row.last_action if row else None,
-                last_duration_ms=row.last_duration_ms if row else None,
-                last_path=row.last_path if row else None,
-                last_error=row.last_error if row else None,
-                updated_at=row.updated_at if row else None,
+        schema = names[p]
+        if schema in gone:
+            if project_ids is None:
+                continue  # dropped while the fleet was read: no longer one of its projects
+            row = None
+        else:
+            row = rows.get(p)
+        if row is None:
+            records.append(SchemaRecord(p, schema, schema in schemas, versions.get(schema), False))
+        else:
+            records.append(
+                SchemaRecord(
+                    p,
+                    schema,
+                    schema in schemas,
+                    versions.get(schema),
+                    True,
+                    row.revision,
+                    row.status,
+                    row.last_action,
+                    row.last_duration_ms,
+                    row.last_path,
+                    row.last_error,
+                    row.updated_at,
+                )
             )
-        )
     return records
 
 
@@ -204,14 +217,13 @@ def _taken_at_their_word(
 ) -> dict[str, str | None]:
     """Of ``versioned``, the schemas whose registry row is ready at a revision ``trusted`` trusts -> it."""
     wanted = set(versioned)
-    return {
-        row.schema_name: row.revision
-        for row in rows
-        if row.schema_name in wanted
-        and row.status == RegistryStatus.READY
-        and row.revision is not None
-        and trusted(row.revision)
-    }
+    ready = RegistryStatus.READY.value  # a plain str compares faster than the enum member
+    taken: dict[str, str | None] = {}
+    for row in rows:
+        revision = row.revision
+        if row.status == ready and revision is not None and row.schema_name in wanted and trusted(revision):
+            taken[row.schema_name] = revision
+    return taken
 
 
 def _rows_and_schemas(
@@ -228,12 +240,27 @@ def _rows_and_schemas(
         found = conn.execute(namespace.sql(_SOME_ROWS_AND_SCHEMAS), {"prefix": like, "ids": list(project_ids)})
     rows: dict[str, Any] = {}
     schemas: dict[str, bool] = {}
-    for row in found:
-        if row.project_id is not None:
-            rows[row.project_id] = row
-        if row.nspname is not None and namespace.is_project_schema(row.nspname):
-            schemas[row.nspname] = bool(row.has_version)
+    is_project_schema = namespace.is_project_schema
+    for *row, nspname, has_version in found.all():  # unpacked: a Row's attributes cost more per read
+        if row[0] is not None:
+            rows[row[0]] = _RegistryRow._make(row)
+        if nspname is not None and is_project_schema(nspname):
+            schemas[nspname] = bool(has_version)
     return rows, schemas
+
+
+class _RegistryRow(NamedTuple):
+    """A registry row as ``_ROW`` reads it."""
+
+    project_id: str
+    schema_name: str
+    revision: str | None
+    status: str
+    last_action: str | None
+    last_duration_ms: float | None
+    last_path: str | None
+    last_error: str | None
+    updated_at: Any
 
 
 def _look_again(

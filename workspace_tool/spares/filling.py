@@ -114,14 +114,19 @@ def drain(engine: Engine, namespace: Namespace = DEFAULT) -> int:
     return dropped + len(unlisted)
 
 
-def follow(engine: Engine, chain: Chain, jobs: int | None = None) -> FillReport | None:
+def follow(
+    engine: Engine, chain: Chain, jobs: int | None = None, *, registry_checked: bool = False
+) -> FillReport | None:
     """After `upgrade --all` to head: replace the spares behind head (stale ones are never handed out),
     keeping at least as many as there were (another release's, still filling the pool, aside), and at
-    least ``workspace_pool_size``. None when there is no pool at all (no spare, size 0): one read."""
+    least ``workspace_pool_size``. None when there is no pool at all (no spare, size 0): one read.
+    ``registry_checked``: the caller made sure the registry exists at a revision this workspace-tool knows
+    (a fleet run's bootstrap): it is not asked again."""
     size = configured_size(chain)
     if not size:
         with translating(engine.url), transactions.connect(engine) as conn, conn.begin():
-            if not (registry.present(conn, chain.namespace) and read_spares(conn, chain.namespace)):
+            there = registry_checked or registry.present(conn, chain.namespace)
+            if not (there and read_spares(conn, chain.namespace)):
                 return None
     current = status(engine, chain)
     others = (SpareState.OTHER_RELEASE, SpareState.AHEAD)
