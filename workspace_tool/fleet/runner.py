@@ -146,7 +146,8 @@ def run(
     # a selection that selects nothing: nothing is done, not even to the warm pool or the head model
     idle = selection is not None and not records
 
-    decided = [(r, decide(operation, chain, r, resolved, named=spec.named)) for r in records]
+    named = spec.named
+    decided = [(r, decide(operation, chain, r, resolved, named=named)) for r in records]
     finished = [
         _left_alone(r.project_id, r.schema, r.version, resolved, v) for r, v in decided if isinstance(v, Verdict)
     ]
@@ -311,8 +312,13 @@ def _needing_a_session(chain: Chain, work: list[Work], target: str | None) -> st
     how many schemas' ranges hold one; None when none does."""
     revisions: list[str] = []
     schemas = 0
+    by_revision: dict[str | None, list[str]] = {}  # a fleet's schemas are at a few revisions: each planned once
     for item in work:
-        found = chain.outside_transaction(chain.plan(item.from_revision, target).steps)
+        found = by_revision.get(item.from_revision)
+        if found is None:
+            found = by_revision[item.from_revision] = chain.outside_transaction(
+                chain.plan(item.from_revision, target).steps
+            )
         schemas += bool(found)
         revisions += found
     if not schemas:
