@@ -268,9 +268,11 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
         raise
     finally:
         if not conn.invalidated:
-            with contextlib.suppress(Exception):
+            try:  # (not contextlib.suppress: this runs once per schema of a fleet run)
                 dbapi.autocommit = autocommit
                 dbapi.isolation_level = isolation
+            except Exception:
+                pass
     return Reply(value, rows, tuple(each))
 
 
