@@ -124,3 +124,34 @@ def test_the_guard_fails_with_its_own_sqlstate_and_the_lane_tells_it_apart(
     assert lane(engine, chain, "guarded", exists=True, version="c1", target="c2") is None  # the careful path's turn
     assert schema_version(engine, "project_guarded") == "c2"
     assert tuple(registry_state(engine, "guarded")) == before
+
+
+def test_the_lane_is_seen_by_cursor_listeners_added_after_its_connection_was_opened(
+    engine: sa.Engine, tiny: Chain
+) -> None:
+    """The lane sends on the raw driver, yet the engine's cursor events see its round trip as SQLAlchemy's own
+    statements: also those of a listener added while a fleet run holds its connections (mid-run), and no
+    longer once it is removed."""
+    fleet.provision(engine, tiny, ["seed"], target="a1")
+    quiet = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)  # no listener when its connection opens
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    how = Sending(tiny, Flavor(EXT))
+    try:
+        with quiet.connect() as conn:
+            sa.event.listen(quiet, "before_cursor_execute", record)
+            try:
+                first = migrate_expected(
+                    conn, how, Migration("one", "project_one", "a1", UPGRADE), Expected(False, None)
+                )
+            finally:
+                sa.event.remove(quiet, "before_cursor_execute", record)
+            second = migrate_expected(conn, how, Migration("two", "project_two", "a1", UPGRADE), Expected(False, None))
+    finally:
+        quiet.dispose()
+    assert first is not None and second is not None
+    assert len(seen) == 1 and "CREATE SCHEMA" in seen[0] and "project_one" in seen[0]  # its one round trip
+    assert schema_version(engine, "project_two") == "a1"

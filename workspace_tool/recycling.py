@@ -84,3 +84,19 @@ def due(conn: Connection, recycle_after: int) -> bool:
     conn.detach()
     log.debug("a connection touched %d schema(s): closing it, a new backend takes over", done)
     return True
+
+
+def one_more(conn: Connection, recycle_after: int) -> bool:
+    """``count(conn, 1)`` then ``due(conn, recycle_after)`` in one look at the connection: what a connection
+    that walks the fleet calls after each schema (between transactions). True: the caller closes it."""
+    if conn.closed or conn.invalidated:
+        return False
+    info = conn.connection.info
+    done = int(info.get(_TOUCHED, 0)) + 1
+    if recycle_after <= 0 or done < recycle_after or conn.in_transaction():
+        info[_TOUCHED] = done
+        return False
+    info.pop(_TOUCHED, None)
+    conn.detach()
+    log.debug("a connection touched %d schema(s): closing it, a new backend takes over", done)
+    return True

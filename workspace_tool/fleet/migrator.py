@@ -109,10 +109,8 @@ class Migrator:
         transaction rolled back), is retried with backoff up to ``retries`` times before it fails. After
         ``recycle_after`` schemas on one connection, the next one gets a new connection."""
         result = self._run(work)
-        if self._conn is not None:
-            recycling.count(self._conn, 1)
-            if recycling.due(self._conn, self.options.recycle_after):
-                self.close()
+        if self._conn is not None and recycling.one_more(self._conn, self.options.recycle_after):
+            self.close()
         return result
 
     def _run(self, work: Work) -> SchemaResult:

@@ -150,7 +150,8 @@ def run(
     # a selection that selects nothing: nothing is done, not even to the warm pool or the head model
     idle = selection is not None and not records
 
-    decided = [(r, decide(operation, chain, r, resolved, named=spec.named)) for r in records]
+    named = spec.named
+    decided = [(r, decide(operation, chain, r, resolved, named=named)) for r in records]
     finished = [
         _left_alone(r.project_id, r.schema, r.version, resolved, v) for r, v in decided if isinstance(v, Verdict)
     ]

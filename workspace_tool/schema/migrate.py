@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
@@ -86,6 +86,11 @@ class Sending:
     statement_by_statement: bool = False
     pool: bool = False
     first_round_trip: bool = False  # a caller that hasn't read the schema: a missing one in ONE round trip
+    # the fast lane's batch per range, as ``_range_batch`` found it: keyed by plain values (no dataclass hashed
+    # per schema), each with the operation it is for; not part of what a Sending is (nor of its copies)
+    _batches: dict[tuple[str | None, int, bool, str | None], tuple[Operation, _RangeBatch | None]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
 
 
 def claims(how: Sending, what: Migration) -> bool:
@@ -344,7 +349,12 @@ def _range_batch(how: Sending, what: Migration, expected: Expected) -> _RangeBat
     run spends per schema); None otherwise (not one batch, or a name to plan for itself)."""
     if not (_PLAIN.fullmatch(what.schema) and _PLAIN.fullmatch(what.project_id)):
         return None
-    return _planned_batch(how, what.target, what.operation, expected)
+    operation = what.operation
+    key = (what.target, id(operation), expected.exists, expected.version)
+    found = how._batches.get(key)
+    if found is None or found[0] is not operation:  # (the operation kept with it: its id is never reused)
+        found = how._batches[key] = (operation, _planned_batch(how, what.target, operation, expected))
+    return found[1]
 
 
 @functools.lru_cache(maxsize=64)

@@ -216,8 +216,9 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
     implicit transaction back), or ``conn`` invalidated if the connection is gone; the driver's exception is
     raised."""
     trips = [sql] if isinstance(sql, str) else list(sql)
-    counted = "one round trip" if len(trips) == 1 else f"{len(trips)} round trips"
-    log.debug("%s: %s:\n%s", schema, counted, "\n".join(trips))
+    if log.isEnabledFor(logging.DEBUG):
+        counted = "one round trip" if len(trips) == 1 else f"{len(trips)} round trips"
+        log.debug("%s: %s:\n%s", schema, counted, "\n".join(trips))
     dbapi = conn.connection.dbapi_connection
     assert dbapi is not None
     autocommit, isolation = dbapi.autocommit, dbapi.isolation_level
@@ -230,13 +231,18 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
     value: object = None
     rows = -1
     each: list[tuple[object, int]] = []
-    # the engine's cursor events, only when something listens (a dispatch without listeners is false)
-    before, after = conn.dispatch.before_cursor_execute, conn.dispatch.after_cursor_execute
+    # the engine's cursor events, only when something listens: checked as SQLAlchemy checks them before each
+    # statement of its own (a flag set once a listener is added to the connection or its engine, even
+    # mid-run), then the dispatch (without listeners it is false), per call: never cached across schemas
+    before = after = None
+    if conn._has_events or conn.engine._has_events:
+        before = conn.dispatch.before_cursor_execute or None
+        after = conn.dispatch.after_cursor_execute or None
     try:
         cursor = dbapi.cursor()
         try:
             for trip in trips:
-                if before:
+                if before is not None:
                     before(conn, cursor, trip, (), None, False)
                 cursor.execute(trip)
                 if cursor.rowcount >= 0:
@@ -245,7 +251,7 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
                 if cursor.description is not None and (row := cursor.fetchone()) is not None:
                     value = first = row[0]
                 each.append((first, cursor.rowcount))
-                if after:
+                if after is not None:
                     after(conn, cursor, trip, (), None, False)
         finally:
             cursor.close()
@@ -262,9 +268,11 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
         raise
     finally:
         if not conn.invalidated:
-            with contextlib.suppress(Exception):
+            try:  # (not contextlib.suppress: this runs once per schema of a fleet run)
                 dbapi.autocommit = autocommit
                 dbapi.isolation_level = isolation
+            except Exception:
+                pass
     return Reply(value, rows, tuple(each))
 
 
