@@ -1,11 +1,11 @@
-"""The program's garbage collector at start-up. Once its command line is parsed, the program (program.py)
-loads what the command needs, SQLAlchemy, psycopg2 and the library's modules (0.2-0.3 s), with the cyclic
-collector paused: nearly every object made while they load lives to the
-end, and each collection in that time (one of them a full one) walks them all for nothing (40-50 ms a run,
-more on a loaded machine). ``resume``, called when the command makes its first engine (the imports are done
-by then, psycopg2's too), freezes what exists (collections never walk it again) and turns the collector back
-on for the command's own work. A command that makes no engine (``lint``, ``history``, ``revision``...) runs
-to its end without it: they are short, and what they make is freed at exit.
+"""The program's garbage collector at start-up. The program (program.py) pauses the cyclic collector before
+its command runs, and the command loads what it needs (SQLAlchemy, psycopg2, the library's modules: 0.2-0.3 s)
+with it paused: nearly every object made while they load lives to the end, and each collection in that time
+(one of them a full one) walks them all for nothing (40-50 ms a run, more on a loaded machine). ``resume``,
+called when the command makes its first engine (the imports are done by then, psycopg2's too), freezes what
+exists (collections never walk it again) and turns the collector back on for the command's own work. A
+command that makes no engine (``lint``, ``history``, ``revision``...) runs to its end without it: they are
+short, and what they make is freed at exit.
 
 Outside the program (click's CliRunner, a library calling ``main``) ``resume`` does nothing: the collector
 stays as its caller set it."""

@@ -272,8 +272,8 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
 
 
 def _median(values: Sequence[float]) -> float:
-    """statistics.median's value, without its import (with fractions and decimal: 4-5 ms of each fleet
-    command's start-up)."""
+    """statistics.median's value, without its import (with fractions': 3-5 ms of each fleet command's
+    start-up)."""
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
