@@ -11,6 +11,7 @@ Alembic path and the registry bootstrap); the schema's lock also as a bound-para
 from __future__ import annotations
 
 import re
+from functools import cache
 
 from sqlalchemy import Connection, text
 
@@ -113,9 +114,14 @@ def lock_schema(conn: Connection, schema: str) -> None:
     conn.execute(text(LOCK_SQL), {"key": lock_key(schema)})
 
 
-# A dollar quote's opening tag ($$ or $tag$), and a word (an identifier or keyword: may hold $ and digits).
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\uffff][A-Za-z_0-9\u0080-\uffff]*)?\$")
-_WORD = re.compile(r"[A-Za-z_\u0080-\uffff][A-Za-z_0-9$\u0080-\uffff]*")
+@cache
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """A dollar quote's opening tag ($$ or $tag$), and a word (an identifier or keyword: may hold $ and
+    digits). Compiled on first use: their ranges up to U+FFFF take 10-20 ms to compile, which every
+    process importing this module (each fleet command's) would pay."""
+    dollar_tag = re.compile(r"\$(?:[A-Za-z_\u0080-\uffff][A-Za-z_0-9\u0080-\uffff]*)?\$")
+    word = re.compile(r"[A-Za-z_\u0080-\uffff][A-Za-z_0-9$\u0080-\uffff]*")
+    return dollar_tag, word
 
 
 def split_statements(script: str) -> list[str]:
@@ -125,6 +131,7 @@ def split_statements(script: str) -> list[str]:
     a BEGIN or CASE after a statement's first word opens a block, an END closes one). Each statement as
     written (its comments kept, blanks around it and its semicolon not); one of nothing but comments and
     blanks is left out."""
+    dollar_tag, word_pattern = _patterns()
     statements: list[str] = []
     start = i = parens = blocks = words = 0
     meaningful = False
@@ -145,8 +152,8 @@ def split_statements(script: str) -> list[str]:
                     i += 1
             continue
         meaningful = meaningful or not (char.isspace() or char == ";")
-        word = _WORD.match(script, i) if char.isalpha() or char == "_" or char >= "\u0080" else None
-        dollar = _DOLLAR_TAG.match(script, i) if char == "$" else None
+        word = word_pattern.match(script, i) if char.isalpha() or char == "_" or char >= "\u0080" else None
+        dollar = dollar_tag.match(script, i) if char == "$" else None
         if word is not None:
             words += 1
             name = word.group().lower()

@@ -6,9 +6,11 @@ error handling in context.py."""
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import click
 
-from workspace_tool.cli import chain, doctor, fleet, lifecycle, logs, pool, project
+from workspace_tool.cli import chain, doctor, fleet, lifecycle, logs, pool, program, project
 from workspace_tool.cli.context import AppContext, WorkspaceGroup
 from workspace_tool.cli.options import output_options
 
@@ -82,4 +84,11 @@ for command in (
 for command in pool.pool.commands.values():
     output_options(command)
 
-__all__ = ["main"]
+
+def run() -> NoReturn:
+    """The ``workspace-tool`` program (the console script, ``python -m workspace_tool``): ``main``, then a fast
+    exit (program.py). Code running the commands in its own process calls ``main`` (or CliRunner)."""
+    program.run(main)
+
+
+__all__ = ["main", "run"]

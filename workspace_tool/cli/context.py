@@ -102,19 +102,22 @@ class AppContext:
         from sqlalchemy import create_engine
 
         from workspace_tool import fleet
+        from workspace_tool.cli import collector
         from workspace_tool.urls import sync_url
 
         connections = fleet.connections_needed(self.jobs or fleet.default_jobs())
         overflow = max(POOL_SIZE, connections - POOL_SIZE)
         # use_native_hstore=False: no hstore type is used, so the dialect's first connect skips its hstore
         # lookup (BEGIN, a pg_type query, ROLLBACK: three round trips before anything else)
-        return create_engine(
+        engine = create_engine(
             sync_url(url),
             pool_size=POOL_SIZE,
             max_overflow=overflow,
             pool_pre_ping=True,
             use_native_hstore=False,
         )
+        collector.resume()  # the program's imports are done (psycopg2's too): its collector works from here
+        return engine
 
     @cached_property
     def chain(self) -> Chain:

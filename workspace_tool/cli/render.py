@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TextIO
@@ -242,7 +241,7 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
             {
                 "status": status,
                 "schemas": len(results),
-                "median_ms": statistics.median(timed) if timed else None,
+                "median_ms": _median(timed) if timed else None,
                 "max_ms": max(timed) if timed else None,
             }
         )
@@ -270,6 +269,14 @@ def print_fleet_report(report: FleetReport, as_json: bool, next_command: str | N
     )
     for line in _run_notes(report, next_command):
         note(line)
+
+
+def _median(values: Sequence[float]) -> float:
+    """statistics.median's value, without its import (with fractions': 3-5 ms of each fleet command's
+    start-up)."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _to(report: FleetReport) -> str:
