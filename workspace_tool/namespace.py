@@ -121,9 +121,7 @@ class Namespace:
 
     def project_id_for(self, schema: str) -> str:
         """Inverse of schema_for (one-to-one)."""
-        if not isinstance(schema, str) or not self.is_project_schema(schema):  # validate_schema_name's check
-            raise InvalidSchemaName(schema, self.schema_prefix)
-        return schema[len(self.schema_prefix) :].replace("_", "-")
+        return self.validate_schema_name(schema)[len(self.schema_prefix) :].replace("_", "-")
 
     def validate_schema_name(self, schema: object) -> str:
         if not isinstance(schema, str) or not self.is_project_schema(schema):

@@ -77,13 +77,7 @@ def due(conn: Connection, recycle_after: int) -> bool:
     """Once ``conn``'s backend has touched ``recycle_after`` schemas (0: never), detach the connection
     from its pool, so that closing it ends the backend: True, and the caller closes it (and connects
     again if it has more to do). Call it between transactions."""
-    done = touched(conn)
-    if recycle_after <= 0 or done < recycle_after or conn.in_transaction():
-        return False
-    conn.connection.info.pop(_TOUCHED, None)
-    conn.detach()
-    log.debug("a connection touched %d schema(s): closing it, a new backend takes over", done)
-    return True
+    return _due(conn, touched(conn), recycle_after)
 
 
 def one_more(conn: Connection, recycle_after: int) -> bool:
@@ -92,11 +86,15 @@ def one_more(conn: Connection, recycle_after: int) -> bool:
     if conn.closed or conn.invalidated:
         return False
     info = conn.connection.info
-    done = int(info.get(_TOUCHED, 0)) + 1
+    done = info[_TOUCHED] = int(info.get(_TOUCHED, 0)) + 1
+    return _due(conn, done, recycle_after)
+
+
+def _due(conn: Connection, done: int, recycle_after: int) -> bool:
+    """``due`` for a backend that has touched ``done`` schemas."""
     if recycle_after <= 0 or done < recycle_after or conn.in_transaction():
-        info[_TOUCHED] = done
         return False
-    info.pop(_TOUCHED, None)
+    conn.connection.info.pop(_TOUCHED, None)
     conn.detach()
     log.debug("a connection touched %d schema(s): closing it, a new backend takes over", done)
     return True

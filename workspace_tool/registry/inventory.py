@@ -155,9 +155,7 @@ def read_fleet(
     if project_ids is None:
         for schema in foreign:
             del schemas[schema]
-        # project_id_for without validating again: each of ``schemas`` is a project schema's name
-        start = len(namespace.schema_prefix)
-        wanted = sorted(set(rows) | {s[start:].replace("_", "-") for s in schemas})
+        wanted = sorted(set(rows) | {namespace.project_id_for(s) for s in schemas})
     else:
         wanted = list(dict.fromkeys(project_ids))
     names = {p: (rows[p].schema_name if p in rows else namespace.schema_for(p)) for p in wanted}
