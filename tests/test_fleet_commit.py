@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
-from support.chains import ITEMS, UNIQUE, ChainBuilder
 from support.cli import assert_one_line_error, run_cli
 from support.db import registry_row, schema_version
 from wire import WireRecorder
@@ -23,20 +22,6 @@ from workspace_tool.fleet import RunSpec
 
 ASYNC = "SET LOCAL synchronous_commit = off;"
 FLUSH = "SELECT txid_current()"
-
-
-@pytest.fixture
-def tiny(chain_builder: ChainBuilder) -> Chain:
-    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add(
-        "a2", UNIQUE, 'op.drop_index("ux_items_name", table_name="items")'
-    )
-    return Chain.load(chain_builder.ini)
-
-
-@pytest.fixture
-def wire(database_url: URL) -> Iterator[WireRecorder]:
-    with WireRecorder(database_url) as recorder:
-        yield recorder
 
 
 def _cli(url: URL, chain: Chain, *args: str) -> Any:

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from support.chains import ITEMS, UNIQUE, ChainBuilder, with_options
+from support.chains import ITEMS, ChainBuilder, with_options
 from support.data import add_rows
 from support.db import assert_consistent, catalog, registry_row, registry_state, schema_version
 from support.wire_runs import warm_run_queries
@@ -36,20 +35,6 @@ from workspace_tool.schema.plan import Expected
 from workspace_tool.spares.settings import async_claim
 from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS
 from workspace_tool.urls import async_url
-
-
-@pytest.fixture
-def tiny(chain_builder: ChainBuilder) -> Chain:
-    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add(
-        "a2", UNIQUE, 'op.drop_index("ux_items_name", table_name="items")'
-    )
-    return Chain.load(chain_builder.ini)
-
-
-@pytest.fixture
-def wire(database_url: URL) -> Iterator[WireRecorder]:
-    with WireRecorder(database_url) as recorder:
-        yield recorder
 
 
 def _upgrade_counting(wire: WireRecorder, chain: Chain, ids: list[str]) -> list[str]:
