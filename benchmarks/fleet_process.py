@@ -8,7 +8,11 @@ each round), a CHECKPOINT before each timed run, schemas brought back down (unti
            transaction sent as ONE round trip (BEGIN ... COMMIT), from ``--jobs`` held psycopg2 connections
            of a process already running: what a hand-written script would send, with no start-up; and the
            same from new connections (whose backends, like the process's, have cached no relation yet);
-* process: ``workspace-tool upgrade --all --jobs J`` as a new process (this tree);
+* floor, async commits: the same batches committed without waiting for their WAL flush (``SET LOCAL
+           synchronous_commit = off``), then one transaction that waits for the flush of them all: what the
+           tool sends by default (``--commit async``), for the same comparison without the flushes;
+* process: ``workspace-tool upgrade --all --jobs J`` as a new process (this tree), and the same with
+           ``--commit durable`` (each schema's commit waits for its flush, as the floor's does);
 * ``--compare ROOT`` (repeatable): the same process run from another tree of workspace-tool (say
   ``git archive`` of an earlier commit), for a before/after in the same run;
 * no-op:   ``workspace-tool upgrade --all`` with every schema already at head (reference).
@@ -66,6 +70,22 @@ def floor_batches(chain: Chain, ids: list[str]) -> list[str]:
     ]
 
 
+def without_waiting(batches: list[str]) -> list[str]:
+    """The floor's batches, each committed without waiting for its WAL flush."""
+    begin = "BEGIN ISOLATION LEVEL READ COMMITTED;\n"
+    changed = [b.replace(begin, begin + "SET LOCAL synchronous_commit = off;\n", 1) for b in batches]
+    assert all(a != b for a, b in zip(changed, batches, strict=True))
+    return changed
+
+
+def send_and_flush(engine: sa.Engine, batches: list[str], jobs: int) -> None:
+    """``send_all``, then one transaction that takes an id and commits: it waits for the WAL flush of every
+    commit before it."""
+    send_all(engine, batches, jobs)
+    with engine.begin() as conn:
+        conn.execute(sa.text("SELECT txid_current()"))
+
+
 def send_all(engine: sa.Engine, batches: list[str], jobs: int) -> None:
     """Each batch in ONE round trip, from ``jobs`` held psycopg2 connections in autocommit."""
     work = list(reversed(batches))
@@ -94,6 +114,7 @@ def send_all(engine: sa.Engine, batches: list[str], jobs: int) -> None:
     in_threads(worker, jobs, errors)
 
 
+ASYNC_FLOOR = "floor, async commits + one flush"
 CPU: dict[str, list[float]] = {}  # label -> the process's own CPU seconds (user + system) per timed run
 
 
@@ -132,6 +153,7 @@ def main() -> int:
         assert fleet.provision(engine, chain, ids, target=BASE_REV, jobs=jobs).ok
         print(f"provisioned {n} schemas at {BASE_REV} in {time.perf_counter() - started:.0f} s", flush=True)
         batches = floor_batches(chain, ids)
+        unwaited = without_waiting(batches)
         command = ["-m", "workspace_tool", "-q", "--database-url", url_text, "-c", str(ini), "upgrade", "--all"]
 
         def tree_env(label: str, root: Path | None) -> dict[str, str]:
@@ -154,11 +176,17 @@ def main() -> int:
         contenders: dict[str, tuple[Callable[[], None], bool]] = {
             "floor (1 round trip per schema)": (lambda: send_all(engine, batches, jobs), True),
             "floor, new connections": (lambda: send_all(fresh, batches, jobs), True),
+            ASYNC_FLOOR: (lambda: send_and_flush(engine, unwaited, jobs), True),
         }
         for label, env in trees.items():
             process(argv, env, work_dir)  # warm-up, untimed: its cache directory (graph, planned range)
             fleet.downgrade(engine, chain, target=BASE_REV, jobs=jobs)
             contenders[label] = ((lambda env=env, label=label: process(argv, env, work_dir, label)), True)  # type: ignore[misc]
+        durable = "process --commit durable (this tree)"
+        contenders[durable] = (
+            lambda: process([*argv, "--commit", "durable"], trees["process (this tree)"], work_dir, durable),
+            True,
+        )
         noop = "no-op process (this tree)"
         contenders[noop] = (lambda: process(argv, trees["process (this tree)"], work_dir, noop), False)
         samples: dict[str, list[float]] = {label: [] for label in contenders}
@@ -177,11 +205,14 @@ def main() -> int:
         floor = names[0]
         floor_median = statistics.median(samples[floor])
         print(f"\n== upgrade --all over {n} schemas, --jobs {jobs}, {args.rounds} rounds (interleaved) ==")
+        async_median = statistics.median(samples[ASYNC_FLOOR])
         for label in names:
             per_round = statistics.median(a / b for a, b in zip(samples[label], samples[floor], strict=True))
+            median = statistics.median(samples[label])
             print(
-                f"{label:<44} median {statistics.median(samples[label]):6.2f} s  "
-                f"/ floor {statistics.median(samples[label]) / floor_median:5.2f}x  per round {per_round:5.2f}x  "
+                f"{label:<44} median {median:6.2f} s  "
+                f"/ floor {median / floor_median:5.2f}x  per round {per_round:5.2f}x  "
+                f"/ async floor {median / async_median:5.2f}x  "
                 f"{[round(s, 2) for s in samples[label]]}"
                 + (f"  CPU median {statistics.median(CPU[label]):.2f} s" if label in CPU else "")
             )

@@ -19,11 +19,13 @@ import pgbouncer
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
-from support.chains import ALEMBIC_INI, ChainBuilder
+from support.chains import ALEMBIC_INI, DROP_UNIQUE, ITEMS, UNIQUE, ChainBuilder
 from support.data import add_chunks
 from support.db import EMBEDDED_TEST_DIR, StatementCounter, reset_database
+from wire import WireRecorder
 
 from workspace_tool import WorkspaceManager
+from workspace_tool.chain import Chain
 from workspace_tool.testing import fresh_database
 from workspace_tool.urls import sync_url
 
@@ -131,6 +133,21 @@ def count_statements(engine: sa.Engine) -> Callable[[], StatementCounter]:
 @pytest.fixture
 def chain_builder(tmp_path: Path) -> ChainBuilder:
     return ChainBuilder(tmp_path / "chain")
+
+
+@pytest.fixture
+def tiny(chain_builder: ChainBuilder) -> Chain:
+    """A chain of two compiled revisions: a1 creates items; a2 adds a unique index on items.name (fails where
+    names repeat)."""
+    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add("a2", UNIQUE, DROP_UNIQUE)
+    return Chain.load(chain_builder.ini)
+
+
+@pytest.fixture
+def wire(database_url: URL) -> Iterator[WireRecorder]:
+    """A proxy in front of the test server recording every query sent through it (tests/wire.py)."""
+    with WireRecorder(database_url) as recorder:
+        yield recorder
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.chains import ITEMS, ChainBuilder
 from support.data import add_rows
 from support.db import registry_row, registry_state, schema_version
 
@@ -22,14 +22,6 @@ from workspace_tool.schema.operation import UPGRADE
 from workspace_tool.schema.plan import Expected
 
 EXT = "workspace_extensions"
-
-
-@pytest.fixture
-def tiny(chain_builder: ChainBuilder) -> Chain:
-    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add(
-        "a2", UNIQUE, 'op.drop_index("ux_items_name", table_name="items")'
-    )
-    return Chain.load(chain_builder.ini)
 
 
 def lane(engine: sa.Engine, chain: Chain, project: str, *, exists: bool, version: str | None, target: str) -> Any:

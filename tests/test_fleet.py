@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from support.chains import ALEMBIC_INI, ITEMS, UNIQUE, ChainBuilder
+from support.chains import ALEMBIC_INI
 from support.data import add_rows, make_schema_by_hand
 from support.db import registry_state, schema_version
 
@@ -21,16 +21,8 @@ from workspace_tool.chain import Chain
 from workspace_tool.fleet.migrator import Migrator
 from workspace_tool.schema.operation import Work
 
-DROP_UNIQUE = 'op.drop_index("ux_items_name", table_name="items")'
 ONLINE_EXTRA = "workspace_online = True\n"
 IDS = [f"p{i:02d}" for i in range(1, 21)]
-
-
-@pytest.fixture
-def tiny(chain_builder: ChainBuilder) -> Chain:
-    """a1 creates items; a2 adds a unique index on items.name (fails where names repeat)."""
-    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add("a2", UNIQUE, DROP_UNIQUE)
-    return Chain.load(chain_builder.ini)
 
 
 @pytest.fixture

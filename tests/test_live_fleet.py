@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
-from support.chains import ITEMS, UNIQUE, ChainBuilder
+from support.chains import ITEMS, ChainBuilder
 from support.db import StatementCounter, assert_consistent, registry_row, schema_exists, schema_version
 
 from workspace_tool import WorkspaceManager, drift, fleet, reference, spares
@@ -30,14 +30,6 @@ from workspace_tool.registry import inventory
 from workspace_tool.registry.inventory import read_versions
 
 IDS = [f"p{i:02d}" for i in range(1, 13)]
-DROP_UNIQUE = 'op.drop_index("ux_items_name", table_name="items")'
-
-
-@pytest.fixture
-def tiny(chain_builder: ChainBuilder) -> Chain:
-    """a1 creates items; a2 adds a unique index (compiled: the fast lane runs it)."""
-    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add("a2", UNIQUE, DROP_UNIQUE)
-    return Chain.load(chain_builder.ini)
 
 
 @pytest.fixture

@@ -79,7 +79,8 @@ def test_very_verbose_shows_the_sql_including_the_batches_sent_on_the_raw_driver
     [batch] = logged(err, "workspace_tool.schema.send")
     assert batch == "project_alpha: one round trip:"  # the batch follows on the next lines, as sent
     sent = err.split("project_alpha: one round trip:\n", 1)[1]
-    assert sent.startswith("BEGIN ISOLATION LEVEL READ COMMITTED;\nSET LOCAL lock_timeout = '5000ms';\n")
+    begin = "BEGIN ISOLATION LEVEL READ COMMITTED;\nSET LOCAL synchronous_commit = off;\n"
+    assert sent.startswith(begin + "SET LOCAL lock_timeout = '5000ms';\n")
     assert "\nCOMMIT;\n" in sent
 
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
-from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import create_async_engine
-from support.chains import ITEMS, UNIQUE, ChainBuilder, with_options
+from support.chains import ITEMS, ChainBuilder, with_options
 from support.data import add_rows
 from support.db import assert_consistent, catalog, registry_row, registry_state, schema_version
 from support.wire_runs import warm_run_queries
@@ -36,20 +35,6 @@ from workspace_tool.schema.plan import Expected
 from workspace_tool.spares.settings import async_claim
 from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS
 from workspace_tool.urls import async_url
-
-
-@pytest.fixture
-def tiny(chain_builder: ChainBuilder) -> Chain:
-    chain_builder.add("a1", ITEMS, 'op.drop_table("items")').add(
-        "a2", UNIQUE, 'op.drop_index("ux_items_name", table_name="items")'
-    )
-    return Chain.load(chain_builder.ini)
-
-
-@pytest.fixture
-def wire(database_url: URL) -> Iterator[WireRecorder]:
-    with WireRecorder(database_url) as recorder:
-        yield recorder
 
 
 def _upgrade_counting(wire: WireRecorder, chain: Chain, ids: list[str]) -> list[str]:
@@ -79,22 +64,27 @@ def test_a_fleet_run_sends_one_round_trip_per_schema(engine: sa.Engine, tiny: Ch
     assert not [q for q in ten if "default_transaction_isolation" in q]
 
 
-def test_each_schemas_batch_is_its_own_plans_byte_for_byte(engine: sa.Engine, tiny: Chain, wire: WireRecorder) -> None:
+@pytest.mark.parametrize("commit", ["async", "durable"])
+def test_each_schemas_batch_is_its_own_plans_byte_for_byte(
+    engine: sa.Engine, tiny: Chain, wire: WireRecorder, commit: str
+) -> None:
     """The fleet plans a range's batch once and fills in each schema's names: what goes on the wire is what
-    planning that schema alone writes (SchemaPlan.batch), for a missing schema and for an existing one."""
+    planning that schema alone writes (SchemaPlan.batch), for a missing schema and for an existing one; each
+    committed without waiting for its flush only with commit="async" (the default)."""
     ids = [f"rb{i}" for i in range(4)]
     counted = sa.create_engine(wire.url)
     try:
         with engine.connect() as conn:
-            how = Sending(tiny, flavor.read(conn), lock_timeout_ms=DEFAULT_LOCK_TIMEOUT_MS)
+            how = Sending(
+                tiny, flavor.read(conn), lock_timeout_ms=DEFAULT_LOCK_TIMEOUT_MS, async_commit=commit == "async"
+            )
         for operation, target, expected in (
             (fleet.PROVISION, "a1", Expected(False, None)),
             (fleet.UPGRADE, "a2", Expected(True, "a1")),
         ):
             wire.clear()
-            assert fleet.run(
-                counted, tiny, operation, RunSpec(target=target, project_ids=tuple(ids), jobs=2, pool=False)
-            ).ok
+            spec = RunSpec(target=target, project_ids=tuple(ids), jobs=2, pool=False, commit=commit)
+            assert fleet.run(counted, tiny, operation, spec).ok
             sent = sorted(q for q in wire.queries if "project_rb" in q and "ISOLATION LEVEL" in q)
             planned = []
             for pid in ids:
@@ -102,6 +92,7 @@ def test_each_schemas_batch_is_its_own_plans_byte_for_byte(engine: sa.Engine, ti
                 assert plan is not None and plan.batchable
                 planned.append(plan.batch())
             assert sent == sorted(planned)
+            assert all(("\nSET LOCAL synchronous_commit = off;\n" in q) == (commit == "async") for q in sent)
     finally:
         counted.dispose()
 
@@ -519,8 +510,16 @@ def test_upgrade_all_sends_no_redundant_statement_before_its_first_schema_nor_af
     # connection (5: rt0 is at a2, not taken at the registry's word), the worker's pooled connection pinged
     # by pool_pre_ping (2)
     assert len(before) == 20, "\n".join(before)
+    # the one flush of the run's commits (RunSpec.commit async: a transaction that takes an id and commits),
     # the reference's check (one read of what its key depends on, then whether it is stored) and the warm
-    # pool's, each on a pooled connection pinged first (6 each): neither the registry nor the extension
+    # pool's, each on a pooled connection pinged first (5, 6, 6): neither the registry nor the extension
     # (the bootstrap's probe checked both) is asked about again
     assert not [q for q in after if "pg_depend" in q or ("to_regclass" in q and "reference_catalog" in q)], after
-    assert len(after) == 12, "\n".join(after)
+    assert after[:5] == [
+        "SELECT 1",
+        "SET default_transaction_isolation TO DEFAULT",
+        "BEGIN ISOLATION LEVEL READ COMMITTED",
+        "SELECT txid_current()",
+        "COMMIT",
+    ], after
+    assert len(after) == 17, "\n".join(after)

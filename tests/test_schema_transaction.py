@@ -71,10 +71,13 @@ def without_comments(text: str) -> str:
 def test_the_script_is_what_the_fast_lane_sends_and_its_guard_holds(engine: sa.Engine, database_url: URL) -> None:
     behind(engine)
     scripts = {s.project_id: s.sql or "" for s in fleet.sql(engine, CHAIN)}
-    how = Sending(CHAIN, Flavor("workspace_extensions"), lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS)
+    how = Sending(
+        CHAIN, Flavor("workspace_extensions"), lock_timeout_ms=fleet.DEFAULT_LOCK_TIMEOUT_MS, async_commit=True
+    )  # a run's default: RunSpec(commit="async")
     transaction = fast_lane(how, Migration("alpha", "project_alpha", CHAIN.head, fleet.UPGRADE), Expected(True, BEHIND))
     assert transaction is not None
-    sent = "\n".join(["BEGIN ISOLATION LEVEL READ COMMITTED;", *transaction.statements(), "COMMIT;"])  # send_batch's
+    begin = ["BEGIN ISOLATION LEVEL READ COMMITTED;", "SET LOCAL synchronous_commit = off;"]
+    sent = "\n".join([*begin, *transaction.statements(), "COMMIT;"])  # send_batch's
     assert without_comments(scripts["alpha"]) == sent + "\n"
 
     fleet.upgrade(engine, CHAIN, ["alpha"])  # now the script is stale: it fails as one transaction

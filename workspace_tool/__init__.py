@@ -11,6 +11,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from workspace_tool.errors import (
+    CommitsUnconfirmed,
     ConfigurationError,
     DatabaseUnavailable,
     HeadModelFailed,
@@ -67,6 +68,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "AsyncWorkspaceManager",
+    "CommitsUnconfirmed",
     "ConfigurationError",
     "DatabaseUnavailable",
     "EnsureResult",

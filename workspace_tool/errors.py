@@ -55,6 +55,18 @@ class DatabaseUnavailable(WorkspaceError):
     """The database could not be reached or refused the login."""
 
 
+class CommitsUnconfirmed(DatabaseUnavailable):
+    """A fleet run committed its schemas without waiting for their flush (RunSpec.commit 'async'), and the
+    one flush it waits for at its end failed: what it migrated may be undone if the server crashed."""
+
+    def __init__(self, migrated: int, reason: str) -> None:
+        self.migrated = migrated
+        super().__init__(
+            f"{migrated} schema(s) migrated, but the server did not confirm that they are on disk ({reason}): "
+            "if it crashed, some are back where they were; run the command again, which migrates what is left"
+        )
+
+
 class RegistryError(WorkspaceError):
     """The registry can't be used by this version of the tool."""
 

@@ -23,6 +23,12 @@ from sqlalchemy import Connection, Engine
 from workspace_tool.errors import ConfigurationError
 
 ISOLATION_LEVEL = "READ COMMITTED"
+# How a schema transaction commits: without waiting for its WAL flush (``SET LOCAL synchronous_commit = off``),
+# or as the server's synchronous_commit says. A fleet run's (RunSpec.commit), a warm-pool claim's
+# (workspace_pool_claim_commit).
+COMMITS = ("async", "durable")
+# Takes a transaction id, so that its commit writes a commit record and waits for it to be flushed.
+_TAKE_AN_XID = "SELECT txid_current()"
 
 
 def own(conn: Connection) -> Connection:
@@ -39,6 +45,16 @@ def connect(engine: Engine) -> Connection:
     except BaseException:
         conn.close()
         raise
+
+
+def flush_commits(engine: Engine) -> None:
+    """Return once every transaction committed on the server so far is flushed, as the server's
+    synchronous_commit says (the WAL on disk; with synchronous standbys, on theirs too): one transaction that
+    takes a transaction id and commits, which waits for the WAL up to its own commit record, and the WAL is
+    flushed in order. After a fleet run whose schema transactions committed without waiting (``async``): the
+    run reports once they are all as durable as a commit that waited, at the cost of one flush."""
+    with connect(engine) as conn, conn.begin():
+        conn.exec_driver_sql(_TAKE_AN_XID)
 
 
 def in_autocommit(conn: Connection) -> bool:

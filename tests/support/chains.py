@@ -124,3 +124,4 @@ op.create_table(
 )
 """
 UNIQUE = 'op.create_index("ux_items_name", "items", ["name"], unique=True)'
+DROP_UNIQUE = 'op.drop_index("ux_items_name", table_name="items")'

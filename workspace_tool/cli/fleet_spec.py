@@ -1,7 +1,7 @@
 """What every fleet command takes (upgrade, downgrade, drop, exec): the options (``fleet_options``: which
-projects, how many at once, the stages, what to do on a failure; drop's and exec's ``task_options`` leave
---sql, which they refuse, out of their help), given to the command as one ``FleetOptions``, and the one
-RunSpec they make (``FleetOptions.run_spec``)."""
+projects, how many at once, the stages, what to do on a failure, how each schema commits; drop's and exec's
+``task_options`` leave --sql and --commit, which they refuse, out of their help), given to the command as
+one ``FleetOptions``, and the one RunSpec they make (``FleetOptions.run_spec``)."""
 
 from __future__ import annotations
 
@@ -53,6 +53,7 @@ class FleetOptions:
     order: str | None
     seed: int | None
     max_failures: str | None
+    commit: str | None
 
     @property
     def selects(self) -> bool:
@@ -79,6 +80,8 @@ class FleetOptions:
         else:
             if self.show_sql:
                 raise click.UsageError(f"--sql: {operation.name} runs no migration, there is no SQL to show")
+            if self.commit is not None:
+                raise click.UsageError(f"--commit: {operation.name} runs no migration, it commits as it always does")
             if self.all_ and (self.project_ids or self.selects):
                 raise click.UsageError("--all takes every project: not with ids, --state, --match or --ids-from")
             if not (self.all_ or self.project_ids or self.selects):
@@ -102,6 +105,7 @@ class FleetOptions:
             recycle_after=self.recycle_after,
             adopt=adopt,
             dry_run=self.show_sql,
+            commit=self.commit or "async",
         )
 
     def _staging(self, named: bool) -> Staging:
@@ -136,7 +140,8 @@ OPTION_NAMES = tuple(option.name for option in fields(FleetOptions))  # the flee
 
 def fleet_options(f: Callable[..., Any], *, migrates: bool = True) -> Callable[..., Any]:
     """The fleet options on a command, which gets them as one ``fleet: FleetOptions`` argument. A command
-    that ``migrates`` not (drop, exec: a task) has --sql too, but not in its help: ``run_spec`` refuses it."""
+    that ``migrates`` not (drop, exec: a task) has --sql and --commit too, but not in its help: ``run_spec``
+    refuses them."""
     names = OPTION_NAMES
 
     @functools.wraps(f)
@@ -145,12 +150,14 @@ def fleet_options(f: Callable[..., Any], *, migrates: bool = True) -> Callable[.
         return f(*args, fleet=given, **kwargs)
 
     for option in reversed(_OPTIONS):
-        command = (option if option is not _SQL or migrates else _HIDDEN_SQL)(command)
+        hidden = {_SQL: _HIDDEN_SQL, _COMMIT: _HIDDEN_COMMIT}.get(option, option)
+        command = (option if migrates else hidden)(command)
     return command
 
 
 def task_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The fleet options of a task (drop, exec), which runs no migration: --sql is refused, and not shown."""
+    """The fleet options of a task (drop, exec), which runs no migration: --sql and --commit are refused, and
+    not shown."""
     return fleet_options(f, migrates=False)
 
 
@@ -158,6 +165,15 @@ FILE = click.Path(exists=True, dir_okay=False, readable=True)
 _SQL_HELP = "Print each selected schema's SQL and change nothing (the stage options play no part)."
 _SQL = click.option("--sql", "show_sql", is_flag=True, help=_SQL_HELP)
 _HIDDEN_SQL = click.option("--sql", "show_sql", is_flag=True, hidden=True, help=_SQL_HELP)
+_COMMIT_CHOICE = click.Choice(["async", "durable"])
+_COMMIT_HELP = (
+    "How each schema's transaction commits. async (the default): without waiting for its WAL flush; the run "
+    "waits once, for them all, before it reports, so what it reports done is as durable as with durable. A "
+    "server crash during the run undoes, each whole, the schemas not flushed yet, which a rerun migrates. "
+    "durable: each waits, as the server's synchronous_commit says."
+)
+_COMMIT = click.option("--commit", type=_COMMIT_CHOICE, help=_COMMIT_HELP)
+_HIDDEN_COMMIT = click.option("--commit", type=_COMMIT_CHOICE, hidden=True, help=_COMMIT_HELP)
 _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
     click.argument("project_ids", nargs=-1),
     click.option("--all", "all_", is_flag=True, help="Every project in the registry."),
@@ -184,6 +200,7 @@ _OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         help="Retries, with backoff, of a schema whose lock wait timed out or whose connection was lost.",
     ),
     _SQL,
+    _COMMIT,
     json_option,
     # the selection
     click.option(

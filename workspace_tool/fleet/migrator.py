@@ -44,6 +44,7 @@ class RunOptions:
     adopt: bool = False
     pool: bool = False  # claim a missing schema from the warm pool first (provision)
     recycle_after: int = recycling.DEFAULT_RECYCLE_AFTER  # schemas per backend, then a new one (0: never)
+    async_commit: bool = False  # the fast lane's commits don't wait for their flush (RunSpec.commit)
 
 
 class Migrator:
@@ -70,6 +71,7 @@ class Migrator:
             options.flavor.with_direct(direct is not None),
             lock_timeout_ms=options.lock_timeout_ms,
             pool=options.pool,
+            async_commit=options.async_commit,
         )
         self.cancel = cancel or threading.Event()
         self.direct = direct

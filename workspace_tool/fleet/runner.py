@@ -24,7 +24,7 @@ from workspace_tool import spares as warm_pool
 from workspace_tool.chain import Chain
 from workspace_tool.chain.plan import Path
 from workspace_tool.dberrors import first_line, translating
-from workspace_tool.errors import ConfigurationError, UnmanagedSchema, WorkspaceError
+from workspace_tool.errors import CommitsUnconfirmed, ConfigurationError, UnmanagedSchema, WorkspaceError
 from workspace_tool.flavor import pooler
 from workspace_tool.fleet.decide import Verdict, decide
 from workspace_tool.fleet.executors import StopRule, Tracker, run_threads
@@ -173,11 +173,21 @@ def run(
     staged = _Staged(plan, staging)
     if work:
         options = RunOptions(
-            operation, resolved, spec.lock_timeout_ms, spec.retries, flavor, spec.adopt, use_pool, recycle
+            operation,
+            resolved,
+            spec.lock_timeout_ms,
+            spec.retries,
+            flavor,
+            spec.adopt,
+            use_pool,
+            recycle,
+            async_commit=spec.async_commit and operation.migrates,
         )
         tracker = Tracker(len(work), progress, started, canary=len(plan.canary or ()))
         finished += staged.run(engine, chain, options, jobs, tracker, direct_engine)
         cache.invalidate(cache_key, [w.project_id for w in work])
+        if options.async_commit:
+            _flush_commits(engine, finished)
     interrupted = staged.interrupted
     if operation.migrates and not interrupted and not idle:  # what `check` compares with, if not stored yet
         reference.store_if_missing(direct_engine or engine, chain, spec.lock_timeout_ms, registry_checked=True)
@@ -277,6 +287,20 @@ class _Staged:
             )
             for stage, items in self.plan.stages()
         ]
+
+
+def _flush_commits(engine: Engine, results: list[SchemaResult]) -> None:
+    """After a run whose schemas committed without waiting for their flush (RunSpec.commit 'async'), wait
+    once for them all, before anything reports them done (Ctrl-C'd runs included); raise CommitsUnconfirmed
+    when the server can't confirm it."""
+    migrated = sum(r.status is Outcome.OK for r in results)
+    if not migrated:
+        return
+    try:
+        with translating(engine.url):
+            transactions.flush_commits(engine)
+    except WorkspaceError as exc:
+        raise CommitsUnconfirmed(migrated, str(exc)) from exc
 
 
 def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | None:
@@ -425,7 +449,7 @@ def render_sql(engine: Engine, chain: Chain, operation: Operation, spec: RunSpec
         conn.rollback()
     if spec.selection is not None:
         records = spec.selection.apply(records, chain)
-    how = Sending(chain, registry.probed(probe), lock_timeout_ms=spec.lock_timeout_ms)
+    how = Sending(chain, registry.probed(probe), lock_timeout_ms=spec.lock_timeout_ms, async_commit=spec.async_commit)
     decisions = [decide(operation, chain, record, resolved, named=spec.named) for record in records]
     unmanaged = {} if spec.adopt else _unmanaged(engine, chain, [d for d in decisions if isinstance(d, Work)])
     scripts = []

@@ -31,6 +31,7 @@ from workspace_tool.errors import ConfigurationError
 from workspace_tool.fleet.stages import Selection, Staging
 from workspace_tool.naming import schema_for
 from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS as DEFAULT_LOCK_TIMEOUT_MS
+from workspace_tool.transactions import COMMITS
 
 DEFAULT_RETRIES = 3
 
@@ -54,6 +55,8 @@ class SpecOptions(TypedDict, total=False):
     recycle_after: int | None  # schemas a connection touches before a new one replaces it (0: never; default:
     # workspace_recycle_after in alembic.ini, else recycling.DEFAULT_RECYCLE_AFTER)
     dry_run: bool  # render each schema's SQL (fleet.render_sql) instead of running it
+    commit: str  # 'async' (default): each schema's commit doesn't wait for its WAL flush, the run waits once
+    # at its end for them all; 'durable': each waits, as the server's synchronous_commit says
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class RunSpec:
     adopt: bool = False
     pool: bool | None = None  # None: claim from the warm pool when workspace_pool_size > 0
     dry_run: bool = False  # render the SQL, change nothing
+    commit: str = "async"  # how each schema's transaction commits: see ``async_commit``
 
     def __post_init__(self) -> None:
         if self.project_ids is not None:
@@ -81,6 +85,20 @@ class RunSpec:
             object.__setattr__(self, "project_ids", ids)
         if self.retries < 0 or self.lock_timeout_ms < 1:
             raise ConfigurationError("--lock-timeout must be positive and --retries not negative")
+        if self.commit not in COMMITS:
+            raise ConfigurationError(f"commit={self.commit!r}: it must be async (the default) or durable")
+
+    @property
+    def async_commit(self) -> bool:
+        """Whether each schema's transaction sent in one round trip (the fast lane: nearly every schema of a run
+        on PostgreSQL) commits without waiting for its WAL flush (``commit='async'``, the default). The run
+        then waits once, for all of them, before it returns its report (``transactions.flush_commits``): what a
+        report says is done is as durable as if each commit had waited. What it risks meanwhile: a server crash
+        during the run undoes the schemas whose commits were not flushed yet (each whole: the schema and its
+        registry row are one transaction), which the run, failing on the crash too, never reported; a rerun
+        migrates them. Anything the application committed into a migrated schema flushed its migration first
+        (the WAL is flushed in order). The careful path, and Citus's round trips, commit as the server says."""
+        return self.commit == "async"
 
     @property
     def named(self) -> bool:
@@ -117,4 +135,5 @@ class RunSpec:
             adopt=options.get("adopt", False),
             pool=options.get("pool"),
             dry_run=options.get("dry_run", False),
+            commit=options.get("commit", "async"),
         )

@@ -76,8 +76,9 @@ class Sending:
     search_path, how statements are sent, whether a direct connection is configured for what needs a
     session: a range with a revision that runs outside a transaction then raises pooler.UseDirect, with
     nothing changed, for the caller to run it there), the bound on every lock wait, everything online (the
-    reference the fast path is verified against), sending statement by statement, and claiming a missing
-    schema from the warm pool first (``pool``)."""
+    reference the fast path is verified against), sending statement by statement, claiming a missing
+    schema from the warm pool first (``pool``), and committing the fast lane's batches without waiting for
+    their flush (``async_commit``)."""
 
     chain: Chain
     flavor: Flavor
@@ -86,6 +87,9 @@ class Sending:
     statement_by_statement: bool = False
     pool: bool = False
     first_round_trip: bool = False  # a caller that hasn't read the schema: a missing one in ONE round trip
+    # the fast lane's batches committed without waiting for their WAL flush (a fleet run's RunSpec.commit
+    # async, which flushes them all once at its end: transactions.flush_commits)
+    async_commit: bool = False
     # the fast lane's batch per range, as ``_range_batch`` found it: keyed by plain values (no dataclass hashed
     # per schema), each with the operation it is for; not part of what a Sending is (nor of its copies)
     _batches: dict[tuple[str | None, int, bool, str | None], tuple[Operation, _RangeBatch | None]] = field(
@@ -236,6 +240,7 @@ def planned(
         record=RegistryRecord(what.project_id, what.target, recorded(action), range_.path),
         expected=expected,
         namespace=how.chain.namespace,
+        async_commit=how.async_commit,
     )
 
 

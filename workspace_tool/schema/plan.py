@@ -109,7 +109,9 @@ class SchemaPlan:
     record: RegistryRecord | None = None
     expected: Expected | None = None  # None: the caller took the lock and read the state itself
     namespace: Namespace = DEFAULT  # whose registry the row and the guard are written in
-    async_commit: bool = False  # a claim sent alone: committed without waiting for its WAL flush (spares.settings)
+    # committed without waiting for its WAL flush when sent in one round trip: a claim sent alone
+    # (workspace_pool_claim_commit, spares.settings), a fleet run's batch (RunSpec.commit); not otherwise
+    async_commit: bool = False
 
     # -------------------------------------------------------------- one transaction
     def prelude(self) -> list[str]:
@@ -161,7 +163,13 @@ class SchemaPlan:
             raise ValueError("only a guarded, compiled plan in one transaction, on a flavor that batches, is one batch")
         if implicit:
             return self._if_missing()
-        return "\n".join([BEGIN, *self.statements(), COMMIT])
+        return "\n".join([*self._begin(), *self.statements(), COMMIT])
+
+    def _begin(self) -> list[str]:
+        """BEGIN, and for a batch committed without waiting for its WAL flush (``async_commit``), the setting
+        that says so: the fleet then waits once, for every schema's, at the end of its run
+        (``transactions.flush_commits``)."""
+        return [BEGIN, ASYNC_COMMIT] if self.async_commit and not self.claims else [BEGIN]
 
     def _if_missing(self) -> str:
         """A new schema's build as one implicit transaction that changes nothing, and raises no error, if the
@@ -387,7 +395,7 @@ class SchemaPlan:
         return "\n".join(lines) + "\n"
 
     def _render_transaction(self, chain: Chain) -> list[str]:
-        lines = [BEGIN, *self.prelude()]
+        lines = [*(self._begin() if self.batchable else [BEGIN]), *self.prelude()]
         for unit in self.units():
             lines += render_online(chain, unit, "runs online through Alembic") if isinstance(unit, Step) else [unit]
         return [*lines, COMMIT]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from workspace_tool.chain import Chain
 from workspace_tool.errors import ConfigurationError
+from workspace_tool.transactions import COMMITS
 
 POOL_SIZE_OPTION = "workspace_pool_size"
 GRACE_OPTION = "workspace_pool_grace"
 DEFAULT_GRACE_S = 3600.0  # another release's spares are kept while it filled the pool within this many seconds
 CLAIM_COMMIT_OPTION = "workspace_pool_claim_commit"
-CLAIM_COMMITS = ("async", "durable")
 
 
 def configured_size(chain: Chain) -> int:
@@ -54,7 +54,7 @@ def async_claim(chain: Chain) -> bool:
     "schema does not exist" once (a session then forgets it). Never corrupts anything; replicas see the
     claim when they see the WAL. ``durable`` waits for the flush, as the server's synchronous_commit says."""
     value = chain.option(CLAIM_COMMIT_OPTION, "async").strip().lower()
-    if value not in CLAIM_COMMITS:
+    if value not in COMMITS:
         raise ConfigurationError(
             f"{CLAIM_COMMIT_OPTION} = {value!r} in {chain.config_path}: it must be async (the default) or durable"
         )
