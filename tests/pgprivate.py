@@ -62,6 +62,11 @@ class PrivateServer:
         """Stop the server (fast: every session is terminated) and keep its data: ``resume()`` restarts it."""
         self.pg_ctl("-w", "-m", "fast", "stop")
 
+    def crash(self) -> None:
+        """Stop the server as a crash would (immediate: no checkpoint, WAL not yet written out is lost) and keep
+        its data: ``resume()`` starts it again, replaying its WAL."""
+        self.pg_ctl("-w", "-m", "immediate", "stop")
+
     def resume(self) -> None:
         """Start the server again after ``halt()``, on its socket only, as the embedded server runs."""
         self.pg_ctl("-w", "-l", str(self.pgdata / "log"), "-o", f'-h "" -k {self.pgdata}', "start")
