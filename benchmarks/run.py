@@ -829,7 +829,7 @@ def _pool_round(
     engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, gather_reps: int, existing: int
 ) -> None:
     # one per claim (the library's three ways, the claim's floor, the raw claims, the gathers), warm-ups included
-    spares = 4 * n + 4 * reps + 8 * gather_reps + 30
+    spares = 6 * n + 4 * reps + 8 * gather_reps + 30
     log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
     filled = warm_pool.fill(engine, mgr.chain, spares, jobs=2)
     # each commit mode named, whatever the default: the chain is the same (spares of one are the other's)
@@ -872,6 +872,14 @@ def _pool_round(
         shift = i % len(contenders)
         for name, fn in contenders[shift:] + contenders[:shift]:
             samples[name].append(timed(fn))
+    # the same two claims with no schema built between them: interleaved with the builds above, each claim's
+    # backend first catches up with the catalog changes of the builds made since its last transaction (every
+    # backend does, at its next transaction: measured, a SELECT 1 after another session's 6-table schema
+    # takes 2-3x as long); here only the claims' own renames come between them
+    in_a_row: dict[str, list[float]] = {"async": [], "raw": []}
+    for i in range(n):
+        in_a_row["async"].append(timed(lambda i=i: paths["async"].add(pooled_async.ensure_detailed(f"row-{i}").path)))  # type: ignore[misc]
+        in_a_row["raw"].append(timed(lambda i=i: claim_floor.claim(f"row-raw-{i}")))  # type: ignore[misc]
     floor.close()
     claim_floor.close()
     pooled.close()
@@ -929,6 +937,13 @@ def _pool_round(
         f"{p99_ms(samples['async']) / raw_p99:.2f}x); durable {pool_ms / raw_ms:.2f}x (per round "
         f"{per_round['pool']:.2f}x, p99 {p99_ms(samples['pool']) / raw_p99:.2f}x)"
     )
+    row_async, row_raw = median_ms(in_a_row["async"]), median_ms(in_a_row["raw"])
+    print(
+        f"claims in a row, no schema built between them (n={n}): async {spread(in_a_row['async'])} p99 "
+        f"{p99_ms(in_a_row['async']):.2f} ms = 1/{fast_ms / row_async:.1f} of the interleaved fast path's p50 "
+        f"(p99 1/{fast_p99 / p99_ms(in_a_row['async']):.1f}); raw floor {spread(in_a_row['raw'])} = "
+        f"1/{fast_ms / row_raw:.1f}; library / floor {row_async / row_raw:.2f}x"
+    )
     for mode in ("async", "durable"):  # async: the default
         of_medians, of_rounds = ratios[mode]
         one, three = gather[f"{mode}-1"], gather[f"{mode}-3"]
@@ -958,6 +973,8 @@ def _pool_round(
         raw_claim_p50_ms=raw_ms,
         raw_claim_p99_ms=raw_p99,
         async_claim_over_raw=async_ms / raw_ms,
+        async_claim_in_a_row_p50_ms=row_async,
+        raw_claim_in_a_row_p50_ms=row_raw,
         async_claim_over_raw_per_round=per_round["async"],
         pool_over_raw=pool_ms / raw_ms,
         pool_over_raw_per_round=per_round["pool"],
