@@ -300,6 +300,32 @@ def hold_gate(engine: sa.Engine) -> sa.Connection:
     return admin
 
 
+def run_while_the_server_stops(
+    server: PrivateServer,
+    engine: sa.Engine,
+    blocker: sa.Connection,
+    command: list[str],
+    blocked: int,
+    stop: Callable[[], None],
+) -> tuple[int, str, str]:
+    """Run ``command``; once ``blocked`` of its sessions wait on ``blocker``'s advisory lock, ``stop`` the
+    server; the command's exit status and output, never a traceback. The server is started again whatever
+    happens, and ``engine``'s pooled connections, which died with it, dropped."""
+    upgrade = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        waiting_on_advisory(blocker, blocked)
+        stop()
+        blocker.invalidate()
+        out, err = upgrade.communicate(timeout=WAIT * 2)
+    finally:
+        if upgrade.poll() is None:
+            upgrade.kill()
+        server.resume()
+        engine.dispose()
+    assert "Traceback" not in err
+    return upgrade.returncode, out, err
+
+
 @pytest.mark.slow
 def test_server_restart_during_ensure(
     private_server: PrivateServer, private_engine: sa.Engine, chains: dict[str, Path]
@@ -411,21 +437,16 @@ def test_a_server_crash_mid_run_undoes_unflushed_schemas_whole_and_a_rerun_finis
         last.execute(sa.text(LOCK_SQL), {"key": lock_key("project_crash_07")})
         command = [*CLI, "-q", "--database-url", url, "-c", str(chains["gated"]), "upgrade", "--all", "-j", "1"]
         options = ["--order", "name", "--retries", "0", "--lock-timeout", "60s", "--commit", commit]
-        upgrade = subprocess.Popen([*command, *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            waiting_on_advisory(last, 1)
-            committed = sum(v == "r3" for v in assert_consistent(private_engine).values())
+        committed: list[int] = []
+
+        def crash() -> None:
+            committed.append(sum(v == "r3" for v in assert_consistent(private_engine).values()))
             private_server.crash()
-            last.invalidate()
-            out, err = upgrade.communicate(timeout=WAIT * 2)
-        finally:
-            if upgrade.poll() is None:
-                upgrade.kill()
-            private_server.resume()
-            private_engine.dispose()  # its pooled connections died with the server
-        assert committed == 7  # committed and seen by other sessions before the crash
-        assert upgrade.returncode == 1, (out, err)
-        assert "Traceback" not in err
+
+        run = [*command, *options]
+        code, out, err = run_while_the_server_stops(private_server, private_engine, last, run, 1, crash)
+        assert committed == [7]  # committed and seen by other sessions before the crash
+        assert code == 1, (out, err)
         after = assert_consistent(private_engine)  # each schema whole: its version and its row agree
         survived = sum(v == "r3" for v in after.values())
         if commit == "async":
@@ -455,20 +476,10 @@ def test_server_stopped_mid_fleet_starts_no_more_schemas_and_a_rerun_finishes(
     url = private_engine.url.render_as_string(hide_password=False)
     command = [*CLI, "--database-url", url, "-c", str(chains["gated"]), "upgrade", "--all", "-j", "2"]
     admin = hold_gate(private_engine)
-    upgrade = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        waiting_on_advisory(admin, 2)  # two schemas mid-transaction, ten waiting their turn
-        private_server.halt()
-        admin.invalidate()
-        out, err = upgrade.communicate(timeout=WAIT * 2)
-    finally:
-        if upgrade.poll() is None:
-            upgrade.kill()
-        private_server.resume()
-        private_engine.dispose()  # its pooled connections died with the server
+    # two schemas mid-transaction, ten waiting their turn, when the server stops
+    code, out, err = run_while_the_server_stops(private_server, private_engine, admin, command, 2, private_server.halt)
 
-    assert upgrade.returncode == 1, (out, err)
-    assert "Traceback" not in err
+    assert code == 1, (out, err)
     lines = err.splitlines()
     failures = [line for line in lines if " failed: database connection lost (" in line]
     stopping = [line for line in lines if line.startswith("Stopping: ")]
