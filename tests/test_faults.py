@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import subprocess
 import threading
@@ -453,6 +454,7 @@ def test_a_server_crash_mid_run_undoes_unflushed_schemas_whole_and_a_rerun_finis
             [line] = err.strip().splitlines()
             assert line.startswith("Error: 7 schema(s) migrated, but the server did not confirm that they are on disk")
             assert "run the command again" in line
+            assert re.search(r"^ok\s+7\s", out, re.MULTILINE), out  # the run's report all the same
             print(f"\n{survived} of the 7 schemas committed before the crash survived it")
         else:  # the last schema failed on the crash, in the report; the others were on disk when it came
             assert survived == 7 and "database connection lost" in out

@@ -5,13 +5,14 @@ backend that sends it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
-from support.cli import assert_one_line_error, run_cli
+from support.cli import run_cli
 from support.db import registry_row, schema_version
 from wire import WireRecorder
 
@@ -91,20 +92,26 @@ def flush_fails(session_engine: sa.Engine) -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("flush_fails")
-def test_a_flush_that_fails_is_a_one_line_error_and_a_rerun_finds_what_is_left(
+def test_a_flush_that_fails_is_reported_with_the_runs_report_and_a_rerun_finds_what_is_left(
     engine: sa.Engine, tiny: Chain, database_url: URL
 ) -> None:
     ids = [f"fc{i}" for i in range(3)]
     assert fleet.provision(engine, tiny, ids, target="a1", jobs=2, commit="durable").ok
-    result = _cli(database_url, tiny, "upgrade", "--all", "--to", "a2")
-    line = assert_one_line_error(
-        result, "3 schema(s) migrated, but the server did not confirm", "run the command again"
-    )
-    assert "password" not in line.lower()
+    result = _cli(database_url, tiny, "upgrade", "--all", "--to", "a2", "--json")
 
-    with pytest.raises(CommitsUnconfirmed) as raised:  # the library: a DatabaseUnavailable, with the count
+    assert result.exit_code == 1, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()  # -q: the error's one line, no traceback
+    assert line.startswith("Error: 3 schema(s) migrated, but the server did not confirm that they are on disk")
+    assert "run the command again" in line and "password" not in line.lower()
+    report = json.loads(result.stdout)  # the run's report all the same, saying why it is not ok
+    assert report["ok"] is False and report["counts"]["ok"] == 3
+    assert report["unconfirmed"] and report["unconfirmed"] in line
+
+    with pytest.raises(CommitsUnconfirmed) as raised:  # the library: a DatabaseUnavailable, with the report
         fleet.downgrade(engine, tiny, target="a1", jobs=2)
     assert isinstance(raised.value, DatabaseUnavailable) and raised.value.migrated == 3
+    assert raised.value.report.unconfirmed == raised.value.reason and not raised.value.report.ok
+    assert raised.value.report.counts()["ok"] == 3
 
     # the server did not crash: what the runs committed stands, registry rows included
     assert all(schema_version(engine, f"project_{i}") == "a1" for i in ids)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class WorkspaceError(Exception):
     """Base of every error workspace_tool raises on purpose. ``str(err)`` is one line for the user."""
@@ -57,10 +59,13 @@ class DatabaseUnavailable(WorkspaceError):
 
 class CommitsUnconfirmed(DatabaseUnavailable):
     """A fleet run committed its schemas without waiting for their flush (RunSpec.commit 'async'), and the
-    one flush it waits for at its end failed: what it migrated may be undone if the server crashed."""
+    one flush it waits for at its end failed: what it migrated may be undone if the server crashed.
+    ``report``: the run's FleetReport (its ``unconfirmed`` says why), for what each schema did."""
 
-    def __init__(self, migrated: int, reason: str) -> None:
+    def __init__(self, migrated: int, reason: str, report: Any = None) -> None:
         self.migrated = migrated
+        self.reason = reason
+        self.report = report
         super().__init__(
             f"{migrated} schema(s) migrated, but the server did not confirm that they are on disk ({reason}): "
             "if it crashed, some are back where they were; run the command again, which migrates what is left"

@@ -104,11 +104,19 @@ def run_and_report(
 ) -> FleetReport:
     """Every fleet command's run: ``operation`` as ``spec`` says, progress on stderr (not with -q), then the
     report (with the command to run next, if ``follow_up`` names one); exit 1 if any failed, 130 when
-    interrupted."""
+    interrupted. When the server could not confirm the run's commits, the report, then that error's line
+    (exit 1)."""
     from workspace_tool import fleet
+    from workspace_tool.errors import CommitsUnconfirmed
 
     printer = None if quiet() else ProgressPrinter(sys.stderr)
-    report = fleet.run(app.engine, app.chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
+    try:
+        report = fleet.run(app.engine, app.chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
+    except CommitsUnconfirmed as unconfirmed:
+        if printer is not None:
+            printer.finish()
+        print_fleet_report(unconfirmed.report, as_json, None)
+        raise
     if printer is not None:
         printer.finish()
     print_fleet_report(report, as_json, follow_up(report) if follow_up is not None else None)

@@ -69,6 +69,9 @@ class FleetReport:
     pool: dict[str, Any] | None = None  # upgrade --all to head: the warm pool's spares replaced (spares.follow)
     stop_reason: StopReason | None = None  # what ``stopped`` says, as a code
     migrates: bool = True  # False: the operation ran a task instead (drop, exec): ``target`` is not moved to
+    # why the one flush of the run's commits failed (RunSpec.commit 'async': CommitsUnconfirmed is raised with
+    # this report): the schemas it reports ok may have been undone by a server crash; None: confirmed, or none
+    unconfirmed: str | None = None
 
     def with_reason(self, reason: SkipReason) -> list[SchemaResult]:
         return [r for r in self.results if r.reason == reason]
@@ -93,8 +96,9 @@ class FleetReport:
 
     @property
     def ok(self) -> bool:
-        """True if nothing failed and nothing was left unstarted (a project gone is neither)."""
-        return not self.failed and not self.interrupted
+        """True if nothing failed, nothing was left unstarted (a project gone is neither) and the run's commits
+        were confirmed on disk."""
+        return not self.failed and not self.interrupted and self.unconfirmed is None
 
     def counts(self, stage: Stage | None = None) -> dict[str, int]:
         """Schemas by status: all of them, or those of one stage."""
@@ -124,6 +128,7 @@ class FleetReport:
             "order": self.order,
             "seed": self.seed,
             "pool": self.pool,
+            "unconfirmed": self.unconfirmed,
             "results": [r.as_dict() for r in self.results],
         }
 

@@ -114,7 +114,8 @@ def run(
     direct_engine: Engine | None = None,
 ) -> FleetReport:
     """The fleet run of ``operation`` as ``spec`` says (see workspace_tool.fleet.spec).
-    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``spares.follow``).
+    ``upgrade --all`` to head also replaces the warm pool's spares left behind (``spares.follow``). When the
+    one flush of a run's commits fails (RunSpec.commit 'async'), CommitsUnconfirmed is raised with the report.
 
     ``direct_engine``: an engine that bypasses the connection pooler ``engine`` may go through (see
     workspace_tool.flavor.pooler). The schemas whose range holds a revision that runs outside a transaction are
@@ -171,6 +172,7 @@ def run(
 
     plan = staging.plan(work)
     staged = _Staged(plan, staging)
+    unconfirmed: str | None = None
     if work:
         options = RunOptions(
             operation,
@@ -187,15 +189,16 @@ def run(
         finished += staged.run(engine, chain, options, jobs, tracker, direct_engine)
         cache.invalidate(cache_key, [w.project_id for w in work])
         if options.async_commit:
-            _flush_commits(engine, finished)
+            unconfirmed = _flush_commits(engine, finished)
     interrupted = staged.interrupted
-    if operation.migrates and not interrupted and not idle:  # what `check` compares with, if not stored yet
+    # what `check` compares with, if not stored yet; not when the server could not confirm the run's commits
+    if operation.migrates and not interrupted and not idle and unconfirmed is None:
         reference.store_if_missing(direct_engine or engine, chain, spec.lock_timeout_ms, registry_checked=True)
-    follow = operation is UPGRADE and ids is None and not interrupted and not idle
+    follow = operation is UPGRADE and ids is None and not interrupted and not idle and unconfirmed is None
     spares = _follow_pool(engine, chain, jobs) if follow else None
     position = {r.project_id: i for i, r in enumerate(records)}
     finished.sort(key=lambda r: position[r.project_id])
-    return FleetReport(
+    report = FleetReport(
         operation.name,
         resolved,
         finished,
@@ -213,7 +216,11 @@ def run(
         pool=spares,
         stop_reason=None if staged.stopped is None else staged.stopped.reason,
         migrates=operation.migrates,
+        unconfirmed=unconfirmed,
     )
+    if unconfirmed is not None:
+        raise CommitsUnconfirmed(len(report.with_status(Outcome.OK)), unconfirmed, report)
+    return report
 
 
 class _Staged:
@@ -289,18 +296,18 @@ class _Staged:
         ]
 
 
-def _flush_commits(engine: Engine, results: list[SchemaResult]) -> None:
+def _flush_commits(engine: Engine, results: list[SchemaResult]) -> str | None:
     """After a run whose schemas committed without waiting for their flush (RunSpec.commit 'async'), wait
-    once for them all, before anything reports them done (Ctrl-C'd runs included); raise CommitsUnconfirmed
-    when the server can't confirm it."""
-    migrated = sum(r.status is Outcome.OK for r in results)
-    if not migrated:
-        return
+    once for them all, before anything reports them done (Ctrl-C'd runs included). Returns why the server
+    could not confirm it (the run then raises CommitsUnconfirmed with its report), or None."""
+    if not any(r.status is Outcome.OK for r in results):
+        return None
     try:
         with translating(engine.url):
             transactions.flush_commits(engine)
     except WorkspaceError as exc:
-        raise CommitsUnconfirmed(migrated, str(exc)) from exc
+        return str(exc)
+    return None
 
 
 def _follow_pool(engine: Engine, chain: Chain, jobs: int) -> dict[str, Any] | None:
