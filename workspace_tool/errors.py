@@ -62,7 +62,7 @@ class CommitsUnconfirmed(DatabaseUnavailable):
     one flush it waits for at its end failed: what it migrated may be undone if the server crashed.
     ``report``: the run's FleetReport (its ``unconfirmed`` says why), for what each schema did."""
 
-    def __init__(self, migrated: int, reason: str, report: Any = None) -> None:
+    def __init__(self, migrated: int, reason: str, report: Any) -> None:
         self.migrated = migrated
         self.reason = reason
         self.report = report

@@ -110,16 +110,17 @@ def run_and_report(
     from workspace_tool.errors import CommitsUnconfirmed
 
     printer = None if quiet() else ProgressPrinter(sys.stderr)
+    unconfirmed: CommitsUnconfirmed | None = None
     try:
         report = fleet.run(app.engine, app.chain, operation, spec, progress=printer, direct_engine=app.direct_engine)
-    except CommitsUnconfirmed as unconfirmed:
-        if printer is not None:
-            printer.finish()
-        print_fleet_report(unconfirmed.report, as_json, None)
-        raise
+    except CommitsUnconfirmed as exc:
+        report, unconfirmed = exc.report, exc
     if printer is not None:
         printer.finish()
-    print_fleet_report(report, as_json, follow_up(report) if follow_up is not None else None)
+    follow = follow_up(report) if follow_up is not None and unconfirmed is None else None
+    print_fleet_report(report, as_json, follow)
+    if unconfirmed is not None:
+        raise unconfirmed
     if report.interrupted:
         click.get_current_context().exit(INTERRUPTED)
     if report.failed:

@@ -166,10 +166,10 @@ class SchemaPlan:
         return "\n".join([*self._begin(), *self.statements(), COMMIT])
 
     def _begin(self) -> list[str]:
-        """BEGIN, and for a batch committed without waiting for its WAL flush (``async_commit``), the setting
-        that says so: the fleet then waits once, for every schema's, at the end of its run
-        (``transactions.flush_commits``)."""
-        return [BEGIN, ASYNC_COMMIT] if self.async_commit and not self.claims else [BEGIN]
+        """BEGIN, and for a plan sent as one batch that commits without waiting for its WAL flush
+        (``async_commit``), the setting that says so: the fleet then waits once, for every schema's, at the end
+        of its run (``transactions.flush_commits``). A plan sent otherwise commits as the server says."""
+        return [BEGIN, ASYNC_COMMIT] if self.async_commit and not self.claims and self.batchable else [BEGIN]
 
     def _if_missing(self) -> str:
         """A new schema's build as one implicit transaction that changes nothing, and raises no error, if the
@@ -395,7 +395,7 @@ class SchemaPlan:
         return "\n".join(lines) + "\n"
 
     def _render_transaction(self, chain: Chain) -> list[str]:
-        lines = [*(self._begin() if self.batchable else [BEGIN]), *self.prelude()]
+        lines = [*self._begin(), *self.prelude()]
         for unit in self.units():
             lines += render_online(chain, unit, "runs online through Alembic") if isinstance(unit, Step) else [unit]
         return [*lines, COMMIT]
