@@ -828,8 +828,9 @@ def bench_pool(server: URL, n: int, reps: int, gather_reps: int, existing: int) 
 def _pool_round(
     engine: sa.Engine, url: URL, mgr: WorkspaceManager, n: int, reps: int, gather_reps: int, existing: int
 ) -> None:
-    # one per claim (the library's three ways, the claim's floor, the raw claims, the gathers), warm-ups included
-    spares = 6 * n + 4 * reps + 8 * gather_reps + 30
+    # one per claim (the library's three ways, the claim's floor, the raw claims, the claims in a row, the
+    # gathers), warm-ups included
+    spares = 7 * n + 4 * reps + 8 * gather_reps + 33
     log(f"warm pool ({existing} schemas present): filling {spares} spares, then {n} ensures per contender")
     filled = warm_pool.fill(engine, mgr.chain, spares, jobs=2)
     # each commit mode named, whatever the default: the chain is the same (spares of one are the other's)
@@ -876,14 +877,29 @@ def _pool_round(
     # backend first catches up with the catalog changes of the builds made since its last transaction (every
     # backend does, at its next transaction: measured, a SELECT 1 after another session's 6-table schema
     # takes 2-3x as long); here only the claims' own renames come between them
-    in_a_row: dict[str, list[float]] = {"async": [], "raw": []}
+    # The library's claim also from an engine whose pool hands out the connection used last (pool_use_lifo):
+    # on the benchmark's engine (first in, first out) each claim lands on the backend idle the longest, which
+    # first catches up with every claim's rename since its last turn; the floor holds its one connection.
+    lifo_engine = sa.create_engine(url, pool_size=10, pool_use_lifo=True)
+    lifo = WorkspaceManager(lifo_engine, inis["async"], warm_pool=spares)
+    for i in range(3):
+        lifo.ensure(f"warm-lifo-{i}")
+    in_a_row: dict[str, list[float]] = {"async": [], "lifo": [], "raw": []}
     for i in range(n):
-        in_a_row["async"].append(timed(lambda i=i: paths["async"].add(pooled_async.ensure_detailed(f"row-{i}").path)))  # type: ignore[misc]
-        in_a_row["raw"].append(timed(lambda i=i: claim_floor.claim(f"row-raw-{i}")))  # type: ignore[misc]
+        row = [
+            ("async", lambda i=i: paths["async"].add(pooled_async.ensure_detailed(f"row-{i}").path)),
+            ("lifo", lambda i=i: paths["async"].add(lifo.ensure_detailed(f"row-lifo-{i}").path)),
+            ("raw", lambda i=i: claim_floor.claim(f"row-raw-{i}")),
+        ]
+        shift = i % len(row)
+        for name, fn in row[shift:] + row[:shift]:
+            in_a_row[name].append(timed(fn))
     floor.close()
     claim_floor.close()
     pooled.close()
     pooled_async.close()
+    lifo.close()
+    lifo_engine.dispose()
     assert paths == {"pool": {"pool"}, "async": {"pool"}, "careful": {"pool"}, "fast": {"fast"}}, paths
     with engine.connect() as conn:  # every project claimed from the pool is what a fresh build makes
         built = snapshot(conn, schema_for("fast-0"))
@@ -937,12 +953,17 @@ def _pool_round(
         f"{p99_ms(samples['async']) / raw_p99:.2f}x); durable {pool_ms / raw_ms:.2f}x (per round "
         f"{per_round['pool']:.2f}x, p99 {p99_ms(samples['pool']) / raw_p99:.2f}x)"
     )
-    row_async, row_raw = median_ms(in_a_row["async"]), median_ms(in_a_row["raw"])
+    row_async, row_lifo, row_raw = (median_ms(in_a_row[k]) for k in ("async", "lifo", "raw"))
     print(
         f"claims in a row, no schema built between them (n={n}): async {spread(in_a_row['async'])} p99 "
         f"{p99_ms(in_a_row['async']):.2f} ms = 1/{fast_ms / row_async:.1f} of the interleaved fast path's p50 "
         f"(p99 1/{fast_p99 / p99_ms(in_a_row['async']):.1f}); raw floor {spread(in_a_row['raw'])} = "
         f"1/{fast_ms / row_raw:.1f}; library / floor {row_async / row_raw:.2f}x"
+    )
+    print(
+        f"  the same from an engine with pool_use_lifo=True: {spread(in_a_row['lifo'])} p99 "
+        f"{p99_ms(in_a_row['lifo']):.2f} ms = 1/{fast_ms / row_lifo:.1f} of the fast path's p50 "
+        f"(p99 1/{fast_p99 / p99_ms(in_a_row['lifo']):.1f}); library / floor {row_lifo / row_raw:.2f}x"
     )
     for mode in ("async", "durable"):  # async: the default
         of_medians, of_rounds = ratios[mode]
@@ -975,6 +996,7 @@ def _pool_round(
         async_claim_over_raw=async_ms / raw_ms,
         async_claim_in_a_row_p50_ms=row_async,
         raw_claim_in_a_row_p50_ms=row_raw,
+        lifo_claim_in_a_row_p50_ms=row_lifo,
         async_claim_over_raw_per_round=per_round["async"],
         pool_over_raw=pool_ms / raw_ms,
         pool_over_raw_per_round=per_round["pool"],

@@ -358,6 +358,33 @@ def test_a_claim_is_one_round_trip_committed_as_its_setting_says_leaving_no_sett
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
 
 
+@pytest.mark.parametrize("level", ["AUTOCOMMIT", "REPEATABLE READ", "SERIALIZABLE"])
+def test_a_claim_on_an_engine_at_any_isolation_level_runs_read_committed_and_leaves_the_level_as_it_was(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain, level: str
+) -> None:
+    """The sync manager sends a first ensure's claim on a connection as the engine hands it out, not pinned to
+    READ COMMITTED as the careful path's are (WorkspaceManager._claim_first): the claim's one round trip sets
+    READ COMMITTED for its own transaction (its schema check must see what committed while it waited for the
+    lock), and the connection goes back to the pool at the engine's level."""
+    counted = sa.create_engine(wire.url, isolation_level=level, pool_size=1, max_overflow=0)
+    try:
+        WorkspaceManager(counted, tiny.config_path).ensure("built")
+        spares.fill(engine, tiny, 1)
+        pooled = WorkspaceManager(counted, tiny.config_path, warm_pool=1)
+        wire.clear()
+        claimed = pooled.ensure_detailed("claimed")
+        sent = wire.queries
+        with counted.connect() as conn:  # the one pooled connection the claim ran on
+            autocommit = conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
+            seen = conn.execute(sa.text("SHOW transaction_isolation")).scalar_one()
+    finally:
+        counted.dispose()
+    assert claimed.path == "pool" and len(sent) == 1, sent
+    assert sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;\n") and "claim_project(" in sent[0]
+    assert (autocommit, seen) == ((True, "read committed") if level == "AUTOCOMMIT" else (False, level.lower()))
+    assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+
+
 @pytest.mark.parametrize("setting", [None, "durable"])
 def test_the_async_managers_claim_is_the_same_round_trip_committed_as_its_setting_says(
     engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder, setting: str | None

@@ -110,14 +110,31 @@ class WorkspaceManager:
         if call.verify and (answer := self._core.verified(call, self._probe_version(call.schema))) is not None:
             return answer
         flavor = self._flavor()
-        work = self._core.work(call, flavor.with_direct(self.direct_engine is not None))
+        pool = True
+        if (claim := self._core.claim(call, flavor.with_direct(self.direct_engine is not None))) is not None:
+            # A new project's claim from the warm pool, alone first (one implicit transaction that sets its
+            # own isolation level), on a connection as the engine hands it out, with none of the careful
+            # path's layers around it: measured, a third of the client's CPU per claim (see _claim_first)
+            claimed = self._claim_first(call.schema, claim)
+            if isinstance(claimed, EnsureResult):
+                return self._core.finished(call, claimed)
+            pool = claimed is None  # None: not claimed in one round trip (an old registry): as before
+        work = self._core.work(call, flavor.with_direct(self.direct_engine is not None), pool=pool)
         try:
             result = self._on_connection(call.schema, work)
         except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
             result = self._on_connection(
-                call.schema, self._core.work(call, flavor.with_direct(False)), self.direct_engine
+                call.schema, self._core.work(call, flavor.with_direct(False), pool=pool), self.direct_engine
             )
         return self._core.finished(call, result)
+
+    def _claim_first(self, schema: str, claim: Callable[[Connection], T]) -> T:
+        """The claim sent alone, on a connection not pinned to READ COMMITTED (``transactions.own``: the
+        claim's SQL sets its level itself), its errors translated. Measured, claims in a row against the
+        same claim through ``_on_connection`` and the careful path's entry: the client's CPU per claim
+        0.17-0.20 ms against 0.27-0.32, the claim's wall time 0.69-0.82 ms against 0.84-1.00."""
+        with translating(self.engine.url, schema), self.engine.connect() as conn:
+            return claim(conn)
 
     def _probe_version(self, schema: str) -> str | None:
         """One round trip on a held autocommit connection; None when unreadable."""

@@ -410,7 +410,7 @@ def claim_first(conn: Connection, how: Sending, what: Migration, started: float)
     ):
         return None
     try:
-        sent = send.claim_alone(conn, _claim_plan(how, what, ()))
+        sent = send.claim_alone(conn, what.schema, _claim_alone_sql(how, what))
     except Exception as failure:
         if conn.invalidated or is_connection_error(failure):
             raise _as_dbapi_error(conn, "claim", failure) from failure
@@ -421,6 +421,32 @@ def claim_first(conn: Connection, how: Sending, what: Migration, started: float)
     duration = _recorded_ms(sent, started)
     result = EnsureResult(what.project_id, what.schema, Action.CREATED, None, what.target, duration, Path.POOL)
     return _logged(result, "claimed from the warm pool (one round trip)")
+
+
+def _claim_alone_sql(how: Sending, what: Migration) -> str:
+    """``_claim_plan(how, what, ()).claim_alone()``: for a schema with a plain name, planned once per chain,
+    flavor, lock bound and target (``_claim_template``) and filled in (measured: planning and writing it was
+    a sixth of the client's CPU of a first ensure claiming a spare)."""
+    if _PLAIN.fullmatch(what.schema) and _PLAIN.fullmatch(what.project_id):
+        template = _claim_template(how.chain, how.flavor, how.lock_timeout_ms, what.target)
+        if template is not None:
+            return template.replace(_SCHEMA, what.schema).replace(_PROJECT, what.project_id)
+    return _claim_plan(how, what, ()).claim_alone()
+
+
+@functools.lru_cache(maxsize=64)
+def _claim_template(chain: Chain, flavor: Flavor, lock_timeout_ms: int | None, target: str | None) -> str | None:
+    """The claim sent alone with ``_SCHEMA`` and ``_PROJECT`` in place of the names, checked once against a
+    plain schema's own: None (each claim planned for itself) if a name is written any other way."""
+    how = Sending(chain, flavor, lock_timeout_ms=lock_timeout_ms, pool=True)
+
+    def planned_for(project_id: str, schema: str) -> str:
+        return _claim_plan(how, Migration(project_id, schema, target), ()).claim_alone()
+
+    template, sample = planned_for(_PROJECT, _SCHEMA), planned_for("p-1", "project_p_1")
+    if template.replace(_SCHEMA, "project_p_1").replace(_PROJECT, "p-1") != sample:
+        return None
+    return template
 
 
 def first_round_trip(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult | NoSpare | None:

@@ -175,18 +175,17 @@ def send_trips(conn: Connection, plan: SchemaPlan) -> Sent:
     return Sent()
 
 
-def claim_alone(conn: Connection, plan: SchemaPlan) -> Sent:
-    """A claim in ONE round trip on psycopg2 or asyncpg, ``conn`` not in a transaction:
+def claim_alone(conn: Connection, schema: str, sql: str) -> Sent:
+    """A claim in ONE round trip on psycopg2 or asyncpg, ``conn`` not in a transaction: ``sql``, a
     ``SchemaPlan.claim_alone``, one implicit transaction that takes the schema's lock, claims a spare and
     writes its registry row. ``claimed`` False: there was no spare (or the schema exists), nothing changed
     and the lock is released. asyncpg reads no row back from it (``recorded_ms`` None)."""
-    sql = plan.claim_alone()
     if conn.dialect.driver == "asyncpg":
-        log.debug("%s: one round trip on asyncpg:\n%s", plan.schema, sql)
+        log.debug("%s: one round trip on asyncpg:\n%s", schema, sql)
         return Sent(None, claimed=_returned_a_row(conn, [sql]))
     if conn.dialect.driver != "psycopg2":
         raise ValueError("only psycopg2 and asyncpg send a claim alone in one round trip")
-    recorded = send_raw(conn, plan.schema, sql)
+    recorded = send_raw(conn, schema, sql)
     return _sent(recorded, claimed=recorded is not None)
 
 
@@ -225,9 +224,11 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
     # psycopg2 sends `SET default_transaction_isolation TO DEFAULT` (a round trip of its own) whenever
     # autocommit goes off on a connection whose isolation level was set (every library connection's is:
     # transactions.own): the level is cleared first and put back after, which sends nothing.
+    # A connection in autocommit already (an engine's isolation_level="AUTOCOMMIT") is left as it is: there,
+    # psycopg2 would send `SET default_transaction_isolation` for a level put back.
     if not autocommit:
         dbapi.isolation_level = None
-    dbapi.autocommit = True  # the statements carry their own transaction
+        dbapi.autocommit = True  # the statements carry their own transaction
     value: object = None
     rows = -1
     each: list[tuple[object, int]] = []
@@ -267,9 +268,9 @@ def send_reply(conn: Connection, schema: str, sql: str | Sequence[str], *, rollb
             conn.invalidate()  # the connection is gone: never hand it back to the pool
         raise
     finally:
-        if not conn.invalidated:
+        if not autocommit and not conn.invalidated:
             try:  # (not contextlib.suppress: this runs once per schema of a fleet run)
-                dbapi.autocommit = autocommit
+                dbapi.autocommit = False
                 dbapi.isolation_level = isolation
             except Exception:
                 pass
