@@ -116,6 +116,8 @@ class EnsureCore:
     def claim(self, call: Ensure, flavor: Flavor) -> Callable[[Connection], EnsureResult | NoSpare | None] | None:
         """The warm pool's claim alone (``migrate.claim_first``: one round trip, no Alembic), for a manager
         that sends it apart from the rest of ``work``; None when no claim would be tried first."""
+        if not self.warm_pool:  # asked by every uncached ensure, with the pool on or not
+            return None
         how = self._sending(call, flavor, True)
         if not how.first_round_trip or not claims(how, call.migration) or call.migration.owner_role:
             return None

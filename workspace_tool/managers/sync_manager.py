@@ -109,9 +109,9 @@ class WorkspaceManager:
             return call.result
         if call.verify and (answer := self._core.verified(call, self._probe_version(call.schema))) is not None:
             return answer
-        flavor = self._flavor()
+        flavor = self._flavor().with_direct(self.direct_engine is not None)
         pool = True
-        if (claim := self._core.claim(call, flavor.with_direct(self.direct_engine is not None))) is not None:
+        if (claim := self._core.claim(call, flavor)) is not None:
             # A new project's claim from the warm pool, alone first (one implicit transaction that sets its
             # own isolation level), on a connection as the engine hands it out, with none of the careful
             # path's layers around it: measured, a third of the client's CPU per claim (see _claim_first)
@@ -119,7 +119,7 @@ class WorkspaceManager:
             if isinstance(claimed, EnsureResult):
                 return self._core.finished(call, claimed)
             pool = claimed is None  # None: not claimed in one round trip (an old registry): as before
-        work = self._core.work(call, flavor.with_direct(self.direct_engine is not None), pool=pool)
+        work = self._core.work(call, flavor, pool=pool)
         try:
             result = self._on_connection(call.schema, work)
         except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
