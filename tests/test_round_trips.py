@@ -30,7 +30,7 @@ from workspace_tool.lifecycle.drop import drop_operation
 from workspace_tool.lifecycle.exec import exec_operation
 from workspace_tool.managers import cache
 from workspace_tool.schema.catalog import diff
-from workspace_tool.schema.migrate import Migration, Sending, fast_lane
+from workspace_tool.schema.migrate import EnsureResult, Migration, Sending, fast_lane
 from workspace_tool.schema.plan import Expected
 from workspace_tool.spares.settings import async_claim
 from workspace_tool.sql import DEFAULT_LOCK_TIMEOUT_MS
@@ -325,6 +325,28 @@ def test_a_first_ensure_from_the_warm_pool_is_one_round_trip_and_a_fresh_build_w
     assert assert_consistent(engine) == {f"project_{p}": "a2" for p in ("built", "claimed", "no_spare_left")}
 
 
+def _claimed_on_one_connection(
+    engine: sa.Engine, wire: WireRecorder, chain: Chain, after: str, **engine_options: str
+) -> tuple[EnsureResult, list[str], object, bool]:
+    """A first ensure claiming the pool's one spare, through the wire recorder, from an engine of ONE connection
+    (``engine_options``: its own): its result, what it sent, ``after`` read on that very connection afterwards,
+    and whether that connection was then in autocommit."""
+    counted = sa.create_engine(wire.url, pool_size=1, max_overflow=0, **engine_options)
+    try:
+        WorkspaceManager(counted, chain.config_path).ensure("built")
+        spares.fill(engine, chain, 1)
+        pooled = WorkspaceManager(counted, chain.config_path, warm_pool=1)
+        wire.clear()
+        claimed = pooled.ensure_detailed("claimed")
+        sent = wire.queries
+        with counted.connect() as conn:
+            autocommit = bool(conn.connection.dbapi_connection.autocommit)  # type: ignore[union-attr]
+            value = conn.execute(sa.text(after)).scalar_one()
+    finally:
+        counted.dispose()
+    return claimed, sent, value, autocommit
+
+
 @pytest.mark.parametrize("setting", [None, "async", "durable"])
 def test_a_claim_is_one_round_trip_committed_as_its_setting_says_leaving_no_setting_behind(
     engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder, setting: str | None
@@ -336,18 +358,7 @@ def test_a_claim_is_one_round_trip_committed_as_its_setting_says_leaving_no_sett
     chain_builder.add("a1", ITEMS, 'op.drop_table("items")')
     options = {} if setting is None else {"workspace_pool_claim_commit": setting}
     chain = Chain.load(with_options(chain_builder.ini, **options))
-    counted = sa.create_engine(wire.url, pool_size=1, max_overflow=0)
-    try:
-        WorkspaceManager(counted, chain.config_path).ensure("built")
-        spares.fill(engine, chain, 1)
-        pooled = WorkspaceManager(counted, chain.config_path, warm_pool=1)
-        wire.clear()
-        claimed = pooled.ensure_detailed("claimed")
-        sent = wire.queries
-        with counted.connect() as conn:  # the one pooled connection the claim ran on
-            after = conn.execute(sa.text("SELECT current_setting('synchronous_commit')")).scalar_one()
-    finally:
-        counted.dispose()
+    claimed, sent, after, _ = _claimed_on_one_connection(engine, wire, chain, "SHOW synchronous_commit")
     assert claimed.path == "pool" and len(sent) == 1, sent
     assert "claim_project(" in sent[0]
     if setting == "durable":
@@ -366,22 +377,42 @@ def test_a_claim_on_an_engine_at_any_isolation_level_runs_read_committed_and_lea
     READ COMMITTED as the careful path's are (WorkspaceManager._claim_first): the claim's one round trip sets
     READ COMMITTED for its own transaction (its schema check must see what committed while it waited for the
     lock), and the connection goes back to the pool at the engine's level."""
-    counted = sa.create_engine(wire.url, isolation_level=level, pool_size=1, max_overflow=0)
-    try:
-        WorkspaceManager(counted, tiny.config_path).ensure("built")
-        spares.fill(engine, tiny, 1)
-        pooled = WorkspaceManager(counted, tiny.config_path, warm_pool=1)
-        wire.clear()
-        claimed = pooled.ensure_detailed("claimed")
-        sent = wire.queries
-        with counted.connect() as conn:  # the one pooled connection the claim ran on
-            autocommit = conn.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
-            seen = conn.execute(sa.text("SHOW transaction_isolation")).scalar_one()
-    finally:
-        counted.dispose()
+    claimed, sent, seen, autocommit = _claimed_on_one_connection(
+        engine, wire, tiny, "SHOW transaction_isolation", isolation_level=level
+    )
     assert claimed.path == "pool" and len(sent) == 1, sent
     assert sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;\n") and "claim_project(" in sent[0]
     assert (autocommit, seen) == ((True, "read committed") if level == "AUTOCOMMIT" else (False, level.lower()))
+    assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+
+
+@pytest.mark.parametrize("level", ["AUTOCOMMIT", "REPEATABLE READ"])
+def test_the_async_managers_claim_on_an_engine_at_any_isolation_level_leaves_the_level_as_it_was(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain, level: str
+) -> None:
+    """asyncpg: the claim goes on a connection not pinned to READ COMMITTED either (its SQL sets the level for
+    its own transaction); one round trip, and the connection goes back to the pool at the engine's level."""
+    WorkspaceManager(engine, tiny.config_path).ensure("built")
+    spares.fill(engine, tiny, 2)
+
+    async def main() -> tuple[str, list[str], str]:
+        aengine = create_async_engine(async_url(wire.url), isolation_level=level, pool_size=1, max_overflow=0)
+        try:
+            amgr = ProjectWorkspaceManager(aengine, tiny.config_path, warm_pool=2)
+            await amgr.ensure("warm-up")  # the engine's first connect
+            wire.clear()
+            claimed = await amgr.ensure_detailed("claimed")
+            sent = wire.queries
+            async with aengine.connect() as conn:  # the one pooled connection the claim ran on
+                seen = (await conn.execute(sa.text("SHOW transaction_isolation"))).scalar_one()
+            return str(claimed.path), sent, str(seen)
+        finally:
+            await aengine.dispose()
+
+    path, sent, seen = asyncio.run(main())
+    assert path == "pool" and len(sent) == 1, sent
+    assert sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;") and "claim_project(" in sent[0]
+    assert seen == ("read committed" if level == "AUTOCOMMIT" else level.lower())
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
 
 
