@@ -386,6 +386,30 @@ def test_a_claim_on_an_engine_at_any_isolation_level_runs_read_committed_and_lea
     assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
 
 
+def _async_claimed_on_one_connection(
+    wire: WireRecorder, chain: Chain, after: str, **engine_options: str
+) -> tuple[str, list[str], str]:
+    """ProjectWorkspaceManager's first ensure claiming a spare (after a warm-up claim: the engine's first
+    connect), through the wire recorder, from an async engine of ONE connection (``engine_options``: its own):
+    the path, what it sent, and ``after`` read on that very connection afterwards."""
+
+    async def main() -> tuple[str, list[str], str]:
+        aengine = create_async_engine(async_url(wire.url), pool_size=1, max_overflow=0, **engine_options)
+        try:
+            amgr = ProjectWorkspaceManager(aengine, chain.config_path, warm_pool=2)
+            await amgr.ensure("warm-up")
+            wire.clear()
+            claimed = await amgr.ensure_detailed("claimed")
+            sent = wire.queries
+            async with aengine.connect() as conn:
+                value = (await conn.execute(sa.text(after))).scalar_one()
+            return str(claimed.path), sent, str(value)
+        finally:
+            await aengine.dispose()
+
+    return asyncio.run(main())
+
+
 @pytest.mark.parametrize("level", ["AUTOCOMMIT", "REPEATABLE READ"])
 def test_the_async_managers_claim_on_an_engine_at_any_isolation_level_leaves_the_level_as_it_was(
     engine: sa.Engine, wire: WireRecorder, tiny: Chain, level: str
@@ -394,22 +418,7 @@ def test_the_async_managers_claim_on_an_engine_at_any_isolation_level_leaves_the
     its own transaction); one round trip, and the connection goes back to the pool at the engine's level."""
     WorkspaceManager(engine, tiny.config_path).ensure("built")
     spares.fill(engine, tiny, 2)
-
-    async def main() -> tuple[str, list[str], str]:
-        aengine = create_async_engine(async_url(wire.url), isolation_level=level, pool_size=1, max_overflow=0)
-        try:
-            amgr = ProjectWorkspaceManager(aengine, tiny.config_path, warm_pool=2)
-            await amgr.ensure("warm-up")  # the engine's first connect
-            wire.clear()
-            claimed = await amgr.ensure_detailed("claimed")
-            sent = wire.queries
-            async with aengine.connect() as conn:  # the one pooled connection the claim ran on
-                seen = (await conn.execute(sa.text("SHOW transaction_isolation"))).scalar_one()
-            return str(claimed.path), sent, str(seen)
-        finally:
-            await aengine.dispose()
-
-    path, sent, seen = asyncio.run(main())
+    path, sent, seen = _async_claimed_on_one_connection(wire, tiny, "SHOW transaction_isolation", isolation_level=level)
     assert path == "pool" and len(sent) == 1, sent
     assert sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;") and "claim_project(" in sent[0]
     assert seen == ("read committed" if level == "AUTOCOMMIT" else level.lower())
@@ -428,22 +437,7 @@ def test_the_async_managers_claim_is_the_same_round_trip_committed_as_its_settin
     chain = Chain.load(with_options(chain_builder.ini, **options))
     WorkspaceManager(engine, chain.config_path).ensure("built")
     spares.fill(engine, chain, 2)
-
-    async def main() -> tuple[str, list[str], str]:
-        aengine = create_async_engine(async_url(wire.url), pool_size=1, max_overflow=0)
-        try:
-            amgr = ProjectWorkspaceManager(aengine, chain.config_path, warm_pool=2)
-            await amgr.ensure("warm-up")  # the engine's first connect
-            wire.clear()
-            claimed = await amgr.ensure_detailed("claimed")
-            sent = wire.queries
-            async with aengine.connect() as conn:  # the one pooled connection the claim ran on
-                after = (await conn.execute(sa.text("SELECT current_setting('synchronous_commit')"))).scalar_one()
-            return str(claimed.path), sent, str(after)
-        finally:
-            await aengine.dispose()
-
-    path, sent, after = asyncio.run(main())
+    path, sent, after = _async_claimed_on_one_connection(wire, chain, "SHOW synchronous_commit")
     assert path == "pool" and len(sent) == 1, sent
     assert "claim_project(" in sent[0] and sent[0].startswith("SET TRANSACTION ISOLATION LEVEL READ COMMITTED;")
     assert ("SET LOCAL synchronous_commit = off;" in sent[0]) is (setting is None)
