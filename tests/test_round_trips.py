@@ -347,6 +347,48 @@ def _claimed_on_one_connection(
     return claimed, sent, value, autocommit
 
 
+@pytest.mark.parametrize("manager", ["sync", "async"])
+def test_a_claim_that_fails_on_the_databases_account_is_not_sent_alone_again(
+    engine: sa.Engine, wire: WireRecorder, tiny: Chain, manager: str
+) -> None:
+    """A claim sent alone that fails on the database's account (here the registry's claim_project is gone, as
+    in a registry an older workspace-tool left) changes nothing and is not sent alone again: the careful path
+    claims the spare in its own transaction. (Sent twice, a claim stuck behind a lock would wait twice, e.g.
+    for a role's statement_timeout, before the careful path waited a third time.)"""
+    WorkspaceManager(engine, tiny.config_path).ensure("built")  # the registry, bootstrapped once per process
+    spares.fill(engine, tiny, 1)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("DROP FUNCTION project_registry.claim_project(bigint, text, text, text, text, text, text)")
+        )
+    if manager == "sync":
+        counted = sa.create_engine(wire.url)
+        try:
+            pooled = WorkspaceManager(counted, tiny.config_path, warm_pool=1)
+            wire.clear()
+            path = str(pooled.ensure_detailed("claimed").path)
+        finally:
+            counted.dispose()
+    else:
+
+        async def main() -> str:
+            aengine = create_async_engine(async_url(wire.url))
+            try:
+                amgr = ProjectWorkspaceManager(aengine, tiny.config_path, warm_pool=1)
+                wire.clear()
+                return str((await amgr.ensure_detailed("claimed")).path)
+            finally:
+                await aengine.dispose()
+
+        path = asyncio.run(main())
+    sent = [q for q in wire.queries if "project_claimed" in q]
+    assert path == "pool"
+    assert sum("claim_project(" in q for q in sent) == 1, sent  # the claim alone, once
+    assert sum("claim_spare(" in q for q in sent) == 1, sent  # the careful path's claim
+    assert diff(catalog(engine, "project_built"), catalog(engine, "project_claimed")) == []
+    assert assert_consistent(engine) == {"project_built": "a2", "project_claimed": "a2"}
+
+
 @pytest.mark.parametrize("setting", [None, "async", "durable"])
 def test_a_claim_is_one_round_trip_committed_as_its_setting_says_leaving_no_setting_behind(
     engine: sa.Engine, wire: WireRecorder, chain_builder: ChainBuilder, setting: str | None

@@ -113,7 +113,7 @@ class AsyncWorkspaceManager:
         if call.verify and (answer := self._core.verified(call, await self._read_version(call.schema))) is not None:
             return answer
         flavor = (await self._flavor()).with_direct(self.direct_engine is not None)
-        pool = True
+        pool = first = True
         if (claim := self._core.claim(call, flavor)) is not None:
             # A new project's claim from the warm pool, alone first, as WorkspaceManager sends it: outside
             # Alembic's lock (for online revisions: a claim runs none, and waits for no other ensure), on a
@@ -123,13 +123,18 @@ class AsyncWorkspaceManager:
             claimed = await self._run(call.schema, claim, own=False)
             if isinstance(claimed, EnsureResult):
                 return self._core.finished(call, claimed)
-            pool = claimed is None  # None: not claimed in one round trip (an old registry): as before
-        work = self._core.work(call, flavor, pool=pool)
+            # NO_SPARE: built as a new schema (one round trip, no claim); None: the claim failed on the
+            # database's account (an old registry, a statement timeout): the careful path claims in its own
+            # transaction, without the claim sent alone again
+            pool, first = claimed is None, claimed is not None
+        work = self._core.work(call, flavor, pool=pool, first_round_trip=first)
         try:
             result = await self._migrate(call.schema, work)
         except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
             result = await self._migrate(
-                call.schema, self._core.work(call, flavor.with_direct(False), pool=pool), self.direct_engine
+                call.schema,
+                self._core.work(call, flavor.with_direct(False), pool=pool, first_round_trip=first),
+                self.direct_engine,
             )
         return self._core.finished(call, result)
 

@@ -103,14 +103,17 @@ class EnsureCore:
         self.ready.pop(call.migration.project_id, None)
         return None
 
-    def work(self, call: Ensure, flavor: Flavor, *, pool: bool = True) -> Callable[[Connection], EnsureResult]:
+    def work(
+        self, call: Ensure, flavor: Flavor, *, pool: bool = True, first_round_trip: bool = True
+    ) -> Callable[[Connection], EnsureResult]:
         """What to run on a connection: the careful path (schema/migrate.py), which claims a spare from the
         warm pool for a missing schema when the pool is on (and ``pool``: False once ``claim`` found none);
-        unless verifying (the version was read), a schema not known here is first tried as a new one, in one
-        round trip (``migrate.first_round_trip``). With a direct connection configured (``flavor.direct``:
-        the manager has a direct engine), a range that needs a session raises pooler.UseDirect, nothing
-        changed, for the manager to run it there."""
-        how = self._sending(call, flavor, pool)
+        unless verifying (the version was read) or ``first_round_trip`` is False (a claim sent first failed on
+        the database's account: it is not sent alone again), a schema not known here is first tried as a new
+        one, in one round trip (``migrate.first_round_trip``). With a direct connection configured
+        (``flavor.direct``: the manager has a direct engine), a range that needs a session raises
+        pooler.UseDirect, nothing changed, for the manager to run it there."""
+        how = self._sending(call, flavor, pool, first_round_trip)
         return lambda conn: migrate(conn, how, call.migration, started=call.started)
 
     def claim(self, call: Ensure, flavor: Flavor) -> Callable[[Connection], EnsureResult | NoSpare | None] | None:
@@ -123,8 +126,10 @@ class EnsureCore:
             return None
         return lambda conn: claim_first(conn, how, call.migration, call.started)
 
-    def _sending(self, call: Ensure, flavor: Flavor, pool: bool) -> Sending:
-        return Sending(self.chain, flavor, pool=pool and self.warm_pool > 0, first_round_trip=not call.verify)
+    def _sending(self, call: Ensure, flavor: Flavor, pool: bool, first_round_trip: bool = True) -> Sending:
+        return Sending(
+            self.chain, flavor, pool=pool and self.warm_pool > 0, first_round_trip=first_round_trip and not call.verify
+        )
 
     def finished(self, call: Ensure, result: EnsureResult) -> EnsureResult:
         """Remember a project brought to head (and the role granted on it); a schema created (from a spare

@@ -110,7 +110,7 @@ class WorkspaceManager:
         if call.verify and (answer := self._core.verified(call, self._probe_version(call.schema))) is not None:
             return answer
         flavor = self._flavor().with_direct(self.direct_engine is not None)
-        pool = True
+        pool = first = True
         if (claim := self._core.claim(call, flavor)) is not None:
             # A new project's claim from the warm pool, alone first (one implicit transaction that sets its
             # own isolation level), on a connection as the engine hands it out, with none of the careful
@@ -118,13 +118,18 @@ class WorkspaceManager:
             claimed = self._claim_first(call.schema, claim)
             if isinstance(claimed, EnsureResult):
                 return self._core.finished(call, claimed)
-            pool = claimed is None  # None: not claimed in one round trip (an old registry): as before
-        work = self._core.work(call, flavor, pool=pool)
+            # NO_SPARE: built as a new schema (one round trip, no claim); None: the claim failed on the
+            # database's account (an old registry, a statement timeout): the careful path claims in its own
+            # transaction, without the claim sent alone again
+            pool, first = claimed is None, claimed is not None
+        work = self._core.work(call, flavor, pool=pool, first_round_trip=first)
         try:
             result = self._on_connection(call.schema, work)
         except pooler.UseDirect:  # a revision outside a transaction: on the direct engine
             result = self._on_connection(
-                call.schema, self._core.work(call, flavor.with_direct(False), pool=pool), self.direct_engine
+                call.schema,
+                self._core.work(call, flavor.with_direct(False), pool=pool, first_round_trip=first),
+                self.direct_engine,
             )
         return self._core.finished(call, result)
 
