@@ -30,7 +30,7 @@ from workspace_tool.dberrors import translating
 from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.managers import sessions
-from workspace_tool.managers.core import EnsureCore, EnsureOptions, status_reader
+from workspace_tool.managers.core import EnsureCore, EnsureOptions, after_claim, status_reader
 from workspace_tool.managers.sync_manager import ConfigPath
 from workspace_tool.registry import known as cache
 from workspace_tool.registry.inventory import has_registry, registry_rows
@@ -123,10 +123,7 @@ class AsyncWorkspaceManager:
             claimed = await self._run(call.schema, claim, own=False)
             if isinstance(claimed, EnsureResult):
                 return self._core.finished(call, claimed)
-            # NO_SPARE: built as a new schema (one round trip, no claim); None: the claim failed on the
-            # database's account (an old registry, a statement timeout): the careful path claims in its own
-            # transaction, without the claim sent alone again
-            pool, first = claimed is None, claimed is not None
+            pool, first = after_claim(claimed)
         work = self._core.work(call, flavor, pool=pool, first_round_trip=first)
         try:
             result = await self._migrate(call.schema, work)

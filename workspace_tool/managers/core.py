@@ -147,6 +147,14 @@ class EnsureCore:
         return EnsureResult(migration.project_id, migration.schema, action, head, head, duration, Path.NONE)
 
 
+def after_claim(claimed: NoSpare | None) -> tuple[bool, bool]:
+    """``work``'s ``pool`` and ``first_round_trip`` after a claim sent first (``EnsureCore.claim``) claimed
+    nothing: NO_SPARE, the schema is built as a new one (in one round trip, no claim); None, the claim failed
+    on the database's account (an old registry, a statement timeout): the careful path claims in its own
+    transaction, without the claim sent alone again."""
+    return claimed is None, claimed is not None
+
+
 # ------------------------------------------------------------ reads both managers run on a connection
 def status_reader(
     chain: Chain, project_ids: list[str] | None, versions_of: VersionsReader | None = None

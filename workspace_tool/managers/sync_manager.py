@@ -19,7 +19,7 @@ from workspace_tool.errors import ConfigurationError
 from workspace_tool.flavor import Flavor, pooler
 from workspace_tool.jobs import spare_jobs
 from workspace_tool.managers import sessions
-from workspace_tool.managers.core import EnsureCore, EnsureOptions, status_reader
+from workspace_tool.managers.core import EnsureCore, EnsureOptions, after_claim, status_reader
 from workspace_tool.registry import known as cache
 from workspace_tool.registry.inventory import has_registry, registry_rows, versions_reader
 from workspace_tool.schema.migrate import EnsureResult, drop_schema
@@ -118,10 +118,7 @@ class WorkspaceManager:
             claimed = self._claim_first(call.schema, claim)
             if isinstance(claimed, EnsureResult):
                 return self._core.finished(call, claimed)
-            # NO_SPARE: built as a new schema (one round trip, no claim); None: the claim failed on the
-            # database's account (an old registry, a statement timeout): the careful path claims in its own
-            # transaction, without the claim sent alone again
-            pool, first = claimed is None, claimed is not None
+            pool, first = after_claim(claimed)
         work = self._core.work(call, flavor, pool=pool, first_round_trip=first)
         try:
             result = self._on_connection(call.schema, work)

@@ -333,6 +333,23 @@ _SCHEMA, _PROJECT = "\x00schema\x00", "\x00project\x00"
 # Names that quote_ident and sql_literal write as they are, inside their quotes, and that no namespace's
 # rewrite of the registry's name touches (no dot): only such names are filled into a planned batch.
 _PLAIN = re.compile(r"[A-Za-z0-9_-]+")
+_SAMPLE = ("p-1", "project_p_1")  # a plain project id and its schema: what a text planned once is checked with
+
+
+def _plain(what: Migration) -> bool:
+    """Whether the schema's and the project's names may be filled into a text planned once."""
+    return bool(_PLAIN.fullmatch(what.schema) and _PLAIN.fullmatch(what.project_id))
+
+
+def _filled(sql: str, project_id: str, schema: str) -> str:
+    """A text planned with the placeholders, with these names in their places."""
+    return sql.replace(_SCHEMA, schema).replace(_PROJECT, project_id)
+
+
+def _written_as_planned(planned: str, sample: str) -> bool:
+    """Whether a text planned with the placeholders, filled with ``_SAMPLE``'s names, is ``sample``: the same
+    text planned for those names (else a name is written some other way than as it is)."""
+    return _filled(planned, *_SAMPLE) == sample
 
 
 @dataclass(frozen=True)
@@ -345,14 +362,14 @@ class _RangeBatch:
     path: Path
 
     def filled(self, what: Migration) -> str:
-        return self.sql.replace(_SCHEMA, what.schema).replace(_PROJECT, what.project_id)
+        return _filled(self.sql, what.project_id, what.schema)
 
 
 def _range_batch(how: Sending, what: Migration, expected: Expected) -> _RangeBatch | None:
     """``fast_lane(how, what, expected).batch()`` for a schema with a plain name, planned once per range
     (measured: planning and writing each schema's batch was 15-20 us of the ~110 us of client CPU a fleet
     run spends per schema); None otherwise (not one batch, or a name to plan for itself)."""
-    if not (_PLAIN.fullmatch(what.schema) and _PLAIN.fullmatch(what.project_id)):
+    if not _plain(what):
         return None
     operation = what.operation
     key = (what.target, id(operation), expected.exists, expected.version)
@@ -371,10 +388,10 @@ def _planned_batch(how: Sending, target: str | None, operation: Operation, expec
         plan = fast_lane(how, Migration(project_id, schema, target, operation), expected)
         return plan if plan is not None and plan.batchable else None
 
-    plan, sample = planned_for(_PROJECT, _SCHEMA), planned_for("p-1", "project_p_1")
+    plan, sample = planned_for(_PROJECT, _SCHEMA), planned_for(*_SAMPLE)
     if plan is None or sample is None or plan.record is None:
         return None
-    if plan.batch().replace(_SCHEMA, "project_p_1").replace(_PROJECT, "p-1") != sample.batch():
+    if not _written_as_planned(plan.batch(), sample.batch()):
         return None
     action = operation.action(how.chain, expected.version, target, exists=expected.exists)
     return _RangeBatch(plan.batch(), action, plan.record.path)
@@ -427,10 +444,10 @@ def _claim_alone_sql(how: Sending, what: Migration) -> str:
     """``_claim_plan(how, what, ()).claim_alone()``: for a schema with a plain name, planned once per chain,
     flavor, lock bound and target (``_claim_template``) and filled in (measured: planning and writing it was
     a sixth of the client's CPU of a first ensure claiming a spare)."""
-    if _PLAIN.fullmatch(what.schema) and _PLAIN.fullmatch(what.project_id):
+    if _plain(what):
         template = _claim_template(how.chain, how.flavor, how.lock_timeout_ms, what.target)
         if template is not None:
-            return template.replace(_SCHEMA, what.schema).replace(_PROJECT, what.project_id)
+            return _filled(template, what.project_id, what.schema)
     return _claim_plan(how, what, ()).claim_alone()
 
 
@@ -443,10 +460,8 @@ def _claim_template(chain: Chain, flavor: Flavor, lock_timeout_ms: int | None, t
     def planned_for(project_id: str, schema: str) -> str:
         return _claim_plan(how, Migration(project_id, schema, target), ()).claim_alone()
 
-    template, sample = planned_for(_PROJECT, _SCHEMA), planned_for("p-1", "project_p_1")
-    if template.replace(_SCHEMA, "project_p_1").replace(_PROJECT, "p-1") != sample:
-        return None
-    return template
+    template = planned_for(_PROJECT, _SCHEMA)
+    return template if _written_as_planned(template, planned_for(*_SAMPLE)) else None
 
 
 def first_round_trip(conn: Connection, how: Sending, what: Migration, started: float) -> EnsureResult | NoSpare | None:
